@@ -1,0 +1,123 @@
+"""mfm engine: a durable, event-sourced state-machine runtime (a port of the mfm-machine contract).
+
+The public modules mirror the seed's: ``ids``, ``canonical``, ``config``, ``meta``, ``errors``,
+``context``, ``events``, ``io``, ``recorder``, ``state``, ``plan``, ``stores``, ``engine`` and
+``hashing``. This package never imports Textual, Rich or ``mfm_tui``.
+"""
+
+from engine._kinds import ArtifactKind
+from engine.config import (
+    BuildProvenance,
+    ContextCheckpointing,
+    Duration,
+    EventProfile,
+    Exponential,
+    FanOutJoin,
+    Fixed,
+    IoMode,
+    RetryPolicy,
+    RunConfig,
+    RunManifest,
+    Sequential,
+)
+from engine.context import DynContext, JsonContext
+from engine.engine import ExecutionEngine, RunPhase, RunResult, StartRun, Stores
+from engine.errors import (
+    ContextError,
+    ErrorCategory,
+    ErrorInfo,
+    IoError,
+    MfmError,
+    RunError,
+    StateError,
+    StorageError,
+)
+from engine.events import (
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    RunStatus,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from engine.hashing import artifact_id_for_bytes, artifact_id_for_json, canonical_json_bytes
+from engine.ids import ArtifactId, ContextKey, ErrorCode, FactKey, OpId, OpPath, RunId, StateId, StreamId
+from engine.io import IoCall, IoProvider, IoResult
+from engine.meta import Idempotency, SideEffectKind, StateMeta
+from engine.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
+from engine.recorder import EventRecorder
+from engine.state import SnapshotPolicy, State, StateOutcome
+from engine.stores import ArtifactStore, EventStore, MemoryStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactId",
+    "ArtifactKind",
+    "ArtifactStore",
+    "BuildProvenance",
+    "ContextCheckpointing",
+    "ContextError",
+    "ContextKey",
+    "DependencyEdge",
+    "DomainEvent",
+    "Duration",
+    "DynContext",
+    "ErrorCategory",
+    "ErrorCode",
+    "ErrorInfo",
+    "EventEnvelope",
+    "EventProfile",
+    "EventRecorder",
+    "EventStore",
+    "ExecutionEngine",
+    "ExecutionPlan",
+    "Exponential",
+    "FactKey",
+    "FanOutJoin",
+    "Fixed",
+    "Idempotency",
+    "IoCall",
+    "IoError",
+    "IoMode",
+    "IoProvider",
+    "IoResult",
+    "JsonContext",
+    "MemoryStore",
+    "MfmError",
+    "OpId",
+    "OpPath",
+    "RetryPolicy",
+    "RunCompleted",
+    "RunConfig",
+    "RunError",
+    "RunId",
+    "RunManifest",
+    "RunPhase",
+    "RunResult",
+    "RunStarted",
+    "RunStatus",
+    "Sequential",
+    "SideEffectKind",
+    "SnapshotPolicy",
+    "StartRun",
+    "State",
+    "StateCompleted",
+    "StateEntered",
+    "StateError",
+    "StateFailed",
+    "StateGraph",
+    "StateId",
+    "StateMeta",
+    "StateNode",
+    "StateOutcome",
+    "StorageError",
+    "Stores",
+    "StreamId",
+    "__version__",
+    "artifact_id_for_bytes",
+    "artifact_id_for_json",
+    "canonical_json_bytes",
+]

@@ -1,0 +1,150 @@
+"""Serde-style wire encoding helpers (ENGINE-SPEC §4.4).
+
+The seed's Rust enums are serialised by serde's default *externally tagged* representation:
+unit variants are plain strings (``"Live"``), newtype variants are single-key objects
+(``{"Other": "x"}``) and struct variants are single-key objects holding the fields
+(``{"FanOutJoin": {"max_concurrency": 2}}``). This module gives Python classes that encoding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
+from pydantic_core import core_schema
+
+__all__ = ["Frozen", "UnitOrNewtype", "Variant", "compact_json", "tagged_union_schema"]
+
+
+class Frozen(BaseModel):
+    """Base of every serialised record: immutable, strict about unknown shapes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def compact_json(value: Any) -> str:
+    """serde_json's compact output: no whitespace, non-ASCII raw, fields in given order."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class Variant(Frozen):
+    """One variant of an externally tagged enum.
+
+    ``__tag__`` defaults to the class name. A variant without fields is a *unit* variant and
+    encodes as its tag string; otherwise it encodes as ``{tag: {fields}}``.
+    """
+
+    __tag__: ClassVar[str] = ""
+
+    @classmethod
+    def tag(cls) -> str:
+        return cls.__tag__ or cls.__name__
+
+    @classmethod
+    def is_unit(cls) -> bool:
+        return not cls.model_fields
+
+    def to_wire(self) -> Any:
+        if self.is_unit():
+            return self.tag()
+        return {self.tag(): self.model_dump(mode="json")}
+
+
+def tagged_union_schema(
+    variants: tuple[type[Variant], ...], kind: str
+) -> tuple[Callable[[Any], Variant], Callable[[Variant], Any]]:
+    """Build (decode, encode) functions for a union of :class:`Variant` classes."""
+    by_tag = {v.tag(): v for v in variants}
+
+    def decode(value: Any) -> Variant:
+        if isinstance(value, variants):
+            return value
+        if isinstance(value, str):
+            cls = by_tag.get(value)
+            if cls is not None and cls.is_unit():
+                return cls()
+        elif isinstance(value, dict) and len(value) == 1:
+            ((tag, body),) = value.items()
+            cls = by_tag.get(tag)
+            if cls is not None and not cls.is_unit():
+                return cls.model_validate(body)
+        raise ValueError(f"invalid {kind}: {value!r}")
+
+    def encode(value: Variant) -> Any:
+        return value.to_wire()
+
+    return decode, encode
+
+
+def union_core_schema(variants: tuple[type[Variant], ...], kind: str) -> core_schema.CoreSchema:
+    decode, encode = tagged_union_schema(variants, kind)
+    return core_schema.no_info_plain_validator_function(
+        decode, serialization=core_schema.plain_serializer_function_ser_schema(encode)
+    )
+
+
+class UnitOrNewtype:
+    """An enum whose variants are units or a single string-carrying newtype variant.
+
+    Examples: ``ArtifactKind`` (``"Manifest"`` … ``{"Other": "x"}``), ``EventProfile``
+    (``"Minimal"`` … ``{"Custom": "x"}``), ``Idempotency`` (``"None"`` / ``{"Key": "k"}``).
+    """
+
+    UNITS: ClassVar[tuple[str, ...]] = ()
+    NEWTYPE: ClassVar[str] = ""
+    __slots__ = ("tag", "value")
+
+    tag: str
+    value: str | None
+
+    def __init__(self, tag: str, value: str | None = None) -> None:
+        if value is None and tag not in self.UNITS:
+            raise ValueError(f"invalid {type(self).__name__}: {tag!r}")
+        if value is not None and (tag != self.NEWTYPE or not isinstance(value, str)):
+            raise ValueError(f"invalid {type(self).__name__}: {tag!r}")
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "value", value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and (self.tag, self.value) == (other.tag, other.value)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.tag, self.value))
+
+    def __repr__(self) -> str:
+        if self.value is None:
+            return f"{type(self).__name__}.{self.tag}"
+        return f"{type(self).__name__}.{self.NEWTYPE}({self.value!r})"
+
+    def __str__(self) -> str:
+        return self.tag if self.value is None else f"{self.NEWTYPE}({self.value})"
+
+    @property
+    def is_newtype(self) -> bool:
+        return self.value is not None
+
+    def to_wire(self) -> Any:
+        return self.tag if self.value is None else {self.NEWTYPE: self.value}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Self:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str) and value in cls.UNITS:
+            return cls(value)
+        if isinstance(value, dict) and len(value) == 1:
+            ((tag, body),) = value.items()
+            if tag == cls.NEWTYPE and isinstance(body, str):
+                return cls(tag, body)
+        raise ValueError(f"invalid {cls.__name__}: {value!r}")
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls.from_wire, serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.to_wire())
+        )

@@ -1,0 +1,70 @@
+"""Context traits (the seed's ``context`` module) and the plain JSON-object context."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from pydantic import TypeAdapter, ValidationError
+
+from engine.errors import ContextError
+from engine.ids import ContextKey
+
+__all__ = ["DynContext", "JsonContext", "read_typed", "write_typed"]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class DynContext(Protocol):
+    """Dynamic context: raw JSON reads and writes; ``dump()`` is the full snapshot."""
+
+    def read(self, key: str) -> Any | None: ...
+
+    def write(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def dump(self) -> dict[str, Any]: ...
+
+
+class JsonContext:
+    """An ordered map key → JSON value (the engine's base context, ENGINE-SPEC §10.2)."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        if data is not None and not isinstance(data, dict):
+            raise ContextError.serialization("context_snapshot_not_object", "context snapshot is not a JSON object")
+        self._data: dict[str, Any] = dict(data or {})
+
+    def read(self, key: str) -> Any | None:
+        value = self._data.get(ContextKey(key))
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+    def write(self, key: str, value: Any) -> None:
+        self._data[ContextKey(key)] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+    def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def dump(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+
+def read_typed(ctx: DynContext, key: str, type_: type[T]) -> T | None:
+    """Read ``key`` and validate it as ``type_`` (``context_deserialize_failed`` on mismatch)."""
+    value = ctx.read(key)
+    if value is None:
+        return None
+    try:
+        return TypeAdapter(type_).validate_python(value)
+    except ValidationError:
+        raise ContextError.serialization("context_deserialize_failed", "context value deserialization failed") from None
+
+
+def write_typed(ctx: DynContext, key: str, value: object) -> None:
+    """Serialise ``value`` to JSON and write it (``context_serialize_failed`` on failure)."""
+    try:
+        raw = TypeAdapter(type(value)).dump_python(value, mode="json")
+    except Exception:
+        raise ContextError.serialization("context_serialize_failed", "context value serialization failed") from None
+    ctx.write(key, raw)

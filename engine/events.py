@@ -1,0 +1,208 @@
+"""Kernel and domain events and their envelope (the seed's ``events`` module).
+
+Python shape: ``EventEnvelope.event`` holds either a kernel event variant (``RunStarted``,
+``StateEntered``, ``StateCompleted``, ``StateFailed``, ``RunCompleted``) or a ``DomainEvent``.
+Wire shape (ENGINE-SPEC §4.4): ``{"Kernel": {"StateEntered": {...}}}`` or ``{"Domain": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, JsonValue, PlainSerializer, PlainValidator, ValidationError
+
+from engine._kinds import ArtifactKind
+from engine._wire import Frozen, Variant, compact_json, tagged_union_schema
+from engine.errors import StateError, StorageError
+from engine.ids import ArtifactId, FactKey, OpId, OpPath, RunId, StateId
+
+__all__ = [
+    "DOMAIN_EVENT_ARTIFACT_WRITTEN",
+    "DOMAIN_EVENT_CHILD_RUN_COMPLETED",
+    "DOMAIN_EVENT_CHILD_RUN_SPAWNED",
+    "DOMAIN_EVENT_FACT_RECORDED",
+    "DOMAIN_EVENT_OP_BOUNDARY",
+    "DOMAIN_EVENT_RETRY_SCHEDULED",
+    "ArtifactWritten",
+    "ChildRunCompleted",
+    "ChildRunSpawned",
+    "DomainEvent",
+    "Event",
+    "EventEnvelope",
+    "FactRecorded",
+    "KernelEvent",
+    "OpBoundary",
+    "RetryScheduled",
+    "RunCompleted",
+    "RunStarted",
+    "RunStatus",
+    "StateCompleted",
+    "StateEntered",
+    "StateFailed",
+    "decode_envelope",
+    "encode_envelope",
+]
+
+DOMAIN_EVENT_FACT_RECORDED = "fact_recorded"
+DOMAIN_EVENT_ARTIFACT_WRITTEN = "artifact_written"
+DOMAIN_EVENT_OP_BOUNDARY = "op_boundary"
+DOMAIN_EVENT_CHILD_RUN_SPAWNED = "child_run_spawned"
+DOMAIN_EVENT_CHILD_RUN_COMPLETED = "child_run_completed"
+DOMAIN_EVENT_RETRY_SCHEDULED = "retry_scheduled"
+"""This project's addition (ENGINE-SPEC §0.7)."""
+
+
+class RunStatus(StrEnum):
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class RunStarted(Variant):
+    op_id: OpId
+    manifest_id: ArtifactId
+    initial_snapshot_id: ArtifactId
+
+
+class StateEntered(Variant):
+    state_id: StateId
+    attempt: int = Field(ge=0, le=2**32 - 1)
+    base_snapshot_id: ArtifactId
+
+
+class StateCompleted(Variant):
+    state_id: StateId
+    context_snapshot_id: ArtifactId
+
+
+class StateFailed(Variant):
+    state_id: StateId
+    error: StateError
+    failure_snapshot_id: ArtifactId | None = None
+
+
+class RunCompleted(Variant):
+    status: RunStatus
+    final_snapshot_id: ArtifactId | None = None
+
+
+_KERNEL = (RunStarted, StateEntered, StateCompleted, StateFailed, RunCompleted)
+_kernel_decode, _kernel_encode = tagged_union_schema(_KERNEL, "KernelEvent")
+KernelEvent = Annotated[
+    RunStarted | StateEntered | StateCompleted | StateFailed | RunCompleted,
+    PlainValidator(_kernel_decode),
+    PlainSerializer(_kernel_encode),
+]
+KERNEL_EVENT_TYPES = _KERNEL
+
+
+class DomainEvent(Frozen):
+    """A domain event: a name, a JSON payload and an optional artifact reference."""
+
+    name: str
+    payload: JsonValue
+    payload_ref: ArtifactId | None = None
+
+
+def _event_decode(value: Any) -> Any:
+    if isinstance(value, (*_KERNEL, DomainEvent)):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((tag, body),) = value.items()
+        if tag == "Kernel":
+            return _kernel_decode(body)
+        if tag == "Domain":
+            return DomainEvent.model_validate(body)
+    raise ValueError(f"invalid Event: {value!r}"[:300])
+
+
+def _event_encode(value: Any) -> Any:
+    if isinstance(value, DomainEvent):
+        return {"Domain": value.model_dump(mode="json")}
+    return {"Kernel": value.to_wire()}
+
+
+Event = Annotated[
+    RunStarted | StateEntered | StateCompleted | StateFailed | RunCompleted | DomainEvent,
+    PlainValidator(_event_decode),
+    PlainSerializer(_event_encode),
+]
+
+
+class EventEnvelope(Frozen):
+    """One record of a run's event stream: caller-assigned 1-based ``seq``."""
+
+    run_id: RunId
+    seq: int = Field(ge=1, le=2**64 - 1)
+    ts_millis: int | None = Field(default=None, ge=0)
+    event: Event
+
+    @property
+    def is_kernel(self) -> bool:
+        return not isinstance(self.event, DomainEvent)
+
+    @property
+    def kind(self) -> str:
+        """``RunStarted`` … for kernel events, the domain event's name otherwise."""
+        ev = self.event
+        return ev.name if isinstance(ev, DomainEvent) else type(ev).tag()
+
+    def to_json(self) -> str:
+        return compact_json(self.model_dump(mode="json"))
+
+
+def encode_envelope(envelope: EventEnvelope) -> bytes:
+    """The seed's serde wire form, compact, UTF-8 (one line of an event file)."""
+    return envelope.to_json().encode("utf-8")
+
+
+def decode_envelope(data: bytes | str) -> EventEnvelope:
+    """Parse one wire-form envelope; malformed input → ``Corruption machine_event_decode_failed``."""
+    try:
+        raw = json.loads(data)
+        return EventEnvelope.model_validate(raw)
+    except (ValueError, ValidationError, UnicodeDecodeError) as exc:
+        raise StorageError.corruption(
+            "machine_event_decode_failed", f"event record could not be decoded: {exc}"[:400]
+        ) from exc
+
+
+class FactRecorded(Frozen):
+    key: FactKey
+    payload_id: ArtifactId
+    meta: JsonValue = Field(default_factory=dict)
+
+
+class ArtifactWritten(Frozen):
+    artifact_id: ArtifactId
+    kind: ArtifactKind
+    meta: JsonValue = Field(default_factory=dict)
+
+
+class OpBoundary(Frozen):
+    op_path: OpPath
+    phase: str
+
+
+class ChildRunSpawned(Frozen):
+    parent_run_id: RunId
+    child_run_id: RunId
+    child_manifest_id: ArtifactId
+
+
+class ChildRunCompleted(Frozen):
+    child_run_id: RunId
+    status: RunStatus
+    final_snapshot_id: ArtifactId | None = None
+
+
+class RetryScheduled(Frozen):
+    """Payload of the ``retry_scheduled`` domain event (ENGINE-SPEC §0.7)."""
+
+    state_id: StateId
+    failed_attempt: int
+    next_attempt: int
+    delay_ms: int
+    not_before_millis: int

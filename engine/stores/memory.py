@@ -1,0 +1,127 @@
+"""In-memory stores (tests, fixtures). Same contract as the filesystem store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from engine._kinds import ArtifactKind
+from engine.errors import StorageError
+from engine.events import EventEnvelope
+from engine.hashing import artifact_id_for_bytes
+from engine.ids import ArtifactId, RunId
+from engine.stores._base import (
+    CODE_CONCURRENCY,
+    CancelRequest,
+    ChangeBatch,
+    check_artifact_id,
+    check_run_id,
+    encode_batch,
+)
+
+if TYPE_CHECKING:
+    from engine.engine import Stores
+
+__all__ = ["MemoryArtifactStore", "MemoryEventStore", "MemoryStore"]
+
+
+class MemoryEventStore:
+    """Event streams in a dict; also the monitor's ``RunLister`` and the ``ControlStore``."""
+
+    def __init__(self) -> None:
+        self._streams: dict[RunId, list[EventEnvelope]] = {}
+        self._journal: list[RunId] = []
+        self._cancels: dict[RunId, CancelRequest] = {}
+        self._lock = asyncio.Lock()
+
+    async def head_seq(self, run_id: RunId) -> int:
+        run_id = check_run_id(run_id)
+        return len(self._streams.get(run_id, ()))
+
+    async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
+        run_id = check_run_id(run_id)
+        events = list(events)
+        encode_batch(run_id, expected_seq, events)  # validation only
+        stream = self._streams.get(run_id, [])
+        if len(stream) != expected_seq:
+            raise StorageError.concurrency(
+                CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {len(stream)}"
+            )
+        if not events:
+            return expected_seq
+        self._streams.setdefault(run_id, stream).extend(events)
+        self._journal.append(run_id)
+        return len(stream)
+
+    async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
+        run_id = check_run_id(run_id)
+        stream = self._streams.get(run_id, [])
+        lo = max(from_seq, 1) - 1
+        hi = len(stream) if to_seq is None else max(min(to_seq, len(stream)), lo)
+        return stream[lo:hi]
+
+    async def list_runs(self) -> list[RunId]:
+        return [r for r, s in self._streams.items() if s]
+
+    async def changes_since(self, cursor: int | None) -> ChangeBatch:
+        end = len(self._journal)
+        start = end if cursor is None else min(max(cursor, 0), end)
+        return ChangeBatch(cursor=end, runs=frozenset(self._journal[start:end]))
+
+    async def request_cancel(self, run_id: RunId, reason: str = "") -> CancelRequest:
+        run_id = check_run_id(run_id)
+        req = CancelRequest(run_id=run_id, requested_at_millis=int(time.time() * 1000), reason=reason)
+        self._cancels.setdefault(run_id, req)
+        return self._cancels[run_id]
+
+    async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
+        return self._cancels.get(check_run_id(run_id))
+
+
+class MemoryArtifactStore:
+    """Content-addressed blobs in a dict; ``kinds`` records the kind given at first put."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[ArtifactId, bytes] = {}
+        self.kinds: dict[ArtifactId, ArtifactKind] = {}
+
+    async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
+        data = bytes(data)
+        aid = artifact_id_for_bytes(data)
+        self._blobs.setdefault(aid, data)
+        self.kinds.setdefault(aid, kind)
+        return aid
+
+    async def get(self, artifact_id: ArtifactId) -> bytes:
+        aid = check_artifact_id(artifact_id)
+        try:
+            return self._blobs[aid]
+        except KeyError:
+            raise StorageError.not_found("artifact_not_found", f"artifact not found: {aid}") from None
+
+    async def exists(self, artifact_id: ArtifactId) -> bool:
+        try:
+            aid = ArtifactId(artifact_id)
+        except ValueError:
+            return False
+        return aid in self._blobs
+
+    def all_bytes(self) -> list[bytes]:
+        """Every stored blob (tests scan them for secrets)."""
+        return list(self._blobs.values())
+
+
+class MemoryStore:
+    """Both in-memory stores, with ``.stores`` as an ``engine.Stores``."""
+
+    def __init__(self) -> None:
+        self.events = MemoryEventStore()
+        self.artifacts = MemoryArtifactStore()
+
+    @property
+    def stores(self) -> Stores:
+        from engine.engine import Stores
+
+        return Stores(events=self.events, artifacts=self.artifacts, control=self.events)
