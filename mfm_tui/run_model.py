@@ -1,0 +1,638 @@
+"""A run's events folded into what the monitor shows: pure, no Textual, no IO.
+
+``RunModel(run_id).apply(envelopes)`` folds envelopes incrementally (only those past ``last_seq``;
+duplicates are ignored), so a watcher can read each run from its last seq. Optional inputs refine
+the view: the run manifest (max attempts, backoff, skip tags), a ``PlanShape`` (every state and the
+edges, known before they are entered), the lease status (worker lost) and whether a cancel has been
+requested. A malformed stream never raises: the fold records an ``anomalies`` line and goes on.
+
+Used by the TUI (runs list, run screen) and by the CLI (``mfm runs``, ``mfm show``) so both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.config import RunManifest
+from engine.events import (
+    DOMAIN_EVENT_FACT_RECORDED,
+    DOMAIN_EVENT_RETRY_SCHEDULED,
+    DomainEvent,
+    EventEnvelope,
+    RetryScheduled,
+    RunCompleted,
+    RunStarted,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from engine.events import RunStatus as EngineRunStatus
+from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.plan import ExecutionPlan, topological_order
+
+__all__ = [
+    "CODE_RUN_CANCELLED",
+    "URGENCY",
+    "AttemptView",
+    "FactRef",
+    "LeaseProbe",
+    "LeaseStatus",
+    "PlanShape",
+    "RetryTarget",
+    "RunModel",
+    "RunStatus",
+    "StateStatus",
+    "StateView",
+    "lease_status_of",
+]
+
+CODE_RUN_CANCELLED = "run_cancelled"
+
+
+class RunStatus(StrEnum):
+    """What a run is doing, as the monitor sees it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    CANCELLING = "cancelling"
+    WORKER_LOST = "worker_lost"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ")
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+URGENCY: Mapping[RunStatus, int] = {
+    RunStatus.FAILED: 0,
+    RunStatus.WORKER_LOST: 1,
+    RunStatus.RETRYING: 2,
+    RunStatus.CANCELLING: 3,
+    RunStatus.RUNNING: 4,
+    RunStatus.PENDING: 5,
+    RunStatus.CANCELLED: 6,
+    RunStatus.COMPLETED: 7,
+}
+"""Sort rank, most urgent first (the runs list's default order)."""
+
+
+class StateStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_done(self) -> bool:
+        return self in (StateStatus.COMPLETED, StateStatus.SKIPPED)
+
+
+class LeaseStatus(StrEnum):
+    """The run's worker lease: ``STALE`` (file present, lock free) on an unfinished run = worker lost."""
+
+    NONE = "none"
+    HELD = "held"
+    STALE = "stale"
+    UNKNOWN = "unknown"
+
+
+LeaseProbe = Callable[[RunId], LeaseStatus]
+"""Injected: ``run_id -> LeaseStatus`` (wraps ``engine.workers.lease_state`` for a filesystem store)."""
+
+
+def lease_status_of(info: object) -> LeaseStatus:
+    """Map whatever ``engine.workers.lease_state`` returns (an info with ``.state``, an enum, a str)."""
+    state = getattr(info, "state", info)
+    name = str(getattr(state, "name", None) or getattr(state, "value", None) or state).lower()
+    try:
+        return LeaseStatus(name)
+    except ValueError:
+        return LeaseStatus.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class PlanShape:
+    """The plan's states in topological order, its edges and each state's tags."""
+
+    state_ids: tuple[StateId, ...]
+    edges: tuple[tuple[StateId, StateId], ...] = ()
+    tags: Mapping[StateId, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_plan(cls, plan: ExecutionPlan) -> PlanShape:
+        tags: dict[StateId, tuple[str, ...]] = {}
+        for node in plan.graph.states:
+            try:
+                tags[node.id] = tuple(node.state.meta().tags)
+            except Exception:  # a state whose meta() fails still has a place in the graph
+                tags[node.id] = ()
+        return cls(
+            state_ids=tuple(topological_order(plan)),
+            edges=tuple((e.from_, e.to) for e in plan.graph.edges),
+            tags=tags,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FactRef:
+    seq: int
+    key: str
+    payload_id: ArtifactId | None
+
+
+@dataclass(slots=True)
+class AttemptView:
+    """One attempt of a state: entered → (domain events) → completed | failed | still open."""
+
+    attempt: int
+    """0-based, as in ``StateEntered``."""
+    entered_seq: int | None
+    entered_millis: int | None
+    base_snapshot_id: ArtifactId | None
+    terminal_seq: int | None = None
+    terminal_millis: int | None = None
+    completed: bool = False
+    result_snapshot_id: ArtifactId | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retryable: bool = False
+    facts: list[FactRef] = field(default_factory=list)
+    domain_events: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.terminal_seq is None
+
+    @property
+    def failed(self) -> bool:
+        return self.terminal_seq is not None and not self.completed
+
+    def duration_millis(self, now_millis: int | None = None) -> int | None:
+        end = self.terminal_millis if self.terminal_seq is not None else now_millis
+        if self.entered_millis is None or end is None:
+            return None
+        return max(0, end - self.entered_millis)
+
+
+@dataclass(slots=True)
+class StateView:
+    state_id: StateId
+    status: StateStatus = StateStatus.PENDING
+    attempts: list[AttemptView] = field(default_factory=list)
+    max_attempts: int | None = None
+    """From the manifest's retry policy (``None`` when unknown); at least 1."""
+    not_before_millis: int | None = None
+    """While retrying: when the next attempt may start (``retry_scheduled``, else derived)."""
+    scheduled_next_attempt: int | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def last(self) -> AttemptView | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def attempt_number(self) -> int:
+        """1-based number of the current (or, while retrying, the next) attempt; 0 before the first."""
+        last = self.last
+        if last is None:
+            return 0
+        return last.attempt + (2 if self.status is StateStatus.RETRYING else 1)
+
+    @property
+    def attempt_label(self) -> str:
+        """``2/5``, or ``2`` when the maximum is unknown."""
+        n = self.attempt_number
+        return f"{n}/{self.max_attempts}" if self.max_attempts is not None else str(n)
+
+    @property
+    def error(self) -> tuple[str, str] | None:
+        """``(code, message)`` of the last failed attempt."""
+        for att in reversed(self.attempts):
+            if att.failed:
+                return (att.error_code or "", att.error_message or "")
+        return None
+
+    @property
+    def facts(self) -> list[FactRef]:
+        return [f for att in self.attempts for f in att.facts]
+
+    @property
+    def short_name(self) -> str:
+        return self.state_id.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTarget:
+    """A state waiting for its next attempt: ``call 2/5 in 7s``."""
+
+    state: StateView
+    next_attempt_number: int
+    max_attempts: int | None
+    not_before_millis: int | None
+
+    def remaining_millis(self, now_millis: int) -> int | None:
+        return None if self.not_before_millis is None else max(0, self.not_before_millis - now_millis)
+
+
+class RunModel:
+    """One run's events folded into a view model (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_id: RunId,
+        *,
+        manifest: RunManifest | None = None,
+        plan: PlanShape | None = None,
+        lease: LeaseStatus = LeaseStatus.UNKNOWN,
+        cancel_requested: bool = False,
+    ) -> None:
+        self.run_id = run_id
+        self.op_id: OpId | None = None
+        self.manifest_id: ArtifactId | None = None
+        self.initial_snapshot_id: ArtifactId | None = None
+        self.checkpoint_id: ArtifactId | None = None
+        self.final_snapshot_id: ArtifactId | None = None
+        self.engine_status: EngineRunStatus | None = None
+        self.started_millis: int | None = None
+        self.ended_millis: int | None = None
+        self.last_event_millis: int | None = None
+        self.last_seq = 0
+        self.event_count = 0
+        self.states: dict[StateId, StateView] = {}
+        self.anomalies: list[str] = []
+        self.manifest: RunManifest | None = None
+        self.plan: PlanShape | None = None
+        self.lease = lease
+        self.cancel_requested = cancel_requested
+        self.load_error: tuple[str, str] | None = None
+        """``(code, message)`` when the run could not be read (set by the watcher)."""
+        self._open: list[StateId] = []
+        if plan is not None:
+            self.set_plan(plan)
+        if manifest is not None:
+            self.set_manifest(manifest)
+
+    # ------------------------------------------------------------------ inputs
+
+    def set_manifest(self, manifest: RunManifest) -> None:
+        self.manifest = manifest
+        if self.op_id is None:
+            self.op_id = manifest.op_id
+        for sv in self.states.values():
+            self._configure(sv)
+            self._refresh(sv)
+
+    def set_plan(self, plan: PlanShape) -> None:
+        self.plan = plan
+        known = self.states
+        self.states = {}
+        for sid in plan.state_ids:
+            sv = known.pop(sid, None) or StateView(sid)
+            self.states[sid] = sv
+            self._configure(sv)
+        self.states.update(known)  # states seen in events but absent from the plan stay visible
+        for sv in self.states.values():
+            self._refresh(sv)
+
+    def set_lease(self, lease: LeaseStatus) -> bool:
+        changed = lease is not self.lease
+        self.lease = lease
+        return changed
+
+    def set_cancel_requested(self, requested: bool) -> bool:
+        changed = requested != self.cancel_requested
+        self.cancel_requested = requested
+        return changed
+
+    # ------------------------------------------------------------------ fold
+
+    def apply(self, envelopes: Iterable[EventEnvelope]) -> bool:
+        """Fold envelopes past ``last_seq``; return whether anything changed."""
+        changed = False
+        for env in envelopes:
+            if env.run_id != self.run_id:
+                self._anomaly(f"seq {env.seq}: envelope of run {env.run_id} in stream of {self.run_id}")
+                continue
+            if env.seq <= self.last_seq:
+                continue
+            if env.seq != self.last_seq + 1:
+                self._anomaly(f"seq gap: {self.last_seq} then {env.seq}")
+            self.last_seq = env.seq
+            self.event_count += 1
+            if env.ts_millis is not None:
+                self.last_event_millis = env.ts_millis
+            self._fold(env)
+            changed = True
+        return changed
+
+    def _fold(self, env: EventEnvelope) -> None:
+        ev = env.event
+        ts = env.ts_millis
+        if isinstance(ev, DomainEvent):
+            self._fold_domain(env.seq, ev)
+        elif isinstance(ev, StateEntered):
+            sv = self._state(ev.state_id)
+            last = sv.last
+            if last is not None and last.is_open:
+                self._anomaly(f"seq {env.seq}: {ev.state_id} entered while attempt {last.attempt} is open")
+            sv.attempts.append(
+                AttemptView(
+                    attempt=ev.attempt, entered_seq=env.seq, entered_millis=ts, base_snapshot_id=ev.base_snapshot_id
+                )
+            )
+            if ev.state_id in self._open:
+                self._open.remove(ev.state_id)
+            self._open.append(ev.state_id)
+            sv.not_before_millis = None
+            sv.scheduled_next_attempt = None
+            self._refresh(sv)
+        elif isinstance(ev, (StateCompleted, StateFailed)):
+            sv = self._state(ev.state_id)
+            att = sv.last
+            if att is None or not att.is_open:
+                self._anomaly(f"seq {env.seq}: {type(ev).tag()} for {ev.state_id} with no open attempt")
+                n = att.attempt + 1 if att is not None else 0
+                att = AttemptView(attempt=n, entered_seq=None, entered_millis=None, base_snapshot_id=None)
+                sv.attempts.append(att)
+            if ev.state_id in self._open:
+                self._open.remove(ev.state_id)
+            att.terminal_seq = env.seq
+            att.terminal_millis = ts
+            if isinstance(ev, StateCompleted):
+                att.completed = True
+                att.result_snapshot_id = ev.context_snapshot_id
+            else:
+                att.error_code = ev.error.code
+                att.error_message = ev.error.message
+                att.retryable = ev.error.retryable
+            self._refresh(sv)
+            if isinstance(ev, StateCompleted) and sv.status is StateStatus.COMPLETED:
+                self.checkpoint_id = ev.context_snapshot_id
+        elif isinstance(ev, RunStarted):
+            if self.op_id is not None and self.manifest is None and self.op_id != ev.op_id:
+                self._anomaly(f"seq {env.seq}: op changed from {self.op_id} to {ev.op_id}")
+            self.op_id = ev.op_id
+            self.manifest_id = ev.manifest_id
+            self.initial_snapshot_id = ev.initial_snapshot_id
+            if self.checkpoint_id is None:
+                self.checkpoint_id = ev.initial_snapshot_id
+            if self.started_millis is None:
+                self.started_millis = ts
+        elif isinstance(ev, RunCompleted):
+            if self._open:
+                self._anomaly(f"seq {env.seq}: RunCompleted while {', '.join(self._open)} open")
+            self.engine_status = ev.status
+            self.final_snapshot_id = ev.final_snapshot_id
+            self.ended_millis = ts
+            for sv in self.states.values():
+                self._refresh(sv)
+
+    def _fold_domain(self, seq: int, ev: DomainEvent) -> None:
+        if ev.name == DOMAIN_EVENT_RETRY_SCHEDULED:
+            try:
+                rs = RetryScheduled.model_validate(ev.payload)
+            except ValidationError:
+                self._anomaly(f"seq {seq}: malformed retry_scheduled payload")
+                return
+            sv = self._state(rs.state_id)
+            sv.not_before_millis = rs.not_before_millis
+            sv.scheduled_next_attempt = rs.next_attempt
+            self._refresh(sv)
+            return
+        if not self._open:
+            return  # a domain event outside any attempt (op boundaries, child runs)
+        att = self.states[self._open[-1]].last
+        if att is None:
+            return
+        att.domain_events += 1
+        if ev.name == DOMAIN_EVENT_FACT_RECORDED:
+            payload: Any = ev.payload
+            key = payload.get("key") if isinstance(payload, dict) else None
+            pid = payload.get("payload_id") if isinstance(payload, dict) else None
+            try:
+                payload_id = ArtifactId(pid) if pid is not None else ev.payload_ref
+            except ValueError:
+                payload_id = None
+            att.facts.append(FactRef(seq=seq, key=str(key) if key is not None else "?", payload_id=payload_id))
+
+    def _state(self, state_id: StateId) -> StateView:
+        sv = self.states.get(state_id)
+        if sv is None:
+            sv = StateView(state_id)
+            self.states[state_id] = sv
+            self._configure(sv)
+        return sv
+
+    def _configure(self, sv: StateView) -> None:
+        if self.manifest is not None:
+            sv.max_attempts = max(1, self.manifest.run_config.retry_policy.max_attempts)
+        if self.plan is not None:
+            sv.tags = tuple(self.plan.tags.get(sv.state_id, ()))
+
+    def _skip_tags(self) -> frozenset[str]:
+        return frozenset(self.manifest.run_config.skip_tags) if self.manifest is not None else frozenset()
+
+    def _refresh(self, sv: StateView) -> None:
+        """Recompute one state's status from its attempts and the run-level inputs."""
+        last = sv.last
+        if last is None:
+            sv.status = StateStatus.PENDING
+            return
+        if last.is_open:
+            sv.status = StateStatus.RUNNING
+            return
+        if last.completed:
+            sv.status = StateStatus.SKIPPED if self._is_skip(sv, last) else StateStatus.COMPLETED
+            sv.not_before_millis = None
+            return
+        if last.error_code == CODE_RUN_CANCELLED:
+            sv.status = StateStatus.CANCELLED
+        elif self.engine_status is not None:
+            sv.status = StateStatus.FAILED
+        elif self._will_retry(sv, last):
+            sv.status = StateStatus.RETRYING
+        else:
+            sv.status = StateStatus.FAILED
+        if sv.status is StateStatus.RETRYING:
+            if sv.scheduled_next_attempt is None and self.manifest is not None and last.terminal_millis is not None:
+                delay = self.manifest.run_config.retry_policy.backoff_after(last.attempt).total_millis
+                sv.not_before_millis = last.terminal_millis + delay
+        else:
+            sv.not_before_millis = None
+
+    @staticmethod
+    def _will_retry(sv: StateView, last: AttemptView) -> bool:
+        if sv.scheduled_next_attempt is not None and sv.scheduled_next_attempt > last.attempt:
+            return True  # the engine said so (retry_scheduled)
+        return last.retryable and (sv.max_attempts is None or last.attempt + 1 < sv.max_attempts)
+
+    def _is_skip(self, sv: StateView, att: AttemptView) -> bool:
+        skip = self._skip_tags()
+        if not skip:
+            return False
+        if self.plan is not None and sv.state_id in self.plan.tags:
+            return bool(skip.intersection(sv.tags))
+        # Without tags: a skipped state completes on its base snapshot with nothing in between (§7.2).
+        return att.result_snapshot_id == att.base_snapshot_id and att.domain_events == 0
+
+    def _anomaly(self, text: str) -> None:
+        if len(self.anomalies) < 100:
+            self.anomalies.append(text)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def status(self) -> RunStatus:
+        if self.engine_status is not None:
+            return {
+                EngineRunStatus.COMPLETED: RunStatus.COMPLETED,
+                EngineRunStatus.FAILED: RunStatus.FAILED,
+                EngineRunStatus.CANCELLED: RunStatus.CANCELLED,
+            }[self.engine_status]
+        if self.last_seq == 0:
+            return RunStatus.PENDING
+        if self.lease is LeaseStatus.STALE:
+            return RunStatus.WORKER_LOST
+        if self.cancel_requested:
+            return RunStatus.CANCELLING
+        if any(sv.status is StateStatus.RETRYING for sv in self.states.values()):
+            return RunStatus.RETRYING
+        return RunStatus.RUNNING
+
+    @property
+    def short_id(self) -> str:
+        return self.run_id[:8]
+
+    @property
+    def open_states(self) -> list[StateView]:
+        """States with an attempt in flight (several under fan-out), in the order they were entered."""
+        return [self.states[s] for s in self._open]
+
+    @property
+    def current_state(self) -> StateView | None:
+        """The state the run is at: the failed one, else the latest open attempt, else a retrying one."""
+        failed = self.failed_state
+        if failed is not None:
+            return failed
+        if self._open:
+            return self.states[self._open[-1]]
+        retry = self.retry_target
+        if retry is not None:
+            return retry.state
+        return None
+
+    @property
+    def failed_state(self) -> StateView | None:
+        for sv in self.states.values():
+            if sv.status is StateStatus.FAILED:
+                return sv
+        return None
+
+    @property
+    def cancelled_state(self) -> StateView | None:
+        for sv in self.states.values():
+            if sv.status is StateStatus.CANCELLED:
+                return sv
+        return None
+
+    @property
+    def error(self) -> tuple[str, str] | None:
+        """``(code, message)`` of the failed state, if the run failed or is failing."""
+        failed = self.failed_state
+        return failed.error if failed is not None else None
+
+    @property
+    def retry_target(self) -> RetryTarget | None:
+        """The earliest-due state waiting for a retry, if any."""
+        best: StateView | None = None
+        for sv in self.states.values():
+            if sv.status is not StateStatus.RETRYING:
+                continue
+            if best is None or (sv.not_before_millis or 0) < (best.not_before_millis or 0):
+                best = sv
+        if best is None:
+            return None
+        return RetryTarget(best, best.attempt_number, best.max_attempts, best.not_before_millis)
+
+    @property
+    def done(self) -> int:
+        return sum(1 for sv in self.states.values() if sv.status.is_done)
+
+    @property
+    def total(self) -> int:
+        return len(self.states)
+
+    def duration_millis(self, now_millis: int) -> int | None:
+        if self.started_millis is None:
+            return None
+        if self.ended_millis is not None:
+            end = self.ended_millis
+        elif self.status is RunStatus.WORKER_LOST:
+            end = self.last_event_millis or now_millis
+        else:
+            end = now_millis
+        return max(0, end - self.started_millis)
+
+    def to_json(self, now_millis: int | None = None) -> dict[str, Any]:
+        """A JSON-ready summary (``mfm show --json``)."""
+        return {
+            "run_id": str(self.run_id),
+            "op_id": self.op_id,
+            "status": self.status.value,
+            "manifest_id": self.manifest_id,
+            "checkpoint_id": self.checkpoint_id,
+            "final_snapshot_id": self.final_snapshot_id,
+            "started_millis": self.started_millis,
+            "ended_millis": self.ended_millis,
+            "duration_millis": self.duration_millis(now_millis) if now_millis is not None else None,
+            "head_seq": self.last_seq,
+            "done": self.done,
+            "total": self.total,
+            "error": None if self.error is None else {"code": self.error[0], "message": self.error[1]},
+            "lease": self.lease.value,
+            "cancel_requested": self.cancel_requested,
+            "anomalies": list(self.anomalies),
+            "states": [
+                {
+                    "state_id": str(sv.state_id),
+                    "status": sv.status.value,
+                    "attempt": sv.attempt_number,
+                    "max_attempts": sv.max_attempts,
+                    "not_before_millis": sv.not_before_millis,
+                    "error": None if sv.error is None else {"code": sv.error[0], "message": sv.error[1]},
+                    "facts": len(sv.facts),
+                    "attempts": [
+                        {
+                            "attempt": a.attempt,
+                            "entered_seq": a.entered_seq,
+                            "terminal_seq": a.terminal_seq,
+                            "entered_millis": a.entered_millis,
+                            "terminal_millis": a.terminal_millis,
+                            "outcome": "open" if a.is_open else ("completed" if a.completed else "failed"),
+                            "base_snapshot_id": a.base_snapshot_id,
+                            "result_snapshot_id": a.result_snapshot_id,
+                            "error_code": a.error_code,
+                            "error_message": a.error_message,
+                            "retryable": a.retryable,
+                        }
+                        for a in sv.attempts
+                    ],
+                }
+                for sv in self.states.values()
+            ],
+        }
