@@ -1,0 +1,360 @@
+"""An asyncio process runner for transports that execute programs (ENGINE-SPEC §15, §0.6).
+
+``run_process`` spawns a program in its own process group (``start_new_session=True``), writes
+``stdin`` and closes it, captures stdout and stderr up to a limit each (read in 8 KiB chunks; the
+rest is drained and counted, never retained), and waits for the exit. The deadline starts after
+the spawn and covers the stdin write/close, the reads and the wait.
+
+On timeout, on asyncio cancellation and on any unexpected failure, the whole process group gets
+SIGTERM, then SIGKILL after a grace period, and the child is reaped (``await wait()``) before the
+runner returns or raises: it never leaves a zombie. Cancellation is re-raised after that cleanup.
+
+Outcomes:
+- ``ProcessSpawnError``: the program could not be started (nothing to clean up);
+- ``ProcessTimeoutError``: the deadline passed (child killed and reaped);
+- ``ProcessWaitError``: reading the pipes or waiting failed (child killed and reaped);
+- otherwise a ``ProcessResult`` (exit code or signal, captured output, stdin write/close errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal as _signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_GRACE_PERIOD_S",
+    "CapturedOutput",
+    "ProcessError",
+    "ProcessEvent",
+    "ProcessObserver",
+    "ProcessResult",
+    "ProcessSpawnError",
+    "ProcessTimeoutError",
+    "ProcessWaitError",
+    "StdinFailure",
+    "io_error_kind",
+    "run_process",
+]
+
+CHUNK_SIZE = 8 * 1024
+DEFAULT_GRACE_PERIOD_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedOutput:
+    """One output stream: the retained bytes (at most the limit) and the total count read."""
+
+    data: bytes
+    total_bytes: int
+    overflowed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StdinFailure:
+    """An error while writing or closing the child's stdin."""
+
+    error: OSError
+
+    @property
+    def broken_pipe(self) -> bool:
+        return isinstance(self.error, BrokenPipeError | ConnectionResetError) or self.error.errno == errno.EPIPE
+
+    @property
+    def kind(self) -> str:
+        return io_error_kind(self.error)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """A child that ran to its exit (normally or killed by a signal not sent by the runner)."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    stdout: CapturedOutput
+    stderr: CapturedOutput
+    stdin_write_error: StdinFailure | None = None
+    stdin_close_error: StdinFailure | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """What the runner did to a child, for observers (tests, monitors).
+
+    ``kind`` is ``spawned``, ``signal_sent`` (``signal`` set) or ``reaped`` (``returncode`` set:
+    negative = killed by that signal, as in ``asyncio.subprocess.Process.returncode``).
+    """
+
+    kind: str
+    pid: int
+    signal: int | None = None
+    returncode: int | None = None
+
+
+ProcessObserver = Callable[[ProcessEvent], None]
+
+
+class ProcessError(Exception):
+    """Base of the runner's failures."""
+
+
+class ProcessSpawnError(ProcessError):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"spawn failed: {error}")
+        self.error = error
+
+
+class ProcessTimeoutError(ProcessError):
+    def __init__(self, pid: int, timeout_s: float) -> None:
+        super().__init__(f"process {pid} timed out after {timeout_s}s")
+        self.pid = pid
+        self.timeout_s = timeout_s
+
+
+class ProcessWaitError(ProcessError):
+    def __init__(self, pid: int, error: BaseException) -> None:
+        super().__init__(f"waiting for process {pid} failed: {error}")
+        self.pid = pid
+        self.error = error
+
+
+_ERRNO_KINDS: dict[int, str] = {
+    errno.EPIPE: "BrokenPipe",
+    errno.ECONNRESET: "ConnectionReset",
+    errno.EAGAIN: "WouldBlock",
+    errno.EINTR: "Interrupted",
+    errno.ENOENT: "NotFound",
+    errno.EACCES: "PermissionDenied",
+    errno.EPERM: "PermissionDenied",
+    errno.EINVAL: "InvalidInput",
+    errno.ETIMEDOUT: "TimedOut",
+    errno.ENOSPC: "StorageFull",
+}
+
+
+def io_error_kind(error: BaseException) -> str:
+    """A short, Rust ``io::ErrorKind``-like name for an OS error (never the message text)."""
+    if isinstance(error, BrokenPipeError):
+        return "BrokenPipe"
+    if isinstance(error, ConnectionResetError):
+        return "ConnectionReset"
+    if isinstance(error, OSError) and error.errno is not None:
+        return _ERRNO_KINDS.get(error.errno, "Other")
+    return "Other"
+
+
+@dataclass(slots=True)
+class _Capture:
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    retained: int = 0
+    total: int = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - self.retained
+        if room > 0:
+            kept = chunk[:room]
+            self.chunks.append(kept)
+            self.retained += len(kept)
+
+    def result(self) -> CapturedOutput:
+        return CapturedOutput(data=b"".join(self.chunks), total_bytes=self.total, overflowed=self.total > self.limit)
+
+
+async def _drain(stream: asyncio.StreamReader | None, capture: _Capture) -> None:
+    if stream is None:
+        return
+    while True:
+        chunk = await stream.read(CHUNK_SIZE)
+        if not chunk:
+            return
+        capture.feed(chunk)
+
+
+async def _feed_stdin(proc: asyncio.subprocess.Process, data: bytes) -> tuple[StdinFailure | None, StdinFailure | None]:
+    """Write ``data`` and close stdin; return (write error, close error) instead of raising."""
+    writer = proc.stdin
+    if writer is None:
+        return None, None
+    write_error: StdinFailure | None = None
+    close_error: StdinFailure | None = None
+    try:
+        if data:
+            writer.write(data)
+            await writer.drain()
+    except OSError as exc:
+        write_error = StdinFailure(exc)
+    try:
+        writer.close()
+        # Shielded: cancelling ``wait_closed`` cancels the protocol's own close future, which
+        # asyncio then fails to resolve (InvalidStateError logged from pipe_connection_lost).
+        waiter = asyncio.ensure_future(writer.wait_closed())
+        waiter.add_done_callback(_consume_outcome)
+        await asyncio.shield(waiter)
+    except OSError as exc:
+        close_error = StdinFailure(exc)
+    return write_error, close_error
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    """Mark a background future's exception as retrieved (it is reported elsewhere or moot)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: int, observer: ProcessObserver | None) -> None:
+    """Send ``sig`` to the child's process group (its pid: it leads its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        # The group is gone already; fall back to the leader if it is still unreaped.
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, sig)
+    if observer is not None:
+        observer(ProcessEvent("signal_sent", proc.pid, signal=sig))
+
+
+async def _terminate_and_reap(
+    proc: asyncio.subprocess.Process, grace_period_s: float, observer: ProcessObserver | None
+) -> None:
+    """SIGTERM the group, wait up to the grace period, SIGKILL the group, then reap."""
+    if proc.returncode is None:
+        _signal_group(proc, _signal.SIGTERM, observer)
+        try:
+            async with asyncio.timeout(grace_period_s):
+                await proc.wait()
+        except TimeoutError:
+            pass
+    if proc.returncode is None:
+        _signal_group(proc, _signal.SIGKILL, observer)
+    else:
+        # The leader is gone; make sure nothing it started in its group outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, _signal.SIGKILL)
+    returncode = await proc.wait()
+    if observer is not None:
+        observer(ProcessEvent("reaped", proc.pid, returncode=returncode))
+
+
+async def _cleanup(
+    proc: asyncio.subprocess.Process,
+    tasks: Sequence[asyncio.Future[Any]],
+    grace_period_s: float,
+    observer: ProcessObserver | None,
+) -> bool:
+    """Kill and reap the child and stop the IO tasks; shield that work from further cancellation.
+
+    Returns True if a cancellation arrived while cleaning up (the caller re-raises it).
+    """
+
+    async def work() -> None:
+        try:
+            await _terminate_and_reap(proc, grace_period_s, observer)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    job = asyncio.ensure_future(work())
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            if job.done():
+                break
+            cancelled = True
+    job.result()
+    return cancelled
+
+
+async def run_process(
+    program: str,
+    args: Sequence[str] = (),
+    *,
+    stdin: bytes = b"",
+    env: Mapping[str, str] | None = None,
+    timeout_s: float | None = None,
+    stdout_limit: int,
+    stderr_limit: int,
+    grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
+    observer: ProcessObserver | None = None,
+) -> ProcessResult:
+    """Run ``program args…`` to completion; see the module docstring for the guarantees.
+
+    ``env`` is the child's complete environment (``None`` = inherit). ``timeout_s`` ``None`` means
+    no deadline. Limits are per stream, in bytes.
+    """
+    if stdout_limit < 0 or stderr_limit < 0:
+        raise ValueError("output limits must be non-negative")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            program,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        raise ProcessSpawnError(exc) from exc
+    if observer is not None:
+        observer(ProcessEvent("spawned", proc.pid))
+
+    out = _Capture(stdout_limit)
+    err = _Capture(stderr_limit)
+    # The deadline starts now (after the spawn) and covers stdin, the reads and the wait.
+    feeder = asyncio.ensure_future(_feed_stdin(proc, stdin))
+    readers = [asyncio.ensure_future(_drain(proc.stdout, out)), asyncio.ensure_future(_drain(proc.stderr, err))]
+    tasks: list[asyncio.Future[Any]] = [feeder, *readers]
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                write_error, close_error = await feeder
+                await asyncio.gather(*readers)
+                returncode = await proc.wait()
+        except TimeoutError:
+            cancelled = await _cleanup(proc, tasks, grace_period_s, observer)
+            if cancelled:
+                raise asyncio.CancelledError from None
+            raise ProcessTimeoutError(proc.pid, timeout_s if timeout_s is not None else 0.0) from None
+    except asyncio.CancelledError:
+        if proc.returncode is None or not all(t.done() for t in tasks):
+            await _cleanup(proc, tasks, grace_period_s, observer)
+        raise
+    except ProcessTimeoutError:
+        raise
+    except (OSError, ValueError) as exc:
+        cancelled = await _cleanup(proc, tasks, grace_period_s, observer)
+        if cancelled:
+            raise asyncio.CancelledError from exc
+        raise ProcessWaitError(proc.pid, exc) from exc
+    except BaseException:
+        await _cleanup(proc, tasks, grace_period_s, observer)
+        raise
+
+    if observer is not None:
+        observer(ProcessEvent("reaped", proc.pid, returncode=returncode))
+    return ProcessResult(
+        pid=proc.pid,
+        exit_code=returncode if returncode >= 0 else None,
+        signal=-returncode if returncode < 0 else None,
+        stdout=out.result(),
+        stderr=err.result(),
+        stdin_write_error=write_error,
+        stdin_close_error=close_error,
+    )
