@@ -33,8 +33,8 @@ __all__ = [
 class Duration(Frozen):
     """Rust ``std::time::Duration``: ``{"secs": u64, "nanos": u32}``."""
 
-    secs: int = Field(ge=0)
-    nanos: int = Field(ge=0, lt=1_000_000_000)
+    secs: int = Field(ge=0, le=2**64 - 1, strict=True)
+    nanos: int = Field(ge=0, lt=1_000_000_000, strict=True)
 
     @classmethod
     def from_millis(cls, ms: int) -> Duration:
@@ -123,7 +123,7 @@ BackoffPolicy = Annotated[Fixed | Exponential, PlainValidator(_backoff_decode), 
 class RetryPolicy(Frozen):
     """``max_attempts`` counts every attempt including the first (0 and 1: never retry)."""
 
-    max_attempts: int = Field(ge=0, le=2**32 - 1)
+    max_attempts: int = Field(ge=0, le=2**32 - 1, strict=True)
     backoff: BackoffPolicy
 
     def backoff_after(self, failed_attempt: int) -> Duration:
@@ -138,7 +138,7 @@ class Sequential(Variant):
 class FanOutJoin(Variant):
     """Run up to ``max_concurrency`` ready states at once (ENGINE-SPEC §0.5)."""
 
-    max_concurrency: int = Field(ge=0, le=2**32 - 1)
+    max_concurrency: int = Field(ge=0, le=2**32 - 1, strict=True)
 
 
 _mode_decode, _mode_encode = tagged_union_schema((Sequential, FanOutJoin), "ExecutionMode")
@@ -162,7 +162,7 @@ class RunConfig(Frozen):
     event_profile: EventProfile = Field(default_factory=lambda: EventProfile.NORMAL)
     execution_mode: ExecutionMode = Field(default_factory=Sequential)
     context_checkpointing: ContextCheckpointing = Field(default_factory=lambda: ContextCheckpointing.AFTER_EVERY_STATE)
-    replay_missing_fact_retryable: bool = False
+    replay_missing_fact_retryable: bool = Field(default=False, strict=True)
     skip_tags: tuple[Tag, ...] = ()
     nix_flake_allowlist: tuple[str, ...] = Field(default_factory=lambda: tuple(default_nix_flake_allowlist()))
     exec_allowlist: tuple[str, ...] | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import GetCoreSchemaHandler, JsonValue
+from pydantic import Field, GetCoreSchemaHandler, JsonValue
 from pydantic_core import core_schema
 
 from engine._wire import Frozen
@@ -53,7 +53,7 @@ class ErrorInfo(Frozen):
 
     code: ErrorCode
     category: ErrorCategory
-    retryable: bool
+    retryable: bool = Field(strict=True)
     message: str
     details: JsonValue | None = None
 

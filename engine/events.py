@@ -68,7 +68,7 @@ class RunStarted(Variant):
 
 class StateEntered(Variant):
     state_id: StateId
-    attempt: int = Field(ge=0, le=2**32 - 1)
+    attempt: int = Field(ge=0, le=2**32 - 1, strict=True)
     base_snapshot_id: ArtifactId
 
 
@@ -135,8 +135,8 @@ class EventEnvelope(Frozen):
     """One record of a run's event stream: caller-assigned 1-based ``seq``."""
 
     run_id: RunId
-    seq: int = Field(ge=1, le=2**64 - 1)
-    ts_millis: int | None = Field(default=None, ge=0)
+    seq: int = Field(ge=1, le=2**64 - 1, strict=True)
+    ts_millis: int | None = Field(default=None, ge=0, le=2**64 - 1, strict=True)
     event: Event
 
     @property
@@ -202,7 +202,7 @@ class RetryScheduled(Frozen):
     """Payload of the ``retry_scheduled`` domain event (ENGINE-SPEC §0.7)."""
 
     state_id: StateId
-    failed_attempt: int
-    next_attempt: int
-    delay_ms: int
-    not_before_millis: int
+    failed_attempt: int = Field(ge=0, strict=True)
+    next_attempt: int = Field(ge=0, strict=True)
+    delay_ms: int = Field(ge=0, strict=True)
+    not_before_millis: int = Field(ge=0, strict=True)
