@@ -1,0 +1,391 @@
+"""Pure, Textual-free access to a run's event log at any size: an offset index, tail-first reads, raw-byte search.
+
+An event file (``runs/<id>/events.jsonl``) holds one wire-form envelope per line, and line ``i`` (0-based) is the
+envelope with ``seq == i + 1``. So the end of a huge file can be shown at once: read its last 64 KiB, decode the last
+complete line, and its seq is the number of lines. The full index of line starts (an ``array('q')``, 8 bytes a line)
+is built afterwards, off the UI thread, with one regex pass over an ``mmap``. A line that does not end with a newline
+is a torn tail (a writer crashed, or is mid-append) and is never shown until its newline lands.
+
+Searching and filtering work on raw bytes (``mmap.find`` / ``re.finditer``), and a hit is mapped to its line by
+bisecting the offsets; no line is parsed unless it is shown.
+
+Two sources share one interface, :class:`LogSource`: :class:`FileLogSource` for a filesystem store and
+:class:`ListLogSource` for stores that only hand out envelopes (the in-memory store).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import threading
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.events import EventEnvelope, encode_envelope
+
+__all__ = [
+    "TAIL_BYTES",
+    "FileLogSource",
+    "ListLogSource",
+    "LogFilter",
+    "LogLine",
+    "LogSource",
+    "newline_offsets",
+    "summarize",
+]
+
+TAIL_BYTES = 64 * 1024
+_NEWLINE = re.compile(b"\n")
+
+
+def newline_offsets(data: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> array[int]:
+    """Offsets of every ``\\n`` in ``data[start:end]`` (absolute), in one C-speed regex pass."""
+    stop = len(data) if end is None else end
+    return array("q", (m.start() for m in _NEWLINE.finditer(data, start, stop)))
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """What the log shows: every field optional; all given ones must match (raw bytes, case-sensitive text)."""
+
+    kind: str | None = None
+    state: str | None = None
+    text: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.kind or self.state or self.text)
+
+    def needles(self) -> list[list[bytes]]:
+        """Per condition, the byte strings of which one must occur in the line."""
+        out: list[list[bytes]] = []
+        if self.kind:
+            k = json.dumps(self.kind).encode()
+            out.append([b"{" + k + b":", b'"name":' + k])
+        if self.state:
+            s = self.state
+            out.append([b'"state_id":' + json.dumps(s).encode()] if s.count(".") == 2 else [s.encode()])
+        if self.text:
+            out.append([self.text.encode()])
+        return out
+
+    def describe(self) -> str:
+        parts = [f"kind={self.kind}" if self.kind else "", f"state={self.state}" if self.state else ""]
+        parts.append(f"text={self.text!r}" if self.text else "")
+        return " ".join(p for p in parts if p)
+
+    @classmethod
+    def parse(cls, query: str) -> LogFilter:
+        """``kind=StateFailed state=item_2 some text`` (``k=``/``s=`` also accepted)."""
+        kind = state = None
+        words: list[str] = []
+        for tok in query.split():
+            key, sep, value = tok.partition("=")
+            if sep and key in ("kind", "k") and value:
+                kind = value
+            elif sep and key in ("state", "s") and value:
+                state = value
+            else:
+                words.append(tok)
+        return cls(kind=kind, state=state, text=" ".join(words) or None)
+
+
+def _matches(raw: bytes, conditions: Sequence[Sequence[bytes]]) -> bool:
+    return all(any(n in raw for n in alts) for alts in conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One event as the log shows it."""
+
+    seq: int
+    ts_millis: int | None
+    kind: str
+    state: str
+    summary: str
+
+
+def _short(aid: Any) -> str:
+    return f"{aid[:6]}…" if isinstance(aid, str) and aid else "—"
+
+
+def summarize(raw: bytes) -> LogLine:
+    """Parse one wire-form line into the log's columns; an undecodable line becomes a readable ``corrupt`` row."""
+    try:
+        env = json.loads(raw)
+        seq = int(env["seq"])
+        ts = env.get("ts_millis")
+        event = env["event"]
+        (tag, body), *_ = event.items()
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return LogLine(0, None, "corrupt", "", f"undecodable event record: {type(exc).__name__}")
+    if tag == "Domain":
+        name = str(body.get("name", "?"))
+        payload = body.get("payload")
+        state = ""
+        summary = ""
+        if isinstance(payload, dict):
+            state = str(payload.get("state_id", ""))
+            if name == "retry_scheduled":
+                delay = payload.get("delay_ms")
+                secs = f"{delay / 1000:.1f}s" if isinstance(delay, int) else "?"
+                summary = f"attempt {int(payload.get('next_attempt', 0)) + 1} in {secs}"
+            elif name == "fact_recorded":
+                summary = f"{payload.get('key', '?')} → {_short(payload.get('payload_id'))}"
+            else:
+                summary = " ".join(f"{k}={v}" for k, v in sorted(payload.items()) if not isinstance(v, (dict, list)))
+        return LogLine(seq, ts, name, state, summary[:200])
+    (kind, data), *_ = body.items() if isinstance(body, dict) else ((str(body), {}),)
+    data = data if isinstance(data, dict) else {}
+    state = str(data.get("state_id", ""))
+    if kind == "RunStarted":
+        summary = f"op {data.get('op_id')}  manifest {_short(data.get('manifest_id'))}"
+    elif kind == "StateEntered":
+        summary = f"attempt {int(data.get('attempt', 0)) + 1}  base {_short(data.get('base_snapshot_id'))}"
+    elif kind == "StateCompleted":
+        summary = f"result {_short(data.get('context_snapshot_id'))}"
+    elif kind == "StateFailed":
+        err = data.get("error") or {}
+        err = err.get("info", err) if isinstance(err, dict) else {}
+        retry = "retryable" if isinstance(err, dict) and err.get("retryable") else "final"
+        code = err.get("code", "?") if isinstance(err, dict) else "?"
+        msg = err.get("message", "") if isinstance(err, dict) else ""
+        summary = f"[{code}] {retry}  {msg}"
+    elif kind == "RunCompleted":
+        summary = f"{data.get('status')}  final {_short(data.get('final_snapshot_id'))}"
+    else:
+        summary = ""
+    return LogLine(seq, ts, kind, state, summary[:200])
+
+
+class LogSource(Protocol):
+    """Lines of one run's log, by 0-based index (``seq - 1``)."""
+
+    def __len__(self) -> int: ...
+
+    def raw(self, index: int) -> bytes | None:
+        """The line's bytes, or ``None`` while it is not indexed yet."""
+        ...
+
+    def refresh(self) -> int:
+        """Pick up appended lines; return how many are new."""
+        ...
+
+    def find(self, needle: bytes, start: int, *, backwards: bool = False, among: Sequence[int] | None = None) -> int:
+        """Index of the next line (from ``start``, inclusive) containing ``needle``, or -1."""
+        ...
+
+    def filter(self, flt: LogFilter) -> array[int]:
+        """Indexes of the lines matching ``flt``."""
+        ...
+
+
+class ListLogSource:
+    """A log over envelopes read from a store (``read_range``): encodes each line on demand."""
+
+    def __init__(self, envelopes: Iterable[EventEnvelope] = ()) -> None:
+        self._envs: list[EventEnvelope] = list(envelopes)
+        self._raw: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._envs)
+
+    def extend(self, envelopes: Iterable[EventEnvelope]) -> int:
+        """Add envelopes past the current end (older seqs are ignored); return how many were added."""
+        n = 0
+        for env in envelopes:
+            if env.seq > len(self._envs):
+                self._envs.append(env)
+                n += 1
+        return n
+
+    def raw(self, index: int) -> bytes | None:
+        if not 0 <= index < len(self._envs):
+            return None
+        line = self._raw.get(index)
+        if line is None:
+            line = self._raw[index] = encode_envelope(self._envs[index])
+        return line
+
+    def refresh(self) -> int:
+        return 0
+
+    def find(self, needle: bytes, start: int, *, backwards: bool = False, among: Sequence[int] | None = None) -> int:
+        lines = range(len(self._envs)) if among is None else among
+        pos = bisect_right(lines, start - 1) if not backwards else bisect_right(lines, start) - 1
+        step = -1 if backwards else 1
+        while 0 <= pos < len(lines):
+            raw = self.raw(lines[pos])
+            if raw is not None and needle in raw:
+                return lines[pos]
+            pos += step
+        return -1
+
+    def filter(self, flt: LogFilter) -> array[int]:
+        conds = flt.needles()
+        return array("q", (i for i in range(len(self._envs)) if _matches(self.raw(i) or b"", conds)))
+
+
+class FileLogSource:
+    """A log over an append-only JSONL event file: tail first, full index on :meth:`build_index` (a worker)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._starts = array("q")  # start offset of each indexed line; line i spans starts[i]..ends(i)
+        self._end = 0  # offset just past the last complete line indexed
+        self._first = 0  # line number of starts[0] (> 0 while only the tail is known)
+        self._count = 0
+        self.indexed = False
+        self._lock = threading.Lock()
+        self._read_tail()
+
+    # -- reading
+    def _read_tail(self) -> None:
+        size = self._size()
+        lo = max(0, size - TAIL_BYTES)
+        with open(self.path, "rb") as fh:
+            fh.seek(lo)
+            chunk = fh.read(size - lo)
+        nl = newline_offsets(chunk)
+        if not nl:
+            if lo == 0:
+                self.indexed = True  # empty file (or only a torn first line)
+            return
+        first_start = 0 if lo == 0 else nl[0] + 1
+        starts = array("q", [lo + first_start])
+        starts.extend(lo + o + 1 for o in nl if o + 1 > first_start)
+        starts.pop()  # the entry after the last newline is not a complete line
+        end = lo + nl[-1] + 1
+        if not starts:
+            return
+        last = chunk[starts[-1] - lo : end - lo - 1]
+        count = summarize(last).seq or 0
+        if lo == 0:
+            count = len(starts)
+            self.indexed = True
+        self._starts, self._end = starts, end
+        self._count = max(count, len(starts))
+        self._first = self._count - len(starts)
+
+    def build_index(self) -> None:
+        """Index every complete line (one pass over an mmap). Safe to call from a worker thread."""
+        size = self._size()
+        if size == 0:
+            self.indexed = True
+            return
+        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            nl = newline_offsets(mm, 0, size)
+        starts = array("q", [0])
+        starts.extend(o + 1 for o in nl)
+        starts.pop()
+        end = nl[-1] + 1 if nl else 0
+        with self._lock:
+            if self._end > end:  # lines appended through refresh() meanwhile: keep them
+                starts.extend(s for s in self._starts if s >= end)
+                end = self._end
+            self._starts, self._end, self._first, self._count = starts, end, 0, len(starts)
+            self.indexed = True
+
+    def refresh(self) -> int:
+        size = self._size()
+        if size <= self._end:
+            return 0
+        with open(self.path, "rb") as fh:
+            fh.seek(self._end)
+            chunk = fh.read(size - self._end)
+        nl = newline_offsets(chunk)
+        if not nl:
+            return 0
+        base = self._end
+        new = array("q", [base])
+        new.extend(base + o + 1 for o in nl)
+        new.pop()
+        with self._lock:
+            if self._end != base:  # the index was swapped meanwhile and already covers this chunk
+                return 0
+            self._starts.extend(new)
+            self._end = base + nl[-1] + 1
+            self._count = self._first + len(self._starts)
+        return len(new)
+
+    def _size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _span(self, index: int) -> tuple[int, int] | None:
+        k = index - self._first
+        if not 0 <= k < len(self._starts):
+            return None
+        start = self._starts[k]
+        stop = self._starts[k + 1] if k + 1 < len(self._starts) else self._end
+        return start, stop - 1
+
+    def raw(self, index: int) -> bytes | None:
+        span = self._span(index)
+        if span is None:
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return os.pread(fd, span[1] - span[0], span[0])
+        finally:
+            os.close(fd)
+
+    def line_of_offset(self, offset: int) -> int:
+        return self._first + bisect_right(self._starts, offset) - 1
+
+    # -- searching (call from a worker on big files)
+    def find(self, needle: bytes, start: int, *, backwards: bool = False, among: Sequence[int] | None = None) -> int:
+        if not needle or not self._starts or start >= self._count or (backwards and start < self._first):
+            return -1
+        allowed = None if among is None else set(among)
+        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            first_off, last_off = self._starts[0], self._end
+            if backwards:
+                span = self._span(min(start, self._count - 1))
+                hi = span[1] if span else last_off
+                while True:
+                    pos = mm.rfind(needle, first_off, hi)
+                    if pos < 0:
+                        return -1
+                    line = self.line_of_offset(pos)
+                    if allowed is None or line in allowed:
+                        return line
+                    lspan = self._span(line)
+                    hi = lspan[0] if lspan else pos
+            span = self._span(max(start, self._first))
+            lo = span[0] if span else first_off
+            while True:
+                pos = mm.find(needle, lo, last_off)
+                if pos < 0:
+                    return -1
+                line = self.line_of_offset(pos)
+                if allowed is None or line in allowed:
+                    return line
+                lspan = self._span(line)
+                lo = lspan[1] + 1 if lspan else pos + 1
+
+    def filter(self, flt: LogFilter) -> array[int]:
+        """Lines matching every condition: one raw-byte scan per needle, hits mapped to lines."""
+        conds = flt.needles()
+        if not conds or not self._starts:
+            return array("q", range(self._first, self._count))
+        result: set[int] | None = None
+        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for alts in conds:
+                lines: set[int] = set()
+                for needle in alts:
+                    for m in re.compile(re.escape(needle)).finditer(mm, self._starts[0], self._end):
+                        lines.add(self.line_of_offset(m.start()))
+                result = lines if result is None else result & lines
+        return array("q", sorted(result or ()))

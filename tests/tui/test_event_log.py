@@ -1,0 +1,170 @@
+"""The event log's pure core (offset index, tail-first reads, raw-byte search and filter) and its widget."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from engine.errors import StateError
+from engine.events import (
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    RunStatus,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+    encode_envelope,
+)
+from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, newline_offsets, summarize
+
+RUN = str(uuid.UUID(int=7))
+A = "a" * 64
+B = "b" * 64
+
+
+def _envelopes(n_states: int) -> list[EventEnvelope]:
+    evs: list[object] = [RunStarted(op_id="demo", manifest_id=A, initial_snapshot_id=B)]
+    for i in range(n_states):
+        sid = f"demo.main.step_{i:04d}"
+        evs.append(StateEntered(state_id=sid, attempt=0, base_snapshot_id=B))
+        if i % 3 == 2:
+            evs.append(StateFailed(state_id=sid, error=StateError.new("http_503", "upstream down", retryable=True)))
+            evs.append(StateEntered(state_id=sid, attempt=1, base_snapshot_id=B))
+        evs.append(StateCompleted(state_id=sid, context_snapshot_id=A))
+    evs.append(RunCompleted(status=RunStatus.COMPLETED, final_snapshot_id=A))
+    return [EventEnvelope(run_id=RUN, seq=k + 1, ts_millis=1_000 + k, event=ev) for k, ev in enumerate(evs)]
+
+
+def _write(path: Path, envs: list[EventEnvelope], *, torn: bytes = b"") -> None:
+    path.write_bytes(b"".join(encode_envelope(e) + b"\n" for e in envs) + torn)
+
+
+def test_newline_offsets_are_absolute() -> None:
+    assert list(newline_offsets(b"ab\ncd\n\nx", 1)) == [2, 5, 6]
+    assert list(newline_offsets(b"ab\ncd\n", 3, 5)) == []
+
+
+def test_summaries_of_each_kind() -> None:
+    envs = _envelopes(3)
+    lines = [summarize(encode_envelope(e)) for e in envs]
+    assert [ln.kind for ln in lines[:3]] == ["RunStarted", "StateEntered", "StateCompleted"]
+    assert lines[0].summary.startswith("op demo")
+    failed = next(ln for ln in lines if ln.kind == "StateFailed")
+    assert failed.state == "demo.main.step_0002"
+    assert failed.summary == "[http_503] retryable  upstream down"
+    assert lines[-1].summary.startswith("Completed")
+    dom = EventEnvelope(
+        run_id=RUN,
+        seq=9,
+        event=DomainEvent(
+            name="retry_scheduled",
+            payload={
+                "state_id": "demo.main.x",
+                "failed_attempt": 0,
+                "next_attempt": 1,
+                "delay_ms": 4000,
+                "not_before_millis": 5,
+            },
+        ),
+    )
+    line = summarize(encode_envelope(dom))
+    assert (line.kind, line.state, line.summary) == ("retry_scheduled", "demo.main.x", "attempt 2 in 4.0s")
+    assert summarize(b"{not json").kind == "corrupt"
+
+
+def test_filter_parse_and_needles() -> None:
+    flt = LogFilter.parse("kind=StateFailed s=step_0002 upstream down")
+    assert (flt.kind, flt.state, flt.text) == ("StateFailed", "step_0002", "upstream down")
+    assert flt.active and "kind=StateFailed" in flt.describe()
+    assert not LogFilter.parse("  ").active
+
+
+def test_file_source_shows_tail_before_indexing(tmp_path: Path) -> None:
+    envs = _envelopes(2000)  # ~6,000 lines, far more than 64 KiB
+    path = tmp_path / "events.jsonl"
+    _write(path, envs)
+    src = FileLogSource(path)
+    assert len(src) == len(envs)
+    assert not src.indexed
+    assert src.raw(len(envs) - 1) == encode_envelope(envs[-1])
+    assert src.raw(0) is None  # not indexed yet
+    src.build_index()
+    assert src.indexed and len(src) == len(envs)
+    assert src.raw(0) == encode_envelope(envs[0])
+    assert src.raw(1234) == encode_envelope(envs[1234])
+
+
+def test_file_source_ignores_a_torn_tail_until_it_completes(tmp_path: Path) -> None:
+    envs = _envelopes(3)
+    path = tmp_path / "events.jsonl"
+    full = encode_envelope(envs[-1])
+    _write(path, envs[:-1], torn=full[:20])
+    src = FileLogSource(path)
+    assert len(src) == len(envs) - 1
+    assert src.refresh() == 0
+    with open(path, "ab") as fh:
+        fh.write(full[20:] + b"\n")
+    assert src.refresh() == 1
+    assert src.raw(len(envs) - 1) == full
+
+
+def test_refresh_during_indexing_keeps_appended_lines(tmp_path: Path) -> None:
+    envs = _envelopes(2000)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs[:-5])
+    src = FileLogSource(path)
+    with open(path, "ab") as fh:
+        fh.write(b"".join(encode_envelope(e) + b"\n" for e in envs[-5:]))
+    assert src.refresh() == 5
+    src.build_index()
+    assert len(src) == len(envs)
+    assert src.raw(len(envs) - 1) == encode_envelope(envs[-1])
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"")
+    src = FileLogSource(path)
+    assert len(src) == 0 and src.indexed
+    assert src.find(b"x", 0) == -1
+    assert list(src.filter(LogFilter(text="x"))) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "list"])
+def test_find_and_filter_agree_across_sources(tmp_path: Path, kind: str) -> None:
+    envs = _envelopes(300)
+    if kind == "file":
+        path = tmp_path / "events.jsonl"
+        _write(path, envs)
+        src: FileLogSource | ListLogSource = FileLogSource(path)
+        src.build_index()
+    else:
+        src = ListLogSource(envs)
+    expected_failed = [i for i, e in enumerate(envs) if isinstance(e.event, StateFailed)]
+    assert list(src.filter(LogFilter(kind="StateFailed"))) == expected_failed
+    step5 = list(src.filter(LogFilter(state="demo.main.step_0005")))
+    assert step5 and all("step_0005" in (src.raw(i) or b"").decode() for i in step5)
+    both = list(src.filter(LogFilter(kind="StateFailed", text="step_0005")))
+    assert both == [i for i in expected_failed if i in step5]
+    # find forward / backward, with and without a filtered subset
+    first = src.find(b"http_503", 0)
+    assert first == expected_failed[0]
+    assert src.find(b"http_503", first + 1) == expected_failed[1]
+    assert src.find(b"http_503", len(envs) - 1, backwards=True) == expected_failed[-1]
+    assert src.find(b"http_503", first - 1, backwards=True) == -1
+    among = src.filter(LogFilter(kind="StateEntered"))
+    hit = src.find(b"step_0002", 0, among=among)
+    assert hit in among and "StateEntered" in (src.raw(hit) or b"").decode()
+    assert src.find(b"no such text", 0) == -1
+
+
+def test_list_source_extend_ignores_known_seqs() -> None:
+    envs = _envelopes(2)
+    src = ListLogSource(envs[:3])
+    assert src.extend(envs[1:]) == len(envs) - 3
+    assert len(src) == len(envs)
+    assert src.raw(len(envs)) is None
