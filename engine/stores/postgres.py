@@ -1,0 +1,549 @@
+"""PostgreSQL store backend: the same contract as the memory and filesystem stores, shared by many hosts.
+
+``PostgresStore(dsn)`` gives ``.events`` (EventStore + RunLister + ControlStore), ``.artifacts`` (ArtifactStore)
+and ``.stores`` (an ``engine.Stores``). It uses psycopg 3 (async) and a small built-in connection pool; close it
+with ``await store.close()`` (or ``async with PostgresStore(dsn) as store``).
+
+Tables (in ``schema``, default ``public``; created and versioned on first use under an advisory lock):
+
+``mfm_schema(version, created_at)``
+    one row; ``version`` is :data:`SCHEMA_VERSION`. Any other value → ``StorageError`` ``store_version_unknown``.
+``mfm_events(run_id uuid, seq bigint, ts_millis bigint NULL, kind text, payload text)``, ``PRIMARY KEY (run_id, seq)``
+    the reference store's row shape keyed by run id. ``kind`` is the envelope's kind (``StateEntered``, or a domain
+    event name); ``payload`` is the event's exact wire JSON (ENGINE-SPEC §4.4) as text, so a read re-encodes
+    byte-identically. The primary key is the optimistic-concurrency check: two appenders of one ``seq`` cannot
+    both commit. No table lock is ever taken; appends to different runs never wait on each other.
+``mfm_runs(run_id uuid PRIMARY KEY, head bigint, changed_xid xid8)``
+    one row per run, upserted by each append: ``list_runs`` and ``changes_since``.
+``mfm_artifacts(id text PRIMARY KEY, kind text, data bytea)``
+    content-addressed blobs; ``kind`` is the wire JSON of the ``ArtifactKind`` given at the first put. Every read
+    is re-hashed (mismatch → Corruption ``artifact_corruption``); a put of a corrupted id repairs it.
+``mfm_cancels(run_id uuid PRIMARY KEY, requested_at_millis bigint, reason text)``
+    cancel requests (first request wins).
+
+An append is ONE statement in autocommit mode (one round trip, one commit): it reads the head, inserts the batch
+only if the head equals ``expected_seq``, upserts ``mfm_runs`` and calls ``pg_notify`` — all or nothing. A stale
+``expected_seq`` or a lost race (unique violation) → Concurrency ``event_store_concurrency``.
+
+``changes_since`` cursors are transaction ids, not a serial: a serial is assigned before commit, so a reader could
+see change 11 commit before change 10 and skip 10 for ever. The cursor is instead the snapshot's ``xmin`` (every
+transaction below it has finished), and a call returns the runs whose last change lies in ``[cursor, xmin)`` —
+complete and never repeated. (A long-open transaction elsewhere in the cluster delays reports until it ends.)
+
+Live tailing: each append notifies channel :attr:`PostgresEventStore.channel` (``mfm_events``, or
+``mfm_events__<schema>``) with payload ``<run_id>:<head>``; ``async with store.events.watch() as notices:`` listens
+(the subscription is active when the block is entered) and ``async for n in notices`` yields :class:`ChangeNotice`.
+
+The DSN's password never appears in a repr or an error message (:func:`redact_dsn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, LiteralString, NoReturn
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from engine._kinds import ArtifactKind
+from engine._wire import compact_json
+from engine.errors import StorageError
+from engine.events import EventEnvelope
+from engine.hashing import artifact_id_for_bytes
+from engine.ids import ArtifactId, RunId
+from engine.stores._base import (
+    CODE_CONCURRENCY,
+    CancelRequest,
+    ChangeBatch,
+    check_artifact_id,
+    check_run_id,
+    encode_batch,
+)
+
+if TYPE_CHECKING:
+    from engine.engine import Stores
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ChangeNotice",
+    "PostgresArtifactStore",
+    "PostgresEventStore",
+    "PostgresStore",
+    "redact_dsn",
+]
+
+SCHEMA_VERSION: Final = 1
+_MAX_SEQ: Final = 2**63 - 1
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+_SECRET_KEYS: Final = ("password", "sslpassword")
+_Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with every password replaced by ``***`` (an unparsable DSN is not shown at all)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<unparsable dsn>"
+    return make_conninfo("", **{k: ("***" if k in _SECRET_KEYS else v) for k, v in params.items()})
+
+
+def _dsn_secrets(dsn: str) -> list[str]:
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return []
+    return [str(params[k]) for k in _SECRET_KEYS if params.get(k)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeNotice:
+    """One ``NOTIFY`` from an append: run ``run_id`` now has head ``head``."""
+
+    run_id: RunId
+    head: int
+
+
+class _Core:
+    """Connection pool, schema bootstrap, SQL text and error translation shared by both stores."""
+
+    def __init__(self, dsn: str, schema: str, max_connections: int) -> None:
+        if not isinstance(schema, str) or _SCHEMA_NAME.fullmatch(schema) is None:
+            raise StorageError.other("store_schema_invalid", f"invalid schema name: {schema!r}"[:200])
+        if max_connections < 1:
+            raise StorageError.other("store_pool_invalid", "max_connections must be at least 1")
+        self.dsn_redacted = redact_dsn(dsn)
+        self._dsn = dsn
+        self._secrets = _dsn_secrets(dsn)
+        self.schema = schema
+        self.channel = "mfm_events" if schema == "public" else f"mfm_events__{schema}"
+        self._max = max_connections
+        self._idle: list[_Conn] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._init_lock = asyncio.Lock()
+        self._ready = False
+        self._closed = False
+        self.q = _Queries(schema)
+
+    # -- errors -------------------------------------------------------------------------------------------------
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def fail(self, code: str, what: str, exc: BaseException) -> NoReturn:
+        """Translate a driver error (the one place this happens)."""
+        if isinstance(exc, StorageError):
+            raise exc
+        detail = self.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        state = getattr(exc, "sqlstate", None)
+        retryable = isinstance(exc, psycopg.OperationalError)
+        msg = f"{what} failed on PostgreSQL ({self.dsn_redacted}): {detail}"[:500]
+        raise StorageError.other(code, msg, {"sqlstate": state} if state else None, retryable=retryable) from None
+
+    # -- connections --------------------------------------------------------------------------------------------
+
+    async def connect(self) -> _Conn:
+        if self._closed:
+            raise StorageError.other("store_closed", f"PostgreSQL store {self.dsn_redacted} is closed")
+        try:
+            conn: _Conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+        except psycopg.Error as exc:
+            detail = self.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise StorageError.other(
+                "store_unavailable",
+                f"cannot connect to PostgreSQL ({self.dsn_redacted}): {detail}"[:500],
+                retryable=True,
+            ) from None
+        return conn
+
+    def _check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Connections belong to the loop that opened them: a new loop starts a fresh pool.
+            for conn in self._idle:
+                conn.pgconn.finish()
+            self._idle.clear()
+            self._slots = asyncio.Semaphore(self._max)
+            self._init_lock = asyncio.Lock()
+            self._loop = loop
+
+    @asynccontextmanager
+    async def conn(self, code: str) -> AsyncIterator[_Conn]:
+        """A pooled autocommit connection; schema verified on first use; errors → ``StorageError(code)``."""
+        self._check_loop()
+        if not self._ready:
+            await self._bootstrap()
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self.connect()
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                self.fail(code, "query", exc)
+            finally:
+                idle = psycopg.pq.TransactionStatus.IDLE
+                if self._closed or conn.closed or conn.broken or conn.info.transaction_status != idle:
+                    await conn.close()
+                else:
+                    self._idle.append(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+    # -- schema -------------------------------------------------------------------------------------------------
+
+    async def _bootstrap(self) -> None:
+        async with self._init_lock:
+            if self._ready:
+                return
+            conn = await self.connect()
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"mfm_schema:{self.schema}"])
+                    await conn.execute(self.q.create_schema)
+                    await conn.execute(self.q.create_version_table)
+                    rows = await (await conn.execute(self.q.select_version)).fetchall()
+                    if not rows:
+                        for stmt in self.q.create_tables:
+                            await conn.execute(stmt)
+                        await conn.execute(self.q.insert_version, [SCHEMA_VERSION])
+                    elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
+                        found = ", ".join(str(r[0]) for r in rows)
+                        raise StorageError.other(
+                            "store_version_unknown",
+                            f"PostgreSQL store {self.dsn_redacted} schema {self.schema!r} has version {found}; "
+                            f"this engine reads version {SCHEMA_VERSION} only",
+                        )
+            except psycopg.Error as exc:
+                self.fail("store_init_failed", "schema setup", exc)
+            finally:
+                await conn.close()
+            self._ready = True
+
+
+class _Queries:
+    """Every SQL statement, composed once with the schema-qualified table names."""
+
+    def __init__(self, schema: str) -> None:
+        names = {
+            t: sql.Identifier(schema, t)
+            for t in ("mfm_schema", "mfm_events", "mfm_runs", "mfm_artifacts", "mfm_cancels")
+        }
+
+        def q(text: LiteralString) -> sql.Composed:
+            return sql.SQL(text).format(**names)
+
+        self.create_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+        self.create_version_table = q(
+            "CREATE TABLE IF NOT EXISTS {mfm_schema} (version integer NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        self.select_version = q("SELECT version FROM {mfm_schema}")
+        self.insert_version = q("INSERT INTO {mfm_schema} (version) VALUES (%s)")
+        self.create_tables = [
+            q(
+                "CREATE TABLE {mfm_events} (run_id uuid NOT NULL, seq bigint NOT NULL CHECK (seq >= 1),"
+                " ts_millis bigint, kind text NOT NULL, payload text NOT NULL, PRIMARY KEY (run_id, seq))"
+            ),
+            q(
+                "CREATE TABLE {mfm_runs} (run_id uuid PRIMARY KEY, head bigint NOT NULL,"
+                " changed_xid xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            q("CREATE INDEX ON {mfm_runs} (changed_xid)"),
+            q(
+                "CREATE TABLE {mfm_artifacts} (id text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{{64}}$'),"
+                " kind text NOT NULL, data bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            q(
+                "CREATE TABLE {mfm_cancels} (run_id uuid PRIMARY KEY, requested_at_millis bigint NOT NULL,"
+                " reason text NOT NULL)"
+            ),
+        ]
+        self.append = q(
+            "WITH head AS (SELECT coalesce(max(seq), 0) AS h FROM {mfm_events} WHERE run_id = %(run)s),"
+            " ins AS (INSERT INTO {mfm_events} (run_id, seq, ts_millis, kind, payload)"
+            "  SELECT %(run)s, b.seq, b.ts, b.kind, b.payload"
+            "  FROM unnest(%(seqs)s::bigint[], %(ts)s::bigint[], %(kinds)s::text[], %(payloads)s::text[])"
+            "   AS b(seq, ts, kind, payload), head WHERE head.h = %(expected)s RETURNING seq),"
+            " run AS (INSERT INTO {mfm_runs} (run_id, head, changed_xid)"
+            "  SELECT %(run)s, max(seq), pg_current_xact_id() FROM ins HAVING count(*) > 0"
+            "  ON CONFLICT (run_id) DO UPDATE SET head = EXCLUDED.head, changed_xid = EXCLUDED.changed_xid,"
+            "  updated_at = now() RETURNING head),"
+            " note AS (SELECT pg_notify(%(channel)s, %(run)s::text || ':' || head::text) FROM run)"
+            " SELECT (SELECT h FROM head), (SELECT count(*) FROM note)"
+        )
+        self.head = q("SELECT coalesce(max(seq), 0) FROM {mfm_events} WHERE run_id = %s")
+        self.read = q(
+            "SELECT seq, ts_millis, payload FROM {mfm_events}"
+            " WHERE run_id = %s AND seq >= %s AND seq <= %s ORDER BY seq"
+        )
+        self.list_runs = q("SELECT run_id FROM {mfm_runs}")
+        self.changes = q(
+            "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)"
+            " SELECT s.x::text, r.run_id FROM s LEFT JOIN {mfm_runs} r"
+            " ON r.changed_xid >= %s::text::xid8 AND r.changed_xid < s.x"
+        )
+        self.xmin = q("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        self.cancel = q(
+            "INSERT INTO {mfm_cancels} (run_id, requested_at_millis, reason) VALUES (%s, %s, %s)"
+            " ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING requested_at_millis, reason"
+        )
+        self.cancel_get = q("SELECT requested_at_millis, reason FROM {mfm_cancels} WHERE run_id = %s")
+        self.put = q(
+            "INSERT INTO {mfm_artifacts} AS a (id, kind, data) VALUES (%s, %s, %s) ON CONFLICT (id)"
+            " DO UPDATE SET data = EXCLUDED.data WHERE sha256(a.data) <> decode(a.id, 'hex')"
+        )
+        self.get = q("SELECT data FROM {mfm_artifacts} WHERE id = %s")
+        self.exists = q("SELECT 1 FROM {mfm_artifacts} WHERE id = %s")
+        self.kind = q("SELECT kind FROM {mfm_artifacts} WHERE id = %s")
+
+
+class PostgresEventStore:
+    """Event streams in ``mfm_events``; also the monitor's ``RunLister`` and the ``ControlStore``."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+
+    @property
+    def channel(self) -> str:
+        """The ``LISTEN`` channel every append notifies."""
+        return self._core.channel
+
+    def __repr__(self) -> str:
+        return f"PostgresEventStore({self._core.dsn_redacted!r}, schema={self._core.schema!r})"
+
+    async def head_seq(self, run_id: RunId) -> int:
+        run_id = check_run_id(run_id)
+        async with self._core.conn("event_store_io") as conn:
+            row = await (await conn.execute(self._core.q.head, [uuid.UUID(run_id)])).fetchone()
+        return int(row[0]) if row else 0
+
+    async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
+        run_id = check_run_id(run_id)
+        events = list(events)
+        encode_batch(run_id, expected_seq, events)  # validation (ENGINE-SPEC §3.3) before anything is sent
+        if not 0 <= expected_seq <= _MAX_SEQ - len(events):
+            head = await self.head_seq(run_id)
+            raise StorageError.concurrency(
+                CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
+            )
+        params = {
+            "run": uuid.UUID(run_id),
+            "expected": expected_seq,
+            "seqs": [e.seq for e in events],
+            "ts": [e.ts_millis for e in events],
+            "kinds": [e.kind for e in events],
+            "payloads": [_event_wire(e) for e in events],
+            "channel": self._core.channel,
+        }
+        async with self._core.conn("event_store_io") as conn:
+            try:
+                row = await (await conn.execute(self._core.q.append, params)).fetchone()
+            except (pgerrors.UniqueViolation, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
+                raise StorageError.concurrency(
+                    CODE_CONCURRENCY, f"run {run_id}: another writer appended at seq {expected_seq + 1} first"
+                ) from None
+        head = int(row[0]) if row else -1
+        if head != expected_seq:
+            raise StorageError.concurrency(
+                CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
+            )
+        return expected_seq + len(events)
+
+    async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
+        run_id = check_run_id(run_id)
+        lo = max(from_seq, 1)
+        hi = _MAX_SEQ if to_seq is None else min(to_seq, _MAX_SEQ)
+        if lo > hi:
+            return []
+        async with self._core.conn("event_store_io") as conn:
+            rows = await (await conn.execute(self._core.q.read, [uuid.UUID(run_id), lo, hi])).fetchall()
+        return [_decode_row(run_id, seq, ts, payload) for seq, ts, payload in rows]
+
+    async def list_runs(self) -> list[RunId]:
+        async with self._core.conn("event_store_io") as conn:
+            rows = await (await conn.execute(self._core.q.list_runs)).fetchall()
+        return [RunId(str(r[0])) for r in rows]
+
+    async def changes_since(self, cursor: int | None) -> ChangeBatch:
+        async with self._core.conn("event_store_io") as conn:
+            if cursor is None:
+                row = await (await conn.execute(self._core.q.xmin)).fetchone()
+                return ChangeBatch(cursor=int(row[0]) if row else 0, runs=frozenset())
+            rows = await (await conn.execute(self._core.q.changes, [str(max(int(cursor), 0))])).fetchall()
+        new_cursor = int(rows[0][0]) if rows else max(int(cursor), 0)
+        return ChangeBatch(cursor=new_cursor, runs=frozenset(RunId(str(r[1])) for r in rows if r[1] is not None))
+
+    async def request_cancel(self, run_id: RunId, reason: str = "") -> CancelRequest:
+        run_id = check_run_id(run_id)
+        now = int(time.time() * 1000)
+        async with self._core.conn("event_store_io") as conn:
+            row = await (await conn.execute(self._core.q.cancel, [uuid.UUID(run_id), now, reason])).fetchone()
+        assert row is not None  # INSERT … ON CONFLICT DO UPDATE … RETURNING always yields the row
+        return CancelRequest(run_id=run_id, requested_at_millis=int(row[0]), reason=str(row[1]))
+
+    async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
+        run_id = check_run_id(run_id)
+        async with self._core.conn("event_store_io") as conn:
+            row = await (await conn.execute(self._core.q.cancel_get, [uuid.UUID(run_id)])).fetchone()
+        if row is None:
+            return None
+        return CancelRequest(run_id=run_id, requested_at_millis=int(row[0]), reason=str(row[1]))
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[ChangeNotice]]:
+        """Listen for appends: ``async with events.watch() as notices: async for n in notices: ...``.
+
+        The subscription is active once the block is entered, so an append made after that is never missed.
+        Uses one dedicated connection, closed when the block exits.
+        """
+        core = self._core
+        core._check_loop()
+        if not core._ready:
+            await core._bootstrap()
+        conn = await core.connect()
+        try:
+            try:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(core.channel)))
+            except psycopg.Error as exc:
+                core.fail("event_store_io", "LISTEN", exc)
+            yield self._notices(conn)
+        finally:
+            await conn.close()
+
+    async def _notices(self, conn: _Conn) -> AsyncIterator[ChangeNotice]:
+        try:
+            async for note in conn.notifies():
+                run, _, head = note.payload.rpartition(":")
+                try:
+                    yield ChangeNotice(run_id=RunId(run), head=int(head))
+                except ValueError:
+                    continue  # a foreign NOTIFY on our channel: not ours to interpret
+        except psycopg.Error as exc:
+            self._core.fail("event_store_io", "watching for appends", exc)
+
+
+def _event_wire(env: EventEnvelope) -> str:
+    return compact_json(env.model_dump(mode="json")["event"])
+
+
+def _decode_row(run_id: RunId, seq: int, ts: int | None, payload: str) -> EventEnvelope:
+    try:
+        event = json.loads(payload)
+        return EventEnvelope.model_validate({"run_id": run_id, "seq": seq, "ts_millis": ts, "event": event})
+    except ValueError as exc:
+        raise StorageError.corruption(
+            "machine_event_decode_failed", f"run {run_id} seq {seq}: event record could not be decoded: {exc}"[:400]
+        ) from exc
+
+
+class PostgresArtifactStore:
+    """Content-addressed blobs in ``mfm_artifacts``, re-hashed on every read."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"PostgresArtifactStore({self._core.dsn_redacted!r}, schema={self._core.schema!r})"
+
+    async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
+        if not isinstance(kind, ArtifactKind):
+            raise StorageError.other("artifact_kind_invalid", f"not an ArtifactKind: {type(kind).__name__}")
+        data = bytes(data)
+        aid = artifact_id_for_bytes(data)
+        async with self._core.conn("artifact_store_io") as conn:
+            await conn.execute(self._core.q.put, [aid, compact_json(kind.to_wire()), data])
+        return aid
+
+    async def get(self, artifact_id: ArtifactId) -> bytes:
+        aid = check_artifact_id(artifact_id)
+        async with self._core.conn("artifact_store_io") as conn:
+            row = await (await conn.execute(self._core.q.get, [aid])).fetchone()
+        if row is None:
+            raise StorageError.not_found("artifact_not_found", f"artifact not found: {aid}")
+        data = bytes(row[0])
+        if hashlib.sha256(data).hexdigest() != aid:
+            raise StorageError.corruption("artifact_corruption", f"artifact {aid}: stored bytes do not match its id")
+        return data
+
+    async def exists(self, artifact_id: ArtifactId) -> bool:
+        try:
+            aid = ArtifactId(artifact_id)
+        except ValueError:
+            return False
+        async with self._core.conn("artifact_store_io") as conn:
+            row = await (await conn.execute(self._core.q.exists, [aid])).fetchone()
+        return row is not None
+
+    async def kind_of(self, artifact_id: ArtifactId) -> ArtifactKind | None:
+        """The kind recorded at the first put, ``None`` for an unknown id."""
+        aid = check_artifact_id(artifact_id)
+        async with self._core.conn("artifact_store_io") as conn:
+            row = await (await conn.execute(self._core.q.kind, [aid])).fetchone()
+        if row is None:
+            return None
+        try:
+            return ArtifactKind.from_wire(json.loads(row[0]))
+        except ValueError as exc:
+            raise StorageError.corruption("artifact_kind_corrupt", f"artifact {aid}: unreadable kind") from exc
+
+
+class PostgresStore:
+    """Both PostgreSQL stores over one pool, with ``.stores`` as an ``engine.Stores``."""
+
+    def __init__(self, dsn: str, *, schema: str = "public", max_connections: int = 4) -> None:
+        self._core = _Core(dsn, schema, max_connections)
+        self.events = PostgresEventStore(self._core)
+        self.artifacts = PostgresArtifactStore(self._core)
+
+    @property
+    def dsn(self) -> str:
+        """The DSN with its password redacted."""
+        return self._core.dsn_redacted
+
+    @property
+    def schema(self) -> str:
+        return self._core.schema
+
+    @property
+    def stores(self) -> Stores:
+        from engine.engine import Stores
+
+        return Stores(events=self.events, artifacts=self.artifacts, control=self.events)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._core.dsn_redacted!r}, schema={self._core.schema!r})"
+
+    async def open(self) -> PostgresStore:
+        """Connect and create/verify the schema now (otherwise done on first use)."""
+        async with self._core.conn("store_init_failed"):
+            pass
+        return self
+
+    async def close(self) -> None:
+        """Close every pooled connection; the store is unusable afterwards."""
+        await self._core.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
