@@ -32,16 +32,18 @@ class JsonContext:
     """An ordered map key → JSON value (the engine's base context, ENGINE-SPEC §10.2)."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
-        if data is not None and not isinstance(data, dict):
+        if data is not None and (not isinstance(data, dict) or not all(isinstance(k, str) for k in data)):
             raise ContextError.serialization("context_snapshot_not_object", "context snapshot is not a JSON object")
-        self._data: dict[str, Any] = dict(data or {})
+        self._data: dict[str, Any] = {str(ContextKey(k)): v for k, v in (data or {}).items()}
 
     def read(self, key: str) -> Any | None:
         value = self._data.get(ContextKey(key))
         return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
     def write(self, key: str, value: Any) -> None:
-        self._data[ContextKey(key)] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+        # Keys are stored as plain ``str`` so that ``dump()`` is plain JSON (canonical encoding
+        # rejects non-``str`` object keys).
+        self._data[str(ContextKey(key))] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
     def delete(self, key: str) -> None:
         self._data.pop(key, None)
