@@ -1,0 +1,373 @@
+"""PostgreSQL store: the shared store contract suite, plus what only a database backend must prove.
+
+A real server is started once per test process (each pytest-xdist worker gets its own, see ``pg_server.py``); every
+test gets its own schema, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+
+from engine._kinds import ArtifactKind
+from engine.errors import StorageError, StorageErrorKind
+from engine.events import DomainEvent, EventEnvelope, RunStarted, StateEntered
+from engine.hashing import artifact_id_for_bytes
+from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.stores._base import ArtifactStore, ControlStore, EventStore, RunLister
+from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, PostgresStore, redact_dsn
+from tests.engine.pg_server import PgServer
+
+AID = ArtifactId("a" * 64)
+HANG_GUARD = 30.0  # seconds; only so that a regression fails instead of hanging the suite
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = PgServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_schema(pg_server: PgServer) -> str:
+    return pg_server.new_schema_name()
+
+
+@pytest.fixture
+async def pg_store(pg_server: PgServer, pg_schema: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_server.dsn(), schema=pg_schema)
+    try:
+        yield await store.open()
+    finally:
+        await store.close()
+
+
+def new_run() -> RunId:
+    return RunId(str(uuid.uuid4()))
+
+
+def env(run_id: RunId, seq: int, *, ts: int | None = 1_700_000_000_000) -> EventEnvelope:
+    if seq == 1:
+        event: object = RunStarted(op_id=OpId("demo"), manifest_id=AID, initial_snapshot_id=AID)
+    elif seq % 2 == 0:
+        event = StateEntered(state_id=StateId("demo.main.step"), attempt=seq, base_snapshot_id=AID)
+    else:
+        event = DomainEvent(name="note", payload={"seq": seq, "text": "héllo ☃ 𝄞"})
+    return EventEnvelope(run_id=run_id, seq=seq, ts_millis=ts, event=event)
+
+
+async def raw_connect(server: PgServer) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    return await psycopg.AsyncConnection.connect(server.dsn())
+
+
+async def wait_until_blocked(server: PgServer, text: str) -> None:
+    """Poll the server until a backend running a statement containing ``text`` waits on a lock."""
+    async with await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True) as conn:
+        for _ in range(3000):
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                [f"%{text}%"],
+            )
+            row = await cur.fetchone()
+            if row and row[0]:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("the append never blocked on the uncommitted row")
+
+
+# -- protocol shape --------------------------------------------------------------------------------------------
+
+
+async def test_store_implements_every_protocol(pg_store: PostgresStore) -> None:
+    assert isinstance(pg_store.events, EventStore)
+    assert isinstance(pg_store.events, RunLister)
+    assert isinstance(pg_store.events, ControlStore)
+    assert isinstance(pg_store.artifacts, ArtifactStore)
+    stores = pg_store.stores
+    assert stores.events is pg_store.events and stores.control is pg_store.events
+    assert stores.artifacts is pg_store.artifacts
+
+
+# -- concurrency -----------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_appenders_on_two_connections_exactly_one_winner_per_seq(
+    pg_server: PgServer, pg_schema: str
+) -> None:
+    a = await PostgresStore(pg_server.dsn(), schema=pg_schema).open()
+    b = await PostgresStore(pg_server.dsn(), schema=pg_schema).open()
+    run = new_run()
+    winners: dict[int, str] = {}
+    try:
+        for seq in range(1, 31):
+            head = seq - 1
+            results = await asyncio.gather(
+                a.events.append(run, head, [env(run, seq)]),
+                b.events.append(run, head, [env(run, seq)]),
+                return_exceptions=True,
+            )
+            ok = [name for name, r in zip("ab", results, strict=True) if r == seq]
+            lost = [r for r in results if isinstance(r, StorageError)]
+            assert len(ok) == 1, results
+            assert len(lost) == 1 and lost[0].kind is StorageErrorKind.CONCURRENCY, results
+            assert lost[0].code == "event_store_concurrency"
+            winners[seq] = ok[0]
+        assert await a.events.head_seq(run) == 30
+        assert [e.seq for e in await b.events.read_range(run, 1)] == list(range(1, 31))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_append_racing_an_uncommitted_row_waits_then_loses_on_the_primary_key(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    run = new_run()
+    await pg_store.events.append(run, 0, [env(run, 1)])
+    other = await raw_connect(pg_server)
+    try:
+        # Another writer has inserted seq 2 but not committed: our append reads head 1, so it must hit the key.
+        await other.execute(
+            f'INSERT INTO "{pg_store.schema}".mfm_events (run_id, seq, kind, payload) VALUES (%s, 2, %s, %s)',
+            [uuid.UUID(run), "x", "{}"],
+        )
+        task = asyncio.create_task(pg_store.events.append(run, 1, [env(run, 2)]))
+        await wait_until_blocked(pg_server, "mfm_events")
+        assert not task.done()
+        await other.commit()
+        with pytest.raises(StorageError) as info:
+            await asyncio.wait_for(task, HANG_GUARD)
+        assert info.value.kind is StorageErrorKind.CONCURRENCY
+        assert info.value.code == "event_store_concurrency"
+    finally:
+        await other.close()
+    assert await pg_store.events.head_seq(run) == 2
+
+
+async def test_append_racing_an_uncommitted_row_wins_when_the_other_rolls_back(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    run = new_run()
+    other = await raw_connect(pg_server)
+    try:
+        await other.execute(
+            f'INSERT INTO "{pg_store.schema}".mfm_events (run_id, seq, kind, payload) VALUES (%s, 1, %s, %s)',
+            [uuid.UUID(run), "x", "{}"],
+        )
+        task = asyncio.create_task(pg_store.events.append(run, 0, [env(run, 1), env(run, 2)]))
+        await wait_until_blocked(pg_server, "mfm_events")
+        await other.rollback()
+        assert await asyncio.wait_for(task, HANG_GUARD) == 2
+    finally:
+        await other.close()
+    assert [e.seq for e in await pg_store.events.read_range(run, 1)] == [1, 2]
+
+
+async def test_appends_to_different_runs_do_not_wait_on_each_other(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    blocked_run, free_run = new_run(), new_run()
+    other = await raw_connect(pg_server)
+    try:
+        # An open transaction holding a fresh row of one run (as a slow appender would) ...
+        await other.execute(
+            f'INSERT INTO "{pg_store.schema}".mfm_events (run_id, seq, kind, payload) VALUES (%s, 1, %s, %s)',
+            [uuid.UUID(blocked_run), "x", "{}"],
+        )
+        # ... does not delay another run's append, its head read or the run listing.
+        assert await asyncio.wait_for(pg_store.events.append(free_run, 0, [env(free_run, 1)]), HANG_GUARD) == 1
+        assert await asyncio.wait_for(pg_store.events.head_seq(free_run), HANG_GUARD) == 1
+        assert await asyncio.wait_for(pg_store.events.list_runs(), HANG_GUARD) == [free_run]
+        assert other.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    finally:
+        await other.rollback()
+        await other.close()
+
+
+async def test_changes_since_never_skips_a_change_that_commits_late(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    """A serial cursor would skip the slow writer's run; the xmin cursor holds back until it commits."""
+    events = pg_store.events
+    cursor = (await events.changes_since(None)).cursor
+    slow_run, fast_run = new_run(), new_run()
+    slow = await raw_connect(pg_server)
+    try:
+        await slow.execute(
+            f'INSERT INTO "{pg_store.schema}".mfm_runs (run_id, head, changed_xid)'
+            " VALUES (%s, 1, pg_current_xact_id())",
+            [uuid.UUID(slow_run)],
+        )
+        await events.append(fast_run, 0, [env(fast_run, 1)])  # starts later, commits first
+        early = await events.changes_since(cursor)
+        assert slow_run not in early.runs
+        await slow.commit()
+    finally:
+        await slow.close()
+    seen = set(early.runs)
+    late = await events.changes_since(early.cursor)
+    seen |= late.runs
+    assert seen == {slow_run, fast_run}
+    assert (await events.changes_since(late.cursor)).runs == frozenset()
+
+
+# -- schema ----------------------------------------------------------------------------------------------------
+
+
+async def test_schema_is_created_and_versioned_on_first_use(pg_server: PgServer, pg_store: PostgresStore) -> None:
+    rows = pg_server.psql(f'SELECT version FROM "{pg_store.schema}".mfm_schema').split()
+    assert rows == [str(SCHEMA_VERSION)]
+    # A second store on the same schema accepts it and sees the same data.
+    run = new_run()
+    await pg_store.events.append(run, 0, [env(run, 1)])
+    async with PostgresStore(pg_server.dsn(), schema=pg_store.schema) as again:
+        assert await again.events.head_seq(run) == 1
+    assert pg_server.psql(f'SELECT count(*) FROM "{pg_store.schema}".mfm_schema').split() == ["1"]
+
+
+async def test_unknown_schema_version_is_refused_with_a_clear_error(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    pg_server.psql(f'UPDATE "{pg_store.schema}".mfm_schema SET version = 99')
+    newer = PostgresStore(pg_server.dsn(), schema=pg_store.schema)
+    try:
+        with pytest.raises(StorageError) as info:
+            await newer.events.head_seq(new_run())
+    finally:
+        await newer.close()
+    assert info.value.code == "store_version_unknown"
+    assert "99" in info.value.message and str(SCHEMA_VERSION) in info.value.message
+
+
+async def test_concurrent_first_use_creates_the_schema_once(pg_server: PgServer, pg_schema: str) -> None:
+    stores = [PostgresStore(pg_server.dsn(), schema=pg_schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+    finally:
+        for s in stores:
+            await s.close()
+    assert pg_server.psql(f'SELECT count(*) FROM "{pg_schema}".mfm_schema').split() == ["1"]
+
+
+def test_invalid_schema_name_is_refused_before_any_sql() -> None:
+    with pytest.raises(StorageError) as info:
+        PostgresStore("host=/nonexistent", schema='x"; DROP TABLE y; --')
+    assert info.value.code == "store_schema_invalid"
+
+
+# -- rows ------------------------------------------------------------------------------------------------------
+
+
+async def test_rows_mirror_the_reference_shape_and_keep_the_exact_wire_bytes(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    run = new_run()
+    batch = [env(run, 1), env(run, 2, ts=None), env(run, 3)]
+    await pg_store.events.append(run, 0, batch)
+    out = pg_server.psql(
+        f"SELECT seq, coalesce(ts_millis::text, 'null'), kind, payload FROM \"{pg_store.schema}\".mfm_events"
+        f" WHERE run_id = '{run}' ORDER BY seq"
+    )
+    rows = [line.split("|", 3) for line in out.splitlines()]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert [r[1] for r in rows] == ["1700000000000", "null", "1700000000000"]
+    assert [r[2] for r in rows] == ["RunStarted", "StateEntered", "note"]
+    for row, sent in zip(rows, batch, strict=True):
+        wire = sent.to_json()
+        assert wire.endswith("," + '"event":' + row[3] + "}")
+    read = await pg_store.events.read_range(run, 1)
+    assert [e.to_json() for e in read] == [e.to_json() for e in batch]
+
+
+async def test_a_corrupted_event_row_reads_as_corruption(pg_server: PgServer, pg_store: PostgresStore) -> None:
+    run = new_run()
+    await pg_store.events.append(run, 0, [env(run, 1)])
+    pg_server.psql(f"UPDATE \"{pg_store.schema}\".mfm_events SET payload = '{{\"Kernel\":' WHERE run_id = '{run}'")
+    with pytest.raises(StorageError) as info:
+        await pg_store.events.read_range(run, 1)
+    assert info.value.kind is StorageErrorKind.CORRUPTION
+    assert info.value.code == "machine_event_decode_failed"
+
+
+async def test_artifact_corrupted_in_the_table_is_detected_on_read_and_repaired_by_put(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    data = b'{"k":"v"}'
+    aid = await pg_store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, data)
+    assert aid == artifact_id_for_bytes(data)
+    pg_server.psql(f"UPDATE \"{pg_store.schema}\".mfm_artifacts SET data = 'tampered'::bytea WHERE id = '{aid}'")
+    with pytest.raises(StorageError) as info:
+        await pg_store.artifacts.get(aid)
+    assert info.value.kind is StorageErrorKind.CORRUPTION
+    assert info.value.code == "artifact_corruption" and aid in info.value.message
+    assert await pg_store.artifacts.put(ArtifactKind.OUTPUT, data) == aid
+    assert await pg_store.artifacts.get(aid) == data
+    assert await pg_store.artifacts.kind_of(aid) == ArtifactKind.CONTEXT_SNAPSHOT  # first kind is kept
+
+
+# -- NOTIFY ----------------------------------------------------------------------------------------------------
+
+
+async def test_notify_is_delivered_on_append_to_a_watcher_on_another_connection(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    run = new_run()
+    async with PostgresStore(pg_server.dsn(), schema=pg_store.schema) as monitor, monitor.events.watch() as notices:
+        await pg_store.events.append(run, 0, [env(run, 1), env(run, 2)])
+        with pytest.raises(StorageError):
+            await pg_store.events.append(run, 0, [env(run, 1)])  # a lost append notifies nothing
+        await pg_store.events.append(run, 2, [])  # nor does an empty batch
+        await pg_store.events.append(run, 2, [env(run, 3)])
+        first = await asyncio.wait_for(anext(notices), HANG_GUARD)
+        second = await asyncio.wait_for(anext(notices), HANG_GUARD)
+    assert first == ChangeNotice(run_id=run, head=2)
+    assert second == ChangeNotice(run_id=run, head=3)
+
+
+async def test_notify_channels_are_per_schema(pg_server: PgServer, pg_store: PostgresStore) -> None:
+    other_schema = pg_server.new_schema_name()
+    assert pg_store.events.channel == f"mfm_events__{pg_store.schema}"
+    run_a, run_b = new_run(), new_run()
+    async with PostgresStore(pg_server.dsn(), schema=other_schema) as other, pg_store.events.watch() as notices:
+        await other.events.append(run_b, 0, [env(run_b, 1)])
+        await pg_store.events.append(run_a, 0, [env(run_a, 1)])
+        first = await asyncio.wait_for(anext(notices), HANG_GUARD)
+    assert first == ChangeNotice(run_id=run_a, head=1)
+
+
+# -- secrets in DSNs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=/nonexistent/socket/dir user=mfm password=s3cr3t-Pa55 dbname=mfm",
+        "postgresql://mfm:s3cr3t-Pa55@/mfm?host=/nonexistent/socket/dir",
+        "host=/nonexistent/socket/dir sslpassword=s3cr3t-Pa55 password='s3cr3t-Pa55' dbname=mfm",
+    ],
+)
+async def test_dsn_password_never_appears_in_repr_or_errors(dsn: str) -> None:
+    store = PostgresStore(dsn)
+    shown = [repr(store), repr(store.events), repr(store.artifacts), store.dsn, redact_dsn(dsn)]
+    with pytest.raises(StorageError) as info:
+        await store.events.head_seq(new_run())
+    err = info.value
+    shown += [str(err), repr(err), err.message, err.one_line(), str(err.info.model_dump())]
+    shown += [str(e) for e in (err.__cause__, err.__context__) if e is not None]
+    assert err.code == "store_unavailable" and err.retryable
+    assert "/nonexistent/socket/dir" in err.message
+    for text in shown:
+        assert "s3cr3t-Pa55" not in text, text
+    assert "***" in store.dsn
+    await store.close()
+
+
+def test_an_unparsable_dsn_is_not_echoed() -> None:
+    assert redact_dsn("host=x password=hunter2 broken") == "<unparsable dsn>"
