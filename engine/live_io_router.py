@@ -30,7 +30,10 @@ __all__ = [
 ]
 
 ALL_NAMESPACES = "*"
-"""The ``namespace_group`` reported by factories that take every namespace (router, default)."""
+"""The ``namespace_group`` of factories that take every namespace (a router, the default factory).
+
+Inside a router such a factory is the fallback for namespaces no other group matches, so a
+nested router or an ``UnimplementedTransportFactory`` keeps its meaning when wrapped."""
 
 _NAMESPACE_SHOWN_MAX = 128
 
@@ -111,15 +114,18 @@ class RoutedTransport:
 class LiveIoRouter:
     """Routes by longest matching namespace group; built from a list of factories.
 
+    A factory whose group is ``*`` (``ALL_NAMESPACES``) takes the namespaces no group matches.
+
     Raises ``IoError.other`` ``io_namespace_group_empty`` / ``io_namespace_group_duplicate`` when a
     group is empty after trimming or appears twice.
     """
 
     def __init__(self, factories: Sequence[LiveTransportFactory] = ()) -> None:
         routes = _checked_groups(factories)
+        self._fallback: LiveTransportFactory | None = next((f for g, f in routes if g == ALL_NAMESPACES), None)
         # Longest group first, so the first match is the longest one.
         self._routes: tuple[tuple[str, LiveTransportFactory], ...] = tuple(
-            sorted(routes, key=lambda route: len(route[0]), reverse=True)
+            sorted(((g, f) for g, f in routes if g != ALL_NAMESPACES), key=lambda route: len(route[0]), reverse=True)
         )
 
     @property
@@ -128,8 +134,9 @@ class LiveIoRouter:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        """The registered groups, sorted."""
-        return tuple(sorted(group for group, _ in self._routes))
+        """The registered groups, sorted (``*`` included when a fallback factory is set)."""
+        fallback = (ALL_NAMESPACES,) if self._fallback is not None else ()
+        return tuple(sorted([*(group for group, _ in self._routes), *fallback]))
 
     def route(self, namespace: str) -> tuple[str, LiveTransportFactory]:
         """The ``(group, factory)`` serving ``namespace``; ``io_unknown_namespace`` if none."""
@@ -137,6 +144,8 @@ class LiveIoRouter:
             for group, factory in self._routes:
                 if namespace_matches(namespace, group):
                     return group, factory
+            if self._fallback is not None:
+                return ALL_NAMESPACES, self._fallback
         shown = _shown(namespace) if isinstance(namespace, str) else "<not a string>"
         raise IoError.other(
             "io_unknown_namespace",

@@ -184,3 +184,24 @@ async def test_router_passes_transport_errors_through() -> None:
     with pytest.raises(IoError) as err:
         await router.make(ctx()).call("exec", "not an object")
     assert err.value.code == "exec_request_invalid"
+
+
+async def test_catch_all_group_is_the_fallback_for_unmatched_namespaces() -> None:
+    """Project extension: a `*` factory (router, default) inside a router takes unmatched namespaces."""
+    wrapped_default = LiveIoRouter([UnimplementedTransportFactory()])
+    with pytest.raises(IoError) as err:
+        await wrapped_default.make(ctx()).call("exec", {})
+    assert err.value.code == "io_unimplemented"
+
+    inner = LiveIoRouter([TagFactory("evm")])
+    outer = LiveIoRouter([TagFactory("proof"), inner])
+    assert outer.groups == ("*", "proof")
+    transport = outer.make(ctx())
+    assert (await transport.call("proof.x", {}))["via"] == "proof"
+    assert (await transport.call("evm.call", {}))["via"] == "evm"
+    with pytest.raises(IoError) as err:
+        await transport.call("other", {})
+    assert err.value.code == "io_unknown_namespace"
+    with pytest.raises(IoError) as err:
+        LiveIoRouter([inner, UnimplementedTransportFactory()])
+    assert "duplicate" in str(err.value)
