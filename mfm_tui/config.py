@@ -1,0 +1,29 @@
+"""Where the store lives: ``--store PATH``, else ``$MFM_STORE``, else ``$XDG_DATA_HOME/mfm/store``
+(``~/.local/share/mfm/store`` when ``XDG_DATA_HOME`` is unset or not absolute)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["default_store_path", "resolve_store_path"]
+
+
+def default_store_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return base / "mfm" / "store"
+
+
+def resolve_store_path(option: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
+    """The store path to use, absolute, ``~`` expanded (not created here)."""
+    env = os.environ if env is None else env
+    if option:
+        path = Path(option)
+    elif env.get("MFM_STORE"):
+        path = Path(env["MFM_STORE"])
+    else:
+        path = default_store_path(env)
+    return path.expanduser().absolute()
