@@ -3,17 +3,35 @@
 ``canonical_json_bytes`` is RFC 8785 (JCS) as implemented by the ``rfc8785`` package, with this
 project's restrictions: the secrets scan runs first (§12.1), every float is rejected (even
 ``1.0``), and so is every integer outside the I-JSON range (magnitude 2^53 and above).
+
+Fast path (ENGINE-SPEC §0.3). One walk over the value checks types and integer ranges, collects
+every string (keys and values) for the secrets scan, and notes whether stdlib ``json`` can produce
+the RFC 8785 bytes. It can when every object is a plain ``dict`` and no key holds a character at or
+above U+D800: stdlib ``sort_keys`` orders keys by code point, RFC 8785 by UTF-16 code unit, and the
+two orders differ only between U+E000..U+FFFF and supplementary-plane characters (surrogates).
+String escaping is identical (``"``, ``\\``, ``\\b \\f \\n \\r \\t``, other controls as lowercase
+``\\u00xx``, everything else including U+007F and U+2028 raw). Anything else, and any string that
+does not encode as UTF-8 (lone surrogates), goes through ``rfc8785.dumps``. The equality of the
+two paths is proven by a property test (tests/engine/test_canonical_fast.py).
+
+The secrets scan is the detector of :mod:`engine._secrets` applied to all strings at once: the
+substrings are searched in the NUL-joined, ASCII-lower-cased strings (no substring contains NUL, so
+a hit lies inside one string), and the mnemonic heuristic runs only on strings a cheap regular
+expression admits (12..24 words of ``[a-z]`` separated by whitespace). A property test proves it
+equal to :func:`engine._secrets.json_contains_secrets`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from enum import StrEnum
 from typing import Any
 
 import rfc8785
 
-from engine._secrets import json_contains_secrets
+from engine._secrets import SECRET_SUBSTRINGS, _looks_like_mnemonic, json_contains_secrets
 from engine.ids import ArtifactId
 
 __all__ = [
@@ -51,63 +69,142 @@ class CanonicalJsonError(ValueError):
         return self.kind is CanonicalJsonErrorKind.SECRETS_NOT_ALLOWED
 
 
-def check_canonical_value(value: Any) -> None:
-    """Raise :class:`CanonicalJsonError` unless ``value`` is secret-free, float-free JSON.
+# Substring detection: a few short "cores", each contained in some detector substrings; only when a
+# core occurs are its substrings searched. Every substring contains a core (a substring added to the
+# detector without one becomes its own core), so no hit is missed.
+_CORES = ("pass", "mnemonic", "private", "seed", "api", "access", "secret", "token", "authorization", "bearer ")
 
-    The secrets verdict wins over floats and shape errors (§2.1 step 1).
-    """
-    if json_contains_secrets(value):
-        raise CanonicalJsonError(CanonicalJsonErrorKind.SECRETS_NOT_ALLOWED, "value contains secret-looking content")
-    problem: CanonicalJsonError | None = None
+
+def _core_table() -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
+    table: dict[str, list[str]] = {core: [] for core in _CORES}
+    for sub in SECRET_SUBSTRINGS:
+        core = next((c for c in _CORES if c in sub), sub)
+        table.setdefault(core, []).append(sub)
+    return tuple((c.encode(), tuple(s.encode() for s in subs)) for c, subs in table.items() if subs)
+
+
+_SECRET_CORES = _core_table()
+# A superset of _secrets' mnemonic rule (str.split whitespace is regex \s); the exact rule follows.
+_MNEMONIC_CANDIDATE = re.compile(r"\s*+[a-z]++(?:\s++[a-z]++){11,23}+\s*+")  # possessive: no backtracking
+_MNEMONIC_MIN_LEN = 23  # 12 one-letter words and 11 separators
+_SURROGATES_START = "\ud800"
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+_encode = _ENCODER.encode
+
+
+def _strings_contain_secrets(strings: list[str]) -> bool:
+    """``any(contains_secrets(s) for s in strings)``, with C-speed searches over all strings at once."""
+    if not strings:
+        return False
+    # bytes.lower() lower-cases ASCII only, exactly like the detector (Rust's to_ascii_lowercase);
+    # NUL separators: no substring contains NUL, so a hit lies inside one string.
+    blob = "\x00".join(strings).encode("utf-8", "surrogatepass").lower()
+    for core, subs in _SECRET_CORES:
+        if core in blob and any(sub in blob for sub in subs):
+            return True
+    mnemonic = _MNEMONIC_CANDIDATE.fullmatch
+    return any(_looks_like_mnemonic(s) for s in strings if len(s) >= _MNEMONIC_MIN_LEN and mnemonic(s))
+
+
+def _float_error() -> CanonicalJsonError:
+    return CanonicalJsonError(CanonicalJsonErrorKind.FLOAT_NOT_ALLOWED, "floats are not allowed in canonical JSON")
+
+
+def _check(value: Any) -> bool:
+    """The single walk. Raise like :func:`check_canonical_value`; return True if stdlib json is unsafe."""
+    strings: list[str] = []
+    add = strings.append
     stack = [value]
+    pop = stack.pop
+    extend = stack.extend
+    slow = False
+    float_seen = False
+    problem: CanonicalJsonError | None = None
+    scan_only: list[Any] = []
     while stack:
-        v = stack.pop()
+        v = pop()
         t = type(v)
-        if t is str or t is bool or v is None:
-            continue
-        if t is int:
-            if -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
-                continue
-            problem = problem or CanonicalJsonError(
-                CanonicalJsonErrorKind.FLOAT_NOT_ALLOWED, "integer outside the I-JSON range (|n| < 2^53) not allowed"
-            )
-        elif t is float:
-            raise CanonicalJsonError(
-                CanonicalJsonErrorKind.FLOAT_NOT_ALLOWED, "floats are not allowed in canonical JSON"
-            )
+        if t is str:
+            add(v)
         elif t is dict:
             for k in v:
-                if type(k) is not str:
+                if type(k) is str:
+                    add(k)
+                    if not slow and not k.isascii() and max(k) >= _SURROGATES_START:
+                        slow = True
+                else:
+                    if isinstance(k, str):
+                        add(k)
                     problem = problem or CanonicalJsonError(
                         CanonicalJsonErrorKind.NOT_JSON, "object keys must be strings"
                     )
-            stack.extend(v.values())
+            extend(v.values())
+        elif t is int:
+            if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                problem = problem or CanonicalJsonError(
+                    CanonicalJsonErrorKind.FLOAT_NOT_ALLOWED,
+                    "integer outside the I-JSON range (|n| < 2^53) not allowed",
+                )
         elif t is list or t is tuple:
-            stack.extend(v)
-        elif isinstance(v, bool | str):
+            extend(v)
+        elif v is None or t is bool:
+            continue
+        elif t is float:
+            float_seen = True
+        elif isinstance(v, str):
+            add(v)
+        elif isinstance(v, bool):
             continue
         elif isinstance(v, int):
             stack.append(int(v))
         elif isinstance(v, float):
-            raise CanonicalJsonError(
-                CanonicalJsonErrorKind.FLOAT_NOT_ALLOWED, "floats are not allowed in canonical JSON"
-            )
+            float_seen = True
         elif isinstance(v, dict):
+            slow = True
             stack.append(dict(v))
         else:
+            if isinstance(v, list | tuple):
+                scan_only.append(v)  # not JSON here, but the detector still looks inside
             problem = problem or CanonicalJsonError(
                 CanonicalJsonErrorKind.NOT_JSON, f"value of type {t.__name__} is not JSON"
             )
+    if _strings_contain_secrets(strings) or (scan_only and json_contains_secrets(scan_only)):
+        raise CanonicalJsonError(CanonicalJsonErrorKind.SECRETS_NOT_ALLOWED, "value contains secret-looking content")
+    if float_seen:
+        raise _float_error()
     if problem is not None:
         raise problem
+    return slow
+
+
+def check_canonical_value(value: Any) -> None:
+    """Raise :class:`CanonicalJsonError` unless ``value`` is secret-free, float-free JSON.
+
+    The secrets verdict wins over floats and shape errors (§2.1 step 1); floats win over the
+    other problems.
+    """
+    _check(value)
 
 
 def canonical_json_bytes(value: Any) -> bytes:
     """RFC 8785 canonical bytes of ``value``; secrets, floats and unsafe integers rejected."""
-    check_canonical_value(value)
+    if not _check(value):
+        try:
+            return _encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # lone surrogates: let the reference implementation report it
     try:
         return rfc8785.dumps(value)
-    except rfc8785.CanonicalizationError as exc:  # e.g. lone surrogates in strings
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:  # e.g. lone surrogates
+        raise CanonicalJsonError(CanonicalJsonErrorKind.NOT_JSON, f"value cannot be canonicalised: {exc}") from exc
+
+
+def canonical_json_bytes_reference(value: Any) -> bytes:
+    """The same checks, always encoded by ``rfc8785`` (tests and benchmarks compare against it)."""
+    _check(value)
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:
         raise CanonicalJsonError(CanonicalJsonErrorKind.NOT_JSON, f"value cannot be canonicalised: {exc}") from exc
 
 

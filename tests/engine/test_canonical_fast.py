@@ -1,0 +1,188 @@
+"""The stdlib-json fast path of ``canonical_json_bytes`` is byte-identical to ``rfc8785`` (ENGINE-SPEC §0.3).
+
+Also: the one-walk secrets scan equals the detector of ``engine._secrets``, and the error precedence of
+``check_canonical_value`` (secrets, then floats, then other problems) is unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from engine._secrets import SECRET_SUBSTRINGS, json_contains_secrets
+from engine.hashing import (
+    CanonicalJsonError,
+    CanonicalJsonErrorKind,
+    canonical_json_bytes,
+    canonical_json_bytes_reference,
+    check_canonical_value,
+)
+from engine.ids import ArtifactId
+
+# Characters chosen to hit every escaping and ordering corner: controls, quote, backslash, DEL, the
+# JavaScript line separators, Latin-1, the surrogate-adjacent BMP ranges (U+D7FF, U+E000..U+FFFF)
+# and the supplementary planes.
+_CORNER_CHARS = st.sampled_from(
+    [
+        "\x00", "\x01", "\x08", "\t", "\n", "\x0b", "\x0c", "\r", "\x1b", "\x1c", "\x1f", " ", '"', "\\", "/",
+        "\x7f", "\x80", "\x85", "\xa0", "é", "ß", "\u2028", "\u2029", "\ud7ff", "\ue000", "\uf8ff", "\ufeff",
+        "\ufffd", "\uffff", "\U00010000", "\U0001f600", "\U0010ffff", "a", "z", "A", "0", "_",
+    ]
+)  # fmt: skip
+_ANY_CHAR = st.characters(codec="utf-8")  # every code point except lone surrogates
+_TEXT = st.text(st.one_of(_CORNER_CHARS, _ANY_CHAR), max_size=12)
+_INTS = st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+_SCALARS = st.one_of(st.none(), st.booleans(), _INTS, _TEXT)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(_TEXT, children, max_size=6),
+    ),
+    max_leaves=40,
+)
+
+
+def _fast_or_error(value: Any) -> bytes | CanonicalJsonErrorKind:
+    try:
+        return canonical_json_bytes(value)
+    except CanonicalJsonError as exc:
+        return exc.kind
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+@example({"\ue000": 1, "\U0001f600": 2})  # code-point order differs from UTF-16 order here
+@example({"a\ue000": 1, "a\U00010000": 2, "a": 3})
+@example({"\x7f\u2028": '\x00\x1f\u2029\\"/'})
+@example(["\ud7ff", {"\ud7ff": 0, "\uffff": 1, "\U00010000": 2}])
+def test_fast_path_is_byte_identical_to_rfc8785(value: Any) -> None:
+    got = _fast_or_error(value)
+    if json_contains_secrets(value):
+        assert got is CanonicalJsonErrorKind.SECRETS_NOT_ALLOWED
+    else:
+        assert got == rfc8785.dumps(value)
+        assert got == canonical_json_bytes_reference(value)
+
+
+def test_supplementary_plane_keys_sort_in_utf16_order() -> None:
+    value = {"\ue000": 1, "\U0001f600": 2, "b": 3}
+    assert canonical_json_bytes(value) == '{"b":3,"\U0001f600":2,"\ue000":1}'.encode()
+
+
+def test_escaping_parity_corner_cases() -> None:
+    s = "".join(chr(c) for c in range(0x20)) + '"\\/\x7f\u2028\u2029é\U0001f600'
+    assert canonical_json_bytes({"s": s}) == rfc8785.dumps({"s": s})
+    assert b"\\u001f" in canonical_json_bytes(s)  # lowercase hex
+    assert "\x7f\u2028".encode() in canonical_json_bytes(s)  # raw
+
+
+class _Color(enum.IntEnum):
+    RED = 7
+
+
+class _Name(enum.StrEnum):
+    A = "alpha"
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"id": ArtifactId("a" * 64)},
+        {"c": _Color.RED, "n": _Name.A},
+        _Dict(b=1, a=2),
+        {"t": (1, "x", None)},
+        "top level string",
+        7,
+        None,
+        [],
+        {},
+    ],
+)
+def test_subclasses_and_tuples_match_reference(value: Any) -> None:
+    assert canonical_json_bytes(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize("value", ["\ud800", {"k": "x\udfff"}, {"\udc00": 1}, ["ok", "\ud83d"]])
+def test_lone_surrogates_are_not_json(value: Any) -> None:
+    with pytest.raises(CanonicalJsonError) as info:
+        canonical_json_bytes(value)
+    assert info.value.kind is CanonicalJsonErrorKind.NOT_JSON
+
+
+def test_error_precedence_secrets_then_floats_then_others() -> None:
+    with pytest.raises(CanonicalJsonError) as info:
+        check_canonical_value({"password": 1.5, 3: object()})
+    assert info.value.is_secret
+    with pytest.raises(CanonicalJsonError) as info:
+        check_canonical_value([object(), 2**60, {"x": 1.0}])
+    assert info.value.is_float
+    with pytest.raises(CanonicalJsonError) as info:
+        check_canonical_value({1: "a"})
+    assert info.value.kind is CanonicalJsonErrorKind.NOT_JSON
+    with pytest.raises(CanonicalJsonError) as info:
+        check_canonical_value([2**53])
+    assert info.value.is_float  # unsafe integers are FloatNotAllowed, as in the reference
+
+
+# --- the one-walk secrets scan equals the detector --------------------------------------------------
+
+_WORDS = st.text(st.sampled_from("abcxyz"), min_size=1, max_size=4)
+_SEPS = st.sampled_from([" ", "  ", "\t", "\n", "\xa0", "\u2003", "\x1c", "\x1f", "-", "\x00"])
+
+
+@st.composite
+def _mnemonic_like(draw: st.DrawFn) -> str:
+    words = draw(st.lists(_WORDS, min_size=10, max_size=26))
+    out = [draw(st.sampled_from(["", " ", "\n"]))]
+    for i, w in enumerate(words):
+        if i:
+            out.append(draw(_SEPS))
+        out.append(w.upper() if draw(st.integers(0, 20)) == 0 else w)
+    out.append(draw(st.sampled_from(["", " ", "\t"])))
+    return "".join(out)
+
+
+_SECRETISH = st.one_of(
+    st.sampled_from(SECRET_SUBSTRINGS),
+    st.sampled_from(SECRET_SUBSTRINGS).map(str.upper),
+    st.sampled_from(["passwor", "api-key", "bearer", "\rrefresh_token", "\x1bearer ", "x-api_key", "İd_token"]),
+)
+_SCAN_TEXT = st.one_of(
+    _TEXT,
+    _mnemonic_like(),
+    st.tuples(_TEXT, _SECRETISH, _TEXT).map("".join),
+)
+_SCAN_JSON = st.recursive(
+    st.one_of(st.none(), _INTS, _SCAN_TEXT),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(_SCAN_TEXT, children, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SCAN_JSON)
+@example(["abandon " * 11 + "about"])
+@example(["abandon\x1c" * 11 + "about"])
+@example({"abandon " * 12 + "about": 1})
+def test_secret_scan_equals_detector(value: Any) -> None:
+    expected = json_contains_secrets(value)
+    try:
+        check_canonical_value(value)
+        found = False
+    except CanonicalJsonError as exc:
+        found = exc.is_secret
+    assert found == expected
