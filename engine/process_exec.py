@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import signal as _signal
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,8 @@ __all__ = [
     "io_error_kind",
     "run_process",
 ]
+
+_log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8 * 1024
 DEFAULT_GRACE_PERIOD_S = 2.0
@@ -103,6 +106,16 @@ class ProcessEvent:
 
 
 ProcessObserver = Callable[[ProcessEvent], None]
+
+
+def _notify(observer: ProcessObserver | None, event: ProcessEvent) -> None:
+    """Tell the observer; its failures are logged, never allowed to break the kill/reap guarantees."""
+    if observer is None:
+        return
+    try:
+        observer(event)
+    except Exception:
+        _log.exception("process observer failed on %s", event)
 
 
 class ProcessError(Exception):
@@ -223,8 +236,7 @@ def _signal_group(proc: asyncio.subprocess.Process, sig: int, observer: ProcessO
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(proc.pid, sig)
-    if observer is not None:
-        observer(ProcessEvent("signal_sent", proc.pid, signal=sig))
+    _notify(observer, ProcessEvent("signal_sent", proc.pid, signal=sig))
 
 
 async def _terminate_and_reap(
@@ -245,8 +257,7 @@ async def _terminate_and_reap(
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, _signal.SIGKILL)
     returncode = await proc.wait()
-    if observer is not None:
-        observer(ProcessEvent("reaped", proc.pid, returncode=returncode))
+    _notify(observer, ProcessEvent("reaped", proc.pid, returncode=returncode))
 
 
 async def _cleanup(
@@ -312,8 +323,7 @@ async def run_process(
         )
     except (OSError, ValueError, TypeError) as exc:
         raise ProcessSpawnError(exc) from exc
-    if observer is not None:
-        observer(ProcessEvent("spawned", proc.pid))
+    _notify(observer, ProcessEvent("spawned", proc.pid))
 
     out = _Capture(stdout_limit)
     err = _Capture(stderr_limit)
@@ -347,8 +357,7 @@ async def run_process(
         await _cleanup(proc, tasks, grace_period_s, observer)
         raise
 
-    if observer is not None:
-        observer(ProcessEvent("reaped", proc.pid, returncode=returncode))
+    _notify(observer, ProcessEvent("reaped", proc.pid, returncode=returncode))
     return ProcessResult(
         pid=proc.pid,
         exit_code=returncode if returncode >= 0 else None,

@@ -213,3 +213,19 @@ def test_io_error_kind_names() -> None:
     assert io_error_kind(PermissionError(13, "denied")) == "PermissionDenied"
     assert io_error_kind(OSError(9999, "odd")) == "Other"
     assert io_error_kind(ValueError("x")) == "Other"
+
+
+async def test_failing_observer_does_not_break_the_guarantees(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[ProcessEvent] = []
+
+    def explode(event: ProcessEvent) -> None:
+        seen.append(event)
+        raise RuntimeError("observer bug")
+
+    result = await sh("printf ok", observer=explode)
+    assert result.stdout.data == b"ok"
+    with pytest.raises(ProcessTimeoutError):
+        await sh("while :; do :; done", timeout_s=0.02, observer=explode)
+    assert [e.kind for e in seen][-1] == "reaped"
+    assert_gone(seen[-1].pid)
+    assert "process observer failed" in caplog.text
