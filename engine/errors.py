@@ -332,6 +332,9 @@ class RunErrorKind(StrEnum):
     OTHER = "Other"
 
 
+_WRAPPING_KINDS = frozenset({RunErrorKind.STORAGE, RunErrorKind.CONTEXT, RunErrorKind.IO, RunErrorKind.STATE})
+
+
 class RunError(MfmError):
     """Run-level errors from the engine; wraps the inner error for Storage/Context/Io/State."""
 
@@ -345,7 +348,9 @@ class RunError(MfmError):
         return "RunError"
 
     def to_wire(self) -> Any:
-        if self.cause is not None:
+        # Storage/Context/Io/State hold the inner error's own serde form; InvalidPlan and Other
+        # hold an ErrorInfo even when a cause is attached (e.g. a wrapped non-contract error).
+        if self.cause is not None and self.kind in _WRAPPING_KINDS:
             return {str(self.kind): self.cause.to_wire()}
         return {str(self.kind): self.info.model_dump(mode="json")}
 
