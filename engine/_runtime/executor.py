@@ -1,0 +1,357 @@
+"""Entry points behind ``Engine``: start (§5.1), resume (§13) and replay of a past run (§0.11)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine._artifacts import read_canonical_json, verified_put_json
+from engine._kinds import ArtifactKind
+from engine._runtime.cancel import CancelToken, CancelWatcher
+from engine._runtime.clock import Clock, Failpoints, Sleeper
+from engine._runtime.context_runtime import SnapshotCache, encode_snapshot
+from engine._runtime.envelopes import EnvelopeViolation, History, analyze
+from engine._runtime.facts import FactIndex, fact_event
+from engine._runtime.scheduler import Invocation, Override, Scheduler, max_concurrency
+from engine._runtime.writer import EventWriter
+from engine.config import FanOutJoin, IoMode, RunConfig, RunManifest
+from engine.engine import RunPhase, RunResult, StartRun, Stores
+from engine.errors import ContextError, ErrorCategory, ErrorInfo, MfmError, RunError, StateError, StorageError
+from engine.events import EventEnvelope, RunStarted, RunStatus, StateFailed
+from engine.hashing import CanonicalJsonError, artifact_id_for_json
+from engine.ids import ArtifactId, RunId, StateId
+from engine.meta import SideEffectKind
+from engine.plan import ExecutionPlan, PlanValidationError, topological_order
+from engine.transport import LiveTransportFactory
+
+__all__ = ["Runtime", "check_manifest_contract", "validate_execution_plan"]
+
+CODE_ORPHAN_RECOVERED = "orphan_attempt_recovered"
+ORPHAN_MESSAGE = "orphaned state attempt recovered during resume"
+
+
+@dataclass
+class Runtime:
+    """The engine's collaborators, as injected into ``Engine``."""
+
+    plan_resolver: Callable[[RunManifest], ExecutionPlan] | None
+    factory: LiveTransportFactory
+    clock: Clock
+    sleeper: Sleeper
+    run_ids: Callable[[], RunId]
+    random_source: Callable[[int], bytes] | None
+    failpoints: Failpoints | None
+    cancel_poll_interval: float
+    last_invocation: Invocation | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------------------------ start
+
+    async def start(
+        self,
+        stores: Stores,
+        run: StartRun,
+        cancel: CancelToken | None,
+        *,
+        seed_facts: list[tuple[str, ArtifactId, dict[str, str]]] | None = None,
+    ) -> RunResult:
+        check_execution_mode(run.run_config)
+        check_manifest_contract(run.manifest, run.manifest_id, run.plan, run.run_config)
+        order = validate_execution_plan(run.plan)
+        await check_stored_manifest(stores, run.manifest, run.manifest_id)
+        run_id = self.run_ids()
+        snapshots = SnapshotCache(stores.artifacts)
+        try:
+            initial = run.initial_context.dump()
+            if not isinstance(initial, dict):
+                raise ContextError.serialization("context_snapshot_not_object", "initial context is not a JSON object")
+            encode_snapshot(initial)  # secrets / floats → Context errors before anything is written
+            initial_id = await snapshots.write(initial)
+            writer = EventWriter(stores.events, run_id, 0, self.clock)
+            facts = FactIndex()
+            head_events: list[Any] = [
+                RunStarted.model_construct(
+                    op_id=run.plan.op_id, manifest_id=run.manifest_id, initial_snapshot_id=initial_id
+                )
+            ]
+            for key, pid, meta in seed_facts or ():
+                head_events.append(fact_event(key, pid, meta))
+                facts.bind_if_unbound(key, pid)
+            await writer.append(head_events)
+        except MfmError as exc:
+            raise RunError.wrap(exc) from exc
+        inv = self._invocation(stores, run_id, run.plan, order, run.run_config, writer, facts, snapshots, cancel)
+        inv.checkpoint_id, inv.checkpoint_value = initial_id, initial
+        return await self._drive(inv, Scheduler(inv))
+
+    # ------------------------------------------------------------------------------------ resume
+
+    async def resume(self, stores: Stores, run_id: RunId, cancel: CancelToken | None) -> RunResult:
+        try:
+            return await self._resume(stores, RunId(run_id), cancel)
+        except MfmError as exc:
+            raise RunError.wrap(exc) from exc
+
+    async def _resume(self, stores: Stores, run_id: RunId, cancel: CancelToken | None) -> RunResult:
+        envelopes, history = await load_history(stores, run_id)
+        facts = FactIndex.rebuild(envelopes)
+        assert history.run_started is not None
+        manifest = await load_manifest(stores, history.run_started.manifest_id)
+        check_execution_mode(manifest.run_config)
+        if history.run_started.op_id != manifest.op_id:
+            raise RunError.invalid_plan(
+                "run_started_op_id_mismatch",
+                f"RunStarted.op_id {history.run_started.op_id} differs from the manifest's op_id {manifest.op_id}",
+            )
+        plan = self.resolve_plan(manifest)
+        if plan.op_id != manifest.op_id:
+            raise RunError.invalid_plan(
+                "plan_op_id_mismatch", f"resolved plan op_id {plan.op_id} differs from manifest op_id {manifest.op_id}"
+            )
+        order = validate_execution_plan(plan)
+        in_plan = set(order)
+        for sid in sorted(history.mentioned):
+            if sid not in in_plan:
+                raise RunError.invalid_plan(
+                    "recovery_state_not_in_plan", f"run history mentions state {sid}, which the resolved plan lacks"
+                )
+        if history.run_completed is not None:
+            rc = history.run_completed
+            return RunResult(run_id=run_id, phase=_phase(rc.status), final_snapshot_id=rc.final_snapshot_id)
+        cfg = manifest.run_config
+        assert history.last_checkpoint is not None
+        snapshots = SnapshotCache(stores.artifacts)
+        writer = EventWriter(stores.events, run_id, history.last_seq, self.clock)
+        inv = self._invocation(stores, run_id, plan, order, cfg, writer, facts, snapshots, cancel)
+        inv.completed = dict(history.completed)
+        inv.checkpoint_id = history.last_checkpoint
+        inv.checkpoint_value = await snapshots.load(history.last_checkpoint)
+
+        # §13 step 9, for every orphan in topological order (§0.5).
+        pos = {s: i for i, s in enumerate(order)}
+        orphans = sorted(history.orphans, key=lambda o: pos[o.state_id])
+        recovery: list[Any] = [
+            StateFailed.model_construct(
+                state_id=o.state_id,
+                error=StateError(
+                    ErrorInfo.new(
+                        CODE_ORPHAN_RECOVERED, ORPHAN_MESSAGE, category=ErrorCategory.UNKNOWN, retryable=True
+                    ),
+                    o.state_id,
+                ),
+                failure_snapshot_id=None,
+            )
+            for o in orphans
+        ]
+        overrides = {o.state_id: Override(o.attempt + 1, o.base_snapshot_id) for o in orphans}
+        # §13 step 10, generalised to every not-completed state.
+        terminal_failure = False
+        for sid in order:
+            if sid in inv.completed or sid in overrides:
+                continue
+            failure = history.failures.get(sid)
+            if failure is not None:
+                if not failure.retryable or failure.attempt + 1 >= cfg.retry_policy.max_attempts:
+                    terminal_failure = True
+                    break
+                overrides[sid] = Override(failure.attempt + 1, failure.base_snapshot_id)
+            elif sid in history.last_attempt:
+                overrides[sid] = Override(history.last_attempt[sid] + 1, inv.checkpoint_id)
+        if terminal_failure:
+            from engine.events import RunCompleted
+
+            recovery.append(RunCompleted.model_construct(status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id))
+            await writer.append(recovery)
+            return RunResult(run_id=run_id, phase=RunPhase.FAILED, final_snapshot_id=inv.checkpoint_id)
+        if recovery:
+            await writer.append(recovery)
+        scheduler = Scheduler(inv, overrides)
+        if max_concurrency(cfg) > 1:
+            scheduler.seed_written_by(await written_keys(snapshots, history, inv))
+        return await self._drive(inv, scheduler)
+
+    def resolve_plan(self, manifest: RunManifest) -> ExecutionPlan:
+        if self.plan_resolver is None:
+            raise RunError.other(
+                "plan_resolver_missing", "this engine has no plan_resolver; resume and replay need one"
+            )
+        return self.plan_resolver(manifest)
+
+    # ------------------------------------------------------------------------------------ shared
+
+    def _invocation(
+        self,
+        stores: Stores,
+        run_id: RunId,
+        plan: ExecutionPlan,
+        order: list[StateId],
+        cfg: RunConfig,
+        writer: EventWriter,
+        facts: FactIndex,
+        snapshots: SnapshotCache,
+        cancel: CancelToken | None,
+    ) -> Invocation:
+        watcher = CancelWatcher(run_id, cancel, stores.control, self.cancel_poll_interval)
+        inv = Invocation(
+            stores=stores,
+            run_id=run_id,
+            plan=plan,
+            order=order,
+            config=cfg,
+            writer=writer,
+            facts=facts,
+            snapshots=snapshots,
+            factory=self.factory,
+            clock=self.clock,
+            sleeper=self.sleeper,
+            random_source=self.random_source,
+            failpoints=self.failpoints,
+            watcher=watcher,
+            checkpoint_id=ArtifactId("0" * 64),
+            checkpoint_value={},
+        )
+        self.last_invocation = inv
+        return inv
+
+    async def _drive(self, inv: Invocation, scheduler: Scheduler) -> RunResult:
+        await inv.watcher.check_now()
+        inv.watcher.start()
+        try:
+            return await scheduler.run()
+        except MfmError as exc:
+            raise RunError.wrap(exc) from exc
+        finally:
+            await inv.watcher.stop()
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _phase(status: RunStatus) -> RunPhase:
+    return {
+        RunStatus.COMPLETED: RunPhase.COMPLETED,
+        RunStatus.FAILED: RunPhase.FAILED,
+        RunStatus.CANCELLED: RunPhase.CANCELLED,
+    }[status]
+
+
+def check_execution_mode(cfg: RunConfig) -> None:
+    mode = cfg.execution_mode
+    if isinstance(mode, FanOutJoin) and mode.max_concurrency < 1:
+        raise RunError.invalid_plan("invalid_plan", "FanOutJoin.max_concurrency must be at least 1")
+
+
+def check_manifest_contract(
+    manifest: RunManifest, manifest_id: ArtifactId, plan: ExecutionPlan, run_config: RunConfig
+) -> None:
+    """§5.1 step 2."""
+    try:
+        value = manifest.model_dump(mode="json")
+    except Exception:
+        raise RunError.invalid_plan("manifest_serialize_failed", "manifest could not be serialized") from None
+    try:
+        computed = artifact_id_for_json(value)
+    except CanonicalJsonError as exc:
+        if exc.is_secret:
+            raise RunError.invalid_plan("secrets_detected", "manifest contains secret-looking content") from None
+        if exc.is_float:
+            raise RunError.invalid_plan(
+                "manifest_not_canonical", "manifest is not canonical JSON (floats or unsafe integers)"
+            ) from None
+        raise RunError.invalid_plan("manifest_serialize_failed", f"manifest could not be serialized: {exc}") from None
+    if computed != manifest_id:
+        raise RunError.invalid_plan(
+            "manifest_id_mismatch", f"manifest_id {manifest_id} is not the canonical hash of the manifest ({computed})"
+        )
+    if manifest.op_id != plan.op_id:
+        raise RunError.invalid_plan(
+            "manifest_op_id_mismatch", f"manifest op_id {manifest.op_id} differs from plan op_id {plan.op_id}"
+        )
+    if manifest.run_config != run_config:
+        raise RunError.invalid_plan("run_config_mismatch", "StartRun.run_config differs from manifest.run_config")
+
+
+def validate_execution_plan(plan: ExecutionPlan) -> list[StateId]:
+    """§6.1 checks (→ ``invalid_plan``) then side-effect declarations (§0.10 → ``missing_idempotency_key``)."""
+    try:
+        order = topological_order(plan)
+    except PlanValidationError as exc:
+        raise RunError.invalid_plan("invalid_plan", f"invalid plan: {exc}") from None
+    for node in plan.graph.states:
+        meta = node.state.meta()
+        if meta.side_effects is SideEffectKind.APPLY_SIDE_EFFECT and not meta.idempotency.key_value:
+            raise RunError.invalid_plan(
+                "missing_idempotency_key",
+                f"state {node.id} applies a side effect but declares no Idempotency::Key",
+            )
+    return order
+
+
+async def check_stored_manifest(stores: Stores, manifest: RunManifest, manifest_id: ArtifactId) -> None:
+    """§5.1 steps 4-5."""
+    try:
+        if not await stores.artifacts.exists(manifest_id):
+            raise StorageError.not_found("manifest_not_found", f"manifest {manifest_id} is not stored")
+        stored = await load_manifest(stores, manifest_id)
+    except MfmError as exc:
+        raise RunError.wrap(exc) from exc
+    if stored != manifest:
+        raise RunError.wrap(
+            StorageError.corruption("manifest_artifact_mismatch", f"stored manifest {manifest_id} differs")
+        )
+
+
+async def load_manifest(stores: Stores, manifest_id: ArtifactId) -> RunManifest:
+    value = await read_canonical_json(stores.artifacts, manifest_id)
+    try:
+        return RunManifest.model_validate(value)
+    except (ValidationError, ValueError):
+        raise ContextError.serialization(
+            "manifest_deserialize_failed", f"artifact {manifest_id} is not a RunManifest"
+        ) from None
+
+
+async def load_history(stores: Stores, run_id: RunId) -> tuple[list[EventEnvelope], History]:
+    """§13 steps 1-4."""
+    head = await stores.events.head_seq(run_id)
+    if head == 0:
+        raise StorageError.not_found("run_not_found", f"run {run_id} has no events")
+    envelopes = await stores.events.read_range(run_id, 1, None)
+    try:
+        history = analyze(envelopes, run_id)
+    except EnvelopeViolation as exc:
+        raise exc.to_run_error() from None
+    if history.run_started is None:
+        raise RunError.invalid_plan("missing_run_started", f"run {run_id} has no RunStarted event")
+    return envelopes, history
+
+
+async def written_keys(snapshots: SnapshotCache, history: History, inv: Invocation) -> dict[str, StateId]:
+    """Fan-out resume: which completed state changed which key (diff of consecutive checkpoints)."""
+    assert history.run_started is not None
+    prev = await snapshots.load(history.run_started.initial_snapshot_id)
+    out: dict[str, StateId] = {}
+    for sid in history.completed_order:
+        cur = await snapshots.load(history.completed[sid])
+        for k in set(prev) | set(cur):
+            if prev.get(k, _MISSING) != cur.get(k, _MISSING):
+                out[k] = sid
+        prev = cur
+    return out
+
+
+_MISSING: Any = object()
+
+
+async def store_manifest(stores: Stores, manifest: RunManifest) -> ArtifactId:
+    try:
+        return await verified_put_json(stores.artifacts, ArtifactKind.MANIFEST, manifest.model_dump(mode="json"))
+    except CanonicalJsonError as exc:
+        raise RunError.invalid_plan("manifest_not_canonical", f"manifest cannot be stored: {exc}") from None
+
+
+def replay_manifest(manifest: RunManifest) -> RunManifest:
+    cfg = manifest.run_config.model_copy(update={"io_mode": IoMode.REPLAY})
+    return manifest.model_copy(update={"run_config": cfg})

@@ -1,0 +1,369 @@
+"""The state execution loop (ENGINE-SPEC §7) generalised to a ready-set scheduler (§0.5).
+
+``Sequential`` is ``FanOutJoin{max_concurrency: 1}``. Ready states (all predecessors completed) are
+launched in the deterministic topological order of §6.1, at most ``max_concurrency`` at a time. Each
+launched state runs in its own task: attempts, retries and backoff sleeps (the slot is held during
+the backoff, so never more than ``max_concurrency`` attempts are open).
+
+Fan-out choices (documented, §0.5):
+- a state's attempts all start from the same base (the checkpoint current when its first attempt
+  was entered, §7 step 3); on success its delta (writes and deletes) is applied to the checkpoint
+  current at completion, under a lock, and that result is the ``StateCompleted`` snapshot;
+- with ``max_concurrency >= 2`` two states that may run concurrently (neither reaches the other)
+  must not write or delete the same key: the second to complete fails non-retryably with
+  ``fan_out_write_conflict``;
+- a terminal failure stops scheduling new states and new retries; in-flight attempts are allowed to
+  finish (their terminal events are written), then ``RunCompleted{Failed}``;
+- a skipped (skip-tagged) state completes with the checkpoint current at completion, which is its
+  base in sequential runs (§7.2) and keeps "every StateCompleted is the new checkpoint" true.
+
+Appends: ``StateEntered`` is always its own append (§8 step 1). A terminal event shares its append
+with ``retry_scheduled`` (when a retry follows) or with ``RunCompleted`` (when nothing else is
+running and the run ends with it), so a sequential run of N states costs 2N+1 appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from engine._runtime.attempt import HandlerResult, run_handler, sanitize_error
+from engine._runtime.cancel import CancelWatcher
+from engine._runtime.clock import Clock, Failpoints, Sleeper
+from engine._runtime.context_runtime import SnapshotCache, apply_delta
+from engine._runtime.facts import FactIndex
+from engine._runtime.writer import EventWriter
+from engine.config import EventProfile, FanOutJoin, RunConfig
+from engine.engine import RunPhase, RunResult, Stores
+from engine.errors import ErrorCategory, ErrorInfo, MfmError, RunError, StateError
+from engine.events import (
+    DOMAIN_EVENT_RETRY_SCHEDULED,
+    DomainEvent,
+    RunCompleted,
+    RunStatus,
+    StateCompleted,
+    StateFailed,
+)
+from engine.ids import ArtifactId, RunId, StateId
+from engine.meta import StateMeta
+from engine.plan import ExecutionPlan
+from engine.state import State
+from engine.transport import LiveTransportFactory
+
+__all__ = ["CODE_FAN_OUT_WRITE_CONFLICT", "CODE_RUN_CANCELLED", "Invocation", "Override", "Scheduler"]
+
+CODE_RUN_CANCELLED = "run_cancelled"
+CODE_FAN_OUT_WRITE_CONFLICT = "fan_out_write_conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    attempt: int
+    base_snapshot_id: ArtifactId
+
+
+@dataclass
+class Invocation:
+    """Everything one start/resume invocation shares between its tasks."""
+
+    stores: Stores
+    run_id: RunId
+    plan: ExecutionPlan
+    order: list[StateId]
+    config: RunConfig
+    writer: EventWriter
+    facts: FactIndex
+    snapshots: SnapshotCache
+    factory: LiveTransportFactory
+    clock: Clock
+    sleeper: Sleeper
+    random_source: Callable[[int], bytes] | None
+    failpoints: Failpoints | None
+    watcher: CancelWatcher
+    checkpoint_id: ArtifactId
+    checkpoint_value: dict[str, Any]
+    completed: dict[StateId, ArtifactId] = field(default_factory=dict)
+    states: dict[StateId, State] = field(default_factory=dict)
+    metas: dict[StateId, StateMeta] = field(default_factory=dict)
+    skip_tags: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.states:
+            self.states = {n.id: n.state for n in self.plan.graph.states}
+        if not self.metas:
+            self.metas = {sid: st.meta() for sid, st in self.states.items()}
+        self.skip_tags = frozenset(self.config.skip_tags)
+
+
+class _Outcome(Enum):
+    COMPLETED = 1
+    FAILED = 2
+    STOPPED = 3
+    NOT_STARTED = 4  # cancelled before its first attempt
+
+
+def max_concurrency(config: RunConfig) -> int:
+    mode = config.execution_mode
+    return mode.max_concurrency if isinstance(mode, FanOutJoin) else 1
+
+
+class Scheduler:
+    def __init__(self, inv: Invocation, overrides: dict[StateId, Override] | None = None) -> None:
+        self.inv = inv
+        self.overrides = dict(overrides or {})
+        self.mc = max_concurrency(inv.config)
+        self.preds: dict[StateId, list[StateId]] = {s: [] for s in inv.order}
+        for e in inv.plan.graph.edges:
+            self.preds[e.to].append(e.from_)
+        self.active = 0
+        self.failed = False
+        self.finished: RunStatus | None = None
+        self._complete_lock = asyncio.Lock()
+        self._written_by: dict[str, StateId] = {}
+        self._ancestors: dict[StateId, frozenset[StateId]] | None = None
+        for sid in self.overrides:
+            if sid not in self.preds:
+                raise RunError.invalid_plan("start_state_not_in_plan", f"start state {sid} is not in the plan")
+            if sid in inv.completed:
+                raise RunError.invalid_plan("start_state_already_completed", f"start state {sid} has already completed")
+
+    # ----------------------------------------------------------------------------------- main loop
+
+    async def run(self) -> RunResult:
+        inv = self.inv
+        remaining = [s for s in inv.order if s not in inv.completed]
+        launched: set[StateId] = set()
+        running: dict[asyncio.Task[_Outcome], StateId] = {}
+        cancel_wait = asyncio.ensure_future(inv.watcher.event.wait())
+        stopped = False
+        try:
+            while True:
+                if not self.failed and not inv.watcher.cancelled and self.finished is None:
+                    for s in remaining:
+                        if len(running) >= self.mc:
+                            break
+                        if s in launched or not all(p in inv.completed for p in self.preds[s]):
+                            continue
+                        launched.add(s)
+                        self.active += 1
+                        running[asyncio.ensure_future(self._run_state(s))] = s
+                if not running:
+                    break
+                done, _ = await asyncio.wait({*running, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if cancel_wait in done and self.finished is None:
+                    await self._cancel_all(running)
+                    running.clear()
+                    break
+                for t in done:
+                    if t is cancel_wait:
+                        continue
+                    running.pop(t)  # type: ignore[arg-type]
+                    exc = t.exception()
+                    if exc is not None:
+                        await self._cancel_all(running)
+                        if isinstance(exc, MfmError):
+                            raise RunError.wrap(exc) from exc
+                        raise exc
+                    if t.result() is _Outcome.STOPPED:
+                        stopped = True
+                if stopped:
+                    await self._cancel_all(running)
+                    return RunResult(run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id)
+        finally:
+            cancel_wait.cancel()
+        return await self._finish()
+
+    async def _cancel_all(self, running: dict[asyncio.Task[_Outcome], StateId]) -> None:
+        for t in running:
+            t.cancel()
+        for t in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def _finish(self) -> RunResult:
+        inv = self.inv
+        if self.finished is None:
+            events: list[Any] = list(self._cancel_failures())  # open attempts exist only after a cancel
+            if inv.watcher.cancelled and not self.failed and len(inv.completed) < len(inv.order):
+                status = RunStatus.CANCELLED
+            elif self.failed or len(inv.completed) < len(inv.order):
+                status = RunStatus.FAILED
+            else:
+                status = RunStatus.COMPLETED
+            events.append(RunCompleted.model_construct(status=status, final_snapshot_id=inv.checkpoint_id))
+            await inv.writer.append(events)
+            self.finished = status
+        phase = {
+            RunStatus.COMPLETED: RunPhase.COMPLETED,
+            RunStatus.FAILED: RunPhase.FAILED,
+            RunStatus.CANCELLED: RunPhase.CANCELLED,
+        }[self.finished]
+        return RunResult(run_id=inv.run_id, phase=phase, final_snapshot_id=inv.checkpoint_id)
+
+    def _cancel_failures(self) -> list[StateFailed]:
+        inv = self.inv
+        reason = inv.watcher.reason or "cancelled"
+        out = []
+        for sid in inv.order:
+            if sid in inv.writer.open:
+                err = StateError(
+                    ErrorInfo.new(
+                        CODE_RUN_CANCELLED,
+                        f"run cancelled: {reason}"[:300],
+                        category=ErrorCategory.UNKNOWN,
+                        retryable=False,
+                    ),
+                    sid,
+                )
+                out.append(
+                    StateFailed.model_construct(state_id=sid, error=sanitize_error(err, sid), failure_snapshot_id=None)
+                )
+        return out
+
+    # ----------------------------------------------------------------------------------- one state
+
+    async def _run_state(self, sid: StateId) -> _Outcome:
+        inv = self.inv
+        try:
+            ov = self.overrides.pop(sid, None)
+            if ov is not None:
+                attempt, base = ov.attempt, ov.base_snapshot_id
+            else:
+                attempt, base = 0, inv.checkpoint_id
+            max_attempts = inv.config.retry_policy.max_attempts
+            while True:
+                if inv.watcher.cancelled:
+                    return _Outcome.NOT_STARTED
+                res = await run_handler(inv, sid, attempt, base)
+                if res.stopped:
+                    return _Outcome.STOPPED
+                if res.error is None:
+                    conflict = await self._complete(sid, res)
+                    if conflict is None:
+                        return _Outcome.COMPLETED
+                    error = sanitize_error(conflict, sid)
+                else:
+                    error = res.error
+                nxt = attempt + 1
+                retry = error.retryable and nxt < max_attempts and not self.failed
+                if not retry:
+                    self.failed = True
+                    tail = self._tail(failed=True)
+                    await inv.writer.append(
+                        [StateFailed.model_construct(state_id=sid, error=error, failure_snapshot_id=None), *tail],
+                        after=self._mark_finished(tail),
+                    )
+                    return _Outcome.FAILED
+                delay = inv.config.retry_policy.backoff_after(attempt)
+                now = inv.clock.now_millis()
+                events: list[Any] = [StateFailed.model_construct(state_id=sid, error=error, failure_snapshot_id=None)]
+                if inv.config.event_profile != EventProfile.MINIMAL:
+                    events.append(
+                        DomainEvent.model_construct(
+                            name=DOMAIN_EVENT_RETRY_SCHEDULED,
+                            payload={
+                                "state_id": str(sid),
+                                "failed_attempt": attempt,
+                                "next_attempt": nxt,
+                                "delay_ms": delay.total_millis,
+                                "not_before_millis": now + delay.total_millis,
+                            },
+                            payload_ref=None,
+                        )
+                    )
+                await inv.writer.append(events, ts=now)
+                if delay.total_nanos > 0:
+                    await inv.sleeper.sleep(delay.total_nanos / 1e9)
+                attempt = nxt
+        finally:
+            self.active -= 1
+
+    def _mark_finished(self, tail: list[Any]) -> Callable[[], None] | None:
+        if not tail:
+            return None
+        status = tail[-1].status
+
+        def after() -> None:
+            self.finished = status
+
+        return after
+
+    def _tail(self, *, failed: bool, completing: StateId | None = None) -> list[Any]:
+        """``RunCompleted`` to batch with a terminal event when this is the run's last event."""
+        inv = self.inv
+        if self.active != 1 or inv.watcher.cancelled or self.finished is not None:
+            return []
+        if failed:
+            return [RunCompleted.model_construct(status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id)]
+        if all(s in inv.completed or s == completing for s in inv.order):
+            return [RunCompleted.model_construct(status=RunStatus.COMPLETED, final_snapshot_id=None)]
+        return []
+
+    async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
+        """Apply the attempt's delta to the current checkpoint and append ``StateCompleted``."""
+        inv = self.inv
+        delta = res.context.delta if res.context is not None else {}
+        async with self._complete_lock:
+            if self.mc > 1 and delta:
+                conflict = self._conflict(sid, delta)
+                if conflict is not None:
+                    return conflict
+            if delta:
+                new_value = apply_delta(inv.checkpoint_value, delta)
+                new_id = await inv.snapshots.write(new_value)
+            else:
+                new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
+            tail = self._tail(failed=False, completing=sid)
+            if tail:
+                tail = [RunCompleted.model_construct(status=RunStatus.COMPLETED, final_snapshot_id=new_id)]
+
+            def after() -> None:
+                inv.checkpoint_id = new_id
+                inv.checkpoint_value = new_value
+                inv.completed[sid] = new_id
+                for k in delta:
+                    self._written_by[k] = sid
+                if tail:
+                    self.finished = RunStatus.COMPLETED
+
+            await inv.writer.append(
+                [StateCompleted.model_construct(state_id=sid, context_snapshot_id=new_id), *tail], after=after
+            )
+            return None
+
+    # ----------------------------------------------------------------------------------- fan-out conflicts
+
+    def _conflict(self, sid: StateId, delta: dict[str, Any]) -> StateError | None:
+        for key in delta:
+            other = self._written_by.get(key)
+            if other is None or other == sid or not self._concurrent(sid, other):
+                continue
+            return StateError.new(
+                CODE_FAN_OUT_WRITE_CONFLICT,
+                f"fan-out write conflict on context key {key!r}: written by {other} and by {sid}, "
+                "which may run concurrently",
+                retryable=False,
+                details={"key": key, "states": [str(other), str(sid)]},
+                state_id=sid,
+            )
+        return None
+
+    def _concurrent(self, a: StateId, b: StateId) -> bool:
+        if self._ancestors is None:
+            anc: dict[StateId, frozenset[StateId]] = {}
+            for s in self.inv.order:  # topological: predecessors are done first
+                acc: set[StateId] = set()
+                for p in self.preds[s]:
+                    acc.add(p)
+                    acc |= anc[p]
+                anc[s] = frozenset(acc)
+            self._ancestors = anc
+        return a not in self._ancestors[b] and b not in self._ancestors[a]
+
+    def seed_written_by(self, written: dict[str, StateId]) -> None:
+        """Resume: keys written by already completed states (for conflict checks)."""
+        self._written_by.update(written)
