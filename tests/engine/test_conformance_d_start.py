@@ -199,7 +199,7 @@ async def test_d23_secret_in_initial_context() -> None:
 
 
 async def test_d_float_in_initial_context() -> None:
-    """D [derived §5.1 step 7]: a float in the initial context → Context(Serialization) context_snapshot_not_canonical."""
+    """D [derived §5.1 step 7]: float in the initial context → Context(Serialization) context_snapshot_not_canonical."""
     ms = MemoryStore()
     with pytest.raises(RunError) as ei:
         await _start(ms, make_plan([("s1", SetKey())]), initial={"v": 1.5})

@@ -223,7 +223,7 @@ async def test_i59_resume_cannot_retry(tail: list[tuple[Any, ...]]) -> None:
 
 
 async def test_i62_plan_drift() -> None:
-    """I62: history completed s1, resolver plan lacks it → recovery_state_not_in_plan; op_id other → plan_op_id_mismatch."""
+    """I62: completed s1 absent from resolved plan → recovery_state_not_in_plan; op_id other → plan_op_id_mismatch."""
     ms = MemoryStore()
     mid, iid = await _seed(ms)
     await _append(ms, [_rs(mid, iid), _e("s1", 0, iid), StateCompleted(state_id=sid("s1"), context_snapshot_id=iid)])
