@@ -37,6 +37,7 @@ __all__ = [
     "LogLine",
     "LogSource",
     "newline_offsets",
+    "parse_query",
     "summarize",
 ]
 
@@ -94,6 +95,27 @@ class LogFilter:
             else:
                 words.append(tok)
         return cls(kind=kind, state=state, text=" ".join(words) or None)
+
+
+def parse_query(query: str) -> tuple[LogFilter, str]:
+    """The log's ``/`` prompt: ``kind=``/``k=``, ``state=``/``s=`` and ``text=``/``t=`` filter; bare words search.
+
+    ``kind=StateFailed s=item_2 upstream`` shows only ``StateFailed`` events of ``item_2`` and puts the cursor on the
+    last one containing ``upstream`` (``n``/``N`` move between matches).
+    """
+    kind = state = text = None
+    words: list[str] = []
+    for tok in query.split():
+        key, sep, value = tok.partition("=")
+        if sep and value and key in ("kind", "k"):
+            kind = value
+        elif sep and value and key in ("state", "s"):
+            state = value
+        elif sep and value and key in ("text", "t"):
+            text = value
+        else:
+            words.append(tok)
+    return LogFilter(kind=kind, state=state, text=text), " ".join(words)
 
 
 def _matches(raw: bytes, conditions: Sequence[Sequence[bytes]]) -> bool:

@@ -1,0 +1,216 @@
+"""Artifact viewer: manifest, context snapshots, fact payloads and outputs as a JSON tree or pretty raw JSON.
+
+Reached with ``a`` from the run screen (the artifacts of the selected state and of the run). Every artifact is read
+through the engine's verified canonical-JSON read, so a missing or corrupted artifact shows its ``StorageError`` code
+and message in place of the content, never a traceback. An exec fact (a payload with ``exit_code``/``stdout``/
+``stderr``) gets Exit, Stdout and Stderr tabs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+
+from engine._artifacts import read_canonical_json
+from engine.errors import MfmError
+from engine.ids import ArtifactId
+from mfm_tui.clipboard import copy_text
+from mfm_tui.widgets.json_tree import JsonTree
+
+__all__ = ["ArtifactEntry", "ArtifactScreen", "exec_parts"]
+
+EXEC_KEYS = ("exit_code", "stdout", "stderr")
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactEntry:
+    """One artifact to list: ``label`` (``manifest``, ``result of item_2``, ``fact exec:fetch#1``), id, kind."""
+
+    label: str
+    artifact_id: str
+    kind: str = "artifact"
+
+
+def exec_parts(value: Any) -> dict[str, Any] | None:
+    """``{exit_code, stdout, stderr}`` (those present) when ``value`` looks like an exec fact, else ``None``."""
+    if isinstance(value, dict) and any(k in value for k in EXEC_KEYS):
+        return {k: value[k] for k in EXEC_KEYS if k in value}
+    return None
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+class ArtifactScreen(Screen[None]):
+    """``ArtifactScreen(store, entries, index=0)``: a list of artifacts (when several) beside the selected one."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("y", "copy_json", "Copy JSON"),
+        Binding("Y", "copy_id", "Copy id"),
+        Binding("t", "show_tab('tree')", "Tree", show=False),
+        Binding("r", "show_tab('raw')", "Raw", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    ArtifactScreen #artifact-list {
+        width: 32;
+        height: 1fr;
+        border: round $panel-lighten-2;
+    }
+    ArtifactScreen #artifact-title {
+        height: auto;
+        background: $panel;
+        padding: 0 1;
+    }
+    ArtifactScreen #artifact-error {
+        color: $error;
+        padding: 1 2;
+        height: auto;
+    }
+    ArtifactScreen .-hidden { display: none; }
+    ArtifactScreen.-narrow #artifact-list { width: 24; }
+    """
+
+    def __init__(self, store: Any, entries: list[ArtifactEntry], index: int = 0) -> None:
+        super().__init__()
+        self.store = store
+        self.entries = entries
+        self.index = max(0, min(index, len(entries) - 1)) if entries else 0
+        self.value: Any = None
+        self.error: tuple[str, str] | None = None
+        self._loaded_id: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            if len(self.entries) > 1:
+                yield OptionList(
+                    *(Option(f"{e.label}\n  {e.artifact_id[:12]}…", id=str(i)) for i, e in enumerate(self.entries)),
+                    id="artifact-list",
+                )
+            with Vertical():
+                yield Static("", id="artifact-title")
+                yield Static("", id="artifact-error", classes="-hidden")
+                yield Vertical(id="artifact-body")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_class(self.size.width < 100, "-narrow")
+        if len(self.entries) > 1:
+            olist = self.query_one("#artifact-list", OptionList)
+            olist.highlighted = self.index
+            olist.border_title = "Artifacts"
+        self._load(self.index)
+
+    @on(OptionList.OptionHighlighted, "#artifact-list")
+    def _on_pick(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id is not None and int(event.option.id) != self.index:
+            self._load(int(event.option.id))
+
+    def _load(self, index: int) -> None:
+        if not self.entries:
+            self._show_error("no_artifacts", "this run has no artifacts yet")
+            return
+        self.index = index
+        entry = self.entries[index]
+        title = Text()
+        title.append(f"{entry.label}  ", style="bold")
+        title.append(f"{entry.kind}  {entry.artifact_id}")
+        self.query_one("#artifact-title", Static).update(title)
+        self.run_worker(self._read(entry), exclusive=True, group="artifact-read")
+
+    async def _read(self, entry: ArtifactEntry) -> None:
+        try:
+            value = await read_canonical_json(self.store.artifacts, ArtifactId(entry.artifact_id))
+        except MfmError as exc:
+            self._show_error(exc.info.code, exc.info.message)
+            return
+        except ValueError as exc:  # an id that is not 64 lowercase hex
+            self._show_error("artifact_id_invalid", str(exc))
+            return
+        except Exception as exc:  # the viewer never dies with a traceback
+            self._show_error("artifact_read_failed", f"{type(exc).__name__}: {exc}")
+            return
+        await self._show_value(entry, value)
+
+    def _show_error(self, code: str, message: str) -> None:
+        self.error = (code, message)
+        self.value = None
+        err = self.query_one("#artifact-error", Static)
+        err.update(Text.assemble(("cannot show this artifact\n\n", "bold"), (f"[{code}] ", "bold"), message))
+        err.remove_class("-hidden")
+        body = self.query_one("#artifact-body", Vertical)
+        body.remove_children()
+
+    async def _show_value(self, entry: ArtifactEntry, value: Any) -> None:
+        self.error = None
+        self.value = value
+        self._loaded_id = entry.artifact_id
+        self.query_one("#artifact-error", Static).add_class("-hidden")
+        body = self.query_one("#artifact-body", Vertical)
+        await body.remove_children()
+        tabs = TabbedContent(id="artifact-tabs")
+        await body.mount(tabs)
+        parts = exec_parts(value)
+        panes = [
+            TabPane("Tree", JsonTree(value, entry.label), id="tree"),
+            TabPane("Raw", VerticalScroll(Static(_syntax(pretty_json(value)))), id="raw"),
+        ]
+        if parts is not None:
+            panes.insert(0, TabPane("Exit", Static(_exit_text(parts)), id="exit"))
+            for key in ("stdout", "stderr"):
+                if key in parts:
+                    panes.append(TabPane(key.capitalize(), VerticalScroll(Static(_stream_text(parts[key]))), id=key))
+        await tabs.add_pane(panes[0])
+        for pane in panes[1:]:
+            await tabs.add_pane(pane)
+        tabs.active = panes[0].id or "tree"
+
+    def action_show_tab(self, tab: str) -> None:
+        for tabs in self.query("#artifact-tabs").results(TabbedContent):
+            tabs.active = tab
+
+    def action_copy_json(self) -> None:
+        if self.value is None:
+            self.action_copy_id()
+            return
+        copy_text(self.app, pretty_json(self.value), "artifact JSON")
+
+    def action_copy_id(self) -> None:
+        if self.entries:
+            copy_text(self.app, self.entries[self.index].artifact_id, "artifact id")
+
+
+def _syntax(code: str) -> Syntax:
+    return Syntax(code, "json", theme="ansi_dark", word_wrap=True, background_color="default")
+
+
+def _exit_text(parts: dict[str, Any]) -> Text:
+    t = Text()
+    code = parts.get("exit_code")
+    t.append("exit code  ", style="bold")
+    t.append(str(code), style="bold green" if code == 0 else "bold red")
+    for key in ("stdout", "stderr"):
+        if key in parts:
+            v = parts[key]
+            size = len(v.encode()) if isinstance(v, str) else len(json.dumps(v))
+            t.append(f"\n{key:<9}  {size:,} bytes")
+    return t
+
+
+def _stream_text(value: Any) -> Text:
+    if isinstance(value, str):
+        return Text(value or "(empty)", style="" if value else "italic")
+    return Text(pretty_json(value))

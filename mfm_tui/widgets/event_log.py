@@ -1,0 +1,372 @@
+"""The run's event log: a virtualised Line-API ``ScrollView`` over a ``LogSource``.
+
+Only the visible lines are parsed (and cached by line), so a run of a million events opens as fast as a small one.
+Follow mode (on by default) keeps the newest event in view; moving up or scrolling up pauses it, ``f``, ``G`` or
+``end`` resume it. A filter narrows the log to an index array of matching lines, computed off the UI thread for big
+files; ``n``/``N`` jump to the next/previous line containing the search text.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import OrderedDict
+from typing import ClassVar
+
+from rich.segment import Segment
+from rich.style import Style
+from textual import work
+from textual.binding import Binding, BindingType
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.worker import get_current_worker
+
+from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogLine, LogSource, summarize
+
+__all__ = ["EventLog", "format_time"]
+
+_CACHE_LINES = 2048
+
+
+def format_time(ts_millis: int | None) -> str:
+    """``12:00:03.120`` (UTC), or blanks when the envelope has no timestamp."""
+    if ts_millis is None:
+        return " " * 12
+    secs, ms = divmod(ts_millis, 1000)
+    return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}"
+
+
+class EventLog(ScrollView, can_focus=True):
+    """Every event of one run: seq, time, kind, state, one-line summary."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("n", "find_next", "Next match", show=False),
+        Binding("N", "find_previous", "Prev match", show=False),
+        Binding("enter", "open_event", "Event"),
+        Binding("j,down", "cursor_down", "Down", show=False),
+        Binding("k,up", "cursor_up", "Up", show=False),
+        Binding("g,home", "cursor_top", "Top", show=False),
+        Binding("G,end", "cursor_bottom", "Bottom (follow)", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    EventLog {
+        background: $surface;
+        scrollbar-size-vertical: 1;
+    }
+    EventLog > .event-log--seq { color: $text-muted; }
+    EventLog > .event-log--time { color: $text-muted; }
+    EventLog > .event-log--kernel { color: $accent; }
+    EventLog > .event-log--domain { color: $secondary; }
+    EventLog > .event-log--failed { color: $error; text-style: bold; }
+    EventLog > .event-log--state { color: $foreground; }
+    EventLog > .event-log--match { background: $warning 40%; }
+    EventLog > .event-log--cursor { background: $accent 30%; }
+    EventLog > .event-log--pending { color: $text-muted; text-style: italic; }
+    """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "event-log--seq",
+        "event-log--time",
+        "event-log--kernel",
+        "event-log--domain",
+        "event-log--failed",
+        "event-log--state",
+        "event-log--match",
+        "event-log--cursor",
+        "event-log--pending",
+    }
+
+    follow: reactive[bool] = reactive(True)
+    cursor: reactive[int] = reactive(-1, always_update=True)
+    """Row (in the shown view) under the cursor; -1 = none yet."""
+
+    class FollowChanged(Message):
+        def __init__(self, follow: bool) -> None:
+            super().__init__()
+            self.follow = follow
+
+    class EventOpened(Message):
+        """``enter`` on a line: its raw envelope bytes."""
+
+        def __init__(self, seq: int, raw: bytes) -> None:
+            super().__init__()
+            self.seq = seq
+            self.raw = raw
+
+    class ViewChanged(Message):
+        """The filter, the number of shown lines or the search text changed (for the title)."""
+
+    def __init__(
+        self,
+        source: LogSource | None = None,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.source: LogSource = source if source is not None else ListLogSource()
+        self.filter = LogFilter()
+        self.search: str = ""
+        self.view: array[int] | None = None
+        """Line indexes shown while a filter is active; ``None`` = every line."""
+        self._cache: OrderedDict[int, LogLine] = OrderedDict()
+        self._filtering = False
+
+    # ------------------------------------------------------------------ data in
+
+    def on_mount(self) -> None:
+        self._update_size()
+        if self.follow:
+            self._go_end()
+
+    def set_source(self, source: LogSource) -> None:
+        self.source = source
+        self._cache.clear()
+        self.view = None
+        if self.filter.active:
+            self.apply_filter(self.filter)
+        self._update_size()
+        if self.follow:
+            self._go_end()
+        self.refresh()
+
+    def lines_appended(self, added: int) -> None:
+        """The source grew by ``added`` lines (already in ``source``): extend the view, follow."""
+        if added <= 0:
+            return
+        total = len(self.source)
+        if self.view is not None and self.filter.active:
+            conds = self.filter.needles()
+            for i in range(total - added, total):
+                raw = self.source.raw(i)
+                if raw is not None and all(any(n in raw for n in alts) for alts in conds):
+                    self.view.append(i)
+        self._update_size()
+        if self.follow:
+            self._go_end()
+        self.refresh()
+        self.post_message(self.ViewChanged())
+
+    def index_ready(self) -> None:
+        """The full offset index landed: lines above the tail can now be drawn."""
+        self._cache.clear()
+        self._update_size()
+        self.refresh()
+
+    @property
+    def row_count(self) -> int:
+        return len(self.view) if self.view is not None else len(self.source)
+
+    def line_at(self, row: int) -> int:
+        """Source line index of a shown row."""
+        return self.view[row] if self.view is not None else row
+
+    def _update_size(self) -> None:
+        self.virtual_size = Size(0, self.row_count)
+
+    # ------------------------------------------------------------------ filter and search
+
+    def apply_filter(self, flt: LogFilter, search: str = "") -> None:
+        self.filter = flt
+        self.search = search
+        if not flt.active:
+            self.view = None
+            self._after_view_change()
+            return
+        if isinstance(self.source, FileLogSource) and len(self.source) > 20_000:
+            self._filtering = True
+            self._filter_worker(flt)
+        else:
+            self.view = self.source.filter(flt)
+            self._after_view_change()
+
+    @work(thread=True, exclusive=True, group="log-filter")
+    def _filter_worker(self, flt: LogFilter) -> None:
+        src = self.source
+        if isinstance(src, FileLogSource) and not src.indexed:
+            src.build_index()
+        result = src.filter(flt)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._filter_done, flt, result)
+
+    def _filter_done(self, flt: LogFilter, result: array[int]) -> None:
+        if flt != self.filter:
+            return
+        self._filtering = False
+        self.view = result
+        self._after_view_change()
+
+    def _after_view_change(self) -> None:
+        self._update_size()
+        if self.follow or self.cursor >= self.row_count:
+            self._go_end()
+        else:
+            self.cursor = self.cursor
+        self.refresh()
+        self.post_message(self.ViewChanged())
+
+    def find(self, *, backwards: bool = False) -> bool:
+        """Move to the next (previous) line containing the search text; return whether one was found."""
+        if not self.search or self.row_count == 0:
+            return False
+        start_row = self.cursor + (-1 if backwards else 1)
+        start_line = self.line_at(max(0, min(start_row, self.row_count - 1)))
+        if start_row < 0 or start_row >= self.row_count:
+            return False
+        hit = self.source.find(self.search.encode(), start_line, backwards=backwards, among=self.view)
+        if hit < 0:
+            self.app.bell()
+            return False
+        row = hit if self.view is None else _row_of(self.view, hit)
+        self._set_follow(False)
+        self.cursor = row
+        return True
+
+    def action_find_next(self) -> None:
+        self.find()
+
+    def action_find_previous(self) -> None:
+        self.find(backwards=True)
+
+    # ------------------------------------------------------------------ follow and cursor
+
+    def _set_follow(self, value: bool) -> None:
+        if self.follow != value:
+            self.follow = value
+            self.post_message(self.FollowChanged(value))
+
+    def _go_end(self) -> None:
+        self.cursor = max(self.row_count - 1, -1)
+        self.scroll_to(y=max(0, self.row_count - self.scrollable_content_region.height), animate=False, immediate=True)
+
+    def watch_cursor(self, old: int, new: int) -> None:
+        if 0 <= new < self.row_count:
+            top = self.scroll_offset.y
+            height = self.scrollable_content_region.height or 1
+            if new < top:
+                self.scroll_to(y=new, animate=False, immediate=True)
+            elif new >= top + height:
+                self.scroll_to(y=new - height + 1, animate=False, immediate=True)
+        self.refresh()
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new < old and self.follow and new < self.max_scroll_y:
+            self._set_follow(False)
+
+    def action_toggle_follow(self) -> None:
+        self._set_follow(not self.follow)
+        if self.follow:
+            self._go_end()
+
+    def action_cursor_down(self) -> None:
+        if self.cursor < self.row_count - 1:
+            self.cursor += 1
+
+    def action_cursor_up(self) -> None:
+        if self.cursor > 0:
+            self._set_follow(False)
+            self.cursor -= 1
+
+    def action_cursor_top(self) -> None:
+        self._set_follow(False)
+        self.cursor = 0 if self.row_count else -1
+
+    def action_cursor_bottom(self) -> None:
+        self._set_follow(True)
+        self._go_end()
+
+    def action_page_down(self) -> None:
+        self.cursor = min(self.row_count - 1, self.cursor + max(1, self.scrollable_content_region.height - 1))
+
+    def action_page_up(self) -> None:
+        self._set_follow(False)
+        self.cursor = max(0, self.cursor - max(1, self.scrollable_content_region.height - 1))
+
+    def action_open_event(self) -> None:
+        if not 0 <= self.cursor < self.row_count:
+            return
+        line = self.line_at(self.cursor)
+        raw = self.source.raw(line)
+        if raw is not None:
+            self.post_message(self.EventOpened(line + 1, raw))
+
+    # ------------------------------------------------------------------ rendering
+
+    def _summary(self, line: int) -> LogLine | None:
+        got = self._cache.get(line)
+        if got is not None:
+            self._cache.move_to_end(line)
+            return got
+        raw = self.source.raw(line)
+        if raw is None:
+            return None
+        got = summarize(raw)
+        self._cache[line] = got
+        if len(self._cache) > _CACHE_LINES:
+            self._cache.popitem(last=False)
+        return got
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        base = self.rich_style
+        row = scroll_y + y
+        if row >= self.row_count:
+            return Strip.blank(width, base)
+        line = self.line_at(row)
+        info = self._summary(line)
+        if info is None:
+            pending = self.get_component_rich_style("event-log--pending")
+            segs = [Segment(f"{line + 1:>7} ", base + pending), Segment("… indexing", base + pending)]
+        else:
+            segs = self._segments(info, base, width)
+        if row == self.cursor:
+            cursor = self.get_component_rich_style("event-log--cursor")
+            segs = [Segment(s.text, (s.style or base) + cursor) for s in segs]
+            pad = width - sum(len(s.text) for s in segs)
+            if pad > 0:
+                segs.append(Segment(" " * pad, base + cursor))
+        strip = Strip(segs).crop_extend(scroll_x, scroll_x + width, base)
+        return strip.apply_offsets(scroll_x, row)
+
+    def _segments(self, info: LogLine, base: Style, width: int) -> list[Segment]:
+        c = self.get_component_rich_style
+        if info.kind == "StateFailed" or info.kind == "corrupt":
+            kind_style = c("event-log--failed")
+        elif info.kind[:1].isupper():
+            kind_style = c("event-log--kernel")
+        else:
+            kind_style = c("event-log--domain")
+        state = info.state if width >= 110 else info.state.rsplit(".", 1)[-1]
+        state_w = 24 if width >= 110 else 12
+        text = f"{state:<{state_w}} {info.summary}"
+        segs = [
+            Segment(f"{info.seq:>7} ", base + c("event-log--seq")),
+            Segment(f"{format_time(info.ts_millis)} ", base + c("event-log--time")),
+            Segment(f"{info.kind:<17.17} ", base + kind_style),
+        ]
+        if self.search and self.search in text:
+            k = text.index(self.search)
+            match = c("event-log--match")
+            segs += [
+                Segment(text[:k], base + c("event-log--state")),
+                Segment(self.search, base + c("event-log--state") + match),
+                Segment(text[k + len(self.search) :], base + c("event-log--state")),
+            ]
+        else:
+            segs.append(Segment(text, base + c("event-log--state")))
+        return segs
+
+
+def _row_of(view: array[int], line: int) -> int:
+    from bisect import bisect_left
+
+    return bisect_left(view, line)

@@ -1,0 +1,82 @@
+"""One line on top of the run screen: op, run id, status, started, duration, progress, manifest, checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import Static
+
+from mfm_tui.run_model import RunModel, RunStatus
+from mfm_tui.widgets.state_graph import countdown_text
+from mfm_tui.widgets.state_panel import format_duration, short_id
+
+__all__ = ["RUN_GLYPHS", "RunHeader"]
+
+RUN_GLYPHS: dict[RunStatus, tuple[str, str]] = {
+    RunStatus.PENDING: ("○", "."),
+    RunStatus.RUNNING: ("●", "*"),
+    RunStatus.RETRYING: ("↻", "~"),
+    RunStatus.COMPLETED: ("✓", "+"),
+    RunStatus.FAILED: ("✗", "x"),
+    RunStatus.CANCELLED: ("■", "#"),
+    RunStatus.CANCELLING: ("■", "#"),
+    RunStatus.WORKER_LOST: ("!", "!"),
+}
+_STATUS_CLASS = {
+    RunStatus.FAILED: "-failed",
+    RunStatus.WORKER_LOST: "-failed",
+    RunStatus.RETRYING: "-retrying",
+    RunStatus.CANCELLING: "-retrying",
+    RunStatus.COMPLETED: "-completed",
+}
+
+
+class RunHeader(Static):
+    """``demo_fanout 3f2a91c0  ● running 21s  4/8 done  started 12:00:03  manifest 9c1e0f…  checkpoint 4be1aa…``"""
+
+    DEFAULT_CSS = """
+    RunHeader {
+        height: auto;
+        background: $panel;
+        color: $foreground;
+        padding: 0 1;
+    }
+    RunHeader.-failed { background: $error 30%; }
+    RunHeader.-retrying { background: $warning 25%; }
+    RunHeader.-completed { background: $success 15%; }
+    """
+
+    def __init__(self, *, ascii_only: bool = False, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__("", id=id, classes=classes)
+        self.ascii_only = ascii_only
+
+    def show(self, model: RunModel, now_millis: int, note: str = "", *, wide: bool = True) -> None:
+        status = model.status
+        for cls in set(_STATUS_CLASS.values()):
+            self.remove_class(cls)
+        if status in _STATUS_CLASS:
+            self.add_class(_STATUS_CLASS[status])
+        self.update(self.render_model(model, now_millis, note, wide=wide))
+
+    def render_model(self, model: RunModel, now: int, note: str = "", *, wide: bool = True) -> Text:
+        glyph = RUN_GLYPHS[status][1 if self.ascii_only else 0] if (status := model.status) else "?"
+        t = Text()
+        t.append(f"{model.op_id or '?'} ", style="bold")
+        t.append(f"{model.short_id}  ")
+        t.append(f"{glyph} {status.label}", style="bold")
+        t.append(f" {format_duration(model.duration_millis(now))}  ")
+        t.append(f"{model.done}/{model.total} done  ")
+        retry = model.retry_target
+        if retry is not None:
+            due = countdown_text(retry.remaining_millis(now))
+            label = f"{retry.next_attempt_number}/{retry.max_attempts}" if retry.max_attempts else "next"
+            t.append(f"{retry.state.short_name} {label} in {due}  ", style="bold")
+        elif model.error is not None:
+            t.append(f"[{model.error[0]}]  ", style="bold")
+        if wide and model.started_millis is not None:
+            t.append("started " + time.strftime("%H:%M:%S", time.gmtime(model.started_millis // 1000)) + "  ")
+        t.append(f"manifest {short_id(model.manifest_id)}  checkpoint {short_id(model.checkpoint_id)}")
+        if note:
+            t.append(f"  {note}", style="italic")
+        return t

@@ -1,0 +1,271 @@
+"""The run's plan drawn as a live DAG: one node per state with its status glyph, name and attempt/countdown.
+
+A Line-API ``ScrollView``: the layout (``mfm_tui.graph_layout``) is recomputed only when the set of states or the
+expanded layers change; labels are re-rendered on every update (a countdown ticks once a second), and only the visible
+rows are turned into strips, so a plan of 1,000 states scrolls like a small one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from rich.segment import Segment
+from rich.style import Style
+from textual.binding import Binding, BindingType
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from mfm_tui.graph_layout import (
+    MORE_PREFIX,
+    Direction,
+    GraphLayout,
+    GraphPicture,
+    layout_graph,
+    neighbour,
+    render_graph,
+)
+from mfm_tui.run_model import StateStatus, StateView
+
+__all__ = ["StateGraph", "node_label", "status_glyph"]
+
+UNICODE_GLYPHS: Mapping[StateStatus, str] = {
+    StateStatus.PENDING: "○",
+    StateStatus.RUNNING: "●",
+    StateStatus.RETRYING: "↻",
+    StateStatus.COMPLETED: "✓",
+    StateStatus.FAILED: "✗",
+    StateStatus.SKIPPED: "»",
+    StateStatus.CANCELLED: "■",
+}
+ASCII_GLYPHS: Mapping[StateStatus, str] = {
+    StateStatus.PENDING: ".",
+    StateStatus.RUNNING: "*",
+    StateStatus.RETRYING: "~",
+    StateStatus.COMPLETED: "+",
+    StateStatus.FAILED: "x",
+    StateStatus.SKIPPED: ">",
+    StateStatus.CANCELLED: "#",
+}
+
+
+def status_glyph(status: StateStatus, *, ascii_only: bool = False) -> str:
+    return (ASCII_GLYPHS if ascii_only else UNICODE_GLYPHS)[status]
+
+
+def countdown_text(remaining_millis: int | None) -> str:
+    if remaining_millis is None:
+        return ""
+    secs = (remaining_millis + 999) // 1000
+    if secs >= 60:
+        return f"{secs // 60}m{secs % 60:02d}s"
+    return f"{secs}s"
+
+
+def node_label(sv: StateView, now_millis: int, *, ascii_only: bool = False) -> str:
+    """``↻ call 2/5 in 7s``, ``✗ check needs_file``, ``» apply skipped``, ``✓ fetch``."""
+    glyph = status_glyph(sv.status, ascii_only=ascii_only)
+    name = sv.short_name
+    st = sv.status
+    if st is StateStatus.RETRYING:
+        remaining = None if sv.not_before_millis is None else max(0, sv.not_before_millis - now_millis)
+        due = countdown_text(remaining)
+        return f"{glyph} {name} {sv.attempt_label}" + (f" in {due}" if due else "")
+    if st is StateStatus.RUNNING:
+        return f"{glyph} {name} {sv.attempt_label}"
+    if st is StateStatus.FAILED:
+        err = sv.error
+        return f"{glyph} {name} {err[0]}" if err and err[0] else f"{glyph} {name}"
+    if st is StateStatus.SKIPPED:
+        return f"{glyph} {name} skipped"
+    if st is StateStatus.CANCELLED:
+        return f"{glyph} {name} cancelled"
+    if st is StateStatus.COMPLETED and sv.attempt_number > 1:
+        return f"{glyph} {name} {sv.attempt_label}"
+    return f"{glyph} {name}"
+
+
+class StateGraph(ScrollView, can_focus=True):
+    """The plan's DAG, left to right by topological depth; arrows move, ``enter`` selects."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("left", "move('left')", "Prev state", show=False),
+        Binding("right", "move('right')", "Next state", show=False),
+        Binding("up", "move('up')", "State above", show=False),
+        Binding("down", "move('down')", "State below", show=False),
+        Binding("enter", "select", "Select state", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    StateGraph {
+        background: $surface;
+        scrollbar-size: 1 1;
+    }
+    StateGraph > .state-graph--edge { color: $text-muted; }
+    StateGraph > .state-graph--pending { color: $text-muted; }
+    StateGraph > .state-graph--running { color: $accent; text-style: bold; }
+    StateGraph > .state-graph--retrying { color: $warning; text-style: bold; }
+    StateGraph > .state-graph--completed { color: $success; }
+    StateGraph > .state-graph--failed { color: $error; text-style: bold; }
+    StateGraph > .state-graph--skipped { color: $text-muted; text-style: italic; }
+    StateGraph > .state-graph--cancelled { color: $warning; }
+    StateGraph > .state-graph--more { color: $text-muted; text-style: italic; }
+    StateGraph > .state-graph--cursor { text-style: reverse; }
+    """
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "state-graph--edge",
+        "state-graph--more",
+        "state-graph--cursor",
+        *(f"state-graph--{s.value}" for s in StateStatus),
+    }
+
+    ascii_only: reactive[bool] = reactive(False)
+
+    class StateHighlighted(Message):
+        """The cursor moved to a state."""
+
+        def __init__(self, state_id: str) -> None:
+            super().__init__()
+            self.state_id = state_id
+
+    class StateSelected(Message):
+        """``enter`` on a state."""
+
+        def __init__(self, state_id: str) -> None:
+            super().__init__()
+            self.state_id = state_id
+
+    def __init__(
+        self, *, max_rows: int = 12, name: str | None = None, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.max_rows = max_rows
+        self._g_nodes: tuple[str, ...] = ()
+        self._g_edges: tuple[tuple[str, str], ...] = ()
+        self._states: Mapping[str, StateView] = {}
+        self._g_expanded: set[int] = set()
+        self._now = 0
+        self._layout: GraphLayout | None = None
+        self._picture: GraphPicture | None = None
+        self.cursor: str | None = None
+
+    # ------------------------------------------------------------------ data in
+
+    def set_graph(
+        self, nodes: Sequence[str], edges: Sequence[tuple[str, str]], states: Mapping[str, StateView], now_millis: int
+    ) -> None:
+        """New data: re-layout if the shape changed, relabel always."""
+        shape_changed = tuple(nodes) != self._g_nodes or tuple(edges) != self._g_edges
+        self._g_nodes, self._g_edges = tuple(nodes), tuple(edges)
+        self._states = states
+        self._now = now_millis
+        if shape_changed or self._layout is None:
+            self._relayout()
+        self._repaint()
+
+    def tick(self, now_millis: int) -> None:
+        """Re-label for a new time (countdowns) without touching the layout."""
+        self._now = now_millis
+        self._repaint()
+
+    def _relayout(self) -> None:
+        self._layout = layout_graph(self._g_nodes, self._g_edges, max_rows=self.max_rows, expanded=self._g_expanded)
+        if self.cursor not in self._layout.layer_of:
+            self.cursor = self._default_cursor()
+
+    def _default_cursor(self) -> str | None:
+        assert self._layout is not None
+        real = self._layout.real_nodes()
+        for status in (StateStatus.FAILED, StateStatus.RETRYING, StateStatus.RUNNING):
+            for n in real:
+                sv = self._states.get(n)
+                if sv is not None and sv.status is status:
+                    return n
+        return real[0] if real else None
+
+    def _repaint(self) -> None:
+        if self._layout is None:
+            return
+        labels = {
+            n: node_label(sv, self._now, ascii_only=self.ascii_only)
+            for n, sv in self._states.items()
+            if n in self._g_nodes
+        }
+        self._picture = render_graph(self._layout, labels, ascii_only=self.ascii_only)
+        self.virtual_size = Size(self._picture.width, len(self._picture.rows))
+        self.refresh()
+
+    def watch_ascii_only(self) -> None:
+        self._repaint()
+
+    # ------------------------------------------------------------------ rendering
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        base = self.rich_style
+        pic = self._picture
+        row = scroll_y + y
+        if pic is None or row >= len(pic.rows):
+            return Strip.blank(width, base)
+        edge = self.get_component_rich_style("state-graph--edge")
+        cursor = self.get_component_rich_style("state-graph--cursor")
+        segments: list[Segment] = []
+        for span in pic.rows[row]:
+            if span.kind == "edge":
+                style: Style = base + edge
+            elif span.kind == "more":
+                style = base + self.get_component_rich_style("state-graph--more")
+            elif span.kind == "node" and span.node is not None:
+                sv = self._states.get(span.node)
+                status = sv.status.value if sv is not None else StateStatus.PENDING.value
+                style = base + self.get_component_rich_style(f"state-graph--{status}")
+            else:
+                style = base
+            if span.node is not None and span.node == self.cursor:
+                style = style + cursor
+            segments.append(Segment(span.text, style))
+        strip = Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
+        return strip.apply_offsets(scroll_x, row)
+
+    # ------------------------------------------------------------------ actions
+
+    def select(self, state_id: str) -> None:
+        """Move the cursor to ``state_id`` (if it is drawn) and scroll it into view."""
+        if self._layout is None or state_id not in self._layout.layer_of:
+            return
+        self.cursor = state_id
+        self._scroll_to_cursor()
+        self.refresh()
+        self.post_message(self.StateHighlighted(state_id))
+
+    def _scroll_to_cursor(self) -> None:
+        if self._picture is None or self.cursor not in self._picture.boxes:
+            return
+        r, x0, x1 = self._picture.boxes[self.cursor]
+        self.scroll_to_region(Region(x0, r, x1 - x0, 1), animate=False, immediate=True)
+
+    def action_move(self, direction: str) -> None:
+        if self._layout is None or self.cursor is None:
+            return
+        target = neighbour(self._layout, self.cursor, Direction(direction))
+        if target is not None:
+            self.select(target)
+
+    def action_select(self) -> None:
+        if self.cursor is None or self._layout is None:
+            return
+        if self.cursor.startswith(MORE_PREFIX):
+            layer = int(self.cursor[len(MORE_PREFIX) :])
+            self._g_expanded.add(layer)
+            keep = self._layout.layers[layer][-2] if len(self._layout.layers[layer]) > 1 else None
+            self.cursor = keep
+            self._relayout()
+            self._repaint()
+            if keep is not None:
+                self.select(keep)
+            return
+        self.post_message(self.StateSelected(self.cursor))
