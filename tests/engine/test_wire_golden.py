@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from engine._kinds import ArtifactKind
-from engine._wire import compact_json
+from engine._wire import Variant, compact_json
 from engine.config import (
     ContextCheckpointing,
     Duration,
@@ -54,6 +54,7 @@ from engine.events import (
     decode_envelope,
     encode_envelope,
 )
+from engine.hashing import canonical_json_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.meta import DependencyStrategy, Idempotency, SideEffectKind, StateMeta
 from engine.testing import base_config, make_manifest
@@ -106,6 +107,10 @@ def _golden(name: str) -> bytes:
 
 
 def _reencode(adapter: TypeAdapter[Any], value: Any) -> bytes:
+    # A model's own model_dump is the wire form, except for enum variants (Variant subclasses),
+    # whose tag is added by the union's serializer.
+    if isinstance(value, BaseModel) and not isinstance(value, Variant):
+        return compact_json(value.model_dump(mode="json")).encode("utf-8")
     return compact_json(adapter.dump_python(value, mode="json")).encode("utf-8")
 
 
@@ -266,17 +271,12 @@ def test_constructed_envelopes_match_golden() -> None:
         event=StateEntered(state_id=StateId("machine.main.s1"), attempt=0, base_snapshot_id=H2),
     )
     assert encode_envelope(env) == _golden("envelope_kernel_ts_set.json")
-    dom = EventEnvelope(
-        run_id=RUN,
-        seq=4,
-        event=DomainEvent(
-            name="fact_recorded",
-            payload=FactRecorded(key="k", payload_id=H1).model_dump(mode="json"),
-        ),
-    )
-    # FactRecorded's fields are in declaration order; the payload, a serde_json::Value, is sorted.
-    sorted_payload = json.loads(compact_json(dom.event.payload), object_pairs_hook=lambda kv: dict(sorted(kv)))  # type: ignore[union-attr]
-    dom = dom.model_copy(update={"event": DomainEvent(name="fact_recorded", payload=sorted_payload)})
+    # The Rust runtime builds the payload with serde_json::to_value(FactRecorded{..}): a Value whose
+    # map (BTreeMap, serde_json's default) sorts keys. Our model dumps fields in declaration order, so
+    # a byte-identical payload is the canonical (sorted) form of that dump.
+    payload = json.loads(canonical_json_bytes(FactRecorded(key="k", payload_id=H1).model_dump(mode="json")))
+    assert list(payload) == ["key", "meta", "payload_id"]
+    dom = EventEnvelope(run_id=RUN, seq=4, event=DomainEvent(name="fact_recorded", payload=payload))
     assert encode_envelope(dom) == _golden("envelope_domain_ts_null.json")
 
 
