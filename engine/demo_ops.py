@@ -31,13 +31,14 @@ from engine.events import DOMAIN_EVENT_ARTIFACT_WRITTEN, ArtifactWritten, Domain
 from engine.hashing import artifact_id_for_json, canonical_json_bytes
 from engine.ids import FactKey, OpId, StateId
 from engine.io import IoCall, IoProvider
+from engine.live_io import side_effect_fact_key
 from engine.meta import Idempotency, SideEffectKind, StateMeta, standard_tags
 from engine.operations import Operation, OperationEnv
 from engine.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
 from engine.recorder import EventRecorder
 from engine.state import StateOutcome
 
-__all__ = ["EXEC_ALLOWLIST", "OPERATIONS", "side_effect_fact_key"]
+__all__ = ["EXEC_ALLOWLIST", "OPERATIONS"]
 
 EXEC_ALLOWLIST = ("/usr/bin/", "/bin/")
 """``/bin/sh`` resolves under one of these (``/usr/bin/dash`` on Debian)."""
@@ -80,7 +81,7 @@ def _chain(names: list[str]) -> list[tuple[str, str]]:
     return list(itertools.pairwise(names))
 
 
-def _sh_call(fact_key: str, script: str, *args: str, timeout_ms: int = 60_000) -> IoCall:
+def _sh_call(fact_key: str | None, script: str, *args: str, timeout_ms: int = 60_000) -> IoCall:
     return IoCall(
         namespace="exec",
         request={
@@ -89,7 +90,7 @@ def _sh_call(fact_key: str, script: str, *args: str, timeout_ms: int = 60_000) -
             "argv": ["-c", script, "sh", *args],
             "timeout_ms": timeout_ms,
         },
-        fact_key=FactKey(fact_key),
+        fact_key=None if fact_key is None else FactKey(fact_key),
     )
 
 
@@ -356,11 +357,6 @@ if [ -f "$1" ]; then printf '{"exists":true,"bytes":%d}\n' "$(wc -c < "$1")"; el
 """
 
 
-def side_effect_fact_key(state_id: str, idempotency_key: str) -> str:
-    """The fact key of a side-effecting call, derived from the state's idempotency key (§0.10)."""
-    return f"proof:side_effect|state:{state_id}|id:{idempotency_key}"
-
-
 def _simple_name(value: str) -> str:
     if not value or "/" in value or value in (".", "..") or "\x00" in value:
         raise ValueError("must be a plain file name (no '/')")
@@ -400,9 +396,10 @@ def _side_effect_plan(params: SideEffectParams, env: OperationEnv) -> ExecutionP
         ctx.write("side_effect.target", target)
 
     async def apply(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
-        key = side_effect_fact_key(apply_id, idem)
-        already = await io.get_recorded_fact(key) is not None
-        result = await io.call(_sh_call(key, _APPLY_SCRIPT, target, params.content))
+        # No fact key on the call: in an ApplySideEffect state the engine derives it from the
+        # idempotency key (§0.10), so a resumed attempt gets the recorded response back.
+        already = await io.get_recorded_fact(side_effect_fact_key(apply_id, idem, 0)) is not None
+        result = await io.call(_sh_call(None, _APPLY_SCRIPT, target, params.content))
         if not already:
             await rec.emit(
                 DomainEvent(name="side_effect_applied", payload={"target": target, "result": result.response})

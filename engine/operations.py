@@ -260,8 +260,10 @@ def _is_str_field(model: type[BaseModel], name: str) -> bool:
     if info is None:
         return False
     ann = info.annotation
-    args = [a for a in typing.get_args(ann) if a is not type(None)] if typing.get_origin(ann) is not None else [ann]
-    return bool(args) and all(a is str for a in args)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return bool(args) and all(a is str for a in args)
+    return ann is str
 
 
 def _is_list_field(model: type[BaseModel], name: str) -> bool:
