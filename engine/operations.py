@@ -8,7 +8,7 @@ from the params).
 Operations are found in two ways, both giving modules (or objects) that expose ``OPERATIONS``:
 
 * the entry-point group ``mfm.operations`` (``demo = "engine.demo_ops:OPERATIONS"``);
-* explicit modules (``mfm --ops some.module``), imported by name.
+* explicit modules (``mfm --ops some.module`` or ``--ops path/to/ops.py``).
 
 Starting a run (:func:`prepare_run`) validates the parameters, builds and validates the plan,
 then writes the manifest artifact (canonical JSON, the validated parameters as
@@ -20,7 +20,10 @@ the stored manifest alone (:meth:`OperationRegistry.plan_for`: lookup by ``op_id
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -222,7 +225,26 @@ def _build_plan(op: Operation, params: BaseModel, env: OperationEnv) -> Executio
 
 
 def _import_module(name: str) -> Any:
+    """A dotted module name, or the path of a ``.py`` file."""
     try:
+        if name.endswith(".py"):
+            path = os.path.abspath(name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(path)
+            mod_name = "mfm_ops_" + os.path.splitext(os.path.basename(path))[0]
+            if mod_name in sys.modules:
+                return sys.modules[mod_name]
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(mod_name, None)
+                raise
+            return module
         return importlib.import_module(name)
     except Exception as exc:
         raise OperationError.new(

@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,7 +73,6 @@ class Env:
     debug: bool
     _store: Any = None
     _registry: OperationRegistry | None = None
-    _models: dict[RunId, RunModel] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -242,7 +241,9 @@ def _finish(model: RunModel, as_json: bool) -> int:
 
 @click.group(invoke_without_command=True, epilog=EXIT_CODES_HELP)
 @click.option("--store", "store", metavar="PATH", help="Store folder (created on first use).")
-@click.option("--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE (repeatable).")
+@click.option(
+    "--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE or a .py file (repeatable)."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="mfm")
 @click.pass_context
@@ -251,6 +252,8 @@ def cli(ctx: click.Context, store: str | None, ops: tuple[str, ...], debug: bool
 
     Without a command, opens the terminal UI (`mfm tui`).
     """
+    # a .py path is made absolute so detached workers (same cwd, but still) load the same file
+    ops = tuple(str(Path(m).absolute()) if m.endswith(".py") else m for m in ops)
     ctx.obj = Env(store_option=store, ops=ops, debug=debug)
     if ctx.invoked_subcommand is None:
         return ctx.invoke(tui)

@@ -1,0 +1,120 @@
+"""End-to-end helpers for tests/cli: run ``python -m mfm_tui`` in a subprocess against a temporary store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.events import EventEnvelope, decode_envelope
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.strip()]
+
+
+class Mfm:
+    """``mfm --store STORE --ops engine.demo_ops …`` as a subprocess."""
+
+    def __init__(self, store: Path, home: Path, cwd: Path | None = None) -> None:
+        self.store = store
+        self.cwd = cwd
+        self.env = {k: v for k, v in os.environ.items() if k not in ("MFM_STORE", "XDG_DATA_HOME")}
+        self.env["HOME"] = str(home)
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def argv(self, *args: str, ops: tuple[str, ...] = ("engine.demo_ops",), store: bool = True) -> list[str]:
+        cmd = [sys.executable, "-m", "mfm_tui"]
+        if store:
+            cmd += ["--store", str(self.store)]
+        for module in ops:
+            cmd += ["--ops", module]
+        return [*cmd, *args]
+
+    def __call__(self, *args: str, timeout: float = 120, **kw: Any) -> Result:
+        proc = subprocess.run(
+            self.argv(*args, **kw),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args, **kw),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
+        )
+
+    def start(self, op: str, *params: str) -> str:
+        res = self("start", op, *(x for p in params for x in ("-p", p)), "--json")
+        assert res.code == 0, res.err
+        run_id: str = res.json()["run_id"]
+        return run_id
+
+    def events(self, run_id: str) -> list[EventEnvelope]:
+        res = self("events", run_id, "--json")
+        assert res.code == 0, res.err
+        return [decode_envelope(line) for line in res.out.splitlines() if line.strip()]
+
+    def lease(self, run_id: str) -> dict[str, Any]:
+        path = self.store / "runs" / run_id / "lease"
+        value: dict[str, Any] = json.loads(path.read_text())
+        return value
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (a wait for an outside process, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def store_listing(root: Path) -> dict[str, int]:
+    """Every file under ``root`` with its size (to prove a command wrote nothing)."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def live_pids_with(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        state = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("State:")), "?")
+        if marker in cmdline and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
