@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from cli_helpers import Mfm, live_pids_with, wait_until
+
 from engine.events import RunCompleted, StateCompleted, StateFailed
 
 BIG = ("states=40", "events=2", "delay_ms=40")
@@ -126,6 +127,8 @@ def test_operations_from_a_module_in_a_temporary_folder(mfm: Mfm, tmp_path: Path
             from engine.state import StateOutcome
             from engine.testing import make_plan
 
+            NO_DELAY = Duration.from_millis(0)
+
             class Params(BaseModel):
                 greeting: str = "hi"
 
@@ -145,7 +148,7 @@ def test_operations_from_a_module_in_a_temporary_folder(mfm: Mfm, tmp_path: Path
                     description="Say hello.",
                     params_model=Params,
                     build_plan=lambda p, env: make_plan([("greet", Greet(p.greeting))], op_id="team_greet"),
-                    run_config=RunConfig(retry_policy=RetryPolicy(max_attempts=1, backoff=Fixed(delay=Duration.from_millis(0)))),
+                    run_config=RunConfig(retry_policy=RetryPolicy(max_attempts=1, backoff=Fixed(delay=NO_DELAY))),
                 )
             ]
             """
