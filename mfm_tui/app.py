@@ -1,0 +1,316 @@
+"""The Textual app, built by ``make_app(...)`` for both ``mfm tui`` and the tests (no globals).
+
+The app is thin: it owns the store watcher (run in a Textual worker that only posts messages),
+forwards ``StoreChanged`` / ``RunsUpdated`` to every screen on its stack, opens a run's screen on
+``RunSelected``, shows errors in a dialog and offers help (``?``) and the palette (``ctrl+p``).
+Screens read the services they need from the attributes named like ``make_app``'s parameters:
+``store``, ``clock``, ``plan_resolver``, ``lease_probe``, ``read_only``, ``watcher``, ``ascii_only``, ``glyphs``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import PurePath
+from typing import Any, ClassVar, cast
+
+from rich.console import Console
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.command import SearchIcon
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import Footer, Static
+
+from engine.config import RunManifest
+from engine.ids import RunId
+from engine.plan import ExecutionPlan
+from mfm_tui.clock import Clock, SystemClock
+from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
+from mfm_tui.messages import ErrorReported, RunSelected, RunsUpdated, StoreChanged
+from mfm_tui.run_model import LeaseProbe, PlanShape
+from mfm_tui.screens.dialogs import ErrorDialog
+from mfm_tui.screens.help import HelpEntry, HelpScreen
+from mfm_tui.screens.runs import RunsScreen
+from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
+from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
+
+__all__ = ["MfmApp", "make_app", "store_label"]
+
+_ASCII_KEYS = {"⏎": "enter", "↑": "up", "↓": "down", "←": "left", "→": "right", "⌫": "backspace"}
+
+
+def store_label(store: Any) -> str:
+    """``~/.local/share/mfm/store`` for a filesystem store, else the store's kind."""
+    root = getattr(store, "root", None)
+    if root is not None:
+        path = str(root)
+        home = os.path.expanduser("~")
+        return "~" + path[len(home) :] if home != "/" and path.startswith(home + os.sep) else path
+    name = type(store).__name__.removesuffix("Store").lower()
+    return name or "store"
+
+
+class _NullFile:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+class _PlaceholderRunScreen(Screen[None]):
+    """Shown when the run screen module is not available."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
+
+    def __init__(self, run_id: RunId) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"run {self.run_id}\n\n(the run screen is not available in this build)", id="run-placeholder")
+        yield Footer()
+
+
+class MfmApp(App[None]):
+    """The mfm monitor. Build it with ``make_app``."""
+
+    TITLE = "mfm"
+    CSS_PATH = cast("list[str | PurePath]", css_paths())
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
+        Binding("question_mark", "help", "Help", tooltip="Show every key of this screen"),
+        Binding("escape", "back", "Back", show=False, tooltip="Back / close"),
+    ]
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        clock: Clock | None = None,
+        theme: str = DEFAULT_THEME,
+        read_only: bool = False,
+        plan_resolver: PlanResolver | None = None,
+        lease_probe: LeaseProbe | None = None,
+        color_system: str | None = None,
+        watch: bool = True,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.read_only = read_only
+        self.lease_probe = lease_probe
+        self._plan_resolver = plan_resolver
+        self.watch_store = watch
+        self.loaded = False
+        self.watcher = StoreWatcher(store, lease_probe=lease_probe, plan_resolver=plan_resolver)
+        for item in THEMES.values():
+            self.register_theme(item)
+        self.theme = resolve_theme_name(theme)
+        if color_system is not None:
+            self.console = Console(
+                color_system=color_system,  # type: ignore[arg-type]
+                file=_NullFile(),  # type: ignore[arg-type]
+                markup=True,
+                highlight=False,
+                emoji=False,
+                legacy_windows=False,
+                force_terminal=True,
+                safe_box=False,
+                soft_wrap=False,
+            )
+        self._home = RunsScreen(
+            self.watcher.models,
+            self.clock,
+            store_label=store_label(store),
+            read_only=read_only,
+            glyphs=self.glyphs,
+        )
+
+    # ------------------------------------------------------------------ services for screens
+
+    @property
+    def ascii_only(self) -> bool:
+        return self.theme in ASCII_THEMES
+
+    @property
+    def glyphs(self) -> Glyphs:
+        return glyphs_for_theme(self.theme)
+
+    def plan_resolver(self, manifest: RunManifest) -> PlanShape | None:
+        """The plan shape of a run's manifest (``None`` when unknown); never raises."""
+        if self._plan_resolver is None:
+            return None
+        try:
+            plan = self._plan_resolver(manifest)
+        except Exception:
+            return None
+        if isinstance(plan, PlanShape):
+            return plan
+        if isinstance(plan, ExecutionPlan):
+            try:
+                return PlanShape.from_plan(plan)
+            except Exception:
+                return None
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def get_default_screen(self) -> Screen[Any]:
+        return self._home
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self.run_worker(self._watch(), name="store-watcher", group="store", exclusive=True, exit_on_error=False)
+
+    async def _watch(self) -> None:
+        try:
+            async for part in self.watcher.load_batches():
+                self._emit(part)
+        except Exception as exc:  # never a traceback: report and keep the app alive
+            self._emit(WatchUpdate(errors=[(None, *describe_error(exc))], initial=True))
+        self.loaded = True
+        self._home.loaded = True
+        self._emit(WatchUpdate(initial=True), force=True)
+        if self.watch_store:
+            await self.watcher.watch(self._emit)
+
+    async def sync_store(self) -> WatchUpdate:
+        """Refresh from the store now (tests, and after a user action); returns what changed."""
+        update = await self.watcher.poll(force_side=True)
+        self._emit(update)
+        return update
+
+    def _emit(self, update: WatchUpdate, *, force: bool = False) -> None:
+        """Turn a watcher update into messages (called in the worker; touches no widget)."""
+        self._home.store_error = self.watcher.store_error
+        if update.grown:
+            self._broadcast(partial(StoreChanged, frozenset(update.grown)))
+        if update.updated or update.errors or force:
+            self._broadcast(partial(RunsUpdated, frozenset(update.updated), initial=update.initial))
+        for run_id, code, message in update.errors:
+            if run_id is None:
+                self.post_message(ErrorReported(code, message, title="Store unreadable"))
+
+    def _broadcast(self, make: Callable[[], Any]) -> None:
+        for screen in list(self.screen_stack):
+            screen.post_message(make())
+
+    def _theme_changed(self, theme: Theme) -> None:
+        for screen in self.screen_stack:
+            setter = getattr(screen, "set_glyphs", None)
+            if callable(setter):
+                setter(self.glyphs)
+
+    # ------------------------------------------------------------------ handlers
+
+    def on_run_selected(self, message: RunSelected) -> None:
+        self.open_run(message.run_id)
+
+    def open_run(self, run_id: RunId) -> None:
+        try:
+            module = importlib.import_module("mfm_tui.screens.run")
+            screen: Screen[Any] = module.RunScreen(run_id=run_id)
+        except ImportError:
+            screen = _PlaceholderRunScreen(run_id)
+        except Exception as exc:
+            code, text = describe_error(exc)
+            self.post_message(ErrorReported(code, text, title="Cannot open run", run_id=run_id))
+            return
+        self.push_screen(screen)
+
+    def on_error_reported(self, message: ErrorReported) -> None:
+        if isinstance(self.screen, ErrorDialog) and self.screen.code == message.code:
+            return  # the same error is already on screen
+        self.push_screen(ErrorDialog(message.code, message.message, title=message.title))
+
+    # ------------------------------------------------------------------ actions
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.help_entries(self.screen)))
+
+    def action_command_palette(self) -> None:
+        super().action_command_palette()
+        if self.ascii_only:
+            self.call_after_refresh(self._ascii_palette)
+
+    def _ascii_palette(self) -> None:
+        for icon in self.screen.query(SearchIcon):
+            icon.icon = ">"
+
+    # ------------------------------------------------------------------ key display, help, palette
+
+    def get_key_display(self, binding: Binding) -> str:
+        display = super().get_key_display(binding)
+        if self.ascii_only:
+            for uni, word in _ASCII_KEYS.items():
+                display = display.replace(uni, word)
+        return display
+
+    def help_entries(self, screen: Screen[Any]) -> list[HelpEntry]:
+        """Every described binding active on ``screen``, keys merged per action, the app's last."""
+        merged: dict[tuple[str, str, str], list[str]] = {}
+        for _key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.description:
+                continue
+            group = "Everywhere" if active.node is self else "This screen"
+            slot = merged.setdefault((group, binding.action, binding.tooltip or binding.description), [])
+            display = self.get_key_display(binding)
+            if display not in slot:
+                slot.append(display)
+        entries = [
+            HelpEntry(keys=" ".join(keys), description=desc, group=group)
+            for (group, _action, desc), keys in merged.items()
+        ]
+        if not any(e.description == "Command palette" for e in entries):
+            entries.append(HelpEntry(keys="^p", description="Command palette", group="Everywhere"))
+        entries.sort(key=lambda e: e.group == "Everywhere")
+        return entries
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if binding.description and binding.action not in ("command_palette",):
+                title = f"{binding.description} ({self.get_key_display(binding)})"
+                callback = partial(self.call_later, self.run_action, binding.action, active.node)
+                yield SystemCommand(title, f"key {self.get_key_display(binding)}", callback)
+        for name in THEMES:
+            yield SystemCommand(f"Theme: {name}", "switch the colour theme", partial(setattr, self, "theme", name))
+
+
+def make_app(
+    store: Any,
+    *,
+    clock: Clock | None = None,
+    theme: str = DEFAULT_THEME,
+    read_only: bool = False,
+    plan_resolver: PlanResolver | Callable[[RunManifest], ExecutionPlan | PlanShape | None] | None = None,
+    lease_probe: LeaseProbe | None = None,
+    color_system: str | None = None,
+    watch: bool = True,
+) -> MfmApp:
+    """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).
+
+    ``theme``: ``mfm-dark`` (default), ``mfm-light``, ``mfm-16``, ``mfm-ascii`` or an alias (``dark``,
+    ``light``, ``16``, ``ascii``); unknown → ``ValueError``. ``color_system``: force ``standard``,
+    ``256`` or ``truecolor`` output. ``watch=False`` loads once and then only refreshes on
+    ``await app.sync_store()`` (tests). ``lease_probe`` decides "worker lost"; ``plan_resolver`` gives
+    each run's full plan (states not yet entered, totals).
+    """
+    return MfmApp(
+        store,
+        clock=clock,
+        theme=theme,
+        read_only=read_only,
+        plan_resolver=plan_resolver,
+        lease_probe=lease_probe,
+        color_system=color_system,
+        watch=watch,
+    )

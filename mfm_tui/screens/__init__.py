@@ -1,0 +1,1 @@
+"""Screens of the mfm app: runs (home), run, artifact, help and dialogs."""

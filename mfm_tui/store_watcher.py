@@ -1,0 +1,352 @@
+"""Keeps one ``RunModel`` per run up to date with the store. No Textual here: the app runs
+``StoreWatcher.run(emit)`` in a Textual worker and turns each ``WatchUpdate`` into messages.
+
+How changes are found:
+
+* the store's change journal — ``store.events.changes_since(cursor)`` names the runs whose streams
+  grew; only those are re-read, each from its last seq (``read_range(run_id, last_seq + 1)``);
+* a filesystem store (it has a ``root``) is woken by ``watchfiles`` on ``ROOT/changes.log``; the
+  journal is *also* polled on a timer, because inotify may be missing (containers, network file
+  systems) and watchfiles' own polling loses same-second appends;
+* lease states and cancel requests of unfinished runs are re-probed every ``side_interval``
+  (a worker can die without writing anything), and the run list is re-scanned every
+  ``rescan_interval`` (a run that vanished is reported, one missed by the journal is picked up);
+* bursts are coalesced: at most one refresh per ``min_interval`` (≤ 10 repaints a second).
+
+Nothing here raises on a bad run: its ``load_error`` is set (code, message) and the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import RunManifest
+from engine.errors import MfmError
+from engine.ids import ArtifactId, RunId
+from engine.plan import ExecutionPlan
+from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
+
+__all__ = ["PlanResolver", "StoreWatcher", "WatchUpdate", "describe_error"]
+
+PlanResolver = Callable[[RunManifest], "ExecutionPlan | PlanShape | Awaitable[ExecutionPlan | PlanShape | None] | None"]
+"""``manifest -> plan`` (the operation registry's resolver); ``None`` or an exception: no plan shape."""
+
+CODE_STORE_UNREADABLE = "store_unreadable"
+CODE_RUN_VANISHED = "run_vanished"
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``(code, message)`` for any exception: the contract's code, else a generic one."""
+    if isinstance(exc, MfmError):
+        return (exc.code, exc.message)
+    if isinstance(exc, OSError):
+        return ("store_io", f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
+    return ("unexpected_error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+@dataclass(slots=True)
+class WatchUpdate:
+    grown: set[RunId] = field(default_factory=set)
+    """Runs whose streams grew (new envelopes)."""
+    updated: set[RunId] = field(default_factory=set)
+    """Runs whose models changed for any reason (a superset of ``grown``)."""
+    errors: list[tuple[RunId | None, str, str]] = field(default_factory=list)
+    """New errors: ``(run_id or None for the whole store, code, message)``."""
+    initial: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.updated or self.errors)
+
+    def merge(self, other: WatchUpdate) -> None:
+        self.grown |= other.grown
+        self.updated |= other.updated
+        self.errors.extend(other.errors)
+
+
+class StoreWatcher:
+    """See the module docstring. ``models`` is read by the screens (same event loop, no locking)."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        lease_probe: LeaseProbe | None = None,
+        plan_resolver: PlanResolver | None = None,
+        poll_interval: float = 1.0,
+        min_interval: float = 0.1,
+        side_interval: float = 2.0,
+        rescan_interval: float = 10.0,
+        batch_size: int = 500,
+        use_watchfiles: bool = True,
+    ) -> None:
+        self.store = store
+        self.events = store.events
+        self.artifacts = store.artifacts
+        self.lease_probe = lease_probe
+        self.plan_resolver = plan_resolver
+        self.poll_interval = poll_interval
+        self.min_interval = min_interval
+        self.side_interval = side_interval
+        self.rescan_interval = rescan_interval
+        self.batch_size = batch_size
+        self.use_watchfiles = use_watchfiles
+        self.models: dict[RunId, RunModel] = {}
+        self.store_error: tuple[str, str] | None = None
+        self._cursor: int | None = None
+        self._manifests: dict[ArtifactId, RunManifest | None] = {}
+        self._plans: dict[ArtifactId, PlanShape | None] = {}
+        self._last_side = 0.0
+        self._last_rescan = 0.0
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ one-shot steps
+
+    async def load(self) -> WatchUpdate:
+        """Read every run (the first paint); then manifests and plans."""
+        update = WatchUpdate(initial=True)
+        async for part in self.load_batches():
+            update.merge(part)
+        return update
+
+    async def load_batches(self) -> AsyncIterator[WatchUpdate]:
+        """Like ``load`` but yields a ``WatchUpdate`` per batch, so the first screenful paints early."""
+        try:
+            self._cursor = (await self.events.changes_since(None)).cursor
+            run_ids = list(await self.events.list_runs())
+            self.store_error = None
+        except Exception as exc:  # an unreadable store is shown, and retried by poll()
+            self.store_error = describe_error(exc)
+            yield WatchUpdate(errors=[(None, *self.store_error)], initial=True)
+            return
+        for i in range(0, len(run_ids), self.batch_size):
+            part = WatchUpdate(initial=True)
+            for run_id in run_ids[i : i + self.batch_size]:
+                await self._refresh_events(run_id, part)
+            await asyncio.sleep(0)
+            yield part
+        # Second pass: manifests and plans (retry limits, countdowns, totals), unfinished runs first.
+        pending = sorted(self.models.values(), key=lambda m: m.engine_status is not None)
+        for i in range(0, len(pending), self.batch_size):
+            part = WatchUpdate(initial=True)
+            for model in pending[i : i + self.batch_size]:
+                if await self._refresh_manifest(model):
+                    part.updated.add(model.run_id)
+            await self._refresh_side([m.run_id for m in pending[i : i + self.batch_size]], part)
+            await asyncio.sleep(0)
+            if part:
+                yield part
+        self._last_side = self._last_rescan = time.monotonic()
+
+    async def poll(self, *, force_side: bool = False) -> WatchUpdate:
+        """One refresh: the journal's changed runs, and (when due) leases, cancels and a rescan."""
+        update = WatchUpdate()
+        try:
+            batch = await self.events.changes_since(self._cursor)
+            if self.store_error is not None:
+                self.store_error = None
+                if self._cursor is None:
+                    async for part in self.load_batches():
+                        update.merge(part)
+                    return update
+            self._cursor = batch.cursor
+            changed = set(batch.runs)
+        except Exception as exc:
+            code, message = describe_error(exc)
+            if self.store_error != (code, message):
+                self.store_error = (code, message)
+                update.errors.append((None, code, message))
+            return update
+        for run_id in changed:
+            await self._refresh_events(run_id, update)
+        now = time.monotonic()
+        if force_side or now - self._last_rescan >= self.rescan_interval:
+            self._last_rescan = now
+            await self._rescan(update)
+        if force_side or now - self._last_side >= self.side_interval:
+            self._last_side = now
+            await self._refresh_side([r for r, m in self.models.items() if m.engine_status is None], update)
+        return update
+
+    async def refresh_runs(self, run_ids: Iterable[RunId]) -> WatchUpdate:
+        """Re-read the given runs now (after a user action such as cancel)."""
+        update = WatchUpdate()
+        ids = list(run_ids)
+        for run_id in ids:
+            await self._refresh_events(run_id, update)
+        await self._refresh_side(ids, update)
+        return update
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, emit: Callable[[WatchUpdate], None]) -> None:
+        """Load, then watch forever (cancel the task to stop). ``emit`` gets each non-empty update."""
+        async for part in self.load_batches():
+            emit(part)
+        await self.watch(emit)
+
+    async def watch(self, emit: Callable[[WatchUpdate], None]) -> None:
+        """Poll on wake-ups (watchfiles) and on a timer, forever; at most one refresh per ``min_interval``."""
+        watcher = asyncio.ensure_future(self._watch_journal()) if self.use_watchfiles else None
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+                self._wake.clear()
+                update = await self.poll()
+                if update:
+                    emit(update)
+                    await asyncio.sleep(self.min_interval)  # coalesce bursts
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    def wake(self) -> None:
+        """Refresh soon (the journal changed, or the user asked)."""
+        self._wake.set()
+
+    def journal_path(self) -> Path | None:
+        root = getattr(self.store, "root", None)
+        return Path(root) / "changes.log" if root is not None else None
+
+    async def _watch_journal(self) -> None:
+        path = self.journal_path()
+        if path is None:
+            return
+        try:
+            import watchfiles
+        except ImportError:  # polling alone still works
+            return
+        name = path.name
+
+        def only_journal(_change: Any, changed: str) -> bool:
+            return Path(changed).name == name
+
+        try:
+            async for _changes in watchfiles.awatch(
+                path.parent, watch_filter=only_journal, debounce=50, step=20, recursive=False
+            ):
+                self.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # inotify unavailable or the root vanished: the timer keeps polling
+            return
+
+    # ------------------------------------------------------------------ per run
+
+    def _model(self, run_id: RunId) -> RunModel:
+        model = self.models.get(run_id)
+        if model is None:
+            model = RunModel(run_id)
+            self.models[run_id] = model
+        return model
+
+    async def _refresh_events(self, run_id: RunId, update: WatchUpdate) -> None:
+        model = self._model(run_id)
+        try:
+            envelopes = await self.events.read_range(run_id, model.last_seq + 1)
+        except Exception as exc:
+            err = describe_error(exc)
+            if model.load_error != err:
+                model.load_error = err
+                update.updated.add(run_id)
+                update.errors.append((run_id, *err))
+            return
+        cleared = model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED
+        if cleared:
+            model.load_error = None
+        had_manifest_id = model.manifest_id
+        if model.apply(envelopes):
+            update.grown.add(run_id)
+            update.updated.add(run_id)
+            if had_manifest_id is None and model.manifest_id is not None and not update.initial:
+                await self._refresh_manifest(model)
+                await self._refresh_side([run_id], update)
+        elif cleared:
+            update.updated.add(run_id)
+
+    async def _refresh_manifest(self, model: RunModel) -> bool:
+        mid = model.manifest_id
+        if mid is None or model.manifest is not None:
+            return False
+        if mid not in self._manifests:
+            try:
+                raw = await self.artifacts.get(mid)
+                self._manifests[mid] = RunManifest.model_validate_json(raw)
+            except Exception as exc:
+                code, message = describe_error(exc)
+                self._manifests[mid] = None
+                model.anomalies.append(f"manifest {mid[:12]} unreadable: [{code}] {message}")
+        manifest = self._manifests[mid]
+        if manifest is None:
+            return False
+        plan = await self._plan_for(mid, manifest)
+        if plan is not None:
+            model.set_plan(plan)
+        model.set_manifest(manifest)
+        return True
+
+    async def _plan_for(self, manifest_id: ArtifactId, manifest: RunManifest) -> PlanShape | None:
+        if self.plan_resolver is None:
+            return None
+        if manifest_id not in self._plans:
+            shape: PlanShape | None = None
+            try:
+                plan: Any = self.plan_resolver(manifest)
+                if inspect.isawaitable(plan):
+                    plan = await plan
+                if isinstance(plan, PlanShape):
+                    shape = plan
+                elif isinstance(plan, ExecutionPlan):
+                    shape = PlanShape.from_plan(plan)
+            except Exception:  # unknown operation or version: the run is shown from its events alone
+                shape = None
+            self._plans[manifest_id] = shape
+        return self._plans[manifest_id]
+
+    async def _refresh_side(self, run_ids: Iterable[RunId], update: WatchUpdate) -> None:
+        """Lease state and cancel request of each unfinished run."""
+        cancel_request = getattr(self.events, "cancel_request", None)
+        for run_id in run_ids:
+            model = self.models.get(run_id)
+            if model is None or model.engine_status is not None:
+                continue
+            changed = False
+            if self.lease_probe is not None:
+                try:
+                    changed |= model.set_lease(self.lease_probe(run_id))
+                except Exception:
+                    changed |= model.set_lease(LeaseStatus.UNKNOWN)
+            if cancel_request is not None:
+                # A control read failing is not worth a dialog: the events still show progress.
+                with contextlib.suppress(Exception):
+                    changed |= model.set_cancel_requested(await cancel_request(run_id) is not None)
+            if changed:
+                update.updated.add(run_id)
+
+    async def _rescan(self, update: WatchUpdate) -> None:
+        try:
+            present = set(await self.events.list_runs())
+        except Exception as exc:
+            code, message = describe_error(exc)
+            if self.store_error != (code, message):
+                self.store_error = (code, message)
+                update.errors.append((None, code, message))
+            return
+        for run_id in present - self.models.keys():
+            await self._refresh_events(run_id, update)
+        for run_id, model in self.models.items():
+            vanished = run_id not in present
+            if vanished and (model.load_error is None or model.load_error[0] != CODE_RUN_VANISHED):
+                model.load_error = (CODE_RUN_VANISHED, f"run {run_id} is no longer in the store")
+                update.updated.add(run_id)
+                update.errors.append((run_id, *model.load_error))
+            elif not vanished and model.load_error is not None and model.load_error[0] == CODE_RUN_VANISHED:
+                model.load_error = None
+                update.updated.add(run_id)

@@ -1,0 +1,1 @@
+"""Widgets of the mfm app (one per module)."""

@@ -1,0 +1,102 @@
+"""Status tabs over the runs list: ``All 42  Running 3  Retrying 1  Failed 2  Lost 1  …`` with counts.
+
+One line, plain text (no box drawing), the current tab in reverse so it reads without colour.
+``tab`` / ``shift+tab`` (bound on the screen) or a click changes it; the widget posts ``TabChanged``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from mfm_tui.run_model import RunStatus
+
+__all__ = ["TABS", "StatusTabs", "tab_matches"]
+
+TABS: tuple[tuple[str, str, frozenset[RunStatus]], ...] = (
+    ("all", "All", frozenset(RunStatus)),
+    ("running", "Running", frozenset({RunStatus.RUNNING, RunStatus.PENDING, RunStatus.CANCELLING})),
+    ("retrying", "Retrying", frozenset({RunStatus.RETRYING})),
+    ("failed", "Failed", frozenset({RunStatus.FAILED})),
+    ("lost", "Lost", frozenset({RunStatus.WORKER_LOST})),
+    ("completed", "Completed", frozenset({RunStatus.COMPLETED})),
+    ("cancelled", "Cancelled", frozenset({RunStatus.CANCELLED})),
+)
+"""``(key, label, statuses)`` in display order."""
+
+_BY_KEY = {key: statuses for key, _label, statuses in TABS}
+
+
+def tab_matches(tab: str, status: RunStatus) -> bool:
+    return status in _BY_KEY.get(tab, _BY_KEY["all"])
+
+
+class StatusTabs(Widget):
+    """The status tabs line."""
+
+    DEFAULT_CSS = """
+    StatusTabs {
+        height: 1;
+        width: 1fr;
+        padding: 0 1;
+        link-style: none;
+        link-style-hover: underline;
+        link-background-hover: transparent;
+        & > .status-tabs--active { text-style: reverse bold; }
+        & > .status-tabs--empty { color: $text-disabled; }
+    }
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"status-tabs--active", "status-tabs--empty"}
+
+    active: reactive[str] = reactive("all")
+
+    class TabChanged(Message):
+        def __init__(self, tab: str) -> None:
+            super().__init__()
+            self.tab = tab
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._counts: dict[str, int] = {}
+
+    def set_counts(self, by_status: Mapping[RunStatus, int]) -> None:
+        counts = {key: sum(by_status.get(s, 0) for s in statuses) for key, _label, statuses in TABS}
+        if counts != self._counts:
+            self._counts = counts
+            self.refresh()
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        active_style = self.get_component_rich_style("status-tabs--active")
+        empty_style = self.get_component_rich_style("status-tabs--empty")
+        compact = self.size.width and self._natural_width() > self.size.width
+        for i, (key, label, _statuses) in enumerate(TABS):
+            if i:
+                text.append(" " if compact else "  ")
+            count = self._counts.get(key, 0)
+            shown = f"{label[:4] if compact and key != 'all' else label} {count}"
+            style = active_style if key == self.active else (empty_style if count == 0 else Style())
+            text.append(shown, style + Style(meta={"@click": f"select_tab('{key}')"}))
+        return text
+
+    def _natural_width(self) -> int:
+        return sum(len(label) + 1 + len(str(self._counts.get(key, 0))) + 2 for key, label, _ in TABS) + 2
+
+    def select(self, tab: str) -> None:
+        if tab in _BY_KEY and tab != self.active:
+            self.active = tab
+            self.post_message(self.TabChanged(tab))
+
+    def step(self, delta: int) -> None:
+        keys = [key for key, _label, _statuses in TABS]
+        self.select(keys[(keys.index(self.active) + delta) % len(keys)])
+
+    def action_select_tab(self, tab: str) -> None:
+        self.select(tab)
