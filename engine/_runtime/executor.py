@@ -12,7 +12,7 @@ from engine._artifacts import read_canonical_json, verified_put_json
 from engine._kinds import ArtifactKind
 from engine._runtime.cancel import CancelToken, CancelWatcher
 from engine._runtime.clock import Clock, Failpoints, Sleeper
-from engine._runtime.context_runtime import SnapshotCache, encode_snapshot
+from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.envelopes import EnvelopeViolation, History, analyze
 from engine._runtime.facts import FactIndex, fact_event
 from engine._runtime.scheduler import Invocation, Override, Scheduler, max_concurrency
@@ -67,7 +67,6 @@ class Runtime:
             initial = run.initial_context.dump()
             if not isinstance(initial, dict):
                 raise ContextError.serialization("context_snapshot_not_object", "initial context is not a JSON object")
-            encode_snapshot(initial)  # secrets / floats → Context errors before anything is written
             initial_id = await snapshots.write(initial)
             writer = EventWriter(stores.events, run_id, 0, self.clock)
             facts = FactIndex()
@@ -127,7 +126,7 @@ class Runtime:
         inv = self._invocation(stores, run_id, plan, order, cfg, writer, facts, snapshots, cancel)
         inv.completed = dict(history.completed)
         inv.checkpoint_id = history.last_checkpoint
-        inv.checkpoint_value = await snapshots.load(history.last_checkpoint)
+        inv.checkpoint_value = None  # loaded when first needed: a bad snapshot fails inside the attempt (O94)
 
         # §13 step 9, for every orphan in topological order (§0.5).
         pos = {s: i for i, s in enumerate(order)}

@@ -85,7 +85,7 @@ class Invocation:
     failpoints: Failpoints | None
     watcher: CancelWatcher
     checkpoint_id: ArtifactId
-    checkpoint_value: dict[str, Any]
+    checkpoint_value: dict[str, Any] | None  # loaded lazily (resume)
     completed: dict[StateId, ArtifactId] = field(default_factory=dict)
     states: dict[StateId, State] = field(default_factory=dict)
     metas: dict[StateId, StateMeta] = field(default_factory=dict)
@@ -312,6 +312,8 @@ class Scheduler:
                 conflict = self._conflict(sid, delta)
                 if conflict is not None:
                     return conflict
+            if inv.checkpoint_value is None:
+                inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
             if delta:
                 new_value = apply_delta(inv.checkpoint_value, delta)
                 new_id = await inv.snapshots.write(new_value)
