@@ -261,10 +261,7 @@ class _Queries:
                 "CREATE TABLE {mfm_events} (run_id uuid NOT NULL, seq bigint NOT NULL CHECK (seq >= 1),"
                 " ts_millis bigint, kind text NOT NULL, payload text NOT NULL, PRIMARY KEY (run_id, seq))"
             ),
-            q(
-                "CREATE TABLE {mfm_runs} (run_id uuid PRIMARY KEY, head bigint NOT NULL,"
-                " changed_xid xid8 NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
-            ),
+            q("CREATE TABLE {mfm_runs} (run_id uuid PRIMARY KEY, head bigint NOT NULL, changed_xid xid8 NOT NULL)"),
             q("CREATE INDEX ON {mfm_runs} (changed_xid)"),
             q(
                 "CREATE TABLE {mfm_artifacts} (id text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{{64}}$'),"
@@ -275,19 +272,41 @@ class _Queries:
                 " reason text NOT NULL)"
             ),
         ]
-        self.append = q(
-            "WITH head AS (SELECT coalesce(max(seq), 0) AS h FROM {mfm_events} WHERE run_id = %(run)s),"
+        # One statement per append (see the module docstring); four shapes: one event (scalar parameters) or
+        # several (arrays), and the run's first append (INSERT its mfm_runs row) or a later one (UPDATE it in place).
+        head = "WITH head AS (SELECT coalesce(max(seq), 0) AS h FROM {mfm_events} WHERE run_id = %(run)s),"
+        one = (
+            " ins AS (INSERT INTO {mfm_events} (run_id, seq, ts_millis, kind, payload)"
+            "  SELECT %(run)s, %(seq)s, %(ts)s, %(kind)s, %(payload)s FROM head WHERE head.h = %(expected)s"
+            "  RETURNING seq),"
+        )
+        many = (
             " ins AS (INSERT INTO {mfm_events} (run_id, seq, ts_millis, kind, payload)"
             "  SELECT %(run)s, b.seq, b.ts, b.kind, b.payload"
-            "  FROM unnest(%(seqs)s::bigint[], %(ts)s::bigint[], %(kinds)s::text[], %(payloads)s::text[])"
+            "  FROM unnest(%(seq)s::bigint[], %(ts)s::bigint[], %(kind)s::text[], %(payload)s::text[])"
             "   AS b(seq, ts, kind, payload), head WHERE head.h = %(expected)s RETURNING seq),"
+        )
+        first = (
             " run AS (INSERT INTO {mfm_runs} (run_id, head, changed_xid)"
             "  SELECT %(run)s, max(seq), pg_current_xact_id() FROM ins HAVING count(*) > 0"
-            "  ON CONFLICT (run_id) DO UPDATE SET head = EXCLUDED.head, changed_xid = EXCLUDED.changed_xid,"
-            "  updated_at = now() RETURNING head),"
+            "  ON CONFLICT (run_id) DO UPDATE SET head = EXCLUDED.head, changed_xid = EXCLUDED.changed_xid"
+            "  RETURNING head),"
+        )
+        later = (
+            " run AS (UPDATE {mfm_runs} SET head = top.seq, changed_xid = pg_current_xact_id()"
+            "  FROM (SELECT max(seq) AS seq FROM ins HAVING count(*) > 0) AS top"
+            "  WHERE run_id = %(run)s RETURNING head),"
+        )
+        tail = (
             " note AS (SELECT pg_notify(%(channel)s, %(run)s::text || ':' || head::text) FROM run)"
             " SELECT (SELECT h FROM head), (SELECT count(*) FROM note)"
         )
+        self.append = {
+            (False, True): q(head + one + first + tail),
+            (False, False): q(head + one + later + tail),
+            (True, True): q(head + many + first + tail),
+            (True, False): q(head + many + later + tail),
+        }
         self.head = q("SELECT coalesce(max(seq), 0) FROM {mfm_events} WHERE run_id = %s")
         self.read = q(
             "SELECT seq, ts_millis, payload FROM {mfm_events}"
@@ -337,24 +356,34 @@ class PostgresEventStore:
     async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
         run_id = check_run_id(run_id)
         events = list(events)
-        encode_batch(run_id, expected_seq, events)  # validation (ENGINE-SPEC §3.3) before anything is sent
+        lines = encode_batch(run_id, expected_seq, events)  # validation (ENGINE-SPEC §3.3) before anything is sent
         if not 0 <= expected_seq <= _MAX_SEQ - len(events):
             head = await self.head_seq(run_id)
             raise StorageError.concurrency(
                 CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
             )
-        params = {
-            "run": uuid.UUID(run_id),
-            "expected": expected_seq,
-            "seqs": [e.seq for e in events],
-            "ts": [e.ts_millis for e in events],
-            "kinds": [e.kind for e in events],
-            "payloads": [_event_wire(e) for e in events],
-            "channel": self._core.channel,
-        }
+        if not events:
+            head = await self.head_seq(run_id)
+            if head != expected_seq:
+                raise StorageError.concurrency(
+                    CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
+                )
+            return expected_seq
+        payloads = [_event_json(line) for line in lines]
+        params: dict[str, Any] = {"run": uuid.UUID(run_id), "expected": expected_seq, "channel": self._core.channel}
+        if len(events) == 1:
+            params.update(seq=events[0].seq, ts=events[0].ts_millis, kind=events[0].kind, payload=payloads[0])
+        else:
+            params.update(
+                seq=[e.seq for e in events],
+                ts=[e.ts_millis for e in events],
+                kind=[e.kind for e in events],
+                payload=payloads,
+            )
+        query = self._core.q.append[len(events) > 1, expected_seq == 0]
         async with self._core.conn("event_store_io") as conn:
             try:
-                row = await (await conn.execute(self._core.q.append, params)).fetchone()
+                row = await (await conn.execute(query, params)).fetchone()
             except (pgerrors.UniqueViolation, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
                 raise StorageError.concurrency(
                     CODE_CONCURRENCY, f"run {run_id}: another writer appended at seq {expected_seq + 1} first"
@@ -439,8 +468,14 @@ class PostgresEventStore:
             self._core.fail("event_store_io", "watching for appends", exc)
 
 
-def _event_wire(env: EventEnvelope) -> str:
-    return compact_json(env.model_dump(mode="json")["event"])
+_EVENT_KEY: Final = b',"event":'
+
+
+def _event_json(line: bytes) -> str:
+    """The ``event`` member of an envelope's wire line: its last member, after run id, seq and ts (no strings that
+    could contain the key), so the first ``,"event":`` is the one."""
+    start = line.index(_EVENT_KEY) + len(_EVENT_KEY)
+    return line[start:-1].decode("utf-8")
 
 
 def _decode_row(run_id: RunId, seq: int, ts: int | None, payload: str) -> EventEnvelope:

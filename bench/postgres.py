@@ -1,0 +1,148 @@
+"""PostgreSQL store: cost of one durable append vs the single-row INSERT+COMMIT floor, from one run.
+
+Starts its own throw-away server (fsync on, ``synchronous_commit = on``) in /tmp, then alternates, in rounds:
+- the floor: one ``INSERT`` of a row of the same size as an event row, autocommit (= one commit), psycopg async;
+- ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append), and of a 10-event batch.
+Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch). No assertions.
+
+    .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+
+from engine.events import EventEnvelope, StateCompleted, StateEntered
+from engine.ids import ArtifactId, RunId, StateId
+from engine.stores.postgres import PostgresStore
+from tests.engine.pg_server import PgServer
+
+SNAP = ArtifactId("5f" * 32)
+
+
+def envelope(run: RunId, seq: int) -> EventEnvelope:
+    sid = StateId("bench_machine.main.noop_state")
+    ev = (
+        StateEntered(state_id=sid, attempt=0, base_snapshot_id=SNAP)
+        if seq % 2
+        else StateCompleted(state_id=sid, context_snapshot_id=SNAP)
+    )
+    return EventEnvelope(run_id=run, seq=seq, ts_millis=int(time.time() * 1000), event=ev)
+
+
+def stats(samples: list[float]) -> tuple[float, float, float]:
+    s = sorted(samples)
+    return s[len(s) // 2], s[int(len(s) * 0.9)], statistics.fmean(s)
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int, out: list[float]) -> None:
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        await fn()
+        out.append((time.perf_counter_ns() - t0) / 1000)
+
+
+async def bench(server: PgServer, rounds: int, per_round: int) -> None:
+    store = await PostgresStore(server.dsn(), schema="bench").open()
+    conn = await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True)
+    settings = {}
+    for name in ("fsync", "synchronous_commit", "wal_sync_method", "server_version"):
+        row = await (await conn.execute(f"SHOW {name}")).fetchone()  # type: ignore[arg-type]
+        settings[name] = row[0] if row else "?"
+    await conn.execute(
+        "CREATE TABLE floor_rows (run_id uuid, seq bigint, ts_millis bigint, kind text, payload text,"
+        " PRIMARY KEY (run_id, seq))"
+    )
+    floor_run = uuid.uuid4()
+    run1, run10 = RunId(str(uuid.uuid4())), RunId(str(uuid.uuid4()))
+    sample = envelope(run1, 2)
+    payload = sample.to_json()  # a row at least as large as the event row the store writes
+    floor_seq = 0
+    heads = {run1: 0, run10: 0}
+
+    async def floor_insert() -> None:
+        nonlocal floor_seq
+        floor_seq += 1
+        await conn.execute(
+            "INSERT INTO floor_rows (run_id, seq, ts_millis, kind, payload) VALUES (%s, %s, %s, %s, %s)",
+            [floor_run, floor_seq, 0, "StateEntered", payload],
+        )
+
+    # Envelopes are built before the clock starts: the engine builds them anyway; the store's cost starts at append.
+    batches = {run1: [[envelope(run1, s)] for s in range(1, 1 + 20 + rounds * per_round)]}
+    n10 = 5 + rounds * (per_round // 3 or 1)
+    batches[run10] = [[envelope(run10, 10 * k + i) for i in range(1, 11)] for k in range(n10)]
+    cursor = {run1: 0, run10: 0}
+
+    async def append(run: RunId) -> None:
+        batch = batches[run][cursor[run]]
+        cursor[run] += 1
+        heads[run] = await store.events.append(run, heads[run], batch)
+
+    floor: list[float] = []
+    one: list[float] = []
+    ten: list[float] = []
+    round_ratios: list[float] = []
+    await timed(floor_insert, 20, [])  # warm-up: prepared statements, caches
+    await timed(lambda: append(run1), 20, [])
+    await timed(lambda: append(run10), 5, [])
+    for _ in range(rounds):
+        f: list[float] = []
+        o: list[float] = []
+        await timed(floor_insert, per_round, f)
+        await timed(lambda: append(run1), per_round, o)
+        await timed(lambda: append(run10), per_round // 3 or 1, ten)
+        floor += f
+        one += o
+        round_ratios.append(stats(o)[0] / stats(f)[0])
+    await conn.close()
+    await store.close()
+
+    f50, f90, fmean = stats(floor)
+    print(
+        f"server: PostgreSQL {settings['server_version']}, fsync={settings['fsync']}, "
+        f"synchronous_commit={settings['synchronous_commit']}, wal_sync_method={settings['wal_sync_method']}, "
+        "unix socket"
+    )
+    print(
+        f"event row payload: {len(payload)} bytes; samples: floor {len(floor)}, 1-event {len(one)}, 10-event {len(ten)}"
+    )
+    print(f"{'':34} {'p50 µs':>10} {'p90 µs':>10} {'mean µs':>10}")
+    print(f"{'floor: 1-row INSERT + COMMIT':34} {f50:10.0f} {f90:10.0f} {fmean:10.0f}")
+    for label, xs in (("append, 1-event batch", one), ("append, 10-event batch", ten)):
+        p50, p90, mean = stats(xs)
+        print(f"{label:34} {p50:10.0f} {p90:10.0f} {mean:10.0f}")
+    p50, _, mean = stats(one)
+    print(
+        f"ratio 1-event append / floor: p50 {p50 / f50:.2f}x, mean {mean / fmean:.2f}x, "
+        f"median of per-round p50 ratios {statistics.median(round_ratios):.2f}x (goal <= 1.5x)"
+    )
+    t50, _, _ = stats(ten)
+    print(f"10-event batch per event: {t50 / 10:.0f} µs (p50 / 10)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--per-round", type=int, default=60)
+    args = parser.parse_args()
+    server = PgServer.start(durable=True)
+    try:
+        asyncio.run(bench(server, args.rounds, args.per_round))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
