@@ -351,3 +351,141 @@ async def test_i_resume_retry_after_flaky_crash_then_failpoint_again() -> None:
     envs = await read_events(ms.stores, first.run_id)
     assert entered(envs, "s1") == [0, 1, 2]
     assert [t[2] for t in trace(envs) if t[0] == "F"] == ["orphan_attempt_recovered"] * 2
+
+
+# ------------------------------------------------------------------------------------------- proof op (AT-06..08)
+
+
+def _proof_plan() -> ExecutionPlan:
+    """read_facts → apply_side_effect → write_output (the acceptance tests' proof op)."""
+    from engine.hashing import artifact_id_for_json
+    from engine.ids import FactKey
+    from engine.io import IoCall
+    from engine.meta import Idempotency, SideEffectKind, StateMeta
+    from engine.plan import DependencyEdge, StateGraph, StateNode
+    from engine.testing import FnState
+
+    async def read_facts(ctx: Any, io: Any, rec: Any) -> None:
+        res = await io.call(IoCall(namespace="proof.read", request={"q": "facts"}, fact_key=FactKey("proof:read|i:0")))
+        ctx.write("facts", res.response)
+
+    async def apply_side_effect(ctx: Any, io: Any, rec: Any) -> None:
+        key = artifact_id_for_json(ctx.read("facts"))
+        fact_key = f"proof:side_effect|op:proof.main|id:{key}"
+        if await io.get_recorded_fact(fact_key) is None:
+            await rec.emit(DomainEvent(name="proof_idempotency_key", payload={"idempotency_key": key}))
+        res = await io.call(IoCall(namespace="proof.side_effect", request={"id": key}, fact_key=FactKey(fact_key)))
+        ctx.write("receipt", res.response)
+
+    async def write_output(ctx: Any, io: Any, rec: Any) -> None:
+        out = {"facts": ctx.read("facts"), "receipt": ctx.read("receipt")}
+        await io.record_value("proof:output", out)
+        ctx.write("output", out)
+
+    se = StateMeta(side_effects=SideEffectKind.APPLY_SIDE_EFFECT, idempotency=Idempotency.key("proof:apply"))
+    ids = [f"proof.main.{n}" for n in ("read_facts", "apply_side_effect", "write_output")]
+    from engine.ids import StateId
+
+    return ExecutionPlan(
+        op_id=OpId("proof"),
+        graph=StateGraph(
+            states=(
+                StateNode(id=StateId(ids[0]), state=FnState(read_facts)),
+                StateNode(id=StateId(ids[1]), state=FnState(apply_side_effect, se)),
+                StateNode(id=StateId(ids[2]), state=FnState(write_output)),
+            ),
+            edges=(DependencyEdge.of(ids[0], ids[1]), DependencyEdge.of(ids[1], ids[2])),
+        ),
+    )
+
+
+def _proof_engine(plan: ExecutionPlan, factory: Any, **kw: Any) -> Engine:
+    return Engine(
+        plan_resolver=lambda m: plan,
+        transports=[factory],
+        clock=FakeClock(),
+        sleeper=FakeSleeper(),
+        run_ids=kw.pop("run_ids", fixed_run_ids()),
+        **kw,
+    )
+
+
+async def test_i64_crash_after_side_effect_keeps_idempotency() -> None:
+    """I64 (AT-07/08): failpoint right after the side-effect handler; start → Running; resume → Completed;
+    entered(apply_side_effect) = [0,1]; one proof_idempotency_key event; proof.side_effect called once; final id
+    equals a clean run's in fresh stores."""
+    from engine.config import EventProfile
+    from engine.testing import CountingFactory
+
+    cfg = base_config(event_profile=EventProfile.NORMAL)
+    plan = _proof_plan()
+    ms = MemoryStore()
+    factory = CountingFactory(group="proof")
+    fp = Failpoints.stop_after_handler("proof.main.apply_side_effect")
+    first = await start_plan(_proof_engine(plan, factory, failpoints=fp), ms.stores, plan, cfg)
+    assert first.phase is RunPhase.RUNNING
+    res = await _proof_engine(plan, factory).resume(ms.stores, first.run_id)
+    assert res.phase is RunPhase.COMPLETED
+    envs = await read_events(ms.stores, first.run_id)
+    assert entered(envs, "proof.main.apply_side_effect") == [0, 1]
+    assert [t for t in trace(envs) if t == ("D", "proof_idempotency_key")] == [("D", "proof_idempotency_key")]
+    assert factory.calls_to("proof.side_effect") == 1 and factory.calls_to("proof.read") == 1
+
+    clean_factory = CountingFactory(group="proof")
+    clean = await start_plan(_proof_engine(plan, clean_factory), MemoryStore().stores, plan, cfg)
+    assert clean.final_snapshot_id == res.final_snapshot_id
+
+
+async def test_i65_live_then_replay_determinism() -> None:
+    """I65 (AT-06): run the proof op live (final F); drive each state in topological order with a replay provider
+    (attempt 0) over the run's fact index from the initial snapshot → the context's canonical id equals F.
+    Live transport counts: proof.read 1, proof.side_effect 1, proof.output 0."""
+    from engine._runtime.context_runtime import StagedContext
+    from engine._runtime.facts import FactIndex
+    from engine.hashing import artifact_id_for_json
+    from engine.plan import topological_order
+    from engine.replay_io import ReplayIo
+    from engine.testing import CountingFactory
+
+    plan = _proof_plan()
+    ms = MemoryStore()
+    factory = CountingFactory(group="proof")
+    live = await start_plan(_proof_engine(plan, factory), ms.stores, plan, base_config())
+    assert live.phase is RunPhase.COMPLETED
+    assert (
+        factory.calls_to("proof.read"),
+        factory.calls_to("proof.side_effect"),
+        factory.calls_to("proof.output"),
+    ) == (
+        1,
+        1,
+        0,
+    )
+    envs = await read_events(ms.stores, live.run_id)
+    facts = FactIndex.rebuild(envs)
+    rs = envs[0].event
+    assert isinstance(rs, RunStarted)
+    ctx_value: dict[str, Any] = await snapshot_of(ms.stores, rs.initial_snapshot_id)
+
+    class _NoopRecorder:
+        async def emit(self, event: DomainEvent) -> None:
+            return None
+
+        async def emit_many(self, events: Any) -> None:
+            return None
+
+    for state_id in topological_order(plan):
+        meta = plan.state(state_id).meta()
+        ctx = StagedContext(ctx_value)
+        io = ReplayIo(
+            run_id=live.run_id,
+            state_id=state_id,
+            attempt=0,
+            facts=facts,
+            stores=ms.stores,
+            side_effect_key=meta.idempotency.key_value,
+        )
+        await plan.state(state_id).handle(ctx, io, _NoopRecorder())
+        ctx_value = ctx.dump()
+    assert artifact_id_for_json(ctx_value) == live.final_snapshot_id
+    assert len(factory.calls) == 2  # replay touched no transport
