@@ -136,8 +136,8 @@ async def resolve_run_id(store: Any, text: str) -> RunId:
         full = RunId(prefix)
     except ValueError:
         full = None
-    if full is not None and await store.events.head_seq(full) > 0:
-        return full
+    if full is not None and (await store.events.head_seq(full) > 0 or _run_dir_exists(store, full)):
+        return full  # (a run whose worker has not written RunStarted yet has a folder already)
     runs = sorted(str(r) for r in await store.events.list_runs())
     matches = [r for r in runs if r.startswith(prefix)]
     if not matches:
@@ -146,6 +146,11 @@ async def resolve_run_id(store: Any, text: str) -> RunId:
         shown = ", ".join(m[:12] for m in matches[:8]) + (" …" if len(matches) > 8 else "")
         raise CliError.new("run_id_ambiguous", f"{text!r} matches {len(matches)} runs: {shown}")
     return RunId(matches[0])
+
+
+def _run_dir_exists(store: Any, run_id: RunId) -> bool:
+    run_dir = getattr(store, "run_dir", None)
+    return run_dir is not None and Path(run_dir(run_id)).is_dir()
 
 
 async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunModel:
@@ -267,7 +272,7 @@ def _env(ctx: click.Context) -> Env:
 
 
 @cli.command()
-@click.option("--theme", default=None, help="Theme name (e.g. mfm-dark, mfm-light, mfm-16, mfm-mono).")
+@click.option("--theme", default=None, help="mfm-dark (default), mfm-light, mfm-16 or mfm-ascii.")
 @click.option("--read-only", is_flag=True, help="Watch only: no start, cancel, resume.")
 @click.pass_context
 def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
@@ -288,7 +293,11 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
         offered["theme"] = theme
     params = inspect.signature(make_app).parameters
     kwargs = {k: v for k, v in offered.items() if k in params}
-    make_app(store, **kwargs).run()
+    try:
+        app = make_app(store, **kwargs)
+    except ValueError as exc:  # e.g. an unknown theme
+        raise CliError.new("usage", str(exc)) from None
+    app.run()
     return EXIT_OK
 
 
