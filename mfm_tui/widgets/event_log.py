@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
-from textual import work
+from textual import events, work
 from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.message import Message
@@ -62,8 +62,8 @@ class EventLog(ScrollView, can_focus=True):
     }
     EventLog > .event-log--seq { color: $text-muted; }
     EventLog > .event-log--time { color: $text-muted; }
-    EventLog > .event-log--kernel { color: $accent; }
-    EventLog > .event-log--domain { color: $secondary; }
+    EventLog > .event-log--kernel { color: $text-accent; }
+    EventLog > .event-log--domain { color: $text-secondary; }
     EventLog > .event-log--failed { color: $error; text-style: bold; }
     EventLog > .event-log--state { color: $foreground; }
     EventLog > .event-log--match { background: $warning 40%; }
@@ -259,6 +259,10 @@ class EventLog(ScrollView, can_focus=True):
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)
         if new < old and self.follow and new < self.max_scroll_y:
+            self._set_follow(False)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        if self.row_count > self.scrollable_content_region.height:
             self._set_follow(False)
 
     def action_toggle_follow(self) -> None:

@@ -12,7 +12,14 @@ from textual.widgets.tree import TreeNode
 __all__ = ["JsonTree", "scalar_text"]
 
 _LAZY_LIMIT = 200
-"""Children added eagerly per container; the rest are added when the node is expanded."""
+"""Children added eagerly per container; the rest when the "… N more" leaf is selected."""
+
+
+class _More:
+    """Data of a "… N more" leaf: the items still to add."""
+
+    def __init__(self, items: list[tuple[Any, Any]]) -> None:
+        self.items = items
 
 
 def scalar_text(value: Any) -> Text:
@@ -33,7 +40,11 @@ def _summary(value: Any) -> str:
 
 
 class JsonTree(Tree[Any]):
-    """``JsonTree(value, label)``: objects and arrays are branches, scalars are leaves ``key: value``."""
+    """``JsonTree(value, label)``: objects and arrays are branches, scalars are leaves ``key: value``.
+
+    Keys keep their stored order (canonical JSON: sorted). A container with more than 200 children shows the first
+    200 and a "… N more" leaf that loads the rest when selected.
+    """
 
     DEFAULT_CSS = """
     JsonTree {
@@ -59,7 +70,16 @@ class JsonTree(Tree[Any]):
         for key, child in items[:_LAZY_LIMIT]:
             self._add(node, key, child)
         if len(items) > _LAZY_LIMIT:
-            node.add_leaf(Text(f"… {len(items) - _LAZY_LIMIT} more (expand to load)", style="italic"), data=None)
+            rest = items[_LAZY_LIMIT:]
+            node.add_leaf(Text(f"… {len(rest)} more (enter to load)", style="italic"), data=_More(rest))
+
+    def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:
+        more = event.node.data
+        if isinstance(more, _More) and event.node.parent is not None:
+            parent = event.node.parent
+            event.node.remove()
+            for key, child in more.items:
+                self._add(parent, key, child)
 
     def _add(self, node: TreeNode[Any], key: Any, value: Any) -> None:
         label = Text(f"{key}" if isinstance(key, str) else f"[{key}]", style="bold")

@@ -1,0 +1,334 @@
+"""The run screen: snapshots of runs in every status at 80x24 and 120x40, and pilot tests of live behaviour.
+
+The screen is hosted by a minimal app exposing what ``make_app`` gives it (``store``, ``clock``, ``plan_resolver``,
+``lease_probe``); polling is off and the tests call ``screen.poll()`` after appending, so nothing sleeps for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.events import MouseScrollUp
+from textual.pilot import Pilot
+from textual.screen import Screen
+
+from engine.errors import StateError
+from engine.events import DomainEvent, StateCompleted, StateEntered, StateFailed, encode_envelope
+from engine.stores import MemoryStore
+from mfm_tui.clock import FrozenClock
+from mfm_tui.log_index import FileLogSource
+from mfm_tui.screens.run import EventDialog, RunScreen
+from mfm_tui.widgets.event_log import EventLog
+from mfm_tui.widgets.state_graph import StateGraph
+from mfm_tui.widgets.state_panel import StatePanel
+from tests.tui.fixtures import (
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_FANOUT,
+    RUN_RETRYING,
+    RUN_RUNNING,
+    FixtureStore,
+    build_fixture_store,
+    fixture_clock,
+    sid,
+)
+
+SMALL = (80, 24)
+LARGE = (120, 40)
+
+
+class HostApp(App[None]):
+    """What ``make_app`` provides to the run screen: ``store``, ``clock``, ``plan_resolver``, ``lease_probe``."""
+
+    def __init__(self, fx: FixtureStore, first: Screen[Any], *, clock: FrozenClock | None = None) -> None:
+        super().__init__()
+        self.store = fx.store
+        self.clock = clock or fixture_clock()
+        self.plan_resolver = fx.plan_resolver
+        self.lease_probe = fx.lease_probe
+        self._first = first
+
+    def on_mount(self) -> None:
+        self.push_screen(self._first)
+
+
+def run_app(fx: FixtureStore, run_id: str, *, store: Any = None) -> tuple[HostApp, RunScreen]:
+    screen = RunScreen(run_id=run_id, poll=False, store=store)
+    return HostApp(fx, screen), screen
+
+
+def fixture_store() -> FixtureStore:
+    return asyncio.run(build_fixture_store(MemoryStore()))
+
+
+async def settle(pilot: Pilot[None]) -> None:
+    for _ in range(3):
+        await pilot.pause()
+
+
+# ---------------------------------------------------------------------------------------------- snapshots
+
+
+def _snap(snap_compare: Any, run_id: str, size: tuple[int, int], keys: tuple[str, ...] = ()) -> None:
+    app, _ = run_app(fixture_store(), run_id)
+
+    async def before(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        for key in keys:
+            await pilot.press(key)
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=before)
+
+
+def test_snapshot_running_large(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_RUNNING, LARGE)
+
+
+def test_snapshot_running_small(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_RUNNING, SMALL)
+
+
+def test_snapshot_retrying_countdown_large(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_RETRYING, LARGE)
+
+
+def test_snapshot_retrying_countdown_small(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_RETRYING, SMALL)
+
+
+def test_snapshot_failed_large(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_FAILED, LARGE)
+
+
+def test_snapshot_fanout_large(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_FANOUT, LARGE)
+
+
+def test_snapshot_fanout_small(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_FANOUT, SMALL)
+
+
+def test_snapshot_cancelled_small(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_CANCELLED, SMALL)
+
+
+def test_snapshot_log_paused(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_COMPLETED, SMALL, ("k", "k", "k"))
+
+
+def test_snapshot_log_filtered(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_COMPLETED, LARGE, ("slash", *"kind=StateCompleted", "enter"))
+
+
+def test_snapshot_state_detail_small(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_RETRYING, SMALL, ("tab", "enter"))
+
+
+def test_snapshot_event_dialog(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_FAILED, SMALL, ("enter",))
+
+
+# ---------------------------------------------------------------------------------------------- pilot tests
+
+
+async def test_appended_events_appear_while_following() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_RUNNING)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        log = screen.query_one(EventLog)
+        before = log.row_count
+        assert log.follow and log.cursor == before - 1
+        await fx.append(RUN_RUNNING, [StateCompleted(state_id=sid("transform"), context_snapshot_id="c" * 64)])
+        await screen.poll()
+        await settle(pilot)
+        assert log.row_count == before + 1
+        assert log.cursor == before
+        assert log.scroll_offset.y == log.max_scroll_y
+        assert screen.model.states[sid("transform")].status.value == "completed"
+
+
+async def test_scrolling_up_pauses_follow_and_f_resumes() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_COMPLETED)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        log = screen.query_one(EventLog)
+        last = log.row_count - 1
+        await pilot.press("k", "k")
+        assert not log.follow
+        assert log.cursor == last - 2
+        assert "paused" in str(screen.query_one("#log-box").border_title)
+        await fx.append(RUN_COMPLETED, [DomainEvent(name="note", payload={"text": "late"})])
+        await screen.poll()
+        await settle(pilot)
+        assert log.row_count == last + 2
+        assert log.cursor == last - 2  # nothing jumps under the cursor while paused
+        await pilot.press("f")
+        assert log.follow and log.cursor == last + 1
+        await pilot.press("g")
+        assert not log.follow and log.cursor == 0
+        await pilot.press("G")
+        assert log.follow and log.cursor == last + 1
+
+
+async def test_mouse_wheel_up_pauses_follow() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_COMPLETED)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        log = screen.query_one(EventLog)
+        assert log.max_scroll_y > 0
+        log.post_message(MouseScrollUp(log, 1, 1, 0, -1, 0, False, False, False))
+        await settle(pilot)
+        assert not log.follow
+        assert log.scroll_offset.y < log.max_scroll_y
+
+
+async def test_filter_narrows_and_escape_clears() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_COMPLETED)
+    async with app.run_test(size=LARGE) as pilot:
+        await settle(pilot)
+        log = screen.query_one(EventLog)
+        total = log.row_count
+        await pilot.press("slash", *"kind=StateEntered", "enter")
+        await settle(pilot)
+        entered = [i for i in range(total) if b'"StateEntered"' in (log.source.raw(i) or b"")]
+        assert log.row_count == len(entered) < total
+        assert [log.line_at(r) for r in range(log.row_count)] == entered
+        assert "kind=StateEntered" in str(screen.query_one("#log-box").border_title)
+        await pilot.press("escape")
+        assert log.row_count == total
+
+
+async def test_search_moves_between_matches() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_COMPLETED)
+    async with app.run_test(size=LARGE) as pilot:
+        await settle(pilot)
+        log = screen.query_one(EventLog)
+        await pilot.press("slash", *"item_3", "enter")
+        await settle(pilot)
+        hits = [i for i in range(log.row_count) if b"item_3" in (log.source.raw(i) or b"")]
+        assert len(hits) >= 2
+        assert log.cursor == hits[-1]  # the newest match first
+        await pilot.press("N")
+        assert log.cursor == hits[-2]
+        await pilot.press("n")
+        assert log.cursor == hits[-1]
+
+
+async def test_arrow_keys_move_the_graph_selection_and_panel_follows() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_FANOUT)
+    async with app.run_test(size=LARGE) as pilot:
+        await settle(pilot)
+        graph = screen.query_one(StateGraph)
+        assert graph.cursor == sid("item_2")  # the retrying state is selected first
+        await pilot.press("tab")
+        assert graph.has_focus
+        await pilot.press("right")
+        assert graph.cursor == sid("join")
+        await pilot.press("right")
+        assert graph.cursor == sid("report")
+        await pilot.press("left", "left")
+        assert graph.cursor == sid("item_2")
+        await pilot.press("up")
+        assert graph.cursor == sid("item_1")
+        await settle(pilot)
+        panel = screen.query_one(StatePanel)
+        assert panel.state is not None and panel.state.state_id == sid("item_1")
+
+
+async def test_narrow_screen_opens_panel_on_enter_and_escape_returns() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_FAILED)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        panel_box = screen.query_one("#panel-box")
+        assert not panel_box.display or panel_box.region.width == 0
+        await pilot.press("tab", "enter")
+        await settle(pilot)
+        assert screen.has_class("-panel-open")
+        assert panel_box.region.width > 0
+        await pilot.press("escape")
+        assert not screen.has_class("-panel-open")
+
+
+async def test_retry_countdown_ticks_with_the_clock() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    clock = fixture_clock()
+    screen = RunScreen(run_id=RUN_RETRYING, poll=False)
+    app = HostApp(fx, screen, clock=clock)
+    async with app.run_test(size=LARGE) as pilot:
+        await settle(pilot)
+        header = screen.query_one("#run-header")
+        assert "call 3/5 in 7s" in str(header.render())
+        clock.advance(3000)
+        screen.tick()
+        await settle(pilot)
+        assert "call 3/5 in 4s" in str(header.render())
+
+
+async def test_enter_on_the_log_shows_the_envelope_and_y_copies_it() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_FAILED)
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, EventDialog)
+        assert '"RunCompleted"' in app.screen.text
+        await pilot.press("y")
+        assert app.clipboard == app.screen.text
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
+async def test_file_backed_log_tails_the_events_file(tmp_path: Path) -> None:
+    fx = await build_fixture_store(MemoryStore())
+    path = tmp_path / "events.jsonl"
+    envs = fx.builders[RUN_RUNNING].envelopes
+    path.write_bytes(b"".join(encode_envelope(e) + b"\n" for e in envs))
+
+    class FileStore:
+        def __init__(self) -> None:
+            self.events = fx.store.events
+            self.artifacts = fx.store.artifacts
+
+        def events_path(self, run_id: str) -> Path:
+            return path
+
+    app, screen = run_app(fx, RUN_RUNNING, store=FileStore())
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert isinstance(screen.source, FileLogSource)
+        log = screen.query_one(EventLog)
+        assert log.row_count == len(envs)
+        assert screen.model.last_seq == len(envs)
+        failed = StateFailed(state_id=sid("transform"), error=StateError.new("boom", "it broke"))
+        entered = StateEntered(state_id=sid("transform"), attempt=1, base_snapshot_id=envs[0].event.initial_snapshot_id)
+        more = await fx.append(RUN_RUNNING, [failed, entered])
+        with open(path, "ab") as fh:
+            fh.write(b"".join(encode_envelope(e) + b"\n" for e in more))
+        await screen.poll()
+        await settle(pilot)
+        assert log.row_count == len(envs) + 2
+        assert screen.model.states[sid("transform")].attempt_number == 2
+
+
+async def test_unknown_run_shows_an_empty_screen_not_a_traceback() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, "00000000-0000-4000-8000-0000000000ff")
+    async with app.run_test(size=SMALL) as pilot:
+        await settle(pilot)
+        assert screen.query_one(EventLog).row_count == 0
+        assert "pending" in str(screen.query_one("#run-header").render())
