@@ -416,8 +416,10 @@ class PostgresEventStore:
                 row = await (await conn.execute(self._core.q.xmin)).fetchone()
                 return ChangeBatch(cursor=int(row[0]) if row else 0, runs=frozenset())
             rows = await (await conn.execute(self._core.q.changes, [str(max(int(cursor), 0))])).fetchall()
-        new_cursor = int(rows[0][0]) if rows else max(int(cursor), 0)
-        return ChangeBatch(cursor=new_cursor, runs=frozenset(RunId(str(r[1])) for r in rows if r[1] is not None))
+        runs = frozenset(RunId(str(r[1])) for r in rows if r[1] is not None)
+        # Nothing changed → keep the cursor (always safe: the next window simply starts at the same place).
+        new_cursor = int(rows[0][0]) if rows and runs else max(int(cursor), 0)
+        return ChangeBatch(cursor=new_cursor, runs=runs)
 
     async def request_cancel(self, run_id: RunId, reason: str = "") -> CancelRequest:
         run_id = check_run_id(run_id)
