@@ -26,7 +26,7 @@ import os
 import signal as _signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "CHUNK_SIZE",
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CHUNK_SIZE = 8 * 1024
 DEFAULT_GRACE_PERIOD_S = 2.0
@@ -239,12 +240,40 @@ def _signal_group(proc: asyncio.subprocess.Process, sig: int, observer: ProcessO
     _notify(observer, ProcessEvent("signal_sent", proc.pid, signal=sig))
 
 
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close our ends of the child's pipes.
+
+    ``Process.wait()`` resolves only once the process has exited *and* every pipe is closed, so a
+    descendant that escaped the process group while holding stdout open would otherwise delay the
+    reap indefinitely. ``Process`` exposes no public handle on its transport, hence ``getattr``.
+    """
+    transport = getattr(proc, "_transport", None)
+    if transport is None:
+        return
+    for fd in (0, 1, 2):
+        try:
+            pipe = transport.get_pipe_transport(fd)
+        except (AttributeError, KeyError, TypeError):
+            pipe = None
+        if pipe is not None:
+            pipe.close()
+
+
 async def _terminate_and_reap(
-    proc: asyncio.subprocess.Process, grace_period_s: float, observer: ProcessObserver | None
+    proc: asyncio.subprocess.Process,
+    tasks: Sequence[asyncio.Future[Any]],
+    grace_period_s: float,
+    observer: ProcessObserver | None,
 ) -> None:
-    """SIGTERM the group, wait up to the grace period, SIGKILL the group, then reap."""
+    """SIGTERM the group, stop the IO, wait up to the grace period, SIGKILL the group, then reap."""
     if proc.returncode is None:
         _signal_group(proc, _signal.SIGTERM, observer)
+    # The output no longer matters, and open pipes must not hold up the reap.
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    _close_pipes(proc)
+    if proc.returncode is None:
         try:
             async with asyncio.timeout(grace_period_s):
                 await proc.wait()
@@ -260,26 +289,11 @@ async def _terminate_and_reap(
     _notify(observer, ProcessEvent("reaped", proc.pid, returncode=returncode))
 
 
-async def _cleanup(
-    proc: asyncio.subprocess.Process,
-    tasks: Sequence[asyncio.Future[Any]],
-    grace_period_s: float,
-    observer: ProcessObserver | None,
-) -> bool:
-    """Kill and reap the child and stop the IO tasks; shield that work from further cancellation.
+async def _settle(job: asyncio.Future[_T]) -> tuple[asyncio.Future[_T], bool]:
+    """Wait for ``job`` to finish even if the caller is cancelled meanwhile.
 
-    Returns True if a cancellation arrived while cleaning up (the caller re-raises it).
+    Returns the finished future and whether a cancellation arrived (the caller re-raises it).
     """
-
-    async def work() -> None:
-        try:
-            await _terminate_and_reap(proc, grace_period_s, observer)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    job = asyncio.ensure_future(work())
     cancelled = False
     while not job.done():
         try:
@@ -288,6 +302,22 @@ async def _cleanup(
             if job.done():
                 break
             cancelled = True
+        except BaseException:  # the job's own failure: read it from the future
+            break
+    return job, cancelled
+
+
+async def _cleanup(
+    proc: asyncio.subprocess.Process,
+    tasks: Sequence[asyncio.Future[Any]],
+    grace_period_s: float,
+    observer: ProcessObserver | None,
+) -> bool:
+    """Kill and reap the child and stop the IO tasks, shielded from further cancellation.
+
+    Returns True if a cancellation arrived while cleaning up (the caller re-raises it).
+    """
+    job, cancelled = await _settle(asyncio.ensure_future(_terminate_and_reap(proc, tasks, grace_period_s, observer)))
     job.result()
     return cancelled
 
@@ -311,8 +341,11 @@ async def run_process(
     """
     if stdout_limit < 0 or stderr_limit < 0:
         raise ValueError("output limits must be non-negative")
-    try:
-        proc = await asyncio.create_subprocess_exec(
+    # The spawn is shielded: asyncio's own clean-up of a cancelled spawn SIGKILLs only the leader
+    # and may wait on pipes held by its descendants. A cancellation during the spawn waits for it
+    # to settle, then goes through the same group SIGTERM → SIGKILL → reap as any other.
+    spawn_task = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
             program,
             *args,
             stdin=asyncio.subprocess.PIPE,
@@ -321,9 +354,18 @@ async def run_process(
             env=None if env is None else dict(env),
             start_new_session=True,
         )
+    )
+    spawn, cancelled_during_spawn = await _settle(spawn_task)
+    try:
+        proc = spawn.result()
     except (OSError, ValueError, TypeError) as exc:
+        if cancelled_during_spawn:
+            raise asyncio.CancelledError from exc
         raise ProcessSpawnError(exc) from exc
     _notify(observer, ProcessEvent("spawned", proc.pid))
+    if cancelled_during_spawn:
+        await _cleanup(proc, (), grace_period_s, observer)
+        raise asyncio.CancelledError
 
     out = _Capture(stdout_limit)
     err = _Capture(stderr_limit)

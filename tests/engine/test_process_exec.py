@@ -229,3 +229,37 @@ async def test_failing_observer_does_not_break_the_guarantees(caplog: pytest.Log
     assert [e.kind for e in seen][-1] == "reaped"
     assert_gone(seen[-1].pid)
     assert "process observer failed" in caplog.text
+
+
+async def test_cancel_during_spawn_still_kills_the_group_and_reaps() -> None:
+    """A cancellation that lands while the spawn is in flight waits for it, then SIGTERMs and reaps."""
+    rec = Recorder()
+    task = asyncio.ensure_future(sh("sleep 60", grace_period_s=5.0, observer=rec))
+    await asyncio.sleep(0)  # the task is now inside the spawn
+    assert rec.events == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rec.kinds() == [("spawned", None), ("signal_sent", signal.SIGTERM), ("reaped", -signal.SIGTERM)]
+    assert_gone(rec.pid)
+
+
+async def test_reap_is_not_held_up_by_a_descendant_outside_the_group(tmp_path: Path) -> None:
+    """A descendant that left the process group (setsid) but holds stdout open does not block the reap."""
+    rec = Recorder()
+    pid_file = tmp_path / "escapee.pid"
+    code = (
+        f"setsid sh -c 'echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 60' & "
+        f"while [ ! -e {pid_file} ]; do sleep 0.01; done; exec sleep 60"
+    )
+    task = asyncio.ensure_future(sh(code, grace_period_s=5.0, observer=rec))
+    escapee = await _started(pid_file, task)
+    try:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert rec.kinds()[1:] == [("signal_sent", signal.SIGTERM), ("reaped", -signal.SIGTERM)]
+        assert_gone(rec.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(escapee, signal.SIGKILL)
