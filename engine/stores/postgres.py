@@ -59,7 +59,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from engine._kinds import ArtifactKind
 from engine._wire import compact_json
 from engine.errors import StorageError
-from engine.events import EventEnvelope
+from engine.events import EventEnvelope, RunCompleted
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, RunId
 from engine.stores._base import (
@@ -184,9 +184,7 @@ class _Core:
     @asynccontextmanager
     async def conn(self, code: str) -> AsyncIterator[_Conn]:
         """A pooled autocommit connection; schema verified on first use; errors → ``StorageError(code)``."""
-        self._check_loop()
-        if not self._ready:
-            await self._bootstrap()
+        await self.ready()
         async with self._slots:
             conn = self._idle.pop() if self._idle else await self.connect()
             try:
@@ -207,6 +205,12 @@ class _Core:
             await conn.close()
 
     # -- schema -------------------------------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Bind to the running loop and make sure the schema exists and has our version (once per store)."""
+        self._check_loop()
+        if not self._ready:
+            await self._bootstrap()
 
     async def _bootstrap(self) -> None:
         async with self._init_lock:
@@ -445,9 +449,7 @@ class PostgresEventStore:
         Uses one dedicated connection, closed when the block exits.
         """
         core = self._core
-        core._check_loop()
-        if not core._ready:
-            await core._bootstrap()
+        await core.ready()
         conn = await core.connect()
         try:
             try:
@@ -457,6 +459,27 @@ class PostgresEventStore:
             yield self._notices(conn)
         finally:
             await conn.close()
+
+    async def follow(
+        self, run_id: RunId, from_seq: int = 1, *, stop_at_completion: bool = True
+    ) -> AsyncIterator[EventEnvelope]:
+        """Every envelope of ``run_id`` from ``from_seq`` on, then each new one as it is appended (no polling).
+
+        Stops after a ``RunCompleted`` event when ``stop_at_completion``; otherwise runs until the consumer stops.
+        Wrap it in ``contextlib.aclosing`` to release its connection promptly when stopping early.
+        """
+        run_id = check_run_id(run_id)
+        next_seq = max(from_seq, 1)
+        async with self.watch() as notices:
+            while True:
+                for envelope in await self.read_range(run_id, next_seq):
+                    yield envelope
+                    next_seq = envelope.seq + 1
+                    if stop_at_completion and isinstance(envelope.event, RunCompleted):
+                        return
+                async for notice in notices:
+                    if notice.run_id == run_id and notice.head >= next_seq:
+                        break
 
     async def _notices(self, conn: _Conn) -> AsyncIterator[ChangeNotice]:
         try:

@@ -15,7 +15,7 @@ import pytest
 
 from engine._kinds import ArtifactKind
 from engine.errors import StorageError, StorageErrorKind
-from engine.events import DomainEvent, EventEnvelope, RunStarted, StateEntered
+from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStarted, RunStatus, StateEntered
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, PostgresStore, redact_dsn
@@ -362,3 +362,55 @@ async def test_dsn_password_never_appears_in_repr_or_errors(dsn: str) -> None:
 
 def test_an_unparsable_dsn_is_not_echoed() -> None:
     assert redact_dsn("host=x password=hunter2 broken") == "<unparsable dsn>"
+
+
+async def test_follow_streams_a_run_from_an_offset_until_it_completes(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    run, noise = new_run(), new_run()
+    await pg_store.events.append(run, 0, [env(run, 1), env(run, 2)])
+    seen: list[int] = []
+    caught_up = asyncio.Event()
+
+    async def consume(monitor: PostgresStore) -> None:
+        async for envelope in monitor.events.follow(run, 2):
+            seen.append(envelope.seq)
+            if envelope.seq == 2:
+                caught_up.set()
+
+    async with PostgresStore(pg_server.dsn(), schema=pg_store.schema) as monitor:
+        task = asyncio.create_task(consume(monitor))
+        await asyncio.wait_for(caught_up.wait(), HANG_GUARD)
+        await pg_store.events.append(noise, 0, [env(noise, 1)])
+        await pg_store.events.append(run, 2, [env(run, 3)])
+        done = EventEnvelope(run_id=run, seq=4, event=RunCompleted(status=RunStatus.COMPLETED, final_snapshot_id=AID))
+        await pg_store.events.append(run, 3, [done])
+        await asyncio.wait_for(task, HANG_GUARD)  # returns by itself after RunCompleted
+    assert seen == [2, 3, 4]
+
+
+# -- failures --------------------------------------------------------------------------------------------------
+
+
+async def test_a_dropped_connection_is_a_retryable_error_and_the_pool_recovers(
+    pg_server: PgServer, pg_schema: str
+) -> None:
+    run = new_run()
+    async with PostgresStore(pg_server.dsn(), schema=pg_schema, max_connections=1) as store:
+        await store.events.append(run, 0, [env(run, 1)])
+        pg_server.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(StorageError) as info:
+            await store.events.head_seq(run)
+        assert info.value.code == "event_store_io" and info.value.retryable
+        assert await store.events.head_seq(run) == 1  # a fresh connection replaced the dead one
+
+
+async def test_a_closed_store_refuses_further_calls(pg_server: PgServer, pg_schema: str) -> None:
+    store = await PostgresStore(pg_server.dsn(), schema=pg_schema).open()
+    await store.close()
+    with pytest.raises(StorageError) as info:
+        await store.events.head_seq(new_run())
+    assert info.value.code == "store_closed"
