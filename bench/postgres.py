@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from psycopg import sql
 
 from engine.events import EventEnvelope, StateCompleted, StateEntered
 from engine.ids import ArtifactId, RunId, StateId
@@ -58,7 +59,7 @@ async def bench(server: PgServer, rounds: int, per_round: int) -> None:
     conn = await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True)
     settings = {}
     for name in ("fsync", "synchronous_commit", "wal_sync_method", "server_version"):
-        row = await (await conn.execute(f"SHOW {name}")).fetchone()  # type: ignore[arg-type]
+        row = await (await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))).fetchone()
         settings[name] = row[0] if row else "?"
     await conn.execute(
         "CREATE TABLE floor_rows (run_id uuid, seq bigint, ts_millis bigint, kind text, payload text,"
