@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from engine._runtime.context_runtime import StagedContext
 from engine._runtime.recorder import ProfileRecorder
+from engine._runtime.writer import construct
 from engine._secrets import contains_secrets
 from engine.config import IoMode
 from engine.errors import ErrorInfo, MfmError, RunError, RunErrorKind, StateError
@@ -66,7 +67,7 @@ def side_effect_key(meta: StateMeta) -> str | None:
 async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: ArtifactId) -> HandlerResult:
     state = inv.states[state_id]
     meta = inv.metas[state_id]
-    await inv.writer.append([StateEntered.model_construct(state_id=state_id, attempt=attempt, base_snapshot_id=base)])
+    await inv.writer.append([construct(StateEntered, state_id=state_id, attempt=attempt, base_snapshot_id=base)])
     if inv.skip_tags and not inv.skip_tags.isdisjoint(meta.tags):
         return HandlerResult(skipped=True)
     base_value = await inv.snapshots.load(base)

@@ -88,15 +88,66 @@ def encode_snapshot(value: Any) -> bytes:
         ) from None
 
 
+def encode_member(key: str, value: Any) -> bytes:
+    """Canonical bytes of one top-level member, ``"key":value`` (same checks as a whole snapshot)."""
+    return encode_snapshot({key: value})[1:-1]
+
+
+def _sort_key(key: str) -> Any:
+    return key.encode("utf-16-be")  # byte order of UTF-16BE = RFC 8785 code-unit order
+
+
+class _Members:
+    """A snapshot's top-level members as canonical bytes, with the key order kept up to date."""
+
+    __slots__ = ("ascii", "by_key", "order")
+
+    def __init__(self, by_key: dict[str, bytes]) -> None:
+        self.by_key = by_key
+        self.ascii = all(k.isascii() for k in by_key)
+        self.order = sorted(by_key) if self.ascii else sorted(by_key, key=_sort_key)
+
+    def apply(self, delta: dict[str, Any]) -> _Members:
+        by_key = dict(self.by_key)
+        new_keys = False
+        for k, v in delta.items():
+            if v is _TOMBSTONE:
+                if by_key.pop(k, None) is not None:
+                    new_keys = True
+            else:
+                if k not in by_key:
+                    new_keys = True
+                by_key[k] = encode_member(k, v)
+        if not new_keys:
+            out = _Members.__new__(_Members)
+            out.by_key, out.ascii, out.order = by_key, self.ascii, self.order
+            return out
+        return _Members(by_key)
+
+    def join(self) -> bytes:
+        """RFC 8785 is compositional: an object is its members sorted by key (UTF-16 code units), comma-joined."""
+        by_key = self.by_key
+        return b"{" + b",".join([by_key[k] for k in self.order]) + b"}"
+
+
+def join_members(members: dict[str, bytes]) -> bytes:
+    return _Members(members).join()
+
+
 class SnapshotCache:
     """Snapshots this invocation wrote or verified, by id (content addressed, so never stale).
 
     Values are shared read-only objects: staged contexts copy on read and never mutate the base.
+    A snapshot written from a delta is encoded incrementally: the canonical bytes of each top-level
+    member are kept, so a state that changes one key re-encodes (and secret/float-checks) only that
+    key's member and re-joins the rest (``join_members``; proven equal to a full encoding by
+    tests/engine/test_runtime_context.py).
     """
 
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
         self._by_id: dict[ArtifactId, dict[str, Any]] = {}
+        self._members: dict[ArtifactId, _Members] = {}
 
     async def load(self, snapshot_id: ArtifactId) -> dict[str, Any]:
         cached = self._by_id.get(snapshot_id)
@@ -115,6 +166,21 @@ class SnapshotCache:
         aid = await verified_put_bytes(self.store, ArtifactKind.CONTEXT_SNAPSHOT, data)
         self._by_id.setdefault(aid, value)
         return aid
+
+    async def write_delta(
+        self, base_id: ArtifactId, base_value: dict[str, Any], delta: dict[str, Any]
+    ) -> tuple[ArtifactId, dict[str, Any]]:
+        """Write ``base`` with ``delta`` applied; return (id, value)."""
+        base_members = self._members.get(base_id)
+        if base_members is None:
+            base_members = _Members({k: encode_member(k, v) for k, v in base_value.items()})
+            self._members[base_id] = base_members
+        members = base_members.apply(delta)
+        value = apply_delta(base_value, delta)
+        aid = await verified_put_bytes(self.store, ArtifactKind.CONTEXT_SNAPSHOT, members.join())
+        self._by_id.setdefault(aid, value)
+        self._members.setdefault(aid, members)
+        return aid, value
 
     def remember(self, snapshot_id: ArtifactId, value: dict[str, Any]) -> None:
         self._by_id.setdefault(snapshot_id, value)

@@ -16,7 +16,7 @@ from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.envelopes import EnvelopeViolation, History, analyze
 from engine._runtime.facts import FactIndex, fact_event
 from engine._runtime.scheduler import Invocation, Override, Scheduler, max_concurrency
-from engine._runtime.writer import EventWriter
+from engine._runtime.writer import EventWriter, construct
 from engine.config import FanOutJoin, IoMode, RunConfig, RunManifest
 from engine.engine import RunPhase, RunResult, StartRun, Stores
 from engine.errors import ContextError, ErrorCategory, ErrorInfo, MfmError, RunError, StateError, StorageError
@@ -71,9 +71,7 @@ class Runtime:
             writer = EventWriter(stores.events, run_id, 0, self.clock)
             facts = FactIndex()
             head_events: list[Any] = [
-                RunStarted.model_construct(
-                    op_id=run.plan.op_id, manifest_id=run.manifest_id, initial_snapshot_id=initial_id
-                )
+                construct(RunStarted, op_id=run.plan.op_id, manifest_id=run.manifest_id, initial_snapshot_id=initial_id)
             ]
             for key, pid, meta in seed_facts or ():
                 head_events.append(fact_event(key, pid, meta))
@@ -132,7 +130,8 @@ class Runtime:
         pos = {s: i for i, s in enumerate(order)}
         orphans = sorted(history.orphans, key=lambda o: pos[o.state_id])
         recovery: list[Any] = [
-            StateFailed.model_construct(
+            construct(
+                StateFailed,
                 state_id=o.state_id,
                 error=StateError(
                     ErrorInfo.new(
@@ -161,7 +160,7 @@ class Runtime:
         if terminal_failure:
             from engine.events import RunCompleted
 
-            recovery.append(RunCompleted.model_construct(status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id))
+            recovery.append(construct(RunCompleted, status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id))
             await writer.append(recovery)
             return RunResult(run_id=run_id, phase=RunPhase.FAILED, final_snapshot_id=inv.checkpoint_id)
         if recovery:

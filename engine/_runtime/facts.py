@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
+from engine._runtime.writer import construct
 from engine._secrets import contains_secrets
 from engine.errors import StorageError
 from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent, EventEnvelope, FactRecorded
@@ -64,7 +65,8 @@ class FactIndex:
 
 
 def fact_event(key: str, payload_id: ArtifactId, meta: dict[str, str] | None = None) -> DomainEvent:
-    return DomainEvent.model_construct(
+    return construct(
+        DomainEvent,
         name=DOMAIN_EVENT_FACT_RECORDED,
         payload={"key": str(key), "payload_id": str(payload_id), "meta": dict(meta or {})},
         payload_ref=None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -34,9 +35,9 @@ from typing import Any
 from engine._runtime.attempt import HandlerResult, run_handler, sanitize_error
 from engine._runtime.cancel import CancelWatcher
 from engine._runtime.clock import Clock, Failpoints, Sleeper
-from engine._runtime.context_runtime import SnapshotCache, apply_delta
+from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.facts import FactIndex
-from engine._runtime.writer import EventWriter
+from engine._runtime.writer import EventWriter, construct
 from engine.config import EventProfile, FanOutJoin, RunConfig
 from engine.engine import RunPhase, RunResult, Stores
 from engine.errors import ErrorCategory, ErrorInfo, MfmError, RunError, StateError
@@ -135,22 +136,24 @@ class Scheduler:
 
     async def run(self) -> RunResult:
         inv = self.inv
-        remaining = [s for s in inv.order if s not in inv.completed]
-        launched: set[StateId] = set()
-        running: dict[asyncio.Task[_Outcome], StateId] = {}
-        cancel_wait = asyncio.ensure_future(inv.watcher.event.wait())
+        pos = {s: i for i, s in enumerate(inv.order)}
+        succs: dict[StateId, list[StateId]] = {s: [] for s in inv.order}
+        waiting: dict[StateId, int] = dict.fromkeys(inv.order, 0)
+        for e in inv.plan.graph.edges:
+            succs[e.from_].append(e.to)
+            if e.from_ not in inv.completed:
+                waiting[e.to] += 1
+        ready = [pos[s] for s in inv.order if s not in inv.completed and waiting[s] == 0]
+        heapq.heapify(ready)
+        running: dict[asyncio.Future[Any], StateId] = {}
+        cancel_wait: asyncio.Future[Any] = asyncio.ensure_future(inv.watcher.event.wait())
         stopped = False
         try:
             while True:
-                if not self.failed and not inv.watcher.cancelled and self.finished is None:
-                    for s in remaining:
-                        if len(running) >= self.mc:
-                            break
-                        if s in launched or not all(p in inv.completed for p in self.preds[s]):
-                            continue
-                        launched.add(s)
-                        self.active += 1
-                        running[asyncio.ensure_future(self._run_state(s))] = s
+                while ready and len(running) < self.mc and not self.failed and not inv.watcher.cancelled:
+                    s = inv.order[heapq.heappop(ready)]
+                    self.active += 1
+                    running[asyncio.ensure_future(self._run_state(s))] = s
                 if not running:
                     break
                 done, _ = await asyncio.wait({*running, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -161,28 +164,38 @@ class Scheduler:
                 for t in done:
                     if t is cancel_wait:
                         continue
-                    running.pop(t)  # type: ignore[arg-type]
+                    s = running.pop(t)
                     exc = t.exception()
                     if exc is not None:
                         await self._cancel_all(running)
                         if isinstance(exc, MfmError):
                             raise RunError.wrap(exc) from exc
                         raise exc
-                    if t.result() is _Outcome.STOPPED:
+                    outcome = t.result()
+                    if outcome is _Outcome.STOPPED:
                         stopped = True
+                    elif outcome is _Outcome.COMPLETED:
+                        for nxt in succs[s]:
+                            waiting[nxt] -= 1
+                            if waiting[nxt] == 0 and nxt not in inv.completed:
+                                heapq.heappush(ready, pos[nxt])
                 if stopped:
                     await self._cancel_all(running)
                     return RunResult(run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id)
+        except BaseException:
+            await self._cancel_all(running)  # the caller cancelled us (or we failed): no task outlives the call
+            raise
         finally:
             cancel_wait.cancel()
         return await self._finish()
 
-    async def _cancel_all(self, running: dict[asyncio.Task[_Outcome], StateId]) -> None:
+    async def _cancel_all(self, running: dict[asyncio.Future[Any], StateId]) -> None:
         for t in running:
-            t.cancel()
+            self.inv.writer.cancel_task(t)
         for t in running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        running.clear()
 
     async def _finish(self) -> RunResult:
         inv = self.inv
@@ -194,7 +207,7 @@ class Scheduler:
                 status = RunStatus.FAILED
             else:
                 status = RunStatus.COMPLETED
-            events.append(RunCompleted.model_construct(status=status, final_snapshot_id=inv.checkpoint_id))
+            events.append(construct(RunCompleted, status=status, final_snapshot_id=inv.checkpoint_id))
             await inv.writer.append(events)
             self.finished = status
         phase = {
@@ -220,7 +233,7 @@ class Scheduler:
                     sid,
                 )
                 out.append(
-                    StateFailed.model_construct(state_id=sid, error=sanitize_error(err, sid), failure_snapshot_id=None)
+                    construct(StateFailed, state_id=sid, error=sanitize_error(err, sid), failure_snapshot_id=None)
                 )
         return out
 
@@ -254,16 +267,17 @@ class Scheduler:
                     self.failed = True
                     tail = self._tail(failed=True)
                     await inv.writer.append(
-                        [StateFailed.model_construct(state_id=sid, error=error, failure_snapshot_id=None), *tail],
+                        [construct(StateFailed, state_id=sid, error=error, failure_snapshot_id=None), *tail],
                         after=self._mark_finished(tail),
                     )
                     return _Outcome.FAILED
                 delay = inv.config.retry_policy.backoff_after(attempt)
                 now = inv.clock.now_millis()
-                events: list[Any] = [StateFailed.model_construct(state_id=sid, error=error, failure_snapshot_id=None)]
+                events: list[Any] = [construct(StateFailed, state_id=sid, error=error, failure_snapshot_id=None)]
                 if inv.config.event_profile != EventProfile.MINIMAL:
                     events.append(
-                        DomainEvent.model_construct(
+                        construct(
+                            DomainEvent,
                             name=DOMAIN_EVENT_RETRY_SCHEDULED,
                             payload={
                                 "state_id": str(sid),
@@ -298,9 +312,9 @@ class Scheduler:
         if self.active != 1 or inv.watcher.cancelled or self.finished is not None:
             return []
         if failed:
-            return [RunCompleted.model_construct(status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id)]
-        if all(s in inv.completed or s == completing for s in inv.order):
-            return [RunCompleted.model_construct(status=RunStatus.COMPLETED, final_snapshot_id=None)]
+            return [construct(RunCompleted, status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id)]
+        if len(inv.completed) + (completing is not None and completing not in inv.completed) == len(inv.order):
+            return [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=None)]
         return []
 
     async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
@@ -315,13 +329,12 @@ class Scheduler:
             if inv.checkpoint_value is None:
                 inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
             if delta:
-                new_value = apply_delta(inv.checkpoint_value, delta)
-                new_id = await inv.snapshots.write(new_value)
+                new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
             else:
                 new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
             tail = self._tail(failed=False, completing=sid)
             if tail:
-                tail = [RunCompleted.model_construct(status=RunStatus.COMPLETED, final_snapshot_id=new_id)]
+                tail = [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)]
 
             def after() -> None:
                 inv.checkpoint_id = new_id
@@ -333,7 +346,7 @@ class Scheduler:
                     self.finished = RunStatus.COMPLETED
 
             await inv.writer.append(
-                [StateCompleted.model_construct(state_id=sid, context_snapshot_id=new_id), *tail], after=after
+                [construct(StateCompleted, state_id=sid, context_snapshot_id=new_id), *tail], after=after
             )
             return None
 
