@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -80,6 +81,17 @@ class Mfm:
         res = self("events", run_id, "--json")
         assert res.code == 0, res.err
         return [decode_envelope(line) for line in res.out.splitlines() if line.strip()]
+
+    def read_events(self, run_id: str) -> list[EventEnvelope]:
+        """The run's events read in this process through the store API (cheap, for polling)."""
+        from engine.ids import RunId
+        from engine.stores.fs import FsStore
+
+        async def go() -> list[EventEnvelope]:
+            envs: list[EventEnvelope] = await FsStore(self.store).events.read_range(RunId(run_id), 1)
+            return envs
+
+        return asyncio.run(go())
 
     def lease(self, run_id: str) -> dict[str, Any]:
         path = self.store / "runs" / run_id / "lease"

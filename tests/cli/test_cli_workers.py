@@ -16,7 +16,7 @@ BIG = ("states=40", "events=2", "delay_ms=40")
 
 
 def _completed_states(mfm: Mfm, run_id: str) -> int:
-    return sum(isinstance(e.event, StateCompleted) for e in mfm.events(run_id))
+    return sum(isinstance(e.event, StateCompleted) for e in mfm.read_events(run_id))
 
 
 def _status(mfm: Mfm, run_id: str) -> str:
@@ -45,7 +45,7 @@ def test_sigkilled_worker_is_lost_then_resume_matches_an_uncrashed_run(mfm: Mfm)
     assert resumed.code == 0, resumed.err
     assert resumed.json()["status"] == "completed"
     assert resumed.json()["final_snapshot_id"] == reference.json()["final_snapshot_id"]
-    events = mfm.events(run_id)
+    events = mfm.read_events(run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert sum(isinstance(e.event, RunCompleted) for e in events) == 1
 
@@ -54,16 +54,16 @@ def _cancel_and_wait(mfm: Mfm, run_id: str) -> float:
     t0 = time.monotonic()
     res = mfm("cancel", run_id)
     assert res.code == 0, res.err
-    wait_until(lambda: isinstance(mfm.events(run_id)[-1].event, RunCompleted), timeout=30, what="RunCompleted")
+    wait_until(lambda: isinstance(mfm.read_events(run_id)[-1].event, RunCompleted), timeout=30, what="RunCompleted")
     return time.monotonic() - t0
 
 
 def test_cancel_during_backoff_interrupts_the_wait(mfm: Mfm) -> None:
     # A 60 s backoff: finishing as Cancelled long before it proves the wait was interrupted.
     run_id = mfm.start("demo_flaky", "fail_times=3", "base_delay_ms=60000", "max_delay_ms=60000")
-    wait_until(lambda: any(e.kind == "retry_scheduled" for e in mfm.events(run_id)), what="retry_scheduled")
+    wait_until(lambda: any(e.kind == "retry_scheduled" for e in mfm.read_events(run_id)), what="retry_scheduled")
     elapsed = _cancel_and_wait(mfm, run_id)
-    events = mfm.events(run_id)
+    events = mfm.read_events(run_id)
     assert events[-1].event.status.value == "Cancelled"  # type: ignore[union-attr]
     assert elapsed < 60
     print(f"cancel during backoff: Cancelled {elapsed:.2f} s after `mfm cancel` started")
@@ -78,7 +78,7 @@ def test_cancel_during_exec_kills_the_program(mfm: Mfm) -> None:
     run_id = mfm.start("demo_pipeline", "exec_seconds=597")
     wait_until(lambda: bool(live_pids_with(marker)), what="the exec program")
     elapsed = _cancel_and_wait(mfm, run_id)
-    events = mfm.events(run_id)
+    events = mfm.read_events(run_id)
     failed = [e.event for e in events if isinstance(e.event, StateFailed)]
     assert failed and failed[-1].error.code == "run_cancelled"
     assert events[-1].event.status.value == "Cancelled"  # type: ignore[union-attr]
@@ -93,7 +93,7 @@ def test_sigterm_cancels_cooperatively(mfm: Mfm) -> None:
     run_id = mfm.start("demo_big", "states=200", "delay_ms=50")
     wait_until(lambda: _completed_states(mfm, run_id) >= 1, what="a state")
     os.kill(int(mfm.lease(run_id)["pid"]), signal.SIGTERM)
-    wait_until(lambda: isinstance(mfm.events(run_id)[-1].event, RunCompleted), what="RunCompleted")
+    wait_until(lambda: isinstance(mfm.read_events(run_id)[-1].event, RunCompleted), what="RunCompleted")
     assert _status(mfm, run_id) == "cancelled"
 
 
