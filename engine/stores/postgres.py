@@ -218,27 +218,36 @@ class _Core:
                 return
             conn = await self.connect()
             try:
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"mfm_schema:{self.schema}"])
-                    await conn.execute(self.q.create_schema)
-                    await conn.execute(self.q.create_version_table)
+                try:  # fast path, and the only one a read-only role (a monitor) needs
                     rows = await (await conn.execute(self.q.select_version)).fetchall()
-                    if not rows:
-                        for stmt in self.q.create_tables:
-                            await conn.execute(stmt)
-                        await conn.execute(self.q.insert_version, [SCHEMA_VERSION])
-                    elif len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
-                        found = ", ".join(str(r[0]) for r in rows)
-                        raise StorageError.other(
-                            "store_version_unknown",
-                            f"PostgreSQL store {self.dsn_redacted} schema {self.schema!r} has version {found}; "
-                            f"this engine reads version {SCHEMA_VERSION} only",
-                        )
+                except (pgerrors.UndefinedTable, pgerrors.InvalidSchemaName):
+                    rows = await self._create_schema(conn)
+                if len(rows) != 1 or rows[0][0] != SCHEMA_VERSION:
+                    found = ", ".join(str(r[0]) for r in rows) or "none"
+                    raise StorageError.other(
+                        "store_version_unknown",
+                        f"PostgreSQL store {self.dsn_redacted} schema {self.schema!r} has version {found}; "
+                        f"this engine reads version {SCHEMA_VERSION} only",
+                    )
             except psycopg.Error as exc:
                 self.fail("store_init_failed", "schema setup", exc)
             finally:
                 await conn.close()
             self._ready = True
+
+    async def _create_schema(self, conn: _Conn) -> list[tuple[Any, ...]]:
+        """Create every table under an advisory lock (concurrent first users create it once); return the version."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"mfm_schema:{self.schema}"])
+            await conn.execute(self.q.create_schema)
+            await conn.execute(self.q.create_version_table)
+            rows = await (await conn.execute(self.q.select_version)).fetchall()
+            if not rows:
+                for stmt in self.q.create_tables:
+                    await conn.execute(stmt)
+                await conn.execute(self.q.insert_version, [SCHEMA_VERSION])
+                rows = [(SCHEMA_VERSION,)]
+        return rows
 
 
 class _Queries:

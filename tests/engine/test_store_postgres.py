@@ -414,3 +414,24 @@ async def test_a_closed_store_refuses_further_calls(pg_server: PgServer, pg_sche
     with pytest.raises(StorageError) as info:
         await store.events.head_seq(new_run())
     assert info.value.code == "store_closed"
+
+
+async def test_a_read_only_role_can_monitor_an_existing_store_but_not_write(
+    pg_server: PgServer, pg_store: PostgresStore
+) -> None:
+    run = new_run()
+    await pg_store.events.append(run, 0, [env(run, 1)])
+    role = f"ro_{pg_store.schema}"
+    pg_server.psql(
+        f'CREATE ROLE "{role}" LOGIN; GRANT USAGE ON SCHEMA "{pg_store.schema}" TO "{role}";'
+        f' GRANT SELECT ON ALL TABLES IN SCHEMA "{pg_store.schema}" TO "{role}";'
+    )
+    dsn = pg_server.dsn().replace("user=postgres", f"user={role}")
+    async with PostgresStore(dsn, schema=pg_store.schema) as monitor:
+        assert await monitor.events.list_runs() == [run]
+        assert [e.seq for e in await monitor.events.read_range(run, 1)] == [1]
+        with pytest.raises(StorageError) as info:
+            await monitor.events.append(run, 1, [env(run, 2)])
+        assert info.value.code == "event_store_io" and not info.value.retryable
+        assert "permission denied" in info.value.message
+    assert await pg_store.events.head_seq(run) == 1
