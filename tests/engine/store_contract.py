@@ -30,7 +30,7 @@ from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStarted, 
 from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.stores._base import ArtifactStore, ControlStore, EventStore, RunLister
 
-__all__ = ["AID", "StoreContract", "domain", "env", "new_run"]
+__all__ = ["AID", "StoreContract", "domain", "env", "envs", "new_run"]
 
 AID = ArtifactId("a" * 64)
 
