@@ -117,6 +117,8 @@ class _Core:
         self.logs: dict[RunId, RunLog] = {}
         self.writers: OrderedDict[RunId, _Writer] = OrderedDict()
         self.journal_fd: int | None = None
+        self.journal_torn = False
+        """The last journal write was short or failed: start the next line on a fresh line."""
         self.pid = os.getpid()
 
     # -- files -------------------------------------------------------------------------------------------------
@@ -295,7 +297,9 @@ class _Core:
         try:
             if self.journal_fd is None:
                 self.journal_fd, _ = self.open_create(self.journal, os.O_WRONLY | os.O_APPEND)
-            self.ops.write(self.journal_fd, f"{run_id} {head}\n".encode())
+            line = (b"\n" if self.journal_torn else b"") + f"{run_id} {head}\n".encode()
+            self.journal_torn = True
+            self.journal_torn = self.ops.write(self.journal_fd, line) != len(line)
         except OSError:
             pass
 
