@@ -45,7 +45,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -118,7 +118,7 @@ class ChangeNotice:
 class _Core:
     """Connection pool, schema bootstrap, SQL text and error translation shared by both stores."""
 
-    def __init__(self, dsn: str, schema: str, max_connections: int) -> None:
+    def __init__(self, dsn: str, schema: str, max_connections: int, clock: Callable[[], int] | None) -> None:
         if not isinstance(schema, str) or _SCHEMA_NAME.fullmatch(schema) is None:
             raise StorageError.other("store_schema_invalid", f"invalid schema name: {schema!r}"[:200])
         if max_connections < 1:
@@ -136,6 +136,7 @@ class _Core:
         self._ready = False
         self._closed = False
         self.q = _Queries(schema)
+        self.now_millis: Callable[[], int] = clock or (lambda: time.time_ns() // 1_000_000)
 
     # -- errors -------------------------------------------------------------------------------------------------
 
@@ -436,7 +437,7 @@ class PostgresEventStore:
 
     async def request_cancel(self, run_id: RunId, reason: str = "") -> CancelRequest:
         run_id = check_run_id(run_id)
-        now = int(time.time() * 1000)
+        now = self._core.now_millis()
         async with self._core.conn("event_store_io") as conn:
             row = await (await conn.execute(self._core.q.cancel, [uuid.UUID(run_id), now, reason])).fetchone()
         assert row is not None  # INSERT … ON CONFLICT DO UPDATE … RETURNING always yields the row
@@ -576,8 +577,17 @@ class PostgresArtifactStore:
 class PostgresStore:
     """Both PostgreSQL stores over one pool, with ``.stores`` as an ``engine.Stores``."""
 
-    def __init__(self, dsn: str, *, schema: str = "public", max_connections: int = 4) -> None:
-        self._core = _Core(dsn, schema, max_connections)
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        max_connections: int = 4,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        """``dsn``: a libpq connection string or URL. ``schema``: where the tables live (several stores can share
+        a database). ``max_connections``: pool size. ``clock``: wall-clock milliseconds for cancel requests."""
+        self._core = _Core(dsn, schema, max_connections, clock)
         self.events = PostgresEventStore(self._core)
         self.artifacts = PostgresArtifactStore(self._core)
 

@@ -435,3 +435,10 @@ async def test_a_read_only_role_can_monitor_an_existing_store_but_not_write(
         assert info.value.code == "event_store_io" and not info.value.retryable
         assert "permission denied" in info.value.message
     assert await pg_store.events.head_seq(run) == 1
+
+
+async def test_cancel_requests_use_the_injected_clock(pg_server: PgServer, pg_schema: str) -> None:
+    run = new_run()
+    async with PostgresStore(pg_server.dsn(), schema=pg_schema, clock=lambda: 1_234_567) as store:
+        req = await store.events.request_cancel(run, "stop")
+    assert req.requested_at_millis == 1_234_567
