@@ -3,6 +3,35 @@
 ``Engine`` implements :class:`engine.engine.ExecutionEngine` (ENGINE-SPEC §5, §7, §8, §13 and the
 project decisions of §0: fan-out, cancellation, retry visibility, side-effect safety, replay of a
 past run). Time, sleeping, run ids and randomness are injectable so tests are deterministic.
+
+Choices made where the specification leaves room (each is tested):
+
+- **Fan-out** (§0.5): see :mod:`engine._runtime.scheduler`. A terminal failure lets in-flight
+  attempts finish; the write-conflict rule applies when ``max_concurrency >= 2`` (Sequential and
+  ``FanOutJoin{1}`` never run two states at once, so later states may overwrite earlier keys).
+  A skipped state in a fan-out run completes with the checkpoint current at completion.
+- **Cancellation** (§0.6): a ``CancelToken`` or a control-store request (polled every
+  ``cancel_poll_interval`` seconds of real time) cancels the running attempt tasks — a backoff
+  sleep or an exec child (the transport kills it) — then every open attempt is closed with
+  ``StateFailed{run_cancelled}`` in topological order and ``RunCompleted{Cancelled}`` is appended,
+  all in one batch. Attempts are not entered once a cancel is seen.
+- **Appends**: ``StateEntered`` alone (§8 step 1); a terminal event shares its batch with
+  ``retry_scheduled`` or, when it ends the run, ``RunCompleted``: 2N+1 appends for N states.
+- **Replay sleeps**: backoff sleeps happen in Replay mode too (the reference code does, §7.1);
+  ``IoProvider.sleep_ms`` returns at once in Replay (§11.2).
+- **Replay of a past run** (§0.11): the new run's stream starts with ``RunStarted`` followed by a
+  copy of R's ``fact_recorded`` bindings (``meta.replayed_from`` = R; the run id inside derived
+  time/random keys is rewritten to the new run's), so the replay run is self-contained and can
+  itself be resumed. The verdict is ``deterministic`` when both runs ended with the same status and
+  final snapshot and every state completed with the same snapshot; otherwise ``diverged`` at the
+  first state (topological order) whose ``StateCompleted`` snapshot differs.
+- **Side effects** (§0.10): an ``ApplySideEffect`` state's IO calls made without a fact key get
+  ``side_effect_fact_key(state_id, idempotency_key, n)`` (n = the call's rank among the attempt's
+  unkeyed calls), so the transport is reached once across retries, crashes and resumes.
+- **Handler exceptions** other than ``StateError``: contract errors (``IoError``, ``ContextError``,
+  ``domain_event_invalid``) become a ``StateError`` with the same code/category/retryable; any
+  other exception becomes the non-retryable ``state_handler_exception`` (message names only the
+  exception type). ``RunError``s of kind Storage/Context raised inside a handler abort the run.
 """
 
 from __future__ import annotations
@@ -136,8 +165,8 @@ class Engine:
         except MfmError as exc:
             raise RunError.wrap(exc) from exc
         new_manifest = replay_manifest(manifest)
-        manifest_id = await store_manifest(stores, new_manifest)
         plan = rt.resolve_plan(new_manifest)
+        manifest_id = await store_manifest(stores, new_manifest)
         from engine._runtime.facts import FactIndex
 
         index = FactIndex.rebuild(src_envs)
