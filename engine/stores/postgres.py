@@ -14,7 +14,8 @@ Tables (in ``schema``, default ``public``; created and versioned on first use un
     byte-identically. The primary key is the optimistic-concurrency check: two appenders of one ``seq`` cannot
     both commit. No table lock is ever taken; appends to different runs never wait on each other.
 ``mfm_runs(run_id uuid PRIMARY KEY, head bigint, changed_xid xid8)``
-    one row per run, upserted by each append: ``list_runs`` and ``changes_since``.
+    one row per run, inserted by its first append and updated in place by later ones: ``list_runs`` and
+    ``changes_since``.
 ``mfm_artifacts(id text PRIMARY KEY, kind text, data bytea)``
     content-addressed blobs; ``kind`` is the wire JSON of the ``ArtifactKind`` given at the first put. Every read
     is re-hashed (mismatch → Corruption ``artifact_corruption``); a put of a corrupted id repairs it.
@@ -22,8 +23,8 @@ Tables (in ``schema``, default ``public``; created and versioned on first use un
     cancel requests (first request wins).
 
 An append is ONE statement in autocommit mode (one round trip, one commit): it reads the head, inserts the batch
-only if the head equals ``expected_seq``, upserts ``mfm_runs`` and calls ``pg_notify`` — all or nothing. A stale
-``expected_seq`` or a lost race (unique violation) → Concurrency ``event_store_concurrency``.
+only if the head equals ``expected_seq``, writes the ``mfm_runs`` row and calls ``pg_notify`` — all or nothing. A
+stale ``expected_seq`` or a lost race (unique violation) → Concurrency ``event_store_concurrency``.
 
 ``changes_since`` cursors are transaction ids, not a serial: a serial is assigned before commit, so a reader could
 see change 11 commit before change 10 and skip 10 for ever. The cursor is instead the snapshot's ``xmin`` (every
@@ -33,6 +34,8 @@ complete and never repeated. (A long-open transaction elsewhere in the cluster d
 Live tailing: each append notifies channel :attr:`PostgresEventStore.channel` (``mfm_events``, or
 ``mfm_events__<schema>``) with payload ``<run_id>:<head>``; ``async with store.events.watch() as notices:`` listens
 (the subscription is active when the block is entered) and ``async for n in notices`` yields :class:`ChangeNotice`.
+``store.events.follow(run_id, from_seq)`` builds ``mfm events --follow`` on it: the run's envelopes, then each new
+one as it lands, until ``RunCompleted``.
 
 The DSN's password never appears in a repr or an error message (:func:`redact_dsn`).
 """
