@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import PurePath
 from typing import Any, ClassVar, cast
@@ -38,6 +38,11 @@ from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, descr
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
 
 __all__ = ["MfmApp", "make_app", "store_label"]
+
+_HIDDEN_ACTIONS = frozenset(
+    {"screen.copy_text", "copy_text", "command_palette", "app.focus_next", "app.focus_previous"}
+)
+"""Framework bindings left out of help and the palette (they are not this app's keys)."""
 
 _ASCII_KEYS = {"⏎": "enter", "↑": "up", "↓": "down", "←": "left", "→": "right", "⌫": "backspace"}
 
@@ -98,8 +103,12 @@ class MfmApp(App[None]):
         lease_probe: LeaseProbe | None = None,
         color_system: str | None = None,
         watch: bool = True,
+        registry: Any = None,
+        ops_modules: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.registry = registry
+        self.ops_modules = tuple(ops_modules)
         self.store = store
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.read_only = read_only
@@ -253,36 +262,43 @@ class MfmApp(App[None]):
                 display = display.replace(uni, word)
         return display
 
+    def _described_bindings(self, screen: Screen[Any]) -> list[tuple[Any, Binding, list[str]]]:
+        """``(node, binding, key displays)`` per action of ``screen``'s active bindings, keys merged."""
+        merged: dict[tuple[int, str], tuple[Any, Binding, list[str]]] = {}
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if not binding.description or binding.action in _HIDDEN_ACTIONS:
+                continue
+            _node, _binding, keys = merged.setdefault((id(active.node), binding.action), (active.node, binding, []))
+            display = self.get_key_display(binding)
+            if display not in keys:
+                keys.append(display)
+        return list(merged.values())
+
     def help_entries(self, screen: Screen[Any]) -> list[HelpEntry]:
         """Every described binding active on ``screen``, keys merged per action, the app's last."""
-        merged: dict[tuple[str, str, str], list[str]] = {}
-        for _key, active in screen.active_bindings.items():
-            binding = active.binding
-            if not binding.description:
-                continue
-            group = "Everywhere" if active.node is self else "This screen"
-            slot = merged.setdefault((group, binding.action, binding.tooltip or binding.description), [])
-            display = self.get_key_display(binding)
-            if display not in slot:
-                slot.append(display)
         entries = [
-            HelpEntry(keys=" ".join(keys), description=desc, group=group)
-            for (group, _action, desc), keys in merged.items()
+            HelpEntry(
+                keys=" ".join(keys),
+                description=binding.tooltip or binding.description,
+                group="Everywhere" if node is self else "This screen",
+            )
+            for node, binding, keys in self._described_bindings(screen)
         ]
-        if not any(e.description == "Command palette" for e in entries):
-            entries.append(HelpEntry(keys="^p", description="Command palette", group="Everywhere"))
+        entries.append(HelpEntry(keys="^p", description="Command palette: every action", group="Everywhere"))
         entries.sort(key=lambda e: e.group == "Everywhere")
         return entries
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        for active in screen.active_bindings.values():
-            binding = active.binding
-            if binding.description and binding.action not in ("command_palette",):
-                title = f"{binding.description} ({self.get_key_display(binding)})"
-                callback = partial(self.call_later, self.run_action, binding.action, active.node)
-                yield SystemCommand(title, f"key {self.get_key_display(binding)}", callback)
+        for node, binding, keys in self._described_bindings(screen):
+            title = f"{binding.description} ({', '.join(keys)})"
+            callback = partial(self.call_later, self.run_action, binding.action, node)
+            yield SystemCommand(title, binding.tooltip or binding.description, callback)
         for name in THEMES:
             yield SystemCommand(f"Theme: {name}", "switch the colour theme", partial(setattr, self, "theme", name))
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Theme", "Keys", "Quit"):
+                yield command
 
 
 def make_app(
@@ -295,6 +311,8 @@ def make_app(
     lease_probe: LeaseProbe | None = None,
     color_system: str | None = None,
     watch: bool = True,
+    registry: Any = None,
+    ops_modules: Sequence[str] = (),
 ) -> MfmApp:
     """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).
 
@@ -302,7 +320,8 @@ def make_app(
     ``light``, ``16``, ``ascii``); unknown → ``ValueError``. ``color_system``: force ``standard``,
     ``256`` or ``truecolor`` output. ``watch=False`` loads once and then only refreshes on
     ``await app.sync_store()`` (tests). ``lease_probe`` decides "worker lost"; ``plan_resolver`` gives
-    each run's full plan (states not yet entered, totals).
+    each run's full plan (states not yet entered, totals). ``registry`` / ``ops_modules``: the operation
+    registry, kept as app attributes for the screens that start runs.
     """
     return MfmApp(
         store,
@@ -313,4 +332,6 @@ def make_app(
         lease_probe=lease_probe,
         color_system=color_system,
         watch=watch,
+        registry=registry,
+        ops_modules=ops_modules,
     )

@@ -171,6 +171,10 @@ class StoreWatcher:
             await self._rescan(update)
         if force_side or now - self._last_side >= self.side_interval:
             self._last_side = now
+            # Runs whose last read failed are retried (the journal will not name them again).
+            for run_id, model in list(self.models.items()):
+                if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:
+                    await self._refresh_events(run_id, update)
             await self._refresh_side([r for r, m in self.models.items() if m.engine_status is None], update)
         return update
 

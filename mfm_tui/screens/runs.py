@@ -194,7 +194,11 @@ class RunsScreen(Screen[None]):
         elif not self.loaded:
             text.append("  loading" + self._glyphs.ellipsis)
         else:
-            text.append(f"  {total} run{'s' if total != 1 else ''}")
+            narrowed = self.tab != "all" or not self.filter.is_empty
+            text.append(f"  {shown} of {total}" if narrowed else f"  {total}")
+            text.append(" run" if total == 1 else " runs")
+            if self.sort != "urgency":
+                text.append(f"  sort {self.sort}")
             for status, word in (
                 (RunStatus.RUNNING, "running"),
                 (RunStatus.RETRYING, "retrying"),
@@ -203,10 +207,6 @@ class RunsScreen(Screen[None]):
             ):
                 if counts.get(status):
                     text.append(f"  {counts[status]} {word}")
-        if self.sort != "urgency":
-            text.append(f"  sort {self.sort}")
-        if not self.filter.is_empty:
-            text.append(f"  filter {self.filter_text!r}: {shown} shown")
         self.query_one("#runs-summary", Static).update(text)
 
     def tick(self) -> None:

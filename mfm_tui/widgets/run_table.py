@@ -75,7 +75,7 @@ def now_text(model: RunModel, now_millis: int) -> str:
     return name
 
 
-class RunTable(ScrollView, can_focus=True):
+class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
     """Runs, one per line; ``enter`` posts ``RunSelected``."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -219,7 +219,8 @@ class RunTable(ScrollView, can_focus=True):
             base = base + self.get_component_rich_style("run-table--cursor")
         role = "error" if model.load_error is not None else status_class(status)
         role_style = self.get_component_rich_style(f"run-table--{role}")
-        role_style = Style(color=role_style.color, bold=role_style.bold)
+        # On the cursor line the cursor's colours win (the glyph still tells the status).
+        role_style = Style(bold=role_style.bold) if is_cursor else Style(color=role_style.color, bold=role_style.bold)
         id_style = Style(color=self.get_component_rich_style("run-table--id").color)
         glyph = g.run[status] if model.load_error is None else "?"
         done = f"{model.done}/{model.total}" if model.total else ""

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from rich.style import Style
 from rich.text import Text
+from textual.events import Click
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -45,9 +46,6 @@ class StatusTabs(Widget):
         height: 1;
         width: 1fr;
         padding: 0 1;
-        link-style: none;
-        link-style-hover: underline;
-        link-background-hover: transparent;
         & > .status-tabs--active { text-style: reverse bold; }
         & > .status-tabs--empty { color: $text-disabled; }
     }
@@ -65,6 +63,7 @@ class StatusTabs(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._counts: dict[str, int] = {}
+        self._spans: list[tuple[int, int, str]] = []
 
     def set_counts(self, by_status: Mapping[RunStatus, int]) -> None:
         counts = {key: sum(by_status.get(s, 0) for s in statuses) for key, _label, statuses in TABS}
@@ -77,13 +76,15 @@ class StatusTabs(Widget):
         active_style = self.get_component_rich_style("status-tabs--active")
         empty_style = self.get_component_rich_style("status-tabs--empty")
         compact = self.size.width and self._natural_width() > self.size.width
+        self._spans = []
         for i, (key, label, _statuses) in enumerate(TABS):
             if i:
                 text.append(" " if compact else "  ")
             count = self._counts.get(key, 0)
             shown = f"{label[:4] if compact and key != 'all' else label} {count}"
             style = active_style if key == self.active else (empty_style if count == 0 else Style())
-            text.append(shown, style + Style(meta={"@click": f"select_tab('{key}')"}))
+            self._spans.append((len(text), len(text) + len(shown), key))
+            text.append(shown, style)
         return text
 
     def _natural_width(self) -> int:
@@ -98,5 +99,8 @@ class StatusTabs(Widget):
         keys = [key for key, _label, _statuses in TABS]
         self.select(keys[(keys.index(self.active) + delta) % len(keys)])
 
-    def action_select_tab(self, tab: str) -> None:
-        self.select(tab)
+    def on_click(self, event: Click) -> None:
+        x = event.x - self.styles.padding.left
+        for start, end, key in self._spans:
+            if start <= x < end:
+                self.select(key)

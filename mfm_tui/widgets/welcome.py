@@ -8,20 +8,21 @@ from textual.widgets import Static
 __all__ = ["DEMO_OPERATIONS", "Welcome"]
 
 DEMO_OPERATIONS: tuple[tuple[str, str], ...] = (
-    ("demo_pipeline", "runs a real program, transforms its output, writes an artifact"),
-    ("demo_flaky", "fails a few times, then succeeds: watch the retry countdown"),
+    ("demo_pipeline", "runs a real program, transforms its output"),
+    ("demo_flaky", "fails a few times, then succeeds: watch the retries"),
     ("demo_fanout", "processes items in parallel, then joins them"),
-    ("demo_side_effect", "writes a file exactly once, even across a crash and resume"),
-    ("demo_fix", "stops until you create a file, then `mfm resume` finishes it"),
-    ("demo_big", "many states and events, for watching at scale"),
+    ("demo_side_effect", "writes a file exactly once, even across a crash"),
+    ("demo_fix", "stops until you create a file, then resume it"),
+    ("demo_big", "many states and events, to watch at scale"),
 )
 
 
 def welcome_text(read_only: bool = False) -> Text:
     text = Text(no_wrap=False)
     text.append("No runs yet.\n\n", style="bold")
-    text.append("mfm runs durable, event-sourced state machines and lets you watch and steer them:\n")
-    text.append("every step is recorded, so a run survives crashes and can be resumed or replayed.\n\n")
+    text.append("mfm runs durable, event-sourced state machines, and this screen watches\n")
+    text.append("and steers them: every step is recorded, so a run survives a crash and\n")
+    text.append("can be resumed or replayed.\n\n")
     text.append("Demo operations\n", style="bold")
     width = max(len(name) for name, _ in DEMO_OPERATIONS)
     for name, line in DEMO_OPERATIONS:

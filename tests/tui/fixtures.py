@@ -369,3 +369,98 @@ async def build_fixture_store(store: Any, *, only: Sequence[RunId] | None = None
     if RUN_CANCELLING in builders:
         await store.events.request_cancel(RUN_CANCELLING, "operator asked")
     return FixtureStore(store=store, builders=builders)
+
+
+# ---------------------------------------------------------------------------------------------- apps
+
+
+def fixture_app(*, empty: bool = False, store: Any = None, **kwargs: Any) -> Any:
+    """``make_app`` over a fresh fixture store, for snapshot tests (sync; no event loop may be running)."""
+    import asyncio
+
+    from engine.stores import MemoryStore
+
+    store = store if store is not None else MemoryStore()
+    fx = None if empty else asyncio.run(build_fixture_store(store))
+    return _app_over(store, fx, kwargs)
+
+
+async def afixture_app(*, empty: bool = False, store: Any = None, **kwargs: Any) -> Any:
+    """``make_app`` over a fresh fixture store, from an async test."""
+    from engine.stores import MemoryStore
+
+    store = store if store is not None else MemoryStore()
+    fx = None if empty else await build_fixture_store(store)
+    return _app_over(store, fx, kwargs)
+
+
+def _app_over(store: Any, fx: FixtureStore | None, kwargs: dict[str, Any]) -> Any:
+    from mfm_tui.app import make_app
+
+    kwargs.setdefault("clock", fixture_clock())
+    kwargs.setdefault("watch", False)
+    if fx is not None:
+        kwargs.setdefault("lease_probe", fx.lease_probe)
+        kwargs.setdefault("plan_resolver", fx.plan_resolver)
+    app = make_app(store, **kwargs)
+    app.fixture = fx
+    return app
+
+
+async def wait_until(pilot: Any, predicate: Any, *, tries: int = 200) -> None:
+    """Let the app run until ``predicate()`` holds (bounded; fails loudly instead of hanging)."""
+    for _ in range(tries):
+        if predicate():
+            return
+        await pilot.pause(0.01)
+    raise AssertionError(f"condition never held: {predicate}")
+
+
+async def settle(pilot: Any) -> None:
+    """Wait for the first load, its messages, and steady input cursors (stable snapshots)."""
+    from textual.widgets import Input
+
+    await wait_until(pilot, lambda: pilot.app.loaded)
+    await pilot.pause()
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
+class _FaultyEvents:
+    """Wraps an event store; ``fail_all`` breaks listing and the journal, ``bad_runs`` breaks single runs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.fail_all: Exception | None = None
+        self.bad_runs: dict[RunId, Exception] = {}
+        self.hidden: set[RunId] = set()
+
+    async def list_runs(self) -> list[RunId]:
+        if self.fail_all is not None:
+            raise self.fail_all
+        return [r for r in await self.inner.list_runs() if r not in self.hidden]
+
+    async def changes_since(self, cursor: int | None) -> Any:
+        if self.fail_all is not None:
+            raise self.fail_all
+        return await self.inner.changes_since(cursor)
+
+    async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
+        if run_id in self.bad_runs:
+            raise self.bad_runs[run_id]
+        if run_id in self.hidden:
+            return []
+        return list(await self.inner.read_range(run_id, from_seq, to_seq))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class FaultyStore:
+    """A store whose reads can be broken on demand (error dialogs, corrupted and vanished runs)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.events = _FaultyEvents(inner.events)
+        self.artifacts = inner.artifacts

@@ -1,0 +1,294 @@
+"""The app shell: live store watching, navigation, help and palette, themes, errors that never crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Input
+
+from engine.errors import StorageError
+from engine.events import RunCompleted, RunStatus, StateCompleted, StateEntered
+from engine.ids import ArtifactId
+from engine.stores import MemoryStore
+from engine.testing import make_plan
+from mfm_tui.app import make_app, store_label
+from mfm_tui.glyphs import ASCII, UNICODE
+from mfm_tui.run_model import LeaseStatus, PlanShape
+from mfm_tui.run_model import RunStatus as ViewStatus
+from mfm_tui.screens.dialogs import ErrorDialog
+from mfm_tui.screens.help import HelpScreen
+from mfm_tui.screens.runs import RunsScreen
+from mfm_tui.widgets.run_table import RunTable
+from tests.tui import fixtures as fx
+from tests.tui.fixtures import FaultyStore, afixture_app, fixture_app, settle, wait_until
+
+SNAP = ArtifactId("5" * 64)
+
+
+def _rows(app: Any) -> list[str]:
+    return [m.run_id for m in app.screen.query_one(RunTable).rows]
+
+
+def _line(app: Any, run_id: str) -> str:
+    table = app.screen.query_one(RunTable)
+    row = [m.run_id for m in table.rows].index(run_id) + 1
+    return "".join(seg.text for seg in table.render_line(row))
+
+
+def _finish_running_run() -> list[Any]:
+    return [
+        StateCompleted(state_id=fx.sid("transform"), context_snapshot_id=SNAP),
+        StateEntered(state_id=fx.sid("report"), attempt=0, base_snapshot_id=SNAP),
+        StateCompleted(state_id=fx.sid("report"), context_snapshot_id=SNAP),
+        RunCompleted(status=RunStatus.COMPLETED, final_snapshot_id=SNAP),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ snapshots
+
+
+def test_snapshot_help_screen(snap_compare: Any) -> None:
+    assert snap_compare(fixture_app(), run_before=settle, press=["question_mark"])
+
+
+def test_snapshot_palette_open(snap_compare: Any) -> None:
+    async def run_before(pilot: Any) -> None:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        for box in pilot.app.screen.query(Input):
+            box.cursor_blink = False
+        await pilot.pause()
+
+    assert snap_compare(fixture_app(), run_before=run_before)
+
+
+def test_snapshot_error_dialog_for_an_unreadable_store(snap_compare: Any) -> None:
+    store = FaultyStore(MemoryStore())
+    message = "cannot read /srv/mfm/store/changes.log: Permission denied"
+    store.events.fail_all = StorageError.other("event_store_io", message)
+    assert snap_compare(fixture_app(empty=True, store=store), run_before=settle)
+
+
+def test_snapshot_corrupted_run_in_place(snap_compare: Any) -> None:
+    store = FaultyStore(MemoryStore())
+    store.events.bad_runs[fx.RUN_COMPLETED] = StorageError.corruption(
+        "machine_event_decode_failed", "event record could not be decoded: line 7"
+    )
+    assert snap_compare(fixture_app(store=store), run_before=settle)
+
+
+# ------------------------------------------------------------------------------------------ live updates
+
+
+async def test_appended_events_appear_while_watching() -> None:
+    app = await afixture_app(watch=True)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        app.watcher.poll_interval = 0.02  # a memory store has no journal file: the timer finds the change
+        assert "transform" in _line(app, fx.RUN_RUNNING)
+        await app.fixture.append(fx.RUN_RUNNING, _finish_running_run())
+        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED)
+        await pilot.pause()
+        assert "5/5" in _line(app, fx.RUN_RUNNING)
+        assert _rows(app)[-3] == fx.RUN_RUNNING  # completed runs sink to the bottom
+
+
+async def test_new_run_on_top_does_not_move_the_cursor_off_its_run() -> None:
+    store = MemoryStore()
+    app = await afixture_app(store=store)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("j", "j", "j")
+        table = app.screen.query_one(RunTable)
+        chosen = table.cursor_run_id
+        assert chosen == fx.RUN_RETRYING
+        # A second copy of the failed run's events under a new id lands at the top of the list.
+        b = fx.RunBuilder(fx.RunId("0c9d11ab-0000-4000-8000-0000000000ff"), fx.NOW_MILLIS - 1000)
+        b.start(fx._manifest("demo_fix", {}))
+        b.enter("prepare")
+        b.fail("prepare", "boom", "exploded")
+        b.finish(RunStatus.FAILED)
+        await store.events.append(b.run_id, 0, b.envelopes)
+        await app.sync_store()
+        await pilot.pause()
+        assert _rows(app)[0] == b.run_id
+        assert table.cursor_run_id == chosen and table.cursor_row == 4
+
+
+async def test_a_worker_dying_turns_the_run_into_worker_lost() -> None:
+    app = await afixture_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        assert "transform" in _line(app, fx.RUN_RUNNING)
+        app.fixture.leases[fx.RUN_RUNNING] = LeaseStatus.STALE
+        await app.sync_store()
+        await pilot.pause()
+        assert app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.WORKER_LOST
+        assert "worker lost at transform" in _line(app, fx.RUN_RUNNING)
+
+
+async def test_fs_store_journal_is_watched(tmp_path: Path) -> None:
+    from engine.stores.fs import FsStore
+
+    store = FsStore(tmp_path / "store")
+    f = await fx.build_fixture_store(store)
+    app = make_app(store, clock=fx.fixture_clock(), lease_probe=f.lease_probe, plan_resolver=f.plan_resolver)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        app.watcher.poll_interval = 30.0  # only the watchfiles wake-up can deliver the change in time
+        assert len(_rows(app)) == 9
+        await f.append(fx.RUN_RUNNING, _finish_running_run())
+        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED, tries=500)
+        assert store_label(store).endswith("store")
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+async def test_unreadable_store_shows_a_dialog_and_recovers() -> None:
+    inner = MemoryStore()
+    await fx.build_fixture_store(inner)
+    store = FaultyStore(inner)
+    store.events.fail_all = StorageError.other("event_store_io", "disk on fire")
+    app = await afixture_app(empty=True, store=store)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+        dialog = app.screen
+        assert isinstance(dialog, ErrorDialog) and dialog.code == "event_store_io"
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+        summary = str(app.screen.query_one("#runs-summary").render())
+        assert "event_store_io" in summary
+        store.events.fail_all = None
+        await app.sync_store()
+        await pilot.pause()
+        assert len(_rows(app)) == 9
+
+
+async def test_corrupted_and_vanished_runs_are_shown_in_place_and_the_rest_keeps_updating() -> None:
+    inner = MemoryStore()
+    store = FaultyStore(inner)
+    app = await afixture_app(store=store)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        store.events.bad_runs[fx.RUN_RUNNING] = StorageError.corruption("machine_event_decode_failed", "bad line 9")
+        store.events.hidden.add(fx.RUN_FAILED)
+        await app.fixture.append(fx.RUN_RUNNING, _finish_running_run()[:1])
+        entered = StateEntered(state_id=fx.sid("call"), attempt=2, base_snapshot_id=SNAP)
+        await app.fixture.append(fx.RUN_RETRYING, [entered])
+        await app.sync_store()
+        await pilot.pause()
+        assert not isinstance(app.screen, ErrorDialog)  # per-run problems stay in their rows
+        assert "[machine_event_decode_failed] bad line 9" in _line(app, fx.RUN_RUNNING)
+        assert "[run_vanished]" in _line(app, fx.RUN_FAILED)
+        assert "call 3/5" in _line(app, fx.RUN_RETRYING)
+        assert app.watcher.models[fx.RUN_RETRYING].status is ViewStatus.RUNNING
+        del store.events.bad_runs[fx.RUN_RUNNING]
+        await app.sync_store()
+        await pilot.pause()
+        assert "[" not in _line(app, fx.RUN_RUNNING)
+
+
+async def test_a_run_screen_that_fails_to_open_reports_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfm_tui.app as app_module
+
+    def broken(name: str) -> Any:
+        raise StorageError.not_found("artifact_not_found", "artifact not found: manifest")
+
+    monkeypatch.setattr(app_module.importlib, "import_module", broken)
+    app = await afixture_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+        assert app.screen.code == "artifact_not_found"
+
+
+async def test_without_a_run_screen_module_a_placeholder_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfm_tui.app as app_module
+
+    def missing(name: str) -> Any:
+        raise ImportError(name)
+
+    monkeypatch.setattr(app_module.importlib, "import_module", missing)
+    app = await afixture_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "_PlaceholderRunScreen"
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+# ------------------------------------------------------------------------------------------ help, themes
+
+
+async def test_help_lists_every_binding_of_the_current_screen() -> None:
+    app = await afixture_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        entries = app.help_entries(app.screen)
+        described = {e.description: (e.keys, e.group) for e in entries}
+        assert described["Open the selected run"] == ("⏎", "This screen")
+        assert described["Next run"] == ("j ↓", "This screen") or described["Next run"] == ("↓ j", "This screen")
+        assert not any("Scroll" in d or "Copy" in d for d in described)
+        assert "Next status tab" in described and "Sort by urgency, newest, oldest, op, duration" in described
+        assert described["Show every key of this screen"][1] == "Everywhere"
+        assert "Command palette: every action" in described
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_palette_offers_the_screen_actions_and_themes() -> None:
+    app = await afixture_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Filter (/)" in titles and "Open (⏎)" in titles and "Bottom (end, G)" in titles
+        assert "Theme: mfm-ascii" in titles and "Theme" not in titles
+
+
+async def test_theme_switch_swaps_glyphs_and_unknown_theme_is_refused() -> None:
+    app = await afixture_app()
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        assert app.glyphs is UNICODE and _line(app, fx.RUN_FAILED).startswith(" ✗")
+        app.theme = "mfm-ascii"
+        await pilot.pause()
+        await pilot.pause()
+        assert app.ascii_only and app.glyphs is ASCII
+        assert _line(app, fx.RUN_FAILED).startswith(" x")
+        binding = app.screen.query_one(RunTable)._bindings.key_to_bindings["enter"][0]
+        assert app.get_key_display(binding) == "enter"
+    with pytest.raises(ValueError, match="unknown theme"):
+        make_app(MemoryStore(), theme="neon")
+
+
+def test_store_label_and_plan_resolver_conversion() -> None:
+    assert store_label(MemoryStore()) == "memory"
+
+    class _S:
+        def meta(self) -> Any:
+            from engine.meta import StateMeta
+
+            return StateMeta()
+
+        async def handle(self, ctx: Any, io: Any, rec: Any) -> Any:
+            raise NotImplementedError
+
+    plan = make_plan([("a", _S()), ("b", _S())], [("a", "b")])
+    app = make_app(MemoryStore(), plan_resolver=lambda manifest: plan)
+    shape = app.plan_resolver(None)  # type: ignore[arg-type]
+    assert isinstance(shape, PlanShape) and len(shape.state_ids) == 2
+
+    def failing(manifest: Any) -> Any:
+        raise KeyError("unknown op")
+
+    assert make_app(MemoryStore(), plan_resolver=failing).plan_resolver(None) is None  # type: ignore[arg-type]
