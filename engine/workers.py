@@ -188,7 +188,7 @@ def run_finished(store: RunFolders, run_id: RunId) -> bool:
                 start = max(0, size - chunk)
                 f.seek(start)
                 data = f.read(size - start)
-                lines = data.split(b"\n")
+                lines = data.split(b"\n")[:-1]  # what follows the last newline is not a complete line
                 if start > 0:
                     lines = lines[1:]  # possibly cut in the middle
                 for line in reversed(lines):

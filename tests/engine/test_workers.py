@@ -202,3 +202,11 @@ def test_adopt_refuses_a_foreign_descriptor(tmp_path: Path) -> None:
 )
 def test_exit_codes(code: str, exit_code: int) -> None:
     assert exit_code_for(MfmError(ErrorInfo.new(code, "m"))) == exit_code
+
+
+def test_an_unterminated_last_line_is_not_committed(tmp_path: Path) -> None:
+    store = _Store(tmp_path)
+    Lease.acquire(store, RUN, "run").release()
+    store.events_path(RUN).write_bytes(_completed_line(1)[:-1])  # the newline never reached the disk
+    assert not run_finished(store, RUN)
+    assert lease_state(store, RUN).state is LeaseState.STALE
