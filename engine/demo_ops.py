@@ -7,8 +7,10 @@
 * ``demo_fanout``: fan-out over N items under ``FanOutJoin{max_concurrency}``;
 * ``demo_side_effect``: writes a file, with ``Idempotency.key`` and a fact key derived from it, so
   a crash + resume never applies it twice (the program also checks for the file first);
-* ``demo_fix``: fails non-retryably (``needs_file``) until the operator creates a file, then
-  ``mfm resume`` completes it;
+* ``demo_fix``: fails non-retryably (``needs_file``) until the operator creates a file. A
+  non-retryable failure ends the run (``RunCompleted{Failed}``, ENGINE-SPEC §7/§13 step 7), so
+  after the fix a new run completes; a run whose worker died before the failure was recorded
+  resumes and completes once the file exists;
 * ``demo_big``: many states and domain events with a per-state delay (live watching, scale tests).
 
 Every IO call carries a fact key, so each run can be replayed (``mfm replay``). Registered through
@@ -449,7 +451,7 @@ if [ -e "$1" ]; then printf '{"exists":true}\n'; else printf '{"exists":false}\n
 
 
 class FixParams(_Params):
-    """Fails with ``needs_file`` until ``required_file`` exists; then ``mfm resume`` completes it."""
+    """Fails with ``needs_file`` (non-retryable) until ``required_file`` exists."""
 
     required_file: str = "/tmp/mfm-demo-fix"
 
@@ -476,7 +478,7 @@ def _fix_plan(params: FixParams, env: OperationEnv) -> ExecutionPlan:
         else:
             seen = await io.call(_sh_call(f"demo_fix:check:{n}", _CHECK_SCRIPT, path))
             if not (isinstance(seen.response, dict) and seen.response.get("exists")):
-                raise _fail("needs_file", f"operator action needed: create {path}, then run `mfm resume`")
+                raise _fail("needs_file", f"operator action needed: create {path}")
         ctx.write("fix.found", path)
 
     async def finish(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
@@ -495,7 +497,7 @@ def _fix_plan(params: FixParams, env: OperationEnv) -> ExecutionPlan:
 DEMO_FIX = Operation(
     op_id=OpId("demo_fix"),
     version="1",
-    description="Fail non-retryably (needs_file) until you create a file; then `mfm resume` completes it.",
+    description="Fail non-retryably (needs_file) until you create the file named in its parameters.",
     params_model=FixParams,
     build_plan=_fix_plan,
     run_config=lambda p: _config(max_attempts=3),

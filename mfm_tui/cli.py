@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import shlex
 import sys
 import time
 import traceback
@@ -585,7 +586,10 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     if outcome.finished:
         model = _run(load_model(env, outcome.run_id, with_plan=False))
         if not as_json:
-            click.echo(f"run {outcome.run_id} already finished: {model.status.label}", err=True)
+            note = f"run {outcome.run_id} already finished ({model.status.label}); a finished run is final"
+            if model.status is RunStatus.FAILED and model.manifest is not None:
+                note += f". Once the cause is fixed, start it again: {_start_command(model)}"
+            click.echo(note, err=True)
         return _finish(model, as_json) if wait or as_json else EXIT_OK
     if not wait:
         if as_json:
@@ -594,6 +598,18 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
             click.echo(f"resuming run {outcome.run_id} (worker pid {outcome.spawned_pid})")
         return EXIT_OK
     return _finish(_run(wait_for_run(env, outcome.run_id)), as_json)
+
+
+def _start_command(model: RunModel) -> str:
+    """``mfm start OP -p k=v …`` that starts a run with the same parameters."""
+    assert model.manifest is not None
+    parts = ["mfm", "start", str(model.manifest.op_id)]
+    params = model.manifest.input_params
+    if isinstance(params, dict):
+        for key, value in params.items():
+            text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            parts += ["-p", shlex.quote(f"{key}={text}")]
+    return " ".join(parts)
 
 
 @cli.command()

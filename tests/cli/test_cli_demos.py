@@ -82,7 +82,7 @@ def test_side_effect_writes_the_file_once_and_replays(mfm: Mfm, tmp_path: Path) 
     assert not (folder / "mfm-demo-side-effect.txt").exists()  # a replay never applies the side effect
 
 
-def test_fix_fails_with_needs_file(mfm: Mfm, tmp_path: Path) -> None:
+def test_fix_fails_with_needs_file_until_the_file_exists(mfm: Mfm, tmp_path: Path) -> None:
     needed = tmp_path / "please-create-me"
     res = mfm("start", "demo_fix", "-p", f"required_file={needed}", "--wait", "--json")
     assert res.code == 1
@@ -91,6 +91,13 @@ def test_fix_fails_with_needs_file(mfm: Mfm, tmp_path: Path) -> None:
     assert str(needed) in view["error"]["message"]
     text = mfm("show", view["run_id"])
     assert "needs_file" in text.out and "failed" in text.out
+    needed.write_text("fixed")
+    # RunCompleted{Failed} is final (ENGINE-SPEC §13 step 7): resume is a no-op that says how to start again
+    again = mfm("resume", view["run_id"])
+    assert again.code == 0
+    assert f"mfm start demo_fix -p required_file={needed}" in again.err
+    rerun = mfm("start", "demo_fix", "-p", f"required_file={needed}", "--wait", "--json")
+    assert rerun.code == 0 and rerun.json()["status"] == "completed"
 
 
 def test_plain_output_and_runs_filters(mfm: Mfm) -> None:
