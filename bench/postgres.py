@@ -2,7 +2,8 @@
 
 Starts its own throw-away server (fsync on, ``synchronous_commit = on``) in /tmp, then alternates, in rounds:
 - the floor: one ``INSERT`` of a row of the same size as an event row, autocommit (= one commit), psycopg async;
-- ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append), and of a 10-event batch.
+- ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append), and of a 10-event batch;
+- artifact puts (a new 2.5 KB snapshot; one already stored), to price a whole no-op state.
 Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch). No assertions.
 
     .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60]
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from psycopg import sql
 
+from engine._kinds import ArtifactKind
 from engine.events import EventEnvelope, StateCompleted, StateEntered
 from engine.ids import ArtifactId, RunId, StateId
 from engine.stores.postgres import PostgresStore
@@ -107,6 +109,17 @@ async def bench(server: PgServer, rounds: int, per_round: int) -> None:
         floor += f
         one += o
         round_ratios.append(stats(o)[0] / stats(f)[0])
+    # A no-op state writes StateEntered and StateCompleted (two 1-event appends) and puts its context snapshot,
+    # which already exists when nothing changed (a put that writes nothing).
+    snapshot = b'{"in":{"params":{"n":1}},"work":{"note":"' + b"x" * 2400 + b'"}}'
+    new_puts: list[float] = []
+    same_puts: list[float] = []
+    blobs = [snapshot.replace(b"params", b"p%06d" % i) for i in range(rounds * per_round)]
+    await store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, snapshot)
+    blob_iter = iter(blobs)
+    for _ in range(rounds):
+        await timed(lambda: store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, next(blob_iter)), per_round, new_puts)
+        await timed(lambda: store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, snapshot), per_round, same_puts)
     await conn.close()
     await store.close()
 
@@ -131,6 +144,10 @@ async def bench(server: PgServer, rounds: int, per_round: int) -> None:
     )
     t50, _, _ = stats(ten)
     print(f"10-event batch per event: {t50 / 10:.0f} µs (p50 / 10)")
+    print(f"{'artifact put, new 2.5 KB':34} " + " ".join(f"{x:10.0f}" for x in stats(new_puts)))
+    print(f"{'artifact put, already stored':34} " + " ".join(f"{x:10.0f}" for x in stats(same_puts)))
+    noop = 2 * p50 + stats(same_puts)[0]
+    print(f"no-op state ≈ 2 appends + 1 put of an unchanged snapshot ≈ {noop:.0f} µs (p50s)")
 
 
 def main() -> None:

@@ -341,9 +341,15 @@ class _Queries:
             " ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING requested_at_millis, reason"
         )
         self.cancel_get = q("SELECT requested_at_millis, reason FROM {mfm_cancels} WHERE run_id = %s")
+        # Insert, or (already there) repair the row only if its bytes no longer match its id. Neither DO NOTHING
+        # nor an UPDATE that matches no row locks or writes anything: re-putting a stored artifact costs no commit
+        # flush (ON CONFLICT DO UPDATE would lock the row, and so write WAL, even when its WHERE is false).
         self.put = q(
-            "INSERT INTO {mfm_artifacts} AS a (id, kind, data) VALUES (%s, %s, %s) ON CONFLICT (id)"
-            " DO UPDATE SET data = EXCLUDED.data WHERE sha256(a.data) <> decode(a.id, 'hex')"
+            "WITH ins AS (INSERT INTO {mfm_artifacts} (id, kind, data) VALUES (%(id)s, %(kind)s, %(data)s)"
+            "  ON CONFLICT (id) DO NOTHING RETURNING 1),"
+            " fix AS (UPDATE {mfm_artifacts} SET data = %(data)s WHERE id = %(id)s AND NOT EXISTS (SELECT FROM ins)"
+            "  AND sha256(data) <> decode(id, 'hex') RETURNING 1)"
+            " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM fix)"
         )
         self.get = q("SELECT data FROM {mfm_artifacts} WHERE id = %s")
         self.exists = q("SELECT 1 FROM {mfm_artifacts} WHERE id = %s")
@@ -541,7 +547,7 @@ class PostgresArtifactStore:
         data = bytes(data)
         aid = artifact_id_for_bytes(data)
         async with self._core.conn("artifact_store_io") as conn:
-            await conn.execute(self._core.q.put, [aid, compact_json(kind.to_wire()), data])
+            await conn.execute(self._core.q.put, {"id": aid, "kind": compact_json(kind.to_wire()), "data": data})
         return aid
 
     async def get(self, artifact_id: ArtifactId) -> bytes:
