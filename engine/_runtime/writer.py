@@ -89,6 +89,9 @@ class EventWriter:
             self._busy = task
             try:
                 head = await self.store.append(self.run_id, first - 1, envs)
+            except BaseException:
+                self._deferred.discard(task)
+                raise
             finally:
                 self._busy = None
             self.appends += 1
