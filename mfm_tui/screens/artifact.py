@@ -64,26 +64,6 @@ class ArtifactScreen(Screen[None]):
         Binding("r", "show_tab('raw')", "Raw", show=False),
     ]
 
-    DEFAULT_CSS = """
-    ArtifactScreen #artifact-list {
-        width: 32;
-        height: 1fr;
-        border: round $panel-lighten-2;
-    }
-    ArtifactScreen #artifact-title {
-        height: auto;
-        background: $panel;
-        padding: 0 1;
-    }
-    ArtifactScreen #artifact-error {
-        color: $error;
-        padding: 1 2;
-        height: auto;
-    }
-    ArtifactScreen .-hidden { display: none; }
-    ArtifactScreen.-narrow #artifact-list { width: 24; }
-    """
-
     def __init__(self, store: Any, entries: list[ArtifactEntry], index: int = 0) -> None:
         super().__init__()
         self.store = store

@@ -36,6 +36,7 @@ from engine.ids import ArtifactId, RunId
 from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock, SystemClock
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogSource, parse_query
+from mfm_tui.messages import StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
 from mfm_tui.widgets.event_log import EventLog
@@ -69,15 +70,6 @@ class EventDialog(ModalScreen[None]):
         Binding("escape,enter,q", "dismiss", "Close"),
         Binding("y", "copy", "Copy JSON"),
     ]
-    DEFAULT_CSS = """
-    EventDialog { align: center middle; }
-    EventDialog > Vertical {
-        width: 90%; max-width: 110; height: 80%;
-        border: round $accent; background: $surface;
-    }
-    EventDialog VerticalScroll { height: 1fr; }
-    EventDialog #event-hint { height: 1; color: $text-muted; }
-    """
 
     def __init__(self, seq: int, raw: bytes) -> None:
         super().__init__()
@@ -88,7 +80,7 @@ class EventDialog(ModalScreen[None]):
             self.text = raw.decode("utf-8", "replace")
 
     def compose(self) -> ComposeResult:
-        with Vertical() as box:
+        with Vertical(id="event-box") as box:
             box.border_title = f"Event seq {self.seq}"
             with VerticalScroll():
                 yield Static(Syntax(self.text, "json", theme="ansi_dark", word_wrap=True, background_color="default"))
@@ -115,22 +107,6 @@ class RunScreen(Screen[None]):
         Binding("G", "log('cursor_bottom')", "Bottom", show=False),
         Binding("y", "copy_id", "Copy id", show=False),
     ]
-
-    DEFAULT_CSS = """
-    RunScreen { layout: vertical; }
-    RunScreen #run-top { height: 12; }
-    RunScreen #graph-box { width: 1fr; border: round $panel-lighten-2; }
-    RunScreen #panel-box { width: 52; border: round $panel-lighten-2; }
-    RunScreen #log-box { height: 1fr; border: round $panel-lighten-2; }
-    RunScreen #graph-box:focus-within, RunScreen #log-box:focus-within { border: round $accent; }
-    RunScreen StateGraph, RunScreen EventLog { height: 1fr; }
-    RunScreen #log-filter { dock: bottom; display: none; }
-    RunScreen #log-filter.-shown { display: block; }
-    RunScreen.-narrow #run-top { height: 9; }
-    RunScreen.-narrow #panel-box { display: none; width: 1fr; }
-    RunScreen.-narrow.-panel-open #panel-box { display: block; }
-    RunScreen.-narrow.-panel-open #graph-box { display: none; }
-    """
 
     def __init__(
         self,
@@ -199,6 +175,7 @@ class RunScreen(Screen[None]):
     def on_mount(self) -> None:
         graph = self.query_one(StateGraph)
         graph.ascii_only = self.ascii_only
+        self.query_one(EventLog).ascii_only = self.ascii_only
         self.query_one("#graph-box").border_title = "States"
         self.query_one("#panel-box").border_title = "State"
         self._set_log_title()
@@ -207,7 +184,7 @@ class RunScreen(Screen[None]):
         self._render_header()
         self._open()
         self.set_interval(1.0, self.tick)
-        poll = self._poll_enabled if self._poll_enabled is not None else self._app_attr("watch_enabled") is not False
+        poll = self._poll_enabled if self._poll_enabled is not None else self._app_attr("watch_store") is not False
         if poll:
             self.set_interval(POLL_SECONDS, self.poll)
 
@@ -411,6 +388,21 @@ class RunScreen(Screen[None]):
         self.query_one("#log-box").border_title = "  ".join(parts)
 
     # ------------------------------------------------------------------ messages
+
+    async def on_store_changed(self, message: StoreChanged) -> None:
+        """The app's store watcher saw this run grow (``app.sync_store()`` in tests)."""
+        if self.run_id in message.run_ids:
+            await self.poll()
+
+    def set_glyphs(self, glyphs: Any) -> None:
+        """The app's theme changed: switch between Unicode and ASCII drawing."""
+        self._ascii = bool(getattr(glyphs, "ascii", False))
+        self.query_one(StateGraph).ascii_only = self._ascii
+        self.query_one(StatePanel).ascii_only = self._ascii
+        self.query_one(RunHeader).ascii_only = self._ascii
+        self.query_one(EventLog).ascii_only = self._ascii
+        if self._model_ready:
+            self._render_all()
 
     @on(StateGraph.StateHighlighted)
     def _on_highlight(self, event: StateGraph.StateHighlighted) -> None:

@@ -25,6 +25,7 @@ from textual.strip import Strip
 from textual.worker import get_current_worker
 
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogLine, LogSource, summarize
+from mfm_tui.widgets.state_graph import ascii_text
 
 __all__ = ["EventLog", "format_time"]
 
@@ -116,6 +117,7 @@ class EventLog(ScrollView, can_focus=True):
         self.search: str = ""
         self.view: array[int] | None = None
         """Line indexes shown while a filter is active; ``None`` = every line."""
+        self.ascii_only = False
         self._cache: OrderedDict[int, LogLine] = OrderedDict()
         self._filtering = False
 
@@ -329,7 +331,8 @@ class EventLog(ScrollView, can_focus=True):
         info = self._summary(line)
         if info is None:
             pending = self.get_component_rich_style("event-log--pending")
-            segs = [Segment(f"{line + 1:>7} ", base + pending), Segment("… indexing", base + pending)]
+            dots = "..." if self.ascii_only else "…"
+            segs = [Segment(f"{line + 1:>7} ", base + pending), Segment(f"{dots} indexing", base + pending)]
         else:
             segs = self._segments(info, base, width)
         if row == self.cursor:
@@ -352,6 +355,8 @@ class EventLog(ScrollView, can_focus=True):
         state = info.state if width >= 110 else info.state.rsplit(".", 1)[-1]
         state_w = 24 if width >= 110 else 12
         text = f"{state:<{state_w}} {info.summary}"
+        if self.ascii_only:
+            text = ascii_text(text)
         segs = [
             Segment(f"{info.seq:>7} ", base + c("event-log--seq")),
             Segment(f"{format_time(info.ts_millis)} ", base + c("event-log--time")),

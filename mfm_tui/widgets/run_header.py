@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from mfm_tui.run_model import RunModel, RunStatus
-from mfm_tui.widgets.state_graph import countdown_text
+from mfm_tui.widgets.state_graph import ascii_text, countdown_text
 from mfm_tui.widgets.state_panel import format_duration, short_id
 
 __all__ = ["RUN_GLYPHS", "RunHeader"]
@@ -60,23 +60,28 @@ class RunHeader(Static):
         self.update(self.render_model(model, now_millis, note, wide=wide))
 
     def render_model(self, model: RunModel, now: int, note: str = "", *, wide: bool = True) -> Text:
-        glyph = RUN_GLYPHS[status][1 if self.ascii_only else 0] if (status := model.status) else "?"
+        status = model.status
+        glyph = RUN_GLYPHS[status][1 if self.ascii_only else 0]
         t = Text()
-        t.append(f"{model.op_id or '?'} ", style="bold")
-        t.append(f"{model.short_id}  ")
-        t.append(f"{glyph} {status.label}", style="bold")
-        t.append(f" {format_duration(model.duration_millis(now))}  ")
-        t.append(f"{model.done}/{model.total} done  ")
+
+        def add(text: str, style: str = "") -> None:
+            t.append(ascii_text(text) if self.ascii_only else text, style=style)
+
+        add(f"{model.op_id or '?'} ", "bold")
+        add(f"{model.short_id}  ")
+        add(f"{glyph} {status.label}", "bold")
+        add(f" {format_duration(model.duration_millis(now))}  ")
+        add(f"{model.done}/{model.total} done  ")
         retry = model.retry_target
         if retry is not None:
             due = countdown_text(retry.remaining_millis(now))
             label = f"{retry.next_attempt_number}/{retry.max_attempts}" if retry.max_attempts else "next"
-            t.append(f"{retry.state.short_name} {label} in {due}  ", style="bold")
+            add(f"{retry.state.short_name} {label} in {due}  ", "bold")
         elif model.error is not None:
-            t.append(f"[{model.error[0]}]  ", style="bold")
+            add(f"[{model.error[0]}]  ", "bold")
         if wide and model.started_millis is not None:
-            t.append("started " + time.strftime("%H:%M:%S", time.gmtime(model.started_millis // 1000)) + "  ")
-        t.append(f"manifest {short_id(model.manifest_id)}  checkpoint {short_id(model.checkpoint_id)}")
+            add("started " + time.strftime("%H:%M:%S", time.gmtime(model.started_millis // 1000)) + "  ")
+        add(f"manifest {short_id(model.manifest_id)}  checkpoint {short_id(model.checkpoint_id)}")
         if note:
-            t.append(f"  {note}", style="italic")
+            add(f"  {note}", "italic")
         return t

@@ -30,7 +30,15 @@ from mfm_tui.graph_layout import (
 )
 from mfm_tui.run_model import StateStatus, StateView
 
-__all__ = ["StateGraph", "node_label", "status_glyph"]
+__all__ = ["StateGraph", "ascii_text", "node_label", "status_glyph"]
+
+_ASCII_TABLE = str.maketrans({"…": "...", "→": "->", "—": "-", "–": "-", "↻": "~", "✓": "+", "✗": "x", "●": "*"})
+
+
+def ascii_text(text: str) -> str:
+    """``text`` with this app's few non-ASCII characters swapped for ASCII (the ASCII theme)."""
+    return text.translate(_ASCII_TABLE)
+
 
 UNICODE_GLYPHS: Mapping[StateStatus, str] = {
     StateStatus.PENDING: "○",

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from mfm_tui.run_model import StateStatus, StateView
-from mfm_tui.widgets.state_graph import countdown_text, status_glyph
+from mfm_tui.widgets.state_graph import ascii_text, countdown_text, status_glyph
 
 __all__ = ["StatePanel", "format_duration", "short_id"]
 
@@ -56,6 +56,9 @@ class StatePanel(Static):
         self.state = state
         self.update(self.render_state(state, now_millis))
 
+    def _a(self, text: str) -> Text:
+        return Text(ascii_text(text) if self.ascii_only else text)
+
     def render_state(self, sv: StateView | None, now: int) -> Table | Text:
         if sv is None:
             return Text("no state selected: move in the graph with the arrow keys", style="italic")
@@ -70,22 +73,24 @@ class StatePanel(Static):
             status.append(f"  attempt {sv.attempt_label}" + (f" in {due}" if due else ""))
         elif sv.attempts:
             status.append(f"  attempt {sv.attempt_label}")
-        grid.add_row("state", Text(sv.state_id))
+        grid.add_row("state", self._a(sv.state_id))
         grid.add_row("status", status)
         err = sv.error
         if err is not None and sv.status is not StateStatus.COMPLETED:
-            grid.add_row("error", Text(f"[{err[0]}] {err[1]}", style="bold"))
+            err_text = self._a(f"[{err[0]}] {err[1]}")
+            err_text.stylize("bold")
+            grid.add_row("error", err_text)
         last = sv.last
         if last is not None:
             grid.add_row(
-                "base", Text(f"{short_id(last.base_snapshot_id)}   result {short_id(last.result_snapshot_id)}")
+                "base", self._a(f"{short_id(last.base_snapshot_id)}   result {short_id(last.result_snapshot_id)}")
             )
-            grid.add_row("took", Text(format_duration(last.duration_millis(now))))
+            grid.add_row("took", self._a(format_duration(last.duration_millis(now))))
         facts = sv.facts
         if facts:
             shown = ", ".join(f"{f.key} → {short_id(f.payload_id)}" for f in facts[:3])
             more = f" (+{len(facts) - 3})" if len(facts) > 3 else ""
-            grid.add_row("facts", Text(shown + more))
+            grid.add_row("facts", self._a(shown + more))
         for att in sv.attempts[-4:]:
             if att.is_open:
                 outcome = "open"
@@ -94,7 +99,9 @@ class StatePanel(Static):
             else:
                 outcome = f"failed [{att.error_code}] {att.error_message or ''}".rstrip()
             seqs = f"seq {att.entered_seq or '?'}" + (f"–{att.terminal_seq}" if att.terminal_seq else "")
-            grid.add_row(f"#{att.attempt + 1}", Text(f"{outcome}  {format_duration(att.duration_millis(now))}  {seqs}"))
+            grid.add_row(
+                f"#{att.attempt + 1}", self._a(f"{outcome}  {format_duration(att.duration_millis(now))}  {seqs}")
+            )
         if len(sv.attempts) > 4:
             grid.add_row("", Text(f"{len(sv.attempts) - 4} earlier attempts", style="italic"))
         return grid

@@ -14,7 +14,7 @@ from mfm_tui.clipboard import MAX_OSC52_BYTES, osc52_sequence
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, exec_parts
 from mfm_tui.widgets.json_tree import JsonTree
 from tests.tui.fixtures import RUN_FANOUT, RUN_RUNNING, FixtureStore, build_fixture_store
-from tests.tui.test_run_screen import HostApp, run_app, settle
+from tests.tui.test_run_screen import open_screen, run_app, settle
 
 SMALL = (80, 24)
 LARGE = (120, 40)
@@ -44,11 +44,11 @@ def _result_id(fx: FixtureStore, run_id: str, local: str) -> str:
 
 def _snap(snap_compare: Any, build: Any, size: tuple[int, int], keys: tuple[str, ...] = ()) -> None:
     fx = asyncio.run(build_fixture_store(MemoryStore()))
-    app = HostApp(fx, ArtifactScreen(fx.store, build(fx)))
+    app, _ = run_app(fx, RUN_RUNNING)
+    screen = ArtifactScreen(fx.store, build(fx))
 
     async def before(pilot: Pilot[None]) -> None:
-        await settle(pilot)
-        await pilot.app.workers.wait_for_complete()
+        await open_screen(pilot, screen)
         for key in keys:
             await pilot.press(key)
         await settle(pilot)
@@ -104,11 +104,9 @@ async def test_exec_fact_has_exit_stdout_stderr_tabs_and_y_copies_json() -> None
     fx = await build_fixture_store(MemoryStore())
     pid = _fact_id(fx, RUN_RUNNING, "exec:fetch#1")
     screen = ArtifactScreen(fx.store, [ArtifactEntry("fact", pid, "FactPayload")])
-    app = HostApp(fx, screen)
+    app, _ = run_app(fx, RUN_RUNNING)
     async with app.run_test(size=LARGE) as pilot:
-        await settle(pilot)
-        await app.workers.wait_for_complete()
-        await settle(pilot)
+        await open_screen(pilot, screen)
         tabs = screen.query_one(TabbedContent)
         assert [p.id for p in tabs.query("TabPane")] == ["exit", "tree", "raw", "stdout", "stderr"]
         assert screen.value == {"exit_code": 0, "stdout": '{"rows": 3}\n', "stderr": "warning: slow disk\n"}
@@ -123,11 +121,9 @@ async def test_corrupted_artifact_shows_code_and_message_in_place() -> None:
     mid = _manifest_id(fx, RUN_RUNNING)
     fx.store.artifacts._blobs[mid] = b'{"tampered":true}'  # bytes no longer match the id
     screen = ArtifactScreen(fx.store, [ArtifactEntry("manifest", mid, "Manifest"), ArtifactEntry("bad", "XYZ")])
-    app = HostApp(fx, screen)
+    app, _ = run_app(fx, RUN_RUNNING)
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
-        await app.workers.wait_for_complete()
-        await settle(pilot)
+        await open_screen(pilot, screen)
         assert screen.error is not None and screen.error[0] == "artifact_content_address_mismatch"
         assert "artifact_content_address_mismatch" in str(screen.query_one("#artifact-error").render())
         await pilot.press("down")
@@ -141,7 +137,7 @@ async def test_a_on_the_run_screen_lists_state_and_run_artifacts() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, run_screen = run_app(fx, RUN_FANOUT)
     async with app.run_test(size=LARGE) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, run_screen)
         labels = [e.label for e in run_screen.artifact_entries()]
         assert "manifest" in labels and "checkpoint" in labels and "item_2 base" in labels
         await pilot.press("a")
@@ -158,10 +154,9 @@ async def test_a_on_the_run_screen_lists_state_and_run_artifacts() -> None:
 async def test_json_tree_loads_big_containers_lazily() -> None:
     fx = await build_fixture_store(MemoryStore())
     value = {"items": list(range(1000)), "nested": {"a": {"b": [True, None, "x"]}}}
-    from mfm_tui.screens.artifact import ArtifactScreen as _S
-
-    app = HostApp(fx, _S(fx.store, []))
+    app, _ = run_app(fx, RUN_RUNNING)
     async with app.run_test(size=SMALL) as pilot:
+        await open_screen(pilot, ArtifactScreen(fx.store, []))
         tree = JsonTree(value, "doc")
         await app.screen.mount(tree)
         await settle(pilot)

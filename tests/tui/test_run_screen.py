@@ -1,7 +1,7 @@
 """The run screen: snapshots of runs in every status at 80x24 and 120x40, and pilot tests of live behaviour.
 
-The screen is hosted by a minimal app exposing what ``make_app`` gives it (``store``, ``clock``, ``plan_resolver``,
-``lease_probe``); polling is off and the tests call ``screen.poll()`` after appending, so nothing sleeps for real.
+The screen runs inside the real app (``make_app`` over the fixture store, frozen clock, not watching); polling is
+off and the tests call ``screen.poll()`` (or ``app.sync_store()``) after appending, so nothing sleeps for real.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from textual.app import App
 from textual.events import MouseScrollUp
 from textual.pilot import Pilot
 from textual.screen import Screen
@@ -18,6 +17,7 @@ from textual.screen import Screen
 from engine.errors import StateError
 from engine.events import DomainEvent, StateCompleted, StateEntered, StateFailed, encode_envelope
 from engine.stores import MemoryStore
+from mfm_tui.app import MfmApp, make_app
 from mfm_tui.clock import FrozenClock
 from mfm_tui.log_index import FileLogSource
 from mfm_tui.screens.run import EventDialog, RunScreen
@@ -41,24 +41,33 @@ SMALL = (80, 24)
 LARGE = (120, 40)
 
 
-class HostApp(App[None]):
-    """What ``make_app`` provides to the run screen: ``store``, ``clock``, ``plan_resolver``, ``lease_probe``."""
+def run_app(
+    fx: FixtureStore,
+    run_id: str,
+    *,
+    store: Any = None,
+    clock: FrozenClock | None = None,
+    theme: str = "mfm-dark",
+) -> tuple[MfmApp, RunScreen]:
+    """The real app (``make_app``, not watching: tests call ``screen.poll()``) and a run screen to push on it."""
+    app = make_app(
+        store if store is not None else fx.store,
+        clock=clock or fixture_clock(),
+        theme=theme,
+        plan_resolver=fx.plan_resolver,
+        lease_probe=fx.lease_probe,
+        watch=False,
+    )
+    return app, RunScreen(run_id=run_id, poll=False)
 
-    def __init__(self, fx: FixtureStore, first: Screen[Any], *, clock: FrozenClock | None = None) -> None:
-        super().__init__()
-        self.store = fx.store
-        self.clock = clock or fixture_clock()
-        self.plan_resolver = fx.plan_resolver
-        self.lease_probe = fx.lease_probe
-        self._first = first
 
-    def on_mount(self) -> None:
-        self.push_screen(self._first)
-
-
-def run_app(fx: FixtureStore, run_id: str, *, store: Any = None) -> tuple[HostApp, RunScreen]:
-    screen = RunScreen(run_id=run_id, poll=False, store=store)
-    return HostApp(fx, screen), screen
+async def open_screen(pilot: Pilot[None], screen: Screen[Any]) -> None:
+    """Wait for the app's first load, push ``screen`` and let it settle (workers included)."""
+    await settle(pilot)
+    await pilot.app.push_screen(screen)
+    await settle(pilot)
+    await pilot.app.workers.wait_for_complete()
+    await settle(pilot)
 
 
 def fixture_store() -> FixtureStore:
@@ -73,11 +82,13 @@ async def settle(pilot: Pilot[None]) -> None:
 # ---------------------------------------------------------------------------------------------- snapshots
 
 
-def _snap(snap_compare: Any, run_id: str, size: tuple[int, int], keys: tuple[str, ...] = ()) -> None:
-    app, _ = run_app(fixture_store(), run_id)
+def _snap(
+    snap_compare: Any, run_id: str, size: tuple[int, int], keys: tuple[str, ...] = (), theme: str = "mfm-dark"
+) -> None:
+    app, screen = run_app(fixture_store(), run_id, theme=theme)
 
     async def before(pilot: Pilot[None]) -> None:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         for key in keys:
             await pilot.press(key)
         await settle(pilot)
@@ -140,7 +151,7 @@ async def test_appended_events_appear_while_following() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_RUNNING)
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
         before = log.row_count
         assert log.follow and log.cursor == before - 1
@@ -157,7 +168,7 @@ async def test_scrolling_up_pauses_follow_and_f_resumes() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_COMPLETED)
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
         last = log.row_count - 1
         await pilot.press("k", "k")
@@ -181,7 +192,7 @@ async def test_mouse_wheel_up_pauses_follow() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_COMPLETED)
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
         assert log.max_scroll_y > 0
         log.post_message(MouseScrollUp(log, 1, 1, 0, -1, 0, False, False, False))
@@ -194,7 +205,7 @@ async def test_filter_narrows_and_escape_clears() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_COMPLETED)
     async with app.run_test(size=LARGE) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
         total = log.row_count
         await pilot.press("slash", *"kind=StateEntered", "enter")
@@ -211,7 +222,7 @@ async def test_search_moves_between_matches() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_COMPLETED)
     async with app.run_test(size=LARGE) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
         await pilot.press("slash", *"item_3", "enter")
         await settle(pilot)
@@ -228,7 +239,7 @@ async def test_arrow_keys_move_the_graph_selection_and_panel_follows() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_FANOUT)
     async with app.run_test(size=LARGE) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         graph = screen.query_one(StateGraph)
         assert graph.cursor == sid("item_2")  # the retrying state is selected first
         await pilot.press("tab")
@@ -250,7 +261,7 @@ async def test_narrow_screen_opens_panel_on_enter_and_escape_returns() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_FAILED)
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         panel_box = screen.query_one("#panel-box")
         assert not panel_box.display or panel_box.region.width == 0
         await pilot.press("tab", "enter")
@@ -264,10 +275,9 @@ async def test_narrow_screen_opens_panel_on_enter_and_escape_returns() -> None:
 async def test_retry_countdown_ticks_with_the_clock() -> None:
     fx = await build_fixture_store(MemoryStore())
     clock = fixture_clock()
-    screen = RunScreen(run_id=RUN_RETRYING, poll=False)
-    app = HostApp(fx, screen, clock=clock)
+    app, screen = run_app(fx, RUN_RETRYING, clock=clock)
     async with app.run_test(size=LARGE) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         header = screen.query_one("#run-header")
         assert "call 3/5 in 7s" in str(header.render())
         clock.advance(3000)
@@ -280,7 +290,7 @@ async def test_enter_on_the_log_shows_the_envelope_and_y_copies_it() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, RUN_FAILED)
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, EventDialog)
@@ -307,7 +317,7 @@ async def test_file_backed_log_tails_the_events_file(tmp_path: Path) -> None:
 
     app, screen = run_app(fx, RUN_RUNNING, store=FileStore())
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         await app.workers.wait_for_complete()
         await settle(pilot)
         assert isinstance(screen.source, FileLogSource)
@@ -329,6 +339,34 @@ async def test_unknown_run_shows_an_empty_screen_not_a_traceback() -> None:
     fx = await build_fixture_store(MemoryStore())
     app, screen = run_app(fx, "00000000-0000-4000-8000-0000000000ff")
     async with app.run_test(size=SMALL) as pilot:
-        await settle(pilot)
+        await open_screen(pilot, screen)
         assert screen.query_one(EventLog).row_count == 0
         assert "pending" in str(screen.query_one("#run-header").render())
+
+
+def test_snapshot_ascii_theme(snap_compare: Any) -> None:
+    _snap(snap_compare, RUN_FANOUT, LARGE, theme="mfm-ascii")
+
+
+async def test_app_store_watcher_updates_the_open_run() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_RUNNING)
+    async with app.run_test(size=SMALL) as pilot:
+        await open_screen(pilot, screen)
+        before = screen.query_one(EventLog).row_count
+        await fx.append(RUN_RUNNING, [StateCompleted(state_id=sid("transform"), context_snapshot_id="c" * 64)])
+        await app.sync_store()
+        await settle(pilot)
+        assert screen.query_one(EventLog).row_count == before + 1
+
+
+async def test_ascii_theme_draws_no_unicode_in_graph_and_log() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_FANOUT, theme="mfm-ascii")
+    async with app.run_test(size=LARGE) as pilot:
+        await open_screen(pilot, screen)
+        graph = screen.query_one(StateGraph)
+        log = screen.query_one(EventLog)
+        text = "".join(graph.render_line(y).text for y in range(5)) + "".join(log.render_line(y).text for y in range(9))
+        assert "item_2" in text
+        assert all(ord(ch) < 128 for ch in text), sorted({ch for ch in text if ord(ch) >= 128})
