@@ -275,3 +275,48 @@ async def test_orphan_of_retried_state_keeps_backoff_budget() -> None:
     assert res.phase is RunPhase.FAILED
     assert [e.event.attempt for e in envs if isinstance(e.event, StateEntered)] == [0, 1, 2]
     assert sleeper.requested_ms == [10]  # after attempt 1 only; attempt 2 is the last allowed
+
+
+class _GatedEvents:
+    """An event store whose append of a ``StateCompleted`` batch waits on ``gate`` (a slow disk)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def head_seq(self, run_id: RunId) -> int:
+        return await self.inner.head_seq(run_id)  # type: ignore[no-any-return]
+
+    async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> Any:
+        return await self.inner.read_range(run_id, from_seq, to_seq)
+
+    async def append(self, run_id: RunId, expected_seq: int, events: Any) -> int:
+        from engine.events import StateCompleted
+
+        if any(isinstance(e.event, StateCompleted) for e in events):
+            self.waiting.set()
+            await self.gate.wait()
+        return await self.inner.append(run_id, expected_seq, events)  # type: ignore[no-any-return]
+
+
+async def test_cancel_while_an_append_is_in_the_store_keeps_the_writer_consistent() -> None:
+    """A cancel arriving while StateCompleted is inside a slow store append waits for that append, then cancels:
+    the stream stays contiguous and ends RC(Cancelled, S1) with s2 never entered."""
+    ms = MemoryStore()
+    events = _GatedEvents(ms.events)
+    stores = Stores(events=events, artifacts=ms.artifacts)
+    token = CancelToken()
+    plan = make_plan([("s1", WriteKey("a", 1)), ("s2", WriteKey("b", 2))], [("s1", "s2")])
+    task = asyncio.ensure_future(start_plan(_engine(), stores, plan, base_config(), cancel=token))
+    await events.waiting.wait()
+    token.cancel("now")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    events.gate.set()
+    res = await task
+    envs = await read_events(ms.stores, res.run_id)
+    t = trace(envs)
+    assert res.phase is RunPhase.CANCELLED
+    assert [x[0] for x in t] == ["RS", "E", "C", "RC"] and t[-1] == ("RC", "Cancelled", t[2][2])
+    assert [e.seq for e in envs] == [1, 2, 3, 4]
