@@ -549,8 +549,9 @@ async def _finished(store: Any, run_id: RunId) -> bool:
 @cli.command()
 @click.argument("artifact_id")
 @click.option("--raw", is_flag=True, help="The stored bytes, unchanged.")
+@click.option("--json", "as_json", is_flag=True, help="Id, kind, size and the decoded JSON content (or null).")
 @click.pass_context
-def artifact(ctx: click.Context, artifact_id: str, raw: bool) -> int:
+def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> int:
     """Print an artifact (JSON pretty-printed unless --raw)."""
     env = _env(ctx)
     try:
@@ -558,6 +559,16 @@ def artifact(ctx: click.Context, artifact_id: str, raw: bool) -> int:
     except ValueError:
         raise CliError.new("invalid_artifact_id", f"{artifact_id!r} is not an artifact id (64 hex digits)") from None
     data = _run(env.store.artifacts.get(aid))
+    if as_json:
+        kind_of = getattr(env.store.artifacts, "kind_of", None)
+        kind = _run(kind_of(aid)) if kind_of is not None else None
+        try:
+            content = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            content = None
+        wire_kind = None if kind is None else kind.to_wire()
+        _echo_json({"artifact_id": str(aid), "bytes": len(data), "kind": wire_kind, "content": content})
+        return EXIT_OK
     if raw:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()

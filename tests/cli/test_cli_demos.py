@@ -63,6 +63,8 @@ def test_demo_runs_to_completion(mfm: Mfm, op_id: str) -> None:
         assert summary["longest"] == "cde" and summary["total_length"] == 5
         raw = mfm("artifact", info.artifact_id, "--raw")
         assert raw.out.encode() == canonical_json_bytes(summary)
+        described = mfm("artifact", info.artifact_id, "--json").json()
+        assert described["kind"] == "Output" and described["content"] == summary
 
 
 def test_side_effect_writes_the_file_once_and_replays(mfm: Mfm, tmp_path: Path) -> None:
@@ -114,3 +116,13 @@ def test_plain_output_and_runs_filters(mfm: Mfm) -> None:
     tail = mfm("events", run_id, "--from", "3", "--json")
     assert tail.out.splitlines()[0].startswith('{"run_id"')
     assert json.loads(tail.out.splitlines()[0])["seq"] == 3
+
+
+def test_events_follow_prints_until_the_run_finishes(mfm: Mfm) -> None:
+    run_id = mfm.start("demo_big", "states=5", "events=1", "delay_ms=100")
+    res = mfm("events", run_id, "--follow", "--json")
+    assert res.code == 0, res.err
+    lines = res.out.splitlines()
+    assert json.loads(lines[0])["seq"] == 1
+    assert "RunCompleted" in lines[-1]
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, len(lines) + 1))
