@@ -3,8 +3,9 @@
 An event file (``runs/<id>/events.jsonl``) holds one wire-form envelope per line, and line ``i`` (0-based) is the
 envelope with ``seq == i + 1``. So the end of a huge file can be shown at once: read its last 64 KiB, decode the last
 complete line, and its seq is the number of lines. The full index of line starts (an ``array('q')``, 8 bytes a line)
-is built afterwards, off the UI thread, with one regex pass over an ``mmap``. A line that does not end with a newline
-is a torn tail (a writer crashed, or is mid-append) and is never shown until its newline lands.
+is built afterwards, off the UI thread, with one regex pass over an ``mmap``. Only committed lines are shown: the
+filesystem store frames each batch (continuation lines end with ``" \\n"``, the batch's last line with ``"\\n"``),
+and a batch still being written, or torn by a crash, stays invisible until its final newline lands.
 
 Searching and filtering work on raw bytes (``mmap.find`` / ``re.finditer``), and a hit is mapped to its line by
 bisecting the offsets; no line is parsed unless it is shown.
@@ -36,6 +37,7 @@ __all__ = [
     "LogFilter",
     "LogLine",
     "LogSource",
+    "committed",
     "newline_offsets",
     "parse_query",
     "summarize",
@@ -43,6 +45,19 @@ __all__ = [
 
 TAIL_BYTES = 64 * 1024
 _NEWLINE = re.compile(b"\n")
+
+
+def committed(nl: array[int], data: bytes | mmap.mmap, base: int = 0) -> array[int]:
+    """The newlines of ``nl`` that end *committed* lines (absolute offsets; ``data`` starts at ``base``).
+
+    The filesystem store writes a batch of n envelopes with one ``write``: its first n-1 lines end with ``" \\n"``
+    and its last with ``"}\\n"``, so a batch counts only once its final line is complete. Newlines after the last
+    final line belong to a batch still being written (or torn by a crash) and are dropped.
+    """
+    k = len(nl)
+    while k and nl[k - 1] > base and data[nl[k - 1] - 1 - base] == 0x20:
+        k -= 1
+    return nl if k == len(nl) else nl[:k]
 
 
 def newline_offsets(data: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> array[int]:
@@ -274,7 +289,7 @@ class FileLogSource:
         with open(self.path, "rb") as fh:
             fh.seek(lo)
             chunk = fh.read(size - lo)
-        nl = newline_offsets(chunk)
+        nl = committed(newline_offsets(chunk), chunk)
         if not nl:
             if lo == 0:
                 self.indexed = True  # empty file (or only a torn first line)
@@ -302,7 +317,7 @@ class FileLogSource:
             self.indexed = True
             return
         with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            nl = newline_offsets(mm, 0, size)
+            nl = committed(newline_offsets(mm, 0, size), mm)
         starts = array("q", [0])
         starts.extend(o + 1 for o in nl)
         starts.pop()
@@ -321,7 +336,7 @@ class FileLogSource:
         with open(self.path, "rb") as fh:
             fh.seek(self._end)
             chunk = fh.read(size - self._end)
-        nl = newline_offsets(chunk)
+        nl = committed(newline_offsets(chunk), chunk)
         if not nl:
             return 0
         base = self._end

@@ -125,6 +125,26 @@ def test_refresh_during_indexing_keeps_appended_lines(tmp_path: Path) -> None:
     assert src.raw(len(envs) - 1) == encode_envelope(envs[-1])
 
 
+def test_only_committed_batches_are_shown(tmp_path: Path) -> None:
+    """FsStore framing: continuation lines end with " \\n"; a batch counts once its last line is complete."""
+    envs = _envelopes(3)
+    lines = [encode_envelope(e) for e in envs]
+    path = tmp_path / "events.jsonl"
+    committed_part = lines[0] + b"\n" + lines[1] + b" \n" + lines[2] + b"\n"
+    open_batch = lines[3] + b" \n" + lines[4] + b" \n"  # a batch still being written
+    path.write_bytes(committed_part + open_batch)
+    src = FileLogSource(path)
+    assert len(src) == 3
+    assert src.raw(1) == lines[1] + b" "
+    src.build_index()
+    assert len(src) == 3
+    with open(path, "ab") as fh:
+        fh.write(lines[5] + b"\n")  # the batch's final line lands
+    assert src.refresh() == 3
+    assert src.raw(5) == lines[5]
+    assert summarize(src.raw(3) or b"").seq == 4
+
+
 def test_empty_and_missing_files(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"")

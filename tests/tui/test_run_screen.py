@@ -17,6 +17,7 @@ from textual.screen import Screen
 from engine.errors import StateError
 from engine.events import DomainEvent, StateCompleted, StateEntered, StateFailed, encode_envelope
 from engine.stores import MemoryStore
+from engine.stores.fs import FsStore
 from mfm_tui.app import MfmApp, make_app
 from mfm_tui.clock import FrozenClock
 from mfm_tui.log_index import FileLogSource
@@ -333,6 +334,23 @@ async def test_file_backed_log_tails_the_events_file(tmp_path: Path) -> None:
         await settle(pilot)
         assert log.row_count == len(envs) + 2
         assert screen.model.states[sid("transform")].attempt_number == 2
+
+
+async def test_real_fs_store_run_is_read_from_its_events_file(tmp_path: Path) -> None:
+    fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RETRYING])
+    app, screen = run_app(fx, RUN_RETRYING)
+    async with app.run_test(size=SMALL) as pilot:
+        await open_screen(pilot, screen)
+        assert isinstance(screen.source, FileLogSource)
+        n = len(fx.builders[RUN_RETRYING].envelopes)
+        assert screen.query_one(EventLog).row_count == n
+        assert screen.model.status.value == "retrying"
+        entered = StateEntered(state_id=sid("call"), attempt=2, base_snapshot_id="a" * 64)
+        await fx.append(RUN_RETRYING, [entered, DomainEvent(name="note", payload={"n": 1})])
+        await app.sync_store()
+        await settle(pilot)
+        assert screen.query_one(EventLog).row_count == n + 2
+        assert screen.model.status.value == "running"
 
 
 async def test_unknown_run_shows_an_empty_screen_not_a_traceback() -> None:
