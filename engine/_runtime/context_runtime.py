@@ -12,7 +12,7 @@ from typing import Any
 
 from engine._artifacts import read_canonical_json, verified_put_bytes
 from engine._kinds import ArtifactKind
-from engine.errors import ContextError, StorageError
+from engine.errors import ContextError
 from engine.hashing import CanonicalJsonError, canonical_json_bytes
 from engine.ids import ArtifactId
 from engine.stores._base import ArtifactStore
@@ -181,10 +181,3 @@ class SnapshotCache:
         self._by_id.setdefault(aid, value)
         self._members.setdefault(aid, members)
         return aid, value
-
-    def remember(self, snapshot_id: ArtifactId, value: dict[str, Any]) -> None:
-        self._by_id.setdefault(snapshot_id, value)
-
-
-def storage_or_context(exc: Exception) -> bool:
-    return isinstance(exc, StorageError | ContextError)

@@ -151,7 +151,11 @@ class Runtime:
                 continue
             failure = history.failures.get(sid)
             if failure is not None:
-                if not failure.retryable or failure.attempt + 1 >= cfg.retry_policy.max_attempts:
+                # A crash between an orphan's recovery StateFailed and its restart's StateEntered leaves the
+                # restart to do: like the orphan restart itself (§13 step 9) it is not bounded by max_attempts,
+                # else a few unlucky crashes would fail a run that never failed.
+                restart = failure.code == CODE_ORPHAN_RECOVERED
+                if not failure.retryable or (not restart and failure.attempt + 1 >= cfg.retry_policy.max_attempts):
                     terminal_failure = True
                     break
                 overrides[sid] = Override(failure.attempt + 1, failure.base_snapshot_id)

@@ -10,7 +10,7 @@ from engine._runtime.facts import FactIndex
 from engine._runtime.writer import EventWriter
 from engine._secrets import contains_secrets
 from engine.config import EventProfile
-from engine.errors import ErrorCategory, RunError
+from engine.errors import ErrorCategory, MfmError, RunError
 from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent, FactRecorded
 from engine.hashing import CanonicalJsonError, check_canonical_value
 
@@ -70,13 +70,7 @@ class ProfileRecorder:
                 raise _invalid("fact_recorded rebinds an already bound fact key to a different payload")
         try:
             await self._writer.append(kept)
-        except RunError:
-            raise
-        except Exception as exc:
-            from engine.errors import MfmError
-
-            if isinstance(exc, MfmError):
-                raise RunError.wrap(exc) from exc
-            raise
+        except MfmError as exc:  # append failures reach the handler as RunError::Storage (§9)
+            raise RunError.wrap(exc) from exc
         for f in facts:
             self._facts.bind_if_unbound(f.key, f.payload_id)
