@@ -4,7 +4,9 @@ Starts its own throw-away server (fsync on, ``synchronous_commit = on``) in /tmp
 - the floor: one ``INSERT`` of a row of the same size as an event row, autocommit (= one commit), psycopg async;
 - ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append), and of a 10-event batch;
 - artifact puts (a new 2.5 KB snapshot; one already stored), to price a whole no-op state.
-Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch). No assertions.
+Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch), and the CPU each
+costs (this process + its server backend, from /proc): wall time on a shared, busy machine swings with the disk's
+fsync latency, CPU does not. No assertions.
 
     .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -56,9 +59,48 @@ async def timed(fn: Callable[[], Awaitable[object]], n: int, out: list[float]) -
         out.append((time.perf_counter_ns() - t0) / 1000)
 
 
+def backend_cpu_seconds(pid: int) -> float:
+    """utime + stime of a server backend (Linux /proc; the server runs on this machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU per operation, client (this process) + server backend: robust to a busy machine, unlike wall time."""
+
+    def __init__(self) -> None:
+        self.client = 0.0
+        self.server = 0.0
+        self.n = 0
+
+    async def measure(self, pid: int, fn: Callable[[], Awaitable[object]], n: int, out: list[float]) -> None:
+        s0, c0 = backend_cpu_seconds(pid), time.process_time()
+        await timed(fn, n, out)
+        self.server += backend_cpu_seconds(pid) - s0
+        self.client += time.process_time() - c0
+        self.n += n
+
+    def per_op_us(self) -> tuple[float, float]:
+        return 1e6 * self.client / self.n, 1e6 * self.server / self.n
+
+
+async def backend_pid(conn: psycopg.AsyncConnection[tuple[object, ...]], app: str) -> int:
+    cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app])
+    rows = await cur.fetchall()
+    if len(rows) != 1:
+        raise RuntimeError(f"expected one backend named {app}, found {len(rows)}")
+    return int(str(rows[0][0]))
+
+
 async def bench(server: PgServer, rounds: int, per_round: int) -> None:
-    store = await PostgresStore(server.dsn(), schema="bench").open()
-    conn = await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True)
+    # One pooled connection, so that one server backend does all the store's work (its CPU is measurable).
+    store_dsn = server.dsn() + " application_name=mfm_bench_store"
+    store = await PostgresStore(store_dsn, schema="bench", max_connections=1).open()
+    await store.events.head_seq(RunId(str(uuid.uuid4())))  # the pool now holds its one connection
+    conn = await psycopg.AsyncConnection.connect(server.dsn() + " application_name=mfm_bench_floor", autocommit=True)
+    floor_pid = await backend_pid(conn, "mfm_bench_floor")
+    store_pid = await backend_pid(conn, "mfm_bench_store")
+    floor_cpu, append_cpu = CpuMeter(), CpuMeter()
     settings = {}
     for name in ("fsync", "synchronous_commit", "wal_sync_method", "server_version"):
         row = await (await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))).fetchone()
@@ -103,8 +145,8 @@ async def bench(server: PgServer, rounds: int, per_round: int) -> None:
     for _ in range(rounds):
         f: list[float] = []
         o: list[float] = []
-        await timed(floor_insert, per_round, f)
-        await timed(lambda: append(run1), per_round, o)
+        await floor_cpu.measure(floor_pid, floor_insert, per_round, f)
+        await append_cpu.measure(store_pid, lambda: append(run1), per_round, o)
         await timed(lambda: append(run10), per_round // 3 or 1, ten)
         floor += f
         one += o
@@ -141,6 +183,11 @@ async def bench(server: PgServer, rounds: int, per_round: int) -> None:
     print(
         f"ratio 1-event append / floor: p50 {p50 / f50:.2f}x, mean {mean / fmean:.2f}x, "
         f"median of per-round p50 ratios {statistics.median(round_ratios):.2f}x (goal <= 1.5x)"
+    )
+    (fc, fs), (ac, as_) = floor_cpu.per_op_us(), append_cpu.per_op_us()
+    print(
+        f"CPU per op (client + server backend): floor {fc:.0f} + {fs:.0f} µs, 1-event append {ac:.0f} + {as_:.0f} µs;"
+        f" extra CPU per append {ac + as_ - fc - fs:.0f} µs"
     )
     t50, _, _ = stats(ten)
     print(f"10-event batch per event: {t50 / 10:.0f} µs (p50 / 10)")
