@@ -1,0 +1,149 @@
+"""Filesystem store and canonical encoder benchmark: prints figures and ratios, asserts nothing.
+
+    python bench/store_append.py [--dir DIR] [-n N]
+
+- fs-store ``append`` latency (p50/p90) for 1-event and 10-event batches, interleaved with the raw floor measured
+  in the same run, in the same directory: a 300-byte ``write`` + ``fdatasync`` on an O_APPEND file (goal for the
+  1-event append: ≤ 1.3× the floor);
+- artifact ``put`` latency vs an atomic write floor (temp file, write, fsync, rename, directory fsync);
+- ``canonical_json_bytes`` vs ``rfc8785.dumps`` on a 2.5 KB and a 100 KB context (goal: ≥ 5× faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import rfc8785
+
+from bench._util import (
+    append_fsync_floor,
+    atomic_write_floor,
+    bench_dir,
+    interleaved,
+    measure,
+    ratio_line,
+)
+from engine._kinds import ArtifactKind
+from engine.events import DomainEvent, EventEnvelope, StateEntered, encode_envelope
+from engine.hashing import canonical_json_bytes, canonical_json_bytes_reference
+from engine.ids import ArtifactId, RunId, StateId
+from engine.stores._base import encode_batch
+from engine.stores.fs import FsStore
+
+SNAP = ArtifactId("3b" * 32)
+
+
+def envelope(run: RunId, seq: int) -> EventEnvelope:
+    """A typical ~300-byte envelope: a fact_recorded domain event (or a StateEntered)."""
+    if seq % 2:
+        event: object = DomainEvent(
+            name="fact_recorded",
+            payload={"key": f"portfolio.fetch_balances:{seq}", "meta": {}, "payload_id": str(SNAP)},
+        )
+    else:
+        event = StateEntered(state_id=StateId("portfolio.main.fetch_balances"), attempt=0, base_snapshot_id=SNAP)
+    return EventEnvelope(run_id=run, seq=seq, ts_millis=1_760_000_000_000 + seq, event=event)
+
+
+def context(target: int) -> dict[str, object]:
+    """A context of nested objects, strings (some non-ASCII), ints, ids and lists of about ``target`` bytes."""
+    ctx: dict[str, object] = {}
+    i = 0
+    while len(canonical_json_bytes(ctx)) < target:
+        ctx[f"work.step_{i}"] = {
+            "account": f"acct-{i:05d}",
+            "balances": [{"asset": "EUR", "amount_minor": 1000 * i + 7}, {"asset": "BTC", "sats": 21 * i}],
+            "label": f"Überweisung nr {i} ✓",
+            "ok": i % 3 != 0,
+            "snapshot": str(SNAP),
+            "tags": ["daily", "ledger", f"t{i % 7}"],
+        }
+        i += 1
+    return ctx
+
+
+def bench_events(d: Path, n: int) -> None:
+    store = FsStore(d / "store")
+    floor, close_floor = append_fsync_floor(d, 300)
+    loop = asyncio.new_event_loop()
+    r1, r10 = RunId.new_v4(), RunId.new_v4()
+    warmup = 20
+    one = [envelope(r1, s) for s in range(1, n + warmup + 2)]
+    ten = [[envelope(r10, 10 * b + k + 1) for k in range(10)] for b in range(n + warmup + 1)]
+    heads = {"one": 0, "ten": 0}
+
+    async def append_one() -> None:
+        h = heads["one"]
+        heads["one"] = await store.events.append(r1, h, [one[h]])
+
+    async def append_ten() -> None:
+        h = heads["ten"]
+        heads["ten"] = await store.events.append(r10, h, ten[h // 10])
+
+    size = len(encode_envelope(one[0])) + 1
+    print(f"events: {d} ({os.statvfs(d).f_bsize}-byte blocks); 1-event line = {size} bytes")
+    stats = interleaved({"floor": floor, "append-1": append_one, "append-10": append_ten}, n, warmup=warmup, loop=loop)
+    close_floor()
+    print(f"  raw 300 B append+fdatasync floor  {stats['floor']}")
+    print(f"  fs append, 1-event batch          {stats['append-1']}")
+    print(f"  fs append, 10-event batch         {stats['append-10']}")
+    print("  " + ratio_line("1-event append", stats["append-1"], stats["floor"], goal=1.3))
+    print("  " + ratio_line("10-event append", stats["append-10"], stats["floor"]))
+    enc = measure(lambda: encode_batch(r1, 0, [one[0]]), 2000)
+    print(f"  of which validation + encoding of 1 envelope (encode_batch): p50 {enc.p50:.1f} µs")
+    store.close()
+
+
+def bench_artifacts(d: Path, n: int) -> None:
+    store = FsStore(d / "store")
+    floor = atomic_write_floor(d / "floor-artifacts", 2500)
+    loop = asyncio.new_event_loop()
+    blobs = iter([os.urandom(2500) for _ in range(n + 40)])
+
+    async def put() -> None:
+        await store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, next(blobs))
+
+    stats = interleaved({"floor": floor, "put": put}, n, warmup=20, loop=loop)
+    print("artifacts: 2500-byte blobs, all new")
+    print(f"  atomic write floor (tmp+write+fsync+rename+dir fsync)  {stats['floor']}")
+    print(f"  fs artifact put                                         {stats['put']}")
+    print("  " + ratio_line("artifact put", stats["put"], stats["floor"]))
+    store.close()
+
+
+def bench_canonical() -> None:
+    print("canonical JSON (secrets scan + float/int checks + encoding) vs rfc8785.dumps alone:")
+    for label, target, n in (("2.5 KB", 2500, 3000), ("100 KB", 100_000, 60)):
+        ctx = context(target)
+        out = canonical_json_bytes(ctx)
+        assert out == rfc8785.dumps(ctx)
+        fast = measure(lambda c=ctx: canonical_json_bytes(c), n)  # type: ignore[misc]
+        ref = measure(lambda c=ctx: rfc8785.dumps(c), n)  # type: ignore[misc]
+        full_ref = measure(lambda c=ctx: canonical_json_bytes_reference(c), max(n // 3, 20))  # type: ignore[misc]
+        mb_s = len(out) / (fast.p50 / 1e6) / 1e6
+        print(
+            f"  {label} ({len(out)} B): canonical_json_bytes p50 {fast.p50:8.1f} µs ({mb_s:.0f} MB/s) | "
+            f"rfc8785.dumps p50 {ref.p50:8.1f} µs | checks+rfc8785 p50 {full_ref.p50:8.1f} µs | "
+            f"speed-up vs rfc8785.dumps {ref.p50 / fast.p50:.1f}× (goal ≥ 5×)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", help="scratch directory base (default: $MFM_BENCH_DIR or the system temp dir)")
+    parser.add_argument("-n", type=int, default=400, help="samples per measurement (default 400)")
+    args = parser.parse_args()
+    with bench_dir("mfm-bench-store-", args.dir) as d:
+        bench_events(d, args.n)
+        bench_artifacts(d, max(args.n // 2, 50))
+    bench_canonical()
+
+
+if __name__ == "__main__":
+    main()
