@@ -110,8 +110,80 @@ def _float_error() -> CanonicalJsonError:
     return CanonicalJsonError(CanonicalJsonErrorKind.FLOAT_NOT_ALLOWED, "floats are not allowed in canonical JSON")
 
 
+_PLAIN = 0
+_SLOW_KEYS = 1
+_UNUSUAL = 2
+
+
+def _walk_plain(value: Any, strings: list[str]) -> int:
+    """The common case in one tight pass: plain dict/list/str/int/bool/None (and str subclasses as values).
+
+    Collects every string; returns ``_PLAIN``, ``_SLOW_KEYS`` (a key at or above U+D800: use rfc8785) or
+    ``_UNUSUAL`` (anything else: floats, unsafe ints, tuples, other types, non-str keys), after which the exact
+    :func:`_check_general` walk decides.
+    """
+    add = strings.append
+    stack: list[Any] = [[value]]
+    pop = stack.pop
+    push = stack.append
+    lo, hi = -MAX_SAFE_INTEGER, MAX_SAFE_INTEGER
+    result = _PLAIN
+    while stack:
+        v = pop()
+        if type(v) is dict:
+            for k, x in v.items():
+                if type(k) is not str:
+                    return _UNUSUAL
+                add(k)
+                if not k.isascii() and max(k) >= _SURROGATES_START:
+                    result = _SLOW_KEYS
+                t = type(x)
+                if t is str:
+                    add(x)
+                elif t is int:
+                    if not lo <= x <= hi:
+                        return _UNUSUAL
+                elif t is dict or t is list:
+                    push(x)
+                elif x is None or t is bool:
+                    continue
+                elif isinstance(x, str):
+                    add(x)
+                else:
+                    return _UNUSUAL
+        else:
+            for x in v:
+                t = type(x)
+                if t is str:
+                    add(x)
+                elif t is int:
+                    if not lo <= x <= hi:
+                        return _UNUSUAL
+                elif t is dict or t is list:
+                    push(x)
+                elif x is None or t is bool:
+                    continue
+                elif isinstance(x, str):
+                    add(x)
+                else:
+                    return _UNUSUAL
+    return result
+
+
 def _check(value: Any) -> bool:
     """The single walk. Raise like :func:`check_canonical_value`; return True if stdlib json is unsafe."""
+    strings: list[str] = []
+    shape = _walk_plain(value, strings)
+    if shape == _UNUSUAL:
+        return _check_general(value)
+    if _strings_contain_secrets(strings):
+        raise CanonicalJsonError(CanonicalJsonErrorKind.SECRETS_NOT_ALLOWED, "value contains secret-looking content")
+    return shape == _SLOW_KEYS
+
+
+def _check_general(value: Any) -> bool:
+    """The exact walk for any value (subclasses, tuples, errors). Raise like :func:`check_canonical_value`;
+    return True if stdlib json is unsafe."""
     strings: list[str] = []
     add = strings.append
     stack = [value]

@@ -186,3 +186,37 @@ def test_secret_scan_equals_detector(value: Any) -> None:
     except CanonicalJsonError as exc:
         found = exc.is_secret
     assert found == expected
+
+
+# --- the plain-shape walk agrees with the exact walk on every value ----------------------------------------------
+
+_ODD_SCALARS = st.one_of(
+    _SCALARS,
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([_Color.RED, _Name.A, ArtifactId("b" * 64), object(), b"bytes"]),
+)
+_ODD_JSON = st.recursive(
+    _ODD_SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children),
+        st.dictionaries(st.one_of(_TEXT, st.integers(0, 3), st.none()), children, max_size=4),
+    ),
+    max_leaves=10,
+)
+
+
+def _outcome(check: Any, value: Any) -> Any:
+    try:
+        return ("ok", check(value))
+    except CanonicalJsonError as exc:
+        return ("error", exc.kind)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ODD_JSON)
+def test_plain_walk_agrees_with_the_exact_walk(value: Any) -> None:
+    from engine.hashing import _check, _check_general
+
+    assert _outcome(_check, value) == _outcome(_check_general, value)
