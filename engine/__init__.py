@@ -48,8 +48,18 @@ from engine.io import IoCall, IoProvider, IoResult
 from engine.meta import Idempotency, SideEffectKind, StateMeta
 from engine.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
 from engine.recorder import EventRecorder
+from engine.runtime import (
+    CancelToken,
+    Clock,
+    Engine,
+    Failpoints,
+    ReplayVerdict,
+    Sleeper,
+    request_cancel,
+    side_effect_fact_key,
+)
 from engine.state import SnapshotPolicy, State, StateOutcome
-from engine.stores import ArtifactStore, EventStore, MemoryStore
+from engine.stores import ArtifactStore, EventStore, FsStore, MemoryStore
 
 __version__ = "0.1.0"
 
@@ -58,6 +68,8 @@ __all__ = [
     "ArtifactKind",
     "ArtifactStore",
     "BuildProvenance",
+    "CancelToken",
+    "Clock",
     "ContextCheckpointing",
     "ContextError",
     "ContextKey",
@@ -65,6 +77,7 @@ __all__ = [
     "DomainEvent",
     "Duration",
     "DynContext",
+    "Engine",
     "ErrorCategory",
     "ErrorCode",
     "ErrorInfo",
@@ -76,8 +89,10 @@ __all__ = [
     "ExecutionPlan",
     "Exponential",
     "FactKey",
+    "Failpoints",
     "FanOutJoin",
     "Fixed",
+    "FsStore",
     "Idempotency",
     "IoCall",
     "IoError",
@@ -89,6 +104,7 @@ __all__ = [
     "MfmError",
     "OpId",
     "OpPath",
+    "ReplayVerdict",
     "RetryPolicy",
     "RunCompleted",
     "RunConfig",
@@ -101,6 +117,7 @@ __all__ = [
     "RunStatus",
     "Sequential",
     "SideEffectKind",
+    "Sleeper",
     "SnapshotPolicy",
     "StartRun",
     "State",
@@ -120,4 +137,6 @@ __all__ = [
     "artifact_id_for_bytes",
     "artifact_id_for_json",
     "canonical_json_bytes",
+    "request_cancel",
+    "side_effect_fact_key",
 ]

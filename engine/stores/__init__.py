@@ -9,6 +9,7 @@ from engine.stores._base import (
     EventStore,
     RunLister,
 )
+from engine.stores.fs import FsArtifactStore, FsEventStore, FsStore
 from engine.stores.memory import MemoryArtifactStore, MemoryEventStore, MemoryStore
 
 __all__ = [
@@ -18,6 +19,9 @@ __all__ = [
     "ChangeBatch",
     "ControlStore",
     "EventStore",
+    "FsArtifactStore",
+    "FsEventStore",
+    "FsStore",
     "MemoryArtifactStore",
     "MemoryEventStore",
     "MemoryStore",
