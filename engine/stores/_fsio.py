@@ -100,7 +100,7 @@ def translate(exc: BaseException, code: str, action: str, path: str) -> StorageE
     if isinstance(exc, OSError):
         num = exc.errno or 0
         if num == errno.ELOOP:
-            reason = "refusing to follow a symlink planted in the store"
+            reason = "refusing to follow a symlink (or other non-regular file) planted in the store"
         else:
             reason = exc.strerror or str(exc) or type(exc).__name__
         details: dict[str, JsonValue] = {"path": path, "errno": errno.errorcode.get(num, str(num)), "action": action}

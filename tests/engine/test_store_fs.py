@@ -22,7 +22,7 @@ from engine.errors import StorageError, StorageErrorKind
 from engine.events import encode_envelope
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, RunId
-from engine.stores import fs as fs_module
+from engine.stores import _fscore
 from engine.stores._fsio import FsOps
 from engine.stores.fs import STORE_VERSION, FsStore
 from tests.engine.store_contract import StoreContract, domain, env, envs, new_run
@@ -318,13 +318,13 @@ async def test_missing_or_garbled_kind_file_is_unknown(store: FsStore, root: Pat
 async def test_reads_scan_only_new_bytes(store: FsStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """read_range does not re-parse the file: each refresh scans from the end of what is already indexed."""
     scans: list[int] = []
-    real_scan = fs_module.scan
+    real_scan = _fscore.scan
 
     def counting_scan(log: Any, run_id: str, size: int, pread: Any) -> None:
         scans.append(log.end)
         real_scan(log, run_id, size, pread)
 
-    monkeypatch.setattr(fs_module, "scan", counting_scan)
+    monkeypatch.setattr(_fscore, "scan", counting_scan)
     run = new_run()
     writer = FsStore(root)
     await writer.events.append(run, 0, envs(run, 1, 50))
@@ -678,6 +678,16 @@ async def test_failed_fsync_that_cannot_be_taken_back_leaves_the_batch_whole_or_
     got = await FsStore(root).events.read_range(run, 0)
     assert got in ([env(run, 1)], envs(run, 1, 4))
     assert await store.events.append(run, len(got), [env(run, len(got) + 1)]) == len(got) + 1
+
+
+async def test_append_after_the_run_folder_was_removed_and_recreated(root: Path) -> None:
+    store = FsStore(root)
+    run = new_run()
+    await store.events.append(run, 0, envs(run, 1, 2))
+    shutil.rmtree(store.run_dir(run))  # the cached fds now point at unlinked files
+    assert await store.events.head_seq(run) == 0
+    assert await store.events.append(run, 0, [env(run, 1)]) == 1
+    assert await FsStore(root).events.read_range(run, 0) == [env(run, 1)]
 
 
 async def test_many_runs_with_few_open_files(root: Path) -> None:

@@ -1,0 +1,268 @@
+"""Shared state of one ``FsStore``: cached append fds, per-run committed views, the change journal, file helpers.
+
+See :mod:`engine.stores.fs` for the layout and the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.ids import RunId
+from engine.stores._fsio import DIR_MODE, FILE_MODE, FsOps, fail
+from engine.stores._fslog import RunLog, scan
+
+__all__ = ["ARTIFACT_IO", "EVENT_IO", "RD_FLAGS", "Core", "Writer", "line_end", "read_all", "tmp_name", "wall_millis"]
+
+EVENT_IO = "event_store_io"
+ARTIFACT_IO = "artifact_store_io"
+RD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_tmp_counter = itertools.count()
+
+
+def wall_millis() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def tmp_name(directory: str, tag: str) -> str:
+    """A temp file name in ``directory``: ``.tmp-<tag>-<pid>-<n>`` (never a valid id, so never read as data)."""
+    return f"{directory}/.tmp-{tag}-{os.getpid()}-{next(_tmp_counter)}"
+
+
+@dataclass(slots=True)
+class Writer:
+    lock_fd: int
+    fd: int
+
+
+class Core:
+    """State shared by the event and artifact stores of one ``FsStore``."""
+
+    def __init__(self, root: str, ops: FsOps, now_millis: Callable[[], int], max_open_runs: int) -> None:
+        self.root = root
+        self.runs = f"{root}/runs"
+        self.artifacts = f"{root}/artifacts"
+        self.journal = f"{root}/changes.log"
+        self.ops = ops
+        self.now_millis = now_millis
+        self.max_open_runs = max(1, max_open_runs)
+        self.lock = threading.RLock()
+        self.logs: dict[RunId, RunLog] = {}
+        self.writers: OrderedDict[RunId, Writer] = OrderedDict()
+        self.journal_fd: int | None = None
+        self.journal_torn = False
+        """The last journal write was short or failed: start the next line on a fresh line."""
+        self.pid = os.getpid()
+
+    # -- files -------------------------------------------------------------------------------------------------
+
+    def open_create(self, path: str, flags: int) -> tuple[int, bool]:
+        """Open ``path`` for writing, creating it 0600 if missing; return ``(fd, created)``."""
+        ops = self.ops
+        try:
+            return ops.open(path, flags), False
+        except FileNotFoundError:
+            pass
+        try:
+            fd = ops.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            return ops.open(path, flags), False
+        try:
+            ops.fchmod(fd, FILE_MODE)
+        except BaseException:
+            ops.close(fd)
+            raise
+        return fd, True
+
+    def write_new_file(self, directory: str, final: str, data: bytes, *, sync: bool) -> bool:
+        """Write ``data`` to a temp file and link it to ``final`` (never replacing it); False if it existed."""
+        ops = self.ops
+        tmp = tmp_name(directory, Path(final).name[:16])
+        fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            try:
+                ops.fchmod(fd, FILE_MODE)
+                ops.write_all(fd, data)
+                if sync:
+                    ops.fdatasync(fd)
+            finally:
+                ops.close(fd)
+            try:
+                ops.link(tmp, final)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(OSError):  # a leftover temp file is harmless
+                ops.unlink(tmp)
+
+    def make_dir(self, path: str, parent: str) -> None:
+        if self.ops.mkdir(path, DIR_MODE):
+            self.ops.fsync_dir(parent)
+
+    # -- run directories and writers -----------------------------------------------------------------------------
+
+    def run_dir(self, run_id: RunId) -> str:
+        return f"{self.runs}/{run_id}"
+
+    def writer(self, run_id: RunId) -> Writer:
+        if os.getpid() != self.pid:  # forked: inherited fds share our locks, never use them
+            self.writers.clear()
+            self.journal_fd = None
+            self.pid = os.getpid()
+        w = self.writers.get(run_id)
+        if w is not None:
+            self.writers.move_to_end(run_id)
+            return w
+        run_dir = self.run_dir(run_id)
+        path = f"{run_dir}/events.jsonl"
+        try:
+            self.make_dir(run_dir, self.runs)
+            lock_fd, _ = self.open_create(f"{run_dir}/events.lock", os.O_RDWR)
+            try:
+                fd, created = self.open_create(path, os.O_RDWR | os.O_APPEND)
+                if created:
+                    self.ops.fsync_dir(run_dir)
+            except BaseException:
+                self.ops.close(lock_fd)
+                raise
+        except OSError as exc:
+            fail(exc, EVENT_IO, "open for append", path)
+        w = self.writers[run_id] = Writer(lock_fd, fd)
+        while len(self.writers) > self.max_open_runs:
+            _, old = self.writers.popitem(last=False)
+            self.close_writer(old)
+        return w
+
+    def close_writer(self, w: Writer) -> None:
+        """Close both fds (closing the lock fd releases a held flock) and mark the writer closed (-1)."""
+        for fd in (w.fd, w.lock_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    self.ops.close(fd)
+        w.fd = w.lock_fd = -1
+
+    def drop_writer(self, run_id: RunId) -> None:
+        w = self.writers.pop(run_id, None)
+        if w is not None:
+            self.close_writer(w)
+
+    def close(self) -> None:
+        with self.lock:
+            for w in self.writers.values():
+                self.close_writer(w)
+            self.writers.clear()
+            if self.journal_fd is not None:
+                with contextlib.suppress(OSError):
+                    self.ops.close(self.journal_fd)
+                self.journal_fd = None
+
+    # -- the committed view of a run ------------------------------------------------------------------------------
+
+    def log_for(self, run_id: RunId, st: os.stat_result) -> RunLog:
+        log = self.logs.get(run_id)
+        if log is None:
+            log = self.logs[run_id] = RunLog()
+        ident = (st.st_dev, st.st_ino)
+        if log.ident != ident or st.st_size < log.end:
+            log.reset(ident)
+        return log
+
+    def refresh(self, run_id: RunId) -> tuple[RunLog | None, int | None]:
+        """Bring the cached view of a run up to date without locking; ``(None, None)`` for an unknown run.
+
+        Returns the log and an fd open on the file (caller closes it) when one had to be opened.
+        """
+        path = f"{self.run_dir(run_id)}/events.jsonl"
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            fail(exc, EVENT_IO, "stat", path)
+        if not stat.S_ISREG(st.st_mode):  # a symlink (or a directory, a fifo...) planted in place of the file
+            fail(OSError(errno.ELOOP, "not a regular file"), EVENT_IO, "open", path)
+        log = self.log_for(run_id, st)
+        if st.st_size == log.end:
+            return log, None
+        fd: int | None = None
+        try:
+            fd = os.open(path, RD_FLAGS)
+            st = os.fstat(fd)
+            log = self.log_for(run_id, st)
+            scan(log, run_id, st.st_size, lambda n, off: os.pread(fd, n, off))
+        except OSError as exc:
+            if fd is not None:
+                os.close(fd)
+            fail(exc, EVENT_IO, "read", path)
+        return log, fd
+
+    def sync_locked(self, run_id: RunId, w: Writer) -> RunLog | None:
+        """Under the run's flock: the exact committed view, with any torn tail quarantined and truncated.
+
+        ``None`` if the cached fd's file was unlinked (the run folder was removed): reopen and retry.
+        """
+        st = os.fstat(w.fd)
+        if st.st_nlink == 0:
+            return None
+        log = self.log_for(run_id, st)
+        if st.st_size != log.end:
+            scan(log, run_id, st.st_size, lambda n, off: os.pread(w.fd, n, off))
+            if st.st_size > log.end:
+                self.quarantine(run_id, w, log.end, st.st_size)
+        return log
+
+    def quarantine(self, run_id: RunId, w: Writer, start: int, size: int) -> None:
+        """Copy the torn tail ``[start, size)`` aside (fsynced), then truncate the event file to ``start``."""
+        ops = self.ops
+        run_dir = self.run_dir(run_id)
+        aside = f"{run_dir}/events.jsonl.torn-{start}-{self.now_millis()}"
+        fd, _ = self.open_create(aside, os.O_WRONLY | os.O_APPEND)
+        try:
+            pos = start
+            while pos < size:
+                chunk = os.pread(w.fd, min(1 << 20, size - pos), pos)
+                if not chunk:
+                    break
+                ops.write_all(fd, chunk)
+                pos += len(chunk)
+            ops.fsync(fd)
+        finally:
+            ops.close(fd)
+        ops.fsync_dir(run_dir)
+        ops.ftruncate(w.fd, start)
+        ops.fsync(w.fd)
+
+    def note_change(self, run_id: RunId, head: int) -> None:
+        """Append ``<run_id> <head>`` to the change journal; a hint, so failures are ignored."""
+        try:
+            if self.journal_fd is None:
+                self.journal_fd, _ = self.open_create(self.journal, os.O_WRONLY | os.O_APPEND)
+            line = (b"\n" if self.journal_torn else b"") + f"{run_id} {head}\n".encode()
+            self.journal_torn = True
+            self.journal_torn = self.ops.write(self.journal_fd, line) != len(line)
+        except OSError:
+            pass
+
+
+def line_end(fd: int, size: int) -> int:
+    """Offset just past the last complete line of the journal (size 0 → 0)."""
+    tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
+    return size - len(tail) + tail.rfind(b"\n") + 1
+
+
+def read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = [os.read(fd, max(size, 1 << 16))]
+    while chunks[-1]:
+        chunks.append(os.read(fd, 1 << 20))
+    return b"".join(chunks)
