@@ -75,6 +75,12 @@ class RunStatus(StrEnum):
         return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
+_FINAL_STATUS: Mapping[EngineRunStatus, RunStatus] = {
+    EngineRunStatus.COMPLETED: RunStatus.COMPLETED,
+    EngineRunStatus.FAILED: RunStatus.FAILED,
+    EngineRunStatus.CANCELLED: RunStatus.CANCELLED,
+}
+
 URGENCY: Mapping[RunStatus, int] = {
     RunStatus.FAILED: 0,
     RunStatus.WORKER_LOST: 1,
@@ -277,11 +283,14 @@ class RunModel:
         self.anomalies: list[str] = []
         self.manifest: RunManifest | None = None
         self.plan: PlanShape | None = None
-        self.lease = lease
-        self.cancel_requested = cancel_requested
+        self._status: RunStatus | None = None
+        self._urgency = 0
+        self._lease = lease
+        self._cancel_requested = cancel_requested
         self.load_error: tuple[str, str] | None = None
         """``(code, message)`` when the run could not be read (set by the watcher)."""
         self._open: list[StateId] = []
+        self._skip: frozenset[str] = frozenset()
         if plan is not None:
             self.set_plan(plan)
         if manifest is not None:
@@ -290,7 +299,9 @@ class RunModel:
     # ------------------------------------------------------------------ inputs
 
     def set_manifest(self, manifest: RunManifest) -> None:
+        self._status = None
         self.manifest = manifest
+        self._skip = frozenset(manifest.run_config.skip_tags)
         if self.op_id is None:
             self.op_id = manifest.op_id
         for sv in self.states.values():
@@ -298,6 +309,7 @@ class RunModel:
             self._refresh(sv)
 
     def set_plan(self, plan: PlanShape) -> None:
+        self._status = None
         self.plan = plan
         known = self.states
         self.states = {}
@@ -310,12 +322,12 @@ class RunModel:
             self._refresh(sv)
 
     def set_lease(self, lease: LeaseStatus) -> bool:
-        changed = lease is not self.lease
+        changed = lease is not self._lease
         self.lease = lease
         return changed
 
     def set_cancel_requested(self, requested: bool) -> bool:
-        changed = requested != self.cancel_requested
+        changed = requested != self._cancel_requested
         self.cancel_requested = requested
         return changed
 
@@ -338,6 +350,8 @@ class RunModel:
                 self.last_event_millis = env.ts_millis
             self._fold(env)
             changed = True
+        if changed:
+            self._status = None
         return changed
 
     def _fold(self, env: EventEnvelope) -> None:
@@ -444,9 +458,6 @@ class RunModel:
         if self.plan is not None:
             sv.tags = tuple(self.plan.tags.get(sv.state_id, ()))
 
-    def _skip_tags(self) -> frozenset[str]:
-        return frozenset(self.manifest.run_config.skip_tags) if self.manifest is not None else frozenset()
-
     def _refresh(self, sv: StateView) -> None:
         """Recompute one state's status from its attempts and the run-level inputs."""
         last = sv.last
@@ -482,7 +493,7 @@ class RunModel:
         return last.retryable and (sv.max_attempts is None or last.attempt + 1 < sv.max_attempts)
 
     def _is_skip(self, sv: StateView, att: AttemptView) -> bool:
-        skip = self._skip_tags()
+        skip = self._skip
         if not skip:
             return False
         if self.plan is not None and sv.state_id in self.plan.tags:
@@ -498,21 +509,50 @@ class RunModel:
 
     @property
     def status(self) -> RunStatus:
+        """Cached until the next input changes the model (the runs list reads it many times)."""
+        status = self._status
+        if status is None:
+            status = self._status = self._compute_status()
+            self._urgency = URGENCY[status]
+        return status
+
+    @property
+    def urgency(self) -> int:
+        """``URGENCY[status]`` (0 = most urgent), cached with the status."""
+        if self._status is None:
+            self.status  # noqa: B018 - computes and caches both
+        return self._urgency
+
+    def _compute_status(self) -> RunStatus:
         if self.engine_status is not None:
-            return {
-                EngineRunStatus.COMPLETED: RunStatus.COMPLETED,
-                EngineRunStatus.FAILED: RunStatus.FAILED,
-                EngineRunStatus.CANCELLED: RunStatus.CANCELLED,
-            }[self.engine_status]
+            return _FINAL_STATUS[self.engine_status]
         if self.last_seq == 0:
             return RunStatus.PENDING
-        if self.lease is LeaseStatus.STALE:
+        if self._lease is LeaseStatus.STALE:
             return RunStatus.WORKER_LOST
-        if self.cancel_requested:
+        if self._cancel_requested:
             return RunStatus.CANCELLING
         if any(sv.status is StateStatus.RETRYING for sv in self.states.values()):
             return RunStatus.RETRYING
         return RunStatus.RUNNING
+
+    @property
+    def lease(self) -> LeaseStatus:
+        return self._lease
+
+    @lease.setter
+    def lease(self, value: LeaseStatus) -> None:
+        self._lease = value
+        self._status = None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    @cancel_requested.setter
+    def cancel_requested(self, value: bool) -> None:
+        self._cancel_requested = value
+        self._status = None
 
     @property
     def short_id(self) -> str:

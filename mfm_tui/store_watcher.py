@@ -83,8 +83,9 @@ class StoreWatcher:
         min_interval: float = 0.1,
         side_interval: float = 2.0,
         rescan_interval: float = 10.0,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         use_watchfiles: bool = True,
+        first_paint_pause: float = 0.03,
     ) -> None:
         self.store = store
         self.events = store.events
@@ -97,6 +98,7 @@ class StoreWatcher:
         self.rescan_interval = rescan_interval
         self.batch_size = batch_size
         self.use_watchfiles = use_watchfiles
+        self.first_paint_pause = first_paint_pause
         self.models: dict[RunId, RunModel] = {}
         self.store_error: tuple[str, str] | None = None
         self._cursor: int | None = None
@@ -125,12 +127,18 @@ class StoreWatcher:
             self.store_error = describe_error(exc)
             yield WatchUpdate(errors=[(None, *self.store_error)], initial=True)
             return
-        for i in range(0, len(run_ids), self.batch_size):
+        start = 0
+        size = min(self.batch_size, 100)  # a small first batch: the first screenful paints at once
+        while start < len(run_ids):
             part = WatchUpdate(initial=True)
-            for run_id in run_ids[i : i + self.batch_size]:
+            for run_id in run_ids[start : start + size]:
                 await self._refresh_events(run_id, part)
-            await asyncio.sleep(0)
+            first = start == 0
+            start += size
+            size = self.batch_size
             yield part
+            # Let the UI paint the first screenful before the rest is read (same event loop).
+            await asyncio.sleep(self.first_paint_pause if first else 0)
         # Second pass: manifests and plans (retry limits, countdowns, totals), unfinished runs first.
         pending = sorted(self.models.values(), key=lambda m: m.engine_status is not None)
         for i in range(0, len(pending), self.batch_size):

