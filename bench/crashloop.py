@@ -60,7 +60,9 @@ def params_for(op_id: str, folder: Path) -> dict[str, Any]:
     if op_id == "demo_pipeline":
         return {"words": ["alpha", "beta", "gamma", "delta"]}
     if op_id == "demo_flaky":
-        return {"fail_times": FLAKY_FAILS, "base_delay_ms": 2, "max_delay_ms": 8, "max_attempts": 5}
+        # Orphan restarts take attempt numbers too (ENGINE-SPEC §13: retries are bounded by attempt number), so
+        # many kills inside the flaky state could exhaust a small max_attempts: leave room for them.
+        return {"fail_times": FLAKY_FAILS, "base_delay_ms": 2, "max_delay_ms": 8, "max_attempts": 40}
     if op_id == "demo_fanout":
         return {"items": 6, "max_concurrency": 3, "item_delay_ms": 3}
     if op_id == "demo_side_effect":
