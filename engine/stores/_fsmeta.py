@@ -33,9 +33,7 @@ def open_store(root: str, ops: FsOps) -> dict[str, Any]:
         raise StorageError.other("store_not_a_directory", f"store path {root} exists and is not a directory")
     try:
         if st is None:
-            parent = os.path.dirname(root)
-            os.makedirs(parent, exist_ok=True)
-            ops.mkdir(root, DIR_MODE)
+            _make_dirs(root, ops)
         if not os.access(root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "no write permission")
         meta = _read_meta(meta_path)
@@ -50,7 +48,8 @@ def open_store(root: str, ops: FsOps) -> dict[str, Any]:
             body = {"created_at": datetime.now(UTC).isoformat(), "format": STORE_FORMAT, "version": STORE_VERSION}
             _write_meta(root, meta_path, json.dumps(body, sort_keys=True).encode() + b"\n", ops)
             meta = _read_meta(meta_path)
-            assert meta is not None
+            if meta is None:
+                raise FileNotFoundError(errno.ENOENT, "store.json vanished right after it was written")
         version = meta.get("version") if isinstance(meta, dict) else None
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or version != STORE_VERSION:
             raise StorageError.other(
@@ -88,9 +87,22 @@ def _read_meta(path: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise StorageError.other(
-            "store_version_unknown", f"{path} is not readable store metadata: {exc}"[:300], {"path": path}
-        ) from exc
+        raise translate(exc, "store_version_unknown", "parse the store metadata", path) from exc
+
+
+def _make_dirs(root: str, ops: FsOps) -> None:
+    """Create ``root`` and its missing parents (each 0700), making each new entry durable in its parent."""
+    missing: list[str] = []
+    path = root
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        if ops.mkdir(path, DIR_MODE):
+            ops.fsync_dir(os.path.dirname(path) or ".")
 
 
 def _write_meta(root: str, path: str, data: bytes, ops: FsOps) -> None:
