@@ -6,7 +6,10 @@ project's restrictions: the secrets scan runs first (§12.1), every float is rej
 
 Fast path (ENGINE-SPEC §0.3). One walk over the value checks types and integer ranges, collects
 every string (keys and values) for the secrets scan, and notes whether stdlib ``json`` can produce
-the RFC 8785 bytes. It can when every object is a plain ``dict`` and no key holds a character at or
+the RFC 8785 bytes. The walk is a tight loop for plain ``dict``/``list``/``str``/``int``/``bool``/
+``None`` values; on anything else (floats, unsafe integers, tuples, subclasses, other types) the
+exact general walk takes over, so errors and their precedence are those of the reference checks.
+Stdlib ``json`` is safe when every object is a plain ``dict`` and no key holds a character at or
 above U+D800: stdlib ``sort_keys`` orders keys by code point, RFC 8785 by UTF-16 code unit, and the
 two orders differ only between U+E000..U+FFFF and supplementary-plane characters (surrogates).
 String escaping is identical (``"``, ``\\``, ``\\b \\f \\n \\r \\t``, other controls as lowercase
