@@ -211,7 +211,7 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
         raise StorageError.other("store_unreadable", f"{root_path} is not a folder")
     _check_mode(report, root_path, root_path, st)
     present: dict[ArtifactId, bool] = {}
-    referenced: dict[ArtifactId, tuple[str, int, str]] = {}
+    referenced: dict[ArtifactId, tuple[str, int, str, int]] = {}
     if runs is None:
         _walk_store_files(report, root_path)
         run_ids = _list_runs(report, root_path)
@@ -220,7 +220,7 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
         run_ids = list(runs)
     for run_id in run_ids:
         _check_run(report, root_path, run_id, referenced)
-    for aid, (ref_run, seq, what) in sorted(referenced.items(), key=lambda kv: (kv[1][0], kv[1][1])):
+    for aid, (ref_run, seq, what, count) in sorted(referenced.items(), key=lambda kv: (kv[1][0], kv[1][1])):
         ok = present.get(aid)
         if ok is None:
             ok = _check_artifact_file(report, root_path, aid)
@@ -230,11 +230,11 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
                 Finding(
                     "artifact_missing",
                     "error",
-                    f"{what} {aid} is not in the store",
+                    f"{what} {aid} is not in the store ({count} reference(s) in this run's events)",
                     path=f"runs/{ref_run}/{EVENTS_FILE}",
                     run_id=ref_run,
                     seq=seq,
-                    details={"artifact_id": str(aid), "field": what},
+                    details={"artifact_id": str(aid), "field": what, "references": count},
                 )
             )
     return report
@@ -648,7 +648,7 @@ def _rescan_quiet(root: Path, run_id: RunId) -> _Scan | None:
 
 
 def _check_run(
-    report: DoctorReport, root: Path, run_id: RunId, referenced: dict[ArtifactId, tuple[str, int, str]]
+    report: DoctorReport, root: Path, run_id: RunId, referenced: dict[ArtifactId, tuple[str, int, str, int]]
 ) -> None:
     report.runs_checked += 1
     rel = f"runs/{run_id}/{EVENTS_FILE}"
@@ -792,12 +792,14 @@ def _refs(env: EventEnvelope) -> Iterable[tuple[str, str | None]]:
             yield "fact_recorded.payload_id", pid if isinstance(pid, str) else None
 
 
-def _collect_refs(envs: list[EventEnvelope], run_id: RunId, out: dict[ArtifactId, tuple[str, int, str]]) -> None:
+def _collect_refs(envs: list[EventEnvelope], run_id: RunId, out: dict[ArtifactId, tuple[str, int, str, int]]) -> None:
     for env in envs:
         for what, value in _refs(env):
             if value is None or not _HEX64.fullmatch(value):
                 continue
-            out.setdefault(ArtifactId(value), (run_id, env.seq, what))
+            aid = ArtifactId(value)
+            first = out.setdefault(aid, (run_id, env.seq, what, 0))
+            out[aid] = (*first[:3], first[3] + 1)
 
 
 # ---------------------------------------------------------------------------------------------
