@@ -378,8 +378,11 @@ class CrashLoop:
                 elif self.wait_growth(proc, rec.run_id, size, 60) is not None:
                     proc.join(rng.uniform(0.0, self.kill_factor * work))  # while it works
                 if proc.is_alive() and proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed = True
+                    try:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed = True
+                    except ProcessLookupError:
+                        pass  # it exited just now (not reaped yet): not a crash point
             proc.join(300)
             if proc.is_alive():
                 proc.kill()
