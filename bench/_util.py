@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -87,14 +88,18 @@ def interleaved(
     warmup: int = 10,
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> dict[str, Stats]:
-    """Time every subject ``n`` times, one call of each in turn. A subject returning an awaitable is awaited
-    inline, inside one running event loop (so no task or loop start-up is charged to it)."""
+    """Time every subject ``n`` times, one call of each per round in a shuffled order. A subject returning an
+    awaitable is awaited inline, inside one running event loop (so no task or loop start-up is charged to it)."""
     samples: dict[str, list[int]] = {name: [] for name in subjects}
     clock = time.perf_counter_ns
 
+    order = list(subjects.items())
+    rng = random.Random(1234)
+
     async def run() -> None:
         for i in range(warmup + n):
-            for name, fn in subjects.items():
+            rng.shuffle(order)  # no subject always runs first (right after the others' fsyncs)
+            for name, fn in order:
                 t = clock()
                 result = fn()
                 if isinstance(result, Awaitable):
