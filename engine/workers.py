@@ -355,7 +355,9 @@ def spawn_worker(
         pass_fds = (lease.fd,)
     run_dir = Path(store.run_dir(run_id))
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log_fd = os.open(run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    log_fd = os.open(
+        run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
     try:
         proc = subprocess.Popen(
             cmd,
@@ -551,10 +553,20 @@ async def run_worker(
             _say(f"replaying run {run_id} as {lease_run}")
             verdict = await engine.replay(stores, run_id, cancel=token)
             payload = _verdict_json(verdict)
-            verdict_path(store, lease_run).write_text(json.dumps(payload, sort_keys=True) + "\n")
+            _write_private(verdict_path(store, lease_run), (json.dumps(payload, sort_keys=True) + "\n").encode())
             _say(f"replay verdict: {payload['verdict']}")
             return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
         raise WorkerError.new("usage", f"unknown worker action {action!r}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a store file owner-only (0600 whatever the umask), never through a planted symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _verdict_json(verdict: Any) -> dict[str, Any]:
