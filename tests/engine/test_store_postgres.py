@@ -14,11 +14,27 @@ import psycopg
 import pytest
 
 from engine._kinds import ArtifactKind
+from engine.config import Duration, Fixed, RetryPolicy
+from engine.engine import RunPhase, RunResult, Stores
 from engine.errors import StorageError, StorageErrorKind
 from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStarted, RunStatus, StateEntered
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.runtime import Engine
+from engine.stores.memory import MemoryStore
 from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, PostgresStore, redact_dsn
+from engine.testing import (
+    Fail,
+    FakeClock,
+    FakeSleeper,
+    Flaky,
+    WriteKey,
+    base_config,
+    fixed_run_ids,
+    make_plan,
+    read_events,
+    start_plan,
+)
 from tests.engine.pg_server import PgServer
 from tests.engine.store_contract import StoreContract
 
@@ -442,3 +458,31 @@ async def test_cancel_requests_use_the_injected_clock(pg_server: PgServer, pg_sc
     async with PostgresStore(pg_server.dsn(), schema=pg_schema, clock=lambda: 1_234_567) as store:
         req = await store.events.request_cancel(run, "stop")
     assert req.requested_at_millis == 1_234_567
+
+
+# -- the engine on PostgreSQL ----------------------------------------------------------------------------------
+
+
+async def test_engine_run_on_postgres_writes_the_same_bytes_as_on_the_memory_store(pg_store: PostgresStore) -> None:
+    """A run with a retry and a failure, then a resume: identical envelopes (byte for byte) on both backends."""
+
+    async def run_on(stores: Stores) -> tuple[RunResult, RunResult, list[str]]:
+        plan = make_plan(
+            [("s1", WriteKey("a", 1)), ("s2", Flaky(failures=1, key="b")), ("s3", Fail("boom"))],
+            [("s1", "s2"), ("s2", "s3")],
+        )
+        engine = Engine(
+            clock=FakeClock(step=1), sleeper=FakeSleeper(), run_ids=fixed_run_ids(), plan_resolver=lambda _: plan
+        )
+        cfg = base_config(retry_policy=RetryPolicy(max_attempts=2, backoff=Fixed(delay=Duration(secs=0, nanos=0))))
+        first = await start_plan(engine, stores, plan, cfg)
+        again = await engine.resume(stores, first.run_id)
+        return first, again, [e.to_json() for e in await read_events(stores, first.run_id)]
+
+    on_memory = await run_on(MemoryStore().stores)
+    on_pg = await run_on(pg_store.stores)
+    assert on_pg == on_memory
+    first, again, lines = on_pg
+    assert first.phase is RunPhase.FAILED and again.phase is RunPhase.FAILED
+    assert len(lines) == 10  # RS, E/C s1, E/F/E/C s2, E/F s3, RC
+    assert await pg_store.events.list_runs() == [first.run_id]
