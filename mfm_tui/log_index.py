@@ -3,12 +3,12 @@
 An event file (``runs/<id>/events.jsonl``) holds one wire-form envelope per line, and line ``i`` (0-based) is the
 envelope with ``seq == i + 1``. So the end of a huge file can be shown at once: read its last 64 KiB, decode the last
 complete line, and its seq is the number of lines. The full index of line starts (an ``array('q')``, 8 bytes a line)
-is built afterwards, off the UI thread, with one regex pass over an ``mmap``. Only committed lines are shown: the
+is built afterwards, off the UI thread, in one sequential pass of large reads. Only committed lines are shown: the
 filesystem store frames each batch (continuation lines end with ``" \\n"``, the batch's last line with ``"\\n"``),
 and a batch still being written, or torn by a crash, stays invisible until its final newline lands.
 
-Searching and filtering work on raw bytes (``mmap.find`` / ``re.finditer``), and a hit is mapped to its line by
-bisecting the offsets; no line is parsed unless it is shown.
+Searching and filtering work on raw bytes (``bytes.find`` over 4 MiB reads, off the UI thread for big files), and a
+hit is mapped to its line by bisecting the offsets; no line is parsed unless it is shown.
 
 Two sources share one interface, :class:`LogSource`: :class:`FileLogSource` for a filesystem store and
 :class:`ListLogSource` for stores that only hand out envelopes (the in-memory store).
@@ -23,7 +23,7 @@ import re
 import threading
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 TAIL_BYTES = 64 * 1024
+_WINDOW = 4 << 20
 _NEWLINE = re.compile(b"\n")
 
 
@@ -311,13 +312,28 @@ class FileLogSource:
         self._first = self._count - len(starts)
 
     def build_index(self) -> None:
-        """Index every complete line (one pass over an mmap). Safe to call from a worker thread."""
+        """Index every committed line: one sequential pass in ``_WINDOW``-sized reads. Safe in a worker thread.
+
+        Plain reads, not an mmap: the pages of a 200 MB file would otherwise count in the monitor's resident memory.
+        """
         size = self._size()
-        if size == 0:
-            self.indexed = True
-            return
-        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            nl = committed(newline_offsets(mm, 0, size), mm)
+        nl = array("q")
+        with open(self.path, "rb") as fh:
+            pos = 0
+            while pos < size:
+                chunk = fh.read(min(_WINDOW, size - pos))
+                if not chunk:
+                    break
+                nl.extend(pos + o for o in newline_offsets(chunk))
+                pos += len(chunk)
+            k = len(nl)
+            while k and nl[k - 1] > 0:  # drop newlines of a batch still being written (see ``committed``)
+                fh.seek(nl[k - 1] - 1)
+                if fh.read(1) != b" ":
+                    break
+                k -= 1
+        if k < len(nl):
+            nl = nl[:k]
         starts = array("q", [0])
         starts.extend(o + 1 for o in nl)
         starts.pop()
@@ -386,31 +402,50 @@ class FileLogSource:
         if not needle or not self._starts or start >= self._count or (backwards and start < self._first):
             return -1
         allowed = None if among is None else set(among)
-        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            first_off, last_off = self._starts[0], self._end
-            if backwards:
-                span = self._span(min(start, self._count - 1))
-                hi = span[1] if span else last_off
-                while True:
-                    pos = mm.rfind(needle, first_off, hi)
-                    if pos < 0:
-                        return -1
-                    line = self.line_of_offset(pos)
-                    if allowed is None or line in allowed:
-                        return line
-                    lspan = self._span(line)
-                    hi = lspan[0] if lspan else pos
+        first_off, end = self._starts[0], self._end
+        if backwards:
+            span = self._span(min(start, self._count - 1))
+            hits = self._scan(needle, first_off, span[1] if span else end, backwards=True)
+        else:
             span = self._span(max(start, self._first))
-            lo = span[0] if span else first_off
-            while True:
-                pos = mm.find(needle, lo, last_off)
-                if pos < 0:
-                    return -1
-                line = self.line_of_offset(pos)
-                if allowed is None or line in allowed:
-                    return line
-                lspan = self._span(line)
-                lo = lspan[1] + 1 if lspan else pos + 1
+            hits = self._scan(needle, span[0] if span else first_off, end)
+        for pos in hits:
+            line = self.line_of_offset(pos)
+            if allowed is None or line in allowed:
+                return line
+        return -1
+
+    def _scan(self, needle: bytes, lo: int, hi: int, *, backwards: bool = False) -> Iterator[int]:
+        """Offsets of ``needle`` in ``[lo, hi)``, read in windows (each read and search holds the GIL briefly)."""
+        n = len(needle)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if not backwards:
+                pos = lo
+                while pos < hi:
+                    stop = min(hi, pos + _WINDOW + n - 1)
+                    chunk = os.pread(fd, stop - pos, pos)
+                    i = chunk.find(needle)
+                    while i >= 0:
+                        yield pos + i
+                        i = chunk.find(needle, i + 1)
+                    if stop >= hi:
+                        return
+                    pos = stop - n + 1
+            else:
+                top = hi
+                while top > lo:
+                    bottom = max(lo, top - _WINDOW - n + 1)
+                    chunk = os.pread(fd, top - bottom, bottom)
+                    i = chunk.rfind(needle)
+                    while i >= 0:
+                        yield bottom + i
+                        i = chunk.rfind(needle, 0, i + n - 1)
+                    if bottom <= lo:
+                        return
+                    top = bottom + n - 1
+        finally:
+            os.close(fd)
 
     def filter(self, flt: LogFilter) -> array[int]:
         """Lines matching every condition: one raw-byte scan per needle, hits mapped to lines."""
@@ -418,11 +453,31 @@ class FileLogSource:
         if not conds or not self._starts:
             return array("q", range(self._first, self._count))
         result: set[int] | None = None
-        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for alts in conds:
-                lines: set[int] = set()
-                for needle in alts:
-                    for m in re.compile(re.escape(needle)).finditer(mm, self._starts[0], self._end):
-                        lines.add(self.line_of_offset(m.start()))
-                result = lines if result is None else result & lines
+        for alts in conds:
+            lines = set(self.lines_containing(alts))
+            result = lines if result is None else result & lines
         return array("q", sorted(result or ()))
+
+    def lines_containing(self, needles: Sequence[bytes], stop: int | None = None) -> array[int]:
+        """Sorted indexes of the (indexed) lines below ``stop`` holding any of ``needles`` (raw windowed scans)."""
+        if not self._starts or not needles:
+            return array("q")
+        end = self._end if stop is None or stop >= self._count else self._starts[stop - self._first]
+        found: set[int] = set()
+        for needle in needles:
+            for pos in self._scan(needle, self._starts[0], end):
+                found.add(self.line_of_offset(pos))
+        return array("q", sorted(found))
+
+    def read_lines(self, lines: Sequence[int]) -> list[bytes]:
+        """Several lines' bytes (lines not indexed are skipped)."""
+        out: list[bytes] = []
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for line in lines:
+                span = self._span(line)
+                if span is not None:
+                    out.append(os.pread(fd, span[1] - span[0], span[0]))
+        finally:
+            os.close(fd)
+        return out

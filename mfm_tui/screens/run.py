@@ -35,7 +35,7 @@ from engine.events import DomainEvent, EventEnvelope, decode_envelope
 from engine.ids import ArtifactId, RunId
 from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock, SystemClock
-from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogSource, parse_query
+from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogSource, parse_query, summarize
 from mfm_tui.messages import StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
@@ -47,6 +47,9 @@ from mfm_tui.widgets.state_panel import StatePanel
 __all__ = ["EventDialog", "RunScreen", "events_path_of"]
 
 POLL_SECONDS = 0.25
+_FOLD_NEEDLES = (b'{"Kernel":', b'"name":"fact_recorded"', b'"name":"retry_scheduled"')
+_ADOPT_GAP = 5000
+"""Use the app watcher's model of the run when it is at most this many events behind the file."""
 NARROW = 100
 
 
@@ -206,7 +209,12 @@ class RunScreen(Screen[None]):
                 return
             self.source = src
             self.query_one(EventLog).set_source(src)
-            self._fold_file(src)
+            shared = self._shared_model()
+            if shared is not None and len(src) - shared.last_seq <= _ADOPT_GAP:
+                self._index_file(src)
+                self.run_worker(self._adopt_model(shared), group="run-adopt")
+            else:
+                self._fold_file(src)
         else:
             self.run_worker(self._load_from_store(), exclusive=True, group="run-load")
 
@@ -218,31 +226,49 @@ class RunScreen(Screen[None]):
             return
         src = ListLogSource(envs)
         self.source = src
-        model = RunModel(self.run_id)
+        model = self._shared_model() or RunModel(self.run_id)
         model.apply(envs)
         await self._adopt_model(model)
         self.query_one(EventLog).set_source(src)
 
-    @work(thread=True, exclusive=True, group="run-fold")
-    def _fold_file(self, src: FileLogSource) -> None:
-        """Index the whole file, then fold every event into a fresh model (off the UI thread)."""
+    def _shared_model(self) -> RunModel | None:
+        """The app watcher's model of this run (already folded), when it has one."""
+        models = getattr(getattr(self.app, "watcher", None), "models", None)
+        model = models.get(self.run_id) if isinstance(models, dict) else None
+        return model if isinstance(model, RunModel) and model.last_seq > 0 else None
+
+    @work(thread=True, exclusive=True, group="run-index")
+    def _index_file(self, src: FileLogSource) -> None:
         src.build_index()
         self.app.call_from_thread(self.query_one(EventLog).index_ready)
+
+    @work(thread=True, exclusive=True, group="run-fold")
+    def _fold_file(self, src: FileLogSource) -> None:
+        """Index the whole file, then fold it into a fresh model (off the UI thread).
+
+        Only the lines the model needs are decoded: kernel events, ``fact_recorded`` and ``retry_scheduled`` (found
+        by raw-byte scans of the file); the other domain events only advance the seq. A run of a million events
+        with a few thousand state attempts folds in about a second.
+        """
+        src.build_index()
+        self.app.call_from_thread(self.query_one(EventLog).index_ready)
+        total = len(src)
         model = RunModel(self.run_id)
-        n = len(src)
-        batch: list[EventEnvelope] = []
+        wanted = src.lines_containing(_FOLD_NEEDLES, total)
         try:
-            for i in range(n):
-                raw = src.raw(i)
-                if raw is None:
-                    break
-                batch.append(decode_envelope(raw))
-                if len(batch) >= 4096:
-                    model.apply(batch)
-                    batch = []
-            model.apply(batch)
+            for start in range(0, len(wanted), 4096):
+                chunk = wanted[start : start + 4096]
+                envs = [decode_envelope(raw) for raw in src.read_lines(chunk)]
+                for env in envs:
+                    model.last_seq = env.seq - 1  # the skipped lines are domain events the model only counts
+                    model.apply((env,))
         except MfmError as exc:
             model.anomalies.append(f"[{exc.info.code}] {exc.info.message}")
+        model.event_count = model.last_seq = max(model.last_seq, total)
+        last = src.raw(total - 1) if total else None
+        if last is not None:
+            ts = summarize(last).ts_millis
+            model.last_event_millis = ts if ts is not None else model.last_event_millis
         self.app.call_from_thread(self._adopt_model_sync, model)
 
     def _adopt_model_sync(self, model: RunModel) -> None:
@@ -250,7 +276,7 @@ class RunScreen(Screen[None]):
 
     async def _adopt_model(self, model: RunModel) -> None:
         """Give the model its manifest, plan shape, lease and cancel flag, then show it."""
-        if model.manifest_id is not None:
+        if model.manifest_id is not None and model.manifest is None:
             try:
                 raw = await read_canonical_json(self.store.artifacts, ArtifactId(model.manifest_id))
                 manifest = RunManifest.model_validate(raw)

@@ -30,6 +30,8 @@ from mfm_tui.widgets.state_graph import ascii_text
 __all__ = ["EventLog", "format_time"]
 
 _CACHE_LINES = 2048
+_SYNC_LIMIT = 20_000
+"""Event files with more lines than this are filtered and searched by worker threads."""
 
 
 def format_time(ts_millis: int | None) -> str:
@@ -182,7 +184,7 @@ class EventLog(ScrollView, can_focus=True):
             self.view = None
             self._after_view_change()
             return
-        if isinstance(self.source, FileLogSource) and len(self.source) > 20_000:
+        if isinstance(self.source, FileLogSource) and len(self.source) > _SYNC_LIMIT:
             self._filtering = True
             self._filter_worker(flt)
         else:
@@ -215,14 +217,31 @@ class EventLog(ScrollView, can_focus=True):
         self.post_message(self.ViewChanged())
 
     def find(self, *, backwards: bool = False) -> bool:
-        """Move to the next (previous) line containing the search text; return whether one was found."""
+        """Move to the next (previous) line containing the search text.
+
+        Small logs are searched at once (returns whether a line was found); a big event file is searched by a
+        worker thread (``mmap.find``) and the cursor moves when it answers (returns ``False`` meanwhile).
+        """
         if not self.search or self.row_count == 0:
             return False
         start_row = self.cursor + (-1 if backwards else 1)
-        start_line = self.line_at(max(0, min(start_row, self.row_count - 1)))
         if start_row < 0 or start_row >= self.row_count:
+            self.app.bell()
             return False
-        hit = self.source.find(self.search.encode(), start_line, backwards=backwards, among=self.view)
+        start_line = self.line_at(start_row)
+        needle = self.search.encode()
+        if isinstance(self.source, FileLogSource) and len(self.source) > _SYNC_LIMIT:
+            self._find_worker(needle, start_line, backwards, self.view)
+            return False
+        return self._found(self.source.find(needle, start_line, backwards=backwards, among=self.view))
+
+    @work(thread=True, exclusive=True, group="log-find")
+    def _find_worker(self, needle: bytes, start: int, backwards: bool, view: array[int] | None) -> None:
+        hit = self.source.find(needle, start, backwards=backwards, among=view)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._found, hit)
+
+    def _found(self, hit: int) -> bool:
         if hit < 0:
             self.app.bell()
             return False

@@ -188,3 +188,20 @@ def test_list_source_extend_ignores_known_seqs() -> None:
     assert src.extend(envs[1:]) == len(envs) - 3
     assert len(src) == len(envs)
     assert src.raw(len(envs)) is None
+
+
+def test_windowed_search_crosses_window_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mfm_tui.log_index as log_index
+
+    monkeypatch.setattr(log_index, "_WINDOW", 64)  # far smaller than a line: every search spans many windows
+    envs = _envelopes(40)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs)
+    src = FileLogSource(path)
+    src.build_index()
+    failed = [i for i, e in enumerate(envs) if isinstance(e.event, StateFailed)]
+    assert list(src.lines_containing([b"http_503"])) == failed
+    assert src.find(b"http_503", 0) == failed[0]
+    assert src.find(b"http_503", len(envs) - 1, backwards=True) == failed[-1]
+    assert src.find(b"http_503", failed[-1] + 1) == -1
+    assert list(src.filter(LogFilter(kind="StateFailed"))) == failed
