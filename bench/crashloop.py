@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     ns = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        root = Path(ns.store) if ns.store else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        root = Path(ns.store) if ns.store else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mfm-crashloop-")))
         summary = run_crashloop(
             root,
             crash_points=ns.crash_points,
