@@ -31,14 +31,14 @@ from engine.plan import ExecutionPlan
 from mfm_tui.clock import Clock, SystemClock
 from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
 from mfm_tui.messages import ErrorReported, RunSelected, RunsUpdated, StoreChanged
-from mfm_tui.run_model import LeaseProbe, PlanShape
+from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.help import HelpEntry, HelpScreen
 from mfm_tui.screens.runs import RunsScreen
 from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
 
-__all__ = ["MfmApp", "make_app", "store_label"]
+__all__ = ["MfmApp", "default_lease_probe", "make_app", "store_label"]
 
 _HIDDEN_ACTIONS = frozenset(
     {"screen.copy_text", "copy_text", "command_palette", "app.focus_next", "app.focus_previous"}
@@ -57,6 +57,21 @@ def store_label(store: Any) -> str:
         return "~" + path[len(home) :] if home != "/" and path.startswith(home + os.sep) else path
     name = type(store).__name__.removesuffix("Store").lower()
     return name or "store"
+
+
+def default_lease_probe(store: Any) -> LeaseProbe | None:
+    """For a filesystem store (it has ``run_dir``): ``engine.workers.lease_state``; otherwise none."""
+    if not callable(getattr(store, "run_dir", None)):
+        return None
+    try:
+        from engine.workers import lease_state
+    except ImportError:
+        return None
+
+    def probe(run_id: RunId) -> LeaseStatus:
+        return lease_status_of(lease_state(store, run_id))
+
+    return probe
 
 
 class _NullFile:
@@ -121,11 +136,11 @@ class MfmApp(App[None]):
         self.store = store
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.read_only = read_only
-        self.lease_probe = lease_probe
+        self.lease_probe = lease_probe if lease_probe is not None else default_lease_probe(store)
         self._plan_resolver = plan_resolver
         self.watch_store = watch
         self.loaded = False
-        self.watcher = StoreWatcher(store, lease_probe=lease_probe, plan_resolver=plan_resolver)
+        self.watcher = StoreWatcher(store, lease_probe=self.lease_probe, plan_resolver=plan_resolver)
         for item in THEMES.values():
             self.register_theme(item)
         self.theme = resolve_theme_name(theme)

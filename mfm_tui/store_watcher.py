@@ -83,9 +83,11 @@ class StoreWatcher:
         min_interval: float = 0.1,
         side_interval: float = 2.0,
         rescan_interval: float = 10.0,
-        batch_size: int = 1000,
+        slice_seconds: float = 0.05,
+        first_slice_seconds: float = 0.01,
+        slice_pause: float = 0.003,
+        first_paint_pause: float = 0.05,
         use_watchfiles: bool = True,
-        first_paint_pause: float = 0.03,
     ) -> None:
         self.store = store
         self.events = store.events
@@ -96,9 +98,11 @@ class StoreWatcher:
         self.min_interval = min_interval
         self.side_interval = side_interval
         self.rescan_interval = rescan_interval
-        self.batch_size = batch_size
-        self.use_watchfiles = use_watchfiles
+        self.slice_seconds = slice_seconds
+        self.first_slice_seconds = first_slice_seconds
+        self.slice_pause = slice_pause
         self.first_paint_pause = first_paint_pause
+        self.use_watchfiles = use_watchfiles
         self.models: dict[RunId, RunModel] = {}
         self.store_error: tuple[str, str] | None = None
         self._cursor: int | None = None
@@ -127,29 +131,37 @@ class StoreWatcher:
             self.store_error = describe_error(exc)
             yield WatchUpdate(errors=[(None, *self.store_error)], initial=True)
             return
-        start = 0
-        size = min(self.batch_size, 100)  # a small first batch: the first screenful paints at once
-        while start < len(run_ids):
-            part = WatchUpdate(initial=True)
-            for run_id in run_ids[start : start + size]:
-                await self._refresh_events(run_id, part)
-            first = start == 0
-            start += size
-            size = self.batch_size
+        # Time-sliced so the UI stays responsive while a big store loads in the same event loop:
+        # yield an update (and the loop) every ``slice_seconds`` of work, the first one very early.
+        part = WatchUpdate(initial=True)
+        budget = self.first_slice_seconds
+        t0 = time.perf_counter()
+        first = True
+        for run_id in run_ids:
+            await self._refresh_events(run_id, part)
+            if time.perf_counter() - t0 >= budget:
+                yield part
+                # A real (short) sleep: the UI needs several loop turns to handle a message and paint.
+                await asyncio.sleep(self.first_paint_pause if first else self.slice_pause)
+                part, budget, t0 = WatchUpdate(initial=True), self.slice_seconds, time.perf_counter()
+                first = False
+        if part:
             yield part
-            # Let the UI paint the first screenful before the rest is read (same event loop).
-            await asyncio.sleep(self.first_paint_pause if first else 0)
         # Second pass: manifests and plans (retry limits, countdowns, totals), unfinished runs first.
         pending = sorted(self.models.values(), key=lambda m: m.engine_status is not None)
-        for i in range(0, len(pending), self.batch_size):
-            part = WatchUpdate(initial=True)
-            for model in pending[i : i + self.batch_size]:
-                if await self._refresh_manifest(model):
-                    part.updated.add(model.run_id)
-            await self._refresh_side([m.run_id for m in pending[i : i + self.batch_size]], part)
-            await asyncio.sleep(0)
-            if part:
-                yield part
+        part = WatchUpdate(initial=True)
+        t0 = time.perf_counter()
+        for model in pending:
+            if await self._refresh_manifest(model):
+                part.updated.add(model.run_id)
+            await self._refresh_side([model.run_id], part)
+            if time.perf_counter() - t0 >= self.slice_seconds:
+                if part:
+                    yield part
+                await asyncio.sleep(self.slice_pause)
+                part, t0 = WatchUpdate(initial=True), time.perf_counter()
+        if part:
+            yield part
         self._last_side = self._last_rescan = time.monotonic()
 
     async def poll(self, *, force_side: bool = False) -> WatchUpdate:

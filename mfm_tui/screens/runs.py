@@ -8,6 +8,7 @@ rebuilds its row order when ``RunsUpdated`` arrives. Row order and filtering are
 from __future__ import annotations
 
 import importlib
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from mfm_tui.widgets.welcome import Welcome
 __all__ = ["SORT_KEYS", "RunFilter", "RunsScreen", "order_models"]
 
 SORT_KEYS = ("urgency", "newest", "oldest", "op", "duration")
+LOADING_REBUILD_SECONDS = 0.3
 
 _STATUS_WORDS: Mapping[str, frozenset[RunStatus]] = {
     **{s.value: frozenset({s}) for s in RunStatus},
@@ -142,6 +144,7 @@ class RunsScreen(Screen[None]):
         self.loaded = False
         self.store_error: tuple[str, str] | None = None
         self._rebuild_pending = False
+        self._last_rebuild = 0.0
         self._glyphs = glyphs
 
     def compose(self) -> ComposeResult:
@@ -216,13 +219,20 @@ class RunsScreen(Screen[None]):
     # ------------------------------------------------------------------ handlers
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
-        # Coalesce: a burst of updates already queued costs one rebuild.
-        if not self._rebuild_pending:
-            self._rebuild_pending = True
+        # Coalesce: a burst of updates already queued costs one rebuild; while a big store is still
+        # loading, rebuild at most every LOADING_REBUILD_SECONDS (each rebuild sorts every run).
+        if self._rebuild_pending:
+            return
+        self._rebuild_pending = True
+        wait = 0.0 if self.loaded else self._last_rebuild + LOADING_REBUILD_SECONDS - time.monotonic()
+        if wait > 0:
+            self.set_timer(wait, self._rebuild_now)
+        else:
             self.call_later(self._rebuild_now)
 
     def _rebuild_now(self) -> None:
         self._rebuild_pending = False
+        self._last_rebuild = time.monotonic()
         self.rebuild()
 
     @on(StatusTabs.TabChanged)

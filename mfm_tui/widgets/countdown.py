@@ -82,8 +82,10 @@ class Countdown(Static):
 
     target_millis: reactive[int | None] = reactive(None)
 
-    def __init__(self, clock: Clock, target_millis: int | None = None, **kwargs: object) -> None:
-        super().__init__("", **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self, clock: Clock, target_millis: int | None = None, *, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__("", id=id, classes=classes)
         self._clock = clock
         self.set_reactive(Countdown.target_millis, target_millis)
 

@@ -263,3 +263,28 @@ async def test_empty_store_shows_the_welcome_then_the_first_run() -> None:
 async def wait(pilot: Any) -> None:
     await pilot.pause()
     await pilot.pause()
+
+
+async def test_countdown_widget_follows_the_clock() -> None:
+    from textual.app import App, ComposeResult
+
+    from mfm_tui.widgets.countdown import Countdown
+
+    clock = FrozenClock(1_000_000)
+
+    class _Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield Countdown(clock, 1_007_000, id="cd")
+
+    app = _Host()
+    async with app.run_test() as pilot:
+        widget = app.query_one(Countdown)
+        assert str(widget.render()) == "in 7s"
+        clock.advance(5_500)
+        widget.tick()
+        assert str(widget.render()) == "in 2s"
+        widget.target_millis = None
+        await pilot.pause()
+        assert str(widget.render()) == ""
+        widget.target_millis = 1_000_000
+        assert str(widget.render()) == "due"
