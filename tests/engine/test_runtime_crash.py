@@ -1,0 +1,231 @@
+"""The runtime under SIGKILL in real processes, resumed in new processes (ENGINE-SPEC §0.5, §0.10, §4.3, §13).
+
+The plan of ``tests/engine/crash_child.py`` (retry, fan-out of three under ``FanOutJoin{2}``, an exec call, an
+``ApplySideEffect`` state with ``Idempotency::Key``) runs on an ``FsStore`` in child processes forked from a
+``multiprocessing`` forkserver that preloaded the engine (fresh processes that start in milliseconds).
+
+- Boundaries: for every k in 1..N (N = the appends of the uninterrupted run) a child SIGKILLs itself right after
+  its k-th append returned; a new process resumes.
+- Random instants: seeded, a child is SIGKILLed by the parent at a random instant; resumes are themselves killed at
+  random instants some of the time, until one completes.
+
+Every killed run must end Completed with the final snapshot id of the uninterrupted run, its stream must pass the
+runtime's attempt-envelope analysis with one RunStarted, one RunCompleted and every state completed once, and the
+side effect must be applied exactly once (one line in the effect file, one side-effect fact). At boundaries, where
+a kill can never fall between the effect and its durable fact, the transport must also have been reached only once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine._runtime.envelopes import analyze
+from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStarted, RunStatus, StateCompleted
+from engine.hashing import canonical_json_bytes
+from engine.runtime import side_effect_fact_key
+from engine.stores.fs import FsStore
+from engine.testing import sid
+from tests.engine import crash_child
+from tests.engine.crash_child import EXIT_ERROR, IDEMPOTENCY_KEY, RUN_ID
+
+pytestmark = pytest.mark.slow
+
+RANDOM_KILLS = 20
+SEED = 20261126
+MAX_KILLED_RESUMES = 3
+CHILD_TIMEOUT_S = 60.0
+STATES = ("flaky", "fan_b", "fan_c", "fan_d", "run_exec", "apply_effect")
+EXPECTED_FINAL = {
+    "input": "crash",
+    "flaky": "ok",
+    "fan_b": 2,
+    "fan_c": 3,
+    "fan_d": 4,
+    "exec": {"echo": {"b": 2}, "program": "echo_json"},
+    "effect": {"applied": IDEMPOTENCY_KEY},
+}
+
+_CTX = multiprocessing.get_context("forkserver")
+_CTX.set_forkserver_preload(crash_child.PRELOAD)
+
+
+@dataclass(frozen=True)
+class Reference:
+    bin_dir: Path
+    final: str
+    heads: list[int]
+    wall_s: float
+
+
+def _spawn(mode: str, work: Path, bin_dir: Path, kill_after: int | None = None) -> Any:
+    """Start a child; return once it is running ``child_main`` (so a kill delay measures engine work only)."""
+    started = _CTX.Event()
+    proc = _CTX.Process(target=crash_child.child_main, args=(mode, str(work), str(bin_dir), kill_after, started))
+    proc.start()
+    if not started.wait(CHILD_TIMEOUT_S):
+        proc.kill()
+        pytest.fail(f"child did not start within {CHILD_TIMEOUT_S} s ({work})")
+    return proc
+
+
+def _join(proc: Any, work: Path) -> int:
+    proc.join(CHILD_TIMEOUT_S)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+        pytest.fail(f"child {proc.pid} did not finish within {CHILD_TIMEOUT_S} s ({work})")
+    code: int = proc.exitcode
+    if code == EXIT_ERROR:
+        pytest.fail(f"child failed in {work}:\n{(work / 'error.txt').read_text()}")
+    assert code in (0, -signal.SIGKILL), f"unexpected exit status {code} in {work}"
+    return code
+
+
+def _result(work: Path) -> dict[str, Any] | None:
+    path = work / "result.json"
+    if not path.exists():
+        return None
+    out: dict[str, Any] = json.loads(path.read_text())
+    return out
+
+
+def _stream(work: Path) -> list[EventEnvelope]:
+    async def read() -> list[EventEnvelope]:
+        return await FsStore(work / "store").events.read_range(RUN_ID, 1, None)
+
+    return asyncio.run(read())
+
+
+def _snapshot(work: Path, artifact_id: str) -> Any:
+    async def read() -> bytes:
+        from engine.ids import ArtifactId
+
+        return await FsStore(work / "store").artifacts.get(ArtifactId(artifact_id))
+
+    return json.loads(asyncio.run(read()))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    bin_dir = tmp_path_factory.mktemp("bin")
+    crash_child.write_program(bin_dir)
+    walls, finals = [], set()
+    for name in ("warmup", "again", "reference"):  # the first also starts the forkserver
+        work = tmp_path_factory.mktemp(name)
+        proc = _spawn("start", work, bin_dir)
+        t0 = time.perf_counter()
+        assert _join(proc, work) == 0
+        walls.append(time.perf_counter() - t0)
+        finals.add((_result(work) or {}).get("final"))
+    assert len(finals) == 1, "uninterrupted runs in three processes must end with the same snapshot"
+    res = _result(work)
+    assert res is not None and res["phase"] == "Completed"
+    assert _snapshot(work, res["final"]) == EXPECTED_FINAL
+    envs = _stream(work)
+    assert len(envs) == res["heads"][-1]
+    _check_outcome(work, res["final"], transport_calls=1)
+    # The window random kills are drawn from: child_main entered to exit, the fastest of three runs.
+    return Reference(bin_dir=bin_dir, final=res["final"], heads=res["heads"], wall_s=min(walls))
+
+
+def _check_outcome(work: Path, final: str, *, transport_calls: int | None) -> list[EventEnvelope]:
+    """The run completed with ``final``, its stream is valid, the side effect was applied exactly once."""
+    res = _result(work)
+    assert res is not None, f"no completed process in {work}"
+    assert (res["phase"], res["final"]) == ("Completed", final)
+    envs = _stream(work)
+    assert [e.seq for e in envs] == list(range(1, len(envs) + 1))
+    history = analyze(envs, RUN_ID)  # raises EnvelopeViolation on any attempt-envelope violation
+    assert history.orphans == []
+    assert history.run_completed is not None
+    assert (history.run_completed.status, history.run_completed.final_snapshot_id) == (RunStatus.COMPLETED, final)
+    kinds = Counter(type(e.event) for e in envs)
+    assert (kinds[RunStarted], kinds[RunCompleted]) == (1, 1)
+    assert isinstance(envs[-1].event, RunCompleted)
+    completed = Counter(e.event.state_id for e in envs if isinstance(e.event, StateCompleted))
+    assert completed == Counter({sid(s): 1 for s in STATES})
+    effect_key = side_effect_fact_key(sid("apply_effect"), IDEMPOTENCY_KEY, 0)
+    effect_facts = [
+        e
+        for e in envs
+        if isinstance(e.event, DomainEvent)
+        and e.event.name == "fact_recorded"
+        and isinstance(e.event.payload, dict)
+        and e.event.payload.get("key") == effect_key
+    ]
+    assert len(effect_facts) == 1
+    assert _lines(work / "effect.txt") == [IDEMPOTENCY_KEY]
+    if transport_calls is not None:
+        assert len(_lines(work / "calls.txt")) == transport_calls
+    return envs
+
+
+def test_reference_run_is_the_planned_shape(reference: Reference) -> None:
+    """The uninterrupted run: a retry, three fan-out branches, an exec fact, a side-effect fact; 2N+1+ appends."""
+    assert reference.heads == sorted(set(reference.heads))
+    assert len(reference.heads) >= 2 * len(STATES) + 1
+    assert canonical_json_bytes(EXPECTED_FINAL)  # the expected snapshot is canonical JSON (no floats)
+
+
+def test_sigkill_after_every_append_then_resume_in_new_process(reference: Reference, tmp_path: Path) -> None:
+    for k in range(1, len(reference.heads) + 1):
+        work = tmp_path / f"k{k:02d}"
+        work.mkdir()
+        assert _join(_spawn("start", work, reference.bin_dir, kill_after=k), work) == -signal.SIGKILL
+        assert _result(work) is None
+        assert len(_stream(work)) == reference.heads[k - 1], f"kill after append {k}: stream not at that boundary"
+        assert _join(_spawn("resume", work, reference.bin_dir), work) == 0
+        _check_outcome(work, reference.final, transport_calls=1)
+
+
+def test_sigkill_at_random_instants_then_resume_until_completed(reference: Reference, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    window = reference.wall_s
+    kills = 0
+    killed_resumes = 0
+    restarts = 0
+    reapplied = 0
+    for i in range(RANDOM_KILLS):
+        work = tmp_path / f"r{i:02d}"
+        work.mkdir()
+        proc = _spawn("start", work, reference.bin_dir)
+        time.sleep(rng.uniform(0.0, window))
+        proc.kill()
+        kills += _join(proc, work) == -signal.SIGKILL
+        rounds = 0
+        while _result(work) is None:
+            # Killed before RunStarted was durable: the run does not exist, so it is started again (resume would
+            # rightly answer run_not_found).
+            mode = "resume" if _stream(work) else "start"
+            restarts += mode == "start"
+            proc = _spawn(mode, work, reference.bin_dir)
+            if rounds < MAX_KILLED_RESUMES and rng.random() < 0.5:
+                time.sleep(rng.uniform(0.0, window / 2))
+                proc.kill()
+                killed_resumes += _join(proc, work) == -signal.SIGKILL
+            else:
+                assert _join(proc, work) == 0
+            rounds += 1
+        _check_outcome(work, reference.final, transport_calls=None)
+        # >1 only when a kill fell between the effect and its durable fact: the external key check absorbed it.
+        reapplied += len(_lines(work / "calls.txt")) > 1
+    print(
+        f"\nrandom SIGKILLs: {kills} of {RANDOM_KILLS} starts killed before completing, {killed_resumes} resumes"
+        f" killed too, {restarts} restarts (killed before RunStarted was durable), {reapplied} runs whose effect"
+        f" transport was reached twice; kill window {window * 1000:.0f} ms"
+    )
