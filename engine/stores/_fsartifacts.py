@@ -11,8 +11,8 @@ from engine._kinds import ArtifactKind
 from engine.errors import StorageError
 from engine.ids import ArtifactId
 from engine.stores._base import check_artifact_id
-from engine.stores._fscore import ARTIFACT_IO, RD_FLAGS, Core, read_all
-from engine.stores._fsio import fail
+from engine.stores._fscore import ARTIFACT_IO, RD_FLAGS, Core, read_all, tmp_name
+from engine.stores._fsio import FILE_MODE, fail
 
 __all__ = ["FsArtifactStore"]
 
@@ -30,8 +30,19 @@ class FsArtifactStore:
         return f"{self._core.artifacts}/{artifact_id[:2]}/{artifact_id}"
 
     def _read_verified(self, artifact_id: ArtifactId, path: str) -> bytes:
+        data = self._read_if_present(artifact_id, path)
+        if data is None:
+            raise StorageError.not_found(
+                "artifact_not_found", f"artifact not found: {artifact_id}", {"artifact_id": str(artifact_id)}
+            )
+        return data
+
+    def _read_if_present(self, artifact_id: ArtifactId, path: str) -> bytes | None:
+        """The verified bytes, or ``None`` if there is no such file."""
         try:
             fd = os.open(path, RD_FLAGS)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             fail(exc, ARTIFACT_IO, "open", path)
         try:
@@ -49,6 +60,30 @@ class FsArtifactStore:
             )
         return data
 
+    def _record_kind(self, directory: str, path: str, kind: ArtifactKind) -> None:
+        """Create ``<id>.kind`` (first kind wins). Written in place, not via a temp file: it is advisory, and a
+        kind file garbled by a crash is replaced here by the next put of the blob."""
+        ops = self._core.ops
+        data = json.dumps(kind.to_wire(), ensure_ascii=False).encode()
+        try:
+            fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            if _read_kind(path) is None:
+                tmp = tmp_name(directory, "kind")
+                fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                try:
+                    ops.fchmod(fd, FILE_MODE)
+                    ops.write_all(fd, data)
+                finally:
+                    ops.close(fd)
+                ops.rename(tmp, path)  # our own sidecar, never a blob
+            return
+        try:
+            ops.fchmod(fd, FILE_MODE)
+            ops.write_all(fd, data)
+        finally:
+            ops.close(fd)
+
     async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
         if not isinstance(kind, ArtifactKind):
             raise StorageError.other("artifact_kind_invalid", f"not an ArtifactKind: {kind!r}"[:200])
@@ -57,16 +92,11 @@ class FsArtifactStore:
         core = self._core
         directory = f"{core.artifacts}/{aid[:2]}"
         path = f"{directory}/{aid}"
-        try:
-            self._read_verified(aid, path)
+        if self._read_if_present(aid, path) is not None:
             return aid  # already stored and intact: never overwritten
-        except StorageError as exc:
-            if exc.code != "artifact_not_found":
-                raise
-        kind_bytes = json.dumps(kind.to_wire(), ensure_ascii=False).encode()
         try:
             core.make_dir(directory, core.artifacts)
-            core.write_new_file(directory, f"{path}.kind", kind_bytes, sync=False)
+            self._record_kind(directory, f"{path}.kind", kind)
             linked = core.write_new_file(directory, path, data, sync=True)
             core.ops.fsync_dir(directory)
         except OSError as exc:
@@ -97,12 +127,19 @@ class FsArtifactStore:
         """The kind recorded at the first put; ``None`` if unknown (missing or unreadable kind file)."""
         try:
             aid = ArtifactId(artifact_id)
-            fd = os.open(f"{self._path(aid)}.kind", RD_FLAGS)
-        except (ValueError, OSError):
+        except ValueError:
             return None
-        try:
-            return ArtifactKind.from_wire(json.loads(read_all(fd)))
-        except (ValueError, OSError):
-            return None
-        finally:
-            os.close(fd)
+        return _read_kind(f"{self._path(aid)}.kind")
+
+
+def _read_kind(path: str) -> ArtifactKind | None:
+    try:
+        fd = os.open(path, RD_FLAGS)
+    except OSError:
+        return None
+    try:
+        return ArtifactKind.from_wire(json.loads(read_all(fd)))
+    except (ValueError, OSError):
+        return None
+    finally:
+        os.close(fd)
