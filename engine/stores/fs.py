@@ -31,7 +31,8 @@ reports every run.
 Artifacts (same layout and codes as the reference project's filesystem artifact store): a put writes the kind
 file, then the bytes to a temp file in the same directory, ``fdatasync``s, ``link``s it into place (an existing id
 is never overwritten, it is verified instead) and fsyncs the directory. Every read re-hashes
-(``artifact_corruption`` on mismatch). The kind file is advisory (not fsynced): the blob is the truth.
+(``artifact_corruption`` on mismatch). The kind file is advisory (written in place, not fsynced; one garbled by a
+crash is replaced by the next put of its blob): the blob is the truth.
 
 Blocking IO runs inline in the calling coroutine: each call is a few syscalls and at most two fsyncs, and an
 event-loop thread hop would cost more than it saves. Ids are validated before any path is built, and every
