@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +74,7 @@ class Env:
     debug: bool
     _store: Any = None
     _registry: OperationRegistry | None = None
+    plan_shapes: dict[str, PlanShape] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -155,6 +156,8 @@ def _run_dir_exists(store: Any, run_id: RunId) -> bool:
 
 
 async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunModel:
+    """The run's events folded by ``run_model`` with its manifest, plan shape (states not entered
+    yet count in the totals), lease and cancel request."""
     store = env.store
     envelopes = await store.events.read_range(run_id, 1)
     model = RunModel(run_id)
@@ -164,7 +167,10 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
             manifest = await read_manifest(store.artifacts, model.manifest_id)
             model.set_manifest(manifest)
             if with_plan:
-                model.set_plan(PlanShape.from_plan(env.registry.plan_for(manifest)))
+                shape = env.plan_shapes.get(model.manifest_id)
+                if shape is None:
+                    shape = env.plan_shapes[model.manifest_id] = PlanShape.from_plan(env.registry.plan_for(manifest))
+                model.set_plan(shape)
         except MfmError as err:
             model.anomalies.append(f"manifest/plan unavailable: {err.one_line()}")
     model.set_lease(lease_status_of(lease_state(store, run_id)))
@@ -386,7 +392,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
     async def collect() -> list[RunModel]:
         out = []
         for run_id in await env.store.events.list_runs():
-            model = await load_model(env, RunId(run_id), with_plan=False)
+            model = await load_model(env, RunId(run_id))
             if statuses and model.status.value not in statuses:
                 continue
             if op_ids and (model.op_id or "") not in op_ids:

@@ -99,7 +99,7 @@ class Mfm:
         return value
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition") -> None:
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 180.0, what: str = "condition") -> None:
     """Poll ``predicate`` (a wait for an outside process, not a timing assertion)."""
     deadline = time.monotonic() + timeout
     while not predicate():

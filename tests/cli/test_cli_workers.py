@@ -54,7 +54,7 @@ def _cancel_and_wait(mfm: Mfm, run_id: str) -> float:
     t0 = time.monotonic()
     res = mfm("cancel", run_id)
     assert res.code == 0, res.err
-    wait_until(lambda: isinstance(mfm.read_events(run_id)[-1].event, RunCompleted), timeout=30, what="RunCompleted")
+    wait_until(lambda: isinstance(mfm.read_events(run_id)[-1].event, RunCompleted), timeout=120, what="RunCompleted")
     return time.monotonic() - t0
 
 
