@@ -43,6 +43,7 @@ The DSN's password never appears in a repr or an error message (:func:`redact_ds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -52,7 +53,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, LiteralString, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, LiteralString, NoReturn
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "ChangeNotice",
+    "NotifyMode",
     "PostgresArtifactStore",
     "PostgresEventStore",
     "PostgresStore",
@@ -91,6 +93,7 @@ _MAX_SEQ: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _SECRET_KEYS: Final = ("password", "sslpassword")
 _Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+NotifyMode = Literal["commit", "after", "off"]
 
 
 def redact_dsn(dsn: str) -> str:
@@ -118,12 +121,91 @@ class ChangeNotice:
     head: int
 
 
+class _Notifier:
+    """Sends the ``NOTIFY`` of appends made in ``"after"`` mode from a background task on its own connection.
+
+    An append only records ``run → head`` here (coalescing: a watcher needs only the latest head of each run) and
+    returns; the task sends everything pending as one short, non-durable transaction. So the append's commit never
+    holds PostgreSQL's cluster-wide notify lock during its WAL flush (``"commit"`` mode does: notifying commits
+    serialise), and the notifier's client work overlaps the next append's wait for its flush.
+    """
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        self._pending: dict[RunId, int] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: _Conn | None = None
+
+    def push(self, run_id: RunId, head: int) -> None:
+        if head > self._pending.get(run_id, 0):
+            self._pending[run_id] = head
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="mfm-postgres-notifier")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._send()
+
+    async def _send(self) -> None:
+        batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = await self._core.connect()
+            payloads = [f"{run}:{head}" for run, head in batch.items()]
+            await self._conn.execute(self._core.q.notify_after, [self._core.channel, payloads])
+        except asyncio.CancelledError:  # closing mid-send: keep the batch for the final send, drop the connection
+            for run, head in batch.items():
+                if head > self._pending.get(run, 0):
+                    self._pending[run] = head
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.pgconn.finish()
+            raise
+        except (psycopg.Error, StorageError):
+            # Best effort: the appends are committed; a lost hint delays a watcher until the next append
+            # (monitors also call ``changes_since``). The connection is replaced on the next send.
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    def reset(self) -> None:
+        """The event loop changed: the task and connection belonged to the old one."""
+        if self._conn is not None:
+            self._conn.pgconn.finish()
+        self._conn, self._task, self._wake = None, None, asyncio.Event()
+
+    async def close(self) -> None:
+        """Send what is pending, stop the task, close the connection."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._send()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
 class _Core:
     """Connection pool, schema bootstrap, SQL text and error translation shared by both stores."""
 
-    def __init__(self, dsn: str, schema: str, max_connections: int, clock: Callable[[], int] | None) -> None:
+    def __init__(
+        self, dsn: str, schema: str, max_connections: int, clock: Callable[[], int] | None, notify: NotifyMode
+    ) -> None:
         if not isinstance(schema, str) or _SCHEMA_NAME.fullmatch(schema) is None:
             raise StorageError.other("store_schema_invalid", f"invalid schema name: {schema!r}"[:200])
+        if notify not in ("commit", "after", "off"):
+            raise StorageError.other(
+                "store_notify_invalid", f"notify must be 'commit', 'after' or 'off', not {notify!r}"
+            )
+        self.notify: NotifyMode = notify
         if max_connections < 1:
             raise StorageError.other("store_pool_invalid", "max_connections must be at least 1")
         self.dsn_redacted = redact_dsn(dsn)
@@ -140,6 +222,7 @@ class _Core:
         self._closed = False
         self.q = _Queries(schema)
         self.now_millis: Callable[[], int] = clock or (lambda: time.time_ns() // 1_000_000)
+        self.notifier = _Notifier(self)
 
     # -- errors -------------------------------------------------------------------------------------------------
 
@@ -183,6 +266,7 @@ class _Core:
             self._idle.clear()
             self._slots = asyncio.Semaphore(self._max)
             self._init_lock = asyncio.Lock()
+            self.notifier.reset()
             self._loop = loop
 
     @asynccontextmanager
@@ -203,6 +287,10 @@ class _Core:
                     self._idle.append(conn)
 
     async def close(self) -> None:
+        if self._loop is asyncio.get_running_loop():
+            await self.notifier.close()
+        else:
+            self.notifier.reset()
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
@@ -307,23 +395,31 @@ class _Queries:
             " run AS (INSERT INTO {mfm_runs} (run_id, head, changed_xid)"
             "  SELECT %(run)s, max(seq), pg_current_xact_id() FROM ins HAVING count(*) > 0"
             "  ON CONFLICT (run_id) DO UPDATE SET head = EXCLUDED.head, changed_xid = EXCLUDED.changed_xid"
-            "  RETURNING head),"
+            "  RETURNING head)"
         )
         later = (
             " run AS (UPDATE {mfm_runs} SET head = top.seq, changed_xid = pg_current_xact_id()"
             "  FROM (SELECT max(seq) AS seq FROM ins HAVING count(*) > 0) AS top"
-            "  WHERE run_id = %(run)s RETURNING head),"
+            "  WHERE run_id = %(run)s RETURNING head)"
         )
-        tail = (
-            " note AS (SELECT pg_notify(%(channel)s, %(run)s::text || ':' || head::text) FROM run)"
+        notify_tail = (
+            ", note AS (SELECT pg_notify(%(channel)s, %(run)s::text || ':' || head::text) FROM run)"
             " SELECT (SELECT h FROM head), (SELECT count(*) FROM note)"
         )
+        quiet_tail = " SELECT (SELECT h FROM head), (SELECT count(*) FROM run)"
+        # Keyed by (several events?, first append of the run?, NOTIFY inside the append's transaction?).
         self.append = {
-            (False, True): q(head + one + first + tail),
-            (False, False): q(head + one + later + tail),
-            (True, True): q(head + many + first + tail),
-            (True, False): q(head + many + later + tail),
+            (many_, first_, in_txn): q(
+                head + (many if many_ else one) + (first if first_ else later) + (notify_tail if in_txn else quiet_tail)
+            )
+            for many_ in (False, True)
+            for first_ in (False, True)
+            for in_txn in (False, True)
         }
+        # NOTIFY after the appends committed, as its own transaction: nothing in it needs to be durable.
+        self.notify_after: LiteralString = (
+            "SELECT set_config('synchronous_commit', 'off', true), count(pg_notify(%s, p)) FROM unnest(%s::text[]) p"
+        )
         self.head = q("SELECT coalesce(max(seq), 0) FROM {mfm_events} WHERE run_id = %s")
         self.read = q(
             "SELECT seq, ts_millis, payload FROM {mfm_events}"
@@ -403,7 +499,8 @@ class PostgresEventStore:
                 kind=[e.kind for e in events],
                 payload=payloads,
             )
-        query = self._core.q.append[len(events) > 1, expected_seq == 0]
+        mode = self._core.notify
+        query = self._core.q.append[len(events) > 1, expected_seq == 0, mode == "commit"]
         async with self._core.conn("event_store_io") as conn:
             try:
                 row = await (await conn.execute(query, params)).fetchone()
@@ -411,12 +508,15 @@ class PostgresEventStore:
                 raise StorageError.concurrency(
                     CODE_CONCURRENCY, f"run {run_id}: another writer appended at seq {expected_seq + 1} first"
                 ) from None
-        head = int(row[0]) if row else -1
-        if head != expected_seq:
-            raise StorageError.concurrency(
-                CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
-            )
-        return expected_seq + len(events)
+            head = int(row[0]) if row else -1
+            if head != expected_seq:
+                raise StorageError.concurrency(
+                    CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
+                )
+        new_head = expected_seq + len(events)
+        if mode == "after":
+            self._core.notifier.push(run_id, new_head)
+        return new_head
 
     async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
         run_id = check_run_id(run_id)
@@ -593,10 +693,13 @@ class PostgresStore:
         schema: str = "public",
         max_connections: int = 4,
         clock: Callable[[], int] | None = None,
+        notify: NotifyMode = "after",
     ) -> None:
         """``dsn``: a libpq connection string or URL. ``schema``: where the tables live (several stores can share
-        a database). ``max_connections``: pool size. ``clock``: wall-clock milliseconds for cancel requests."""
-        self._core = _Core(dsn, schema, max_connections, clock)
+        a database). ``max_connections``: pool size. ``clock``: wall-clock milliseconds for cancel requests.
+        ``notify``: when an append sends its ``NOTIFY`` (module docstring): ``"after"`` its commit (default),
+        inside its transaction (``"commit"``), or never (``"off"``)."""
+        self._core = _Core(dsn, schema, max_connections, clock, notify)
         self.events = PostgresEventStore(self._core)
         self.artifacts = PostgresArtifactStore(self._core)
 

@@ -22,7 +22,7 @@ from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.runtime import Engine
 from engine.stores.memory import MemoryStore
-from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, PostgresStore, redact_dsn
+from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, NotifyMode, PostgresStore, redact_dsn
 from engine.testing import (
     Fail,
     FakeClock,
@@ -322,20 +322,47 @@ async def test_artifact_corrupted_in_the_table_is_detected_on_read_and_repaired_
 # -- NOTIFY ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["commit", "after"])
 async def test_notify_is_delivered_on_append_to_a_watcher_on_another_connection(
-    pg_server: PgServer, pg_store: PostgresStore
+    pg_server: PgServer, pg_schema: str, mode: NotifyMode
 ) -> None:
     run = new_run()
-    async with PostgresStore(pg_server.dsn(), schema=pg_store.schema) as monitor, monitor.events.watch() as notices:
-        await pg_store.events.append(run, 0, [env(run, 1), env(run, 2)])
+    async with (
+        PostgresStore(pg_server.dsn(), schema=pg_schema, notify=mode) as writer,
+        PostgresStore(pg_server.dsn(), schema=pg_schema) as monitor,
+        monitor.events.watch() as notices,
+    ):
+        await writer.events.append(run, 0, [env(run, 1), env(run, 2)])
         with pytest.raises(StorageError):
-            await pg_store.events.append(run, 0, [env(run, 1)])  # a lost append notifies nothing
-        await pg_store.events.append(run, 2, [])  # nor does an empty batch
-        await pg_store.events.append(run, 2, [env(run, 3)])
+            await writer.events.append(run, 0, [env(run, 1)])  # a lost append notifies nothing
+        await writer.events.append(run, 2, [])  # nor does an empty batch
+        await writer.events.append(run, 2, [env(run, 3)])
+        heads: list[int] = []
+        while not heads or heads[-1] < 3:
+            notice = await asyncio.wait_for(anext(notices), HANG_GUARD)
+            assert notice.run_id == run
+            heads.append(notice.head)
+    # "commit" sends one notice per append; "after" may coalesce a run's heads into the latest.
+    assert heads == [2, 3] if mode == "commit" else heads in ([2, 3], [3])
+
+
+async def test_notify_off_sends_nothing(pg_server: PgServer, pg_schema: str) -> None:
+    quiet_run, loud_run = new_run(), new_run()
+    async with (
+        PostgresStore(pg_server.dsn(), schema=pg_schema, notify="off") as quiet,
+        PostgresStore(pg_server.dsn(), schema=pg_schema, notify="commit") as loud,
+        quiet.events.watch() as notices,
+    ):
+        await quiet.events.append(quiet_run, 0, [env(quiet_run, 1)])
+        await loud.events.append(loud_run, 0, [env(loud_run, 1)])
         first = await asyncio.wait_for(anext(notices), HANG_GUARD)
-        second = await asyncio.wait_for(anext(notices), HANG_GUARD)
-    assert first == ChangeNotice(run_id=run, head=2)
-    assert second == ChangeNotice(run_id=run, head=3)
+    assert first == ChangeNotice(run_id=loud_run, head=1)  # notifications are ordered: the quiet one never came
+
+
+def test_an_unknown_notify_mode_is_refused() -> None:
+    with pytest.raises(StorageError) as info:
+        PostgresStore("host=/nonexistent", notify="sometimes")  # type: ignore[arg-type]
+    assert info.value.code == "store_notify_invalid"
 
 
 async def test_notify_channels_are_per_schema(pg_server: PgServer, pg_store: PostgresStore) -> None:
