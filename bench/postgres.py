@@ -2,13 +2,15 @@
 
 Starts its own throw-away server (fsync on, ``synchronous_commit = on``) in /tmp, then alternates, in rounds:
 - the floor: one ``INSERT`` of a row of the same size as an event row, autocommit (= one commit), psycopg async;
-- ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append), and of a 10-event batch;
+- ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append: a no-op state makes two),
+  with the default ``notify="after"`` and with ``notify="commit"``; and of a 10-event batch;
 - artifact puts (a new 2.5 KB snapshot; one already stored), to price a whole no-op state.
 Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch), and the CPU each
-costs (this process + its server backend, from /proc): wall time on a shared, busy machine swings with the disk's
-fsync latency, CPU does not. No assertions.
+costs (this process + its server backends, from /proc): wall time on a shared, busy machine swings with the disk's
+fsync latency, CPU much less. Then N concurrent writers (one run each, own connections): appends/s per notify mode
+next to N concurrent floor inserters. No assertions.
 
-    .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60]
+    .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60] [--writers 8]
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from psycopg import sql
 from engine._kinds import ArtifactKind
 from engine.events import EventEnvelope, StateCompleted, StateEntered
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores.postgres import PostgresStore
+from engine.stores.postgres import NotifyMode, PostgresStore
 from tests.engine.pg_server import PgServer
 
 SNAP = ArtifactId("5f" * 32)
+_Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 
 def envelope(run: RunId, seq: int) -> EventEnvelope:
@@ -65,146 +68,182 @@ def backend_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """CPU per operation, client (this process) + server backend: robust to a busy machine, unlike wall time."""
+async def backend_pids(conn: _Conn, app: str) -> list[int]:
+    cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app])
+    return [int(str(r[0])) for r in await cur.fetchall()]
 
-    def __init__(self) -> None:
+
+class Series:
+    """Latencies and CPU (client + the named server backends) of one kind of operation."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.samples: list[float] = []
         self.client = 0.0
         self.server = 0.0
-        self.n = 0
 
-    async def measure(self, pid: int, fn: Callable[[], Awaitable[object]], n: int, out: list[float]) -> None:
-        s0, c0 = backend_cpu_seconds(pid), time.process_time()
+    async def run(self, fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
+        out: list[float] = []
+        s0, c0 = sum(map(backend_cpu_seconds, self.pids)), time.process_time()
         await timed(fn, n, out)
-        self.server += backend_cpu_seconds(pid) - s0
+        self.server += sum(map(backend_cpu_seconds, self.pids)) - s0
         self.client += time.process_time() - c0
-        self.n += n
+        self.samples += out
+        return out
 
-    def per_op_us(self) -> tuple[float, float]:
-        return 1e6 * self.client / self.n, 1e6 * self.server / self.n
-
-
-async def backend_pid(conn: psycopg.AsyncConnection[tuple[object, ...]], app: str) -> int:
-    cur = await conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", [app])
-    rows = await cur.fetchall()
-    if len(rows) != 1:
-        raise RuntimeError(f"expected one backend named {app}, found {len(rows)}")
-    return int(str(rows[0][0]))
+    def cpu_us(self) -> tuple[float, float]:
+        n = len(self.samples)
+        return 1e6 * self.client / n, 1e6 * self.server / n
 
 
-async def bench(server: PgServer, rounds: int, per_round: int) -> None:
-    # One pooled connection, so that one server backend does all the store's work (its CPU is measurable).
-    store_dsn = server.dsn() + " application_name=mfm_bench_store"
-    store = await PostgresStore(store_dsn, schema="bench", max_connections=1).open()
-    await store.events.head_seq(RunId(str(uuid.uuid4())))  # the pool now holds its one connection
-    conn = await psycopg.AsyncConnection.connect(server.dsn() + " application_name=mfm_bench_floor", autocommit=True)
-    floor_pid = await backend_pid(conn, "mfm_bench_floor")
-    store_pid = await backend_pid(conn, "mfm_bench_store")
-    floor_cpu, append_cpu = CpuMeter(), CpuMeter()
-    settings = {}
-    for name in ("fsync", "synchronous_commit", "wal_sync_method", "server_version"):
-        row = await (await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))).fetchone()
-        settings[name] = row[0] if row else "?"
+class Appender:
+    """Sequential appends of prebuilt batches to one run (envelopes are built before the clock starts)."""
+
+    def __init__(self, store: PostgresStore, batch: int, count: int) -> None:
+        self.store = store
+        self.run = RunId(str(uuid.uuid4()))
+        self.batches = [[envelope(self.run, k * batch + i) for i in range(1, batch + 1)] for k in range(count)]
+        self.head = 0
+
+    async def __call__(self) -> None:
+        self.head = await self.store.events.append(self.run, self.head, self.batches.pop(0))
+
+
+async def single_writer(server: PgServer, conn: _Conn, rounds: int, per_round: int) -> dict[str, Series]:
     await conn.execute(
         "CREATE TABLE floor_rows (run_id uuid, seq bigint, ts_millis bigint, kind text, payload text,"
         " PRIMARY KEY (run_id, seq))"
     )
-    floor_run = uuid.uuid4()
-    run1, run10 = RunId(str(uuid.uuid4())), RunId(str(uuid.uuid4()))
-    sample = envelope(run1, 2)
-    payload = sample.to_json()  # a row at least as large as the event row the store writes
-    floor_seq = 0
-    heads = {run1: 0, run10: 0}
+    payload = envelope(RunId(str(uuid.uuid4())), 2).to_json()  # at least as large as the event row
+    floor_run, floor_seq = uuid.uuid4(), [0]
 
     async def floor_insert() -> None:
-        nonlocal floor_seq
-        floor_seq += 1
+        floor_seq[0] += 1
         await conn.execute(
             "INSERT INTO floor_rows (run_id, seq, ts_millis, kind, payload) VALUES (%s, %s, %s, %s, %s)",
-            [floor_run, floor_seq, 0, "StateEntered", payload],
+            [floor_run, floor_seq[0], 0, "StateEntered", payload],
         )
 
-    # Envelopes are built before the clock starts: the engine builds them anyway; the store's cost starts at append.
-    batches = {run1: [[envelope(run1, s)] for s in range(1, 1 + 20 + rounds * per_round)]}
-    n10 = 5 + rounds * (per_round // 3 or 1)
-    batches[run10] = [[envelope(run10, 10 * k + i) for i in range(1, 11)] for k in range(n10)]
-    cursor = {run1: 0, run10: 0}
-
-    async def append(run: RunId) -> None:
-        batch = batches[run][cursor[run]]
-        cursor[run] += 1
-        heads[run] = await store.events.append(run, heads[run], batch)
-
-    floor: list[float] = []
-    one: list[float] = []
-    ten: list[float] = []
-    round_ratios: list[float] = []
-    await timed(floor_insert, 20, [])  # warm-up: prepared statements, caches
-    await timed(lambda: append(run1), 20, [])
-    await timed(lambda: append(run10), 5, [])
-    for _ in range(rounds):
-        f: list[float] = []
-        o: list[float] = []
-        await floor_cpu.measure(floor_pid, floor_insert, per_round, f)
-        await append_cpu.measure(store_pid, lambda: append(run1), per_round, o)
-        await timed(lambda: append(run10), per_round // 3 or 1, ten)
-        floor += f
-        one += o
-        round_ratios.append(stats(o)[0] / stats(f)[0])
-    # A no-op state writes StateEntered and StateCompleted (two 1-event appends) and puts its context snapshot,
-    # which already exists when nothing changed (a put that writes nothing).
+    stores: dict[str, PostgresStore] = {}
+    modes: tuple[NotifyMode, ...] = ("after", "commit")
+    for mode in modes:  # one pooled connection each (+ the notifier's), named so that their CPU can be read
+        dsn = f"{server.dsn()} application_name=mfm_bench_{mode}"
+        stores[mode] = await PostgresStore(dsn, schema=f"bench_{mode}", max_connections=1, notify=mode).open()
+    n = 25 + rounds * per_round
+    appenders = {mode: Appender(stores[mode], 1, n) for mode in modes}
+    ten = Appender(stores["after"], 10, 10 + rounds * max(per_round // 3, 1))
     snapshot = b'{"in":{"params":{"n":1}},"work":{"note":"' + b"x" * 2400 + b'"}}'
-    new_puts: list[float] = []
-    same_puts: list[float] = []
-    blobs = [snapshot.replace(b"params", b"p%06d" % i) for i in range(rounds * per_round)]
-    await store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, snapshot)
-    blob_iter = iter(blobs)
-    for _ in range(rounds):
-        await timed(lambda: store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, next(blob_iter)), per_round, new_puts)
-        await timed(lambda: store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, snapshot), per_round, same_puts)
-    await conn.close()
-    await store.close()
+    blobs = iter([snapshot.replace(b"params", b"p%06d" % i) for i in range(rounds * per_round)])
+    for _ in range(25):  # warm-up: connections, prepared statements, caches
+        await floor_insert()
+        for mode in modes:
+            await appenders[mode]()
+    await ten()
+    await stores["after"].artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, snapshot)
+    await asyncio.sleep(0.05)  # let the notifier open its connection before the pids are read
 
-    f50, f90, fmean = stats(floor)
-    print(
-        f"server: PostgreSQL {settings['server_version']}, fsync={settings['fsync']}, "
-        f"synchronous_commit={settings['synchronous_commit']}, wal_sync_method={settings['wal_sync_method']}, "
-        "unix socket"
-    )
-    print(
-        f"event row payload: {len(payload)} bytes; samples: floor {len(floor)}, 1-event {len(one)}, 10-event {len(ten)}"
-    )
-    print(f"{'':34} {'p50 µs':>10} {'p90 µs':>10} {'mean µs':>10}")
-    print(f"{'floor: 1-row INSERT + COMMIT':34} {f50:10.0f} {f90:10.0f} {fmean:10.0f}")
-    for label, xs in (("append, 1-event batch", one), ("append, 10-event batch", ten)):
-        p50, p90, mean = stats(xs)
-        print(f"{label:34} {p50:10.0f} {p90:10.0f} {mean:10.0f}")
-    p50, _, mean = stats(one)
-    print(
-        f"ratio 1-event append / floor: p50 {p50 / f50:.2f}x, mean {mean / fmean:.2f}x, "
-        f"median of per-round p50 ratios {statistics.median(round_ratios):.2f}x (goal <= 1.5x)"
-    )
-    (fc, fs), (ac, as_) = floor_cpu.per_op_us(), append_cpu.per_op_us()
-    print(
-        f"CPU per op (client + server backend): floor {fc:.0f} + {fs:.0f} µs, 1-event append {ac:.0f} + {as_:.0f} µs;"
-        f" extra CPU per append {ac + as_ - fc - fs:.0f} µs"
-    )
-    t50, _, _ = stats(ten)
-    print(f"10-event batch per event: {t50 / 10:.0f} µs (p50 / 10)")
-    print(f"{'artifact put, new 2.5 KB':34} " + " ".join(f"{x:10.0f}" for x in stats(new_puts)))
-    print(f"{'artifact put, already stored':34} " + " ".join(f"{x:10.0f}" for x in stats(same_puts)))
-    noop = 2 * p50 + stats(same_puts)[0]
-    print(f"no-op state ≈ 2 appends + 1 put of an unchanged snapshot ≈ {noop:.0f} µs (p50s)")
+    floor_pids = await backend_pids(conn, "mfm_bench_floor")
+    series = {"floor": Series(floor_pids)}
+    for mode in modes:
+        series[mode] = Series(await backend_pids(conn, f"mfm_bench_{mode}"))
+    series["ten"] = Series(series["after"].pids)
+    series["put_new"] = Series(series["after"].pids)
+    series["put_same"] = Series(series["after"].pids)
+    ratios: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        floor = await series["floor"].run(floor_insert, per_round)
+        for mode in modes:
+            xs = await series[mode].run(appenders[mode], per_round)
+            ratios[mode].append(stats(xs)[0] / stats(floor)[0])
+        await series["ten"].run(ten, max(per_round // 3, 1))
+        await series["put_new"].run(
+            lambda: stores["after"].artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, next(blobs)), per_round // 2
+        )
+        await series["put_same"].run(
+            lambda: stores["after"].artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, snapshot), per_round // 2
+        )
+    for store in stores.values():
+        await store.close()
+    print(f"event row payload: {len(payload)} bytes; {rounds} rounds of {per_round} ops each, interleaved")
+    print(f"{'single writer':40} {'p50 µs':>8} {'p90 µs':>8} {'mean µs':>8} {'CPU client+server µs':>22}")
+    labels = {
+        "floor": "floor: 1-row INSERT + COMMIT",
+        "after": "append 1 event (notify=after, default)",
+        "commit": "append 1 event (notify=commit)",
+        "ten": "append 10 events (notify=after)",
+        "put_new": "artifact put, new 2.5 KB",
+        "put_same": "artifact put, already stored",
+    }
+    for key, label in labels.items():
+        p50, p90, mean = stats(series[key].samples)
+        client, server_cpu = series[key].cpu_us()
+        print(f"{label:40} {p50:8.0f} {p90:8.0f} {mean:8.0f} {client:11.0f} + {server_cpu:<8.0f}")
+    f50, _, fmean = stats(series["floor"].samples)
+    for mode in modes:
+        p50, _, mean = stats(series[mode].samples)
+        print(
+            f"ratio 1-event append ({mode}) / floor: p50 {p50 / f50:.2f}x, mean {mean / fmean:.2f}x,"
+            f" median of per-round p50 ratios {statistics.median(ratios[mode]):.2f}x (goal <= 1.5x)"
+        )
+    noop = 2 * stats(series["after"].samples)[0] + stats(series["put_same"].samples)[0]
+    print(f"no-op state ~ 2 appends + 1 put of an unchanged snapshot ~ {noop:.0f} µs (p50s)")
+    return series
+
+
+async def many_writers(server: PgServer, writers: int, per_writer: int) -> None:
+    print(f"\n{writers} concurrent writers, one run each, {per_writer} sequential 1-event appends per writer")
+    conns = [await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True) for _ in range(writers)]
+    await conns[0].execute("CREATE TABLE floor_many (run_id uuid, seq bigint, payload text, PRIMARY KEY (run_id, seq))")
+    payload = envelope(RunId(str(uuid.uuid4())), 2).to_json()
+
+    async def inserter(conn: _Conn) -> None:
+        run = uuid.uuid4()
+        for seq in range(1, per_writer + 1):
+            await conn.execute("INSERT INTO floor_many VALUES (%s, %s, %s)", [run, seq, payload])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(inserter(c) for c in conns))
+    floor_rate = writers * per_writer / (time.perf_counter() - t0)
+    print(f"{'floor: 1-row INSERT + COMMIT':40} {floor_rate:8.0f} commits/s")
+    for c in conns:
+        await c.close()
+    modes: tuple[NotifyMode, ...] = ("after", "commit", "off")
+    for mode in modes:
+        store = await PostgresStore(server.dsn(), schema=f"many_{mode}", max_connections=writers, notify=mode).open()
+        appenders = [Appender(store, 1, per_writer) for _ in range(writers)]
+
+        async def drive(a: Appender) -> None:
+            for _ in range(per_writer):
+                await a()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(drive(a) for a in appenders))
+        rate = writers * per_writer / (time.perf_counter() - t0)
+        await store.close()
+        print(f"{'append 1 event (notify=' + mode + ')':40} {rate:8.0f} appends/s ({rate / floor_rate:.2f}x floor)")
+
+
+async def bench(server: PgServer, rounds: int, per_round: int, writers: int) -> None:
+    conn = await psycopg.AsyncConnection.connect(f"{server.dsn()} application_name=mfm_bench_floor", autocommit=True)
+    settings = {}
+    for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method"):
+        row = await (await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))).fetchone()
+        settings[name] = row[0] if row else "?"
+    print("server: PostgreSQL " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ", unix socket")
+    await single_writer(server, conn, rounds, per_round)
+    await conn.close()
+    await many_writers(server, writers, per_round)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-round", type=int, default=60)
+    parser.add_argument("--writers", type=int, default=8)
     args = parser.parse_args()
     server = PgServer.start(durable=True)
     try:
-        asyncio.run(bench(server, args.rounds, args.per_round))
+        asyncio.run(bench(server, args.rounds, args.per_round, args.writers))
     finally:
         server.stop()
 
