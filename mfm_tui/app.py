@@ -221,7 +221,6 @@ class MfmApp(App[None]):
                 gc.freeze()
                 gc.enable()
         self.loaded = True
-        self._home.loaded = True
         self._emit(WatchUpdate(initial=True), force=True)
         if self.watch_store:
             await self.watcher.watch(self._emit)
@@ -234,11 +233,18 @@ class MfmApp(App[None]):
 
     def _emit(self, update: WatchUpdate, *, force: bool = False) -> None:
         """Turn a watcher update into messages (called in the worker; touches no widget)."""
-        self._home.store_error = self.watcher.store_error
         if update.grown:
             self._broadcast(partial(StoreChanged, frozenset(update.grown)))
         if update.updated or update.errors or force:
-            self._broadcast(partial(RunsUpdated, frozenset(update.updated), initial=update.initial))
+            self._broadcast(
+                partial(
+                    RunsUpdated,
+                    frozenset(update.updated),
+                    initial=update.initial,
+                    loaded=self.loaded,
+                    store_error=self.watcher.store_error,
+                )
+            )
         for run_id, code, message in update.errors:
             if run_id is None:
                 self.post_message(ErrorReported(code, message, title="Store unreadable"))

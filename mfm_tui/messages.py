@@ -36,10 +36,21 @@ class RunsUpdated(Message):
     The models themselves live in ``app.watcher.models``; ``initial`` marks the first full load.
     """
 
-    def __init__(self, run_ids: frozenset[RunId], *, initial: bool = False) -> None:
+    def __init__(
+        self,
+        run_ids: frozenset[RunId],
+        *,
+        initial: bool = False,
+        loaded: bool = True,
+        store_error: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.run_ids = run_ids
         self.initial = initial
+        self.loaded = loaded
+        """Whether the first full load has finished (until then the list is still filling)."""
+        self.store_error = store_error
+        """``(code, message)`` while the store itself cannot be read."""
 
 
 class ErrorReported(Message):

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from engine.ids import RunId
+from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
@@ -121,6 +122,7 @@ class RunsScreen(Screen[None]):
         Binding("shift+tab", "step_tab(-1)", "Previous tab", show=False, tooltip="Previous status tab"),
         Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration"),
         Binding("s", "start_run", "Start", tooltip="Start a run"),
+        Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)"),
     ]
 
     def __init__(
@@ -219,6 +221,8 @@ class RunsScreen(Screen[None]):
     # ------------------------------------------------------------------ handlers
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
+        self.loaded = message.loaded
+        self.store_error = message.store_error
         # Coalesce: a burst of updates already queued costs one rebuild; while a big store is still
         # loading, rebuild at most every LOADING_REBUILD_SECONDS (each rebuild sorts every run).
         if self._rebuild_pending:
@@ -273,6 +277,11 @@ class RunsScreen(Screen[None]):
         self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
         self.rebuild()
         self.notify(f"sorted by {self.sort}", timeout=2)
+
+    def action_copy_id(self) -> None:
+        run_id = self.query_one(RunTable).cursor_run_id
+        if run_id is not None:
+            copy_text(self.app, str(run_id), f"run id {run_id[:8]}")
 
     def action_start_run(self) -> None:
         if self.read_only:

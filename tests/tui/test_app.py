@@ -236,7 +236,7 @@ async def test_help_lists_every_binding_of_the_current_screen() -> None:
         described = {e.description: (e.keys, e.group) for e in entries}
         assert described["Open the selected run"] == ("⏎", "This screen")
         assert described["Next run"] == ("j ↓", "This screen") or described["Next run"] == ("↓ j", "This screen")
-        assert not any("Scroll" in d or "Copy" in d for d in described)
+        assert not any("Scroll" in d or "Copy selected text" in d for d in described)
         assert "Next status tab" in described and "Sort by urgency, newest, oldest, op, duration" in described
         assert described["Show every key of this screen"][1] == "Everywhere"
         assert "Command palette: every action" in described

@@ -288,3 +288,14 @@ async def test_countdown_widget_follows_the_clock() -> None:
         assert str(widget.render()) == ""
         widget.target_millis = 1_000_000
         assert str(widget.render()) == "due"
+
+
+async def test_y_copies_the_selected_run_id() -> None:
+    app = await afixture_app()
+    copied: list[str] = []
+    app.copy_to_clipboard = copied.append
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await pilot.press("y")
+        assert copied == [fx.RUN_FAILED]
+        assert any("copied run id 0c9d11ab" in str(n.message) for n in app._notifications)
