@@ -513,3 +513,19 @@ async def test_engine_run_on_postgres_writes_the_same_bytes_as_on_the_memory_sto
     assert first.phase is RunPhase.FAILED and again.phase is RunPhase.FAILED
     assert len(lines) == 10  # RS, E/C s1, E/F/E/C s2, E/F s3, RC
     assert await pg_store.events.list_runs() == [first.run_id]
+
+
+def test_one_store_used_from_two_event_loops_reconnects(pg_server: PgServer, pg_schema: str) -> None:
+    """A CLI may call ``asyncio.run`` twice with one store: connections of a finished loop are not reused."""
+    store = PostgresStore(pg_server.dsn(), schema=pg_schema)
+    run = new_run()
+    assert asyncio.run(store.events.append(run, 0, [env(run, 1)])) == 1
+    assert asyncio.run(store.events.append(run, 1, [env(run, 2)])) == 2
+
+    async def read_and_close() -> list[int]:
+        try:
+            return [e.seq for e in await store.events.read_range(run, 1)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(read_and_close()) == [1, 2]
