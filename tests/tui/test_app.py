@@ -320,3 +320,92 @@ async def test_ascii_theme_draws_nothing_outside_ascii() -> None:
         bad = sorted({ch for ch in text if not ch.isascii()})
         assert bad == [], f"{name}: {bad}"
     assert "x  0c9d11ab" in seen["runs"] and "+---" in seen["error"]
+
+
+# ------------------------------------------------------------------------------------------ the watcher alone
+
+
+class _CountingEvents:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reads: list[tuple[str, int]] = []
+
+    async def read_range(self, run_id: Any, from_seq: int, to_seq: int | None = None) -> Any:
+        self.reads.append((run_id, from_seq))
+        return await self.inner.read_range(run_id, from_seq, to_seq)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_watcher_rereads_only_changed_runs_from_their_last_seq() -> None:
+    from mfm_tui.store_watcher import StoreWatcher
+
+    inner = MemoryStore()
+    f = await fx.build_fixture_store(inner)
+    store = FaultyStore(inner)
+    counting = _CountingEvents(store.events)
+    store.events = counting  # type: ignore[assignment]
+    probed: list[str] = []
+
+    def probe(run_id: Any) -> LeaseStatus:
+        probed.append(run_id)
+        return f.lease_probe(run_id)
+
+    watcher = StoreWatcher(store, lease_probe=probe, plan_resolver=f.plan_resolver)
+    first = await watcher.load()
+    assert first.initial and len(first.updated) == 9 and first.errors == []
+    assert all(seq == 1 for _run, seq in counting.reads)
+    unfinished = {r for r, m in watcher.models.items() if m.engine_status is None}
+    assert set(probed) == unfinished  # finished runs have no lease worth probing
+    head = watcher.models[fx.RUN_RUNNING].last_seq
+    counting.reads.clear()
+    await f.append(fx.RUN_RUNNING, _finish_running_run())
+    update = await watcher.poll()
+    assert counting.reads == [(fx.RUN_RUNNING, head + 1)]
+    assert update.grown == {fx.RUN_RUNNING} and update.updated == {fx.RUN_RUNNING}
+    assert watcher.models[fx.RUN_RUNNING].total == 5  # the plan shape came with the manifest
+    assert not await watcher.poll()  # nothing new: an empty update
+
+
+async def test_watcher_loop_wakes_on_demand_and_emits() -> None:
+    import asyncio
+
+    from mfm_tui.store_watcher import StoreWatcher
+
+    store = MemoryStore()
+    f = await fx.build_fixture_store(store)
+    watcher = StoreWatcher(store, poll_interval=60.0, min_interval=0.0)
+    await watcher.load()
+    seen: list[Any] = []
+    got = asyncio.Event()
+
+    def emit(update: Any) -> None:
+        seen.append(update)
+        got.set()
+
+    task = asyncio.ensure_future(watcher.watch(emit))
+    try:
+        await f.append(fx.RUN_RUNNING, _finish_running_run())
+        watcher.wake()
+        await asyncio.wait_for(got.wait(), timeout=10)
+    finally:
+        task.cancel()
+    assert seen[0].grown == {fx.RUN_RUNNING}
+
+
+async def test_watcher_plan_resolvers_may_be_async_or_fail() -> None:
+    from mfm_tui.store_watcher import StoreWatcher
+
+    store = MemoryStore()
+    await fx.build_fixture_store(store, only=[fx.RUN_RUNNING, fx.RUN_FAILED])
+
+    async def resolver(manifest: Any) -> Any:
+        if manifest.op_id == "demo_fix":
+            raise LookupError("unknown operation")
+        return fx.plan_shape_for(manifest)
+
+    watcher = StoreWatcher(store, plan_resolver=resolver)
+    await watcher.load()
+    assert watcher.models[fx.RUN_RUNNING].total == 5
+    assert watcher.models[fx.RUN_FAILED].total == 2  # states seen in events only
