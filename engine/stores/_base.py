@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from engine._kinds import ArtifactKind
 from engine._secrets import contains_secrets
 from engine._wire import compact_json
 from engine.errors import StorageError
-from engine.events import EventEnvelope
-from engine.hashing import CanonicalJsonError, check_canonical_value
-from engine.ids import ArtifactId, RunId
+from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered
+from engine.hashing import MAX_SAFE_INTEGER, CanonicalJsonError, check_canonical_value
+from engine.ids import ArtifactId, RunId, StateId
 
 __all__ = [
     "ArtifactStore",
@@ -29,6 +29,7 @@ __all__ = [
     "check_artifact_id",
     "check_run_id",
     "encode_batch",
+    "validate_batch",
 ]
 
 CODE_CONCURRENCY = "event_store_concurrency"
@@ -120,7 +121,87 @@ def encode_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelop
     Raises ``StorageError``: Other for an invalid record (wrong run id, floats, secrets),
     Concurrency for seqs that do not continue ``expected_seq`` contiguously.
     """
-    lines: list[bytes] = []
+    # compact_json(value) == encode_envelope(env), without a second dump
+    return [compact_json(value).encode("utf-8") for value in _validated_values(run_id, expected_seq, events)]
+
+
+def validate_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> None:
+    """Exactly the checks of :func:`encode_batch`, for a store that keeps the typed envelopes (no encoding)."""
+    _validated_values(run_id, expected_seq, events)
+
+
+# The envelope's own fields are dumped directly (ids are str subclasses, seq/ts_millis ints: their JSON text is the
+# model's) and the event through the model's own serializer; anything else falls back to ``model_dump``.
+_PLAIN_ENVELOPE = tuple(EventEnvelope.model_fields) == ("run_id", "seq", "ts_millis", "event")
+
+
+def _envelope_value(env: EventEnvelope) -> Any:
+    """``env.model_dump(mode="json")``, in a third of the time for the envelopes the engine makes."""
+    if _PLAIN_ENVELOPE:
+        ev = env.event
+        event = {"Domain": ev.model_dump(mode="json")} if isinstance(ev, DomainEvent) else {"Kernel": ev.to_wire()}
+        return {"run_id": env.run_id, "seq": env.seq, "ts_millis": env.ts_millis, "event": event}
+    return env.model_dump(mode="json")  # pragma: no cover - only if the envelope model grows a field
+
+
+def _safe_int(value: object) -> bool:
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+
+
+def _checked_kernel_value(env: EventEnvelope) -> Any:
+    """The wire value of a ``StateEntered`` / ``StateCompleted`` envelope (two per state: the hot path), validated
+    field by field; ``None`` for anything else, or anything unusual, which the generic walk then judges.
+
+    What the generic walk would check, minus what the types guarantee: a ``RunId`` (UUID) or ``ArtifactId``
+    (64 hex chars) instance validated itself on construction, so it is a plain ASCII string that cannot look
+    secret; a ``StateId`` (three ``[a-z][a-z0-9_]*`` segments) has no whitespace, so only the substring rule can
+    match it; the field names and tags are constants. Integers must be exact ints in the I-JSON range.
+    """
+    ev = env.event
+    if type(ev) is StateEntered:  # exactly these classes: a subclass may carry more fields
+        entered: StateEntered = ev
+        state_id, attempt, tail = entered.state_id, entered.attempt, entered.base_snapshot_id
+        if not _safe_int(attempt):
+            return None
+    elif type(ev) is StateCompleted:
+        completed: StateCompleted = ev
+        state_id, attempt, tail = completed.state_id, None, completed.context_snapshot_id
+    else:
+        return None
+    ts = env.ts_millis
+    if (
+        type(env.run_id) is not RunId
+        or type(tail) is not ArtifactId
+        or type(state_id) is not StateId
+        or not _safe_int(env.seq)
+        or not (ts is None or _safe_int(ts))
+        or contains_secrets(state_id)
+    ):
+        return None
+    if attempt is not None:
+        event = {"Kernel": {"StateEntered": {"state_id": state_id, "attempt": attempt, "base_snapshot_id": tail}}}
+    else:
+        event = {"Kernel": {"StateCompleted": {"state_id": state_id, "context_snapshot_id": tail}}}
+    return {"run_id": env.run_id, "seq": env.seq, "ts_millis": ts, "event": event}
+
+
+def _fast_path_agrees() -> bool:
+    """Self-check at import: the fast path is used only while it reproduces ``model_dump`` exactly."""
+    run, snap, state = RunId("00000000-0000-4000-8000-000000000001"), ArtifactId("0" * 64), StateId("m.s.t")
+    samples = [
+        EventEnvelope(
+            run_id=run, seq=1, ts_millis=7, event=StateEntered(state_id=state, attempt=2, base_snapshot_id=snap)
+        ),
+        EventEnvelope(run_id=run, seq=2, event=StateCompleted(state_id=state, context_snapshot_id=snap)),
+    ]
+    return all(_checked_kernel_value(e) == e.model_dump(mode="json") for e in samples)
+
+
+_FAST_KERNEL = _PLAIN_ENVELOPE and _fast_path_agrees()
+
+
+def _validated_values(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> list[Any]:
+    values: list[Any] = []
     for i, env in enumerate(events):
         if not isinstance(env, EventEnvelope):
             raise StorageError.other("stream_record_invalid", f"record {i} is not an EventEnvelope")
@@ -131,14 +212,19 @@ def encode_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelop
                 CODE_CONCURRENCY,
                 f"batch for run {run_id} is not contiguous after seq {expected_seq}: record {i} has seq {env.seq}",
             )
-        kind = env.kind
-        if not kind:
-            raise StorageError.other("stream_record_invalid", f"record {i} (seq {env.seq}) has an empty kind")
-        if contains_secrets(kind):
-            raise StorageError.other("secrets_detected", f"record {i} has a secret-looking kind")
-        payload = env.model_dump(mode="json")
+        ev = env.event
+        if isinstance(ev, DomainEvent):  # a kernel event's kind is its constant tag: never empty, never secret
+            if not ev.name:
+                raise StorageError.other("stream_record_invalid", f"record {i} (seq {env.seq}) has an empty kind")
+            if contains_secrets(ev.name):
+                raise StorageError.other("secrets_detected", f"record {i} has a secret-looking kind")
+        value = _checked_kernel_value(env) if _FAST_KERNEL else None
+        if value is not None:
+            values.append(value)
+            continue
+        value = _envelope_value(env)
         try:
-            check_canonical_value(payload)
+            check_canonical_value(value)  # one walk: floats, unsafe integers, non-JSON, secrets (keys and values)
         except CanonicalJsonError as exc:
             if exc.is_secret:
                 raise StorageError.other(
@@ -147,5 +233,5 @@ def encode_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelop
             raise StorageError.other(
                 "stream_payload_not_canonical", f"record {i} (seq {env.seq}) is not canonical JSON: {exc}"
             ) from None
-        lines.append(compact_json(payload).encode("utf-8"))  # == encode_envelope(env), without a second dump
-    return lines
+        values.append(value)
+    return values

@@ -18,7 +18,7 @@ from engine.stores._base import (
     ChangeBatch,
     check_artifact_id,
     check_run_id,
-    encode_batch,
+    validate_batch,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class MemoryEventStore:
     async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
         run_id = check_run_id(run_id)
         events = list(events)
-        encode_batch(run_id, expected_seq, events)  # validation only
+        validate_batch(run_id, expected_seq, events)  # the stores' shared validation; nothing to encode
         stream = self._streams.get(run_id, [])
         if len(stream) != expected_seq:
             raise StorageError.concurrency(
