@@ -8,9 +8,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from cli_helpers import Mfm, live_pids_with, wait_until
 
 from engine.events import RunCompleted, StateCompleted, StateFailed
+
+pytestmark = pytest.mark.slow
 
 BIG = ("states=40", "events=2", "delay_ms=40")
 
