@@ -346,7 +346,11 @@ class _Core:
         """Create every table under an advisory lock (concurrent first users create it once); return the version."""
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"mfm_schema:{self.schema}"])
-            await conn.execute(self.q.create_schema)
+            exists = await (
+                await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema])
+            ).fetchone()
+            if exists is None:  # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when it exists
+                await conn.execute(self.q.create_schema)
             await conn.execute(self.q.create_version_table)
             rows = await (await conn.execute(self.q.select_version)).fetchall()
             if not rows:

@@ -112,6 +112,13 @@ class PgServer:
             raise RuntimeError(f"psql failed: {proc.stderr.strip()}")
         return proc.stdout
 
+    def add_password_role(self, role: str, password: str) -> None:
+        """A login role that must authenticate with ``password`` (scram), while everyone else stays on trust."""
+        self.psql(f"SET password_encryption = 'scram-sha-256'; CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
+        self.psql("SELECT pg_reload_conf()")
+
     def new_schema_name(self) -> str:
         return f"t_{uuid.uuid4().hex[:16]}"
 

@@ -403,6 +403,24 @@ async def test_dsn_password_never_appears_in_repr_or_errors(dsn: str) -> None:
     await store.close()
 
 
+async def test_a_rejected_password_is_not_echoed_and_a_right_one_works(pg_server: PgServer, pg_schema: str) -> None:
+    role = f"pw_{pg_schema}"
+    pg_server.add_password_role(role, "r1ght-Pa55")
+    base = pg_server.dsn().replace("user=postgres", f"user={role}")
+    wrong = PostgresStore(f"{base} password=wr0ng-Pa55", schema=pg_schema)
+    with pytest.raises(StorageError) as info:
+        await wrong.events.list_runs()
+    await wrong.close()
+    err = info.value
+    assert err.code == "store_unavailable" and "authentication failed" in err.message
+    for text in (str(err), repr(err), err.message, repr(wrong), wrong.dsn):
+        assert "wr0ng-Pa55" not in text and "r1ght-Pa55" not in text
+    pg_server.psql(f'CREATE SCHEMA "{pg_schema}" AUTHORIZATION "{role}"')
+    async with PostgresStore(f"{base} password=r1ght-Pa55", schema=pg_schema) as right:
+        assert await right.events.list_runs() == []
+        assert "r1ght-Pa55" not in repr(right)
+
+
 def test_an_unparsable_dsn_is_not_echoed() -> None:
     assert redact_dsn("host=x password=hunter2 broken") == "<unparsable dsn>"
 
