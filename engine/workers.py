@@ -395,15 +395,53 @@ async def start_run(
     """
     prepared = await prepare_run(store.stores, registry, op_id, raw_params)
     lease = Lease.acquire(store, prepared.run_id, "run")
-    spawn_worker(
+    try:
+        _write_pending(store, prepared.run_id, prepared.manifest_id)
+    except BaseException:
+        lease.release()
+        raise
+    _spawn_run(store, prepared.run_id, prepared.manifest_id, ops_modules, lease)
+    return prepared
+
+
+def _spawn_run(
+    store: RunFolders, run_id: RunId, manifest_id: ArtifactId, ops_modules: Sequence[str], lease: Lease
+) -> int:
+    return spawn_worker(
         store,
         "run",
-        prepared.run_id,
-        args=["--run-id", str(prepared.run_id), "--manifest", str(prepared.manifest_id)],
+        run_id,
+        args=["--run-id", str(run_id), "--manifest", str(manifest_id)],
         ops_modules=ops_modules,
         lease=lease,
     )
-    return prepared
+
+
+def _pending_path(store: RunFolders, run_id: RunId) -> Path:
+    return Path(store.run_dir(run_id)) / "start.json"
+
+
+def _write_pending(store: RunFolders, run_id: RunId, manifest_id: ArtifactId) -> None:
+    """``runs/<id>/start.json``: the manifest of a run whose worker has not written ``RunStarted``
+    yet, so a worker that dies before that can still be resumed (it starts the run again)."""
+    path = _pending_path(store, run_id)
+    tmp = path.with_name(f".start.json.{os.getpid()}")
+    data = json.dumps({"manifest_id": str(manifest_id), "run_id": str(run_id)}, sort_keys=True).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_pending(store: RunFolders, run_id: RunId) -> ArtifactId | None:
+    try:
+        value = json.loads(_pending_path(store, run_id).read_text())
+        return ArtifactId(value["manifest_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,8 +458,16 @@ async def _require_run(store: RunFolders, run_id: RunId) -> None:
 
 
 async def resume_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> ResumeOutcome:
-    """Spawn a worker that resumes ``run_id``. A live worker → ``lease_held``; a finished run → no-op."""
-    await _require_run(store, run_id)
+    """Spawn a worker that resumes ``run_id``. A live worker → ``lease_held``; a finished run → no-op.
+
+    A run whose worker died before writing ``RunStarted`` is started again from its stored manifest.
+    """
+    if await store.stores.events.head_seq(run_id) == 0:
+        manifest_id = _read_pending(store, run_id)
+        if manifest_id is None:
+            raise WorkerError.new("run_not_found", f"run {run_id} not found")
+        lease = Lease.acquire(store, run_id, "run")
+        return ResumeOutcome(run_id, _spawn_run(store, run_id, manifest_id, ops_modules, lease), False)
     if run_finished(store, run_id):
         return ResumeOutcome(run_id, None, True)
     lease = Lease.acquire(store, run_id, "resume")

@@ -168,3 +168,25 @@ def test_operations_from_a_module_in_a_temporary_folder(mfm: Mfm, tmp_path: Path
     assert by_path.code == 0, by_path.err
     missing = mfm("ops", ops=("no_such_ops_module",))
     assert missing.code == 2 and missing.err_lines[0].startswith("error[ops_module_import_failed]: ")
+
+
+def test_a_run_whose_worker_died_before_run_started_can_be_resumed(mfm: Mfm) -> None:
+    """The spawner records ``start.json``; resume starts such a run again from its manifest."""
+    import asyncio
+
+    from engine.operations import load_registry, prepare_run
+    from engine.stores.fs import FsStore
+    from engine.workers import Lease, _write_pending
+
+    async def prepare() -> str:
+        store = FsStore(mfm.store)
+        prepared = await prepare_run(store.stores, load_registry(["engine.demo_ops"]), "demo_big", {"states": 2})
+        Lease.acquire(store, prepared.run_id, "run").release()  # a worker took the lease, then died
+        _write_pending(store, prepared.run_id, prepared.manifest_id)
+        return str(prepared.run_id)
+
+    run_id = asyncio.run(prepare())
+    assert mfm("show", run_id, "--json").json()["status"] == "pending"
+    res = mfm("resume", run_id, "--wait", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["status"] == "completed" and res.json()["done"] == 2
