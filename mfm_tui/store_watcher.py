@@ -82,6 +82,7 @@ class StoreWatcher:
         poll_interval: float = 1.0,
         min_interval: float = 0.1,
         side_interval: float = 2.0,
+        side_rate: float = 200.0,
         rescan_interval: float = 10.0,
         slice_seconds: float = 0.05,
         first_slice_seconds: float = 0.01,
@@ -97,6 +98,7 @@ class StoreWatcher:
         self.poll_interval = poll_interval
         self.min_interval = min_interval
         self.side_interval = side_interval
+        self.side_rate = side_rate
         self.rescan_interval = rescan_interval
         self.slice_seconds = slice_seconds
         self.first_slice_seconds = first_slice_seconds
@@ -189,13 +191,16 @@ class StoreWatcher:
         if force_side or now - self._last_rescan >= self.rescan_interval:
             self._last_rescan = now
             await self._rescan(update)
-        if force_side or now - self._last_side >= self.side_interval:
+        unfinished = [r for r, m in self.models.items() if m.engine_status is None]
+        # Probing costs a few syscalls per run: with many unfinished runs, probe less often (≤ side_rate/s).
+        side_interval = max(self.side_interval, len(unfinished) / self.side_rate)
+        if force_side or now - self._last_side >= side_interval:
             self._last_side = now
             # Runs whose last read failed are retried (the journal will not name them again).
             for run_id, model in list(self.models.items()):
                 if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:
                     await self._refresh_events(run_id, update)
-            await self._refresh_side([r for r, m in self.models.items() if m.engine_status is None], update)
+            await self._refresh_side(unfinished, update)
         return update
 
     async def refresh_runs(self, run_ids: Iterable[RunId]) -> WatchUpdate:

@@ -27,7 +27,10 @@ from mfm_tui.messages import RunSelected
 from mfm_tui.run_model import RunModel, RunStatus
 from mfm_tui.widgets.countdown import format_ago, format_countdown, format_duration
 
-__all__ = ["RunTable", "now_text"]
+__all__ = ["FULL_TICKS", "RunTable", "now_text"]
+
+FULL_TICKS = 15
+"""Every 15th tick repaints every visible row; the others only the unfinished ones."""
 
 
 def _fit(text: str, width: int, ellipsis: str) -> str:
@@ -128,6 +131,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._rows: list[RunModel] = []
         self._index: dict[RunId, int] = {}
         self._glyphs: Glyphs = UNICODE
+        self._ticks = 0
 
     # ------------------------------------------------------------------ data
 
@@ -173,8 +177,16 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
                 self.refresh_line(i - top + 1)
 
     def tick(self) -> None:
-        """Once a second: repaint visible unfinished runs (durations, countdowns, relative times)."""
-        self.refresh()
+        """Once a second: repaint the visible unfinished runs (durations, countdowns); every
+        ``FULL_TICKS`` ticks repaint everything (the coarse "3m ago" of finished runs)."""
+        self._ticks += 1
+        if self._ticks % FULL_TICKS == 0:
+            self.refresh()
+            return
+        top = int(self.scroll_y)
+        for y, model in enumerate(self._rows[top : top + max(0, self.size.height - 1)], start=1):
+            if not model.status.is_finished:
+                self.refresh_line(y)
 
     # ------------------------------------------------------------------ rendering
 
