@@ -9,6 +9,7 @@ Screens read the services they need from the attributes named like ``make_app``'
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import os
@@ -139,6 +140,7 @@ class MfmApp(App[None]):
         self.lease_probe = lease_probe if lease_probe is not None else default_lease_probe(store)
         self._plan_resolver = plan_resolver
         self.watch_store = watch
+        self.watch_restart_delay = 1.0
         self.loaded = False
         self.watcher = StoreWatcher(store, lease_probe=self.lease_probe, plan_resolver=plan_resolver)
         for item in THEMES.values():
@@ -222,8 +224,15 @@ class MfmApp(App[None]):
                 gc.enable()
         self.loaded = True
         self._emit(WatchUpdate(initial=True), force=True)
-        if self.watch_store:
-            await self.watcher.watch(self._emit)
+        while self.watch_store:
+            try:
+                await self.watcher.watch(self._emit)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug or an OS surprise: say so once, keep watching
+                code, message = describe_error(exc)
+                self.post_message(ErrorReported(code, f"store watcher restarted: {message}", title="Watcher error"))
+                await asyncio.sleep(self.watch_restart_delay)
 
     async def sync_store(self) -> WatchUpdate:
         """Refresh from the store now (tests, and after a user action); returns what changed."""

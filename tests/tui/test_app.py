@@ -409,3 +409,26 @@ async def test_watcher_plan_resolvers_may_be_async_or_fail() -> None:
     await watcher.load()
     assert watcher.models[fx.RUN_RUNNING].total == 5
     assert watcher.models[fx.RUN_FAILED].total == 2  # states seen in events only
+
+
+async def test_a_crashing_watcher_is_reported_and_restarted() -> None:
+    app = await afixture_app(watch=True)
+    real_poll = app.watcher.poll
+    calls = {"n": 0}
+
+    async def flaky_poll(**kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return await real_poll(**kwargs)
+
+    app.watcher.poll = flaky_poll
+    app.watcher.poll_interval = 0.02
+    app.watch_restart_delay = 0.01
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+        assert app.screen.code == "unexpected_error" and "RuntimeError: boom" in app.screen.message
+        await pilot.press("escape")
+        await app.fixture.append(fx.RUN_RUNNING, _finish_running_run())
+        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED)
