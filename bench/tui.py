@@ -117,7 +117,7 @@ def make_store(root: Path, n_runs: int, big_events: int) -> tuple[list[str], str
     journal: list[bytes] = []
     run_ids: list[str] = []
     for r in range(n_runs):
-        rid = str(uuid.UUID(int=(r + 1) << 64 | 0x4000_8000_0000_0000, version=4))
+        rid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mfm-bench-run-{r}"))
         run = rid.encode()
         ts = T0 - (n_runs - r) * 1000
         lines = [Writer.line(started, run, 1, ts)]
@@ -138,7 +138,7 @@ def make_store(root: Path, n_runs: int, big_events: int) -> tuple[list[str], str
         run_ids.append(rid)
     big: str | None = None
     if big_events:
-        big = str(uuid.UUID(int=0xB16 << 64 | 0x4000_8000_0000_0000, version=4))
+        big = str(uuid.uuid5(uuid.NAMESPACE_URL, "mfm-bench-big-run"))
         run = big.encode()
         note = w.template("note", DomainEvent(name="progress", payload={"state_id": states[0], "i": 1}))
         d = root / "runs" / big
@@ -293,11 +293,23 @@ async def scenario_open(root: Path, run_id: str) -> dict[str, Any]:
 
 
 async def scenario_append(root: Path, run_id: str, n: int = 40) -> dict[str, Any]:
+    """A writer appends one event at a time; the time until the run screen renders that line (its strip)."""
     from engine.stores.fs import FsStore
     from mfm_tui.app import make_app
     from mfm_tui.screens.run import RunScreen
     from mfm_tui.widgets.event_log import EventLog
 
+    rendered: dict[int, float] = {}
+    original = EventLog.render_line
+
+    def spy(self: EventLog, y: int) -> Any:
+        strip = original(self, y)
+        row = self.scroll_offset.y + y
+        if row < self.row_count:
+            rendered.setdefault(self.line_at(row), time.perf_counter())
+        return strip
+
+    EventLog.render_line = spy  # type: ignore[method-assign]
     store = FsStore(root)
     app = make_app(store, watch=True)
     lat: list[float] = []
@@ -307,7 +319,6 @@ async def scenario_append(root: Path, run_id: str, n: int = 40) -> dict[str, Any
         await app.push_screen(screen)
         await _until(lambda: screen._model_ready)
         await pilot.pause()
-        log = screen.query_one(EventLog)
         head = await store.events.head_seq(run_id)
         for i in range(n):
             env = EventEnvelope(
@@ -315,10 +326,10 @@ async def scenario_append(root: Path, run_id: str, n: int = 40) -> dict[str, Any
             )
             t0 = time.perf_counter()
             head = await store.events.append(run_id, head, [env])
-            await _until(lambda h=head: log.row_count >= h, timeout=10)
-            await pilot.pause()  # the frame that shows it
-            lat.append((time.perf_counter() - t0) * 1000)
-            await asyncio.sleep(0.05)
+            line = head - 1
+            await _until(lambda line=line: line in rendered, timeout=10)
+            lat.append((rendered[line] - t0) * 1000)
+            await asyncio.sleep(0.05 + (i % 7) * 0.013)  # appends at irregular moments of the poll cycle
     return {
         "appends": n,
         "p50_ms": round(statistics.median(lat), 1),

@@ -2,7 +2,7 @@
 
 The event log reads the run's events file directly when the store has one (``FsStore.events_path``): the tail is on
 screen before anything else is read, the offset index and the run model's fold are built in background threads, and
-appended lines are picked up by a cheap ``stat`` every 250 ms. Stores without files (memory, PostgreSQL) are read
+appended lines are picked up by a cheap ``stat`` every 100 ms. Stores without files (memory, PostgreSQL) are read
 through ``read_range`` from the last seq. Everything the screen needs from the app is read from attributes named like
 ``make_app``'s parameters (``store``, ``clock``, ``plan_resolver``, ``lease_probe``) and can also be passed in.
 
@@ -37,7 +37,7 @@ from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock, SystemClock
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogSource, parse_query, summarize
 from mfm_tui.messages import StoreChanged
-from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel
+from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
 from mfm_tui.widgets.event_log import EventLog
 from mfm_tui.widgets.run_header import RunHeader
@@ -46,7 +46,7 @@ from mfm_tui.widgets.state_panel import StatePanel
 
 __all__ = ["EventDialog", "RunScreen", "events_path_of"]
 
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.1
 _FOLD_NEEDLES = (b'{"Kernel":', b'"name":"fact_recorded"', b'"name":"retry_scheduled"')
 _ADOPT_GAP = 5000
 """Use the app watcher's model of the run when it is at most this many events behind the file."""
@@ -334,7 +334,7 @@ class RunScreen(Screen[None]):
     # ------------------------------------------------------------------ live updates
 
     async def poll(self) -> None:
-        """Pick up appended events (called every 250 ms; tests call it directly)."""
+        """Pick up appended events (called every 100 ms; tests call it directly)."""
         if self._polling or self.load_error is not None:
             return
         self._polling = True
@@ -363,11 +363,12 @@ class RunScreen(Screen[None]):
             self._polling = False
 
     def tick(self) -> None:
-        """Once a second: countdowns and durations move."""
-        if not self._model_ready:
+        """Once a second: countdowns and durations move (nothing to do for a finished run)."""
+        if not self._model_ready or self.model.status.is_finished:
             return
         now = self.clock.now_millis()
-        self.query_one(StateGraph).tick(now)
+        if any(sv.status is StateStatus.RETRYING for sv in self.model.states.values()):
+            self.query_one(StateGraph).tick(now)
         self._render_header(now)
         self._render_panel(now)
 

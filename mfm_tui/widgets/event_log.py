@@ -21,6 +21,7 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
+from textual.scrollbar import ScrollTo, ScrollUp
 from textual.strip import Strip
 from textual.worker import get_current_worker
 
@@ -265,25 +266,29 @@ class EventLog(ScrollView, can_focus=True):
 
     def _go_end(self) -> None:
         self.cursor = max(self.row_count - 1, -1)
-        self.scroll_to(y=max(0, self.row_count - self.scrollable_content_region.height), animate=False, immediate=True)
+        # After the refresh that applies the new virtual size, so max_scroll_y already counts the new lines.
+        self.scroll_end(animate=False, x_axis=False)
 
     def watch_cursor(self, old: int, new: int) -> None:
         if 0 <= new < self.row_count:
             top = self.scroll_offset.y
             height = self.scrollable_content_region.height or 1
             if new < top:
-                self.scroll_to(y=new, animate=False, immediate=True)
+                self.scroll_to(y=new, animate=False)
             elif new >= top + height:
-                self.scroll_to(y=new - height + 1, animate=False, immediate=True)
+                self.scroll_to(y=new - height + 1, animate=False)
         self.refresh()
 
-    def watch_scroll_y(self, old: float, new: float) -> None:
-        super().watch_scroll_y(old, new)
-        if new < old and self.follow and new < self.max_scroll_y:
-            self._set_follow(False)
-
+    # Only the user's own scrolling pauses follow (the wheel, the scrollbar), never a scroll caused by new lines.
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
         if self.row_count > self.scrollable_content_region.height:
+            self._set_follow(False)
+
+    def on_scroll_up(self, message: ScrollUp) -> None:
+        self._set_follow(False)
+
+    def on_scroll_to(self, message: ScrollTo) -> None:
+        if message.y is not None and message.y < self.max_scroll_y:
             self._set_follow(False)
 
     def action_toggle_follow(self) -> None:

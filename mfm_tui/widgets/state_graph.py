@@ -172,7 +172,10 @@ class StateGraph(ScrollView, can_focus=True):
         self._now = now_millis
         if shape_changed or self._layout is None:
             self._relayout()
-        self._repaint()
+            self._repaint()
+            self.call_after_refresh(self._scroll_to_cursor)
+        else:
+            self._repaint()
 
     def tick(self, now_millis: int) -> None:
         """Re-label for a new time (countdowns) without touching the layout."""
@@ -187,7 +190,7 @@ class StateGraph(ScrollView, can_focus=True):
     def _default_cursor(self) -> str | None:
         assert self._layout is not None
         real = self._layout.real_nodes()
-        for status in (StateStatus.FAILED, StateStatus.RETRYING, StateStatus.RUNNING):
+        for status in (StateStatus.FAILED, StateStatus.RETRYING, StateStatus.RUNNING, StateStatus.CANCELLED):
             for n in real:
                 sv = self._states.get(n)
                 if sv is not None and sv.status is status:
@@ -254,7 +257,7 @@ class StateGraph(ScrollView, can_focus=True):
         if self._picture is None or self.cursor not in self._picture.boxes:
             return
         r, x0, x1 = self._picture.boxes[self.cursor]
-        self.scroll_to_region(Region(x0, r, x1 - x0, 1), animate=False, immediate=True)
+        self.scroll_to_region(Region(x0, r, x1 - x0, 1), animate=False, immediate=True, center=True)
 
     def action_move(self, direction: str) -> None:
         if self._layout is None or self.cursor is None:
