@@ -1,0 +1,211 @@
+"""What the runtime costs on top of the storage it needs: prints figures, asserts nothing.
+
+    python bench/engine_overhead.py [--dir DIR] [-n STATES] [--rounds R] [--no-dbos]
+
+1. A durable no-op state on the filesystem store: a sequential run of N states (each writes one key, so every state
+   appends its ``StateEntered``, stores a new context snapshot and appends its ``StateCompleted``, as the contract
+   requires), wall time per state, and the syncs it issued. Against, measured in the same run in the same directory
+   (rounds interleaved with the engine's): the append+fdatasync floor (one 300-byte ``write`` + ``fdatasync``) and
+   the raw durable IO of one state (two such appends and one atomic 2.5 KB write: temp file, fsync, rename,
+   directory fsync). Goal: ≤ 2.5× the floor.
+2. CPU per state on the memory store with a 2.5 KB context (``bench/runtime_per_state.py``; goal ≤ 100 µs).
+3. DBOS (``pip install dbos``): a workflow of N no-op ``@DBOS.step`` calls on SQLite (the system database in the
+   same directory), wall time per step, and its ratio to our durable state (goal: ours ≥ 4× faster per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._util import append_fsync_floor, atomic_write_floor, bench_dir
+from bench.runtime_per_state import chain, context, one_run
+from engine.hashing import canonical_json_bytes
+from engine.runtime import Engine
+from engine.stores._fsio import FsOps
+from engine.stores.fs import FsStore
+from engine.testing import base_config, fixed_run_ids, start_plan
+
+FLOOR_GOAL = 2.5
+CPU_GOAL_US = 100.0
+DBOS_GOAL = 4.0
+
+
+class CountingOps(FsOps):
+    """The filesystem seam, counting the syncs the store issues."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+
+    def fsync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fdatasync(fd)
+
+
+def engine_round(d: Path, n: int) -> tuple[float, float, float, str]:
+    """One run of ``n`` states on a fresh FsStore: (wall µs, CPU µs, syncs, all per state; phase)."""
+    ops = CountingOps()
+    store = FsStore(d, ops=ops)
+    plan = chain(n)
+    engine = Engine(run_ids=fixed_run_ids())
+
+    async def go() -> tuple[float, float, int, str]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = await start_plan(engine, store.stores, plan, base_config(), context())
+        return time.perf_counter() - t0, time.process_time() - c0, ops.syncs, str(result.phase)
+
+    wall, cpu, syncs, phase = asyncio.run(go())
+    store.close()
+    return wall / n * 1e6, cpu / n * 1e6, syncs / n, phase
+
+
+def floor_round(d: Path, n: int, snapshot_size: int) -> tuple[float, float]:
+    """``n`` times the raw IO of one state: (µs per append+fdatasync, µs per state = 2 appends + 1 atomic write)."""
+    d.mkdir(parents=True, exist_ok=True)
+    append, close = append_fsync_floor(d, 300)
+    write = atomic_write_floor(d / "floor-blobs", snapshot_size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        append()
+    one = (time.perf_counter() - t0) / n * 1e6
+    t0 = time.perf_counter()
+    for _ in range(n):
+        append()
+        write()
+        append()
+    state = (time.perf_counter() - t0) / n * 1e6
+    close()
+    return one, state
+
+
+def durable_state(base: str | None, n: int, rounds: int) -> tuple[float, float]:
+    """Print section 1; return (wall µs, CPU µs) per durable state."""
+    snapshot_size = len(canonical_json_bytes(context()))
+    engine_us: list[float] = []
+    engine_cpu: list[float] = []
+    append_us: list[float] = []
+    state_floor_us: list[float] = []
+    syncs, phase = 0.0, ""
+    with bench_dir("mfm-overhead-", base) as d:
+        print(f"1. durable no-op state on the fs store: {n} states × {rounds} rounds in {d}")
+        for r in range(rounds):
+            us, cpu, syncs, phase = engine_round(d / f"store-{r}", n)
+            engine_us.append(us)
+            engine_cpu.append(cpu)
+            one, state = floor_round(d / f"floor-{r}", n, snapshot_size)
+            append_us.append(one)
+            state_floor_us.append(state)
+    eng, one, state = (statistics.median(x) for x in (engine_us, append_us, state_floor_us))
+    print(f"   engine: {eng:8.0f} µs wall per state (median of rounds {_fmt(engine_us)}), run {phase},")
+    print(f"           {min(engine_cpu):8.0f} µs CPU per state (best round; the process's CPU time)")
+    print(f"           {syncs:.1f} syncs per state (fsync/fdatasync through the store's seam)")
+    print(f"   floor:  {one:8.0f} µs per 300 B append+fdatasync (rounds {_fmt(append_us)})")
+    print(f"           {state:8.0f} µs per state's raw IO: 2 appends + 1 atomic {snapshot_size} B write")
+    verdict = _met(eng / one <= FLOOR_GOAL)
+    print(f"   ratio:  {eng / one:.2f}× the append+fdatasync floor (goal ≤ {FLOOR_GOAL}×: {verdict})")
+    print(f"           {eng / state:.2f}× the raw IO one durable state needs")
+    return eng, min(engine_cpu)
+
+
+def cpu_per_state(n: int) -> None:
+    async def best() -> tuple[float, int]:
+        plan, ctx = chain(n), context()
+        runs = [await one_run(plan, ctx) for _ in range(15)]
+        return min(cpu for cpu, _, _ in runs), runs[-1][1]
+
+    cpu, appends = asyncio.run(best())
+    us = cpu / n * 1e6
+    size = len(canonical_json_bytes(context()))
+    print(f"2. CPU per state, memory store, {size} B context, best of 15 runs of {n} states ({appends} appends):")
+    print(f"   {us:.1f} µs CPU per state (goal ≤ {CPU_GOAL_US:.0f} µs: {_met(us <= CPU_GOAL_US)})")
+
+
+def dbos_per_step(base: str | None, n: int, rounds: int, ours_us: float, ours_cpu: float) -> None:
+    print(f"3. DBOS workflow of {n} no-op steps on SQLite:")
+    try:
+        from dbos import DBOS
+    except ImportError as exc:
+        print(f"   skipped: dbos is not installed ({exc}); `pip install dbos` to compare")
+        return
+    import importlib.metadata
+
+    version = importlib.metadata.version("dbos")
+    with bench_dir("mfm-dbos-", base) as d:
+        DBOS(config={"name": "mfm-bench", "system_database_url": f"sqlite:///{d}/dbos.sqlite", "log_level": "ERROR"})
+
+        @DBOS.step()
+        def noop(i: int) -> int:
+            return i
+
+        @DBOS.workflow()
+        def workflow(count: int) -> int:
+            total = 0
+            for i in range(count):
+                total += noop(i)
+            return total
+
+        run: Callable[[int], int] = workflow
+        DBOS.launch()
+        try:
+            run(5)  # warm-up: schema, connections
+            per_step, cpu_step = [], []
+            for _ in range(rounds):
+                t0, c0 = time.perf_counter(), time.process_time()
+                run(n)
+                per_step.append((time.perf_counter() - t0) / n * 1e6)
+                cpu_step.append((time.process_time() - c0) / n * 1e6)
+        finally:
+            DBOS.destroy()
+    us = statistics.median(per_step)
+    ratio = us / ours_us
+    print(f"   dbos {version}: {us:8.0f} µs wall per step (median of rounds {_fmt(per_step)}), {d}")
+    print(
+        f"   ours: {ours_us:8.0f} µs per durable state → ours is {ratio:.2f}× faster (goal ≥ {DBOS_GOAL}×:"
+        f" {_met(ratio >= DBOS_GOAL)})"
+    )
+    cpu = min(cpu_step)
+    print(
+        f"   CPU:  dbos {cpu:8.0f} µs per step (best round, all its threads), ours {ours_cpu:8.0f} µs per durable"
+        f" state → {cpu / ours_cpu:.2f}× less CPU"
+    )
+
+
+def _fmt(values: list[float]) -> str:
+    return "/".join(f"{v:.0f}" for v in values)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", help="scratch directory base (default $MFM_BENCH_DIR or the system temp dir)")
+    parser.add_argument("-n", type=int, default=200, help="states (and DBOS steps) per run (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement (default 3)")
+    parser.add_argument("--no-dbos", action="store_true", help="skip the DBOS comparison")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    ours, ours_cpu = durable_state(args.dir, args.n, args.rounds)
+    cpu_per_state(args.n)
+    if args.no_dbos:
+        print("3. DBOS comparison skipped (--no-dbos)")
+    else:
+        dbos_per_step(args.dir, args.n, args.rounds, ours, ours_cpu)
+
+
+if __name__ == "__main__":
+    main()
