@@ -2,7 +2,9 @@
 
 ``PostgresStore(dsn)`` gives ``.events`` (EventStore + RunLister + ControlStore), ``.artifacts`` (ArtifactStore)
 and ``.stores`` (an ``engine.Stores``). It uses psycopg 3 (async) and a small built-in connection pool; close it
-with ``await store.close()`` (or ``async with PostgresStore(dsn) as store``).
+with ``await store.close()`` (or ``async with PostgresStore(dsn) as store``). Needs PostgreSQL 13 or newer (``xid8``,
+``pg_current_snapshot``); tested against 15. Reading needs only ``SELECT`` on the tables; the first user of an empty
+schema creates them (``CREATE`` on the schema, and on the database if the schema does not exist yet).
 
 Tables (in ``schema``, default ``public``; created and versioned on first use under an advisory lock):
 
