@@ -203,14 +203,14 @@ class MfmApp(App[None]):
         self.run_worker(self._watch(), name="store-watcher", group="store", exclusive=True, exit_on_error=False)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run in the terminal; the process is ours, so the first load may tune the garbage collector."""
-        self._tune_gc = True
+        """Run in the terminal; the process is then ours, so the first load may tune the garbage collector."""
+        self._owns_process = True
         return super().run(*args, **kwargs)
 
     async def _watch(self) -> None:
         # A full collection over a big first load freezes the UI for most of a second (measured:
         # ~0.8 s at 10,000 runs); when the process is ours, pause collection during the load and freeze the survivors.
-        tune_gc = getattr(self, "_tune_gc", False) and gc.isenabled()
+        tune_gc = getattr(self, "_owns_process", False) and gc.isenabled()
         if tune_gc:
             gc.disable()
         try:
