@@ -1,0 +1,127 @@
+"""A JSON-aware diff: which paths were added, removed or changed between two JSON values. Pure; no Textual.
+
+``diff_json(old, new)`` walks both values together. Objects are compared key by key, arrays index by index (an
+array that only grew or shrank at its end shows the added or removed items; a changed item shows its own path), and
+anything else (numbers, strings, booleans, null, or a change of type) is compared as a whole. Paths use dots for
+keys and ``[i]`` for indexes (``$`` is the root; keys that are not plain identifiers are quoted:
+``$["demo.main.out"].rows[2]``).
+
+    >>> [c.line() for c in diff_json({"a": 1, "b": [1, 2]}, {"a": 2, "b": [1], "c": True})]
+    ['~ a  1 → 2', '- b[1]  2', '+ c  true']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Change", "ChangeKind", "diff_json", "format_path", "preview", "summarize"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ChangeKind(StrEnum):
+    ADDED = "added"
+    REMOVED = "removed"
+    CHANGED = "changed"
+
+    @property
+    def sign(self) -> str:
+        return {"added": "+", "removed": "-", "changed": "~"}[self.value]
+
+
+PathPart = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference at ``path`` (a tuple of keys and indexes)."""
+
+    kind: ChangeKind
+    path: tuple[PathPart, ...]
+    old: Any = None
+    new: Any = None
+
+    @property
+    def path_text(self) -> str:
+        return format_path(self.path)
+
+    def line(self, *, width: int = 60, arrow: str = "→") -> str:
+        """``+ path  value``, ``- path  value`` or ``~ path  old → new`` (values shortened to ``width``)."""
+        if self.kind is ChangeKind.ADDED:
+            return f"+ {self.path_text}  {preview(self.new, width)}"
+        if self.kind is ChangeKind.REMOVED:
+            return f"- {self.path_text}  {preview(self.old, width)}"
+        return f"~ {self.path_text}  {preview(self.old, width)} {arrow} {preview(self.new, width)}"
+
+
+def format_path(path: tuple[PathPart, ...]) -> str:
+    """``a.b[2]["x.y"]``; ``$`` for the root."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENT.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out or "$"
+
+
+def preview(value: Any, width: int = 60) -> str:
+    """Compact JSON of ``value``, cut to ``width`` characters with ``…``."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False, default=str)
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def _same(a: Any, b: Any) -> bool:
+    # bool is an int in Python, but true != 1 in JSON
+    return type(a) is type(b) and a == b
+
+
+def _walk(old: Any, new: Any, path: tuple[PathPart, ...]) -> Iterator[Change]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old:
+            if key not in new:
+                yield Change(ChangeKind.REMOVED, (*path, key), old=old[key])
+        for key in new:
+            if key not in old:
+                yield Change(ChangeKind.ADDED, (*path, key), new=new[key])
+            else:
+                yield from _walk(old[key], new[key], (*path, key))
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        common = min(len(old), len(new))
+        for i in range(common):
+            yield from _walk(old[i], new[i], (*path, i))
+        for i in range(common, len(old)):
+            yield Change(ChangeKind.REMOVED, (*path, i), old=old[i])
+        for i in range(common, len(new)):
+            yield Change(ChangeKind.ADDED, (*path, i), new=new[i])
+        return
+    if not _same(old, new):
+        yield Change(ChangeKind.CHANGED, path, old=old, new=new)
+
+
+def diff_json(old: Any, new: Any) -> list[Change]:
+    """Every difference from ``old`` to ``new``, sorted by path (removed before added at one path)."""
+    order = {ChangeKind.REMOVED: 0, ChangeKind.CHANGED: 1, ChangeKind.ADDED: 2}
+    changes = list(_walk(old, new, ()))
+    changes.sort(key=lambda c: (_sort_key(c.path), order[c.kind]))
+    return changes
+
+
+def _sort_key(path: tuple[PathPart, ...]) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in path)
+
+
+def summarize(changes: list[Change]) -> str:
+    """``2 added, 1 removed, 3 changed`` (or ``identical``)."""
+    if not changes:
+        return "identical"
+    counts = {k: sum(1 for c in changes if c.kind is k) for k in ChangeKind}
+    return ", ".join(f"{n} {k.value}" for k, n in counts.items() if n)
