@@ -22,7 +22,7 @@ from engine.errors import StorageError, StorageErrorKind
 from engine.events import encode_envelope
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, RunId
-from engine.stores import _fscore
+from engine.stores import _fscore, _fslog
 from engine.stores._fsio import FsOps
 from engine.stores.fs import STORE_VERSION, FsStore
 from tests.engine.store_contract import StoreContract, domain, env, envs, new_run
@@ -709,3 +709,18 @@ async def test_many_runs_with_few_open_files(root: Path) -> None:
     assert sorted(await store.events.list_runs()) == sorted(runs)
     for run in runs:
         assert await store.events.head_seq(run) == 2
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 300])
+async def test_scan_reads_in_chunks_of_any_size(store: FsStore, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Lines and batches straddling read-chunk boundaries are indexed exactly as with one big read."""
+    run = new_run()
+    for first, last in ((1, 1), (2, 5), (6, 6), (7, 9)):
+        await store.events.append(run, first - 1, envs(run, first, last))
+    path = store.events_path(run)
+    path.write_bytes(path.read_bytes() + encode_envelope(env(run, 10)) + b" \n" + b'{"torn')
+    monkeypatch.setattr(_fslog, "CHUNK", chunk)
+    reader = FsStore(store.root)
+    assert await reader.events.head_seq(run) == 9
+    assert await reader.events.read_range(run, 3, 7) == envs(run, 3, 7)
+    assert reader._core.logs[run].end == len(path.read_bytes()) - len(encode_envelope(env(run, 10))) - 2 - 6
