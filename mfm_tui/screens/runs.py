@@ -19,6 +19,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from engine.ids import RunId
@@ -147,6 +148,7 @@ class RunsScreen(Screen[None]):
         self.store_error: tuple[str, str] | None = None
         self._rebuild_pending = False
         self._last_rebuild = 0.0
+        self._rebuild_timer: Timer | None = None
         self._glyphs = glyphs
 
     def compose(self) -> ComposeResult:
@@ -225,17 +227,22 @@ class RunsScreen(Screen[None]):
         self.store_error = message.store_error
         # Coalesce: a burst of updates already queued costs one rebuild; while a big store is still
         # loading, rebuild at most every LOADING_REBUILD_SECONDS (each rebuild sorts every run).
+        if self._rebuild_timer is not None and self.loaded:
+            self._rebuild_timer.stop()  # the load just finished: show the final order now
+            self._rebuild_timer = None
+            self._rebuild_pending = False
         if self._rebuild_pending:
             return
         self._rebuild_pending = True
         wait = 0.0 if self.loaded else self._last_rebuild + LOADING_REBUILD_SECONDS - time.monotonic()
         if wait > 0:
-            self.set_timer(wait, self._rebuild_now)
+            self._rebuild_timer = self.set_timer(wait, self._rebuild_now)
         else:
             self.call_later(self._rebuild_now)
 
     def _rebuild_now(self) -> None:
         self._rebuild_pending = False
+        self._rebuild_timer = None
         self._last_rebuild = time.monotonic()
         self.rebuild()
 

@@ -420,7 +420,8 @@ async def settle(pilot: Any) -> None:
     """Wait for the first load, its messages, and steady input cursors (stable snapshots)."""
     from textual.widgets import Input
 
-    await wait_until(pilot, lambda: pilot.app.loaded)
+    home = pilot.app.screen_stack[0]
+    await wait_until(pilot, lambda: pilot.app.loaded and getattr(home, "loaded", True))
     await pilot.pause()
     for box in pilot.app.screen.query(Input):
         box.cursor_blink = False
