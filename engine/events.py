@@ -24,6 +24,7 @@ __all__ = [
     "DOMAIN_EVENT_CHILD_RUN_SPAWNED",
     "DOMAIN_EVENT_FACT_RECORDED",
     "DOMAIN_EVENT_OP_BOUNDARY",
+    "DOMAIN_EVENT_RECOVERED_FROM",
     "DOMAIN_EVENT_RETRY_SCHEDULED",
     "ArtifactWritten",
     "ChildRunCompleted",
@@ -34,6 +35,7 @@ __all__ = [
     "FactRecorded",
     "KernelEvent",
     "OpBoundary",
+    "RecoveredFrom",
     "RetryScheduled",
     "RunCompleted",
     "RunStarted",
@@ -52,6 +54,8 @@ DOMAIN_EVENT_CHILD_RUN_SPAWNED = "child_run_spawned"
 DOMAIN_EVENT_CHILD_RUN_COMPLETED = "child_run_completed"
 DOMAIN_EVENT_RETRY_SCHEDULED = "retry_scheduled"
 """This project's addition (ENGINE-SPEC §0.7)."""
+DOMAIN_EVENT_RECOVERED_FROM = "recovered_from"
+"""This project's addition: the first domain event of a recovery run (see ``Engine.recover``)."""
 
 
 class RunStatus(StrEnum):
@@ -196,6 +200,14 @@ class ChildRunCompleted(Frozen):
     child_run_id: RunId
     status: RunStatus
     final_snapshot_id: ArtifactId | None = None
+
+
+class RecoveredFrom(Frozen):
+    """Payload of the ``recovered_from`` domain event: where a recovery run comes from."""
+
+    source_run_id: RunId
+    failed_state_id: StateId | None
+    carried_states: int
 
 
 class RetryScheduled(Frozen):

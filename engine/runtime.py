@@ -28,6 +28,14 @@ Choices made where the specification leaves room (each is tested):
 - **Side effects** (§0.10): an ``ApplySideEffect`` state's IO calls made without a fact key get
   ``side_effect_fact_key(state_id, idempotency_key, n)`` (n = the call's rank among the attempt's
   unkeyed calls), so the transport is reached once across retries, crashes and resumes.
+- **Recovery of a failed run** (this project's answer to "fix it, then resume"): a run that ended
+  ``RunCompleted{Failed}`` is final (§13 step 7), so ``Engine.recover`` starts a NEW run with the
+  same manifest and initial snapshot whose stream opens with ``RunStarted``, a ``recovered_from``
+  domain event, the failed run's fact bindings (except those bound inside attempts of states that
+  did not complete, when the stream attributes them unambiguously: an operator fixes the world
+  outside, so those observations are taken again), and an ``E``/``C`` pair per completed state
+  (same attempt, base and snapshot, in completion order). Resume then continues at the first
+  state that did not complete. The failed run keeps its history untouched.
 - **Handler exceptions** other than ``StateError``: contract errors (``IoError``, ``ContextError``,
   ``domain_event_invalid``) become a ``StateError`` with the same code/category/retryable; any
   other exception becomes the non-retryable ``state_handler_exception`` (message names only the
@@ -55,7 +63,17 @@ from engine.config import RunManifest
 from engine.context import JsonContext
 from engine.engine import RunPhase, RunResult, StartRun, Stores
 from engine.errors import MfmError, RunError, StorageError
-from engine.events import RunStatus
+from engine.events import (
+    DOMAIN_EVENT_FACT_RECORDED,
+    DOMAIN_EVENT_RECOVERED_FROM,
+    DomainEvent,
+    EventEnvelope,
+    RunStarted,
+    RunStatus,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
 from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key
 from engine.plan import ExecutionPlan, topological_order
@@ -70,10 +88,12 @@ __all__ = [
     "Clock",
     "Engine",
     "Failpoints",
+    "RecoveryPlan",
     "ReplayVerdict",
     "Sleeper",
     "SystemClock",
     "derived_fact_key",
+    "plan_recovery",
     "request_cancel",
     "side_effect_fact_key",
 ]
@@ -218,6 +238,155 @@ class Engine:
             source_final=source_final,
             replay_final=replay_final,
         )
+
+    async def recover(
+        self,
+        stores: Stores,
+        failed_run_id: RunId,
+        *,
+        cancel: CancelToken | None = None,
+        new_run_id: RunId | None = None,
+    ) -> RunResult:
+        """Recover a run that ended Failed: a new run carries its completed states over and continues.
+
+        See "Recovery of a failed run" above. Refuses (``run_not_failed``) a run that is unfinished,
+        completed or cancelled. Returns the new run's result (its ``run_id`` is the recovery run).
+        """
+        rt = self._rt
+        source = RunId(failed_run_id)
+        await plan_recovery(stores, source)
+        try:
+            envelopes, history = await load_history(stores, source)
+            assert history.run_started is not None
+            manifest = await load_manifest(stores, history.run_started.manifest_id)
+        except MfmError as exc:
+            raise RunError.wrap(exc) from exc
+        plan = rt.resolve_plan(manifest)
+        order = set(topological_order(plan))
+        for sid in sorted(history.mentioned):
+            if sid not in order:
+                raise RunError.invalid_plan(
+                    "recovery_state_not_in_plan", f"run history mentions state {sid}, which the resolved plan lacks"
+                )
+        run_id = RunId(new_run_id) if new_run_id is not None else rt.run_ids()
+        if await stores.events.head_seq(run_id) != 0:
+            raise RunError.wrap(StorageError.concurrency("run_already_exists", f"run {run_id} already exists"))
+        from engine._runtime.writer import EventWriter
+
+        writer = EventWriter(stores.events, run_id, 0, rt.clock)
+        try:
+            await writer.append(_recovery_head(envelopes, source, _last_failed_state(envelopes)))
+        except MfmError as exc:
+            raise RunError.wrap(exc) from exc
+        return await rt.resume(stores, run_id, cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryPlan:
+    """What ``Engine.recover`` will do, for confirmation dialogs (no side effects)."""
+
+    source_run_id: RunId
+    failed_state_id: StateId | None
+    carried_states: tuple[StateId, ...]
+    next_states: tuple[StateId, ...]
+
+
+async def plan_recovery(stores: Stores, run_id: RunId, plan: ExecutionPlan | None = None) -> RecoveryPlan:
+    """Describe the recovery of failed run ``run_id``; ``run_not_failed`` unless it ended Failed."""
+    try:
+        envelopes, history = await load_history(stores, RunId(run_id))
+    except MfmError as exc:
+        raise RunError.wrap(exc) from exc
+    rc = history.run_completed
+    if rc is None or rc.status is not RunStatus.FAILED:
+        state = "unfinished" if rc is None else str(rc.status).lower()
+        raise RunError.other(
+            "run_not_failed", f"run {run_id} is {state}; only a failed run can be recovered (resume the others)"
+        )
+    failed = _last_failed_state(envelopes)
+    carried = tuple(history.completed_order)
+    pending: tuple[StateId, ...] = ()
+    if plan is not None:
+        pending = tuple(s for s in topological_order(plan) if s not in history.completed)
+    return RecoveryPlan(RunId(run_id), failed, carried, pending)
+
+
+def _last_failed_state(envelopes: Sequence[EventEnvelope]) -> StateId | None:
+    for env in reversed(envelopes):
+        if isinstance(env.event, StateFailed):
+            return env.event.state_id
+    return None
+
+
+def _recovery_head(
+    envelopes: Sequence[EventEnvelope], source_run_id: RunId, failed_state: StateId | None
+) -> list[object]:
+    """``RunStarted``, ``recovered_from``, carried fact bindings, then an E/C pair per completed state."""
+    from engine._runtime.facts import fact_event
+    from engine._runtime.writer import construct
+
+    started: RunStarted | None = None
+    open_: dict[StateId, StateEntered] = {}
+    completed: list[tuple[StateEntered, StateCompleted]] = []
+    completed_ids: set[StateId] = set()
+    facts: list[tuple[str, ArtifactId, StateId | None]] = []
+    for env in envelopes:
+        ev = env.event
+        if isinstance(ev, RunStarted) and started is None:
+            started = ev
+        elif isinstance(ev, StateEntered):
+            open_[ev.state_id] = ev
+        elif isinstance(ev, StateCompleted):
+            entered = open_.pop(ev.state_id, None)
+            if entered is not None:
+                completed.append((entered, ev))
+                completed_ids.add(ev.state_id)
+        elif isinstance(ev, StateFailed):
+            open_.pop(ev.state_id, None)
+        elif isinstance(ev, DomainEvent) and ev.name == DOMAIN_EVENT_FACT_RECORDED:
+            payload = ev.payload if isinstance(ev.payload, dict) else {}
+            key, pid = payload.get("key"), payload.get("payload_id")
+            if isinstance(key, str) and isinstance(pid, str):
+                owner = next(iter(open_)) if len(open_) == 1 else None
+                facts.append((key, ArtifactId(pid), owner))
+    assert started is not None
+    head: list[object] = [
+        construct(
+            RunStarted,
+            op_id=started.op_id,
+            manifest_id=started.manifest_id,
+            initial_snapshot_id=started.initial_snapshot_id,
+        ),
+        construct(
+            DomainEvent,
+            name=DOMAIN_EVENT_RECOVERED_FROM,
+            payload={
+                "source_run_id": str(source_run_id),
+                "failed_state_id": None if failed_state is None else str(failed_state),
+                "carried_states": len(completed),
+            },
+            payload_ref=None,
+        ),
+    ]
+    seen: set[str] = set()
+    for key, pid, owner in facts:
+        if key in seen or key.startswith(("mfm:now_millis|", "mfm:random_bytes|")):
+            continue  # derived keys carry the old run id; the carried states never read them again
+        if owner is not None and owner not in completed_ids:
+            continue  # observed by an attempt that did not complete: observe again after the fix
+        seen.add(key)
+        head.append(fact_event(key, pid, {"recovered_from": str(source_run_id)}))
+    for entered, done in completed:
+        head.append(
+            construct(
+                StateEntered,
+                state_id=entered.state_id,
+                attempt=entered.attempt,
+                base_snapshot_id=entered.base_snapshot_id,
+            )
+        )
+        head.append(construct(StateCompleted, state_id=done.state_id, context_snapshot_id=done.context_snapshot_id))
+    return head
 
 
 def _status_of(phase: RunPhase) -> RunStatus | None:

@@ -7,6 +7,7 @@ the TUI or losing an SSH connection never stops a run::
     python -m engine.workers --store STORE [--ops MODULE …] run --run-id ID --manifest MANIFEST_ID
     python -m engine.workers --store STORE [--ops MODULE …] resume RUN_ID
     python -m engine.workers --store STORE [--ops MODULE …] replay SOURCE_RUN_ID --replay-run-id ID
+    python -m engine.workers --store STORE [--ops MODULE …] recover FAILED_RUN_ID --recovery-run-id ID
 
 (``mfm worker …`` is the same entry point.)
 
@@ -48,7 +49,7 @@ from typing import Any, Protocol
 
 from engine.engine import RunPhase, Stores
 from engine.errors import ErrorCategory, ErrorInfo, MfmError, StorageError
-from engine.events import RunCompleted, decode_envelope
+from engine.events import RunCompleted, RunStatus, decode_envelope
 from engine.ids import ArtifactId, RunId
 from engine.operations import OperationEnv, OperationRegistry, PreparedRun, load_registry, load_start_run, prepare_run
 
@@ -450,6 +451,8 @@ class ResumeOutcome:
     spawned_pid: int | None
     """``None`` when the run had already finished (nothing to do)."""
     finished: bool
+    recovery_run_id: RunId | None = None
+    """Set when ``run_id`` had failed: the new recovery run that carries on (``Engine.recover``)."""
 
 
 async def _require_run(store: RunFolders, run_id: RunId) -> None:
@@ -469,10 +472,28 @@ async def resume_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[
         lease = Lease.acquire(store, run_id, "run")
         return ResumeOutcome(run_id, _spawn_run(store, run_id, manifest_id, ops_modules, lease), False)
     if run_finished(store, run_id):
-        return ResumeOutcome(run_id, None, True)
+        if not await _ended_failed(store, run_id):
+            return ResumeOutcome(run_id, None, True)
+        recovery_id = RunId.new_v4()
+        lease = Lease.acquire(store, recovery_id, "recover")
+        pid = spawn_worker(
+            store,
+            "recover",
+            recovery_id,
+            args=[str(run_id), "--recovery-run-id", str(recovery_id)],
+            ops_modules=ops_modules,
+            lease=lease,
+        )
+        return ResumeOutcome(run_id, pid, True, recovery_id)
     lease = Lease.acquire(store, run_id, "resume")
     pid = spawn_worker(store, "resume", run_id, args=[str(run_id)], ops_modules=ops_modules, lease=lease)
     return ResumeOutcome(run_id, pid, False)
+
+
+async def _ended_failed(store: RunFolders, run_id: RunId) -> bool:
+    head = await store.stores.events.head_seq(run_id)
+    last = await store.stores.events.read_range(run_id, head, head)
+    return bool(last) and isinstance(last[0].event, RunCompleted) and last[0].event.status is RunStatus.FAILED
 
 
 async def cancel_run(
@@ -566,7 +587,7 @@ async def run_worker(
     """Execute one run in this process while holding its lease; return the exit code."""
     from engine.runtime import CancelToken
 
-    lease_run = replay_run_id if action == "replay" and replay_run_id is not None else run_id
+    lease_run = replay_run_id if action in ("replay", "recover") and replay_run_id is not None else run_id
     if lease_fd is not None:
         lease = Lease.adopt(store, lease_run, lease_fd, action)
     else:
@@ -602,6 +623,11 @@ async def run_worker(
             _write_private(verdict_path(store, lease_run), (json.dumps(payload, sort_keys=True) + "\n").encode())
             _say(f"replay verdict: {payload['verdict']}")
             return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
+        if action == "recover":
+            _say(f"recovering failed run {run_id} as {lease_run}")
+            result = await engine.recover(stores, run_id, cancel=token, new_run_id=lease_run)
+            _say(f"run {lease_run} {result.phase.value}")
+            return _phase_exit(result.phase)
         raise WorkerError.new("usage", f"unknown worker action {action!r}")
 
 
@@ -659,6 +685,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_id")
     rep.add_argument("--replay-run-id", required=True)
     rep.add_argument("--lease-fd", type=int)
+    rec = sub.add_parser("recover")
+    rec.add_argument("run_id")
+    rec.add_argument("--recovery-run-id", required=True)
+    rec.add_argument("--lease-fd", type=int)
     return p
 
 
@@ -676,7 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ns.action,
                 run_id,
                 manifest_id=ArtifactId(ns.manifest) if ns.action == "run" else None,
-                replay_run_id=RunId(ns.replay_run_id) if ns.action == "replay" else None,
+                replay_run_id=(
+                    RunId(ns.replay_run_id)
+                    if ns.action == "replay"
+                    else RunId(ns.recovery_run_id)
+                    if ns.action == "recover"
+                    else None
+                ),
                 lease_fd=ns.lease_fd,
                 cancel_poll_interval=ns.cancel_poll,
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import shlex
 import sys
 import time
 import traceback
@@ -592,7 +591,11 @@ def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> 
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
-    """Resume a run whose worker was lost (or that stopped); refuses if a worker is alive."""
+    """Resume a run whose worker was lost (or that stopped); refuses if a worker is alive.
+
+    A run that FAILED is final; resuming it starts a recovery run (printed) that carries its
+    completed states over and continues at the failed state, once you have fixed the cause.
+    """
     env = _env(ctx)
 
     async def go() -> Any:
@@ -600,12 +603,26 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
         return await resume_run(env.store, run_id, ops_modules=env.ops)
 
     outcome = _run(go())
+    if outcome.recovery_run_id is not None:
+        new_id = outcome.recovery_run_id
+        if not wait:
+            if as_json:
+                _echo_json(
+                    {"run_id": str(new_id), "recovered_from": str(outcome.run_id), "worker_pid": outcome.spawned_pid}
+                )
+            else:
+                click.echo(
+                    f"run {outcome.run_id} failed; recovering it as run {new_id} "
+                    f"(completed states carried over; worker pid {outcome.spawned_pid})"
+                )
+                click.echo(str(new_id))
+            return EXIT_OK
+        click.echo(f"recovering failed run {outcome.run_id} as {new_id}", err=True)
+        return _finish(_run(wait_for_run(env, new_id)), as_json)
     if outcome.finished:
         model = _run(load_model(env, outcome.run_id, with_plan=False))
         if not as_json:
-            note = f"run {outcome.run_id} already finished ({model.status.label}); a finished run is final"
-            if model.status is RunStatus.FAILED and model.manifest is not None:
-                note += f". Once the cause is fixed, start it again: {_start_command(model)}"
+            note = f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume"
             click.echo(note, err=True)
         return _finish(model, as_json) if wait or as_json else EXIT_OK
     if not wait:
@@ -615,18 +632,6 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
             click.echo(f"resuming run {outcome.run_id} (worker pid {outcome.spawned_pid})")
         return EXIT_OK
     return _finish(_run(wait_for_run(env, outcome.run_id)), as_json)
-
-
-def _start_command(model: RunModel) -> str:
-    """``mfm start OP -p k=v …`` that starts a run with the same parameters."""
-    assert model.manifest is not None
-    parts = ["mfm", "start", str(model.manifest.op_id)]
-    params = model.manifest.input_params
-    if isinstance(params, dict):
-        for key, value in params.items():
-            text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-            parts += ["-p", shlex.quote(f"{key}={text}")]
-    return " ".join(parts)
 
 
 @cli.command()
