@@ -37,7 +37,7 @@ Live tailing: appends notify channel :attr:`PostgresEventStore.channel` (``mfm_e
 ``mfm_events__<schema>``) with payload ``<run_id>:<head>``. When (``notify=``):
 
 ``"after"`` (default)
-    a background task sends the pending ``run:head`` pairs (coalesced per run) within a few ms after the commits, as
+    a background task sends the pending ``run:head`` pairs (coalesced per run) within 20 ms after the commits, as
     one short transaction with ``synchronous_commit = off``. Best effort: a crash before the send loses the hint.
 ``"commit"``
     ``pg_notify`` inside the append's own statement: atomic with it, but PostgreSQL serialises every notifying
@@ -103,8 +103,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
-_NOTIFY_WINDOW: Final = 0.005
-"""Seconds the ``"after"`` notifier waits to coalesce appends into one NOTIFY: watchers see ≤ 200 updates/s."""
+_NOTIFY_WINDOW: Final = 0.02
+"""Seconds the ``"after"`` notifier waits to coalesce appends into one NOTIFY: watchers see ≤ 50 updates/s per store."""
 _MAX_SEQ: Final = 2**63 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _SECRET_KEYS: Final = ("password", "sslpassword")
