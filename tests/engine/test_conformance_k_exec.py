@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,25 @@ async def call_err(transport: LiveTransport, request: Any) -> IoError:
     with pytest.raises(IoError) as err:
         await transport.call("exec", request)
     return err.value
+
+
+Bg = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+
+
+@pytest.fixture
+async def bg() -> AsyncIterator[Bg]:
+    """Start background tasks; any still running at teardown are cancelled and awaited (children reaped)."""
+    tasks: list[asyncio.Task[Any]] = []
+
+    def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        tasks.append(task)
+        return task
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def assert_gone(pid: int) -> None:
@@ -417,29 +437,29 @@ async def wait_for_pid_file(path: Path, task: asyncio.Task[Any]) -> int:
     raise AssertionError("the child never wrote its pid file")
 
 
-async def test_c2_cancel_in_flight_exec_sends_sigterm_and_reaps(bin_dir: Path) -> None:
+async def test_c2_cancel_in_flight_exec_sends_sigterm_and_reaps(bin_dir: Path, bg: Bg) -> None:
     """Z/C2: cancelling the task running an exec of a 60 s sleeper → SIGTERM to the child, reaped, re-raised."""
     transport, rec = transport_for(bin_dir, grace_period_s=5.0)
     pid_file = bin_dir / "sleeper.pid"
     path = script(bin_dir, "sleeper.sh", f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}\nsleep 60")
-    task = asyncio.ensure_future(transport.call("exec", req(path)))
+    task = bg(transport.call("exec", req(path)))
     pid = await wait_for_pid_file(pid_file, task)
-    assert pid == rec.pid
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert pid == rec.pid
     assert rec.kinds() == [("spawned", None), ("signal_sent", signal.SIGTERM), ("reaped", -signal.SIGTERM)]
     assert_gone(pid)
 
 
-async def test_c2_cancel_child_ignoring_sigterm_gets_sigkill(bin_dir: Path) -> None:
+async def test_c2_cancel_child_ignoring_sigterm_gets_sigkill(bin_dir: Path, bg: Bg) -> None:
     """Z/C2: a child that traps and ignores TERM is SIGKILLed after the grace period, then reaped."""
     transport, rec = transport_for(bin_dir, grace_period_s=0.2)
     pid_file = bin_dir / "stubborn.pid"
     path = script(
         bin_dir, "stubborn.sh", f"trap '' TERM\necho $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}\nsleep 60"
     )
-    task = asyncio.ensure_future(transport.call("exec", req(path)))
+    task = bg(transport.call("exec", req(path)))
     pid = await wait_for_pid_file(pid_file, task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

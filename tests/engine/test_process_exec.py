@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,25 @@ class Recorder:
     @property
     def pid(self) -> int:
         return next(e.pid for e in self.events if e.kind == "spawned")
+
+
+Bg = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+
+
+@pytest.fixture
+async def bg() -> AsyncIterator[Bg]:
+    """Start background tasks; any still running at teardown are cancelled and awaited (children reaped)."""
+    tasks: list[asyncio.Task[Any]] = []
+
+    def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        tasks.append(task)
+        return task
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def assert_gone(pid: int) -> None:
@@ -123,12 +143,12 @@ async def test_negative_limits_rejected() -> None:
         await run_process(SH, ["-c", "true"], stdout_limit=-1, stderr_limit=0)
 
 
-async def test_cleanup_reaches_the_whole_process_group(tmp_path: Path) -> None:
+async def test_cleanup_reaches_the_whole_process_group(tmp_path: Path, bg: Bg) -> None:
     """A grandchild in the child's process group is signalled too (it would otherwise hold the pipes)."""
     rec = Recorder()
     pid_file = tmp_path / "grandchild.pid"
     code = f"sleep 60 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait"
-    task = asyncio.ensure_future(sh(code, grace_period_s=5.0, observer=rec))
+    task = bg(sh(code, grace_period_s=5.0, observer=rec))
     grandchild = await _started(pid_file, task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -157,12 +177,10 @@ async def _started(pid_file: Path, task: asyncio.Task[Any]) -> int:
     raise AssertionError("child never started")
 
 
-async def test_cancellation_terminates_reaps_and_reraises(tmp_path: Path) -> None:
+async def test_cancellation_terminates_reaps_and_reraises(tmp_path: Path, bg: Bg) -> None:
     rec = Recorder()
     pid_file = tmp_path / "c.pid"
-    task = asyncio.ensure_future(
-        sh(f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60", grace_period_s=5.0, observer=rec)
-    )
+    task = bg(sh(f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60", grace_period_s=5.0, observer=rec))
     pid = await _started(pid_file, task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -171,11 +189,11 @@ async def test_cancellation_terminates_reaps_and_reraises(tmp_path: Path) -> Non
     assert_gone(pid)
 
 
-async def test_cancellation_escalates_to_sigkill_after_grace(tmp_path: Path) -> None:
+async def test_cancellation_escalates_to_sigkill_after_grace(tmp_path: Path, bg: Bg) -> None:
     rec = Recorder()
     pid_file = tmp_path / "k.pid"
     code = f"trap '' TERM; echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60"
-    task = asyncio.ensure_future(sh(code, grace_period_s=0.1, observer=rec))
+    task = bg(sh(code, grace_period_s=0.1, observer=rec))
     pid = await _started(pid_file, task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -188,12 +206,12 @@ async def test_cancellation_escalates_to_sigkill_after_grace(tmp_path: Path) -> 
     assert_gone(pid)
 
 
-async def test_repeated_cancellation_during_cleanup_still_reaps(tmp_path: Path) -> None:
+async def test_repeated_cancellation_during_cleanup_still_reaps(tmp_path: Path, bg: Bg) -> None:
     """A second cancel while the runner waits out the grace period does not abandon the child."""
     rec = Recorder()
     pid_file = tmp_path / "r.pid"
     code = f"trap '' TERM; echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 60"
-    task = asyncio.ensure_future(sh(code, grace_period_s=0.2, observer=rec))
+    task = bg(sh(code, grace_period_s=0.2, observer=rec))
     pid = await _started(pid_file, task)
     task.cancel()
     for _ in range(200):  # wait until the runner has sent SIGTERM, then cancel again
@@ -231,10 +249,12 @@ async def test_failing_observer_does_not_break_the_guarantees(caplog: pytest.Log
     assert "process observer failed" in caplog.text
 
 
-async def test_cancel_during_spawn_still_kills_the_group_and_reaps() -> None:
+async def test_cancel_during_spawn_still_kills_the_group_and_reaps(
+    bg: Bg,
+) -> None:
     """A cancellation that lands while the spawn is in flight waits for it, then SIGTERMs and reaps."""
     rec = Recorder()
-    task = asyncio.ensure_future(sh("sleep 60", grace_period_s=5.0, observer=rec))
+    task = bg(sh("sleep 60", grace_period_s=5.0, observer=rec))
     await asyncio.sleep(0)  # the task is now inside the spawn
     assert rec.events == []
     task.cancel()
@@ -244,7 +264,7 @@ async def test_cancel_during_spawn_still_kills_the_group_and_reaps() -> None:
     assert_gone(rec.pid)
 
 
-async def test_reap_is_not_held_up_by_a_descendant_outside_the_group(tmp_path: Path) -> None:
+async def test_reap_is_not_held_up_by_a_descendant_outside_the_group(tmp_path: Path, bg: Bg) -> None:
     """A descendant that left the process group (setsid) but holds stdout open does not block the reap."""
     rec = Recorder()
     pid_file = tmp_path / "escapee.pid"
@@ -252,7 +272,7 @@ async def test_reap_is_not_held_up_by_a_descendant_outside_the_group(tmp_path: P
         f"setsid sh -c 'echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 60' & "
         f"while [ ! -e {pid_file} ]; do sleep 0.01; done; exec sleep 60"
     )
-    task = asyncio.ensure_future(sh(code, grace_period_s=5.0, observer=rec))
+    task = bg(sh(code, grace_period_s=5.0, observer=rec))
     escapee = await _started(pid_file, task)
     try:
         task.cancel()
