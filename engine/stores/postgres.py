@@ -304,14 +304,18 @@ class _Core:
                     self._idle.append(conn)
 
     async def close(self) -> None:
-        if self._loop is asyncio.get_running_loop():
+        same_loop = self._loop is asyncio.get_running_loop()
+        if same_loop:
             await self.notifier.close()
         else:
             self.notifier.reset()
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
-            await conn.close()
+            if same_loop:
+                await conn.close()
+            else:  # opened by another (finished) loop: close the socket without awaiting on it
+                conn.pgconn.finish()
 
     # -- schema -------------------------------------------------------------------------------------------------
 

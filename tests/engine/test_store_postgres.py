@@ -547,3 +547,9 @@ def test_one_store_used_from_two_event_loops_reconnects(pg_server: PgServer, pg_
             await store.close()
 
     assert asyncio.run(read_and_close()) == [1, 2]
+
+    other = PostgresStore(pg_server.dsn(), schema=pg_schema)
+    assert asyncio.run(other.events.head_seq(run)) == 2
+    asyncio.run(other.close())  # its pooled connection belongs to the first, finished loop
+    with pytest.raises(StorageError):
+        asyncio.run(other.events.head_seq(run))
