@@ -1,0 +1,83 @@
+"""``open_store(location)``: a filesystem path → ``FsStore``; a ``postgresql://`` URL → the PostgreSQL store.
+
+A database URL is passed to libpq unchanged, so credentials come from the URL, the ``PG*`` environment variables
+(``PGHOST``, ``PGUSER``, ``PGPASSWORD`` …) or ``~/.pgpass`` as with ``psql``. Two extra query parameters are ours
+and are removed before libpq sees them:
+
+``mfm_schema=NAME``
+    the schema holding the tables (default ``public``): several stores can share one database.
+``mfm_notify=after|commit|off``
+    when appends send their ``NOTIFY`` (see ``engine.stores.postgres``).
+
+The URL's password never appears in a repr, a log line or an error (:func:`display_location`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from engine.errors import StorageError
+
+if TYPE_CHECKING:
+    from engine.pool import PostgresPoolStore
+    from engine.stores.fs import FsStore
+
+__all__ = ["display_location", "is_database_url", "open_store", "split_database_url"]
+
+_SCHEMES: Final = ("postgresql://", "postgres://")
+_OURS: Final = ("mfm_schema", "mfm_notify")
+
+
+def is_database_url(location: str | os.PathLike[str] | None) -> bool:
+    """Whether ``location`` names a PostgreSQL store (``postgresql://…`` or ``postgres://…``)."""
+    return isinstance(location, str) and location.strip().lower().startswith(_SCHEMES)
+
+
+def split_database_url(url: str) -> tuple[str, dict[str, str]]:
+    """The libpq URL without our own query parameters, and those parameters (``mfm_schema``, ``mfm_notify``)."""
+    parts = urlsplit(url.strip())
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OURS}
+    rest = [(k, v) for k, v in query if k not in _OURS]
+    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+
+
+def display_location(location: str | os.PathLike[str]) -> str:
+    """The location as it may be shown: a database URL with its password replaced by ``***``."""
+    if not is_database_url(location):
+        return str(location)
+    assert isinstance(location, str)
+    try:
+        parts = urlsplit(location.strip())
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{hostport}"
+        query = [(k, "***" if k in ("password", "sslpassword") else v) for k, v in parse_qsl(parts.query, True)]
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+    except ValueError:
+        return "postgresql://<unparsable>"
+
+
+def open_store(location: str | os.PathLike[str], **options: Any) -> FsStore | PostgresPoolStore:
+    """The store at ``location``: a ``postgresql://`` URL opens the PostgreSQL store (with its worker-pool queue,
+    ``engine.pool.PostgresPoolStore``; connects lazily), anything else is a folder for ``FsStore`` (created on
+    first use). ``options`` go to the PostgreSQL store (``max_connections``, ``clock`` …)."""
+    if is_database_url(location):
+        assert isinstance(location, str)
+        from engine.pool import PostgresPoolStore
+
+        dsn, ours = split_database_url(location)
+        schema = ours.get("mfm_schema") or "public"
+        notify = ours.get("mfm_notify") or "after"
+        if notify not in ("after", "commit", "off"):
+            raise StorageError.other("store_notify_invalid", f"mfm_notify must be after, commit or off, not {notify!r}")
+        return PostgresPoolStore(dsn, schema=schema, notify=notify, **options)  # type: ignore[arg-type]
+    from engine.stores.fs import FsStore
+
+    return FsStore(Path(location))
