@@ -166,11 +166,96 @@ def decode_envelope(data: bytes | str) -> EventEnvelope:
     """Parse one wire-form envelope; malformed input → ``Corruption machine_event_decode_failed``."""
     try:
         raw = json.loads(data)
-        return EventEnvelope.model_validate(raw)
+        return _decode_common(raw) or EventEnvelope.model_validate(raw)
     except (ValueError, ValidationError, UnicodeDecodeError) as exc:
         raise StorageError.corruption(
             "machine_event_decode_failed", f"event record could not be decoded: {exc}"[:400]
         ) from exc
+
+
+# Fast decoding of the envelopes that make up nearly every stream (resume reads whole streams): domain events and
+# StateEntered / StateCompleted, checked field by field exactly as the models would (strict ints and their bounds,
+# ids through their own constructors, no missing or extra keys) and built without a second validation pass. Any
+# other shape, or anything that fails a check, returns None and goes through ``model_validate``, which then decides
+# (and words the error). A domain payload needs no check: whatever ``json.loads`` returns is a ``JsonValue``.
+_U64 = 2**64 - 1
+_U32 = 2**32 - 1
+_ENVELOPE_KEYS = frozenset(("run_id", "seq", "ts_millis", "event"))
+_DOMAIN_KEYS = frozenset(("name", "payload", "payload_ref"))
+_ENTERED_KEYS = frozenset(("state_id", "attempt", "base_snapshot_id"))
+_COMPLETED_KEYS = frozenset(("state_id", "context_snapshot_id"))
+
+
+def _built(cls: type[Frozen], /, **fields: Any) -> Any:
+    """An instance of ``cls`` with exactly ``fields`` (already valid, given in declaration order)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
+def _id_or_none(cls: type[Any], value: Any) -> Any:
+    if type(value) is not str:
+        return None
+    try:
+        return cls(value)
+    except ValueError:
+        return None
+
+
+def _decode_common(raw: Any) -> EventEnvelope | None:
+    if type(raw) is not dict or raw.keys() != _ENVELOPE_KEYS:
+        return None
+    seq, ts, wrapper = raw["seq"], raw["ts_millis"], raw["event"]
+    if (
+        type(seq) is not int
+        or not 1 <= seq <= _U64
+        or (ts is not None and (type(ts) is not int or not 0 <= ts <= _U64))
+    ):
+        return None
+    if type(wrapper) is not dict or len(wrapper) != 1:
+        return None
+    ((tag, body),) = wrapper.items()
+    if type(body) is not dict:
+        return None
+    event: Any
+    if tag == "Domain":
+        if body.keys() != _DOMAIN_KEYS or type(body["name"]) is not str:
+            return None
+        ref = body["payload_ref"]
+        if ref is not None and (ref := _id_or_none(ArtifactId, ref)) is None:
+            return None
+        event = _built(DomainEvent, name=body["name"], payload=body["payload"], payload_ref=ref)
+    elif tag == "Kernel" and len(body) == 1:
+        ((kind, fields),) = body.items()
+        if type(fields) is not dict:
+            return None
+        if kind == "StateEntered" and fields.keys() == _ENTERED_KEYS:
+            attempt = fields["attempt"]
+            if type(attempt) is not int or not 0 <= attempt <= _U32:
+                return None
+            state = _id_or_none(StateId, fields["state_id"])
+            base = _id_or_none(ArtifactId, fields["base_snapshot_id"])
+            if state is None or base is None:
+                return None
+            event = _built(StateEntered, state_id=state, attempt=attempt, base_snapshot_id=base)
+        elif kind == "StateCompleted" and fields.keys() == _COMPLETED_KEYS:
+            state = _id_or_none(StateId, fields["state_id"])
+            snap = _id_or_none(ArtifactId, fields["context_snapshot_id"])
+            if state is None or snap is None:
+                return None
+            event = _built(StateCompleted, state_id=state, context_snapshot_id=snap)
+        else:
+            return None
+    else:
+        return None
+    run_id = _id_or_none(RunId, raw["run_id"])
+    if run_id is None:
+        return None
+    envelope: EventEnvelope = _built(EventEnvelope, run_id=run_id, seq=seq, ts_millis=ts, event=event)
+    return envelope
 
 
 class FactRecorded(Frozen):
