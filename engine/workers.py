@@ -11,6 +11,13 @@ the TUI or losing an SSH connection never stops a run::
 
 (``mfm worker …`` is the same entry point.)
 
+**Database stores** (``--store postgresql://…``): nothing is spawned. The actions below QUEUE the run
+(``engine.pool``: a ``mfm_run_queue`` row) and ``mfm worker serve`` processes on any number of hosts
+claim and execute it; the lease is that row (:func:`lease_state` reads it), cancel requests travel
+through the store's control table::
+
+    python -m engine.workers --store postgresql://… [--ops MODULE …] serve [--concurrency N] [--host-name NAME]
+
 **Lease.** A worker holds its run's lease: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, with
 its pid, host and start time written inside. A second worker for the same run refuses (exit 4,
 code ``lease_held``). Liveness is decided by the *lock*, never by the pid (a dead worker can
@@ -67,8 +74,10 @@ __all__ = [
     "WorkerError",
     "cancel_run",
     "exit_code_for",
+    "is_pooled",
     "lease_state",
     "main",
+    "read_verdict",
     "replay_run",
     "resume_run",
     "run_finished",
@@ -207,9 +216,21 @@ def run_finished(store: RunFolders, run_id: RunId) -> bool:
         return False
 
 
+def is_pooled(store: Any) -> bool:
+    """Whether ``store`` is a database store whose runs go through the worker-pool queue (``engine.pool``)."""
+    return getattr(store, "queue", None) is not None and not callable(getattr(store, "run_dir", None))
+
+
 def lease_state(store: RunFolders, run_id: RunId) -> LeaseInfo:
     """``HELD`` when a live worker holds the lock, ``STALE`` when the lease file exists, its lock is
-    free and the run is not finished ("worker lost"), else ``NONE``. Never waits."""
+    free and the run is not finished ("worker lost"), else ``NONE``. Never waits.
+
+    On a database store (:func:`is_pooled`) the same answer comes from the run's queue row
+    (``engine.pool.lease_info``): a queued run not claimed yet is ``HELD`` with ``action='queued'``."""
+    if is_pooled(store):
+        from engine.pool import lease_info
+
+        return lease_info(store, run_id)  # type: ignore[arg-type]
     path = _lease_path(store, run_id)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -392,9 +413,15 @@ async def start_run(
 ) -> PreparedRun:
     """Validate, store the manifest, take the new run's lease and spawn its worker.
 
-    Invalid input raises ``OperationError`` before anything is written.
+    Invalid input raises ``OperationError`` before anything is written. On a database store the run is
+    queued for the worker pool instead.
     """
     prepared = await prepare_run(store.stores, registry, op_id, raw_params)
+    if is_pooled(store):
+        await _queue(store).enqueue(
+            prepared.run_id, "start", manifest_id=prepared.manifest_id, args={"ops": list(ops_modules)}
+        )
+        return prepared
     lease = Lease.acquire(store, prepared.run_id, "run")
     try:
         _write_pending(store, prepared.run_id, prepared.manifest_id)
@@ -403,6 +430,10 @@ async def start_run(
         raise
     _spawn_run(store, prepared.run_id, prepared.manifest_id, ops_modules, lease)
     return prepared
+
+
+def _queue(store: Any) -> Any:
+    return store.queue
 
 
 def _spawn_run(
@@ -465,6 +496,8 @@ async def resume_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[
 
     A run whose worker died before writing ``RunStarted`` is started again from its stored manifest.
     """
+    if is_pooled(store):
+        return await _resume_pooled(store, run_id, ops_modules)
     if await store.stores.events.head_seq(run_id) == 0:
         manifest_id = _read_pending(store, run_id)
         if manifest_id is None:
@@ -490,6 +523,54 @@ async def resume_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[
     return ResumeOutcome(run_id, pid, False)
 
 
+async def _resume_pooled(store: Any, run_id: RunId, ops_modules: Sequence[str]) -> ResumeOutcome:
+    """Database store: queue the resume (or a recovery run for a failed run); a queued or held run → ``lease_held``.
+
+    A run whose worker was lost needs nothing: the pool takes it over once its lease expires."""
+    queue = _queue(store)
+    row = await queue.get(run_id)
+    args = {"ops": list(ops_modules)}
+    if await store.stores.events.head_seq(run_id) == 0:
+        if row is None or row.manifest_id is None:
+            raise WorkerError.new("run_not_found", f"run {run_id} not found")
+        if not row.done:
+            raise _held(run_id, row)
+        await queue.enqueue(run_id, "start", manifest_id=ArtifactId(row.manifest_id), args=args, again=True)
+        return ResumeOutcome(run_id, None, False)
+    if await _finished_remote(store, run_id):
+        if not await _ended_failed(store, run_id):
+            return ResumeOutcome(run_id, None, True)
+        recovery_id = RunId.new_v4()
+        await queue.enqueue(recovery_id, "recover", source_run_id=run_id, args=args)
+        return ResumeOutcome(run_id, None, True, recovery_id)
+    if row is not None and not row.done:
+        if row.owned and not row.lease_live:
+            return ResumeOutcome(run_id, None, False)  # worker lost: the pool takes it over by itself
+        raise _held(run_id, row)
+    if row is None:
+        await queue.enqueue(run_id, "resume", args=args)
+    else:
+        await queue.enqueue(run_id, row.action if row.action != "start" else "resume", args=args, again=True)
+    return ResumeOutcome(run_id, None, False)
+
+
+def _held(run_id: RunId, row: Any) -> WorkerError:
+    where = f"held by pid {row.pid} on {row.host}" if row.owned else "queued for the worker pool"
+    return WorkerError.new(
+        "lease_held",
+        f"run {run_id} is {where}; wait for it or `mfm cancel {run_id}`",
+        {"pid": row.pid, "host": row.host},
+    )
+
+
+async def _finished_remote(store: Any, run_id: RunId) -> bool:
+    head = await store.stores.events.head_seq(run_id)
+    if head == 0:
+        return False
+    last = await store.stores.events.read_range(run_id, head, head)
+    return bool(last) and isinstance(last[-1].event, RunCompleted)
+
+
 async def _ended_failed(store: RunFolders, run_id: RunId) -> bool:
     head = await store.stores.events.head_seq(run_id)
     last = await store.stores.events.read_range(run_id, head, head)
@@ -506,6 +587,18 @@ async def cancel_run(
     """
     from engine.runtime import request_cancel
 
+    if is_pooled(store):
+        row = await _queue(store).get(run_id)
+        if row is None or row.manifest_id is None or await store.stores.events.head_seq(run_id) > 0:
+            await _require_run(store, run_id)
+        if await _finished_remote(store, run_id):
+            raise WorkerError.new("run_already_finished", f"run {run_id} has already finished")
+        await request_cancel(store.stores, run_id, reason)
+        if row is None or row.done:  # nobody will pick it up: queue a resume that carries the cancel out
+            action = "start" if row is not None and row.manifest_id is not None else "resume"
+            manifest = None if row is None or row.manifest_id is None else ArtifactId(row.manifest_id)
+            return bool(await _queue(store).enqueue(run_id, action, manifest_id=manifest, again=True))
+        return False
     await _require_run(store, run_id)
     await request_cancel(store.stores, run_id, reason)
     if lease_state(store, run_id).state is LeaseState.STALE:
@@ -525,6 +618,9 @@ async def replay_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[
     """
     await _require_run(store, run_id)
     replay_id = RunId.new_v4()
+    if is_pooled(store):
+        await _queue(store).enqueue(replay_id, "replay", source_run_id=run_id, args={"ops": list(ops_modules)})
+        return replay_id
     lease = Lease.acquire(store, replay_id, "replay")
     spawn_worker(
         store,
@@ -539,6 +635,18 @@ async def replay_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[
 
 def verdict_path(store: RunFolders, replay_run_id: RunId) -> Path:
     return Path(store.run_dir(replay_run_id)) / "verdict.json"
+
+
+async def read_verdict(store: Any, replay_run_id: RunId) -> dict[str, Any] | None:
+    """The replay verdict once written (``verdict.json``, or the queue row's result on a database store)."""
+    if is_pooled(store):
+        row = await _queue(store).get(replay_run_id)
+        return None if row is None else row.result
+    try:
+        value = json.loads(verdict_path(store, replay_run_id).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,10 +769,11 @@ def _opt_str(v: Any) -> str | None:
 
 
 def open_store(root: str | os.PathLike[str]) -> Any:
-    """The filesystem store at ``root`` (created on first use)."""
-    from engine.stores.fs import FsStore
+    """The filesystem store at ``root`` (created on first use), or the database store of a ``postgresql://``
+    URL (``engine.stores.open.open_store``)."""
+    from engine.stores.open import open_store as _open
 
-    return FsStore(Path(root))
+    return _open(root)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -689,13 +798,53 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("run_id")
     rec.add_argument("--recovery-run-id", required=True)
     rec.add_argument("--lease-fd", type=int)
+    srv = sub.add_parser("serve", description="Execute queued runs of a database store (any number of hosts).")
+    srv.add_argument("--store", dest="serve_store", help="postgresql://… (overrides the global --store)")
+    srv.add_argument("--concurrency", type=int, default=4, help="runs executed at once (default 4)")
+    srv.add_argument("--host-name", default=None, help="shown as HOST by `mfm runs` (default: this host's name)")
+    srv.add_argument("--lease-ttl", type=float, default=5.0, help="seconds before a silent worker's runs move on")
+    srv.add_argument("--heartbeat", type=float, default=1.0, help="seconds between lease renewals")
+    srv.add_argument("--poll", type=float, default=0.25, help="seconds between queue polls when idle")
+    srv.add_argument("--exit-when-idle", action="store_true", help="stop once the queue is empty")
     return p
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from engine.pool import serve
+    from engine.stores.open import display_location, is_database_url
+
+    location = ns.serve_store or ns.store
+    if not is_database_url(location):
+        raise WorkerError.new(
+            "store_not_database",
+            f"`worker serve` needs a postgresql:// store, not {display_location(location)!r} "
+            "(filesystem stores spawn one worker per run)",
+        )
+    if ns.concurrency < 1:
+        raise WorkerError.new("usage", "--concurrency must be at least 1")
+    store = open_store(location)
+    registry = load_registry(ns.ops, entry_points=not ns.no_entry_points)
+    return asyncio.run(
+        serve(
+            store,
+            registry,
+            concurrency=ns.concurrency,
+            host=ns.host_name,
+            ttl=ns.lease_ttl,
+            heartbeat=ns.heartbeat,
+            poll=ns.poll,
+            cancel_poll=ns.cancel_poll,
+            exit_when_idle=ns.exit_when_idle,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Worker entry point: one line ``error[code]: message`` on stderr for any contract error."""
     ns = _parser().parse_args(argv)
     try:
+        if ns.action == "serve":
+            return _serve(ns)
         store = open_store(ns.store)
         registry = load_registry(ns.ops, entry_points=not ns.no_entry_points)
         run_id = RunId(ns.run_id)

@@ -33,15 +33,16 @@ from engine.workers import (
     LeaseState,
     cancel_run,
     exit_code_for,
+    is_pooled,
     lease_state,
     open_store,
+    read_verdict,
     replay_run,
     resume_run,
     start_run,
-    verdict_path,
 )
 from mfm_tui import __version__
-from mfm_tui.config import resolve_store_path
+from mfm_tui.config import resolve_store
 from mfm_tui.run_model import PlanShape, RunModel, RunStatus, lease_status_of
 
 T = TypeVar("T")
@@ -55,7 +56,9 @@ Exit codes (stable):
   {EXIT_CONFLICT}  conflict (a live worker holds the run's lease, the run already finished)
 \b
 Errors are one line on stderr: error[code]: message (add --debug for a traceback).
-Store: --store PATH, else $MFM_STORE, else $XDG_DATA_HOME/mfm/store (~/.local/share/mfm/store)."""
+Store: --store PATH, else $MFM_STORE, else $XDG_DATA_HOME/mfm/store (~/.local/share/mfm/store).
+A postgresql://… URL selects the PostgreSQL store: runs are queued and executed by
+`mfm worker serve` processes on any number of hosts (credentials: URL, PG* variables, ~/.pgpass)."""
 
 
 class CliError(MfmError):
@@ -76,13 +79,21 @@ class Env:
     plan_shapes: dict[str, PlanShape] = field(default_factory=dict)
 
     @property
+    def store_location(self) -> Path | str:
+        """The store folder, or a ``postgresql://`` URL."""
+        return resolve_store(self.store_option)
+
+    @property
     def store_path(self) -> Path:
-        return resolve_store_path(self.store_option)
+        location = self.store_location
+        if not isinstance(location, Path):
+            raise CliError.new("store_not_filesystem", "this command needs a filesystem store, not a database URL")
+        return location
 
     @property
     def store(self) -> Any:
         if self._store is None:
-            self._store = open_store(self.store_path)
+            self._store = open_store(self.store_location)
         return self._store
 
     @property
@@ -139,6 +150,8 @@ async def resolve_run_id(store: Any, text: str) -> RunId:
         full = None
     if full is not None and (await store.events.head_seq(full) > 0 or _run_dir_exists(store, full)):
         return full  # (a run whose worker has not written RunStarted yet has a folder already)
+    if full is not None and is_pooled(store) and await store.queue.get(full) is not None:
+        return full  # (queued on a database store, not started by a worker yet)
     runs = sorted(str(r) for r in await store.events.list_runs())
     matches = [r for r in runs if r.startswith(prefix)]
     if not matches:
@@ -211,10 +224,22 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
         if model.engine_status is not None:
             return model
         lease = lease_state(store, run_id)
-        if lease.state is not LeaseState.HELD:
+        # On a database store a lost worker's run is taken over by the pool: only a run nobody will pick up is lost.
+        pooled = is_pooled(store)
+        if (lease.state is LeaseState.NONE) if pooled else (lease.state is not LeaseState.HELD):
             model.apply(await store.events.read_range(run_id, model.last_seq + 1))
             if model.engine_status is not None:
                 return model
+            if pooled:
+                row = await store.queue.get(run_id)
+                why = "not queued" if row is None else f"{row.outcome or 'stopped'}: {row.last_error or 'no error'}"
+                raise MfmError(
+                    ErrorInfo.new(
+                        "worker_lost",
+                        f"the worker pool stopped run {run_id} without finishing it ({why[:300]}); "
+                        f"`mfm resume {run_id[:8]}` queues it again",
+                    )
+                )
             log = Path(store.run_dir(run_id)) / "worker.log"
             raise MfmError(
                 ErrorInfo.new(
@@ -251,7 +276,7 @@ def _finish(model: RunModel, as_json: bool) -> int:
 
 
 @click.group(invoke_without_command=True, epilog=EXIT_CODES_HELP)
-@click.option("--store", "store", metavar="PATH", help="Store folder (created on first use).")
+@click.option("--store", "store", metavar="PATH|URL", help="Store folder (created on first use) or postgresql://… URL.")
 @click.option(
     "--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE or a .py file (repeatable)."
 )
@@ -401,6 +426,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
         return out
 
     models = _run(collect())
+    hosts = {m.run_id: lease_state(env.store, m.run_id).host for m in models}
     now = _now()
     if as_json:
         _echo_json(
@@ -417,6 +443,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                     "done": m.done,
                     "total": m.total,
                     "lease": m.lease.value,
+                    "host": hosts.get(m.run_id),
                 }
                 for m in models
             ]
@@ -425,7 +452,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
     if not models:
         click.echo("no runs yet: try `mfm start demo_flaky`")
         return EXIT_OK
-    rows = [("RUN", "OP", "STATUS", "STARTED", "DURATION", "STATE", "DONE")]
+    rows = [("RUN", "OP", "STATUS", "STARTED", "DURATION", "STATE", "DONE", "HOST")]
     for m in models:
         rows.append(
             (
@@ -436,6 +463,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                 _dur(m.duration_millis(now)),
                 _state_line(m),
                 f"{m.done}/{m.total}",
+                hosts.get(m.run_id) or "-",
             )
         )
     _print_table(rows)
@@ -461,15 +489,21 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
 
     model = _run(go())
     now = _now()
+    info = lease_state(env.store, model.run_id)
     if as_json:
-        _echo_json(model.to_json(now))
+        out = model.to_json(now)
+        out["host"] = info.host
+        _echo_json(out)
         return EXIT_OK
     click.echo(f"run       {model.run_id}")
     click.echo(f"op        {model.op_id or '?'}")
     click.echo(f"status    {_status_text(model, now)}")
-    if model.lease.value in ("held", "stale"):
-        info = lease_state(env.store, model.run_id)
+    if info.action == "queued" and info.pid is None:
+        click.echo("worker    queued for the worker pool")
+    elif model.lease.value in ("held", "stale"):
         click.echo(f"worker    {info.state.value} (pid {info.pid} on {info.host})")
+    if info.host:
+        click.echo(f"host      {info.host}")
     click.echo(f"started   {_ts(model.started_millis)}   duration {_dur(model.duration_millis(now))}")
     click.echo(f"progress  {model.done}/{model.total} states   {model.last_seq} events")
     if model.error is not None:
@@ -611,9 +645,11 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
                     {"run_id": str(new_id), "recovered_from": str(outcome.run_id), "worker_pid": outcome.spawned_pid}
                 )
             else:
+                by = (
+                    "queued for the worker pool" if outcome.spawned_pid is None else f"worker pid {outcome.spawned_pid}"
+                )
                 click.echo(
-                    f"run {outcome.run_id} failed; recovering it as run {new_id} "
-                    f"(completed states carried over; worker pid {outcome.spawned_pid})"
+                    f"run {outcome.run_id} failed; recovering it as run {new_id} (completed states carried over; {by})"
                 )
                 click.echo(str(new_id))
             return EXIT_OK
@@ -628,6 +664,8 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     if not wait:
         if as_json:
             _echo_json({"run_id": str(outcome.run_id), "worker_pid": outcome.spawned_pid})
+        elif outcome.spawned_pid is None:
+            click.echo(f"resuming run {outcome.run_id} (queued for the worker pool)")
         else:
             click.echo(f"resuming run {outcome.run_id} (worker pid {outcome.spawned_pid})")
         return EXIT_OK
@@ -648,6 +686,8 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
 
     run_id, spawned = _run(go())
     extra = " (no live worker: a worker was started to close it)" if spawned else ""
+    if spawned and is_pooled(env.store):
+        extra = " (no worker held it: queued for the worker pool to close it)"
     click.echo(f"cancel requested for run {run_id}{extra}")
     return EXIT_OK
 
@@ -686,22 +726,15 @@ def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
 
 
 def _read_verdict(env: Env, replay_id: RunId, timeout: float = 10.0) -> dict[str, Any]:
-    path = verdict_path(env.store, replay_id)
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            value = json.loads(path.read_text())
-            if isinstance(value, dict):
-                return value
-        except (OSError, ValueError):
-            pass
+        value = _run(read_verdict(env.store, replay_id))
+        if value is not None:
+            return value
         if time.monotonic() > deadline or lease_state(env.store, replay_id).state is not LeaseState.HELD:
-            try:
-                value = json.loads(path.read_text())
-                if isinstance(value, dict):
-                    return value
-            except (OSError, ValueError):
-                pass
+            value = _run(read_verdict(env.store, replay_id))
+            if value is not None:
+                return value
             raise MfmError(ErrorInfo.new("worker_failed", f"the replay worker wrote no verdict for run {replay_id}"))
         time.sleep(0.05)
 
@@ -765,11 +798,14 @@ def doctor(ctx: click.Context, runs: tuple[str, ...], as_json: bool, repair: boo
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def worker(ctx: click.Context, args: tuple[str, ...]) -> int:
-    """Execute one run in this process: `mfm worker run|resume|replay …` (normally spawned detached)."""
+    """Execute one run in this process: `mfm worker run|resume|replay …` (normally spawned detached).
+
+    On a database store: `mfm worker serve --store postgresql://… [--concurrency N] [--host-name NAME]`
+    executes queued runs until stopped (SIGTERM hands its runs over to the other workers)."""
     from engine.workers import main as worker_main
 
     env = _env(ctx)
-    argv = ["--store", str(env.store_path)]
+    argv = ["--store", str(env.store_location)]
     for module in env.ops:
         argv += ["--ops", module]
     return worker_main([*argv, *args])

@@ -1,5 +1,8 @@
 """Where the store lives: ``--store PATH``, else ``$MFM_STORE``, else ``$XDG_DATA_HOME/mfm/store``
-(``~/.local/share/mfm/store`` when ``XDG_DATA_HOME`` is unset or not absolute)."""
+(``~/.local/share/mfm/store`` when ``XDG_DATA_HOME`` is unset or not absolute).
+
+Either may also be a ``postgresql://`` URL (the PostgreSQL store; :func:`resolve_store` returns it unchanged);
+credentials come from the URL, the ``PG*`` environment variables or ``~/.pgpass``."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["default_store_path", "resolve_store_path"]
+__all__ = ["default_store_path", "is_store_url", "resolve_store", "resolve_store_path"]
 
 
 def default_store_path(env: Mapping[str, str] | None = None) -> Path:
@@ -27,3 +30,19 @@ def resolve_store_path(option: str | os.PathLike[str] | None, env: Mapping[str, 
     else:
         path = default_store_path(env)
     return path.expanduser().absolute()
+
+
+def is_store_url(location: object) -> bool:
+    """Whether ``location`` is a database URL (``postgresql://…`` or ``postgres://…``)."""
+    return isinstance(location, str) and location.strip().lower().startswith(("postgresql://", "postgres://"))
+
+
+def resolve_store(option: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path | str:
+    """The store to open: a database URL unchanged (from ``option``, else ``$MFM_STORE``), else
+    :func:`resolve_store_path`."""
+    env = os.environ if env is None else env
+    chosen = option if option else env.get("MFM_STORE") or None
+    if is_store_url(chosen):
+        assert isinstance(chosen, str)
+        return chosen.strip()
+    return resolve_store_path(option, env)
