@@ -9,6 +9,11 @@ On timeout, on asyncio cancellation and on any unexpected failure, the whole pro
 SIGTERM, then SIGKILL after a grace period, and the child is reaped (``await wait()``) before the
 runner returns or raises: it never leaves a zombie. Cancellation is re-raised after that cleanup.
 
+A cancellation that lands during the spawn waits for the spawn to finish, then cleans up the
+same way. (Known CPython 3.11 limit: if loop shutdown cancels *every* task, asyncio's internal
+pipe-connecting task included, while a spawn is in flight, asyncio itself can hang in its own
+clean-up; the runner cannot prevent that. Cancel exec calls before shutting the loop down.)
+
 Outcomes:
 - ``ProcessSpawnError``: the program could not be started (nothing to clean up);
 - ``ProcessTimeoutError``: the deadline passed (child killed and reaped);
