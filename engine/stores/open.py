@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from engine.errors import StorageError
 
@@ -38,11 +38,11 @@ def is_database_url(location: str | os.PathLike[str] | None) -> bool:
 
 def split_database_url(url: str) -> tuple[str, dict[str, str]]:
     """The libpq URL without our own query parameters, and those parameters (``mfm_schema``, ``mfm_notify``)."""
-    parts = urlsplit(url.strip())
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    base, _, query_text = url.strip().partition("?")
+    query = parse_qsl(query_text, keep_blank_values=True)
     ours = {k: v for k, v in query if k in _OURS}
     rest = [(k, v) for k, v in query if k not in _OURS]
-    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+    return (f"{base}?{urlencode(rest)}" if rest else base), ours
 
 
 def display_location(location: str | os.PathLike[str]) -> str:
@@ -51,15 +51,17 @@ def display_location(location: str | os.PathLike[str]) -> str:
         return str(location)
     assert isinstance(location, str)
     try:
-        parts = urlsplit(location.strip())
-        netloc = parts.netloc
+        base, _, query_text = location.strip().partition("?")
+        scheme, sep, rest = base.partition("://")
+        netloc, slash, path = rest.partition("/")
         if "@" in netloc:
             userinfo, _, hostport = netloc.rpartition("@")
             if ":" in userinfo:
                 userinfo = userinfo.split(":", 1)[0] + ":***"
             netloc = f"{userinfo}@{hostport}"
-        query = [(k, "***" if k in ("password", "sslpassword") else v) for k, v in parse_qsl(parts.query, True)]
-        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+        query = [(k, "***" if k in ("password", "sslpassword") else v) for k, v in parse_qsl(query_text, True)]
+        shown = f"{scheme}{sep}{netloc}{slash}{path}"
+        return f"{shown}?{urlencode(query, safe='/')}" if query else shown
     except ValueError:
         return "postgresql://<unparsable>"
 

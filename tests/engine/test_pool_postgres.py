@@ -1,0 +1,333 @@
+"""The database worker pool (engine/pool.py) on a real PostgreSQL server: queue, claims, leases, hand-over, cancel.
+
+In-process pools here; tests/cli/test_cli_postgres.py runs `mfm worker serve` processes and kills one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from engine._runtime.envelopes import analyze
+from engine.errors import MfmError, StorageError, StorageErrorKind
+from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus
+from engine.ids import ArtifactId, RunId
+from engine.operations import OperationRegistry, load_registry
+from engine.pool import Claim, LeasedEventStore, PostgresPoolStore, RunLease, RunQueue, WorkerPool, lease_info
+from engine.stores.fs import FsStore
+from engine.stores.open import display_location, is_database_url, open_store, split_database_url
+from engine.stores.postgres import PostgresStore
+from engine.workers import LeaseState, cancel_run, lease_state, read_verdict, replay_run, resume_run, start_run
+from tests.engine.pg_server import PgServer
+
+HANG_GUARD = 60.0  # seconds; only so that a regression fails instead of hanging the suite
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PgServer]:
+    server = PgServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def store(pg_server: PgServer) -> AsyncIterator[PostgresPoolStore]:
+    s = PostgresPoolStore(pg_server.dsn(), schema=pg_server.new_schema_name())
+    try:
+        await s.queue.ensure()
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture(scope="module")
+def registry() -> OperationRegistry:
+    return load_registry(["engine.demo_ops"], entry_points=False)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait for something another task or process does (not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def check_stream(envs: list[EventEnvelope]) -> RunCompleted:
+    """One writer at a time: contiguous seqs, one RunStarted first, attempt-envelope rules, a RunCompleted last."""
+    assert [e.seq for e in envs] == list(range(1, len(envs) + 1))
+    assert isinstance(envs[0].event, RunStarted)
+    assert sum(isinstance(e.event, RunStarted) for e in envs) == 1
+    analyze(envs)  # raises EnvelopeViolation on a broken attempt envelope
+    last = envs[-1].event
+    assert isinstance(last, RunCompleted)
+    assert sum(isinstance(e.event, RunCompleted) for e in envs) == 1
+    return last
+
+
+def pool(store: PostgresPoolStore, registry: OperationRegistry, host: str, **kw: float) -> WorkerPool:
+    return WorkerPool(store, registry, host=host, quiet=True, poll=0.05, **kw)  # type: ignore[arg-type]
+
+
+# -- store selection --------------------------------------------------------------------------------------------
+
+
+def test_open_store_picks_the_backend_from_the_location(tmp_path: Path) -> None:
+    assert isinstance(open_store(tmp_path / "s"), FsStore)
+    db = open_store("postgresql://u:hunter2@db.example:5433/mfm?mfm_schema=team_a&connect_timeout=3")
+    assert isinstance(db, PostgresPoolStore) and db.schema == "team_a"
+    assert "hunter2" not in repr(db) and "hunter2" not in db.dsn
+    assert is_database_url("postgres://x/y") and not is_database_url("/var/lib/mfm") and not is_database_url(None)
+    dsn, ours = split_database_url("postgresql:///mfm?host=/tmp/s&mfm_schema=b&mfm_notify=off")
+    assert ours == {"mfm_schema": "b", "mfm_notify": "off"} and "mfm_" not in dsn and dsn.startswith("postgresql:///")
+    shown = display_location("postgresql://bob:s3cret@db/mfm?password=s3cret2&sslmode=require")
+    assert "s3cret" not in shown and shown.startswith("postgresql://bob:***@db/mfm?")
+    with pytest.raises(StorageError) as exc:
+        open_store("postgresql:///mfm?mfm_notify=sometimes")
+    assert exc.value.code == "store_notify_invalid"
+
+
+async def test_a_wrong_password_never_shows_up_in_the_error(pg_server: PgServer) -> None:
+    pg_server.add_password_role("pool_pw_role", "right-pass")
+    s = open_store(f"postgresql://pool_pw_role:wrong-pass-123@/postgres?host={pg_server.root}")
+    assert isinstance(s, PostgresPoolStore)
+    with pytest.raises(StorageError) as exc:
+        await s.queue.ensure()
+    assert "wrong-pass-123" not in exc.value.one_line()
+    with pytest.raises(StorageError) as exc2:
+        lease_info(s, RunId(str(uuid.uuid4())))
+    assert "wrong-pass-123" not in exc2.value.one_line()
+
+
+# -- queue and leases -------------------------------------------------------------------------------------------
+
+
+async def test_a_started_run_is_queued_then_executed_and_its_row_names_the_host(
+    store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    prepared = await start_run(store, registry, "demo_big", {"states": 3, "events": 1, "delay_ms": 0})
+    assert await store.events.head_seq(prepared.run_id) == 0  # queued, nothing executed here
+    queued = lease_state(store, prepared.run_id)
+    assert (queued.state, queued.action, queued.host) == (LeaseState.HELD, "queued", None)
+    with pytest.raises(MfmError) as held:
+        await resume_run(store, prepared.run_id)
+    assert held.value.code == "lease_held"
+
+    await asyncio.wait_for(pool(store, registry, "alpha").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)
+
+    last = check_stream(await store.events.read_range(prepared.run_id, 1))
+    assert last.status is RunStatus.COMPLETED
+    done = lease_state(store, prepared.run_id)
+    assert (done.state, done.host) == (LeaseState.NONE, "alpha")
+    row = await store.queue.get(prepared.run_id)
+    assert row is not None and row.done and row.outcome == "Completed" and row.claims == 1
+    finished = await resume_run(store, prepared.run_id)
+    assert finished.finished and finished.spawned_pid is None and finished.recovery_run_id is None
+    with pytest.raises(MfmError) as again:
+        await cancel_run(store, prepared.run_id)
+    assert again.value.code == "run_already_finished"
+
+
+async def test_concurrent_claimers_never_get_the_same_run(pg_server: PgServer, store: PostgresPoolStore) -> None:
+    runs = {RunId(str(uuid.uuid4())) for _ in range(24)}
+    for run in runs:
+        await store.queue.enqueue(run, "start", manifest_id=ArtifactId("a" * 64))
+    others = [PostgresPoolStore(pg_server.dsn(), schema=store.schema) for _ in range(4)]
+    try:
+        claimed: list[RunId] = []
+        while True:
+            batches = await asyncio.gather(*(o.queue.claim(2, f"h{i}", 1, 30.0) for i, o in enumerate(others)))
+            got = [c.run_id for batch in batches for c in batch]
+            if not got:
+                break
+            claimed += got
+        assert sorted(claimed) == sorted(runs)  # every run exactly once
+        assert await store.queue.pending() == 24  # claimed, not done
+    finally:
+        for o in others:
+            await o.close()
+
+
+async def test_an_expired_lease_is_claimed_again_and_the_old_holder_learns_it_lost(
+    pg_server: PgServer, store: PostgresPoolStore
+) -> None:
+    run = RunId(str(uuid.uuid4()))
+    await store.queue.enqueue(run, "resume")
+    other = PostgresPoolStore(pg_server.dsn(), schema=store.schema)
+    try:
+        (first,) = await store.queue.claim(5, "old-host", 11, 30.0)
+        assert await other.queue.claim(5, "new-host", 22, 30.0) == []  # live lease: not claimable
+        assert lease_info(store, run).state is LeaseState.HELD
+        pg_server.psql(
+            f"UPDATE {store.schema}.mfm_run_queue SET lease_expires_at = clock_timestamp() - interval '1 second'"
+        )  # the old holder stopped heartbeating (as if killed)
+        stale = lease_info(store, run)
+        assert (stale.state, stale.host, stale.pid) == (LeaseState.STALE, "old-host", 11)
+        (second,) = await other.queue.claim(5, "new-host", 22, 30.0)
+        assert second.run_id == run and second.claims == 2 and second.token != first.token
+        assert await store.queue.heartbeat([first.token], 30.0) == set()  # lost
+        assert await other.queue.heartbeat([second.token], 30.0) == {second.token}
+        assert not await store.queue.finish(run, first.token, "Completed", None)  # a stale holder changes nothing
+        assert await other.queue.finish(run, second.token, "Completed", None)
+        row = await store.queue.get(run)
+        assert row is not None and row.done and row.host == "new-host"
+    finally:
+        await other.close()
+
+
+def claim_of(run: RunId) -> Claim:
+    return Claim(run, "resume", None, None, {}, uuid.uuid4(), 1)
+
+
+def test_the_lease_is_valid_only_until_the_last_renewal_plus_ttl_minus_a_margin() -> None:
+    now = [100.0]
+    lease = RunLease(claim_of(RunId(str(uuid.uuid4()))), sent_at=100.0, ttl=5.0, clock=lambda: now[0])
+    now[0] = 103.9
+    lease.check()
+    lease.renewed(sent_at=103.0)
+    now[0] = 106.9
+    lease.check()  # renewed: valid until 103 + 5 - 1
+    now[0] = 107.0
+    with pytest.raises(StorageError) as exc:
+        lease.check()
+    assert exc.value.code == "lease_lost"
+    lease.renewed(sent_at=107.0)  # too late: lost for good (never resurrected by a late heartbeat)
+    with pytest.raises(StorageError):
+        lease.check()
+
+
+async def test_a_stale_writer_is_stopped_by_its_lease_or_else_by_the_primary_key(
+    pg_server: PgServer, store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    prepared = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    await asyncio.wait_for(pool(store, registry, "alpha").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)
+    envs = await store.events.read_range(prepared.run_id, 1)
+    run = RunId(str(uuid.uuid4()))
+    first = EventEnvelope(run_id=run, seq=1, ts_millis=1, event=envs[0].event)
+    now = [0.0]
+    a = RunLease(claim_of(run), 0.0, 5.0, clock=lambda: now[0])
+    b = RunLease(claim_of(run), 0.0, 5.0, clock=lambda: now[0])
+    # Both believe they hold the run (an append in flight past the expiry): the primary key lets one through.
+    results = await asyncio.gather(
+        LeasedEventStore(store.events, a).append(run, 0, [first]),
+        LeasedEventStore(store.events, b).append(run, 0, [first]),
+        return_exceptions=True,
+    )
+    assert results.count(1) == 1
+    (lost,) = [r for r in results if r != 1]
+    assert isinstance(lost, StorageError) and lost.kind is StorageErrorKind.CONCURRENCY
+    # A worker whose lease ran out refuses to write at all.
+    now[0] = 4.0
+    second = EventEnvelope(run_id=run, seq=2, ts_millis=1, event=envs[1].event)
+    with pytest.raises(StorageError) as exc:
+        await LeasedEventStore(store.events, a).append(run, 1, [second])
+    assert exc.value.code == "lease_lost"
+    assert await store.events.head_seq(run) == 1
+
+
+# -- execution: cancel, hand-over, replay, recover ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(p: WorkerPool) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(p.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, HANG_GUARD)
+
+
+async def test_a_cancel_request_reaches_the_owning_worker_through_the_database(
+    pg_server: PgServer, store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    prepared = await start_run(store, registry, "demo_big", {"states": 500, "events": 0, "delay_ms": 20})
+    run = prepared.run_id
+    async with serving(pool(store, registry, "alpha", cancel_poll=0.05)):
+        await until(lambda: has_events(store, run, 3), "the run to make progress")
+        monitor = PostgresPoolStore(pg_server.dsn(), schema=store.schema)  # another process, in effect
+        try:
+            assert await cancel_run(monitor, run, "stop it") is False  # a live worker holds it: nothing queued
+        finally:
+            await monitor.close()
+        await until(lambda: row_done(store, run), "the worker to close the run")
+    last = check_stream(await store.events.read_range(run, 1))
+    assert last.status is RunStatus.CANCELLED
+    row = await store.queue.get(run)
+    assert row is not None and row.outcome == "Cancelled" and row.host == "alpha"
+
+
+async def has_events(store: PostgresStore, run: RunId, n: int) -> bool:
+    return await store.events.head_seq(run) >= n
+
+
+async def row_done(store: PostgresPoolStore, run: RunId) -> bool:
+    row = await store.queue.get(run)
+    return row is not None and row.done
+
+
+async def test_a_stopping_worker_hands_its_runs_over_and_another_finishes_them(
+    store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    params = {"states": 30, "events": 1, "delay_ms": 10}
+    moved = await start_run(store, registry, "demo_big", params)
+    reference = await start_run(store, registry, "demo_big", params)
+    async with serving(pool(store, registry, "one", concurrency=1)):
+        await until(lambda: has_events(store, moved.run_id, 5), "the first worker to make progress")
+    row = await store.queue.get(moved.run_id)
+    assert row is not None and not row.done and not row.owned  # released at once, not left to expire
+    await asyncio.wait_for(
+        pool(store, registry, "two", concurrency=2).run(asyncio.Event(), exit_when_idle=True), HANG_GUARD
+    )
+    finals = []
+    for run in (moved.run_id, reference.run_id):
+        last = check_stream(await store.events.read_range(run, 1))
+        assert last.status is RunStatus.COMPLETED
+        finals.append(last.final_snapshot_id)
+    assert finals[0] == finals[1] and finals[0] is not None
+    row = await store.queue.get(moved.run_id)
+    assert row is not None and row.host == "two" and row.claims == 2
+
+
+async def test_replay_and_recovery_go_through_the_queue(store: PostgresPoolStore, registry: OperationRegistry) -> None:
+    ok = await start_run(store, registry, "demo_big", {"states": 3, "delay_ms": 0})
+    await asyncio.wait_for(pool(store, registry, "alpha").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)
+    replay_id = await replay_run(store, ok.run_id)
+    assert await read_verdict(store, replay_id) is None
+    await asyncio.wait_for(pool(store, registry, "beta").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)
+    verdict = await read_verdict(store, replay_id)
+    assert verdict is not None and verdict["verdict"] == "deterministic"
+    assert verdict["source_run_id"] == ok.run_id and verdict["replay_run_id"] == replay_id
+
+    failed = await start_run(store, registry, "demo_fix", {"required_file": "/nonexistent/mfm-pool-test"})
+    await asyncio.wait_for(pool(store, registry, "alpha").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)
+    assert check_stream(await store.events.read_range(failed.run_id, 1)).status is RunStatus.FAILED
+    outcome = await resume_run(store, failed.run_id)
+    assert outcome.recovery_run_id is not None and outcome.spawned_pid is None
+    row = await store.queue.get(outcome.recovery_run_id)
+    assert row is not None and row.action == "recover" and row.source_run_id == failed.run_id
+
+
+async def test_a_pool_refuses_nonsense(store: PostgresPoolStore, registry: OperationRegistry) -> None:
+    with pytest.raises(StorageError) as exc:
+        await WorkerPool(store, registry, concurrency=0, quiet=True).run(asyncio.Event())
+    assert exc.value.code == "usage"
+    with pytest.raises(StorageError) as bad:
+        await store.queue.enqueue(RunId(str(uuid.uuid4())), "explode")
+    assert bad.value.code == "run_queue_action_invalid"
+    run = RunId(str(uuid.uuid4()))
+    await store.queue.enqueue(run, "resume")
+    with pytest.raises(StorageError) as dup:
+        await store.queue.enqueue(run, "resume")
+    assert dup.value.code == "run_already_queued"
+    assert isinstance(store.queue, RunQueue)
