@@ -217,6 +217,9 @@ def _build_plan(op: Operation, params: BaseModel, env: OperationEnv) -> Executio
         validate_plan(plan)
     except PlanValidationError as exc:
         raise OperationError.new("plan_build_failed", f"operation {op.op_id} built an invalid plan: {exc}") from None
+    except CanonicalJsonError as exc:  # e.g. an idempotency key hashed from parameters that hold a secret
+        code = "secrets_detected" if exc.is_secret else "plan_build_failed"
+        raise OperationError.new(code, f"operation {op.op_id} could not build its plan: {exc}") from None
     if plan.op_id != op.op_id:
         raise OperationError.new(
             "plan_build_failed", f"operation {op.op_id} built a plan for another operation ({plan.op_id})"
