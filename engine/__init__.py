@@ -42,9 +42,12 @@ from engine.events import (
     StateEntered,
     StateFailed,
 )
+from engine.exec_transport import ExecTransportFactory
 from engine.hashing import artifact_id_for_bytes, artifact_id_for_json, canonical_json_bytes
 from engine.ids import ArtifactId, ContextKey, ErrorCode, FactKey, OpId, OpPath, RunId, StateId, StreamId
 from engine.io import IoCall, IoProvider, IoResult
+from engine.live_io_registry import LiveIoRegistry
+from engine.live_io_router import LiveIoRouter, UnimplementedTransportFactory
 from engine.meta import Idempotency, SideEffectKind, StateMeta
 from engine.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
 from engine.recorder import EventRecorder
@@ -53,8 +56,10 @@ from engine.runtime import (
     Clock,
     Engine,
     Failpoints,
+    RecoveryPlan,
     ReplayVerdict,
     Sleeper,
+    plan_recovery,
     request_cancel,
     side_effect_fact_key,
 )
@@ -85,6 +90,7 @@ __all__ = [
     "EventProfile",
     "EventRecorder",
     "EventStore",
+    "ExecTransportFactory",
     "ExecutionEngine",
     "ExecutionPlan",
     "Exponential",
@@ -100,10 +106,13 @@ __all__ = [
     "IoProvider",
     "IoResult",
     "JsonContext",
+    "LiveIoRegistry",
+    "LiveIoRouter",
     "MemoryStore",
     "MfmError",
     "OpId",
     "OpPath",
+    "RecoveryPlan",
     "ReplayVerdict",
     "RetryPolicy",
     "RunCompleted",
@@ -133,10 +142,12 @@ __all__ = [
     "StorageError",
     "Stores",
     "StreamId",
+    "UnimplementedTransportFactory",
     "__version__",
     "artifact_id_for_bytes",
     "artifact_id_for_json",
     "canonical_json_bytes",
+    "plan_recovery",
     "request_cancel",
     "side_effect_fact_key",
 ]
