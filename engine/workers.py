@@ -52,13 +52,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from engine.engine import RunPhase, Stores
 from engine.errors import ErrorCategory, ErrorInfo, MfmError, StorageError
 from engine.events import RunCompleted, RunStatus, decode_envelope
 from engine.ids import ArtifactId, RunId
 from engine.operations import OperationEnv, OperationRegistry, PreparedRun, load_registry, load_start_run, prepare_run
+
+if TYPE_CHECKING:
+    from engine.pool import PostgresPoolStore
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -133,6 +136,11 @@ class RunFolders(Protocol):
     def run_dir(self, run_id: RunId) -> Path: ...
 
     def events_path(self, run_id: RunId) -> Path: ...
+
+
+class _HasStores(Protocol):
+    @property
+    def stores(self) -> Stores: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +229,7 @@ def is_pooled(store: Any) -> bool:
     return getattr(store, "queue", None) is not None and not callable(getattr(store, "run_dir", None))
 
 
-def lease_state(store: RunFolders, run_id: RunId) -> LeaseInfo:
+def lease_state(store: RunFolders | PostgresPoolStore, run_id: RunId) -> LeaseInfo:
     """``HELD`` when a live worker holds the lock, ``STALE`` when the lease file exists, its lock is
     free and the run is not finished ("worker lost"), else ``NONE``. Never waits.
 
@@ -230,7 +238,8 @@ def lease_state(store: RunFolders, run_id: RunId) -> LeaseInfo:
     if is_pooled(store):
         from engine.pool import lease_info
 
-        return lease_info(store, run_id)  # type: ignore[arg-type]
+        return lease_info(cast("PostgresPoolStore", store), run_id)
+    store = cast(RunFolders, store)
     path = _lease_path(store, run_id)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -404,7 +413,7 @@ def spawn_worker(
 
 
 async def start_run(
-    store: RunFolders,
+    store: RunFolders | PostgresPoolStore,
     registry: OperationRegistry,
     op_id: str,
     raw_params: Any,
@@ -422,6 +431,7 @@ async def start_run(
             prepared.run_id, "start", manifest_id=prepared.manifest_id, args={"ops": list(ops_modules)}
         )
         return prepared
+    store = cast(RunFolders, store)
     lease = Lease.acquire(store, prepared.run_id, "run")
     try:
         _write_pending(store, prepared.run_id, prepared.manifest_id)
@@ -486,18 +496,21 @@ class ResumeOutcome:
     """Set when ``run_id`` had failed: the new recovery run that carries on (``Engine.recover``)."""
 
 
-async def _require_run(store: RunFolders, run_id: RunId) -> None:
+async def _require_run(store: _HasStores, run_id: RunId) -> None:
     if await store.stores.events.head_seq(run_id) == 0:
         raise WorkerError.new("run_not_found", f"run {run_id} not found")
 
 
-async def resume_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> ResumeOutcome:
+async def resume_run(
+    store: RunFolders | PostgresPoolStore, run_id: RunId, *, ops_modules: Sequence[str] = ()
+) -> ResumeOutcome:
     """Spawn a worker that resumes ``run_id``. A live worker → ``lease_held``; a finished run → no-op.
 
     A run whose worker died before writing ``RunStarted`` is started again from its stored manifest.
     """
     if is_pooled(store):
         return await _resume_pooled(store, run_id, ops_modules)
+    store = cast(RunFolders, store)
     if await store.stores.events.head_seq(run_id) == 0:
         manifest_id = _read_pending(store, run_id)
         if manifest_id is None:
@@ -571,14 +584,18 @@ async def _finished_remote(store: Any, run_id: RunId) -> bool:
     return bool(last) and isinstance(last[-1].event, RunCompleted)
 
 
-async def _ended_failed(store: RunFolders, run_id: RunId) -> bool:
+async def _ended_failed(store: _HasStores, run_id: RunId) -> bool:
     head = await store.stores.events.head_seq(run_id)
     last = await store.stores.events.read_range(run_id, head, head)
     return bool(last) and isinstance(last[0].event, RunCompleted) and last[0].event.status is RunStatus.FAILED
 
 
 async def cancel_run(
-    store: RunFolders, run_id: RunId, reason: str = "cancelled by operator", *, ops_modules: Sequence[str] = ()
+    store: RunFolders | PostgresPoolStore,
+    run_id: RunId,
+    reason: str = "cancelled by operator",
+    *,
+    ops_modules: Sequence[str] = (),
 ) -> bool:
     """Record a cancel request (a finished run → ``run_already_finished``; unknown → ``run_not_found``).
 
@@ -599,6 +616,7 @@ async def cancel_run(
             manifest = None if row is None or row.manifest_id is None else ArtifactId(row.manifest_id)
             return bool(await _queue(store).enqueue(run_id, action, manifest_id=manifest, again=True))
         return False
+    store = cast(RunFolders, store)
     await _require_run(store, run_id)
     await request_cancel(store.stores, run_id, reason)
     if lease_state(store, run_id).state is LeaseState.STALE:
@@ -611,7 +629,7 @@ async def cancel_run(
     return False
 
 
-async def replay_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> RunId:
+async def replay_run(store: RunFolders | PostgresPoolStore, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> RunId:
     """Spawn a worker that replays ``run_id`` (§0.11) as a new run; return the new run's id.
 
     The verdict lands in ``runs/<replay_id>/verdict.json`` once the replay run has finished.
@@ -621,6 +639,7 @@ async def replay_run(store: RunFolders, run_id: RunId, *, ops_modules: Sequence[
     if is_pooled(store):
         await _queue(store).enqueue(replay_id, "replay", source_run_id=run_id, args={"ops": list(ops_modules)})
         return replay_id
+    store = cast(RunFolders, store)
     lease = Lease.acquire(store, replay_id, "replay")
     spawn_worker(
         store,
@@ -637,11 +656,12 @@ def verdict_path(store: RunFolders, replay_run_id: RunId) -> Path:
     return Path(store.run_dir(replay_run_id)) / "verdict.json"
 
 
-async def read_verdict(store: Any, replay_run_id: RunId) -> dict[str, Any] | None:
+async def read_verdict(store: RunFolders | PostgresPoolStore, replay_run_id: RunId) -> dict[str, Any] | None:
     """The replay verdict once written (``verdict.json``, or the queue row's result on a database store)."""
     if is_pooled(store):
         row = await _queue(store).get(replay_run_id)
-        return None if row is None else row.result
+        return None if row is None else cast("dict[str, Any] | None", row.result)
+    store = cast(RunFolders, store)
     try:
         value = json.loads(verdict_path(store, replay_run_id).read_text())
     except (OSError, ValueError):
