@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Change", "ChangeKind", "diff_json", "format_path", "preview", "summarize"]
+__all__ = ["Change", "ChangeKind", "annotated_lines", "diff_json", "format_path", "preview", "summarize"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -125,3 +125,58 @@ def summarize(changes: list[Change]) -> str:
         return "identical"
     counts = {k: sum(1 for c in changes if c.kind is k) for k in ChangeKind}
     return ", ".join(f"{n} {k.value}" for k, n in counts.items() if n)
+
+
+def annotated_lines(old: Any, new: Any, *, indent: int = 2) -> list[tuple[str, str]]:
+    """The whole merged document, pretty-printed, one ``(sign, text)`` per line: ``" "`` unchanged, ``"+"`` added,
+    ``"-"`` removed (the old value, shown where it was), ``"~"`` changed (``new  (was old)``)."""
+    out: list[tuple[str, str]] = []
+
+    def emit(sign: str, depth: int, text: str) -> None:
+        out.append((sign, " " * (indent * depth) + text))
+
+    def dump(sign: str, depth: int, prefix: str, value: Any, comma: str) -> None:
+        if isinstance(value, (dict, list)) and value:
+            opener, closer = ("{", "}") if isinstance(value, dict) else ("[", "]")
+            emit(sign, depth, prefix + opener)
+            items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+            for i, (k, v) in enumerate(items):
+                key = f"{json.dumps(k, ensure_ascii=False)}: " if isinstance(value, dict) else ""
+                dump(sign, depth + 1, key, v, "," if i < len(items) - 1 else "")
+            emit(sign, depth, closer + comma)
+        else:
+            emit(sign, depth, prefix + json.dumps(value, ensure_ascii=False) + comma)
+
+    def walk(a: Any, b: Any, depth: int, prefix: str, comma: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict) and (a or b):
+            emit(" ", depth, prefix + "{")
+            keys = list(a) + [k for k in b if k not in a]
+            for i, k in enumerate(keys):
+                sep = "," if i < len(keys) - 1 else ""
+                key = f"{json.dumps(k, ensure_ascii=False)}: "
+                if k not in b:
+                    dump("-", depth + 1, key, a[k], sep)
+                elif k not in a:
+                    dump("+", depth + 1, key, b[k], sep)
+                else:
+                    walk(a[k], b[k], depth + 1, key, sep)
+            emit(" ", depth, "}" + comma)
+        elif isinstance(a, list) and isinstance(b, list) and (a or b):
+            emit(" ", depth, prefix + "[")
+            n = max(len(a), len(b))
+            for i in range(n):
+                sep = "," if i < n - 1 else ""
+                if i >= len(b):
+                    dump("-", depth + 1, "", a[i], sep)
+                elif i >= len(a):
+                    dump("+", depth + 1, "", b[i], sep)
+                else:
+                    walk(a[i], b[i], depth + 1, "", sep)
+            emit(" ", depth, "]" + comma)
+        elif _same(a, b):
+            dump(" ", depth, prefix, b, comma)
+        else:
+            emit("~", depth, f"{prefix}{preview(b, 80)}{comma}  (was {preview(a, 60)})")
+
+    walk(old, new, 0, "", "")
+    return out

@@ -24,7 +24,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.events import Resize
+from textual.events import Key, Resize
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static
 
@@ -33,12 +33,14 @@ from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.events import DomainEvent, EventEnvelope, decode_envelope
 from engine.ids import ArtifactId, RunId
+from mfm_tui import commands
 from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock, SystemClock
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogSource, parse_query, summarize
 from mfm_tui.messages import StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
+from mfm_tui.screens.confirm import SeqPrompt
 from mfm_tui.widgets.event_log import EventLog
 from mfm_tui.widgets.run_header import RunHeader
 from mfm_tui.widgets.state_graph import StateGraph
@@ -109,7 +111,15 @@ class RunScreen(Screen[None]):
         Binding("g", "log('cursor_top')", "Top", show=False),
         Binding("G", "log('cursor_bottom')", "Bottom", show=False),
         Binding("y", "copy_id", "Copy id", show=False),
+        Binding("c", "cancel_run", "Cancel", tooltip="Cancel this run (confirmation first)"),
+        Binding("r", "resume_run", "Resume", tooltip="Resume this run; a failed run gets a recovery run"),
+        Binding("p", "replay_run", "Replay", tooltip="Replay this finished run and compare (deterministic?)"),
+        Binding("d", "diff_state", "Diff", tooltip="Diff the selected state's result against its base"),
+        Binding("left_square_bracket", "history(-1)", "Back in time", tooltip="Time travel: one event back"),
+        Binding("right_square_bracket", "history(1)", "Forward", show=False, tooltip="Time travel: one event on"),
+        Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
     ]
+    CONTROLS: ClassVar[frozenset[str]] = frozenset({"cancel_run", "resume_run", "replay_run"})
 
     def __init__(
         self,
@@ -136,6 +146,10 @@ class RunScreen(Screen[None]):
         self.load_error: tuple[str, str] | None = None
         self._model_ready = False
         self._polling = False
+        self.as_of: int | None = None
+        """Time travel: the seq the screen shows the run as of (``None``: live)."""
+        self._past: RunModel | None = None
+        self._past_millis: int | None = None
 
     # ------------------------------------------------------------------ app services
 
@@ -165,6 +179,7 @@ class RunScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield RunHeader(ascii_only=self.ascii_only, id="run-header")
+        yield Static("", id="time-banner")
         with Horizontal(id="run-top"):
             with Vertical(id="graph-box"):
                 yield StateGraph(id="graph")
@@ -174,6 +189,12 @@ class RunScreen(Screen[None]):
             yield EventLog(id="log")
         yield Input(placeholder="kind=StateFailed state=item_2 text=503   (bare words: find)", id="log-filter")
         yield Footer()
+
+    DEFAULT_CSS = """
+    RunScreen > #time-banner { display: none; height: 1; background: $warning; color: $background; text-style: bold; }
+    RunScreen.-time-travel > #time-banner { display: block; }
+    App.-theme-mfm-ascii RunScreen > #time-banner { background: $foreground; color: $background; }
+    """
 
     def on_mount(self) -> None:
         graph = self.query_one(StateGraph)
@@ -364,7 +385,7 @@ class RunScreen(Screen[None]):
 
     def tick(self) -> None:
         """Once a second: countdowns and durations move (nothing to do for a finished run)."""
-        if not self._model_ready or self.model.status.is_finished:
+        if not self._model_ready or self.model.status.is_finished or self.as_of is not None:
             return
         now = self.clock.now_millis()
         if any(sv.status is StateStatus.RETRYING for sv in self.model.states.values()):
@@ -383,11 +404,21 @@ class RunScreen(Screen[None]):
         nodes = [str(s) for s in m.states]
         return nodes, [(a, b) for a, b in itertools.pairwise(nodes)]
 
+    @property
+    def view_model(self) -> RunModel:
+        """The model shown: the live one, or the run as of ``as_of`` while time travelling."""
+        return self._past if self.as_of is not None and self._past is not None else self.model
+
+    def _now(self) -> int:
+        if self.as_of is not None and self._past_millis is not None:
+            return self._past_millis
+        return self.clock.now_millis()
+
     def _render_all(self) -> None:
-        now = self.clock.now_millis()
+        now = self._now()
         nodes, edges = self._graph_shape()
         graph = self.query_one(StateGraph)
-        graph.set_graph(nodes, edges, {str(k): v for k, v in self.model.states.items()}, now)
+        graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now)
         if self.selected is None and graph.cursor is not None:
             self.selected = graph.cursor
         self._render_header(now)
@@ -396,12 +427,12 @@ class RunScreen(Screen[None]):
     def _render_header(self, now: int | None = None) -> None:
         if self.load_error is not None:
             return
-        now = self.clock.now_millis() if now is None else now
+        now = self._now() if now is None else now
         note = "" if self._model_ready else "loading…"
-        self.query_one(RunHeader).show(self.model, now, note, wide=self.app.size.width >= 130)
+        self.query_one(RunHeader).show(self.view_model, now, note, wide=self.app.size.width >= 130)
 
     def _render_panel(self, now: int) -> None:
-        sv = self.model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
+        sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
         self.query_one(StatePanel).show(sv, now)
         self.query_one("#panel-box").border_title = sv.short_name if sv is not None else "State"
 
@@ -468,6 +499,9 @@ class RunScreen(Screen[None]):
     # ------------------------------------------------------------------ actions
 
     def action_back(self) -> None:
+        if self.as_of is not None:
+            self.set_as_of(None)
+            return
         box = self.query_one("#log-filter", Input)
         if box.has_class("-shown"):
             box.remove_class("-shown")
@@ -511,7 +545,7 @@ class RunScreen(Screen[None]):
 
     def artifact_entries(self) -> list[ArtifactEntry]:
         """The selected state's snapshots and facts first, then the run's manifest, snapshots and outputs."""
-        m = self.model
+        m = self.view_model
         out: list[ArtifactEntry] = []
         seen: set[str] = set()
 
@@ -546,3 +580,70 @@ class RunScreen(Screen[None]):
 
     def action_artifacts(self) -> None:
         self.app.push_screen(ArtifactScreen(self.store, self.artifact_entries()))
+
+    # ------------------------------------------------------------------ controls and time travel (mfm_tui.commands)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if getattr(self.app, "read_only", False) and action in self.CONTROLS:
+            return None  # shown disabled; pressing the key says why (on_key)
+        return True
+
+    def on_key(self, event: Key) -> None:
+        if getattr(self.app, "read_only", False) and event.key in ("c", "r", "p"):
+            event.stop()
+            self.notify(commands.read_only_reason(self.app) or "read-only", severity="warning", timeout=4)
+
+    def action_cancel_run(self) -> None:
+        commands.cancel_runs(self.app, [self.run_id], current=self.model)
+
+    def action_resume_run(self) -> None:
+        commands.resume_runs(self.app, [self.run_id], current=self.model)
+
+    def action_replay_run(self) -> None:
+        commands.replay_run_of(self.app, self.run_id, current=self.model)
+
+    def action_diff_state(self) -> None:
+        commands.diff_state(self.app, self.view_model, self.selected)
+
+    def action_history(self, step: int) -> None:
+        last = len(self.source)
+        if last == 0:
+            return
+        current = self.as_of if self.as_of is not None else last
+        target = max(1, min(last, current + step))
+        self.set_as_of(None if target >= last and step > 0 else target)
+
+    def action_jump_seq(self) -> None:
+        last = len(self.source)
+        if last:
+            self.app.push_screen(SeqPrompt(last), self.set_as_of)
+
+    def set_as_of(self, seq: int | None) -> None:
+        """Show the run as it was after event ``seq`` (``None``: live again)."""
+        if seq is not None and seq > len(self.source):
+            seq = None
+        self.as_of = seq
+        banner = self.query_one("#time-banner", Static)
+        if seq is None:
+            self._past = None
+            self._past_millis = None
+            banner.update("")
+            self.remove_class("-time-travel")
+        else:
+            self._past, self._past_millis = self._fold_until(seq)
+            dash = "-" if self.ascii_only else "—"
+            banner.update(f" as of seq {seq} of {len(self.source)} {dash} [ ] step, t jump, esc returns to live")
+            self.add_class("-time-travel")
+            log = self.query_one(EventLog)
+            if not log.filter.active:
+                if log.follow:
+                    log.action_toggle_follow()
+                log.cursor = seq - 1
+        self._render_all()
+
+    def _fold_until(self, seq: int) -> tuple[RunModel, int | None]:
+        live = self.model
+        past = RunModel(self.run_id, plan=live.plan, manifest=live.manifest, lease=LeaseStatus.NONE)
+        envs = self._decode_range(0, seq)
+        past.apply(envs)
+        return past, envs[-1].ts_millis if envs else None

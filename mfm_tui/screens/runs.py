@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
@@ -23,6 +23,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from engine.ids import RunId
+from mfm_tui import commands
 from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs
@@ -124,7 +125,14 @@ class RunsScreen(Screen[None]):
         Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration"),
         Binding("s", "start_run", "Start", tooltip="Start a run"),
         Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)"),
+        Binding("space", "toggle_mark", "Mark", show=False, tooltip="Mark / unmark the run (bulk cancel or resume; diff two)"),
+        Binding("c", "cancel_runs", "Cancel", tooltip="Cancel the run, or the marked runs (confirmation first)"),
+        Binding("r", "resume_runs", "Resume", tooltip="Resume the run, or the marked runs (confirmation first)"),
+        Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
+        Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff the two marked runs: final snapshots and manifests"),
     ]
+    CONTROLS: ClassVar[frozenset[str]] = frozenset({"start_run", "cancel_runs", "resume_runs", "replay_run"})
+    """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""
 
     def __init__(
         self,
@@ -150,6 +158,7 @@ class RunsScreen(Screen[None]):
         self._last_rebuild = 0.0
         self._rebuild_timer: Timer | None = None
         self._glyphs = glyphs
+        self.marked: set[RunId] = set()
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-summary")
@@ -207,6 +216,10 @@ class RunsScreen(Screen[None]):
             text.append(" run" if total == 1 else " runs")
             if self.sort != "urgency":
                 text.append(f"  sort {self.sort}")
+            if self.marked:
+                text.append(f"  {len(self.marked)} marked", style="bold")
+            if self.read_only:
+                text.append("  read-only", style="bold")
             for status, word in (
                 (RunStatus.RUNNING, "running"),
                 (RunStatus.RETRYING, "retrying"),
@@ -300,3 +313,50 @@ class RunsScreen(Screen[None]):
             self.notify("start a run from a shell: mfm start demo_flaky", timeout=4)
             return
         self.app.push_screen(start_screen())
+
+    # ------------------------------------------------------------------ controls (mfm_tui.commands)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in self.CONTROLS:
+            return None  # shown disabled; pressing the key says why (on_key)
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        if self.read_only and event.key in ("s", "c", "r", "p"):
+            event.stop()
+            self.notify(commands.read_only_reason(self.app) or "read-only", severity="warning", timeout=4)
+
+    def _targets(self) -> list[RunId]:
+        """The marked runs (still present), else the run under the cursor."""
+        marked = [r for r in self.marked if r in self.models]
+        if marked:
+            return sorted(marked)
+        run_id = self.query_one(RunTable).cursor_run_id
+        return [run_id] if run_id is not None else []
+
+    def action_toggle_mark(self) -> None:
+        table = self.query_one(RunTable)
+        run_id = table.cursor_run_id
+        if run_id is None:
+            return
+        self.marked.symmetric_difference_update({run_id})
+        table.marked = frozenset(self.marked)
+        table.refresh()
+        table.action_cursor_down()
+        self.rebuild()
+
+    def action_cancel_runs(self) -> None:
+        commands.cancel_runs(self.app, self._targets())
+
+    def action_resume_runs(self) -> None:
+        commands.resume_runs(self.app, self._targets())
+
+    def action_replay_run(self) -> None:
+        commands.replay_run_of(self.app, self.query_one(RunTable).cursor_run_id)
+
+    def action_diff_runs(self) -> None:
+        marked = [self.models[r] for r in sorted(self.marked) if r in self.models]
+        if len(marked) != 2:
+            self.notify("mark two runs with space, then d diffs them", timeout=3)
+            return
+        commands.diff_runs(self.app, marked[0], marked[1])

@@ -8,6 +8,7 @@ nothing jumps under the cursor. Row order and filtering are the screen's (``orde
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
@@ -132,6 +133,8 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._index: dict[RunId, int] = {}
         self._glyphs: Glyphs = UNICODE
         self._ticks = 0
+        self.marked: AbstractSet[RunId] = frozenset()
+        """Runs marked for a bulk action (drawn with a mark in the first column)."""
 
     # ------------------------------------------------------------------ data
 
@@ -242,8 +245,9 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         done = f"{model.done}/{model.total}" if model.total else ""
         now_txt = now_text(model, now_ms)
         urgent = status in (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.WORKER_LOST) or model.load_error
+        mark = (">" if g.ascii else "▶") if model.run_id in self.marked else " "
         segments = [
-            Segment(" ", base),
+            Segment(mark, base + Style(bold=True)),
             Segment(_fit(glyph, 2, ""), base + role_style),
             Segment(" ", base),
             Segment(_fit(model.short_id, 9, ""), base if is_cursor else base + id_style),

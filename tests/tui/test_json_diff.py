@@ -102,3 +102,22 @@ def test_changes_rebuild_the_new_value(old: Any, new: Any) -> None:
     assert _apply(old, changes) == new
     if not changes:
         assert old == new
+
+
+def test_annotated_lines_mark_each_change_in_place() -> None:
+    from mfm_tui.json_diff import annotated_lines
+
+    got = annotated_lines({"a": 1, "b": [1, 2], "k": "same"}, {"a": 2, "b": [1], "k": "same", "c": {"x": True}})
+    assert got == [
+        (" ", "{"),
+        ("~", '  "a": 2,  (was 1)'),
+        (" ", '  "b": ['),
+        (" ", "    1,"),
+        ("-", "    2"),
+        (" ", "  ],"),
+        (" ", '  "k": "same",'),
+        ("+", '  "c": {'),
+        ("+", '    "x": true'),
+        ("+", "  }"),
+        (" ", "}"),
+    ]

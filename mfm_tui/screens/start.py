@@ -1,0 +1,226 @@
+"""``s``: start a run. Choose an operation (searchable, with its description), fill its parameters (a form built from
+its pydantic model, errors inline), ``ctrl+s`` starts it: ``engine.workers.start_run`` (the same function as
+``mfm start``) stores the manifest and spawns a detached worker, and the new run opens, live.
+
+Invalid parameters stay in the form with their field errors and nothing is written. A worker that dies before its
+run starts is reported with the path of its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from engine.errors import MfmError
+from engine.ids import RunId
+from engine.operations import Operation, OperationRegistry, load_registry
+from mfm_tui.commands import read_only_reason, worker_log_path
+from mfm_tui.messages import ErrorReported
+from mfm_tui.widgets.param_form import ParamForm, validate_form
+
+__all__ = ["SPAWN_CHECK_SECONDS", "StartScreen", "check_spawned"]
+
+SPAWN_CHECK_SECONDS = 5.0
+"""After a start, when to check that the worker took the run (else: report it with the log path)."""
+
+
+class StartScreen(Screen[None]):
+    """Operation list on the left, its description and parameter form on the right."""
+
+    DEFAULT_CSS = """
+    StartScreen > #start-title { height: 1; padding: 0 1; text-style: bold; background: $panel; }
+    StartScreen #start-left { width: 30; border-right: solid $panel-lighten-2; }
+    StartScreen #start-filter { margin: 0 0 1 0; }
+    StartScreen #start-ops { height: 1fr; border: none; }
+    StartScreen #start-right { width: 1fr; padding: 0 1; }
+    StartScreen #start-desc { height: auto; margin-bottom: 1; }
+    StartScreen #start-status { height: auto; color: $text-muted; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("ctrl+s", "start", "Start run", priority=True),
+        Binding("tab", "app.focus_next", "Next field", show=False),
+    ]
+
+    def __init__(self, registry: OperationRegistry | None = None, *, op_id: str | None = None) -> None:
+        super().__init__()
+        self._registry = registry
+        self.initial_op = op_id
+        self.ops: list[Operation] = []
+        self.op: Operation | None = None
+        self.started: RunId | None = None
+
+    @property
+    def registry(self) -> OperationRegistry:
+        if self._registry is None:
+            reg = getattr(self.app, "registry", None)
+            self._registry = reg if isinstance(reg, OperationRegistry) else load_registry()
+        return self._registry
+
+    def compose(self) -> ComposeResult:
+        yield Static("Start a run", id="start-title")
+        with Horizontal():
+            with Vertical(id="start-left"):
+                yield Input(placeholder="search operations", id="start-filter", compact=True)
+                yield OptionList(id="start-ops")
+            with VerticalScroll(id="start-right"):
+                yield Static(id="start-desc")
+                yield Vertical(id="start-form-box")
+                yield Static("", id="start-status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.query_one("#start-filter", Input).cursor_blink = False
+        self.ops = self.registry.operations()
+        self._fill_list("")
+        olist = self.query_one("#start-ops", OptionList)
+        if self.initial_op is not None:
+            for i, op in enumerate(self._shown):
+                if str(op.op_id) == self.initial_op:
+                    olist.highlighted = i
+        olist.focus()
+        await self._show_selected()
+
+    # ------------------------------------------------------------------ list
+
+    def _fill_list(self, query: str) -> None:
+        words = query.lower().split()
+        self._shown = [op for op in self.ops if all(w in f"{op.op_id} {op.description}".lower() for w in words)]
+        olist = self.query_one("#start-ops", OptionList)
+        olist.clear_options()
+        olist.add_options([Option(str(op.op_id), id=str(op.op_id)) for op in self._shown])
+        if self._shown:
+            olist.highlighted = 0
+
+    @on(Input.Changed, "#start-filter")
+    async def _filter(self, event: Input.Changed) -> None:
+        self._fill_list(event.value)
+        await self._show_selected()
+
+    @on(Input.Submitted, "#start-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.query_one("#start-ops", OptionList).focus()
+
+    @on(OptionList.OptionHighlighted, "#start-ops")
+    async def _highlighted(self) -> None:
+        await self._show_selected()
+
+    @on(OptionList.OptionSelected, "#start-ops")
+    async def _selected(self) -> None:
+        await self._show_selected()
+        for form in self.query(ParamForm):
+            form.focus_first()
+
+    async def _show_selected(self) -> None:
+        olist = self.query_one("#start-ops", OptionList)
+        index = olist.highlighted
+        op = self._shown[index] if index is not None and 0 <= index < len(self._shown) else None
+        if op is self.op and op is not None:
+            return
+        self.op = op
+        desc = Text()
+        if op is None:
+            desc.append("no operation matches", style="bold")
+        else:
+            desc.append(f"{op.op_id}", style="bold")
+            desc.append(f"  version {op.version}\n")
+            desc.append(op.description.strip())
+        self.query_one("#start-desc", Static).update(desc)
+        box = self.query_one("#start-form-box", Vertical)
+        await box.remove_children()
+        if op is not None:
+            await box.mount(ParamForm(op, id="start-form"))
+        self.query_one("#start-status", Static).update("enter on an operation edits its parameters   ctrl+s start")
+
+    # ------------------------------------------------------------------ start
+
+    @on(ParamForm.Submitted)
+    def _form_submitted(self) -> None:
+        self.action_start()
+
+    def action_start(self) -> None:
+        reason = read_only_reason(self.app)
+        if reason is not None:
+            self.notify(reason, severity="warning", timeout=4)
+            return
+        if self.op is None:
+            self.notify("choose an operation first", timeout=3)
+            return
+        form = self.query_one(ParamForm)
+        raw, errors = validate_form(self.op, form.values())
+        form.touched.update(form.values())
+        form.show_errors(errors)
+        if errors:
+            self.query_one("#start-status", Static).update(
+                Text(f"{len(errors)} invalid parameter(s): fix them, then ctrl+s", style="bold")
+            )
+            return
+        self.query_one("#start-status", Static).update("starting…")
+        self.run_worker(self._start(self.op, raw), group="start", exclusive=True, exit_on_error=False)
+
+    async def _start(self, op: Operation, raw: dict[str, Any]) -> None:
+        from engine.workers import start_run
+
+        app: Any = self.app
+        try:
+            prepared = await start_run(
+                app.store, self.registry, str(op.op_id), raw, ops_modules=getattr(app, "ops_modules", ())
+            )
+        except MfmError as exc:
+            details = exc.info.details if isinstance(exc.info.details, dict) else {}
+            if exc.info.code == "invalid_params" and details.get("errors"):
+                _raw, errors = validate_form(op, self.query_one(ParamForm).values())
+                self.query_one(ParamForm).show_errors(errors)
+            self.query_one("#start-status", Static).update(Text(f"[{exc.info.code}] {exc.info.message}", style="bold"))
+            app.post_message(ErrorReported(exc.info.code, exc.info.message, title="Cannot start"))
+            return
+        except OSError as exc:
+            message = f"the worker could not be started: {exc}"
+            self.query_one("#start-status", Static).update(message)
+            app.post_message(ErrorReported("worker_spawn_failed", message, title="Cannot start"))
+            return
+        self.started = prepared.run_id
+        app.set_timer(SPAWN_CHECK_SECONDS, lambda: app.run_worker(check_spawned(app, prepared.run_id)))
+        sync = getattr(app, "sync_store", None)
+        if sync is not None:
+            with contextlib.suppress(Exception):
+                await sync()
+        self.dismiss(None)
+        app.open_run(prepared.run_id)
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+
+async def check_spawned(app: Any, run_id: RunId) -> bool:
+    """Whether the worker of a just-started run took it; if not, report it with its log path and last line."""
+    store = app.store
+    try:
+        from engine.workers import LeaseState, lease_state
+
+        if await store.events.head_seq(run_id) > 0 or lease_state(store, run_id).state is LeaseState.HELD:
+            return True
+    except Exception:
+        return True  # not a filesystem store, or unreadable: nothing to say here
+    log = worker_log_path(store, run_id)
+    last = ""
+    try:
+        with open(log, "rb") as f:
+            lines = [ln for ln in f.read()[-4096:].decode("utf-8", "replace").splitlines() if ln.strip()]
+            last = lines[-1] if lines else ""
+    except OSError:
+        pass
+    message = f"the worker of run {run_id[:8]} exited before starting it"
+    message += f": {last}" if last else ""
+    app.post_message(ErrorReported("worker_failed", f"{message}; log: {log}", title="Worker failed"))
+    return False
