@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import gc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +96,7 @@ class Runtime:
     async def _resume(self, stores: Stores, run_id: RunId, cancel: CancelToken | None) -> RunResult:
         envelopes, history = await load_history(stores, run_id)
         facts = FactIndex.rebuild(envelopes)
+        del envelopes  # not needed by the rest of the run (which may be long): let it go
         assert history.run_started is not None
         manifest = await load_manifest(stores, history.run_started.manifest_id)
         check_execution_mode(manifest.run_config)
@@ -320,7 +323,8 @@ async def load_history(stores: Stores, run_id: RunId) -> tuple[list[EventEnvelop
     head = await stores.events.head_seq(run_id)
     if head == 0:
         raise StorageError.not_found("run_not_found", f"run {run_id} has no events")
-    envelopes = await stores.events.read_range(run_id, 1, None)
+    with _gc_paused():
+        envelopes = await stores.events.read_range(run_id, 1, None)
     try:
         history = analyze(envelopes, run_id)
     except EnvelopeViolation as exc:
@@ -328,6 +332,30 @@ async def load_history(stores: Stores, run_id: RunId) -> tuple[list[EventEnvelop
     if history.run_started is None:
         raise RunError.invalid_plan("missing_run_started", f"run {run_id} has no RunStarted event")
     return envelopes, history
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a whole stream is decoded, then file what was decoded as old.
+
+    Decoding allocates a few container objects per envelope and keeps them all, so the collections these
+    allocations trigger walk the growing list again and again for nothing; and once the collector is back on, the
+    many young survivors are walked by a young, then a middle, then a full collection. Instead, ``gc.freeze()`` +
+    ``gc.unfreeze()`` move every tracked object straight to the oldest generation (list splicing, no walk). Nothing
+    is leaked: reference counting frees garbage meanwhile as usual and the next full collection sees everything.
+    Reading 100k envelopes then costs about a quarter less CPU. The collector is left as it was found, and the
+    freeze step is skipped when someone else uses ``gc.freeze``.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 async def written_keys(snapshots: SnapshotCache, history: History, inv: Invocation) -> dict[str, StateId]:
