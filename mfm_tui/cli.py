@@ -313,8 +313,10 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
 
     store = env.store
     registry = env.registry
+    from mfm_tui.commands import store_writable
+
     offered: dict[str, Any] = {
-        "read_only": read_only,
+        "read_only": read_only or not store_writable(store),  # a store we cannot write: watch only
         "plan_resolver": registry.plan_resolver(),
         "lease_probe": lambda run_id: lease_status_of(lease_state(store, run_id)),
         "registry": registry,
@@ -329,6 +331,21 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
     except ValueError as exc:  # e.g. an unknown theme
         raise CliError.new("usage", str(exc)) from None
     app.run()
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--theme", default=None, help="mfm-dark (default), mfm-light, mfm-16 or mfm-ascii.")
+@click.option("--read-only", is_flag=True, help="Watch only: no start, cancel, resume.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, theme: str | None, read_only: bool) -> int:
+    """Serve the terminal UI in a web browser (textual-serve), with this interpreter."""
+    from mfm_tui.serve import serve as serve_app
+
+    env = _env(ctx)
+    serve_app(env.store_location, host=host, port=port, ops=env.ops, read_only=read_only, theme=theme, debug=env.debug)
     return EXIT_OK
 
 
