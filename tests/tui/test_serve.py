@@ -67,7 +67,7 @@ async def test_mfm_serve_answers_and_runs_the_app(tmp_path: Path) -> None:
                 for _ in range(400):
                     try:
                         msg = await ws.receive(timeout=30)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     if msg.type == aiohttp.WSMsgType.BINARY:
                         seen += msg.data
