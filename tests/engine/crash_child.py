@@ -220,7 +220,9 @@ def child_main(mode: str, workdir: str, bin_dir: str, kill_after: int | None = N
         (work / "error.txt").write_text(traceback.format_exc())
         os._exit(EXIT_ERROR)
     out = {"phase": str(result.phase), "final": result.final_snapshot_id, "heads": heads}
-    (work / "result.json").write_text(json.dumps(out))
+    tmp = work / "result.json.tmp"
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, work / "result.json")  # atomic: a kill while reporting leaves no half-written result
 
 
 if __name__ == "__main__":
