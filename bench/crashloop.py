@@ -156,7 +156,7 @@ def _quiet_fds() -> Iterator[None]:
 class Launcher:
     def __init__(self, store: Path) -> None:
         self.store = store
-        self.ctx: ForkServerContext = multiprocessing.get_context("forkserver")  # type: ignore[assignment]
+        self.ctx: ForkServerContext = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
         with _quiet_fds():
             multiprocessing.forkserver.ensure_running()
@@ -478,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
     ns = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        root = Path(ns.store) if ns.store else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mfm-crashloop-")))
+        root = (
+            Path(ns.store)
+            if ns.store
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mfm-crashloop-")))
+        )
         summary = run_crashloop(
             root,
             crash_points=ns.crash_points,
