@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import threading
+import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,7 +45,7 @@ __all__ = [
 ]
 
 TAIL_BYTES = 64 * 1024
-_WINDOW = 4 << 20
+_WINDOW = 1 << 20
 _NEWLINE = re.compile(b"\n")
 
 
@@ -324,8 +325,9 @@ class FileLogSource:
                 chunk = fh.read(min(_WINDOW, size - pos))
                 if not chunk:
                     break
-                nl.extend(pos + o for o in newline_offsets(chunk))
+                nl.extend(m.start() + pos for m in _NEWLINE.finditer(chunk))
                 pos += len(chunk)
+                time.sleep(0)  # let the UI thread take the GIL between reads
             k = len(nl)
             while k and nl[k - 1] > 0:  # drop newlines of a batch still being written (see ``committed``)
                 fh.seek(nl[k - 1] - 1)
@@ -432,6 +434,7 @@ class FileLogSource:
                     if stop >= hi:
                         return
                     pos = stop - n + 1
+                    time.sleep(0)
             else:
                 top = hi
                 while top > lo:
@@ -444,6 +447,7 @@ class FileLogSource:
                     if bottom <= lo:
                         return
                     top = bottom + n - 1
+                    time.sleep(0)
         finally:
             os.close(fd)
 
