@@ -23,6 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine._kinds import ArtifactKind
 from engine.doctor import check_store
 from engine.errors import RunError, RunErrorKind, StorageError, StorageErrorKind
@@ -264,6 +266,7 @@ def _lost_worker_run(store: Path) -> str:
     return run_id
 
 
+@pytest.mark.slow
 def test_concurrent_cli_resumes_one_worker_wins(tmp_path: Path) -> None:
     store = tmp_path / "store"
     run_id = _lost_worker_run(store)
@@ -283,6 +286,7 @@ def test_concurrent_cli_resumes_one_worker_wins(tmp_path: Path) -> None:
     assert check_store(store).ok, check_store(store).codes()
 
 
+@pytest.mark.slow
 def test_concurrent_cancels_and_resumes_of_a_running_run(tmp_path: Path) -> None:
     store = tmp_path / "store"
     started = _mfm(store, "start", "demo_big", "-p", "states=200", "-p", "delay_ms=20", "--json")

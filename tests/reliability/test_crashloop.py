@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from engine._kinds import ArtifactKind
 from engine.config import Duration, Fixed, RetryPolicy
 from engine.engine import RunPhase
@@ -47,6 +49,7 @@ def _bench() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_crash_loop_small(tmp_path: Path) -> None:
     bench = _bench()
     summary = bench.run_crashloop(tmp_path, crash_points=60, seed=20261126, parallel=2)

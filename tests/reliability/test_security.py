@@ -89,6 +89,7 @@ async def fs_with_a_run(tmp_path: Path) -> tuple[FsStore, RunId]:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_store_path_is_owner_only_even_under_a_lax_umask(tmp_path: Path) -> None:
     """A real run, a replay and a cancel through the CLI, with umask 000: folders 0700, files 0600."""
     store = tmp_path / "store"
