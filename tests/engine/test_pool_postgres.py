@@ -331,3 +331,28 @@ async def test_a_pool_refuses_nonsense(store: PostgresPoolStore, registry: Opera
         await store.queue.enqueue(run, "resume")
     assert dup.value.code == "run_already_queued"
     assert isinstance(store.queue, RunQueue)
+
+
+async def test_the_tui_watches_a_database_store_through_the_same_lease_probe(
+    store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    from mfm_tui.app import make_app, store_label
+    from mfm_tui.run_model import LeaseStatus, lease_status_of
+    from mfm_tui.run_model import RunStatus as ViewStatus
+
+    done = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    await asyncio.wait_for(pool(store, registry, "alpha").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)
+    queued = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    app = make_app(
+        store,
+        watch=False,
+        plan_resolver=registry.plan_resolver(),
+        lease_probe=lambda run_id: lease_status_of(lease_state(store, run_id)),  # what `mfm tui` passes
+    )
+    async with app.run_test() as pilot:
+        await app.sync_store()
+        await pilot.pause()
+        models = app.watcher.models
+        assert models[done.run_id].status is ViewStatus.COMPLETED
+        assert app.lease_probe is not None and app.lease_probe(queued.run_id) is LeaseStatus.HELD  # queued: not lost
+        assert "postgres" in store_label(store)
