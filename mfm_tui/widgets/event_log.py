@@ -47,16 +47,16 @@ class EventLog(ScrollView, can_focus=True):
     """Every event of one run: seq, time, kind, state, one-line summary."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("f", "toggle_follow", "Follow"),
-        Binding("n", "find_next", "Next match", show=False),
-        Binding("N", "find_previous", "Prev match", show=False),
-        Binding("enter", "open_event", "Event"),
-        Binding("j,down", "cursor_down", "Down", show=False),
-        Binding("k,up", "cursor_up", "Up", show=False),
-        Binding("g,home", "cursor_top", "Top", show=False),
-        Binding("G,end", "cursor_bottom", "Bottom (follow)", show=False),
-        Binding("pagedown", "page_down", "Page down", show=False),
-        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("f", "toggle_follow", "Follow", tooltip="Follow new events on/off (scrolling up pauses it)"),
+        Binding("n", "find_next", "Next match", show=False, tooltip="Next log line with the find text"),
+        Binding("N", "find_previous", "Prev match", show=False, tooltip="Previous log line with the find text"),
+        Binding("enter", "open_event", "Event", tooltip="Show the event's full envelope (JSON)"),
+        Binding("j,down", "cursor_down", "Down", show=False, tooltip="Log: next event"),
+        Binding("k,up", "cursor_up", "Up", show=False, tooltip="Log: previous event (pauses follow)"),
+        Binding("g,home", "cursor_top", "Top", show=False, tooltip="Log: first event"),
+        Binding("G,end", "cursor_bottom", "Bottom (follow)", show=False, tooltip="Log: last event, follow again"),
+        Binding("pagedown", "page_down", "Page down", show=False, tooltip="Log: a page down"),
+        Binding("pageup", "page_up", "Page up", show=False, tooltip="Log: a page up (pauses follow)"),
     ]
 
     DEFAULT_CSS = """

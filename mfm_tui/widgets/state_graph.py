@@ -100,11 +100,11 @@ class StateGraph(ScrollView, can_focus=True):
     """The plan's DAG, left to right by topological depth; arrows move, ``enter`` selects."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left", "move('left')", "Prev state", show=False),
-        Binding("right", "move('right')", "Next state", show=False),
-        Binding("up", "move('up')", "State above", show=False),
-        Binding("down", "move('down')", "State below", show=False),
-        Binding("enter", "select", "Select state", show=False),
+        Binding("left", "move('left')", "Prev state", show=False, tooltip="Graph: to a predecessor"),
+        Binding("right", "move('right')", "Next state", show=False, tooltip="Graph: to a successor"),
+        Binding("up", "move('up')", "State above", show=False, tooltip="Graph: the state above in this layer"),
+        Binding("down", "move('down')", "State below", show=False, tooltip="Graph: the state below in this layer"),
+        Binding("enter", "select", "Select state", tooltip="Open the state's details / expand '… N more'"),
     ]
 
     DEFAULT_CSS = """

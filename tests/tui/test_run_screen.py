@@ -388,3 +388,13 @@ async def test_ascii_theme_draws_no_unicode_in_graph_and_log() -> None:
         text = "".join(graph.render_line(y).text for y in range(5)) + "".join(log.render_line(y).text for y in range(9))
         assert "item_2" in text
         assert all(ord(ch) < 128 for ch in text), sorted({ch for ch in text if ord(ch) >= 128})
+
+
+async def test_help_lists_the_run_screen_keys() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_FAILED)
+    async with app.run_test(size=LARGE) as pilot:
+        await open_screen(pilot, screen)
+        text = " ".join(f"{e.keys} {e.description}" for e in app.help_entries(screen))
+        for expected in ("Follow new events", "Filter the log", "Next log line", "Manifest, snapshots"):
+            assert expected in text
