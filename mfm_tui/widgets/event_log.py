@@ -189,6 +189,7 @@ class EventLog(ScrollView, can_focus=True):
             self._filtering = True
             self._filter_worker(flt)
         else:
+            self._ensure_index()
             self.view = self.source.filter(flt)
             self._after_view_change()
 
@@ -234,7 +235,14 @@ class EventLog(ScrollView, can_focus=True):
         if isinstance(self.source, FileLogSource) and len(self.source) > _SYNC_LIMIT:
             self._find_worker(needle, start_line, backwards, self.view)
             return False
+        self._ensure_index()
         return self._found(self.source.find(needle, start_line, backwards=backwards, among=self.view))
+
+    def _ensure_index(self) -> None:
+        """A small event file whose index is still building: finish it here (a few milliseconds)."""
+        if isinstance(self.source, FileLogSource) and not self.source.indexed:
+            self.source.build_index()
+            self._cache.clear()
 
     @work(thread=True, exclusive=True, group="log-find")
     def _find_worker(self, needle: bytes, start: int, backwards: bool, view: array[int] | None) -> None:
@@ -278,6 +286,15 @@ class EventLog(ScrollView, can_focus=True):
             elif new >= top + height:
                 self.scroll_to(y=new - height + 1, animate=False)
         self.refresh()
+
+    def on_click(self, event: events.Click) -> None:
+        row = self.scroll_offset.y + event.y
+        if 0 <= row < self.row_count:
+            if row != self.row_count - 1:
+                self._set_follow(False)
+            self.cursor = row
+            if event.chain == 2:
+                self.action_open_event()
 
     # Only the user's own scrolling pauses follow (the wheel, the scrollbar), never a scroll caused by new lines.
     def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:

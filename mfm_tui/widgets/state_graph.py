@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
+from textual import events
 from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size
 from textual.message import Message
@@ -258,6 +259,17 @@ class StateGraph(ScrollView, can_focus=True):
             return
         r, x0, x1 = self._picture.boxes[self.cursor]
         self.scroll_to_region(Region(x0, r, x1 - x0, 1), animate=False, immediate=True, center=True)
+
+    def on_click(self, event: events.Click) -> None:
+        if self._picture is None:
+            return
+        x, y = self.scroll_offset.x + event.x, self.scroll_offset.y + event.y
+        for node, (row, x0, x1) in self._picture.boxes.items():
+            if row == y and x0 <= x < x1:
+                self.select(node)
+                if event.chain == 2:
+                    self.action_select()
+                return
 
     def action_move(self, direction: str) -> None:
         if self._layout is None or self.cursor is None:

@@ -205,3 +205,32 @@ def test_windowed_search_crosses_window_boundaries(tmp_path: Path, monkeypatch: 
     assert src.find(b"http_503", len(envs) - 1, backwards=True) == failed[-1]
     assert src.find(b"http_503", failed[-1] + 1) == -1
     assert list(src.filter(LogFilter(kind="StateFailed"))) == failed
+
+
+async def test_widget_filters_a_file_whose_index_is_not_built_yet(tmp_path: Path) -> None:
+    from textual.app import App, ComposeResult
+
+    from mfm_tui.widgets.event_log import EventLog
+
+    envs = _envelopes(2000)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs)
+    src = FileLogSource(path)
+    assert not src.indexed
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield EventLog(src)
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        log = pilot.app.query_one(EventLog)
+        assert log.follow and log.cursor == len(envs) - 1
+        log.apply_filter(LogFilter(kind="StateFailed"))
+        await pilot.pause()
+        failed = [i for i, e in enumerate(envs) if isinstance(e.event, StateFailed)]
+        assert [log.line_at(r) for r in range(log.row_count)] == failed
+        assert log.cursor == len(failed) - 1
+        log.apply_filter(LogFilter(), "http_503")
+        log.cursor = 0
+        assert log.find()
+        assert log.cursor == failed[0]

@@ -398,3 +398,17 @@ async def test_help_lists_the_run_screen_keys() -> None:
         text = " ".join(f"{e.keys} {e.description}" for e in app.help_entries(screen))
         for expected in ("Follow new events", "Filter the log", "Next log line", "Manifest, snapshots"):
             assert expected in text
+
+
+async def test_clicks_select_a_log_line_and_a_graph_node() -> None:
+    fx = await build_fixture_store(MemoryStore())
+    app, screen = run_app(fx, RUN_FANOUT)
+    async with app.run_test(size=LARGE) as pilot:
+        await open_screen(pilot, screen)
+        log = screen.query_one(EventLog)
+        await pilot.click(EventLog, offset=(5, 1))
+        assert log.cursor == 1 and not log.follow
+        graph = screen.query_one(StateGraph)
+        await pilot.click(StateGraph, offset=(2, 0))
+        assert graph.cursor == sid("fetch")
+        assert screen.query_one(StatePanel).state is not None
