@@ -79,6 +79,7 @@ QUARANTINE_DIR = "quarantine"
 EVENTS_FILE = "events.jsonl"
 LEASE_FILE = "lease"
 APPEND_LOCK_FILE = "events.lock"
+PENDING_FILE = "start.json"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TEMP = re.compile(r"(^\.)|(\.tmp\b)|(\.tmp$)|(^tmp)|(\.part$)|(~$)")
 """Names of temporary files (a dot file, ``*.tmp*``, ``tmp*``, ``*.part``, ``*~``)."""
@@ -332,7 +333,8 @@ def _walk_store_files(report: DoctorReport, root: Path) -> None:
                 _add(report, _temp_finding(root, path, st))
 
 
-_TMP_PID = re.compile(r"^\.tmp-.*-(\d+)-\d+$")
+_TMP_PID = re.compile(r"^\.tmp-.*-(\d+)-\d+$|^\..*\.(\d+)$")
+"""Temp names that carry their writer's pid: the store's ``.tmp-<tag>-<pid>-<n>``, the workers' ``.<name>.<pid>``."""
 
 
 def _writer_alive(name: str) -> bool:
@@ -341,7 +343,7 @@ def _writer_alive(name: str) -> bool:
     if m is None:
         return False
     try:
-        os.kill(int(m.group(1)), 0)
+        os.kill(int(m.group(1) or m.group(2)), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, ValueError):
@@ -656,7 +658,19 @@ def _check_run(
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
     except FileNotFoundError:
-        return  # a run folder without events yet (a worker that died before RunStarted): nothing to check
+        # no events yet: either a worker is about to write RunStarted, or it died first (its start.json says
+        # which manifest to start again; `mfm resume` does that)
+        if _lease_held(root, run_id) is False and os.path.exists(root / "runs" / run_id / PENDING_FILE):
+            report.add(
+                Finding(
+                    "stale_lease",
+                    "warning",
+                    f"the worker died before RunStarted; `mfm resume {run_id[:8]}` starts the run again",
+                    path=f"runs/{run_id}/{LEASE_FILE}",
+                    run_id=run_id,
+                )
+            )
+        return
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             report.add(Finding("symlink_in_store", "error", "a symbolic link where the event file should be", path=rel))

@@ -209,6 +209,23 @@ async def test_stale_lease_and_live_lease(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_worker_lost_before_run_started_is_a_stale_lease(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    FsStore(root).close()
+    run_dir = root / "runs" / "55555555-5555-4555-8555-555555555555"
+    run_dir.mkdir(mode=0o700)
+    (run_dir / "lease").write_bytes(b"{}")
+    (run_dir / "lease").chmod(0o600)
+    assert check_store(root).ok  # a lease alone: a worker that has not written anything yet
+    (run_dir / "start.json").write_bytes(b"{}")
+    (run_dir / "start.json").chmod(0o600)
+    report = check_store(root)
+    assert report.codes() == ["stale_lease"] and "before RunStarted" in report.findings[0].message
+    (run_dir / f".start.json.{os.getpid()}").write_bytes(b"{")  # being written by a live process: not debris
+    (run_dir / f".start.json.{os.getpid()}").chmod(0o600)
+    assert check_store(root).codes() == ["stale_lease"]
+
+
 async def test_unfinished_batch_of_a_live_appender_is_not_damage(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _, run_id = await make_run(root)
