@@ -13,6 +13,7 @@ from typing import Any
 from textual.events import MouseScrollUp
 from textual.pilot import Pilot
 from textual.screen import Screen
+from textual.widgets import Input
 
 from engine.errors import StateError
 from engine.events import DomainEvent, StateCompleted, StateEntered, StateFailed, encode_envelope
@@ -83,8 +84,21 @@ async def settle(pilot: Pilot[None]) -> None:
 # ---------------------------------------------------------------------------------------------- snapshots
 
 
+async def type_query(pilot: Pilot[None], query: str) -> None:
+    """``/``, the first characters typed, the rest pasted (each key press costs ~60 ms), then ``enter``."""
+    await pilot.press("slash", *query[:2])
+    box = pilot.app.screen.query_one("#log-filter", Input)
+    box.value = query
+    await pilot.press("enter")
+
+
 def _snap(
-    snap_compare: Any, run_id: str, size: tuple[int, int], keys: tuple[str, ...] = (), theme: str = "mfm-dark"
+    snap_compare: Any,
+    run_id: str,
+    size: tuple[int, int],
+    keys: tuple[str, ...] = (),
+    theme: str = "mfm-dark",
+    query: str = "",
 ) -> None:
     app, screen = run_app(fixture_store(), run_id, theme=theme)
 
@@ -92,6 +106,8 @@ def _snap(
         await open_screen(pilot, screen)
         for key in keys:
             await pilot.press(key)
+        if query:
+            await type_query(pilot, query)
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=before)
@@ -134,7 +150,7 @@ def test_snapshot_log_paused(snap_compare: Any) -> None:
 
 
 def test_snapshot_log_filtered(snap_compare: Any) -> None:
-    _snap(snap_compare, RUN_COMPLETED, LARGE, ("slash", *"kind=StateCompleted", "enter"))
+    _snap(snap_compare, RUN_COMPLETED, LARGE, query="kind=StateCompleted")
 
 
 def test_snapshot_state_detail_small(snap_compare: Any) -> None:
@@ -209,7 +225,7 @@ async def test_filter_narrows_and_escape_clears() -> None:
         await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
         total = log.row_count
-        await pilot.press("slash", *"kind=StateEntered", "enter")
+        await type_query(pilot, "kind=StateEntered")
         await settle(pilot)
         entered = [i for i in range(total) if b'"StateEntered"' in (log.source.raw(i) or b"")]
         assert log.row_count == len(entered) < total
@@ -225,7 +241,7 @@ async def test_search_moves_between_matches() -> None:
     async with app.run_test(size=LARGE) as pilot:
         await open_screen(pilot, screen)
         log = screen.query_one(EventLog)
-        await pilot.press("slash", *"item_3", "enter")
+        await type_query(pilot, "item_3")
         await settle(pilot)
         hits = [i for i in range(log.row_count) if b"item_3" in (log.source.raw(i) or b"")]
         assert len(hits) >= 2
