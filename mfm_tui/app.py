@@ -30,6 +30,7 @@ from engine.config import RunManifest
 from engine.ids import RunId
 from engine.plan import ExecutionPlan
 from mfm_tui.clock import Clock, SystemClock
+from mfm_tui.commands import StartCommands
 from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
 from mfm_tui.messages import ErrorReported, RunSelected, RunsUpdated, StoreChanged
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
@@ -110,6 +111,7 @@ class MfmApp(App[None]):
 
     TITLE = "mfm"
     CSS_PATH = cast("list[str | PurePath]", css_paths())
+    COMMANDS = App.COMMANDS | {StartCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),

@@ -18,10 +18,12 @@ import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
+from textual.command import Hit, Hits, Provider
 
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
@@ -31,6 +33,7 @@ from mfm_tui.screens.confirm import ConfirmDialog
 
 __all__ = [
     "ActionPlan",
+    "StartCommands",
     "cancel_runs",
     "describe_cancel",
     "describe_resume",
@@ -256,7 +259,7 @@ def cancel_runs(app: Any, run_ids: Sequence[RunId], *, current: RunModel | None 
         lines = [f"Cancel {len(ok)} run(s)?", ""]
         lines += [f"  {_label(_models(app)[p.run_id])}" for p in ok[:8]]
         if len(ok) > 8:
-            lines.append(f"  … and {len(ok) - 8} more")
+            lines.append(f"  and {len(ok) - 8} more")
         lines.append("Each in-flight attempt is interrupted; each run ends Cancelled.")
         skipped = len(plans) - len(ok)
         if skipped:
@@ -290,7 +293,13 @@ async def _do_cancel(app: Any, run_ids: list[RunId]) -> None:
         _spawn_error(app, exc, run_id, f"cancel run {run_id[:8]}{more}")
     ok = len(run_ids) - len(errors)
     if ok:
-        app.notify(f"cancel requested for {ok} run(s): cancelling…", timeout=3)
+        app.notify(f"cancel requested for {ok} run(s): cancelling", timeout=3)
+        screen = app.screen
+        refresh = getattr(screen, "_refresh_lease", None)
+        if getattr(screen, "run_id", None) in run_ids and refresh is not None:
+            with contextlib.suppress(Exception):
+                await refresh(screen.model)  # the run screen shows "cancelling" until RunCompleted lands
+                screen._render_all()
 
 
 async def _sync(app: Any) -> None:
@@ -334,7 +343,7 @@ def resume_runs(app: Any, run_ids: Sequence[RunId], *, current: RunModel | None 
             kind = "recovery run" if p.recovery else "resume"
             lines.append(f"  {_label(model) if model else p.run_id[:8]}  ({kind})")
         if len(ok) > 8:
-            lines.append(f"  … and {len(ok) - 8} more")
+            lines.append(f"  and {len(ok) - 8} more")
         skipped = len(plans) - len(ok)
         if skipped:
             lines.append(f"{skipped} marked run(s) are skipped (finished, or a worker is alive).")
@@ -526,3 +535,32 @@ def diff_state_between(app: Any, source: RunModel, replay: RunModel, state_id: s
         group="diff",
         exit_on_error=False,
     )
+
+
+# ---------------------------------------------------------------------------------------------- command palette
+
+
+class StartCommands(Provider):
+    """The palette's "Start demo_flaky (s)" entries: one per operation, opening the start form on it.
+
+    Every other action is in the palette through its key binding (the app lists the current screen's bindings with
+    their keys); starting gets one entry per operation because it is what an operator searches for by name.
+    """
+
+    async def search(self, query: str) -> Hits:
+        app: Any = self.app
+        registry = getattr(app, "registry", None)
+        if registry is None or read_only_reason(app) is not None:
+            return
+        matcher = self.matcher(query)
+        for op in registry.operations():
+            text = f"Start {op.op_id} (s)"
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), partial(_open_start, app, str(op.op_id)), help=op.summary)
+
+
+def _open_start(app: Any, op_id: str) -> None:
+    from mfm_tui.screens.start import StartScreen
+
+    app.push_screen(StartScreen(op_id=op_id))

@@ -50,13 +50,14 @@ class Change:
     def path_text(self) -> str:
         return format_path(self.path)
 
-    def line(self, *, width: int = 60, arrow: str = "→") -> str:
+    def line(self, *, width: int = 60, arrow: str = "→", ellipsis: str = "…") -> str:
         """``+ path  value``, ``- path  value`` or ``~ path  old → new`` (values shortened to ``width``)."""
         if self.kind is ChangeKind.ADDED:
-            return f"+ {self.path_text}  {preview(self.new, width)}"
+            return f"+ {self.path_text}  {preview(self.new, width, ellipsis)}"
         if self.kind is ChangeKind.REMOVED:
-            return f"- {self.path_text}  {preview(self.old, width)}"
-        return f"~ {self.path_text}  {preview(self.old, width)} {arrow} {preview(self.new, width)}"
+            return f"- {self.path_text}  {preview(self.old, width, ellipsis)}"
+        old, new = preview(self.old, width, ellipsis), preview(self.new, width, ellipsis)
+        return f"~ {self.path_text}  {old} {arrow} {new}"
 
 
 def format_path(path: tuple[PathPart, ...]) -> str:
@@ -72,10 +73,10 @@ def format_path(path: tuple[PathPart, ...]) -> str:
     return out or "$"
 
 
-def preview(value: Any, width: int = 60) -> str:
-    """Compact JSON of ``value``, cut to ``width`` characters with ``…``."""
+def preview(value: Any, width: int = 60, ellipsis: str = "…") -> str:
+    """Compact JSON of ``value``, cut to ``width`` characters with ``ellipsis``."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False, default=str)
-    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+    return text if len(text) <= width else text[: max(1, width - len(ellipsis))] + ellipsis
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -127,7 +128,7 @@ def summarize(changes: list[Change]) -> str:
     return ", ".join(f"{n} {k.value}" for k, n in counts.items() if n)
 
 
-def annotated_lines(old: Any, new: Any, *, indent: int = 2) -> list[tuple[str, str]]:
+def annotated_lines(old: Any, new: Any, *, indent: int = 2, ellipsis: str = "…") -> list[tuple[str, str]]:
     """The whole merged document, pretty-printed, one ``(sign, text)`` per line: ``" "`` unchanged, ``"+"`` added,
     ``"-"`` removed (the old value, shown where it was), ``"~"`` changed (``new  (was old)``)."""
     out: list[tuple[str, str]] = []
@@ -176,7 +177,7 @@ def annotated_lines(old: Any, new: Any, *, indent: int = 2) -> list[tuple[str, s
         elif _same(a, b):
             dump(" ", depth, prefix, b, comma)
         else:
-            emit("~", depth, f"{prefix}{preview(b, 80)}{comma}  (was {preview(a, 60)})")
+            emit("~", depth, f"{prefix}{preview(b, 80, ellipsis)}{comma}  (was {preview(a, 60, ellipsis)})")
 
     walk(old, new, 0, "", "")
     return out

@@ -124,7 +124,7 @@ class SeqPrompt(ModalScreen[int | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box") as box:
             box.border_title = "Jump to seq"
-            yield Static(f"show the run as it was at event seq 1 … {self.last}", id="confirm-body")
+            yield Static(f"show the run as it was at an event seq, 1 to {self.last}", id="confirm-body")
             yield Input(placeholder="seq", id="confirm-input", compact=True, type="integer")
             yield Static("", id="confirm-error")
             yield Static("enter jump   esc back out", id="confirm-hint")

@@ -119,13 +119,14 @@ class ReplayScreen(ModalScreen[None]):
         if self.verdict is None:
             loader = self._loader or (lambda: read_verdict(self.app.store, self.replay))
             self.verdict = loader()
+        ell = "..." if getattr(self.app, "ascii_only", False) else "…"
         text = Text()
         text.append(f"source  run {self.source}\n")
         text.append(f"replay  run {self.replay}\n\n")
         model = self._model(self.replay)
         if self.verdict is None:
-            progress = f"{model.done}/{model.total} states, seq {model.last_seq}" if model else "starting…"
-            text.append(f"replaying… {progress}", style="bold")
+            progress = f"{model.done}/{model.total} states, seq {model.last_seq}" if model else f"starting{ell}"
+            text.append(f"replaying{ell} {progress}", style="bold")
             self.query_one("#replay-hint", Static).update("enter open the replay run   esc close (it keeps going)")
         else:
             verdict = str(self.verdict.get("verdict", "?"))
@@ -133,7 +134,7 @@ class ReplayScreen(ModalScreen[None]):
             self.set_class(verdict != "deterministic", "-diverged")
             if verdict == "deterministic":
                 text.append("deterministic", style="bold")
-                text.append(f": same final snapshot {str(self.verdict.get('replay_final') or '')[:16]}…\n")
+                text.append(f": same final snapshot {str(self.verdict.get('replay_final') or '')[:16]}{ell}\n")
                 hint = "enter open the replay run   esc close"
             else:
                 state = self.verdict.get("diverged_state")

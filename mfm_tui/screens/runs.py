@@ -125,11 +125,11 @@ class RunsScreen(Screen[None]):
         Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration"),
         Binding("s", "start_run", "Start", tooltip="Start a run"),
         Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)"),
-        Binding("space", "toggle_mark", "Mark", show=False, tooltip="Mark / unmark the run (bulk cancel or resume; diff two)"),
+        Binding("space", "toggle_mark", "Mark", show=False, tooltip="Mark the run (bulk cancel, resume; diff two)"),
         Binding("c", "cancel_runs", "Cancel", tooltip="Cancel the run, or the marked runs (confirmation first)"),
         Binding("r", "resume_runs", "Resume", tooltip="Resume the run, or the marked runs (confirmation first)"),
         Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
-        Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff the two marked runs: final snapshots and manifests"),
+        Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff two marked runs: final snapshots, manifests"),
     ]
     CONTROLS: ClassVar[frozenset[str]] = frozenset({"start_run", "cancel_runs", "resume_runs", "replay_run"})
     """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""

@@ -165,7 +165,7 @@ class StartScreen(Screen[None]):
                 Text(f"{len(errors)} invalid parameter(s): fix them, then ctrl+s", style="bold")
             )
             return
-        self.query_one("#start-status", Static).update("starting…")
+        self.query_one("#start-status", Static).update("starting")
         self.run_worker(self._start(self.op, raw), group="start", exclusive=True, exit_on_error=False)
 
     async def _start(self, op: Operation, raw: dict[str, Any]) -> None:

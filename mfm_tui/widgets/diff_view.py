@@ -22,6 +22,7 @@ def diff_text(
     *,
     styles: dict[str, str] | None = None,
     arrow: str = "→",
+    ellipsis: str = "…",
     document: bool = True,
 ) -> Text:
     """The text of one section (``styles``: sign → rich style)."""
@@ -32,10 +33,10 @@ def diff_text(
     text.append(summarize(changes))
     text.append("\n")
     for change in changes:
-        text.append("  " + change.line(arrow=arrow) + "\n", style=styles.get(change.kind.sign, ""))
+        text.append("  " + change.line(arrow=arrow, ellipsis=ellipsis) + "\n", style=styles.get(change.kind.sign, ""))
     if document and changes:
         text.append("\n")
-        for sign, line in annotated_lines(old, new):
+        for sign, line in annotated_lines(old, new, ellipsis=ellipsis):
             text.append(f"{sign} {line}\n", style=styles.get(sign, "") if sign != " " else "")
     return text
 
@@ -70,4 +71,5 @@ class DiffView(Static):
             sign: str(self.get_component_rich_style(cls)) if not self.ascii_only else ("bold" if sign != "-" else "")
             for sign, cls in _STYLES.items()
         }
-        self.update(diff_text(self.section, self.old, self.new, styles=styles, arrow="->" if self.ascii_only else "→"))
+        arrow, ellipsis = ("->", "...") if self.ascii_only else ("→", "…")
+        self.update(diff_text(self.section, self.old, self.new, styles=styles, arrow=arrow, ellipsis=ellipsis))

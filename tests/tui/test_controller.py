@@ -265,3 +265,56 @@ def test_store_writable(tmp_path: Path) -> None:
         assert store_writable(type("S", (), {"root": tmp_path / "new" / "store"})())
     finally:
         ro.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------------------ time travel, palette
+
+
+async def test_time_travel_steps_jumps_and_returns_to_live() -> None:
+    from mfm_tui.screens.confirm import SeqPrompt
+
+    app = await afixture_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        app.open_run(RUN_COMPLETED)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
+        screen = app.screen
+        last = len(screen.source)
+        await pilot.press("left_square_bracket")
+        assert screen.as_of == last - 1
+        assert screen.view_model.status is RunStatus.RUNNING  # before RunCompleted
+        assert screen.model.status is RunStatus.COMPLETED  # the live model is untouched
+        assert f"as of seq {last - 1} of {last}" in str(screen.query_one("#time-banner").render())
+        await pilot.press("right_square_bracket")
+        assert screen.as_of is None  # stepping past the end is live again
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, SeqPrompt))
+        app.screen.query_one(Input).value = "3"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert screen.as_of == 3 and screen.view_model.done == 1  # fetch completed at seq 3
+        await pilot.press("escape")
+        assert screen.as_of is None and app.screen is screen
+
+
+async def test_palette_offers_a_start_entry_per_operation() -> None:
+    from textual.command import CommandPalette
+    from textual.widgets import OptionList
+
+    app = await afixture_app(registry=load_registry())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        palette = app.screen
+        palette.query_one(Input).value = "start demo_fix"
+
+        def offered() -> list[str]:
+            olist = palette.query_one(OptionList)
+            return [str(olist.get_option_at_index(i).prompt) for i in range(olist.option_count)]
+
+        await until(pilot, lambda: any("Start demo_fix (s)" in text for text in offered()))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, StartScreen))
+        await pilot.pause()
+        assert app.screen.op is not None and str(app.screen.op.op_id) == "demo_fix"
