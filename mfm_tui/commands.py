@@ -288,9 +288,9 @@ async def _do_cancel(app: Any, run_ids: list[RunId]) -> None:
             errors.append((run_id, exc))
     await _sync(app)
     if errors:
-        run_id, exc = errors[0]
+        first, error = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        _spawn_error(app, exc, run_id, f"cancel run {run_id[:8]}{more}")
+        _spawn_error(app, error, first, f"cancel run {first[:8]}{more}")
     ok = len(run_ids) - len(errors)
     if ok:
         app.notify(f"cancel requested for {ok} run(s): cancelling", timeout=3)
@@ -379,9 +379,9 @@ async def _do_resume(app: Any, run_ids: list[RunId], *, open_run: bool) -> None:
         opened = RunId(str(new_id))
     await _sync(app)
     if errors:
-        run_id, exc = errors[0]
+        first, error = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        _spawn_error(app, exc, run_id, f"resume run {run_id[:8]}{more}")
+        _spawn_error(app, error, first, f"resume run {first[:8]}{more}")
     ok = len(run_ids) - len(errors)
     if ok:
         app.notify(f"resuming {ok} run(s)", timeout=3)
@@ -500,7 +500,7 @@ def diff_runs(app: Any, a: RunModel, b: RunModel) -> None:
 
 
 async def _push_diff(
-    app: Any, title: str, sections: list[tuple[str, str | None, str | None]], labels: tuple[str, str]
+    app: Any, title: str, sections: Sequence[tuple[str, str | None, str | None]], labels: tuple[str, str]
 ) -> None:
     from mfm_tui.screens.diff import DiffScreen
 

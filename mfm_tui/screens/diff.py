@@ -117,7 +117,8 @@ class ReplayScreen(ModalScreen[None]):
     def refresh_status(self) -> None:
         """Read the verdict (and the replay run's progress); tests call it directly."""
         if self.verdict is None:
-            loader = self._loader or (lambda: read_verdict(self.app.store, self.replay))
+            app: Any = self.app
+            loader = self._loader or (lambda: read_verdict(app.store, self.replay))
             self.verdict = loader()
         ell = "..." if getattr(self.app, "ascii_only", False) else "…"
         text = Text()
@@ -150,8 +151,9 @@ class ReplayScreen(ModalScreen[None]):
         self.query_one("#replay-body", Static).update(text)
 
     def action_open_replay(self) -> None:
+        app: Any = self.app
         self.dismiss(None)
-        self.app.open_run(self.replay)
+        app.open_run(self.replay)
 
     def action_diff_diverged(self) -> None:
         state = (self.verdict or {}).get("diverged_state")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel
 from textual import on
@@ -97,7 +97,7 @@ def validate_form(op: Operation, values: Mapping[str, str]) -> tuple[dict[str, A
         op.validate_params(raw)
     except MfmError as exc:
         errors: dict[str, str] = {}
-        details = exc.info.details if isinstance(exc.info.details, dict) else {}
+        details: Any = exc.info.details if isinstance(exc.info.details, dict) else {}
         for problem in details.get("errors", []):
             field = str(problem.get("field", "(params)")).split(".")[0]
             errors.setdefault(field, str(problem.get("error", "invalid")))
@@ -122,8 +122,6 @@ class ParamForm(Vertical):
 
     class Submitted(Message):
         """``enter`` in the last field: the operator wants to start."""
-
-    can_focus_children: ClassVar[bool] = True
 
     def __init__(self, op: Operation, *, id: str | None = None) -> None:
         super().__init__(id=id)
