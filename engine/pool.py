@@ -174,6 +174,7 @@ class _Q:
         )
         self.hosts = q("SELECT run_id, owner_host FROM {q} WHERE run_id = ANY(%s::uuid[])")
         self.pending = q("SELECT count(*) FROM {q} WHERE done_at IS NULL")
+        self.waiting = q("SELECT run_id FROM {q} WHERE done_at IS NULL AND owner_token IS NULL ORDER BY enqueued_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +389,11 @@ class RunQueue:
     async def pending(self) -> int:
         rows = await self._exec(self._q.pending, what="counting queued runs")
         return int(rows[0][0]) if rows else 0
+
+    async def waiting(self) -> list[RunId]:
+        """Runs queued and not claimed yet (they have no events: ``list_runs`` does not know them)."""
+        rows = await self._exec(self._q.waiting, what="listing queued runs")
+        return [RunId(str(r[0])) for r in rows]
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

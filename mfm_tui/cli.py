@@ -174,14 +174,18 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
     envelopes = await store.events.read_range(run_id, 1)
     model = RunModel(run_id)
     model.apply(envelopes)
-    if model.manifest_id is not None:
+    manifest_id = model.manifest_id
+    if manifest_id is None and is_pooled(store):  # queued, not started by a worker yet: its queue row knows it
+        row = await store.queue.get(run_id)
+        manifest_id = None if row is None or row.manifest_id is None else ArtifactId(row.manifest_id)
+    if manifest_id is not None:
         try:
-            manifest = await read_manifest(store.artifacts, model.manifest_id)
+            manifest = await read_manifest(store.artifacts, manifest_id)
             model.set_manifest(manifest)
             if with_plan:
-                shape = env.plan_shapes.get(model.manifest_id)
+                shape = env.plan_shapes.get(manifest_id)
                 if shape is None:
-                    shape = env.plan_shapes[model.manifest_id] = PlanShape.from_plan(env.registry.plan_for(manifest))
+                    shape = env.plan_shapes[manifest_id] = PlanShape.from_plan(env.registry.plan_for(manifest))
                 model.set_plan(shape)
         except MfmError as err:
             model.anomalies.append(f"manifest/plan unavailable: {err.one_line()}")
@@ -432,7 +436,10 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
 
     async def collect() -> list[RunModel]:
         out = []
-        for run_id in await env.store.events.list_runs():
+        listed = list(await env.store.events.list_runs())
+        if is_pooled(env.store):  # queued runs have no events yet
+            listed += [r for r in await env.store.queue.waiting() if r not in set(listed)]
+        for run_id in listed:
             model = await load_model(env, RunId(run_id))
             if statuses and model.status.value not in statuses:
                 continue

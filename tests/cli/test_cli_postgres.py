@@ -229,6 +229,15 @@ def test_runs_spread_over_workers_and_survive_a_sigkilled_one(
 def test_start_show_runs_cancel_events_resume_on_a_database_store(
     url: str, env: dict[str, str], workers: Workers, db: Db, pg_server: PgServer
 ) -> None:
+    queued = mfm(env, "start", "demo_big", "-p", "states=2", "-p", "delay_ms=0", "--json", store=url)
+    assert queued.returncode == 0, queued.stderr
+    queued_id = json.loads(queued.stdout)["run_id"]
+    waiting = json.loads(mfm(env, "runs", "--json", store=url).stdout)  # no worker yet: queued, listed
+    assert [(r["run_id"], r["op_id"], r["status"], r["host"]) for r in waiting] == [
+        (queued_id, "demo_big", "pending", None)
+    ]
+    assert "worker    queued for the worker pool" in mfm(env, "show", queued_id, store=url).stdout
+
     workers.start("solo", "--concurrency", "2")
     done = mfm(env, "start", "demo_big", "-p", "states=3", "-p", "delay_ms=0", "--wait", "--json", store=url)
     assert done.returncode == 0, done.stderr
@@ -238,8 +247,8 @@ def test_start_show_runs_cancel_events_resume_on_a_database_store(
 
     listing = mfm(env, "runs", store=url)
     assert listing.returncode == 0, listing.stderr
-    header, line = listing.stdout.splitlines()[:2]
-    assert header.split()[-1] == "HOST" and line.startswith(run[:8]) and line.split()[-1] == "solo"
+    header, *lines = listing.stdout.splitlines()
+    assert header.split()[-1] == "HOST" and len(lines) == 2 and all(ln.split()[-1] == "solo" for ln in lines)
     show = mfm(env, "show", run[:8], store=url)
     assert show.returncode == 0 and "host      solo" in show.stdout and "completed" in show.stdout
     assert json.loads(mfm(env, "show", run, "--json", store=url).stdout)["host"] == "solo"
