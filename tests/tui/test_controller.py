@@ -318,3 +318,32 @@ async def test_palette_offers_a_start_entry_per_operation() -> None:
         await until(pilot, lambda: isinstance(app.screen, StartScreen))
         await pilot.pause()
         assert app.screen.op is not None and str(app.screen.op.op_id) == "demo_fix"
+
+
+async def test_a_run_that_finished_meanwhile_is_refused_with_the_reason() -> None:
+    from mfm_tui import commands
+
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        # the dialog was confirmed for a run that has finished since: the shared action refuses, the reason is shown
+        await commands._do_cancel(app, [RUN_COMPLETED])
+        await until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+        assert app.screen.code == "run_already_finished"
+        assert "nothing to cancel" in app.screen.message
+
+
+async def test_diverged_replay_jumps_to_the_diff_of_the_state() -> None:
+    from mfm_tui.screens.diff import DiffScreen
+
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        verdict = {"verdict": "diverged", "diverged_state": "demo.main.join", "phase": "completed"}
+        await app.push_screen(ReplayScreen(RUN_COMPLETED, RUN_COMPLETED, verdict_loader=lambda: verdict, poll=False))
+        await pilot.pause()
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, DiffScreen))
+        assert app.screen.title_text == "join: source vs replay"
+        ((name, old, new),) = app.screen.sections
+        assert name == "context after join" and old == new and old["demo.main.out.join"] == "ok"

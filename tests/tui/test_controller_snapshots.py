@@ -241,3 +241,15 @@ def test_snapshot_read_only_footer(snap_compare: Any) -> None:
         await steady(pilot)
 
     assert snap_compare(app(read_only=True), run_before=run, terminal_size=SMALL)
+
+
+def test_snapshot_state_diff_ascii(snap_compare: Any) -> None:
+    async def run(pilot: Pilot[Any]) -> None:
+        await open_run(pilot, RUN_RUNNING)
+        pilot.app.screen.selected = "demo.main.fetch"
+        await pilot.press("d")
+        await steady(pilot)
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, DiffScreen))
+        await steady(pilot)
+
+    assert snap_compare(app(theme="mfm-ascii"), run_before=run, terminal_size=SMALL)
