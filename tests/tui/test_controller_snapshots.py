@@ -253,3 +253,44 @@ def test_snapshot_state_diff_ascii(snap_compare: Any) -> None:
         await steady(pilot)
 
     assert snap_compare(app(theme="mfm-ascii"), run_before=run, terminal_size=SMALL)
+
+
+# ------------------------------------------------------------------------------------------ failed -> fix -> resume
+
+RUN_RECOVERY = "d07e2b19-6a7b-4c8d-9e0f-0000000000aa"
+
+
+def _app_with_recovery_run() -> Any:
+    """The fixture store plus the recovery run of RUN_FAILED, completed after the operator created the file."""
+    import asyncio
+
+    from engine.events import DOMAIN_EVENT_RECOVERED_FROM, DomainEvent, RunStatus
+    from engine.ids import RunId
+    from engine.stores import MemoryStore
+    from tests.tui import fixtures as fx
+
+    async def build() -> Any:
+        store = MemoryStore()  # the fixture runs are added by fixture_app
+        b = fx.RunBuilder(RunId(RUN_RECOVERY), fx.NOW_MILLIS - 20 * fx.SEC)
+        b.start(fx._manifest("demo_fix", {"file": "/tmp/mfm-demo/fix-me"}))
+        payload = {"source_run_id": RUN_FAILED, "failed_state_id": "demo.main.check", "carried_states": 1}
+        b.ev(DomainEvent(name=DOMAIN_EVENT_RECOVERED_FROM, payload=payload), 1)
+        b.run_state("prepare", dt_enter=1, dt_run=1)
+        b.enter("check")
+        b.fact("exec:check#0", {"exit_code": 0, "stdout": '{"exists":true}\n', "stderr": ""}, dt=150)
+        b.complete("check", dt=20)
+        b.run_state("finish", dt_run=40)
+        b.finish(RunStatus.COMPLETED)
+        for kind, data in b.artifacts.values():
+            await store.artifacts.put(kind, data)
+        await store.events.append(b.run_id, 0, b.envelopes)
+        return store
+
+    return app(store=asyncio.run(build()))
+
+
+def test_snapshot_recovery_run_completed(snap_compare: Any) -> None:
+    async def run(pilot: Pilot[Any]) -> None:
+        await open_run(pilot, RUN_RECOVERY)
+
+    assert snap_compare(_app_with_recovery_run(), run_before=run, terminal_size=LARGE)
