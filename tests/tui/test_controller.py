@@ -347,3 +347,21 @@ async def test_diverged_replay_jumps_to_the_diff_of_the_state() -> None:
         assert app.screen.title_text == "join: source vs replay"
         ((name, old, new),) = app.screen.sections
         assert name == "context after join" and old == new and old["demo.main.out.join"] == "ok"
+
+
+async def test_mark_two_runs_then_d_diffs_them() -> None:
+    from mfm_tui.screens.diff import DiffScreen
+
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        home = app.screen
+        await pilot.press("d")
+        assert app.screen is home  # nothing marked: a hint, no diff
+        await pilot.press("space", "space")
+        assert home.marked == {RUN_FAILED, RUN_LOST}  # the cursor moves down after each mark
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, DiffScreen))
+        assert [name for name, _old, _new in app.screen.sections] == ["final snapshot", "manifest"]
+        await pilot.press("escape", "space")
+        assert home.marked == {RUN_FAILED, RUN_LOST, home.query_one("RunTable").rows[2].run_id}
