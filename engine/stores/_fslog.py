@@ -77,6 +77,17 @@ class RunLog:
 
 
 def _valid(line: bytes, run_id: str, seq: int) -> bool:
+    """Is ``line`` the wire-form envelope of (``run_id``, ``seq``)? Checked on the bytes we write.
+
+    ``encode_envelope`` always starts a line with ``{"run_id":"<id>","seq":<n>,`` and ends it with
+    ``}`` (a batch's continuation lines add one space). Matching those bytes costs a fraction of a
+    JSON parse, and ``read_range`` decodes (and reports a corrupt) line anyway; a line whose bytes
+    look like ours is parsed in full only when the cheap check is inconclusive.
+    """
+    body = line[:-1] if line.endswith(b" ") else line
+    prefix = b'{"run_id":"%s","seq":%d,' % (run_id.encode(), seq)
+    if body.startswith(prefix) and body.endswith(b"}"):
+        return True
     try:
         obj = _loads(line)
     except ValueError:
