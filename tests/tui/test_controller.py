@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -21,6 +22,7 @@ from engine.stores.fs import FsStore
 from engine.workers import LeaseState, lease_state, start_run
 from mfm_tui.app import MfmApp, make_app
 from mfm_tui.commands import describe_cancel, describe_resume, store_writable
+from mfm_tui.log_index import FileLogSource
 from mfm_tui.run_model import LeaseStatus, RunStatus, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
@@ -270,15 +272,17 @@ def test_store_writable(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ time travel, palette
 
 
-async def test_time_travel_steps_jumps_and_returns_to_live() -> None:
+@pytest.mark.parametrize("kind", ["memory", "fs"])
+async def test_time_travel_steps_jumps_and_returns_to_live(kind: str, tmp_path: Path) -> None:
     from mfm_tui.screens.confirm import SeqPrompt
 
-    app = await afixture_app()
+    app = await afixture_app(store=FsStore(tmp_path / "store") if kind == "fs" else None)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         app.open_run(RUN_COMPLETED)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
         screen = app.screen
+        assert (kind == "fs") == isinstance(screen.source, FileLogSource)  # fs: only the model's lines are decoded
         last = len(screen.source)
         await pilot.press("left_square_bracket")
         assert screen.as_of == last - 1
