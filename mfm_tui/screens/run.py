@@ -12,6 +12,7 @@ log stack and the panel replaces the graph on ``enter`` (``esc`` brings the grap
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import json
@@ -146,10 +147,13 @@ class RunScreen(Screen[None]):
         self.load_error: tuple[str, str] | None = None
         self._model_ready = False
         self._polling = False
+        self._ticks = 0
         self.as_of: int | None = None
         """Time travel: the seq the screen shows the run as of (``None``: live)."""
         self._past: RunModel | None = None
         self._past_millis: int | None = None
+        self._history: tuple[int, list[EventEnvelope]] | None = None
+        """Time travel's decoded kernel/fact/retry envelopes of the events file, and how many lines they cover."""
 
     # ------------------------------------------------------------------ app services
 
@@ -210,7 +214,7 @@ class RunScreen(Screen[None]):
         self.set_interval(1.0, self.tick)
         poll = self._poll_enabled if self._poll_enabled is not None else self._app_attr("watch_store") is not False
         if poll:
-            self.set_interval(POLL_SECONDS, self.poll)
+            self.set_interval(POLL_SECONDS, self._timed_poll)
 
     def on_resize(self, event: Resize) -> None:
         self._apply_width(event.size.width)
@@ -354,8 +358,15 @@ class RunScreen(Screen[None]):
 
     # ------------------------------------------------------------------ live updates
 
+    async def _timed_poll(self) -> None:
+        """The timer: every 100 ms while the run is live, once a second once it has finished."""
+        self._ticks += 1
+        if self._model_ready and self.model.status.is_finished and self._ticks % 10:
+            return
+        await self.poll()
+
     async def poll(self) -> None:
-        """Pick up appended events (called every 100 ms; tests call it directly)."""
+        """Pick up appended events (the timer calls it; tests call it directly)."""
         if self._polling or self.load_error is not None:
             return
         self._polling = True
@@ -627,6 +638,7 @@ class RunScreen(Screen[None]):
         if seq is None:
             self._past = None
             self._past_millis = None
+            self._history = None
             banner.update("")
             self.remove_class("-time-travel")
         else:
@@ -642,8 +654,28 @@ class RunScreen(Screen[None]):
         self._render_all()
 
     def _fold_until(self, seq: int) -> tuple[RunModel, int | None]:
+        """A fresh model of events 1..``seq``. For an events file only the lines the model needs are decoded
+        (kernel, facts, retries: raw-byte scans, cached while time travelling), as in ``_fold_file``."""
         live = self.model
         past = RunModel(self.run_id, plan=live.plan, manifest=live.manifest, lease=LeaseStatus.NONE)
-        envs = self._decode_range(0, seq)
-        past.apply(envs)
-        return past, envs[-1].ts_millis if envs else None
+        src = self.source
+        if not isinstance(src, FileLogSource):
+            envs = self._decode_range(0, seq)
+            past.apply(envs)
+            return past, envs[-1].ts_millis if envs else None
+        cache = self._history
+        if cache is None or cache[0] < seq:
+            total = len(src)
+            wanted = src.lines_containing(_FOLD_NEEDLES, total)
+            decoded: list[EventEnvelope] = []
+            for start in range(0, len(wanted), 4096):
+                for raw in src.read_lines(wanted[start : start + 4096]):
+                    with contextlib.suppress(MfmError):
+                        decoded.append(decode_envelope(raw))
+            cache = self._history = (total, decoded)
+        for env in cache[1][: bisect.bisect_right(cache[1], seq, key=lambda e: e.seq)]:
+            past.last_seq = env.seq - 1  # the lines skipped are domain events the model only counts
+            past.apply((env,))
+        past.event_count = past.last_seq = seq
+        raw = src.raw(seq - 1)
+        return past, summarize(raw).ts_millis if raw is not None else None
