@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.events import EventEnvelope, encode_envelope
+from engine.errors import MfmError
+from engine.events import EventEnvelope, decode_envelope, encode_envelope
+from engine.ids import RunId
+from mfm_tui.run_model import RunModel
 
 __all__ = [
     "TAIL_BYTES",
@@ -39,6 +42,7 @@ __all__ = [
     "LogLine",
     "LogSource",
     "committed",
+    "fold_file",
     "newline_offsets",
     "parse_query",
     "summarize",
@@ -485,3 +489,35 @@ class FileLogSource:
         finally:
             os.close(fd)
         return out
+
+
+FOLD_NEEDLES = (b'{"Kernel":', b'"name":"fact_recorded"', b'"name":"retry_scheduled"')
+"""The lines a run model needs decoded; every other domain event only advances the seq."""
+
+
+def fold_file(src: FileLogSource, run_id: RunId) -> RunModel:
+    """Fold an indexed event file into a fresh ``RunModel``, decoding only the lines it needs.
+
+    Kernel events, ``fact_recorded`` and ``retry_scheduled`` are found by raw-byte scans and decoded; the other
+    domain events are counted, not parsed (the model's per-attempt ``domain_events`` count therefore only covers
+    facts). A run of a million events with a few thousand attempts folds in about a second. An undecodable line
+    is recorded as an anomaly and skipped.
+    """
+    total = len(src)
+    model = RunModel(run_id)
+    wanted = src.lines_containing(FOLD_NEEDLES, total)
+    for start in range(0, len(wanted), 4096):
+        for raw in src.read_lines(wanted[start : start + 4096]):
+            try:
+                env = decode_envelope(raw)
+            except MfmError as exc:
+                model.anomalies.append(f"[{exc.info.code}] {exc.info.message}"[:200])
+                continue
+            model.last_seq = env.seq - 1  # the lines skipped before it are domain events: no gap anomaly
+            model.apply((env,))
+    model.event_count = model.last_seq = max(model.last_seq, total)
+    last = src.raw(total - 1) if total else None
+    if last is not None:
+        ts = summarize(last).ts_millis
+        model.last_event_millis = ts if ts is not None else model.last_event_millis
+    return model

@@ -37,7 +37,18 @@ from engine.ids import ArtifactId, RunId
 from mfm_tui import commands
 from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock, SystemClock
-from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogSource, parse_query, summarize
+from mfm_tui.log_index import (
+    FOLD_NEEDLES as _FOLD_NEEDLES,
+)
+from mfm_tui.log_index import (
+    FileLogSource,
+    ListLogSource,
+    LogFilter,
+    LogSource,
+    fold_file,
+    parse_query,
+    summarize,
+)
 from mfm_tui.messages import StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
@@ -50,7 +61,6 @@ from mfm_tui.widgets.state_panel import StatePanel
 __all__ = ["EventDialog", "RunScreen", "events_path_of"]
 
 POLL_SECONDS = 0.1
-_FOLD_NEEDLES = (b'{"Kernel":', b'"name":"fact_recorded"', b'"name":"retry_scheduled"')
 _ADOPT_GAP = 5000
 """Use the app watcher's model of the run when it is at most this many events behind the file."""
 NARROW = 100
@@ -271,29 +281,11 @@ class RunScreen(Screen[None]):
     def _fold_file(self, src: FileLogSource) -> None:
         """Index the whole file, then fold it into a fresh model (off the UI thread).
 
-        Only the lines the model needs are decoded: kernel events, ``fact_recorded`` and ``retry_scheduled`` (found
-        by raw-byte scans of the file); the other domain events only advance the seq. A run of a million events
-        with a few thousand state attempts folds in about a second.
+        See ``mfm_tui.log_index.fold_file``: only the lines the model needs are decoded.
         """
         src.build_index()
         self.app.call_from_thread(self.query_one(EventLog).index_ready)
-        total = len(src)
-        model = RunModel(self.run_id)
-        wanted = src.lines_containing(_FOLD_NEEDLES, total)
-        try:
-            for start in range(0, len(wanted), 4096):
-                chunk = wanted[start : start + 4096]
-                envs = [decode_envelope(raw) for raw in src.read_lines(chunk)]
-                for env in envs:
-                    model.last_seq = env.seq - 1  # the skipped lines are domain events the model only counts
-                    model.apply((env,))
-        except MfmError as exc:
-            model.anomalies.append(f"[{exc.info.code}] {exc.info.message}")
-        model.event_count = model.last_seq = max(model.last_seq, total)
-        last = src.raw(total - 1) if total else None
-        if last is not None:
-            ts = summarize(last).ts_millis
-            model.last_event_millis = ts if ts is not None else model.last_event_millis
+        model = fold_file(src, self.run_id)
         self.app.call_from_thread(self._adopt_model_sync, model)
 
     def _adopt_model_sync(self, model: RunModel) -> None:
@@ -677,5 +669,5 @@ class RunScreen(Screen[None]):
             past.last_seq = env.seq - 1  # the lines skipped are domain events the model only counts
             past.apply((env,))
         past.event_count = past.last_seq = seq
-        raw = src.raw(seq - 1)
-        return past, summarize(raw).ts_millis if raw is not None else None
+        last_raw = src.raw(seq - 1)
+        return past, summarize(last_raw).ts_millis if last_raw is not None else None

@@ -234,3 +234,43 @@ async def test_widget_filters_a_file_whose_index_is_not_built_yet(tmp_path: Path
         log.cursor = 0
         assert log.find()
         assert log.cursor == failed[0]
+
+
+async def test_fold_file_matches_a_full_fold(tmp_path: Path) -> None:
+    from engine.stores import MemoryStore
+    from mfm_tui.log_index import fold_file
+    from mfm_tui.run_model import RunModel
+    from tests.tui.fixtures import build_fixture_store
+
+    fx = await build_fixture_store(MemoryStore())
+    for run_id, builder in fx.builders.items():
+        envs = builder.envelopes
+        path = tmp_path / f"{run_id}.jsonl"
+        _write(path, envs)
+        src = FileLogSource(path)
+        src.build_index()
+        sparse = fold_file(src, run_id)
+        full = RunModel(run_id)
+        full.apply(envs)
+        assert sparse.status == full.status, run_id
+        assert sparse.last_seq == full.last_seq == len(envs)
+        assert sparse.anomalies == full.anomalies == []
+        assert {
+            k: (v.status, v.attempt_number, v.not_before_millis, len(v.facts)) for k, v in sparse.states.items()
+        } == {k: (v.status, v.attempt_number, v.not_before_millis, len(v.facts)) for k, v in full.states.items()}
+        assert sparse.checkpoint_id == full.checkpoint_id
+
+
+def test_fold_file_records_an_undecodable_line(tmp_path: Path) -> None:
+    from mfm_tui.log_index import fold_file
+
+    envs = _envelopes(2)
+    path = tmp_path / "events.jsonl"
+    lines = [encode_envelope(e) for e in envs]
+    lines[2] = b'{"run_id":"x","event":{"Kernel":{"Broken":{}}}}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    src = FileLogSource(path)
+    src.build_index()
+    model = fold_file(src, RUN)
+    assert model.last_seq == len(envs)
+    assert any("machine_event_decode_failed" in a for a in model.anomalies)
