@@ -7,6 +7,7 @@ off and the tests call ``screen.poll()`` (or ``app.sync_store()``) after appendi
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -428,3 +429,33 @@ async def test_clicks_select_a_log_line_and_a_graph_node() -> None:
         await pilot.click(StateGraph, offset=(2, 0))
         assert graph.cursor == sid("fetch")
         assert screen.query_one(StatePanel).state is not None
+
+
+async def test_graph_of_a_thousand_states_scrolls_to_the_cursor() -> None:
+    from textual.app import App, ComposeResult
+
+    from mfm_tui.run_model import StateView
+
+    chain = [f"demo.main.step_{i:04d}" for i in range(1000)]
+    fan = ["demo.main.fetch", *(f"demo.main.item_{i}" for i in range(400))]
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield StateGraph(id="chain")
+            yield StateGraph(id="fan")
+
+    async with Host().run_test(size=(80, 24)) as pilot:
+        graph = pilot.app.query_one("#chain", StateGraph)
+        graph.set_graph(chain, list(itertools.pairwise(chain)), {s: StateView(s) for s in chain}, 0)  # type: ignore[misc]
+        await pilot.pause()
+        assert graph.virtual_size.width > 1000 * 10
+        graph.select(chain[500])
+        await pilot.pause()
+        assert graph.scroll_offset.x > 0
+        assert "step_0500" in graph.render_line(0).text
+        fan_graph = pilot.app.query_one("#fan", StateGraph)
+        edges = [(fan[0], item) for item in fan[1:]]
+        fan_graph.set_graph(fan, edges, {s: StateView(s) for s in fan}, 0)  # type: ignore[misc]
+        await pilot.pause()
+        rows = "".join(strip.text for strip in (fan_graph.render_line(y) for y in range(12)))
+        assert "… 389 more" in rows
