@@ -47,7 +47,7 @@ App.-theme-mfm-ascii SeqPrompt > #confirm-box { border: ascii $foreground; }
 class ConfirmDialog(ModalScreen[bool]):
     """``body`` and a hint; ``y``/``enter`` confirms (bulk: type ``type_count``, ``enter``); ``esc``/``n`` backs out."""
 
-    DEFAULT_CSS = _CSS
+    CSS = _CSS  # app-level rules: the dim see-through backdrop must beat `Screen { background }` of app.tcss
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "answer(False)", "Back out"),
         Binding("y", "answer(True)", "Confirm", show=False),
@@ -114,7 +114,7 @@ class ConfirmDialog(ModalScreen[bool]):
 class SeqPrompt(ModalScreen[int | None]):
     """Time travel: ``jump to seq`` (1 … ``last``); dismisses with the seq or ``None``."""
 
-    DEFAULT_CSS = _CSS
+    CSS = _CSS  # app-level rules: the dim see-through backdrop must beat `Screen { background }` of app.tcss
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Back out")]
 
     def __init__(self, last: int) -> None:

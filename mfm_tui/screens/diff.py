@@ -65,7 +65,8 @@ class ReplayScreen(ModalScreen[None]):
     ``enter`` opens the replay run; when diverged, ``d`` diffs the diverged state's result (source vs replay).
     """
 
-    DEFAULT_CSS = """
+    # app-level rules (CSS, not DEFAULT_CSS): the see-through backdrop must beat `Screen { background }` of app.tcss
+    CSS = """
     ReplayScreen { align: center middle; background: $background 60%; }
     ReplayScreen > #replay-box {
         width: 76; max-width: 95%; height: auto; padding: 1 2;
