@@ -293,6 +293,17 @@ class RunScreen(Screen[None]):
 
     async def _adopt_model(self, model: RunModel) -> None:
         """Give the model its manifest, plan shape, lease and cancel flag, then show it."""
+        await self._adopt_manifest(model)
+        await self._refresh_lease(model)
+        # Lines that arrived while folding.
+        if isinstance(self.source, FileLogSource):
+            model.apply(self._decode_range(model.last_seq, len(self.source)))
+        self.model = model
+        self._model_ready = True
+        self._render_all()
+
+    async def _adopt_manifest(self, model: RunModel) -> None:
+        """Load the run's manifest and its plan shape into ``model`` (once its ``RunStarted`` is known)."""
         if model.manifest_id is not None and model.manifest is None:
             try:
                 raw = await read_canonical_json(self.store.artifacts, ArtifactId(model.manifest_id))
@@ -312,13 +323,6 @@ class RunScreen(Screen[None]):
                 if shape is not None:
                     model.set_plan(shape)
                 model.set_manifest(manifest)
-        await self._refresh_lease(model)
-        # Lines that arrived while folding.
-        if isinstance(self.source, FileLogSource):
-            model.apply(self._decode_range(model.last_seq, len(self.source)))
-        self.model = model
-        self._model_ready = True
-        self._render_all()
 
     async def _refresh_lease(self, model: RunModel) -> None:
         probe = self._lease_probe or self._app_attr("lease_probe")
@@ -377,6 +381,10 @@ class RunScreen(Screen[None]):
                     if self._model_ready:
                         self.model.apply(envs)
             if added:
+                if self._model_ready and self.model.manifest is None and self.model.manifest_id is not None:
+                    # Opened before RunStarted landed (a run just started): now its manifest and plan shape
+                    # are known, so the graph can show the whole plan instead of the states seen so far.
+                    await self._adopt_manifest(self.model)
                 if self.model.status.is_finished is False:
                     await self._refresh_lease(self.model)
                 self.query_one(EventLog).lines_appended(added)

@@ -39,6 +39,7 @@ from tests.tui.fixtures import (
     fixture_clock,
     sid,
 )
+from tests.tui.fixtures import _runs as fixture_runs
 
 SMALL = (80, 24)
 LARGE = (120, 40)
@@ -459,3 +460,20 @@ async def test_graph_of_a_thousand_states_scrolls_to_the_cursor() -> None:
         await pilot.pause()
         rows = "".join(strip.text for strip in (fan_graph.render_line(y) for y in range(12)))
         assert "… 389 more" in rows
+
+
+async def test_a_run_opened_before_run_started_gets_its_whole_plan_once_the_manifest_is_known() -> None:
+    """The start form opens a new run at once; its RunStarted (and so its manifest) lands a moment later."""
+    fx = await build_fixture_store(MemoryStore(), only=[])
+    builder = next(b for b in fixture_runs() if b.run_id == RUN_FANOUT)
+    app, screen = run_app(fx, RUN_FANOUT)
+    async with app.run_test(size=LARGE) as pilot:
+        await open_screen(pilot, screen)
+        for kind, data in builder.artifacts.values():
+            await fx.store.artifacts.put(kind, data)
+        await fx.store.events.append(RUN_FANOUT, 0, builder.envelopes[:2])  # RunStarted, StateEntered(fetch)
+        await screen.poll()
+        await settle(pilot)
+        nodes, edges = screen._graph_shape()
+        assert sid("join") in nodes and sid("report") in nodes, "states not yet entered are shown from the plan"
+        assert (sid("fetch"), sid("item_0")) in edges and (sid("item_1"), sid("join")) in edges
