@@ -369,3 +369,42 @@ async def test_mark_two_runs_then_d_diffs_them() -> None:
         assert [name for name, _old, _new in app.screen.sections] == ["final snapshot", "manifest"]
         await pilot.press("escape", "space")
         assert home.marked == {RUN_FAILED, RUN_LOST, home.query_one("RunTable").rows[2].run_id}
+
+
+async def test_ascii_theme_controller_screens_draw_nothing_outside_ascii() -> None:
+    """The monochrome theme promises no Unicode: the start form, a confirmation and a diff keep it too."""
+    from engine.operations import load_registry
+    from tests.tui.fixtures import RUN_COMPLETED, RUN_FAILED, afixture_app, settle, wait_until
+
+    def text_of(app: Any) -> str:
+        return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
+
+    app = await afixture_app(theme="mfm-ascii", registry=load_registry())
+    seen: dict[str, str] = {}
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await settle(pilot)
+        seen["start"] = text_of(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        app.open_run(RUN_FAILED)
+        await wait_until(pilot, lambda: getattr(app.screen, "_model_ready", False))
+        await pilot.press("r")
+        await settle(pilot)
+        seen["resume"] = text_of(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        app.pop_screen()
+        await settle(pilot)
+        app.open_run(RUN_COMPLETED)
+        await wait_until(pilot, lambda: getattr(app.screen, "_model_ready", False))
+        await pilot.press("d")
+        await settle(pilot)
+        seen["diff"] = text_of(app)
+    for name, text in seen.items():
+        bad = sorted({ch for ch in text if not ch.isascii()})
+        assert bad == [], f"{name}: {bad}"
+    assert "demo_side_effect" in seen["start"]
+    assert "recovery run" in seen["resume"]
+    assert "result vs base" in seen["diff"] and "1 added" in seen["diff"]
