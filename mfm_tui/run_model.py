@@ -291,6 +291,8 @@ class RunModel:
         """``(code, message)`` when the run could not be read (set by the watcher)."""
         self._open: list[StateId] = []
         self._skip: frozenset[str] = frozenset()
+        self.unattributed_facts: list[FactRef] = []
+        """Facts recorded while several attempts were open (fan-out): the stream names no state."""
         if plan is not None:
             self.set_plan(plan)
         if manifest is not None:
@@ -430,10 +432,7 @@ class RunModel:
             return
         if not self._open:
             return  # a domain event outside any attempt (op boundaries, child runs)
-        att = self.states[self._open[-1]].last
-        if att is None:
-            return
-        att.domain_events += 1
+        fact: FactRef | None = None
         if ev.name == DOMAIN_EVENT_FACT_RECORDED:
             payload: Any = ev.payload
             key = payload.get("key") if isinstance(payload, dict) else None
@@ -442,7 +441,19 @@ class RunModel:
                 payload_id = ArtifactId(pid) if pid is not None else ev.payload_ref
             except ValueError:
                 payload_id = None
-            att.facts.append(FactRef(seq=seq, key=str(key) if key is not None else "?", payload_id=payload_id))
+            fact = FactRef(seq=seq, key=str(key) if key is not None else "?", payload_id=payload_id)
+        if len(self._open) > 1:
+            # Several attempts are open (fan-out): the stream does not say whose event this is, so it is
+            # shown at run level rather than guessed onto a state.
+            if fact is not None:
+                self.unattributed_facts.append(fact)
+            return
+        att = self.states[self._open[-1]].last
+        if att is None:
+            return
+        att.domain_events += 1
+        if fact is not None:
+            att.facts.append(fact)
 
     def _state(self, state_id: StateId) -> StateView:
         sv = self.states.get(state_id)

@@ -577,6 +577,8 @@ class RunScreen(Screen[None]):
         add("checkpoint", m.checkpoint_id, "ContextSnapshot")
         add("final snapshot", m.final_snapshot_id, "ContextSnapshot")
         add("initial snapshot", m.initial_snapshot_id, "ContextSnapshot")
+        for fact in m.unattributed_facts:  # recorded while several fan-out attempts were open
+            add(f"fact {fact.key}", fact.payload_id, "FactPayload")
         for i in range(max(0, len(self.source) - 5000), len(self.source)):
             raw = self.source.raw(i)
             if raw is None or b'"artifact_written"' not in raw:

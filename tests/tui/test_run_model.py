@@ -269,6 +269,15 @@ def test_fan_out_has_several_open_attempts() -> None:
     assert m.anomalies == []
 
 
+def test_a_fact_recorded_while_several_attempts_are_open_is_not_guessed_onto_a_state() -> None:
+    fact = DomainEvent(name="fact_recorded", payload={"key": "exec:item#1", "payload_id": S3, "meta": {}})
+    m = fold(RS(), E(s1, 0, I), C(s1, S1), E(s2, 0, S1), E(s3, 0, S1), fact, C(s2, S2), C(s3, S3))
+    assert m.states[s2].facts == [] and m.states[s3].facts == []
+    assert [(f.key, f.seq) for f in m.unattributed_facts] == [("exec:item#1", 6)]
+    single = fold(RS(), E(s1, 0, I), C(s1, S1), E(s2, 0, S1), fact, C(s2, S2))
+    assert [f.key for f in single.states[s2].facts] == ["exec:item#1"] and single.unattributed_facts == []
+
+
 def test_incremental_folding_matches_a_single_fold_at_every_split() -> None:
     events = envs(RS(), E(s1, 0, I), F(s1, "x", True), E(s1, 1, I), C(s1, S1), E(s2, 0, S1), F(s2, "y"))
     whole = RunModel(RUN, manifest=manifest(), plan=chain())
