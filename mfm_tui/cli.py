@@ -195,6 +195,8 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
 
 
 def _state_line(model: RunModel) -> str:
+    if model.recovered_by is not None:
+        return f"recovered as {model.recovered_by[:8]}"
     sv = model.current_state
     if sv is None:
         return "-"
@@ -439,8 +441,12 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
         listed = list(await env.store.events.list_runs())
         if is_pooled(env.store):  # queued runs have no events yet
             listed += [r for r in await env.store.queue.waiting() if r not in set(listed)]
-        for run_id in listed:
-            model = await load_model(env, RunId(run_id))
+        every = {RunId(run_id): await load_model(env, RunId(run_id)) for run_id in listed}
+        for model in every.values():  # a recovery run links back to the failed run it continues
+            source = every.get(model.recovered_from) if model.recovered_from is not None else None
+            if source is not None:
+                source.recovered_by = model.run_id
+        for model in every.values():
             if statuses and model.status.value not in statuses:
                 continue
             if op_ids and (model.op_id or "") not in op_ids:
@@ -468,6 +474,8 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                     "total": m.total,
                     "lease": m.lease.value,
                     "host": hosts.get(m.run_id),
+                    "recovered_from": None if m.recovered_from is None else str(m.recovered_from),
+                    "recovered_by": None if m.recovered_by is None else str(m.recovered_by),
                 }
                 for m in models
             ]

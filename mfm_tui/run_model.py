@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from engine.config import RunManifest
 from engine.events import (
     DOMAIN_EVENT_FACT_RECORDED,
+    DOMAIN_EVENT_RECOVERED_FROM,
     DOMAIN_EVENT_RETRY_SCHEDULED,
     DomainEvent,
     EventEnvelope,
@@ -292,6 +293,10 @@ class RunModel:
         self._open: list[StateId] = []
         self._skip: frozenset[str] = frozenset()
         self.unattributed_facts: list[FactRef] = []
+        self.recovered_from: RunId | None = None
+        """This run is the recovery run of that failed run (its ``recovered_from`` event)."""
+        self.recovered_by: RunId | None = None
+        """This failed run was recovered as that run (set by whoever sees both, e.g. the store watcher)."""
         """Facts recorded while several attempts were open (fan-out): the stream names no state."""
         if plan is not None:
             self.set_plan(plan)
@@ -419,6 +424,12 @@ class RunModel:
                 self._refresh(sv)
 
     def _fold_domain(self, seq: int, ev: DomainEvent) -> None:
+        if ev.name == DOMAIN_EVENT_RECOVERED_FROM and isinstance(ev.payload, dict):
+            try:
+                self.recovered_from = RunId(ev.payload.get("source_run_id"))
+            except ValueError:
+                self._anomaly(f"seq {seq}: malformed recovered_from payload")
+            return
         if ev.name == DOMAIN_EVENT_RETRY_SCHEDULED:
             try:
                 rs = RetryScheduled.model_validate(ev.payload)

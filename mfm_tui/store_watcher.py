@@ -106,6 +106,7 @@ class StoreWatcher:
         self.first_paint_pause = first_paint_pause
         self.use_watchfiles = use_watchfiles
         self.models: dict[RunId, RunModel] = {}
+        self._recovered_by: dict[RunId, RunId] = {}
         self.store_error: tuple[str, str] | None = None
         self._cursor: int | None = None
         self._manifests: dict[ArtifactId, RunManifest | None] = {}
@@ -273,6 +274,7 @@ class StoreWatcher:
         model = self.models.get(run_id)
         if model is None:
             model = RunModel(run_id)
+            model.recovered_by = self._recovered_by.pop(run_id, None)
             self.models[run_id] = model
         return model
 
@@ -294,11 +296,24 @@ class StoreWatcher:
         if model.apply(envelopes):
             update.grown.add(run_id)
             update.updated.add(run_id)
+            self._link_recovery(model, update)
             if had_manifest_id is None and model.manifest_id is not None and not update.initial:
                 await self._refresh_manifest(model)
                 await self._refresh_side([run_id], update)
         elif cleared:
             update.updated.add(run_id)
+
+    def _link_recovery(self, model: RunModel, update: WatchUpdate) -> None:
+        """A recovery run names the failed run it continues: mark that run as recovered by it."""
+        source_id = model.recovered_from
+        if source_id is None:
+            return
+        source = self.models.get(source_id)
+        if source is None:
+            self._recovered_by[source_id] = model.run_id  # applied when the failed run is loaded
+        elif source.recovered_by != model.run_id:
+            source.recovered_by = model.run_id
+            update.updated.add(source_id)
 
     async def _refresh_manifest(self, model: RunModel) -> bool:
         mid = model.manifest_id

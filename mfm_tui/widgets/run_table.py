@@ -53,6 +53,8 @@ def now_text(model: RunModel, now_millis: int) -> str:
     current = model.current_state
     name = current.short_name if current is not None else ""
     if status is RunStatus.FAILED:
+        if model.recovered_by is not None:
+            return f"recovered as {model.recovered_by[:8]}"
         err = model.error
         return f"{name} [{err[0]}]" if err is not None else name or "failed"
     if status is RunStatus.RETRYING:

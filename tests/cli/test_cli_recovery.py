@@ -35,6 +35,10 @@ def test_failed_run_is_recovered_after_the_operator_fixes_the_cause(mfm: Mfm, tm
     assert link.payload["failed_state_id"] == "demo.main.check"  # type: ignore[index, call-overload]
     assert sum(isinstance(e.event, StateCompleted) for e in events) == 2
     assert isinstance(events[-1].event, RunCompleted)
+    listing = {r["run_id"]: r for r in mfm("runs", "--json").json()}
+    assert listing[failed_id]["status"] == "failed" and listing[failed_id]["recovered_by"] == new_id
+    assert listing[new_id]["recovered_from"] == failed_id
+    assert f"recovered as {new_id[:8]}" in mfm("runs").out
 
 
 def test_resume_of_a_completed_run_does_nothing(mfm: Mfm, tmp_path: Path) -> None:

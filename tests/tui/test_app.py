@@ -432,3 +432,37 @@ async def test_a_crashing_watcher_is_reported_and_restarted() -> None:
         await pilot.press("escape")
         await app.fixture.append(fx.RUN_RUNNING, _finish_running_run())
         await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED)
+
+
+@pytest.mark.parametrize("recovery_first", [False, True])
+async def test_watcher_marks_a_failed_run_recovered_by_its_recovery_run(recovery_first: bool) -> None:
+    """The recovery run's ``recovered_from`` event links back to the failed run, whichever is read first."""
+    from engine.events import DomainEvent, EventEnvelope, RunStarted
+    from engine.ids import RunId
+    from mfm_tui.store_watcher import StoreWatcher
+    from mfm_tui.widgets.run_table import now_text
+
+    inner = MemoryStore()
+    f = await fx.build_fixture_store(inner, only=[fx.RUN_FAILED])
+    failed = f.builders[fx.RUN_FAILED]
+    started = failed.envelopes[0].event
+    assert isinstance(started, RunStarted)
+    recovery = RunId("00000000-0000-4000-8000-00000000ec01")
+    link = DomainEvent(name="recovered_from", payload={"source_run_id": fx.RUN_FAILED, "failed_state_id": None})
+    envs = [
+        EventEnvelope(run_id=recovery, seq=i + 1, ts_millis=fx.NOW_MILLIS, event=ev)
+        for i, ev in enumerate([started, link])
+    ]
+    watcher = StoreWatcher(inner, plan_resolver=f.plan_resolver)
+    if recovery_first:
+        await inner.events.append(recovery, 0, envs)
+        await watcher.load()
+    else:
+        await watcher.load()
+        assert now_text(watcher.models[fx.RUN_FAILED], fx.NOW_MILLIS) == "check [needs_file]"
+        await inner.events.append(recovery, 0, envs)
+        update = await watcher.poll()
+        assert fx.RUN_FAILED in update.updated
+    assert watcher.models[recovery].recovered_from == fx.RUN_FAILED
+    assert watcher.models[fx.RUN_FAILED].recovered_by == recovery
+    assert now_text(watcher.models[fx.RUN_FAILED], fx.NOW_MILLIS) == "recovered as 00000000"
