@@ -8,6 +8,7 @@ interpreter is asked to import the app (a broken environment fails here, with it
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
+from engine.stores.open import display_location, is_database_url
 
 __all__ = ["ServeError", "app_command", "preflight", "serve"]
 
@@ -34,9 +36,14 @@ def app_command(
     theme: str | None = None,
     python: str | None = None,
 ) -> str:
-    """The shell command textual-serve runs for each browser session."""
-    where = str(store.absolute()) if isinstance(store, Path) else str(store)
-    parts = [python or sys.executable, "-m", "mfm_tui", "--store", where]
+    """The shell command textual-serve runs for each browser session.
+
+    A database URL is never put on the command line (``ps`` shows argv to every user, and the URL may
+    hold a password): the sessions read it from ``$MFM_STORE``, which :func:`serve` sets.
+    """
+    parts = [python or sys.executable, "-m", "mfm_tui"]
+    if not is_database_url(str(store)):
+        parts += ["--store", str(store.absolute()) if isinstance(store, Path) else str(store)]
     for module in ops:
         parts += ["--ops", module]
     parts.append("tui")
@@ -75,8 +82,11 @@ def serve(
     from textual_serve.server import Server
 
     preflight()
+    if is_database_url(str(store)):
+        os.environ["MFM_STORE"] = str(store)  # inherited by each session (textual-serve copies os.environ)
     command = app_command(store, ops=ops, read_only=read_only, theme=theme)
     server = Server(command, host=host, port=port, title="mfm")
-    print(f"serving mfm on http://{host}:{port}  (store {store}; ctrl+c stops)", flush=True)
+    shown = display_location(store)
+    print(f"serving mfm on http://{host}:{port}  (store {shown}; ctrl+c stops)", flush=True)
     server.serve(debug=debug)
     return server

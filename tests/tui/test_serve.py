@@ -83,3 +83,13 @@ async def test_mfm_serve_answers_and_runs_the_app(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_database_url_never_goes_on_the_session_command_line() -> None:
+    """``ps`` shows argv to every user: a URL that may carry a password travels in $MFM_STORE instead."""
+    from mfm_tui.serve import app_command
+
+    command = app_command("postgresql://mfm:s3cr3t-pw@db.example/mfm", read_only=True)
+    assert "s3cr3t-pw" not in command and "postgresql" not in command
+    assert command.endswith("-m mfm_tui tui --read-only")
+    assert "--store /srv/store" in app_command("/srv/store")
