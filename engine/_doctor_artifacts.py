@@ -1,0 +1,189 @@
+"""Artifact checks for ``mfm doctor``: names and hashes of the files under ``artifacts/``, and the artifact ids
+the events refer to."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from engine._doctor_findings import (
+    _ARTIFACT_SIDECARS,
+    _CHUNK,
+    _CLOEXEC,
+    _HEX64,
+    _NOFOLLOW,
+    _TEMP,
+    DoctorReport,
+    Finding,
+    _add,
+    _check_mode,
+    _rel,
+)
+from engine._doctor_walk import _temp_finding
+from engine.events import (
+    DOMAIN_EVENT_FACT_RECORDED,
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStarted,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from engine.ids import ArtifactId, RunId
+
+
+def _artifact_path(root: Path, aid: str) -> Path:
+    return root / "artifacts" / aid[:2] / aid
+
+
+def _artifact_exists(root: Path, aid: str) -> bool:
+    return os.path.lexists(_artifact_path(root, aid))
+
+
+def _check_all_artifacts(report: DoctorReport, root: Path, present: dict[ArtifactId, bool]) -> None:
+    adir = root / "artifacts"
+    try:
+        fans = sorted(os.listdir(adir))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report.add(Finding("store_unreadable", "error", f"cannot list artifacts: {exc.strerror}", path="artifacts"))
+        return
+    for fan in fans:
+        fan_path = adir / fan
+        try:
+            st = os.stat(fan_path, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            report.add(
+                Finding("symlink_in_store", "error", "a symbolic link among the artifacts", path=_rel(root, fan_path))
+            )
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and _TEMP.search(fan):
+                _add(report, _temp_finding(root, fan_path, st))
+            else:
+                report.add(
+                    Finding(
+                        "artifact_name_invalid",
+                        "warning",
+                        "an unexpected file among the artifact folders",
+                        path=_rel(root, fan_path),
+                    )
+                )
+            continue
+        _check_mode(report, root, fan_path, st)
+        try:
+            names = sorted(os.listdir(fan_path))
+        except OSError as exc:
+            report.add(Finding("store_unreadable", "error", f"cannot list: {exc.strerror}", path=_rel(root, fan_path)))
+            continue
+        for name in names:
+            path = fan_path / name
+            if _HEX64.fullmatch(name) and name[:2] == fan:
+                present[ArtifactId(name)] = _check_artifact_file(report, root, ArtifactId(name))
+                continue
+            try:
+                fst = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISLNK(fst.st_mode):
+                report.add(
+                    Finding("symlink_in_store", "error", "a symbolic link among the artifacts", path=_rel(root, path))
+                )
+                continue
+            base = name
+            for suffix in _ARTIFACT_SIDECARS:
+                if name.endswith(suffix):
+                    base = name[: -len(suffix)]
+            if base != name and _HEX64.fullmatch(base) and base[:2] == fan:
+                _check_mode(report, root, path, fst)
+                continue
+            if stat.S_ISREG(fst.st_mode) and _TEMP.search(name):
+                _add(report, _temp_finding(root, path, fst))
+                continue
+            report.add(
+                Finding(
+                    "artifact_name_invalid",
+                    "warning",
+                    "a file among the artifacts whose name is not its 64-hex content address",
+                    path=_rel(root, path),
+                )
+            )
+
+
+def _check_artifact_file(report: DoctorReport, root: Path, aid: ArtifactId) -> bool:
+    """Hash one artifact; report damage. True when present and intact."""
+    path = _artifact_path(root, aid)
+    rel = _rel(root, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            report.add(Finding("symlink_in_store", "error", "a symbolic link where an artifact should be", path=rel))
+        else:
+            report.add(Finding("store_unreadable", "error", f"cannot read artifact: {exc.strerror}", path=rel))
+        return False
+    try:
+        st = os.fstat(fd)
+        _check_mode(report, root, path, st)
+        h = hashlib.sha256()
+        while chunk := os.read(fd, _CHUNK):
+            h.update(chunk)
+    except OSError as exc:
+        report.add(Finding("store_unreadable", "error", f"cannot read artifact: {exc.strerror}", path=rel))
+        return False
+    finally:
+        os.close(fd)
+    report.artifacts_checked += 1
+    actual = h.hexdigest()
+    if actual != aid:
+        report.add(
+            Finding(
+                "artifact_hash_mismatch",
+                "error",
+                f"content hashes to {actual[:16]}…, not to its name",
+                path=rel,
+                details={"artifact_id": str(aid), "actual": actual},
+            )
+        )
+        return False
+    return True
+
+
+def _refs(env: EventEnvelope) -> Iterable[tuple[str, str | None]]:
+    ev = env.event
+    if isinstance(ev, RunStarted):
+        yield "RunStarted.manifest_id", ev.manifest_id
+        yield "RunStarted.initial_snapshot_id", ev.initial_snapshot_id
+    elif isinstance(ev, StateEntered):
+        yield "StateEntered.base_snapshot_id", ev.base_snapshot_id
+    elif isinstance(ev, StateCompleted):
+        yield "StateCompleted.context_snapshot_id", ev.context_snapshot_id
+    elif isinstance(ev, StateFailed):
+        yield "StateFailed.failure_snapshot_id", ev.failure_snapshot_id
+    elif isinstance(ev, RunCompleted):
+        yield "RunCompleted.final_snapshot_id", ev.final_snapshot_id
+    elif isinstance(ev, DomainEvent):
+        yield "DomainEvent.payload_ref", ev.payload_ref
+        if ev.name == DOMAIN_EVENT_FACT_RECORDED and isinstance(ev.payload, dict):
+            pid = ev.payload.get("payload_id")
+            yield "fact_recorded.payload_id", pid if isinstance(pid, str) else None
+
+
+def _collect_refs(envs: list[EventEnvelope], run_id: RunId, out: dict[ArtifactId, tuple[str, int, str, int]]) -> None:
+    for env in envs:
+        for what, value in _refs(env):
+            if value is None or not _HEX64.fullmatch(value):
+                continue
+            aid = ArtifactId(value)
+            first = out.setdefault(aid, (run_id, env.seq, what, 0))
+            out[aid] = (*first[:3], first[3] + 1)

@@ -1,0 +1,148 @@
+"""``mfm doctor``'s findings and report, the store layout names it checks, and the helpers every check shares.
+
+A :class:`Finding` carries a stable ``code`` (the table in :mod:`engine.doctor`), a :class:`DoctorReport` collects
+them with the counts, a :class:`Moved` records one thing ``--repair`` moved.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.ids import RunId
+
+Severity = Literal["error", "warning"]
+
+QUARANTINE_DIR = "quarantine"
+EVENTS_FILE = "events.jsonl"
+LEASE_FILE = "lease"
+APPEND_LOCK_FILE = "events.lock"
+PENDING_FILE = "start.json"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TEMP = re.compile(r"(^\.)|(\.tmp\b)|(\.tmp$)|(^tmp)|(\.part$)|(~$)")
+"""Names of temporary files (a dot file, ``*.tmp*``, ``tmp*``, ``*.part``, ``*~``)."""
+_ARTIFACT_SIDECARS = (".kind",)
+_CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    code: str
+    severity: Severity
+    message: str
+    path: str | None = None
+    """Relative to the store root."""
+    run_id: str | None = None
+    seq: int | None = None
+    repairable: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "path": self.path,
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "repairable": self.repairable,
+            "details": self.details,
+        }
+
+    def one_line(self) -> str:
+        where = self.path or ""
+        if self.seq is not None:
+            where += f" seq {self.seq}"
+        return f"{self.severity}[{self.code}] {where.strip()}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """One thing ``--repair`` moved (paths relative to the store root)."""
+
+    what: Literal["torn_tail", "temp_file"]
+    source: str
+    destination: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "source": self.source, "destination": self.destination, "bytes": self.size}
+
+
+@dataclass(slots=True)
+class DoctorReport:
+    root: str
+    findings: list[Finding] = field(default_factory=list)
+    runs_checked: int = 0
+    events_checked: int = 0
+    artifacts_checked: int = 0
+    moved: list[Moved] = field(default_factory=list)
+    torn_tails: dict[str, int] = field(default_factory=dict)
+    """Run id → committed end offset, for every run with a torn tail (what ``repair`` truncates to)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+    def add(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.root,
+            "ok": self.ok,
+            "runs_checked": self.runs_checked,
+            "events_checked": self.events_checked,
+            "artifacts_checked": self.artifacts_checked,
+            "errors": len(self.errors),
+            "warnings": len(self.findings) - len(self.errors),
+            "findings": [f.to_json() for f in self.findings],
+            "moved": [m.to_json() for m in self.moved],
+        }
+
+
+def _is_run_id(name: str) -> bool:
+    try:
+        RunId(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _check_mode(report: DoctorReport, root: Path, path: Path, st: os.stat_result) -> None:
+    if st.st_mode & 0o077:
+        kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+        report.add(
+            Finding(
+                "permissions_too_open",
+                "warning",
+                f"{kind} mode {stat.S_IMODE(st.st_mode):o} lets others read it (expected "
+                f"{'700' if kind == 'folder' else '600'})",
+                path=_rel(root, path) or ".",
+            )
+        )
+
+
+def _add(report: DoctorReport, finding: Finding | None) -> None:
+    if finding is not None:
+        report.add(finding)
