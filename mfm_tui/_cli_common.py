@@ -1,0 +1,194 @@
+"""Shared pieces of the ``mfm`` command line (private; ``mfm_tui.cli`` re-exports them).
+
+Per-invocation state (store and registry resolution), run-id prefix resolution and run view models,
+JSON/table output and the CLI's own input error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from engine.errors import ErrorCategory, ErrorInfo, MfmError
+from engine.ids import ArtifactId, RunId
+from engine.operations import OperationRegistry, load_registry, read_manifest
+from engine.workers import is_pooled, lease_state, open_store
+from mfm_tui.config import resolve_store
+from mfm_tui.run_model import PlanShape, RunModel, RunStatus, lease_status_of
+
+T = TypeVar("T")
+
+
+class CliError(MfmError):
+    @classmethod
+    def new(cls, code: str, message: str) -> CliError:
+        return cls(ErrorInfo.new(code, message, category=ErrorCategory.PARSING_INPUT))
+
+
+@dataclass
+class Env:
+    """Per-invocation state shared by the commands (``ctx.obj``)."""
+
+    store_option: str | None
+    ops: tuple[str, ...]
+    debug: bool
+    _store: Any = None
+    _registry: OperationRegistry | None = None
+    plan_shapes: dict[str, PlanShape] = field(default_factory=dict)
+
+    @property
+    def store_location(self) -> Path | str:
+        """The store folder, or a ``postgresql://`` URL."""
+        return resolve_store(self.store_option)
+
+    @property
+    def store_path(self) -> Path:
+        location = self.store_location
+        if not isinstance(location, Path):
+            raise CliError.new("store_not_filesystem", "this command needs a filesystem store, not a database URL")
+        return location
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            self._store = open_store(self.store_location)
+        return self._store
+
+    @property
+    def registry(self) -> OperationRegistry:
+        if self._registry is None:
+            self._registry = load_registry(self.ops)
+        return self._registry
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def _ts(millis: int | None) -> str:
+    if millis is None:
+        return "-"
+    return datetime.fromtimestamp(millis / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _dur(millis: int | None) -> str:
+    if millis is None:
+        return "-"
+    s = millis / 1000
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _env(ctx: click.Context) -> Env:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Env)
+    return obj
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: prefix resolution and view models
+# ---------------------------------------------------------------------------------------------
+
+
+async def resolve_run_id(store: Any, text: str) -> RunId:
+    """A full run id or a unique prefix of one (as git does)."""
+    prefix = text.strip().lower()
+    if not prefix:
+        raise CliError.new("usage", "a run id (or a prefix of one) is required")
+    try:
+        full = RunId(prefix)
+    except ValueError:
+        full = None
+    if full is not None and (await store.events.head_seq(full) > 0 or _run_dir_exists(store, full)):
+        return full  # (a run whose worker has not written RunStarted yet has a folder already)
+    if full is not None and is_pooled(store) and await store.queue.get(full) is not None:
+        return full  # (queued on a database store, not started by a worker yet)
+    runs = sorted(str(r) for r in await store.events.list_runs())
+    matches = [r for r in runs if r.startswith(prefix)]
+    if not matches:
+        raise MfmError(ErrorInfo.new("run_not_found", f"no run matches {text!r}"))
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:8]) + (" …" if len(matches) > 8 else "")
+        raise CliError.new("run_id_ambiguous", f"{text!r} matches {len(matches)} runs: {shown}")
+    return RunId(matches[0])
+
+
+def _run_dir_exists(store: Any, run_id: RunId) -> bool:
+    run_dir = getattr(store, "run_dir", None)
+    return run_dir is not None and Path(run_dir(run_id)).is_dir()
+
+
+async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunModel:
+    """The run's events folded by ``run_model`` with its manifest, plan shape (states not entered
+    yet count in the totals), lease and cancel request."""
+    store = env.store
+    envelopes = await store.events.read_range(run_id, 1)
+    model = RunModel(run_id)
+    model.apply(envelopes)
+    manifest_id = model.manifest_id
+    if manifest_id is None and is_pooled(store):  # queued, not started by a worker yet: its queue row knows it
+        row = await store.queue.get(run_id)
+        manifest_id = None if row is None or row.manifest_id is None else ArtifactId(row.manifest_id)
+    if manifest_id is not None:
+        try:
+            manifest = await read_manifest(store.artifacts, manifest_id)
+            model.set_manifest(manifest)
+            if with_plan:
+                shape = env.plan_shapes.get(manifest_id)
+                if shape is None:
+                    shape = env.plan_shapes[manifest_id] = PlanShape.from_plan(env.registry.plan_for(manifest))
+                model.set_plan(shape)
+        except MfmError as err:
+            model.anomalies.append(f"manifest/plan unavailable: {err.one_line()}")
+    model.set_lease(lease_status_of(lease_state(store, run_id)))
+    model.set_cancel_requested(await store.events.cancel_request(run_id) is not None)
+    return model
+
+
+def _state_line(model: RunModel) -> str:
+    if model.recovered_by is not None:
+        return f"recovered as {model.recovered_by[:8]}"
+    sv = model.current_state
+    if sv is None:
+        return "-"
+    text = sv.short_name
+    if sv.error is not None and sv.error[0]:
+        text += f" [{sv.error[0]}]"
+    return text
+
+
+def _status_text(model: RunModel, now: int) -> str:
+    status = model.status
+    retry = model.retry_target
+    if status is RunStatus.RETRYING and retry is not None:
+        remaining = retry.remaining_millis(now)
+        tail = f" in {_dur(remaining)}" if remaining is not None else ""
+        return f"retrying {retry.next_attempt_number}/{retry.max_attempts or '?'}{tail}"
+    return status.label

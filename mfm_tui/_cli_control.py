@@ -1,0 +1,329 @@
+"""Control commands of ``mfm``: start, resume, cancel, replay, worker, serve and tui (private).
+
+Starting, resuming, cancelling and replaying go through ``engine.workers`` (shared with the TUI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.errors import ErrorInfo, MfmError
+from engine.ids import RunId
+from engine.operations import parse_param_assignments
+from engine.workers import (
+    EXIT_FAILED,
+    EXIT_OK,
+    LeaseState,
+    cancel_run,
+    is_pooled,
+    lease_state,
+    read_verdict,
+    replay_run,
+    resume_run,
+    start_run,
+)
+from mfm_tui._cli_common import CliError, Env, _echo_json, _env, _now, _run, load_model, resolve_run_id
+from mfm_tui.run_model import RunModel, RunStatus, lease_status_of
+
+# ---------------------------------------------------------------------------------------------
+# Waiting for a run
+# ---------------------------------------------------------------------------------------------
+
+
+async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunModel:
+    """Poll the store until ``RunCompleted``; a lost worker is an error (``worker_lost``)."""
+    store = env.store
+    model = RunModel(run_id)
+    while True:
+        model.apply(await store.events.read_range(run_id, model.last_seq + 1))
+        if model.engine_status is not None:
+            return model
+        lease = lease_state(store, run_id)
+        # On a database store a lost worker's run is taken over by the pool: only a run nobody will pick up is lost.
+        pooled = is_pooled(store)
+        if (lease.state is LeaseState.NONE) if pooled else (lease.state is not LeaseState.HELD):
+            model.apply(await store.events.read_range(run_id, model.last_seq + 1))
+            if model.engine_status is not None:
+                return model
+            if pooled:
+                row = await store.queue.get(run_id)
+                why = "not queued" if row is None else f"{row.outcome or 'stopped'}: {row.last_error or 'no error'}"
+                raise MfmError(
+                    ErrorInfo.new(
+                        "worker_lost",
+                        f"the worker pool stopped run {run_id} without finishing it ({why[:300]}); "
+                        f"`mfm resume {run_id[:8]}` queues it again",
+                    )
+                )
+            log = Path(store.run_dir(run_id)) / "worker.log"
+            raise MfmError(
+                ErrorInfo.new(
+                    "worker_lost",
+                    f"the worker of run {run_id} exited without finishing it ({_last_line(log)}); "
+                    f"see {log}, then `mfm resume {run_id[:8]}`",
+                )
+            )
+        await asyncio.sleep(poll)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no worker log"
+    return lines[-1][:300] if lines else "empty worker log"
+
+
+def _finish(model: RunModel, as_json: bool) -> int:
+    if as_json:
+        _echo_json(model.to_json(_now()))
+    else:
+        line = f"run {model.run_id} {model.status.label}"
+        if model.error is not None:
+            line += f": [{model.error[0]}] {model.error[1]}"
+        click.echo(line)
+    return EXIT_OK if model.status is RunStatus.COMPLETED else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--theme", default=None, help="mfm-dark (default), mfm-light, mfm-16 or mfm-ascii.")
+@click.option("--read-only", is_flag=True, help="Watch only: no start, cancel, resume.")
+@click.pass_context
+def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
+    """Open the terminal UI."""
+    env = _env(ctx)
+    from mfm_tui.app import make_app
+
+    store = env.store
+    registry = env.registry
+    from mfm_tui.commands import store_writable
+
+    offered: dict[str, Any] = {
+        "read_only": read_only or not store_writable(store),  # a store we cannot write: watch only
+        "plan_resolver": registry.plan_resolver(),
+        "lease_probe": lambda run_id: lease_status_of(lease_state(store, run_id)),
+        "registry": registry,
+        "ops_modules": env.ops,
+    }
+    if theme:
+        offered["theme"] = theme
+    params = inspect.signature(make_app).parameters
+    kwargs = {k: v for k, v in offered.items() if k in params}
+    try:
+        app = make_app(store, **kwargs)
+    except ValueError as exc:  # e.g. an unknown theme
+        raise CliError.new("usage", str(exc)) from None
+    app.run()
+    return EXIT_OK
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--theme", default=None, help="mfm-dark (default), mfm-light, mfm-16 or mfm-ascii.")
+@click.option("--read-only", is_flag=True, help="Watch only: no start, cancel, resume.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, theme: str | None, read_only: bool) -> int:
+    """Serve the terminal UI in a web browser (textual-serve), with this interpreter."""
+    from mfm_tui.serve import serve as serve_app
+
+    env = _env(ctx)
+    serve_app(env.store_location, host=host, port=port, ops=env.ops, read_only=read_only, theme=theme, debug=env.debug)
+    return EXIT_OK
+
+
+def _read_params_file(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except OSError as exc:
+        raise CliError.new("params_file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CliError.new("params_file_invalid", f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CliError.new("params_file_invalid", f"{path} must hold a JSON object")
+    return value
+
+
+@click.command()
+@click.argument("op_id")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter (repeatable).")
+@click.option("--params-file", type=str, default=None, metavar="FILE", help="Parameters as a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait until the run finishes (exit 1 if it fails or is cancelled).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def start(
+    ctx: click.Context, op_id: str, params: tuple[str, ...], params_file: str | None, wait: bool, as_json: bool
+) -> int:
+    """Start OP_ID in a detached worker; print the run id."""
+    env = _env(ctx)
+    registry = env.registry
+    op = registry.get(op_id)
+    raw = _read_params_file(params_file)
+    raw.update(parse_param_assignments(op, params))
+    op.validate_params(raw)  # before the store is even opened: invalid input writes nothing
+    prepared = _run(start_run(env.store, registry, op_id, raw, ops_modules=env.ops))
+    if not wait:
+        if as_json:
+            _echo_json({"run_id": str(prepared.run_id), "manifest_id": str(prepared.manifest_id), "op_id": op_id})
+        else:
+            click.echo(str(prepared.run_id))
+            click.echo(f"started {op_id}; watch it with `mfm show {prepared.run_id[:8]}`", err=True)
+        return EXIT_OK
+    if not as_json:
+        click.echo(str(prepared.run_id))
+    return _finish(_run(wait_for_run(env, prepared.run_id)), as_json)
+
+
+@click.command()
+@click.argument("run")
+@click.option("--wait", is_flag=True, help="Wait until the run finishes.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
+    """Resume a run whose worker was lost (or that stopped); refuses if a worker is alive.
+
+    A run that FAILED is final; resuming it starts a recovery run (printed) that carries its
+    completed states over and continues at the failed state, once you have fixed the cause.
+    """
+    env = _env(ctx)
+
+    async def go() -> Any:
+        run_id = await resolve_run_id(env.store, run)
+        return await resume_run(env.store, run_id, ops_modules=env.ops)
+
+    outcome = _run(go())
+    if outcome.recovery_run_id is not None:
+        new_id = outcome.recovery_run_id
+        if not wait:
+            if as_json:
+                _echo_json(
+                    {"run_id": str(new_id), "recovered_from": str(outcome.run_id), "worker_pid": outcome.spawned_pid}
+                )
+            else:
+                by = (
+                    "queued for the worker pool" if outcome.spawned_pid is None else f"worker pid {outcome.spawned_pid}"
+                )
+                click.echo(
+                    f"run {outcome.run_id} failed; recovering it as run {new_id} (completed states carried over; {by})"
+                )
+                click.echo(str(new_id))
+            return EXIT_OK
+        click.echo(f"recovering failed run {outcome.run_id} as {new_id}", err=True)
+        return _finish(_run(wait_for_run(env, new_id)), as_json)
+    if outcome.finished:
+        model = _run(load_model(env, outcome.run_id, with_plan=False))
+        if not as_json:
+            note = f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume"
+            click.echo(note, err=True)
+        return _finish(model, as_json) if wait or as_json else EXIT_OK
+    if not wait:
+        if as_json:
+            _echo_json({"run_id": str(outcome.run_id), "worker_pid": outcome.spawned_pid})
+        elif outcome.spawned_pid is None:
+            click.echo(f"resuming run {outcome.run_id} (queued for the worker pool)")
+        else:
+            click.echo(f"resuming run {outcome.run_id} (worker pid {outcome.spawned_pid})")
+        return EXIT_OK
+    return _finish(_run(wait_for_run(env, outcome.run_id)), as_json)
+
+
+@click.command()
+@click.argument("run")
+@click.option("--reason", default="cancelled by operator", help="Recorded with the request.")
+@click.pass_context
+def cancel(ctx: click.Context, run: str, reason: str) -> int:
+    """Ask a run to stop (its worker cancels within a second)."""
+    env = _env(ctx)
+
+    async def go() -> tuple[RunId, bool]:
+        run_id = await resolve_run_id(env.store, run)
+        return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops)
+
+    run_id, spawned = _run(go())
+    extra = " (no live worker: a worker was started to close it)" if spawned else ""
+    if spawned and is_pooled(env.store):
+        extra = " (no worker held it: queued for the worker pool to close it)"
+    click.echo(f"cancel requested for run {run_id}{extra}")
+    return EXIT_OK
+
+
+@click.command()
+@click.argument("run")
+@click.option("--wait", is_flag=True, help="Wait for the verdict.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
+    """Replay a run from its recorded facts as a new run and compare the outcome."""
+    env = _env(ctx)
+
+    async def go() -> tuple[RunId, RunId]:
+        run_id = await resolve_run_id(env.store, run)
+        return run_id, await replay_run(env.store, run_id, ops_modules=env.ops)
+
+    source, replay_id = _run(go())
+    if not wait:
+        if as_json:
+            _echo_json({"source_run_id": str(source), "replay_run_id": str(replay_id)})
+        else:
+            click.echo(str(replay_id))
+            click.echo(f"replaying {source} as run {replay_id}; `mfm replay {source[:8]} --wait` waits", err=True)
+        return EXIT_OK
+    model = _run(wait_for_run(env, replay_id))
+    verdict = _read_verdict(env, replay_id)
+    if as_json:
+        _echo_json(verdict)
+    else:
+        text = verdict["verdict"]
+        if verdict.get("diverged_state"):
+            text += f" at {verdict['diverged_state']}"
+        click.echo(f"replay of {source} as {replay_id}: {text} ({model.status.label})")
+    return EXIT_OK if verdict["verdict"] == "deterministic" else EXIT_FAILED
+
+
+def _read_verdict(env: Env, replay_id: RunId, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = _run(read_verdict(env.store, replay_id))
+        if value is not None:
+            return value
+        if time.monotonic() > deadline or lease_state(env.store, replay_id).state is not LeaseState.HELD:
+            value = _run(read_verdict(env.store, replay_id))
+            if value is not None:
+                return value
+            raise MfmError(ErrorInfo.new("worker_failed", f"the replay worker wrote no verdict for run {replay_id}"))
+        time.sleep(0.05)
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def worker(ctx: click.Context, args: tuple[str, ...]) -> int:
+    """Execute one run in this process: `mfm worker run|resume|replay …` (normally spawned detached).
+
+    On a database store: `mfm worker serve --store postgresql://… [--concurrency N] [--host-name NAME]`
+    executes queued runs until stopped (SIGTERM hands its runs over to the other workers)."""
+    from engine.workers import main as worker_main
+
+    env = _env(ctx)
+    argv = ["--store", str(env.store_location)]
+    for module in env.ops:
+        argv += ["--ops", module]
+    return worker_main([*argv, *args])

@@ -1,0 +1,61 @@
+"""``mfm doctor``: check (and with --repair, quarantine) a filesystem store (private)."""
+
+from __future__ import annotations
+
+import click
+
+from engine.errors import MfmError
+from engine.workers import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
+from mfm_tui._cli_common import _echo_json, _env
+
+
+@click.command()
+@click.argument("runs", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--repair", is_flag=True, help="Move torn tails and temp files into STORE/quarantine/ (never deletes).")
+@click.pass_context
+def doctor(ctx: click.Context, runs: tuple[str, ...], as_json: bool, repair: bool) -> int:
+    """Check the store (or only RUNS) without changing it: event files, attempt envelopes, artifacts, leases.
+
+    Exit 0 when clean, 1 when something is wrong (each finding has a code), 3 when the store or a run is not found.
+    """
+    from engine.doctor import check_store, repair_store, resolve_runs
+
+    root = _env(ctx).store_path
+    try:
+        run_ids = resolve_runs(root, runs) if runs else None
+        report = check_store(root, run_ids)
+    except MfmError as err:
+        if err.code == "store_not_found":
+            click.echo(err.one_line(), err=True)
+            return EXIT_NOT_FOUND
+        raise
+    remaining = report
+    if repair and any(f.repairable for f in report.findings):
+        repair_store(root, report)
+        remaining = check_store(root, run_ids)
+    if as_json:
+        out = report.to_json()
+        if repair:
+            out["after_repair"] = remaining.to_json()
+        _echo_json(out)
+    else:
+        click.echo(
+            f"store {root}: {report.runs_checked} run(s), {report.events_checked} event(s), "
+            f"{report.artifacts_checked} artifact(s) checked"
+        )
+        for finding in report.findings:
+            click.echo(finding.one_line())
+        for moved in report.moved:
+            click.echo(f"moved {moved.source} ({moved.what}, {moved.size} bytes) -> {moved.destination}")
+        if remaining.ok:
+            click.echo("no problems found" if report.ok else "no problems remain")
+        else:
+            errors = len(remaining.errors)
+            fixable = sum(f.repairable for f in remaining.findings)
+            hint = f"; `mfm doctor --repair` moves {fixable} of them into quarantine/" if fixable and not repair else ""
+            click.echo(
+                f"{len(remaining.findings)} problem(s): {errors} error(s), "
+                f"{len(remaining.findings) - errors} warning(s){hint}"
+            )
+    return EXIT_OK if remaining.ok else EXIT_FAILED

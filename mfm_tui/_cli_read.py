@@ -1,0 +1,275 @@
+"""Read commands of ``mfm``: ops, runs, show, events and artifact (private; they never change a run)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from engine.events import DomainEvent, EventEnvelope, RunCompleted, StateFailed, encode_envelope
+from engine.ids import ArtifactId, RunId
+from engine.workers import EXIT_OK, is_pooled, lease_state
+from mfm_tui._cli_common import (
+    CliError,
+    _dur,
+    _echo_json,
+    _env,
+    _now,
+    _print_table,
+    _run,
+    _state_line,
+    _status_text,
+    _ts,
+    load_model,
+    resolve_run_id,
+)
+from mfm_tui.run_model import RunModel, RunStatus
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON output, with each parameter JSON schema.")
+@click.pass_context
+def ops(ctx: click.Context, as_json: bool) -> int:
+    """List the operations that can be started."""
+    registry = _env(ctx).registry
+    operations = registry.operations()
+    if as_json:
+        _echo_json([op.describe() for op in operations])
+    else:
+        if not operations:
+            click.echo("no operations found (install a package with `mfm.operations` entry points or use --ops)")
+        width = max((len(op.op_id) for op in operations), default=0)
+        for op in operations:
+            click.echo(f"{op.op_id:<{width}}  v{op.version}  {op.summary}")
+            for name, fld in op.params_model.model_fields.items():
+                default = "" if fld.is_required() else f" = {json.dumps(fld.get_default(call_default_factory=True))}"
+                req = " (required)" if fld.is_required() else ""
+                click.echo(f"{'':<{width}}    -p {name}{default}{req}")
+    for problem in registry.load_errors:
+        click.echo(f"warning: {problem}", err=True)
+    return EXIT_OK
+
+
+_STATUS_CHOICES = [s.value for s in RunStatus]
+
+
+@click.command()
+@click.option("--status", "statuses", multiple=True, type=click.Choice(_STATUS_CHOICES), help="Repeatable.")
+@click.option("--op", "op_ids", multiple=True, help="Only runs of this operation (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...], as_json: bool) -> int:
+    """List runs, most recent first."""
+    env = _env(ctx)
+
+    async def collect() -> list[RunModel]:
+        out = []
+        listed = list(await env.store.events.list_runs())
+        if is_pooled(env.store):  # queued runs have no events yet
+            listed += [r for r in await env.store.queue.waiting() if r not in set(listed)]
+        every = {RunId(run_id): await load_model(env, RunId(run_id)) for run_id in listed}
+        for model in every.values():  # a recovery run links back to the failed run it continues
+            source = every.get(model.recovered_from) if model.recovered_from is not None else None
+            if source is not None:
+                source.recovered_by = model.run_id
+        for model in every.values():
+            if statuses and model.status.value not in statuses:
+                continue
+            if op_ids and (model.op_id or "") not in op_ids:
+                continue
+            out.append(model)
+        out.sort(key=lambda m: (m.started_millis or 0, str(m.run_id)), reverse=True)
+        return out
+
+    models = _run(collect())
+    hosts = {m.run_id: lease_state(env.store, m.run_id).host for m in models}
+    now = _now()
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "run_id": str(m.run_id),
+                    "op_id": m.op_id,
+                    "status": m.status.value,
+                    "started_millis": m.started_millis,
+                    "ended_millis": m.ended_millis,
+                    "duration_millis": m.duration_millis(now),
+                    "current_state": None if m.current_state is None else str(m.current_state.state_id),
+                    "error": None if m.error is None else {"code": m.error[0], "message": m.error[1]},
+                    "done": m.done,
+                    "total": m.total,
+                    "lease": m.lease.value,
+                    "host": hosts.get(m.run_id),
+                    "recovered_from": None if m.recovered_from is None else str(m.recovered_from),
+                    "recovered_by": None if m.recovered_by is None else str(m.recovered_by),
+                }
+                for m in models
+            ]
+        )
+        return EXIT_OK
+    if not models:
+        click.echo("no runs yet: try `mfm start demo_flaky`")
+        return EXIT_OK
+    rows = [("RUN", "OP", "STATUS", "STARTED", "DURATION", "STATE", "DONE", "HOST")]
+    for m in models:
+        rows.append(
+            (
+                m.short_id,
+                str(m.op_id or "?"),
+                _status_text(m, now),
+                _ts(m.started_millis),
+                _dur(m.duration_millis(now)),
+                _state_line(m),
+                f"{m.done}/{m.total}",
+                hosts.get(m.run_id) or "-",
+            )
+        )
+    _print_table(rows)
+    return EXIT_OK
+
+
+@click.command()
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, run: str, as_json: bool) -> int:
+    """Show one run: status, states, attempts, errors."""
+    env = _env(ctx)
+
+    async def go() -> RunModel:
+        return await load_model(env, await resolve_run_id(env.store, run))
+
+    model = _run(go())
+    now = _now()
+    info = lease_state(env.store, model.run_id)
+    if as_json:
+        out = model.to_json(now)
+        out["host"] = info.host
+        _echo_json(out)
+        return EXIT_OK
+    click.echo(f"run       {model.run_id}")
+    click.echo(f"op        {model.op_id or '?'}")
+    click.echo(f"status    {_status_text(model, now)}")
+    if info.action == "queued" and info.pid is None:
+        click.echo("worker    queued for the worker pool")
+    elif model.lease.value in ("held", "stale"):
+        click.echo(f"worker    {info.state.value} (pid {info.pid} on {info.host})")
+    if info.host:
+        click.echo(f"host      {info.host}")
+    click.echo(f"started   {_ts(model.started_millis)}   duration {_dur(model.duration_millis(now))}")
+    click.echo(f"progress  {model.done}/{model.total} states   {model.last_seq} events")
+    if model.error is not None:
+        click.echo(f"error     [{model.error[0]}] {model.error[1]}")
+    if model.final_snapshot_id:
+        click.echo(f"final     {model.final_snapshot_id}")
+    click.echo("")
+    rows = [("STATE", "STATUS", "ATTEMPT", "FACTS", "ERROR")]
+    for sv in model.states.values():
+        err = "" if sv.error is None else f"[{sv.error[0]}] {sv.error[1]}"
+        status = sv.status.value
+        if sv.not_before_millis is not None and sv.status.value == "retrying":
+            status += f" (in {_dur(max(0, sv.not_before_millis - now))})"
+        rows.append((str(sv.state_id), status, sv.attempt_label, str(len(sv.facts)), err[:80]))
+    _print_table(rows)
+    for note in model.anomalies:
+        click.echo(f"note: {note}", err=True)
+    return EXIT_OK
+
+
+def _event_summary(env: EventEnvelope) -> str:
+    ev = env.event
+    if isinstance(ev, DomainEvent):
+        text = json.dumps(ev.payload, sort_keys=True, ensure_ascii=False)
+        return text if len(text) <= 100 else text[:99] + "…"
+    if isinstance(ev, StateFailed):
+        kind = "retryable" if ev.error.retryable else "final"
+        return f"{ev.state_id} [{ev.error.code}] {ev.error.message} ({kind})"
+    if isinstance(ev, RunCompleted):
+        return f"{ev.status.value} final={ev.final_snapshot_id or '-'}"
+    data = ev.model_dump(mode="json")
+    return " ".join(f"{k}={v}" for k, v in data.items())
+
+
+def _print_event(env: EventEnvelope, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(encode_envelope(env).decode("utf-8") + "\n")
+        sys.stdout.flush()
+    else:
+        ts = "-" if env.ts_millis is None else datetime.fromtimestamp(env.ts_millis / 1000).strftime("%H:%M:%S.%f")[:-3]
+        click.echo(f"{env.seq:>6}  {ts}  {env.kind:<16}  {_event_summary(env)}")
+
+
+@click.command()
+@click.argument("run")
+@click.option("--from", "from_seq", type=click.IntRange(min=1), default=1, help="First seq to print.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run finishes.")
+@click.option("--json", "as_json", is_flag=True, help="One wire-format envelope per line.")
+@click.pass_context
+def events(ctx: click.Context, run: str, from_seq: int, follow: bool, as_json: bool) -> int:
+    """Print a run's events."""
+    env = _env(ctx)
+
+    async def go() -> None:
+        store = env.store
+        run_id = await resolve_run_id(store, run)
+        nxt = from_seq
+        while True:
+            batch = await store.events.read_range(run_id, nxt)
+            for e in batch:
+                _print_event(e, as_json)
+            if batch:
+                nxt = batch[-1].seq + 1
+            if not follow or any(isinstance(e.event, RunCompleted) for e in batch):
+                return
+            if not batch and await _finished(store, run_id):
+                return
+            await asyncio.sleep(0.2)
+
+    _run(go())
+    return EXIT_OK
+
+
+async def _finished(store: Any, run_id: RunId) -> bool:
+    head = await store.events.head_seq(run_id)
+    if head == 0:
+        return False
+    last = await store.events.read_range(run_id, head, head)
+    return bool(last) and isinstance(last[-1].event, RunCompleted)
+
+
+@click.command()
+@click.argument("artifact_id")
+@click.option("--raw", is_flag=True, help="The stored bytes, unchanged.")
+@click.option("--json", "as_json", is_flag=True, help="Id, kind, size and the decoded JSON content (or null).")
+@click.pass_context
+def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> int:
+    """Print an artifact (JSON pretty-printed unless --raw)."""
+    env = _env(ctx)
+    try:
+        aid = ArtifactId(artifact_id.strip().lower())
+    except ValueError:
+        raise CliError.new("invalid_artifact_id", f"{artifact_id!r} is not an artifact id (64 hex digits)") from None
+    data = _run(env.store.artifacts.get(aid))
+    if as_json:
+        kind_of = getattr(env.store.artifacts, "kind_of", None)
+        kind = _run(kind_of(aid)) if kind_of is not None else None
+        try:
+            content = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            content = None
+        wire_kind = None if kind is None else kind.to_wire()
+        _echo_json({"artifact_id": str(aid), "bytes": len(data), "kind": wire_kind, "content": content})
+        return EXIT_OK
+    if raw:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return EXIT_OK
+    try:
+        _echo_json(json.loads(data))
+    except (ValueError, UnicodeDecodeError):
+        click.echo(f"{len(data)} bytes of binary data (use --raw)")
+    return EXIT_OK
