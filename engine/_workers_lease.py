@@ -1,0 +1,211 @@
+"""Run leases: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, liveness decided by the lock (see
+:mod:`engine.workers`)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from engine._workers_base import RunFolders, WorkerError, is_pooled
+from engine.errors import StorageError
+from engine.events import RunCompleted, decode_envelope
+from engine.ids import RunId
+
+if TYPE_CHECKING:
+    from engine.pool import PostgresPoolStore
+
+__all__ = ["Lease", "LeaseInfo", "LeaseState", "lease_state", "run_finished"]
+
+
+class LeaseState(StrEnum):
+    NONE = "none"
+    HELD = "held"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """The lease of one run; ``pid``/``host``/``started_at`` describe the last holder, if any."""
+
+    state: LeaseState
+    pid: int | None = None
+    host: str | None = None
+    started_at: int | None = None
+    """Milliseconds since the epoch when the holder took the lease."""
+    action: str | None = None
+
+
+def _lease_path(store: RunFolders, run_id: RunId) -> Path:
+    return Path(store.run_dir(run_id)) / "lease"
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _holder_info(state: LeaseState, holder: dict[str, Any]) -> LeaseInfo:
+    def _int(v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    def _str(v: Any) -> str | None:
+        return v if isinstance(v, str) else None
+
+    return LeaseInfo(
+        state=state,
+        pid=_int(holder.get("pid")),
+        host=_str(holder.get("host")),
+        started_at=_int(holder.get("started_at")),
+        action=_str(holder.get("action")),
+    )
+
+
+def run_finished(store: RunFolders, run_id: RunId) -> bool:
+    """Whether the run's stream ends with ``RunCompleted`` (reads only the file's tail; a torn last
+    line is skipped)."""
+    try:
+        with open(store.events_path(run_id), "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            chunk = 65536
+            while True:
+                start = max(0, size - chunk)
+                f.seek(start)
+                data = f.read(size - start)
+                lines = data.split(b"\n")[:-1]  # what follows the last newline is not a complete line
+                if start > 0:
+                    lines = lines[1:]  # possibly cut in the middle
+                for line in reversed(lines):
+                    if not line.strip():
+                        continue
+                    try:
+                        env = decode_envelope(line)
+                    except StorageError:
+                        continue  # torn tail
+                    return isinstance(env.event, RunCompleted)
+                if start == 0:
+                    return False
+                chunk *= 4
+    except FileNotFoundError:
+        return False
+
+
+def lease_state(store: RunFolders | PostgresPoolStore, run_id: RunId) -> LeaseInfo:
+    """``HELD`` when a live worker holds the lock, ``STALE`` when the lease file exists, its lock is
+    free and the run is not finished ("worker lost"), else ``NONE``. Never waits.
+
+    On a database store (:func:`is_pooled`) the same answer comes from the run's queue row
+    (``engine.pool.lease_info``): a queued run not claimed yet is ``HELD`` with ``action='queued'``."""
+    if is_pooled(store):
+        from engine.pool import lease_info
+
+        return lease_info(cast("PostgresPoolStore", store), run_id)
+    store = cast(RunFolders, store)
+    path = _lease_path(store, run_id)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return LeaseInfo(LeaseState.NONE)
+    except OSError:
+        return LeaseInfo(LeaseState.NONE)
+    try:
+        holder = _read_holder(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return _holder_info(LeaseState.HELD, holder)
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    if run_finished(store, run_id):
+        return _holder_info(LeaseState.NONE, holder)
+    return _holder_info(LeaseState.STALE, holder)
+
+
+class Lease:
+    """An acquired run lease (an open descriptor holding ``LOCK_EX`` on ``runs/<id>/lease``)."""
+
+    def __init__(self, run_id: RunId, path: Path, fd: int) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, store: RunFolders, run_id: RunId, action: str, *, attempts: int = 5) -> Lease:
+        """Take the lease or raise ``WorkerError`` ``lease_held`` naming the holder.
+
+        A few quick retries absorb a monitor's momentary shared-lock probe (:func:`lease_state`).
+        """
+        run_dir = Path(store.run_dir(run_id))
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = run_dir / "lease"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        for i in range(max(1, attempts)):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if i == attempts - 1:
+                    info = _holder_info(LeaseState.HELD, _read_holder(fd))
+                    os.close(fd)
+                    raise WorkerError.new(
+                        "lease_held",
+                        f"run {run_id} is held by a live worker (pid {info.pid} on {info.host}); "
+                        f"wait for it or `mfm cancel {run_id}`",
+                        {"pid": info.pid, "host": info.host},
+                    ) from None
+                time.sleep(0.02)
+        lease = cls(run_id, path, fd)
+        lease.write_holder(action)
+        return lease
+
+    @classmethod
+    def adopt(cls, store: RunFolders, run_id: RunId, fd: int, action: str) -> Lease:
+        """Take over a descriptor whose lock the spawning process acquired (``--lease-fd``)."""
+        path = _lease_path(store, run_id)
+        st, fst = os.stat(path, follow_symlinks=False), os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
+            raise WorkerError.new("lease_fd_invalid", f"descriptor {fd} is not the lease of run {run_id}")
+        os.set_inheritable(fd, False)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # same open file description: already ours
+        lease = cls(run_id, path, fd)
+        lease.write_holder(action)
+        return lease
+
+    def write_holder(self, action: str) -> None:
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": int(time.time() * 1000),
+            "action": action,
+        }
+        data = json.dumps(holder, sort_keys=True).encode() + b"\n"
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor releases the lock
+            self.fd = -1
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

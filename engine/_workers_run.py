@@ -1,0 +1,134 @@
+"""The worker itself: execute one run in this process while holding its lease (see :mod:`engine.workers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from engine._workers_actions import _require_run, verdict_path
+from engine._workers_base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError
+from engine._workers_lease import Lease
+from engine.engine import RunPhase
+from engine.ids import ArtifactId, RunId
+from engine.operations import OperationEnv, OperationRegistry, load_start_run
+
+__all__ = ["_verdict_json", "run_worker"]
+
+
+def _phase_exit(phase: RunPhase) -> int:
+    return EXIT_OK if phase is RunPhase.COMPLETED else EXIT_FAILED
+
+
+def _make_engine(store: RunFolders, registry: OperationRegistry, run_id: RunId, poll: float) -> Any:
+    from engine.exec_transport import ExecTransportFactory
+    from engine.runtime import Engine
+
+    return Engine(
+        plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts)),
+        transports=[ExecTransportFactory()],
+        run_ids=lambda: run_id,
+        cancel_poll_interval=poll,
+    )
+
+
+def _install_signal_handlers(token: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, token.cancel, f"worker received {signal.Signals(sig).name}")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] worker {os.getpid()}: {message}", flush=True)
+
+
+async def run_worker(
+    store: RunFolders,
+    registry: OperationRegistry,
+    action: str,
+    run_id: RunId,
+    *,
+    manifest_id: ArtifactId | None = None,
+    replay_run_id: RunId | None = None,
+    lease_fd: int | None = None,
+    cancel_poll_interval: float = 0.1,
+) -> int:
+    """Execute one run in this process while holding its lease; return the exit code."""
+    from engine.runtime import CancelToken
+
+    lease_run = replay_run_id if action in ("replay", "recover") and replay_run_id is not None else run_id
+    if lease_fd is not None:
+        lease = Lease.adopt(store, lease_run, lease_fd, action)
+    else:
+        lease = Lease.acquire(store, lease_run, action)
+    with lease:
+        token = CancelToken()
+        _install_signal_handlers(token)
+        stores = store.stores
+        engine = _make_engine(store, registry, lease_run, cancel_poll_interval)
+        if action == "run":
+            if manifest_id is None:
+                raise WorkerError.new("usage", "worker run needs --manifest")
+            if await stores.events.head_seq(run_id) > 0:
+                _say(f"run {run_id} already has events; resuming it")
+                action = "resume"
+            else:
+                start = await load_start_run(stores, registry, manifest_id)
+                _say(f"starting run {run_id} ({start.manifest.op_id})")
+                result = await engine.start(stores, start, cancel=token)
+                _say(f"run {run_id} {result.phase.value}")
+                return _phase_exit(result.phase)
+        if action == "resume":
+            await _require_run(store, run_id)
+            _say(f"resuming run {run_id}")
+            result = await engine.resume(stores, run_id, cancel=token)
+            _say(f"run {run_id} {result.phase.value}")
+            return _phase_exit(result.phase)
+        if action == "replay":
+            await _require_run(store, run_id)
+            _say(f"replaying run {run_id} as {lease_run}")
+            verdict = await engine.replay(stores, run_id, cancel=token)
+            payload = _verdict_json(verdict)
+            _write_private(verdict_path(store, lease_run), (json.dumps(payload, sort_keys=True) + "\n").encode())
+            _say(f"replay verdict: {payload['verdict']}")
+            return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
+        if action == "recover":
+            _say(f"recovering failed run {run_id} as {lease_run}")
+            result = await engine.recover(stores, run_id, cancel=token, new_run_id=lease_run)
+            _say(f"run {lease_run} {result.phase.value}")
+            return _phase_exit(result.phase)
+        raise WorkerError.new("usage", f"unknown worker action {action!r}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a store file owner-only (0600 whatever the umask), never through a planted symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _verdict_json(verdict: Any) -> dict[str, Any]:
+    result = getattr(verdict, "result", None)
+    phase = getattr(result, "phase", None)
+    diverged = getattr(verdict, "diverged_state", None)
+    return {
+        "source_run_id": str(verdict.source_run_id),
+        "replay_run_id": str(verdict.replay_run_id),
+        "verdict": str(getattr(verdict, "verdict", "")),
+        "diverged_state": None if diverged is None else str(diverged),
+        "phase": None if phase is None else str(getattr(phase, "value", phase)),
+        "source_final": _opt_str(getattr(verdict, "source_final", None)),
+        "replay_final": _opt_str(getattr(verdict, "replay_final", None)),
+    }
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
