@@ -238,6 +238,18 @@ async def cancel_run(
             return bool(await _queue(store).enqueue(run_id, action, manifest_id=manifest, again=True))
         return False
     store = cast(RunFolders, store)
+    if await store.stores.events.head_seq(run_id) == 0 and _read_pending(store, run_id) is not None:
+        # Started a moment ago: its worker has not written RunStarted yet. The request waits in the control
+        # plane and the engine sees it on its first poll; a worker that died before RunStarted is started
+        # again (as resume would) so that someone carries the cancel out.
+        control = store.stores.control
+        if control is None:
+            raise WorkerError.new("control_store_missing", "this store has no control plane; cannot cancel")
+        await control.request_cancel(run_id, reason)
+        if lease_state(store, run_id).state is LeaseState.STALE:
+            await resume_run(store, run_id, ops_modules=ops_modules)
+            return True
+        return False
     await _require_run(store, run_id)
     await request_cancel(store.stores, run_id, reason)
     if lease_state(store, run_id).state is LeaseState.STALE:

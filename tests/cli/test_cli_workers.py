@@ -190,3 +190,29 @@ def test_a_run_whose_worker_died_before_run_started_can_be_resumed(mfm: Mfm) -> 
     res = mfm("resume", run_id, "--wait", "--json")
     assert res.code == 0, res.err
     assert res.json()["status"] == "completed" and res.json()["done"] == 2
+
+
+def test_cancel_right_after_start_before_run_started_lands(mfm: Mfm) -> None:
+    """A run whose worker has not written RunStarted yet (here: died before it) can still be cancelled."""
+    import asyncio
+
+    from engine.operations import load_registry, prepare_run
+    from engine.stores.fs import FsStore
+    from engine.workers import Lease, _write_pending
+
+    async def prepare() -> str:
+        store = FsStore(mfm.store)
+        prepared = await prepare_run(
+            store.stores, load_registry(["engine.demo_ops"]), "demo_big", {"states": 50, "delay_ms": 200}
+        )
+        Lease.acquire(store, prepared.run_id, "run").release()
+        _write_pending(store, prepared.run_id, prepared.manifest_id)
+        return str(prepared.run_id)
+
+    run_id = asyncio.run(prepare())
+    res = mfm("cancel", run_id)
+    assert res.code == 0, res.err
+    wait_until(lambda: bool(mfm.read_events(run_id)) and isinstance(mfm.read_events(run_id)[-1].event, RunCompleted))
+    last = mfm.read_events(run_id)[-1].event
+    assert isinstance(last, RunCompleted) and last.status.value == "Cancelled"
+    assert _completed_states(mfm, run_id) < 50
