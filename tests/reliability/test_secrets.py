@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from engine._secrets import SECRET_SUBSTRINGS
 from engine.config import EventProfile
 from engine.context import DynContext, JsonContext
 from engine.engine import RunPhase, StartRun
@@ -28,31 +29,8 @@ from engine.stores.fs import FsStore
 from engine.testing import FakeClock, FakeSleeper, FnState, base_config, make_manifest, make_plan, store_manifest
 
 MNEMONIC = "legal winner thank year wave sausage worth useful legal winner thank yellow"
-TRIGGERS = [
-    "password",
-    "passphrase",
-    "mnemonic",
-    "private_key",
-    "privatekey",
-    "seed phrase",
-    "seed_phrase",
-    "seedphrase",
-    "api_key",
-    "apikey",
-    "x-api-key",
-    "x_api_key",
-    "access_key",
-    "accesskey",
-    "secret_key",
-    "secretkey",
-    "aws_access_key_id",
-    "aws_secret_access_key",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "authorization",
-    "bearer ",
-]
+TRIGGERS = list(SECRET_SUBSTRINGS)
+"""Every substring the detector knows (its list is pinned independently by the N91 conformance test)."""
 PLANTED = [f"{t}=plantedvalue{i}" for i, t in enumerate(TRIGGERS)] + [MNEMONIC]
 """Each one is detected (a trigger substring or the mnemonic), and each carries a unique marker."""
 MARKERS = [f"plantedvalue{i}" for i in range(len(TRIGGERS))] + [MNEMONIC]
