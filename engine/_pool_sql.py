@@ -1,0 +1,164 @@
+"""The ``mfm_run_queue`` table: its SQL, its row types and the pool's constants (see :mod:`engine.pool`)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, LiteralString
+
+import psycopg
+from psycopg import sql
+
+from engine.ids import ArtifactId, RunId
+
+__all__ = ["ACTIONS", "DEFAULT_HEARTBEAT", "DEFAULT_LEASE_TTL", "MAX_CLAIMS", "Claim", "QueueRow"]
+
+ACTIONS: Final = ("start", "resume", "replay", "recover")
+DEFAULT_LEASE_TTL: Final = 5.0
+DEFAULT_HEARTBEAT: Final = 1.0
+MAX_CLAIMS: Final = 20
+"""A run claimed this many times without finishing is given up (``outcome = 'gave_up'``), not retried for ever."""
+
+_Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+_SyncConn = psycopg.Connection[tuple[Any, ...]]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL
+# ---------------------------------------------------------------------------------------------
+
+
+class _Q:
+    def __init__(self, schema: str) -> None:
+        names = {"q": sql.Identifier(schema, "mfm_run_queue"), "s": sql.Identifier(schema)}
+
+        def q(text: LiteralString) -> sql.Composed:
+            return sql.SQL(text).format(**names)
+
+        self.schema_exists: LiteralString = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+        self.lock: LiteralString = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+        self.create_schema = q("CREATE SCHEMA IF NOT EXISTS {s}")
+        self.table_exists: LiteralString = "SELECT to_regclass(%s) IS NOT NULL"
+        self.create = [
+            q(
+                "CREATE TABLE IF NOT EXISTS {q} (run_id uuid PRIMARY KEY,"
+                " action text NOT NULL CHECK (action IN ('start', 'resume', 'replay', 'recover')),"
+                " manifest_id text, source_run_id uuid, args text NOT NULL DEFAULT '{{}}',"
+                " enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+                " owner_token uuid, owner_host text, owner_pid integer,"
+                " claimed_at timestamptz, heartbeat_at timestamptz, lease_expires_at timestamptz,"
+                " claims integer NOT NULL DEFAULT 0,"
+                " done_at timestamptz, outcome text, result text, last_error text)"
+            ),
+            q("CREATE INDEX IF NOT EXISTS mfm_run_queue_pending ON {q} (enqueued_at) WHERE done_at IS NULL"),
+        ]
+        self.enqueue = q(
+            "INSERT INTO {q} (run_id, action, manifest_id, source_run_id, args) VALUES (%s, %s, %s, %s, %s)"
+        )
+        # A finished row (done, or given up) may be queued again (resume); a pending one may not.
+        self.requeue = q(
+            "INSERT INTO {q} (run_id, action, manifest_id, source_run_id, args) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (run_id) DO UPDATE SET action = EXCLUDED.action, args = EXCLUDED.args,"
+            "  enqueued_at = clock_timestamp(), owner_token = NULL, lease_expires_at = NULL, claims = 0,"
+            "  done_at = NULL, outcome = NULL, result = NULL, last_error = NULL"
+            " WHERE {q}.done_at IS NOT NULL RETURNING run_id"
+        )
+        self.claim = q(
+            "WITH c AS (SELECT run_id FROM {q} WHERE done_at IS NULL"
+            "  AND (owner_token IS NULL OR lease_expires_at < clock_timestamp())"
+            "  ORDER BY enqueued_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
+            " UPDATE {q} t SET owner_token = gen_random_uuid(), owner_host = %(host)s, owner_pid = %(pid)s,"
+            "  claimed_at = clock_timestamp(), heartbeat_at = clock_timestamp(),"
+            "  lease_expires_at = clock_timestamp() + make_interval(secs => %(ttl)s), claims = t.claims + 1"
+            " FROM c WHERE t.run_id = c.run_id"
+            " RETURNING t.run_id, t.action, t.manifest_id, t.source_run_id, t.args, t.owner_token, t.claims"
+        )
+        self.heartbeat = q(
+            "UPDATE {q} SET heartbeat_at = clock_timestamp(),"
+            " lease_expires_at = clock_timestamp() + make_interval(secs => %s)"
+            " WHERE owner_token = ANY(%s::uuid[]) AND done_at IS NULL RETURNING owner_token"
+        )
+        self.finish = q(
+            "UPDATE {q} SET done_at = clock_timestamp(), outcome = %s, result = %s, owner_token = NULL,"
+            " lease_expires_at = NULL WHERE run_id = %s AND owner_token = %s RETURNING 1"
+        )
+        self.release = q(
+            "UPDATE {q} SET owner_token = NULL, lease_expires_at = NULL, last_error = %s,"
+            " done_at = CASE WHEN claims >= %s THEN clock_timestamp() END,"
+            " outcome = CASE WHEN claims >= %s THEN 'gave_up' END"
+            " WHERE run_id = %s AND owner_token = %s RETURNING 1"
+        )
+        self.row = q(
+            "SELECT run_id, action, manifest_id, source_run_id, args, owner_token IS NOT NULL, owner_host, owner_pid,"
+            " (extract(epoch FROM claimed_at) * 1000)::bigint, lease_expires_at >= clock_timestamp(),"
+            " done_at IS NOT NULL, outcome, result, last_error, claims FROM {q} WHERE run_id = %s"
+        )
+        self.hosts = q("SELECT run_id, owner_host FROM {q} WHERE run_id = ANY(%s::uuid[])")
+        self.pending = q("SELECT count(*) FROM {q} WHERE done_at IS NULL")
+        self.waiting = q("SELECT run_id FROM {q} WHERE done_at IS NULL AND owner_token IS NULL ORDER BY enqueued_at")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """One ``mfm_run_queue`` row, as read by the monitor."""
+
+    run_id: RunId
+    action: str
+    manifest_id: str | None
+    source_run_id: RunId | None
+    args: dict[str, Any]
+    owned: bool
+    host: str | None
+    pid: int | None
+    claimed_at_millis: int | None
+    lease_live: bool
+    done: bool
+    outcome: str | None
+    result: dict[str, Any] | None
+    last_error: str | None
+    claims: int
+
+
+def _row(r: Sequence[Any]) -> QueueRow:
+    def _obj(text: Any) -> dict[str, Any] | None:
+        try:
+            value = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    return QueueRow(
+        run_id=RunId(str(r[0])),
+        action=str(r[1]),
+        manifest_id=None if r[2] is None else str(r[2]),
+        source_run_id=None if r[3] is None else RunId(str(r[3])),
+        args=_obj(r[4]) or {},
+        owned=bool(r[5]),
+        host=r[6],
+        pid=r[7],
+        claimed_at_millis=None if r[8] is None else int(r[8]),
+        lease_live=bool(r[9]),
+        done=bool(r[10]),
+        outcome=r[11],
+        result=_obj(r[12]),
+        last_error=r[13],
+        claims=int(r[14]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    run_id: RunId
+    action: str
+    manifest_id: ArtifactId | None
+    source_run_id: RunId | None
+    args: dict[str, Any]
+    token: uuid.UUID
+    claims: int

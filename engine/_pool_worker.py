@@ -1,0 +1,269 @@
+"""The worker side: ``WorkerPool`` (claim, heartbeat, execute, abandon) and :func:`serve`, the
+``mfm worker serve`` loop (see :mod:`engine.pool`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine._pool_lease import LeasedEventStore, RunLease
+from engine._pool_sql import DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, Claim
+from engine._pool_store import PostgresPoolStore
+from engine.errors import MfmError, StorageError
+from engine.events import RunCompleted
+from engine.ids import RunId
+
+if TYPE_CHECKING:
+    from engine.operations import OperationRegistry
+
+__all__ = ["WorkerPool", "serve"]
+
+
+def _say(host: str, message: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] worker {host}/{os.getpid()}: {message}", flush=True)
+
+
+@dataclass
+class WorkerPool:
+    """One ``mfm worker serve`` process: claims up to ``concurrency`` runs and executes them in this event loop."""
+
+    store: PostgresPoolStore
+    registry: OperationRegistry
+    concurrency: int = 4
+    host: str = field(default_factory=socket.gethostname)
+    ttl: float = DEFAULT_LEASE_TTL
+    heartbeat: float = DEFAULT_HEARTBEAT
+    poll: float = 0.25
+    cancel_poll: float = 0.1
+    quiet: bool = False
+    leases: dict[uuid.UUID, RunLease] = field(default_factory=dict)
+    tasks: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
+    completed: int = 0
+
+    def _log(self, message: str) -> None:
+        if not self.quiet:
+            _say(self.host, message)
+
+    async def run(self, stop: asyncio.Event, *, exit_when_idle: bool = False) -> None:
+        """Claim and execute until ``stop`` is set (then abandon the runs in hand and release their claims)."""
+        if self.concurrency < 1:
+            raise StorageError.other("usage", "concurrency must be at least 1")
+        await self.store.queue.ensure()
+        self._log(f"serving {self.store.dsn} schema {self.store.schema} ({self.concurrency} slots)")
+        beat = asyncio.get_running_loop().create_task(self._heartbeats(stop), name="mfm-pool-heartbeat")
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(self.tasks)
+                got = 0
+                if free > 0:
+                    sent = time.monotonic()
+                    try:
+                        claims = await self.store.queue.claim(free, self.host, os.getpid(), self.ttl)
+                    except StorageError as err:
+                        self._log(f"claim failed: {err.message}")
+                        claims = []
+                    got = len(claims)
+                    for c in claims:
+                        self._begin(c, sent)
+                if exit_when_idle and not self.tasks and got == 0:
+                    return
+                if got and len(self.tasks) < self.concurrency:
+                    continue  # there may be more
+                waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+                waiters |= set(self.tasks.values())
+                await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    if w not in self.tasks.values() and not w.done():
+                        w.cancel()
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            await self._abandon()
+
+    def _begin(self, claim: Claim, sent: float) -> None:
+        lease = RunLease(claim, sent, self.ttl)
+        self.leases[claim.token] = lease
+        again = f" (claim {claim.claims}: previous worker lost)" if claim.claims > 1 else ""
+        self._log(f"claimed {claim.action} {claim.run_id}{again}")
+        task = asyncio.get_running_loop().create_task(self._execute(lease), name=f"mfm-run-{claim.run_id}")
+        self.tasks[claim.token] = task
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.heartbeat)
+            tokens = [t for t, lease in self.leases.items() if lease.lost_reason is None]
+            if not tokens:
+                continue
+            sent = time.monotonic()
+            try:
+                alive = await self.store.queue.heartbeat(tokens, self.ttl)
+            except StorageError as err:
+                self._log(f"heartbeat failed: {err.message}")
+                continue  # the leases run out locally unless a later heartbeat succeeds in time
+            for token in tokens:
+                lease = self.leases.get(token)
+                if lease is None:
+                    continue
+                if token in alive:
+                    lease.renewed(sent)
+                else:
+                    lease.lose("another worker took the run over")
+                    task = self.tasks.get(token)
+                    if task is not None:
+                        task.cancel()
+
+    async def _execute(self, lease: RunLease) -> None:
+        claim = lease.claim
+        try:
+            outcome, result = await _execute_claim(self.store, self.registry, lease, self.cancel_poll)
+        except asyncio.CancelledError:
+            self.tasks.pop(claim.token, None)
+            self.leases.pop(claim.token, None)
+            if lease.lost_reason is None:  # abandoned (worker stopping): hand the run over at once
+                with contextlib.suppress(StorageError):
+                    await self.store.queue.release(claim.run_id, claim.token, "worker stopped")
+            raise
+        except MfmError as err:
+            self._log(f"run {claim.run_id}: {err.one_line()}; releasing it")
+            with contextlib.suppress(StorageError):
+                await self.store.queue.release(claim.run_id, claim.token, err.one_line())
+        except Exception as exc:  # a bug in an operation must not take the whole worker down
+            self._log(f"run {claim.run_id}: unexpected {type(exc).__name__}: {exc}; releasing it")
+            with contextlib.suppress(StorageError):
+                await self.store.queue.release(claim.run_id, claim.token, f"{type(exc).__name__}: {exc}")
+        else:
+            ok = False
+            with contextlib.suppress(StorageError):
+                ok = await self.store.queue.finish(claim.run_id, claim.token, outcome, result)
+            self.completed += 1
+            self._log(f"run {claim.run_id} {outcome}" + ("" if ok else " (lease was lost meanwhile)"))
+        self.tasks.pop(claim.token, None)
+        self.leases.pop(claim.token, None)
+
+    async def _abandon(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _execute_claim(
+    store: PostgresPoolStore, registry: OperationRegistry, lease: RunLease, cancel_poll: float
+) -> tuple[str, dict[str, Any] | None]:
+    """Run one claimed row to its end; return ``(outcome, result)`` for the queue row."""
+    from engine.engine import Stores
+    from engine.exec_transport import ExecTransportFactory
+    from engine.operations import OperationEnv, load_start_run
+    from engine.runtime import CancelToken, Engine
+
+    claim = lease.claim
+    events = LeasedEventStore(store.events, lease)
+    stores = Stores(events=events, artifacts=store.artifacts, control=store.events)
+    target = claim.run_id
+    engine = Engine(
+        plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.artifacts)),
+        transports=[ExecTransportFactory()],
+        run_ids=lambda: target,
+        cancel_poll_interval=cancel_poll,
+    )
+    token = CancelToken()
+    head = await store.events.head_seq(target)
+    if claim.action in ("start", "resume") and head == 0:
+        if claim.manifest_id is None:
+            from engine.workers import WorkerError
+
+            raise WorkerError.new("run_not_found", f"run {target} has no events and no manifest")
+        start = await load_start_run(stores, registry, claim.manifest_id)
+        return (await engine.start(stores, start, cancel=token)).phase.value, None
+    if claim.action == "replay" and head == 0:
+        assert claim.source_run_id is not None
+        verdict = await engine.replay(stores, claim.source_run_id, cancel=token)
+        from engine.workers import _verdict_json
+
+        return verdict.result.phase.value, _verdict_json(verdict)
+    if claim.action == "recover" and head == 0:
+        assert claim.source_run_id is not None
+        return (await engine.recover(stores, claim.source_run_id, cancel=token, new_run_id=target)).phase.value, None
+    # The run has events: its previous worker was lost (or this is a resume): continue it from its stream.
+    result = await engine.resume(stores, target, cancel=token)
+    if claim.action == "replay" and claim.source_run_id is not None:
+        return result.phase.value, await _resumed_verdict(store, claim.source_run_id, target, result)
+    return result.phase.value, None
+
+
+async def _resumed_verdict(store: PostgresPoolStore, source: RunId, replay: RunId, result: Any) -> dict[str, Any]:
+    """The verdict of a replay whose first worker was lost: final snapshot and status compared (no per-state
+    divergence is located in this case)."""
+
+    async def last(run: RunId) -> RunCompleted | None:
+        head = await store.events.head_seq(run)
+        envs = await store.events.read_range(run, head, head)
+        return envs[0].event if envs and isinstance(envs[0].event, RunCompleted) else None
+
+    src, rep = await last(source), await last(replay)
+    same = src is not None and rep is not None and src.final_snapshot_id == rep.final_snapshot_id
+    same = same and src is not None and rep is not None and src.status == rep.status
+    return {
+        "source_run_id": str(source),
+        "replay_run_id": str(replay),
+        "verdict": "deterministic" if same else "diverged",
+        "diverged_state": None,
+        "phase": str(getattr(result.phase, "value", result.phase)),
+        "source_final": None if src is None or src.final_snapshot_id is None else str(src.final_snapshot_id),
+        "replay_final": None if rep is None or rep.final_snapshot_id is None else str(rep.final_snapshot_id),
+    }
+
+
+async def serve(
+    store: PostgresPoolStore,
+    registry: OperationRegistry,
+    *,
+    concurrency: int = 4,
+    host: str | None = None,
+    ttl: float = DEFAULT_LEASE_TTL,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    poll: float = 0.25,
+    cancel_poll: float = 0.1,
+    exit_when_idle: bool = False,
+    quiet: bool = False,
+) -> int:
+    """``mfm worker serve``: run a :class:`WorkerPool` until SIGTERM/SIGINT (or, with ``exit_when_idle``, until the
+    queue is empty). Returns 0."""
+    if not 0 < heartbeat < ttl:
+        raise StorageError.other(
+            "usage", f"heartbeat ({heartbeat} s) must be positive and below the lease ttl ({ttl} s)"
+        )
+    pool = WorkerPool(
+        store,
+        registry,
+        concurrency=concurrency,
+        host=host or socket.gethostname(),
+        ttl=ttl,
+        heartbeat=heartbeat,
+        poll=poll,
+        cancel_poll=cancel_poll,
+        quiet=quiet,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        await pool.run(stop, exit_when_idle=exit_when_idle)
+    finally:
+        pool._log(f"stopping after {pool.completed} run(s)")
+        await store.close()
+    return 0
