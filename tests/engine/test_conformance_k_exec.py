@@ -7,10 +7,8 @@ the allow prefix.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from engine.process_exec import ProcessEvent
 from engine.stores.memory import MemoryStore
 from engine.testing import base_config, sid
 from engine.transport import LiveTransport, TransportContext
+from tests.engine.process_helpers import Bg, assert_gone
 
 MiB = 1_048_576
 
@@ -87,34 +86,6 @@ async def call_err(transport: LiveTransport, request: Any) -> IoError:
     with pytest.raises(IoError) as err:
         await transport.call("exec", request)
     return err.value
-
-
-Bg = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
-
-
-@pytest.fixture
-async def bg() -> AsyncIterator[Bg]:
-    """Start background tasks; any still running at teardown are cancelled and awaited (children reaped)."""
-    tasks: list[asyncio.Task[Any]] = []
-
-    def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def assert_gone(pid: int) -> None:
-    """The child was reaped: it is not our child any more and not a zombie."""
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    status = Path(f"/proc/{pid}/status")
-    with contextlib.suppress(FileNotFoundError):  # only if the pid was reused meanwhile
-        assert "zombie" not in status.read_text().lower()
 
 
 # --- K70-K72: policy and request shape ---------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from engine.process_exec import (
     io_error_kind,
     run_process,
 )
+from tests.engine.process_helpers import Bg, assert_gone
 
 SH = "/bin/sh"
 
@@ -37,33 +37,6 @@ class Recorder:
     @property
     def pid(self) -> int:
         return next(e.pid for e in self.events if e.kind == "spawned")
-
-
-Bg = Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
-
-
-@pytest.fixture
-async def bg() -> AsyncIterator[Bg]:
-    """Start background tasks; any still running at teardown are cancelled and awaited (children reaped)."""
-    tasks: list[asyncio.Task[Any]] = []
-
-    def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def assert_gone(pid: int) -> None:
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    status = Path(f"/proc/{pid}/status")
-    with contextlib.suppress(FileNotFoundError):
-        assert "zombie" not in status.read_text().lower()
 
 
 async def sh(code: str, **kwargs: Any) -> Any:
