@@ -1,0 +1,65 @@
+"""The PostgreSQL artifact store: content-addressed blobs in ``mfm_artifacts``, re-hashed on every read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from engine._kinds import ArtifactKind
+from engine._wire import compact_json
+from engine.errors import StorageError
+from engine.hashing import artifact_id_for_bytes
+from engine.ids import ArtifactId
+from engine.stores._base import check_artifact_id
+from engine.stores._pg_core import _Core
+
+
+class PostgresArtifactStore:
+    """Content-addressed blobs in ``mfm_artifacts``, re-hashed on every read."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"PostgresArtifactStore({self._core.dsn_redacted!r}, schema={self._core.schema!r})"
+
+    async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
+        if not isinstance(kind, ArtifactKind):
+            raise StorageError.other("artifact_kind_invalid", f"not an ArtifactKind: {type(kind).__name__}")
+        data = bytes(data)
+        aid = artifact_id_for_bytes(data)
+        async with self._core.conn("artifact_store_io") as conn:
+            await conn.execute(self._core.q.put, {"id": aid, "kind": compact_json(kind.to_wire()), "data": data})
+        return aid
+
+    async def get(self, artifact_id: ArtifactId) -> bytes:
+        aid = check_artifact_id(artifact_id)
+        async with self._core.conn("artifact_store_io") as conn:
+            row = await (await conn.execute(self._core.q.get, [aid])).fetchone()
+        if row is None:
+            raise StorageError.not_found("artifact_not_found", f"artifact not found: {aid}")
+        data = bytes(row[0])
+        if hashlib.sha256(data).hexdigest() != aid:
+            raise StorageError.corruption("artifact_corruption", f"artifact {aid}: stored bytes do not match its id")
+        return data
+
+    async def exists(self, artifact_id: ArtifactId) -> bool:
+        try:
+            aid = ArtifactId(artifact_id)
+        except ValueError:
+            return False
+        async with self._core.conn("artifact_store_io") as conn:
+            row = await (await conn.execute(self._core.q.exists, [aid])).fetchone()
+        return row is not None
+
+    async def kind_of(self, artifact_id: ArtifactId) -> ArtifactKind | None:
+        """The kind recorded at the first put, ``None`` for an unknown id."""
+        aid = check_artifact_id(artifact_id)
+        async with self._core.conn("artifact_store_io") as conn:
+            row = await (await conn.execute(self._core.q.kind, [aid])).fetchone()
+        if row is None:
+            return None
+        try:
+            return ArtifactKind.from_wire(json.loads(row[0]))
+        except ValueError as exc:
+            raise StorageError.corruption("artifact_kind_corrupt", f"artifact {aid}: unreadable kind") from exc

@@ -1,0 +1,117 @@
+"""Every SQL statement of the PostgreSQL store (see :mod:`engine.stores.postgres` for the tables)."""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+from psycopg import sql
+
+
+class _Queries:
+    """Every SQL statement, composed once with the schema-qualified table names."""
+
+    def __init__(self, schema: str) -> None:
+        names = {
+            t: sql.Identifier(schema, t)
+            for t in ("mfm_schema", "mfm_events", "mfm_runs", "mfm_artifacts", "mfm_cancels")
+        }
+
+        def q(text: LiteralString) -> sql.Composed:
+            return sql.SQL(text).format(**names)
+
+        self.create_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+        self.create_version_table = q(
+            "CREATE TABLE IF NOT EXISTS {mfm_schema} (version integer NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        self.select_version = q("SELECT version FROM {mfm_schema}")
+        self.insert_version = q("INSERT INTO {mfm_schema} (version) VALUES (%s)")
+        self.create_tables = [
+            q(
+                "CREATE TABLE {mfm_events} (run_id uuid NOT NULL, seq bigint NOT NULL CHECK (seq >= 1),"
+                " ts_millis bigint, kind text NOT NULL, payload text NOT NULL, PRIMARY KEY (run_id, seq))"
+            ),
+            q("CREATE TABLE {mfm_runs} (run_id uuid PRIMARY KEY, head bigint NOT NULL, changed_xid xid8 NOT NULL)"),
+            q("CREATE INDEX ON {mfm_runs} (changed_xid)"),
+            q(
+                "CREATE TABLE {mfm_artifacts} (id text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{{64}}$'),"
+                " kind text NOT NULL, data bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            q(
+                "CREATE TABLE {mfm_cancels} (run_id uuid PRIMARY KEY, requested_at_millis bigint NOT NULL,"
+                " reason text NOT NULL)"
+            ),
+        ]
+        # One statement per append (see the module docstring); four shapes: one event (scalar parameters) or
+        # several (arrays), and the run's first append (INSERT its mfm_runs row) or a later one (UPDATE it in place).
+        head = "WITH head AS (SELECT coalesce(max(seq), 0) AS h FROM {mfm_events} WHERE run_id = %(run)s),"
+        one = (
+            " ins AS (INSERT INTO {mfm_events} (run_id, seq, ts_millis, kind, payload)"
+            "  SELECT %(run)s, %(seq)s, %(ts)s, %(kind)s, %(payload)s FROM head WHERE head.h = %(expected)s"
+            "  RETURNING seq),"
+        )
+        many = (
+            " ins AS (INSERT INTO {mfm_events} (run_id, seq, ts_millis, kind, payload)"
+            "  SELECT %(run)s, b.seq, b.ts, b.kind, b.payload"
+            "  FROM unnest(%(seq)s::bigint[], %(ts)s::bigint[], %(kind)s::text[], %(payload)s::text[])"
+            "   AS b(seq, ts, kind, payload), head WHERE head.h = %(expected)s RETURNING seq),"
+        )
+        first = (
+            " run AS (INSERT INTO {mfm_runs} (run_id, head, changed_xid)"
+            "  SELECT %(run)s, max(seq), pg_current_xact_id() FROM ins HAVING count(*) > 0"
+            "  ON CONFLICT (run_id) DO UPDATE SET head = EXCLUDED.head, changed_xid = EXCLUDED.changed_xid"
+            "  RETURNING head)"
+        )
+        later = (
+            " run AS (UPDATE {mfm_runs} SET head = top.seq, changed_xid = pg_current_xact_id()"
+            "  FROM (SELECT max(seq) AS seq FROM ins HAVING count(*) > 0) AS top"
+            "  WHERE run_id = %(run)s RETURNING head)"
+        )
+        notify_tail = (
+            ", note AS (SELECT pg_notify(%(channel)s, %(run)s::text || ':' || head::text) FROM run)"
+            " SELECT (SELECT h FROM head), (SELECT count(*) FROM note)"
+        )
+        quiet_tail = " SELECT (SELECT h FROM head), (SELECT count(*) FROM run)"
+        # Keyed by (several events?, first append of the run?, NOTIFY inside the append's transaction?).
+        self.append = {
+            (many_, first_, in_txn): q(
+                head + (many if many_ else one) + (first if first_ else later) + (notify_tail if in_txn else quiet_tail)
+            )
+            for many_ in (False, True)
+            for first_ in (False, True)
+            for in_txn in (False, True)
+        }
+        # NOTIFY after the appends committed, as its own transaction: nothing in it needs to be durable.
+        self.notify_after: LiteralString = (
+            "SELECT set_config('synchronous_commit', 'off', true), count(pg_notify(%s, p)) FROM unnest(%s::text[]) p"
+        )
+        self.head = q("SELECT coalesce(max(seq), 0) FROM {mfm_events} WHERE run_id = %s")
+        self.read = q(
+            "SELECT seq, ts_millis, payload FROM {mfm_events}"
+            " WHERE run_id = %s AND seq >= %s AND seq <= %s ORDER BY seq"
+        )
+        self.list_runs = q("SELECT run_id FROM {mfm_runs}")
+        self.changes = q(
+            "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)"
+            " SELECT s.x::text, r.run_id FROM s LEFT JOIN {mfm_runs} r"
+            " ON r.changed_xid >= %s::text::xid8 AND r.changed_xid < s.x"
+        )
+        self.xmin = q("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        self.cancel = q(
+            "INSERT INTO {mfm_cancels} (run_id, requested_at_millis, reason) VALUES (%s, %s, %s)"
+            " ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING requested_at_millis, reason"
+        )
+        self.cancel_get = q("SELECT requested_at_millis, reason FROM {mfm_cancels} WHERE run_id = %s")
+        # Insert, or (already there) repair the row only if its bytes no longer match its id. Neither DO NOTHING
+        # nor an UPDATE that matches no row locks or writes anything: re-putting a stored artifact costs no commit
+        # flush (ON CONFLICT DO UPDATE would lock the row, and so write WAL, even when its WHERE is false).
+        self.put = q(
+            "WITH ins AS (INSERT INTO {mfm_artifacts} (id, kind, data) VALUES (%(id)s, %(kind)s, %(data)s)"
+            "  ON CONFLICT (id) DO NOTHING RETURNING 1),"
+            " fix AS (UPDATE {mfm_artifacts} SET data = %(data)s WHERE id = %(id)s AND NOT EXISTS (SELECT FROM ins)"
+            "  AND sha256(data) <> decode(id, 'hex') RETURNING 1)"
+            " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM fix)"
+        )
+        self.get = q("SELECT data FROM {mfm_artifacts} WHERE id = %s")
+        self.exists = q("SELECT 1 FROM {mfm_artifacts} WHERE id = %s")
+        self.kind = q("SELECT kind FROM {mfm_artifacts} WHERE id = %s")
