@@ -6,22 +6,23 @@ appended lines are picked up by a cheap ``stat`` every 100 ms. Stores without fi
 through ``read_range`` from the last seq. Everything the screen needs from the app is read from attributes named like
 ``make_app``'s parameters (``store``, ``clock``, ``plan_resolver``, ``lease_probe``) and can also be passed in.
 
+The screen is split along its seams: loading, folding and polling live in ``_run_loading`` (``RunLoadingMixin``,
+``events_path_of``), time travel in ``_run_history`` (``TimeTravelMixin``), the controller's actions and the artifact
+entries in ``_run_actions`` (``RunActionsMixin``); bindings, CSS, composition, rendering and message handlers stay here.
+
 Layout: at 120x40 the graph and the state panel sit side by side over the log; below 100 columns the graph and the
 log stack and the panel replaces the graph on ``enter`` (``esc`` brings the graph back).
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import itertools
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.syntax import Syntax
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -29,30 +30,24 @@ from textual.events import Key, Resize
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static
 
-from engine._artifacts import read_canonical_json
 from engine.config import RunManifest
-from engine.errors import MfmError
-from engine.events import DomainEvent, EventEnvelope, decode_envelope
-from engine.ids import ArtifactId, RunId
+from engine.events import EventEnvelope
+from engine.ids import RunId
 from mfm_tui import commands
 from mfm_tui.clipboard import copy_text
 from mfm_tui.clock import Clock, SystemClock
 from mfm_tui.log_index import (
-    FOLD_NEEDLES as _FOLD_NEEDLES,
-)
-from mfm_tui.log_index import (
-    FileLogSource,
     ListLogSource,
     LogFilter,
     LogSource,
-    fold_file,
     parse_query,
-    summarize,
 )
 from mfm_tui.messages import StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
-from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
-from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens._run_actions import RunActionsMixin
+from mfm_tui.screens._run_history import TimeTravelMixin
+from mfm_tui.screens._run_loading import _ADOPT_GAP as _ADOPT_GAP  # re-exported
+from mfm_tui.screens._run_loading import RunLoadingMixin, events_path_of
 from mfm_tui.widgets.event_log import EventLog
 from mfm_tui.widgets.run_header import RunHeader
 from mfm_tui.widgets.state_graph import StateGraph
@@ -61,22 +56,7 @@ from mfm_tui.widgets.state_panel import StatePanel
 __all__ = ["EventDialog", "RunScreen", "events_path_of"]
 
 POLL_SECONDS = 0.1
-_ADOPT_GAP = 5000
-"""Use the app watcher's model of the run when it is at most this many events behind the file."""
 NARROW = 100
-
-
-def events_path_of(store: Any, run_id: str) -> Path | None:
-    """The run's JSONL event file if the store keeps one (``events_path`` on the store or its ``.events``)."""
-    for owner in (store, getattr(store, "events", None)):
-        fn = getattr(owner, "events_path", None)
-        if callable(fn):
-            try:
-                path = Path(fn(run_id))
-            except Exception:
-                return None
-            return path if path.is_file() else None
-    return None
 
 
 class EventDialog(ModalScreen[None]):
@@ -106,7 +86,7 @@ class EventDialog(ModalScreen[None]):
         copy_text(self.app, self.text, f"event {self.seq}")
 
 
-class RunScreen(Screen[None]):
+class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None]):
     """``RunScreen(run_id=...)``: the live view of one run."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -232,167 +212,7 @@ class RunScreen(Screen[None]):
     def _apply_width(self, width: int) -> None:
         self.set_class(width < NARROW, "-narrow")
 
-    # ------------------------------------------------------------------ loading
-
-    def _open(self) -> None:
-        path = events_path_of(self.store, self.run_id)
-        if path is not None:
-            try:
-                src = FileLogSource(path)
-            except OSError as exc:
-                self._fail("run_unreadable", f"cannot read {path}: {exc}")
-                return
-            self.source = src
-            self.query_one(EventLog).set_source(src)
-            shared = self._shared_model()
-            if shared is not None and len(src) - shared.last_seq <= _ADOPT_GAP:
-                self._index_file(src)
-                self.run_worker(self._adopt_model(shared), group="run-adopt")
-            else:
-                self._fold_file(src)
-        else:
-            self.run_worker(self._load_from_store(), exclusive=True, group="run-load")
-
-    async def _load_from_store(self) -> None:
-        try:
-            envs = await self.store.events.read_range(self.run_id, 1)
-        except MfmError as exc:
-            self._fail(exc.info.code, exc.info.message)
-            return
-        src = ListLogSource(envs)
-        self.source = src
-        model = self._shared_model() or RunModel(self.run_id)
-        model.apply(envs)
-        await self._adopt_model(model)
-        self.query_one(EventLog).set_source(src)
-
-    def _shared_model(self) -> RunModel | None:
-        """The app watcher's model of this run (already folded), when it has one."""
-        models = getattr(getattr(self.app, "watcher", None), "models", None)
-        model = models.get(self.run_id) if isinstance(models, dict) else None
-        return model if isinstance(model, RunModel) and model.last_seq > 0 else None
-
-    @work(thread=True, exclusive=True, group="run-index")
-    def _index_file(self, src: FileLogSource) -> None:
-        src.build_index()
-        self.app.call_from_thread(self.query_one(EventLog).index_ready)
-
-    @work(thread=True, exclusive=True, group="run-fold")
-    def _fold_file(self, src: FileLogSource) -> None:
-        """Index the whole file, then fold it into a fresh model (off the UI thread).
-
-        See ``mfm_tui.log_index.fold_file``: only the lines the model needs are decoded.
-        """
-        src.build_index()
-        self.app.call_from_thread(self.query_one(EventLog).index_ready)
-        model = fold_file(src, self.run_id)
-        self.app.call_from_thread(self._adopt_model_sync, model)
-
-    def _adopt_model_sync(self, model: RunModel) -> None:
-        self.run_worker(self._adopt_model(model), group="run-adopt")
-
-    async def _adopt_model(self, model: RunModel) -> None:
-        """Give the model its manifest, plan shape, lease and cancel flag, then show it."""
-        await self._adopt_manifest(model)
-        await self._refresh_lease(model)
-        # Lines that arrived while folding.
-        if isinstance(self.source, FileLogSource):
-            model.apply(self._decode_range(model.last_seq, len(self.source)))
-        self.model = model
-        self._model_ready = True
-        self._render_all()
-
-    async def _adopt_manifest(self, model: RunModel) -> None:
-        """Load the run's manifest and its plan shape into ``model`` (once its ``RunStarted`` is known)."""
-        if model.manifest_id is not None and model.manifest is None:
-            try:
-                raw = await read_canonical_json(self.store.artifacts, ArtifactId(model.manifest_id))
-                manifest = RunManifest.model_validate(raw)
-            except Exception as exc:  # the graph still shows the states seen in events
-                model.anomalies.append(f"manifest unreadable: {exc}"[:200])
-            else:
-                resolver = self._plan_resolver or self._app_attr("plan_resolver")
-                shape = None
-                if resolver is not None:
-                    try:
-                        shape = resolver(manifest)
-                    except Exception as exc:
-                        model.anomalies.append(f"plan unavailable: {exc}"[:200])
-                if shape is not None and not isinstance(shape, PlanShape):
-                    shape = PlanShape.from_plan(shape) if hasattr(shape, "graph") else None
-                if shape is not None:
-                    model.set_plan(shape)
-                model.set_manifest(manifest)
-
-    async def _refresh_lease(self, model: RunModel) -> None:
-        probe = self._lease_probe or self._app_attr("lease_probe")
-        if probe is not None:
-            try:
-                model.set_lease(probe(self.run_id))
-            except Exception:
-                model.set_lease(LeaseStatus.UNKNOWN)
-        cancel = getattr(self.store.events, "cancel_request", None)
-        if cancel is not None:
-            with contextlib.suppress(Exception):
-                model.set_cancel_requested(await cancel(self.run_id) is not None)
-
-    def _decode_range(self, start: int, stop: int) -> list[EventEnvelope]:
-        out: list[EventEnvelope] = []
-        for i in range(start, stop):
-            raw = self.source.raw(i)
-            if raw is None:
-                break
-            try:
-                out.append(decode_envelope(raw))
-            except MfmError as exc:
-                self.model.anomalies.append(f"[{exc.info.code}] line {i + 1}")
-        return out
-
-    def _fail(self, code: str, message: str) -> None:
-        self.load_error = (code, message)
-        self.query_one(RunHeader).update(f"{self.run_id}  [{code}] {message}")
-
     # ------------------------------------------------------------------ live updates
-
-    async def _timed_poll(self) -> None:
-        """The timer: every 100 ms while the run is live, once a second once it has finished."""
-        self._ticks += 1
-        if self._model_ready and self.model.status.is_finished and self._ticks % 10:
-            return
-        await self.poll()
-
-    async def poll(self) -> None:
-        """Pick up appended events (the timer calls it; tests call it directly)."""
-        if self._polling or self.load_error is not None:
-            return
-        self._polling = True
-        try:
-            added = 0
-            if isinstance(self.source, FileLogSource):
-                before = len(self.source)
-                added = self.source.refresh()
-                if added and self._model_ready:
-                    self.model.apply(self._decode_range(before, len(self.source)))
-            elif isinstance(self.source, ListLogSource):
-                head = await self.store.events.head_seq(self.run_id)
-                if head > len(self.source):
-                    envs = await self.store.events.read_range(self.run_id, len(self.source) + 1)
-                    added = self.source.extend(envs)
-                    if self._model_ready:
-                        self.model.apply(envs)
-            if added:
-                if self._model_ready and self.model.manifest is None and self.model.manifest_id is not None:
-                    # Opened before RunStarted landed (a run just started): now its manifest and plan shape
-                    # are known, so the graph can show the whole plan instead of the states seen so far.
-                    await self._adopt_manifest(self.model)
-                if self.model.status.is_finished is False:
-                    await self._refresh_lease(self.model)
-                self.query_one(EventLog).lines_appended(added)
-                self._render_all()
-        except MfmError as exc:
-            self.notify(f"[{exc.info.code}] {exc.info.message}", severity="error")
-        finally:
-            self._polling = False
 
     def tick(self) -> None:
         """Once a second: countdowns and durations move (nothing to do for a finished run)."""
@@ -414,16 +234,6 @@ class RunScreen(Screen[None]):
             return nodes, [(str(a), str(b)) for a, b in m.plan.edges]
         nodes = [str(s) for s in m.states]
         return nodes, [(a, b) for a, b in itertools.pairwise(nodes)]
-
-    @property
-    def view_model(self) -> RunModel:
-        """The model shown: the live one, or the run as of ``as_of`` while time travelling."""
-        return self._past if self.as_of is not None and self._past is not None else self.model
-
-    def _now(self) -> int:
-        if self.as_of is not None and self._past_millis is not None:
-            return self._past_millis
-        return self.clock.now_millis()
 
     def _render_all(self) -> None:
         now = self._now()
@@ -554,47 +364,7 @@ class RunScreen(Screen[None]):
     def action_copy_id(self) -> None:
         copy_text(self.app, str(self.run_id), "run id")
 
-    def artifact_entries(self) -> list[ArtifactEntry]:
-        """The selected state's snapshots and facts first, then the run's manifest, snapshots and outputs."""
-        m = self.view_model
-        out: list[ArtifactEntry] = []
-        seen: set[str] = set()
-
-        def add(label: str, aid: str | None, kind: str) -> None:
-            if aid and aid not in seen:
-                seen.add(aid)
-                out.append(ArtifactEntry(label, aid, kind))
-
-        sv = m.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
-        if sv is not None:
-            for fact in sv.facts:
-                add(f"fact {fact.key}", fact.payload_id, "FactPayload")
-            last = sv.last
-            if last is not None:
-                add(f"{sv.short_name} result", last.result_snapshot_id, "ContextSnapshot")
-                add(f"{sv.short_name} base", last.base_snapshot_id, "ContextSnapshot")
-        add("manifest", m.manifest_id, "Manifest")
-        add("checkpoint", m.checkpoint_id, "ContextSnapshot")
-        add("final snapshot", m.final_snapshot_id, "ContextSnapshot")
-        add("initial snapshot", m.initial_snapshot_id, "ContextSnapshot")
-        for fact in m.unattributed_facts:  # recorded while several fan-out attempts were open
-            add(f"fact {fact.key}", fact.payload_id, "FactPayload")
-        for i in range(max(0, len(self.source) - 5000), len(self.source)):
-            raw = self.source.raw(i)
-            if raw is None or b'"artifact_written"' not in raw:
-                continue
-            try:
-                ev = decode_envelope(raw).event
-            except MfmError:
-                continue
-            if isinstance(ev, DomainEvent) and isinstance(ev.payload, dict):
-                add(f"output seq {i + 1}", str(ev.payload.get("artifact_id") or ev.payload_ref or ""), "Output")
-        return out
-
-    def action_artifacts(self) -> None:
-        self.app.push_screen(ArtifactScreen(self.store, self.artifact_entries()))
-
-    # ------------------------------------------------------------------ controls and time travel (mfm_tui.commands)
+    # ------------------------------------------------------------------ read-only gating (controls: _run_actions)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if getattr(self.app, "read_only", False) and action in self.CONTROLS:
@@ -605,79 +375,3 @@ class RunScreen(Screen[None]):
         if getattr(self.app, "read_only", False) and event.key in ("c", "r", "p"):
             event.stop()
             self.notify(commands.read_only_reason(self.app) or "read-only", severity="warning", timeout=4)
-
-    def action_cancel_run(self) -> None:
-        commands.cancel_runs(self.app, [self.run_id], current=self.model)
-
-    def action_resume_run(self) -> None:
-        commands.resume_runs(self.app, [self.run_id], current=self.model)
-
-    def action_replay_run(self) -> None:
-        commands.replay_run_of(self.app, self.run_id, current=self.model)
-
-    def action_diff_state(self) -> None:
-        commands.diff_state(self.app, self.view_model, self.selected)
-
-    def action_history(self, step: int) -> None:
-        last = len(self.source)
-        if last == 0:
-            return
-        current = self.as_of if self.as_of is not None else last
-        target = max(1, min(last, current + step))
-        self.set_as_of(None if target >= last and step > 0 else target)
-
-    def action_jump_seq(self) -> None:
-        last = len(self.source)
-        if last:
-            self.app.push_screen(SeqPrompt(last), self.set_as_of)
-
-    def set_as_of(self, seq: int | None) -> None:
-        """Show the run as it was after event ``seq`` (``None``: live again)."""
-        if seq is not None and seq > len(self.source):
-            seq = None
-        self.as_of = seq
-        banner = self.query_one("#time-banner", Static)
-        if seq is None:
-            self._past = None
-            self._past_millis = None
-            self._history = None
-            banner.update("")
-            self.remove_class("-time-travel")
-        else:
-            self._past, self._past_millis = self._fold_until(seq)
-            dash = "-" if self.ascii_only else "—"
-            banner.update(f" as of seq {seq} of {len(self.source)} {dash} [ ] step, t jump, esc returns to live")
-            self.add_class("-time-travel")
-            log = self.query_one(EventLog)
-            if not log.filter.active:
-                if log.follow:
-                    log.action_toggle_follow()
-                log.cursor = seq - 1
-        self._render_all()
-
-    def _fold_until(self, seq: int) -> tuple[RunModel, int | None]:
-        """A fresh model of events 1..``seq``. For an events file only the lines the model needs are decoded
-        (kernel, facts, retries: raw-byte scans, cached while time travelling), as in ``_fold_file``."""
-        live = self.model
-        past = RunModel(self.run_id, plan=live.plan, manifest=live.manifest, lease=LeaseStatus.NONE)
-        src = self.source
-        if not isinstance(src, FileLogSource):
-            envs = self._decode_range(0, seq)
-            past.apply(envs)
-            return past, envs[-1].ts_millis if envs else None
-        cache = self._history
-        if cache is None or cache[0] < seq:
-            total = len(src)
-            wanted = src.lines_containing(_FOLD_NEEDLES, total)
-            decoded: list[EventEnvelope] = []
-            for start in range(0, len(wanted), 4096):
-                for raw in src.read_lines(wanted[start : start + 4096]):
-                    with contextlib.suppress(MfmError):
-                        decoded.append(decode_envelope(raw))
-            cache = self._history = (total, decoded)
-        for env in cache[1][: bisect.bisect_right(cache[1], seq, key=lambda e: e.seq)]:
-            past.last_seq = env.seq - 1  # the lines skipped are domain events the model only counts
-            past.apply((env,))
-        past.event_count = past.last_seq = seq
-        last_raw = src.raw(seq - 1)
-        return past, summarize(last_raw).ts_millis if last_raw is not None else None
