@@ -1,0 +1,474 @@
+"""The :class:`RunModel` fold: a run's envelopes (plus manifest, plan shape, lease, cancel) into a view model.
+
+Private to :mod:`mfm_tui.run_model` (which re-exports every public name); pure, no Textual, no IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.config import RunManifest
+from engine.events import (
+    DOMAIN_EVENT_FACT_RECORDED,
+    DOMAIN_EVENT_RECOVERED_FROM,
+    DOMAIN_EVENT_RETRY_SCHEDULED,
+    DomainEvent,
+    EventEnvelope,
+    RetryScheduled,
+    RunCompleted,
+    RunStarted,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
+from engine.events import RunStatus as EngineRunStatus
+from engine.ids import ArtifactId, OpId, RunId, StateId
+from mfm_tui._run_model_enums import _FINAL_STATUS, CODE_RUN_CANCELLED, URGENCY, LeaseStatus, RunStatus, StateStatus
+from mfm_tui._run_model_views import AttemptView, FactRef, PlanShape, RetryTarget, StateView
+
+
+class RunModel:
+    """One run's events folded into a view model (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_id: RunId,
+        *,
+        manifest: RunManifest | None = None,
+        plan: PlanShape | None = None,
+        lease: LeaseStatus = LeaseStatus.UNKNOWN,
+        cancel_requested: bool = False,
+    ) -> None:
+        self.run_id = run_id
+        self.op_id: OpId | None = None
+        self.manifest_id: ArtifactId | None = None
+        self.initial_snapshot_id: ArtifactId | None = None
+        self.checkpoint_id: ArtifactId | None = None
+        self.final_snapshot_id: ArtifactId | None = None
+        self.engine_status: EngineRunStatus | None = None
+        self.started_millis: int | None = None
+        self.ended_millis: int | None = None
+        self.last_event_millis: int | None = None
+        self.last_seq = 0
+        self.event_count = 0
+        self.states: dict[StateId, StateView] = {}
+        self.anomalies: list[str] = []
+        self.manifest: RunManifest | None = None
+        self.plan: PlanShape | None = None
+        self._status: RunStatus | None = None
+        self._urgency = 0
+        self._lease = lease
+        self._cancel_requested = cancel_requested
+        self.load_error: tuple[str, str] | None = None
+        """``(code, message)`` when the run could not be read (set by the watcher)."""
+        self._open: list[StateId] = []
+        self._skip: frozenset[str] = frozenset()
+        self.unattributed_facts: list[FactRef] = []
+        self.recovered_from: RunId | None = None
+        """This run is the recovery run of that failed run (its ``recovered_from`` event)."""
+        self.recovered_by: RunId | None = None
+        """This failed run was recovered as that run (set by whoever sees both, e.g. the store watcher)."""
+        """Facts recorded while several attempts were open (fan-out): the stream names no state."""
+        if plan is not None:
+            self.set_plan(plan)
+        if manifest is not None:
+            self.set_manifest(manifest)
+
+    # ------------------------------------------------------------------ inputs
+
+    def set_manifest(self, manifest: RunManifest) -> None:
+        self._status = None
+        self.manifest = manifest
+        self._skip = frozenset(manifest.run_config.skip_tags)
+        if self.op_id is None:
+            self.op_id = manifest.op_id
+        for sv in self.states.values():
+            self._configure(sv)
+            self._refresh(sv)
+
+    def set_plan(self, plan: PlanShape) -> None:
+        self._status = None
+        self.plan = plan
+        known = self.states
+        self.states = {}
+        for sid in plan.state_ids:
+            sv = known.pop(sid, None) or StateView(sid)
+            self.states[sid] = sv
+            self._configure(sv)
+        self.states.update(known)  # states seen in events but absent from the plan stay visible
+        for sv in self.states.values():
+            self._refresh(sv)
+
+    def set_lease(self, lease: LeaseStatus) -> bool:
+        changed = lease is not self._lease
+        self.lease = lease
+        return changed
+
+    def set_cancel_requested(self, requested: bool) -> bool:
+        changed = requested != self._cancel_requested
+        self.cancel_requested = requested
+        return changed
+
+    # ------------------------------------------------------------------ fold
+
+    def apply(self, envelopes: Iterable[EventEnvelope]) -> bool:
+        """Fold envelopes past ``last_seq``; return whether anything changed."""
+        changed = False
+        for env in envelopes:
+            if env.run_id != self.run_id:
+                self._anomaly(f"seq {env.seq}: envelope of run {env.run_id} in stream of {self.run_id}")
+                continue
+            if env.seq <= self.last_seq:
+                continue
+            if env.seq != self.last_seq + 1:
+                self._anomaly(f"seq gap: {self.last_seq} then {env.seq}")
+            self.last_seq = env.seq
+            self.event_count += 1
+            if env.ts_millis is not None:
+                self.last_event_millis = env.ts_millis
+            self._fold(env)
+            changed = True
+        if changed:
+            self._status = None
+        return changed
+
+    def _fold(self, env: EventEnvelope) -> None:
+        ev = env.event
+        ts = env.ts_millis
+        if isinstance(ev, DomainEvent):
+            self._fold_domain(env.seq, ev)
+        elif isinstance(ev, StateEntered):
+            sv = self._state(ev.state_id)
+            last = sv.last
+            if last is not None and last.is_open:
+                self._anomaly(f"seq {env.seq}: {ev.state_id} entered while attempt {last.attempt} is open")
+            sv.attempts.append(
+                AttemptView(
+                    attempt=ev.attempt, entered_seq=env.seq, entered_millis=ts, base_snapshot_id=ev.base_snapshot_id
+                )
+            )
+            if ev.state_id in self._open:
+                self._open.remove(ev.state_id)
+            self._open.append(ev.state_id)
+            sv.not_before_millis = None
+            sv.scheduled_next_attempt = None
+            self._refresh(sv)
+        elif isinstance(ev, (StateCompleted, StateFailed)):
+            sv = self._state(ev.state_id)
+            att = sv.last
+            if att is None or not att.is_open:
+                self._anomaly(f"seq {env.seq}: {type(ev).tag()} for {ev.state_id} with no open attempt")
+                n = att.attempt + 1 if att is not None else 0
+                att = AttemptView(attempt=n, entered_seq=None, entered_millis=None, base_snapshot_id=None)
+                sv.attempts.append(att)
+            if ev.state_id in self._open:
+                self._open.remove(ev.state_id)
+            att.terminal_seq = env.seq
+            att.terminal_millis = ts
+            if isinstance(ev, StateCompleted):
+                att.completed = True
+                att.result_snapshot_id = ev.context_snapshot_id
+            else:
+                att.error_code = ev.error.code
+                att.error_message = ev.error.message
+                att.retryable = ev.error.retryable
+            self._refresh(sv)
+            if isinstance(ev, StateCompleted) and sv.status is StateStatus.COMPLETED:
+                self.checkpoint_id = ev.context_snapshot_id
+        elif isinstance(ev, RunStarted):
+            if self.op_id is not None and self.manifest is None and self.op_id != ev.op_id:
+                self._anomaly(f"seq {env.seq}: op changed from {self.op_id} to {ev.op_id}")
+            self.op_id = ev.op_id
+            self.manifest_id = ev.manifest_id
+            self.initial_snapshot_id = ev.initial_snapshot_id
+            if self.checkpoint_id is None:
+                self.checkpoint_id = ev.initial_snapshot_id
+            if self.started_millis is None:
+                self.started_millis = ts
+        elif isinstance(ev, RunCompleted):
+            if self._open:
+                self._anomaly(f"seq {env.seq}: RunCompleted while {', '.join(self._open)} open")
+            self.engine_status = ev.status
+            self.final_snapshot_id = ev.final_snapshot_id
+            self.ended_millis = ts
+            for sv in self.states.values():
+                self._refresh(sv)
+
+    def _fold_domain(self, seq: int, ev: DomainEvent) -> None:
+        if ev.name == DOMAIN_EVENT_RECOVERED_FROM and isinstance(ev.payload, dict):
+            try:
+                self.recovered_from = RunId(ev.payload.get("source_run_id"))
+            except ValueError:
+                self._anomaly(f"seq {seq}: malformed recovered_from payload")
+            return
+        if ev.name == DOMAIN_EVENT_RETRY_SCHEDULED:
+            try:
+                rs = RetryScheduled.model_validate(ev.payload)
+            except ValidationError:
+                self._anomaly(f"seq {seq}: malformed retry_scheduled payload")
+                return
+            sv = self._state(rs.state_id)
+            sv.not_before_millis = rs.not_before_millis
+            sv.scheduled_next_attempt = rs.next_attempt
+            self._refresh(sv)
+            return
+        if not self._open:
+            return  # a domain event outside any attempt (op boundaries, child runs)
+        fact: FactRef | None = None
+        if ev.name == DOMAIN_EVENT_FACT_RECORDED:
+            payload: Any = ev.payload
+            key = payload.get("key") if isinstance(payload, dict) else None
+            pid = payload.get("payload_id") if isinstance(payload, dict) else None
+            try:
+                payload_id = ArtifactId(pid) if pid is not None else ev.payload_ref
+            except ValueError:
+                payload_id = None
+            fact = FactRef(seq=seq, key=str(key) if key is not None else "?", payload_id=payload_id)
+        if len(self._open) > 1:
+            # Several attempts are open (fan-out): the stream does not say whose event this is, so it is
+            # shown at run level rather than guessed onto a state.
+            if fact is not None:
+                self.unattributed_facts.append(fact)
+            return
+        att = self.states[self._open[-1]].last
+        if att is None:
+            return
+        att.domain_events += 1
+        if fact is not None:
+            att.facts.append(fact)
+
+    def _state(self, state_id: StateId) -> StateView:
+        sv = self.states.get(state_id)
+        if sv is None:
+            sv = StateView(state_id)
+            self.states[state_id] = sv
+            self._configure(sv)
+        return sv
+
+    def _configure(self, sv: StateView) -> None:
+        if self.manifest is not None:
+            sv.max_attempts = max(1, self.manifest.run_config.retry_policy.max_attempts)
+        if self.plan is not None:
+            sv.tags = tuple(self.plan.tags.get(sv.state_id, ()))
+
+    def _refresh(self, sv: StateView) -> None:
+        """Recompute one state's status from its attempts and the run-level inputs."""
+        last = sv.last
+        if last is None:
+            sv.status = StateStatus.PENDING
+            return
+        if last.is_open:
+            sv.status = StateStatus.RUNNING
+            return
+        if last.completed:
+            sv.status = StateStatus.SKIPPED if self._is_skip(sv, last) else StateStatus.COMPLETED
+            sv.not_before_millis = None
+            return
+        if last.error_code == CODE_RUN_CANCELLED:
+            sv.status = StateStatus.CANCELLED
+        elif self.engine_status is not None:
+            sv.status = StateStatus.FAILED
+        elif self._will_retry(sv, last):
+            sv.status = StateStatus.RETRYING
+        else:
+            sv.status = StateStatus.FAILED
+        if sv.status is StateStatus.RETRYING:
+            if sv.scheduled_next_attempt is None and self.manifest is not None and last.terminal_millis is not None:
+                delay = self.manifest.run_config.retry_policy.backoff_after(last.attempt).total_millis
+                sv.not_before_millis = last.terminal_millis + delay
+        else:
+            sv.not_before_millis = None
+
+    @staticmethod
+    def _will_retry(sv: StateView, last: AttemptView) -> bool:
+        if sv.scheduled_next_attempt is not None and sv.scheduled_next_attempt > last.attempt:
+            return True  # the engine said so (retry_scheduled)
+        return last.retryable and (sv.max_attempts is None or last.attempt + 1 < sv.max_attempts)
+
+    def _is_skip(self, sv: StateView, att: AttemptView) -> bool:
+        skip = self._skip
+        if not skip:
+            return False
+        if self.plan is not None and sv.state_id in self.plan.tags:
+            return bool(skip.intersection(sv.tags))
+        # Without tags: a skipped state completes on its base snapshot with nothing in between (§7.2).
+        return att.result_snapshot_id == att.base_snapshot_id and att.domain_events == 0
+
+    def _anomaly(self, text: str) -> None:
+        if len(self.anomalies) < 100:
+            self.anomalies.append(text)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def status(self) -> RunStatus:
+        """Cached until the next input changes the model (the runs list reads it many times)."""
+        status = self._status
+        if status is None:
+            status = self._status = self._compute_status()
+            self._urgency = URGENCY[status]
+        return status
+
+    @property
+    def urgency(self) -> int:
+        """``URGENCY[status]`` (0 = most urgent), cached with the status."""
+        if self._status is None:
+            self.status  # noqa: B018 - computes and caches both
+        return self._urgency
+
+    def _compute_status(self) -> RunStatus:
+        if self.engine_status is not None:
+            return _FINAL_STATUS[self.engine_status]
+        if self.last_seq == 0:
+            return RunStatus.PENDING
+        if self._lease is LeaseStatus.STALE:
+            return RunStatus.WORKER_LOST
+        if self._cancel_requested:
+            return RunStatus.CANCELLING
+        if any(sv.status is StateStatus.RETRYING for sv in self.states.values()):
+            return RunStatus.RETRYING
+        return RunStatus.RUNNING
+
+    @property
+    def lease(self) -> LeaseStatus:
+        return self._lease
+
+    @lease.setter
+    def lease(self, value: LeaseStatus) -> None:
+        self._lease = value
+        self._status = None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    @cancel_requested.setter
+    def cancel_requested(self, value: bool) -> None:
+        self._cancel_requested = value
+        self._status = None
+
+    @property
+    def short_id(self) -> str:
+        return self.run_id[:8]
+
+    @property
+    def open_states(self) -> list[StateView]:
+        """States with an attempt in flight (several under fan-out), in the order they were entered."""
+        return [self.states[s] for s in self._open]
+
+    @property
+    def current_state(self) -> StateView | None:
+        """The state the run is at: the failed one, else the latest open attempt, else a retrying one."""
+        failed = self.failed_state
+        if failed is not None:
+            return failed
+        if self._open:
+            return self.states[self._open[-1]]
+        retry = self.retry_target
+        if retry is not None:
+            return retry.state
+        return None
+
+    @property
+    def failed_state(self) -> StateView | None:
+        for sv in self.states.values():
+            if sv.status is StateStatus.FAILED:
+                return sv
+        return None
+
+    @property
+    def cancelled_state(self) -> StateView | None:
+        for sv in self.states.values():
+            if sv.status is StateStatus.CANCELLED:
+                return sv
+        return None
+
+    @property
+    def error(self) -> tuple[str, str] | None:
+        """``(code, message)`` of the failed state, if the run failed or is failing."""
+        failed = self.failed_state
+        return failed.error if failed is not None else None
+
+    @property
+    def retry_target(self) -> RetryTarget | None:
+        """The earliest-due state waiting for a retry, if any."""
+        best: StateView | None = None
+        for sv in self.states.values():
+            if sv.status is not StateStatus.RETRYING:
+                continue
+            if best is None or (sv.not_before_millis or 0) < (best.not_before_millis or 0):
+                best = sv
+        if best is None:
+            return None
+        return RetryTarget(best, best.attempt_number, best.max_attempts, best.not_before_millis)
+
+    @property
+    def done(self) -> int:
+        return sum(1 for sv in self.states.values() if sv.status.is_done)
+
+    @property
+    def total(self) -> int:
+        return len(self.states)
+
+    def duration_millis(self, now_millis: int) -> int | None:
+        if self.started_millis is None:
+            return None
+        if self.ended_millis is not None:
+            end = self.ended_millis
+        elif self.status is RunStatus.WORKER_LOST:
+            end = self.last_event_millis or now_millis
+        else:
+            end = now_millis
+        return max(0, end - self.started_millis)
+
+    def to_json(self, now_millis: int | None = None) -> dict[str, Any]:
+        """A JSON-ready summary (``mfm show --json``)."""
+        return {
+            "run_id": str(self.run_id),
+            "op_id": self.op_id,
+            "status": self.status.value,
+            "manifest_id": self.manifest_id,
+            "checkpoint_id": self.checkpoint_id,
+            "final_snapshot_id": self.final_snapshot_id,
+            "started_millis": self.started_millis,
+            "ended_millis": self.ended_millis,
+            "duration_millis": self.duration_millis(now_millis) if now_millis is not None else None,
+            "head_seq": self.last_seq,
+            "done": self.done,
+            "total": self.total,
+            "error": None if self.error is None else {"code": self.error[0], "message": self.error[1]},
+            "lease": self.lease.value,
+            "cancel_requested": self.cancel_requested,
+            "anomalies": list(self.anomalies),
+            "states": [
+                {
+                    "state_id": str(sv.state_id),
+                    "status": sv.status.value,
+                    "attempt": sv.attempt_number,
+                    "max_attempts": sv.max_attempts,
+                    "not_before_millis": sv.not_before_millis,
+                    "error": None if sv.error is None else {"code": sv.error[0], "message": sv.error[1]},
+                    "facts": len(sv.facts),
+                    "attempts": [
+                        {
+                            "attempt": a.attempt,
+                            "entered_seq": a.entered_seq,
+                            "terminal_seq": a.terminal_seq,
+                            "entered_millis": a.entered_millis,
+                            "terminal_millis": a.terminal_millis,
+                            "outcome": "open" if a.is_open else ("completed" if a.completed else "failed"),
+                            "base_snapshot_id": a.base_snapshot_id,
+                            "result_snapshot_id": a.result_snapshot_id,
+                            "error_code": a.error_code,
+                            "error_message": a.error_message,
+                            "retryable": a.retryable,
+                        }
+                        for a in sv.attempts
+                    ],
+                }
+                for sv in self.states.values()
+            ],
+        }
