@@ -2,15 +2,26 @@
 
 The public modules mirror the seed's: ``ids``, ``canonical``, ``config``, ``meta``, ``errors``,
 ``context``, ``events``, ``io``, ``recorder``, ``state``, ``plan``, ``stores``, ``engine`` and
-``hashing``. This package never imports Textual, Rich or ``mfm_tui``.
+``hashing``, beside the runtime modules (``runtime``, ``live_io``, ``replay_io``, ``live_io_router``,
+``live_io_registry``, ``exec_transport``, ``process_exec``). This package re-exports every type,
+trait, constant and free function of the seed's public API (``tests/engine/test_exports.py`` holds
+that), plus the runtime's entry points. It never imports Textual, Rich or ``mfm_tui``.
 """
 
-from engine._kinds import ArtifactKind
+from engine._kinds import (
+    ArtifactKind,
+)
+from engine.canonical import (
+    CanonicalJsonPolicy,
+    canonical_json_bytes,
+)
 from engine.config import (
+    BackoffPolicy,
     BuildProvenance,
     ContextCheckpointing,
     Duration,
     EventProfile,
+    ExecutionMode,
     Exponential,
     FanOutJoin,
     Fixed,
@@ -19,9 +30,20 @@ from engine.config import (
     RunConfig,
     RunManifest,
     Sequential,
+    default_nix_flake_allowlist,
 )
-from engine.context import DynContext, JsonContext
-from engine.engine import ExecutionEngine, RunPhase, RunResult, StartRun, Stores
+from engine.context import (
+    DynContext,
+    JsonContext,
+    TypedContextExt,
+)
+from engine.engine import (
+    ExecutionEngine,
+    RunPhase,
+    RunResult,
+    StartRun,
+    Stores,
+)
 from engine.errors import (
     ContextError,
     ErrorCategory,
@@ -33,8 +55,20 @@ from engine.errors import (
     StorageError,
 )
 from engine.events import (
+    DOMAIN_EVENT_ARTIFACT_WRITTEN,
+    DOMAIN_EVENT_CHILD_RUN_COMPLETED,
+    DOMAIN_EVENT_CHILD_RUN_SPAWNED,
+    DOMAIN_EVENT_FACT_RECORDED,
+    DOMAIN_EVENT_OP_BOUNDARY,
+    ArtifactWritten,
+    ChildRunCompleted,
+    ChildRunSpawned,
     DomainEvent,
+    Event,
     EventEnvelope,
+    FactRecorded,
+    KernelEvent,
+    OpBoundary,
     RunCompleted,
     RunStarted,
     RunStatus,
@@ -42,15 +76,56 @@ from engine.events import (
     StateEntered,
     StateFailed,
 )
-from engine.exec_transport import ExecTransportFactory
-from engine.hashing import artifact_id_for_bytes, artifact_id_for_json, canonical_json_bytes
-from engine.ids import ArtifactId, ContextKey, ErrorCode, FactKey, OpId, OpPath, RunId, StateId, StreamId
-from engine.io import IoCall, IoProvider, IoResult
-from engine.live_io_registry import LiveIoRegistry
-from engine.live_io_router import LiveIoRouter, UnimplementedTransportFactory
-from engine.meta import Idempotency, SideEffectKind, StateMeta
-from engine.plan import DependencyEdge, ExecutionPlan, StateGraph, StateNode
-from engine.recorder import EventRecorder
+from engine.exec_transport import (
+    ExecTransportFactory,
+)
+from engine.hashing import (
+    artifact_id_for_bytes,
+    artifact_id_for_json,
+)
+from engine.ids import (
+    ArtifactId,
+    ContextKey,
+    ErrorCode,
+    FactKey,
+    IdValidationError,
+    OpId,
+    OpPath,
+    RunId,
+    StateId,
+    StreamId,
+)
+from engine.io import (
+    IoCall,
+    IoProvider,
+    IoResult,
+)
+from engine.live_io_registry import (
+    LiveIoRegistry,
+)
+from engine.live_io_router import (
+    LiveIoRouter,
+    UnimplementedTransportFactory,
+)
+from engine.meta import (
+    DependencyStrategy,
+    Idempotency,
+    SideEffectKind,
+    StateMeta,
+    Tag,
+    standard_tags,
+)
+from engine.plan import (
+    DependencyEdge,
+    ExecutionPlan,
+    PlanValidationError,
+    PlanValidator,
+    StateGraph,
+    StateNode,
+)
+from engine.recorder import (
+    EventRecorder,
+)
 from engine.runtime import (
     CancelToken,
     Clock,
@@ -63,42 +138,68 @@ from engine.runtime import (
     request_cancel,
     side_effect_fact_key,
 )
-from engine.state import SnapshotPolicy, State, StateOutcome
-from engine.stores import ArtifactStore, EventStore, FsStore, MemoryStore
+from engine.state import (
+    DynState,
+    SnapshotPolicy,
+    State,
+    StateOutcome,
+)
+from engine.stores import (
+    ArtifactStore,
+    EventStore,
+    FsStore,
+    MemoryStore,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DOMAIN_EVENT_ARTIFACT_WRITTEN",
+    "DOMAIN_EVENT_CHILD_RUN_COMPLETED",
+    "DOMAIN_EVENT_CHILD_RUN_SPAWNED",
+    "DOMAIN_EVENT_FACT_RECORDED",
+    "DOMAIN_EVENT_OP_BOUNDARY",
     "ArtifactId",
     "ArtifactKind",
     "ArtifactStore",
+    "ArtifactWritten",
+    "BackoffPolicy",
     "BuildProvenance",
     "CancelToken",
+    "CanonicalJsonPolicy",
+    "ChildRunCompleted",
+    "ChildRunSpawned",
     "Clock",
     "ContextCheckpointing",
     "ContextError",
     "ContextKey",
     "DependencyEdge",
+    "DependencyStrategy",
     "DomainEvent",
     "Duration",
     "DynContext",
+    "DynState",
     "Engine",
     "ErrorCategory",
     "ErrorCode",
     "ErrorInfo",
+    "Event",
     "EventEnvelope",
     "EventProfile",
     "EventRecorder",
     "EventStore",
     "ExecTransportFactory",
     "ExecutionEngine",
+    "ExecutionMode",
     "ExecutionPlan",
     "Exponential",
     "FactKey",
+    "FactRecorded",
     "Failpoints",
     "FanOutJoin",
     "Fixed",
     "FsStore",
+    "IdValidationError",
     "Idempotency",
     "IoCall",
     "IoError",
@@ -106,12 +207,16 @@ __all__ = [
     "IoProvider",
     "IoResult",
     "JsonContext",
+    "KernelEvent",
     "LiveIoRegistry",
     "LiveIoRouter",
     "MemoryStore",
     "MfmError",
+    "OpBoundary",
     "OpId",
     "OpPath",
+    "PlanValidationError",
+    "PlanValidator",
     "RecoveryPlan",
     "ReplayVerdict",
     "RetryPolicy",
@@ -142,12 +247,16 @@ __all__ = [
     "StorageError",
     "Stores",
     "StreamId",
+    "Tag",
+    "TypedContextExt",
     "UnimplementedTransportFactory",
     "__version__",
     "artifact_id_for_bytes",
     "artifact_id_for_json",
     "canonical_json_bytes",
+    "default_nix_flake_allowlist",
     "plan_recovery",
     "request_cancel",
     "side_effect_fact_key",
+    "standard_tags",
 ]

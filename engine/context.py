@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from engine.errors import ContextError
 from engine.ids import ContextKey
 
-__all__ = ["DynContext", "JsonContext", "read_typed", "write_typed"]
+__all__ = ["DynContext", "JsonContext", "TypedContextExt", "read_typed", "write_typed"]
 
 T = TypeVar("T")
 
@@ -28,7 +28,28 @@ class DynContext(Protocol):
     def dump(self) -> dict[str, Any]: ...
 
 
-class JsonContext:
+class TypedContextExt:
+    """The seed's typed convenience extension, for any context with ``read`` and ``write``.
+
+    ``read_typed`` validates the stored JSON as ``type_`` (a pydantic model, a dataclass or any type
+    pydantic can validate); ``write_typed`` serialises ``value`` to JSON (pydantic's JSON mode) and
+    writes it. Errors are ``ContextError`` ``context_deserialize_failed`` / ``context_serialize_failed``.
+    """
+
+    def read(self, key: str) -> Any | None:
+        raise NotImplementedError
+
+    def write(self, key: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def read_typed(self, key: str, type_: type[T]) -> T | None:
+        return read_typed(self, key, type_)
+
+    def write_typed(self, key: str, value: object) -> None:
+        write_typed(self, key, value)
+
+
+class JsonContext(TypedContextExt):
     """An ordered map key → JSON value (the engine's base context, ENGINE-SPEC §10.2)."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
@@ -52,7 +73,7 @@ class JsonContext:
         return copy.deepcopy(self._data)
 
 
-def read_typed(ctx: DynContext, key: str, type_: type[T]) -> T | None:
+def read_typed(ctx: DynContext | TypedContextExt, key: str, type_: type[T]) -> T | None:
     """Read ``key`` and validate it as ``type_`` (``context_deserialize_failed`` on mismatch)."""
     value = ctx.read(key)
     if value is None:
@@ -63,7 +84,7 @@ def read_typed(ctx: DynContext, key: str, type_: type[T]) -> T | None:
         raise ContextError.serialization("context_deserialize_failed", "context value deserialization failed") from None
 
 
-def write_typed(ctx: DynContext, key: str, value: object) -> None:
+def write_typed(ctx: DynContext | TypedContextExt, key: str, value: object) -> None:
     """Serialise ``value`` to JSON and write it (``context_serialize_failed`` on failure)."""
     try:
         raw = TypeAdapter(type(value)).dump_python(value, mode="json")

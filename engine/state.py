@@ -15,7 +15,7 @@ from engine.io import IoProvider
 from engine.meta import StateMeta
 from engine.recorder import EventRecorder
 
-__all__ = ["SnapshotPolicy", "State", "StateOutcome"]
+__all__ = ["DynState", "SnapshotPolicy", "State", "StateOutcome"]
 
 
 class SnapshotPolicy(StrEnum):
@@ -35,3 +35,7 @@ class State(Protocol):
     def meta(self) -> StateMeta: ...
 
     async def handle(self, ctx: DynContext, io: IoProvider, rec: EventRecorder) -> StateOutcome: ...
+
+
+DynState = State
+"""The seed's ``DynState`` (``Arc<dyn State>``): any object satisfying :class:`State`."""
