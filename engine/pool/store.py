@@ -7,6 +7,7 @@ from collections.abc import Callable
 from engine.pool.launcher import QueueLauncher
 from engine.pool.queue import RunQueue
 from engine.stores.postgres import NotifyMode, PostgresStore
+from engine.workers.launcher import Launcher
 
 __all__ = ["PostgresPoolStore"]
 
@@ -26,7 +27,7 @@ class PostgresPoolStore(PostgresStore):
     ) -> None:
         super().__init__(dsn, schema=schema, max_connections=max_connections, clock=clock, notify=notify)
         self.queue = RunQueue(self, dsn)
-        self.launcher = QueueLauncher(self)
+        self.launcher: Launcher = QueueLauncher(self)
 
     def __repr__(self) -> str:
         return f"PostgresPoolStore({self.dsn!r}, schema={self.schema!r})"
