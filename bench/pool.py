@@ -31,9 +31,9 @@ import psycopg
 
 from engine.events import RunCompleted
 from engine.ids import RunId
+from engine.open_store import open_store
 from engine.operations import load_registry, prepare_run
 from engine.pool import PostgresPoolStore
-from engine.stores.open import open_store
 from tests.engine.pg_server import PgServer
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -118,7 +118,7 @@ def one_config(server: PgServer, args: argparse.Namespace, processes: int, slots
     loop = asyncio.new_event_loop()
     registry = load_registry(["engine.demo_ops"], entry_points=False)
     params = {"states": args.states, "events": args.events, "delay_ms": 0}
-    prepared = loop.run_until_complete(prepare_run(store.stores, registry, "demo_big", params))
+    prepared = loop.run_until_complete(prepare_run(store.stores, registry, "demo_big", params, run_id=RunId.new_v4()))
     loop.run_until_complete(store.queue.ensure())
     logs = Path(server.root) / f"logs-{schema}"
     logs.mkdir()

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, GetCoreSchemaHandler, JsonValue
 from pydantic_core import core_schema
 
+from engine._secrets import contains_secrets
 from engine._wire import Frozen
 from engine.ids import ContextKey, ErrorCode, FactKey, StateId
 
@@ -280,8 +281,6 @@ class IoError(MfmError):
 
     @classmethod
     def missing_fact(cls, key: FactKey, *, retryable: bool = False) -> IoError:
-        from engine._secrets import contains_secrets
-
         shown = "<redacted>" if contains_secrets(key) else key
         return cls(
             IoErrorKind.MISSING_FACT,

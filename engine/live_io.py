@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine._artifacts import check_content_address, read_canonical_json, verified_put_bytes
 from engine._kinds import ArtifactKind
+from engine._runtime.facts import fact_event
 from engine._secrets import contains_secrets
 from engine.errors import ErrorCategory, IoError, MfmError, StorageError, StorageErrorKind
 from engine.hashing import CanonicalJsonError, artifact_id_for_bytes, canonical_json_bytes
@@ -237,8 +238,6 @@ class LiveIo(_AttemptIo):
             ) from None
         if self.facts.bind_if_unbound(key, pid) != pid:
             return None
-        from engine._runtime.facts import fact_event
-
         try:
             await self._writer.append([fact_event(key, pid)])
         except MfmError as exc:

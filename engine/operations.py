@@ -10,8 +10,8 @@ Operations are found in two ways, both giving modules (or objects) that expose `
 * the entry-point group ``mfm.operations`` (``demo = "engine.demo_ops:OPERATIONS"``);
 * explicit modules (``mfm --ops some.module`` or ``--ops path/to/ops.py``).
 
-Starting a run (:func:`prepare_run`) validates the parameters, builds and validates the plan,
-then writes the manifest artifact (canonical JSON, the validated parameters as
+Starting a run (:func:`prepare_run`, with the new run's id made by its caller) validates the parameters,
+builds and validates the plan, then writes the manifest artifact (canonical JSON, the validated parameters as
 ``input_params``); nothing is written when any of that fails. Resuming finds the plan again from
 the stored manifest alone (:meth:`OperationRegistry.plan_for`: lookup by ``op_id`` +
 ``op_version``, parameters re-validated from ``manifest.input_params``).
@@ -349,11 +349,12 @@ async def prepare_run(
     op_id: str,
     raw_params: Any,
     *,
-    run_id: RunId | None = None,
+    run_id: RunId,
 ) -> PreparedRun:
     """Validate the parameters, build and validate the plan, store the manifest artifact.
 
-    Nothing is written unless every check passes.
+    ``run_id`` is the new run's id, made by the caller (``engine.workers.start_run``). Nothing is written unless
+    every check passes.
     """
     op = registry.get(op_id)
     params = op.validate_params(raw_params)
@@ -364,7 +365,7 @@ async def prepare_run(
     except CanonicalJsonError as exc:
         code = "secrets_detected" if exc.is_secret else "manifest_not_canonical"
         raise OperationError.new(code, f"the manifest of {op.op_id} cannot be stored: {exc}") from None
-    return PreparedRun(run_id=run_id or RunId.new_v4(), manifest_id=manifest_id, manifest=manifest, operation=op)
+    return PreparedRun(run_id=run_id, manifest_id=manifest_id, manifest=manifest, operation=op)
 
 
 async def read_manifest(artifacts: ArtifactStore, manifest_id: ArtifactId) -> RunManifest:

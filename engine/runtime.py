@@ -51,6 +51,7 @@ from typing import Literal
 
 from engine._runtime.cancel import CancelToken
 from engine._runtime.clock import AsyncioSleeper, Clock, Failpoints, Sleeper, SystemClock, as_clock, as_sleeper
+from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.executor import (
     Runtime,
     load_history,
@@ -58,7 +59,9 @@ from engine._runtime.executor import (
     replay_manifest,
     store_manifest,
 )
+from engine._runtime.facts import FactIndex, fact_event
 from engine._runtime.scheduler import CODE_FAN_OUT_WRITE_CONFLICT, CODE_RUN_CANCELLED
+from engine._runtime.writer import EventWriter, construct
 from engine.config import RunManifest
 from engine.context import JsonContext
 from engine.engine import RunPhase, RunResult, StartRun, Stores
@@ -76,6 +79,7 @@ from engine.events import (
 )
 from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key
+from engine.live_io_router import LiveIoRouter, UnimplementedTransportFactory
 from engine.plan import ExecutionPlan, topological_order
 from engine.stores._base import CancelRequest
 from engine.transport import LiveTransportFactory
@@ -121,8 +125,6 @@ def _default_run_id() -> RunId:
 
 
 def _router(transports: Sequence[LiveTransportFactory] | LiveTransportFactory | None) -> LiveTransportFactory:
-    from engine.live_io_router import LiveIoRouter, UnimplementedTransportFactory
-
     if transports is None:
         return UnimplementedTransportFactory()
     if isinstance(transports, LiveIoRouter):
@@ -166,16 +168,29 @@ class Engine:
         inv = self._rt.last_invocation
         return 0 if inv is None else inv.writer.appends
 
-    async def start(self, stores: Stores, run: StartRun, *, cancel: CancelToken | None = None) -> RunResult:
-        """Validate (nothing stored on failure, §5.1), write the initial snapshot and ``RunStarted``, run."""
-        return await self._rt.start(stores, run, cancel)
+    async def start(
+        self, stores: Stores, run: StartRun, *, run_id: RunId | None = None, cancel: CancelToken | None = None
+    ) -> RunResult:
+        """Validate (nothing stored on failure, §5.1), write the initial snapshot and ``RunStarted``, run.
+
+        ``run_id``: the new run's id, made by the caller (default: the next of ``run_ids``)."""
+        return await self._rt.start(stores, run, cancel, run_id=run_id)
 
     async def resume(self, stores: Stores, run_id: RunId, *, cancel: CancelToken | None = None) -> RunResult:
         """Continue a run from its stream (§13). A finished run returns its result and appends nothing."""
         return await self._rt.resume(stores, run_id, cancel)
 
-    async def replay(self, stores: Stores, source_run_id: RunId, *, cancel: CancelToken | None = None) -> ReplayVerdict:
-        """Replay run R (§0.11): a new run, R's manifest in Replay mode, facts copied from R, then the verdict."""
+    async def replay(
+        self,
+        stores: Stores,
+        source_run_id: RunId,
+        *,
+        run_id: RunId | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ReplayVerdict:
+        """Replay run R (§0.11): a new run, R's manifest in Replay mode, facts copied from R, then the verdict.
+
+        ``run_id``: the new (replay) run's id, made by the caller (default: the next of ``run_ids``)."""
         rt = self._rt
         try:
             src_envs, src = await load_history(stores, RunId(source_run_id))
@@ -187,33 +202,27 @@ class Engine:
         new_manifest = replay_manifest(manifest)
         plan = rt.resolve_plan(new_manifest)
         manifest_id = await store_manifest(stores, new_manifest)
-        from engine._runtime.facts import FactIndex
-
         index = FactIndex.rebuild(src_envs)
-        new_run_id = rt.run_ids()
+        new_run_id = run_id if run_id is not None else rt.run_ids()
         old_prefix = f"|run:{source_run_id}|"
         seed: list[tuple[str, ArtifactId, dict[str, str]]] = []
         for key, pid in index.bindings.items():
             if key.startswith(("mfm:now_millis|", "mfm:random_bytes|")) and old_prefix in key:
                 key = key.replace(old_prefix, f"|run:{new_run_id}|", 1)
             seed.append((key, pid, {"replayed_from": str(source_run_id)}))
-        fixed_ids = rt.run_ids
-        rt.run_ids = lambda: new_run_id
-        try:
-            result = await rt.start(
-                stores,
-                StartRun(
-                    manifest=new_manifest,
-                    manifest_id=manifest_id,
-                    plan=plan,
-                    run_config=new_manifest.run_config,
-                    initial_context=JsonContext(initial),
-                ),
-                cancel,
-                seed_facts=seed,
-            )
-        finally:
-            rt.run_ids = fixed_ids
+        result = await rt.start(
+            stores,
+            StartRun(
+                manifest=new_manifest,
+                manifest_id=manifest_id,
+                plan=plan,
+                run_config=new_manifest.run_config,
+                initial_context=JsonContext(initial),
+            ),
+            cancel,
+            run_id=new_run_id,
+            seed_facts=seed,
+        )
         _, replayed = await load_history(stores, new_run_id)
         source_final = src.run_completed.final_snapshot_id if src.run_completed is not None else src.last_checkpoint
         replay_final = result.final_snapshot_id
@@ -271,8 +280,6 @@ class Engine:
         run_id = RunId(new_run_id) if new_run_id is not None else rt.run_ids()
         if await stores.events.head_seq(run_id) != 0:
             raise RunError.wrap(StorageError.concurrency("run_already_exists", f"run {run_id} already exists"))
-        from engine._runtime.writer import EventWriter
-
         writer = EventWriter(stores.events, run_id, 0, rt.clock)
         try:
             await writer.append(_recovery_head(envelopes, source, _last_failed_state(envelopes)))
@@ -322,9 +329,6 @@ def _recovery_head(
     envelopes: Sequence[EventEnvelope], source_run_id: RunId, failed_state: StateId | None
 ) -> list[object]:
     """``RunStarted``, ``recovered_from``, carried fact bindings, then an E/C pair per completed state."""
-    from engine._runtime.facts import fact_event
-    from engine._runtime.writer import construct
-
     started: RunStarted | None = None
     open_: dict[StateId, StateEntered] = {}
     completed: list[tuple[StateEntered, StateCompleted]] = []
@@ -398,8 +402,6 @@ def _status_of(phase: RunPhase) -> RunStatus | None:
 
 
 async def _load_object(stores: Stores, snapshot_id: ArtifactId) -> dict[str, object]:
-    from engine._runtime.context_runtime import SnapshotCache
-
     return await SnapshotCache(stores.artifacts).load(snapshot_id)
 
 

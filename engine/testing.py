@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -129,8 +131,6 @@ class FakeSleeper:
     """
 
     def __init__(self, clock: FakeClock | None = None, *, block: bool = False) -> None:
-        import asyncio
-
         self.requested: list[float] = []
         self.clock = clock
         self.block = block
@@ -142,8 +142,6 @@ class FakeSleeper:
         return [round(s * 1000) for s in self.requested]
 
     async def sleep(self, seconds: float) -> None:
-        import asyncio
-
         self.requested.append(seconds)
         if self.clock is not None:
             self.clock.advance(round(seconds * 1000))
@@ -399,6 +397,4 @@ def _local(state_id: str) -> str:
 
 
 async def snapshot_of(stores: Stores, snapshot_id: ArtifactId) -> Any:
-    import json
-
     return json.loads(await stores.artifacts.get(snapshot_id))

@@ -19,8 +19,9 @@ import click
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.ids import ArtifactId, RunId
+from engine.open_store import open_store
 from engine.operations import OperationRegistry, load_registry, read_manifest
-from engine.workers import is_pooled, lease_state, open_store
+from engine.workers import is_pooled, lease_state
 from mfm_tui.config import resolve_store
 from mfm_tui.run_model import PlanShape, RunModel, RunStatus, lease_status_of
 

@@ -28,6 +28,7 @@ from engine.events import StateFailed as StateFailed
 from engine.events import encode_envelope as encode_envelope
 from engine.ids import ArtifactId as ArtifactId
 from engine.ids import RunId as RunId
+from engine.open_store import open_store as open_store
 from engine.operations import OperationRegistry as OperationRegistry
 from engine.operations import load_registry as load_registry
 from engine.operations import parse_param_assignments as parse_param_assignments
@@ -44,7 +45,6 @@ from engine.workers import LeaseState as LeaseState
 from engine.workers import cancel_run as cancel_run
 from engine.workers import is_pooled as is_pooled
 from engine.workers import lease_state as lease_state
-from engine.workers import open_store as open_store
 from engine.workers import read_verdict as read_verdict
 from engine.workers import replay_run as replay_run
 from engine.workers import resume_run as resume_run

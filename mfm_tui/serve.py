@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
-from engine.stores.open import display_location, is_database_url
+from engine.open_store import display_location, is_database_url
 
 __all__ = ["ServeError", "app_command", "preflight", "serve"]
 

@@ -10,9 +10,9 @@ leave the attempt open.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from engine._runtime.context_runtime import StagedContext
+from engine._runtime.invocation import Invocation
 from engine._runtime.recorder import ProfileRecorder
 from engine._runtime.writer import construct
 from engine._secrets import contains_secrets
@@ -24,9 +24,6 @@ from engine.io import IoProvider
 from engine.live_io import LiveIo
 from engine.meta import SideEffectKind, StateMeta
 from engine.replay_io import ReplayIo
-
-if TYPE_CHECKING:
-    from engine._runtime.scheduler import Invocation
 
 __all__ = ["REDACTED", "HandlerResult", "run_handler", "sanitize_error"]
 

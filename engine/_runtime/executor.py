@@ -17,12 +17,13 @@ from engine._runtime.clock import Clock, Failpoints, Sleeper
 from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.envelopes import EnvelopeViolation, History, analyze
 from engine._runtime.facts import FactIndex, fact_event
-from engine._runtime.scheduler import Invocation, Override, Scheduler, max_concurrency
+from engine._runtime.invocation import Invocation, Override
+from engine._runtime.scheduler import Scheduler, max_concurrency
 from engine._runtime.writer import EventWriter, construct
 from engine.config import FanOutJoin, IoMode, RunConfig, RunManifest
 from engine.engine import RunPhase, RunResult, StartRun, Stores
 from engine.errors import ContextError, ErrorCategory, ErrorInfo, MfmError, RunError, StateError, StorageError
-from engine.events import EventEnvelope, RunStarted, RunStatus, StateFailed
+from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus, StateFailed
 from engine.hashing import CanonicalJsonError, artifact_id_for_json
 from engine.ids import ArtifactId, RunId, StateId
 from engine.meta import SideEffectKind
@@ -57,13 +58,16 @@ class Runtime:
         run: StartRun,
         cancel: CancelToken | None,
         *,
+        run_id: RunId | None = None,
         seed_facts: list[tuple[str, ArtifactId, dict[str, str]]] | None = None,
     ) -> RunResult:
+        """Start a new run: ``run_id`` given by the caller, else the next of ``run_ids`` (drawn once the run is
+        known to be valid)."""
         check_execution_mode(run.run_config)
         check_manifest_contract(run.manifest, run.manifest_id, run.plan, run.run_config)
         order = validate_execution_plan(run.plan)
         await check_stored_manifest(stores, run.manifest, run.manifest_id)
-        run_id = self.run_ids()
+        run_id = run_id if run_id is not None else self.run_ids()
         snapshots = SnapshotCache(stores.artifacts)
         try:
             initial = run.initial_context.dump()
@@ -165,8 +169,6 @@ class Runtime:
             elif sid in history.last_attempt:
                 overrides[sid] = Override(history.last_attempt[sid] + 1, inv.checkpoint_id)
         if terminal_failure:
-            from engine.events import RunCompleted
-
             recovery.append(construct(RunCompleted, status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id))
             await writer.append(recovery)
             return RunResult(run_id=run_id, phase=RunPhase.FAILED, final_snapshot_id=inv.checkpoint_id)

@@ -28,18 +28,14 @@ import asyncio
 import contextlib
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from engine._runtime.attempt import HandlerResult, run_handler, sanitize_error
-from engine._runtime.cancel import CancelWatcher
-from engine._runtime.clock import Clock, Failpoints, Sleeper
-from engine._runtime.context_runtime import SnapshotCache
-from engine._runtime.facts import FactIndex
-from engine._runtime.writer import EventWriter, construct
+from engine._runtime.invocation import Invocation, Override
+from engine._runtime.writer import construct
 from engine.config import EventProfile, FanOutJoin, RunConfig
-from engine.engine import RunPhase, RunResult, Stores
+from engine.engine import RunPhase, RunResult
 from engine.errors import ErrorCategory, ErrorInfo, MfmError, RunError, StateError
 from engine.events import (
     DOMAIN_EVENT_RETRY_SCHEDULED,
@@ -49,55 +45,12 @@ from engine.events import (
     StateCompleted,
     StateFailed,
 )
-from engine.ids import ArtifactId, RunId, StateId
-from engine.meta import StateMeta
-from engine.plan import ExecutionPlan
-from engine.state import State
-from engine.transport import LiveTransportFactory
+from engine.ids import StateId
 
-__all__ = ["CODE_FAN_OUT_WRITE_CONFLICT", "CODE_RUN_CANCELLED", "Invocation", "Override", "Scheduler"]
+__all__ = ["CODE_FAN_OUT_WRITE_CONFLICT", "CODE_RUN_CANCELLED", "Scheduler", "max_concurrency"]
 
 CODE_RUN_CANCELLED = "run_cancelled"
 CODE_FAN_OUT_WRITE_CONFLICT = "fan_out_write_conflict"
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    attempt: int
-    base_snapshot_id: ArtifactId
-
-
-@dataclass
-class Invocation:
-    """Everything one start/resume invocation shares between its tasks."""
-
-    stores: Stores
-    run_id: RunId
-    plan: ExecutionPlan
-    order: list[StateId]
-    config: RunConfig
-    writer: EventWriter
-    facts: FactIndex
-    snapshots: SnapshotCache
-    factory: LiveTransportFactory
-    clock: Clock
-    sleeper: Sleeper
-    random_source: Callable[[int], bytes] | None
-    failpoints: Failpoints | None
-    watcher: CancelWatcher
-    checkpoint_id: ArtifactId
-    checkpoint_value: dict[str, Any] | None  # loaded lazily (resume)
-    completed: dict[StateId, ArtifactId] = field(default_factory=dict)
-    states: dict[StateId, State] = field(default_factory=dict)
-    metas: dict[StateId, StateMeta] = field(default_factory=dict)
-    skip_tags: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        if not self.states:
-            self.states = {n.id: n.state for n in self.plan.graph.states}
-        if not self.metas:
-            self.metas = {sid: st.meta() for sid, st in self.states.items()}
-        self.skip_tags = frozenset(self.config.skip_tags)
 
 
 class _Outcome(Enum):

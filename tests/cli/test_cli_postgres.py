@@ -112,7 +112,7 @@ class Db:
     """In-process reads of the store (cheap polling), on one event loop."""
 
     def __init__(self, url: str) -> None:
-        from engine.stores.open import open_store
+        from engine.open_store import open_store
 
         store = open_store(url)
         assert isinstance(store, PostgresPoolStore)

@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import Mfm, live_pids_with, wait_until
 
 from engine.events import RunCompleted, StateCompleted, StateFailed
+from engine.ids import RunId
 
 pytestmark = pytest.mark.slow
 
@@ -176,11 +177,14 @@ def test_a_run_whose_worker_died_before_run_started_can_be_resumed(mfm: Mfm) -> 
 
     from engine.operations import load_registry, prepare_run
     from engine.stores.fs import FsStore
-    from engine.workers import Lease, _write_pending
+    from engine.workers import Lease
+    from engine.workers import write_pending as _write_pending
 
     async def prepare() -> str:
         store = FsStore(mfm.store)
-        prepared = await prepare_run(store.stores, load_registry(["engine.demo_ops"]), "demo_big", {"states": 2})
+        prepared = await prepare_run(
+            store.stores, load_registry(["engine.demo_ops"]), "demo_big", {"states": 2}, run_id=RunId.new_v4()
+        )
         Lease.acquire(store, prepared.run_id, "run").release()  # a worker took the lease, then died
         _write_pending(store, prepared.run_id, prepared.manifest_id)
         return str(prepared.run_id)
@@ -198,12 +202,17 @@ def test_cancel_right_after_start_before_run_started_lands(mfm: Mfm) -> None:
 
     from engine.operations import load_registry, prepare_run
     from engine.stores.fs import FsStore
-    from engine.workers import Lease, _write_pending
+    from engine.workers import Lease
+    from engine.workers import write_pending as _write_pending
 
     async def prepare() -> str:
         store = FsStore(mfm.store)
         prepared = await prepare_run(
-            store.stores, load_registry(["engine.demo_ops"]), "demo_big", {"states": 50, "delay_ms": 200}
+            store.stores,
+            load_registry(["engine.demo_ops"]),
+            "demo_big",
+            {"states": 50, "delay_ms": 200},
+            run_id=RunId.new_v4(),
         )
         Lease.acquire(store, prepared.run_id, "run").release()
         _write_pending(store, prepared.run_id, prepared.manifest_id)

@@ -113,7 +113,7 @@ def test_parse_param_assignments() -> None:
 async def test_prepare_run_stores_canonical_manifest_with_validated_params() -> None:
     mem = MemoryStore()
     reg = OperationRegistry([_op()])
-    prepared = await prepare_run(mem.stores, reg, "toy", {"count": "3"})
+    prepared = await prepare_run(mem.stores, reg, "toy", {"count": "3"}, run_id=RunId.new_v4())
     value = await read_canonical_json(mem.artifacts, prepared.manifest_id)
     assert value["input_params"] == {"name": "x", "count": 3, "words": []}
     assert value["op_id"] == "toy" and value["op_version"] == "1"
@@ -129,9 +129,9 @@ async def test_invalid_input_writes_nothing() -> None:
     mem = MemoryStore()
     reg = OperationRegistry([_op()])
     with pytest.raises(OperationError):
-        await prepare_run(mem.stores, reg, "toy", {"count": "x"})
+        await prepare_run(mem.stores, reg, "toy", {"count": "x"}, run_id=RunId.new_v4())
     with pytest.raises(OperationError):
-        await prepare_run(mem.stores, reg, "nope", {})
+        await prepare_run(mem.stores, reg, "nope", {}, run_id=RunId.new_v4())
     assert mem.artifacts.all_bytes() == []
 
 
@@ -139,7 +139,7 @@ async def test_secret_params_are_refused_before_writing() -> None:
     mem = MemoryStore()
     reg = OperationRegistry([_op()])
     with pytest.raises(OperationError) as err:
-        await prepare_run(mem.stores, reg, "toy", {"name": "my password is hunter2"})
+        await prepare_run(mem.stores, reg, "toy", {"name": "my password is hunter2"}, run_id=RunId.new_v4())
     assert err.value.code == "secrets_detected"
     assert mem.artifacts.all_bytes() == []
 
@@ -217,7 +217,7 @@ def _engine(reg: OperationRegistry, mem: MemoryStore, run_id: RunId, **kw: Any) 
 async def _run_demo(op_id: str, params: dict[str, Any], **kw: Any) -> tuple[MemoryStore, RunId, Any]:
     mem = MemoryStore()
     reg = load_registry(["engine.demo_ops"], entry_points=False)
-    prepared = await prepare_run(mem.stores, reg, op_id, params)
+    prepared = await prepare_run(mem.stores, reg, op_id, params, run_id=RunId.new_v4())
     start = await load_start_run(mem.stores, reg, prepared.manifest_id)
     result = await _engine(reg, mem, prepared.run_id, **kw).start(mem.stores, start)
     return mem, prepared.run_id, result

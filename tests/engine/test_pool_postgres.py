@@ -17,10 +17,10 @@ from engine._runtime.envelopes import analyze
 from engine.errors import MfmError, StorageError, StorageErrorKind
 from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus
 from engine.ids import ArtifactId, RunId
+from engine.open_store import display_location, is_database_url, open_store, split_database_url
 from engine.operations import OperationRegistry, load_registry
 from engine.pool import Claim, LeasedEventStore, PostgresPoolStore, RunLease, RunQueue, WorkerPool, lease_info
 from engine.stores.fs import FsStore
-from engine.stores.open import display_location, is_database_url, open_store, split_database_url
 from engine.stores.postgres import PostgresStore
 from engine.workers import LeaseState, cancel_run, lease_state, read_verdict, replay_run, resume_run, start_run
 from tests.engine.pg_server import PgServer

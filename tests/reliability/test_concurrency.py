@@ -144,7 +144,7 @@ def _prepare_demo(root: Path, op_id: str, params: dict[str, Any]) -> tuple[str, 
     async def go() -> tuple[str, str]:
         store = FsStore(root)
         prepared = await prepare_run(
-            store.stores, load_registry(["engine.demo_ops"], entry_points=False), op_id, params
+            store.stores, load_registry(["engine.demo_ops"], entry_points=False), op_id, params, run_id=RunId.new_v4()
         )
         return str(prepared.run_id), str(prepared.manifest_id)
 

@@ -302,7 +302,7 @@ def test_fuzz_operation_parameters(op_id: str, params: Any) -> None:
     async def go() -> None:
         ms = MemoryStore()
         try:
-            prepared = await prepare_run(ms.stores, REGISTRY, op_id, params)
+            prepared = await prepare_run(ms.stores, REGISTRY, op_id, params, run_id=RunId.new_v4())
         except BaseException as exc:
             contract_error(exc)
             return

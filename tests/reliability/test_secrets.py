@@ -21,6 +21,7 @@ from engine.engine import RunPhase, StartRun
 from engine.errors import ErrorCategory, MfmError, RunError, StateError
 from engine.events import DomainEvent, RunCompleted, StateFailed
 from engine.exec_transport import ExecTransportFactory
+from engine.ids import RunId
 from engine.io import IoCall, IoProvider
 from engine.operations import OperationError, load_registry, prepare_run
 from engine.recorder import EventRecorder
@@ -244,7 +245,13 @@ async def test_operation_parameters_with_secrets_store_nothing(tmp_path: Path, s
     store = FsStore(tmp_path / "store")
     registry = load_registry(["engine.demo_ops"], entry_points=False)
     with pytest.raises(OperationError) as info:
-        await prepare_run(store.stores, registry, "demo_side_effect", {"folder": "/tmp/x", "content": secret})
+        await prepare_run(
+            store.stores,
+            registry,
+            "demo_side_effect",
+            {"folder": "/tmp/x", "content": secret},
+            run_id=RunId.new_v4(),
+        )
     assert info.value.code == "secrets_detected"
     assert scan(tmp_path) == []
 

@@ -11,17 +11,20 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine._pool_lease import LeasedEventStore, RunLease
-from engine._pool_sql import DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, Claim
-from engine._pool_store import PostgresPoolStore
+from engine.engine import Stores
 from engine.errors import MfmError, StorageError
 from engine.events import RunCompleted
+from engine.exec_transport import ExecTransportFactory
 from engine.ids import RunId
-
-if TYPE_CHECKING:
-    from engine.operations import OperationRegistry
+from engine.operations import OperationEnv, OperationRegistry, load_start_run
+from engine.pool._sql import DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, Claim
+from engine.pool.lease import LeasedEventStore, RunLease
+from engine.pool.store import PostgresPoolStore
+from engine.runtime import CancelToken, Engine
+from engine.workers.base import WorkerError
+from engine.workers.run import verdict_json
 
 __all__ = ["WorkerPool", "serve"]
 
@@ -161,11 +164,6 @@ async def _execute_claim(
     store: PostgresPoolStore, registry: OperationRegistry, lease: RunLease, cancel_poll: float
 ) -> tuple[str, dict[str, Any] | None]:
     """Run one claimed row to its end; return ``(outcome, result)`` for the queue row."""
-    from engine.engine import Stores
-    from engine.exec_transport import ExecTransportFactory
-    from engine.operations import OperationEnv, load_start_run
-    from engine.runtime import CancelToken, Engine
-
     claim = lease.claim
     events = LeasedEventStore(store.events, lease)
     stores = Stores(events=events, artifacts=store.artifacts, control=store.events)
@@ -173,24 +171,19 @@ async def _execute_claim(
     engine = Engine(
         plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.artifacts)),
         transports=[ExecTransportFactory()],
-        run_ids=lambda: target,
         cancel_poll_interval=cancel_poll,
     )
     token = CancelToken()
     head = await store.events.head_seq(target)
     if claim.action in ("start", "resume") and head == 0:
         if claim.manifest_id is None:
-            from engine.workers import WorkerError
-
             raise WorkerError.new("run_not_found", f"run {target} has no events and no manifest")
         start = await load_start_run(stores, registry, claim.manifest_id)
-        return (await engine.start(stores, start, cancel=token)).phase.value, None
+        return (await engine.start(stores, start, run_id=target, cancel=token)).phase.value, None
     if claim.action == "replay" and head == 0:
         assert claim.source_run_id is not None
-        verdict = await engine.replay(stores, claim.source_run_id, cancel=token)
-        from engine.workers import _verdict_json
-
-        return verdict.result.phase.value, _verdict_json(verdict)
+        verdict = await engine.replay(stores, claim.source_run_id, run_id=target, cancel=token)
+        return verdict.result.phase.value, verdict_json(verdict)
     if claim.action == "recover" and head == 0:
         assert claim.source_run_id is not None
         return (await engine.recover(stores, claim.source_run_id, cancel=token, new_run_id=target)).phase.value, None

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from engine._pool_sql import Claim
 from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
-from engine.stores._base import ChangeBatch
+from engine.pool._sql import Claim
+from engine.stores import ChangeBatch
 from engine.stores.postgres import PostgresEventStore
 
 __all__ = ["LeasedEventStore", "RunLease"]

@@ -1,9 +1,10 @@
-"""The ``mfm_run_queue`` table: its SQL, its row types and the pool's constants (see :mod:`engine.pool`)."""
+"""The ``mfm_run_queue`` table: its SQL, its row types and the pool's constants (see :mod:`engine.pool`).
+
+Private to ``engine.pool``: ``Conn``, ``SyncConn``, ``Queries`` and ``queue_row`` are for its modules only."""
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,18 @@ from psycopg import sql
 
 from engine.ids import ArtifactId, RunId
 
-__all__ = ["ACTIONS", "DEFAULT_HEARTBEAT", "DEFAULT_LEASE_TTL", "MAX_CLAIMS", "Claim", "QueueRow"]
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_HEARTBEAT",
+    "DEFAULT_LEASE_TTL",
+    "MAX_CLAIMS",
+    "Claim",
+    "Conn",
+    "Queries",
+    "QueueRow",
+    "SyncConn",
+    "queue_row",
+]
 
 ACTIONS: Final = ("start", "resume", "replay", "recover")
 DEFAULT_LEASE_TTL: Final = 5.0
@@ -22,12 +34,8 @@ DEFAULT_HEARTBEAT: Final = 1.0
 MAX_CLAIMS: Final = 20
 """A run claimed this many times without finishing is given up (``outcome = 'gave_up'``), not retried for ever."""
 
-_Conn = psycopg.AsyncConnection[tuple[Any, ...]]
-_SyncConn = psycopg.Connection[tuple[Any, ...]]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+SyncConn = psycopg.Connection[tuple[Any, ...]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +43,7 @@ def _now_ms() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Q:
+class Queries:
     def __init__(self, schema: str) -> None:
         names = {"q": sql.Identifier(schema, "mfm_run_queue"), "s": sql.Identifier(schema)}
 
@@ -126,7 +134,7 @@ class QueueRow:
     claims: int
 
 
-def _row(r: Sequence[Any]) -> QueueRow:
+def queue_row(r: Sequence[Any]) -> QueueRow:
     def _obj(text: Any) -> dict[str, Any] | None:
         try:
             value = json.loads(text) if isinstance(text, str) else None

@@ -1,30 +1,22 @@
-"""The worker entry point: store opening, the argument parser, ``serve`` and :func:`main` (see
+"""The worker entry point (``python -m engine.workers``): the argument parser, ``serve`` and :func:`main` (see
 :mod:`engine.workers`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import cast
 
-from engine._workers_base import EXIT_USAGE, WorkerError, exit_code_for
-from engine._workers_run import run_worker
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
+from engine.open_store import display_location, is_database_url, open_store
 from engine.operations import load_registry
+from engine.workers.base import EXIT_USAGE, RunFolders, WorkerError, exit_code_for
+from engine.workers.run import run_worker
 
-__all__ = ["main", "open_store"]
-
-
-def open_store(root: str | os.PathLike[str]) -> Any:
-    """The filesystem store at ``root`` (created on first use), or the database store of a ``postgresql://``
-    URL (``engine.stores.open.open_store``)."""
-    from engine.stores.open import open_store as _open
-
-    return _open(root)
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from engine.pool import serve
-    from engine.stores.open import display_location, is_database_url
+    from engine.pool import PostgresPoolStore, serve  # the pool needs psycopg, an optional dependency
 
     location = ns.serve_store or ns.store
     if not is_database_url(location):
@@ -74,6 +65,7 @@ def _serve(ns: argparse.Namespace) -> int:
     if ns.concurrency < 1:
         raise WorkerError.new("usage", "--concurrency must be at least 1")
     store = open_store(location)
+    assert isinstance(store, PostgresPoolStore)  # a postgresql:// location (checked above)
     registry = load_registry(ns.ops, entry_points=not ns.no_entry_points)
     return asyncio.run(
         serve(
@@ -101,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = RunId(ns.run_id)
         return asyncio.run(
             run_worker(
-                store,
+                cast(RunFolders, store),  # a database store has no run folders: its runs go through `serve`
                 registry,
                 ns.action,
                 run_id,

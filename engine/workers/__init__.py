@@ -32,33 +32,38 @@ it every ``cancel_poll_interval`` seconds. SIGTERM (or SIGINT) to a worker cance
 through the ``CancelToken``. SIGKILL loses nothing: ``resume`` picks up from the stream.
 
 The shared actions (:func:`start_run`, :func:`resume_run`, :func:`cancel_run`, :func:`replay_run`)
-are used by both the command line and the TUI.
+are used by both the command line and the TUI. Each picks the store's :class:`Launcher` once
+(:func:`launcher_for`): a :class:`DetachedLauncher` (spawn a worker holding the lease) for a filesystem
+store, the store's own ``engine.pool.QueueLauncher`` (insert a queue row) for a database store. The new
+run's id is made by the action that needs it first (:func:`start_run`, :func:`replay_run`, a recovery in
+:func:`resume_run`) and handed to the worker, which passes it to ``Engine.start``/``replay``/``recover``.
+
+Modules: ``base`` (exit codes, errors, ``LeaseInfo``; what ``engine.pool`` builds on), ``lease`` (the
+lease and the run-folder files), ``launcher``, ``actions``, ``run`` (the worker itself) and ``main``
+(the command line; ``__main__`` runs it).
 """
 
 from __future__ import annotations
 
-import sys
-
-from engine._workers_actions import ResumeOutcome, cancel_run, read_verdict, replay_run, resume_run, start_run
-from engine._workers_actions import _write_pending as _write_pending
-from engine._workers_actions import verdict_path as verdict_path
-from engine._workers_base import (
+from engine.workers.actions import cancel_run, lease_state, read_verdict, replay_run, resume_run, start_run
+from engine.workers.base import (
     EXIT_CONFLICT,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
+    LeaseInfo,
+    LeaseState,
+    ResumeOutcome,
     RunFolders,
     WorkerError,
     exit_code_for,
     is_pooled,
 )
-from engine._workers_lease import Lease, LeaseInfo, LeaseState, lease_state, run_finished
-from engine._workers_main import main
-from engine._workers_main import open_store as open_store
-from engine._workers_run import _verdict_json as _verdict_json
-from engine._workers_run import run_worker as run_worker
-from engine._workers_spawn import spawn_worker
+from engine.workers.launcher import DetachedLauncher, Launcher, LaunchingStore, launcher_for
+from engine.workers.lease import Lease, run_finished, verdict_path, write_pending
+from engine.workers.main import main
+from engine.workers.run import run_worker, verdict_json
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -66,6 +71,9 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_USAGE",
+    "DetachedLauncher",
+    "Launcher",
+    "LaunchingStore",
     "Lease",
     "LeaseInfo",
     "LeaseState",
@@ -75,16 +83,16 @@ __all__ = [
     "cancel_run",
     "exit_code_for",
     "is_pooled",
+    "launcher_for",
     "lease_state",
     "main",
     "read_verdict",
     "replay_run",
     "resume_run",
     "run_finished",
-    "spawn_worker",
+    "run_worker",
     "start_run",
+    "verdict_json",
+    "verdict_path",
+    "write_pending",
 ]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

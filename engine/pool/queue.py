@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from engine._pool_sql import _Q, ACTIONS, MAX_CLAIMS, Claim, QueueRow, _Conn, _row, _SyncConn
 from engine.errors import StorageError
 from engine.ids import ArtifactId, RunId
+from engine.pool._sql import ACTIONS, MAX_CLAIMS, Claim, Conn, Queries, QueueRow, SyncConn, queue_row
 from engine.stores.postgres import PostgresStore
 
 __all__ = ["RunQueue"]
@@ -27,12 +28,12 @@ class RunQueue:
         self._store = store
         self._dsn = dsn
         self.schema = store.schema
-        self._q = _Q(store.schema)
-        self._conn: _Conn | None = None
+        self._q = Queries(store.schema)
+        self._conn: Conn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._ready = False
-        self._sync: _SyncConn | None = None
+        self._sync: SyncConn | None = None
         self._sync_lock = threading.Lock()
 
     # -- errors ---------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ class RunQueue:
             self._conn, self._loop, self._lock = None, loop, asyncio.Lock()
         return self._lock
 
-    async def _connection(self) -> _Conn:
+    async def _connection(self) -> Conn:
         self._bind()
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
@@ -162,7 +163,7 @@ class RunQueue:
 
     async def get(self, run_id: RunId) -> QueueRow | None:
         rows = await self._exec(self._q.row, [uuid.UUID(run_id)], what="reading the run queue")
-        return _row(rows[0]) if rows else None
+        return queue_row(rows[0]) if rows else None
 
     async def pending(self) -> int:
         rows = await self._exec(self._q.pending, what="counting queued runs")
@@ -198,7 +199,7 @@ class RunQueue:
                     if not (row and row[0]):
                         return None
                     found = self._sync.execute(self._q.row, [uuid.UUID(run_id)]).fetchone()
-                    return None if found is None else _row(found)
+                    return None if found is None else queue_row(found)
                 except psycopg.OperationalError as exc:
                     self._sync = None
                     if attempt == 2:
@@ -209,8 +210,6 @@ class RunQueue:
 
 
 def _secrets_of(dsn: str) -> list[str]:
-    from psycopg.conninfo import conninfo_to_dict
-
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error:

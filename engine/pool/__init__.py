@@ -16,12 +16,15 @@ on any number of hosts.
     done_at timestamptz, outcome text, result text, last_error text
 
 Starting a run on a database store (``engine.workers.start_run``) stores its manifest and inserts a row; it does
-not spawn anything. A worker claims rows with ``SELECT … FOR UPDATE SKIP LOCKED`` (never blocking on a row another
-worker is claiming), ordered by ``enqueued_at``, whose ``owner_token`` is NULL or whose lease expired. The claim
-sets a fresh ``owner_token`` and ``lease_expires_at = clock_timestamp() + ttl``; the worker's heartbeat renews all
-its leases in one statement every ``heartbeat`` seconds (``WHERE owner_token = ANY(…)``). All times are the
-database server's clock, so hosts with skewed clocks agree. A run whose worker died (SIGKILL, host down) is claimed
-again once its lease has expired and is resumed from its stream (``Engine.resume``: §13).
+not spawn anything: the store's launcher (``PostgresPoolStore.launcher``, a :class:`QueueLauncher`) queues the run
+where a filesystem store's launcher would spawn a worker.
+
+A worker claims rows with ``SELECT … FOR UPDATE SKIP LOCKED`` (never blocking on a row another worker is claiming),
+ordered by ``enqueued_at``, whose ``owner_token`` is NULL or whose lease expired. The claim sets a fresh
+``owner_token`` and ``lease_expires_at = clock_timestamp() + ttl``; the worker's heartbeat renews all its leases in
+one statement every ``heartbeat`` seconds (``WHERE owner_token = ANY(…)``). All times are the database server's
+clock, so hosts with skewed clocks agree. A run whose worker died (SIGKILL, host down) is claimed again once its
+lease has expired and is resumed from its stream (``Engine.resume``: §13).
 
 **One writer at a time.** Two guards:
 
@@ -43,33 +46,31 @@ writing and releases their claims, so other workers resume them at once (no leas
 :func:`lease_info` is the database implementation behind ``engine.workers.lease_state`` (same ``LeaseInfo``):
 ``HELD`` while a worker holds an unexpired lease or the run waits in the queue (``action`` is ``queued``),
 ``STALE`` when the lease expired (worker lost; another worker will take the run over), else ``NONE``.
+
+This package builds on ``engine.workers.base`` (errors, ``LeaseInfo``, ``ResumeOutcome``); ``engine.workers`` never
+imports it (the launcher comes with the store; only ``mfm worker serve`` imports :func:`serve`, because psycopg is
+an optional dependency). Modules: ``_sql`` (table, queries, row types), ``queue``, ``lease``, ``launcher``, ``store``
+and ``worker``.
 """
 
 from __future__ import annotations
 
-from engine._pool_lease import LeasedEventStore, RunLease
-from engine._pool_queue import RunQueue
-from engine._pool_queue import _secrets_of as _secrets_of
-from engine._pool_sql import _Q as _Q
-from engine._pool_sql import ACTIONS, DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, Claim, QueueRow
-from engine._pool_sql import MAX_CLAIMS as MAX_CLAIMS
-from engine._pool_sql import _Conn as _Conn
-from engine._pool_sql import _now_ms as _now_ms
-from engine._pool_sql import _row as _row
-from engine._pool_sql import _SyncConn as _SyncConn
-from engine._pool_store import PostgresPoolStore, lease_info
-from engine._pool_worker import WorkerPool, serve
-from engine._pool_worker import _execute_claim as _execute_claim
-from engine._pool_worker import _resumed_verdict as _resumed_verdict
-from engine._pool_worker import _say as _say
+from engine.pool._sql import ACTIONS, DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, MAX_CLAIMS, Claim, QueueRow
+from engine.pool.launcher import QueueLauncher, lease_info
+from engine.pool.lease import LeasedEventStore, RunLease
+from engine.pool.queue import RunQueue
+from engine.pool.store import PostgresPoolStore
+from engine.pool.worker import WorkerPool, serve
 
 __all__ = [
     "ACTIONS",
     "DEFAULT_HEARTBEAT",
     "DEFAULT_LEASE_TTL",
+    "MAX_CLAIMS",
     "Claim",
     "LeasedEventStore",
     "PostgresPoolStore",
+    "QueueLauncher",
     "QueueRow",
     "RunLease",
     "RunQueue",

@@ -1,4 +1,5 @@
-"""``open_store(location)``: a filesystem path → ``FsStore``; a ``postgresql://`` URL → the PostgreSQL store.
+"""``open_store(location)``: a filesystem path → ``FsStore``; a ``postgresql://`` URL → the PostgreSQL store. The one
+place that turns a store location into a store (the worker command line, the CLI and the TUI all call it).
 
 A database URL is passed to libpq unchanged, so credentials come from the URL, the ``PG*`` environment variables
 (``PGHOST``, ``PGUSER``, ``PGPASSWORD`` …) or ``~/.pgpass`` as with ``psql``. Two extra query parameters are ours
@@ -20,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 from engine.errors import StorageError
+from engine.stores.fs import FsStore
 
 if TYPE_CHECKING:
     from engine.pool import PostgresPoolStore
-    from engine.stores.fs import FsStore
 
 __all__ = ["display_location", "is_database_url", "open_store", "split_database_url"]
 
@@ -72,7 +73,7 @@ def open_store(location: str | os.PathLike[str], **options: Any) -> FsStore | Po
     first use). ``options`` go to the PostgreSQL store (``max_connections``, ``clock`` …)."""
     if is_database_url(location):
         assert isinstance(location, str)
-        from engine.pool import PostgresPoolStore
+        from engine.pool import PostgresPoolStore  # psycopg is an optional dependency: only database URLs need it
 
         dsn, ours = split_database_url(location)
         schema = ours.get("mfm_schema") or "public"
@@ -80,6 +81,4 @@ def open_store(location: str | os.PathLike[str], **options: Any) -> FsStore | Po
         if notify not in ("after", "commit", "off"):
             raise StorageError.other("store_notify_invalid", f"mfm_notify must be after, commit or off, not {notify!r}")
         return PostgresPoolStore(dsn, schema=schema, notify=notify, **options)  # type: ignore[arg-type]
-    from engine.stores.fs import FsStore
-
     return FsStore(Path(location))

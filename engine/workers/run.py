@@ -7,31 +7,27 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
-from engine._workers_actions import _require_run, verdict_path
-from engine._workers_base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError
-from engine._workers_lease import Lease
 from engine.engine import RunPhase
+from engine.exec_transport import ExecTransportFactory
 from engine.ids import ArtifactId, RunId
 from engine.operations import OperationEnv, OperationRegistry, load_start_run
+from engine.runtime import CancelToken, Engine
+from engine.workers.base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError, require_run
+from engine.workers.lease import Lease, verdict_path, write_private
 
-__all__ = ["_verdict_json", "run_worker"]
+__all__ = ["run_worker", "verdict_json"]
 
 
 def _phase_exit(phase: RunPhase) -> int:
     return EXIT_OK if phase is RunPhase.COMPLETED else EXIT_FAILED
 
 
-def _make_engine(store: RunFolders, registry: OperationRegistry, run_id: RunId, poll: float) -> Any:
-    from engine.exec_transport import ExecTransportFactory
-    from engine.runtime import Engine
-
+def _make_engine(store: RunFolders, registry: OperationRegistry, poll: float) -> Engine:
     return Engine(
         plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts)),
         transports=[ExecTransportFactory()],
-        run_ids=lambda: run_id,
         cancel_poll_interval=poll,
     )
 
@@ -59,8 +55,6 @@ async def run_worker(
     cancel_poll_interval: float = 0.1,
 ) -> int:
     """Execute one run in this process while holding its lease; return the exit code."""
-    from engine.runtime import CancelToken
-
     lease_run = replay_run_id if action in ("replay", "recover") and replay_run_id is not None else run_id
     if lease_fd is not None:
         lease = Lease.adopt(store, lease_run, lease_fd, action)
@@ -70,7 +64,7 @@ async def run_worker(
         token = CancelToken()
         _install_signal_handlers(token)
         stores = store.stores
-        engine = _make_engine(store, registry, lease_run, cancel_poll_interval)
+        engine = _make_engine(store, registry, cancel_poll_interval)
         if action == "run":
             if manifest_id is None:
                 raise WorkerError.new("usage", "worker run needs --manifest")
@@ -80,21 +74,21 @@ async def run_worker(
             else:
                 start = await load_start_run(stores, registry, manifest_id)
                 _say(f"starting run {run_id} ({start.manifest.op_id})")
-                result = await engine.start(stores, start, cancel=token)
+                result = await engine.start(stores, start, run_id=run_id, cancel=token)
                 _say(f"run {run_id} {result.phase.value}")
                 return _phase_exit(result.phase)
         if action == "resume":
-            await _require_run(store, run_id)
+            await require_run(store, run_id)
             _say(f"resuming run {run_id}")
             result = await engine.resume(stores, run_id, cancel=token)
             _say(f"run {run_id} {result.phase.value}")
             return _phase_exit(result.phase)
         if action == "replay":
-            await _require_run(store, run_id)
+            await require_run(store, run_id)
             _say(f"replaying run {run_id} as {lease_run}")
-            verdict = await engine.replay(stores, run_id, cancel=token)
-            payload = _verdict_json(verdict)
-            _write_private(verdict_path(store, lease_run), (json.dumps(payload, sort_keys=True) + "\n").encode())
+            verdict = await engine.replay(stores, run_id, run_id=lease_run, cancel=token)
+            payload = verdict_json(verdict)
+            write_private(verdict_path(store, lease_run), (json.dumps(payload, sort_keys=True) + "\n").encode())
             _say(f"replay verdict: {payload['verdict']}")
             return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
         if action == "recover":
@@ -105,17 +99,8 @@ async def run_worker(
         raise WorkerError.new("usage", f"unknown worker action {action!r}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a store file owner-only (0600 whatever the umask), never through a planted symlink."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _verdict_json(verdict: Any) -> dict[str, Any]:
+def verdict_json(verdict: Any) -> dict[str, Any]:
+    """A replay verdict as stored (``verdict.json``, or the queue row's result on a database store)."""
     result = getattr(verdict, "result", None)
     phase = getattr(result, "phase", None)
     diverged = getattr(verdict, "diverged_state", None)

@@ -1,5 +1,6 @@
-"""Run leases: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, liveness decided by the lock (see
-:mod:`engine.workers`)."""
+"""Run leases: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, liveness decided by the lock; and the other
+files a worker keeps in its run folder: ``start.json`` (a run whose worker has not started it yet) and
+``verdict.json`` (a replay's verdict). See :mod:`engine.workers`."""
 
 from __future__ import annotations
 
@@ -9,38 +10,15 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from engine._workers_base import RunFolders, WorkerError, is_pooled
 from engine.errors import StorageError
 from engine.events import RunCompleted, decode_envelope
-from engine.ids import RunId
+from engine.ids import ArtifactId, RunId
+from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError
 
-if TYPE_CHECKING:
-    from engine.pool import PostgresPoolStore
-
-__all__ = ["Lease", "LeaseInfo", "LeaseState", "lease_state", "run_finished"]
-
-
-class LeaseState(StrEnum):
-    NONE = "none"
-    HELD = "held"
-    STALE = "stale"
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseInfo:
-    """The lease of one run; ``pid``/``host``/``started_at`` describe the last holder, if any."""
-
-    state: LeaseState
-    pid: int | None = None
-    host: str | None = None
-    started_at: int | None = None
-    """Milliseconds since the epoch when the holder took the lease."""
-    action: str | None = None
+__all__ = ["Lease", "probe_lease", "read_pending", "run_finished", "verdict_path", "write_pending", "write_private"]
 
 
 def _lease_path(store: RunFolders, run_id: RunId) -> Path:
@@ -101,17 +79,9 @@ def run_finished(store: RunFolders, run_id: RunId) -> bool:
         return False
 
 
-def lease_state(store: RunFolders | PostgresPoolStore, run_id: RunId) -> LeaseInfo:
+def probe_lease(store: RunFolders, run_id: RunId) -> LeaseInfo:
     """``HELD`` when a live worker holds the lock, ``STALE`` when the lease file exists, its lock is
-    free and the run is not finished ("worker lost"), else ``NONE``. Never waits.
-
-    On a database store (:func:`is_pooled`) the same answer comes from the run's queue row
-    (``engine.pool.lease_info``): a queued run not claimed yet is ``HELD`` with ``action='queued'``."""
-    if is_pooled(store):
-        from engine.pool import lease_info
-
-        return lease_info(cast("PostgresPoolStore", store), run_id)
-    store = cast(RunFolders, store)
+    free and the run is not finished ("worker lost"), else ``NONE``. Never waits."""
     path = _lease_path(store, run_id)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -209,3 +179,49 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# start.json and verdict.json
+# ---------------------------------------------------------------------------------------------
+
+
+def _pending_path(store: RunFolders, run_id: RunId) -> Path:
+    return Path(store.run_dir(run_id)) / "start.json"
+
+
+def write_pending(store: RunFolders, run_id: RunId, manifest_id: ArtifactId) -> None:
+    """``runs/<id>/start.json``: the manifest of a run whose worker has not written ``RunStarted``
+    yet, so a worker that dies before that can still be resumed (it starts the run again)."""
+    path = _pending_path(store, run_id)
+    tmp = path.with_name(f".start.json.{os.getpid()}")
+    data = json.dumps({"manifest_id": str(manifest_id), "run_id": str(run_id)}, sort_keys=True).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_pending(store: RunFolders, run_id: RunId) -> ArtifactId | None:
+    try:
+        value = json.loads(_pending_path(store, run_id).read_text())
+        return ArtifactId(value["manifest_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def verdict_path(store: RunFolders, replay_run_id: RunId) -> Path:
+    return Path(store.run_dir(replay_run_id)) / "verdict.json"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a store file owner-only (0600 whatever the umask), never through a planted symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,138 @@
+"""``QueueLauncher``: the launcher of a database store (``engine.workers.Launcher``): actions queue their runs in
+``mfm_run_queue`` instead of spawning workers, and :func:`lease_info` reads a run's lease from its queue row (see
+:mod:`engine.pool`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from engine.events import RunCompleted
+from engine.ids import ArtifactId, RunId
+from engine.runtime import request_cancel
+from engine.workers.base import LeaseInfo, LeaseState, ResumeOutcome, WorkerError, ended_failed, require_run
+
+if TYPE_CHECKING:
+    from engine.pool.queue import RunQueue
+    from engine.pool.store import PostgresPoolStore
+
+__all__ = ["QueueLauncher", "lease_info"]
+
+
+class QueueLauncher:
+    """A database store's launcher: a queue row per run, executed by ``mfm worker serve`` processes."""
+
+    def __init__(self, store: PostgresPoolStore) -> None:
+        self.store = store
+
+    @property
+    def queue(self) -> RunQueue:
+        return self.store.queue
+
+    async def launch(
+        self,
+        action: str,
+        run_id: RunId,
+        *,
+        manifest_id: ArtifactId | None = None,
+        source_run_id: RunId | None = None,
+        ops_modules: Sequence[str] = (),
+        again: bool = False,
+    ) -> None:
+        """Queue ``run_id`` for the worker pool (``again``: a finished row is queued anew)."""
+        await self.queue.enqueue(
+            run_id,
+            action,
+            manifest_id=manifest_id,
+            source_run_id=source_run_id,
+            args={"ops": list(ops_modules)},
+            again=again,
+        )
+
+    async def resume(self, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> ResumeOutcome:
+        """Queue the resume (or a recovery run for a failed run); a queued or held run → ``lease_held``.
+
+        A run whose worker was lost needs nothing: the pool takes it over once its lease expires."""
+        store = self.store
+        queue = self.queue
+        row = await queue.get(run_id)
+        args = {"ops": list(ops_modules)}
+        if await store.stores.events.head_seq(run_id) == 0:
+            if row is None or row.manifest_id is None:
+                raise WorkerError.new("run_not_found", f"run {run_id} not found")
+            if not row.done:
+                raise _held(run_id, row)
+            await queue.enqueue(run_id, "start", manifest_id=ArtifactId(row.manifest_id), args=args, again=True)
+            return ResumeOutcome(run_id, None, False)
+        if await _finished_remote(store, run_id):
+            if not await ended_failed(store, run_id):
+                return ResumeOutcome(run_id, None, True)
+            recovery_id = RunId.new_v4()
+            await queue.enqueue(recovery_id, "recover", source_run_id=run_id, args=args)
+            return ResumeOutcome(run_id, None, True, recovery_id)
+        if row is not None and not row.done:
+            if row.owned and not row.lease_live:
+                return ResumeOutcome(run_id, None, False)  # worker lost: the pool takes it over by itself
+            raise _held(run_id, row)
+        if row is None:
+            await queue.enqueue(run_id, "resume", args=args)
+        else:
+            await queue.enqueue(run_id, row.action if row.action != "start" else "resume", args=args, again=True)
+        return ResumeOutcome(run_id, None, False)
+
+    async def cancel(self, run_id: RunId, reason: str, *, ops_modules: Sequence[str] = ()) -> bool:
+        """Record a cancel request; queue a resume that carries it out when nobody will pick the run up."""
+        store = self.store
+        row = await self.queue.get(run_id)
+        if row is None or row.manifest_id is None or await store.stores.events.head_seq(run_id) > 0:
+            await require_run(store, run_id)
+        if await _finished_remote(store, run_id):
+            raise WorkerError.new("run_already_finished", f"run {run_id} has already finished")
+        await request_cancel(store.stores, run_id, reason)
+        if row is None or row.done:  # nobody will pick it up: queue a resume that carries the cancel out
+            action = "start" if row is not None and row.manifest_id is not None else "resume"
+            manifest = None if row is None or row.manifest_id is None else ArtifactId(row.manifest_id)
+            return bool(await self.queue.enqueue(run_id, action, manifest_id=manifest, again=True))
+        return False
+
+    async def read_verdict(self, replay_run_id: RunId) -> dict[str, Any] | None:
+        row = await self.queue.get(replay_run_id)
+        return None if row is None else row.result
+
+    def lease_state(self, run_id: RunId) -> LeaseInfo:
+        return lease_info(self.store, run_id)
+
+
+def _held(run_id: RunId, row: Any) -> WorkerError:
+    where = f"held by pid {row.pid} on {row.host}" if row.owned else "queued for the worker pool"
+    return WorkerError.new(
+        "lease_held",
+        f"run {run_id} is {where}; wait for it or `mfm cancel {run_id}`",
+        {"pid": row.pid, "host": row.host},
+    )
+
+
+async def _finished_remote(store: PostgresPoolStore, run_id: RunId) -> bool:
+    head = await store.stores.events.head_seq(run_id)
+    if head == 0:
+        return False
+    last = await store.stores.events.read_range(run_id, head, head)
+    return bool(last) and isinstance(last[-1].event, RunCompleted)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lease probe (the database implementation behind engine.workers.lease_state)
+# ---------------------------------------------------------------------------------------------
+
+
+def lease_info(store: PostgresPoolStore, run_id: RunId) -> LeaseInfo:
+    """The run's lease as ``engine.workers.LeaseInfo``, read from its queue row (never waits on a lock)."""
+    row = store.queue.row_sync(run_id)
+    if row is None:
+        return LeaseInfo(LeaseState.NONE)
+    if row.done:
+        return LeaseInfo(LeaseState.NONE, row.pid, row.host, row.claimed_at_millis, row.action)
+    if not row.owned:
+        return LeaseInfo(LeaseState.HELD, None, None, None, "queued")
+    state = LeaseState.HELD if row.lease_live else LeaseState.STALE
+    return LeaseInfo(state, row.pid, row.host, row.claimed_at_millis, row.action)

@@ -1,0 +1,86 @@
+"""The shared start/resume/cancel/replay actions, used by both the command line and the TUI (see
+:mod:`engine.workers`). Each action picks the store's :class:`~engine.workers.launcher.Launcher` once: a detached
+worker process for a filesystem store, the run queue for a database store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engine.ids import RunId
+from engine.operations import OperationRegistry, PreparedRun, prepare_run
+from engine.workers.base import LeaseInfo, ResumeOutcome, RunFolders, require_run
+from engine.workers.launcher import LaunchingStore, launcher_for
+
+__all__ = ["cancel_run", "lease_state", "read_verdict", "replay_run", "resume_run", "start_run"]
+
+
+async def start_run(
+    store: RunFolders | LaunchingStore,
+    registry: OperationRegistry,
+    op_id: str,
+    raw_params: Any,
+    *,
+    ops_modules: Sequence[str] = (),
+) -> PreparedRun:
+    """Validate, store the manifest, take the new run's lease and spawn its worker.
+
+    The new run's id is made here. Invalid input raises ``OperationError`` before anything is written. On a
+    database store the run is queued for the worker pool instead.
+    """
+    launcher = launcher_for(store)
+    prepared = await prepare_run(store.stores, registry, op_id, raw_params, run_id=RunId.new_v4())
+    await launcher.launch("start", prepared.run_id, manifest_id=prepared.manifest_id, ops_modules=ops_modules)
+    return prepared
+
+
+async def resume_run(
+    store: RunFolders | LaunchingStore, run_id: RunId, *, ops_modules: Sequence[str] = ()
+) -> ResumeOutcome:
+    """Spawn a worker that resumes ``run_id``. A live worker → ``lease_held``; a finished run → no-op.
+
+    A run whose worker died before writing ``RunStarted`` is started again from its stored manifest. A run that
+    ended Failed gets a recovery run (``ResumeOutcome.recovery_run_id``). On a database store the resume is queued.
+    """
+    return await launcher_for(store).resume(run_id, ops_modules=ops_modules)
+
+
+async def cancel_run(
+    store: RunFolders | LaunchingStore,
+    run_id: RunId,
+    reason: str = "cancelled by operator",
+    *,
+    ops_modules: Sequence[str] = (),
+) -> bool:
+    """Record a cancel request (a finished run → ``run_already_finished``; unknown → ``run_not_found``).
+
+    When no worker holds the run (worker lost), a resume worker is spawned to carry the cancel out
+    (it sees the request and closes the run as Cancelled). Returns whether one was spawned.
+    """
+    return await launcher_for(store).cancel(run_id, reason, ops_modules=ops_modules)
+
+
+async def replay_run(store: RunFolders | LaunchingStore, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> RunId:
+    """Spawn a worker that replays ``run_id`` (§0.11) as a new run; return the new run's id.
+
+    The verdict lands in ``runs/<replay_id>/verdict.json`` once the replay run has finished.
+    """
+    launcher = launcher_for(store)
+    await require_run(store, run_id)
+    replay_id = RunId.new_v4()
+    await launcher.launch("replay", replay_id, source_run_id=run_id, ops_modules=ops_modules)
+    return replay_id
+
+
+async def read_verdict(store: RunFolders | LaunchingStore, replay_run_id: RunId) -> dict[str, Any] | None:
+    """The replay verdict once written (``verdict.json``, or the queue row's result on a database store)."""
+    return await launcher_for(store).read_verdict(replay_run_id)
+
+
+def lease_state(store: RunFolders | LaunchingStore, run_id: RunId) -> LeaseInfo:
+    """``HELD`` when a live worker holds the lock, ``STALE`` when the lease file exists, its lock is
+    free and the run is not finished ("worker lost"), else ``NONE``. Never waits.
+
+    On a database store the same answer comes from the run's queue row (``engine.pool.lease_info``): a queued
+    run not claimed yet is ``HELD`` with ``action='queued'``."""
+    return launcher_for(store).lease_state(run_id)
