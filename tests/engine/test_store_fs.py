@@ -709,6 +709,24 @@ async def test_many_runs_with_few_open_files(root: Path) -> None:
         assert await store.events.head_seq(run) == 2
 
 
+async def test_last_envelope_reads_the_tail_and_skips_what_does_not_decode(store: FsStore) -> None:
+    """``framing.last_envelope``: the last complete decodable line, found from the end of a file of any size."""
+    run = new_run()
+    path = store.events_path(run)
+    assert not path.exists()
+    await store.events.append(run, 0, envs(run, 1, 3000))
+    with open(path, "rb") as fh:
+        last = framing.last_envelope(fh)
+    assert last is not None and last.seq == 3000
+    path.write_bytes(path.read_bytes() + b"garbage\n" + encode_envelope(env(run, 3001)))  # damaged, then torn
+    with open(path, "rb") as fh:
+        last = framing.last_envelope(fh)
+    assert last is not None and last.seq == 3000
+    path.write_bytes(b"\n" + encode_envelope(env(run, 1)))
+    with open(path, "rb") as fh:
+        assert framing.last_envelope(fh) is None
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 300])
 async def test_scan_reads_in_chunks_of_any_size(store: FsStore, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     """Lines and batches straddling read-chunk boundaries are indexed exactly as with one big read."""

@@ -51,10 +51,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import engine.stores.fs.framing as framing
 from engine.engine import Stores
 from engine.ids import RunId
 from engine.stores._base import check_run_id
+from engine.stores.fs import framing
 from engine.stores.fs._artifacts import FsArtifactStore
 from engine.stores.fs._core import EVENT_IO, Core, wall_millis
 from engine.stores.fs._events import FsEventStore

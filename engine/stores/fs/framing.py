@@ -39,7 +39,8 @@ corruption, not a torn tail).
 Index. :class:`RunLog` keeps the start offset of every committed line (``offsets[seq - 1]``), so ``read_range``
 from any seq is one ``pread`` of exactly the wanted bytes, and a refresh only re-reads what was appended since.
 A viewer that only needs line positions, not validated envelopes, uses :func:`committed_lines` (a buffer, e.g. the
-tail of a file) and :func:`index_lines` (a whole file, in large sequential reads).
+tail of a file) and :func:`index_lines` (a whole file, in large sequential reads); :func:`last_envelope` reads only
+the end of a file (is the run finished?).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ __all__ = [
     "journal_end",
     "journal_line",
     "journal_runs",
+    "last_envelope",
     "lease_file",
     "newline_offsets",
     "pending_file",
@@ -355,6 +357,33 @@ def scan(log: RunLog, run_id: str, size: int, pread: Callable[[int, int], bytes]
             log.offsets.extend(pending)
             log.end = pos
             pending.clear()
+
+
+def last_envelope(fh: BinaryIO) -> EventEnvelope | None:
+    """The envelope of the last complete, decodable line of the run log open as ``fh``, ``None`` if there is none.
+
+    Reads backwards from the end in growing chunks (a finished run is known from its tail); a line without its
+    newline, or one that does not decode, is skipped.
+    """
+    size = fh.seek(0, os.SEEK_END)
+    chunk = 65536
+    while True:
+        start = max(0, size - chunk)
+        fh.seek(start)
+        data = fh.read(size - start)
+        lines = data.split(b"\n")[:-1]  # what follows the last newline is not a complete line
+        if start > 0:
+            lines = lines[1:]  # possibly cut in the middle
+        for line in reversed(lines):
+            if not line.strip():
+                continue
+            try:
+                return decode_envelope(line)
+            except StorageError:
+                continue  # torn tail
+        if start == 0:
+            return None
+        chunk *= 4
 
 
 # -- the doctor's full check ---------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ Live tailing: appends notify channel :attr:`PostgresEventStore.channel` (``mfm_e
 one as it lands, until ``RunCompleted``.
 
 The DSN's password never appears in a repr or an error message (:func:`redact_dsn`).
+
+Modules: this one holds :class:`PostgresStore`; ``_core`` (DSN redaction, the pool, schema bootstrap and versioning,
+error translation, the ``"after"`` notifier), ``_sql`` (every statement), ``_events`` (:class:`PostgresEventStore`)
+and ``_artifacts`` (:class:`PostgresArtifactStore`) are private.
 """
 
 from __future__ import annotations
