@@ -73,7 +73,7 @@ def move_file(root: Path, qdir: Path, rel: str) -> Moved | None:
         st = os.stat(src, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             return None
-        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dest.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         if os.path.lexists(dest):
             return None
         os.rename(src, dest)

@@ -94,7 +94,7 @@ class FsArtifactStore:
         aid = ArtifactId(hashlib.sha256(data).hexdigest())
         core = self._core
         directory = f"{core.root}/{framing.artifact_folder(aid)}"
-        path = f"{core.root}/{framing.artifact_file(aid)}"
+        path = self._path(aid)
         if self._read_if_present(aid, path) is not None:
             return aid  # already stored and intact: never overwritten
         try:
