@@ -32,8 +32,7 @@ from bench._util import append_fsync_floor, atomic_write_floor, bench_dir
 from bench.runtime_per_state import chain, context, one_run
 from engine.hashing import canonical_json_bytes
 from engine.runtime import Engine
-from engine.stores._fsio import FsOps
-from engine.stores.fs import FsStore
+from engine.stores.fs import FsOps, FsStore
 from engine.testing import base_config, fixed_run_ids, start_plan
 
 FLOOR_GOAL = 2.5

@@ -24,7 +24,7 @@ from engine._kinds import ArtifactKind
 from engine.errors import StorageError
 from engine.hashing import CanonicalJsonError, artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId
-from engine.stores._base import ArtifactStore
+from engine.stores import ArtifactStore
 
 __all__ = [
     "CODE_CONTENT_ADDRESS_MISMATCH",

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from engine._wire import Frozen
 from engine.config import RunConfig, RunManifest
 from engine.context import DynContext
 from engine.ids import ArtifactId, RunId
 from engine.plan import ExecutionPlan
-from engine.stores._base import ArtifactStore, ControlStore, EventStore
+
+if TYPE_CHECKING:  # annotations only: the stores import Stores from here
+    from engine.stores import ArtifactStore, ControlStore, EventStore
 
 __all__ = ["ExecutionEngine", "RunPhase", "RunResult", "StartRun", "Stores"]
 

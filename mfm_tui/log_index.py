@@ -5,7 +5,9 @@ envelope with ``seq == i + 1``. So the end of a huge file can be shown at once: 
 complete line, and its seq is the number of lines. The full index of line starts (an ``array('q')``, 8 bytes a line)
 is built afterwards, off the UI thread, in one sequential pass of large reads. Only committed lines are shown: the
 filesystem store frames each batch (continuation lines end with ``" \\n"``, the batch's last line with ``"\\n"``),
-and a batch still being written, or torn by a crash, stays invisible until its final newline lands.
+and a batch still being written, or torn by a crash, stays invisible until its final newline lands. The framing is
+read only through :mod:`engine.stores.fs.framing` (:func:`~engine.stores.fs.framing.committed_lines`,
+:func:`~engine.stores.fs.framing.index_lines`, :func:`~engine.stores.fs.framing.decode_line`).
 
 Searching and filtering work on raw bytes (``bytes.find`` over 4 MiB reads, off the UI thread for big files), and a
 hit is mapped to its line by bisecting the offsets; no line is parsed unless it is shown.
@@ -17,9 +19,7 @@ Two sources share one interface, :class:`LogSource`: :class:`FileLogSource` for 
 from __future__ import annotations
 
 import json
-import mmap
 import os
-import re
 import threading
 import time
 from array import array
@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.errors import MfmError
-from engine.events import EventEnvelope, decode_envelope, encode_envelope
+from engine.events import EventEnvelope
 from engine.ids import RunId
+from engine.stores.fs import framing
 from mfm_tui.run_model import RunModel
 
 __all__ = [
@@ -41,35 +42,17 @@ __all__ = [
     "LogFilter",
     "LogLine",
     "LogSource",
-    "committed",
     "fold_file",
-    "newline_offsets",
     "parse_query",
     "summarize",
 ]
 
 TAIL_BYTES = 64 * 1024
 _WINDOW = 1 << 20
-_NEWLINE = re.compile(b"\n")
 
 
-def committed(nl: array[int], data: bytes | mmap.mmap, base: int = 0) -> array[int]:
-    """The newlines of ``nl`` that end *committed* lines (absolute offsets; ``data`` starts at ``base``).
-
-    The filesystem store writes a batch of n envelopes with one ``write``: its first n-1 lines end with ``" \\n"``
-    and its last with ``"}\\n"``, so a batch counts only once its final line is complete. Newlines after the last
-    final line belong to a batch still being written (or torn by a crash) and are dropped.
-    """
-    k = len(nl)
-    while k and nl[k - 1] > base and data[nl[k - 1] - 1 - base] == 0x20:
-        k -= 1
-    return nl if k == len(nl) else nl[:k]
-
-
-def newline_offsets(data: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> array[int]:
-    """Offsets of every ``\\n`` in ``data[start:end]`` (absolute), in one C-speed regex pass."""
-    stop = len(data) if end is None else end
-    return array("q", (m.start() for m in _NEWLINE.finditer(data, start, stop)))
+def _yield_gil() -> None:
+    time.sleep(0)  # let the UI thread take the GIL between reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +236,7 @@ class ListLogSource:
             return None
         line = self._raw.get(index)
         if line is None:
-            line = self._raw[index] = encode_envelope(self._envs[index])
+            line = self._raw[index] = framing.encode_line(self._envs[index])
         return line
 
     def refresh(self) -> int:
@@ -295,16 +278,11 @@ class FileLogSource:
         with open(self.path, "rb") as fh:
             fh.seek(lo)
             chunk = fh.read(size - lo)
-        nl = committed(newline_offsets(chunk), chunk)
-        if not nl:
+        starts, end = framing.committed_lines(chunk, lo, skip_first=lo > 0)
+        if end == lo:  # no committed line ends in the chunk
             if lo == 0:
                 self.indexed = True  # empty file (or only a torn first line)
             return
-        first_start = 0 if lo == 0 else nl[0] + 1
-        starts = array("q", [lo + first_start])
-        starts.extend(lo + o + 1 for o in nl if o + 1 > first_start)
-        starts.pop()  # the entry after the last newline is not a complete line
-        end = lo + nl[-1] + 1
         if not starts:
             return
         last = chunk[starts[-1] - lo : end - lo - 1]
@@ -322,28 +300,8 @@ class FileLogSource:
         Plain reads, not an mmap: the pages of a 200 MB file would otherwise count in the monitor's resident memory.
         """
         size = self._size()
-        nl = array("q")
         with open(self.path, "rb") as fh:
-            pos = 0
-            while pos < size:
-                chunk = fh.read(min(_WINDOW, size - pos))
-                if not chunk:
-                    break
-                nl.extend(m.start() + pos for m in _NEWLINE.finditer(chunk))
-                pos += len(chunk)
-                time.sleep(0)  # let the UI thread take the GIL between reads
-            k = len(nl)
-            while k and nl[k - 1] > 0:  # drop newlines of a batch still being written (see ``committed``)
-                fh.seek(nl[k - 1] - 1)
-                if fh.read(1) != b" ":
-                    break
-                k -= 1
-        if k < len(nl):
-            nl = nl[:k]
-        starts = array("q", [0])
-        starts.extend(o + 1 for o in nl)
-        starts.pop()
-        end = nl[-1] + 1 if nl else 0
+            starts, end = framing.index_lines(fh, size, window=_WINDOW, pause=_yield_gil)
         with self._lock:
             if self._end > end:  # lines appended through refresh() meanwhile: keep them
                 starts.extend(s for s in self._starts if s >= end)
@@ -358,18 +316,15 @@ class FileLogSource:
         with open(self.path, "rb") as fh:
             fh.seek(self._end)
             chunk = fh.read(size - self._end)
-        nl = committed(newline_offsets(chunk), chunk)
-        if not nl:
-            return 0
         base = self._end
-        new = array("q", [base])
-        new.extend(base + o + 1 for o in nl)
-        new.pop()
+        new, end = framing.committed_lines(chunk, base)
+        if end == base:
+            return 0
         with self._lock:
             if self._end != base:  # the index was swapped meanwhile and already covers this chunk
                 return 0
             self._starts.extend(new)
-            self._end = base + nl[-1] + 1
+            self._end = end
             self._count = self._first + len(self._starts)
         return len(new)
 
@@ -509,7 +464,7 @@ def fold_file(src: FileLogSource, run_id: RunId) -> RunModel:
     for start in range(0, len(wanted), 4096):
         for raw in src.read_lines(wanted[start : start + 4096]):
             try:
-                env = decode_envelope(raw)
+                env = framing.decode_line(raw)
             except MfmError as exc:
                 model.anomalies.append(f"[{exc.info.code}] {exc.info.message}"[:200])
                 continue

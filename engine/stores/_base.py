@@ -20,6 +20,7 @@ from engine.hashing import MAX_SAFE_INTEGER, CanonicalJsonError, check_canonical
 from engine.ids import ArtifactId, RunId, StateId
 
 __all__ = [
+    "CODE_CONCURRENCY",
     "ArtifactStore",
     "CancelRequest",
     "ChangeBatch",

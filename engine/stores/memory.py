@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from engine._kinds import ArtifactKind
+from engine.engine import Stores
 from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.hashing import artifact_id_for_bytes
@@ -20,9 +20,6 @@ from engine.stores._base import (
     check_run_id,
     validate_batch,
 )
-
-if TYPE_CHECKING:
-    from engine.engine import Stores
 
 __all__ = ["MemoryArtifactStore", "MemoryEventStore", "MemoryStore"]
 
@@ -122,6 +119,4 @@ class MemoryStore:
 
     @property
     def stores(self) -> Stores:
-        from engine.engine import Stores
-
         return Stores(events=self.events, artifacts=self.artifacts, control=self.events)

@@ -22,9 +22,7 @@ from engine.errors import StorageError, StorageErrorKind
 from engine.events import encode_envelope
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, RunId
-from engine.stores import _fscore, _fslog
-from engine.stores._fsio import FsOps
-from engine.stores.fs import STORE_VERSION, FsStore
+from engine.stores.fs import STORE_VERSION, FsOps, FsStore, framing
 from tests.engine.store_contract import StoreContract, domain, env, envs, new_run
 
 
@@ -327,13 +325,13 @@ async def test_missing_or_garbled_kind_file_is_unknown(store: FsStore, root: Pat
 async def test_reads_scan_only_new_bytes(store: FsStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """read_range does not re-parse the file: each refresh scans from the end of what is already indexed."""
     scans: list[int] = []
-    real_scan = _fscore.scan
+    real_scan = framing.scan
 
     def counting_scan(log: Any, run_id: str, size: int, pread: Any) -> None:
         scans.append(log.end)
         real_scan(log, run_id, size, pread)
 
-    monkeypatch.setattr(_fscore, "scan", counting_scan)
+    monkeypatch.setattr(framing, "scan", counting_scan)
     run = new_run()
     writer = FsStore(root)
     await writer.events.append(run, 0, envs(run, 1, 50))
@@ -711,6 +709,24 @@ async def test_many_runs_with_few_open_files(root: Path) -> None:
         assert await store.events.head_seq(run) == 2
 
 
+async def test_last_envelope_reads_the_tail_and_skips_what_does_not_decode(store: FsStore) -> None:
+    """``framing.last_envelope``: the last complete decodable line, found from the end of a file of any size."""
+    run = new_run()
+    path = store.events_path(run)
+    assert not path.exists()
+    await store.events.append(run, 0, envs(run, 1, 3000))
+    with open(path, "rb") as fh:
+        last = framing.last_envelope(fh)
+    assert last is not None and last.seq == 3000
+    path.write_bytes(path.read_bytes() + b"garbage\n" + encode_envelope(env(run, 3001)))  # damaged, then torn
+    with open(path, "rb") as fh:
+        last = framing.last_envelope(fh)
+    assert last is not None and last.seq == 3000
+    path.write_bytes(b"\n" + encode_envelope(env(run, 1)))
+    with open(path, "rb") as fh:
+        assert framing.last_envelope(fh) is None
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 300])
 async def test_scan_reads_in_chunks_of_any_size(store: FsStore, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     """Lines and batches straddling read-chunk boundaries are indexed exactly as with one big read."""
@@ -719,7 +735,7 @@ async def test_scan_reads_in_chunks_of_any_size(store: FsStore, monkeypatch: pyt
         await store.events.append(run, first - 1, envs(run, first, last))
     path = store.events_path(run)
     path.write_bytes(path.read_bytes() + encode_envelope(env(run, 10)) + b" \n" + b'{"torn')
-    monkeypatch.setattr(_fslog, "CHUNK", chunk)
+    monkeypatch.setattr(framing, "CHUNK", chunk)
     reader = FsStore(store.root)
     assert await reader.events.head_seq(run) == 9
     assert await reader.events.read_range(run, 3, 7) == envs(run, 3, 7)

@@ -1,4 +1,4 @@
-"""Fault injection in the filesystem store through its single seam (``engine.stores._fsio.FsOps``).
+"""Fault injection in the filesystem store through its single seam (``engine.stores.fs.FsOps``).
 
 For each operation (first append of a run, a multi-envelope append, an append that must first quarantine a torn
 tail, the put of a new artifact, a cancel request), the calls it makes through the seam are counted on a clean run;
@@ -31,8 +31,7 @@ from engine.doctor import check_store
 from engine.errors import StorageError
 from engine.events import DomainEvent, EventEnvelope, RunStarted
 from engine.ids import ArtifactId, OpId, RunId
-from engine.stores._fsio import FsOps
-from engine.stores.fs import FsStore
+from engine.stores.fs import FsOps, FsStore
 
 EMPTY = b"{}"
 AID = ArtifactId(hashlib.sha256(EMPTY).hexdigest())

@@ -19,7 +19,8 @@ from engine.events import (
     StateFailed,
     encode_envelope,
 )
-from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, newline_offsets, summarize
+from engine.stores.fs.framing import newline_offsets
+from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, summarize
 
 RUN = str(uuid.UUID(int=7))
 A = "a" * 64

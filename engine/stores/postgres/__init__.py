@@ -52,35 +52,21 @@ Live tailing: appends notify channel :attr:`PostgresEventStore.channel` (``mfm_e
 one as it lands, until ``RunCompleted``.
 
 The DSN's password never appears in a repr or an error message (:func:`redact_dsn`).
+
+Modules: this one holds :class:`PostgresStore`; ``_core`` (DSN redaction, the pool, schema bootstrap and versioning,
+error translation, the ``"after"`` notifier), ``_sql`` (every statement), ``_events`` (:class:`PostgresEventStore`)
+and ``_artifacts`` (:class:`PostgresArtifactStore`) are private.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from engine.stores._pg_artifacts import PostgresArtifactStore as PostgresArtifactStore
-from engine.stores._pg_core import _NOTIFY_WINDOW as _NOTIFY_WINDOW
-from engine.stores._pg_core import _SCHEMA_NAME as _SCHEMA_NAME
-from engine.stores._pg_core import _SECRET_KEYS as _SECRET_KEYS
-from engine.stores._pg_core import SCHEMA_VERSION as SCHEMA_VERSION
-from engine.stores._pg_core import NotifyMode as NotifyMode
-from engine.stores._pg_core import _Conn as _Conn
-from engine.stores._pg_core import _Core as _Core
-from engine.stores._pg_core import _dsn_secrets as _dsn_secrets
-from engine.stores._pg_core import _Notifier as _Notifier
-from engine.stores._pg_core import redact_dsn as redact_dsn
-from engine.stores._pg_events import _EVENT_KEY as _EVENT_KEY
-from engine.stores._pg_events import _MAX_SEQ as _MAX_SEQ
-from engine.stores._pg_events import ChangeNotice as ChangeNotice
-from engine.stores._pg_events import PostgresEventStore as PostgresEventStore
-from engine.stores._pg_events import _decode_row as _decode_row
-from engine.stores._pg_events import _event_json as _event_json
-from engine.stores._pg_sql import _Queries as _Queries
-
-if TYPE_CHECKING:
-    from engine.engine import Stores
+from engine.engine import Stores
+from engine.stores.postgres._artifacts import PostgresArtifactStore
+from engine.stores.postgres._core import SCHEMA_VERSION, Core, NotifyMode, redact_dsn
+from engine.stores.postgres._events import ChangeNotice, PostgresEventStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -109,7 +95,7 @@ class PostgresStore:
         a database). ``max_connections``: pool size. ``clock``: wall-clock milliseconds for cancel requests.
         ``notify``: when an append sends its ``NOTIFY`` (module docstring): ``"after"`` its commit (default),
         inside its transaction (``"commit"``), or never (``"off"``)."""
-        self._core = _Core(dsn, schema, max_connections, clock, notify)
+        self._core = Core(dsn, schema, max_connections, clock, notify)
         self.events = PostgresEventStore(self._core)
         self.artifacts = PostgresArtifactStore(self._core)
 
@@ -124,8 +110,6 @@ class PostgresStore:
 
     @property
     def stores(self) -> Stores:
-        from engine.engine import Stores
-
         return Stores(events=self.events, artifacts=self.artifacts, control=self.events)
 
     def __repr__(self) -> str:

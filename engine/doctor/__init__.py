@@ -28,14 +28,16 @@ code                        severity  meaning
 ``permissions_too_open``    warning   a store folder or file readable by others than its owner
 ==========================  ========  ==================================================================
 
-The stream analysis is the runtime's own (:func:`engine._runtime.envelopes.analyze`), the lease probe is the
-workers' (:func:`engine.workers.lease_state`). :func:`repair_store` only MOVES damaged tails and temporary files into
+The store layout and the framing of its event files are :mod:`engine.stores.fs.framing`'s (the doctor reads event
+files with :func:`~engine.stores.fs.framing.check_log`), the stream analysis is the runtime's own
+(:func:`engine._runtime.envelopes.analyze`); the lease probe is a non-blocking shared ``flock`` on the lease file,
+as :func:`engine.workers.lease_state` does. :func:`repair_store` only MOVES damaged tails and temporary files into
 ``STORE/quarantine/<timestamp>/`` (a tail is copied there and fsynced before the event file is truncated to its
 committed end, under the run's writer lock); it never deletes anything.
 
-This module holds the entry points; the checks live in private modules: ``_doctor_findings`` (finding, report,
-layout names), ``_doctor_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_doctor_artifacts``,
-``_doctor_events`` (one run's event file and history) and ``_doctor_repair`` (the quarantine moves).
+This module holds the entry points; the checks live in private modules: ``_findings`` (finding, report, shared
+helpers), ``_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_artifacts``, ``_events`` (one run's
+event file and history) and ``_repair`` (the quarantine moves).
 """
 
 from __future__ import annotations
@@ -46,39 +48,22 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine._doctor_artifacts import _artifact_exists, _check_all_artifacts, _check_artifact_file
-from engine._doctor_events import _check_run
-from engine._doctor_findings import (
-    APPEND_LOCK_FILE as APPEND_LOCK_FILE,
-)
-from engine._doctor_findings import (
-    EVENTS_FILE,
-    QUARANTINE_DIR,
-    DoctorReport,
-    Finding,
-    Moved,
-    _check_mode,
-    _is_run_id,
-)
-from engine._doctor_findings import (
-    LEASE_FILE as LEASE_FILE,
-)
-from engine._doctor_findings import (
-    PENDING_FILE as PENDING_FILE,
-)
-from engine._doctor_findings import (
-    Severity as Severity,
-)
-from engine._doctor_repair import _move_file, _move_tail
-from engine._doctor_walk import _list_runs, _walk_store_files
+from engine.doctor._artifacts import artifact_exists, check_all_artifacts, check_artifact_file
+from engine.doctor._events import check_run
+from engine.doctor._findings import DoctorReport, Finding, Moved, Severity, check_mode, is_run_id
+from engine.doctor._repair import move_file, move_tail
+from engine.doctor._walk import list_runs, walk_store_files
 from engine.errors import StorageError
 from engine.ids import ArtifactId, RunId
+from engine.stores.fs import framing
+from engine.stores.fs.framing import QUARANTINE_DIR
 
 __all__ = [
     "QUARANTINE_DIR",
     "DoctorReport",
     "Finding",
     "Moved",
+    "Severity",
     "check_store",
     "repair_store",
     "resolve_runs",
@@ -92,9 +77,9 @@ __all__ = [
 
 def resolve_runs(root: str | os.PathLike[str], texts: Sequence[str]) -> list[RunId]:
     """Full run ids or unique prefixes (as ``git`` does) → run ids; reads folder names only."""
-    runs_dir = Path(root) / "runs"
+    runs_dir = Path(root) / framing.RUNS_DIR
     try:
-        names = sorted(n for n in os.listdir(runs_dir) if _is_run_id(n))
+        names = sorted(n for n in os.listdir(runs_dir) if is_run_id(n))
     except FileNotFoundError:
         names = []
     out: list[RunId] = []
@@ -123,29 +108,29 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
         raise StorageError.other("store_unreadable", f"cannot read {root_path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise StorageError.other("store_unreadable", f"{root_path} is not a folder")
-    _check_mode(report, root_path, root_path, st)
+    check_mode(report, root_path, root_path, st)
     present: dict[ArtifactId, bool] = {}
     referenced: dict[ArtifactId, tuple[str, int, str, int]] = {}
     if runs is None:
-        _walk_store_files(report, root_path)
-        run_ids = _list_runs(report, root_path)
-        _check_all_artifacts(report, root_path, present)
+        walk_store_files(report, root_path)
+        run_ids = list_runs(report, root_path)
+        check_all_artifacts(report, root_path, present)
     else:
         run_ids = list(runs)
     for run_id in run_ids:
-        _check_run(report, root_path, run_id, referenced)
+        check_run(report, root_path, run_id, referenced)
     for aid, (ref_run, seq, what, count) in sorted(referenced.items(), key=lambda kv: (kv[1][0], kv[1][1])):
         ok = present.get(aid)
         if ok is None:
-            ok = _check_artifact_file(report, root_path, aid)
+            ok = check_artifact_file(report, root_path, aid)
             present[aid] = ok
-        if not ok and not _artifact_exists(root_path, aid):
+        if not ok and not artifact_exists(root_path, aid):
             report.add(
                 Finding(
                     "artifact_missing",
                     "error",
                     f"{what} {aid} is not in the store ({count} reference(s) in this run's events)",
-                    path=f"runs/{ref_run}/{EVENTS_FILE}",
+                    path=framing.events_file(ref_run),
                     run_id=ref_run,
                     seq=seq,
                     details={"artifact_id": str(aid), "field": what, "references": count},
@@ -167,9 +152,9 @@ def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Mov
         if not f.repairable or f.path is None:
             continue
         if f.code == "torn_tail" and f.run_id is not None:
-            m = _move_tail(root_path, qdir, RunId(f.run_id), report.torn_tails.get(f.run_id))
+            m = move_tail(root_path, qdir, RunId(f.run_id), report.torn_tails.get(f.run_id))
         elif f.code == "temp_file":
-            m = _move_file(root_path, qdir, f.path)
+            m = move_file(root_path, qdir, f.path)
         else:
             m = None
         if m is not None:

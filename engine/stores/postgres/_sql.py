@@ -6,8 +6,10 @@ from typing import LiteralString
 
 from psycopg import sql
 
+__all__ = ["Queries"]
 
-class _Queries:
+
+class Queries:
     """Every SQL statement, composed once with the schema-qualified table names."""
 
     def __init__(self, schema: str) -> None:

@@ -15,14 +15,9 @@ from typing import NoReturn
 from pydantic import JsonValue
 
 from engine.errors import StorageError
+from engine.stores.fs.framing import CLOEXEC, DIR_MODE, DIRECTORY, FILE_MODE, NOFOLLOW
 
-__all__ = ["DIR_MODE", "FILE_MODE", "FsOps", "fail", "translate"]
-
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+__all__ = ["FsOps", "fail", "translate"]
 
 
 class FsOps:
@@ -30,7 +25,7 @@ class FsOps:
 
     def open(self, path: str, flags: int, mode: int = FILE_MODE) -> int:
         """``os.open`` with ``O_NOFOLLOW | O_CLOEXEC`` always added (symlinks are refused, fds never leak)."""
-        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
+        return os.open(path, flags | NOFOLLOW | CLOEXEC, mode)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
@@ -51,7 +46,7 @@ class FsOps:
         os.fdatasync(fd)
 
     def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | DIRECTORY | CLOEXEC)
         try:
             self.fsync(fd)
         finally:

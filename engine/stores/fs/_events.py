@@ -1,45 +1,6 @@
-"""The filesystem store: crash-safe, lock-light, watchable (ARCHITECTURE "Filesystem store").
-
-Layout (every directory 0700, every file 0600, whatever the umask)::
-
-    STORE/
-      store.json                      {"created_at": ISO-8601, "format": "mfm-store", "version": 1}
-      changes.log                     change journal: "<run_id> <new_head>\\n" per successful append
-      runs/<run_id>/events.jsonl      the run's envelopes, one wire-form line each (framing: engine.stores._fslog)
-      runs/<run_id>/events.lock       flock(LOCK_EX) target of appenders (readers never lock)
-      runs/<run_id>/events.jsonl.torn-<offset>-<millis>   a quarantined torn tail (kept for inspection)
-      runs/<run_id>/control/cancel.json                   the first cancel request (atomic, never replaced)
-      runs/<run_id>/lease, worker.log                     owned by engine.workers (see FsStore.run_dir)
-      artifacts/<aa>/<id>             raw bytes; <aa> = first two hex chars of the 64-char id
-      artifacts/<aa>/<id>.kind        the ArtifactKind given at the first put (wire JSON, advisory)
-      artifacts/<aa>/.tmp-*           temp files of puts in progress (or killed): ignored, harmless
-
-Events. ``append`` validates the batch (``encode_batch``), takes the run's ``flock``, brings its cached view of
-the file up to date (one ``fstat``; bytes appended by another process are scanned, a torn tail left by a crash is
-copied aside and truncated), checks ``expected_seq``, writes the whole batch with one ``write``, ``fdatasync``s it
-(and fsyncs the run directory when the file was just created), then adds a journal line and unlocks. Concurrent
-appenders in different processes therefore get exactly one winner per ``expected_seq``. Readers never lock: they
-see only committed batches (batch framing), so a run can be watched while it is written.
-
-Cheap reads. Each run's committed line offsets are cached in memory (``RunLog``): ``head_seq`` costs one ``stat``
-when nothing changed, ``read_range(run, seq)`` one ``pread`` of exactly the wanted lines, and a refresh scans
-only the bytes appended since. ``changes.log`` lets a monitor of 10,000 runs watch ONE file:
-``changes_since(cursor)`` reads it from a byte offset (the cursor). It is a hint, never fsynced: readers re-stat
-the runs it names. It is not rotated (about 45 bytes per append); a cursor beyond its end (the file was removed)
-reports every run.
-
-Artifacts (same layout and codes as the reference project's filesystem artifact store): a put writes the kind
-file, then the bytes to a temp file in the same directory, ``fdatasync``s, ``link``s it into place (an existing id
-is never overwritten, it is verified instead) and fsyncs the directory. Every read re-hashes
-(``artifact_corruption`` on mismatch). The kind file is advisory (written in place, not fsynced; one garbled by a
-crash is replaced by the next put of its blob): the blob is the truth.
-
-Blocking IO runs inline in the calling coroutine: each call is a few syscalls and at most two fsyncs, and an
-event-loop thread hop would cost more than it saves. Ids are validated before any path is built, and every
-file is opened with ``O_NOFOLLOW`` (a symlink planted in place of a store file is refused). Every mutating call
-goes through the injectable :class:`~engine.stores._fsio.FsOps`; every OS or parse error is translated by
-:func:`~engine.stores._fsio.translate`.
-"""
+"""The filesystem event store: append under the run's ``flock``, lock-free reads of committed batches, the change
+journal and cancel requests (see :mod:`engine.stores.fs` for the protocol, :mod:`engine.stores.fs.framing` for the
+layout and the framing)."""
 
 from __future__ import annotations
 
@@ -48,24 +9,18 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
+import engine.stores.fs.framing as framing
 from engine.errors import StorageError
-from engine.events import EventEnvelope, decode_envelope
+from engine.events import EventEnvelope
 from engine.ids import RunId
 from engine.stores._base import CODE_CONCURRENCY, CancelRequest, ChangeBatch, check_run_id, encode_batch
-from engine.stores._fsartifacts import FsArtifactStore
-from engine.stores._fscore import EVENT_IO, RD_FLAGS, Core, line_end, read_all, wall_millis
-from engine.stores._fsio import FsOps, fail, translate
-from engine.stores._fslog import frame_batch
-from engine.stores._fsmeta import STORE_FORMAT, STORE_VERSION, open_store
+from engine.stores.fs._core import EVENT_IO, Core, read_all
+from engine.stores.fs._ops import fail, translate
+from engine.stores.fs.framing import RD_FLAGS
 
-if TYPE_CHECKING:
-    from engine.engine import Stores
-
-__all__ = ["STORE_FORMAT", "STORE_VERSION", "FsArtifactStore", "FsEventStore", "FsOps", "FsStore"]
+__all__ = ["FsEventStore"]
 
 _JOURNAL_READ_LIMIT = 8 << 20
 
@@ -111,7 +66,7 @@ class FsEventStore:
         core = self._core
         ops = core.ops
         w = core.writer(run_id)
-        path = f"{core.run_dir(run_id)}/events.jsonl"
+        path = core.events_path(run_id)
         try:
             ops.flock(w.lock_fd, fcntl.LOCK_EX)
         except OSError as exc:
@@ -132,15 +87,14 @@ class FsEventStore:
                 )
             start = log.end
             try:
-                ops.write_all(w.fd, frame_batch(lines))
+                ops.write_all(w.fd, framing.frame_batch(lines))
                 ops.fdatasync(w.fd)
             except OSError as exc:
                 with contextlib.suppress(OSError):  # not acknowledged: take it back (else the next append will)
                     ops.ftruncate(w.fd, start)
                 core.drop_writer(run_id)
                 fail(exc, EVENT_IO, "append to", path)
-            last = len(lines) - 1
-            log.committed(start, [len(line) + (1 if i == last else 2) for i, line in enumerate(lines)])
+            log.committed(start, framing.framed_lengths(lines))
             core.note_change(run_id, log.head)
             return log.head
         finally:
@@ -153,7 +107,7 @@ class FsEventStore:
     async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
         run_id = check_run_id(run_id)
         core = self._core
-        path = f"{core.run_dir(run_id)}/events.jsonl"
+        path = core.events_path(run_id)
         with core.lock:
             log, fd = core.refresh(run_id)
             if log is None:
@@ -172,11 +126,12 @@ class FsEventStore:
                     os.close(fd)
         if len(data) != end - start:
             raise StorageError.corruption("event_store_corruption", f"{path} shrank while being read")
-        return [decode_envelope(line) for line in data.split(b"\n")[:-1]]
+        return framing.decode_lines(data)
 
     async def list_runs(self) -> list[RunId]:
         """Runs whose event file is non-empty (one ``stat`` each; names that are not run ids are ignored)."""
-        runs = self._core.runs
+        core = self._core
+        runs = core.runs
         out: list[RunId] = []
         try:
             with os.scandir(runs) as it:
@@ -186,7 +141,7 @@ class FsEventStore:
         for name in names:
             try:
                 run_id = RunId(name)
-                st = os.stat(f"{runs}/{name}/events.jsonl", follow_symlinks=False)
+                st = os.stat(core.events_path(run_id), follow_symlinks=False)
             except (ValueError, OSError):
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_size > 0:
@@ -206,19 +161,18 @@ class FsEventStore:
         try:
             size = os.fstat(fd).st_size
             if cursor is None:  # start from now, at a line boundary
-                return ChangeBatch(cursor=line_end(fd, size), runs=frozenset())
+                return ChangeBatch(cursor=framing.journal_end(fd, size), runs=frozenset())
             if cursor > size:  # the journal was replaced: everything may have changed
                 everything = frozenset(await self.list_runs())
-                return ChangeBatch(cursor=line_end(fd, size), runs=everything)
+                return ChangeBatch(cursor=framing.journal_end(fd, size), runs=everything)
             data = os.pread(fd, min(size - max(cursor, 0), _JOURNAL_READ_LIMIT), max(cursor, 0))
         except OSError as exc:
             fail(exc, EVENT_IO, "read", path)
         finally:
             os.close(fd)
-        complete = data.rfind(b"\n") + 1
+        complete, names = framing.journal_runs(data)
         runs: set[RunId] = set()
-        for line in data[:complete].splitlines():
-            name = line.partition(b" ")[0].decode("ascii", "replace")
+        for name in names:
             try:
                 runs.add(RunId(name))
             except ValueError:
@@ -232,14 +186,17 @@ class FsEventStore:
         if existing is not None:
             return existing
         run_dir = core.run_dir(run_id)
-        control = f"{run_dir}/control"
+        control = f"{core.root}/{framing.control_folder(run_id)}"
         req = CancelRequest(run_id=run_id, requested_at_millis=core.now_millis(), reason=str(reason))
         body = {"reason": req.reason, "requested_at_millis": req.requested_at_millis, "run_id": str(run_id)}
         try:
             core.make_dir(run_dir, core.runs)
             core.make_dir(control, run_dir)
             created = core.write_new_file(
-                control, f"{control}/cancel.json", json.dumps(body, sort_keys=True).encode(), sync=True
+                control,
+                f"{core.root}/{framing.cancel_file(run_id)}",
+                json.dumps(body, sort_keys=True).encode(),
+                sync=True,
             )
             if created:
                 core.ops.fsync_dir(control)
@@ -252,7 +209,7 @@ class FsEventStore:
 
     async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
         run_id = check_run_id(run_id)
-        path = f"{self._core.run_dir(run_id)}/control/cancel.json"
+        path = f"{self._core.root}/{framing.cancel_file(run_id)}"
         try:
             fd = os.open(path, RD_FLAGS)
         except FileNotFoundError:
@@ -273,69 +230,3 @@ class FsEventStore:
             ) from exc
         finally:
             os.close(fd)
-
-
-class FsStore:
-    """The filesystem store at ``root`` (created on first use): ``.events``, ``.artifacts``, ``.stores``.
-
-    ``ops`` replaces the filesystem seam (fault injection); ``now_millis`` the clock of cancel requests;
-    ``max_open_runs`` bounds the cached per-run append file descriptors (two per run).
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        *,
-        ops: FsOps | None = None,
-        now_millis: Callable[[], int] = wall_millis,
-        max_open_runs: int = 64,
-    ) -> None:
-        self.root = Path(os.path.abspath(os.fspath(root)))
-        self._ops = ops or FsOps()
-        self.meta = open_store(str(self.root), self._ops)
-        self._core = Core(str(self.root), self._ops, now_millis, max_open_runs)
-        self.events = FsEventStore(self._core)
-        self.artifacts = FsArtifactStore(self._core)
-
-    def __repr__(self) -> str:
-        return f"FsStore({str(self.root)!r})"
-
-    @property
-    def stores(self) -> Stores:
-        from engine.engine import Stores
-
-        return Stores(events=self.events, artifacts=self.artifacts, control=self.events)
-
-    def run_dir(self, run_id: RunId, *, create: bool = False) -> Path:
-        """``STORE/runs/<run_id>`` (validated id); ``create=True`` makes it (0700, durable)."""
-        run_id = check_run_id(run_id)
-        path = self._core.run_dir(run_id)
-        if create:
-            try:
-                self._core.make_dir(path, self._core.runs)
-            except OSError as exc:
-                fail(exc, EVENT_IO, "create", path)
-        return Path(path)
-
-    def events_path(self, run_id: RunId) -> Path:
-        return self.run_dir(run_id) / "events.jsonl"
-
-    @property
-    def changes_path(self) -> Path:
-        """The change journal a monitor watches (``watchfiles`` on this one file)."""
-        return Path(self._core.journal)
-
-    def close(self) -> None:
-        """Close cached file descriptors (the store stays usable: they are reopened on demand)."""
-        self._core.close()
-
-    def __enter__(self) -> FsStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        core = getattr(self, "_core", None)
-        if core is not None:
-            core.close()

@@ -20,14 +20,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from engine.errors import StorageError
 from engine.ids import RunId
-from engine.stores._pg_sql import _Queries
+from engine.stores.postgres._sql import Queries
+
+__all__ = ["SCHEMA_VERSION", "Conn", "Core", "NotifyMode", "redact_dsn"]
 
 SCHEMA_VERSION: Final = 1
 _NOTIFY_WINDOW: Final = 0.02
 """Seconds the ``"after"`` notifier waits to coalesce appends into one NOTIFY: watchers see ≤ 50 updates/s per store."""
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _SECRET_KEYS: Final = ("password", "sslpassword")
-_Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 NotifyMode = Literal["commit", "after", "off"]
 
 
@@ -57,12 +59,12 @@ class _Notifier:
     does: notifying commits serialise), and a busy writer pays for one NOTIFY per window, not one per append.
     """
 
-    def __init__(self, core: _Core) -> None:
+    def __init__(self, core: Core) -> None:
         self._core = core
         self._pending: dict[RunId, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._conn: _Conn | None = None
+        self._conn: Conn | None = None
 
     def push(self, run_id: RunId, head: int) -> None:
         if head > self._pending.get(run_id, 0):
@@ -121,7 +123,7 @@ class _Notifier:
             await conn.close()
 
 
-class _Core:
+class Core:
     """Connection pool, schema bootstrap, SQL text and error translation shared by both stores."""
 
     def __init__(
@@ -142,13 +144,13 @@ class _Core:
         self.schema = schema
         self.channel = "mfm_events" if schema == "public" else f"mfm_events__{schema}"
         self._max = max_connections
-        self._idle: list[_Conn] = []
+        self._idle: list[Conn] = []
         self._slots = asyncio.Semaphore(max_connections)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._init_lock = asyncio.Lock()
         self._ready = False
         self._closed = False
-        self.q = _Queries(schema)
+        self.q = Queries(schema)
         self.now_millis: Callable[[], int] = clock or (lambda: time.time_ns() // 1_000_000)
         self.notifier = _Notifier(self)
 
@@ -171,11 +173,11 @@ class _Core:
 
     # -- connections --------------------------------------------------------------------------------------------
 
-    async def connect(self) -> _Conn:
+    async def connect(self) -> Conn:
         if self._closed:
             raise StorageError.other("store_closed", f"PostgreSQL store {self.dsn_redacted} is closed")
         try:
-            conn: _Conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+            conn: Conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
         except psycopg.Error as exc:
             detail = self.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             raise StorageError.other(
@@ -198,7 +200,7 @@ class _Core:
             self._loop = loop
 
     @asynccontextmanager
-    async def conn(self, code: str) -> AsyncIterator[_Conn]:
+    async def conn(self, code: str) -> AsyncIterator[Conn]:
         """A pooled autocommit connection; schema verified on first use; errors → ``StorageError(code)``."""
         await self.ready()
         async with self._slots:
@@ -259,7 +261,7 @@ class _Core:
                 await conn.close()
             self._ready = True
 
-    async def _create_schema(self, conn: _Conn) -> list[tuple[Any, ...]]:
+    async def _create_schema(self, conn: Conn) -> list[tuple[Any, ...]]:
         """Create every table under an advisory lock (concurrent first users create it once); return the version."""
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"mfm_schema:{self.schema}"])

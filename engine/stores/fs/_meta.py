@@ -11,18 +11,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import StorageError
-from engine.stores._fscore import RD_FLAGS, read_all, tmp_name
-from engine.stores._fsio import DIR_MODE, FILE_MODE, FsOps, translate
+from engine.stores.fs._core import read_all, tmp_name
+from engine.stores.fs._ops import FsOps, translate
+from engine.stores.fs.framing import (
+    ARTIFACTS_DIR,
+    DIR_MODE,
+    FILE_MODE,
+    RD_FLAGS,
+    RUNS_DIR,
+    STORE_FORMAT,
+    STORE_META_FILE,
+    STORE_VERSION,
+    TEMP_PREFIX,
+)
 
-__all__ = ["STORE_FORMAT", "STORE_VERSION", "open_store"]
-
-STORE_FORMAT = "mfm-store"
-STORE_VERSION = 1
+__all__ = ["open_store"]
 
 
 def open_store(root: str, ops: FsOps) -> dict[str, Any]:
     """Open (or initialise) the store directory; return the parsed ``store.json``."""
-    meta_path = f"{root}/store.json"
+    meta_path = f"{root}/{STORE_META_FILE}"
     try:
         st = os.stat(root)
     except FileNotFoundError:
@@ -38,7 +46,7 @@ def open_store(root: str, ops: FsOps) -> dict[str, Any]:
             raise PermissionError(errno.EACCES, "no write permission")
         meta = _read_meta(meta_path)
         if meta is None:
-            stray = [n for n in os.listdir(root) if not n.startswith(".tmp-")]
+            stray = [n for n in os.listdir(root) if not n.startswith(TEMP_PREFIX)]
             if stray:
                 raise StorageError.other(
                     "store_not_a_store",
@@ -59,7 +67,7 @@ def open_store(root: str, ops: FsOps) -> dict[str, Any]:
                 if isinstance(meta, dict)
                 else f"store at {root}: store.json is not an object",
             )
-        for sub in ("runs", "artifacts"):
+        for sub in (RUNS_DIR, ARTIFACTS_DIR):
             if ops.mkdir(f"{root}/{sub}", DIR_MODE):
                 ops.fsync_dir(root)
     except OSError as exc:

@@ -1,116 +1,31 @@
 """Event-file checks for ``mfm doctor``: one run's ``events.jsonl`` scanned line by line (committed batches,
-damage, torn tails), its history checked (``RunStarted`` first, the attempt-envelope rule, nothing after
-``RunCompleted``), its lease probed."""
+damage, torn tails: :func:`engine.stores.fs.framing.check_log`), its history checked (``RunStarted`` first, the
+attempt-envelope rule, nothing after ``RunCompleted``), its lease probed."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine._doctor_artifacts import _collect_refs
-from engine._doctor_findings import (
-    _CHUNK,
-    _CLOEXEC,
-    _NOFOLLOW,
-    APPEND_LOCK_FILE,
-    EVENTS_FILE,
-    LEASE_FILE,
-    PENDING_FILE,
-    DoctorReport,
-    Finding,
-)
-from engine._doctor_walk import _lease_held
 from engine._runtime.envelopes import EnvelopeViolation, analyze
-from engine.errors import StorageError
-from engine.events import EventEnvelope, RunCompleted, RunStarted, decode_envelope
+from engine.doctor._artifacts import collect_refs
+from engine.doctor._findings import DoctorReport, Finding
+from engine.doctor._walk import lease_held
+from engine.events import EventEnvelope, RunCompleted, RunStarted
 from engine.ids import ArtifactId, RunId
+from engine.stores.fs import framing
+from engine.stores.fs.framing import LogCheck
+
+__all__ = ["check_run"]
 
 
-@dataclass(slots=True)
-class _Scan:
-    envelopes: list[EventEnvelope] = field(default_factory=list)
-    committed_end: int = 0
-    size: int = 0
-    first_bad: tuple[int, int, str, str] | None = None
-    """(offset, line number, code, reason) of the first line that is not a committed envelope."""
-    valid_after: int = 0
-    """Complete, decodable lines of this run after the first bad one (damage in the middle)."""
-
-
-def _lines(fd: int) -> Iterator[bytes]:
-    buf = b""
-    while True:
-        chunk = os.read(fd, _CHUNK)
-        if not chunk:
-            if buf:
-                yield buf
-            return
-        buf += chunk
-        start = 0
-        while (nl := buf.find(b"\n", start)) >= 0:
-            yield buf[start : nl + 1]
-            start = nl + 1
-        buf = buf[start:]
-
-
-def _scan_events(fd: int, run_id: RunId) -> _Scan:
-    s = _Scan()
-    pending: list[EventEnvelope] = []
-    pos = 0
-    lineno = 0
-    batch_start = 0
-    for line in _lines(fd):
-        start = pos
-        pos += len(line)
-        lineno += 1
-        complete = line.endswith(b"\n")
-        if s.first_bad is not None:
-            if complete:
-                try:
-                    env = decode_envelope(line[:-1])
-                except StorageError:
-                    continue
-                if env.run_id == run_id:
-                    s.valid_after += 1
-            continue
-        if not complete:
-            s.first_bad = (start, lineno, "torn_tail", "the last line is incomplete")
-            continue
-        body = line[:-1]
-        try:
-            env = decode_envelope(body)
-        except StorageError as exc:
-            s.first_bad = (start, lineno, "event_line_undecodable", exc.message)
-            continue
-        expected = len(s.envelopes) + len(pending) + 1
-        if env.run_id != run_id:
-            s.first_bad = (start, lineno, "event_run_id_mismatch", f"the envelope names run {env.run_id}")
-            continue
-        if env.seq != expected:
-            s.first_bad = (start, lineno, "event_seq_gap", f"seq {env.seq} where {expected} was expected")
-            continue
-        if not pending:
-            batch_start = start
-        pending.append(env)
-        if not body.endswith(b" "):
-            s.envelopes.extend(pending)
-            pending.clear()
-            s.committed_end = pos
-    s.size = pos
-    if s.first_bad is None and pending:
-        s.first_bad = (batch_start, 0, "torn_tail", "a batch ends without its final line")
-    return s
-
-
-def _rescan_quiet(root: Path, run_id: RunId) -> _Scan | None:
+def _rescan_quiet(root: Path, run_id: RunId) -> LogCheck | None:
     """Scan again under a shared append lock taken without waiting; ``None`` while an append is in progress."""
-    lock_path = root / "runs" / run_id / APPEND_LOCK_FILE
+    lock_path = root / framing.append_lock_file(run_id)
     try:
-        lock_fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        lock_fd = os.open(lock_path, framing.RD_FLAGS)
     except FileNotFoundError:
         lock_fd = -1
     except OSError:
@@ -121,9 +36,9 @@ def _rescan_quiet(root: Path, run_id: RunId) -> _Scan | None:
                 fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 return None
-        fd = os.open(root / "runs" / run_id / EVENTS_FILE, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        fd = os.open(root / framing.events_file(run_id), framing.RD_FLAGS)
         try:
-            return _scan_events(fd, run_id)
+            return framing.check_log(fd, run_id)
         finally:
             os.close(fd)
     except OSError:
@@ -133,24 +48,24 @@ def _rescan_quiet(root: Path, run_id: RunId) -> _Scan | None:
             os.close(lock_fd)
 
 
-def _check_run(
+def check_run(
     report: DoctorReport, root: Path, run_id: RunId, referenced: dict[ArtifactId, tuple[str, int, str, int]]
 ) -> None:
     report.runs_checked += 1
-    rel = f"runs/{run_id}/{EVENTS_FILE}"
+    rel = framing.events_file(run_id)
     path = root / rel
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        fd = os.open(path, framing.RD_FLAGS)
     except FileNotFoundError:
         # no events yet: either a worker is about to write RunStarted, or it died first (its start.json says
         # which manifest to start again; `mfm resume` does that)
-        if _lease_held(root, run_id) is False and os.path.exists(root / "runs" / run_id / PENDING_FILE):
+        if lease_held(root, run_id) is False and os.path.exists(root / framing.pending_file(run_id)):
             report.add(
                 Finding(
                     "stale_lease",
                     "warning",
                     f"the worker died before RunStarted; `mfm resume {run_id[:8]}` starts the run again",
-                    path=f"runs/{run_id}/{LEASE_FILE}",
+                    path=framing.lease_file(run_id),
                     run_id=run_id,
                 )
             )
@@ -162,7 +77,7 @@ def _check_run(
             report.add(Finding("store_unreadable", "error", f"cannot read: {exc.strerror}", path=rel, run_id=run_id))
         return
     try:
-        scan = _scan_events(fd, run_id)
+        scan = framing.check_log(fd, run_id)
     except OSError as exc:
         report.add(Finding("store_unreadable", "error", f"cannot read: {exc.strerror}", path=rel, run_id=run_id))
         return
@@ -178,7 +93,7 @@ def _check_run(
         in_progress = False
     envs = scan.envelopes
     report.events_checked += len(envs)
-    held = _lease_held(root, run_id)
+    held = lease_held(root, run_id)
     if scan.first_bad is not None:
         offset, lineno, code, reason = scan.first_bad
         where = f"line {lineno} (byte {offset})" if lineno else f"byte {offset}"
@@ -215,7 +130,7 @@ def _check_run(
     if not envs:
         return
     _check_history(report, rel, run_id, envs)
-    _collect_refs(envs, run_id, referenced)
+    collect_refs(envs, run_id, referenced)
     finished = any(isinstance(e.event, RunCompleted) for e in envs)
     if held is False and not finished:
         report.add(
@@ -223,7 +138,7 @@ def _check_run(
                 "stale_lease",
                 "warning",
                 f"no worker holds this unfinished run (worker lost); `mfm resume {run_id[:8]}` continues it",
-                path=f"runs/{run_id}/{LEASE_FILE}",
+                path=framing.lease_file(run_id),
                 run_id=run_id,
             )
         )

@@ -1,4 +1,5 @@
-"""``mfm doctor``'s findings and report, the store layout names it checks, and the helpers every check shares.
+"""``mfm doctor``'s findings and report, and the helpers every check shares (the store layout it checks is
+:mod:`engine.stores.fs.framing`'s).
 
 A :class:`Finding` carries a stable ``code`` (the table in :mod:`engine.doctor`), a :class:`DoctorReport` collects
 them with the counts, a :class:`Moved` records one thing ``--repair`` moved.
@@ -14,21 +15,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.ids import RunId
+from engine.stores.fs.framing import DIR_MODE, FILE_MODE
+
+__all__ = [
+    "TEMP_NAME",
+    "DoctorReport",
+    "Finding",
+    "Moved",
+    "Severity",
+    "add_if_any",
+    "check_mode",
+    "is_run_id",
+    "relative",
+]
 
 Severity = Literal["error", "warning"]
 
-QUARANTINE_DIR = "quarantine"
-EVENTS_FILE = "events.jsonl"
-LEASE_FILE = "lease"
-APPEND_LOCK_FILE = "events.lock"
-PENDING_FILE = "start.json"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_TEMP = re.compile(r"(^\.)|(\.tmp\b)|(\.tmp$)|(^tmp)|(\.part$)|(~$)")
+TEMP_NAME = re.compile(r"(^\.)|(\.tmp\b)|(\.tmp$)|(^tmp)|(\.part$)|(~$)")
 """Names of temporary files (a dot file, ``*.tmp*``, ``tmp*``, ``*.part``, ``*~``)."""
-_ARTIFACT_SIDECARS = (".kind",)
-_CHUNK = 1 << 20
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +118,7 @@ class DoctorReport:
         }
 
 
-def _is_run_id(name: str) -> bool:
+def is_run_id(name: str) -> bool:
     try:
         RunId(name)
     except ValueError:
@@ -122,14 +126,14 @@ def _is_run_id(name: str) -> bool:
     return True
 
 
-def _rel(root: Path, path: Path) -> str:
+def relative(root: Path, path: Path) -> str:
     try:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
 
 
-def _check_mode(report: DoctorReport, root: Path, path: Path, st: os.stat_result) -> None:
+def check_mode(report: DoctorReport, root: Path, path: Path, st: os.stat_result) -> None:
     if st.st_mode & 0o077:
         kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
         report.add(
@@ -137,12 +141,12 @@ def _check_mode(report: DoctorReport, root: Path, path: Path, st: os.stat_result
                 "permissions_too_open",
                 "warning",
                 f"{kind} mode {stat.S_IMODE(st.st_mode):o} lets others read it (expected "
-                f"{'700' if kind == 'folder' else '600'})",
-                path=_rel(root, path) or ".",
+                f"{DIR_MODE if kind == 'folder' else FILE_MODE:o})",
+                path=relative(root, path) or ".",
             )
         )
 
 
-def _add(report: DoctorReport, finding: Finding | None) -> None:
+def add_if_any(report: DoctorReport, finding: Finding | None) -> None:
     if finding is not None:
         report.add(finding)

@@ -10,20 +10,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine._doctor_findings import (
-    _ARTIFACT_SIDECARS,
-    _CHUNK,
-    _CLOEXEC,
-    _HEX64,
-    _NOFOLLOW,
-    _TEMP,
-    DoctorReport,
-    Finding,
-    _add,
-    _check_mode,
-    _rel,
-)
-from engine._doctor_walk import _temp_finding
+from engine.doctor._findings import TEMP_NAME, DoctorReport, Finding, add_if_any, check_mode, relative
+from engine.doctor._walk import temp_finding
 from engine.events import (
     DOMAIN_EVENT_FACT_RECORDED,
     DomainEvent,
@@ -35,24 +23,31 @@ from engine.events import (
     StateFailed,
 )
 from engine.ids import ArtifactId, RunId
+from engine.stores.fs import framing
+
+__all__ = ["artifact_exists", "check_all_artifacts", "check_artifact_file", "collect_refs"]
+
+_ARTIFACT_SIDECARS = (framing.KIND_SUFFIX,)
 
 
 def _artifact_path(root: Path, aid: str) -> Path:
-    return root / "artifacts" / aid[:2] / aid
+    return root / framing.artifact_file(aid)
 
 
-def _artifact_exists(root: Path, aid: str) -> bool:
+def artifact_exists(root: Path, aid: str) -> bool:
     return os.path.lexists(_artifact_path(root, aid))
 
 
-def _check_all_artifacts(report: DoctorReport, root: Path, present: dict[ArtifactId, bool]) -> None:
-    adir = root / "artifacts"
+def check_all_artifacts(report: DoctorReport, root: Path, present: dict[ArtifactId, bool]) -> None:
+    adir = root / framing.ARTIFACTS_DIR
     try:
         fans = sorted(os.listdir(adir))
     except FileNotFoundError:
         return
     except OSError as exc:
-        report.add(Finding("store_unreadable", "error", f"cannot list artifacts: {exc.strerror}", path="artifacts"))
+        report.add(
+            Finding("store_unreadable", "error", f"cannot list artifacts: {exc.strerror}", path=framing.ARTIFACTS_DIR)
+        )
         return
     for fan in fans:
         fan_path = adir / fan
@@ -62,32 +57,36 @@ def _check_all_artifacts(report: DoctorReport, root: Path, present: dict[Artifac
             continue
         if stat.S_ISLNK(st.st_mode):
             report.add(
-                Finding("symlink_in_store", "error", "a symbolic link among the artifacts", path=_rel(root, fan_path))
+                Finding(
+                    "symlink_in_store", "error", "a symbolic link among the artifacts", path=relative(root, fan_path)
+                )
             )
             continue
         if not stat.S_ISDIR(st.st_mode):
-            if stat.S_ISREG(st.st_mode) and _TEMP.search(fan):
-                _add(report, _temp_finding(root, fan_path, st))
+            if stat.S_ISREG(st.st_mode) and TEMP_NAME.search(fan):
+                add_if_any(report, temp_finding(root, fan_path, st))
             else:
                 report.add(
                     Finding(
                         "artifact_name_invalid",
                         "warning",
                         "an unexpected file among the artifact folders",
-                        path=_rel(root, fan_path),
+                        path=relative(root, fan_path),
                     )
                 )
             continue
-        _check_mode(report, root, fan_path, st)
+        check_mode(report, root, fan_path, st)
         try:
             names = sorted(os.listdir(fan_path))
         except OSError as exc:
-            report.add(Finding("store_unreadable", "error", f"cannot list: {exc.strerror}", path=_rel(root, fan_path)))
+            report.add(
+                Finding("store_unreadable", "error", f"cannot list: {exc.strerror}", path=relative(root, fan_path))
+            )
             continue
         for name in names:
             path = fan_path / name
-            if _HEX64.fullmatch(name) and name[:2] == fan:
-                present[ArtifactId(name)] = _check_artifact_file(report, root, ArtifactId(name))
+            if framing.ARTIFACT_NAME.fullmatch(name) and name[:2] == fan:
+                present[ArtifactId(name)] = check_artifact_file(report, root, ArtifactId(name))
                 continue
             try:
                 fst = os.stat(path, follow_symlinks=False)
@@ -95,35 +94,37 @@ def _check_all_artifacts(report: DoctorReport, root: Path, present: dict[Artifac
                 continue
             if stat.S_ISLNK(fst.st_mode):
                 report.add(
-                    Finding("symlink_in_store", "error", "a symbolic link among the artifacts", path=_rel(root, path))
+                    Finding(
+                        "symlink_in_store", "error", "a symbolic link among the artifacts", path=relative(root, path)
+                    )
                 )
                 continue
             base = name
             for suffix in _ARTIFACT_SIDECARS:
                 if name.endswith(suffix):
                     base = name[: -len(suffix)]
-            if base != name and _HEX64.fullmatch(base) and base[:2] == fan:
-                _check_mode(report, root, path, fst)
+            if base != name and framing.ARTIFACT_NAME.fullmatch(base) and base[:2] == fan:
+                check_mode(report, root, path, fst)
                 continue
-            if stat.S_ISREG(fst.st_mode) and _TEMP.search(name):
-                _add(report, _temp_finding(root, path, fst))
+            if stat.S_ISREG(fst.st_mode) and TEMP_NAME.search(name):
+                add_if_any(report, temp_finding(root, path, fst))
                 continue
             report.add(
                 Finding(
                     "artifact_name_invalid",
                     "warning",
                     "a file among the artifacts whose name is not its 64-hex content address",
-                    path=_rel(root, path),
+                    path=relative(root, path),
                 )
             )
 
 
-def _check_artifact_file(report: DoctorReport, root: Path, aid: ArtifactId) -> bool:
+def check_artifact_file(report: DoctorReport, root: Path, aid: ArtifactId) -> bool:
     """Hash one artifact; report damage. True when present and intact."""
     path = _artifact_path(root, aid)
-    rel = _rel(root, path)
+    rel = relative(root, path)
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        fd = os.open(path, framing.RD_FLAGS)
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -134,9 +135,9 @@ def _check_artifact_file(report: DoctorReport, root: Path, aid: ArtifactId) -> b
         return False
     try:
         st = os.fstat(fd)
-        _check_mode(report, root, path, st)
+        check_mode(report, root, path, st)
         h = hashlib.sha256()
-        while chunk := os.read(fd, _CHUNK):
+        while chunk := os.read(fd, framing.CHUNK):
             h.update(chunk)
     except OSError as exc:
         report.add(Finding("store_unreadable", "error", f"cannot read artifact: {exc.strerror}", path=rel))
@@ -179,10 +180,10 @@ def _refs(env: EventEnvelope) -> Iterable[tuple[str, str | None]]:
             yield "fact_recorded.payload_id", pid if isinstance(pid, str) else None
 
 
-def _collect_refs(envs: list[EventEnvelope], run_id: RunId, out: dict[ArtifactId, tuple[str, int, str, int]]) -> None:
+def collect_refs(envs: list[EventEnvelope], run_id: RunId, out: dict[ArtifactId, tuple[str, int, str, int]]) -> None:
     for env in envs:
         for what, value in _refs(env):
-            if value is None or not _HEX64.fullmatch(value):
+            if value is None or not framing.ARTIFACT_NAME.fullmatch(value):
                 continue
             aid = ArtifactId(value)
             first = out.setdefault(aid, (run_id, env.seq, what, 0))

@@ -1,13 +1,12 @@
 """Shared state of one ``FsStore``: cached append fds, per-run committed views, the change journal, file helpers.
 
-See :mod:`engine.stores.fs` for the layout and the protocol.
+See :mod:`engine.stores.fs` for the protocol and :mod:`engine.stores.fs.framing` for the layout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import stat
 import threading
@@ -17,16 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import engine.stores.fs.framing as framing
 from engine.ids import RunId
-from engine.stores._fsio import DIR_MODE, FILE_MODE, FsOps, fail
-from engine.stores._fslog import RunLog, scan
+from engine.stores.fs._ops import FsOps, fail
+from engine.stores.fs.framing import DIR_MODE, FILE_MODE, RD_FLAGS, RunLog
 
-__all__ = ["ARTIFACT_IO", "EVENT_IO", "RD_FLAGS", "Core", "Writer", "line_end", "read_all", "tmp_name", "wall_millis"]
+__all__ = ["ARTIFACT_IO", "EVENT_IO", "Core", "Writer", "read_all", "tmp_name", "wall_millis"]
 
 EVENT_IO = "event_store_io"
 ARTIFACT_IO = "artifact_store_io"
-RD_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_tmp_counter = itertools.count()
 
 
 def wall_millis() -> int:
@@ -34,8 +32,8 @@ def wall_millis() -> int:
 
 
 def tmp_name(directory: str, tag: str) -> str:
-    """A temp file name in ``directory``: ``.tmp-<tag>-<pid>-<n>`` (never a valid id, so never read as data)."""
-    return f"{directory}/.tmp-{tag}-{os.getpid()}-{next(_tmp_counter)}"
+    """A temp file path in ``directory`` (:func:`~engine.stores.fs.framing.temp_name`)."""
+    return f"{directory}/{framing.temp_name(tag)}"
 
 
 @dataclass(slots=True)
@@ -49,9 +47,9 @@ class Core:
 
     def __init__(self, root: str, ops: FsOps, now_millis: Callable[[], int], max_open_runs: int) -> None:
         self.root = root
-        self.runs = f"{root}/runs"
-        self.artifacts = f"{root}/artifacts"
-        self.journal = f"{root}/changes.log"
+        self.runs = f"{root}/{framing.RUNS_DIR}"
+        self.artifacts = f"{root}/{framing.ARTIFACTS_DIR}"
+        self.journal = f"{root}/{framing.JOURNAL_FILE}"
         self.ops = ops
         self.now_millis = now_millis
         self.max_open_runs = max(1, max_open_runs)
@@ -112,7 +110,10 @@ class Core:
     # -- run directories and writers -----------------------------------------------------------------------------
 
     def run_dir(self, run_id: RunId) -> str:
-        return f"{self.runs}/{run_id}"
+        return f"{self.root}/{framing.run_folder(run_id)}"
+
+    def events_path(self, run_id: RunId) -> str:
+        return f"{self.root}/{framing.events_file(run_id)}"
 
     def writer(self, run_id: RunId) -> Writer:
         if os.getpid() != self.pid:  # forked: inherited fds share our locks, never use them
@@ -124,10 +125,10 @@ class Core:
             self.writers.move_to_end(run_id)
             return w
         run_dir = self.run_dir(run_id)
-        path = f"{run_dir}/events.jsonl"
+        path = self.events_path(run_id)
         try:
             self.make_dir(run_dir, self.runs)
-            lock_fd, _ = self.open_create(f"{run_dir}/events.lock", os.O_RDWR)
+            lock_fd, _ = self.open_create(f"{self.root}/{framing.append_lock_file(run_id)}", os.O_RDWR)
             try:
                 fd, created = self.open_create(path, os.O_RDWR | os.O_APPEND)
                 if created:
@@ -182,7 +183,7 @@ class Core:
 
         Returns the log and an fd open on the file (caller closes it) when one had to be opened.
         """
-        path = f"{self.run_dir(run_id)}/events.jsonl"
+        path = self.events_path(run_id)
         try:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
@@ -199,7 +200,7 @@ class Core:
             fd = os.open(path, RD_FLAGS)
             st = os.fstat(fd)
             log = self.log_for(run_id, st)
-            scan(log, run_id, st.st_size, lambda n, off: os.pread(fd, n, off))
+            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(fd, n, off))
         except OSError as exc:
             if fd is not None:
                 os.close(fd)
@@ -216,7 +217,7 @@ class Core:
             return None
         log = self.log_for(run_id, st)
         if st.st_size != log.end:
-            scan(log, run_id, st.st_size, lambda n, off: os.pread(w.fd, n, off))
+            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(w.fd, n, off))
             if st.st_size > log.end:
                 self.quarantine(run_id, w, log.end, st.st_size)
         return log
@@ -225,7 +226,7 @@ class Core:
         """Copy the torn tail ``[start, size)`` aside (fsynced), then truncate the event file to ``start``."""
         ops = self.ops
         run_dir = self.run_dir(run_id)
-        aside = f"{run_dir}/events.jsonl.torn-{start}-{self.now_millis()}"
+        aside = f"{self.root}/{framing.torn_tail_file(run_id, start, self.now_millis())}"
         fd, _ = self.open_create(aside, os.O_WRONLY | os.O_APPEND)
         try:
             pos = start
@@ -247,17 +248,11 @@ class Core:
         try:
             if self.journal_fd is None:
                 self.journal_fd, _ = self.open_create(self.journal, os.O_WRONLY | os.O_APPEND)
-            line = (b"\n" if self.journal_torn else b"") + f"{run_id} {head}\n".encode()
+            line = (b"\n" if self.journal_torn else b"") + framing.journal_line(run_id, head)
             self.journal_torn = True
             self.journal_torn = self.ops.write(self.journal_fd, line) != len(line)
         except OSError:
             pass
-
-
-def line_end(fd: int, size: int) -> int:
-    """Offset just past the last complete line of the journal (size 0 → 0)."""
-    tail = os.pread(fd, min(size, 4096), max(0, size - 4096))
-    return size - len(tail) + tail.rfind(b"\n") + 1
 
 
 def read_all(fd: int) -> bytes:

@@ -1,4 +1,5 @@
-"""The filesystem artifact store (see :mod:`engine.stores.fs` for the layout and the write protocol)."""
+"""The filesystem artifact store (see :mod:`engine.stores.fs` for the write protocol and
+:mod:`engine.stores.fs.framing` for the layout)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 import os
 import stat
 
+import engine.stores.fs.framing as framing
 from engine._kinds import ArtifactKind
 from engine.errors import StorageError
 from engine.ids import ArtifactId
 from engine.stores._base import check_artifact_id
-from engine.stores._fscore import ARTIFACT_IO, RD_FLAGS, Core, read_all, tmp_name
-from engine.stores._fsio import FILE_MODE, fail
+from engine.stores.fs._core import ARTIFACT_IO, Core, read_all, tmp_name
+from engine.stores.fs._ops import fail
+from engine.stores.fs.framing import FILE_MODE, RD_FLAGS
 
 __all__ = ["FsArtifactStore"]
 
@@ -27,7 +30,7 @@ class FsArtifactStore:
         return f"FsArtifactStore({self._core.artifacts!r})"
 
     def _path(self, artifact_id: ArtifactId) -> str:
-        return f"{self._core.artifacts}/{artifact_id[:2]}/{artifact_id}"
+        return f"{self._core.root}/{framing.artifact_file(artifact_id)}"
 
     def _read_verified(self, artifact_id: ArtifactId, path: str) -> bytes:
         data = self._read_if_present(artifact_id, path)
@@ -90,13 +93,13 @@ class FsArtifactStore:
         data = bytes(data)
         aid = ArtifactId(hashlib.sha256(data).hexdigest())
         core = self._core
-        directory = f"{core.artifacts}/{aid[:2]}"
-        path = f"{directory}/{aid}"
+        directory = f"{core.root}/{framing.artifact_folder(aid)}"
+        path = self._path(aid)
         if self._read_if_present(aid, path) is not None:
             return aid  # already stored and intact: never overwritten
         try:
             core.make_dir(directory, core.artifacts)
-            self._record_kind(directory, f"{path}.kind", kind)
+            self._record_kind(directory, f"{core.root}/{framing.artifact_kind_file(aid)}", kind)
             linked = core.write_new_file(directory, path, data, sync=True)
             core.ops.fsync_dir(directory)
         except OSError as exc:
@@ -129,7 +132,7 @@ class FsArtifactStore:
             aid = ArtifactId(artifact_id)
         except ValueError:
             return None
-        return _read_kind(f"{self._path(aid)}.kind")
+        return _read_kind(f"{self._core.root}/{framing.artifact_kind_file(aid)}")
 
 
 def _read_kind(path: str) -> ArtifactKind | None:

@@ -20,7 +20,9 @@ from engine.errors import StorageError
 from engine.events import EventEnvelope, RunCompleted
 from engine.ids import RunId
 from engine.stores._base import CODE_CONCURRENCY, CancelRequest, ChangeBatch, check_run_id, encode_batch
-from engine.stores._pg_core import _Conn, _Core
+from engine.stores.postgres._core import Conn, Core
+
+__all__ = ["ChangeNotice", "PostgresEventStore"]
 
 _MAX_SEQ: Final = 2**63 - 1
 
@@ -36,7 +38,7 @@ class ChangeNotice:
 class PostgresEventStore:
     """Event streams in ``mfm_events``; also the monitor's ``RunLister`` and the ``ControlStore``."""
 
-    def __init__(self, core: _Core) -> None:
+    def __init__(self, core: Core) -> None:
         self._core = core
 
     @property
@@ -181,7 +183,7 @@ class PostgresEventStore:
                     if notice.run_id == run_id and notice.head >= next_seq:
                         break
 
-    async def _notices(self, conn: _Conn) -> AsyncIterator[ChangeNotice]:
+    async def _notices(self, conn: Conn) -> AsyncIterator[ChangeNotice]:
         try:
             async for note in conn.notifies():
                 run, _, head = note.payload.rpartition(":")

@@ -11,13 +11,15 @@ from engine.errors import StorageError
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId
 from engine.stores._base import check_artifact_id
-from engine.stores._pg_core import _Core
+from engine.stores.postgres._core import Core
+
+__all__ = ["PostgresArtifactStore"]
 
 
 class PostgresArtifactStore:
     """Content-addressed blobs in ``mfm_artifacts``, re-hashed on every read."""
 
-    def __init__(self, core: _Core) -> None:
+    def __init__(self, core: Core) -> None:
         self._core = core
 
     def __repr__(self) -> str:
