@@ -42,7 +42,7 @@ from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.hashing import CanonicalJsonError
 from engine.ids import ArtifactId, OpId, RunId
 from engine.plan import ExecutionPlan, PlanValidationError, validate_plan
-from engine.stores._base import ArtifactStore
+from engine.stores import ArtifactStore
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -81,7 +81,7 @@ from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key
 from engine.live_io_router import LiveIoRouter, UnimplementedTransportFactory
 from engine.plan import ExecutionPlan, topological_order
-from engine.stores._base import CancelRequest
+from engine.stores import CancelRequest
 from engine.transport import LiveTransportFactory
 
 __all__ = [

@@ -7,7 +7,7 @@ import contextlib
 
 from engine.errors import MfmError
 from engine.ids import RunId
-from engine.stores._base import ControlStore
+from engine.stores import ControlStore
 
 __all__ = ["CancelToken", "CancelWatcher"]
 

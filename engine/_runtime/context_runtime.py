@@ -15,7 +15,7 @@ from engine._kinds import ArtifactKind
 from engine.errors import ContextError
 from engine.hashing import CanonicalJsonError, canonical_json_bytes
 from engine.ids import ArtifactId
-from engine.stores._base import ArtifactStore
+from engine.stores import ArtifactStore
 
 __all__ = ["SnapshotCache", "StagedContext", "encode_snapshot"]
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from engine._runtime.clock import Clock
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, StateFailed
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores._base import EventStore
+from engine.stores import EventStore
 
 __all__ = ["EventWriter", "OpenAttempt", "construct"]
 

@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from engine.engine import Stores
 from engine.ids import ArtifactId, RunId
 from engine.runtime import request_cancel
+from engine.stores.fs import framing
 from engine.workers.base import (
     LeaseInfo,
     LeaseState,
@@ -153,7 +154,9 @@ class DetachedLauncher:
         run_dir = Path(store.run_dir(run_id))
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_fd = os.open(
-            run_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            run_dir / framing.WORKER_LOG_FILE,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
         )
         try:
             proc = subprocess.Popen(

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import StorageError
-from engine.events import RunCompleted, decode_envelope
+from engine.events import RunCompleted
 from engine.ids import ArtifactId, RunId
+from engine.stores.fs import framing
 from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError
 
 __all__ = ["Lease", "probe_lease", "read_pending", "run_finished", "verdict_path", "write_pending", "write_private"]
 
 
 def _lease_path(store: RunFolders, run_id: RunId) -> Path:
-    return Path(store.run_dir(run_id)) / "lease"
+    return Path(store.run_dir(run_id)) / framing.LEASE_FILE
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
@@ -55,28 +55,10 @@ def run_finished(store: RunFolders, run_id: RunId) -> bool:
     line is skipped)."""
     try:
         with open(store.events_path(run_id), "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            chunk = 65536
-            while True:
-                start = max(0, size - chunk)
-                f.seek(start)
-                data = f.read(size - start)
-                lines = data.split(b"\n")[:-1]  # what follows the last newline is not a complete line
-                if start > 0:
-                    lines = lines[1:]  # possibly cut in the middle
-                for line in reversed(lines):
-                    if not line.strip():
-                        continue
-                    try:
-                        env = decode_envelope(line)
-                    except StorageError:
-                        continue  # torn tail
-                    return isinstance(env.event, RunCompleted)
-                if start == 0:
-                    return False
-                chunk *= 4
+            last = framing.last_envelope(f)
     except FileNotFoundError:
         return False
+    return last is not None and isinstance(last.event, RunCompleted)
 
 
 def probe_lease(store: RunFolders, run_id: RunId) -> LeaseInfo:
@@ -121,7 +103,7 @@ class Lease:
         """
         run_dir = Path(store.run_dir(run_id))
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = run_dir / "lease"
+        path = run_dir / framing.LEASE_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         for i in range(max(1, attempts)):
             try:
@@ -187,7 +169,7 @@ class Lease:
 
 
 def _pending_path(store: RunFolders, run_id: RunId) -> Path:
-    return Path(store.run_dir(run_id)) / "start.json"
+    return Path(store.run_dir(run_id)) / framing.PENDING_FILE
 
 
 def write_pending(store: RunFolders, run_id: RunId, manifest_id: ArtifactId) -> None:
