@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, JsonValue, PlainSerializer, PlainValidator, ValidationError
 
 from engine._kinds import ArtifactKind
-from engine._wire import Frozen, Variant, compact_json, tagged_union_schema
+from engine._wire import Frozen, Variant, compact_json, construct, tagged_union_schema
 from engine.errors import StateError, StorageError
 from engine.ids import ArtifactId, FactKey, OpId, OpPath, RunId, StateId
 
@@ -45,6 +45,7 @@ __all__ = [
     "StateFailed",
     "decode_envelope",
     "encode_envelope",
+    "fact_event",
 ]
 
 DOMAIN_EVENT_FACT_RECORDED = "fact_recorded"
@@ -303,3 +304,13 @@ class RetryScheduled(Frozen):
     next_attempt: int = Field(ge=0, strict=True)
     delay_ms: int = Field(ge=0, strict=True)
     not_before_millis: int = Field(ge=0, strict=True)
+
+
+def fact_event(key: str, payload_id: ArtifactId, meta: dict[str, str] | None = None) -> DomainEvent:
+    """The ``fact_recorded`` domain event binding ``key`` to the payload artifact ``payload_id`` (§11)."""
+    return construct(
+        DomainEvent,
+        name=DOMAIN_EVENT_FACT_RECORDED,
+        payload={"key": str(key), "payload_id": str(payload_id), "meta": dict(meta or {})},
+        payload_ref=None,
+    )

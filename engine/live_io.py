@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine._artifacts import check_content_address, read_canonical_json, verified_put_bytes
 from engine._kinds import ArtifactKind
-from engine._runtime.facts import fact_event
 from engine._secrets import contains_secrets
 from engine.errors import ErrorCategory, IoError, MfmError, StorageError, StorageErrorKind
+from engine.events import fact_event
 from engine.hashing import CanonicalJsonError, artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId, RunId, StateId
 from engine.io import IoCall, IoResult

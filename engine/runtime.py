@@ -59,9 +59,10 @@ from engine._runtime.executor import (
     replay_manifest,
     store_manifest,
 )
-from engine._runtime.facts import FactIndex, fact_event
+from engine._runtime.facts import FactIndex
 from engine._runtime.scheduler import CODE_FAN_OUT_WRITE_CONFLICT, CODE_RUN_CANCELLED
-from engine._runtime.writer import EventWriter, construct
+from engine._runtime.writer import EventWriter
+from engine._wire import construct
 from engine.config import RunManifest
 from engine.context import JsonContext
 from engine.engine import RunPhase, RunResult, StartRun, Stores
@@ -76,6 +77,7 @@ from engine.events import (
     StateCompleted,
     StateEntered,
     StateFailed,
+    fact_event,
 )
 from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key

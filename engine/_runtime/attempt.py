@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from engine._runtime.context_runtime import StagedContext
 from engine._runtime.invocation import Invocation
 from engine._runtime.recorder import ProfileRecorder
-from engine._runtime.writer import construct
 from engine._secrets import contains_secrets
+from engine._wire import construct
 from engine.config import IoMode
 from engine.errors import ErrorInfo, MfmError, RunError, RunErrorKind, StateError
 from engine.events import StateEntered

@@ -16,14 +16,15 @@ from engine._runtime.cancel import CancelToken, CancelWatcher
 from engine._runtime.clock import Clock, Failpoints, Sleeper
 from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.envelopes import EnvelopeViolation, History, analyze
-from engine._runtime.facts import FactIndex, fact_event
+from engine._runtime.facts import FactIndex
 from engine._runtime.invocation import Invocation, Override
 from engine._runtime.scheduler import Scheduler, max_concurrency
-from engine._runtime.writer import EventWriter, construct
+from engine._runtime.writer import EventWriter
+from engine._wire import construct
 from engine.config import FanOutJoin, IoMode, RunConfig, RunManifest
 from engine.engine import RunPhase, RunResult, StartRun, Stores
 from engine.errors import ContextError, ErrorCategory, ErrorInfo, MfmError, RunError, StateError, StorageError
-from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus, StateFailed
+from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus, StateFailed, fact_event
 from engine.hashing import CanonicalJsonError, artifact_id_for_json
 from engine.ids import ArtifactId, RunId, StateId
 from engine.meta import SideEffectKind

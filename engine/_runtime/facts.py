@@ -6,7 +6,6 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
-from engine._runtime.writer import construct
 from engine._secrets import contains_secrets
 from engine.errors import StorageError
 from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent, EventEnvelope, FactRecorded
@@ -62,12 +61,3 @@ class FactIndex:
                     details,  # type: ignore[arg-type]
                 )
         return index
-
-
-def fact_event(key: str, payload_id: ArtifactId, meta: dict[str, str] | None = None) -> DomainEvent:
-    return construct(
-        DomainEvent,
-        name=DOMAIN_EVENT_FACT_RECORDED,
-        payload={"key": str(key), "payload_id": str(payload_id), "meta": dict(meta or {})},
-        payload_ref=None,
-    )

@@ -33,7 +33,7 @@ from typing import Any
 
 from engine._runtime.attempt import HandlerResult, run_handler, sanitize_error
 from engine._runtime.invocation import Invocation, Override
-from engine._runtime.writer import construct
+from engine._wire import construct
 from engine.config import EventProfile, FanOutJoin, RunConfig
 from engine.engine import RunPhase, RunResult
 from engine.errors import ErrorCategory, ErrorInfo, MfmError, RunError, StateError

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._runtime.writer import construct
+from engine._wire import construct
 from engine.errors import StorageError
 from engine.events import EventEnvelope, StateCompleted, StateEntered, encode_envelope
 from engine.hashing import MAX_SAFE_INTEGER

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine._runtime.context_runtime import _TOMBSTONE, SnapshotCache, _Members, encode_member
-from engine._runtime.writer import construct
+from engine._wire import construct
 from engine.config import Duration, FanOutJoin, Fixed, RetryPolicy
 from engine.engine import RunPhase, Stores
 from engine.errors import RunError, RunErrorKind, StorageError
