@@ -224,8 +224,8 @@ async def _key_ms(app: Any, key: str, changed: Any, render: Any) -> float:
 async def scenario_open(root: Path, run_id: str) -> dict[str, Any]:
     from textual.app import App
 
+    from engine.runtime import SystemClock
     from engine.stores.fs import FsStore
-    from mfm_tui.clock import SystemClock
     from mfm_tui.screens.run import RunScreen
     from mfm_tui.widgets.event_log import EventLog
 

@@ -29,7 +29,7 @@ from textual.widgets import Footer, Static
 from engine.config import RunManifest
 from engine.ids import RunId
 from engine.plan import ExecutionPlan
-from mfm_tui.clock import Clock, SystemClock
+from engine.runtime import Clock, SystemClock
 from mfm_tui.commands import StartCommands
 from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
 from mfm_tui.messages import ErrorReported, RunSelected, RunsUpdated, StoreChanged

@@ -15,7 +15,6 @@ command palette lists those bindings with their keys. Each action:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,7 +27,7 @@ from textual.command import Hit, Hits, Provider
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from mfm_tui.messages import ErrorReported
-from mfm_tui.run_model import LeaseStatus, RunModel, RunStatus, StateStatus
+from mfm_tui.run_model import LeaseStatus, RunDisplayStatus, RunModel, StateStatus
 from mfm_tui.screens.confirm import ConfirmDialog
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "read_only_reason",
     "replay_run_of",
     "resume_runs",
-    "store_writable",
     "worker_log_path",
 ]
 
@@ -61,17 +59,6 @@ class ActionPlan:
     @property
     def ok(self) -> bool:
         return self.refusal is None
-
-
-def store_writable(store: Any) -> bool:
-    """A filesystem store whose folder this process may write (other stores: assumed writable)."""
-    root = getattr(store, "root", None)
-    if root is None:
-        return True
-    path = Path(root)
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return os.access(path, os.W_OK | os.X_OK)
 
 
 def read_only_reason(app: Any) -> str | None:
@@ -108,7 +95,7 @@ def describe_cancel(model: RunModel) -> ActionPlan:
                 f"run {model.short_id} already finished ({model.status.label}); nothing to cancel",
             ),
         )
-    if model.status is RunStatus.CANCELLING:
+    if model.status is RunDisplayStatus.CANCELLING:
         return ActionPlan(model.run_id, ("cancel_already_requested", f"run {model.short_id} is already cancelling"))
     open_states = [sv.short_name for sv in model.open_states]
     lines = [f"Cancel {_label(model)} ({model.status.label}, {model.done}/{model.total} done)?", ""]
@@ -116,7 +103,7 @@ def describe_cancel(model: RunModel) -> ActionPlan:
         lines.append(f"The in-flight attempt of {', '.join(open_states)} is interrupted and closed as run_cancelled.")
     elif model.retry_target is not None:
         lines.append(f"The retry wait of {model.retry_target.state.short_name} is interrupted.")
-    if model.status is RunStatus.WORKER_LOST:
+    if model.status is RunDisplayStatus.WORKER_LOST:
         lines.append("No worker holds the run: a worker is started to close it.")
     lines.append("The run then ends Cancelled at its last checkpoint; completed states keep their results.")
     return ActionPlan(model.run_id, lines=tuple(lines))
@@ -125,7 +112,7 @@ def describe_cancel(model: RunModel) -> ActionPlan:
 def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = None) -> ActionPlan:
     """Where a resume continues (§13), or why it cannot."""
     status = model.status
-    if status is RunStatus.COMPLETED or status is RunStatus.CANCELLED:
+    if status is RunDisplayStatus.COMPLETED or status is RunDisplayStatus.CANCELLED:
         return ActionPlan(
             model.run_id,
             (
@@ -133,13 +120,13 @@ def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = No
                 f"run {model.short_id} already finished ({status.label}); a finished run is final",
             ),
         )
-    if lease is LeaseStatus.HELD and status is not RunStatus.FAILED:
+    if lease is LeaseStatus.HELD and status is not RunDisplayStatus.FAILED:
         who = f" ({holder})" if holder else ""
         return ActionPlan(
             model.run_id,
             ("worker_alive", f"run {model.short_id} has a live worker{who}; it is still running: nothing to resume"),
         )
-    if status is RunStatus.FAILED:
+    if status is RunDisplayStatus.FAILED:
         failed = model.failed_state
         where = failed.short_name if failed is not None else "the failed state"
         err = failed.error if failed is not None else None

@@ -13,7 +13,7 @@ from textual.widgets import Static
 from engine.errors import MfmError
 from engine.events import EventEnvelope, decode_envelope
 from engine.ids import RunId
-from mfm_tui.clock import Clock
+from engine.runtime import Clock
 from mfm_tui.log_index import (
     FOLD_NEEDLES as _FOLD_NEEDLES,
 )

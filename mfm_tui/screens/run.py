@@ -33,9 +33,9 @@ from textual.widgets import Footer, Input, Static
 from engine.config import RunManifest
 from engine.events import EventEnvelope
 from engine.ids import RunId
+from engine.runtime import Clock, SystemClock
 from mfm_tui import commands
 from mfm_tui.clipboard import copy_text
-from mfm_tui.clock import Clock, SystemClock
 from mfm_tui.log_index import (
     ListLogSource,
     LogFilter,
@@ -49,8 +49,8 @@ from mfm_tui.screens._run_history import TimeTravelMixin
 from mfm_tui.screens._run_loading import _ADOPT_GAP as _ADOPT_GAP  # re-exported
 from mfm_tui.screens._run_loading import RunLoadingMixin, events_path_of
 from mfm_tui.widgets.event_log import EventLog
+from mfm_tui.widgets.plan_graph import PlanGraph
 from mfm_tui.widgets.run_header import RunHeader
-from mfm_tui.widgets.state_graph import StateGraph
 from mfm_tui.widgets.state_panel import StatePanel
 
 __all__ = ["EventDialog", "RunScreen", "events_path_of"]
@@ -176,7 +176,7 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
         yield Static("", id="time-banner")
         with Horizontal(id="run-top"):
             with Vertical(id="graph-box"):
-                yield StateGraph(id="graph")
+                yield PlanGraph(id="graph")
             with VerticalScroll(id="panel-box"):
                 yield StatePanel(ascii_only=self.ascii_only, id="state-panel")
         with Vertical(id="log-box"):
@@ -191,7 +191,7 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
     """
 
     def on_mount(self) -> None:
-        graph = self.query_one(StateGraph)
+        graph = self.query_one(PlanGraph)
         graph.ascii_only = self.ascii_only
         self.query_one(EventLog).ascii_only = self.ascii_only
         self.query_one("#graph-box").border_title = "States"
@@ -220,7 +220,7 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
             return
         now = self.clock.now_millis()
         if any(sv.status is StateStatus.RETRYING for sv in self.model.states.values()):
-            self.query_one(StateGraph).tick(now)
+            self.query_one(PlanGraph).tick(now)
         self._render_header(now)
         self._render_panel(now)
 
@@ -238,7 +238,7 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
     def _render_all(self) -> None:
         now = self._now()
         nodes, edges = self._graph_shape()
-        graph = self.query_one(StateGraph)
+        graph = self.query_one(PlanGraph)
         graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now)
         if self.selected is None and graph.cursor is not None:
             self.selected = graph.cursor
@@ -276,20 +276,20 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
     def set_glyphs(self, glyphs: Any) -> None:
         """The app's theme changed: switch between Unicode and ASCII drawing."""
         self._ascii = bool(getattr(glyphs, "ascii", False))
-        self.query_one(StateGraph).ascii_only = self._ascii
+        self.query_one(PlanGraph).ascii_only = self._ascii
         self.query_one(StatePanel).ascii_only = self._ascii
         self.query_one(RunHeader).ascii_only = self._ascii
         self.query_one(EventLog).ascii_only = self._ascii
         if self._model_ready:
             self._render_all()
 
-    @on(StateGraph.StateHighlighted)
-    def _on_highlight(self, event: StateGraph.StateHighlighted) -> None:
+    @on(PlanGraph.StateHighlighted)
+    def _on_highlight(self, event: PlanGraph.StateHighlighted) -> None:
         self.selected = event.state_id
         self._render_panel(self.clock.now_millis())
 
-    @on(StateGraph.StateSelected)
-    def _on_state_selected(self, event: StateGraph.StateSelected) -> None:
+    @on(PlanGraph.StateSelected)
+    def _on_state_selected(self, event: PlanGraph.StateSelected) -> None:
         self.selected = event.state_id
         self._render_panel(self.clock.now_millis())
         if self.has_class("-narrow"):
@@ -330,7 +330,7 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
             return
         if self.has_class("-panel-open"):
             self.remove_class("-panel-open")
-            self.query_one(StateGraph).focus()
+            self.query_one(PlanGraph).focus()
             return
         log = self.query_one(EventLog)
         if log.filter.active or log.search:
@@ -358,7 +358,7 @@ class RunScreen(RunLoadingMixin, TimeTravelMixin, RunActionsMixin, Screen[None])
         getattr(self.query_one(EventLog), f"action_{action}")()
 
     def action_switch_focus(self) -> None:
-        graph, log = self.query_one(StateGraph), self.query_one(EventLog)
+        graph, log = self.query_one(PlanGraph), self.query_one(EventLog)
         (log if graph.has_focus else graph).focus()
 
     def action_copy_id(self) -> None:

@@ -23,12 +23,12 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from engine.ids import RunId
+from engine.runtime import Clock
 from mfm_tui import commands
 from mfm_tui.clipboard import copy_text
-from mfm_tui.clock import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
-from mfm_tui.run_model import RunModel, RunStatus
+from mfm_tui.run_model import RunDisplayStatus, RunModel
 from mfm_tui.widgets.run_table import RunTable, now_text
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
@@ -38,14 +38,16 @@ __all__ = ["SORT_KEYS", "RunFilter", "RunsScreen", "order_models"]
 SORT_KEYS = ("urgency", "newest", "oldest", "op", "duration")
 LOADING_REBUILD_SECONDS = 0.3
 
-_STATUS_WORDS: Mapping[str, frozenset[RunStatus]] = {
-    **{s.value: frozenset({s}) for s in RunStatus},
-    "lost": frozenset({RunStatus.WORKER_LOST}),
-    "worker-lost": frozenset({RunStatus.WORKER_LOST}),
-    "done": frozenset({RunStatus.COMPLETED}),
-    "ok": frozenset({RunStatus.COMPLETED}),
-    "active": frozenset({RunStatus.RUNNING, RunStatus.RETRYING, RunStatus.CANCELLING, RunStatus.PENDING}),
-    "finished": frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}),
+_STATUS_WORDS: Mapping[str, frozenset[RunDisplayStatus]] = {
+    **{s.value: frozenset({s}) for s in RunDisplayStatus},
+    "lost": frozenset({RunDisplayStatus.WORKER_LOST}),
+    "worker-lost": frozenset({RunDisplayStatus.WORKER_LOST}),
+    "done": frozenset({RunDisplayStatus.COMPLETED}),
+    "ok": frozenset({RunDisplayStatus.COMPLETED}),
+    "active": frozenset(
+        {RunDisplayStatus.RUNNING, RunDisplayStatus.RETRYING, RunDisplayStatus.CANCELLING, RunDisplayStatus.PENDING}
+    ),
+    "finished": frozenset({RunDisplayStatus.COMPLETED, RunDisplayStatus.FAILED, RunDisplayStatus.CANCELLED}),
 }
 
 
@@ -54,7 +56,7 @@ class RunFilter:
     """``op:NAME status:failed id:0c9d word…`` — every term must match (words: op, id, state, error)."""
 
     ops: tuple[str, ...] = ()
-    statuses: frozenset[RunStatus] | None = None
+    statuses: frozenset[RunDisplayStatus] | None = None
     id_prefixes: tuple[str, ...] = ()
     words: tuple[str, ...] = ()
 
@@ -63,7 +65,7 @@ class RunFilter:
         ops: list[str] = []
         ids: list[str] = []
         words: list[str] = []
-        statuses: set[RunStatus] | None = None
+        statuses: set[RunDisplayStatus] | None = None
         for term in text.lower().split():
             key, sep, value = term.partition(":")
             if sep and key == "op" and value:
@@ -200,7 +202,7 @@ class RunsScreen(Screen[None]):
         self.query_one(RunTable).display = not empty
         self._update_summary(counts, len(shown))
 
-    def _update_summary(self, counts: Counter[RunStatus], shown: int) -> None:
+    def _update_summary(self, counts: Counter[RunDisplayStatus], shown: int) -> None:
         total = sum(counts.values())
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append("mfm", style="bold")
@@ -221,10 +223,10 @@ class RunsScreen(Screen[None]):
             if self.read_only:
                 text.append("  read-only", style="bold")
             for status, word in (
-                (RunStatus.RUNNING, "running"),
-                (RunStatus.RETRYING, "retrying"),
-                (RunStatus.FAILED, "failed"),
-                (RunStatus.WORKER_LOST, "lost"),
+                (RunDisplayStatus.RUNNING, "running"),
+                (RunDisplayStatus.RETRYING, "retrying"),
+                (RunDisplayStatus.FAILED, "failed"),
+                (RunDisplayStatus.WORKER_LOST, "lost"),
             ):
                 if counts.get(status):
                     text.append(f"  {counts[status]} {word}")

@@ -25,8 +25,8 @@ from textual.scrollbar import ScrollTo, ScrollUp
 from textual.strip import Strip
 from textual.worker import get_current_worker
 
+from mfm_tui.glyphs import ascii_text
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogLine, LogSource, summarize
-from mfm_tui.widgets.state_graph import ascii_text
 
 __all__ = ["EventLog", "format_time"]
 

@@ -16,25 +16,29 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from mfm_tui.run_model import RunStatus
+from mfm_tui.run_model import RunDisplayStatus
 
 __all__ = ["TABS", "StatusTabs", "tab_matches"]
 
-TABS: tuple[tuple[str, str, frozenset[RunStatus]], ...] = (
-    ("all", "All", frozenset(RunStatus)),
-    ("running", "Running", frozenset({RunStatus.RUNNING, RunStatus.PENDING, RunStatus.CANCELLING})),
-    ("retrying", "Retrying", frozenset({RunStatus.RETRYING})),
-    ("failed", "Failed", frozenset({RunStatus.FAILED})),
-    ("lost", "Lost", frozenset({RunStatus.WORKER_LOST})),
-    ("completed", "Completed", frozenset({RunStatus.COMPLETED})),
-    ("cancelled", "Cancelled", frozenset({RunStatus.CANCELLED})),
+TABS: tuple[tuple[str, str, frozenset[RunDisplayStatus]], ...] = (
+    ("all", "All", frozenset(RunDisplayStatus)),
+    (
+        "running",
+        "Running",
+        frozenset({RunDisplayStatus.RUNNING, RunDisplayStatus.PENDING, RunDisplayStatus.CANCELLING}),
+    ),
+    ("retrying", "Retrying", frozenset({RunDisplayStatus.RETRYING})),
+    ("failed", "Failed", frozenset({RunDisplayStatus.FAILED})),
+    ("lost", "Lost", frozenset({RunDisplayStatus.WORKER_LOST})),
+    ("completed", "Completed", frozenset({RunDisplayStatus.COMPLETED})),
+    ("cancelled", "Cancelled", frozenset({RunDisplayStatus.CANCELLED})),
 )
 """``(key, label, statuses)`` in display order."""
 
 _BY_KEY = {key: statuses for key, _label, statuses in TABS}
 
 
-def tab_matches(tab: str, status: RunStatus) -> bool:
+def tab_matches(tab: str, status: RunDisplayStatus) -> bool:
     return status in _BY_KEY.get(tab, _BY_KEY["all"])
 
 
@@ -65,7 +69,7 @@ class StatusTabs(Widget):
         self._counts: dict[str, int] = {}
         self._spans: list[tuple[int, int, str]] = []
 
-    def set_counts(self, by_status: Mapping[RunStatus, int]) -> None:
+    def set_counts(self, by_status: Mapping[RunDisplayStatus, int]) -> None:
         counts = {key: sum(by_status.get(s, 0) for s in statuses) for key, _label, statuses in TABS}
         if counts != self._counts:
             self._counts = counts
