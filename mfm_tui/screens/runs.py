@@ -7,7 +7,6 @@ rebuilds its row order when ``RunsUpdated`` arrives. Row order and filtering are
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -24,11 +23,13 @@ from textual.widgets import Footer, Input, Static
 
 from engine.ids import RunId
 from engine.runtime import Clock
-from mfm_tui import commands
+from mfm_tui import controller
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
 from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.screens.start import StartScreen
+from mfm_tui.services import services_of
 from mfm_tui.widgets.run_table import RunTable, now_text
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
@@ -117,7 +118,11 @@ def order_models(models: Iterable[RunModel], sort: str, now_millis: int) -> list
 
 
 class RunsScreen(Screen[None]):
-    """Home: the runs list."""
+    """Home: the runs list.
+
+    It reads the watcher's models (passed down by the app), rebuilds on ``RunsUpdated``, opens a run through the
+    table's ``RunSelected`` (the app handles it) and steers runs through ``mfm_tui.controller``.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "open_filter", "Filter", tooltip="Filter: op:NAME status:failed id:PREFIX words"),
@@ -133,6 +138,22 @@ class RunsScreen(Screen[None]):
         Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
         Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff two marked runs: final snapshots, manifests"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | slash | Filter: `op:NAME status:failed id:PREFIX words`. |
+    | escape | Clear the filter, then the tab. |
+    | tab, shift+tab | Next / previous status tab. |
+    | o | Sort by urgency, newest, oldest, op, duration. |
+    | s | Start a run. |
+    | y | Copy the selected run's id. |
+    | space | Mark the run (bulk cancel, resume; diff two). |
+    | c | Cancel the run, or the marked runs (confirmation first). |
+    | r | Resume the run, or the marked runs (confirmation first). |
+    | p | Replay the finished run and compare. |
+    | d | Diff two marked runs: final snapshots, manifests. |
+    """
+
     CONTROLS: ClassVar[frozenset[str]] = frozenset({"start_run", "cancel_runs", "resume_runs", "replay_run"})
     """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""
 
@@ -309,14 +330,9 @@ class RunsScreen(Screen[None]):
         if self.read_only:
             self.notify("read-only: starting runs is disabled", severity="warning", timeout=3)
             return
-        try:
-            start_screen = importlib.import_module("mfm_tui.screens.start").StartScreen
-        except (ImportError, AttributeError):
-            self.notify("start a run from a shell: mfm start demo_flaky", timeout=4)
-            return
-        self.app.push_screen(start_screen())
+        self.app.push_screen(StartScreen())
 
-    # ------------------------------------------------------------------ controls (mfm_tui.commands)
+    # ------------------------------------------------------------------ controls (mfm_tui.controller)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if self.read_only and action in self.CONTROLS:
@@ -326,7 +342,9 @@ class RunsScreen(Screen[None]):
     def on_key(self, event: events.Key) -> None:
         if self.read_only and event.key in ("s", "c", "r", "p"):
             event.stop()
-            self.notify(commands.read_only_reason(self.app) or "read-only", severity="warning", timeout=4)
+            self.notify(
+                controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
+            )
 
     def _targets(self) -> list[RunId]:
         """The marked runs (still present), else the run under the cursor."""
@@ -348,17 +366,17 @@ class RunsScreen(Screen[None]):
         self.rebuild()
 
     def action_cancel_runs(self) -> None:
-        commands.cancel_runs(self.app, self._targets())
+        controller.cancel_runs(services_of(self.app), self._targets())
 
     def action_resume_runs(self) -> None:
-        commands.resume_runs(self.app, self._targets())
+        controller.resume_runs(services_of(self.app), self._targets())
 
     def action_replay_run(self) -> None:
-        commands.replay_run_of(self.app, self.query_one(RunTable).cursor_run_id)
+        controller.replay_run_of(services_of(self.app), self.query_one(RunTable).cursor_run_id)
 
     def action_diff_runs(self) -> None:
         marked = [self.models[r] for r in sorted(self.marked) if r in self.models]
         if len(marked) != 2:
             self.notify("mark two runs with space, then d diffs them", timeout=3)
             return
-        commands.diff_runs(self.app, marked[0], marked[1])
+        controller.diff_runs(services_of(self.app), marked[0], marked[1])

@@ -82,7 +82,7 @@ def now_text(model: RunModel, now_millis: int) -> str:
 
 
 class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
-    """Runs, one per line; ``enter`` posts ``RunSelected``."""
+    """Runs, one per line (``set_rows``, in the screen's order); ``enter`` posts ``RunSelected``."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select", "Open", tooltip="Open the selected run"),
@@ -93,6 +93,33 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         Binding("pagedown", "page_down", "Page down", show=False),
         Binding("pageup", "page_up", "Page up", show=False),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | enter | Open the selected run (posts `RunSelected`). |
+    | down, j / up, k | Next / previous run. |
+    | home, g / end, G | First / last run. |
+    | pagedown, pageup | A page down / up. |
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "run-table--header",
+        "run-table--cursor",
+        "run-table--success",
+        "run-table--error",
+        "run-table--warning",
+        "run-table--running",
+        "run-table--muted",
+        "run-table--id",
+    }
+    """
+    | Class | Description |
+    | :- | :- |
+    | `run-table--header` | The header line. |
+    | `run-table--cursor` | The line under the cursor. |
+    | `run-table--success`, `--error`, `--warning`, `--running`, `--muted` | A run's status colour role. |
+    | `run-table--id` | The run id column. |
+    """
 
     DEFAULT_CSS = """
     RunTable {
@@ -115,18 +142,8 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
     }
     """
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "run-table--header",
-        "run-table--cursor",
-        "run-table--success",
-        "run-table--error",
-        "run-table--warning",
-        "run-table--running",
-        "run-table--muted",
-        "run-table--id",
-    }
-
     cursor_row: reactive[int] = reactive(0, always_update=True)
+    """The row under the cursor (the cursor follows its run when rows change)."""
 
     def __init__(self, clock: Clock, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)

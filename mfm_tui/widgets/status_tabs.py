@@ -43,7 +43,16 @@ def tab_matches(tab: str, status: RunDisplayStatus) -> bool:
 
 
 class StatusTabs(Widget):
-    """The status tabs line."""
+    """The status tabs line: ``set_counts`` gives it the runs per status, ``select`` / ``step`` / a click change the
+    tab and post ``TabChanged``."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"status-tabs--active", "status-tabs--empty"}
+    """
+    | Class | Description |
+    | :- | :- |
+    | `status-tabs--active` | The current tab. |
+    | `status-tabs--empty` | A tab without runs. |
+    """
 
     DEFAULT_CSS = """
     StatusTabs {
@@ -55,14 +64,21 @@ class StatusTabs(Widget):
     }
     """
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"status-tabs--active", "status-tabs--empty"}
-
     active: reactive[str] = reactive("all")
+    """The current tab's key (``all``, ``running``, ``retrying``, ``failed``, ``lost``, ``completed``, …)."""
 
     class TabChanged(Message):
-        def __init__(self, tab: str) -> None:
+        """The current tab changed to ``tab``."""
+
+        def __init__(self, tabs: StatusTabs, tab: str) -> None:
             super().__init__()
+            self.tabs = tabs
             self.tab = tab
+
+        @property
+        def control(self) -> StatusTabs:
+            """The tabs that changed."""
+            return self.tabs
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -97,7 +113,7 @@ class StatusTabs(Widget):
     def select(self, tab: str) -> None:
         if tab in _BY_KEY and tab != self.active:
             self.active = tab
-            self.post_message(self.TabChanged(tab))
+            self.post_message(self.TabChanged(self, tab))
 
     def step(self, delta: int) -> None:
         keys = [key for key, _label, _statuses in TABS]

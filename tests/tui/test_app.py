@@ -197,33 +197,16 @@ async def test_corrupted_and_vanished_runs_are_shown_in_place_and_the_rest_keeps
 async def test_a_run_screen_that_fails_to_open_reports_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import mfm_tui.app as app_module
 
-    def broken(name: str) -> Any:
+    def broken(**kwargs: Any) -> Any:
         raise StorageError.not_found("artifact_not_found", "artifact not found: manifest")
 
-    monkeypatch.setattr(app_module.importlib, "import_module", broken)
+    monkeypatch.setattr(app_module, "RunScreen", broken)
     app = await afixture_app()
     async with app.run_test() as pilot:
         await settle(pilot)
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
         assert app.screen.code == "artifact_not_found"
-
-
-async def test_without_a_run_screen_module_a_placeholder_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mfm_tui.app as app_module
-
-    def missing(name: str) -> Any:
-        raise ImportError(name)
-
-    monkeypatch.setattr(app_module.importlib, "import_module", missing)
-    app = await afixture_app()
-    async with app.run_test() as pilot:
-        await settle(pilot)
-        await pilot.press("enter")
-        await pilot.pause()
-        assert type(app.screen).__name__ == "_PlaceholderRunScreen"
-        await pilot.press("escape")
-        assert isinstance(app.screen, RunsScreen)
 
 
 # ------------------------------------------------------------------------------------------ help, themes

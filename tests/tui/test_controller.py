@@ -21,15 +21,15 @@ from engine.operations import load_registry
 from engine.stores.fs import FsStore
 from engine.workers import LeaseState, lease_state, start_run
 from mfm_tui.app import MfmApp, make_app
-from mfm_tui.commands import describe_cancel, describe_resume
 from mfm_tui.config import store_writable
+from mfm_tui.controller import check_spawned, describe_cancel, describe_resume
 from mfm_tui.log_index import FileLogSource
 from mfm_tui.run_model import LeaseStatus, RunDisplayStatus, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.diff import ReplayScreen
 from mfm_tui.screens.run import RunScreen
-from mfm_tui.screens.start import StartScreen, check_spawned
+from mfm_tui.screens.start import StartScreen
 from tests.tui.fixtures import RUN_COMPLETED, RUN_FAILED, RUN_LOST, RUN_RUNNING, afixture_app, settle
 
 SIZE = (100, 30)
@@ -326,13 +326,13 @@ async def test_palette_offers_a_start_entry_per_operation() -> None:
 
 
 async def test_a_run_that_finished_meanwhile_is_refused_with_the_reason() -> None:
-    from mfm_tui import commands
+    from mfm_tui import controller
 
     app = await afixture_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         # the dialog was confirmed for a run that has finished since: the shared action refuses, the reason is shown
-        await commands._do_cancel(app, [RUN_COMPLETED])
+        await controller.execute_cancel(app, [RUN_COMPLETED])
         await until(pilot, lambda: isinstance(app.screen, ErrorDialog))
         assert app.screen.code == "run_already_finished"
         assert "nothing to cancel" in app.screen.message
