@@ -193,13 +193,7 @@ class RunsScreen(Screen[None]):
         yield Input(placeholder="filter: op:NAME status:failed id:PREFIX words", id="runs-filter", compact=True)
         yield Footer()
 
-    def on_mount(self) -> None:
-        self.query_one("#runs-filter", Input).display = False
-        self.rebuild()
-        self.query_one(RunTable).focus()
-        self.set_interval(1.0, self.tick)
-
-    # ------------------------------------------------------------------ data → widgets
+    # ------------------------------------------------------------------ data to widgets
 
     def set_glyphs(self, glyphs: Glyphs) -> None:
         self._glyphs = glyphs
@@ -223,40 +217,16 @@ class RunsScreen(Screen[None]):
         self.query_one(RunTable).display = not empty
         self._update_summary(counts, len(shown))
 
-    def _update_summary(self, counts: Counter[RunDisplayStatus], shown: int) -> None:
-        total = sum(counts.values())
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append("mfm", style="bold")
-        if self.store_label:
-            text.append(f"  store {self.store_label}")
-        if self.store_error is not None:
-            text.append(f"  [{self.store_error[0]}] {self.store_error[1]}", style="bold")
-        elif not self.loaded:
-            text.append("  loading" + self._glyphs.ellipsis)
-        else:
-            narrowed = self.tab != "all" or not self.filter.is_empty
-            text.append(f"  {shown} of {total}" if narrowed else f"  {total}")
-            text.append(" run" if total == 1 else " runs")
-            if self.sort != "urgency":
-                text.append(f"  sort {self.sort}")
-            if self.marked:
-                text.append(f"  {len(self.marked)} marked", style="bold")
-            if self.read_only:
-                text.append("  read-only", style="bold")
-            for status, word in (
-                (RunDisplayStatus.RUNNING, "running"),
-                (RunDisplayStatus.RETRYING, "retrying"),
-                (RunDisplayStatus.FAILED, "failed"),
-                (RunDisplayStatus.WORKER_LOST, "lost"),
-            ):
-                if counts.get(status):
-                    text.append(f"  {counts[status]} {word}")
-        self.query_one("#runs-summary", Static).update(text)
-
     def tick(self) -> None:
         self.query_one(RunTable).tick()
 
     # ------------------------------------------------------------------ handlers
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-filter", Input).display = False
+        self.rebuild()
+        self.query_one(RunTable).focus()
+        self.set_interval(1.0, self.tick)
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
         self.loaded = message.loaded
@@ -276,12 +246,6 @@ class RunsScreen(Screen[None]):
         else:
             self.call_later(self._rebuild_now)
 
-    def _rebuild_now(self) -> None:
-        self._rebuild_pending = False
-        self._rebuild_timer = None
-        self._last_rebuild = time.monotonic()
-        self.rebuild()
-
     @on(StatusTabs.TabChanged)
     def _tab_changed(self, message: StatusTabs.TabChanged) -> None:
         self.tab = message.tab
@@ -296,6 +260,18 @@ class RunsScreen(Screen[None]):
     @on(Input.Submitted, "#runs-filter")
     def _filter_submitted(self, message: Input.Submitted) -> None:
         self.query_one(RunTable).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in self.CONTROLS:
+            return None  # shown disabled; pressing the key says why (on_key)
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        if self.read_only and event.key in ("s", "c", "r", "p"):
+            event.stop()
+            self.notify(
+                controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
+            )
 
     # ------------------------------------------------------------------ actions
 
@@ -332,28 +308,6 @@ class RunsScreen(Screen[None]):
             return
         self.app.push_screen(StartScreen())
 
-    # ------------------------------------------------------------------ controls (mfm_tui.controller)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.read_only and action in self.CONTROLS:
-            return None  # shown disabled; pressing the key says why (on_key)
-        return True
-
-    def on_key(self, event: events.Key) -> None:
-        if self.read_only and event.key in ("s", "c", "r", "p"):
-            event.stop()
-            self.notify(
-                controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
-            )
-
-    def _targets(self) -> list[RunId]:
-        """The marked runs (still present), else the run under the cursor."""
-        marked = [r for r in self.marked if r in self.models]
-        if marked:
-            return sorted(marked)
-        run_id = self.query_one(RunTable).cursor_run_id
-        return [run_id] if run_id is not None else []
-
     def action_toggle_mark(self) -> None:
         table = self.query_one(RunTable)
         run_id = table.cursor_run_id
@@ -380,3 +334,49 @@ class RunsScreen(Screen[None]):
             self.notify("mark two runs with space, then d diffs them", timeout=3)
             return
         controller.diff_runs(services_of(self.app), marked[0], marked[1])
+
+    # ------------------------------------------------------------------ internals
+
+    def _update_summary(self, counts: Counter[RunDisplayStatus], shown: int) -> None:
+        total = sum(counts.values())
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append("mfm", style="bold")
+        if self.store_label:
+            text.append(f"  store {self.store_label}")
+        if self.store_error is not None:
+            text.append(f"  [{self.store_error[0]}] {self.store_error[1]}", style="bold")
+        elif not self.loaded:
+            text.append("  loading" + self._glyphs.ellipsis)
+        else:
+            narrowed = self.tab != "all" or not self.filter.is_empty
+            text.append(f"  {shown} of {total}" if narrowed else f"  {total}")
+            text.append(" run" if total == 1 else " runs")
+            if self.sort != "urgency":
+                text.append(f"  sort {self.sort}")
+            if self.marked:
+                text.append(f"  {len(self.marked)} marked", style="bold")
+            if self.read_only:
+                text.append("  read-only", style="bold")
+            for status, word in (
+                (RunDisplayStatus.RUNNING, "running"),
+                (RunDisplayStatus.RETRYING, "retrying"),
+                (RunDisplayStatus.FAILED, "failed"),
+                (RunDisplayStatus.WORKER_LOST, "lost"),
+            ):
+                if counts.get(status):
+                    text.append(f"  {counts[status]} {word}")
+        self.query_one("#runs-summary", Static).update(text)
+
+    def _rebuild_now(self) -> None:
+        self._rebuild_pending = False
+        self._rebuild_timer = None
+        self._last_rebuild = time.monotonic()
+        self.rebuild()
+
+    def _targets(self) -> list[RunId]:
+        """The marked runs (still present), else the run under the cursor."""
+        marked = [r for r in self.marked if r in self.models]
+        if marked:
+            return sorted(marked)
+        run_id = self.query_one(RunTable).cursor_run_id
+        return [run_id] if run_id is not None else []
