@@ -25,7 +25,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy --strict engine
+	$(VENV)/bin/mypy --strict engine mfm_tui
 
 fmt: setup
 	$(VENV)/bin/ruff format .

@@ -224,8 +224,8 @@ async def _key_ms(app: Any, key: str, changed: Any, render: Any) -> float:
 async def scenario_open(root: Path, run_id: str) -> dict[str, Any]:
     from textual.app import App
 
+    from engine.runtime import SystemClock
     from engine.stores.fs import FsStore
-    from mfm_tui.clock import SystemClock
     from mfm_tui.screens.run import RunScreen
     from mfm_tui.widgets.event_log import EventLog
 
@@ -259,7 +259,7 @@ async def scenario_open(root: Path, run_id: str) -> dict[str, Any]:
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         base_rss = rss_mb()
-        screen = RunScreen(run_id=run_id, poll=False)
+        screen = RunScreen(run_id=run_id, store=store, clock=SystemClock(), poll=False)
         t0 = time.perf_counter()
         app.push_screen(screen)
         await _until(lambda: bool(painted), step=0.001)

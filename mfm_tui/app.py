@@ -1,17 +1,17 @@
 """The Textual app, built by ``make_app(...)`` for both ``mfm tui`` and the tests (no globals).
 
 The app is thin: it owns the store watcher (run in a Textual worker that only posts messages),
-forwards ``StoreChanged`` / ``RunsUpdated`` to every screen on its stack, opens a run's screen on
-``RunSelected``, shows errors in a dialog and offers help (``?``) and the palette (``ctrl+p``).
-Screens read the services they need from the attributes named like ``make_app``'s parameters:
-``store``, ``clock``, ``plan_resolver``, ``lease_probe``, ``read_only``, ``watcher``, ``ascii_only``, ``glyphs``.
+forwards ``StoreChanged`` / ``RunsUpdated`` / ``CancelRequested`` to every screen on its stack, opens a run's screen
+on ``RunSelected``, shows errors in a dialog and offers help (``?``) and the palette (``ctrl+p``). It shows what the
+controller asks for (``ActionProposed``: a confirmation; ``ReplayStarted``, ``DiffLoaded``, ``RunResumed``).
+Screens and the controller reach its services through ``mfm_tui.services.AppServices`` (``store``, ``clock``,
+``plan_resolver``, ``lease_probe``, ``read_only``, ``watcher``, ``ascii_only`` …), which ``MfmApp`` satisfies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -19,24 +19,42 @@ from pathlib import PurePath
 from typing import Any, ClassVar, cast
 
 from rich.console import Console
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.command import CommandPalette, SearchIcon
+from textual.message import Message
 from textual.screen import Screen
 from textual.theme import Theme
-from textual.widgets import Footer, Static
 
 from engine.config import RunManifest
 from engine.ids import RunId
+from engine.operations import OperationRegistry
 from engine.plan import ExecutionPlan
-from mfm_tui.clock import Clock, SystemClock
+from engine.runtime import Clock, SystemClock
+from engine.workers import lease_state
+from mfm_tui import controller
 from mfm_tui.commands import StartCommands
 from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
-from mfm_tui.messages import ErrorReported, RunSelected, RunsUpdated, StoreChanged
+from mfm_tui.messages import (
+    ActionProposed,
+    CancelRequested,
+    DiffLoaded,
+    ErrorReported,
+    ReplayStarted,
+    RunLaunched,
+    RunResumed,
+    RunSelected,
+    RunsUpdated,
+    StoreChanged,
+)
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
+from mfm_tui.screens.confirm import ConfirmDialog, lines_text
 from mfm_tui.screens.dialogs import ErrorDialog
+from mfm_tui.screens.diff import DiffScreen, ReplayScreen
 from mfm_tui.screens.help import HelpEntry, HelpScreen
+from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.runs import RunsScreen
+from mfm_tui.screens.start import StartScreen
 from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
 
@@ -65,10 +83,6 @@ def default_lease_probe(store: Any) -> LeaseProbe | None:
     """For a filesystem store (it has ``run_dir``): ``engine.workers.lease_state``; otherwise none."""
     if not callable(getattr(store, "run_dir", None)):
         return None
-    try:
-        from engine.workers import lease_state
-    except ImportError:
-        return None
 
     def probe(run_id: RunId) -> LeaseStatus:
         return lease_status_of(lease_state(store, run_id))
@@ -84,20 +98,6 @@ class _NullFile:
         return None
 
 
-class _PlaceholderRunScreen(Screen[None]):
-    """Shown when the run screen module is not available."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
-
-    def __init__(self, run_id: RunId) -> None:
-        super().__init__()
-        self.run_id = run_id
-
-    def compose(self) -> ComposeResult:
-        yield Static(f"run {self.run_id}\n\n(the run screen is not available in this build)", id="run-placeholder")
-        yield Footer()
-
-
 class _AsciiCommandPalette(CommandPalette):
     """Textual's palette without its emoji search icon (the ASCII theme)."""
 
@@ -107,7 +107,7 @@ class _AsciiCommandPalette(CommandPalette):
 
 
 class MfmApp(App[None]):
-    """The mfm monitor. Build it with ``make_app``."""
+    """The mfm monitor. Build it with ``make_app``; it satisfies ``mfm_tui.services.AppServices``."""
 
     TITLE = "mfm"
     CSS_PATH = cast("list[str | PurePath]", css_paths())
@@ -118,6 +118,13 @@ class MfmApp(App[None]):
         Binding("question_mark", "help", "Help", tooltip="Show every key of this screen"),
         Binding("escape", "back", "Back", show=False, tooltip="Back / close"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | q, ctrl+c | Quit (runs keep going in their workers). |
+    | question_mark | Every key of the current screen. |
+    | escape | Back / close. |
+    """
 
     def __init__(
         self,
@@ -130,7 +137,7 @@ class MfmApp(App[None]):
         lease_probe: LeaseProbe | None = None,
         color_system: str | None = None,
         watch: bool = True,
-        registry: Any = None,
+        registry: OperationRegistry | None = None,
         ops_modules: Sequence[str] = (),
     ) -> None:
         super().__init__()
@@ -142,6 +149,8 @@ class MfmApp(App[None]):
         self.lease_probe = lease_probe if lease_probe is not None else default_lease_probe(store)
         self._plan_resolver = plan_resolver
         self.watch_store = watch
+        self._owns_process = False
+        """Whether ``run`` drives this process (then the first load may tune the garbage collector)."""
         self.watch_restart_delay = 1.0
         self.loaded = False
         self.watcher = StoreWatcher(store, lease_probe=self.lease_probe, plan_resolver=plan_resolver)
@@ -212,7 +221,7 @@ class MfmApp(App[None]):
     async def _watch(self) -> None:
         # A full collection over a big first load freezes the UI for most of a second (measured:
         # ~0.8 s at 10,000 runs); when the process is ours, pause collection during the load and freeze the survivors.
-        tune_gc = getattr(self, "_owns_process", False) and gc.isenabled()
+        tune_gc = self._owns_process and gc.isenabled()
         if tune_gc:
             gc.disable()
         try:
@@ -260,15 +269,14 @@ class MfmApp(App[None]):
             if run_id is None:
                 self.post_message(ErrorReported(code, message, title="Store unreadable"))
 
-    def _broadcast(self, make: Callable[[], Any]) -> None:
+    def _broadcast(self, make: Callable[[], Message]) -> None:
         for screen in list(self.screen_stack):
             screen.post_message(make())
 
     def _theme_changed(self, theme: Theme) -> None:
         for screen in self.screen_stack:
-            setter = getattr(screen, "set_glyphs", None)
-            if callable(setter):
-                setter(self.glyphs)
+            if isinstance(screen, (RunsScreen, RunScreen, StartScreen)):
+                screen.set_glyphs(self.glyphs)
 
     # ------------------------------------------------------------------ handlers
 
@@ -277,10 +285,7 @@ class MfmApp(App[None]):
 
     def open_run(self, run_id: RunId) -> None:
         try:
-            module = importlib.import_module("mfm_tui.screens.run")
-            screen: Screen[Any] = module.RunScreen(run_id=run_id)
-        except ImportError:
-            screen = _PlaceholderRunScreen(run_id)
+            screen = RunScreen(run_id=run_id)
         except Exception as exc:
             code, text = describe_error(exc)
             self.post_message(ErrorReported(code, text, title="Cannot open run", run_id=run_id))
@@ -291,6 +296,46 @@ class MfmApp(App[None]):
         if isinstance(self.screen, ErrorDialog) and self.screen.code == message.code:
             return  # the same error is already on screen
         self.push_screen(ErrorDialog(message.code, message.message, title=message.title))
+
+    def on_action_proposed(self, message: ActionProposed) -> None:
+        """The controller asks for a confirmation; confirmed, the action runs in a worker of the app."""
+        request = message.request
+        dialog = ConfirmDialog(
+            request.title,
+            lines_text(request.lines),
+            confirm_label=request.confirm_label,
+            type_count=request.type_count,
+            danger=request.danger,
+        )
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.run_worker(controller.execute(self, request), group="controller", exit_on_error=False)
+
+        self.push_screen(dialog, done)
+
+    def on_cancel_requested(self, message: CancelRequested) -> None:
+        self._broadcast(partial(CancelRequested, message.run_ids))
+
+    def on_run_resumed(self, message: RunResumed) -> None:
+        """Show the run that goes on: stay if it is the screen on top, else open it (instead of another run)."""
+        screen = self.screen
+        if isinstance(screen, RunScreen):
+            if screen.run_id == message.run_id:
+                return
+            self.pop_screen()
+        self.open_run(message.run_id)
+
+    def on_run_launched(self, message: RunLaunched) -> None:
+        run_id = message.run_id
+        self.set_timer(controller.SPAWN_CHECK_SECONDS, lambda: self.run_worker(controller.check_spawned(self, run_id)))
+        self.open_run(run_id)
+
+    def on_replay_started(self, message: ReplayStarted) -> None:
+        self.push_screen(ReplayScreen(message.source_run_id, message.replay_run_id))
+
+    def on_diff_loaded(self, message: DiffLoaded) -> None:
+        self.push_screen(DiffScreen(message.title, message.sections, labels=message.labels))
 
     # ------------------------------------------------------------------ actions
 
@@ -363,7 +408,7 @@ def make_app(
     lease_probe: LeaseProbe | None = None,
     color_system: str | None = None,
     watch: bool = True,
-    registry: Any = None,
+    registry: OperationRegistry | None = None,
     ops_modules: Sequence[str] = (),
 ) -> MfmApp:
     """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).

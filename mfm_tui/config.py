@@ -1,4 +1,6 @@
-"""Where the store lives: ``--store PATH``, else ``$MFM_STORE``, else ``$XDG_DATA_HOME/mfm/store``
+"""Where the store lives, and whether this process may write it.
+
+Where the store lives: ``--store PATH``, else ``$MFM_STORE``, else ``$XDG_DATA_HOME/mfm/store``
 (``~/.local/share/mfm/store`` when ``XDG_DATA_HOME`` is unset or not absolute).
 
 Either may also be a ``postgresql://`` URL (the PostgreSQL store; :func:`resolve_store` returns it unchanged);
@@ -9,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["default_store_path", "is_store_url", "resolve_store", "resolve_store_path"]
+__all__ = ["default_store_path", "is_store_url", "resolve_store", "resolve_store_path", "store_writable"]
 
 
 def default_store_path(env: Mapping[str, str] | None = None) -> Path:
@@ -46,3 +49,14 @@ def resolve_store(option: str | os.PathLike[str] | None, env: Mapping[str, str] 
         assert isinstance(chosen, str)
         return chosen.strip()
     return resolve_store_path(option, env)
+
+
+def store_writable(store: Any) -> bool:
+    """A filesystem store whose folder this process may write (other stores: assumed writable)."""
+    root = getattr(store, "root", None)
+    if root is None:
+        return True
+    path = Path(root)
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return os.access(path, os.W_OK | os.X_OK)

@@ -9,9 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mfm_tui.run_model import RunStatus, StateStatus
+from mfm_tui.run_model import RunDisplayStatus, StateStatus
 
-__all__ = ["ASCII", "ASCII_THEMES", "UNICODE", "Glyphs", "glyphs_for_theme", "status_class"]
+__all__ = [
+    "ASCII",
+    "ASCII_THEMES",
+    "UNICODE",
+    "Glyphs",
+    "ascii_text",
+    "glyphs_for_theme",
+    "short_id",
+    "status_class",
+    "status_glyph",
+]
 
 ASCII_THEMES = frozenset({"mfm-ascii"})
 """Themes drawn without any non-ASCII character."""
@@ -20,7 +30,7 @@ ASCII_THEMES = frozenset({"mfm-ascii"})
 @dataclass(frozen=True, slots=True)
 class Glyphs:
     ascii: bool
-    run: Mapping[RunStatus, str]
+    run: Mapping[RunDisplayStatus, str]
     state: Mapping[StateStatus, str]
     ellipsis: str
     back: str
@@ -43,14 +53,14 @@ class Glyphs:
 UNICODE = Glyphs(
     ascii=False,
     run={
-        RunStatus.PENDING: "○",
-        RunStatus.RUNNING: "●",
-        RunStatus.RETRYING: "↻",
-        RunStatus.COMPLETED: "✓",
-        RunStatus.FAILED: "✗",
-        RunStatus.CANCELLED: "■",
-        RunStatus.CANCELLING: "□",
-        RunStatus.WORKER_LOST: "!",
+        RunDisplayStatus.PENDING: "○",
+        RunDisplayStatus.RUNNING: "●",
+        RunDisplayStatus.RETRYING: "↻",
+        RunDisplayStatus.COMPLETED: "✓",
+        RunDisplayStatus.FAILED: "✗",
+        RunDisplayStatus.CANCELLED: "■",
+        RunDisplayStatus.CANCELLING: "□",
+        RunDisplayStatus.WORKER_LOST: "!",
     },
     state={
         StateStatus.PENDING: "○",
@@ -81,14 +91,14 @@ UNICODE = Glyphs(
 ASCII = Glyphs(
     ascii=True,
     run={
-        RunStatus.PENDING: ".",
-        RunStatus.RUNNING: "*",
-        RunStatus.RETRYING: "~",
-        RunStatus.COMPLETED: "+",
-        RunStatus.FAILED: "x",
-        RunStatus.CANCELLED: "#",
-        RunStatus.CANCELLING: "#",
-        RunStatus.WORKER_LOST: "!",
+        RunDisplayStatus.PENDING: ".",
+        RunDisplayStatus.RUNNING: "*",
+        RunDisplayStatus.RETRYING: "~",
+        RunDisplayStatus.COMPLETED: "+",
+        RunDisplayStatus.FAILED: "x",
+        RunDisplayStatus.CANCELLED: "#",
+        RunDisplayStatus.CANCELLING: "#",
+        RunDisplayStatus.WORKER_LOST: "!",
     },
     state={
         StateStatus.PENDING: ".",
@@ -121,6 +131,24 @@ def glyphs_for_theme(theme_name: str) -> Glyphs:
     return ASCII if theme_name in ASCII_THEMES else UNICODE
 
 
+def status_glyph(status: StateStatus, *, ascii_only: bool = False) -> str:
+    """A state's glyph: ``✓`` (``+`` in ASCII) for completed, ``↻`` (``~``) for retrying, …"""
+    return (ASCII if ascii_only else UNICODE).state[status]
+
+
+_ASCII_TABLE = str.maketrans({"…": "...", "→": "->", "—": "-", "–": "-", "↻": "~", "✓": "+", "✗": "x", "●": "*"})
+
+
+def ascii_text(text: str) -> str:
+    """``text`` with this app's few non-ASCII characters swapped for ASCII (the ASCII theme)."""
+    return text.translate(_ASCII_TABLE)
+
+
+def short_id(aid: str | None, n: int = 6) -> str:
+    """The first ``n`` characters of an id and an ellipsis (``9c1e0f…``), ``—`` when there is none."""
+    return f"{aid[:n]}…" if aid else "—"
+
+
 _STATUS_CLASS: Mapping[str, str] = {
     "pending": "muted",
     "running": "running",
@@ -134,6 +162,6 @@ _STATUS_CLASS: Mapping[str, str] = {
 }
 
 
-def status_class(status: RunStatus | StateStatus) -> str:
+def status_class(status: RunDisplayStatus | StateStatus) -> str:
     """A colour role for a status: ``success``, ``error``, ``warning``, ``running`` or ``muted``."""
     return _STATUS_CLASS[status.value]

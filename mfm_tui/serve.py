@@ -79,7 +79,7 @@ def serve(
     debug: bool = False,
 ) -> Any:
     """Serve the app on ``http://host:port`` until interrupted."""
-    from textual_serve.server import Server
+    from textual_serve.server import Server  # optional: only `mfm serve` needs textual-serve (and its aiohttp)
 
     preflight()
     if is_database_url(str(store)):

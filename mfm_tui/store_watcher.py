@@ -250,7 +250,7 @@ class StoreWatcher:
         if path is None:
             return
         try:
-            import watchfiles
+            import watchfiles  # optional at run time: without it (or without inotify) the watcher only polls
         except ImportError:  # polling alone still works
             return
         name = path.name

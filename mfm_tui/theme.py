@@ -187,12 +187,11 @@ def resolve_theme_name(name: str) -> str:
 
 def themes_dir() -> Path:
     """The ``*.tcss`` folder: inside the package in a wheel, else the source checkout's ``themes/``."""
-    import mfm_tui
-
-    packaged = Path(mfm_tui.__file__).parent / "themes"
+    package = Path(__file__).parent  # this module lives at the top of the mfm_tui package
+    packaged = package / "themes"
     if packaged.is_dir():
         return packaged
-    return Path(mfm_tui.__file__).parent.parent / "themes"
+    return package.parent / "themes"
 
 
 def css_paths() -> list[Path]:

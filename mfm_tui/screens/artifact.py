@@ -24,11 +24,14 @@ from textual.widgets.option_list import Option
 
 from engine._artifacts import read_canonical_json
 from engine.errors import MfmError
+from engine.events import DomainEvent, decode_envelope
 from engine.ids import ArtifactId
 from mfm_tui.clipboard import copy_text
+from mfm_tui.log_index import LogSource
+from mfm_tui.run_model import RunModel
 from mfm_tui.widgets.json_tree import JsonTree
 
-__all__ = ["ArtifactEntry", "ArtifactScreen", "exec_parts"]
+__all__ = ["ArtifactEntry", "ArtifactScreen", "exec_parts", "run_artifacts"]
 
 EXEC_KEYS = ("exit_code", "stdout", "stderr")
 
@@ -49,6 +52,44 @@ def exec_parts(value: Any) -> dict[str, Any] | None:
     return None
 
 
+def run_artifacts(model: RunModel, state_id: str | None, source: LogSource) -> list[ArtifactEntry]:
+    """The state's snapshots and facts first, then the run's manifest, snapshots and outputs (``a`` on a run)."""
+    m = model
+    out: list[ArtifactEntry] = []
+    seen: set[str] = set()
+
+    def add(label: str, aid: str | None, kind: str) -> None:
+        if aid and aid not in seen:
+            seen.add(aid)
+            out.append(ArtifactEntry(label, aid, kind))
+
+    sv = m.states.get(state_id) if state_id else None  # type: ignore[call-overload]
+    if sv is not None:
+        for fact in sv.facts:
+            add(f"fact {fact.key}", fact.payload_id, "FactPayload")
+        last = sv.last
+        if last is not None:
+            add(f"{sv.short_name} result", last.result_snapshot_id, "ContextSnapshot")
+            add(f"{sv.short_name} base", last.base_snapshot_id, "ContextSnapshot")
+    add("manifest", m.manifest_id, "Manifest")
+    add("checkpoint", m.checkpoint_id, "ContextSnapshot")
+    add("final snapshot", m.final_snapshot_id, "ContextSnapshot")
+    add("initial snapshot", m.initial_snapshot_id, "ContextSnapshot")
+    for fact in m.unattributed_facts:  # recorded while several fan-out attempts were open
+        add(f"fact {fact.key}", fact.payload_id, "FactPayload")
+    for i in range(max(0, len(source) - 5000), len(source)):
+        raw = source.raw(i)
+        if raw is None or b'"artifact_written"' not in raw:
+            continue
+        try:
+            ev = decode_envelope(raw).event
+        except MfmError:
+            continue
+        if isinstance(ev, DomainEvent) and isinstance(ev.payload, dict):
+            add(f"output seq {i + 1}", str(ev.payload.get("artifact_id") or ev.payload_ref or ""), "Output")
+    return out
+
+
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
@@ -63,6 +104,14 @@ class ArtifactScreen(Screen[None]):
         Binding("t", "show_tab('tree')", "Tree", show=False),
         Binding("r", "show_tab('raw')", "Raw", show=False),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape | Back. |
+    | y | Copy the artifact's JSON (its id when it has none). |
+    | Y | Copy the artifact's id. |
+    | t, r | Show the tree / the raw JSON. |
+    """
 
     def __init__(self, store: Any, entries: list[ArtifactEntry], index: int = 0) -> None:
         super().__init__()

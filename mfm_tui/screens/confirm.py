@@ -6,6 +6,7 @@ confirmation asks the operator to type the number of runs affected (``type_count
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from rich.text import Text
@@ -16,7 +17,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-__all__ = ["ConfirmDialog", "SeqPrompt"]
+__all__ = ["ConfirmDialog", "SeqPrompt", "lines_text"]
 
 _CSS = """
 ConfirmDialog, SeqPrompt {
@@ -44,16 +45,34 @@ App.-theme-mfm-ascii SeqPrompt > #confirm-box { border: ascii $foreground; }
 """
 
 
+def lines_text(lines: Sequence[str]) -> Text:
+    """A dialog body from its lines: the first (the question) bold."""
+    text = Text()
+    for i, line in enumerate(lines):
+        text.append(line, style="bold" if i == 0 else "")
+        if i < len(lines) - 1:
+            text.append("\n")
+    return text
+
+
 class ConfirmDialog(ModalScreen[bool]):
     """``body`` and a hint; ``y``/``enter`` confirms (bulk: type ``type_count``, ``enter``); ``esc``/``n`` backs out."""
 
-    CSS = _CSS  # app-level rules: the dim see-through backdrop must beat `Screen { background }` of app.tcss
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "answer(False)", "Back out"),
         Binding("y", "answer(True)", "Confirm", show=False),
         Binding("n", "answer(False)", "No", show=False),
         Binding("enter", "confirm", "Confirm"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape, n | Back out. |
+    | y | Confirm (not a bulk action). |
+    | enter | Confirm (bulk: once the count is typed). |
+    """
+
+    CSS = _CSS  # app-level rules: the dim see-through backdrop must beat `Screen { background }` of app.tcss
 
     def __init__(
         self,
@@ -114,8 +133,14 @@ class ConfirmDialog(ModalScreen[bool]):
 class SeqPrompt(ModalScreen[int | None]):
     """Time travel: ``jump to seq`` (1 … ``last``); dismisses with the seq or ``None``."""
 
-    CSS = _CSS  # app-level rules: the dim see-through backdrop must beat `Screen { background }` of app.tcss
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Back out")]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape | Back out. |
+    """
+
+    CSS = _CSS  # app-level rules: the dim see-through backdrop must beat `Screen { background }` of app.tcss
 
     def __init__(self, last: int) -> None:
         super().__init__()

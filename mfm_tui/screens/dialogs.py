@@ -20,6 +20,11 @@ class ErrorDialog(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,enter,q", "dismiss_dialog", "Close"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape, enter, q | Close the dialog. |
+    """
 
     def __init__(self, code: str, message: str, *, title: str = "Error") -> None:
         super().__init__()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -14,21 +13,31 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from engine.ids import RunId
+from engine.workers import read_verdict
+from mfm_tui import controller
 from mfm_tui.json_diff import diff_json, summarize
+from mfm_tui.messages import RunSelected
 from mfm_tui.run_model import RunModel
+from mfm_tui.services import services_of
 from mfm_tui.widgets.diff_view import DiffView
 
-__all__ = ["DiffScreen", "ReplayScreen", "read_verdict"]
+__all__ = ["DiffScreen", "ReplayScreen"]
 
 
 class DiffScreen(Screen[None]):
     """``DiffScreen(title, [(name, old, new), …], labels=("base", "result"))``; ``esc`` goes back."""
 
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape | Back. |
+    """
+
     DEFAULT_CSS = """
     DiffScreen > #diff-title { height: 1; padding: 0 1; text-style: bold; background: $panel; }
     DiffScreen > #diff-scroll { height: 1fr; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Back")]
 
     def __init__(self, title: str, sections: Sequence[tuple[str, Any, Any]], *, labels: tuple[str, str]) -> None:
         super().__init__()
@@ -37,32 +46,37 @@ class DiffScreen(Screen[None]):
         self.labels = labels
 
     def compose(self) -> ComposeResult:
+        ascii_only = services_of(self.app).ascii_only
         total = [c for _, old, new in self.sections for c in diff_json(old, new)]
-        arrow = "->" if getattr(self.app, "ascii_only", False) else "→"
+        arrow = "->" if ascii_only else "→"
         yield Static(
             f"diff {self.title_text}   {self.labels[0]} {arrow} {self.labels[1]}   {summarize(total)}", id="diff-title"
         )
         with VerticalScroll(id="diff-scroll"):
             for i, (name, old, new) in enumerate(self.sections):
-                yield DiffView(name, old, new, ascii_only=bool(getattr(self.app, "ascii_only", False)), id=f"diff-{i}")
+                yield DiffView(name, old, new, ascii_only=ascii_only, id=f"diff-{i}")
         yield Footer()
-
-
-def read_verdict(store: Any, replay_id: RunId) -> dict[str, Any] | None:
-    """``runs/<replay>/verdict.json`` once the replay worker wrote it (else ``None``)."""
-    try:
-        from engine.workers import verdict_path
-
-        value = json.loads(verdict_path(store, replay_id).read_text())
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class ReplayScreen(ModalScreen[None]):
     """Replay of ``source`` as ``replay``: progress until the verdict lands, then the verdict.
 
-    ``enter`` opens the replay run; when diverged, ``d`` diffs the diverged state's result (source vs replay).
+    ``enter`` opens the replay run; when diverged, ``d`` diffs the diverged state's result (source vs replay). The
+    verdict is read with ``engine.workers.read_verdict`` (the same reader as ``mfm replay --wait``), or from
+    ``verdict_loader`` (tests).
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss(None)", "Close"),
+        Binding("enter", "open_replay", "Open replay run"),
+        Binding("d", "diff_diverged", "Diff diverged state"),
+    ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape | Close (the replay keeps going). |
+    | enter | Open the replay run. |
+    | d | Diverged: diff the diverged state's result, source vs replay. |
     """
 
     # app-level rules (CSS, not DEFAULT_CSS): the see-through backdrop must beat `Screen { background }` of app.tcss
@@ -78,11 +92,6 @@ class ReplayScreen(ModalScreen[None]):
     #replay-hint { height: 1; margin-top: 1; color: $text-muted; }
     App.-theme-mfm-ascii ReplayScreen > #replay-box { border: ascii $foreground; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "dismiss(None)", "Close"),
-        Binding("enter", "open_replay", "Open replay run"),
-        Binding("d", "diff_diverged", "Diff diverged state"),
-    ]
 
     def __init__(
         self,
@@ -105,23 +114,27 @@ class ReplayScreen(ModalScreen[None]):
             yield Static(id="replay-body")
             yield Static("", id="replay-hint")
 
-    def on_mount(self) -> None:
-        self.refresh_status()
+    async def on_mount(self) -> None:
+        await self.refresh_status()
         if self._poll:
             self.set_interval(0.2, self.refresh_status)
 
     def _model(self, run_id: RunId) -> RunModel | None:
-        models = getattr(getattr(self.app, "watcher", None), "models", None)
-        model = models.get(run_id) if isinstance(models, dict) else None
-        return model if isinstance(model, RunModel) else None
+        return services_of(self.app).watcher.models.get(run_id)
 
-    def refresh_status(self) -> None:
+    async def _read_verdict(self) -> dict[str, Any] | None:
+        if self._loader is not None:
+            return self._loader()
+        try:
+            return await read_verdict(services_of(self.app).store, self.replay)
+        except Exception:  # a store without run folders or a queue: no verdict to show yet
+            return None
+
+    async def refresh_status(self) -> None:
         """Read the verdict (and the replay run's progress); tests call it directly."""
         if self.verdict is None:
-            app: Any = self.app
-            loader = self._loader or (lambda: read_verdict(app.store, self.replay))
-            self.verdict = loader()
-        ell = "..." if getattr(self.app, "ascii_only", False) else "…"
+            self.verdict = await self._read_verdict()
+        ell = "..." if services_of(self.app).ascii_only else "…"
         text = Text()
         text.append(f"source  run {self.source}\n")
         text.append(f"replay  run {self.replay}\n\n")
@@ -152,19 +165,16 @@ class ReplayScreen(ModalScreen[None]):
         self.query_one("#replay-body", Static).update(text)
 
     def action_open_replay(self) -> None:
-        app: Any = self.app
         self.dismiss(None)
-        app.open_run(self.replay)
+        self.app.post_message(RunSelected(self.replay))
 
     def action_diff_diverged(self) -> None:
         state = (self.verdict or {}).get("diverged_state")
         if not state:
             self.notify("no diverged state to diff", timeout=3)
             return
-        from mfm_tui.commands import diff_state_between
-
         src, rep = self._model(self.source), self._model(self.replay)
         if src is None or rep is None:
             self.notify("the runs are still loading", timeout=3)
             return
-        diff_state_between(self.app, src, rep, str(state))
+        controller.diff_state_between(services_of(self.app), src, rep, str(state))

@@ -44,6 +44,11 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,question_mark,q", "close", "Close help"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape, question_mark, q | Close the help. |
+    """
 
     def __init__(self, entries: Sequence[HelpEntry], *, title: str = "Keys") -> None:
         super().__init__()

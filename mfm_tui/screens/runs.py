@@ -7,7 +7,6 @@ rebuilds its row order when ``RunsUpdated`` arrives. Row order and filtering are
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -23,12 +22,14 @@ from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from engine.ids import RunId
-from mfm_tui import commands
+from engine.runtime import Clock
+from mfm_tui import controller
 from mfm_tui.clipboard import copy_text
-from mfm_tui.clock import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
-from mfm_tui.run_model import RunModel, RunStatus
+from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.screens.start import StartScreen
+from mfm_tui.services import services_of
 from mfm_tui.widgets.run_table import RunTable, now_text
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
@@ -38,14 +39,16 @@ __all__ = ["SORT_KEYS", "RunFilter", "RunsScreen", "order_models"]
 SORT_KEYS = ("urgency", "newest", "oldest", "op", "duration")
 LOADING_REBUILD_SECONDS = 0.3
 
-_STATUS_WORDS: Mapping[str, frozenset[RunStatus]] = {
-    **{s.value: frozenset({s}) for s in RunStatus},
-    "lost": frozenset({RunStatus.WORKER_LOST}),
-    "worker-lost": frozenset({RunStatus.WORKER_LOST}),
-    "done": frozenset({RunStatus.COMPLETED}),
-    "ok": frozenset({RunStatus.COMPLETED}),
-    "active": frozenset({RunStatus.RUNNING, RunStatus.RETRYING, RunStatus.CANCELLING, RunStatus.PENDING}),
-    "finished": frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}),
+_STATUS_WORDS: Mapping[str, frozenset[RunDisplayStatus]] = {
+    **{s.value: frozenset({s}) for s in RunDisplayStatus},
+    "lost": frozenset({RunDisplayStatus.WORKER_LOST}),
+    "worker-lost": frozenset({RunDisplayStatus.WORKER_LOST}),
+    "done": frozenset({RunDisplayStatus.COMPLETED}),
+    "ok": frozenset({RunDisplayStatus.COMPLETED}),
+    "active": frozenset(
+        {RunDisplayStatus.RUNNING, RunDisplayStatus.RETRYING, RunDisplayStatus.CANCELLING, RunDisplayStatus.PENDING}
+    ),
+    "finished": frozenset({RunDisplayStatus.COMPLETED, RunDisplayStatus.FAILED, RunDisplayStatus.CANCELLED}),
 }
 
 
@@ -54,7 +57,7 @@ class RunFilter:
     """``op:NAME status:failed id:0c9d word…`` — every term must match (words: op, id, state, error)."""
 
     ops: tuple[str, ...] = ()
-    statuses: frozenset[RunStatus] | None = None
+    statuses: frozenset[RunDisplayStatus] | None = None
     id_prefixes: tuple[str, ...] = ()
     words: tuple[str, ...] = ()
 
@@ -63,7 +66,7 @@ class RunFilter:
         ops: list[str] = []
         ids: list[str] = []
         words: list[str] = []
-        statuses: set[RunStatus] | None = None
+        statuses: set[RunDisplayStatus] | None = None
         for term in text.lower().split():
             key, sep, value = term.partition(":")
             if sep and key == "op" and value:
@@ -115,7 +118,11 @@ def order_models(models: Iterable[RunModel], sort: str, now_millis: int) -> list
 
 
 class RunsScreen(Screen[None]):
-    """Home: the runs list."""
+    """Home: the runs list.
+
+    It reads the watcher's models (passed down by the app), rebuilds on ``RunsUpdated``, opens a run through the
+    table's ``RunSelected`` (the app handles it) and steers runs through ``mfm_tui.controller``.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "open_filter", "Filter", tooltip="Filter: op:NAME status:failed id:PREFIX words"),
@@ -131,6 +138,22 @@ class RunsScreen(Screen[None]):
         Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
         Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff two marked runs: final snapshots, manifests"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | slash | Filter: `op:NAME status:failed id:PREFIX words`. |
+    | escape | Clear the filter, then the tab. |
+    | tab, shift+tab | Next / previous status tab. |
+    | o | Sort by urgency, newest, oldest, op, duration. |
+    | s | Start a run. |
+    | y | Copy the selected run's id. |
+    | space | Mark the run (bulk cancel, resume; diff two). |
+    | c | Cancel the run, or the marked runs (confirmation first). |
+    | r | Resume the run, or the marked runs (confirmation first). |
+    | p | Replay the finished run and compare. |
+    | d | Diff two marked runs: final snapshots, manifests. |
+    """
+
     CONTROLS: ClassVar[frozenset[str]] = frozenset({"start_run", "cancel_runs", "resume_runs", "replay_run"})
     """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""
 
@@ -170,13 +193,7 @@ class RunsScreen(Screen[None]):
         yield Input(placeholder="filter: op:NAME status:failed id:PREFIX words", id="runs-filter", compact=True)
         yield Footer()
 
-    def on_mount(self) -> None:
-        self.query_one("#runs-filter", Input).display = False
-        self.rebuild()
-        self.query_one(RunTable).focus()
-        self.set_interval(1.0, self.tick)
-
-    # ------------------------------------------------------------------ data → widgets
+    # ------------------------------------------------------------------ data to widgets
 
     def set_glyphs(self, glyphs: Glyphs) -> None:
         self._glyphs = glyphs
@@ -200,40 +217,16 @@ class RunsScreen(Screen[None]):
         self.query_one(RunTable).display = not empty
         self._update_summary(counts, len(shown))
 
-    def _update_summary(self, counts: Counter[RunStatus], shown: int) -> None:
-        total = sum(counts.values())
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append("mfm", style="bold")
-        if self.store_label:
-            text.append(f"  store {self.store_label}")
-        if self.store_error is not None:
-            text.append(f"  [{self.store_error[0]}] {self.store_error[1]}", style="bold")
-        elif not self.loaded:
-            text.append("  loading" + self._glyphs.ellipsis)
-        else:
-            narrowed = self.tab != "all" or not self.filter.is_empty
-            text.append(f"  {shown} of {total}" if narrowed else f"  {total}")
-            text.append(" run" if total == 1 else " runs")
-            if self.sort != "urgency":
-                text.append(f"  sort {self.sort}")
-            if self.marked:
-                text.append(f"  {len(self.marked)} marked", style="bold")
-            if self.read_only:
-                text.append("  read-only", style="bold")
-            for status, word in (
-                (RunStatus.RUNNING, "running"),
-                (RunStatus.RETRYING, "retrying"),
-                (RunStatus.FAILED, "failed"),
-                (RunStatus.WORKER_LOST, "lost"),
-            ):
-                if counts.get(status):
-                    text.append(f"  {counts[status]} {word}")
-        self.query_one("#runs-summary", Static).update(text)
-
     def tick(self) -> None:
         self.query_one(RunTable).tick()
 
     # ------------------------------------------------------------------ handlers
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-filter", Input).display = False
+        self.rebuild()
+        self.query_one(RunTable).focus()
+        self.set_interval(1.0, self.tick)
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
         self.loaded = message.loaded
@@ -253,12 +246,6 @@ class RunsScreen(Screen[None]):
         else:
             self.call_later(self._rebuild_now)
 
-    def _rebuild_now(self) -> None:
-        self._rebuild_pending = False
-        self._rebuild_timer = None
-        self._last_rebuild = time.monotonic()
-        self.rebuild()
-
     @on(StatusTabs.TabChanged)
     def _tab_changed(self, message: StatusTabs.TabChanged) -> None:
         self.tab = message.tab
@@ -273,6 +260,18 @@ class RunsScreen(Screen[None]):
     @on(Input.Submitted, "#runs-filter")
     def _filter_submitted(self, message: Input.Submitted) -> None:
         self.query_one(RunTable).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in self.CONTROLS:
+            return None  # shown disabled; pressing the key says why (on_key)
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        if self.read_only and event.key in ("s", "c", "r", "p"):
+            event.stop()
+            self.notify(
+                controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
+            )
 
     # ------------------------------------------------------------------ actions
 
@@ -307,32 +306,7 @@ class RunsScreen(Screen[None]):
         if self.read_only:
             self.notify("read-only: starting runs is disabled", severity="warning", timeout=3)
             return
-        try:
-            start_screen = importlib.import_module("mfm_tui.screens.start").StartScreen
-        except (ImportError, AttributeError):
-            self.notify("start a run from a shell: mfm start demo_flaky", timeout=4)
-            return
-        self.app.push_screen(start_screen())
-
-    # ------------------------------------------------------------------ controls (mfm_tui.commands)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.read_only and action in self.CONTROLS:
-            return None  # shown disabled; pressing the key says why (on_key)
-        return True
-
-    def on_key(self, event: events.Key) -> None:
-        if self.read_only and event.key in ("s", "c", "r", "p"):
-            event.stop()
-            self.notify(commands.read_only_reason(self.app) or "read-only", severity="warning", timeout=4)
-
-    def _targets(self) -> list[RunId]:
-        """The marked runs (still present), else the run under the cursor."""
-        marked = [r for r in self.marked if r in self.models]
-        if marked:
-            return sorted(marked)
-        run_id = self.query_one(RunTable).cursor_run_id
-        return [run_id] if run_id is not None else []
+        self.app.push_screen(StartScreen())
 
     def action_toggle_mark(self) -> None:
         table = self.query_one(RunTable)
@@ -346,17 +320,63 @@ class RunsScreen(Screen[None]):
         self.rebuild()
 
     def action_cancel_runs(self) -> None:
-        commands.cancel_runs(self.app, self._targets())
+        controller.cancel_runs(services_of(self.app), self._targets())
 
     def action_resume_runs(self) -> None:
-        commands.resume_runs(self.app, self._targets())
+        controller.resume_runs(services_of(self.app), self._targets())
 
     def action_replay_run(self) -> None:
-        commands.replay_run_of(self.app, self.query_one(RunTable).cursor_run_id)
+        controller.replay_run_of(services_of(self.app), self.query_one(RunTable).cursor_run_id)
 
     def action_diff_runs(self) -> None:
         marked = [self.models[r] for r in sorted(self.marked) if r in self.models]
         if len(marked) != 2:
             self.notify("mark two runs with space, then d diffs them", timeout=3)
             return
-        commands.diff_runs(self.app, marked[0], marked[1])
+        controller.diff_runs(services_of(self.app), marked[0], marked[1])
+
+    # ------------------------------------------------------------------ internals
+
+    def _update_summary(self, counts: Counter[RunDisplayStatus], shown: int) -> None:
+        total = sum(counts.values())
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append("mfm", style="bold")
+        if self.store_label:
+            text.append(f"  store {self.store_label}")
+        if self.store_error is not None:
+            text.append(f"  [{self.store_error[0]}] {self.store_error[1]}", style="bold")
+        elif not self.loaded:
+            text.append("  loading" + self._glyphs.ellipsis)
+        else:
+            narrowed = self.tab != "all" or not self.filter.is_empty
+            text.append(f"  {shown} of {total}" if narrowed else f"  {total}")
+            text.append(" run" if total == 1 else " runs")
+            if self.sort != "urgency":
+                text.append(f"  sort {self.sort}")
+            if self.marked:
+                text.append(f"  {len(self.marked)} marked", style="bold")
+            if self.read_only:
+                text.append("  read-only", style="bold")
+            for status, word in (
+                (RunDisplayStatus.RUNNING, "running"),
+                (RunDisplayStatus.RETRYING, "retrying"),
+                (RunDisplayStatus.FAILED, "failed"),
+                (RunDisplayStatus.WORKER_LOST, "lost"),
+            ):
+                if counts.get(status):
+                    text.append(f"  {counts[status]} {word}")
+        self.query_one("#runs-summary", Static).update(text)
+
+    def _rebuild_now(self) -> None:
+        self._rebuild_pending = False
+        self._rebuild_timer = None
+        self._last_rebuild = time.monotonic()
+        self.rebuild()
+
+    def _targets(self) -> list[RunId]:
+        """The marked runs (still present), else the run under the cursor."""
+        marked = [r for r in self.marked if r in self.models]
+        if marked:
+            return sorted(marked)
+        run_id = self.query_one(RunTable).cursor_run_id
+        return [run_id] if run_id is not None else []

@@ -23,18 +23,34 @@ from textual.widgets.option_list import Option
 from engine.errors import MfmError
 from engine.ids import RunId
 from engine.operations import Operation, OperationRegistry, load_registry
-from mfm_tui.commands import read_only_reason, worker_log_path
-from mfm_tui.messages import ErrorReported
+from engine.workers import start_run
+from mfm_tui.controller import read_only_reason
+from mfm_tui.glyphs import Glyphs
+from mfm_tui.messages import ErrorReported, RunLaunched
+from mfm_tui.services import services_of
 from mfm_tui.widgets.param_form import ParamForm, validate_form
 
-__all__ = ["SPAWN_CHECK_SECONDS", "StartScreen", "check_spawned"]
-
-SPAWN_CHECK_SECONDS = 5.0
-"""After a start, when to check that the worker took the run (else: report it with the log path)."""
+__all__ = ["StartScreen"]
 
 
 class StartScreen(Screen[None]):
-    """Operation list on the left, its description and parameter form on the right."""
+    """Operation list on the left, its description and parameter form on the right.
+
+    A run that starts posts ``RunLaunched``: the app opens it and checks later that its worker took it.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("ctrl+s", "start", "Start run", priority=True),
+        Binding("tab", "app.focus_next", "Next field", show=False),
+    ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape | Back. |
+    | ctrl+s | Start the run. |
+    | tab | Next field. |
+    """
 
     DEFAULT_CSS = """
     StartScreen > #start-title { height: 1; padding: 0 1; text-style: bold; background: $panel; }
@@ -45,11 +61,6 @@ class StartScreen(Screen[None]):
     StartScreen #start-desc { height: auto; margin-bottom: 1; }
     StartScreen #start-status { height: auto; color: $text-muted; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "back", "Back"),
-        Binding("ctrl+s", "start", "Start run", priority=True),
-        Binding("tab", "app.focus_next", "Next field", show=False),
-    ]
 
     def __init__(self, registry: OperationRegistry | None = None, *, op_id: str | None = None) -> None:
         super().__init__()
@@ -62,8 +73,8 @@ class StartScreen(Screen[None]):
     @property
     def registry(self) -> OperationRegistry:
         if self._registry is None:
-            reg = getattr(self.app, "registry", None)
-            self._registry = reg if isinstance(reg, OperationRegistry) else load_registry()
+            reg = services_of(self.app).registry
+            self._registry = reg if reg is not None else load_registry()
         return self._registry
 
     def compose(self) -> ComposeResult:
@@ -139,7 +150,7 @@ class StartScreen(Screen[None]):
         box = self.query_one("#start-form-box", Vertical)
         await box.remove_children()
         if op is not None:
-            await box.mount(ParamForm(op, id="start-form"))
+            await box.mount(ParamForm(op, ascii_only=services_of(self.app).ascii_only, id="start-form"))
         self.query_one("#start-status", Static).update("enter on an operation edits its parameters   ctrl+s start")
 
     # ------------------------------------------------------------------ start
@@ -148,8 +159,13 @@ class StartScreen(Screen[None]):
     def _form_submitted(self) -> None:
         self.action_start()
 
+    def set_glyphs(self, glyphs: Glyphs) -> None:
+        """The app's theme changed: the form marks errors in ASCII or not."""
+        for form in self.query(ParamForm):
+            form.ascii_only = glyphs.ascii
+
     def action_start(self) -> None:
-        reason = read_only_reason(self.app)
+        reason = read_only_reason(services_of(self.app))
         if reason is not None:
             self.notify(reason, severity="warning", timeout=4)
             return
@@ -169,12 +185,10 @@ class StartScreen(Screen[None]):
         self.run_worker(self._start(self.op, raw), group="start", exclusive=True, exit_on_error=False)
 
     async def _start(self, op: Operation, raw: dict[str, Any]) -> None:
-        from engine.workers import start_run
-
-        app: Any = self.app
+        services = services_of(self.app)
         try:
             prepared = await start_run(
-                app.store, self.registry, str(op.op_id), raw, ops_modules=getattr(app, "ops_modules", ())
+                services.store, self.registry, str(op.op_id), raw, ops_modules=services.ops_modules
             )
         except MfmError as exc:
             details = exc.info.details if isinstance(exc.info.details, dict) else {}
@@ -182,45 +196,18 @@ class StartScreen(Screen[None]):
                 _raw, errors = validate_form(op, self.query_one(ParamForm).values())
                 self.query_one(ParamForm).show_errors(errors)
             self.query_one("#start-status", Static).update(Text(f"[{exc.info.code}] {exc.info.message}", style="bold"))
-            app.post_message(ErrorReported(exc.info.code, exc.info.message, title="Cannot start"))
+            services.post_message(ErrorReported(exc.info.code, exc.info.message, title="Cannot start"))
             return
         except OSError as exc:
             message = f"the worker could not be started: {exc}"
             self.query_one("#start-status", Static).update(message)
-            app.post_message(ErrorReported("worker_spawn_failed", message, title="Cannot start"))
+            services.post_message(ErrorReported("worker_spawn_failed", message, title="Cannot start"))
             return
         self.started = prepared.run_id
-        app.set_timer(SPAWN_CHECK_SECONDS, lambda: app.run_worker(check_spawned(app, prepared.run_id)))
-        sync = getattr(app, "sync_store", None)
-        if sync is not None:
-            with contextlib.suppress(Exception):
-                await sync()
+        with contextlib.suppress(Exception):
+            await services.sync_store()
         self.dismiss(None)
-        app.open_run(prepared.run_id)
+        services.post_message(RunLaunched(prepared.run_id))
 
     def action_back(self) -> None:
         self.dismiss(None)
-
-
-async def check_spawned(app: Any, run_id: RunId) -> bool:
-    """Whether the worker of a just-started run took it; if not, report it with its log path and last line."""
-    store = app.store
-    try:
-        from engine.workers import LeaseState, lease_state
-
-        if await store.events.head_seq(run_id) > 0 or lease_state(store, run_id).state is LeaseState.HELD:
-            return True
-    except Exception:
-        return True  # not a filesystem store, or unreadable: nothing to say here
-    log = worker_log_path(store, run_id)
-    last = ""
-    try:
-        with open(log, "rb") as f:
-            lines = [ln for ln in f.read()[-4096:].decode("utf-8", "replace").splitlines() if ln.strip()]
-            last = lines[-1] if lines else ""
-    except OSError:
-        pass
-    message = f"the worker of run {run_id[:8]} exited before starting it"
-    message += f": {last}" if last else ""
-    app.post_message(ErrorReported("worker_failed", f"{message}; log: {log}", title="Worker failed"))
-    return False

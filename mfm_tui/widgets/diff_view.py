@@ -44,6 +44,15 @@ def diff_text(
 class DiffView(Static):
     """One section of a diff (``name``, ``old``, ``new``)."""
 
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"diff-view--added", "diff-view--removed", "diff-view--changed"}
+    """
+    | Class | Description |
+    | :- | :- |
+    | `diff-view--added` | An added path. |
+    | `diff-view--removed` | A removed path. |
+    | `diff-view--changed` | A changed value. |
+    """
+
     DEFAULT_CSS = """
     DiffView {
         height: auto;
@@ -53,8 +62,6 @@ class DiffView(Static):
         & > .diff-view--changed { color: $warning; }
     }
     """
-
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"diff-view--added", "diff-view--removed", "diff-view--changed"}
 
     def __init__(self, name: str, old: Any, new: Any, *, ascii_only: bool = False, id: str | None = None) -> None:
         super().__init__(id=id)

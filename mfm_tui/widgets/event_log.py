@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from typing import ClassVar
 
@@ -25,8 +26,8 @@ from textual.scrollbar import ScrollTo, ScrollUp
 from textual.strip import Strip
 from textual.worker import get_current_worker
 
+from mfm_tui.glyphs import ascii_text
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogLine, LogSource, summarize
-from mfm_tui.widgets.state_graph import ascii_text
 
 __all__ = ["EventLog", "format_time"]
 
@@ -44,7 +45,11 @@ def format_time(ts_millis: int | None) -> str:
 
 
 class EventLog(ScrollView, can_focus=True):
-    """Every event of one run: seq, time, kind, state, one-line summary."""
+    """Every event of one run: seq, time, kind, state, one-line summary.
+
+    ``set_source`` gives it a ``LogSource``; ``lines_appended`` / ``index_ready`` say that the source grew or can now
+    be read in full. ``enter`` posts ``EventOpened``; follow and view changes post ``FollowChanged`` / ``ViewChanged``.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f", "toggle_follow", "Follow", tooltip="Follow new events on/off (scrolling up pauses it)"),
@@ -58,6 +63,41 @@ class EventLog(ScrollView, can_focus=True):
         Binding("pagedown", "page_down", "Page down", show=False, tooltip="Log: a page down"),
         Binding("pageup", "page_up", "Page up", show=False, tooltip="Log: a page up (pauses follow)"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | f | Follow new events on/off. |
+    | n, N | Next / previous line with the find text. |
+    | enter | Show the event's full envelope (posts `EventOpened`). |
+    | j, down / k, up | Next / previous event (up pauses follow). |
+    | g, home / G, end | First event / last event (follows again). |
+    | pagedown, pageup | A page down / up (up pauses follow). |
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "event-log--seq",
+        "event-log--time",
+        "event-log--kernel",
+        "event-log--domain",
+        "event-log--failed",
+        "event-log--state",
+        "event-log--match",
+        "event-log--cursor",
+        "event-log--pending",
+    }
+    """
+    | Class | Description |
+    | :- | :- |
+    | `event-log--seq` | The event's seq. |
+    | `event-log--time` | Its time. |
+    | `event-log--kernel` | A kernel event's kind (`StateEntered`, …). |
+    | `event-log--domain` | A domain event's kind (`fact_recorded`, …). |
+    | `event-log--failed` | `StateFailed` and corrupt lines. |
+    | `event-log--state` | The state and the summary. |
+    | `event-log--match` | The find text in a line. |
+    | `event-log--cursor` | The line under the cursor. |
+    | `event-log--pending` | A line not indexed yet. |
+    """
 
     DEFAULT_CSS = """
     EventLog {
@@ -74,37 +114,50 @@ class EventLog(ScrollView, can_focus=True):
     EventLog > .event-log--cursor { background: $accent 30%; }
     EventLog > .event-log--pending { color: $text-muted; text-style: italic; }
     """
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "event-log--seq",
-        "event-log--time",
-        "event-log--kernel",
-        "event-log--domain",
-        "event-log--failed",
-        "event-log--state",
-        "event-log--match",
-        "event-log--cursor",
-        "event-log--pending",
-    }
 
     follow: reactive[bool] = reactive(True)
+    """Keep the newest event in view (scrolling or moving up pauses it)."""
     cursor: reactive[int] = reactive(-1, always_update=True)
     """Row (in the shown view) under the cursor; -1 = none yet."""
 
     class FollowChanged(Message):
-        def __init__(self, follow: bool) -> None:
+        """Follow mode went on or off."""
+
+        def __init__(self, log: EventLog, follow: bool) -> None:
             super().__init__()
+            self.log = log
             self.follow = follow
+
+        @property
+        def control(self) -> EventLog:
+            """The log whose follow mode changed."""
+            return self.log
 
     class EventOpened(Message):
         """``enter`` on a line: its raw envelope bytes."""
 
-        def __init__(self, seq: int, raw: bytes) -> None:
+        def __init__(self, log: EventLog, seq: int, raw: bytes) -> None:
             super().__init__()
+            self.log = log
             self.seq = seq
             self.raw = raw
 
+        @property
+        def control(self) -> EventLog:
+            """The log the event was opened in."""
+            return self.log
+
     class ViewChanged(Message):
         """The filter, the number of shown lines or the search text changed (for the title)."""
+
+        def __init__(self, log: EventLog) -> None:
+            super().__init__()
+            self.log = log
+
+        @property
+        def control(self) -> EventLog:
+            """The log whose view changed."""
+            return self.log
 
     def __init__(
         self,
@@ -125,11 +178,6 @@ class EventLog(ScrollView, can_focus=True):
         self._filtering = False
 
     # ------------------------------------------------------------------ data in
-
-    def on_mount(self) -> None:
-        self._update_size()
-        if self.follow:
-            self._go_end()
 
     def set_source(self, source: LogSource) -> None:
         self.source = source
@@ -157,7 +205,7 @@ class EventLog(ScrollView, can_focus=True):
         if self.follow:
             self._go_end()
         self.refresh()
-        self.post_message(self.ViewChanged())
+        self.post_message(self.ViewChanged(self))
 
     def index_ready(self) -> None:
         """The full offset index landed: lines above the tail can now be drawn."""
@@ -173,11 +221,6 @@ class EventLog(ScrollView, can_focus=True):
         """Source line index of a shown row."""
         return self.view[row] if self.view is not None else row
 
-    def _update_size(self) -> None:
-        self.virtual_size = Size(0, self.row_count)
-
-    # ------------------------------------------------------------------ filter and search
-
     def apply_filter(self, flt: LogFilter, search: str = "") -> None:
         self.filter = flt
         self.search = search
@@ -192,31 +235,6 @@ class EventLog(ScrollView, can_focus=True):
             self._ensure_index()
             self.view = self.source.filter(flt)
             self._after_view_change()
-
-    @work(thread=True, exclusive=True, group="log-filter")
-    def _filter_worker(self, flt: LogFilter) -> None:
-        src = self.source
-        if isinstance(src, FileLogSource) and not src.indexed:
-            src.build_index()
-        result = src.filter(flt)
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._filter_done, flt, result)
-
-    def _filter_done(self, flt: LogFilter, result: array[int]) -> None:
-        if flt != self.filter:
-            return
-        self._filtering = False
-        self.view = result
-        self._after_view_change()
-
-    def _after_view_change(self) -> None:
-        self._update_size()
-        if self.follow or self.cursor >= self.row_count:
-            self._go_end()
-        else:
-            self.cursor = self.cursor
-        self.refresh()
-        self.post_message(self.ViewChanged())
 
     def find(self, *, backwards: bool = False) -> bool:
         """Move to the next (previous) line containing the search text.
@@ -238,44 +256,33 @@ class EventLog(ScrollView, can_focus=True):
         self._ensure_index()
         return self._found(self.source.find(needle, start_line, backwards=backwards, among=self.view))
 
-    def _ensure_index(self) -> None:
-        """A small event file whose index is still building: finish it here (a few milliseconds)."""
-        if isinstance(self.source, FileLogSource) and not self.source.indexed:
-            self.source.build_index()
-            self._cache.clear()
+    # ------------------------------------------------------------------ rendering
 
-    @work(thread=True, exclusive=True, group="log-find")
-    def _find_worker(self, needle: bytes, start: int, backwards: bool, view: array[int] | None) -> None:
-        hit = self.source.find(needle, start, backwards=backwards, among=view)
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._found, hit)
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        base = self.rich_style
+        row = scroll_y + y
+        if row >= self.row_count:
+            return Strip.blank(width, base)
+        line = self.line_at(row)
+        info = self._summary(line)
+        if info is None:
+            pending = self.get_component_rich_style("event-log--pending")
+            dots = "..." if self.ascii_only else "…"
+            segs = [Segment(f"{line + 1:>7} ", base + pending), Segment(f"{dots} indexing", base + pending)]
+        else:
+            segs = self._segments(info, base, width)
+        if row == self.cursor:
+            cursor = self.get_component_rich_style("event-log--cursor")
+            segs = [Segment(s.text, (s.style or base) + cursor) for s in segs]
+            pad = width - sum(len(s.text) for s in segs)
+            if pad > 0:
+                segs.append(Segment(" " * pad, base + cursor))
+        strip = Strip(segs).crop_extend(scroll_x, scroll_x + width, base)
+        return strip.apply_offsets(scroll_x, row)
 
-    def _found(self, hit: int) -> bool:
-        if hit < 0:
-            self.app.bell()
-            return False
-        row = hit if self.view is None else _row_of(self.view, hit)
-        self._set_follow(False)
-        self.cursor = row
-        return True
-
-    def action_find_next(self) -> None:
-        self.find()
-
-    def action_find_previous(self) -> None:
-        self.find(backwards=True)
-
-    # ------------------------------------------------------------------ follow and cursor
-
-    def _set_follow(self, value: bool) -> None:
-        if self.follow != value:
-            self.follow = value
-            self.post_message(self.FollowChanged(value))
-
-    def _go_end(self) -> None:
-        self.cursor = max(self.row_count - 1, -1)
-        # After the refresh that applies the new virtual size, so max_scroll_y already counts the new lines.
-        self.scroll_end(animate=False, x_axis=False)
+    # ------------------------------------------------------------------ watchers and handlers
 
     def watch_cursor(self, old: int, new: int) -> None:
         if 0 <= new < self.row_count:
@@ -286,6 +293,11 @@ class EventLog(ScrollView, can_focus=True):
             elif new >= top + height:
                 self.scroll_to(y=new - height + 1, animate=False)
         self.refresh()
+
+    def on_mount(self) -> None:
+        self._update_size()
+        if self.follow:
+            self._go_end()
 
     def on_click(self, event: events.Click) -> None:
         row = self.scroll_offset.y + event.y
@@ -308,10 +320,18 @@ class EventLog(ScrollView, can_focus=True):
         if message.y is not None and message.y < self.max_scroll_y:
             self._set_follow(False)
 
+    # ------------------------------------------------------------------ actions
+
     def action_toggle_follow(self) -> None:
         self._set_follow(not self.follow)
         if self.follow:
             self._go_end()
+
+    def action_find_next(self) -> None:
+        self.find()
+
+    def action_find_previous(self) -> None:
+        self.find(backwards=True)
 
     def action_cursor_down(self) -> None:
         if self.cursor < self.row_count - 1:
@@ -343,9 +363,68 @@ class EventLog(ScrollView, can_focus=True):
         line = self.line_at(self.cursor)
         raw = self.source.raw(line)
         if raw is not None:
-            self.post_message(self.EventOpened(line + 1, raw))
+            self.post_message(self.EventOpened(self, line + 1, raw))
 
-    # ------------------------------------------------------------------ rendering
+    # ------------------------------------------------------------------ internals
+
+    def _update_size(self) -> None:
+        self.virtual_size = Size(0, self.row_count)
+
+    @work(thread=True, exclusive=True, group="log-filter")
+    def _filter_worker(self, flt: LogFilter) -> None:
+        src = self.source
+        if isinstance(src, FileLogSource) and not src.indexed:
+            src.build_index()
+        result = src.filter(flt)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._filter_done, flt, result)
+
+    def _filter_done(self, flt: LogFilter, result: array[int]) -> None:
+        if flt != self.filter:
+            return
+        self._filtering = False
+        self.view = result
+        self._after_view_change()
+
+    def _after_view_change(self) -> None:
+        self._update_size()
+        if self.follow or self.cursor >= self.row_count:
+            self._go_end()
+        else:
+            self.cursor = self.cursor
+        self.refresh()
+        self.post_message(self.ViewChanged(self))
+
+    def _ensure_index(self) -> None:
+        """A small event file whose index is still building: finish it here (a few milliseconds)."""
+        if isinstance(self.source, FileLogSource) and not self.source.indexed:
+            self.source.build_index()
+            self._cache.clear()
+
+    @work(thread=True, exclusive=True, group="log-find")
+    def _find_worker(self, needle: bytes, start: int, backwards: bool, view: array[int] | None) -> None:
+        hit = self.source.find(needle, start, backwards=backwards, among=view)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._found, hit)
+
+    def _found(self, hit: int) -> bool:
+        if hit < 0:
+            self.app.bell()
+            return False
+        row = hit if self.view is None else _row_of(self.view, hit)
+        self._set_follow(False)
+        self.cursor = row
+        return True
+
+    def _set_follow(self, value: bool) -> None:
+        if self.follow != value:
+            self.follow = value
+            self.post_message(self.FollowChanged(self, value))
+
+    def _go_end(self) -> None:
+        self.cursor = max(self.row_count - 1, -1)
+        # After the refresh that applies the new virtual size, so max_scroll_y already counts the new lines.
+        self.scroll_end(animate=False, x_axis=False)
 
     def _summary(self, line: int) -> LogLine | None:
         got = self._cache.get(line)
@@ -360,30 +439,6 @@ class EventLog(ScrollView, can_focus=True):
         if len(self._cache) > _CACHE_LINES:
             self._cache.popitem(last=False)
         return got
-
-    def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
-        base = self.rich_style
-        row = scroll_y + y
-        if row >= self.row_count:
-            return Strip.blank(width, base)
-        line = self.line_at(row)
-        info = self._summary(line)
-        if info is None:
-            pending = self.get_component_rich_style("event-log--pending")
-            dots = "..." if self.ascii_only else "…"
-            segs = [Segment(f"{line + 1:>7} ", base + pending), Segment(f"{dots} indexing", base + pending)]
-        else:
-            segs = self._segments(info, base, width)
-        if row == self.cursor:
-            cursor = self.get_component_rich_style("event-log--cursor")
-            segs = [Segment(s.text, (s.style or base) + cursor) for s in segs]
-            pad = width - sum(len(s.text) for s in segs)
-            if pad > 0:
-                segs.append(Segment(" " * pad, base + cursor))
-        strip = Strip(segs).crop_extend(scroll_x, scroll_x + width, base)
-        return strip.apply_offsets(scroll_x, row)
 
     def _segments(self, info: LogLine, base: Style, width: int) -> list[Segment]:
         c = self.get_component_rich_style
@@ -417,6 +472,4 @@ class EventLog(ScrollView, can_focus=True):
 
 
 def _row_of(view: array[int], line: int) -> int:
-    from bisect import bisect_left
-
     return bisect_left(view, line)

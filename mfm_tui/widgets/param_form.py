@@ -123,11 +123,22 @@ class ParamForm(Vertical):
     class Submitted(Message):
         """``enter`` in the last field: the operator wants to start."""
 
-    def __init__(self, op: Operation, *, id: str | None = None) -> None:
+        def __init__(self, form: ParamForm) -> None:
+            super().__init__()
+            self.form = form
+
+        @property
+        def control(self) -> ParamForm:
+            """The form that was submitted."""
+            return self.form
+
+    def __init__(self, op: Operation, *, ascii_only: bool = False, id: str | None = None) -> None:
         super().__init__(id=id)
         self.op = op
         self.specs = field_specs(op.params_model)
         self.touched: set[str] = set()
+        self.ascii_only = ascii_only
+        """Mark errors with ``x`` instead of ``✗`` (the ``mfm-ascii`` theme)."""
 
     def compose(self) -> ComposeResult:
         if not self.specs:
@@ -161,7 +172,7 @@ class ParamForm(Vertical):
                 continue
             line = self.query_one(f"#param-error-{spec.name}", Static)
             text = errors.get(spec.name, "")
-            mark = "x" if getattr(self.app, "ascii_only", False) else "✗"
+            mark = "x" if self.ascii_only else "✗"
             line.update(f"  {mark} {text}" if text else "")
             line.set_class(not text, "-empty")
             self.query_one(f"#param-{spec.name}", Input).set_class(bool(text), "-invalid")
@@ -188,6 +199,6 @@ class ParamForm(Vertical):
         event.stop()
         boxes = list(self.query(Input))
         if event.input is boxes[-1]:
-            self.post_message(self.Submitted())
+            self.post_message(self.Submitted(self))
         else:
             boxes[boxes.index(event.input) + 1].focus()

@@ -7,28 +7,28 @@ import time
 from rich.text import Text
 from textual.widgets import Static
 
-from mfm_tui.run_model import RunModel, RunStatus
-from mfm_tui.widgets.state_graph import ascii_text, countdown_text
-from mfm_tui.widgets.state_panel import format_duration, short_id
+from mfm_tui.glyphs import ascii_text, short_id
+from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.time_format import countdown_text, format_duration
 
 __all__ = ["RUN_GLYPHS", "RunHeader"]
 
-RUN_GLYPHS: dict[RunStatus, tuple[str, str]] = {
-    RunStatus.PENDING: ("○", "."),
-    RunStatus.RUNNING: ("●", "*"),
-    RunStatus.RETRYING: ("↻", "~"),
-    RunStatus.COMPLETED: ("✓", "+"),
-    RunStatus.FAILED: ("✗", "x"),
-    RunStatus.CANCELLED: ("■", "#"),
-    RunStatus.CANCELLING: ("■", "#"),
-    RunStatus.WORKER_LOST: ("!", "!"),
+RUN_GLYPHS: dict[RunDisplayStatus, tuple[str, str]] = {
+    RunDisplayStatus.PENDING: ("○", "."),
+    RunDisplayStatus.RUNNING: ("●", "*"),
+    RunDisplayStatus.RETRYING: ("↻", "~"),
+    RunDisplayStatus.COMPLETED: ("✓", "+"),
+    RunDisplayStatus.FAILED: ("✗", "x"),
+    RunDisplayStatus.CANCELLED: ("■", "#"),
+    RunDisplayStatus.CANCELLING: ("■", "#"),
+    RunDisplayStatus.WORKER_LOST: ("!", "!"),
 }
 _STATUS_CLASS = {
-    RunStatus.FAILED: "-failed",
-    RunStatus.WORKER_LOST: "-failed",
-    RunStatus.RETRYING: "-retrying",
-    RunStatus.CANCELLING: "-retrying",
-    RunStatus.COMPLETED: "-completed",
+    RunDisplayStatus.FAILED: "-failed",
+    RunDisplayStatus.WORKER_LOST: "-failed",
+    RunDisplayStatus.RETRYING: "-retrying",
+    RunDisplayStatus.CANCELLING: "-retrying",
+    RunDisplayStatus.COMPLETED: "-completed",
 }
 
 
@@ -70,7 +70,7 @@ class RunHeader(Static):
         add(f"{model.op_id or '?'} ", "bold")
         add(f"{model.short_id}  ")
         add(f"{glyph} {status.label}", "bold")
-        add(f" {format_duration(model.duration_millis(now))}  ")
+        add(f" {format_duration(model.duration_millis(now), unknown='—', round_tenths=True)}  ")
         add(f"{model.done}/{model.total} done  ")
         retry = model.retry_target
         if retry is not None:

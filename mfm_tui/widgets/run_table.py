@@ -22,11 +22,11 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from engine.ids import RunId
-from mfm_tui.clock import Clock
+from engine.runtime import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs, status_class
 from mfm_tui.messages import RunSelected
-from mfm_tui.run_model import RunModel, RunStatus
-from mfm_tui.widgets.countdown import format_ago, format_countdown, format_duration
+from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.time_format import format_ago, format_countdown, format_duration
 
 __all__ = ["FULL_TICKS", "RunTable", "now_text"]
 
@@ -52,26 +52,26 @@ def now_text(model: RunModel, now_millis: int) -> str:
     status = model.status
     current = model.current_state
     name = current.short_name if current is not None else ""
-    if status is RunStatus.FAILED:
+    if status is RunDisplayStatus.FAILED:
         if model.recovered_by is not None:
             return f"recovered as {model.recovered_by[:8]}"
         err = model.error
         return f"{name} [{err[0]}]" if err is not None else name or "failed"
-    if status is RunStatus.RETRYING:
+    if status is RunDisplayStatus.RETRYING:
         target = model.retry_target
         if target is not None:
             due = format_countdown(target.not_before_millis, now_millis) or "retrying"
             return f"{target.state.short_name} {target.state.attempt_label} {due}"
-    if status is RunStatus.WORKER_LOST:
+    if status is RunDisplayStatus.WORKER_LOST:
         return f"worker lost at {name}" if name else "worker lost"
-    if status is RunStatus.CANCELLING:
+    if status is RunDisplayStatus.CANCELLING:
         return f"cancelling at {name}" if name else "cancelling"
-    if status is RunStatus.CANCELLED:
+    if status is RunDisplayStatus.CANCELLED:
         cancelled = model.cancelled_state
         return f"cancelled at {cancelled.short_name}" if cancelled is not None else "cancelled"
-    if status is RunStatus.PENDING:
+    if status is RunDisplayStatus.PENDING:
         return "starting"
-    if status is RunStatus.COMPLETED:
+    if status is RunDisplayStatus.COMPLETED:
         return ""
     running = model.open_states
     if len(running) > 1:
@@ -82,7 +82,7 @@ def now_text(model: RunModel, now_millis: int) -> str:
 
 
 class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
-    """Runs, one per line; ``enter`` posts ``RunSelected``."""
+    """Runs, one per line (``set_rows``, in the screen's order); ``enter`` posts ``RunSelected``."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select", "Open", tooltip="Open the selected run"),
@@ -93,6 +93,33 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         Binding("pagedown", "page_down", "Page down", show=False),
         Binding("pageup", "page_up", "Page up", show=False),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | enter | Open the selected run (posts `RunSelected`). |
+    | down, j / up, k | Next / previous run. |
+    | home, g / end, G | First / last run. |
+    | pagedown, pageup | A page down / up. |
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "run-table--header",
+        "run-table--cursor",
+        "run-table--success",
+        "run-table--error",
+        "run-table--warning",
+        "run-table--running",
+        "run-table--muted",
+        "run-table--id",
+    }
+    """
+    | Class | Description |
+    | :- | :- |
+    | `run-table--header` | The header line. |
+    | `run-table--cursor` | The line under the cursor. |
+    | `run-table--success`, `--error`, `--warning`, `--running`, `--muted` | A run's status colour role. |
+    | `run-table--id` | The run id column. |
+    """
 
     DEFAULT_CSS = """
     RunTable {
@@ -115,18 +142,8 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
     }
     """
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "run-table--header",
-        "run-table--cursor",
-        "run-table--success",
-        "run-table--error",
-        "run-table--warning",
-        "run-table--running",
-        "run-table--muted",
-        "run-table--id",
-    }
-
     cursor_row: reactive[int] = reactive(0, always_update=True)
+    """The row under the cursor (the cursor follows its run when rows change)."""
 
     def __init__(self, clock: Clock, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
@@ -246,7 +263,10 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         glyph = g.run[status] if model.load_error is None else "?"
         done = f"{model.done}/{model.total}" if model.total else ""
         now_txt = now_text(model, now_ms)
-        urgent = status in (RunStatus.FAILED, RunStatus.RETRYING, RunStatus.WORKER_LOST) or model.load_error
+        urgent = (
+            status in (RunDisplayStatus.FAILED, RunDisplayStatus.RETRYING, RunDisplayStatus.WORKER_LOST)
+            or model.load_error
+        )
         mark = (">" if g.ascii else "▶") if model.run_id in self.marked else " "
         segments = [
             Segment(mark, base + Style(bold=True)),

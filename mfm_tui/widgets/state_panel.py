@@ -6,34 +6,17 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from mfm_tui.glyphs import ascii_text, short_id, status_glyph
 from mfm_tui.run_model import StateStatus, StateView
-from mfm_tui.widgets.state_graph import ascii_text, countdown_text, status_glyph
+from mfm_tui.time_format import countdown_text, format_duration
 
-__all__ = ["StatePanel", "format_duration", "short_id"]
+__all__ = ["StatePanel"]
 
 _STATUS_STYLE = {
     StateStatus.RUNNING: "bold",
     StateStatus.RETRYING: "bold",
     StateStatus.FAILED: "bold",
 }
-
-
-def short_id(aid: str | None, n: int = 6) -> str:
-    return f"{aid[:n]}…" if aid else "—"
-
-
-def format_duration(millis: int | None) -> str:
-    """``0.4s``, ``21s``, ``1m12s``, ``2h03m``; ``—`` when unknown."""
-    if millis is None:
-        return "—"
-    if millis < 10_000:
-        return f"{millis / 1000:.1f}s"
-    secs = millis // 1000
-    if secs < 60:
-        return f"{secs}s"
-    if secs < 3600:
-        return f"{secs // 60}m{secs % 60:02d}s"
-    return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
 
 
 class StatePanel(Static):
@@ -85,7 +68,7 @@ class StatePanel(Static):
             grid.add_row(
                 "base", self._a(f"{short_id(last.base_snapshot_id)}   result {short_id(last.result_snapshot_id)}")
             )
-            grid.add_row("took", self._a(format_duration(last.duration_millis(now))))
+            grid.add_row("took", self._a(format_duration(last.duration_millis(now), unknown="—", round_tenths=True)))
         facts = sv.facts
         if facts:
             shown = ", ".join(f"{f.key} → {short_id(f.payload_id)}" for f in facts[:3])
@@ -100,7 +83,10 @@ class StatePanel(Static):
                 outcome = f"failed [{att.error_code}] {att.error_message or ''}".rstrip()
             seqs = f"seq {att.entered_seq or '?'}" + (f"–{att.terminal_seq}" if att.terminal_seq else "")
             grid.add_row(
-                f"#{att.attempt + 1}", self._a(f"{outcome}  {format_duration(att.duration_millis(now))}  {seqs}")
+                f"#{att.attempt + 1}",
+                self._a(
+                    f"{outcome}  {format_duration(att.duration_millis(now), unknown='—', round_tenths=True)}  {seqs}"
+                ),
             )
         if len(sv.attempts) > 4:
             grid.add_row("", Text(f"{len(sv.attempts) - 4} earlier attempts", style="italic"))

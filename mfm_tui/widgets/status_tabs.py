@@ -16,30 +16,43 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from mfm_tui.run_model import RunStatus
+from mfm_tui.run_model import RunDisplayStatus
 
 __all__ = ["TABS", "StatusTabs", "tab_matches"]
 
-TABS: tuple[tuple[str, str, frozenset[RunStatus]], ...] = (
-    ("all", "All", frozenset(RunStatus)),
-    ("running", "Running", frozenset({RunStatus.RUNNING, RunStatus.PENDING, RunStatus.CANCELLING})),
-    ("retrying", "Retrying", frozenset({RunStatus.RETRYING})),
-    ("failed", "Failed", frozenset({RunStatus.FAILED})),
-    ("lost", "Lost", frozenset({RunStatus.WORKER_LOST})),
-    ("completed", "Completed", frozenset({RunStatus.COMPLETED})),
-    ("cancelled", "Cancelled", frozenset({RunStatus.CANCELLED})),
+TABS: tuple[tuple[str, str, frozenset[RunDisplayStatus]], ...] = (
+    ("all", "All", frozenset(RunDisplayStatus)),
+    (
+        "running",
+        "Running",
+        frozenset({RunDisplayStatus.RUNNING, RunDisplayStatus.PENDING, RunDisplayStatus.CANCELLING}),
+    ),
+    ("retrying", "Retrying", frozenset({RunDisplayStatus.RETRYING})),
+    ("failed", "Failed", frozenset({RunDisplayStatus.FAILED})),
+    ("lost", "Lost", frozenset({RunDisplayStatus.WORKER_LOST})),
+    ("completed", "Completed", frozenset({RunDisplayStatus.COMPLETED})),
+    ("cancelled", "Cancelled", frozenset({RunDisplayStatus.CANCELLED})),
 )
 """``(key, label, statuses)`` in display order."""
 
 _BY_KEY = {key: statuses for key, _label, statuses in TABS}
 
 
-def tab_matches(tab: str, status: RunStatus) -> bool:
+def tab_matches(tab: str, status: RunDisplayStatus) -> bool:
     return status in _BY_KEY.get(tab, _BY_KEY["all"])
 
 
 class StatusTabs(Widget):
-    """The status tabs line."""
+    """The status tabs line: ``set_counts`` gives it the runs per status, ``select`` / ``step`` / a click change the
+    tab and post ``TabChanged``."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"status-tabs--active", "status-tabs--empty"}
+    """
+    | Class | Description |
+    | :- | :- |
+    | `status-tabs--active` | The current tab. |
+    | `status-tabs--empty` | A tab without runs. |
+    """
 
     DEFAULT_CSS = """
     StatusTabs {
@@ -51,21 +64,28 @@ class StatusTabs(Widget):
     }
     """
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"status-tabs--active", "status-tabs--empty"}
-
     active: reactive[str] = reactive("all")
+    """The current tab's key (``all``, ``running``, ``retrying``, ``failed``, ``lost``, ``completed``, …)."""
 
     class TabChanged(Message):
-        def __init__(self, tab: str) -> None:
+        """The current tab changed to ``tab``."""
+
+        def __init__(self, tabs: StatusTabs, tab: str) -> None:
             super().__init__()
+            self.tabs = tabs
             self.tab = tab
+
+        @property
+        def control(self) -> StatusTabs:
+            """The tabs that changed."""
+            return self.tabs
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._counts: dict[str, int] = {}
         self._spans: list[tuple[int, int, str]] = []
 
-    def set_counts(self, by_status: Mapping[RunStatus, int]) -> None:
+    def set_counts(self, by_status: Mapping[RunDisplayStatus, int]) -> None:
         counts = {key: sum(by_status.get(s, 0) for s in statuses) for key, _label, statuses in TABS}
         if counts != self._counts:
             self._counts = counts
@@ -93,7 +113,7 @@ class StatusTabs(Widget):
     def select(self, tab: str) -> None:
         if tab in _BY_KEY and tab != self.active:
             self.active = tab
-            self.post_message(self.TabChanged(tab))
+            self.post_message(self.TabChanged(self, tab))
 
     def step(self, delta: int) -> None:
         keys = [key for key, _label, _statuses in TABS]

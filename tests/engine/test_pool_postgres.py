@@ -338,7 +338,7 @@ async def test_the_tui_watches_a_database_store_through_the_same_lease_probe(
 ) -> None:
     from mfm_tui.app import make_app, store_label
     from mfm_tui.run_model import LeaseStatus, lease_status_of
-    from mfm_tui.run_model import RunStatus as ViewStatus
+    from mfm_tui.run_model import RunDisplayStatus as ViewStatus
 
     done = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
     await asyncio.wait_for(pool(store, registry, "alpha").run(asyncio.Event(), exit_when_idle=True), HANG_GUARD)

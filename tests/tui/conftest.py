@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from engine.stores import MemoryStore
-from mfm_tui.clock import FrozenClock
+from engine.testing import FakeClock
 from tests.tui.fixtures import FixtureStore, build_fixture_store, fixture_clock
 
 
 @pytest.fixture
-def clock() -> FrozenClock:
+def clock() -> FakeClock:
     return fixture_clock()
 
 

@@ -35,7 +35,7 @@ from engine.events import (
 )
 from engine.hashing import artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
-from mfm_tui.clock import FrozenClock
+from engine.testing import FakeClock
 from mfm_tui.run_model import LeaseStatus, PlanShape
 
 __all__ = [
@@ -73,8 +73,8 @@ SEC = 1000
 MIN = 60 * SEC
 
 
-def fixture_clock() -> FrozenClock:
-    return FrozenClock(NOW_MILLIS)
+def fixture_clock() -> FakeClock:
+    return FakeClock(NOW_MILLIS)
 
 
 def sid(local: str) -> StateId:

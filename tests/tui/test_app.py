@@ -15,8 +15,7 @@ from engine.stores import MemoryStore
 from engine.testing import make_plan
 from mfm_tui.app import make_app, store_label
 from mfm_tui.glyphs import ASCII, UNICODE
-from mfm_tui.run_model import LeaseStatus, PlanShape
-from mfm_tui.run_model import RunStatus as ViewStatus
+from mfm_tui.run_model import LeaseStatus, PlanShape, RunDisplayStatus
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.help import HelpScreen
 from mfm_tui.screens.runs import RunsScreen
@@ -90,7 +89,7 @@ async def test_appended_events_appear_while_watching() -> None:
         app.watcher.poll_interval = 0.02  # a memory store has no journal file: the timer finds the change
         assert "transform" in _line(app, fx.RUN_RUNNING)
         await app.fixture.append(fx.RUN_RUNNING, _finish_running_run())
-        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED)
+        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is RunDisplayStatus.COMPLETED)
         await pilot.pause()
         assert "5/5" in _line(app, fx.RUN_RUNNING)
         assert _rows(app)[-3] == fx.RUN_RUNNING  # completed runs sink to the bottom
@@ -126,7 +125,7 @@ async def test_a_worker_dying_turns_the_run_into_worker_lost() -> None:
         app.fixture.leases[fx.RUN_RUNNING] = LeaseStatus.STALE
         await app.sync_store()
         await pilot.pause()
-        assert app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.WORKER_LOST
+        assert app.watcher.models[fx.RUN_RUNNING].status is RunDisplayStatus.WORKER_LOST
         assert "worker lost at transform" in _line(app, fx.RUN_RUNNING)
 
 
@@ -141,7 +140,9 @@ async def test_fs_store_journal_is_watched(tmp_path: Path) -> None:
         app.watcher.poll_interval = 1.0  # watchfiles wakes it at once; the timer is the fallback without inotify
         assert len(_rows(app)) == 9
         await f.append(fx.RUN_RUNNING, _finish_running_run())
-        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED, tries=500)
+        await wait_until(
+            pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is RunDisplayStatus.COMPLETED, tries=500
+        )
         assert store_label(store).endswith("store")
 
 
@@ -186,7 +187,7 @@ async def test_corrupted_and_vanished_runs_are_shown_in_place_and_the_rest_keeps
         assert "[machine_event_decode_failed] bad line 9" in _line(app, fx.RUN_RUNNING)
         assert "[run_vanished]" in _line(app, fx.RUN_FAILED)
         assert "call 3/5" in _line(app, fx.RUN_RETRYING)
-        assert app.watcher.models[fx.RUN_RETRYING].status is ViewStatus.RUNNING
+        assert app.watcher.models[fx.RUN_RETRYING].status is RunDisplayStatus.RUNNING
         del store.events.bad_runs[fx.RUN_RUNNING]
         await app.sync_store()
         await pilot.pause()
@@ -196,33 +197,16 @@ async def test_corrupted_and_vanished_runs_are_shown_in_place_and_the_rest_keeps
 async def test_a_run_screen_that_fails_to_open_reports_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import mfm_tui.app as app_module
 
-    def broken(name: str) -> Any:
+    def broken(**kwargs: Any) -> Any:
         raise StorageError.not_found("artifact_not_found", "artifact not found: manifest")
 
-    monkeypatch.setattr(app_module.importlib, "import_module", broken)
+    monkeypatch.setattr(app_module, "RunScreen", broken)
     app = await afixture_app()
     async with app.run_test() as pilot:
         await settle(pilot)
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, ErrorDialog))
         assert app.screen.code == "artifact_not_found"
-
-
-async def test_without_a_run_screen_module_a_placeholder_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mfm_tui.app as app_module
-
-    def missing(name: str) -> Any:
-        raise ImportError(name)
-
-    monkeypatch.setattr(app_module.importlib, "import_module", missing)
-    app = await afixture_app()
-    async with app.run_test() as pilot:
-        await settle(pilot)
-        await pilot.press("enter")
-        await pilot.pause()
-        assert type(app.screen).__name__ == "_PlaceholderRunScreen"
-        await pilot.press("escape")
-        assert isinstance(app.screen, RunsScreen)
 
 
 # ------------------------------------------------------------------------------------------ help, themes
@@ -431,7 +415,7 @@ async def test_a_crashing_watcher_is_reported_and_restarted() -> None:
         assert app.screen.code == "unexpected_error" and "RuntimeError: boom" in app.screen.message
         await pilot.press("escape")
         await app.fixture.append(fx.RUN_RUNNING, _finish_running_run())
-        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is ViewStatus.COMPLETED)
+        await wait_until(pilot, lambda: app.watcher.models[fx.RUN_RUNNING].status is RunDisplayStatus.COMPLETED)
 
 
 @pytest.mark.parametrize("recovery_first", [False, True])

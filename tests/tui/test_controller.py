@@ -21,14 +21,15 @@ from engine.operations import load_registry
 from engine.stores.fs import FsStore
 from engine.workers import LeaseState, lease_state, start_run
 from mfm_tui.app import MfmApp, make_app
-from mfm_tui.commands import describe_cancel, describe_resume, store_writable
+from mfm_tui.config import store_writable
+from mfm_tui.controller import check_spawned, describe_cancel, describe_resume
 from mfm_tui.log_index import FileLogSource
-from mfm_tui.run_model import LeaseStatus, RunStatus, lease_status_of
+from mfm_tui.run_model import LeaseStatus, RunDisplayStatus, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.diff import ReplayScreen
 from mfm_tui.screens.run import RunScreen
-from mfm_tui.screens.start import StartScreen, check_spawned
+from mfm_tui.screens.start import StartScreen
 from tests.tui.fixtures import RUN_COMPLETED, RUN_FAILED, RUN_LOST, RUN_RUNNING, afixture_app, settle
 
 SIZE = (100, 30)
@@ -61,7 +62,7 @@ async def until(pilot: Pilot[Any], predicate: Callable[[], bool], *, tries: int 
     raise AssertionError(f"condition never held: {predicate}")
 
 
-def status(app: Any, run_id: str) -> RunStatus | None:
+def status(app: Any, run_id: str) -> RunDisplayStatus | None:
     model = app.watcher.models.get(RunId(run_id))
     return None if model is None else model.status
 
@@ -97,7 +98,7 @@ async def test_start_from_the_form_runs_to_completion(tmp_path: Path) -> None:
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(app.screen, RunScreen))
         run_id = app.screen.run_id
-        await until(pilot, lambda: status(app, run_id) is RunStatus.COMPLETED)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.COMPLETED)
         assert app.screen.model.done == 2
 
 
@@ -144,13 +145,13 @@ async def test_cancel_during_a_backoff(tmp_path: Path) -> None:
     run_id = await start(store, "demo_flaky", {"fail_times": 3, "base_delay_ms": 600_000, "max_delay_ms": 600_000})
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await until(pilot, lambda: status(app, run_id) is RunStatus.RETRYING)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.RETRYING)
         app.open_run(run_id)
         await until(pilot, lambda: isinstance(app.screen, RunScreen))
         await pilot.press("c")
         await confirm(pilot)
-        await until(pilot, lambda: status(app, run_id) in (RunStatus.CANCELLING, RunStatus.CANCELLED))
-        await until(pilot, lambda: status(app, run_id) is RunStatus.CANCELLED)
+        await until(pilot, lambda: status(app, run_id) in (RunDisplayStatus.CANCELLING, RunDisplayStatus.CANCELLED))
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.CANCELLED)
         model = app.watcher.models[run_id]
         by_name = {sv.short_name: sv for sv in model.states.values()}
         assert by_name["prepare"].status.is_done and not by_name["call"].status.is_done
@@ -166,12 +167,12 @@ async def test_sigkill_then_resume_from_the_tui(tmp_path: Path) -> None:
         pid = lease_state(store, run_id).pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await until(pilot, lambda: status(app, run_id) is RunStatus.WORKER_LOST)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.WORKER_LOST)
         app.open_run(run_id)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
         await pilot.press("r")
         await confirm(pilot)
-        await until(pilot, lambda: status(app, run_id) is RunStatus.COMPLETED)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.COMPLETED)
         assert app.watcher.models[run_id].done == 12
 
 
@@ -181,7 +182,7 @@ async def test_failed_run_fix_then_resume_continues_in_a_recovery_run(tmp_path: 
     run_id = await start(store, "demo_fix", {"required_file": str(needed)})
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await until(pilot, lambda: status(app, run_id) is RunStatus.FAILED)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.FAILED)
         app.open_run(run_id)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
         needed.write_text("fixed\n")  # the operator fixes the cause outside mfm
@@ -189,8 +190,8 @@ async def test_failed_run_fix_then_resume_continues_in_a_recovery_run(tmp_path: 
         await confirm(pilot)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_id != run_id)
         recovery = app.screen.run_id
-        await until(pilot, lambda: status(app, recovery) is RunStatus.COMPLETED)
-        assert status(app, run_id) is RunStatus.FAILED  # the failed run keeps its history
+        await until(pilot, lambda: status(app, recovery) is RunDisplayStatus.COMPLETED)
+        assert status(app, run_id) is RunDisplayStatus.FAILED  # the failed run keeps its history
 
 
 # ------------------------------------------------------------------------------------------ replay
@@ -201,7 +202,7 @@ async def test_replay_a_completed_run_is_deterministic(tmp_path: Path) -> None:
     run_id = await start(store, "demo_big", {"states": 3, "events": 1, "delay_ms": 0})
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await until(pilot, lambda: status(app, run_id) is RunStatus.COMPLETED)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.COMPLETED)
         app.open_run(run_id)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
         await pilot.press("p")
@@ -286,8 +287,8 @@ async def test_time_travel_steps_jumps_and_returns_to_live(kind: str, tmp_path: 
         last = len(screen.source)
         await pilot.press("left_square_bracket")
         assert screen.as_of == last - 1
-        assert screen.view_model.status is RunStatus.RUNNING  # before RunCompleted
-        assert screen.model.status is RunStatus.COMPLETED  # the live model is untouched
+        assert screen.view_model.status is RunDisplayStatus.RUNNING  # before RunCompleted
+        assert screen.model.status is RunDisplayStatus.COMPLETED  # the live model is untouched
         assert f"as of seq {last - 1} of {last}" in str(screen.query_one("#time-banner").render())
         await pilot.press("right_square_bracket")
         assert screen.as_of is None  # stepping past the end is live again
@@ -325,13 +326,13 @@ async def test_palette_offers_a_start_entry_per_operation() -> None:
 
 
 async def test_a_run_that_finished_meanwhile_is_refused_with_the_reason() -> None:
-    from mfm_tui import commands
+    from mfm_tui import controller
 
     app = await afixture_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         # the dialog was confirmed for a run that has finished since: the shared action refuses, the reason is shown
-        await commands._do_cancel(app, [RUN_COMPLETED])
+        await controller.execute_cancel(app, [RUN_COMPLETED])
         await until(pilot, lambda: isinstance(app.screen, ErrorDialog))
         assert app.screen.code == "run_already_finished"
         assert "nothing to cancel" in app.screen.message

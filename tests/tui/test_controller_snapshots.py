@@ -12,7 +12,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from engine.operations import load_registry
-from mfm_tui import commands
+from mfm_tui import controller
 from mfm_tui.screens.diff import DiffScreen, ReplayScreen
 from tests.tui.fixtures import (
     RUN_CANCELLING,
@@ -213,7 +213,7 @@ def test_snapshot_run_diff(snap_compare: Any) -> None:
     async def run(pilot: Pilot[Any]) -> None:
         await settle(pilot)
         models = pilot.app.watcher.models
-        commands.diff_runs(pilot.app, models[RUN_FAILED], models[RUN_COMPLETED])
+        controller.diff_runs(pilot.app, models[RUN_FAILED], models[RUN_COMPLETED])
         await steady(pilot)
         await wait_until(pilot, lambda: isinstance(pilot.app.screen, DiffScreen))
         await steady(pilot)

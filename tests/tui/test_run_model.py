@@ -29,8 +29,8 @@ from mfm_tui.run_model import (
     URGENCY,
     LeaseStatus,
     PlanShape,
+    RunDisplayStatus,
     RunModel,
-    RunStatus,
     StateStatus,
     lease_status_of,
 )
@@ -95,7 +95,7 @@ def test_linear_success_is_completed_with_checkpoint_and_durations() -> None:
     m = fold(
         RS(), E(s1, 0, I), C(s1, S1), E(s2, 0, S1), C(s2, S2), E(s3, 0, S2), C(s3, S3), RC(EngineStatus.COMPLETED, S3)
     )
-    assert m.status is RunStatus.COMPLETED
+    assert m.status is RunDisplayStatus.COMPLETED
     assert (m.done, m.total) == (3, 3)
     assert [sv.status for sv in m.states.values()] == [StateStatus.COMPLETED] * 3
     assert m.checkpoint_id == S3 and m.final_snapshot_id == S3
@@ -110,7 +110,7 @@ def test_linear_success_is_completed_with_checkpoint_and_durations() -> None:
 
 def test_non_retryable_failure_names_the_failed_state_and_keeps_later_states_pending() -> None:
     m = fold(RS(), E(s1, 0, I), C(s1, S1), E(s2, 0, S1), F(s2, "needs_file"), RC(EngineStatus.FAILED, S1), plan=chain())
-    assert m.status is RunStatus.FAILED
+    assert m.status is RunDisplayStatus.FAILED
     assert m.failed_state is not None and m.failed_state.state_id == s2
     assert m.error == ("needs_file", "needs_file happened")
     assert m.current_state is m.failed_state
@@ -122,7 +122,7 @@ def test_non_retryable_failure_names_the_failed_state_and_keeps_later_states_pen
 def test_failure_before_run_completed_is_already_failed_when_not_retryable() -> None:
     m = fold(RS(), E(s1, 0, I), F(s1, "bad", retryable=False), manifest=manifest())
     assert m.states[s1].status is StateStatus.FAILED
-    assert m.status is RunStatus.RUNNING  # RunCompleted not yet written
+    assert m.status is RunDisplayStatus.RUNNING  # RunCompleted not yet written
     assert m.failed_state is not None
 
 
@@ -132,7 +132,7 @@ def test_retry_scheduled_event_gives_the_countdown_target() -> None:
         payload={"state_id": s2, "failed_attempt": 0, "next_attempt": 1, "delay_ms": 7000, "not_before_millis": 99_000},
     )
     m = fold(RS(), E(s1, 0, I), C(s1, S1), E(s2, 0, S1), F(s2, "http_503", True), sched, manifest=manifest(5))
-    assert m.status is RunStatus.RETRYING
+    assert m.status is RunDisplayStatus.RETRYING
     sv = m.states[s2]
     assert sv.status is StateStatus.RETRYING
     assert sv.not_before_millis == 99_000
@@ -146,7 +146,7 @@ def test_retry_scheduled_event_gives_the_countdown_target() -> None:
     m.apply(envs(E(s2, 1, S1), start_seq=7))
     assert sv.status is StateStatus.RUNNING and sv.not_before_millis is None
     assert sv.attempt_label == "2/5"
-    assert m.status is RunStatus.RUNNING and m.retry_target is None
+    assert m.status is RunDisplayStatus.RUNNING and m.retry_target is None
     assert [a.attempt for a in sv.attempts] == [0, 1]
     assert sv.error == ("http_503", "http_503 happened")
 
@@ -186,17 +186,17 @@ def test_max_attempts_zero_and_one_never_retry() -> None:
 
 def test_orphan_recovery_then_success() -> None:
     m = fold(RS(), E(s1, 0, I))
-    assert m.states[s1].status is StateStatus.RUNNING and m.status is RunStatus.RUNNING
+    assert m.states[s1].status is StateStatus.RUNNING and m.status is RunDisplayStatus.RUNNING
     assert [s.state_id for s in m.open_states] == [s1]
     m.apply(envs(F(s1, "orphan_attempt_recovered", True), E(s1, 1, I), C(s1, S1), start_seq=3))
     m.apply(envs(RC(EngineStatus.COMPLETED, S1), start_seq=6))
-    assert m.status is RunStatus.COMPLETED
+    assert m.status is RunDisplayStatus.COMPLETED
     assert m.states[s1].attempt_number == 2
 
 
 def test_cancelled_run_marks_the_interrupted_state_cancelled() -> None:
     m = fold(RS(), E(s1, 0, I), C(s1, S1), E(s2, 0, S1), F(s2, "run_cancelled"), RC(EngineStatus.CANCELLED, S1))
-    assert m.status is RunStatus.CANCELLED
+    assert m.status is RunDisplayStatus.CANCELLED
     assert m.states[s2].status is StateStatus.CANCELLED
     assert m.cancelled_state is m.states[s2]
     assert m.failed_state is None
@@ -206,16 +206,16 @@ def test_cancel_request_and_stale_lease_change_an_unfinished_run_only() -> None:
     m = fold(RS(), E(s1, 0, I))
     assert m.set_cancel_requested(True) is True
     assert m.set_cancel_requested(True) is False
-    assert m.status is RunStatus.CANCELLING
+    assert m.status is RunDisplayStatus.CANCELLING
     assert m.set_lease(LeaseStatus.STALE) is True
-    assert m.status is RunStatus.WORKER_LOST
+    assert m.status is RunDisplayStatus.WORKER_LOST
     m.apply(envs(F(s1, "run_cancelled"), RC(EngineStatus.CANCELLED, I), start_seq=3))
-    assert m.status is RunStatus.CANCELLED
+    assert m.status is RunDisplayStatus.CANCELLED
 
 
 def test_worker_lost_duration_stops_at_the_last_event() -> None:
     m = fold(RS(), E(s1, 0, I), lease=LeaseStatus.STALE)
-    assert m.status is RunStatus.WORKER_LOST
+    assert m.status is RunDisplayStatus.WORKER_LOST
     assert m.duration_millis(now_millis=T0 + 10_000) == 100
     m.set_lease(LeaseStatus.HELD)
     assert m.duration_millis(now_millis=T0 + 10_000) == 10_000 - 100
@@ -223,7 +223,7 @@ def test_worker_lost_duration_stops_at_the_last_event() -> None:
 
 def test_empty_model_is_pending() -> None:
     m = RunModel(RUN)
-    assert m.status is RunStatus.PENDING
+    assert m.status is RunDisplayStatus.PENDING
     assert m.duration_millis(5) is None and m.current_state is None
     assert m.short_id == "00000000"
 
@@ -324,7 +324,7 @@ def test_plan_shape_from_an_execution_plan() -> None:
     assert [s.split(".")[-1] for s in shape.state_ids] == ["a", "b"]
     assert shape.tags[StateId("machine.main.a")] == ("report",)
     m = RunModel(RUN, plan=shape)
-    assert m.total == 2 and m.status is RunStatus.PENDING
+    assert m.total == 2 and m.status is RunDisplayStatus.PENDING
 
 
 def test_states_seen_in_events_but_absent_from_the_plan_stay_visible() -> None:
@@ -352,9 +352,9 @@ def test_lease_status_of_accepts_names_values_and_infos(value: Any, expected: Le
 
 
 def test_urgency_puts_trouble_first() -> None:
-    order = sorted(RunStatus, key=URGENCY.__getitem__)
-    assert order[:3] == [RunStatus.FAILED, RunStatus.WORKER_LOST, RunStatus.RETRYING]
-    assert order[-1] is RunStatus.COMPLETED
+    order = sorted(RunDisplayStatus, key=URGENCY.__getitem__)
+    assert order[:3] == [RunDisplayStatus.FAILED, RunDisplayStatus.WORKER_LOST, RunDisplayStatus.RETRYING]
+    assert order[-1] is RunDisplayStatus.COMPLETED
 
 
 def test_to_json_is_json() -> None:
@@ -387,15 +387,15 @@ async def test_fixture_store_has_a_run_in_every_status() -> None:
     models = await _fixture_models()
     got = {rid: (m.status, m.done, m.total) for rid, m in models.items()}
     assert got == {
-        fx.RUN_FAILED: (RunStatus.FAILED, 1, 3),
-        fx.RUN_RETRYING: (RunStatus.RETRYING, 1, 3),
-        fx.RUN_LOST: (RunStatus.WORKER_LOST, 21, 60),
-        fx.RUN_RUNNING: (RunStatus.RUNNING, 3, 5),
-        fx.RUN_COMPLETED: (RunStatus.COMPLETED, 9, 9),
-        fx.RUN_CANCELLED: (RunStatus.CANCELLED, 12, 30),
-        fx.RUN_FANOUT: (RunStatus.RETRYING, 2, 7),
-        fx.RUN_SKIPPED: (RunStatus.COMPLETED, 3, 3),
-        fx.RUN_CANCELLING: (RunStatus.CANCELLING, 1, 3),
+        fx.RUN_FAILED: (RunDisplayStatus.FAILED, 1, 3),
+        fx.RUN_RETRYING: (RunDisplayStatus.RETRYING, 1, 3),
+        fx.RUN_LOST: (RunDisplayStatus.WORKER_LOST, 21, 60),
+        fx.RUN_RUNNING: (RunDisplayStatus.RUNNING, 3, 5),
+        fx.RUN_COMPLETED: (RunDisplayStatus.COMPLETED, 9, 9),
+        fx.RUN_CANCELLED: (RunDisplayStatus.CANCELLED, 12, 30),
+        fx.RUN_FANOUT: (RunDisplayStatus.RETRYING, 2, 7),
+        fx.RUN_SKIPPED: (RunDisplayStatus.COMPLETED, 3, 3),
+        fx.RUN_CANCELLING: (RunDisplayStatus.CANCELLING, 1, 3),
     }
     assert all(m.anomalies == [] for m in models.values())
     retry = models[fx.RUN_RETRYING].retry_target

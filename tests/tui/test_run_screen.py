@@ -20,12 +20,12 @@ from engine.errors import StateError
 from engine.events import DomainEvent, StateCompleted, StateEntered, StateFailed, encode_envelope
 from engine.stores import MemoryStore
 from engine.stores.fs import FsStore
+from engine.testing import FakeClock
 from mfm_tui.app import MfmApp, make_app
-from mfm_tui.clock import FrozenClock
 from mfm_tui.log_index import FileLogSource
 from mfm_tui.screens.run import EventDialog, RunScreen
 from mfm_tui.widgets.event_log import EventLog
-from mfm_tui.widgets.state_graph import StateGraph
+from mfm_tui.widgets.plan_graph import PlanGraph
 from mfm_tui.widgets.state_panel import StatePanel
 from tests.tui.fixtures import (
     RUN_CANCELLED,
@@ -50,7 +50,7 @@ def run_app(
     run_id: str,
     *,
     store: Any = None,
-    clock: FrozenClock | None = None,
+    clock: FakeClock | None = None,
     theme: str = "mfm-dark",
 ) -> tuple[MfmApp, RunScreen]:
     """The real app (``make_app``, not watching: tests call ``screen.poll()``) and a run screen to push on it."""
@@ -259,7 +259,7 @@ async def test_arrow_keys_move_the_graph_selection_and_panel_follows() -> None:
     app, screen = run_app(fx, RUN_FANOUT)
     async with app.run_test(size=LARGE) as pilot:
         await open_screen(pilot, screen)
-        graph = screen.query_one(StateGraph)
+        graph = screen.query_one(PlanGraph)
         assert graph.cursor == sid("item_2")  # the retrying state is selected first
         await pilot.press("tab")
         assert graph.has_focus
@@ -401,7 +401,7 @@ async def test_ascii_theme_draws_no_unicode_in_graph_and_log() -> None:
     app, screen = run_app(fx, RUN_FANOUT, theme="mfm-ascii")
     async with app.run_test(size=LARGE) as pilot:
         await open_screen(pilot, screen)
-        graph = screen.query_one(StateGraph)
+        graph = screen.query_one(PlanGraph)
         log = screen.query_one(EventLog)
         text = "".join(graph.render_line(y).text for y in range(5)) + "".join(log.render_line(y).text for y in range(9))
         assert "item_2" in text
@@ -426,8 +426,8 @@ async def test_clicks_select_a_log_line_and_a_graph_node() -> None:
         log = screen.query_one(EventLog)
         await pilot.click(EventLog, offset=(5, 1))
         assert log.cursor == 1 and not log.follow
-        graph = screen.query_one(StateGraph)
-        await pilot.click(StateGraph, offset=(2, 0))
+        graph = screen.query_one(PlanGraph)
+        await pilot.click(PlanGraph, offset=(2, 0))
         assert graph.cursor == sid("fetch")
         assert screen.query_one(StatePanel).state is not None
 
@@ -442,11 +442,11 @@ async def test_graph_of_a_thousand_states_scrolls_to_the_cursor() -> None:
 
     class Host(App[None]):
         def compose(self) -> ComposeResult:
-            yield StateGraph(id="chain")
-            yield StateGraph(id="fan")
+            yield PlanGraph(id="chain")
+            yield PlanGraph(id="fan")
 
     async with Host().run_test(size=(80, 24)) as pilot:
-        graph = pilot.app.query_one("#chain", StateGraph)
+        graph = pilot.app.query_one("#chain", PlanGraph)
         graph.set_graph(chain, list(itertools.pairwise(chain)), {s: StateView(s) for s in chain}, 0)  # type: ignore[misc]
         await pilot.pause()
         assert graph.virtual_size.width > 1000 * 10
@@ -454,7 +454,7 @@ async def test_graph_of_a_thousand_states_scrolls_to_the_cursor() -> None:
         await pilot.pause()
         assert graph.scroll_offset.x > 0
         assert "step_0500" in graph.render_line(0).text
-        fan_graph = pilot.app.query_one("#fan", StateGraph)
+        fan_graph = pilot.app.query_one("#fan", PlanGraph)
         edges = [(fan[0], item) for item in fan[1:]]
         fan_graph.set_graph(fan, edges, {s: StateView(s) for s in fan}, 0)  # type: ignore[misc]
         await pilot.pause()

@@ -8,10 +8,10 @@ from typing import Any
 from textual.widgets import Input
 
 from engine.stores import MemoryStore
-from mfm_tui.clock import FrozenClock
-from mfm_tui.run_model import RunModel, RunStatus
+from engine.testing import FakeClock
+from mfm_tui.run_model import RunDisplayStatus, RunModel
 from mfm_tui.screens.runs import RunFilter, RunsScreen, order_models
-from mfm_tui.widgets.countdown import format_ago, format_countdown, format_duration
+from mfm_tui.time_format import format_ago, format_countdown, format_duration
 from mfm_tui.widgets.run_table import RunTable
 from mfm_tui.widgets.status_tabs import StatusTabs
 from tests.tui import fixtures as fx
@@ -114,7 +114,7 @@ def test_time_formats() -> None:
 def test_filter_parsing() -> None:
     f = RunFilter.parse("op:demo_big status:failed status:lost id:0c9d 503")
     assert f.ops == ("demo_big",) and f.id_prefixes == ("0c9d",) and f.words == ("503",)
-    assert f.statuses == frozenset({RunStatus.FAILED, RunStatus.WORKER_LOST})
+    assert f.statuses == frozenset({RunDisplayStatus.FAILED, RunDisplayStatus.WORKER_LOST})
     assert RunFilter.parse("").is_empty and not f.is_empty
     assert RunFilter.parse("status:bogus").statuses == frozenset()  # matches nothing, says so by showing nothing
 
@@ -130,8 +130,8 @@ async def test_order_and_filter_over_the_fixture_runs() -> None:
     models = await _models()
     now = fx.NOW_MILLIS
     urgent = [m.status for m in order_models(models.values(), "urgency", now)]
-    assert urgent[:2] == [RunStatus.FAILED, RunStatus.WORKER_LOST]
-    assert urgent[-2:] == [RunStatus.COMPLETED, RunStatus.COMPLETED]
+    assert urgent[:2] == [RunDisplayStatus.FAILED, RunDisplayStatus.WORKER_LOST]
+    assert urgent[-2:] == [RunDisplayStatus.COMPLETED, RunDisplayStatus.COMPLETED]
     newest = order_models(models.values(), "newest", now)
     assert [m.started_millis for m in newest] == sorted((m.started_millis for m in newest), reverse=True)
     assert order_models(models.values(), "oldest", now)[0].run_id == fx.RUN_SKIPPED
@@ -216,7 +216,7 @@ async def test_sort_key_cycles() -> None:
 
 
 async def test_countdown_ticks_with_the_clock() -> None:
-    clock = FrozenClock(fx.NOW_MILLIS)
+    clock = FakeClock(fx.NOW_MILLIS)
     app = await afixture_app(clock=clock)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
@@ -270,7 +270,7 @@ async def test_countdown_widget_follows_the_clock() -> None:
 
     from mfm_tui.widgets.countdown import Countdown
 
-    clock = FrozenClock(1_000_000)
+    clock = FakeClock(1_000_000)
 
     class _Host(App[None]):
         def compose(self) -> ComposeResult:

@@ -1,4 +1,4 @@
-"""Shared pieces of the ``mfm`` command line (private; ``mfm_tui.cli`` re-exports them).
+"""Shared pieces of the ``mfm`` command line, used by its command modules.
 
 Per-invocation state (store and registry resolution), run-id prefix resolution and run view models,
 JSON/table output and the CLI's own input error.
@@ -23,7 +23,24 @@ from engine.open_store import open_store
 from engine.operations import OperationRegistry, load_registry, read_manifest
 from engine.workers import is_pooled, lease_state
 from mfm_tui.config import resolve_store
-from mfm_tui.run_model import PlanShape, RunModel, RunStatus, lease_status_of
+from mfm_tui.run_model import PlanShape, RunDisplayStatus, RunModel, lease_status_of
+from mfm_tui.time_format import format_duration
+
+__all__ = [
+    "CliError",
+    "Env",
+    "duration_text",
+    "echo_json",
+    "env_of",
+    "format_timestamp",
+    "load_model",
+    "now_millis",
+    "print_table",
+    "resolve_run_id",
+    "run_sync",
+    "state_line",
+    "status_text",
+]
 
 T = TypeVar("T")
 
@@ -70,44 +87,36 @@ class Env:
         return self._registry
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _echo_json(value: Any) -> None:
+def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
 
 
-def _ts(millis: int | None) -> str:
+def format_timestamp(millis: int | None) -> str:
     if millis is None:
         return "-"
     return datetime.fromtimestamp(millis / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _dur(millis: int | None) -> str:
-    if millis is None:
-        return "-"
-    s = millis / 1000
-    if s < 60:
-        return f"{s:.1f}s"
-    m, s = divmod(int(s), 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
+def duration_text(millis: int | None) -> str:
+    """A duration as the command line prints it: tenths below a minute (``42.5s``), ``-`` when unknown."""
+    return format_duration(millis, unknown="-", tenths_below=60_000, round_tenths=True)
 
 
-def _now() -> int:
+def now_millis() -> int:
     return int(time.time() * 1000)
 
 
-def _env(ctx: click.Context) -> Env:
+def env_of(ctx: click.Context) -> Env:
     obj = ctx.find_root().obj
     assert isinstance(obj, Env)
     return obj
 
 
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
+def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -173,7 +182,7 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
     return model
 
 
-def _state_line(model: RunModel) -> str:
+def state_line(model: RunModel) -> str:
     if model.recovered_by is not None:
         return f"recovered as {model.recovered_by[:8]}"
     sv = model.current_state
@@ -185,11 +194,11 @@ def _state_line(model: RunModel) -> str:
     return text
 
 
-def _status_text(model: RunModel, now: int) -> str:
+def status_text(model: RunModel, now: int) -> str:
     status = model.status
     retry = model.retry_target
-    if status is RunStatus.RETRYING and retry is not None:
+    if status is RunDisplayStatus.RETRYING and retry is not None:
         remaining = retry.remaining_millis(now)
-        tail = f" in {_dur(remaining)}" if remaining is not None else ""
+        tail = f" in {duration_text(remaining)}" if remaining is not None else ""
         return f"retrying {retry.next_attempt_number}/{retry.max_attempts or '?'}{tail}"
     return status.label

@@ -1,4 +1,4 @@
-"""Control commands of ``mfm``: start, resume, cancel, replay, worker, serve and tui (private).
+"""Control commands of ``mfm``: start, resume, cancel, replay, worker, serve and tui.
 
 Starting, resuming, cancelling and replaying go through ``engine.workers`` (shared with the TUI).
 """
@@ -29,8 +29,13 @@ from engine.workers import (
     resume_run,
     start_run,
 )
-from mfm_tui._cli_common import CliError, Env, _echo_json, _env, _now, _run, load_model, resolve_run_id
-from mfm_tui.run_model import RunModel, RunStatus, lease_status_of
+from engine.workers import main as worker_main
+from mfm_tui.cli.common import CliError, Env, echo_json, env_of, load_model, now_millis, resolve_run_id, run_sync
+from mfm_tui.config import store_writable
+from mfm_tui.run_model import RunDisplayStatus, RunModel, lease_status_of
+from mfm_tui.serve import serve as serve_app
+
+__all__ = ["cancel", "replay", "resume", "serve", "start", "tui", "wait_for_run", "worker"]
 
 # ---------------------------------------------------------------------------------------------
 # Waiting for a run
@@ -83,13 +88,13 @@ def _last_line(path: Path) -> str:
 
 def _finish(model: RunModel, as_json: bool) -> int:
     if as_json:
-        _echo_json(model.to_json(_now()))
+        echo_json(model.to_json(now_millis()))
     else:
         line = f"run {model.run_id} {model.status.label}"
         if model.error is not None:
             line += f": [{model.error[0]}] {model.error[1]}"
         click.echo(line)
-    return EXIT_OK if model.status is RunStatus.COMPLETED else EXIT_FAILED
+    return EXIT_OK if model.status is RunDisplayStatus.COMPLETED else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,13 +108,12 @@ def _finish(model: RunModel, as_json: bool) -> int:
 @click.pass_context
 def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
     """Open the terminal UI."""
-    env = _env(ctx)
+    env = env_of(ctx)
+    # Imported here, not at the top: Textual takes ~0.3 s to import; only `mfm tui` needs it (`mfm runs` stays quick).
     from mfm_tui.app import make_app
 
     store = env.store
     registry = env.registry
-    from mfm_tui.commands import store_writable
-
     offered: dict[str, Any] = {
         "read_only": read_only or not store_writable(store),  # a store we cannot write: watch only
         "plan_resolver": registry.plan_resolver(),
@@ -137,9 +141,7 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, theme: str | None, read_only: bool) -> int:
     """Serve the terminal UI in a web browser (textual-serve), with this interpreter."""
-    from mfm_tui.serve import serve as serve_app
-
-    env = _env(ctx)
+    env = env_of(ctx)
     serve_app(env.store_location, host=host, port=port, ops=env.ops, read_only=read_only, theme=theme, debug=env.debug)
     return EXIT_OK
 
@@ -170,23 +172,23 @@ def start(
     ctx: click.Context, op_id: str, params: tuple[str, ...], params_file: str | None, wait: bool, as_json: bool
 ) -> int:
     """Start OP_ID in a detached worker; print the run id."""
-    env = _env(ctx)
+    env = env_of(ctx)
     registry = env.registry
     op = registry.get(op_id)
     raw = _read_params_file(params_file)
     raw.update(parse_param_assignments(op, params))
     op.validate_params(raw)  # before the store is even opened: invalid input writes nothing
-    prepared = _run(start_run(env.store, registry, op_id, raw, ops_modules=env.ops))
+    prepared = run_sync(start_run(env.store, registry, op_id, raw, ops_modules=env.ops))
     if not wait:
         if as_json:
-            _echo_json({"run_id": str(prepared.run_id), "manifest_id": str(prepared.manifest_id), "op_id": op_id})
+            echo_json({"run_id": str(prepared.run_id), "manifest_id": str(prepared.manifest_id), "op_id": op_id})
         else:
             click.echo(str(prepared.run_id))
             click.echo(f"started {op_id}; watch it with `mfm show {prepared.run_id[:8]}`", err=True)
         return EXIT_OK
     if not as_json:
         click.echo(str(prepared.run_id))
-    return _finish(_run(wait_for_run(env, prepared.run_id)), as_json)
+    return _finish(run_sync(wait_for_run(env, prepared.run_id)), as_json)
 
 
 @click.command()
@@ -200,18 +202,18 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     A run that FAILED is final; resuming it starts a recovery run (printed) that carries its
     completed states over and continues at the failed state, once you have fixed the cause.
     """
-    env = _env(ctx)
+    env = env_of(ctx)
 
     async def go() -> Any:
         run_id = await resolve_run_id(env.store, run)
         return await resume_run(env.store, run_id, ops_modules=env.ops)
 
-    outcome = _run(go())
+    outcome = run_sync(go())
     if outcome.recovery_run_id is not None:
         new_id = outcome.recovery_run_id
         if not wait:
             if as_json:
-                _echo_json(
+                echo_json(
                     {"run_id": str(new_id), "recovered_from": str(outcome.run_id), "worker_pid": outcome.spawned_pid}
                 )
             else:
@@ -224,22 +226,22 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
                 click.echo(str(new_id))
             return EXIT_OK
         click.echo(f"recovering failed run {outcome.run_id} as {new_id}", err=True)
-        return _finish(_run(wait_for_run(env, new_id)), as_json)
+        return _finish(run_sync(wait_for_run(env, new_id)), as_json)
     if outcome.finished:
-        model = _run(load_model(env, outcome.run_id, with_plan=False))
+        model = run_sync(load_model(env, outcome.run_id, with_plan=False))
         if not as_json:
             note = f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume"
             click.echo(note, err=True)
         return _finish(model, as_json) if wait or as_json else EXIT_OK
     if not wait:
         if as_json:
-            _echo_json({"run_id": str(outcome.run_id), "worker_pid": outcome.spawned_pid})
+            echo_json({"run_id": str(outcome.run_id), "worker_pid": outcome.spawned_pid})
         elif outcome.spawned_pid is None:
             click.echo(f"resuming run {outcome.run_id} (queued for the worker pool)")
         else:
             click.echo(f"resuming run {outcome.run_id} (worker pid {outcome.spawned_pid})")
         return EXIT_OK
-    return _finish(_run(wait_for_run(env, outcome.run_id)), as_json)
+    return _finish(run_sync(wait_for_run(env, outcome.run_id)), as_json)
 
 
 @click.command()
@@ -248,13 +250,13 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
 @click.pass_context
 def cancel(ctx: click.Context, run: str, reason: str) -> int:
     """Ask a run to stop (its worker cancels within a second)."""
-    env = _env(ctx)
+    env = env_of(ctx)
 
     async def go() -> tuple[RunId, bool]:
         run_id = await resolve_run_id(env.store, run)
         return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops)
 
-    run_id, spawned = _run(go())
+    run_id, spawned = run_sync(go())
     extra = " (no live worker: a worker was started to close it)" if spawned else ""
     if spawned and is_pooled(env.store):
         extra = " (no worker held it: queued for the worker pool to close it)"
@@ -269,24 +271,24 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
 @click.pass_context
 def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     """Replay a run from its recorded facts as a new run and compare the outcome."""
-    env = _env(ctx)
+    env = env_of(ctx)
 
     async def go() -> tuple[RunId, RunId]:
         run_id = await resolve_run_id(env.store, run)
         return run_id, await replay_run(env.store, run_id, ops_modules=env.ops)
 
-    source, replay_id = _run(go())
+    source, replay_id = run_sync(go())
     if not wait:
         if as_json:
-            _echo_json({"source_run_id": str(source), "replay_run_id": str(replay_id)})
+            echo_json({"source_run_id": str(source), "replay_run_id": str(replay_id)})
         else:
             click.echo(str(replay_id))
             click.echo(f"replaying {source} as run {replay_id}; `mfm replay {source[:8]} --wait` waits", err=True)
         return EXIT_OK
-    model = _run(wait_for_run(env, replay_id))
-    verdict = _read_verdict(env, replay_id)
+    model = run_sync(wait_for_run(env, replay_id))
+    verdict = _wait_for_verdict(env, replay_id)
     if as_json:
-        _echo_json(verdict)
+        echo_json(verdict)
     else:
         text = verdict["verdict"]
         if verdict.get("diverged_state"):
@@ -295,14 +297,14 @@ def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     return EXIT_OK if verdict["verdict"] == "deterministic" else EXIT_FAILED
 
 
-def _read_verdict(env: Env, replay_id: RunId, timeout: float = 10.0) -> dict[str, Any]:
+def _wait_for_verdict(env: Env, replay_id: RunId, timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        value = _run(read_verdict(env.store, replay_id))
+        value = run_sync(read_verdict(env.store, replay_id))
         if value is not None:
             return value
         if time.monotonic() > deadline or lease_state(env.store, replay_id).state is not LeaseState.HELD:
-            value = _run(read_verdict(env.store, replay_id))
+            value = run_sync(read_verdict(env.store, replay_id))
             if value is not None:
                 return value
             raise MfmError(ErrorInfo.new("worker_failed", f"the replay worker wrote no verdict for run {replay_id}"))
@@ -320,9 +322,7 @@ def worker(ctx: click.Context, args: tuple[str, ...]) -> int:
 
     On a database store: `mfm worker serve --store postgresql://… [--concurrency N] [--host-name NAME]`
     executes queued runs until stopped (SIGTERM hands its runs over to the other workers)."""
-    from engine.workers import main as worker_main
-
-    env = _env(ctx)
+    env = env_of(ctx)
     argv = ["--store", str(env.store_location)]
     for module in env.ops:
         argv += ["--ops", module]

@@ -1,6 +1,6 @@
 """The run model's statuses: run/state/lease enums, the urgency rank and the lease probe mapping.
 
-Private to :mod:`mfm_tui.run_model` (which re-exports every public name); pure, no Textual, no IO.
+Part of :mod:`mfm_tui.run_model` (its face re-exports every public name); pure, no Textual, no IO.
 """
 
 from __future__ import annotations
@@ -11,11 +11,22 @@ from enum import StrEnum
 from engine.events import RunStatus as EngineRunStatus
 from engine.ids import RunId
 
+__all__ = [
+    "CODE_RUN_CANCELLED",
+    "FINAL_STATUS",
+    "URGENCY",
+    "LeaseProbe",
+    "LeaseStatus",
+    "RunDisplayStatus",
+    "StateStatus",
+    "lease_status_of",
+]
+
 CODE_RUN_CANCELLED = "run_cancelled"
 
 
-class RunStatus(StrEnum):
-    """What a run is doing, as the monitor sees it."""
+class RunDisplayStatus(StrEnum):
+    """What a run is doing, as the monitor sees it (the engine's ``engine.events.RunStatus`` is only how it ended)."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -32,24 +43,24 @@ class RunStatus(StrEnum):
 
     @property
     def is_finished(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in (RunDisplayStatus.COMPLETED, RunDisplayStatus.FAILED, RunDisplayStatus.CANCELLED)
 
 
-_FINAL_STATUS: Mapping[EngineRunStatus, RunStatus] = {
-    EngineRunStatus.COMPLETED: RunStatus.COMPLETED,
-    EngineRunStatus.FAILED: RunStatus.FAILED,
-    EngineRunStatus.CANCELLED: RunStatus.CANCELLED,
+FINAL_STATUS: Mapping[EngineRunStatus, RunDisplayStatus] = {
+    EngineRunStatus.COMPLETED: RunDisplayStatus.COMPLETED,
+    EngineRunStatus.FAILED: RunDisplayStatus.FAILED,
+    EngineRunStatus.CANCELLED: RunDisplayStatus.CANCELLED,
 }
 
-URGENCY: Mapping[RunStatus, int] = {
-    RunStatus.FAILED: 0,
-    RunStatus.WORKER_LOST: 1,
-    RunStatus.RETRYING: 2,
-    RunStatus.CANCELLING: 3,
-    RunStatus.RUNNING: 4,
-    RunStatus.PENDING: 5,
-    RunStatus.CANCELLED: 6,
-    RunStatus.COMPLETED: 7,
+URGENCY: Mapping[RunDisplayStatus, int] = {
+    RunDisplayStatus.FAILED: 0,
+    RunDisplayStatus.WORKER_LOST: 1,
+    RunDisplayStatus.RETRYING: 2,
+    RunDisplayStatus.CANCELLING: 3,
+    RunDisplayStatus.RUNNING: 4,
+    RunDisplayStatus.PENDING: 5,
+    RunDisplayStatus.CANCELLED: 6,
+    RunDisplayStatus.COMPLETED: 7,
 }
 """Sort rank, most urgent first (the runs list's default order)."""
 

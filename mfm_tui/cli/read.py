@@ -1,4 +1,4 @@
-"""Read commands of ``mfm``: ops, runs, show, events and artifact (private; they never change a run)."""
+"""Read commands of ``mfm``: ops, runs, show, events and artifact (they never change a run)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,23 @@ import click
 from engine.events import DomainEvent, EventEnvelope, RunCompleted, StateFailed, encode_envelope
 from engine.ids import ArtifactId, RunId
 from engine.workers import EXIT_OK, is_pooled, lease_state
-from mfm_tui._cli_common import (
+from mfm_tui.cli.common import (
     CliError,
-    _dur,
-    _echo_json,
-    _env,
-    _now,
-    _print_table,
-    _run,
-    _state_line,
-    _status_text,
-    _ts,
+    duration_text,
+    echo_json,
+    env_of,
+    format_timestamp,
     load_model,
+    now_millis,
+    print_table,
     resolve_run_id,
+    run_sync,
+    state_line,
+    status_text,
 )
-from mfm_tui.run_model import RunModel, RunStatus
+from mfm_tui.run_model import RunDisplayStatus, RunModel
+
+__all__ = ["artifact", "events", "ops", "runs", "show"]
 
 
 @click.command()
@@ -35,10 +37,10 @@ from mfm_tui.run_model import RunModel, RunStatus
 @click.pass_context
 def ops(ctx: click.Context, as_json: bool) -> int:
     """List the operations that can be started."""
-    registry = _env(ctx).registry
+    registry = env_of(ctx).registry
     operations = registry.operations()
     if as_json:
-        _echo_json([op.describe() for op in operations])
+        echo_json([op.describe() for op in operations])
     else:
         if not operations:
             click.echo("no operations found (install a package with `mfm.operations` entry points or use --ops)")
@@ -54,7 +56,7 @@ def ops(ctx: click.Context, as_json: bool) -> int:
     return EXIT_OK
 
 
-_STATUS_CHOICES = [s.value for s in RunStatus]
+_STATUS_CHOICES = [s.value for s in RunDisplayStatus]
 
 
 @click.command()
@@ -64,7 +66,7 @@ _STATUS_CHOICES = [s.value for s in RunStatus]
 @click.pass_context
 def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...], as_json: bool) -> int:
     """List runs, most recent first."""
-    env = _env(ctx)
+    env = env_of(ctx)
 
     async def collect() -> list[RunModel]:
         out = []
@@ -85,11 +87,11 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
         out.sort(key=lambda m: (m.started_millis or 0, str(m.run_id)), reverse=True)
         return out
 
-    models = _run(collect())
+    models = run_sync(collect())
     hosts = {m.run_id: lease_state(env.store, m.run_id).host for m in models}
-    now = _now()
+    now = now_millis()
     if as_json:
-        _echo_json(
+        echo_json(
             [
                 {
                     "run_id": str(m.run_id),
@@ -120,15 +122,15 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
             (
                 m.short_id,
                 str(m.op_id or "?"),
-                _status_text(m, now),
-                _ts(m.started_millis),
-                _dur(m.duration_millis(now)),
-                _state_line(m),
+                status_text(m, now),
+                format_timestamp(m.started_millis),
+                duration_text(m.duration_millis(now)),
+                state_line(m),
                 f"{m.done}/{m.total}",
                 hosts.get(m.run_id) or "-",
             )
         )
-    _print_table(rows)
+    print_table(rows)
     return EXIT_OK
 
 
@@ -138,29 +140,31 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
 @click.pass_context
 def show(ctx: click.Context, run: str, as_json: bool) -> int:
     """Show one run: status, states, attempts, errors."""
-    env = _env(ctx)
+    env = env_of(ctx)
 
     async def go() -> RunModel:
         return await load_model(env, await resolve_run_id(env.store, run))
 
-    model = _run(go())
-    now = _now()
+    model = run_sync(go())
+    now = now_millis()
     info = lease_state(env.store, model.run_id)
     if as_json:
         out = model.to_json(now)
         out["host"] = info.host
-        _echo_json(out)
+        echo_json(out)
         return EXIT_OK
     click.echo(f"run       {model.run_id}")
     click.echo(f"op        {model.op_id or '?'}")
-    click.echo(f"status    {_status_text(model, now)}")
+    click.echo(f"status    {status_text(model, now)}")
     if info.action == "queued" and info.pid is None:
         click.echo("worker    queued for the worker pool")
     elif model.lease.value in ("held", "stale"):
         click.echo(f"worker    {info.state.value} (pid {info.pid} on {info.host})")
     if info.host:
         click.echo(f"host      {info.host}")
-    click.echo(f"started   {_ts(model.started_millis)}   duration {_dur(model.duration_millis(now))}")
+    click.echo(
+        f"started   {format_timestamp(model.started_millis)}   duration {duration_text(model.duration_millis(now))}"
+    )
     click.echo(f"progress  {model.done}/{model.total} states   {model.last_seq} events")
     if model.error is not None:
         click.echo(f"error     [{model.error[0]}] {model.error[1]}")
@@ -172,9 +176,9 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
         err = "" if sv.error is None else f"[{sv.error[0]}] {sv.error[1]}"
         status = sv.status.value
         if sv.not_before_millis is not None and sv.status.value == "retrying":
-            status += f" (in {_dur(max(0, sv.not_before_millis - now))})"
+            status += f" (in {duration_text(max(0, sv.not_before_millis - now))})"
         rows.append((str(sv.state_id), status, sv.attempt_label, str(len(sv.facts)), err[:80]))
-    _print_table(rows)
+    print_table(rows)
     for note in model.anomalies:
         click.echo(f"note: {note}", err=True)
     return EXIT_OK
@@ -211,7 +215,7 @@ def _print_event(env: EventEnvelope, as_json: bool) -> None:
 @click.pass_context
 def events(ctx: click.Context, run: str, from_seq: int, follow: bool, as_json: bool) -> int:
     """Print a run's events."""
-    env = _env(ctx)
+    env = env_of(ctx)
 
     async def go() -> None:
         store = env.store
@@ -229,7 +233,7 @@ def events(ctx: click.Context, run: str, from_seq: int, follow: bool, as_json: b
                 return
             await asyncio.sleep(0.2)
 
-    _run(go())
+    run_sync(go())
     return EXIT_OK
 
 
@@ -248,28 +252,28 @@ async def _finished(store: Any, run_id: RunId) -> bool:
 @click.pass_context
 def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> int:
     """Print an artifact (JSON pretty-printed unless --raw)."""
-    env = _env(ctx)
+    env = env_of(ctx)
     try:
         aid = ArtifactId(artifact_id.strip().lower())
     except ValueError:
         raise CliError.new("invalid_artifact_id", f"{artifact_id!r} is not an artifact id (64 hex digits)") from None
-    data = _run(env.store.artifacts.get(aid))
+    data = run_sync(env.store.artifacts.get(aid))
     if as_json:
         kind_of = getattr(env.store.artifacts, "kind_of", None)
-        kind = _run(kind_of(aid)) if kind_of is not None else None
+        kind = run_sync(kind_of(aid)) if kind_of is not None else None
         try:
             content = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             content = None
         wire_kind = None if kind is None else kind.to_wire()
-        _echo_json({"artifact_id": str(aid), "bytes": len(data), "kind": wire_kind, "content": content})
+        echo_json({"artifact_id": str(aid), "bytes": len(data), "kind": wire_kind, "content": content})
         return EXIT_OK
     if raw:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return EXIT_OK
     try:
-        _echo_json(json.loads(data))
+        echo_json(json.loads(data))
     except (ValueError, UnicodeDecodeError):
         click.echo(f"{len(data)} bytes of binary data (use --raw)")
     return EXIT_OK

@@ -1,6 +1,6 @@
 """The :class:`RunModel` fold: a run's envelopes (plus manifest, plan shape, lease, cancel) into a view model.
 
-Private to :mod:`mfm_tui.run_model` (which re-exports every public name); pure, no Textual, no IO.
+Part of :mod:`mfm_tui.run_model` (its face re-exports every public name); pure, no Textual, no IO.
 """
 
 from __future__ import annotations
@@ -26,8 +26,17 @@ from engine.events import (
 )
 from engine.events import RunStatus as EngineRunStatus
 from engine.ids import ArtifactId, OpId, RunId, StateId
-from mfm_tui._run_model_enums import _FINAL_STATUS, CODE_RUN_CANCELLED, URGENCY, LeaseStatus, RunStatus, StateStatus
-from mfm_tui._run_model_views import AttemptView, FactRef, PlanShape, RetryTarget, StateView
+from mfm_tui.run_model.enums import (
+    CODE_RUN_CANCELLED,
+    FINAL_STATUS,
+    URGENCY,
+    LeaseStatus,
+    RunDisplayStatus,
+    StateStatus,
+)
+from mfm_tui.run_model.views import AttemptView, FactRef, PlanShape, RetryTarget, StateView
+
+__all__ = ["RunModel"]
 
 
 class RunModel:
@@ -58,7 +67,7 @@ class RunModel:
         self.anomalies: list[str] = []
         self.manifest: RunManifest | None = None
         self.plan: PlanShape | None = None
-        self._status: RunStatus | None = None
+        self._status: RunDisplayStatus | None = None
         self._urgency = 0
         self._lease = lease
         self._cancel_requested = cancel_requested
@@ -304,7 +313,7 @@ class RunModel:
     # ------------------------------------------------------------------ views
 
     @property
-    def status(self) -> RunStatus:
+    def status(self) -> RunDisplayStatus:
         """Cached until the next input changes the model (the runs list reads it many times)."""
         status = self._status
         if status is None:
@@ -319,18 +328,18 @@ class RunModel:
             self.status  # noqa: B018 - computes and caches both
         return self._urgency
 
-    def _compute_status(self) -> RunStatus:
+    def _compute_status(self) -> RunDisplayStatus:
         if self.engine_status is not None:
-            return _FINAL_STATUS[self.engine_status]
+            return FINAL_STATUS[self.engine_status]
         if self.last_seq == 0:
-            return RunStatus.PENDING
+            return RunDisplayStatus.PENDING
         if self._lease is LeaseStatus.STALE:
-            return RunStatus.WORKER_LOST
+            return RunDisplayStatus.WORKER_LOST
         if self._cancel_requested:
-            return RunStatus.CANCELLING
+            return RunDisplayStatus.CANCELLING
         if any(sv.status is StateStatus.RETRYING for sv in self.states.values()):
-            return RunStatus.RETRYING
-        return RunStatus.RUNNING
+            return RunDisplayStatus.RETRYING
+        return RunDisplayStatus.RUNNING
 
     @property
     def lease(self) -> LeaseStatus:
@@ -418,7 +427,7 @@ class RunModel:
             return None
         if self.ended_millis is not None:
             end = self.ended_millis
-        elif self.status is RunStatus.WORKER_LOST:
+        elif self.status is RunDisplayStatus.WORKER_LOST:
             end = self.last_event_millis or now_millis
         else:
             end = now_millis

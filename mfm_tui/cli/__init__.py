@@ -3,9 +3,9 @@
 Every command talks to runs only through the engine's public API and the store; starting,
 resuming, cancelling and replaying go through ``engine.workers`` (shared with the TUI).
 
-This module holds the command group and the entry point; the commands live in private modules
-(``_cli_common`` shared helpers, ``_cli_read``, ``_cli_control``, ``_cli_doctor``) and every name
-is re-exported here, so ``mfm_tui.cli`` stays the one import path.
+This package's face holds the command group and the entry point (``mfm = "mfm_tui.cli:main"``); the commands
+live in modules by concern: ``common`` (per-invocation state, run-id resolution, output helpers), ``read`` (ops,
+runs, show, events, artifact), ``control`` (tui, serve, start, resume, cancel, replay, worker) and ``doctor``.
 """
 
 from __future__ import annotations
@@ -18,21 +18,7 @@ from typing import Any
 
 import click
 
-from engine.errors import ErrorCategory as ErrorCategory
-from engine.errors import ErrorInfo as ErrorInfo
 from engine.errors import MfmError
-from engine.events import DomainEvent as DomainEvent
-from engine.events import EventEnvelope as EventEnvelope
-from engine.events import RunCompleted as RunCompleted
-from engine.events import StateFailed as StateFailed
-from engine.events import encode_envelope as encode_envelope
-from engine.ids import ArtifactId as ArtifactId
-from engine.ids import RunId as RunId
-from engine.open_store import open_store as open_store
-from engine.operations import OperationRegistry as OperationRegistry
-from engine.operations import load_registry as load_registry
-from engine.operations import parse_param_assignments as parse_param_assignments
-from engine.operations import read_manifest as read_manifest
 from engine.workers import (
     EXIT_CONFLICT,
     EXIT_FAILED,
@@ -41,47 +27,13 @@ from engine.workers import (
     EXIT_USAGE,
     exit_code_for,
 )
-from engine.workers import LeaseState as LeaseState
-from engine.workers import cancel_run as cancel_run
-from engine.workers import is_pooled as is_pooled
-from engine.workers import lease_state as lease_state
-from engine.workers import read_verdict as read_verdict
-from engine.workers import replay_run as replay_run
-from engine.workers import resume_run as resume_run
-from engine.workers import start_run as start_run
 from mfm_tui import __version__
-from mfm_tui._cli_common import CliError as CliError
-from mfm_tui._cli_common import Env
-from mfm_tui._cli_common import T as T
-from mfm_tui._cli_common import _dur as _dur
-from mfm_tui._cli_common import _echo_json as _echo_json
-from mfm_tui._cli_common import _env as _env
-from mfm_tui._cli_common import _now as _now
-from mfm_tui._cli_common import _print_table as _print_table
-from mfm_tui._cli_common import _run as _run
-from mfm_tui._cli_common import _run_dir_exists as _run_dir_exists
-from mfm_tui._cli_common import _state_line as _state_line
-from mfm_tui._cli_common import _status_text as _status_text
-from mfm_tui._cli_common import _ts as _ts
-from mfm_tui._cli_common import load_model as load_model
-from mfm_tui._cli_common import resolve_run_id as resolve_run_id
-from mfm_tui._cli_control import _finish as _finish
-from mfm_tui._cli_control import _last_line as _last_line
-from mfm_tui._cli_control import _read_params_file as _read_params_file
-from mfm_tui._cli_control import _read_verdict as _read_verdict
-from mfm_tui._cli_control import cancel, replay, resume, serve, start, tui, worker
-from mfm_tui._cli_control import wait_for_run as wait_for_run
-from mfm_tui._cli_doctor import doctor
-from mfm_tui._cli_read import _STATUS_CHOICES as _STATUS_CHOICES
-from mfm_tui._cli_read import _event_summary as _event_summary
-from mfm_tui._cli_read import _finished as _finished
-from mfm_tui._cli_read import _print_event as _print_event
-from mfm_tui._cli_read import artifact, events, ops, runs, show
-from mfm_tui.config import resolve_store as resolve_store
-from mfm_tui.run_model import PlanShape as PlanShape
-from mfm_tui.run_model import RunModel as RunModel
-from mfm_tui.run_model import RunStatus as RunStatus
-from mfm_tui.run_model import lease_status_of as lease_status_of
+from mfm_tui.cli.common import Env
+from mfm_tui.cli.control import cancel, replay, resume, serve, start, tui, worker
+from mfm_tui.cli.doctor import doctor
+from mfm_tui.cli.read import artifact, events, ops, runs, show
+
+__all__ = ["EXIT_CODES_HELP", "cli", "main"]
 
 EXIT_CODES_HELP = f"""\b
 Exit codes (stable):

@@ -1,5 +1,7 @@
 """The run's plan drawn as a live DAG: one node per state with its status glyph, name and attempt/countdown.
 
+(Named ``PlanGraph``: ``engine.plan.StateGraph`` is the seed's type for the plan's states and edges.)
+
 A Line-API ``ScrollView``: the layout (``mfm_tui.graph_layout``) is recomputed only when the set of states or the
 expanded layers change; labels are re-rendered on every update (a countdown ticks once a second), and only the visible
 rows are turned into strips, so a plan of 1,000 states scrolls like a small one.
@@ -20,6 +22,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from mfm_tui.glyphs import status_glyph
 from mfm_tui.graph_layout import (
     MORE_PREFIX,
     Direction,
@@ -30,48 +33,9 @@ from mfm_tui.graph_layout import (
     render_graph,
 )
 from mfm_tui.run_model import StateStatus, StateView
+from mfm_tui.time_format import countdown_text
 
-__all__ = ["StateGraph", "ascii_text", "node_label", "status_glyph"]
-
-_ASCII_TABLE = str.maketrans({"…": "...", "→": "->", "—": "-", "–": "-", "↻": "~", "✓": "+", "✗": "x", "●": "*"})
-
-
-def ascii_text(text: str) -> str:
-    """``text`` with this app's few non-ASCII characters swapped for ASCII (the ASCII theme)."""
-    return text.translate(_ASCII_TABLE)
-
-
-UNICODE_GLYPHS: Mapping[StateStatus, str] = {
-    StateStatus.PENDING: "○",
-    StateStatus.RUNNING: "●",
-    StateStatus.RETRYING: "↻",
-    StateStatus.COMPLETED: "✓",
-    StateStatus.FAILED: "✗",
-    StateStatus.SKIPPED: "»",
-    StateStatus.CANCELLED: "■",
-}
-ASCII_GLYPHS: Mapping[StateStatus, str] = {
-    StateStatus.PENDING: ".",
-    StateStatus.RUNNING: "*",
-    StateStatus.RETRYING: "~",
-    StateStatus.COMPLETED: "+",
-    StateStatus.FAILED: "x",
-    StateStatus.SKIPPED: ">",
-    StateStatus.CANCELLED: "#",
-}
-
-
-def status_glyph(status: StateStatus, *, ascii_only: bool = False) -> str:
-    return (ASCII_GLYPHS if ascii_only else UNICODE_GLYPHS)[status]
-
-
-def countdown_text(remaining_millis: int | None) -> str:
-    if remaining_millis is None:
-        return ""
-    secs = (remaining_millis + 999) // 1000
-    if secs >= 60:
-        return f"{secs // 60}m{secs % 60:02d}s"
-    return f"{secs}s"
+__all__ = ["PlanGraph", "node_label"]
 
 
 def node_label(sv: StateView, now_millis: int, *, ascii_only: bool = False) -> str:
@@ -97,8 +61,13 @@ def node_label(sv: StateView, now_millis: int, *, ascii_only: bool = False) -> s
     return f"{glyph} {name}"
 
 
-class StateGraph(ScrollView, can_focus=True):
-    """The plan's DAG, left to right by topological depth; arrows move, ``enter`` selects."""
+class PlanGraph(ScrollView, can_focus=True):
+    """The plan's DAG, left to right by topological depth; arrows move, ``enter`` selects.
+
+    ``set_graph(nodes, edges, states, now)`` gives it the plan and the states' views; ``tick(now)`` relabels for a
+    new time (countdowns). The cursor's moves post ``StateHighlighted``, ``enter`` posts ``StateSelected`` (on a
+    "… N more" node it expands that layer instead).
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("left", "move('left')", "Prev state", show=False, tooltip="Graph: to a predecessor"),
@@ -107,45 +76,76 @@ class StateGraph(ScrollView, can_focus=True):
         Binding("down", "move('down')", "State below", show=False, tooltip="Graph: the state below in this layer"),
         Binding("enter", "select", "Select state", tooltip="Open the state's details / expand '… N more'"),
     ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | left | Move to a predecessor. |
+    | right | Move to a successor. |
+    | up | Move to the state above in this layer. |
+    | down | Move to the state below in this layer. |
+    | enter | Select the state (its details), or expand a "… N more" node. |
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "plan-graph--edge",
+        "plan-graph--more",
+        "plan-graph--cursor",
+        *(f"plan-graph--{s.value}" for s in StateStatus),
+    }
+    """
+    | Class | Description |
+    | :- | :- |
+    | `plan-graph--edge` | The edges between states. |
+    | `plan-graph--more` | A "… N more" node (a layer cut short). |
+    | `plan-graph--cursor` | The state under the cursor. |
+    | `plan-graph--<status>` | A state by status: pending, running, retrying, completed, failed, skipped, cancelled. |
+    """
 
     DEFAULT_CSS = """
-    StateGraph {
+    PlanGraph {
         background: $surface;
         scrollbar-size: 1 1;
     }
-    StateGraph > .state-graph--edge { color: $text-muted; }
-    StateGraph > .state-graph--pending { color: $text-muted; }
-    StateGraph > .state-graph--running { color: $accent; text-style: bold; }
-    StateGraph > .state-graph--retrying { color: $warning; text-style: bold; }
-    StateGraph > .state-graph--completed { color: $success; }
-    StateGraph > .state-graph--failed { color: $error; text-style: bold; }
-    StateGraph > .state-graph--skipped { color: $text-muted; text-style: italic; }
-    StateGraph > .state-graph--cancelled { color: $warning; }
-    StateGraph > .state-graph--more { color: $text-muted; text-style: italic; }
-    StateGraph > .state-graph--cursor { text-style: reverse; }
+    PlanGraph > .plan-graph--edge { color: $text-muted; }
+    PlanGraph > .plan-graph--pending { color: $text-muted; }
+    PlanGraph > .plan-graph--running { color: $accent; text-style: bold; }
+    PlanGraph > .plan-graph--retrying { color: $warning; text-style: bold; }
+    PlanGraph > .plan-graph--completed { color: $success; }
+    PlanGraph > .plan-graph--failed { color: $error; text-style: bold; }
+    PlanGraph > .plan-graph--skipped { color: $text-muted; text-style: italic; }
+    PlanGraph > .plan-graph--cancelled { color: $warning; }
+    PlanGraph > .plan-graph--more { color: $text-muted; text-style: italic; }
+    PlanGraph > .plan-graph--cursor { text-style: reverse; }
     """
-    COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "state-graph--edge",
-        "state-graph--more",
-        "state-graph--cursor",
-        *(f"state-graph--{s.value}" for s in StateStatus),
-    }
 
     ascii_only: reactive[bool] = reactive(False)
+    """Draw with ASCII only (the ``mfm-ascii`` theme): glyphs, edges and labels."""
 
     class StateHighlighted(Message):
         """The cursor moved to a state."""
 
-        def __init__(self, state_id: str) -> None:
+        def __init__(self, graph: PlanGraph, state_id: str) -> None:
             super().__init__()
+            self.graph = graph
             self.state_id = state_id
+
+        @property
+        def control(self) -> PlanGraph:
+            """The graph the cursor moved in."""
+            return self.graph
 
     class StateSelected(Message):
         """``enter`` on a state."""
 
-        def __init__(self, state_id: str) -> None:
+        def __init__(self, graph: PlanGraph, state_id: str) -> None:
             super().__init__()
+            self.graph = graph
             self.state_id = state_id
+
+        @property
+        def control(self) -> PlanGraph:
+            """The graph the state was selected in."""
+            return self.graph
 
     def __init__(
         self, *, max_rows: int = 12, name: str | None = None, id: str | None = None, classes: str | None = None
@@ -183,6 +183,87 @@ class StateGraph(ScrollView, can_focus=True):
         self._now = now_millis
         self._repaint()
 
+    def select(self, state_id: str) -> None:
+        """Move the cursor to ``state_id`` (if it is drawn) and scroll it into view."""
+        if self._layout is None or state_id not in self._layout.layer_of:
+            return
+        self.cursor = state_id
+        self._scroll_to_cursor()
+        self.refresh()
+        self.post_message(self.StateHighlighted(self, state_id))
+
+    # ------------------------------------------------------------------ rendering
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        base = self.rich_style
+        pic = self._picture
+        row = scroll_y + y
+        if pic is None or row >= len(pic.rows):
+            return Strip.blank(width, base)
+        edge = self.get_component_rich_style("plan-graph--edge")
+        cursor = self.get_component_rich_style("plan-graph--cursor")
+        segments: list[Segment] = []
+        for span in pic.rows[row]:
+            if span.kind == "edge":
+                style: Style = base + edge
+            elif span.kind == "more":
+                style = base + self.get_component_rich_style("plan-graph--more")
+            elif span.kind == "node" and span.node is not None:
+                sv = self._states.get(span.node)
+                status = sv.status.value if sv is not None else StateStatus.PENDING.value
+                style = base + self.get_component_rich_style(f"plan-graph--{status}")
+            else:
+                style = base
+            if span.node is not None and span.node == self.cursor:
+                style = style + cursor
+            segments.append(Segment(span.text, style))
+        strip = Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
+        return strip.apply_offsets(scroll_x, row)
+
+    # ------------------------------------------------------------------ watchers and handlers
+
+    def watch_ascii_only(self) -> None:
+        self._repaint()
+
+    def on_click(self, event: events.Click) -> None:
+        if self._picture is None:
+            return
+        x, y = self.scroll_offset.x + event.x, self.scroll_offset.y + event.y
+        for node, (row, x0, x1) in self._picture.boxes.items():
+            if row == y and x0 <= x < x1:
+                self.select(node)
+                if event.chain == 2:
+                    self.action_select()
+                return
+
+    # ------------------------------------------------------------------ actions
+
+    def action_move(self, direction: str) -> None:
+        if self._layout is None or self.cursor is None:
+            return
+        target = neighbour(self._layout, self.cursor, Direction(direction))
+        if target is not None:
+            self.select(target)
+
+    def action_select(self) -> None:
+        if self.cursor is None or self._layout is None:
+            return
+        if self.cursor.startswith(MORE_PREFIX):
+            layer = int(self.cursor[len(MORE_PREFIX) :])
+            self._g_expanded.add(layer)
+            keep = self._layout.layers[layer][-2] if len(self._layout.layers[layer]) > 1 else None
+            self.cursor = keep
+            self._relayout()
+            self._repaint()
+            if keep is not None:
+                self.select(keep)
+            return
+        self.post_message(self.StateSelected(self, self.cursor))
+
+    # ------------------------------------------------------------------ layout
+
     def _relayout(self) -> None:
         self._layout = layout_graph(self._g_nodes, self._g_edges, max_rows=self.max_rows, expanded=self._g_expanded)
         if self.cursor not in self._layout.layer_of:
@@ -210,85 +291,8 @@ class StateGraph(ScrollView, can_focus=True):
         self.virtual_size = Size(self._picture.width, len(self._picture.rows))
         self.refresh()
 
-    def watch_ascii_only(self) -> None:
-        self._repaint()
-
-    # ------------------------------------------------------------------ rendering
-
-    def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
-        base = self.rich_style
-        pic = self._picture
-        row = scroll_y + y
-        if pic is None or row >= len(pic.rows):
-            return Strip.blank(width, base)
-        edge = self.get_component_rich_style("state-graph--edge")
-        cursor = self.get_component_rich_style("state-graph--cursor")
-        segments: list[Segment] = []
-        for span in pic.rows[row]:
-            if span.kind == "edge":
-                style: Style = base + edge
-            elif span.kind == "more":
-                style = base + self.get_component_rich_style("state-graph--more")
-            elif span.kind == "node" and span.node is not None:
-                sv = self._states.get(span.node)
-                status = sv.status.value if sv is not None else StateStatus.PENDING.value
-                style = base + self.get_component_rich_style(f"state-graph--{status}")
-            else:
-                style = base
-            if span.node is not None and span.node == self.cursor:
-                style = style + cursor
-            segments.append(Segment(span.text, style))
-        strip = Strip(segments).crop_extend(scroll_x, scroll_x + width, base)
-        return strip.apply_offsets(scroll_x, row)
-
-    # ------------------------------------------------------------------ actions
-
-    def select(self, state_id: str) -> None:
-        """Move the cursor to ``state_id`` (if it is drawn) and scroll it into view."""
-        if self._layout is None or state_id not in self._layout.layer_of:
-            return
-        self.cursor = state_id
-        self._scroll_to_cursor()
-        self.refresh()
-        self.post_message(self.StateHighlighted(state_id))
-
     def _scroll_to_cursor(self) -> None:
         if self._picture is None or self.cursor not in self._picture.boxes:
             return
         r, x0, x1 = self._picture.boxes[self.cursor]
         self.scroll_to_region(Region(x0, r, x1 - x0, 1), animate=False, immediate=True, center=True)
-
-    def on_click(self, event: events.Click) -> None:
-        if self._picture is None:
-            return
-        x, y = self.scroll_offset.x + event.x, self.scroll_offset.y + event.y
-        for node, (row, x0, x1) in self._picture.boxes.items():
-            if row == y and x0 <= x < x1:
-                self.select(node)
-                if event.chain == 2:
-                    self.action_select()
-                return
-
-    def action_move(self, direction: str) -> None:
-        if self._layout is None or self.cursor is None:
-            return
-        target = neighbour(self._layout, self.cursor, Direction(direction))
-        if target is not None:
-            self.select(target)
-
-    def action_select(self) -> None:
-        if self.cursor is None or self._layout is None:
-            return
-        if self.cursor.startswith(MORE_PREFIX):
-            layer = int(self.cursor[len(MORE_PREFIX) :])
-            self._g_expanded.add(layer)
-            keep = self._layout.layers[layer][-2] if len(self._layout.layers[layer]) > 1 else None
-            self.cursor = keep
-            self._relayout()
-            self._repaint()
-            if keep is not None:
-                self.select(keep)
-            return
-        self.post_message(self.StateSelected(self.cursor))

@@ -1,12 +1,15 @@
-"""``mfm doctor``: check (and with --repair, quarantine) a filesystem store (private)."""
+"""``mfm doctor``: check (and with --repair, quarantine) a filesystem store."""
 
 from __future__ import annotations
 
 import click
 
+from engine.doctor import check_store, repair_store, resolve_runs
 from engine.errors import MfmError
 from engine.workers import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
-from mfm_tui._cli_common import _echo_json, _env
+from mfm_tui.cli.common import echo_json, env_of
+
+__all__ = ["doctor"]
 
 
 @click.command()
@@ -19,9 +22,7 @@ def doctor(ctx: click.Context, runs: tuple[str, ...], as_json: bool, repair: boo
 
     Exit 0 when clean, 1 when something is wrong (each finding has a code), 3 when the store or a run is not found.
     """
-    from engine.doctor import check_store, repair_store, resolve_runs
-
-    root = _env(ctx).store_path
+    root = env_of(ctx).store_path
     try:
         run_ids = resolve_runs(root, runs) if runs else None
         report = check_store(root, run_ids)
@@ -38,7 +39,7 @@ def doctor(ctx: click.Context, runs: tuple[str, ...], as_json: bool, repair: boo
         out = report.to_json()
         if repair:
             out["after_repair"] = remaining.to_json()
-        _echo_json(out)
+        echo_json(out)
     else:
         click.echo(
             f"store {root}: {report.runs_checked} run(s), {report.events_checked} event(s), "

@@ -1,6 +1,6 @@
 """The run model's value types: plan shape, facts, attempts, states and retry targets.
 
-Private to :mod:`mfm_tui.run_model` (which re-exports every public name); pure, no Textual, no IO.
+Part of :mod:`mfm_tui.run_model` (its face re-exports every public name); pure, no Textual, no IO.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from engine.ids import ArtifactId, StateId
 from engine.plan import ExecutionPlan, topological_order
-from mfm_tui._run_model_enums import StateStatus
+from mfm_tui.run_model.enums import StateStatus
+
+__all__ = ["AttemptView", "FactRef", "PlanShape", "RetryTarget", "StateView"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,24 +7,26 @@ edges, known before they are entered), the lease status (worker lost) and whethe
 requested. A malformed stream never raises: the fold records an ``anomalies`` line and goes on.
 
 Used by the TUI (runs list, run screen) and by the CLI (``mfm runs``, ``mfm show``) so both agree.
+
+Modules: ``enums`` (run, state and lease statuses, the urgency rank), ``views`` (plan shape, attempts, states, retry
+targets) and ``fold`` (``RunModel``). ``RunDisplayStatus`` is the run's status as the monitor shows it (running,
+retrying, worker lost, cancelling, …); the engine's own ``engine.events.RunStatus`` is the status ``RunCompleted``
+records.
 """
 
 from __future__ import annotations
 
-from mfm_tui._run_model_enums import _FINAL_STATUS as _FINAL_STATUS
-from mfm_tui._run_model_enums import CODE_RUN_CANCELLED as CODE_RUN_CANCELLED
-from mfm_tui._run_model_enums import URGENCY as URGENCY
-from mfm_tui._run_model_enums import LeaseProbe as LeaseProbe
-from mfm_tui._run_model_enums import LeaseStatus as LeaseStatus
-from mfm_tui._run_model_enums import RunStatus as RunStatus
-from mfm_tui._run_model_enums import StateStatus as StateStatus
-from mfm_tui._run_model_enums import lease_status_of as lease_status_of
-from mfm_tui._run_model_fold import RunModel as RunModel
-from mfm_tui._run_model_views import AttemptView as AttemptView
-from mfm_tui._run_model_views import FactRef as FactRef
-from mfm_tui._run_model_views import PlanShape as PlanShape
-from mfm_tui._run_model_views import RetryTarget as RetryTarget
-from mfm_tui._run_model_views import StateView as StateView
+from mfm_tui.run_model.enums import (
+    CODE_RUN_CANCELLED,
+    URGENCY,
+    LeaseProbe,
+    LeaseStatus,
+    RunDisplayStatus,
+    StateStatus,
+    lease_status_of,
+)
+from mfm_tui.run_model.fold import RunModel
+from mfm_tui.run_model.views import AttemptView, FactRef, PlanShape, RetryTarget, StateView
 
 __all__ = [
     "CODE_RUN_CANCELLED",
@@ -35,8 +37,8 @@ __all__ = [
     "LeaseStatus",
     "PlanShape",
     "RetryTarget",
+    "RunDisplayStatus",
     "RunModel",
-    "RunStatus",
     "StateStatus",
     "StateView",
     "lease_status_of",

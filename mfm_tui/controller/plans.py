@@ -1,0 +1,134 @@
+"""What an action would do, in words: pure, tested without a terminal.
+
+``describe_cancel`` / ``describe_resume`` turn a run's model into an ``ActionPlan`` (the lines of the confirmation,
+or why it cannot happen); an ``ActionRequest`` is what the controller asks the operator to confirm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from engine.ids import RunId
+from mfm_tui.run_model import LeaseStatus, RunDisplayStatus, RunModel, StateStatus
+
+__all__ = ["ActionKind", "ActionPlan", "ActionRequest", "describe_cancel", "describe_resume", "run_label"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionPlan:
+    """What an action would do to one run, or why it cannot (``refusal = (code, message)``)."""
+
+    run_id: RunId
+    refusal: tuple[str, str] | None = None
+    lines: tuple[str, ...] = ()
+    recovery: bool = False
+    """Resume of a failed run: a new recovery run continues it."""
+    orphans: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
+
+
+class ActionKind(StrEnum):
+    CANCEL = "cancel"
+    RESUME = "resume"
+    REPLAY = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """An action waiting for the operator's confirmation: what it does to which runs, and the dialog's text."""
+
+    kind: ActionKind
+    run_ids: tuple[RunId, ...]
+    title: str
+    lines: tuple[str, ...]
+    """The dialog's body, one line each; the first is the question (bold)."""
+    confirm_label: str
+    type_count: int | None = None
+    """Bulk: the number the operator must type to confirm."""
+    danger: bool = False
+    open_run: bool = False
+    """Resume of one run: show the run (or its recovery run) afterwards."""
+
+
+def run_label(model: RunModel) -> str:
+    return f"{model.op_id or 'run'} {model.short_id}"
+
+
+def describe_cancel(model: RunModel) -> ActionPlan:
+    if model.status.is_finished:
+        return ActionPlan(
+            model.run_id,
+            (
+                "run_already_finished",
+                f"run {model.short_id} already finished ({model.status.label}); nothing to cancel",
+            ),
+        )
+    if model.status is RunDisplayStatus.CANCELLING:
+        return ActionPlan(model.run_id, ("cancel_already_requested", f"run {model.short_id} is already cancelling"))
+    open_states = [sv.short_name for sv in model.open_states]
+    lines = [f"Cancel {run_label(model)} ({model.status.label}, {model.done}/{model.total} done)?", ""]
+    if open_states:
+        lines.append(f"The in-flight attempt of {', '.join(open_states)} is interrupted and closed as run_cancelled.")
+    elif model.retry_target is not None:
+        lines.append(f"The retry wait of {model.retry_target.state.short_name} is interrupted.")
+    if model.status is RunDisplayStatus.WORKER_LOST:
+        lines.append("No worker holds the run: a worker is started to close it.")
+    lines.append("The run then ends Cancelled at its last checkpoint; completed states keep their results.")
+    return ActionPlan(model.run_id, lines=tuple(lines))
+
+
+def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = None) -> ActionPlan:
+    """Where a resume continues (§13), or why it cannot."""
+    status = model.status
+    if status is RunDisplayStatus.COMPLETED or status is RunDisplayStatus.CANCELLED:
+        return ActionPlan(
+            model.run_id,
+            (
+                "run_already_finished",
+                f"run {model.short_id} already finished ({status.label}); a finished run is final",
+            ),
+        )
+    if lease is LeaseStatus.HELD and status is not RunDisplayStatus.FAILED:
+        who = f" ({holder})" if holder else ""
+        return ActionPlan(
+            model.run_id,
+            ("worker_alive", f"run {model.short_id} has a live worker{who}; it is still running: nothing to resume"),
+        )
+    if status is RunDisplayStatus.FAILED:
+        failed = model.failed_state
+        where = failed.short_name if failed is not None else "the failed state"
+        err = failed.error if failed is not None else None
+        lines = [f"Resume failed run {run_label(model)}?", ""]
+        if err is not None:
+            lines.append(f"It failed at {where}: [{err[0]}] {err[1]}")
+        lines += [
+            f"Creates a recovery run (same manifest, {model.done} completed state(s) carried over) that "
+            f"continues at state {where}.",
+            "This run keeps its history; the recovery run records where it came from (recovered_from).",
+            "Fix the cause first (outside mfm), or the state fails again.",
+        ]
+        return ActionPlan(model.run_id, lines=tuple(lines), recovery=True)
+    orphans = tuple(f"{sv.short_name} attempt {sv.last.attempt + 1}" for sv in model.open_states if sv.last)
+    lines = [f"Resume {run_label(model)} ({status.label})?", ""]
+    if orphans:
+        lines.append(f"Orphan attempt(s) closed as orphan_attempt_recovered: {', '.join(orphans)}.")
+        lines.append(
+            "It resumes at "
+            + ", ".join(f"{sv.short_name} attempt {sv.last.attempt + 2}" for sv in model.open_states if sv.last)
+            + "."
+        )
+    else:
+        nxt = next((sv for sv in model.states.values() if not sv.status.is_done), None)
+        if nxt is None:
+            lines.append("Every state is done: the run is closed as Completed.")
+        elif nxt.status is StateStatus.RETRYING and nxt.last is not None:
+            lines.append(f"It resumes at {nxt.short_name} attempt {nxt.last.attempt + 2} (no backoff wait).")
+        else:
+            attempt = (nxt.last.attempt + 2) if nxt.last is not None else 1
+            lines.append(f"It resumes at {nxt.short_name} attempt {attempt}.")
+    lines.append(f"{model.done} of {model.total} state(s) are done and are not run again.")
+    return ActionPlan(model.run_id, lines=tuple(lines), orphans=orphans)

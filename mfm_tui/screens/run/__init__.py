@@ -1,0 +1,559 @@
+"""One run, live: header, the plan's state graph, the selected state's details and the event log.
+
+The event log reads the run's events file directly when the store has one (``FsStore.events_path``): the tail is on
+screen before anything else is read, the offset index and the run model's fold are built in background threads, and
+appended lines are picked up by a cheap ``stat`` every 100 ms. Stores without files (memory, PostgreSQL) are read
+through ``read_range`` from the last seq. The screen's services (``store``, ``clock``, ``plan_resolver``,
+``lease_probe``) come from the app (``AppServices``) and can also be passed in.
+
+The screen owns two helpers that hold no widget: a ``RunLoader`` (``loader``: opening the events, adopting the
+folded model, polling) and a ``RunHistory`` (``history``: time travel's folds). ``EventDialog`` (``event_dialog``)
+shows one event's envelope.
+
+Layout: at 120x40 the graph and the state panel sit side by side over the log; below 100 columns the graph and the
+log stack and the panel replaces the graph on ``enter`` (``esc`` brings the graph back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import Key, Resize
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from engine.config import RunManifest
+from engine.errors import MfmError
+from engine.ids import RunId
+from engine.runtime import Clock, SystemClock
+from mfm_tui import controller
+from mfm_tui.clipboard import copy_text
+from mfm_tui.glyphs import Glyphs
+from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query
+from mfm_tui.messages import CancelRequested, StoreChanged
+from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
+from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
+from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens.run.event_dialog import EventDialog
+from mfm_tui.screens.run.history import RunHistory
+from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
+from mfm_tui.services import AppServices, services_of
+from mfm_tui.widgets.event_log import EventLog
+from mfm_tui.widgets.plan_graph import PlanGraph
+from mfm_tui.widgets.run_header import RunHeader
+from mfm_tui.widgets.state_panel import StatePanel
+
+__all__ = ["EventDialog", "RunHistory", "RunLoader", "RunScreen", "events_path_of"]
+
+POLL_SECONDS = 0.1
+NARROW = 100
+
+
+class RunScreen(Screen[None]):
+    """``RunScreen(run_id=...)``: the live view of one run.
+
+    Its header, graph, state panel and log are redrawn from the run's model (``model``; while time travelling, the
+    past model ``view_model`` as of ``as_of``). The controls (``c`` ``r`` ``p`` ``d``) go through
+    ``mfm_tui.controller``; in read-only mode they are shown disabled and say why.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back", tooltip="Close the panel / clear the filter / back to the runs"),
+        Binding("f", "toggle_follow", "Follow", tooltip="Follow new events on/off (scrolling up pauses it)"),
+        Binding("slash", "filter", "Filter", tooltip="Filter the log: kind=… state=… text=…; bare words find"),
+        Binding("n", "find_next", "Find next", tooltip="Next log line with the find text"),
+        Binding("N", "find_previous", "Find prev", show=False, tooltip="Previous log line with the find text"),
+        Binding("a", "artifacts", "Artifacts", tooltip="Manifest, snapshots, facts and outputs of the state/run"),
+        Binding("tab", "switch_focus", "Graph/log", show=False, tooltip="Move between the state graph and the log"),
+        Binding("j", "log('cursor_down')", "Down", show=False, tooltip="Log: next event"),
+        Binding("k", "log('cursor_up')", "Up", show=False, tooltip="Log: previous event (pauses follow)"),
+        Binding("g", "log('cursor_top')", "Top", show=False, tooltip="Log: first event"),
+        Binding("G", "log('cursor_bottom')", "Bottom", show=False, tooltip="Log: last event, follow again"),
+        Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the run id (OSC 52)"),
+        Binding("c", "cancel_run", "Cancel", tooltip="Cancel this run (confirmation first)"),
+        Binding("r", "resume_run", "Resume", tooltip="Resume this run; a failed run gets a recovery run"),
+        Binding("p", "replay_run", "Replay", tooltip="Replay this finished run and compare (deterministic?)"),
+        Binding("d", "diff_state", "Diff", tooltip="Diff the selected state's result against its base"),
+        Binding("left_square_bracket", "history(-1)", "Back in time", tooltip="Time travel: one event back"),
+        Binding("right_square_bracket", "history(1)", "Forward", show=False, tooltip="Time travel: one event on"),
+        Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
+    ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | escape | Close the panel / clear the filter / leave time travel / back to the runs. |
+    | f | Follow new events on/off. |
+    | slash | Filter the log (`kind=… state=… text=…`; bare words find). |
+    | n, N | Next / previous log line with the find text. |
+    | a | Artifacts of the selected state and of the run. |
+    | tab | Move between the state graph and the log. |
+    | j, k, g, G | Log: next, previous, first, last event. |
+    | y | Copy the run id. |
+    | c | Cancel the run (confirmation first). |
+    | r | Resume the run (a failed run gets a recovery run). |
+    | p | Replay the finished run and compare. |
+    | d | Diff the selected state's result against its base. |
+    | [, ] | Time travel: one event back / on. |
+    | t | Time travel: show the run as of a seq. |
+    """
+
+    DEFAULT_CSS = """
+    RunScreen > #time-banner { display: none; height: 1; background: $warning; color: $background; text-style: bold; }
+    RunScreen.-time-travel > #time-banner { display: block; }
+    App.-theme-mfm-ascii RunScreen > #time-banner { background: $foreground; color: $background; }
+    """
+
+    CONTROLS: ClassVar[frozenset[str]] = frozenset({"cancel_run", "resume_run", "replay_run"})
+    """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        store: Any = None,
+        clock: Clock | None = None,
+        plan_resolver: Callable[[RunManifest], PlanShape | None] | None = None,
+        lease_probe: Callable[[RunId], LeaseStatus] | None = None,
+        ascii_only: bool | None = None,
+        poll: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.run_id = RunId(run_id)
+        self._store = store
+        self._clock = clock
+        self._plan_resolver = plan_resolver
+        self._lease_probe = lease_probe
+        self._ascii = ascii_only
+        self._poll_enabled = poll
+        self.loader = RunLoader(self.run_id)
+        """Reads the run's events and owns its model."""
+        self.history = RunHistory(self.loader)
+        """Time travel's folds."""
+        self.selected: str | None = None
+        self._ticks = 0
+        self.as_of: int | None = None
+        """Time travel: the seq the screen shows the run as of (``None``: live)."""
+        self._past: RunModel | None = None
+        self._past_millis: int | None = None
+
+    # ------------------------------------------------------------------ services and state
+
+    @property
+    def services(self) -> AppServices | None:
+        """The app's services (``None`` in another host app, e.g. a benchmark's: pass ``store`` and ``clock``)."""
+        app = self.app
+        return app if isinstance(app, AppServices) else None
+
+    @property
+    def store(self) -> Any:
+        if self._store is not None:
+            return self._store
+        services = self.services
+        return services.store if services is not None else None
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is not None:
+            return self._clock
+        services = self.services
+        return services.clock if services is not None else SystemClock()
+
+    @property
+    def ascii_only(self) -> bool:
+        if self._ascii is not None:
+            return self._ascii
+        services = self.services
+        if services is not None:
+            return services.ascii_only
+        theme = self.app.theme or ""
+        return "ascii" in theme or "mono" in theme
+
+    @property
+    def model(self) -> RunModel:
+        """The run's live model (empty until ``_model_ready``)."""
+        return self.loader.model
+
+    @property
+    def source(self) -> LogSource:
+        """The run's event lines (the events file, or the envelopes read from the store)."""
+        return self.loader.source
+
+    @property
+    def load_error(self) -> tuple[str, str] | None:
+        return self.loader.load_error
+
+    @property
+    def _model_ready(self) -> bool:
+        return self.loader.ready
+
+    @property
+    def view_model(self) -> RunModel:
+        """The model shown: the live one, or the run as of ``as_of`` while time travelling."""
+        return self._past if self.as_of is not None and self._past is not None else self.model
+
+    # ------------------------------------------------------------------ compose
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(ascii_only=self.ascii_only, id="run-header")
+        yield Static("", id="time-banner")
+        with Horizontal(id="run-top"):
+            with Vertical(id="graph-box"):
+                yield PlanGraph(id="graph")
+            with VerticalScroll(id="panel-box"):
+                yield StatePanel(ascii_only=self.ascii_only, id="state-panel")
+        with Vertical(id="log-box"):
+            yield EventLog(id="log")
+        yield Input(placeholder="kind=StateFailed state=item_2 text=503   (bare words: find)", id="log-filter")
+        yield Footer()
+
+    # ------------------------------------------------------------------ handlers
+
+    def on_mount(self) -> None:
+        services = self.services
+        self.loader.store = self.store
+        self.loader.plan_resolver = self._plan_resolver or (services.plan_resolver if services is not None else None)
+        self.loader.lease_probe = self._lease_probe or (services.lease_probe if services is not None else None)
+        graph = self.query_one(PlanGraph)
+        graph.ascii_only = self.ascii_only
+        self.query_one(EventLog).ascii_only = self.ascii_only
+        self.query_one("#graph-box").border_title = "States"
+        self.query_one("#panel-box").border_title = "State"
+        self._set_log_title()
+        self._apply_width(self.app.size.width)
+        self.query_one(EventLog).focus()
+        self._render_header()
+        self._open()
+        self.set_interval(1.0, self.tick)
+        poll = self._poll_enabled if self._poll_enabled is not None else services is None or services.watch_store
+        if poll:
+            self.set_interval(POLL_SECONDS, self._timed_poll)
+
+    def on_resize(self, event: Resize) -> None:
+        self._apply_width(event.size.width)
+
+    async def on_store_changed(self, message: StoreChanged) -> None:
+        """The app's store watcher saw this run grow (``app.sync_store()`` in tests)."""
+        if self.run_id in message.run_ids:
+            await self.poll()
+
+    async def on_cancel_requested(self, message: CancelRequested) -> None:
+        """A cancel of this run was requested: it shows "cancelling" until ``RunCompleted`` lands."""
+        if self.run_id in message.run_ids:
+            with contextlib.suppress(Exception):
+                await self.loader.refresh_lease(self.model)
+                self._render_all()
+
+    @on(PlanGraph.StateHighlighted)
+    def _on_highlight(self, event: PlanGraph.StateHighlighted) -> None:
+        self.selected = event.state_id
+        self._render_panel(self.clock.now_millis())
+
+    @on(PlanGraph.StateSelected)
+    def _on_state_selected(self, event: PlanGraph.StateSelected) -> None:
+        self.selected = event.state_id
+        self._render_panel(self.clock.now_millis())
+        if self.has_class("-narrow"):
+            self.add_class("-panel-open")
+
+    @on(EventLog.FollowChanged)
+    @on(EventLog.ViewChanged)
+    def _on_log_changed(self) -> None:
+        self._set_log_title()
+
+    @on(EventLog.EventOpened)
+    def _on_event_opened(self, event: EventLog.EventOpened) -> None:
+        self.app.push_screen(EventDialog(event.seq, event.raw))
+
+    @on(Input.Submitted, "#log-filter")
+    def _on_filter_submitted(self, event: Input.Submitted) -> None:
+        flt, search = parse_query(event.value)
+        box = self.query_one("#log-filter", Input)
+        box.remove_class("-shown")
+        log = self.query_one(EventLog)
+        log.apply_filter(flt, search)
+        log.focus()
+        if search:
+            log.cursor = log.row_count
+            log.find(backwards=True)
+        self._set_log_title()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self._read_only and action in self.CONTROLS:
+            return None  # shown disabled; pressing the key says why (on_key)
+        return True
+
+    def on_key(self, event: Key) -> None:
+        if self._read_only and event.key in ("c", "r", "p"):
+            event.stop()
+            self.notify(
+                controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
+            )
+
+    # ------------------------------------------------------------------ actions
+
+    def action_back(self) -> None:
+        if self.as_of is not None:
+            self.set_as_of(None)
+            return
+        box = self.query_one("#log-filter", Input)
+        if box.has_class("-shown"):
+            box.remove_class("-shown")
+            self.query_one(EventLog).focus()
+            return
+        if self.has_class("-panel-open"):
+            self.remove_class("-panel-open")
+            self.query_one(PlanGraph).focus()
+            return
+        log = self.query_one(EventLog)
+        if log.filter.active or log.search:
+            log.apply_filter(LogFilter())
+            self._set_log_title()
+            return
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def action_toggle_follow(self) -> None:
+        self.query_one(EventLog).action_toggle_follow()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#log-filter", Input)
+        box.add_class("-shown")
+        box.focus()
+
+    def action_find_next(self) -> None:
+        self.query_one(EventLog).find()
+
+    def action_find_previous(self) -> None:
+        self.query_one(EventLog).find(backwards=True)
+
+    def action_log(self, action: str) -> None:
+        getattr(self.query_one(EventLog), f"action_{action}")()
+
+    def action_switch_focus(self) -> None:
+        graph, log = self.query_one(PlanGraph), self.query_one(EventLog)
+        (log if graph.has_focus else graph).focus()
+
+    def action_copy_id(self) -> None:
+        copy_text(self.app, str(self.run_id), "run id")
+
+    def action_cancel_run(self) -> None:
+        controller.cancel_runs(services_of(self.app), [self.run_id], current=self.model)
+
+    def action_resume_run(self) -> None:
+        controller.resume_runs(services_of(self.app), [self.run_id], current=self.model)
+
+    def action_replay_run(self) -> None:
+        controller.replay_run_of(services_of(self.app), self.run_id, current=self.model)
+
+    def action_diff_state(self) -> None:
+        controller.diff_state(services_of(self.app), self.view_model, self.selected)
+
+    def action_artifacts(self) -> None:
+        self.app.push_screen(ArtifactScreen(self.store, self.artifact_entries()))
+
+    def action_history(self, step: int) -> None:
+        last = len(self.source)
+        if last == 0:
+            return
+        current = self.as_of if self.as_of is not None else last
+        target = max(1, min(last, current + step))
+        self.set_as_of(None if target >= last and step > 0 else target)
+
+    def action_jump_seq(self) -> None:
+        last = len(self.source)
+        if last:
+            self.app.push_screen(SeqPrompt(last), self.set_as_of)
+
+    # ------------------------------------------------------------------ public
+
+    def tick(self) -> None:
+        """Once a second: countdowns and durations move (nothing to do for a finished run)."""
+        if not self._model_ready or self.model.status.is_finished or self.as_of is not None:
+            return
+        now = self.clock.now_millis()
+        if any(sv.status is StateStatus.RETRYING for sv in self.model.states.values()):
+            self.query_one(PlanGraph).tick(now)
+        self._render_header(now)
+        self._render_panel(now)
+
+    async def poll(self) -> None:
+        """Pick up appended events (the timer calls it; tests call it directly)."""
+        try:
+            added = await self.loader.poll()
+        except MfmError as exc:
+            self.notify(f"[{exc.info.code}] {exc.info.message}", severity="error")
+            return
+        if added:
+            self.query_one(EventLog).lines_appended(added)
+            self._render_all()
+
+    def set_glyphs(self, glyphs: Glyphs) -> None:
+        """The app's theme changed: switch between Unicode and ASCII drawing."""
+        self._ascii = glyphs.ascii
+        self.query_one(PlanGraph).ascii_only = self._ascii
+        self.query_one(StatePanel).ascii_only = self._ascii
+        self.query_one(RunHeader).ascii_only = self._ascii
+        self.query_one(EventLog).ascii_only = self._ascii
+        if self._model_ready:
+            self._render_all()
+
+    def set_as_of(self, seq: int | None) -> None:
+        """Show the run as it was after event ``seq`` (``None``: live again)."""
+        if seq is not None and seq > len(self.source):
+            seq = None
+        self.as_of = seq
+        banner = self.query_one("#time-banner", Static)
+        if seq is None:
+            self._past = None
+            self._past_millis = None
+            self.history.clear()
+            banner.update("")
+            self.remove_class("-time-travel")
+        else:
+            self._past, self._past_millis = self.history.fold_until(seq)
+            dash = "-" if self.ascii_only else "—"
+            banner.update(f" as of seq {seq} of {len(self.source)} {dash} [ ] step, t jump, esc returns to live")
+            self.add_class("-time-travel")
+            log = self.query_one(EventLog)
+            if not log.filter.active:
+                if log.follow:
+                    log.action_toggle_follow()
+                log.cursor = seq - 1
+        self._render_all()
+
+    def artifact_entries(self) -> list[ArtifactEntry]:
+        """The selected state's snapshots and facts first, then the run's manifest, snapshots and outputs."""
+        return run_artifacts(self.view_model, self.selected, self.source)
+
+    # ------------------------------------------------------------------ loading
+
+    def _open(self) -> None:
+        try:
+            src = self.loader.open_file()
+        except MfmError as exc:
+            self._fail(exc.info.code, exc.info.message)
+            return
+        if src is None:
+            self.run_worker(self._load_from_store(), exclusive=True, group="run-load")
+            return
+        self.query_one(EventLog).set_source(src)
+        shared = self._shared_model()
+        if shared is not None and len(src) - shared.last_seq <= ADOPT_GAP:
+            self._index_file(src)
+            self.run_worker(self._adopt_model(shared), group="run-adopt")
+        else:
+            self._fold_file(src)
+
+    async def _load_from_store(self) -> None:
+        try:
+            envs = await self.loader.read_from_store()
+        except MfmError as exc:
+            self._fail(exc.info.code, exc.info.message)
+            return
+        model = self._shared_model() or RunModel(self.run_id)
+        model.apply(envs)
+        await self._adopt_model(model)
+        self.query_one(EventLog).set_source(self.source)
+
+    def _shared_model(self) -> RunModel | None:
+        """The app watcher's model of this run (already folded), when it has one."""
+        services = self.services
+        model = services.watcher.models.get(self.run_id) if services is not None else None
+        return model if model is not None and model.last_seq > 0 else None
+
+    @work(thread=True, exclusive=True, group="run-index")
+    def _index_file(self, src: FileLogSource) -> None:
+        src.build_index()
+        self.app.call_from_thread(self.query_one(EventLog).index_ready)
+
+    @work(thread=True, exclusive=True, group="run-fold")
+    def _fold_file(self, src: FileLogSource) -> None:
+        """Index the whole file, then fold it into a fresh model (off the UI thread).
+
+        See ``mfm_tui.log_index.fold_file``: only the lines the model needs are decoded.
+        """
+        src.build_index()
+        self.app.call_from_thread(self.query_one(EventLog).index_ready)
+        model = fold_file(src, self.run_id)
+        self.app.call_from_thread(self._adopt_model_sync, model)
+
+    def _adopt_model_sync(self, model: RunModel) -> None:
+        self.run_worker(self._adopt_model(model), group="run-adopt")
+
+    async def _adopt_model(self, model: RunModel) -> None:
+        """Give the model its manifest, plan shape, lease and cancel flag, then show it."""
+        await self.loader.adopt(model)
+        self._render_all()
+
+    def _fail(self, code: str, message: str) -> None:
+        self.loader.load_error = (code, message)
+        self.query_one(RunHeader).update(f"{self.run_id}  [{code}] {message}")
+
+    async def _timed_poll(self) -> None:
+        """The timer: every 100 ms while the run is live, once a second once it has finished."""
+        self._ticks += 1
+        if self._model_ready and self.model.status.is_finished and self._ticks % 10:
+            return
+        await self.poll()
+
+    # ------------------------------------------------------------------ rendering
+
+    @property
+    def _read_only(self) -> bool:
+        services = self.services
+        return services is not None and services.read_only
+
+    def _apply_width(self, width: int) -> None:
+        self.set_class(width < NARROW, "-narrow")
+
+    def _now(self) -> int:
+        if self.as_of is not None and self._past_millis is not None:
+            return self._past_millis
+        return self.clock.now_millis()
+
+    def _graph_shape(self) -> tuple[list[str], list[tuple[str, str]]]:
+        m = self.model
+        if m.plan is not None:
+            nodes = [str(s) for s in m.plan.state_ids]
+            nodes += [str(s) for s in m.states if s not in set(m.plan.state_ids)]
+            return nodes, [(str(a), str(b)) for a, b in m.plan.edges]
+        nodes = [str(s) for s in m.states]
+        return nodes, [(a, b) for a, b in itertools.pairwise(nodes)]
+
+    def _render_all(self) -> None:
+        now = self._now()
+        nodes, edges = self._graph_shape()
+        graph = self.query_one(PlanGraph)
+        graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now)
+        if self.selected is None and graph.cursor is not None:
+            self.selected = graph.cursor
+        self._render_header(now)
+        self._render_panel(now)
+
+    def _render_header(self, now: int | None = None) -> None:
+        if self.load_error is not None:
+            return
+        now = self._now() if now is None else now
+        note = "" if self._model_ready else "loading…"
+        self.query_one(RunHeader).show(self.view_model, now, note, wide=self.app.size.width >= 130)
+
+    def _render_panel(self, now: int) -> None:
+        sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
+        self.query_one(StatePanel).show(sv, now)
+        self.query_one("#panel-box").border_title = sv.short_name if sv is not None else "State"
+
+    def _set_log_title(self) -> None:
+        log = self.query_one(EventLog)
+        parts = ["Events", "following" if log.follow else "paused (f follows)"]
+        if log.filter.active:
+            parts.append(f"filter: {log.filter.describe()}  {log.row_count}/{len(log.source)}")
+        if log.search:
+            parts.append(f"find: {log.search!r}")
+        self.query_one("#log-box").border_title = "  ".join(parts)
