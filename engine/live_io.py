@@ -17,9 +17,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine._artifacts import check_content_address, read_canonical_json, verified_put_bytes
 from engine._kinds import ArtifactKind
 from engine._secrets import contains_secrets
+from engine.artifacts import check_content_address, read_canonical_json, verified_put_bytes
 from engine.errors import ErrorCategory, IoError, MfmError, StorageError, StorageErrorKind
 from engine.events import fact_event
 from engine.hashing import CanonicalJsonError, artifact_id_for_bytes, canonical_json_bytes

@@ -33,8 +33,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine._artifacts import read_canonical_json, verified_put_json
 from engine._kinds import ArtifactKind
+from engine.artifacts import read_canonical_json, verified_put_json
 from engine.config import RunConfig, RunManifest
 from engine.context import JsonContext
 from engine.engine import StartRun, Stores

@@ -31,6 +31,7 @@ from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from engine.plan import ExecutionPlan
+from engine.stores.fs import framing
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
 
 __all__ = ["PlanResolver", "StoreWatcher", "WatchUpdate", "describe_error"]
@@ -243,7 +244,7 @@ class StoreWatcher:
 
     def journal_path(self) -> Path | None:
         root = getattr(self.store, "root", None)
-        return Path(root) / "changes.log" if root is not None else None
+        return Path(root) / framing.JOURNAL_FILE if root is not None else None
 
     async def _watch_journal(self) -> None:
         path = self.journal_path()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from engine._artifacts import read_canonical_json, verified_put_bytes
 from engine._kinds import ArtifactKind
+from engine.artifacts import read_canonical_json, verified_put_bytes
 from engine.errors import ContextError
 from engine.hashing import CanonicalJsonError, canonical_json_bytes
 from engine.ids import ArtifactId

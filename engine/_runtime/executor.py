@@ -10,7 +10,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine._artifacts import read_canonical_json, verified_put_json
 from engine._kinds import ArtifactKind
 from engine._runtime.cancel import CancelToken, CancelWatcher
 from engine._runtime.clock import Clock, Failpoints, Sleeper
@@ -21,6 +20,7 @@ from engine._runtime.invocation import Invocation, Override
 from engine._runtime.scheduler import Scheduler, max_concurrency
 from engine._runtime.writer import EventWriter
 from engine._wire import construct
+from engine.artifacts import read_canonical_json, verified_put_json
 from engine.config import FanOutJoin, IoMode, RunConfig, RunManifest
 from engine.engine import RunPhase, RunResult, StartRun, Stores
 from engine.errors import ContextError, ErrorCategory, ErrorInfo, MfmError, RunError, StateError, StorageError

@@ -17,6 +17,7 @@ import click
 from engine.errors import ErrorInfo, MfmError
 from engine.ids import RunId
 from engine.operations import parse_param_assignments
+from engine.stores.fs import framing
 from engine.workers import (
     EXIT_FAILED,
     EXIT_OK,
@@ -67,7 +68,7 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
                         f"`mfm resume {run_id[:8]}` queues it again",
                     )
                 )
-            log = Path(store.run_dir(run_id)) / "worker.log"
+            log = Path(store.run_dir(run_id)) / framing.WORKER_LOG_FILE
             raise MfmError(
                 ErrorInfo.new(
                     "worker_lost",

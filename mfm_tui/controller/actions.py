@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.ids import RunId
+from engine.stores.fs import framing
 from engine.workers import LeaseState, cancel_run, lease_state, replay_run, resume_run
 from mfm_tui.controller.plans import (
     ActionKind,
@@ -52,7 +53,7 @@ def read_only_reason(services: AppServices) -> str | None:
 def worker_log_path(store: Any, run_id: RunId) -> str:
     run_dir = getattr(store, "run_dir", None)
     if callable(run_dir):
-        return str(Path(run_dir(run_id)) / "worker.log")
+        return str(Path(run_dir(run_id)) / framing.WORKER_LOG_FILE)
     return "(no worker log: not a filesystem store)"
 
 

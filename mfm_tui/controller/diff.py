@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine._artifacts import read_canonical_json
+from engine.artifacts import read_canonical_json
 from engine.ids import ArtifactId
 from mfm_tui.messages import DiffLoaded, ErrorReported
 from mfm_tui.run_model import RunModel

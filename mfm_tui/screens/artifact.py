@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
-from engine._artifacts import read_canonical_json
+from engine.artifacts import read_canonical_json
 from engine.errors import MfmError
 from engine.events import DomainEvent, decode_envelope
 from engine.ids import ArtifactId

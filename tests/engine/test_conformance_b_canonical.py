@@ -1,6 +1,6 @@
 """CONFORMANCE.md section B: canonical JSON and hashing (ENGINE-SPEC §2, §0.3).
 
-Includes the engine's verified put / canonical artifact read helpers (``engine._artifacts``).
+Includes the engine's verified put / canonical artifact read helpers (``engine.artifacts``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._artifacts import (
+from engine._kinds import ArtifactKind
+from engine.artifacts import (
     check_content_address,
     read_canonical_json,
     verified_put_bytes,
     verified_put_json,
 )
-from engine._kinds import ArtifactKind
 from engine.context import JsonContext
 from engine.errors import ErrorCategory, StorageError, StorageErrorKind
 from engine.hashing import (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from engine._artifacts import read_canonical_json
+from engine.artifacts import read_canonical_json
 from engine.engine import RunPhase
 from engine.events import ArtifactWritten, DomainEvent, StateFailed
 from engine.exec_transport import ExecTransportFactory

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine._artifacts import read_canonical_json
+from engine.artifacts import read_canonical_json
 from engine.config import RunManifest
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.events import EventEnvelope, decode_envelope
