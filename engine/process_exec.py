@@ -14,6 +14,33 @@ same way. (Known CPython 3.11 limit: if loop shutdown cancels *every* task, asyn
 pipe-connecting task included, while a spawn is in flight, asyncio itself can hang in its own
 clean-up; the runner cannot prevent that. Cancel exec calls before shutting the loop down.)
 
+Children die with the process that started them, even when it is SIGKILLed (issue 13):
+
+- the **group guard** (:class:`GroupGuard`, one per process, started before the first spawn) is a
+  tiny helper process (``python -I -S -c … mfm-exec-guard``, its own session) that reads the
+  process groups of the running children from a pipe. When the pipe reaches end of file (the owner
+  exited or was killed: the kernel closes its end), it SIGKILLs every group still registered: the
+  program and everything it forked (a ``sh`` script's ``sleep`` is a grandchild, which a
+  parent-death signal never reaches). Before killing a group it checks, where there is a
+  ``/proc``, that the leader's pid was not reused (the start time in ``/proc/<pid>/stat`` field 22,
+  read at registration, must still match, or the pid must be gone).
+- on Linux a ``preexec_fn`` runs in the child between ``fork`` and ``exec``: it sets
+  ``PR_SET_PDEATHSIG`` = SIGKILL (``prctl`` through ``ctypes``), writes the child's own group to the
+  guard (so the group is registered before the program runs at all: no window in which a
+  grandchild could escape), and kills itself if the owner is already gone. The parent-death signal
+  covers the leader if the guard itself was killed. It fires when the *thread* that spawned the
+  child exits: asyncio spawns in the event-loop thread, which outlives every ``run_process`` on that
+  loop (each awaits its reap). A set-user-ID program clears it. Elsewhere the owner registers the
+  group right after the spawn returns.
+
+  ``preexec_fn`` and threads: the child runs Python between ``fork`` and ``exec``, so a lock held by
+  another thread at the fork could deadlock it. The function only calls a ``prctl`` resolved at
+  import, ``os.write`` on a descriptor fixed in advance, ``os.getppid`` and ``os.kill``: no import,
+  no logging, no lock. CPython re-initialises its own locks (GIL, import lock, ``threading``) in the
+  child before calling it, and this module's at-fork hook only replaces its lock. The alternatives
+  were worse: a wrapper program costs an interpreter start per call and turns spawn errors into exit
+  codes, and ``setpriv --pdeathsig`` is not on every machine.
+
 Outcomes:
 - ``ProcessSpawnError``: the program could not be started (nothing to clean up);
 - ``ProcessTimeoutError``: the deadline passed (child killed and reaped);
@@ -24,19 +51,26 @@ Outcomes:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import signal as _signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "CHUNK_SIZE",
     "DEFAULT_GRACE_PERIOD_S",
+    "GUARD_MARKER",
     "CapturedOutput",
+    "GroupGuard",
     "ProcessError",
     "ProcessEvent",
     "ProcessObserver",
@@ -45,7 +79,9 @@ __all__ = [
     "ProcessTimeoutError",
     "ProcessWaitError",
     "StdinFailure",
+    "group_guard",
     "io_error_kind",
+    "process_start_ticks",
     "run_process",
 ]
 
@@ -146,6 +182,293 @@ class ProcessWaitError(ProcessError):
         super().__init__(f"waiting for process {pid} failed: {error}")
         self.pid = pid
         self.error = error
+
+
+# ---------------------------------------------------------------------------------------------
+# Children die with their parent: the group guard and the parent-death signal
+# ---------------------------------------------------------------------------------------------
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+
+    ``None`` when the process is gone or there is no ``/proc``. A pid is reused only by a process
+    started later, so (pid, start ticks) names one process for good.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 2 (the command name) is in parentheses and may contain spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22; fields[0] is field 3
+    except (IndexError, ValueError):
+        return None
+
+
+# The guard's whole program. It runs under ``python -I -S`` (no site, no user paths), so it imports
+# only builtin modules and can't depend on this package being importable. Lines on stdin:
+# ``+<pgid> <start ticks>`` (``-1``: read them now) and ``-<pgid>``; its last argument is the
+# owner's process group, never killed.
+_GUARD_SOURCE = r"""
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def stat_fields(pid):
+    # Fields 3… of /proc/<pid>/stat (field 2, the name, may hold spaces and parentheses), or None.
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def start_ticks(pid):
+    fields = stat_fields(pid)
+    try:
+        return int(fields[19])
+    except (TypeError, IndexError, ValueError):
+        return -1
+
+
+def reused(pgid, ticks):
+    # True when the leader's pid now names a later process that leads a group of that id.
+    fields = stat_fields(pgid)
+    try:
+        return ticks >= 0 and int(fields[19]) != ticks and int(fields[2]) == pgid
+    except (TypeError, IndexError, ValueError):
+        return False
+
+
+groups = {}
+pending = b""
+while True:
+    try:
+        chunk = os.read(0, 65536)
+    except InterruptedError:
+        continue
+    except OSError:
+        break
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\n")
+    for line in lines:
+        try:
+            words = line.split()
+            pgid = int(words[0][1:])
+            if line[:1] == b"+":
+                ticks = int(words[1])
+                groups[pgid] = ticks if ticks >= 0 else start_ticks(pgid)
+            elif line[:1] == b"-":
+                groups.pop(pgid, None)
+        except (IndexError, ValueError):
+            pass
+
+# Only a child's own group: never 0 or 1, nor this guard's group, nor its owner's.
+spared = {os.getpgrp(), os.getpid(), int(sys.argv[-1])}
+for pgid, ticks in groups.items():
+    if pgid > 1 and pgid not in spared and not reused(pgid, ticks):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+GUARD_MARKER = "mfm-exec-guard"
+"""The guard's first argument, so ``ps`` shows what it is."""
+
+
+class GroupGuard:
+    """Kills the registered process groups when this process dies (see the module docstring).
+
+    The owner keeps the write end of a pipe (close-on-exec, so no program inherits it); the guard
+    process reads ``+<pgid> <start ticks>`` / ``-<pgid>`` lines from the read end. On Linux each
+    child registers itself from its ``preexec_fn``, before it runs anything, so nothing it forks
+    can escape; the owner registers it again after the spawn (that copy is what a restarted guard
+    is told). A guard that died is restarted on the next spawn, on the same descriptor number.
+    Failures to start or feed the guard are logged, never raised: the runner works without it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
+        self._owner = os.getpid()
+        self._groups: dict[int, int] = {}
+
+    @property
+    def pid(self) -> int | None:
+        """The guard's pid while one is running (for tests and diagnostics)."""
+        proc = self._proc
+        return None if proc is None or proc.poll() is not None else proc.pid
+
+    def ensure(self) -> int | None:
+        """Start the guard if none is running; the descriptor children write their ``+`` line to."""
+        with self._lock:
+            self._check_owner()
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+            return self._fd
+
+    def register(self, pgid: int, start_ticks: int | None = None) -> None:
+        """Guard the process group ``pgid`` (its leader's pid); ``start_ticks`` defaults to the leader's
+        start time read now (:func:`process_start_ticks`; unknown → no pid-reuse check)."""
+        if pgid <= 1 or pgid in (os.getpid(), os.getpgrp()):
+            raise ValueError(f"refusing to guard process group {pgid}: not a child's own group")
+        ticks = process_start_ticks(pgid) if start_ticks is None else start_ticks
+        with self._lock:
+            self._check_owner()
+            self._groups[pgid] = -1 if ticks is None else ticks
+            if self._fd is None or not self._send(f"+{pgid} {self._groups[pgid]}\n"):
+                self._start()
+
+    def unregister(self, pgid: int) -> None:
+        with self._lock:
+            self._check_owner()
+            if self._groups.pop(pgid, None) is not None and self._fd is not None:
+                self._send(f"-{pgid}\n")
+
+    def close(self) -> None:
+        """Close the pipe and wait briefly for the guard to leave (at interpreter exit)."""
+        with self._lock:
+            self._check_owner()
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _log.warning("exec group guard %d did not exit; leaving it", proc.pid)
+
+    def reset_lock_after_fork(self) -> None:
+        """``os.register_at_fork`` hook: a lock held by another thread at the fork stays held forever.
+
+        Nothing else: the hook also runs in a spawning child before its ``preexec_fn``, which still
+        needs the descriptor. A forked copy of the owner drops the owner's guard on first use.
+        """
+        self._lock = threading.Lock()
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self._owner:  # a forked copy: the parent's guard is not ours to feed
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            self._fd = None
+            self._proc = None
+            self._groups = {}
+            self._owner = os.getpid()
+
+    def _send(self, line: str) -> bool:
+        assert self._fd is not None
+        data = line.encode("ascii")
+        try:
+            # Lines are far below PIPE_BUF, so each write is atomic; the guard drains the pipe
+            # continuously, and a non-blocking pipe never stalls the event loop if it doesn't.
+            return os.write(self._fd, data) == len(data)
+        except OSError:
+            return False
+
+    def _start(self) -> None:
+        """Start a guard (reaping a dead one first) and tell it every registered group."""
+        if self._proc is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait(timeout=1)
+            self._proc = None
+        if not sys.executable:
+            _log.warning("no Python executable to run the exec group guard; children may outlive a crash")
+            return
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            _log.warning("could not start the exec group guard: %s", exc)
+            return
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARD_SOURCE, GUARD_MARKER, str(os.getpgrp())],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            os.close(write_fd)
+            _log.warning("could not start the exec group guard: %s", exc)
+            return
+        finally:
+            os.close(read_fd)
+        os.set_blocking(write_fd, False)
+        if self._fd is None:
+            self._fd = write_fd
+        else:
+            # Same number as before (atomically): a preexec_fn made earlier writes to the new guard.
+            os.dup2(write_fd, self._fd, inheritable=False)
+            os.close(write_fd)
+        for pgid, ticks in self._groups.items():
+            if not self._send(f"+{pgid} {ticks}\n"):
+                _log.warning("could not feed the exec group guard %d", self._proc.pid)
+                break
+
+
+_GUARD = GroupGuard()
+os.register_at_fork(after_in_child=_GUARD.reset_lock_after_fork)
+atexit.register(_GUARD.close)
+
+
+def group_guard() -> GroupGuard:
+    """This process's group guard (the one :func:`run_process` registers its children with)."""
+    return _GUARD
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[[int, int, int, int, int], int] | None:
+    """libc's ``prctl`` (Linux only), resolved once at import so the child never looks it up."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+    prctl.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int, int], int]", prctl)
+
+
+_PRCTL = _load_prctl()
+
+
+def _child_setup(guard_fd: int | None) -> Callable[[], None] | None:
+    """The ``preexec_fn`` (Linux): arm SIGKILL on parent death, then register with the guard.
+
+    None where there is no ``prctl``: there the owner registers the child after the spawn.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    getpid, getppid, kill, write, sigkill = os.getpid, os.getppid, os.kill, os.write, int(_signal.SIGKILL)
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if guard_fd is not None:
+            try:  # noqa: SIM105 (no context manager objects between fork and exec)
+                write(guard_fd, b"+%d -1\n" % getpid())
+            except OSError:
+                pass
+        if getppid() != parent:  # the parent died before the signal was armed
+            kill(getpid(), sigkill)
+
+    return setup
 
 
 _ERRNO_KINDS: dict[int, str] = {
@@ -358,6 +681,7 @@ async def run_process(
             stderr=asyncio.subprocess.PIPE,
             env=None if env is None else dict(env),
             start_new_session=True,
+            preexec_fn=_child_setup(_GUARD.ensure()),
         )
     )
     spawn, cancelled_during_spawn = await _settle(spawn_task)
@@ -367,6 +691,26 @@ async def run_process(
         if cancelled_during_spawn:
             raise asyncio.CancelledError from exc
         raise ProcessSpawnError(exc) from exc
+    _GUARD.register(proc.pid)  # its process group (it leads its own session)
+    try:
+        return await _supervise(
+            proc, stdin, timeout_s, stdout_limit, stderr_limit, grace_period_s, observer, cancelled_during_spawn
+        )
+    finally:
+        _GUARD.unregister(proc.pid)
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    stdin: bytes,
+    timeout_s: float | None,
+    stdout_limit: int,
+    stderr_limit: int,
+    grace_period_s: float,
+    observer: ProcessObserver | None,
+    cancelled_during_spawn: bool,
+) -> ProcessResult:
+    """Feed, drain and wait for a spawned child; kill and reap it on every way out."""
     _notify(observer, ProcessEvent("spawned", proc.pid))
     if cancelled_during_spawn:
         await _cleanup(proc, (), grace_period_s, observer)

@@ -36,17 +36,29 @@ class ViolationKind(StrEnum):
 
 
 class EnvelopeViolation(Exception):
-    def __init__(self, kind: ViolationKind, seq: int, message: str) -> None:
+    """A stream that breaks the attempt-envelope rule (§4.3).
+
+    Its ``RunError`` code (§13 step 4): ``run_id_mismatch`` for a foreign run id,
+    ``terminal_without_entered`` only for a ``StateFailed`` with no open attempt, else
+    ``invalid_attempt_envelopes`` (a ``StateCompleted`` with no open attempt included).
+    """
+
+    def __init__(self, kind: ViolationKind, seq: int, message: str, *, failed_without_entered: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.seq = seq
+        self.failed_without_entered = failed_without_entered
+
+    @property
+    def code(self) -> str:
+        if self.kind is ViolationKind.RUN_ID_MISMATCH:
+            return "run_id_mismatch"
+        if self.failed_without_entered:
+            return "terminal_without_entered"
+        return "invalid_attempt_envelopes"
 
     def to_run_error(self) -> RunError:
-        code = {
-            ViolationKind.RUN_ID_MISMATCH: "run_id_mismatch",
-            ViolationKind.TERMINAL_WITHOUT_ENTERED: "terminal_without_entered",
-        }.get(self.kind, "invalid_attempt_envelopes")
-        return RunError.invalid_plan(code, str(self), {"seq": self.seq, "violation": str(self.kind)})
+        return RunError.invalid_plan(self.code, str(self), {"seq": self.seq, "violation": str(self.kind)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +128,17 @@ def analyze(envelopes: Sequence[EventEnvelope], run_id: RunId | None = None) -> 
         elif isinstance(ev, StateCompleted | StateFailed):
             entered = open_.pop(ev.state_id, None)
             if entered is None:
-                if not open_ and isinstance(ev, StateFailed):
+                if not open_:
                     raise EnvelopeViolation(
                         ViolationKind.TERMINAL_WITHOUT_ENTERED,
                         env.seq,
-                        f"StateFailed for {ev.state_id} at seq {env.seq} without an open attempt",
+                        f"{type(ev).tag()} for {ev.state_id} at seq {env.seq} without an open attempt",
+                        failed_without_entered=isinstance(ev, StateFailed),
                     )
-                kind = ViolationKind.TERMINAL_STATE_MISMATCH if open_ else ViolationKind.TERMINAL_WITHOUT_ENTERED
                 raise EnvelopeViolation(
-                    kind, env.seq, f"terminal event for {ev.state_id} at seq {env.seq} without an open attempt"
+                    ViolationKind.TERMINAL_STATE_MISMATCH,
+                    env.seq,
+                    f"terminal event for {ev.state_id} at seq {env.seq} while another state's attempt is open",
                 )
             open_seq.pop(ev.state_id, None)
             h.mentioned.add(ev.state_id)

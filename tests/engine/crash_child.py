@@ -75,10 +75,10 @@ def write_program(bin_dir: Path) -> Path:
     return path
 
 
-def run_config(bin_dir: Path) -> RunConfig:
+def run_config(bin_dir: Path, max_attempts: int = 3) -> RunConfig:
     return base_config(
         execution_mode=FanOutJoin(max_concurrency=2),
-        retry_policy=RetryPolicy(max_attempts=3, backoff=Fixed(delay=Duration.from_millis(1))),
+        retry_policy=RetryPolicy(max_attempts=max_attempts, backoff=Fixed(delay=Duration.from_millis(1))),
         exec_allowlist=(str(bin_dir.resolve()) + "/",),
     )
 
@@ -190,7 +190,9 @@ class KillAfter:
         return await self.inner.read_range(run_id, from_seq, to_seq)
 
 
-async def _run(mode: str, workdir: Path, bin_dir: Path, kill_after: int | None) -> tuple[RunResult, list[int]]:
+async def _run(
+    mode: str, workdir: Path, bin_dir: Path, kill_after: int | None, max_attempts: int
+) -> tuple[RunResult, list[int]]:
     plan = build_plan(bin_dir)
     fs = FsStore(workdir / "store")
     events = KillAfter(fs.events, kill_after)
@@ -201,7 +203,7 @@ async def _run(mode: str, workdir: Path, bin_dir: Path, kill_after: int | None) 
         run_ids=fixed_run_ids(RUN_ID),
     )
     if mode == "start":
-        result = await start_plan(engine, stores, plan, run_config(bin_dir), {"input": "crash"})
+        result = await start_plan(engine, stores, plan, run_config(bin_dir, max_attempts), {"input": "crash"})
     elif mode == "resume":
         result = await engine.resume(stores, RUN_ID)
     else:
@@ -209,13 +211,16 @@ async def _run(mode: str, workdir: Path, bin_dir: Path, kill_after: int | None) 
     return result, events.heads
 
 
-def child_main(mode: str, workdir: str, bin_dir: str, kill_after: int | None = None, started: Any = None) -> None:
-    """Entry point of a child process (see the module docstring); ``started`` (an Event) is set on entry."""
+def child_main(
+    mode: str, workdir: str, bin_dir: str, kill_after: int | None = None, started: Any = None, max_attempts: int = 3
+) -> None:
+    """Entry point of a child process (see the module docstring); ``started`` (an Event) is set on entry;
+    ``max_attempts`` is the retry budget of a run it starts (a resumed run keeps the one in its manifest)."""
     work = Path(workdir)
     if started is not None:
         started.set()
     try:
-        result, heads = asyncio.run(_run(mode, work, Path(bin_dir), kill_after))
+        result, heads = asyncio.run(_run(mode, work, Path(bin_dir), kill_after, max_attempts))
     except BaseException:
         (work / "error.txt").write_text(traceback.format_exc())
         os._exit(EXIT_ERROR)

@@ -7,7 +7,8 @@ The plan of ``tests/engine/crash_child.py`` (retry, fan-out of three under ``Fan
 - Boundaries: for every k in 1..N (N = the appends of the uninterrupted run) a child SIGKILLs itself right after
   its k-th append returned; a new process resumes.
 - Random instants: seeded, a child is SIGKILLed by the parent at a random instant; resumes are themselves killed at
-  random instants some of the time, until one completes.
+  random instants some of the time, until one completes. The run's retry budget follows from the number of kills
+  (:func:`attempt_budget`), so where the kills land can never decide the outcome.
 
 Every killed run must end Completed with the final snapshot id of the uninterrupted run, its stream must pass the
 runtime's attempt-envelope analysis with one RunStarted, one RunCompleted and every state completed once, and the
@@ -52,6 +53,7 @@ pytestmark = pytest.mark.slow
 RANDOM_KILLS = 20
 SEED = 20261126
 MAX_KILLED_RESUMES = 3
+MAX_KILLS_PER_RUN = 1 + MAX_KILLED_RESUMES  # the start's kill, then at most MAX_KILLED_RESUMES killed resumes
 CHILD_TIMEOUT_S = 60.0
 STATES = ("flaky", "fan_b", "fan_c", "fan_d", "run_exec", "apply_effect")
 EXPECTED_FINAL = {
@@ -77,10 +79,26 @@ class Reference:
     work: Path
 
 
-def _spawn(mode: str, work: Path, bin_dir: Path, kill_after: int | None = None) -> Any:
+def attempt_budget(kills: int) -> int:
+    """The ``max_attempts`` under which no placement of ``kills`` SIGKILLs can fail the run (ENGINE-SPEC §13, §7.1).
+
+    A kill inside an attempt of a state costs that state one attempt number: resume closes the orphan with a
+    retryable ``orphan_attempt_recovered`` failure and restarts at attempt + 1 (§13 step 9, not bounded), and a kill
+    right after that failure leaves it as the state's recorded failure, retried only while attempt + 1 <
+    max_attempts (§13 step 10). A kill outside every attempt costs nothing, and ``flaky`` fails once by design.
+    Worst case: every kill lands in ``flaky`` before its designed failure, so attempts 0 … kills-1 are orphans,
+    attempt ``kills`` fails by design and is retried only if kills + 1 < max_attempts, and attempt kills + 1
+    succeeds. Hence kills + 2 (3 for one kill, the plan's default; a budget of kills + 1 can fail:
+    ``test_kills_inside_one_state_need_exactly_their_budget``).
+    """
+    return kills + 2
+
+
+def _spawn(mode: str, work: Path, bin_dir: Path, kill_after: int | None = None, max_attempts: int = 3) -> Any:
     """Start a child; return once it is running ``child_main`` (so a kill delay measures engine work only)."""
     started = _CTX.Event()
-    proc = _CTX.Process(target=crash_child.child_main, args=(mode, str(work), str(bin_dir), kill_after, started))
+    args = (mode, str(work), str(bin_dir), kill_after, started, max_attempts)
+    proc = _CTX.Process(target=crash_child.child_main, args=args)
     proc.start()
     if not started.wait(CHILD_TIMEOUT_S):
         proc.kill()
@@ -211,6 +229,7 @@ def test_reference_run_is_the_planned_shape(reference: Reference) -> None:
 
 
 def test_sigkill_after_every_append_then_resume_in_new_process(reference: Reference, tmp_path: Path) -> None:
+    assert attempt_budget(1) == 3  # one kill per run: the plan's default budget is enough
     for k in range(1, len(reference.heads) + 1):
         work = tmp_path / f"k{k:02d}"
         work.mkdir()
@@ -221,9 +240,36 @@ def test_sigkill_after_every_append_then_resume_in_new_process(reference: Refere
         _check_outcome(work, reference.final, transport_calls=1)
 
 
+def test_kills_inside_one_state_need_exactly_their_budget(reference: Reference, tmp_path: Path) -> None:
+    """Every kill lands inside an attempt of ``flaky`` before its designed failure (the worst case of
+    :func:`attempt_budget`): the run completes with ``attempt_budget(kills)`` and fails with one attempt less."""
+    kills = MAX_KILLS_PER_RUN
+    for max_attempts, phase in ((attempt_budget(kills), "Completed"), (attempt_budget(kills) - 1, "Failed")):
+        work = tmp_path / f"budget{max_attempts}"
+        work.mkdir()
+        # The 2nd append opens an attempt of flaky: E(flaky, 0) after RunStarted at the start; at each resume
+        # E(flaky, a + 1) after the orphan's StateFailed. Killed there, before flaky records its fact.
+        proc = _spawn("start", work, reference.bin_dir, kill_after=2, max_attempts=max_attempts)
+        assert _join(proc, work) == -signal.SIGKILL
+        for _ in range(kills - 1):
+            assert _join(_spawn("resume", work, reference.bin_dir, kill_after=2), work) == -signal.SIGKILL
+        assert _join(_spawn("resume", work, reference.bin_dir), work) == 0
+        res = _result(work)
+        assert res is not None and res["phase"] == phase
+        envs = _stream(work)
+        orphaned = [e.event for e in envs if isinstance(e.event, StateFailed)][:kills]
+        assert [f.error.code for f in orphaned] == ["orphan_attempt_recovered"] * kills
+        if phase == "Completed":
+            assert entered(envs, "flaky") == list(range(kills + 2))
+            _check_outcome(work, reference.final, transport_calls=1)
+        else:
+            assert entered(envs, "flaky") == list(range(kills + 1))
+
+
 def test_sigkill_at_random_instants_then_resume_until_completed(reference: Reference, tmp_path: Path) -> None:
     rng = random.Random(SEED)
     window = reference.wall_s
+    budget = attempt_budget(MAX_KILLS_PER_RUN)
     kills = 0
     killed_resumes = 0
     restarts = 0
@@ -231,25 +277,36 @@ def test_sigkill_at_random_instants_then_resume_until_completed(reference: Refer
     for i in range(RANDOM_KILLS):
         work = tmp_path / f"r{i:02d}"
         work.mkdir()
-        proc = _spawn("start", work, reference.bin_dir)
+        proc = _spawn("start", work, reference.bin_dir, max_attempts=budget)
         time.sleep(rng.uniform(0.0, window))
         proc.kill()
-        kills += _join(proc, work) == -signal.SIGKILL
+        killed_here = int(_join(proc, work) == -signal.SIGKILL)
+        kills += killed_here
         rounds = 0
         while _result(work) is None:
             # Killed before RunStarted was durable: the run does not exist, so it is started again (resume would
             # rightly answer run_not_found).
             mode = "resume" if _stream(work) else "start"
             restarts += mode == "start"
-            proc = _spawn(mode, work, reference.bin_dir)
+            proc = _spawn(mode, work, reference.bin_dir, max_attempts=budget)
             if rounds < MAX_KILLED_RESUMES and rng.random() < 0.5:
                 time.sleep(rng.uniform(0.0, window / 2))
                 proc.kill()
-                killed_resumes += _join(proc, work) == -signal.SIGKILL
+                killed = int(_join(proc, work) == -signal.SIGKILL)
+                killed_resumes += killed
+                killed_here += killed
             else:
                 assert _join(proc, work) == 0
             rounds += 1
-        _check_outcome(work, reference.final, transport_calls=None)
+        envs = _check_outcome(work, reference.final, transport_calls=None)
+        assert killed_here <= MAX_KILLS_PER_RUN
+        # Each orphan recovery needs a kill inside an attempt of its state (§13 step 9).
+        orphans = Counter(
+            e.event.state_id
+            for e in envs
+            if isinstance(e.event, StateFailed) and e.event.error.code == "orphan_attempt_recovered"
+        )
+        assert all(n <= killed_here for n in orphans.values()), (orphans, killed_here)
         # >1 only when a kill fell between the effect and its durable fact: the external key check absorbed it.
         reapplied += len(_lines(work / "calls.txt")) > 1
     print(
