@@ -5,10 +5,30 @@ Request (a JSON object)::
     {"kind": "run_program_v1", "program_path": "/nix/store/…/bin/app",
      "argv": ["--flag"], "stdin_json": {...}, "timeout_ms": 300000, "env": {"K": "V"}}
 
-The program's stdout, parsed as JSON, is the response. The program path is resolved (exists →
+The program's stdout, parsed as JSON, is the response. The program path must be absolute (a
+relative one would resolve against the worker's current directory); it is resolved (exists →
 executable → canonical path) and must lie, by whole path components, under one of the effective
 allow prefixes: the run's ``RunConfig.exec_allowlist`` when set, else the factory's (worker-level)
-list, else ``("/nix/store/",)``. Error details never carry stdout, stderr, argv, env or stdin.
+list, else ``("/nix/store/",)``. A prefix may name a single file (``/usr/bin/dash``).
+
+A script's interpreter runs too, so it must be allowed as well (issue 13): when the program starts
+with ``#!``, its interpreter line is read as the kernel reads it (the first 256 bytes; the
+interpreter up to the first blank, the rest as one argument), the interpreter must be an absolute
+path and its canonical path must be allowed, recursively (an interpreter may itself be a script;
+at most four levels, as the kernel). ``/usr/bin/env NAME`` (any ``env`` whose canonical name is
+``env``) runs what ``execvp`` finds for ``NAME`` along the child's ``PATH`` (the inherited
+environment plus the request's ``env``; unset: ``/bin:/usr/bin``), so that program must be allowed
+too; ``env -S`` is followed through ``NAME=VALUE`` assignments (``PATH=`` included); any other
+``env`` option, a quote, a backslash, a ``$`` or a relative ``PATH`` entry reached in the search is
+refused because the lookup could not be checked. Refusals are ``exec_program_not_allowed``.
+
+What this does not check, and why: the dynamic loader an ELF program names (``PT_INTERP``, usually
+``/lib64/ld-linux-*.so.2`` outside any prefix, so checking it would refuse every system binary)
+and ``binfmt_misc`` handlers (system configuration, not chosen by the file). The checks read the
+files at call time: a prefix that someone else can write to can change them before the exec, which
+is why the default prefix is the immutable ``/nix/store/``.
+
+Error details never carry stdout, stderr, argv, env or stdin.
 Cancelling the calling task kills the child's process group (SIGTERM, SIGKILL after the grace
 period), reaps it and re-raises ``asyncio.CancelledError``.
 """
@@ -17,7 +37,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +59,7 @@ __all__ = [
     "DEFAULT_EXEC_ALLOWLIST",
     "DEFAULT_TIMEOUT_MS",
     "EXEC_NAMESPACE_GROUP",
+    "MAX_INTERPRETER_DEPTH",
     "MAX_STDERR_BYTES",
     "MAX_STDIN_BYTES",
     "MAX_STDOUT_BYTES",
@@ -49,6 +70,7 @@ __all__ = [
     "effective_allowlist",
     "parse_exec_request",
     "path_is_under",
+    "read_shebang",
 ]
 
 EXEC_NAMESPACE_GROUP = "exec"
@@ -153,9 +175,23 @@ def effective_allowlist(context: TransportContext | None, worker_allowlist: Sequ
     return DEFAULT_EXEC_ALLOWLIST
 
 
-def _resolve_program(program_path: str, allowlist: Sequence[str]) -> str:
-    """Exists → executable (``access()`` on the requested path) → canonical → allowlisted."""
+def _not_allowed(message: str, details: dict[str, JsonValue]) -> IoError:
+    return IoError.other("exec_program_not_allowed", message, details=details)
+
+
+def _allowed(path: str, allowlist: Sequence[str]) -> bool:
+    return any(path_is_under(path, prefix) for prefix in allowlist)
+
+
+def _resolve_program(program_path: str, allowlist: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """Absolute → exists → executable (``access()`` on the requested path) → canonical → allowlisted,
+    then its interpreters (see the module docstring). ``env`` is the child's environment."""
     details: dict[str, JsonValue] = {"program_path": program_path}
+    if not os.path.isabs(program_path):
+        raise _not_allowed(
+            f"exec program path must be absolute (it would resolve against the current directory): {program_path}",
+            {"program_path": program_path, "reason": "relative_path"},
+        )
     try:
         exists = os.access(program_path, os.F_OK)
         executable = exists and os.access(program_path, os.X_OK)
@@ -173,13 +209,147 @@ def _resolve_program(program_path: str, allowlist: Sequence[str]) -> str:
         raise IoError.other(
             "exec_program_missing", f"exec program could not be canonicalized: {program_path}", details=details
         ) from None
-    if not any(path_is_under(canonical, prefix) for prefix in allowlist):
-        raise IoError.other(
-            "exec_program_not_allowed",
+    if not _allowed(canonical, allowlist):
+        raise _not_allowed(
             f"exec program {canonical} is not under an allowed prefix ({', '.join(allowlist) or 'none'})",
-            details={"program_path": program_path, "canonical_path": canonical},
+            {"program_path": program_path, "canonical_path": canonical},
         )
+    _check_interpreters(canonical, allowlist, os.environ if env is None else env, program_path)
     return canonical
+
+
+MAX_INTERPRETER_DEPTH = 4
+"""Nested interpreters the kernel follows (``BINPRM_MAX_RECURSION``); deeper chains are refused."""
+_SHEBANG_BYTES = 256  # BINPRM_BUF_SIZE: the kernel reads no more of the interpreter line
+_DEFAULT_EXEC_PATH = "/bin:/usr/bin"  # what execvp searches when PATH is unset (glibc, musl)
+
+
+def read_shebang(path: str) -> tuple[str, str | None] | None:
+    """``(interpreter, argument)`` of a ``#!`` file as the kernel parses it, or None for other files.
+
+    Raises ``OSError`` when the file can't be read.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_SHEBANG_BYTES)
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+    if not line:
+        return None  # the kernel refuses it (ENOEXEC): nothing runs
+    end = next((i for i, byte in enumerate(line) if byte in b" \t"), len(line))
+    interpreter, argument = line[:end], line[end:].strip(b" \t")
+    return os.fsdecode(interpreter), (os.fsdecode(argument) if argument else None)
+
+
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _check_interpreters(canonical: str, allowlist: Sequence[str], env: Mapping[str, str], requested: str) -> None:
+    """Every program that runs because ``canonical`` is a script must be allowed too."""
+    seen = canonical
+    via_execvp = False  # found by `env` (execvp runs a file that is neither `#!` nor ELF with /bin/sh)
+    for _ in range(MAX_INTERPRETER_DEPTH + 1):
+        try:
+            shebang = read_shebang(seen)
+        except OSError:
+            raise _not_allowed(
+                f"exec program {seen} could not be read to check its interpreter",
+                {"program_path": requested, "canonical_path": canonical},
+            ) from None
+        if shebang is None:
+            if not via_execvp or _is_elf(seen):
+                return
+            shebang = ("/bin/sh", None)
+        interpreter, argument = shebang
+        resolved = _allowed_file(interpreter, allowlist, requested, canonical)
+        if resolved is None:
+            return  # missing: the spawn fails (exec_spawn_failed), nothing runs
+        via_execvp = False
+        # A multi-call binary (busybox) acts as the name it was run by: check the name and the file.
+        if "env" in (os.path.basename(interpreter), os.path.basename(resolved)) and argument is not None:
+            target = _env_target(argument, allowlist, env, requested, canonical)
+            if target is None:
+                return
+            resolved, via_execvp = target, True
+        seen = resolved
+    raise _not_allowed(
+        f"exec program {canonical} nests more than {MAX_INTERPRETER_DEPTH} interpreters",
+        {"program_path": requested, "canonical_path": canonical},
+    )
+
+
+def _allowed_file(path: str, allowlist: Sequence[str], requested: str, canonical: str) -> str | None:
+    """The canonical path of interpreter ``path`` if it is allowed; None if it does not exist but its
+    path is allowed (the exec will fail); else ``exec_program_not_allowed``."""
+    details: dict[str, JsonValue] = {"program_path": requested, "canonical_path": canonical, "interpreter": path}
+    if not os.path.isabs(path):
+        raise _not_allowed(f"exec program {canonical} names a relative interpreter {path}", details)
+    try:
+        resolved = os.path.realpath(path, strict=True)
+    except (OSError, ValueError):
+        if _allowed(os.path.normpath(path), allowlist):
+            return None
+        raise _not_allowed(
+            f"exec program {canonical} names interpreter {path}, which is not under an allowed prefix", details
+        ) from None
+    if not _allowed(resolved, allowlist):
+        details["interpreter"] = resolved
+        raise _not_allowed(
+            f"exec program {canonical} runs interpreter {resolved}, which is not under an allowed prefix "
+            f"({', '.join(allowlist) or 'none'})",
+            details,
+        )
+    return resolved
+
+
+def _env_target(
+    argument: str, allowlist: Sequence[str], env: Mapping[str, str], requested: str, canonical: str
+) -> str | None:
+    """What ``#!/usr/bin/env ARGUMENT`` runs, checked; None when that is the script itself."""
+    details: dict[str, JsonValue] = {"program_path": requested, "canonical_path": canonical}
+
+    def unverifiable(why: str) -> IoError:
+        return _not_allowed(f"exec program {canonical} runs `env` in a way that can't be checked ({why})", details)
+
+    if argument.startswith("-"):
+        if argument.startswith("--split-string="):
+            words = argument[len("--split-string=") :].split()
+        elif argument.startswith("-S"):
+            words = argument[2:].split()
+        else:
+            raise unverifiable("an `env` option other than -S")
+    else:
+        words = [argument]  # without -S the kernel passes the rest of the line as one name
+    if any(c in argument for c in "'\"\\$"):
+        raise unverifiable("quotes, backslashes or variables")
+    search_path = env.get("PATH", _DEFAULT_EXEC_PATH)
+    command = None
+    for word in words:
+        name, eq, value = word.partition("=")
+        if eq and "/" not in name:
+            if name == "PATH":
+                search_path = value
+            continue
+        if word.startswith("-"):
+            raise unverifiable("an `env` option other than -S")
+        command = word
+        break
+    if command is None:
+        return None  # `env` runs the script path the kernel appends: the script itself
+    if "/" in command:
+        return _allowed_file(command, allowlist, requested, canonical) or None
+    for entry in search_path.split(":"):
+        if not os.path.isabs(entry):  # "" and relative entries are the current directory
+            raise unverifiable(f"PATH entry {entry or '(empty)'!r} before {command!r} is found")
+        candidate = os.path.join(entry, command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return _allowed_file(candidate, allowlist, requested, canonical)
+    return None  # not found: env fails, nothing else runs
 
 
 def _transport_error(code: str, message: str, details: dict[str, Any]) -> IoError:
@@ -259,15 +429,15 @@ class ExecTransport:
     async def call(self, namespace: str, request: Any) -> Any:
         f = self._factory
         req = parse_exec_request(request)
-        program = _resolve_program(req.program_path, self.allowlist)
+        env = dict(os.environ)
+        env.update(req.env)
+        program = _resolve_program(req.program_path, self.allowlist, env)
         if len(req.stdin) > f.max_stdin_bytes:
             raise _transport_error(
                 "exec_stdin_too_large",
                 f"stdin for exec program {program} is {len(req.stdin)} bytes (max {f.max_stdin_bytes})",
                 {"program_path": program, "max_stdin_bytes": f.max_stdin_bytes, "stdin_bytes": len(req.stdin)},
             )
-        env = dict(os.environ)
-        env.update(req.env)
         try:
             result = await run_process(
                 program,

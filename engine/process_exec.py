@@ -79,8 +79,10 @@ __all__ = [
     "ProcessTimeoutError",
     "ProcessWaitError",
     "StdinFailure",
+    "boot_id",
     "group_guard",
     "io_error_kind",
+    "kill_group_if_same",
     "process_start_ticks",
     "run_process",
 ]
@@ -189,23 +191,63 @@ class ProcessWaitError(ProcessError):
 # ---------------------------------------------------------------------------------------------
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
-
-    ``None`` when the process is gone or there is no ``/proc``. A pid is reused only by a process
-    started later, so (pid, start ticks) names one process for good.
-    """
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3… of ``/proc/<pid>/stat`` (``fields[0]`` is field 3), or None when gone / no ``/proc``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     # Field 2 (the command name) is in parentheses and may contain spaces and parentheses.
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
+
+    ``None`` when the process is gone or there is no ``/proc``. A pid is reused only by a process
+    started later, so (pid, start ticks) names one process for good (within one boot: :func:`boot_id`).
+    """
+    fields = _stat_fields(pid)
     try:
-        return int(fields[19])  # field 22; fields[0] is field 3
+        return None if fields is None else int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def boot_id() -> str | None:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``): start ticks compare only within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def kill_group_if_same(pgid: int, start_ticks: int | None, sig: int = _signal.SIGKILL) -> bool:
+    """Signal the process group ``pgid`` that a child led when it had ``start_ticks``, unless the id
+    now names another group; True if a signal was delivered.
+
+    For a worker taking over a run from a dead one (the lease records its children's groups). The id
+    is another group's only when the process with that pid is a later one (start ticks differ) that
+    leads a group of that id: a group id can't be taken while any member of the old group lives, so
+    otherwise every member of the group is one the old child started. ``start_ticks`` None (not
+    known) skips that check. Groups 0 and 1 and this process's own are never signalled.
+    """
+    if pgid <= 1 or pgid in (os.getpid(), os.getpgrp()):
+        return False
+    fields = _stat_fields(pgid)
+    if fields is not None and start_ticks is not None:
+        try:
+            if int(fields[19]) != start_ticks and int(fields[2]) == pgid:
+                return False
+        except (IndexError, ValueError):
+            return False
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 # The guard's whole program. It runs under ``python -I -S`` (no site, no user paths), so it imports

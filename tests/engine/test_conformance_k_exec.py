@@ -1,7 +1,7 @@
 """CONFORMANCE K70–K80 and Z/C2: the exec transport (ENGINE-SPEC §15, §0.6, §0.8).
 
 Test programs are ``#!/bin/sh`` scripts (mode 0755) in a temp dir whose canonical path + ``/`` is
-the allow prefix.
+the allow prefix, with the canonical ``/bin/sh`` allowed too (a script's interpreter must be).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from engine.transport import LiveTransport, TransportContext
 from tests.engine.process_helpers import Bg, assert_gone
 
 MiB = 1_048_576
+SH = os.path.realpath("/bin/sh")  # the scripts' interpreter must be allowed too (issue 13 item 9)
 
 
 def ctx(config: RunConfig | None = None) -> TransportContext:
@@ -78,7 +79,7 @@ class Recorder:
 
 def transport_for(bin_dir: Path, **kwargs: Any) -> tuple[LiveTransport, Recorder]:
     rec = Recorder()
-    factory = ExecTransportFactory([str(bin_dir) + "/"], observer=rec, **kwargs)
+    factory = ExecTransportFactory([str(bin_dir) + "/", SH], observer=rec, **kwargs)
     return factory.make(ctx()), rec
 
 
@@ -201,13 +202,13 @@ async def test_run_level_allowlist_overrides_worker_level(tmp_path: Path) -> Non
     run_dir.mkdir()
     in_worker = script(worker_dir, "w.sh", "cat >/dev/null; printf '{\"w\":1}'")
     in_run = script(run_dir, "r.sh", "cat >/dev/null; printf '{\"r\":1}'")
-    factory = ExecTransportFactory([str(worker_dir) + "/"])
+    factory = ExecTransportFactory([str(worker_dir) + "/", SH])
 
     worker_only = factory.make(ctx())
     assert await worker_only.call("exec", req(in_worker)) == {"w": 1}
     assert (await call_err(worker_only, req(in_run))).code == "exec_program_not_allowed"
 
-    run_cfg = base_config(exec_allowlist=(str(run_dir) + "/",))
+    run_cfg = base_config(exec_allowlist=(str(run_dir) + "/", SH))
     overridden = factory.make(ctx(run_cfg))
     assert await overridden.call("exec", req(in_run)) == {"r": 1}
     assert (await call_err(overridden, req(in_worker))).code == "exec_program_not_allowed"
@@ -377,7 +378,7 @@ async def test_spawn_failure(bin_dir: Path) -> None:
     """An executable file the kernel cannot run (no interpreter) → exec_spawn_failed."""
     transport, _ = transport_for(bin_dir)
     path = bin_dir / "broken.sh"
-    path.write_text("#!/nonexistent/interpreter\n")
+    path.write_text(f"#!{bin_dir}/nonexistent-interpreter\n")  # allowed, so the kernel is the one to refuse
     path.chmod(0o755)
     err = await call_err(transport, req(str(path)))
     assert err.kind is IoErrorKind.TRANSPORT

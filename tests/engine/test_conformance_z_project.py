@@ -340,7 +340,7 @@ async def test_c2_cancel_during_exec(tmp_path: Path) -> None:
         if ev.kind == "spawned":
             spawned.set()
 
-    factory = ExecTransportFactory([str(root) + "/"], grace_period_s=1.0, observer=observe)
+    factory = ExecTransportFactory([str(root) + "/", os.path.realpath("/bin/sh")], grace_period_s=1.0, observer=observe)
 
     async def run_it(ctx: Any, io: IoProvider, rec: EventRecorder) -> None:
         await io.call(IoCall(namespace="exec", request={"kind": "run_program_v1", "program_path": program}))
@@ -460,7 +460,7 @@ async def test_r2_replay_verdict(tmp_path: Path) -> None:
     deterministic, no transport used. A changed op → diverged naming the changed state."""
     root = tmp_path.resolve()
     program = _script(root, "answer.sh", "cat >/dev/null; printf '{\"ok\":1}'\n")
-    factory = ExecTransportFactory([str(root) + "/"])
+    factory = ExecTransportFactory([str(root) + "/", os.path.realpath("/bin/sh")])
     ms = MemoryStore()
     live_plan = _Recorder(program).plan()
     live = await start_plan(

@@ -229,9 +229,11 @@ async def test_exec_stdout_with_secrets_is_never_recorded_or_echoed(tmp_path: Pa
         assert secret.lower() not in refused.value.one_line().lower()
         await io.call(request("3"))  # exit 3: exec_failed, whose message and details never echo stdout
 
-    factory = ExecTransportFactory([str(tmp_path) + "/"])
+    factory = ExecTransportFactory([str(tmp_path) + "/", os.path.realpath("/bin/sh")])
     store_root = tmp_path / "store"
-    _, outcome, envs = await run_state(store_root, call, transports=[factory], exec_allowlist=(str(tmp_path) + "/",))
+    _, outcome, envs = await run_state(
+        store_root, call, transports=[factory], exec_allowlist=(str(tmp_path) + "/", os.path.realpath("/bin/sh"))
+    )
     assert outcome is RunPhase.FAILED
     error = failed_with(envs).error
     assert error.code == "exec_failed"

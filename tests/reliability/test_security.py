@@ -309,7 +309,8 @@ async def test_paths_are_resolved_before_the_allowlist_check(tmp_path: Path) -> 
     twin.write_text(ok.read_text())
     twin.chmod(0o700)
     transport = ExecTransportFactory([str(allowed) + "/"]).standalone()
-    assert await transport.call("exec", _request(str(ok))) == {"ok": True}  # the positive control
+    runner = ExecTransportFactory([str(allowed) + "/", os.path.realpath("/bin/sh")]).standalone()  # + its interpreter
+    assert await runner.call("exec", _request(str(ok))) == {"ok": True}  # the positive control
     refused = {
         "symlink out of the allowed folder": str(allowed / "link_to_sh"),
         "dot-dot out of the allowed folder": f"{allowed}/../allowedfoo/ok.sh",
