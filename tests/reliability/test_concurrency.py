@@ -289,7 +289,7 @@ def test_concurrent_cli_resumes_one_worker_wins(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_concurrent_cancels_and_resumes_of_a_running_run(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    started = _mfm(store, "start", "demo_big", "-p", "states=200", "-p", "delay_ms=20", "--json")
+    started = _mfm(store, "start", "demo_big", "-p", "states=200", "-p", "delay_ms=150", "--json")
     out, err = started.communicate(timeout=60)
     assert started.returncode == 0, err
     run_id = json.loads(out)["run_id"]
