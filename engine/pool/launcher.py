@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 from engine.events import RunCompleted
 from engine.ids import ArtifactId, RunId
 from engine.runtime import request_cancel
-from engine.workers.base import LeaseInfo, LeaseState, ResumeOutcome, WorkerError, ended_failed, require_run
+from engine.workers.base import (
+    LeaseInfo,
+    LeaseState,
+    PendingRun,
+    ResumeOutcome,
+    WorkerError,
+    ended_failed,
+    require_run,
+)
+from engine.workers.pending import redact_log_line
 
 if TYPE_CHECKING:
     from engine.pool.queue import RunQueue
@@ -101,6 +110,39 @@ class QueueLauncher:
 
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return lease_info(self.store, run_id)
+
+    async def pending_runs(self) -> list[PendingRun]:
+        """Queue rows whose run has no events yet: queued, being started, or whose worker died first."""
+        out = []
+        for run_id, manifest_id, enqueued in await self.queue.unstarted():
+            row = await self.queue.get(run_id)
+            note = None if row is None or not row.last_error else redact_log_line(row.last_error)
+            out.append(PendingRun(run_id, manifest_id, lease_info(self.store, run_id), enqueued, note))
+        return out
+
+    async def discard(self, run_id: RunId) -> str:
+        """Mark the queue row of a run that never started done (``outcome = 'discarded'``)."""
+        row = await self.queue.get(run_id)
+        if row is None:
+            raise WorkerError.new("run_not_found", f"run {run_id} not found")
+        if await self.store.stores.events.head_seq(run_id) > 0:
+            raise WorkerError.new(
+                "run_already_started", f"run {run_id} has events: only a run that never started can be discarded"
+            )
+        if not await self.queue.discard(run_id):
+            raise _held(run_id, row)
+        return f"its queue row (outcome 'discarded', schema {self.store.schema})"
+
+    async def log_tail(self, run_id: RunId, lines: int) -> list[str]:
+        """What the queue row says: no worker log lives in the database (each `mfm worker serve` logs to its own
+        output), only the last error and outcome its workers recorded."""
+        row = await self.queue.get(run_id)
+        if row is None or lines <= 0:
+            return []
+        said = [ln for ln in (row.last_error or "").splitlines() if ln.strip()]
+        if row.outcome:
+            said.append(f"queue row outcome: {row.outcome} after {row.claims} claim(s)")
+        return [redact_log_line(ln) for ln in said[-lines:]]
 
 
 def _held(run_id: RunId, row: Any) -> WorkerError:

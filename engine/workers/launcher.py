@@ -22,6 +22,7 @@ from engine.stores.fs import framing
 from engine.workers.base import (
     LeaseInfo,
     LeaseState,
+    PendingRun,
     ResumeOutcome,
     RunFolders,
     WorkerError,
@@ -29,6 +30,7 @@ from engine.workers.base import (
     require_run,
 )
 from engine.workers.lease import Lease, probe_lease, read_pending, run_finished, verdict_path, write_pending
+from engine.workers.pending import fs_discard, fs_log_tail, fs_pending_runs
 
 __all__ = ["DetachedLauncher", "Launcher", "LaunchingStore", "launcher_for"]
 
@@ -64,6 +66,18 @@ class Launcher(Protocol):
     async def read_verdict(self, replay_run_id: RunId) -> dict[str, Any] | None: ...
 
     def lease_state(self, run_id: RunId) -> LeaseInfo: ...
+
+    async def pending_runs(self) -> list[PendingRun]:
+        """Runs asked to start that have no events yet (starting, queued, or whose worker died first)."""
+        ...
+
+    async def discard(self, run_id: RunId) -> str:
+        """Remove a run that never started (no events, no live worker); say where it went."""
+        ...
+
+    async def log_tail(self, run_id: RunId, lines: int) -> list[str]:
+        """The last lines its workers left about the run (secrets withheld)."""
+        ...
 
 
 @runtime_checkable
@@ -231,3 +245,12 @@ class DetachedLauncher:
 
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return probe_lease(self.store, run_id)
+
+    async def pending_runs(self) -> list[PendingRun]:
+        return fs_pending_runs(self.store)
+
+    async def discard(self, run_id: RunId) -> str:
+        return str(fs_discard(self.store, run_id))
+
+    async def log_tail(self, run_id: RunId, lines: int) -> list[str]:
+        return fs_log_tail(self.store, run_id, lines)
