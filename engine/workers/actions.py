@@ -102,12 +102,22 @@ def lease_state(store: RunFolders | LaunchingStore, run_id: RunId) -> LeaseInfo:
 
 async def pending_runs(store: RunFolders | LaunchingStore) -> list[PendingRun]:
     """Runs asked to start that have no events yet, so ``list_runs`` does not know them: starting (a live worker),
-    not started (their worker died before ``RunStarted``: resume or discard them) or, on a database store, queued."""
+    not started (their worker died before ``RunStarted``: resume or discard them) or, on a database store, queued.
+    A store without workers (``engine.stores.memory``) has none."""
+    if not _has_workers(store):
+        return []
     return await launcher_for(store).pending_runs()
+
+
+def _has_workers(store: object) -> bool:
+    """A database store (its own launcher) or a filesystem store (run folders under a ``root``)."""
+    return isinstance(store, LaunchingStore) or getattr(store, "root", None) is not None
 
 
 async def pending_run(store: RunFolders | LaunchingStore, run_id: RunId) -> PendingRun | None:
     """``run_id`` if it is one of :func:`pending_runs`."""
+    if not _has_workers(store):
+        return None
     if not isinstance(store, LaunchingStore):
         return fs_pending_run(store, run_id)
     return next((p for p in await pending_runs(store) if p.run_id == run_id), None)

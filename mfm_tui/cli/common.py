@@ -166,7 +166,8 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
     if manifest_id is None:  # not started by a worker yet: its start record (or queue row) knows the manifest
         pending = await pending_run(store, run_id)
         if pending is not None:
-            manifest_id, model.requested_millis = pending.manifest_id, pending.requested_millis
+            manifest_id = pending.manifest_id
+            model.set_start_requested(pending.requested_millis)
     if manifest_id is not None:
         try:
             manifest = await read_manifest(store.artifacts, manifest_id)

@@ -202,7 +202,7 @@ def _unattended_lines(model: RunModel, log: list[str]) -> list[str]:
     if model.status is RunDisplayStatus.CRASH_LOOPING and loop is not None:
         lines = [
             f"crash     {loop.recoveries} consecutive orphan recoveries at {loop.state_id} "
-            f"(limit {model.crash_loop_limit}): its worker dies there every time; the pool no longer takes it over",
+            f"(limit {model.crash_loop_limit}): its worker died there each time; nothing takes it over by itself",
             f"next      fix the cause, then `mfm resume {short}` (runs it again and resets the count)",
         ]
     elif model.status is RunDisplayStatus.NOT_STARTED:

@@ -81,7 +81,10 @@ class RunModel:
         self._orphans = OrphanStreakCounter()
         self._crash_loop_limit = max(1, crash_loop_limit)
         self.requested_millis: int | None = None
-        """When a run with no events yet was asked to start (set by whoever lists it: its start record)."""
+        """When a run with no events yet was asked to start (its start record, or queue row)."""
+        self.start_requested = False
+        """The run was asked to start (a start record or queue row exists): with no events and no live worker, it
+        is "not started: worker lost" rather than merely unknown."""
         self.load_error: tuple[str, str] | None = None
         """``(code, message)`` when the run could not be read (set by the watcher)."""
         self._open: list[StateId] = []
@@ -126,6 +129,12 @@ class RunModel:
         changed = lease is not self._lease
         self.lease = lease
         return changed
+
+    def set_start_requested(self, requested_millis: int | None) -> None:
+        """The run has a start record (or queue row) from ``requested_millis`` (``engine.workers.pending_runs``)."""
+        self.start_requested = True
+        self.requested_millis = requested_millis
+        self._status = None
 
     def set_crash_loop_limit(self, limit: int) -> bool:
         """K: consecutive orphan recoveries of one state that make an unattended run crash-looping."""
@@ -357,7 +366,7 @@ class RunModel:
         if self.last_seq == 0:
             if lease is LeaseStatus.HELD:
                 return RunDisplayStatus.STARTING
-            if lease in (LeaseStatus.STALE, LeaseStatus.NONE):
+            if self.start_requested and lease in (LeaseStatus.STALE, LeaseStatus.NONE):
                 return RunDisplayStatus.NOT_STARTED
             return RunDisplayStatus.PENDING
         if not lease.is_live and self.crash_loop is not None:
