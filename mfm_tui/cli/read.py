@@ -12,7 +12,7 @@ import click
 
 from engine.events import DomainEvent, EventEnvelope, RunCompleted, StateFailed, encode_envelope
 from engine.ids import ArtifactId, RunId
-from engine.workers import EXIT_OK, lease_state, list_run_ids, worker_log_tail
+from engine.workers import EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
 from mfm_tui.cli.common import (
     CliError,
     duration_text,
@@ -69,6 +69,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
     env = env_of(ctx)
 
     async def collect() -> list[RunModel]:
+        max_orphan_recoveries()  # a bad $MFM_MAX_ORPHAN_RECOVERIES is an error even with no run to show
         out = []
         listed = await list_run_ids(env.store)  # with the runs that have no events yet (queued, never started)
         every = {RunId(run_id): await load_model(env, RunId(run_id)) for run_id in listed}
