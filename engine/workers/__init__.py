@@ -38,9 +38,20 @@ store, the store's own ``engine.pool.QueueLauncher`` (insert a queue row) for a 
 run's id is made by the action that needs it first (:func:`start_run`, :func:`replay_run`, a recovery in
 :func:`resume_run`) and handed to the worker, which passes it to ``Engine.start``/``replay``/``recover``.
 
+**Runs that never started.** A worker can die before it writes ``RunStarted`` (killed during start-up): the run
+has no events, but its start record (``start.json``, or the queue row) makes it a *pending* run
+(:func:`pending_runs`, :func:`list_run_ids`): listed, resumable (``resume`` starts it again) and discardable
+(:func:`discard_run`).
+
+**Crash loops** (``crash_loop``): consecutive orphan recoveries of one state, counted from the stream by
+:class:`OrphanStreakCounter`; after ``K`` (:func:`max_orphan_recoveries`, ``$MFM_MAX_ORPHAN_RECOVERIES``, default
+3) the pool stops taking a run over and monitors show it as crash-looping; an explicit resume resets the count
+(:func:`reset_crash_loop`). :func:`worker_log_tail` reads what its workers left, through the secrets guard.
+
 Modules: ``base`` (exit codes, errors, ``LeaseInfo``; what ``engine.pool`` builds on), ``lease`` (the
-lease and the run-folder files), ``launcher``, ``actions``, ``run`` (the worker itself) and ``main``
-(the command line; ``__main__`` runs it).
+lease and the run-folder files), ``pending`` (runs that never started and worker logs, filesystem side),
+``crash_loop``, ``launcher``, ``actions``, ``run`` (the worker itself) and ``main`` (the command line;
+``__main__`` runs it).
 """
 
 from __future__ import annotations
