@@ -138,7 +138,7 @@ class StoreWatcher:
         try:
             self._cursor = (await self.events.changes_since(None)).cursor
             run_ids = list(await self.events.list_runs())
-            unstarted = await pending_runs(self.store)
+            unstarted = await pending_runs(self.store, exclude=frozenset(run_ids))
             self.store_error = None
         except Exception as exc:  # an unreadable store is shown, and retried by poll()
             self.store_error = describe_error(exc)
@@ -400,7 +400,7 @@ class StoreWatcher:
     async def _rescan(self, update: WatchUpdate) -> None:
         try:
             present = set(await self.events.list_runs())
-            pending = [p for p in await pending_runs(self.store) if p.run_id not in present]
+            pending = await pending_runs(self.store, exclude=present)
         except Exception as exc:
             code, message = describe_error(exc)
             if self.store_error != (code, message):
@@ -416,6 +416,11 @@ class StoreWatcher:
                 await self._refresh_manifest(model)
                 await self._refresh_side([p.run_id], update)
         present |= {p.run_id for p in pending}
+        for run_id in [r for r, m in self.models.items() if r not in present and m.last_seq == 0]:
+            # A run that never started and is gone (discarded; or it started meanwhile: the journal names it).
+            del self.models[run_id]
+            self._pending_manifests.pop(run_id, None)
+            update.updated.add(run_id)
         for run_id, model in self.models.items():
             vanished = run_id not in present
             if vanished and (model.load_error is None or model.load_error[0] != CODE_RUN_VANISHED):

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.events import RunCompleted
@@ -111,10 +111,12 @@ class QueueLauncher:
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return lease_info(self.store, run_id)
 
-    async def pending_runs(self) -> list[PendingRun]:
+    async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
         """Queue rows whose run has no events yet: queued, being started, or whose worker died first."""
         out = []
         for run_id, manifest_id, enqueued in await self.queue.unstarted():
+            if run_id in exclude:
+                continue
             row = await self.queue.get(run_id)
             note = None if row is None or not row.last_error else redact_log_line(row.last_error)
             out.append(PendingRun(run_id, manifest_id, lease_info(self.store, run_id), enqueued, note))

@@ -4,7 +4,7 @@ worker process for a filesystem store, the run queue for a database store."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from engine.ids import RunId
@@ -100,13 +100,14 @@ def lease_state(store: RunFolders | LaunchingStore, run_id: RunId) -> LeaseInfo:
     return launcher_for(store).lease_state(run_id)
 
 
-async def pending_runs(store: RunFolders | LaunchingStore) -> list[PendingRun]:
+async def pending_runs(store: RunFolders | LaunchingStore, *, exclude: Collection[RunId] = ()) -> list[PendingRun]:
     """Runs asked to start that have no events yet, so ``list_runs`` does not know them: starting (a live worker),
     not started (their worker died before ``RunStarted``: resume or discard them) or, on a database store, queued.
-    A store without workers (``engine.stores.memory``) has none."""
+    A store without workers (``engine.stores.memory``) has none. ``exclude``: runs known to have events (a
+    monitor passes ``list_runs``'s answer, so a rescan does not look at each run again)."""
     if not _has_workers(store):
         return []
-    return await launcher_for(store).pending_runs()
+    return await launcher_for(store).pending_runs(exclude)
 
 
 def _has_workers(store: object) -> bool:
@@ -129,8 +130,7 @@ async def list_run_ids(store: RunFolders | LaunchingStore) -> list[RunId]:
     if not isinstance(events, RunLister):
         raise WorkerError.new("store_cannot_list", f"{type(events).__name__} cannot list its runs")
     listed = list(await events.list_runs())
-    seen = set(listed)
-    return listed + [p.run_id for p in await pending_runs(store) if p.run_id not in seen]
+    return listed + [p.run_id for p in await pending_runs(store, exclude=frozenset(listed))]
 
 
 async def discard_run(store: RunFolders | LaunchingStore, run_id: RunId) -> str:

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -67,8 +67,9 @@ class Launcher(Protocol):
 
     def lease_state(self, run_id: RunId) -> LeaseInfo: ...
 
-    async def pending_runs(self) -> list[PendingRun]:
-        """Runs asked to start that have no events yet (starting, queued, or whose worker died first)."""
+    async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
+        """Runs asked to start that have no events yet (starting, queued, or whose worker died first); ``exclude``:
+        runs known to have events (skipped without a look)."""
         ...
 
     async def discard(self, run_id: RunId) -> str:
@@ -246,8 +247,8 @@ class DetachedLauncher:
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return probe_lease(self.store, run_id)
 
-    async def pending_runs(self) -> list[PendingRun]:
-        return fs_pending_runs(self.store)
+    async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
+        return fs_pending_runs(self.store, exclude)
 
     async def discard(self, run_id: RunId) -> str:
         return str(fs_discard(self.store, run_id))

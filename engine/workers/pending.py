@@ -16,6 +16,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from engine._secrets import contains_secrets
@@ -89,12 +90,13 @@ def fs_pending_run(store: RunFolders, run_id: RunId) -> PendingRun | None:
     return PendingRun(run_id, manifest_id, probe_lease(store, run_id), written)
 
 
-def fs_pending_runs(store: RunFolders) -> list[PendingRun]:
-    """Every pending run of the store (one ``scandir`` of ``runs/`` and a ``stat`` or two per run)."""
+def fs_pending_runs(store: RunFolders, exclude: Collection[str] = ()) -> list[PendingRun]:
+    """Every pending run of the store: one ``scandir`` of ``runs/`` and a ``stat`` or two per run not in ``exclude``
+    (runs known to have events, e.g. ``list_runs``'s answer: a monitor's rescan then costs no ``stat`` per run)."""
     runs = _root(store) / framing.RUNS_DIR
     try:
         with os.scandir(runs) as it:
-            names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+            names = [e.name for e in it if e.name not in exclude and e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
         return []
     except OSError as exc:

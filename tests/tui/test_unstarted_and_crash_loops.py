@@ -15,7 +15,7 @@ from engine.ids import RunId, StateId
 from engine.operations import load_registry, prepare_run
 from engine.stores import ArtifactKind
 from engine.stores.fs import FsStore
-from engine.workers import CODE_ORPHAN_RECOVERED, Lease, LeaseState, lease_state, start_run
+from engine.workers import CODE_ORPHAN_RECOVERED, Lease, LeaseState, discard_run, lease_state, start_run
 from mfm_tui.app import make_app
 from mfm_tui.run_model import RunDisplayStatus, lease_status_of
 from mfm_tui.screens.run import RunScreen
@@ -93,6 +93,11 @@ async def test_runs_that_never_started_and_crash_looping_runs_are_in_the_runs_li
         assert "crash-looping at boom, 3 in a row" in _line(app, looping)
         table = app.screen.query_one(RunTable)
         assert [m.run_id for m in table.rows][:2] == [looping, lost_id]  # the most urgent first
+
+        await discard_run(store, lost_id)  # `mfm discard` from another terminal: the row goes, no error
+        await until(pilot, lambda: lost_id not in app.watcher.models)
+        await pilot.pause()
+        assert lost_id not in [m.run_id for m in table.rows]
 
         app.open_run(looping)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
