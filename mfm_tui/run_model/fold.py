@@ -491,7 +491,7 @@ class RunModel:
             return None
         if self.ended_millis is not None:
             end = self.ended_millis
-        elif self.status is RunDisplayStatus.WORKER_LOST:
+        elif self.status in (RunDisplayStatus.WORKER_LOST, RunDisplayStatus.CRASH_LOOPING):
             end = self.last_event_millis or now_millis
         else:
             end = now_millis

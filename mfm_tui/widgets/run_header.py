@@ -86,9 +86,9 @@ class RunHeader(Static):
             add(f"[{model.error[0]}]  ", "bold")
         loop = model.crash_loop
         if status is RunDisplayStatus.CRASH_LOOPING and loop is not None:
-            add(f"{loop.recoveries} orphan recoveries in a row: fix, then resume  ", "bold")
+            add(f"{loop.recoveries} orphan recoveries in a row  ", "bold")
         elif status is RunDisplayStatus.NOT_STARTED:
-            add("worker died before RunStarted: resume or discard  ", "bold")
+            add("died before RunStarted  ", "bold")
         if wide and model.started_millis is not None:
             add("started " + time.strftime("%H:%M:%S", time.gmtime(model.started_millis // 1000)) + "  ")
         add(f"manifest {short_id(model.manifest_id)}  checkpoint {short_id(model.checkpoint_id)}")

@@ -3,10 +3,12 @@ started: worker lost"), and a crash-looping run says so in the runs list and in 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from engine.errors import StateError
@@ -15,11 +17,20 @@ from engine.ids import RunId, StateId
 from engine.operations import load_registry, prepare_run
 from engine.stores import ArtifactKind
 from engine.stores.fs import FsStore
-from engine.workers import CODE_ORPHAN_RECOVERED, Lease, LeaseState, discard_run, lease_state, start_run
+from engine.workers import (
+    CODE_ORPHAN_RECOVERED,
+    Lease,
+    LeaseState,
+    discard_run,
+    lease_state,
+    start_run,
+    write_pending,
+)
 from mfm_tui.app import make_app
 from mfm_tui.run_model import RunDisplayStatus, lease_status_of
 from mfm_tui.screens.run import RunScreen
 from mfm_tui.widgets.run_table import RunTable
+from tests.tui.fixtures import fixture_clock, settle
 
 CRASH_OPS = str(Path(__file__).resolve().parents[1] / "crash_ops.py")
 SIZE = (120, 30)
@@ -43,9 +54,11 @@ async def until(pilot: Pilot[Any], predicate: Callable[[], bool], *, tries: int 
     raise AssertionError("gave up waiting")
 
 
-async def _crash_looping_run(store: FsStore, registry: Any, gate: Path) -> RunId:
+async def _crash_looping_run(store: FsStore, registry: Any, gate: Path, run: RunId | None = None) -> RunId:
     """A run of ``crash_loop`` whose worker died in ``boom`` four times, resumed three times (written directly)."""
-    prepared = await prepare_run(store.stores, registry, "crash_loop", {"gate": str(gate)}, run_id=RunId.new_v4())
+    prepared = await prepare_run(
+        store.stores, registry, "crash_loop", {"gate": str(gate)}, run_id=run or RunId.new_v4()
+    )
     run = prepared.run_id
     snap = await store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, b"{}")
     start = RunStarted(op_id=prepared.manifest.op_id, manifest_id=prepared.manifest_id, initial_snapshot_id=snap)
@@ -57,8 +70,9 @@ async def _crash_looping_run(store: FsStore, registry: Any, gate: Path) -> RunId
         if attempt:
             events.append(StateFailed(state_id=boom, error=orphan))
         events.append(StateEntered(state_id=boom, attempt=attempt, base_snapshot_id=snap))
+    t0 = fixture_clock().now_millis() - 95_000
     await store.events.append(
-        run, 0, [EventEnvelope(run_id=run, seq=i + 1, ts_millis=1000 + i, event=e) for i, e in enumerate(events)]
+        run, 0, [EventEnvelope(run_id=run, seq=i + 1, ts_millis=t0 + 9_000 * i, event=e) for i, e in enumerate(events)]
     )
     Lease.acquire(store, run, "resume").release()  # its last worker died: the lease is free
     return run
@@ -103,3 +117,54 @@ async def test_runs_that_never_started_and_crash_looping_runs_are_in_the_runs_li
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
         header = str(app.screen.query_one("#run-header").render())
         assert "crash-looping at boom" in header and "3 orphan recoveries in a row" in header
+
+
+# -- snapshots --------------------------------------------------------------------------------------------------
+
+LOOPING = RunId("00000000-0000-4000-8000-00000000c100")
+NEVER = RunId("00000000-0000-4000-8000-00000000c200")
+
+
+def _snapshot_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Both kinds of run in a filesystem store under a fixed-looking ``~/store``, fixed ids, a frozen clock."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MFM_MAX_ORPHAN_RECOVERIES", raising=False)
+    store = FsStore(tmp_path / "store")
+    registry = load_registry([CRASH_OPS], entry_points=False)
+    gate = Path("/nonexistent/mfm-snapshot-gate")
+
+    async def build() -> None:
+        await _crash_looping_run(store, registry, gate, LOOPING)
+        never = await prepare_run(store.stores, registry, "die_before_start", {"gate": str(gate)}, run_id=NEVER)
+        Lease.acquire(store, NEVER, "run").release()
+        write_pending(store, NEVER, never.manifest_id)
+
+    asyncio.run(build())
+    return make_app(
+        store,
+        registry=registry,
+        plan_resolver=registry.plan_resolver(),
+        lease_probe=lambda run_id: lease_status_of(lease_state(store, run_id)),
+        watch=False,
+        clock=fixture_clock(),
+    )
+
+
+def test_snapshot_runs_list_with_a_crash_looping_run_and_one_that_never_started(
+    snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert snap_compare(_snapshot_app(tmp_path, monkeypatch), run_before=settle, terminal_size=(100, 12))
+
+
+def test_snapshot_run_screen_of_a_crash_looping_run(
+    snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _snapshot_app(tmp_path, monkeypatch)
+
+    async def before(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        app.open_run(LOOPING)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
+        await pilot.pause()
+
+    assert snap_compare(app, run_before=before, terminal_size=(120, 30))
