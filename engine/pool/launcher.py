@@ -70,6 +70,8 @@ class QueueLauncher:
             if row is None or row.manifest_id is None:
                 raise WorkerError.new("run_not_found", f"run {run_id} not found")
             if not row.done:
+                if row.owned and not row.lease_live:
+                    return ResumeOutcome(run_id, None, False)  # died before RunStarted: the pool takes it over
                 raise _held(run_id, row)
             await queue.enqueue(run_id, "start", manifest_id=ArtifactId(row.manifest_id), args=args, again=True)
             return ResumeOutcome(run_id, None, False)
