@@ -61,6 +61,9 @@ UNICODE = Glyphs(
         RunDisplayStatus.CANCELLED: "■",
         RunDisplayStatus.CANCELLING: "□",
         RunDisplayStatus.WORKER_LOST: "!",
+        RunDisplayStatus.STARTING: "○",
+        RunDisplayStatus.NOT_STARTED: "!",
+        RunDisplayStatus.CRASH_LOOPING: "!",
     },
     state={
         StateStatus.PENDING: "○",
@@ -99,6 +102,9 @@ ASCII = Glyphs(
         RunDisplayStatus.CANCELLED: "#",
         RunDisplayStatus.CANCELLING: "#",
         RunDisplayStatus.WORKER_LOST: "!",
+        RunDisplayStatus.STARTING: ".",
+        RunDisplayStatus.NOT_STARTED: "!",
+        RunDisplayStatus.CRASH_LOOPING: "!",
     },
     state={
         StateStatus.PENDING: ".",
@@ -159,6 +165,9 @@ _STATUS_CLASS: Mapping[str, str] = {
     "cancelled": "muted",
     "cancelling": "warning",
     "worker_lost": "error",
+    "starting": "muted",
+    "not_started": "error",
+    "crash_looping": "error",
 }
 
 

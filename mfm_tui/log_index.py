@@ -446,7 +446,12 @@ class FileLogSource:
         return out
 
 
-FOLD_NEEDLES = (b'{"Kernel":', b'"name":"fact_recorded"', b'"name":"retry_scheduled"')
+FOLD_NEEDLES = (
+    b'{"Kernel":',
+    b'"name":"fact_recorded"',
+    b'"name":"retry_scheduled"',
+    b'"name":"crash_loop_reset"',
+)
 """The lines a run model needs decoded; every other domain event only advances the seq."""
 
 

@@ -11,6 +11,8 @@ How changes are found:
 * lease states and cancel requests of unfinished runs are re-probed every ``side_interval``
   (a worker can die without writing anything), and the run list is re-scanned every
   ``rescan_interval`` (a run that vanished is reported, one missed by the journal is picked up);
+* runs that have no events yet (``engine.workers.pending_runs``: starting, queued, or whose worker died before
+  ``RunStarted``) are listed too, from their start record (manifest, when it was asked for);
 * bursts are coalesced: at most one refresh per ``min_interval`` (≤ 10 repaints a second).
 
 Nothing here raises on a bad run: its ``load_error`` is set (code, message) and the others go on.
@@ -32,6 +34,7 @@ from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from engine.plan import ExecutionPlan
 from engine.stores.fs import framing
+from engine.workers import PendingRun, max_orphan_recoveries, pending_runs
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
 
 __all__ = ["PlanResolver", "StoreWatcher", "WatchUpdate", "describe_error"]
@@ -90,8 +93,11 @@ class StoreWatcher:
         slice_pause: float = 0.003,
         first_paint_pause: float = 0.05,
         use_watchfiles: bool = True,
+        crash_loop_limit: int | None = None,
     ) -> None:
         self.store = store
+        self.crash_loop_limit = max_orphan_recoveries() if crash_loop_limit is None else crash_loop_limit
+        """K of ``engine.workers``: the models' "crash-looping" threshold (``$MFM_MAX_ORPHAN_RECOVERIES``)."""
         self.events = store.events
         self.artifacts = store.artifacts
         self.lease_probe = lease_probe
@@ -111,6 +117,8 @@ class StoreWatcher:
         self.store_error: tuple[str, str] | None = None
         self._cursor: int | None = None
         self._manifests: dict[ArtifactId, RunManifest | None] = {}
+        self._pending_manifests: dict[RunId, ArtifactId] = {}
+        """The manifest of each listed run that has no events yet (from its start record)."""
         self._plans: dict[ArtifactId, PlanShape | None] = {}
         self._last_side = 0.0
         self._last_rescan = 0.0
@@ -130,6 +138,7 @@ class StoreWatcher:
         try:
             self._cursor = (await self.events.changes_since(None)).cursor
             run_ids = list(await self.events.list_runs())
+            unstarted = await pending_runs(self.store, exclude=frozenset(run_ids))
             self.store_error = None
         except Exception as exc:  # an unreadable store is shown, and retried by poll()
             self.store_error = describe_error(exc)
@@ -149,6 +158,10 @@ class StoreWatcher:
                 await asyncio.sleep(self.first_paint_pause if first else self.slice_pause)
                 part, budget, t0 = WatchUpdate(initial=True), self.slice_seconds, time.perf_counter()
                 first = False
+        known = set(run_ids)
+        for p in unstarted:
+            if p.run_id not in known:
+                self._adopt_pending(p, part)
         if part:
             yield part
         # Second pass: manifests and plans (retry limits, countdowns, totals), unfinished runs first.
@@ -274,7 +287,7 @@ class StoreWatcher:
     def _model(self, run_id: RunId) -> RunModel:
         model = self.models.get(run_id)
         if model is None:
-            model = RunModel(run_id)
+            model = RunModel(run_id, crash_loop_limit=self.crash_loop_limit)
             model.recovered_by = self._recovered_by.pop(run_id, None)
             self.models[run_id] = model
         return model
@@ -316,8 +329,17 @@ class StoreWatcher:
             source.recovered_by = model.run_id
             update.updated.add(source_id)
 
+    def _adopt_pending(self, pending: PendingRun, update: WatchUpdate) -> None:
+        """A run with no events yet: listed from its start record (its lease decides starting / not started)."""
+        model = self._model(pending.run_id)
+        if model.last_seq == 0:
+            model.set_start_requested(pending.requested_millis)
+            if pending.manifest_id is not None:
+                self._pending_manifests[pending.run_id] = pending.manifest_id
+            update.updated.add(pending.run_id)
+
     async def _refresh_manifest(self, model: RunModel) -> bool:
-        mid = model.manifest_id
+        mid = model.manifest_id or self._pending_manifests.get(model.run_id)
         if mid is None or model.manifest is not None:
             return False
         if mid not in self._manifests:
@@ -378,6 +400,7 @@ class StoreWatcher:
     async def _rescan(self, update: WatchUpdate) -> None:
         try:
             present = set(await self.events.list_runs())
+            pending = await pending_runs(self.store, exclude=present)
         except Exception as exc:
             code, message = describe_error(exc)
             if self.store_error != (code, message):
@@ -386,6 +409,18 @@ class StoreWatcher:
             return
         for run_id in present - self.models.keys():
             await self._refresh_events(run_id, update)
+        for p in pending:
+            if p.run_id not in self.models:
+                self._adopt_pending(p, update)
+                model = self.models[p.run_id]
+                await self._refresh_manifest(model)
+                await self._refresh_side([p.run_id], update)
+        present |= {p.run_id for p in pending}
+        for run_id in [r for r, m in self.models.items() if r not in present and m.last_seq == 0]:
+            # A run that never started and is gone (discarded; or it started meanwhile: the journal names it).
+            del self.models[run_id]
+            self._pending_manifests.pop(run_id, None)
+            update.updated.add(run_id)
         for run_id, model in self.models.items():
             vanished = run_id not in present
             if vanished and (model.load_error is None or model.load_error[0] != CODE_RUN_VANISHED):

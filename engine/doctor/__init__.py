@@ -23,7 +23,10 @@ code                        severity  meaning
 ``artifact_missing``        error     an event refers to an artifact the store does not hold
 ``artifact_hash_mismatch``  error     an artifact's bytes do not hash to its name
 ``artifact_name_invalid``   warning   a file among the artifacts that is not ``<aa>/<64 hex>``
-``stale_lease``             warning   a lease whose lock is free while its run is unfinished (worker lost)
+``stale_lease``             warning   a lease whose lock is free while its run is unfinished (worker lost, also
+                                      before ``RunStarted``: ``mfm resume`` starts it, ``mfm discard`` removes it)
+``run_dir_empty``           warning   a run folder with no events and no start record (a start that failed, e.g.
+                                      on a full disk): ``--repair`` removes it, or quarantines it if it holds data
 ``temp_file``               warning   a leftover temporary file of an interrupted write
 ``permissions_too_open``    warning   a store folder or file readable by others than its owner
 ==========================  ========  ==================================================================
@@ -31,9 +34,10 @@ code                        severity  meaning
 The store layout and the framing of its event files are :mod:`engine.stores.fs.framing`'s (the doctor reads event
 files with :func:`~engine.stores.fs.framing.check_log`), the stream analysis is the runtime's own
 (:func:`engine._runtime.envelopes.analyze`); the lease probe is a non-blocking shared ``flock`` on the lease file,
-as :func:`engine.workers.lease_state` does. :func:`repair_store` only MOVES damaged tails and temporary files into
-``STORE/quarantine/<timestamp>/`` (a tail is copied there and fsynced before the event file is truncated to its
-committed end, under the run's writer lock); it never deletes anything.
+as :func:`engine.workers.lease_state` does. :func:`repair_store` only MOVES damaged tails, temporary files and the run
+folders of failed starts into ``STORE/quarantine/<timestamp>/`` (a tail is copied there and fsynced before the event
+file is truncated to its committed end, under the run's writer lock); the one thing it deletes is a failed start's
+run folder whose files are all empty (nothing in it holds data), under that run's lease.
 
 This module holds the entry points; the checks live in private modules: ``_findings`` (finding, report, shared
 helpers), ``_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_artifacts``, ``_events`` (one run's
@@ -52,6 +56,7 @@ from engine.doctor._artifacts import artifact_exists, check_all_artifacts, check
 from engine.doctor._events import check_run
 from engine.doctor._findings import DoctorReport, Finding, Moved, Severity, check_mode, is_run_id
 from engine.doctor._repair import move_file, move_tail
+from engine.doctor._unstarted import clear_empty_run_dir
 from engine.doctor._walk import list_runs, walk_store_files
 from engine.errors import StorageError
 from engine.ids import ArtifactId, RunId
@@ -140,7 +145,8 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
 
 
 def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Moved]:
-    """Move every repairable finding of ``report`` (torn tails, temp files) into the quarantine folder.
+    """Move every repairable finding of ``report`` (torn tails, temp files, run folders left by a failed start) into
+    the quarantine folder (a run folder whose files are all empty is removed instead).
 
     Returns (and records in ``report.moved``) what was moved. A run whose writer lock is taken is left alone.
     """
@@ -155,6 +161,8 @@ def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Mov
             m = move_tail(root_path, qdir, RunId(f.run_id), report.torn_tails.get(f.run_id))
         elif f.code == "temp_file":
             m = move_file(root_path, qdir, f.path)
+        elif f.code == "run_dir_empty" and f.run_id is not None:
+            m = clear_empty_run_dir(root_path, qdir, RunId(f.run_id))
         else:
             m = None
         if m is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from engine._runtime.envelopes import EnvelopeViolation, analyze
 from engine.doctor._artifacts import collect_refs
 from engine.doctor._findings import DoctorReport, Finding
+from engine.doctor._unstarted import check_unstarted, has_no_events
 from engine.doctor._walk import lease_held
 from engine.events import EventEnvelope, RunCompleted, RunStarted
 from engine.ids import ArtifactId, RunId
@@ -54,22 +55,15 @@ def check_run(
     report.runs_checked += 1
     rel = framing.events_file(run_id)
     path = root / rel
+    if has_no_events(root, run_id):
+        # no events yet: a worker is about to write RunStarted, or it died first (its start.json says which
+        # manifest to start again), or the start failed before even that (an empty folder)
+        check_unstarted(report, root, run_id)
+        return
     try:
         fd = os.open(path, framing.RD_FLAGS)
     except FileNotFoundError:
-        # no events yet: either a worker is about to write RunStarted, or it died first (its start.json says
-        # which manifest to start again; `mfm resume` does that)
-        if lease_held(root, run_id) is False and os.path.exists(root / framing.pending_file(run_id)):
-            report.add(
-                Finding(
-                    "stale_lease",
-                    "warning",
-                    f"the worker died before RunStarted; `mfm resume {run_id[:8]}` starts the run again",
-                    path=framing.lease_file(run_id),
-                    run_id=run_id,
-                )
-            )
-        return
+        return  # removed since (a discarded run)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             report.add(Finding("symlink_in_store", "error", "a symbolic link where the event file should be", path=rel))

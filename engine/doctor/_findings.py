@@ -70,13 +70,21 @@ class Finding:
 class Moved:
     """One thing ``--repair`` moved (paths relative to the store root)."""
 
-    what: Literal["torn_tail", "temp_file"]
+    what: Literal["torn_tail", "temp_file", "empty_run_dir"]
     source: str
     destination: str
     size: int
+    removed: bool = False
+    """Removed, not moved (only a run folder whose files were all empty: nothing held data)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"what": self.what, "source": self.source, "destination": self.destination, "bytes": self.size}
+        return {
+            "what": self.what,
+            "source": self.source,
+            "destination": None if self.removed else self.destination,
+            "bytes": self.size,
+            "removed": self.removed,
+        }
 
 
 @dataclass(slots=True)

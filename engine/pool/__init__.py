@@ -24,7 +24,11 @@ ordered by ``enqueued_at``, whose ``owner_token`` is NULL or whose lease expired
 ``owner_token`` and ``lease_expires_at = clock_timestamp() + ttl``; the worker's heartbeat renews all its leases in
 one statement every ``heartbeat`` seconds (``WHERE owner_token = ANY(…)``). All times are the database server's
 clock, so hosts with skewed clocks agree. A run whose worker died (SIGKILL, host down) is claimed again once its
-lease has expired and is resumed from its stream (``Engine.resume``: §13).
+lease has expired and is resumed from its stream (``Engine.resume``: §13) — unless its stream shows ``K``
+consecutive orphan recoveries of one state (``engine.workers.crash_loop``): such a takeover *parks* the run instead
+(``outcome = 'crash_looping'``, ``last_error`` says where), until an explicit ``resume`` queues it again (that claim
+is not a takeover: it resets the count). The claim says which it is (``Claim.taken_over``: the row still had an
+owner whose lease expired).
 
 **One writer at a time.** Two guards:
 

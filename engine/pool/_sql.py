@@ -45,7 +45,11 @@ SyncConn = psycopg.Connection[tuple[Any, ...]]
 
 class Queries:
     def __init__(self, schema: str) -> None:
-        names = {"q": sql.Identifier(schema, "mfm_run_queue"), "s": sql.Identifier(schema)}
+        names = {
+            "q": sql.Identifier(schema, "mfm_run_queue"),
+            "s": sql.Identifier(schema),
+            "r": sql.Identifier(schema, "mfm_runs"),
+        }
 
         def q(text: LiteralString) -> sql.Composed:
             return sql.SQL(text).format(**names)
@@ -78,15 +82,18 @@ class Queries:
             "  done_at = NULL, outcome = NULL, result = NULL, last_error = NULL"
             " WHERE {q}.done_at IS NOT NULL RETURNING run_id"
         )
+        # c.taken_over: the row still had an owner (its lease expired: that worker died or hung), as opposed to a
+        # row queued or released (handed over) by its worker.
         self.claim = q(
-            "WITH c AS (SELECT run_id FROM {q} WHERE done_at IS NULL"
+            "WITH c AS (SELECT run_id, owner_token IS NOT NULL AS taken_over FROM {q} WHERE done_at IS NULL"
             "  AND (owner_token IS NULL OR lease_expires_at < clock_timestamp())"
             "  ORDER BY enqueued_at LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
             " UPDATE {q} t SET owner_token = gen_random_uuid(), owner_host = %(host)s, owner_pid = %(pid)s,"
             "  claimed_at = clock_timestamp(), heartbeat_at = clock_timestamp(),"
             "  lease_expires_at = clock_timestamp() + make_interval(secs => %(ttl)s), claims = t.claims + 1"
             " FROM c WHERE t.run_id = c.run_id"
-            " RETURNING t.run_id, t.action, t.manifest_id, t.source_run_id, t.args, t.owner_token, t.claims"
+            " RETURNING t.run_id, t.action, t.manifest_id, t.source_run_id, t.args, t.owner_token, t.claims,"
+            "  c.taken_over"
         )
         self.heartbeat = q(
             "UPDATE {q} SET heartbeat_at = clock_timestamp(),"
@@ -102,6 +109,25 @@ class Queries:
             " done_at = CASE WHEN claims >= %s THEN clock_timestamp() END,"
             " outcome = CASE WHEN claims >= %s THEN 'gave_up' END"
             " WHERE run_id = %s AND owner_token = %s RETURNING 1"
+        )
+        # A crash-looping run is parked: done (never claimed again) until an explicit resume queues it anew.
+        self.park = q(
+            "UPDATE {q} SET done_at = clock_timestamp(), outcome = %s, last_error = %s, owner_token = NULL,"
+            " lease_expires_at = NULL WHERE run_id = %s AND owner_token = %s RETURNING 1"
+        )
+        # Rows of runs that have no events yet: queued, claimed by a worker still starting them (or that died
+        # first), or given up.
+        self.unstarted = q(
+            "SELECT run_id, manifest_id, (extract(epoch FROM enqueued_at) * 1000)::bigint FROM {q} q"
+            " WHERE (done_at IS NULL OR outcome = 'gave_up')"
+            " AND NOT EXISTS (SELECT 1 FROM {r} r WHERE r.run_id = q.run_id) ORDER BY enqueued_at"
+        )
+        # Discard a run that never started: refused (no row updated) while a worker holds a live lease on it.
+        self.discard = q(
+            "UPDATE {q} SET done_at = clock_timestamp(), outcome = 'discarded', owner_token = NULL,"
+            " lease_expires_at = NULL WHERE run_id = %s"
+            " AND (owner_token IS NULL OR lease_expires_at < clock_timestamp() OR done_at IS NOT NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM {r} r WHERE r.run_id = %s) RETURNING 1"
         )
         self.row = q(
             "SELECT run_id, action, manifest_id, source_run_id, args, owner_token IS NOT NULL, owner_host, owner_pid,"
@@ -170,3 +196,5 @@ class Claim:
     args: dict[str, Any]
     token: uuid.UUID
     claims: int
+    taken_over: bool = False
+    """The previous holder's lease had expired (it died or hung) rather than the row being queued or released."""

@@ -4,13 +4,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.events import RunCompleted
 from engine.ids import ArtifactId, RunId
 from engine.runtime import request_cancel
-from engine.workers.base import LeaseInfo, LeaseState, ResumeOutcome, WorkerError, ended_failed, require_run
+from engine.workers.base import (
+    LeaseInfo,
+    LeaseState,
+    PendingRun,
+    ResumeOutcome,
+    WorkerError,
+    ended_failed,
+    require_run,
+)
+from engine.workers.pending import redact_log_line
 
 if TYPE_CHECKING:
     from engine.pool.queue import RunQueue
@@ -61,6 +70,8 @@ class QueueLauncher:
             if row is None or row.manifest_id is None:
                 raise WorkerError.new("run_not_found", f"run {run_id} not found")
             if not row.done:
+                if row.owned and not row.lease_live:
+                    return ResumeOutcome(run_id, None, False)  # died before RunStarted: the pool takes it over
                 raise _held(run_id, row)
             await queue.enqueue(run_id, "start", manifest_id=ArtifactId(row.manifest_id), args=args, again=True)
             return ResumeOutcome(run_id, None, False)
@@ -101,6 +112,41 @@ class QueueLauncher:
 
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return lease_info(self.store, run_id)
+
+    async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
+        """Queue rows whose run has no events yet: queued, being started, or whose worker died first."""
+        out = []
+        for run_id, manifest_id, enqueued in await self.queue.unstarted():
+            if run_id in exclude:
+                continue
+            row = await self.queue.get(run_id)
+            note = None if row is None or not row.last_error else redact_log_line(row.last_error)
+            out.append(PendingRun(run_id, manifest_id, lease_info(self.store, run_id), enqueued, note))
+        return out
+
+    async def discard(self, run_id: RunId) -> str:
+        """Mark the queue row of a run that never started done (``outcome = 'discarded'``)."""
+        row = await self.queue.get(run_id)
+        if row is None:
+            raise WorkerError.new("run_not_found", f"run {run_id} not found")
+        if await self.store.stores.events.head_seq(run_id) > 0:
+            raise WorkerError.new(
+                "run_already_started", f"run {run_id} has events: only a run that never started can be discarded"
+            )
+        if not await self.queue.discard(run_id):
+            raise _held(run_id, row)
+        return f"its queue row (outcome 'discarded', schema {self.store.schema})"
+
+    async def log_tail(self, run_id: RunId, lines: int) -> list[str]:
+        """What the queue row says: no worker log lives in the database (each `mfm worker serve` logs to its own
+        output), only the last error and outcome its workers recorded."""
+        row = await self.queue.get(run_id)
+        if row is None or lines <= 0:
+            return []
+        said = [ln for ln in (row.last_error or "").splitlines() if ln.strip()]
+        if row.outcome:
+            said.append(f"queue row outcome: {row.outcome} after {row.claims} claim(s)")
+        return [redact_log_line(ln) for ln in said[-lines:]]
 
 
 def _held(run_id: RunId, row: Any) -> WorkerError:

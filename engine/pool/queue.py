@@ -137,6 +137,7 @@ class RunQueue:
                 args=json.loads(r[4]) if r[4] else {},
                 token=r[5],
                 claims=int(r[6]),
+                taken_over=bool(r[7]),
             )
             for r in rows
         ]
@@ -159,6 +160,25 @@ class RunQueue:
         rows = await self._exec(
             self._q.release, [error[:2000], MAX_CLAIMS, MAX_CLAIMS, uuid.UUID(run_id), token], what="releasing a run"
         )
+        return bool(rows)
+
+    async def park(self, run_id: RunId, token: uuid.UUID, outcome: str, reason: str) -> bool:
+        """Stop executing a claimed run (done, ``outcome``, ``last_error = reason``) until it is queued again."""
+        rows = await self._exec(self._q.park, [outcome, reason[:2000], uuid.UUID(run_id), token], what="parking a run")
+        return bool(rows)
+
+    async def unstarted(self) -> list[tuple[RunId, ArtifactId | None, int | None]]:
+        """``(run_id, manifest_id, enqueued_millis)`` of unfinished (or given up) rows whose run has no events."""
+        rows = await self._exec(self._q.unstarted, what="listing runs not started")
+        return [
+            (RunId(str(r[0])), None if r[1] is None else ArtifactId(r[1]), None if r[2] is None else int(r[2]))
+            for r in rows
+        ]
+
+    async def discard(self, run_id: RunId) -> bool:
+        """Mark a run that never started done (``outcome = 'discarded'``); ``False`` if a worker holds it or it has
+        events."""
+        rows = await self._exec(self._q.discard, [uuid.UUID(run_id), uuid.UUID(run_id)], what="discarding a run")
         return bool(rows)
 
     async def get(self, run_id: RunId) -> QueueRow | None:

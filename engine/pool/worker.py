@@ -24,6 +24,12 @@ from engine.pool.lease import LeasedEventStore, RunLease
 from engine.pool.store import PostgresPoolStore
 from engine.runtime import CancelToken, Engine
 from engine.workers.base import WorkerError
+from engine.workers.crash_loop import (
+    DEFAULT_MAX_ORPHAN_RECOVERIES,
+    OrphanStreakCounter,
+    max_orphan_recoveries,
+    reset_crash_loop,
+)
 from engine.workers.run import verdict_json
 
 __all__ = ["WorkerPool", "serve"]
@@ -46,6 +52,8 @@ class WorkerPool:
     poll: float = 0.25
     cancel_poll: float = 0.1
     quiet: bool = False
+    max_orphan_recoveries: int = DEFAULT_MAX_ORPHAN_RECOVERIES
+    """A run taken over after this many consecutive orphan recoveries of one state is parked, not resumed again."""
     leases: dict[uuid.UUID, RunLease] = field(default_factory=dict)
     tasks: dict[uuid.UUID, asyncio.Task[None]] = field(default_factory=dict)
     completed: int = 0
@@ -126,7 +134,9 @@ class WorkerPool:
     async def _execute(self, lease: RunLease) -> None:
         claim = lease.claim
         try:
-            outcome, result = await _execute_claim(self.store, self.registry, lease, self.cancel_poll)
+            outcome, result = await _execute_claim(
+                self.store, self.registry, lease, self.cancel_poll, self.max_orphan_recoveries
+            )
         except asyncio.CancelledError:
             self.tasks.pop(claim.token, None)
             self.leases.pop(claim.token, None)
@@ -135,6 +145,13 @@ class WorkerPool:
                     await self.store.queue.release(claim.run_id, claim.token, "worker stopped")
             raise
         except MfmError as err:
+            if err.code == CODE_CRASH_LOOPING:
+                self._log(f"run {claim.run_id}: {err.message}")
+                with contextlib.suppress(StorageError):
+                    await self.store.queue.park(claim.run_id, claim.token, CODE_CRASH_LOOPING, err.message)
+                self.tasks.pop(claim.token, None)
+                self.leases.pop(claim.token, None)
+                return
             self._log(f"run {claim.run_id}: {err.one_line()}; releasing it")
             with contextlib.suppress(StorageError):
                 await self.store.queue.release(claim.run_id, claim.token, err.one_line())
@@ -160,8 +177,33 @@ class WorkerPool:
                 await task
 
 
+CODE_CRASH_LOOPING = "crash_looping"
+"""The queue row ``outcome`` of a parked crash-looping run (and the code of the error that parks it)."""
+
+
+async def _crash_loop_check(stores: Stores, claim: Claim, limit: int) -> None:
+    """Before resuming a run that has events: a takeover (its previous worker died) of a run whose stream shows
+    ``limit`` consecutive orphan recoveries of one state raises ``crash_looping`` (the run is parked); a claim that
+    is not a takeover (an explicit resume queued it) resets the count (``engine.workers.reset_crash_loop``)."""
+    if not claim.taken_over:
+        await reset_crash_loop(stores, claim.run_id, limit, now_millis=time.time_ns() // 1_000_000)
+        return
+    streak = OrphanStreakCounter().feed_all(await stores.events.read_range(claim.run_id, 1)).crash_loop(limit)
+    if streak is not None:
+        raise WorkerError.new(
+            CODE_CRASH_LOOPING,
+            f"crash loop: {streak.recoveries} consecutive orphan recoveries at {streak.state_id} (limit {limit}); "
+            f"not taken over again: fix the cause, then `mfm resume {claim.run_id[:8]}`",
+            {"state_id": str(streak.state_id), "orphan_recoveries": streak.recoveries, "limit": limit},
+        )
+
+
 async def _execute_claim(
-    store: PostgresPoolStore, registry: OperationRegistry, lease: RunLease, cancel_poll: float
+    store: PostgresPoolStore,
+    registry: OperationRegistry,
+    lease: RunLease,
+    cancel_poll: float,
+    crash_loop_limit: int = DEFAULT_MAX_ORPHAN_RECOVERIES,
 ) -> tuple[str, dict[str, Any] | None]:
     """Run one claimed row to its end; return ``(outcome, result)`` for the queue row."""
     claim = lease.claim
@@ -188,6 +230,7 @@ async def _execute_claim(
         assert claim.source_run_id is not None
         return (await engine.recover(stores, claim.source_run_id, cancel=token, new_run_id=target)).phase.value, None
     # The run has events: its previous worker was lost (or this is a resume): continue it from its stream.
+    await _crash_loop_check(stores, claim, crash_loop_limit)
     result = await engine.resume(stores, target, cancel=token)
     if claim.action == "replay" and claim.source_run_id is not None:
         return result.phase.value, await _resumed_verdict(store, claim.source_run_id, target, result)
@@ -229,9 +272,11 @@ async def serve(
     cancel_poll: float = 0.1,
     exit_when_idle: bool = False,
     quiet: bool = False,
+    crash_loop_limit: int | None = None,
 ) -> int:
     """``mfm worker serve``: run a :class:`WorkerPool` until SIGTERM/SIGINT (or, with ``exit_when_idle``, until the
-    queue is empty). Returns 0."""
+    queue is empty). Returns 0. The crash-loop limit is ``$MFM_MAX_ORPHAN_RECOVERIES`` (default 3) unless given."""
+    limit = max_orphan_recoveries() if crash_loop_limit is None else crash_loop_limit
     if not 0 < heartbeat < ttl:
         raise StorageError.other(
             "usage", f"heartbeat ({heartbeat} s) must be positive and below the lease ttl ({ttl} s)"
@@ -246,6 +291,7 @@ async def serve(
         poll=poll,
         cancel_poll=cancel_poll,
         quiet=quiet,
+        max_orphan_recoveries=limit,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

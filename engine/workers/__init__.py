@@ -38,14 +38,37 @@ store, the store's own ``engine.pool.QueueLauncher`` (insert a queue row) for a 
 run's id is made by the action that needs it first (:func:`start_run`, :func:`replay_run`, a recovery in
 :func:`resume_run`) and handed to the worker, which passes it to ``Engine.start``/``replay``/``recover``.
 
+**Runs that never started.** A worker can die before it writes ``RunStarted`` (killed during start-up): the run
+has no events, but its start record (``start.json``, or the queue row) makes it a *pending* run
+(:func:`pending_runs`, :func:`list_run_ids`): listed, resumable (``resume`` starts it again) and discardable
+(:func:`discard_run`).
+
+**Crash loops** (``crash_loop``): consecutive orphan recoveries of one state, counted from the stream by
+:class:`OrphanStreakCounter`; after ``K`` (:func:`max_orphan_recoveries`, ``$MFM_MAX_ORPHAN_RECOVERIES``, default
+3) the pool stops taking a run over and monitors show it as crash-looping; an explicit resume resets the count
+(:func:`reset_crash_loop`). :func:`worker_log_tail` reads what its workers left, through the secrets guard.
+
 Modules: ``base`` (exit codes, errors, ``LeaseInfo``; what ``engine.pool`` builds on), ``lease`` (the
-lease and the run-folder files), ``launcher``, ``actions``, ``run`` (the worker itself) and ``main``
-(the command line; ``__main__`` runs it).
+lease and the run-folder files), ``pending`` (runs that never started and worker logs, filesystem side),
+``crash_loop``, ``launcher``, ``actions``, ``run`` (the worker itself) and ``main`` (the command line;
+``__main__`` runs it).
 """
 
 from __future__ import annotations
 
-from engine.workers.actions import cancel_run, lease_state, read_verdict, replay_run, resume_run, start_run
+from engine.workers.actions import (
+    cancel_run,
+    discard_run,
+    lease_state,
+    list_run_ids,
+    pending_run,
+    pending_runs,
+    read_verdict,
+    replay_run,
+    resume_run,
+    start_run,
+    worker_log_tail,
+)
 from engine.workers.base import (
     EXIT_CONFLICT,
     EXIT_FAILED,
@@ -54,45 +77,74 @@ from engine.workers.base import (
     EXIT_USAGE,
     LeaseInfo,
     LeaseState,
+    PendingRun,
     ResumeOutcome,
     RunFolders,
     WorkerError,
     exit_code_for,
     is_pooled,
 )
+from engine.workers.crash_loop import (
+    CODE_ORPHAN_RECOVERED,
+    DEFAULT_MAX_ORPHAN_RECOVERIES,
+    DOMAIN_EVENT_CRASH_LOOP_RESET,
+    MAX_ORPHAN_RECOVERIES_ENV,
+    OrphanStreak,
+    OrphanStreakCounter,
+    max_orphan_recoveries,
+    orphan_streak,
+    reset_crash_loop,
+)
 from engine.workers.launcher import DetachedLauncher, Launcher, LaunchingStore, launcher_for
 from engine.workers.lease import Lease, run_finished, verdict_path, write_pending
 from engine.workers.main import main
+from engine.workers.pending import redact_log_line
 from engine.workers.run import run_worker, verdict_json
 
 __all__ = [
+    "CODE_ORPHAN_RECOVERED",
+    "DEFAULT_MAX_ORPHAN_RECOVERIES",
+    "DOMAIN_EVENT_CRASH_LOOP_RESET",
     "EXIT_CONFLICT",
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_USAGE",
+    "MAX_ORPHAN_RECOVERIES_ENV",
     "DetachedLauncher",
     "Launcher",
     "LaunchingStore",
     "Lease",
     "LeaseInfo",
     "LeaseState",
+    "OrphanStreak",
+    "OrphanStreakCounter",
+    "PendingRun",
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
     "cancel_run",
+    "discard_run",
     "exit_code_for",
     "is_pooled",
     "launcher_for",
     "lease_state",
+    "list_run_ids",
     "main",
+    "max_orphan_recoveries",
+    "orphan_streak",
+    "pending_run",
+    "pending_runs",
     "read_verdict",
+    "redact_log_line",
     "replay_run",
+    "reset_crash_loop",
     "resume_run",
     "run_finished",
     "run_worker",
     "start_run",
     "verdict_json",
     "verdict_path",
+    "worker_log_tail",
     "write_pending",
 ]

@@ -4,15 +4,29 @@ worker process for a filesystem store, the run queue for a database store."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from engine.ids import RunId
 from engine.operations import OperationRegistry, PreparedRun, prepare_run
-from engine.workers.base import LeaseInfo, ResumeOutcome, RunFolders, require_run
+from engine.stores import RunLister
+from engine.workers.base import LeaseInfo, PendingRun, ResumeOutcome, RunFolders, WorkerError, require_run
 from engine.workers.launcher import LaunchingStore, launcher_for
+from engine.workers.pending import fs_pending_run
 
-__all__ = ["cancel_run", "lease_state", "read_verdict", "replay_run", "resume_run", "start_run"]
+__all__ = [
+    "cancel_run",
+    "discard_run",
+    "lease_state",
+    "list_run_ids",
+    "pending_run",
+    "pending_runs",
+    "read_verdict",
+    "replay_run",
+    "resume_run",
+    "start_run",
+    "worker_log_tail",
+]
 
 
 async def start_run(
@@ -84,3 +98,49 @@ def lease_state(store: RunFolders | LaunchingStore, run_id: RunId) -> LeaseInfo:
     On a database store the same answer comes from the run's queue row (``engine.pool.lease_info``): a queued
     run not claimed yet is ``HELD`` with ``action='queued'``."""
     return launcher_for(store).lease_state(run_id)
+
+
+async def pending_runs(store: RunFolders | LaunchingStore, *, exclude: Collection[RunId] = ()) -> list[PendingRun]:
+    """Runs asked to start that have no events yet, so ``list_runs`` does not know them: starting (a live worker),
+    not started (their worker died before ``RunStarted``: resume or discard them) or, on a database store, queued.
+    A store without workers (``engine.stores.memory``) has none. ``exclude``: runs known to have events (a
+    monitor passes ``list_runs``'s answer, so a rescan does not look at each run again)."""
+    if not _has_workers(store):
+        return []
+    return await launcher_for(store).pending_runs(exclude)
+
+
+def _has_workers(store: object) -> bool:
+    """A database store (its own launcher) or a filesystem store (run folders under a ``root``)."""
+    return isinstance(store, LaunchingStore) or getattr(store, "root", None) is not None
+
+
+async def pending_run(store: RunFolders | LaunchingStore, run_id: RunId) -> PendingRun | None:
+    """``run_id`` if it is one of :func:`pending_runs`."""
+    if not _has_workers(store):
+        return None
+    if not isinstance(store, LaunchingStore):
+        return fs_pending_run(store, run_id)
+    return next((p for p in await pending_runs(store) if p.run_id == run_id), None)
+
+
+async def list_run_ids(store: RunFolders | LaunchingStore) -> list[RunId]:
+    """Every run a monitor lists: those with events (``list_runs``) and the pending ones, in no particular order."""
+    events = store.stores.events
+    if not isinstance(events, RunLister):
+        raise WorkerError.new("store_cannot_list", f"{type(events).__name__} cannot list its runs")
+    listed = list(await events.list_runs())
+    return listed + [p.run_id for p in await pending_runs(store, exclude=frozenset(listed))]
+
+
+async def discard_run(store: RunFolders | LaunchingStore, run_id: RunId) -> str:
+    """Remove a run that never started: refused for a run with events (``run_already_started``) or a live worker
+    (``lease_held``). A filesystem store moves its folder into ``quarantine/``; a database store marks its queue
+    row done (``outcome = 'discarded'``). Returns where it went."""
+    return await launcher_for(store).discard(run_id)
+
+
+async def worker_log_tail(store: RunFolders | LaunchingStore, run_id: RunId, lines: int = 5) -> list[str]:
+    """The last lines of the run's worker log (``runs/<id>/worker.log``; on a database store, what its queue row
+    says), each through the secrets guard: a line that looks secret is withheld."""
+    return await launcher_for(store).log_tail(run_id, lines)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from engine.engine import Stores
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.events import RunCompleted, RunStatus
-from engine.ids import RunId
+from engine.ids import ArtifactId, RunId
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -22,6 +22,7 @@ __all__ = [
     "HasStores",
     "LeaseInfo",
     "LeaseState",
+    "PendingRun",
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
@@ -47,7 +48,7 @@ _NOT_FOUND_CODES = frozenset(
         "run_prefix_unknown",
     }
 )
-_CONFLICT_CODES = frozenset({"lease_held", "run_already_finished", "worker_alive"})
+_CONFLICT_CODES = frozenset({"lease_held", "run_already_finished", "worker_alive", "run_already_started"})
 _FAILED_CODES = frozenset({"worker_lost", "worker_failed"})
 
 
@@ -86,6 +87,20 @@ class LeaseInfo:
     started_at: int | None = None
     """Milliseconds since the epoch when the holder took the lease."""
     action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRun:
+    """A run that was asked to start and has no events yet: its worker is starting, died first ("not started:
+    worker lost"), or (database store) it waits in the queue. ``engine.workers.pending_runs`` lists them."""
+
+    run_id: RunId
+    manifest_id: ArtifactId | None
+    lease: LeaseInfo
+    requested_millis: int | None = None
+    """When the start was asked for (``start.json`` written, or the queue row inserted)."""
+    note: str | None = None
+    """What the store knows about why it did not start (a database queue row's ``last_error``), secrets withheld."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ from engine.stores.fs import framing
 from engine.workers.base import (
     LeaseInfo,
     LeaseState,
+    PendingRun,
     ResumeOutcome,
     RunFolders,
     WorkerError,
@@ -29,6 +30,7 @@ from engine.workers.base import (
     require_run,
 )
 from engine.workers.lease import Lease, probe_lease, read_pending, run_finished, verdict_path, write_pending
+from engine.workers.pending import fs_discard, fs_log_tail, fs_pending_runs
 
 __all__ = ["DetachedLauncher", "Launcher", "LaunchingStore", "launcher_for"]
 
@@ -64,6 +66,19 @@ class Launcher(Protocol):
     async def read_verdict(self, replay_run_id: RunId) -> dict[str, Any] | None: ...
 
     def lease_state(self, run_id: RunId) -> LeaseInfo: ...
+
+    async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
+        """Runs asked to start that have no events yet (starting, queued, or whose worker died first); ``exclude``:
+        runs known to have events (skipped without a look)."""
+        ...
+
+    async def discard(self, run_id: RunId) -> str:
+        """Remove a run that never started (no events, no live worker); say where it went."""
+        ...
+
+    async def log_tail(self, run_id: RunId, lines: int) -> list[str]:
+        """The last lines its workers left about the run (secrets withheld)."""
+        ...
 
 
 @runtime_checkable
@@ -231,3 +246,12 @@ class DetachedLauncher:
 
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return probe_lease(self.store, run_id)
+
+    async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
+        return fs_pending_runs(self.store, exclude)
+
+    async def discard(self, run_id: RunId) -> str:
+        return str(fs_discard(self.store, run_id))
+
+    async def log_tail(self, run_id: RunId, lines: int) -> list[str]:
+        return fs_log_tail(self.store, run_id, lines)

@@ -15,6 +15,7 @@ from engine.ids import ArtifactId, RunId
 from engine.operations import OperationEnv, OperationRegistry, load_start_run
 from engine.runtime import CancelToken, Engine
 from engine.workers.base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError, require_run
+from engine.workers.crash_loop import max_orphan_recoveries, reset_crash_loop
 from engine.workers.lease import Lease, verdict_path, write_private
 
 __all__ = ["run_worker", "verdict_json"]
@@ -80,6 +81,8 @@ async def run_worker(
         if action == "resume":
             await require_run(store, run_id)
             _say(f"resuming run {run_id}")
+            if await reset_crash_loop(stores, run_id, max_orphan_recoveries(), now_millis=time.time_ns() // 1_000_000):
+                _say("it was crash-looping: an explicit resume resets the orphan recovery count")
             result = await engine.resume(stores, run_id, cancel=token)
             _say(f"run {run_id} {result.phase.value}")
             return _phase_exit(result.phase)

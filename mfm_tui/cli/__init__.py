@@ -5,7 +5,8 @@ resuming, cancelling and replaying go through ``engine.workers`` (shared with th
 
 This package's face holds the command group and the entry point (``mfm = "mfm_tui.cli:main"``); the commands
 live in modules by concern: ``common`` (per-invocation state, run-id resolution, output helpers), ``read`` (ops,
-runs, show, events, artifact), ``control`` (tui, serve, start, resume, cancel, replay, worker) and ``doctor``.
+runs, show, events, artifact), ``control`` (tui, serve, start, resume, cancel, replay, worker), ``discard`` and
+``doctor``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from engine.workers import (
 from mfm_tui import __version__
 from mfm_tui.cli.common import Env
 from mfm_tui.cli.control import cancel, replay, resume, serve, start, tui, worker
+from mfm_tui.cli.discard import discard
 from mfm_tui.cli.doctor import doctor
 from mfm_tui.cli.read import artifact, events, ops, runs, show
 
@@ -75,7 +77,7 @@ def cli(ctx: click.Context, store: str | None, ops: tuple[str, ...], debug: bool
     return None
 
 
-for _command in (tui, serve, ops, start, runs, show, events, artifact, resume, cancel, replay, doctor, worker):
+for _command in (tui, serve, ops, start, runs, show, events, artifact, resume, cancel, replay, discard, doctor, worker):
     cli.add_command(_command)
 
 

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import click
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
-from engine.ids import ArtifactId, RunId
+from engine.ids import RunId
 from engine.open_store import open_store
 from engine.operations import OperationRegistry, load_registry, read_manifest
-from engine.workers import is_pooled, lease_state
+from engine.workers import is_pooled, lease_state, list_run_ids, max_orphan_recoveries, pending_run
 from mfm_tui.config import resolve_store
 from mfm_tui.run_model import PlanShape, RunDisplayStatus, RunModel, lease_status_of
 from mfm_tui.time_format import format_duration
@@ -140,7 +140,7 @@ async def resolve_run_id(store: Any, text: str) -> RunId:
         return full  # (a run whose worker has not written RunStarted yet has a folder already)
     if full is not None and is_pooled(store) and await store.queue.get(full) is not None:
         return full  # (queued on a database store, not started by a worker yet)
-    runs = sorted(str(r) for r in await store.events.list_runs())
+    runs = sorted(str(r) for r in await list_run_ids(store))  # (with the runs that never started)
     matches = [r for r in runs if r.startswith(prefix)]
     if not matches:
         raise MfmError(ErrorInfo.new("run_not_found", f"no run matches {text!r}"))
@@ -160,12 +160,14 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
     yet count in the totals), lease and cancel request."""
     store = env.store
     envelopes = await store.events.read_range(run_id, 1)
-    model = RunModel(run_id)
+    model = RunModel(run_id, crash_loop_limit=max_orphan_recoveries())
     model.apply(envelopes)
     manifest_id = model.manifest_id
-    if manifest_id is None and is_pooled(store):  # queued, not started by a worker yet: its queue row knows it
-        row = await store.queue.get(run_id)
-        manifest_id = None if row is None or row.manifest_id is None else ArtifactId(row.manifest_id)
+    if manifest_id is None:  # not started by a worker yet: its start record (or queue row) knows the manifest
+        pending = await pending_run(store, run_id)
+        if pending is not None:
+            manifest_id = pending.manifest_id
+            model.set_start_requested(pending.requested_millis)
     if manifest_id is not None:
         try:
             manifest = await read_manifest(store.artifacts, manifest_id)
@@ -201,4 +203,4 @@ def status_text(model: RunModel, now: int) -> str:
         remaining = retry.remaining_millis(now)
         tail = f" in {duration_text(remaining)}" if remaining is not None else ""
         return f"retrying {retry.next_attempt_number}/{retry.max_attempts or '?'}{tail}"
-    return status.label
+    return model.status_label

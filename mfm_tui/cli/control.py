@@ -25,6 +25,7 @@ from engine.workers import (
     cancel_run,
     is_pooled,
     lease_state,
+    max_orphan_recoveries,
     read_verdict,
     replay_run,
     resume_run,
@@ -207,6 +208,7 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
 
     async def go() -> Any:
         run_id = await resolve_run_id(env.store, run)
+        max_orphan_recoveries()  # its worker reads it too (a crash-looping run's count is reset): fail here, not there
         return await resume_run(env.store, run_id, ops_modules=env.ops)
 
     outcome = run_sync(go())

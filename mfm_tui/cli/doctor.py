@@ -15,7 +15,12 @@ __all__ = ["doctor"]
 @click.command()
 @click.argument("runs", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
-@click.option("--repair", is_flag=True, help="Move torn tails and temp files into STORE/quarantine/ (never deletes).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Move torn tails, temp files and failed starts' run folders into STORE/quarantine/ "
+    "(deletes only a run folder whose files are all empty).",
+)
 @click.pass_context
 def doctor(ctx: click.Context, runs: tuple[str, ...], as_json: bool, repair: bool) -> int:
     """Check the store (or only RUNS) without changing it: event files, attempt envelopes, artifacts, leases.
@@ -48,7 +53,10 @@ def doctor(ctx: click.Context, runs: tuple[str, ...], as_json: bool, repair: boo
         for finding in report.findings:
             click.echo(finding.one_line())
         for moved in report.moved:
-            click.echo(f"moved {moved.source} ({moved.what}, {moved.size} bytes) -> {moved.destination}")
+            if moved.removed:
+                click.echo(f"removed {moved.source} ({moved.what}: no file in it held data)")
+            else:
+                click.echo(f"moved {moved.source} ({moved.what}, {moved.size} bytes) -> {moved.destination}")
         if remaining.ok:
             click.echo("no problems found" if report.ok else "no problems remain")
         else:

@@ -12,7 +12,7 @@ import click
 
 from engine.events import DomainEvent, EventEnvelope, RunCompleted, StateFailed, encode_envelope
 from engine.ids import ArtifactId, RunId
-from engine.workers import EXIT_OK, is_pooled, lease_state
+from engine.workers import EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
 from mfm_tui.cli.common import (
     CliError,
     duration_text,
@@ -69,10 +69,9 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
     env = env_of(ctx)
 
     async def collect() -> list[RunModel]:
+        max_orphan_recoveries()  # a bad $MFM_MAX_ORPHAN_RECOVERIES is an error even with no run to show
         out = []
-        listed = list(await env.store.events.list_runs())
-        if is_pooled(env.store):  # queued runs have no events yet
-            listed += [r for r in await env.store.queue.waiting() if r not in set(listed)]
+        listed = await list_run_ids(env.store)  # with the runs that have no events yet (queued, never started)
         every = {RunId(run_id): await load_model(env, RunId(run_id)) for run_id in listed}
         for model in every.values():  # a recovery run links back to the failed run it continues
             source = every.get(model.recovered_from) if model.recovered_from is not None else None
@@ -84,7 +83,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
             if op_ids and (model.op_id or "") not in op_ids:
                 continue
             out.append(model)
-        out.sort(key=lambda m: (m.started_millis or 0, str(m.run_id)), reverse=True)
+        out.sort(key=lambda m: (m.started_millis or m.requested_millis or 0, str(m.run_id)), reverse=True)
         return out
 
     models = run_sync(collect())
@@ -108,6 +107,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                     "host": hosts.get(m.run_id),
                     "recovered_from": None if m.recovered_from is None else str(m.recovered_from),
                     "recovered_by": None if m.recovered_by is None else str(m.recovered_by),
+                    "crash_loop": m.to_json()["crash_loop"],
                 }
                 for m in models
             ]
@@ -123,7 +123,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                 m.short_id,
                 str(m.op_id or "?"),
                 status_text(m, now),
-                format_timestamp(m.started_millis),
+                format_timestamp(m.started_millis or m.requested_millis),
                 duration_text(m.duration_millis(now)),
                 state_line(m),
                 f"{m.done}/{m.total}",
@@ -148,9 +148,13 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     model = run_sync(go())
     now = now_millis()
     info = lease_state(env.store, model.run_id)
+    unattended = model.status in (RunDisplayStatus.CRASH_LOOPING, RunDisplayStatus.NOT_STARTED)
+    log = run_sync(worker_log_tail(env.store, model.run_id, _LOG_LINES)) if unattended else []
     if as_json:
         out = model.to_json(now)
         out["host"] = info.host
+        if unattended:
+            out["worker_log"] = log
         echo_json(out)
         return EXIT_OK
     click.echo(f"run       {model.run_id}")
@@ -170,6 +174,10 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
         click.echo(f"error     [{model.error[0]}] {model.error[1]}")
     if model.final_snapshot_id:
         click.echo(f"final     {model.final_snapshot_id}")
+    if model.requested_millis is not None and model.started_millis is None:
+        click.echo(f"asked     {format_timestamp(model.requested_millis)} (no RunStarted yet)")
+    for line in _unattended_lines(model, log):
+        click.echo(line)
     click.echo("")
     rows = [("STATE", "STATUS", "ATTEMPT", "FACTS", "ERROR")]
     for sv in model.states.values():
@@ -182,6 +190,32 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     for note in model.anomalies:
         click.echo(f"note: {note}", err=True)
     return EXIT_OK
+
+
+_LOG_LINES = 8
+"""Worker log lines ``mfm show`` prints for a run nobody will carry on by itself."""
+
+
+def _unattended_lines(model: RunModel, log: list[str]) -> list[str]:
+    """What ``mfm show`` adds for a run that needs an operator: why, what to do, and the worker log's last lines."""
+    short = model.run_id[:8]
+    loop = model.crash_loop
+    if model.status is RunDisplayStatus.CRASH_LOOPING and loop is not None:
+        lines = [
+            f"crash     {loop.recoveries} consecutive orphan recoveries at {loop.state_id} "
+            f"(limit {model.crash_loop_limit}): its worker died there each time; nothing takes it over by itself",
+            f"next      fix the cause, then `mfm resume {short}` (runs it again and resets the count)",
+        ]
+    elif model.status is RunDisplayStatus.NOT_STARTED:
+        lines = [
+            "why       its worker died before writing RunStarted",
+            f"next      `mfm resume {short}` starts it again; `mfm discard {short}` removes it",
+        ]
+    else:
+        return []
+    lines.append("log       " + ("(last lines of its worker log)" if log else "(its worker left no log)"))
+    lines += [f"  {line}" for line in log]
+    return lines
 
 
 def _event_summary(env: EventEnvelope) -> str:

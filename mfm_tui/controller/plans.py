@@ -75,7 +75,7 @@ def describe_cancel(model: RunModel) -> ActionPlan:
         lines.append(f"The in-flight attempt of {', '.join(open_states)} is interrupted and closed as run_cancelled.")
     elif model.retry_target is not None:
         lines.append(f"The retry wait of {model.retry_target.state.short_name} is interrupted.")
-    if model.status is RunDisplayStatus.WORKER_LOST:
+    if model.status in (RunDisplayStatus.WORKER_LOST, RunDisplayStatus.NOT_STARTED, RunDisplayStatus.CRASH_LOOPING):
         lines.append("No worker holds the run: a worker is started to close it.")
     lines.append("The run then ends Cancelled at its last checkpoint; completed states keep their results.")
     return ActionPlan(model.run_id, lines=tuple(lines))
@@ -92,7 +92,7 @@ def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = No
                 f"run {model.short_id} already finished ({status.label}); a finished run is final",
             ),
         )
-    if lease is LeaseStatus.HELD and status is not RunDisplayStatus.FAILED:
+    if lease.is_live and status is not RunDisplayStatus.FAILED:
         who = f" ({holder})" if holder else ""
         return ActionPlan(
             model.run_id,
@@ -113,7 +113,16 @@ def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = No
         ]
         return ActionPlan(model.run_id, lines=tuple(lines), recovery=True)
     orphans = tuple(f"{sv.short_name} attempt {sv.last.attempt + 1}" for sv in model.open_states if sv.last)
-    lines = [f"Resume {run_label(model)} ({status.label})?", ""]
+    lines = [f"Resume {run_label(model)} ({model.status_label})?", ""]
+    if status is RunDisplayStatus.NOT_STARTED:
+        lines.append("Its worker died before RunStarted: the run is started again from its start record.")
+        return ActionPlan(model.run_id, lines=tuple(lines))
+    loop = model.crash_loop
+    if status is RunDisplayStatus.CRASH_LOOPING and loop is not None:
+        lines.append(
+            f"Its worker died in {loop.state_id} {loop.recoveries} times in a row. Resuming runs it once more and "
+            "resets the count: fix the cause first."
+        )
     if orphans:
         lines.append(f"Orphan attempt(s) closed as orphan_attempt_recovered: {', '.join(orphans)}.")
         lines.append(

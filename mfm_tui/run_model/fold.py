@@ -26,6 +26,12 @@ from engine.events import (
 )
 from engine.events import RunStatus as EngineRunStatus
 from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.workers import (
+    DEFAULT_MAX_ORPHAN_RECOVERIES,
+    DOMAIN_EVENT_CRASH_LOOP_RESET,
+    OrphanStreak,
+    OrphanStreakCounter,
+)
 from mfm_tui.run_model.enums import (
     CODE_RUN_CANCELLED,
     FINAL_STATUS,
@@ -50,6 +56,7 @@ class RunModel:
         plan: PlanShape | None = None,
         lease: LeaseStatus = LeaseStatus.UNKNOWN,
         cancel_requested: bool = False,
+        crash_loop_limit: int = DEFAULT_MAX_ORPHAN_RECOVERIES,
     ) -> None:
         self.run_id = run_id
         self.op_id: OpId | None = None
@@ -71,6 +78,13 @@ class RunModel:
         self._urgency = 0
         self._lease = lease
         self._cancel_requested = cancel_requested
+        self._orphans = OrphanStreakCounter()
+        self._crash_loop_limit = max(1, crash_loop_limit)
+        self.requested_millis: int | None = None
+        """When a run with no events yet was asked to start (its start record, or queue row)."""
+        self.start_requested = False
+        """The run was asked to start (a start record or queue row exists): with no events and no live worker, it
+        is "not started: worker lost" rather than merely unknown."""
         self.load_error: tuple[str, str] | None = None
         """``(code, message)`` when the run could not be read (set by the watcher)."""
         self._open: list[StateId] = []
@@ -116,6 +130,20 @@ class RunModel:
         self.lease = lease
         return changed
 
+    def set_start_requested(self, requested_millis: int | None) -> None:
+        """The run has a start record (or queue row) from ``requested_millis`` (``engine.workers.pending_runs``)."""
+        self.start_requested = True
+        self.requested_millis = requested_millis
+        self._status = None
+
+    def set_crash_loop_limit(self, limit: int) -> bool:
+        """K: consecutive orphan recoveries of one state that make an unattended run crash-looping."""
+        limit = max(1, limit)
+        changed = limit != self._crash_loop_limit
+        self._crash_loop_limit = limit
+        self._status = None
+        return changed
+
     def set_cancel_requested(self, requested: bool) -> bool:
         changed = requested != self._cancel_requested
         self.cancel_requested = requested
@@ -136,6 +164,7 @@ class RunModel:
                 self._anomaly(f"seq gap: {self.last_seq} then {env.seq}")
             self.last_seq = env.seq
             self.event_count += 1
+            self._orphans.feed(env)
             if env.ts_millis is not None:
                 self.last_event_millis = env.ts_millis
             self._fold(env)
@@ -207,6 +236,8 @@ class RunModel:
                 self._refresh(sv)
 
     def _fold_domain(self, seq: int, ev: DomainEvent) -> None:
+        if ev.name == DOMAIN_EVENT_CRASH_LOOP_RESET:
+            return  # an operator's resume marker (counted by the orphan streak), no attempt's event
         if ev.name == DOMAIN_EVENT_RECOVERED_FROM and isinstance(ev.payload, dict):
             try:
                 self.recovered_from = RunId(ev.payload.get("source_run_id"))
@@ -331,15 +362,48 @@ class RunModel:
     def _compute_status(self) -> RunDisplayStatus:
         if self.engine_status is not None:
             return FINAL_STATUS[self.engine_status]
+        lease = self._lease
         if self.last_seq == 0:
+            if lease is LeaseStatus.HELD:
+                return RunDisplayStatus.STARTING
+            if self.start_requested and lease in (LeaseStatus.STALE, LeaseStatus.NONE):
+                return RunDisplayStatus.NOT_STARTED
             return RunDisplayStatus.PENDING
-        if self._lease is LeaseStatus.STALE:
+        if not lease.is_live and self.crash_loop is not None:
+            return RunDisplayStatus.CRASH_LOOPING
+        if lease is LeaseStatus.STALE:
             return RunDisplayStatus.WORKER_LOST
         if self._cancel_requested:
             return RunDisplayStatus.CANCELLING
         if any(sv.status is StateStatus.RETRYING for sv in self.states.values()):
             return RunDisplayStatus.RETRYING
         return RunDisplayStatus.RUNNING
+
+    @property
+    def status_label(self) -> str:
+        """The status in words, with where a crash loop is (``crash-looping at fetch``)."""
+        status = self.status
+        loop = self.crash_loop
+        if status is RunDisplayStatus.CRASH_LOOPING and loop is not None:
+            name = self.states[loop.state_id].short_name if loop.state_id in self.states else str(loop.state_id)
+            return f"{status.label} at {name}"
+        return status.label
+
+    @property
+    def crash_loop(self) -> OrphanStreak | None:
+        """The state whose attempts ended in at least ``crash_loop_limit`` consecutive orphan recoveries (since the
+        last explicit resume of a crash-looping run), if the run is unfinished; whether a worker holds the run now
+        decides the status (``CRASH_LOOPING`` only without one)."""
+        return self._orphans.crash_loop(self._crash_loop_limit)
+
+    @property
+    def orphan_streak(self) -> OrphanStreak | None:
+        """The longest run of consecutive orphan recoveries of one state so far (whatever the limit)."""
+        return self._orphans.longest
+
+    @property
+    def crash_loop_limit(self) -> int:
+        return self._crash_loop_limit
 
     @property
     def lease(self) -> LeaseStatus:
@@ -427,7 +491,7 @@ class RunModel:
             return None
         if self.ended_millis is not None:
             end = self.ended_millis
-        elif self.status is RunDisplayStatus.WORKER_LOST:
+        elif self.status in (RunDisplayStatus.WORKER_LOST, RunDisplayStatus.CRASH_LOOPING):
             end = self.last_event_millis or now_millis
         else:
             end = now_millis
@@ -451,6 +515,8 @@ class RunModel:
             "error": None if self.error is None else {"code": self.error[0], "message": self.error[1]},
             "lease": self.lease.value,
             "cancel_requested": self.cancel_requested,
+            "requested_millis": self.requested_millis,
+            "crash_loop": self._crash_loop_json(),
             "anomalies": list(self.anomalies),
             "states": [
                 {
@@ -481,3 +547,9 @@ class RunModel:
                 for sv in self.states.values()
             ],
         }
+
+    def _crash_loop_json(self) -> dict[str, Any] | None:
+        loop = self.crash_loop
+        if loop is None:
+            return None
+        return {"state_id": str(loop.state_id), "orphan_recoveries": loop.recoveries, "limit": self._crash_loop_limit}

@@ -41,12 +41,20 @@ LOADING_REBUILD_SECONDS = 0.3
 
 _STATUS_WORDS: Mapping[str, frozenset[RunDisplayStatus]] = {
     **{s.value: frozenset({s}) for s in RunDisplayStatus},
-    "lost": frozenset({RunDisplayStatus.WORKER_LOST}),
+    "lost": frozenset({RunDisplayStatus.WORKER_LOST, RunDisplayStatus.NOT_STARTED, RunDisplayStatus.CRASH_LOOPING}),
     "worker-lost": frozenset({RunDisplayStatus.WORKER_LOST}),
+    "not-started": frozenset({RunDisplayStatus.NOT_STARTED}),
+    "crash-looping": frozenset({RunDisplayStatus.CRASH_LOOPING}),
     "done": frozenset({RunDisplayStatus.COMPLETED}),
     "ok": frozenset({RunDisplayStatus.COMPLETED}),
     "active": frozenset(
-        {RunDisplayStatus.RUNNING, RunDisplayStatus.RETRYING, RunDisplayStatus.CANCELLING, RunDisplayStatus.PENDING}
+        {
+            RunDisplayStatus.RUNNING,
+            RunDisplayStatus.RETRYING,
+            RunDisplayStatus.CANCELLING,
+            RunDisplayStatus.PENDING,
+            RunDisplayStatus.STARTING,
+        }
     ),
     "finished": frozenset({RunDisplayStatus.COMPLETED, RunDisplayStatus.FAILED, RunDisplayStatus.CANCELLED}),
 }
@@ -362,6 +370,8 @@ class RunsScreen(Screen[None]):
                 (RunDisplayStatus.RETRYING, "retrying"),
                 (RunDisplayStatus.FAILED, "failed"),
                 (RunDisplayStatus.WORKER_LOST, "lost"),
+                (RunDisplayStatus.CRASH_LOOPING, "crash-looping"),
+                (RunDisplayStatus.NOT_STARTED, "not started"),
             ):
                 if counts.get(status):
                     text.append(f"  {counts[status]} {word}")

@@ -22,10 +22,15 @@ RUN_GLYPHS: dict[RunDisplayStatus, tuple[str, str]] = {
     RunDisplayStatus.CANCELLED: ("■", "#"),
     RunDisplayStatus.CANCELLING: ("■", "#"),
     RunDisplayStatus.WORKER_LOST: ("!", "!"),
+    RunDisplayStatus.STARTING: ("○", "."),
+    RunDisplayStatus.NOT_STARTED: ("!", "!"),
+    RunDisplayStatus.CRASH_LOOPING: ("!", "!"),
 }
 _STATUS_CLASS = {
     RunDisplayStatus.FAILED: "-failed",
     RunDisplayStatus.WORKER_LOST: "-failed",
+    RunDisplayStatus.NOT_STARTED: "-failed",
+    RunDisplayStatus.CRASH_LOOPING: "-failed",
     RunDisplayStatus.RETRYING: "-retrying",
     RunDisplayStatus.CANCELLING: "-retrying",
     RunDisplayStatus.COMPLETED: "-completed",
@@ -69,7 +74,7 @@ class RunHeader(Static):
 
         add(f"{model.op_id or '?'} ", "bold")
         add(f"{model.short_id}  ")
-        add(f"{glyph} {status.label}", "bold")
+        add(f"{glyph} {model.status_label}", "bold")
         add(f" {format_duration(model.duration_millis(now), unknown='—', round_tenths=True)}  ")
         add(f"{model.done}/{model.total} done  ")
         retry = model.retry_target
@@ -79,6 +84,11 @@ class RunHeader(Static):
             add(f"{retry.state.short_name} {label} in {due}  ", "bold")
         elif model.error is not None:
             add(f"[{model.error[0]}]  ", "bold")
+        loop = model.crash_loop
+        if status is RunDisplayStatus.CRASH_LOOPING and loop is not None:
+            add(f"{loop.recoveries} orphan recoveries in a row  ", "bold")
+        elif status is RunDisplayStatus.NOT_STARTED:
+            add("died before RunStarted  ", "bold")
         if wide and model.started_millis is not None:
             add("started " + time.strftime("%H:%M:%S", time.gmtime(model.started_millis // 1000)) + "  ")
         add(f"manifest {short_id(model.manifest_id)}  checkpoint {short_id(model.checkpoint_id)}")

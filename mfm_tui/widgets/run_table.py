@@ -64,12 +64,17 @@ def now_text(model: RunModel, now_millis: int) -> str:
             return f"{target.state.short_name} {target.state.attempt_label} {due}"
     if status is RunDisplayStatus.WORKER_LOST:
         return f"worker lost at {name}" if name else "worker lost"
+    if status is RunDisplayStatus.CRASH_LOOPING:
+        loop = model.crash_loop
+        return f"{model.status_label}, {loop.recoveries} in a row" if loop is not None else model.status_label
+    if status is RunDisplayStatus.NOT_STARTED:
+        return "not started: worker lost"
     if status is RunDisplayStatus.CANCELLING:
         return f"cancelling at {name}" if name else "cancelling"
     if status is RunDisplayStatus.CANCELLED:
         cancelled = model.cancelled_state
         return f"cancelled at {cancelled.short_name}" if cancelled is not None else "cancelled"
-    if status is RunDisplayStatus.PENDING:
+    if status is RunDisplayStatus.PENDING or status is RunDisplayStatus.STARTING:
         return "starting"
     if status is RunDisplayStatus.COMPLETED:
         return ""
@@ -264,7 +269,14 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         done = f"{model.done}/{model.total}" if model.total else ""
         now_txt = now_text(model, now_ms)
         urgent = (
-            status in (RunDisplayStatus.FAILED, RunDisplayStatus.RETRYING, RunDisplayStatus.WORKER_LOST)
+            status
+            in (
+                RunDisplayStatus.FAILED,
+                RunDisplayStatus.RETRYING,
+                RunDisplayStatus.WORKER_LOST,
+                RunDisplayStatus.NOT_STARTED,
+                RunDisplayStatus.CRASH_LOOPING,
+            )
             or model.load_error
         )
         mark = (">" if g.ascii else "▶") if model.run_id in self.marked else " "

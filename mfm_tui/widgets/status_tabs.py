@@ -25,11 +25,17 @@ TABS: tuple[tuple[str, str, frozenset[RunDisplayStatus]], ...] = (
     (
         "running",
         "Running",
-        frozenset({RunDisplayStatus.RUNNING, RunDisplayStatus.PENDING, RunDisplayStatus.CANCELLING}),
+        frozenset(
+            {RunDisplayStatus.RUNNING, RunDisplayStatus.PENDING, RunDisplayStatus.STARTING, RunDisplayStatus.CANCELLING}
+        ),
     ),
     ("retrying", "Retrying", frozenset({RunDisplayStatus.RETRYING})),
     ("failed", "Failed", frozenset({RunDisplayStatus.FAILED})),
-    ("lost", "Lost", frozenset({RunDisplayStatus.WORKER_LOST})),
+    (
+        "lost",
+        "Lost",
+        frozenset({RunDisplayStatus.WORKER_LOST, RunDisplayStatus.NOT_STARTED, RunDisplayStatus.CRASH_LOOPING}),
+    ),
     ("completed", "Completed", frozenset({RunDisplayStatus.COMPLETED})),
     ("cancelled", "Cancelled", frozenset({RunDisplayStatus.CANCELLED})),
 )

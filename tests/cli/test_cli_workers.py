@@ -190,7 +190,7 @@ def test_a_run_whose_worker_died_before_run_started_can_be_resumed(mfm: Mfm) -> 
         return str(prepared.run_id)
 
     run_id = asyncio.run(prepare())
-    assert mfm("show", run_id, "--json").json()["status"] == "pending"
+    assert mfm("show", run_id[:8], "--json").json()["status"] == "not_started"
     res = mfm("resume", run_id, "--wait", "--json")
     assert res.code == 0, res.err
     assert res.json()["status"] == "completed" and res.json()["done"] == 2

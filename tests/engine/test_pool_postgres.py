@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,7 +27,17 @@ from engine.operations import OperationRegistry, load_registry
 from engine.pool import Claim, LeasedEventStore, PostgresPoolStore, RunLease, RunQueue, WorkerPool, lease_info
 from engine.stores.fs import FsStore
 from engine.stores.postgres import PostgresStore
-from engine.workers import LeaseState, cancel_run, lease_state, read_verdict, replay_run, resume_run, start_run
+from engine.workers import (
+    DOMAIN_EVENT_CRASH_LOOP_RESET,
+    LeaseState,
+    cancel_run,
+    lease_state,
+    orphan_streak,
+    read_verdict,
+    replay_run,
+    resume_run,
+    start_run,
+)
 from tests.engine.pg_server import PgServer
 
 HANG_GUARD = 60.0  # seconds; only so that a regression fails instead of hanging the suite
@@ -354,5 +369,86 @@ async def test_the_tui_watches_a_database_store_through_the_same_lease_probe(
         await pilot.pause()
         models = app.watcher.models
         assert models[done.run_id].status is ViewStatus.COMPLETED
-        assert app.lease_probe is not None and app.lease_probe(queued.run_id) is LeaseStatus.HELD  # queued: not lost
+        assert app.lease_probe is not None and app.lease_probe(queued.run_id) is LeaseStatus.QUEUED  # not lost
+        assert models[queued.run_id].status is ViewStatus.PENDING  # listed, though it has no events yet
         assert "postgres" in store_label(store)
+
+
+# -- crash loops ------------------------------------------------------------------------------------------------
+
+CRASH_OPS = str(Path(__file__).resolve().parents[1] / "crash_ops.py")
+
+
+def _serve_once(url: str, env: dict[str, str]) -> int:
+    """One `mfm worker serve --exit-when-idle` process (lease ttl 1 s); its exit code (-9: SIGKILLed by a handler)."""
+    cmd = [sys.executable, "-m", "engine.workers", "--store", url, "--ops", CRASH_OPS, "serve", "--exit-when-idle"]
+    cmd += ["--lease-ttl", "1", "--heartbeat", "0.2", "--poll", "0.05", "--host-name", "crashy"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, timeout=HANG_GUARD, stdin=subprocess.DEVNULL)
+    return proc.returncode
+
+
+async def _serve_until_idle(store: PostgresPoolStore, run: RunId, url: str, env: dict[str, str]) -> int:
+    """Pool processes, one after the other, until one exits idle; return how many a handler killed."""
+    for deaths in range(12):  # a bound, so that a pool that never stops fails the test instead of hanging it
+        code = _serve_once(url, env)
+        if code == 0:
+            return deaths
+        assert code == -signal.SIGKILL
+        # The dead pool's lease runs out after its ttl; then the next pool takes the run over.
+        await until(lambda: _stale(store, run), "the dead pool's lease to expire")
+    raise AssertionError("the pool kept taking over a run whose handler kills it")
+
+
+async def _stale(store: PostgresPoolStore, run: RunId) -> bool:
+    return lease_state(store, run).state is LeaseState.STALE
+
+
+@pytest.mark.slow
+async def test_a_handler_that_kills_its_pool_is_taken_over_k_times_then_parked_until_an_explicit_resume(
+    pg_server: PgServer, store: PostgresPoolStore, tmp_path: Path
+) -> None:
+    url = f"postgresql:///postgres?host={pg_server.root}&user=postgres&mfm_schema={store.schema}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "MFM_STORE"}
+    env["MFM_MAX_ORPHAN_RECOVERIES"] = "2"  # K, configured where every process reads it
+    registry = load_registry([CRASH_OPS], entry_points=False)
+    gate = tmp_path / "gate"
+    run = (await start_run(store, registry, "crash_loop", {"gate": str(gate)})).run_id
+
+    # The first pool dies in `boom`; the next K take it over (each closes the orphan attempt and dies again); the
+    # one after that parks the run instead of taking it over.
+    assert await _serve_until_idle(store, run, url, env) == 1 + 2
+    envs = await store.events.read_range(run, 1)
+    streak = orphan_streak(envs)
+    assert streak is not None and streak.recoveries == 2 and str(streak.state_id).endswith("boom")
+    assert not any(isinstance(e.event, RunCompleted) for e in envs)
+    row = await store.queue.get(run)
+    assert row is not None and row.done and row.outcome == "crash_looping"
+    assert row.last_error is not None and "2 consecutive orphan recoveries" in row.last_error
+    assert lease_state(store, run).state is LeaseState.NONE  # nobody will pick it up
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "mfm_tui", "--store", url, "--ops", CRASH_OPS, "show", run[:8], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+    )
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert view["status"] == "crash_looping" and view["crash_loop"]["orphan_recoveries"] == 2
+    assert any("orphan recoveries" in line for line in view["worker_log"])
+    assert "hunter2" not in shown.stdout
+
+    # An explicit resume still works and resets the count: K more deaths before the pool parks it again.
+    await resume_run(store, run)
+    assert await _serve_until_idle(store, run, url, env) == 2
+    envs = await store.events.read_range(run, 1)
+    assert [e.kind for e in envs].count(DOMAIN_EVENT_CRASH_LOOP_RESET) == 1
+    row = await store.queue.get(run)
+    assert row is not None and row.outcome == "crash_looping"
+
+    gate.touch()  # the cause is fixed
+    await resume_run(store, run)
+    assert await _serve_until_idle(store, run, url, env) == 0
+    last = check_stream(await store.events.read_range(run, 1))
+    assert last.status is RunStatus.COMPLETED

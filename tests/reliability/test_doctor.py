@@ -216,7 +216,9 @@ def test_worker_lost_before_run_started_is_a_stale_lease(tmp_path: Path) -> None
     run_dir.mkdir(mode=0o700)
     (run_dir / "lease").write_bytes(b"{}")
     (run_dir / "lease").chmod(0o600)
-    assert check_store(root).ok  # a lease alone: a worker that has not written anything yet
+    # A free lease alone: the start failed before its start record (a launcher holds the lease from the moment it
+    # creates it until the worker has written RunStarted), e.g. on a full disk.
+    assert check_store(root).codes() == ["run_dir_empty"]
     (run_dir / "start.json").write_bytes(b"{}")
     (run_dir / "start.json").chmod(0o600)
     report = check_store(root)

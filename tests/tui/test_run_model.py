@@ -353,7 +353,13 @@ def test_lease_status_of_accepts_names_values_and_infos(value: Any, expected: Le
 
 def test_urgency_puts_trouble_first() -> None:
     order = sorted(RunDisplayStatus, key=URGENCY.__getitem__)
-    assert order[:3] == [RunDisplayStatus.FAILED, RunDisplayStatus.WORKER_LOST, RunDisplayStatus.RETRYING]
+    assert order[:5] == [
+        RunDisplayStatus.FAILED,
+        RunDisplayStatus.CRASH_LOOPING,
+        RunDisplayStatus.WORKER_LOST,
+        RunDisplayStatus.NOT_STARTED,
+        RunDisplayStatus.RETRYING,
+    ]
     assert order[-1] is RunDisplayStatus.COMPLETED
 
 

@@ -114,7 +114,8 @@ def test_time_formats() -> None:
 def test_filter_parsing() -> None:
     f = RunFilter.parse("op:demo_big status:failed status:lost id:0c9d 503")
     assert f.ops == ("demo_big",) and f.id_prefixes == ("0c9d",) and f.words == ("503",)
-    assert f.statuses == frozenset({RunDisplayStatus.FAILED, RunDisplayStatus.WORKER_LOST})
+    lost = {RunDisplayStatus.WORKER_LOST, RunDisplayStatus.NOT_STARTED, RunDisplayStatus.CRASH_LOOPING}
+    assert f.statuses == frozenset({RunDisplayStatus.FAILED, *lost})
     assert RunFilter.parse("").is_empty and not f.is_empty
     assert RunFilter.parse("status:bogus").statuses == frozenset()  # matches nothing, says so by showing nothing
 

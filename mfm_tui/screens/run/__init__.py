@@ -220,6 +220,7 @@ class RunScreen(Screen[None]):
         self.loader.store = self.store
         self.loader.plan_resolver = self._plan_resolver or (services.plan_resolver if services is not None else None)
         self.loader.lease_probe = self._lease_probe or (services.lease_probe if services is not None else None)
+        self.loader.crash_loop_limit = services.watcher.crash_loop_limit if services is not None else None
         graph = self.query_one(PlanGraph)
         graph.ascii_only = self.ascii_only
         self.query_one(EventLog).ascii_only = self.ascii_only

@@ -55,6 +55,8 @@ class RunLoader:
         self.store = store
         self.plan_resolver = plan_resolver
         self.lease_probe = lease_probe
+        self.crash_loop_limit: int | None = None
+        """The app watcher's K (``engine.workers.max_orphan_recoveries``), given to the adopted model."""
         self.model = RunModel(run_id)
         self.source: LogSource = ListLogSource()
         self.ready = False
@@ -89,6 +91,8 @@ class RunLoader:
         """Give the model its manifest, plan shape, lease and cancel flag and the lines folded meanwhile; it is
         ``model`` from now on."""
         await self.adopt_manifest(model)
+        if self.crash_loop_limit is not None:
+            model.set_crash_loop_limit(self.crash_loop_limit)
         await self.refresh_lease(model)
         # Lines that arrived while folding.
         if isinstance(self.source, FileLogSource):
