@@ -41,6 +41,10 @@ Children die with the process that started them, even when it is SIGKILLed (issu
   were worse: a wrapper program costs an interpreter start per call and turns spawn errors into exit
   codes, and ``setpriv --pdeathsig`` is not on every machine.
 
+The group is also reported to the current context's ``engine.process_groups.GroupReporter`` (started after the
+spawn, ended after the reap): the worker records it in the run's lease, so that a resume or a pool takeover can make
+sure it is gone before another attempt starts, even when the guard could not kill it.
+
 Outcomes:
 - ``ProcessSpawnError``: the program could not be started (nothing to clean up);
 - ``ProcessTimeoutError``: the deadline passed (child killed and reaped);
@@ -61,9 +65,11 @@ import signal as _signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+
+from engine.process_groups import ExecGroup, current_reporter, process_start_ticks
 
 __all__ = [
     "CHUNK_SIZE",
@@ -187,25 +193,6 @@ class ProcessWaitError(ProcessError):
 # ---------------------------------------------------------------------------------------------
 # Children die with their parent: the group guard and the parent-death signal
 # ---------------------------------------------------------------------------------------------
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
-
-    ``None`` when the process is gone or there is no ``/proc``. A pid is reused only by a process
-    started later, so (pid, start ticks) names one process for good.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Field 2 (the command name) is in parentheses and may contain spaces and parentheses.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])  # field 22; fields[0] is field 3
-    except (IndexError, ValueError):
-        return None
 
 
 # The guard's whole program. It runs under ``python -I -S`` (no site, no user paths), so it imports
@@ -691,13 +678,34 @@ async def run_process(
         if cancelled_during_spawn:
             raise asyncio.CancelledError from exc
         raise ProcessSpawnError(exc) from exc
-    _GUARD.register(proc.pid)  # its process group (it leads its own session)
+    group = ExecGroup(proc.pid, process_start_ticks(proc.pid))  # its process group (it leads its own session)
+    _GUARD.register(group.pgid, group.start_ticks)
+    reporter = current_reporter()
+    if reporter is not None:
+        cancelled_during_spawn |= await _report(reporter.group_started, group)
     try:
         return await _supervise(
             proc, stdin, timeout_s, stdout_limit, stderr_limit, grace_period_s, observer, cancelled_during_spawn
         )
     finally:
         _GUARD.unregister(proc.pid)
+        if reporter is not None and await _report(reporter.group_ended, group):
+            raise asyncio.CancelledError
+
+
+async def _report(call: Callable[[ExecGroup], Awaitable[None]], group: ExecGroup) -> bool:
+    """Tell the context's :class:`~engine.process_groups.GroupReporter` (the run's lease records the group), shielded
+    from cancellation so the record and the process stay in step; failures are logged. Returns whether a
+    cancellation arrived meanwhile (the caller re-raises it once the child is dealt with)."""
+
+    async def tell() -> None:
+        try:
+            await call(group)
+        except Exception:
+            _log.warning("could not record exec process group %d in the run's lease", group.pgid, exc_info=True)
+
+    _, cancelled = await _settle(asyncio.ensure_future(tell()))
+    return cancelled
 
 
 async def _supervise(

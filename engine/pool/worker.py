@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,9 @@ from engine.operations import OperationEnv, OperationRegistry, load_start_run
 from engine.pool._sql import DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, Claim
 from engine.pool.lease import LeasedEventStore, RunLease
 from engine.pool.store import PostgresPoolStore
+from engine.process_groups import ExecGroup, Machine, describe_all, ensure_gone, reporting_groups_to
 from engine.runtime import CancelToken, Engine
-from engine.workers.base import WorkerError
+from engine.workers.base import WorkerError, previous_attempt_alive
 from engine.workers.run import verdict_json
 
 __all__ = ["WorkerPool", "serve"]
@@ -126,7 +128,9 @@ class WorkerPool:
     async def _execute(self, lease: RunLease) -> None:
         claim = lease.claim
         try:
-            outcome, result = await _execute_claim(self.store, self.registry, lease, self.cancel_poll)
+            await _settle_previous_attempt(self.store, claim, self._log)
+            with reporting_groups_to(_RowGroups(self.store, claim)):
+                outcome, result = await _execute_claim(self.store, self.registry, lease, self.cancel_poll)
         except asyncio.CancelledError:
             self.tasks.pop(claim.token, None)
             self.leases.pop(claim.token, None)
@@ -158,6 +162,50 @@ class WorkerPool:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class _RowGroups:
+    """The run's queue row as its :class:`~engine.process_groups.GroupReporter`: the exec process groups of this
+    attempt are recorded in ``exec_groups`` while they run, with the machine they run on."""
+
+    def __init__(self, store: PostgresPoolStore, claim: Claim) -> None:
+        self._queue = store.queue
+        self._claim = claim
+        self._machine = Machine.here()
+        self._groups: dict[int, ExecGroup] = {}
+        self._lock = asyncio.Lock()
+
+    async def group_started(self, group: ExecGroup) -> None:
+        async with self._lock:
+            self._groups[group.pgid] = group
+            await self._write()
+
+    async def group_ended(self, group: ExecGroup) -> None:
+        async with self._lock:
+            if self._groups.pop(group.pgid, None) is not None:
+                await self._write()
+
+    async def _write(self) -> None:
+        groups = [g.to_json() for g in self._groups.values()]
+        record = {"machine": self._machine.to_json(), "groups": groups} if groups else None
+        await self._queue.record_groups(self._claim.run_id, self._claim.token, record)
+
+
+async def _settle_previous_attempt(store: PostgresPoolStore, claim: Claim, log: Callable[[str], None]) -> None:
+    """Before a takeover executes anything: make sure the exec process groups the previous holder recorded are
+    gone (``engine.process_groups.ensure_gone``: SIGKILL on this machine, never a reused pid; a group on another
+    host is only reported). One that survives SIGKILL → ``previous_attempt_alive`` (the claim is released)."""
+    record = claim.exec_groups
+    if not record:
+        return
+    groups = ExecGroup.list_from_json(record.get("groups"))
+    checks = await asyncio.to_thread(ensure_gone, groups, Machine.from_json(record.get("machine")))
+    for note in describe_all(checks):
+        log(f"run {claim.run_id}: {note}")
+    alive = [c for c in checks if not c.safe]
+    if alive:
+        raise previous_attempt_alive(claim.run_id, alive[0])
+    await store.queue.record_groups(claim.run_id, claim.token, None)
 
 
 async def _execute_claim(

@@ -12,6 +12,7 @@ from engine.engine import Stores
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.events import RunCompleted, RunStatus
 from engine.ids import RunId
+from engine.process_groups import GroupCheck
 
 __all__ = [
     "EXIT_CONFLICT",
@@ -25,9 +26,11 @@ __all__ = [
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
+    "already_recovered",
     "ended_failed",
     "exit_code_for",
     "is_pooled",
+    "previous_attempt_alive",
     "require_run",
 ]
 
@@ -47,7 +50,9 @@ _NOT_FOUND_CODES = frozenset(
         "run_prefix_unknown",
     }
 )
-_CONFLICT_CODES = frozenset({"lease_held", "run_already_finished", "worker_alive"})
+_CONFLICT_CODES = frozenset(
+    {"lease_held", "run_already_finished", "worker_alive", "previous_attempt_alive", "run_already_recovered"}
+)
 _FAILED_CODES = frozenset({"worker_lost", "worker_failed"})
 
 
@@ -96,6 +101,8 @@ class ResumeOutcome:
     finished: bool
     recovery_run_id: RunId | None = None
     """Set when ``run_id`` had failed: the new recovery run that carries on (``Engine.recover``)."""
+    notes: tuple[str, ...] = ()
+    """What the launcher did on the way, for the operator (e.g. a previous attempt's process group it killed)."""
 
 
 class HasStores(Protocol):
@@ -117,6 +124,24 @@ class RunFolders(Protocol):
 def is_pooled(store: Any) -> bool:
     """Whether ``store`` is a database store whose runs go through the worker-pool queue (``engine.pool``)."""
     return getattr(store, "queue", None) is not None and not callable(getattr(store, "run_dir", None))
+
+
+def already_recovered(run_id: RunId, recovery_run_id: RunId) -> WorkerError:
+    """``run_already_recovered``: the failed run ``run_id`` has its recovery run already (resume that one)."""
+    return WorkerError.new(
+        "run_already_recovered",
+        f"run {run_id} already recovered as {recovery_run_id}; `mfm resume {recovery_run_id[:8]}` continues that run",
+        {"recovery_run_id": str(recovery_run_id)},
+    )
+
+
+def previous_attempt_alive(run_id: RunId, check: GroupCheck) -> WorkerError:
+    """``previous_attempt_alive``: an exec process group of the run's previous attempt survived SIGKILL."""
+    return WorkerError.new(
+        "previous_attempt_alive",
+        f"run {run_id}: {check.describe()}; not starting another attempt beside it",
+        {"pgid": check.group.pgid, "pids": list(check.pids)},
+    )
 
 
 async def require_run(store: HasStores, run_id: RunId) -> None:

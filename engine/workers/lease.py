@@ -1,6 +1,20 @@
 """Run leases: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, liveness decided by the lock; and the other
 files a worker keeps in its run folder: ``start.json`` (a run whose worker has not started it yet) and
-``verdict.json`` (a replay's verdict). See :mod:`engine.workers`."""
+``verdict.json`` (a replay's verdict). See :mod:`engine.workers`.
+
+**The lease file** is one line of JSON (anything after the first newline is ignored: a rewrite writes the new line
+first, then truncates, so a crash in between leaves a readable first line)::
+
+    {"action": "resume", "boot_id": "…", "exec_groups": [[4242, 918273]], "host": "vm", "pid": 4240,
+     "pid_ns": "pid:[4026531836]", "started_at": 1765000000000}
+
+``pid``/``host``/``started_at``/``action`` name the holder; ``exec_groups`` lists the process groups of the exec
+programs its attempt is running (``[pgid, leader start ticks]``, added when a program starts and removed once it has
+been reaped: the lease is the run's :class:`~engine.process_groups.GroupReporter`), and ``boot_id``/``pid_ns`` say
+where those pids mean something. Whoever takes the lease next (:meth:`Lease.acquire`: a resume, a cancel that
+carries itself out) first makes sure those groups are gone (:func:`engine.process_groups.ensure_gone`): a group
+still running on this machine is SIGKILLed, a reused pid never is, a group recorded on another host is reported;
+a group that survives SIGKILL refuses the new attempt (``previous_attempt_alive``)."""
 
 from __future__ import annotations
 
@@ -8,17 +22,27 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from engine.events import RunCompleted
 from engine.ids import ArtifactId, RunId
+from engine.process_groups import ExecGroup, GroupCheck, Machine, ensure_gone
 from engine.stores.fs import framing
-from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError
+from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError, previous_attempt_alive
 
-__all__ = ["Lease", "probe_lease", "read_pending", "run_finished", "verdict_path", "write_pending", "write_private"]
+__all__ = [
+    "Lease",
+    "RecoveryRecord",
+    "probe_lease",
+    "read_pending",
+    "run_finished",
+    "settle_previous_attempt",
+    "verdict_path",
+    "write_pending",
+    "write_private",
+]
 
 
 def _lease_path(store: RunFolders, run_id: RunId) -> Path:
@@ -27,7 +51,7 @@ def _lease_path(store: RunFolders, run_id: RunId) -> Path:
 
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
-        raw = os.pread(fd, 4096, 0)
+        raw = os.pread(fd, 1 << 16, 0).split(b"\n", 1)[0]  # the first line (see the module docstring)
         data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
     except (OSError, ValueError):
         return {}
@@ -87,13 +111,32 @@ def probe_lease(store: RunFolders, run_id: RunId) -> LeaseInfo:
     return _holder_info(LeaseState.STALE, holder)
 
 
+def settle_previous_attempt(run_id: RunId, holder: dict[str, Any]) -> list[GroupCheck]:
+    """Make sure the exec process groups recorded by the lease's previous holder are gone (see the module
+    docstring); ``previous_attempt_alive`` if one survives SIGKILL."""
+    groups = ExecGroup.list_from_json(holder.get("exec_groups"))
+    if not groups:
+        return []
+    checks = ensure_gone(groups, Machine.from_json(holder))
+    alive = [c for c in checks if not c.safe]
+    if alive:
+        raise previous_attempt_alive(run_id, alive[0])
+    return checks
+
+
 class Lease:
-    """An acquired run lease (an open descriptor holding ``LOCK_EX`` on ``runs/<id>/lease``)."""
+    """An acquired run lease (an open descriptor holding ``LOCK_EX`` on ``runs/<id>/lease``).
+
+    Also the run's :class:`~engine.process_groups.GroupReporter`: the exec groups of the attempt are kept in the
+    lease file while they run. ``previous`` holds what :meth:`acquire` found of the previous attempt's groups."""
 
     def __init__(self, run_id: RunId, path: Path, fd: int) -> None:
         self.run_id = run_id
         self.path = path
         self.fd = fd
+        self.previous: list[GroupCheck] = []
+        self._holder: dict[str, Any] = {}
+        self._groups: dict[int, ExecGroup] = {}
 
     @classmethod
     def acquire(cls, store: RunFolders, run_id: RunId, action: str, *, attempts: int = 5) -> Lease:
@@ -123,7 +166,13 @@ class Lease:
                         {"pid": info.pid, "host": info.host},
                     ) from None
                 time.sleep(0.02)
+        try:
+            previous = settle_previous_attempt(run_id, _read_holder(fd))
+        except BaseException:
+            os.close(fd)
+            raise
         lease = cls(run_id, path, fd)
+        lease.previous = previous
         lease.write_holder(action)
         return lease
 
@@ -141,15 +190,32 @@ class Lease:
         return lease
 
     def write_holder(self, action: str) -> None:
-        holder = {
+        machine = Machine.here()
+        self._holder = {
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": machine.host,
             "started_at": int(time.time() * 1000),
             "action": action,
+            "boot_id": machine.boot_id,
+            "pid_ns": machine.pid_ns,
         }
+        self._groups.clear()
+        self._write()
+
+    def _write(self) -> None:
+        holder = {**self._holder, "exec_groups": [g.to_json() for g in self._groups.values()]}
         data = json.dumps(holder, sort_keys=True).encode() + b"\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, data, 0)  # the new line first, then the old tail goes: never an unreadable file
+        os.ftruncate(self.fd, len(data))
+
+    async def group_started(self, group: ExecGroup) -> None:
+        """Record an exec program's process group while it runs (``GroupReporter``)."""
+        self._groups[group.pgid] = group
+        self._write()
+
+    async def group_ended(self, group: ExecGroup) -> None:
+        if self._groups.pop(group.pgid, None) is not None:
+            self._write()
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -207,3 +273,61 @@ def write_private(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery.json: which run recovers a failed run
+# ---------------------------------------------------------------------------------------------
+
+
+class RecoveryRecord:
+    """``runs/<failed>/recovery.json`` (``{"recovery_run_id": …}``), held under an exclusive ``flock`` while a
+    resume decides whether the failed run needs a recovery run, so two resumes of one failed run agree: the
+    first records its new run, the second finds it ("already recovered as …")."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def lock(cls, store: RunFolders, run_id: RunId, *, timeout_s: float = 10.0) -> RecoveryRecord:
+        path = Path(store.run_dir(run_id)) / framing.RECOVERY_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
+                    os.close(fd)
+                    if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise WorkerError.new(
+                            "lease_held", f"run {run_id}: another resume is deciding its recovery; try again"
+                        ) from None
+                    raise
+            time.sleep(0.01)
+
+    @property
+    def recovery_run_id(self) -> RunId | None:
+        value = _read_holder(self.fd)
+        try:
+            return RunId(value["recovery_run_id"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def record(self, recovery_run_id: RunId) -> None:
+        data = json.dumps({"recovery_run_id": str(recovery_run_id)}, sort_keys=True).encode() + b"\n"
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RecoveryRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
