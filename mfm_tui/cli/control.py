@@ -210,6 +210,8 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
         return await resume_run(env.store, run_id, ops_modules=env.ops)
 
     outcome = run_sync(go())
+    for note in outcome.notes:  # e.g. the previous attempt's process group it killed first
+        click.echo(f"note: {note}", err=True)
     if outcome.recovery_run_id is not None:
         new_id = outcome.recovery_run_id
         if not wait:
