@@ -17,6 +17,7 @@ import click
 from engine.errors import ErrorInfo, MfmError
 from engine.ids import RunId
 from engine.operations import parse_param_assignments
+from engine.secrets import redact_text
 from engine.stores.fs import framing
 from engine.workers import (
     EXIT_FAILED,
@@ -80,8 +81,9 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
 
 
 def _last_line(path: Path) -> str:
+    """The log's last line, through the secrets guard (a log written by an older worker was not guarded)."""
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln for ln in redact_text(path.read_text(errors="replace")).splitlines() if ln.strip()]
     except OSError:
         return "no worker log"
     return lines[-1][:300] if lines else "empty worker log"
@@ -329,4 +331,4 @@ def worker(ctx: click.Context, args: tuple[str, ...]) -> int:
     argv = ["--store", str(env.store_location)]
     for module in env.ops:
         argv += ["--ops", module]
-    return worker_main([*argv, *args])
+    return worker_main([*argv, *args], guard_output=True)  # its output passes the secrets guard
