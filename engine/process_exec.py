@@ -69,7 +69,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from engine.process_groups import ExecGroup, current_reporter, process_start_ticks
+from engine.process_groups import ExecGroup, current_reporter, process_start_ticks, start_ticks_of_stat
 
 __all__ = [
     "CHUNK_SIZE",
@@ -434,8 +434,10 @@ def _load_prctl() -> Callable[[int, int, int, int, int], int] | None:
 _PRCTL = _load_prctl()
 
 
-def _child_setup(guard_fd: int | None) -> Callable[[], None] | None:
-    """The ``preexec_fn`` (Linux): arm SIGKILL on parent death, then register with the guard.
+def _child_setup(guard_fd: int | None, stat_fd: int | None = None) -> Callable[[], None] | None:
+    """The ``preexec_fn`` (Linux): arm SIGKILL on parent death, copy ``/proc/self/stat`` to ``stat_fd`` (so the
+    owner learns the child's exact start time even if the child is reaped before it can look), then register with
+    the guard.
 
     None where there is no ``prctl``: there the owner registers the child after the spawn.
     """
@@ -444,9 +446,19 @@ def _child_setup(guard_fd: int | None) -> Callable[[], None] | None:
         return None
     parent = os.getpid()
     getpid, getppid, kill, write, sigkill = os.getpid, os.getppid, os.kill, os.write, int(_signal.SIGKILL)
+    open_, read, close, rdonly = os.open, os.read, os.close, os.O_RDONLY
 
     def setup() -> None:
         prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if stat_fd is not None:
+            try:
+                fd = open_(b"/proc/self/stat", rdonly)
+                try:
+                    write(stat_fd, read(fd, 1024))  # far below PIPE_BUF: one write into an empty pipe
+                finally:
+                    close(fd)
+            except OSError:
+                pass
         if guard_fd is not None:
             try:  # noqa: SIM105 (no context manager objects between fork and exec)
                 write(guard_fd, b"+%d -1\n" % getpid())
@@ -659,26 +671,35 @@ async def run_process(
     # The spawn is shielded: asyncio's own clean-up of a cancelled spawn SIGKILLs only the leader
     # and may wait on pipes held by its descendants. A cancellation during the spawn waits for it
     # to settle, then goes through the same group SIGTERM → SIGKILL → reap as any other.
-    spawn_task = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            program,
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=None if env is None else dict(env),
-            start_new_session=True,
-            preexec_fn=_child_setup(_GUARD.ensure()),
-        )
-    )
-    spawn, cancelled_during_spawn = await _settle(spawn_task)
+    stat_read, stat_write = os.pipe()  # the child's /proc/self/stat, written before it runs anything
     try:
-        proc = spawn.result()
-    except (OSError, ValueError, TypeError) as exc:
-        if cancelled_during_spawn:
-            raise asyncio.CancelledError from exc
-        raise ProcessSpawnError(exc) from exc
-    group = ExecGroup(proc.pid, process_start_ticks(proc.pid))  # its process group (it leads its own session)
+        spawn_task = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                program,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=None if env is None else dict(env),
+                start_new_session=True,
+                preexec_fn=_child_setup(_GUARD.ensure(), stat_write),
+            )
+        )
+        spawn, cancelled_during_spawn = await _settle(spawn_task)
+        os.close(stat_write)
+        stat_write = -1
+        try:
+            proc = spawn.result()
+        except (OSError, ValueError, TypeError) as exc:
+            if cancelled_during_spawn:
+                raise asyncio.CancelledError from exc
+            raise ProcessSpawnError(exc) from exc
+        # Its process group (it leads its own session), with its leader's exact start time.
+        group = ExecGroup(proc.pid, _start_ticks_from(stat_read, proc.pid))
+    finally:
+        os.close(stat_read)
+        if stat_write >= 0:
+            os.close(stat_write)
     _GUARD.register(group.pgid, group.start_ticks)
     reporter = current_reporter()
     if reporter is not None:
@@ -691,6 +712,18 @@ async def run_process(
         _GUARD.unregister(proc.pid)
         if reporter is not None and await _report(reporter.group_ended, group):
             raise asyncio.CancelledError
+
+
+def _start_ticks_from(stat_read: int, pid: int) -> int | None:
+    """The start ticks the child copied into the pipe (read at once: it wrote before ``exec``, and the spawn waits
+    for the ``exec``), else read from ``/proc`` now (no ``preexec_fn`` on this platform)."""
+    os.set_blocking(stat_read, False)
+    try:
+        data = os.read(stat_read, 4096)
+    except OSError:
+        data = b""
+    ticks = start_ticks_of_stat(data) if data else None
+    return ticks if ticks is not None else process_start_ticks(pid)
 
 
 async def _report(call: Callable[[ExecGroup], Awaitable[None]], group: ExecGroup) -> bool:

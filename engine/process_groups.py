@@ -52,6 +52,7 @@ __all__ = [
     "group_members",
     "process_start_ticks",
     "reporting_groups_to",
+    "start_ticks_of_stat",
 ]
 
 DEFAULT_KILL_TIMEOUT_S = 5.0
@@ -73,9 +74,18 @@ def process_start_ticks(pid: int) -> int | None:
     ``None`` when the process is gone or there is no ``/proc``. A pid is reused only by a process
     started later, so (pid, start ticks) names one process for good.
     """
-    fields = _stat_fields(pid)
     try:
-        return None if fields is None else int(fields[19])  # field 22; fields[0] is field 3
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return start_ticks_of_stat(f.read())
+    except OSError:
+        return None
+
+
+def start_ticks_of_stat(stat: bytes) -> int | None:
+    """Field 22 of the text of a ``/proc/<pid>/stat`` (None if it is not one)."""
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22; fields[0] is field 3
     except (IndexError, ValueError):
         return None
 

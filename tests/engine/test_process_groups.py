@@ -301,3 +301,20 @@ def test_the_lease_file_is_read_by_its_first_line(tmp_path: Path) -> None:
         path.write_bytes(path.read_bytes() + b'garbage tail of a longer old line"]]}\n')
         info = lease_state(store, run_id)
         assert info.state is LeaseState.HELD and info.pid == os.getpid()
+
+
+async def test_a_program_that_exits_at_once_still_has_its_exact_start_time() -> None:
+    """The child copies its own /proc/self/stat before exec: asyncio may reap it before the owner could look."""
+    seen: list[ExecGroup] = []
+
+    class Reporter:
+        async def group_started(self, group: ExecGroup) -> None:
+            seen.append(group)
+
+        async def group_ended(self, group: ExecGroup) -> None:
+            pass
+
+    with reporting_groups_to(Reporter()):
+        for _ in range(100):
+            await run_process("/bin/true", [], stdout_limit=1, stderr_limit=1)
+    assert len(seen) == 100 and all(g.start_ticks is not None for g in seen)
