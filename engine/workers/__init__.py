@@ -51,6 +51,7 @@ from engine.workers.base import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_STORAGE,
     EXIT_USAGE,
     LeaseInfo,
     LeaseState,
@@ -59,6 +60,7 @@ from engine.workers.base import (
     WorkerError,
     exit_code_for,
     is_pooled,
+    storage_full,
 )
 from engine.workers.launcher import DetachedLauncher, Launcher, LaunchingStore, launcher_for
 from engine.workers.lease import Lease, run_finished, verdict_path, write_pending
@@ -70,6 +72,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "EXIT_USAGE",
     "DetachedLauncher",
     "Launcher",
@@ -92,6 +95,7 @@ __all__ = [
     "run_finished",
     "run_worker",
     "start_run",
+    "storage_full",
     "verdict_json",
     "verdict_path",
     "write_pending",

@@ -3,6 +3,7 @@ the database pool (see :mod:`engine.workers`). Depends on nothing else in ``engi
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +20,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "EXIT_USAGE",
     "HasStores",
     "LeaseInfo",
@@ -32,6 +34,7 @@ __all__ = [
     "is_pooled",
     "previous_attempt_alive",
     "require_run",
+    "storage_full",
 ]
 
 EXIT_OK = 0
@@ -39,6 +42,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
+EXIT_STORAGE = 5
 
 _NOT_FOUND_CODES = frozenset(
     {
@@ -56,8 +60,14 @@ _CONFLICT_CODES = frozenset(
 _FAILED_CODES = frozenset({"worker_lost", "worker_failed"})
 
 
+_STORAGE_CODES = frozenset({"storage_full"})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def exit_code_for(err: MfmError) -> int:
-    """The documented exit code of an error: 3 not found, 4 conflict, 1 run/worker failure, else 2."""
+    """The documented exit code of an error: 3 not found, 4 conflict, 5 storage full, 1 run/worker failure, else 2."""
+    if err.code in _STORAGE_CODES:
+        return EXIT_STORAGE
     if err.code in _NOT_FOUND_CODES:
         return EXIT_NOT_FOUND
     if err.code in _CONFLICT_CODES:
@@ -73,6 +83,32 @@ class WorkerError(MfmError):
     @classmethod
     def new(cls, code: str, message: str, details: Any = None) -> WorkerError:
         return cls(ErrorInfo.new(code, message, category=ErrorCategory.UNKNOWN, details=details))
+
+
+def storage_full(exc: BaseException) -> WorkerError | None:
+    """``storage_full`` (exit 5) when ``exc`` is, or was caused by, a full device or quota (ENOSPC, EDQUOT),
+    whichever layer reported it (an ``OSError``, or a store's error naming the errno); else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _FULL_ERRNOS:
+            where = f" ({cause.filename})" if cause.filename else ""
+            return _full(f"{cause.strerror or 'no space left on device'}{where}")
+        if isinstance(cause, MfmError):
+            details = cause.info.details
+            if cause.code in _STORAGE_CODES:
+                return None  # already says so
+            if isinstance(details, dict) and details.get("errno") in ("ENOSPC", "EDQUOT"):
+                return _full(cause.info.message)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _full(what: str) -> WorkerError:
+    return WorkerError.new(
+        "storage_full", f"the store's device is full: {what}; free some space, then retry (`mfm doctor` checks it)"
+    )
 
 
 class LeaseState(StrEnum):

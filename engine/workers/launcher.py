@@ -158,7 +158,7 @@ class DetachedLauncher:
         """
         store = self.store
         worker_action = _WORKER_ACTIONS[action]
-        lease = Lease.acquire(store, run_id, worker_action)
+        lease = Lease.acquire(store, run_id, worker_action, handing_over=True)
         notes = describe_all(lease.previous)
         self.notes += notes
         if action == "start" and not again:
@@ -194,6 +194,8 @@ class DetachedLauncher:
                 close_fds=True,
                 pass_fds=pass_fds,
             )
+            with contextlib.suppress(OSError):
+                lease.hand_over(proc.pid)  # a competing command now names the worker, not this process
         finally:
             os.close(log_fd)
             lease.release()

@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 
+_HANDOVER_WAIT_S = 3.0
+"""How long a competing :meth:`Lease.acquire` waits for a lease being handed to a new worker (its spawn and start)."""
+
+
 def _lease_path(store: RunFolders, run_id: RunId) -> Path:
     return Path(store.run_dir(run_id)) / framing.LEASE_FILE
 
@@ -139,16 +143,22 @@ class Lease:
         self._groups: dict[int, ExecGroup] = {}
 
     @classmethod
-    def acquire(cls, store: RunFolders, run_id: RunId, action: str, *, attempts: int = 5) -> Lease:
+    def acquire(
+        cls, store: RunFolders, run_id: RunId, action: str, *, attempts: int = 5, handing_over: bool = False
+    ) -> Lease:
         """Take the lease or raise ``WorkerError`` ``lease_held`` naming the holder.
 
-        A few quick retries absorb a monitor's momentary shared-lock probe (:func:`lease_state`).
+        A few quick retries absorb a monitor's momentary shared-lock probe (:func:`lease_state`). A lease being handed
+        to a new worker (``handing_over`` in the file: a launcher holds it, :meth:`hand_over`) is waited for a
+        little longer, so that ``lease_held`` names the worker, not the command that spawned it.
         """
         run_dir = Path(store.run_dir(run_id))
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = run_dir / framing.LEASE_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        for i in range(max(1, attempts)):
+        handover_deadline = time.monotonic() + _HANDOVER_WAIT_S
+        i = 0
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -156,8 +166,11 @@ class Lease:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
                     raise
-                if i == attempts - 1:
-                    info = _holder_info(LeaseState.HELD, _read_holder(fd))
+                i += 1
+                holder = _read_holder(fd)
+                handover = holder.get("handing_over") is True and time.monotonic() < handover_deadline
+                if i >= attempts and not handover:
+                    info = _holder_info(LeaseState.HELD, holder)
                     os.close(fd)
                     raise WorkerError.new(
                         "lease_held",
@@ -173,7 +186,11 @@ class Lease:
             raise
         lease = cls(run_id, path, fd)
         lease.previous = previous
-        lease.write_holder(action)
+        try:
+            lease.write_holder(action, handing_over=handing_over)
+        except BaseException:
+            lease.release()
+            raise
         return lease
 
     @classmethod
@@ -189,7 +206,7 @@ class Lease:
         lease.write_holder(action)
         return lease
 
-    def write_holder(self, action: str) -> None:
+    def write_holder(self, action: str, *, handing_over: bool = False) -> None:
         machine = Machine.here()
         self._holder = {
             "pid": os.getpid(),
@@ -199,7 +216,15 @@ class Lease:
             "boot_id": machine.boot_id,
             "pid_ns": machine.pid_ns,
         }
+        if handing_over:
+            self._holder["handing_over"] = True
         self._groups.clear()
+        self._write()
+
+    def hand_over(self, worker_pid: int) -> None:
+        """Name the spawned worker as the holder (it inherited the descriptor and rewrites the file when it starts;
+        until then a competing command still learns the worker's pid, not this launcher's)."""
+        self._holder["pid"] = worker_pid
         self._write()
 
     def _write(self) -> None:

@@ -13,7 +13,7 @@ from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from engine.open_store import display_location, is_database_url, open_store
 from engine.operations import load_registry
-from engine.workers.base import EXIT_USAGE, RunFolders, WorkerError, exit_code_for
+from engine.workers.base import EXIT_USAGE, RunFolders, WorkerError, exit_code_for, storage_full
 from engine.workers.log_guard import guard_stdio
 from engine.workers.run import run_worker
 
@@ -117,8 +117,15 @@ def main(argv: Sequence[str] | None = None, *, guard_output: bool = False) -> in
             )
         )
     except MfmError as err:
+        err = storage_full(err) or err
         print(err.one_line(), file=sys.stderr, flush=True)
         return exit_code_for(err)
+    except OSError as exc:
+        full = storage_full(exc)
+        if full is None:
+            raise
+        print(full.one_line(), file=sys.stderr, flush=True)
+        return exit_code_for(full)
     except ValueError as err:
         print(f"error[usage]: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -70,10 +70,12 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
                     )
                 )
             log = Path(store.run_dir(run_id)) / framing.WORKER_LOG_FILE
+            last = _last_line(log)
+            code = "storage_full" if last.startswith("error[storage_full]: ") else "worker_lost"  # exit 5, not 1
             raise MfmError(
                 ErrorInfo.new(
-                    "worker_lost",
-                    f"the worker of run {run_id} exited without finishing it ({_last_line(log)}); "
+                    code,
+                    f"the worker of run {run_id} exited without finishing it ({last}); "
                     f"see {log}, then `mfm resume {run_id[:8]}`",
                 )
             )
@@ -232,12 +234,14 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
             return EXIT_OK
         click.echo(f"recovering failed run {outcome.run_id} as {new_id}", err=True)
         return _finish(run_sync(wait_for_run(env, new_id)), as_json)
-    if outcome.finished:
+    if outcome.finished:  # completed or cancelled: a conflict (a failed run got a recovery run above)
         model = run_sync(load_model(env, outcome.run_id, with_plan=False))
-        if not as_json:
-            note = f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume"
-            click.echo(note, err=True)
-        return _finish(model, as_json) if wait or as_json else EXIT_OK
+        raise MfmError(
+            ErrorInfo.new(
+                "run_already_finished",
+                f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume",
+            )
+        )
     if not wait:
         if as_json:
             echo_json({"run_id": str(outcome.run_id), "worker_pid": outcome.spawned_pid})
