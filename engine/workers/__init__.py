@@ -18,14 +18,19 @@ through the store's control table::
 
     python -m engine.workers --store postgresql://… [--ops MODULE …] serve [--concurrency N] [--host-name NAME]
 
-**Lease.** A worker holds its run's lease: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, with
-its pid, host and start time written inside. A second worker for the same run refuses (exit 4,
-code ``lease_held``). Liveness is decided by the *lock*, never by the pid (a dead worker can
-linger as an unreaped zombie whose pid still answers ``kill -0`` while its lock is released):
-:func:`lease_state` says ``HELD`` (lock taken), ``STALE`` (file present, lock free, run not
-finished: "worker lost") or ``NONE``. The process that spawns a worker takes the lease *first* and
-hands the locked descriptor to the child (``--lease-fd``), so two ``mfm resume`` racing for one run
-see exactly one winner, and the loser learns it before returning.
+**Lease.** A worker holds its run's lease: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, with its pid, host
+and start time written inside, and the process groups of the exec programs it is running (a resume first makes sure
+those of the previous attempt are gone: ``engine.workers.lease``, ``engine.process_groups``). A second worker for
+the same run refuses (exit 4, code ``lease_held``). Liveness is decided by the *lock*, never by the pid (a dead
+worker can linger as an unreaped zombie whose pid still answers ``kill -0`` while its lock is released):
+:func:`lease_state` says ``HELD`` (lock taken), ``STALE`` (file present, lock free, run not finished: "worker lost")
+or ``NONE``. The process that spawns a worker takes the lease *first* and hands the locked descriptor to the child
+(``--lease-fd``), so two ``mfm resume`` racing for one run see exactly one winner, and the loser learns it before
+returning (naming the new worker: the spawner writes its pid into the lease before letting go).
+
+**Output.** A worker's stdout and stderr pass the secrets guard before they reach ``worker.log``
+(``engine.workers.log_guard``, ENGINE-SPEC §12). A failed run is recovered once: ``runs/<id>/recovery.json`` names
+its recovery run, and a second resume says so (``run_already_recovered``).
 
 **Cancel.** ``cancel_run`` records a request in the store's control plane; the worker's engine polls
 it every ``cancel_poll_interval`` seconds. SIGTERM (or SIGINT) to a worker cancels cooperatively
@@ -39,8 +44,8 @@ run's id is made by the action that needs it first (:func:`start_run`, :func:`re
 :func:`resume_run`) and handed to the worker, which passes it to ``Engine.start``/``replay``/``recover``.
 
 Modules: ``base`` (exit codes, errors, ``LeaseInfo``; what ``engine.pool`` builds on), ``lease`` (the
-lease and the run-folder files), ``launcher``, ``actions``, ``run`` (the worker itself) and ``main``
-(the command line; ``__main__`` runs it).
+lease and the run-folder files), ``launcher``, ``actions``, ``run`` (the worker itself), ``log_guard`` (its output
+through the secrets guard) and ``main`` (the command line; ``__main__`` runs it).
 """
 
 from __future__ import annotations

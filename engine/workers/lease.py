@@ -8,13 +8,15 @@ first, then truncates, so a crash in between leaves a readable first line)::
     {"action": "resume", "boot_id": "…", "exec_groups": [[4242, 918273]], "host": "vm", "pid": 4240,
      "pid_ns": "pid:[4026531836]", "started_at": 1765000000000}
 
-``pid``/``host``/``started_at``/``action`` name the holder; ``exec_groups`` lists the process groups of the exec
-programs its attempt is running (``[pgid, leader start ticks]``, added when a program starts and removed once it has
-been reaped: the lease is the run's :class:`~engine.process_groups.GroupReporter`), and ``boot_id``/``pid_ns`` say
-where those pids mean something. Whoever takes the lease next (:meth:`Lease.acquire`: a resume, a cancel that
-carries itself out) first makes sure those groups are gone (:func:`engine.process_groups.ensure_gone`): a group
-still running on this machine is SIGKILLed, a reused pid never is, a group recorded on another host is reported;
-a group that survives SIGKILL refuses the new attempt (``previous_attempt_alive``)."""
+``pid``/``host``/``started_at``/``action`` name the holder (``"handing_over": true`` while a launcher holds it for a
+worker it is spawning: a competing :meth:`Lease.acquire` waits a moment, then names that worker); ``exec_groups``
+lists the process groups of the exec programs its attempt is running (``[pgid, leader start ticks]``, added when a
+program starts and removed once it has been reaped: the lease is the run's
+:class:`~engine.process_groups.GroupReporter`), and ``boot_id``/``pid_ns`` say where those pids mean something.
+Whoever takes the lease next (:meth:`Lease.acquire`: a resume, a cancel that carries itself out) first makes sure
+those groups are gone (:func:`engine.process_groups.ensure_gone`): a group still running on this machine is
+SIGKILLed, a reused pid never is, a group recorded on another host is reported; a group that survives SIGKILL
+refuses the new attempt (``previous_attempt_alive``)."""
 
 from __future__ import annotations
 
