@@ -25,6 +25,7 @@ from engine.pool.lease import LeasedEventStore, RunLease
 from engine.pool.store import PostgresPoolStore
 from engine.process_groups import ExecGroup, Machine, describe_all, ensure_gone, reporting_groups_to
 from engine.runtime import CancelToken, Engine
+from engine.secrets import redact_text
 from engine.workers.base import WorkerError, previous_attempt_alive
 from engine.workers.run import verdict_json
 
@@ -141,11 +142,12 @@ class WorkerPool:
         except MfmError as err:
             self._log(f"run {claim.run_id}: {err.one_line()}; releasing it")
             with contextlib.suppress(StorageError):
-                await self.store.queue.release(claim.run_id, claim.token, err.one_line())
+                await self.store.queue.release(claim.run_id, claim.token, redact_text(err.one_line()))
         except Exception as exc:  # a bug in an operation must not take the whole worker down
             self._log(f"run {claim.run_id}: unexpected {type(exc).__name__}: {exc}; releasing it")
             with contextlib.suppress(StorageError):
-                await self.store.queue.release(claim.run_id, claim.token, f"{type(exc).__name__}: {exc}")
+                # the row is the store's: what an exception says passes the secrets guard first (§12)
+                await self.store.queue.release(claim.run_id, claim.token, redact_text(f"{type(exc).__name__}: {exc}"))
         else:
             ok = False
             with contextlib.suppress(StorageError):

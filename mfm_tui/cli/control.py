@@ -62,6 +62,7 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
             if pooled:
                 row = await store.queue.get(run_id)
                 why = "not queued" if row is None else f"{row.outcome or 'stopped'}: {row.last_error or 'no error'}"
+                why = redact_text(why)  # the secrets guard, again (§12)
                 raise MfmError(
                     ErrorInfo.new(
                         "worker_lost",
