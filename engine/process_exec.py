@@ -41,6 +41,10 @@ Children die with the process that started them, even when it is SIGKILLed (issu
   were worse: a wrapper program costs an interpreter start per call and turns spawn errors into exit
   codes, and ``setpriv --pdeathsig`` is not on every machine.
 
+The group is also reported to the current context's ``engine.process_groups.GroupReporter`` (started after the
+spawn, ended after the reap): the worker records it in the run's lease, so that a resume or a pool takeover can make
+sure it is gone before another attempt starts, even when the guard could not kill it.
+
 Outcomes:
 - ``ProcessSpawnError``: the program could not be started (nothing to clean up);
 - ``ProcessTimeoutError``: the deadline passed (child killed and reaped);
@@ -61,9 +65,11 @@ import signal as _signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+
+from engine.process_groups import ExecGroup, current_reporter, process_start_ticks, start_ticks_of_stat
 
 __all__ = [
     "CHUNK_SIZE",
@@ -79,10 +85,8 @@ __all__ = [
     "ProcessTimeoutError",
     "ProcessWaitError",
     "StdinFailure",
-    "boot_id",
     "group_guard",
     "io_error_kind",
-    "kill_group_if_same",
     "process_start_ticks",
     "run_process",
 ]
@@ -189,65 +193,6 @@ class ProcessWaitError(ProcessError):
 # ---------------------------------------------------------------------------------------------
 # Children die with their parent: the group guard and the parent-death signal
 # ---------------------------------------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    """Fields 3… of ``/proc/<pid>/stat`` (``fields[0]`` is field 3), or None when gone / no ``/proc``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Field 2 (the command name) is in parentheses and may contain spaces and parentheses.
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22).
-
-    ``None`` when the process is gone or there is no ``/proc``. A pid is reused only by a process
-    started later, so (pid, start ticks) names one process for good (within one boot: :func:`boot_id`).
-    """
-    fields = _stat_fields(pid)
-    try:
-        return None if fields is None else int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def boot_id() -> str | None:
-    """This boot's id (``/proc/sys/kernel/random/boot_id``): start ticks compare only within one boot."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def kill_group_if_same(pgid: int, start_ticks: int | None, sig: int = _signal.SIGKILL) -> bool:
-    """Signal the process group ``pgid`` that a child led when it had ``start_ticks``, unless the id
-    now names another group; True if a signal was delivered.
-
-    For a worker taking over a run from a dead one (the lease records its children's groups). The id
-    is another group's only when the process with that pid is a later one (start ticks differ) that
-    leads a group of that id: a group id can't be taken while any member of the old group lives, so
-    otherwise every member of the group is one the old child started. ``start_ticks`` None (not
-    known) skips that check. Groups 0 and 1 and this process's own are never signalled.
-    """
-    if pgid <= 1 or pgid in (os.getpid(), os.getpgrp()):
-        return False
-    fields = _stat_fields(pgid)
-    if fields is not None and start_ticks is not None:
-        try:
-            if int(fields[19]) != start_ticks and int(fields[2]) == pgid:
-                return False
-        except (IndexError, ValueError):
-            return False
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 # The guard's whole program. It runs under ``python -I -S`` (no site, no user paths), so it imports
@@ -489,8 +434,10 @@ def _load_prctl() -> Callable[[int, int, int, int, int], int] | None:
 _PRCTL = _load_prctl()
 
 
-def _child_setup(guard_fd: int | None) -> Callable[[], None] | None:
-    """The ``preexec_fn`` (Linux): arm SIGKILL on parent death, then register with the guard.
+def _child_setup(guard_fd: int | None, stat_fd: int | None = None) -> Callable[[], None] | None:
+    """The ``preexec_fn`` (Linux): arm SIGKILL on parent death, copy ``/proc/self/stat`` to ``stat_fd`` (so the
+    owner learns the child's exact start time even if the child is reaped before it can look), then register with
+    the guard.
 
     None where there is no ``prctl``: there the owner registers the child after the spawn.
     """
@@ -499,9 +446,19 @@ def _child_setup(guard_fd: int | None) -> Callable[[], None] | None:
         return None
     parent = os.getpid()
     getpid, getppid, kill, write, sigkill = os.getpid, os.getppid, os.kill, os.write, int(_signal.SIGKILL)
+    open_, read, close, rdonly = os.open, os.read, os.close, os.O_RDONLY
 
     def setup() -> None:
         prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if stat_fd is not None:
+            try:
+                fd = open_(b"/proc/self/stat", rdonly)
+                try:
+                    write(stat_fd, read(fd, 1024))  # far below PIPE_BUF: one write into an empty pipe
+                finally:
+                    close(fd)
+            except OSError:
+                pass
         if guard_fd is not None:
             try:  # noqa: SIM105 (no context manager objects between fork and exec)
                 write(guard_fd, b"+%d -1\n" % getpid())
@@ -714,32 +671,74 @@ async def run_process(
     # The spawn is shielded: asyncio's own clean-up of a cancelled spawn SIGKILLs only the leader
     # and may wait on pipes held by its descendants. A cancellation during the spawn waits for it
     # to settle, then goes through the same group SIGTERM → SIGKILL → reap as any other.
-    spawn_task = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            program,
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=None if env is None else dict(env),
-            start_new_session=True,
-            preexec_fn=_child_setup(_GUARD.ensure()),
-        )
-    )
-    spawn, cancelled_during_spawn = await _settle(spawn_task)
+    stat_read, stat_write = os.pipe()  # the child's /proc/self/stat, written before it runs anything
     try:
-        proc = spawn.result()
-    except (OSError, ValueError, TypeError) as exc:
-        if cancelled_during_spawn:
-            raise asyncio.CancelledError from exc
-        raise ProcessSpawnError(exc) from exc
-    _GUARD.register(proc.pid)  # its process group (it leads its own session)
+        spawn_task = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                program,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=None if env is None else dict(env),
+                start_new_session=True,
+                preexec_fn=_child_setup(_GUARD.ensure(), stat_write),
+            )
+        )
+        spawn, cancelled_during_spawn = await _settle(spawn_task)
+        os.close(stat_write)
+        stat_write = -1
+        try:
+            proc = spawn.result()
+        except (OSError, ValueError, TypeError) as exc:
+            if cancelled_during_spawn:
+                raise asyncio.CancelledError from exc
+            raise ProcessSpawnError(exc) from exc
+        # Its process group (it leads its own session), with its leader's exact start time.
+        group = ExecGroup(proc.pid, _start_ticks_from(stat_read, proc.pid))
+    finally:
+        os.close(stat_read)
+        if stat_write >= 0:
+            os.close(stat_write)
+    _GUARD.register(group.pgid, group.start_ticks)
+    reporter = current_reporter()
+    if reporter is not None:
+        cancelled_during_spawn |= await _report(reporter.group_started, group)
     try:
         return await _supervise(
             proc, stdin, timeout_s, stdout_limit, stderr_limit, grace_period_s, observer, cancelled_during_spawn
         )
     finally:
         _GUARD.unregister(proc.pid)
+        if reporter is not None and await _report(reporter.group_ended, group):
+            raise asyncio.CancelledError
+
+
+def _start_ticks_from(stat_read: int, pid: int) -> int | None:
+    """The start ticks the child copied into the pipe (read at once: it wrote before ``exec``, and the spawn waits
+    for the ``exec``), else read from ``/proc`` now (no ``preexec_fn`` on this platform)."""
+    os.set_blocking(stat_read, False)
+    try:
+        data = os.read(stat_read, 4096)
+    except OSError:
+        data = b""
+    ticks = start_ticks_of_stat(data) if data else None
+    return ticks if ticks is not None else process_start_ticks(pid)
+
+
+async def _report(call: Callable[[ExecGroup], Awaitable[None]], group: ExecGroup) -> bool:
+    """Tell the context's :class:`~engine.process_groups.GroupReporter` (the run's lease records the group), shielded
+    from cancellation so the record and the process stay in step; failures are logged. Returns whether a
+    cancellation arrived meanwhile (the caller re-raises it once the child is dealt with)."""
+
+    async def tell() -> None:
+        try:
+            await call(group)
+        except Exception:
+            _log.warning("could not record exec process group %d in the run's lease", group.pgid, exc_info=True)
+
+    _, cancelled = await _settle(asyncio.ensure_future(tell()))
+    return cancelled
 
 
 async def _supervise(

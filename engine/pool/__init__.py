@@ -14,6 +14,7 @@ on any number of hosts.
     claimed_at, heartbeat_at, lease_expires_at timestamptz
     claims int                     how many times it was claimed (> 1: a worker was lost and another took over)
     done_at timestamptz, outcome text, result text, last_error text
+    exec_groups text               JSON: the holder's running exec process groups and its machine (see below)
 
 Starting a run on a database store (``engine.workers.start_run``) stores its manifest and inserts a row; it does
 not spawn anything: the store's launcher (``PostgresPoolStore.launcher``, a :class:`QueueLauncher`) queues the run
@@ -28,7 +29,10 @@ lease has expired and is resumed from its stream (``Engine.resume``: §13) — u
 consecutive orphan recoveries of one state (``engine.workers.crash_loop``): such a takeover *parks* the run instead
 (``outcome = 'crash_looping'``, ``last_error`` says where), until an explicit ``resume`` queues it again (that claim
 is not a takeover: it resets the count). The claim says which it is (``Claim.taken_over``: the row still had an
-owner whose lease expired).
+owner whose lease expired). Before a takeover executes anything, it makes sure the exec process groups the previous
+holder recorded in ``exec_groups`` are gone (``engine.process_groups``: SIGKILLed when on this machine and still the
+same processes, never a reused pid; a group on another host cannot be killed from here and is logged). The table
+gains columns through ``ALTER TABLE … ADD COLUMN IF NOT EXISTS`` when a store made by an older version is opened.
 
 **One writer at a time.** Two guards:
 

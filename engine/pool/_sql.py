@@ -67,10 +67,16 @@ class Queries:
                 " owner_token uuid, owner_host text, owner_pid integer,"
                 " claimed_at timestamptz, heartbeat_at timestamptz, lease_expires_at timestamptz,"
                 " claims integer NOT NULL DEFAULT 0,"
-                " done_at timestamptz, outcome text, result text, last_error text)"
+                " done_at timestamptz, outcome text, result text, last_error text, exec_groups text)"
             ),
             q("CREATE INDEX IF NOT EXISTS mfm_run_queue_pending ON {q} (enqueued_at) WHERE done_at IS NULL"),
+            # Tables made before a column existed get it here (ensure() runs these when one is missing).
+            q("ALTER TABLE {q} ADD COLUMN IF NOT EXISTS exec_groups text"),
         ]
+        self.columns_missing: LiteralString = (
+            "SELECT NOT EXISTS (SELECT 1 FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = 'mfm_run_queue' AND column_name = 'exec_groups')"
+        )
         self.enqueue = q(
             "INSERT INTO {q} (run_id, action, manifest_id, source_run_id, args) VALUES (%s, %s, %s, %s, %s)"
         )
@@ -93,7 +99,14 @@ class Queries:
             "  lease_expires_at = clock_timestamp() + make_interval(secs => %(ttl)s), claims = t.claims + 1"
             " FROM c WHERE t.run_id = c.run_id"
             " RETURNING t.run_id, t.action, t.manifest_id, t.source_run_id, t.args, t.owner_token, t.claims,"
-            "  c.taken_over"
+            "  c.taken_over, t.exec_groups"
+        )
+        # The exec process groups of the current holder's attempt (engine.process_groups), while it holds the run.
+        self.record_groups = q("UPDATE {q} SET exec_groups = %s WHERE run_id = %s AND owner_token = %s RETURNING 1")
+        # The latest recovery run queued for a failed run (one recovery per failed run: see QueueLauncher.resume).
+        self.recovery_of = q(
+            "SELECT run_id, done_at IS NOT NULL FROM {q} WHERE action = 'recover' AND source_run_id = %s"
+            " ORDER BY enqueued_at DESC LIMIT 1"
         )
         self.heartbeat = q(
             "UPDATE {q} SET heartbeat_at = clock_timestamp(),"
@@ -198,3 +211,5 @@ class Claim:
     claims: int
     taken_over: bool = False
     """The previous holder's lease had expired (it died or hung) rather than the row being queued or released."""
+    exec_groups: dict[str, Any] | None = None
+    """The previous holder's exec process groups as it recorded them (``{"machine": …, "groups": […]}``), if any."""

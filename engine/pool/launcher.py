@@ -16,6 +16,7 @@ from engine.workers.base import (
     PendingRun,
     ResumeOutcome,
     WorkerError,
+    already_recovered,
     ended_failed,
     require_run,
 )
@@ -78,9 +79,7 @@ class QueueLauncher:
         if await _finished_remote(store, run_id):
             if not await ended_failed(store, run_id):
                 return ResumeOutcome(run_id, None, True)
-            recovery_id = RunId.new_v4()
-            await queue.enqueue(recovery_id, "recover", source_run_id=run_id, args=args)
-            return ResumeOutcome(run_id, None, True, recovery_id)
+            return await self._recover(run_id, args)
         if row is not None and not row.done:
             if row.owned and not row.lease_live:
                 return ResumeOutcome(run_id, None, False)  # worker lost: the pool takes it over by itself
@@ -90,6 +89,24 @@ class QueueLauncher:
         else:
             await queue.enqueue(run_id, row.action if row.action != "start" else "resume", args=args, again=True)
         return ResumeOutcome(run_id, None, False)
+
+    async def _recover(self, run_id: RunId, args: dict[str, Any]) -> ResumeOutcome:
+        """Queue THE recovery run of failed run ``run_id``: ``run_already_recovered`` (naming it) if one was queued
+        before, unless that one gave up without ever starting (then it is queued again, same id)."""
+        queue = self.queue
+        existing = await queue.recovery_of(run_id)
+        if existing is not None:
+            recovery_id, done = existing
+            if not done or await self.store.stores.events.head_seq(recovery_id) > 0:
+                raise already_recovered(run_id, recovery_id)
+            if not await queue.enqueue(recovery_id, "recover", source_run_id=run_id, args=args, again=True):
+                raise already_recovered(run_id, recovery_id)  # another resume queued it again just now
+            return ResumeOutcome(run_id, None, True, recovery_id)
+        recovery_id = RunId.new_v4()
+        queued = await queue.enqueue_recovery(recovery_id, run_id, args)
+        if queued != recovery_id:
+            raise already_recovered(run_id, queued)
+        return ResumeOutcome(run_id, None, True, recovery_id)
 
     async def cancel(self, run_id: RunId, reason: str, *, ops_modules: Sequence[str] = ()) -> bool:
         """Record a cancel request; queue a resume that carries it out when nobody will pick the run up."""

@@ -87,7 +87,11 @@ class RunQueue:
             conn = await self._connection()
             try:
                 row = await (await conn.execute(self._q.table_exists, [f'"{self.schema}".mfm_run_queue'])).fetchone()
-                if not (row and row[0]):
+                ready = bool(row and row[0])
+                if ready:  # made by an older version? then a column is missing: the statements below add it
+                    row = await (await conn.execute(self._q.columns_missing, [self.schema])).fetchone()
+                    ready = not (row and row[0])
+                if not ready:
                     async with conn.transaction():
                         await conn.execute(self._q.lock, [f"mfm_run_queue:{self.schema}"])
                         for stmt in self._q.create:
@@ -138,9 +142,42 @@ class RunQueue:
                 token=r[5],
                 claims=int(r[6]),
                 taken_over=bool(r[7]),
+                exec_groups=_json_object(r[8]),
             )
             for r in rows
         ]
+
+    async def record_groups(self, run_id: RunId, token: uuid.UUID, record: dict[str, Any] | None) -> bool:
+        """Record the exec process groups of this holder's attempt (``None``: none); False if the claim was lost."""
+        payload = None if record is None else json.dumps(record, sort_keys=True)
+        rows = await self._exec(
+            self._q.record_groups, [payload, uuid.UUID(run_id), token], what="recording exec process groups"
+        )
+        return bool(rows)
+
+    async def recovery_of(self, source_run_id: RunId) -> tuple[RunId, bool] | None:
+        """The latest recovery run queued for failed run ``source_run_id``: ``(run id, done)``, or None."""
+        rows = await self._exec(self._q.recovery_of, [uuid.UUID(source_run_id)], what="reading the run queue")
+        return (RunId(str(rows[0][0])), bool(rows[0][1])) if rows else None
+
+    async def enqueue_recovery(self, run_id: RunId, source_run_id: RunId, args: dict[str, Any]) -> RunId:
+        """Queue ``run_id`` as THE recovery run of ``source_run_id`` unless one is queued already (under a
+        transaction-scoped advisory lock on the source, so two resumes agree); returns the recovery run's id."""
+        await self.ensure()
+        async with self._bind():
+            conn = await self._connection()
+            try:
+                async with conn.transaction():
+                    await conn.execute(self._q.lock, [f"mfm_recover:{self.schema}:{source_run_id}"])
+                    cur = await conn.execute(self._q.recovery_of, [uuid.UUID(source_run_id)])
+                    found = await cur.fetchone()
+                    if found is not None:
+                        return RunId(str(found[0]))
+                    params = [uuid.UUID(run_id), "recover", None, uuid.UUID(source_run_id), json.dumps(args)]
+                    await conn.execute(self._q.enqueue, params)
+            except psycopg.Error as exc:
+                raise self._fail("run_queue_io", "queueing a recovery run", exc) from None
+        return run_id
 
     async def heartbeat(self, tokens: Sequence[uuid.UUID], ttl: float) -> set[uuid.UUID]:
         """Renew these leases; return the tokens still ours."""
@@ -227,6 +264,14 @@ class RunQueue:
                 except psycopg.Error as exc:
                     raise self._fail("run_queue_io", "probing a lease", exc) from None
         return None
+
+
+def _json_object(text: Any) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _secrets_of(dsn: str) -> list[str]:

@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,10 @@ from engine.operations import OperationEnv, OperationRegistry, load_start_run
 from engine.pool._sql import DEFAULT_HEARTBEAT, DEFAULT_LEASE_TTL, Claim
 from engine.pool.lease import LeasedEventStore, RunLease
 from engine.pool.store import PostgresPoolStore
+from engine.process_groups import ExecGroup, Machine, describe_all, ensure_gone, reporting_groups_to
 from engine.runtime import CancelToken, Engine
-from engine.workers.base import WorkerError
+from engine.secrets import redact_text
+from engine.workers.base import WorkerError, previous_attempt_alive
 from engine.workers.crash_loop import (
     DEFAULT_MAX_ORPHAN_RECOVERIES,
     OrphanStreakCounter,
@@ -134,9 +137,11 @@ class WorkerPool:
     async def _execute(self, lease: RunLease) -> None:
         claim = lease.claim
         try:
-            outcome, result = await _execute_claim(
-                self.store, self.registry, lease, self.cancel_poll, self.max_orphan_recoveries
-            )
+            await _settle_previous_attempt(self.store, claim, self._log)
+            with reporting_groups_to(_RowGroups(self.store, claim)):
+                outcome, result = await _execute_claim(
+                    self.store, self.registry, lease, self.cancel_poll, self.max_orphan_recoveries
+                )
         except asyncio.CancelledError:
             self.tasks.pop(claim.token, None)
             self.leases.pop(claim.token, None)
@@ -154,11 +159,12 @@ class WorkerPool:
                 return
             self._log(f"run {claim.run_id}: {err.one_line()}; releasing it")
             with contextlib.suppress(StorageError):
-                await self.store.queue.release(claim.run_id, claim.token, err.one_line())
+                await self.store.queue.release(claim.run_id, claim.token, redact_text(err.one_line()))
         except Exception as exc:  # a bug in an operation must not take the whole worker down
             self._log(f"run {claim.run_id}: unexpected {type(exc).__name__}: {exc}; releasing it")
             with contextlib.suppress(StorageError):
-                await self.store.queue.release(claim.run_id, claim.token, f"{type(exc).__name__}: {exc}")
+                # the row is the store's: what an exception says passes the secrets guard first (§12)
+                await self.store.queue.release(claim.run_id, claim.token, redact_text(f"{type(exc).__name__}: {exc}"))
         else:
             ok = False
             with contextlib.suppress(StorageError):
@@ -196,6 +202,50 @@ async def _crash_loop_check(stores: Stores, claim: Claim, limit: int) -> None:
             f"not taken over again: fix the cause, then `mfm resume {claim.run_id[:8]}`",
             {"state_id": str(streak.state_id), "orphan_recoveries": streak.recoveries, "limit": limit},
         )
+
+
+class _RowGroups:
+    """The run's queue row as its :class:`~engine.process_groups.GroupReporter`: the exec process groups of this
+    attempt are recorded in ``exec_groups`` while they run, with the machine they run on."""
+
+    def __init__(self, store: PostgresPoolStore, claim: Claim) -> None:
+        self._queue = store.queue
+        self._claim = claim
+        self._machine = Machine.here()
+        self._groups: dict[int, ExecGroup] = {}
+        self._lock = asyncio.Lock()
+
+    async def group_started(self, group: ExecGroup) -> None:
+        async with self._lock:
+            self._groups[group.pgid] = group
+            await self._write()
+
+    async def group_ended(self, group: ExecGroup) -> None:
+        async with self._lock:
+            if self._groups.pop(group.pgid, None) is not None:
+                await self._write()
+
+    async def _write(self) -> None:
+        groups = [g.to_json() for g in self._groups.values()]
+        record = {"machine": self._machine.to_json(), "groups": groups} if groups else None
+        await self._queue.record_groups(self._claim.run_id, self._claim.token, record)
+
+
+async def _settle_previous_attempt(store: PostgresPoolStore, claim: Claim, log: Callable[[str], None]) -> None:
+    """Before a takeover executes anything: make sure the exec process groups the previous holder recorded are
+    gone (``engine.process_groups.ensure_gone``: SIGKILL on this machine, never a reused pid; a group on another
+    host is only reported). One that survives SIGKILL → ``previous_attempt_alive`` (the claim is released)."""
+    record = claim.exec_groups
+    if not record:
+        return
+    groups = ExecGroup.list_from_json(record.get("groups"))
+    checks = await asyncio.to_thread(ensure_gone, groups, Machine.from_json(record.get("machine")))
+    for note in describe_all(checks):
+        log(f"run {claim.run_id}: {note}")
+    alive = [c for c in checks if not c.safe]
+    if alive:
+        raise previous_attempt_alive(claim.run_id, alive[0])
+    await store.queue.record_groups(claim.run_id, claim.token, None)
 
 
 async def _execute_claim(

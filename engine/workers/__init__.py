@@ -18,14 +18,19 @@ through the store's control table::
 
     python -m engine.workers --store postgresql://… [--ops MODULE …] serve [--concurrency N] [--host-name NAME]
 
-**Lease.** A worker holds its run's lease: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, with
-its pid, host and start time written inside. A second worker for the same run refuses (exit 4,
-code ``lease_held``). Liveness is decided by the *lock*, never by the pid (a dead worker can
-linger as an unreaped zombie whose pid still answers ``kill -0`` while its lock is released):
-:func:`lease_state` says ``HELD`` (lock taken), ``STALE`` (file present, lock free, run not
-finished: "worker lost") or ``NONE``. The process that spawns a worker takes the lease *first* and
-hands the locked descriptor to the child (``--lease-fd``), so two ``mfm resume`` racing for one run
-see exactly one winner, and the loser learns it before returning.
+**Lease.** A worker holds its run's lease: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, with its pid, host
+and start time written inside, and the process groups of the exec programs it is running (a resume first makes sure
+those of the previous attempt are gone: ``engine.workers.lease``, ``engine.process_groups``). A second worker for
+the same run refuses (exit 4, code ``lease_held``). Liveness is decided by the *lock*, never by the pid (a dead
+worker can linger as an unreaped zombie whose pid still answers ``kill -0`` while its lock is released):
+:func:`lease_state` says ``HELD`` (lock taken), ``STALE`` (file present, lock free, run not finished: "worker lost")
+or ``NONE``. The process that spawns a worker takes the lease *first* and hands the locked descriptor to the child
+(``--lease-fd``), so two ``mfm resume`` racing for one run see exactly one winner, and the loser learns it before
+returning (naming the new worker: the spawner writes its pid into the lease before letting go).
+
+**Output.** A worker's stdout and stderr pass the secrets guard before they reach ``worker.log``
+(``engine.workers.log_guard``, ENGINE-SPEC §12). A failed run is recovered once: ``runs/<id>/recovery.json`` names
+its recovery run, and a second resume says so (``run_already_recovered``).
 
 **Cancel.** ``cancel_run`` records a request in the store's control plane; the worker's engine polls
 it every ``cancel_poll_interval`` seconds. SIGTERM (or SIGINT) to a worker cancels cooperatively
@@ -50,8 +55,8 @@ has no events, but its start record (``start.json``, or the queue row) makes it 
 
 Modules: ``base`` (exit codes, errors, ``LeaseInfo``; what ``engine.pool`` builds on), ``lease`` (the
 lease and the run-folder files), ``pending`` (runs that never started and worker logs, filesystem side),
-``crash_loop``, ``launcher``, ``actions``, ``run`` (the worker itself) and ``main`` (the command line;
-``__main__`` runs it).
+``crash_loop``, ``launcher``, ``actions``, ``run`` (the worker itself), ``log_guard`` (its output through the secrets
+guard) and ``main`` (the command line; ``__main__`` runs it).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from engine.workers.base import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_STORAGE,
     EXIT_USAGE,
     LeaseInfo,
     LeaseState,
@@ -83,6 +89,7 @@ from engine.workers.base import (
     WorkerError,
     exit_code_for,
     is_pooled,
+    storage_full,
 )
 from engine.workers.crash_loop import (
     CODE_ORPHAN_RECOVERED,
@@ -109,6 +116,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "EXIT_USAGE",
     "MAX_ORPHAN_RECOVERIES_ENV",
     "DetachedLauncher",
@@ -143,6 +151,7 @@ __all__ = [
     "run_finished",
     "run_worker",
     "start_run",
+    "storage_full",
     "verdict_json",
     "verdict_path",
     "worker_log_tail",

@@ -6,4 +6,4 @@ import sys
 from engine.workers.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(guard_output=True))

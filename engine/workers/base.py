@@ -3,6 +3,7 @@ the database pool (see :mod:`engine.workers`). Depends on nothing else in ``engi
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -12,12 +13,14 @@ from engine.engine import Stores
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.events import RunCompleted, RunStatus
 from engine.ids import ArtifactId, RunId
+from engine.process_groups import GroupCheck
 
 __all__ = [
     "EXIT_CONFLICT",
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "EXIT_USAGE",
     "HasStores",
     "LeaseInfo",
@@ -26,10 +29,13 @@ __all__ = [
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
+    "already_recovered",
     "ended_failed",
     "exit_code_for",
     "is_pooled",
+    "previous_attempt_alive",
     "require_run",
+    "storage_full",
 ]
 
 EXIT_OK = 0
@@ -37,6 +43,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
+EXIT_STORAGE = 5
 
 _NOT_FOUND_CODES = frozenset(
     {
@@ -48,12 +55,27 @@ _NOT_FOUND_CODES = frozenset(
         "run_prefix_unknown",
     }
 )
-_CONFLICT_CODES = frozenset({"lease_held", "run_already_finished", "worker_alive", "run_already_started"})
+_CONFLICT_CODES = frozenset(
+    {
+        "lease_held",
+        "run_already_finished",
+        "worker_alive",
+        "run_already_started",
+        "previous_attempt_alive",
+        "run_already_recovered",
+    }
+)
 _FAILED_CODES = frozenset({"worker_lost", "worker_failed"})
 
 
+_STORAGE_CODES = frozenset({"storage_full"})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def exit_code_for(err: MfmError) -> int:
-    """The documented exit code of an error: 3 not found, 4 conflict, 1 run/worker failure, else 2."""
+    """The documented exit code of an error: 3 not found, 4 conflict, 5 storage full, 1 run/worker failure, else 2."""
+    if err.code in _STORAGE_CODES:
+        return EXIT_STORAGE
     if err.code in _NOT_FOUND_CODES:
         return EXIT_NOT_FOUND
     if err.code in _CONFLICT_CODES:
@@ -69,6 +91,32 @@ class WorkerError(MfmError):
     @classmethod
     def new(cls, code: str, message: str, details: Any = None) -> WorkerError:
         return cls(ErrorInfo.new(code, message, category=ErrorCategory.UNKNOWN, details=details))
+
+
+def storage_full(exc: BaseException) -> WorkerError | None:
+    """``storage_full`` (exit 5) when ``exc`` is, or was caused by, a full device or quota (ENOSPC, EDQUOT),
+    whichever layer reported it (an ``OSError``, or a store's error naming the errno); else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _FULL_ERRNOS:
+            where = f" ({cause.filename})" if cause.filename else ""
+            return _full(f"{cause.strerror or 'no space left on device'}{where}")
+        if isinstance(cause, MfmError):
+            details = cause.info.details
+            if cause.code in _STORAGE_CODES:
+                return None  # already says so
+            if isinstance(details, dict) and details.get("errno") in ("ENOSPC", "EDQUOT"):
+                return _full(cause.info.message)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _full(what: str) -> WorkerError:
+    return WorkerError.new(
+        "storage_full", f"the store's device is full: {what}; free some space, then retry (`mfm doctor` checks it)"
+    )
 
 
 class LeaseState(StrEnum):
@@ -111,6 +159,8 @@ class ResumeOutcome:
     finished: bool
     recovery_run_id: RunId | None = None
     """Set when ``run_id`` had failed: the new recovery run that carries on (``Engine.recover``)."""
+    notes: tuple[str, ...] = ()
+    """What the launcher did on the way, for the operator (e.g. a previous attempt's process group it killed)."""
 
 
 class HasStores(Protocol):
@@ -132,6 +182,24 @@ class RunFolders(Protocol):
 def is_pooled(store: Any) -> bool:
     """Whether ``store`` is a database store whose runs go through the worker-pool queue (``engine.pool``)."""
     return getattr(store, "queue", None) is not None and not callable(getattr(store, "run_dir", None))
+
+
+def already_recovered(run_id: RunId, recovery_run_id: RunId) -> WorkerError:
+    """``run_already_recovered``: the failed run ``run_id`` has its recovery run already (resume that one)."""
+    return WorkerError.new(
+        "run_already_recovered",
+        f"run {run_id} already recovered as {recovery_run_id}; `mfm resume {recovery_run_id[:8]}` continues that run",
+        {"recovery_run_id": str(recovery_run_id)},
+    )
+
+
+def previous_attempt_alive(run_id: RunId, check: GroupCheck) -> WorkerError:
+    """``previous_attempt_alive``: an exec process group of the run's previous attempt survived SIGKILL."""
+    return WorkerError.new(
+        "previous_attempt_alive",
+        f"run {run_id}: {check.describe()}; not starting another attempt beside it",
+        {"pgid": check.group.pgid, "pids": list(check.pids)},
+    )
 
 
 async def require_run(store: HasStores, run_id: RunId) -> None:

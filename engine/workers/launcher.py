@@ -7,16 +7,19 @@ PostgreSQL store itself (:class:`LaunchingStore`), so choosing one never imports
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 from engine.engine import Stores
 from engine.ids import ArtifactId, RunId
+from engine.process_groups import describe_all
 from engine.runtime import request_cancel
 from engine.stores.fs import framing
 from engine.workers.base import (
@@ -26,10 +29,19 @@ from engine.workers.base import (
     ResumeOutcome,
     RunFolders,
     WorkerError,
+    already_recovered,
     ended_failed,
     require_run,
 )
-from engine.workers.lease import Lease, probe_lease, read_pending, run_finished, verdict_path, write_pending
+from engine.workers.lease import (
+    Lease,
+    RecoveryRecord,
+    probe_lease,
+    read_pending,
+    run_finished,
+    verdict_path,
+    write_pending,
+)
 from engine.workers.pending import fs_discard, fs_log_tail, fs_pending_runs
 
 __all__ = ["DetachedLauncher", "Launcher", "LaunchingStore", "launcher_for"]
@@ -125,12 +137,22 @@ def _worker_args(action: str, run_id: RunId, manifest_id: ArtifactId | None, sou
     return [str(run_id)]
 
 
+def _log_notes(log_fd: int, notes: Sequence[str]) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for note in notes:
+        with contextlib.suppress(OSError):
+            os.write(log_fd, f"[{stamp}] launcher {os.getpid()}: {note}\n".encode())
+
+
 class DetachedLauncher:
     """A filesystem store's launcher: one detached worker process per run, holding the run's lease."""
 
     def __init__(self, store: RunFolders, *, python: str | None = None) -> None:
         self.store = store
         self.python = python
+        self.notes: list[str] = []
+        """What launches did on the way (the previous attempt's process groups killed or not checkable), also
+        written to the run's ``worker.log``."""
 
     async def launch(
         self,
@@ -146,11 +168,14 @@ class DetachedLauncher:
 
         The locked descriptor is handed to the child (``--lease-fd``) and closed here, so the lease passes from
         this process to the worker without a gap. A new run (``start``, not ``again``) first records its
-        ``start.json``.
+        ``start.json``. Taking the lease first makes sure the previous attempt's exec process groups are gone
+        (:meth:`Lease.acquire`); what that did is noted (:attr:`notes` and the run's ``worker.log``).
         """
         store = self.store
         worker_action = _WORKER_ACTIONS[action]
-        lease = Lease.acquire(store, run_id, worker_action)
+        lease = Lease.acquire(store, run_id, worker_action, handing_over=True)
+        notes = describe_all(lease.previous)
+        self.notes += notes
         if action == "start" and not again:
             assert manifest_id is not None
             try:
@@ -174,6 +199,7 @@ class DetachedLauncher:
             0o600,
         )
         try:
+            _log_notes(log_fd, notes)
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -183,6 +209,8 @@ class DetachedLauncher:
                 close_fds=True,
                 pass_fds=pass_fds,
             )
+            with contextlib.suppress(OSError):
+                lease.hand_over(proc.pid)  # a competing command now names the worker, not this process
         finally:
             os.close(log_fd)
             lease.release()
@@ -204,11 +232,27 @@ class DetachedLauncher:
         if run_finished(store, run_id):
             if not await ended_failed(store, run_id):
                 return ResumeOutcome(run_id, None, True)
-            recovery_id = RunId.new_v4()
-            pid = await self.launch("recover", recovery_id, source_run_id=run_id, ops_modules=ops_modules)
-            return ResumeOutcome(run_id, pid, True, recovery_id)
+            return await self._recover(run_id, ops_modules)
         pid = await self.launch("resume", run_id, ops_modules=ops_modules)
-        return ResumeOutcome(run_id, pid, False)
+        return ResumeOutcome(run_id, pid, False, notes=tuple(self.notes))
+
+    async def _recover(self, run_id: RunId, ops_modules: Sequence[str]) -> ResumeOutcome:
+        """Spawn the recovery run of failed run ``run_id``, once: ``run_already_recovered`` (naming it) if one was
+        made already. A recovery run recorded but never started (no events, no live worker) is launched again
+        under the same id."""
+        store = self.store
+        with RecoveryRecord.lock(store, run_id) as record:
+            recovery_id = record.recovery_run_id
+            if recovery_id is not None and (
+                await store.stores.events.head_seq(recovery_id) > 0
+                or probe_lease(store, recovery_id).state is LeaseState.HELD
+            ):
+                raise already_recovered(run_id, recovery_id)
+            if recovery_id is None:
+                recovery_id = RunId.new_v4()
+                record.record(recovery_id)
+            pid = await self.launch("recover", recovery_id, source_run_id=run_id, ops_modules=ops_modules)
+        return ResumeOutcome(run_id, pid, True, recovery_id)
 
     async def cancel(self, run_id: RunId, reason: str, *, ops_modules: Sequence[str] = ()) -> bool:
         """Record a cancel request; spawn a resume worker to carry it out when no worker holds the run."""

@@ -1,6 +1,22 @@
 """Run leases: an exclusive ``fcntl.flock`` on ``runs/<id>/lease``, liveness decided by the lock; and the other
 files a worker keeps in its run folder: ``start.json`` (a run whose worker has not started it yet) and
-``verdict.json`` (a replay's verdict). See :mod:`engine.workers`."""
+``verdict.json`` (a replay's verdict). See :mod:`engine.workers`.
+
+**The lease file** is one line of JSON (anything after the first newline is ignored: a rewrite writes the new line
+first, then truncates, so a crash in between leaves a readable first line)::
+
+    {"action": "resume", "boot_id": "…", "exec_groups": [[4242, 918273]], "host": "vm", "pid": 4240,
+     "pid_ns": "pid:[4026531836]", "started_at": 1765000000000}
+
+``pid``/``host``/``started_at``/``action`` name the holder (``"handing_over": true`` while a launcher holds it for a
+worker it is spawning: a competing :meth:`Lease.acquire` waits a moment, then names that worker); ``exec_groups``
+lists the process groups of the exec programs its attempt is running (``[pgid, leader start ticks]``, added when a
+program starts and removed once it has been reaped: the lease is the run's
+:class:`~engine.process_groups.GroupReporter`), and ``boot_id``/``pid_ns`` say where those pids mean something.
+Whoever takes the lease next (:meth:`Lease.acquire`: a resume, a cancel that carries itself out) first makes sure
+those groups are gone (:func:`engine.process_groups.ensure_gone`): a group still running on this machine is
+SIGKILLed, a reused pid never is, a group recorded on another host is reported; a group that survives SIGKILL
+refuses the new attempt (``previous_attempt_alive``)."""
 
 from __future__ import annotations
 
@@ -8,17 +24,31 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from engine.events import RunCompleted
 from engine.ids import ArtifactId, RunId
+from engine.process_groups import ExecGroup, GroupCheck, Machine, ensure_gone
 from engine.stores.fs import framing
-from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError
+from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError, previous_attempt_alive
 
-__all__ = ["Lease", "probe_lease", "read_pending", "run_finished", "verdict_path", "write_pending", "write_private"]
+__all__ = [
+    "Lease",
+    "RecoveryRecord",
+    "probe_lease",
+    "read_pending",
+    "run_finished",
+    "settle_previous_attempt",
+    "verdict_path",
+    "write_pending",
+    "write_private",
+]
+
+
+_HANDOVER_WAIT_S = 3.0
+"""How long a competing :meth:`Lease.acquire` waits for a lease being handed to a new worker (its spawn and start)."""
 
 
 def _lease_path(store: RunFolders, run_id: RunId) -> Path:
@@ -27,7 +57,7 @@ def _lease_path(store: RunFolders, run_id: RunId) -> Path:
 
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
-        raw = os.pread(fd, 4096, 0)
+        raw = os.pread(fd, 1 << 16, 0).split(b"\n", 1)[0]  # the first line (see the module docstring)
         data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
     except (OSError, ValueError):
         return {}
@@ -87,25 +117,50 @@ def probe_lease(store: RunFolders, run_id: RunId) -> LeaseInfo:
     return _holder_info(LeaseState.STALE, holder)
 
 
+def settle_previous_attempt(run_id: RunId, holder: dict[str, Any]) -> list[GroupCheck]:
+    """Make sure the exec process groups recorded by the lease's previous holder are gone (see the module
+    docstring); ``previous_attempt_alive`` if one survives SIGKILL."""
+    groups = ExecGroup.list_from_json(holder.get("exec_groups"))
+    if not groups:
+        return []
+    checks = ensure_gone(groups, Machine.from_json(holder))
+    alive = [c for c in checks if not c.safe]
+    if alive:
+        raise previous_attempt_alive(run_id, alive[0])
+    return checks
+
+
 class Lease:
-    """An acquired run lease (an open descriptor holding ``LOCK_EX`` on ``runs/<id>/lease``)."""
+    """An acquired run lease (an open descriptor holding ``LOCK_EX`` on ``runs/<id>/lease``).
+
+    Also the run's :class:`~engine.process_groups.GroupReporter`: the exec groups of the attempt are kept in the
+    lease file while they run. ``previous`` holds what :meth:`acquire` found of the previous attempt's groups."""
 
     def __init__(self, run_id: RunId, path: Path, fd: int) -> None:
         self.run_id = run_id
         self.path = path
         self.fd = fd
+        self.previous: list[GroupCheck] = []
+        self._holder: dict[str, Any] = {}
+        self._groups: dict[int, ExecGroup] = {}
 
     @classmethod
-    def acquire(cls, store: RunFolders, run_id: RunId, action: str, *, attempts: int = 5) -> Lease:
+    def acquire(
+        cls, store: RunFolders, run_id: RunId, action: str, *, attempts: int = 5, handing_over: bool = False
+    ) -> Lease:
         """Take the lease or raise ``WorkerError`` ``lease_held`` naming the holder.
 
-        A few quick retries absorb a monitor's momentary shared-lock probe (:func:`lease_state`).
+        A few quick retries absorb a monitor's momentary shared-lock probe (:func:`lease_state`). A lease being handed
+        to a new worker (``handing_over`` in the file: a launcher holds it, :meth:`hand_over`) is waited for a
+        little longer, so that ``lease_held`` names the worker, not the command that spawned it.
         """
         run_dir = Path(store.run_dir(run_id))
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = run_dir / framing.LEASE_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        for i in range(max(1, attempts)):
+        handover_deadline = time.monotonic() + _HANDOVER_WAIT_S
+        i = 0
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -113,8 +168,11 @@ class Lease:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
                     raise
-                if i == attempts - 1:
-                    info = _holder_info(LeaseState.HELD, _read_holder(fd))
+                i += 1
+                holder = _read_holder(fd)
+                handover = holder.get("handing_over") is True and time.monotonic() < handover_deadline
+                if i >= attempts and not handover:
+                    info = _holder_info(LeaseState.HELD, holder)
                     os.close(fd)
                     raise WorkerError.new(
                         "lease_held",
@@ -123,8 +181,18 @@ class Lease:
                         {"pid": info.pid, "host": info.host},
                     ) from None
                 time.sleep(0.02)
+        try:
+            previous = settle_previous_attempt(run_id, _read_holder(fd))
+        except BaseException:
+            os.close(fd)
+            raise
         lease = cls(run_id, path, fd)
-        lease.write_holder(action)
+        lease.previous = previous
+        try:
+            lease.write_holder(action, handing_over=handing_over)
+        except BaseException:
+            lease.release()
+            raise
         return lease
 
     @classmethod
@@ -140,16 +208,41 @@ class Lease:
         lease.write_holder(action)
         return lease
 
-    def write_holder(self, action: str) -> None:
-        holder = {
+    def write_holder(self, action: str, *, handing_over: bool = False) -> None:
+        machine = Machine.here()
+        self._holder = {
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": machine.host,
             "started_at": int(time.time() * 1000),
             "action": action,
+            "boot_id": machine.boot_id,
+            "pid_ns": machine.pid_ns,
         }
+        if handing_over:
+            self._holder["handing_over"] = True
+        self._groups.clear()
+        self._write()
+
+    def hand_over(self, worker_pid: int) -> None:
+        """Name the spawned worker as the holder (it inherited the descriptor and rewrites the file when it starts;
+        until then a competing command still learns the worker's pid, not this launcher's)."""
+        self._holder["pid"] = worker_pid
+        self._write()
+
+    def _write(self) -> None:
+        holder = {**self._holder, "exec_groups": [g.to_json() for g in self._groups.values()]}
         data = json.dumps(holder, sort_keys=True).encode() + b"\n"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
+        os.pwrite(self.fd, data, 0)  # the new line first, then the old tail goes: never an unreadable file
+        os.ftruncate(self.fd, len(data))
+
+    async def group_started(self, group: ExecGroup) -> None:
+        """Record an exec program's process group while it runs (``GroupReporter``)."""
+        self._groups[group.pgid] = group
+        self._write()
+
+    async def group_ended(self, group: ExecGroup) -> None:
+        if self._groups.pop(group.pgid, None) is not None:
+            self._write()
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -207,3 +300,61 @@ def write_private(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery.json: which run recovers a failed run
+# ---------------------------------------------------------------------------------------------
+
+
+class RecoveryRecord:
+    """``runs/<failed>/recovery.json`` (``{"recovery_run_id": …}``), held under an exclusive ``flock`` while a
+    resume decides whether the failed run needs a recovery run, so two resumes of one failed run agree: the
+    first records its new run, the second finds it ("already recovered as …")."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def lock(cls, store: RunFolders, run_id: RunId, *, timeout_s: float = 10.0) -> RecoveryRecord:
+        path = Path(store.run_dir(run_id)) / framing.RECOVERY_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() > deadline:
+                    os.close(fd)
+                    if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise WorkerError.new(
+                            "lease_held", f"run {run_id}: another resume is deciding its recovery; try again"
+                        ) from None
+                    raise
+            time.sleep(0.01)
+
+    @property
+    def recovery_run_id(self) -> RunId | None:
+        value = _read_holder(self.fd)
+        try:
+            return RunId(value["recovery_run_id"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def record(self, recovery_run_id: RunId) -> None:
+        data = json.dumps({"recovery_run_id": str(recovery_run_id)}, sort_keys=True).encode() + b"\n"
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RecoveryRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

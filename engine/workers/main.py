@@ -13,7 +13,8 @@ from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from engine.open_store import display_location, is_database_url, open_store
 from engine.operations import load_registry
-from engine.workers.base import EXIT_USAGE, RunFolders, WorkerError, exit_code_for
+from engine.workers.base import EXIT_USAGE, RunFolders, WorkerError, exit_code_for, storage_full
+from engine.workers.log_guard import guard_stdio
 from engine.workers.run import run_worker
 
 __all__ = ["main"]
@@ -82,8 +83,14 @@ def _serve(ns: argparse.Namespace) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Worker entry point: one line ``error[code]: message`` on stderr for any contract error."""
+def main(argv: Sequence[str] | None = None, *, guard_output: bool = False) -> int:
+    """Worker entry point: one line ``error[code]: message`` on stderr for any contract error.
+
+    ``guard_output`` (the ``python -m engine.workers`` and ``mfm worker`` processes): descriptors 1 and 2 pass through
+    the secrets guard before they reach their files (:mod:`engine.workers.log_guard`); set first, before anything
+    runs that could print."""
+    if guard_output:
+        guard_stdio()
     ns = _parser().parse_args(argv)
     try:
         if ns.action == "serve":
@@ -110,8 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     except MfmError as err:
+        err = storage_full(err) or err
         print(err.one_line(), file=sys.stderr, flush=True)
         return exit_code_for(err)
+    except OSError as exc:
+        full = storage_full(exc)
+        if full is None:
+            raise
+        print(full.one_line(), file=sys.stderr, flush=True)
+        return exit_code_for(full)
     except ValueError as err:
         print(f"error[usage]: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -13,6 +13,7 @@ from engine.engine import RunPhase
 from engine.exec_transport import ExecTransportFactory
 from engine.ids import ArtifactId, RunId
 from engine.operations import OperationEnv, OperationRegistry, load_start_run
+from engine.process_groups import describe_all, reporting_groups_to
 from engine.runtime import CancelToken, Engine
 from engine.workers.base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError, require_run
 from engine.workers.crash_loop import max_orphan_recoveries, reset_crash_loop
@@ -61,7 +62,10 @@ async def run_worker(
         lease = Lease.adopt(store, lease_run, lease_fd, action)
     else:
         lease = Lease.acquire(store, lease_run, action)
-    with lease:
+        for note in describe_all(lease.previous):
+            _say(note)
+    # The exec programs' process groups are recorded in the lease while they run (engine.process_groups).
+    with lease, reporting_groups_to(lease):
         token = CancelToken()
         _install_signal_handlers(token)
         stores = store.stores

@@ -11,9 +11,12 @@ runs, show, events, artifact), ``control`` (tui, serve, start, resume, cancel, r
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,10 @@ from engine.workers import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_STORAGE,
     EXIT_USAGE,
     exit_code_for,
+    storage_full,
 )
 from mfm_tui import __version__
 from mfm_tui.cli.common import Env
@@ -43,7 +48,8 @@ Exit codes (stable):
   {EXIT_FAILED}  the run failed or was cancelled (with --wait), or its worker was lost
   {EXIT_USAGE}  usage or validation error (bad option, invalid parameters, ambiguous run id)
   {EXIT_NOT_FOUND}  not found (run, artifact, operation)
-  {EXIT_CONFLICT}  conflict (a live worker holds the run's lease, the run already finished)
+  {EXIT_CONFLICT}  conflict (a live worker holds the run's lease, the run already finished or was recovered)
+  {EXIT_STORAGE}  storage: the store's disk is full (storage_full)
 \b
 Errors are one line on stderr: error[code]: message (add --debug for a traceback).
 Store: --store PATH, else $MFM_STORE, else $XDG_DATA_HOME/mfm/store (~/.local/share/mfm/store).
@@ -56,7 +62,36 @@ A postgresql://… URL selects the PostgreSQL store: runs are queued and execute
 # ---------------------------------------------------------------------------------------------
 
 
-@click.group(invoke_without_command=True, epilog=EXIT_CODES_HELP)
+class _StdoutClosed(Exception):
+    """The reader of our standard output went away (``mfm events --json | head -1``)."""
+
+
+class _Group(click.Group):
+    """The command group; a broken pipe on stdout leaves it as :class:`_StdoutClosed`, which click does not turn
+    into ``exit 1`` (it does so for an ``EPIPE`` ``OSError``)."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        with _stdout_closed_on_epipe():  # --help and --version print while parsing
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _stdout_closed_on_epipe():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _stdout_closed_on_epipe() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+            raise _StdoutClosed from exc
+        raise
+
+
+@click.group(cls=_Group, invoke_without_command=True, epilog=EXIT_CODES_HELP)
 @click.option("--store", "store", metavar="PATH|URL", help="Store folder (created on first use) or postgresql://… URL.")
 @click.option(
     "--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE or a .py file (repeatable)."
@@ -89,35 +124,53 @@ for _command in (tui, serve, ops, start, runs, show, events, artifact, resume, c
 def _report(err: MfmError, debug: bool) -> int:
     if debug:
         traceback.print_exc()
+    err = storage_full(err) or err  # a full disk says so, whichever layer noticed it
     click.echo(err.one_line().replace("\n", " "), err=True)
     return exit_code_for(err)
+
+
+def _run(args: list[str], debug: bool) -> int:
+    try:
+        rv = cli.main(args=args, prog_name="mfm", standalone_mode=False)
+        return rv if isinstance(rv, int) else EXIT_OK
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("error[interrupted]: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error[usage]: {exc.format_message()}".replace("\n", " "), err=True)
+        return EXIT_USAGE
+    except MfmError as err:
+        return _report(err, debug)
+    except KeyboardInterrupt:
+        click.echo("error[interrupted]: interrupted", err=True)
+        return 130
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise _StdoutClosed from exc
+        full = storage_full(exc)
+        if full is not None:
+            return _report(full, debug)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error[os_error]: {exc}", err=True)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    code: int
+    code = EXIT_OK
     try:
-        rv = cli.main(args=args, prog_name="mfm", standalone_mode=False)
-        code = rv if isinstance(rv, int) else EXIT_OK
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.Abort:
-        click.echo("error[interrupted]: interrupted", err=True)
-        code = 130
-    except click.ClickException as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error[usage]: {exc.format_message()}".replace("\n", " "), err=True)
-        code = EXIT_USAGE
-    except MfmError as err:
-        code = _report(err, debug)
-    except KeyboardInterrupt:
-        click.echo("error[interrupted]: interrupted", err=True)
-        code = 130
-    except OSError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error[os_error]: {exc}", err=True)
-        code = EXIT_USAGE
+        code = _run(args, debug)
+        sys.stdout.flush()  # now, while a reader that went away can still be handled
+    except (_StdoutClosed, BrokenPipeError):
+        # Not an error: whoever reads our output has all it wanted. Point stdout at /dev/null so that the
+        # interpreter's own last flush stays quiet too (the Python docs' note on SIGPIPE).
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
     sys.exit(code)

@@ -17,6 +17,7 @@ import click
 from engine.errors import ErrorInfo, MfmError
 from engine.ids import RunId
 from engine.operations import parse_param_assignments
+from engine.secrets import redact_text
 from engine.stores.fs import framing
 from engine.workers import (
     EXIT_FAILED,
@@ -62,6 +63,7 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
             if pooled:
                 row = await store.queue.get(run_id)
                 why = "not queued" if row is None else f"{row.outcome or 'stopped'}: {row.last_error or 'no error'}"
+                why = redact_text(why)  # the secrets guard, again (§12)
                 raise MfmError(
                     ErrorInfo.new(
                         "worker_lost",
@@ -70,10 +72,12 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
                     )
                 )
             log = Path(store.run_dir(run_id)) / framing.WORKER_LOG_FILE
+            last = _last_line(log)
+            code = "storage_full" if last.startswith("error[storage_full]: ") else "worker_lost"  # exit 5, not 1
             raise MfmError(
                 ErrorInfo.new(
-                    "worker_lost",
-                    f"the worker of run {run_id} exited without finishing it ({_last_line(log)}); "
+                    code,
+                    f"the worker of run {run_id} exited without finishing it ({last}); "
                     f"see {log}, then `mfm resume {run_id[:8]}`",
                 )
             )
@@ -81,8 +85,9 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
 
 
 def _last_line(path: Path) -> str:
+    """The log's last line, through the secrets guard (a log written by an older worker was not guarded)."""
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [ln for ln in redact_text(path.read_text(errors="replace")).splitlines() if ln.strip()]
     except OSError:
         return "no worker log"
     return lines[-1][:300] if lines else "empty worker log"
@@ -212,6 +217,8 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
         return await resume_run(env.store, run_id, ops_modules=env.ops)
 
     outcome = run_sync(go())
+    for note in outcome.notes:  # e.g. the previous attempt's process group it killed first
+        click.echo(f"note: {note}", err=True)
     if outcome.recovery_run_id is not None:
         new_id = outcome.recovery_run_id
         if not wait:
@@ -230,12 +237,14 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
             return EXIT_OK
         click.echo(f"recovering failed run {outcome.run_id} as {new_id}", err=True)
         return _finish(run_sync(wait_for_run(env, new_id)), as_json)
-    if outcome.finished:
+    if outcome.finished:  # completed or cancelled: a conflict (a failed run got a recovery run above)
         model = run_sync(load_model(env, outcome.run_id, with_plan=False))
-        if not as_json:
-            note = f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume"
-            click.echo(note, err=True)
-        return _finish(model, as_json) if wait or as_json else EXIT_OK
+        raise MfmError(
+            ErrorInfo.new(
+                "run_already_finished",
+                f"run {outcome.run_id} already finished ({model.status.label}); nothing to resume",
+            )
+        )
     if not wait:
         if as_json:
             echo_json({"run_id": str(outcome.run_id), "worker_pid": outcome.spawned_pid})
@@ -329,4 +338,4 @@ def worker(ctx: click.Context, args: tuple[str, ...]) -> int:
     argv = ["--store", str(env.store_location)]
     for module in env.ops:
         argv += ["--ops", module]
-    return worker_main([*argv, *args])
+    return worker_main([*argv, *args], guard_output=True)  # its output passes the secrets guard

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.ids import RunId
+from engine.secrets import redact_text
 from engine.stores.fs import framing
 from engine.workers import LeaseState, cancel_run, lease_state, replay_run, resume_run
 from mfm_tui.controller.plans import (
@@ -317,7 +318,8 @@ async def check_spawned(services: AppServices, run_id: RunId) -> bool:
     last = ""
     try:
         with open(log, "rb") as f:
-            lines = [ln for ln in f.read()[-4096:].decode("utf-8", "replace").splitlines() if ln.strip()]
+            tail = redact_text(f.read()[-4096:].decode("utf-8", "replace"))  # the secrets guard, again (§12)
+            lines = [ln for ln in tail.splitlines() if ln.strip()]
             last = lines[-1] if lines else ""
     except OSError:
         pass

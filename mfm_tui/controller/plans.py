@@ -98,6 +98,14 @@ def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = No
             model.run_id,
             ("worker_alive", f"run {model.short_id} has a live worker{who}; it is still running: nothing to resume"),
         )
+    if status is RunDisplayStatus.FAILED and model.recovered_by is not None:  # a failed run is recovered once
+        return ActionPlan(
+            model.run_id,
+            (
+                "run_already_recovered",
+                f"run {model.short_id} already recovered as {model.recovered_by[:8]}; resume that run instead",
+            ),
+        )
     if status is RunDisplayStatus.FAILED:
         failed = model.failed_state
         where = failed.short_name if failed is not None else "the failed state"

@@ -52,3 +52,41 @@ def test_sigkilled_worker_mid_exec_leaves_no_program_behind(mfm: Mfm) -> None:
         for pid in started:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_resume_kills_the_previous_attempts_program_before_starting_again(mfm: Mfm) -> None:
+    """The lease records the program's process group; `mfm resume` makes sure it is gone before the new attempt.
+
+    The group guard is SIGKILLed first, so nothing kills the program with its worker except the parent-death signal,
+    which reaches only the group leader (`sh`): its forked `sleep` lives on in the group, as after any death of the
+    guard. Then `mfm resume` must kill that `sleep` before the second attempt runs it again."""
+    marker = "sleep 593"
+    run_id = mfm.start("demo_pipeline", "exec_seconds=593")
+    wait_until(lambda: bool(live_pids_with(marker)), timeout=60, what="the exec program")
+    holder = mfm.lease(run_id)
+    worker = int(holder["pid"])
+    ((pgid, _ticks),) = holder["exec_groups"]  # recorded while it runs
+    (old_sleep,) = live_pids_with(marker)
+    guards = [p for p in _children(worker) if "mfm-exec-guard" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(guards) == 1
+    try:
+        os.kill(guards[0], signal.SIGKILL)
+        wait_until(lambda: not _alive(guards[0]), timeout=5, what="the guard to die")
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: not _alive(worker) and not _alive(pgid), timeout=5, what="the worker and `sh` to die")
+        assert _alive(old_sleep), "precondition: the program's `sleep` outlived its worker"
+
+        res = mfm("resume", run_id)
+        assert res.code == 0, res.err
+        assert not _alive(old_sleep)  # gone before `mfm resume` even returned, so before the new worker started
+        assert f"killed process group {pgid} left by the previous attempt (pids {old_sleep})" in res.err
+        wait_until(lambda: bool(live_pids_with(marker)), timeout=60, what="the second attempt's program")
+        assert live_pids_with(marker) != [old_sleep] and len(live_pids_with(marker)) == 1  # only one copy runs
+        log = (mfm.store / "runs" / run_id / "worker.log").read_text()
+        assert f"killed process group {pgid}" in log
+        new_holder = mfm.lease(run_id)
+        assert new_holder["pid"] != worker and [g[0] for g in new_holder["exec_groups"]] != [pgid]
+    finally:
+        for pid in [old_sleep, *live_pids_with(marker)]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -253,7 +253,7 @@ def test_start_show_runs_cancel_events_resume_on_a_database_store(
     assert show.returncode == 0 and "host      solo" in show.stdout and "completed" in show.stdout
     assert json.loads(mfm(env, "show", run, "--json", store=url).stdout)["host"] == "solo"
     again = mfm(env, "resume", run[:8], store=url)
-    assert again.returncode == 0 and "already finished" in again.stderr
+    assert again.returncode == 4 and "error[run_already_finished]" in again.stderr
 
     # The same through $MFM_STORE, and a cancel that travels through the database to the worker.
     env_store = {**env, "MFM_STORE": url}

@@ -48,6 +48,6 @@ def test_resume_of_a_completed_run_does_nothing(mfm: Mfm, tmp_path: Path) -> Non
     assert done.code == 0, done.err
     runs_before = sorted(p.name for p in (mfm.store / "runs").iterdir())
     again = mfm("resume", done.json()["run_id"])
-    assert again.code == 0, again.err
-    assert "nothing to resume" in again.err
+    assert again.code == 4, again.err  # a conflict (README: exit codes)
+    assert again.err.startswith("error[run_already_finished]: ") and "nothing to resume" in again.err
     assert sorted(p.name for p in (mfm.store / "runs").iterdir()) == runs_before

@@ -268,3 +268,109 @@ def test_run_completed_carries_no_error_text() -> None:
     """RunCompleted has only a status and a snapshot id: nothing a secret could ride in."""
     assert set(RunCompleted.model_fields) == {"status", "final_snapshot_id"}
     assert issubclass(RunError, MfmError)
+
+
+# ---------------------------------------------------------------------------------------------
+# worker.log: what a worker process prints passes the same guard (issue 13 item 7)
+# ---------------------------------------------------------------------------------------------
+
+LEAK_OPS = """
+import glob, json, os, signal, sys
+from pydantic import BaseModel
+from engine.config import Duration, Fixed, RetryPolicy, RunConfig
+from engine.ids import OpId
+from engine.meta import StateMeta
+from engine.operations import Operation
+from engine.state import StateOutcome
+from engine.testing import make_plan
+
+PLANTED = json.loads(%r)
+
+class Params(BaseModel):
+    how: str
+
+class Leak:
+    def __init__(self, how):
+        self.how = how
+    def meta(self):
+        return StateMeta()
+    async def handle(self, ctx, io, rec):
+        if self.how == "exit":  # the issue's case: message and traceback
+            raise SystemExit("\\n".join(PLANTED))
+        if self.how == "print":
+            for secret in PLANTED:
+                print(secret, flush=True)
+                os.write(1, secret.encode() + b"\\n")
+                os.write(2, b"stderr: " + secret.encode() + b"\\n")
+            os.write(1, b"password:\\n" + PLANTED[0].split("=")[1].encode() + b"\\n")  # a value on the next line
+            sys.stdout.write(PLANTED[1])  # no newline: the last, partial line at exit
+            return StateOutcome()
+        if self.how == "rawlog":  # a log written unguarded (an older worker): the CLI must not repeat it
+            for log in glob.glob(os.path.join(os.environ["LEAK_STORE"], "runs", "*", "worker.log")):
+                with open(log, "a") as f:
+                    f.write(PLANTED[0] + "\\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise ValueError(self.how)
+
+OPERATIONS = [
+    Operation(
+        op_id=OpId("leak"),
+        version="1",
+        description="leaks secrets to its output",
+        params_model=Params,
+        build_plan=lambda p, env: make_plan([("leak", Leak(p.how))], op_id="leak"),
+        run_config=RunConfig(retry_policy=RetryPolicy(max_attempts=1, backoff=Fixed(delay=Duration.from_millis(0)))),
+    )
+]
+"""
+
+
+def _mfm_leak(tmp_path: Path, how: str) -> tuple[Path, Any]:
+    """``mfm start leak -p how=… --wait`` in a subprocess (its worker is a detached process, as in use)."""
+    import json
+    import subprocess
+    import sys
+
+    ops = tmp_path / "leak_ops.py"
+    ops.write_text(LEAK_OPS % json.dumps(PLANTED))
+    store = tmp_path / "store"
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("MFM_STORE",)}
+    env.update(PYTHONPATH=str(root), HOME=str(tmp_path), LEAK_STORE=str(store))
+    argv = [sys.executable, "-m", "mfm_tui", "--store", str(store), "--ops", str(ops)]
+    res = subprocess.run(
+        [*argv, "start", "leak", "-p", f"how={how}", "--wait"], capture_output=True, env=env, timeout=120, check=False
+    )
+    return store, res
+
+
+def _found_in(data: bytes) -> list[str]:
+    low = data.lower()
+    return [m for m in MARKERS if m.lower().encode() in low] + [t for t in TRIGGERS if t.encode() in low]
+
+
+def test_a_handler_exiting_with_secrets_leaves_none_in_worker_log_or_the_cli_error(tmp_path: Path) -> None:
+    store, res = _mfm_leak(tmp_path, "exit")
+    assert res.returncode == 1 and res.stderr.startswith(b"error[worker_lost]: "), res.stderr
+    (log,) = store.glob("runs/*/worker.log")
+    assert b"SystemExit" in log.read_bytes() and b"line withheld" in log.read_bytes()  # the log still tells
+    assert _found_in(res.stdout + res.stderr) == []
+    assert scan(store) == []
+
+
+def test_what_a_handler_prints_or_writes_to_fds_1_and_2_is_guarded(tmp_path: Path) -> None:
+    store, res = _mfm_leak(tmp_path, "print")
+    assert res.returncode == 0, res.stderr
+    (log,) = store.glob("runs/*/worker.log")
+    text = log.read_text()
+    assert text.count("line withheld") == 3 * len(PLANTED) + 3  # each, thrice; `password:` and its value; the tail
+    assert "stderr:" not in text and "run " in text  # the worker's own lines are kept
+    assert scan(store) == []
+
+
+def test_the_cli_does_not_repeat_a_secret_from_an_unguarded_log(tmp_path: Path) -> None:
+    store, res = _mfm_leak(tmp_path, "rawlog")
+    assert res.returncode == 1 and res.stderr.startswith(b"error[worker_lost]: "), res.stderr
+    (log,) = store.glob("runs/*/worker.log")
+    assert PLANTED[0].encode() in log.read_bytes()  # planted behind the guard's back, as an older worker's log
+    assert b"line withheld" in res.stderr and _found_in(res.stdout + res.stderr) == []

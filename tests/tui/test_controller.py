@@ -6,6 +6,7 @@ Waits are bounded loops that refresh from the store (they fail instead of hangin
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 from collections.abc import Callable
@@ -250,6 +251,12 @@ async def test_refusals_name_the_reason() -> None:
             f"run {RUN_RUNNING[:8]} has a live worker (pid 7 on h); it is still running: nothing to resume",
         )
         assert describe_resume(models[RUN_FAILED], LeaseStatus.NONE).recovery
+        recovered = copy.copy(models[RUN_FAILED])
+        recovered.recovered_by = RUN_COMPLETED  # as the store watcher links a recovery run to its failed run
+        assert describe_resume(recovered, LeaseStatus.NONE).refusal == (
+            "run_already_recovered",
+            f"run {RUN_FAILED[:8]} already recovered as {RUN_COMPLETED[:8]}; resume that run instead",
+        )
         lost = describe_resume(models[RUN_LOST], LeaseStatus.STALE)
         assert lost.ok and lost.orphans == ("step_0021 attempt 1",)
         app.open_run(RUN_COMPLETED)

@@ -13,6 +13,7 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       events.jsonl.torn-<o>-<ms>  torn_tail_file(): a torn tail the store copied aside before truncating
       control/cancel.json         cancel_file(): the first cancel request
       lease, start.json, worker.log   lease_file(), pending_file(), WORKER_LOG_FILE: written by engine.workers
+      recovery.json               RECOVERY_FILE: a failed run's recovery run (engine.workers)
     artifacts/<aa>/<id>           artifact_file(): raw bytes; <aa> = the id's first two hex chars
     artifacts/<aa>/<id>.kind      artifact_kind_file(): the ArtifactKind of the first put (advisory)
     quarantine/<stamp>/...        QUARANTINE_DIR: what ``mfm doctor --repair`` moved aside (same relative paths)
@@ -78,6 +79,7 @@ __all__ = [
     "PENDING_FILE",
     "QUARANTINE_DIR",
     "RD_FLAGS",
+    "RECOVERY_FILE",
     "RUNS_DIR",
     "STORE_FORMAT",
     "STORE_META_FILE",
@@ -132,6 +134,7 @@ APPEND_LOCK_FILE = "events.lock"
 LEASE_FILE = "lease"
 PENDING_FILE = "start.json"
 WORKER_LOG_FILE = "worker.log"
+RECOVERY_FILE = "recovery.json"
 CONTROL_DIR = "control"
 CANCEL_FILE = "cancel.json"
 KIND_SUFFIX = ".kind"
