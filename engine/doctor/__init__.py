@@ -43,7 +43,6 @@ event file and history) and ``_repair`` (the quarantine moves).
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +54,7 @@ from engine.doctor._repair import move_file, move_tail
 from engine.doctor._walk import list_runs, walk_store_files
 from engine.errors import StorageError
 from engine.ids import ArtifactId, RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 from engine.stores.fs.framing import QUARANTINE_DIR
 
 __all__ = [
@@ -77,11 +76,15 @@ __all__ = [
 
 def resolve_runs(root: str | os.PathLike[str], texts: Sequence[str]) -> list[RunId]:
     """Full run ids or unique prefixes (as ``git`` does) → run ids; reads folder names only."""
-    runs_dir = Path(root) / framing.RUNS_DIR
     try:
-        names = sorted(n for n in os.listdir(runs_dir) if is_run_id(n))
+        runs_fd = safe_paths.open_below(os.fspath(root), framing.RUNS_DIR)
     except FileNotFoundError:
         names = []
+    else:
+        try:
+            names = sorted(e.name for e in safe_paths.list_dir(runs_fd) if is_run_id(e.name))
+        finally:
+            os.close(runs_fd)
     out: list[RunId] = []
     for text in texts:
         prefix = text.strip().lower()
@@ -100,14 +103,18 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
     """Check the store at ``root`` (every run, or only ``runs``) without changing anything."""
     root_path = Path(root)
     report = DoctorReport(root=str(root_path))
-    try:
-        st = os.stat(root_path, follow_symlinks=False)
+    try:  # the root may be reached through a symlink (the user's path); nothing below it is
+        fd = safe_paths.open_root(str(root_path))
     except FileNotFoundError:
         raise StorageError.not_found("store_not_found", f"no store at {root_path}") from None
+    except NotADirectoryError:
+        raise StorageError.other("store_unreadable", f"{root_path} is not a folder") from None
     except OSError as exc:
         raise StorageError.other("store_unreadable", f"cannot read {root_path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StorageError.other("store_unreadable", f"{root_path} is not a folder")
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     check_mode(report, root_path, root_path, st)
     present: dict[ArtifactId, bool] = {}
     referenced: dict[ArtifactId, tuple[str, int, str, int]] = {}
@@ -146,7 +153,7 @@ def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Mov
     """
     root_path = Path(root)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
-    qdir = root_path / QUARANTINE_DIR / stamp
+    qdir = f"{QUARANTINE_DIR}/{stamp}"
     moved: list[Moved] = []
     for f in report.findings:
         if not f.repairable or f.path is None:

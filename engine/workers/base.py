@@ -113,6 +113,8 @@ class RunFolders(Protocol):
 
     def events_path(self, run_id: RunId) -> Path: ...
 
+    def open_run_dir(self, run_id: RunId, *, create: bool = False) -> int: ...
+
 
 def is_pooled(store: Any) -> bool:
     """Whether ``store`` is a database store whose runs go through the worker-pool queue (``engine.pool``)."""

@@ -38,14 +38,16 @@ Blocking IO runs inline in the calling coroutine: each call is a few syscalls an
 event-loop thread hop would cost more than it saves. Ids are validated before any path is built, and every folder
 and file below the root is opened relative to its parent's descriptor without following a symlink, and only when
 its owner is this user (:mod:`engine.stores.fs.safe_paths`): a symlink planted in place of a run folder, an artifact
-fan folder or a store file is refused, never followed. Opening the store writes nothing unless ``create``. Every mutating call
-goes through the injectable :class:`FsOps`; every OS or parse error is translated by one function (``translate``).
+fan folder or a store file is refused, never followed. Opening the store writes nothing unless ``create``. Every
+mutating call goes through the injectable :class:`FsOps`; every OS or parse error is translated by one function
+(``translate``).
 
 Modules. :mod:`engine.stores.fs.framing` is the only code that knows the layout above and the framing of a run log
 (the doctor and the TUI's log index use it too); :mod:`engine.stores.fs.safe_paths` is the only code that walks
-the store's folders (the doctor and the workers use it too); the private modules hold the rest: ``_ops`` (the ``FsOps`` seam
-and the error translation), ``_core`` (cached descriptors, per-run committed views, the change journal), ``_meta``
-(``store.json``), ``_events`` (:class:`FsEventStore`) and ``_artifacts`` (:class:`FsArtifactStore`).
+the store's folders (the doctor and the workers use it too); the private modules hold the rest: ``_ops`` (the
+``FsOps`` seam and the error translation), ``_core`` (cached descriptors, per-run committed views, the change
+journal), ``_meta`` (opening, ``store.json``), ``_events`` (:class:`FsEventStore`) and ``_artifacts``
+(:class:`FsArtifactStore`).
 """
 
 from __future__ import annotations

@@ -44,9 +44,11 @@ __all__ = [
     "is_symlink",
     "list_dir",
     "make_dir",
+    "open_below",
     "open_dir",
     "open_dirs",
     "open_file",
+    "open_file_below",
     "open_root",
     "stat_entry",
     "symlink_refused",
@@ -155,6 +157,28 @@ def open_dirs(parent_fd: int, rel: str, path: str, *, create: bool = False, ops:
             os.close(fd)
         fd = child
     return fd
+
+
+def open_below(root: str, rel: str, *, create: bool = False, ops: FsOps | None = None) -> int:
+    """Open the folder ``rel`` of the store at ``root`` (:func:`open_root`, then :func:`open_dirs`)."""
+    root_fd = open_root(root)
+    try:
+        return open_dirs(root_fd, rel, root, create=create, ops=ops)
+    finally:
+        os.close(root_fd)
+
+
+def open_file_below(
+    root: str, rel: str, flags: int, mode: int = FILE_MODE, *, create_dirs: bool = False, ops: FsOps | None = None
+) -> int:
+    """Open the file ``rel`` (``a/b/name``) of the store at ``root``: :func:`open_below` its folder, then
+    :func:`open_file`."""
+    parent, _, name = rel.rpartition("/")
+    dfd = open_below(root, parent, create=create_dirs, ops=ops)
+    try:
+        return open_file(dfd, name, flags, f"{root}/{rel}", mode, ops)
+    finally:
+        os.close(dfd)
 
 
 def open_file(
