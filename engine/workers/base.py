@@ -45,6 +45,7 @@ _NOT_FOUND_CODES = frozenset(
         "artifact_not_found",
         "manifest_not_found",
         "run_prefix_unknown",
+        "store_not_found",
     }
 )
 _CONFLICT_CODES = frozenset({"lease_held", "run_already_finished", "worker_alive"})

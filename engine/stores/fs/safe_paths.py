@@ -181,9 +181,7 @@ def open_file_below(
         os.close(dfd)
 
 
-def open_file(
-    dir_fd: int, name: str, flags: int, path: str, mode: int = FILE_MODE, ops: FsOps | None = None
-) -> int:
+def open_file(dir_fd: int, name: str, flags: int, path: str, mode: int = FILE_MODE, ops: FsOps | None = None) -> int:
     """Open file ``name`` of the folder open as ``dir_fd`` with ``flags`` (``O_NOFOLLOW | O_CLOEXEC`` added).
 
     A symlink in its place is ``store_symlink``; a new file gets ``mode`` (callers ``fchmod`` when the umask must
