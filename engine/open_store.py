@@ -93,8 +93,10 @@ def open_store(
 
     Reading is the default: a missing folder is ``store_not_found`` and opening writes nothing (a read-only store
     opens). ``create``: a missing store is created (only commands that write create one: ``start``, ``worker``, the
-    TUI). ``write``: a store this process may not write is refused at once (``store_not_writable``). Another URL
-    scheme is ``store_url_unsupported``; a database URL without psycopg installed is ``store_driver_missing``.
+    TUI). ``write``: a store this process may not write is refused at once (``store_not_writable``). (A database
+    store is not checked here: its schema is made on first use and the role's grants decide what it may write.)
+    Another URL scheme is ``store_url_unsupported``; a database URL without psycopg installed is
+    ``store_driver_missing`` (exit 2, like any store that cannot be used).
     """
     if is_database_url(location):
         assert isinstance(location, str)

@@ -10,6 +10,7 @@ code                        severity  meaning
 ``store_not_found``         error     the store folder does not exist (nothing was created)
 ``store_unreadable``        error     a folder or file of the store cannot be read
 ``symlink_in_store``        error     a symbolic link where the store keeps its own files
+``foreign_owner``           error     a folder or file owned by another user than the store's (refused)
 ``run_dir_invalid``         warning   a folder under ``runs/`` whose name is not a run id
 ``event_line_undecodable``  error     a committed event line is not a wire-form envelope
 ``event_seq_gap``           error     seqs are not 1, 2, 3 … (a line is missing or repeated)
@@ -33,7 +34,9 @@ files with :func:`~engine.stores.fs.framing.check_log`), the stream analysis is 
 (:func:`engine._runtime.envelopes.analyze`); the lease probe is a non-blocking shared ``flock`` on the lease file,
 as :func:`engine.workers.lease_state` does. :func:`repair_store` only MOVES damaged tails and temporary files into
 ``STORE/quarantine/<timestamp>/`` (a tail is copied there and fsynced before the event file is truncated to its
-committed end, under the run's writer lock); it never deletes anything.
+committed end, under the run's writer lock); it never deletes anything. The doctor walks the store by folder
+descriptors (:mod:`engine.stores.fs.safe_paths`): no symlink is followed, and ``--repair`` refuses a symlinked
+``quarantine`` (``store_symlink``) and creates its folders 0700 whatever the umask.
 
 This module holds the entry points; the checks live in private modules: ``_findings`` (finding, report, shared
 helpers), ``_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_artifacts``, ``_events`` (one run's

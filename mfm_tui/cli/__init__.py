@@ -40,7 +40,7 @@ Exit codes (stable):
   {EXIT_OK}  ok
   {EXIT_FAILED}  the run failed or was cancelled (with --wait), or its worker was lost
   {EXIT_USAGE}  usage or validation error (bad option, invalid parameters, ambiguous run id)
-  {EXIT_NOT_FOUND}  not found (run, artifact, operation)
+  {EXIT_NOT_FOUND}  not found (run, artifact, operation, store)
   {EXIT_CONFLICT}  conflict (a live worker holds the run's lease, the run already finished)
 \b
 Errors are one line on stderr: error[code]: message (add --debug for a traceback).
@@ -55,7 +55,9 @@ A postgresql://… URL selects the PostgreSQL store: runs are queued and execute
 
 
 @click.group(invoke_without_command=True, epilog=EXIT_CODES_HELP)
-@click.option("--store", "store", metavar="PATH|URL", help="Store folder (created on first use) or postgresql://… URL.")
+@click.option(
+    "--store", "store", metavar="PATH|URL", help="Store folder (created by start/worker/tui) or postgresql://… URL."
+)
 @click.option(
     "--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE or a .py file (repeatable)."
 )

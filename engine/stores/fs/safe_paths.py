@@ -8,7 +8,8 @@ descriptor with ``O_NOFOLLOW`` (:func:`open_file`), new folders are made relativ
 written where it points.
 
 The root itself is opened by its path (:func:`open_root`), which may pass through symlinks: the user chose that path
-(as ssh accepts a home folder reached through a symlink). Everything below it is refused when it is a symlink.
+(as ssh accepts a home folder reached through a symlink). Everything below it is refused when it is a symlink. The
+folders above the root are the user's business and are not checked.
 
 Ownership, as ssh checks ``~/.ssh``: the root and every folder opened below it must belong to the effective user
 (``store_foreign_owner`` otherwise), so a store (or a folder planted in it) owned by someone else is never used.
