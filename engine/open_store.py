@@ -16,6 +16,7 @@ The URL's password never appears in a repr, a log line or an error (:func:`displ
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode
@@ -26,15 +27,31 @@ from engine.stores.fs import FsStore
 if TYPE_CHECKING:
     from engine.pool import PostgresPoolStore
 
-__all__ = ["display_location", "is_database_url", "open_store", "split_database_url"]
+__all__ = ["check_location", "display_location", "is_database_url", "open_store", "split_database_url"]
 
 _SCHEMES: Final = ("postgresql://", "postgres://")
 _OURS: Final = ("mfm_schema", "mfm_notify")
+_URL: Final = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.-]*)://")
+POSTGRES_EXTRA_HINT: Final = "pip install 'mfm-tui[postgres]'"
 
 
 def is_database_url(location: str | os.PathLike[str] | None) -> bool:
     """Whether ``location`` names a PostgreSQL store (``postgresql://…`` or ``postgres://…``)."""
     return isinstance(location, str) and location.strip().lower().startswith(_SCHEMES)
+
+
+def check_location(location: str | os.PathLike[str]) -> None:
+    """Refuse a URL that is not a database URL (``https://…``, ``file://…``): ``store_url_unsupported``, a usage
+    error, instead of a folder named after it (a store location is a folder or a ``postgresql://`` URL)."""
+    if not isinstance(location, str) or is_database_url(location):
+        return
+    m = _URL.match(location)
+    if m is not None:
+        raise StorageError.other(
+            "store_url_unsupported",
+            f"unsupported store URL scheme {m.group(1)!r}: a store is a folder or a postgresql:// URL",
+            {"scheme": m.group(1)},
+        )
 
 
 def split_database_url(url: str) -> tuple[str, dict[str, str]]:
@@ -67,13 +84,29 @@ def display_location(location: str | os.PathLike[str]) -> str:
         return "postgresql://<unparsable>"
 
 
-def open_store(location: str | os.PathLike[str], **options: Any) -> FsStore | PostgresPoolStore:
+def open_store(
+    location: str | os.PathLike[str], *, create: bool = False, write: bool = False, **options: Any
+) -> FsStore | PostgresPoolStore:
     """The store at ``location``: a ``postgresql://`` URL opens the PostgreSQL store (with its worker-pool queue,
-    ``engine.pool.PostgresPoolStore``; connects lazily), anything else is a folder for ``FsStore`` (created on
-    first use). ``options`` go to the PostgreSQL store (``max_connections``, ``clock`` …)."""
+    ``engine.pool.PostgresPoolStore``; connects lazily), anything else is a folder for ``FsStore``. ``options`` go to
+    the PostgreSQL store (``max_connections``, ``clock`` …).
+
+    Reading is the default: a missing folder is ``store_not_found`` and opening writes nothing (a read-only store
+    opens). ``create``: a missing store is created (only commands that write create one: ``start``, ``worker``, the
+    TUI). ``write``: a store this process may not write is refused at once (``store_not_writable``). (A database
+    store is not checked here: its schema is made on first use and the role's grants decide what it may write.)
+    Another URL scheme is ``store_url_unsupported``; a database URL without psycopg installed is
+    ``store_driver_missing`` (exit 2, like any store that cannot be used).
+    """
     if is_database_url(location):
         assert isinstance(location, str)
-        from engine.pool import PostgresPoolStore  # psycopg is an optional dependency: only database URLs need it
+        try:
+            from engine.pool import PostgresPoolStore  # psycopg is an optional dependency: only database URLs need it
+        except ImportError as exc:
+            err = _driver_missing(exc)
+            if err is None:
+                raise
+            raise err from None
 
         dsn, ours = split_database_url(location)
         schema = ours.get("mfm_schema") or "public"
@@ -81,4 +114,29 @@ def open_store(location: str | os.PathLike[str], **options: Any) -> FsStore | Po
         if notify not in ("after", "commit", "off"):
             raise StorageError.other("store_notify_invalid", f"mfm_notify must be after, commit or off, not {notify!r}")
         return PostgresPoolStore(dsn, schema=schema, notify=notify, **options)  # type: ignore[arg-type]
-    return FsStore(Path(location))
+    check_location(location)
+    store = FsStore(Path(location), create=create)
+    if write and not store.writable:
+        store.close()
+        raise StorageError.other(
+            "store_not_writable",
+            f"store at {store.root} is not writable by this user; reading still works "
+            "(`mfm runs`, `mfm show`, `mfm tui --read-only`)",
+            {"path": str(store.root)},
+        )
+    return store
+
+
+def _driver_missing(exc: ImportError) -> StorageError | None:
+    """``store_driver_missing`` when ``exc`` says psycopg (the ``postgres`` extra) is missing or cannot load (its
+    libpq); ``None`` for any other import error."""
+    text = str(exc).strip()
+    if (exc.name or "").partition(".")[0] == "psycopg":
+        why = ""
+    elif "psycopg" in text.lower() or "libpq" in text.lower():
+        why = f" ({text.splitlines()[0][:200]})"
+    else:
+        return None
+    return StorageError.other(
+        "store_driver_missing", f"PostgreSQL stores need psycopg{why}: {POSTGRES_EXTRA_HINT}", {"module": exc.name}
+    )

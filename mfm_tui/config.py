@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.open_store import check_location
+
 __all__ = ["default_store_path", "is_store_url", "resolve_store", "resolve_store_path", "store_writable"]
 
 
@@ -42,17 +44,23 @@ def is_store_url(location: object) -> bool:
 
 def resolve_store(option: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path | str:
     """The store to open: a database URL unchanged (from ``option``, else ``$MFM_STORE``), else
-    :func:`resolve_store_path`."""
+    :func:`resolve_store_path`. Another URL (``https://…``) is ``store_url_unsupported``, never a folder name."""
     env = os.environ if env is None else env
     chosen = option if option else env.get("MFM_STORE") or None
     if is_store_url(chosen):
         assert isinstance(chosen, str)
         return chosen.strip()
+    if chosen is not None:
+        check_location(os.fspath(chosen))
     return resolve_store_path(option, env)
 
 
 def store_writable(store: Any) -> bool:
-    """A filesystem store whose folder this process may write (other stores: assumed writable)."""
+    """Whether this process may write the store: ``FsStore.writable``; a folder checked by path for other objects
+    with a ``root``; any other store is assumed writable."""
+    writable = getattr(store, "writable", None)
+    if isinstance(writable, bool):
+        return writable
     root = getattr(store, "root", None)
     if root is None:
         return True

@@ -10,6 +10,7 @@ code                        severity  meaning
 ``store_not_found``         error     the store folder does not exist (nothing was created)
 ``store_unreadable``        error     a folder or file of the store cannot be read
 ``symlink_in_store``        error     a symbolic link where the store keeps its own files
+``foreign_owner``           error     a folder or file owned by another user than the store's (refused)
 ``run_dir_invalid``         warning   a folder under ``runs/`` whose name is not a run id
 ``event_line_undecodable``  error     a committed event line is not a wire-form envelope
 ``event_seq_gap``           error     seqs are not 1, 2, 3 … (a line is missing or repeated)
@@ -37,7 +38,9 @@ files with :func:`~engine.stores.fs.framing.check_log`), the stream analysis is 
 as :func:`engine.workers.lease_state` does. :func:`repair_store` only MOVES damaged tails, temporary files and the run
 folders of failed starts into ``STORE/quarantine/<timestamp>/`` (a tail is copied there and fsynced before the event
 file is truncated to its committed end, under the run's writer lock); the one thing it deletes is a failed start's
-run folder whose files are all empty (nothing in it holds data), under that run's lease.
+run folder whose files are all empty (nothing in it holds data), under that run's lease. The doctor walks the store
+by folder descriptors (:mod:`engine.stores.fs.safe_paths`): no symlink is followed, and ``--repair`` refuses a
+symlinked ``quarantine`` (``store_symlink``) and creates its folders 0700 whatever the umask.
 
 This module holds the entry points; the checks live in private modules: ``_findings`` (finding, report, shared
 helpers), ``_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_artifacts``, ``_events`` (one run's
@@ -47,7 +50,6 @@ event file and history) and ``_repair`` (the quarantine moves).
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +62,7 @@ from engine.doctor._unstarted import clear_empty_run_dir
 from engine.doctor._walk import list_runs, walk_store_files
 from engine.errors import StorageError
 from engine.ids import ArtifactId, RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 from engine.stores.fs.framing import QUARANTINE_DIR
 
 __all__ = [
@@ -82,11 +84,15 @@ __all__ = [
 
 def resolve_runs(root: str | os.PathLike[str], texts: Sequence[str]) -> list[RunId]:
     """Full run ids or unique prefixes (as ``git`` does) → run ids; reads folder names only."""
-    runs_dir = Path(root) / framing.RUNS_DIR
     try:
-        names = sorted(n for n in os.listdir(runs_dir) if is_run_id(n))
+        runs_fd = safe_paths.open_below(os.fspath(root), framing.RUNS_DIR)
     except FileNotFoundError:
         names = []
+    else:
+        try:
+            names = sorted(e.name for e in safe_paths.list_dir(runs_fd) if is_run_id(e.name))
+        finally:
+            os.close(runs_fd)
     out: list[RunId] = []
     for text in texts:
         prefix = text.strip().lower()
@@ -105,14 +111,18 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
     """Check the store at ``root`` (every run, or only ``runs``) without changing anything."""
     root_path = Path(root)
     report = DoctorReport(root=str(root_path))
-    try:
-        st = os.stat(root_path, follow_symlinks=False)
+    try:  # the root may be reached through a symlink (the user's path); nothing below it is
+        fd = safe_paths.open_root(str(root_path))
     except FileNotFoundError:
         raise StorageError.not_found("store_not_found", f"no store at {root_path}") from None
+    except NotADirectoryError:
+        raise StorageError.other("store_unreadable", f"{root_path} is not a folder") from None
     except OSError as exc:
         raise StorageError.other("store_unreadable", f"cannot read {root_path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StorageError.other("store_unreadable", f"{root_path} is not a folder")
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     check_mode(report, root_path, root_path, st)
     present: dict[ArtifactId, bool] = {}
     referenced: dict[ArtifactId, tuple[str, int, str, int]] = {}
@@ -152,7 +162,7 @@ def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Mov
     """
     root_path = Path(root)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
-    qdir = root_path / QUARANTINE_DIR / stamp
+    qdir = f"{QUARANTINE_DIR}/{stamp}"
     moved: list[Moved] = []
     for f in report.findings:
         if not f.repairable or f.path is None:

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from engine.doctor._findings import TEMP_NAME, DoctorReport, Finding, add_if_any, check_mode, relative
-from engine.doctor._walk import temp_finding
+from engine.doctor._walk import refused, temp_finding
+from engine.errors import StorageError
 from engine.events import (
     DOMAIN_EVENT_FACT_RECORDED,
     DomainEvent,
@@ -23,7 +24,7 @@ from engine.events import (
     StateFailed,
 )
 from engine.ids import ArtifactId, RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 
 __all__ = ["artifact_exists", "check_all_artifacts", "check_artifact_file", "collect_refs"]
 
@@ -35,61 +36,78 @@ def _artifact_path(root: Path, aid: str) -> Path:
 
 
 def artifact_exists(root: Path, aid: str) -> bool:
-    return os.path.lexists(_artifact_path(root, aid))
+    try:
+        fan = safe_paths.open_below(str(root), framing.artifact_folder(aid))
+    except (OSError, StorageError):
+        return False
+    try:
+        safe_paths.stat_entry(fan, aid)
+    except OSError:
+        return False
+    finally:
+        os.close(fan)
+    return True
 
 
 def check_all_artifacts(report: DoctorReport, root: Path, present: dict[ArtifactId, bool]) -> None:
-    adir = root / framing.ARTIFACTS_DIR
     try:
-        fans = sorted(os.listdir(adir))
+        adir = safe_paths.open_below(str(root), framing.ARTIFACTS_DIR)
     except FileNotFoundError:
         return
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc.message
+        report.add(Finding("store_unreadable", "error", f"cannot list artifacts: {reason}", path=framing.ARTIFACTS_DIR))
+        return
+    try:
+        for entry in sorted(safe_paths.list_dir(adir)):
+            _check_fan(report, root, adir, entry.name, present)
+    finally:
+        os.close(adir)
+
+
+def _check_fan(report: DoctorReport, root: Path, adir: int, fan: str, present: dict[ArtifactId, bool]) -> None:
+    fan_path = root / framing.ARTIFACTS_DIR / fan
+    try:
+        st = safe_paths.stat_entry(adir, fan)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode):
         report.add(
-            Finding("store_unreadable", "error", f"cannot list artifacts: {exc.strerror}", path=framing.ARTIFACTS_DIR)
+            Finding("symlink_in_store", "error", "a symbolic link among the artifacts", path=relative(root, fan_path))
         )
         return
-    for fan in fans:
-        fan_path = adir / fan
-        try:
-            st = os.stat(fan_path, follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and TEMP_NAME.search(fan):
+            add_if_any(report, temp_finding(root, fan_path, st))
+        else:
             report.add(
                 Finding(
-                    "symlink_in_store", "error", "a symbolic link among the artifacts", path=relative(root, fan_path)
+                    "artifact_name_invalid",
+                    "warning",
+                    "an unexpected file among the artifact folders",
+                    path=relative(root, fan_path),
                 )
             )
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            if stat.S_ISREG(st.st_mode) and TEMP_NAME.search(fan):
-                add_if_any(report, temp_finding(root, fan_path, st))
-            else:
-                report.add(
-                    Finding(
-                        "artifact_name_invalid",
-                        "warning",
-                        "an unexpected file among the artifact folders",
-                        path=relative(root, fan_path),
-                    )
-                )
-            continue
-        check_mode(report, root, fan_path, st)
-        try:
-            names = sorted(os.listdir(fan_path))
-        except OSError as exc:
-            report.add(
-                Finding("store_unreadable", "error", f"cannot list: {exc.strerror}", path=relative(root, fan_path))
-            )
-            continue
-        for name in names:
+        return
+    if not refused(report, relative(root, fan_path), st):
+        return
+    check_mode(report, root, fan_path, st)
+    try:
+        fan_fd = safe_paths.open_dir(adir, fan, str(fan_path))
+    except (OSError, StorageError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc.message
+        report.add(Finding("store_unreadable", "error", f"cannot list: {reason}", path=relative(root, fan_path)))
+        return
+    try:
+        entries = sorted(safe_paths.list_dir(fan_fd))
+        for entry in entries:
+            name = entry.name
             path = fan_path / name
             if framing.ARTIFACT_NAME.fullmatch(name) and name[:2] == fan:
                 present[ArtifactId(name)] = check_artifact_file(report, root, ArtifactId(name))
                 continue
             try:
-                fst = os.stat(path, follow_symlinks=False)
+                fst = safe_paths.stat_entry(fan_fd, name)
             except OSError:
                 continue
             if stat.S_ISLNK(fst.st_mode):
@@ -117,6 +135,8 @@ def check_all_artifacts(report: DoctorReport, root: Path, present: dict[Artifact
                     path=relative(root, path),
                 )
             )
+    finally:
+        os.close(fan_fd)
 
 
 def check_artifact_file(report: DoctorReport, root: Path, aid: ArtifactId) -> bool:
@@ -124,8 +144,12 @@ def check_artifact_file(report: DoctorReport, root: Path, aid: ArtifactId) -> bo
     path = _artifact_path(root, aid)
     rel = relative(root, path)
     try:
-        fd = os.open(path, framing.RD_FLAGS)
+        fd = safe_paths.open_file_below(str(root), framing.artifact_file(aid), framing.RD_FLAGS)
     except FileNotFoundError:
+        return False
+    except StorageError as err:
+        code = "symlink_in_store" if err.code == safe_paths.SYMLINK else "foreign_owner"
+        report.add(Finding(code, "error", f"where an artifact should be: {err.message}", path=rel))
         return False
     except OSError as exc:
         if exc.errno == errno.ELOOP:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from engine._runtime.envelopes import EnvelopeViolation, analyze
 from engine.doctor._artifacts import collect_refs
-from engine.doctor._findings import DoctorReport, Finding
+from engine.doctor._findings import DoctorReport, Finding, relative
 from engine.doctor._unstarted import check_unstarted, has_no_events
 from engine.doctor._walk import lease_held
+from engine.errors import StorageError
 from engine.events import EventEnvelope, RunCompleted, RunStarted
 from engine.ids import ArtifactId, RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 from engine.stores.fs.framing import LogCheck
 
 __all__ = ["check_run"]
@@ -24,12 +25,11 @@ __all__ = ["check_run"]
 
 def _rescan_quiet(root: Path, run_id: RunId) -> LogCheck | None:
     """Scan again under a shared append lock taken without waiting; ``None`` while an append is in progress."""
-    lock_path = root / framing.append_lock_file(run_id)
     try:
-        lock_fd = os.open(lock_path, framing.RD_FLAGS)
+        lock_fd = safe_paths.open_file_below(str(root), framing.append_lock_file(run_id), framing.RD_FLAGS)
     except FileNotFoundError:
         lock_fd = -1
-    except OSError:
+    except (OSError, StorageError):
         return None
     try:
         if lock_fd >= 0:
@@ -37,16 +37,24 @@ def _rescan_quiet(root: Path, run_id: RunId) -> LogCheck | None:
                 fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 return None
-        fd = os.open(root / framing.events_file(run_id), framing.RD_FLAGS)
+        fd = safe_paths.open_file_below(str(root), framing.events_file(run_id), framing.RD_FLAGS)
         try:
             return framing.check_log(fd, run_id)
         finally:
             os.close(fd)
-    except OSError:
+    except (OSError, StorageError):
         return None
     finally:
         if lock_fd >= 0:
             os.close(lock_fd)
+
+
+def _exists(root: Path, rel: str) -> bool:
+    try:
+        os.close(safe_paths.open_file_below(str(root), rel, framing.RD_FLAGS))
+    except (OSError, StorageError):
+        return False
+    return True
 
 
 def check_run(
@@ -54,14 +62,20 @@ def check_run(
 ) -> None:
     report.runs_checked += 1
     rel = framing.events_file(run_id)
-    path = root / rel
     if has_no_events(root, run_id):
         # no events yet: a worker is about to write RunStarted, or it died first (its start.json says which
         # manifest to start again), or the start failed before even that (an empty folder)
         check_unstarted(report, root, run_id)
         return
     try:
-        fd = os.open(path, framing.RD_FLAGS)
+        fd = safe_paths.open_file_below(str(root), rel, framing.RD_FLAGS)
+    except StorageError as err:  # the run folder (or the file) is a symlink, or belongs to someone else
+        code = "symlink_in_store" if err.code == safe_paths.SYMLINK else "foreign_owner"
+        details = err.info.details
+        where = details.get("path") if isinstance(details, dict) else None
+        shown = relative(root, Path(where)) if isinstance(where, str) else framing.run_folder(run_id)
+        report.add(Finding(code, "error", err.message, path=shown, run_id=run_id))
+        return
     except FileNotFoundError:
         return  # removed since (a discarded run)
     except OSError as exc:

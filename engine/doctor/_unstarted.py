@@ -11,10 +11,10 @@ import os
 import stat
 from pathlib import Path
 
-from engine.doctor._findings import DoctorReport, Finding, Moved, relative
+from engine.doctor._findings import DoctorReport, Finding, Moved
 from engine.doctor._walk import lease_held
 from engine.ids import RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 
 __all__ = ["check_unstarted", "clear_empty_run_dir", "has_no_events"]
 
@@ -79,9 +79,11 @@ def _contents(folder: Path) -> tuple[int, int]:
     return files, data
 
 
-def clear_empty_run_dir(root: Path, qdir: Path, run_id: RunId) -> Moved | None:
+def clear_empty_run_dir(root: Path, qrel: str, run_id: RunId) -> Moved | None:
     """Remove a ``run_dir_empty`` folder whose files are all empty, else move it into ``qdir`` — under its lease,
-    taken without waiting (a worker or launcher holding it wins: nothing is touched). ``None``: left alone."""
+    taken without waiting (a worker or launcher holding it wins: nothing is touched). ``None``: left alone.
+    ``qrel``: the quarantine folder relative to ``root`` (created 0700 through folder descriptors, no symlink followed).
+    """
     rel = framing.run_folder(run_id)
     folder = root / rel
     lease_fd = -1
@@ -107,11 +109,18 @@ def clear_empty_run_dir(root: Path, qdir: Path, run_id: RunId) -> Moved | None:
             _remove_empty_tree(folder)
             _fsync_dir(folder.parent)
             return Moved("empty_run_dir", rel, "", 0, removed=True)
-        dest = _private_dirs(root, *qdir.relative_to(root).parts, framing.RUNS_DIR) / run_id
-        os.rename(folder, dest)
-        _fsync_dir(dest.parent)
-        _fsync_dir(folder.parent)
-        return Moved("empty_run_dir", rel, relative(root, dest), files)
+        dst = safe_paths.open_below(str(root), f"{qrel}/{framing.RUNS_DIR}", create=True)
+        try:
+            src = safe_paths.open_below(str(root), framing.RUNS_DIR)
+            try:
+                os.rename(run_id, run_id, src_dir_fd=src, dst_dir_fd=dst)
+                os.fsync(dst)
+                os.fsync(src)
+            finally:
+                os.close(src)
+        finally:
+            os.close(dst)
+        return Moved("empty_run_dir", rel, f"{qrel}/{framing.RUNS_DIR}/{run_id}", files)
     except OSError:
         return None
     finally:
@@ -126,21 +135,6 @@ def _remove_empty_tree(folder: Path) -> None:
         for name in dirnames:
             os.rmdir(os.path.join(dirpath, name))
     os.rmdir(folder)
-
-
-def _private_dirs(root: Path, *parts: str) -> Path:
-    """``root/parts…``, every level below ``root`` created 0700 whatever the umask, never through a symlink."""
-    path = root
-    for part in parts:
-        path = path / part
-        try:
-            os.mkdir(path, framing.DIR_MODE)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, "not a folder (a symlink?)", str(path)) from None
-            continue
-        os.chmod(path, framing.DIR_MODE)  # mkdir's mode is cut by the umask; this folder is ours, just made
-    return path
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,44 +9,73 @@ import stat
 from pathlib import Path
 
 from engine.doctor._findings import TEMP_NAME, DoctorReport, Finding, add_if_any, check_mode, is_run_id, relative
+from engine.errors import StorageError
 from engine.ids import RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 
-__all__ = ["lease_held", "list_runs", "temp_finding", "walk_store_files"]
+__all__ = ["lease_held", "list_runs", "refused", "temp_finding", "walk_store_files"]
 
 
 def walk_store_files(report: DoctorReport, root: Path) -> None:
-    """Modes, symlinks and temporary files everywhere but inside ``artifacts/`` (checked separately)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        rel = relative(root, here)
-        if rel == framing.QUARANTINE_DIR or rel.startswith(framing.QUARANTINE_DIR + os.sep):
-            dirnames[:] = []
+    """Modes, owners, symlinks and temporary files everywhere but inside ``artifacts/`` (checked separately) and
+    ``quarantine/``. Walked by folder descriptors (``engine.stores.fs.safe_paths``): no symlink is followed."""
+    root_fd = safe_paths.open_root(str(root))
+    try:
+        _walk(report, root, root_fd, "")
+    finally:
+        os.close(root_fd)
+
+
+def _walk(report: DoctorReport, root: Path, dir_fd: int, rel: str) -> None:
+    for entry in sorted(safe_paths.list_dir(dir_fd)):
+        name = entry.name
+        child = f"{rel}/{name}" if rel else name
+        path = root / child
+        try:
+            st = safe_paths.stat_entry(dir_fd, name)
+        except OSError:
             continue
-        if rel == framing.ARTIFACTS_DIR or rel.startswith(framing.ARTIFACTS_DIR + os.sep):
+        if not refused(report, child, st):
             continue
-        for name in list(dirnames) + filenames:
-            path = here / name
+        if rel or name != framing.QUARANTINE_DIR:
+            check_mode(report, root, path, st)
+        if stat.S_ISREG(st.st_mode) and TEMP_NAME.search(name):
+            add_if_any(report, temp_finding(root, path, st))
+        if stat.S_ISDIR(st.st_mode) and (rel or name not in (framing.QUARANTINE_DIR, framing.ARTIFACTS_DIR)):
             try:
-                st = os.stat(path, follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                report.add(
-                    Finding(
-                        "symlink_in_store",
-                        "error",
-                        "a symbolic link inside the store (the store never creates one and refuses to follow it)",
-                        path=relative(root, path),
-                    )
-                )
-                if name in dirnames:
-                    dirnames.remove(name)
-                continue
-            if here != root or name != framing.QUARANTINE_DIR:
-                check_mode(report, root, path, st)
-            if stat.S_ISREG(st.st_mode) and TEMP_NAME.search(name):
-                add_if_any(report, temp_finding(root, path, st))
+                sub = safe_paths.open_dir(dir_fd, name, str(path))
+            except (OSError, StorageError):
+                continue  # changed since the stat
+            try:
+                _walk(report, root, sub, child)
+            finally:
+                os.close(sub)
+
+
+def refused(report: DoctorReport, rel: str, st: os.stat_result) -> bool:
+    """Report a symlink or an entry owned by another user (the store refuses both); True when it is neither."""
+    if stat.S_ISLNK(st.st_mode):
+        report.add(
+            Finding(
+                "symlink_in_store",
+                "error",
+                "a symbolic link inside the store (the store never creates one and refuses to follow it)",
+                path=rel,
+            )
+        )
+        return False
+    if st.st_uid != os.geteuid():
+        report.add(
+            Finding(
+                "foreign_owner",
+                "error",
+                f"owned by uid {st.st_uid}, not by the store's user (uid {os.geteuid()}): the store refuses it",
+                path=rel,
+                details={"owner_uid": st.st_uid},
+            )
+        )
+        return False
+    return True
 
 
 def _writer_alive(name: str) -> bool:
@@ -77,21 +106,25 @@ def temp_finding(root: Path, path: Path, st: os.stat_result) -> Finding | None:
 
 
 def list_runs(report: DoctorReport, root: Path) -> list[RunId]:
-    runs_dir = root / framing.RUNS_DIR
     try:
-        names = sorted(os.listdir(runs_dir))
+        runs_fd = safe_paths.open_below(str(root), framing.RUNS_DIR)
     except FileNotFoundError:
         return []
-    except OSError as exc:
-        report.add(Finding("store_unreadable", "error", f"cannot list runs: {exc.strerror}", path=framing.RUNS_DIR))
+    except (OSError, StorageError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc.message
+        report.add(Finding("store_unreadable", "error", f"cannot list runs: {reason}", path=framing.RUNS_DIR))
         return []
+    try:
+        entries = sorted(safe_paths.list_dir(runs_fd))
+    finally:
+        os.close(runs_fd)
     out: list[RunId] = []
-    for name in names:
-        path = runs_dir / name
+    for entry in entries:
+        name = entry.name
         if TEMP_NAME.search(name):
             continue  # reported by the walk
         if not is_run_id(name):
-            if os.path.isdir(path) and not os.path.islink(path):
+            if entry.is_dir:
                 report.add(
                     Finding(
                         "run_dir_invalid",
@@ -101,7 +134,7 @@ def list_runs(report: DoctorReport, root: Path) -> list[RunId]:
                     )
                 )
             continue
-        if os.path.islink(path) or not os.path.isdir(path):
+        if not entry.is_dir:
             continue  # a symlink is reported by the walk
         out.append(RunId(name))
     return out
@@ -109,14 +142,14 @@ def list_runs(report: DoctorReport, root: Path) -> list[RunId]:
 
 def lease_held(root: Path, run_id: RunId) -> bool | None:
     """True if a live process holds the run's lease lock, False if the lease is free, None if there is none."""
-    return _probe_lock(root / framing.lease_file(run_id))
+    return _probe_lock(root, framing.lease_file(run_id))
 
 
-def _probe_lock(path: Path) -> bool | None:
-    """Whether ``flock`` on ``path`` is held by someone (``None``: no such file). Never waits, changes nothing."""
+def _probe_lock(root: Path, rel: str) -> bool | None:
+    """Whether ``flock`` on ``rel`` is held by someone (``None``: no such file). Never waits, changes nothing."""
     try:
-        fd = os.open(path, framing.RD_FLAGS)
-    except OSError:
+        fd = safe_paths.open_file_below(str(root), rel, framing.RD_FLAGS)
+    except (OSError, StorageError):
         return None
     try:
         try:

@@ -53,6 +53,7 @@ _NOT_FOUND_CODES = frozenset(
         "artifact_not_found",
         "manifest_not_found",
         "run_prefix_unknown",
+        "store_not_found",
     }
 )
 _CONFLICT_CODES = frozenset(
@@ -177,6 +178,8 @@ class RunFolders(Protocol):
     def run_dir(self, run_id: RunId) -> Path: ...
 
     def events_path(self, run_id: RunId) -> Path: ...
+
+    def open_run_dir(self, run_id: RunId, *, create: bool = False) -> int: ...
 
 
 def is_pooled(store: Any) -> bool:

@@ -36,10 +36,11 @@ from engine.workers.base import (
 from engine.workers.lease import (
     Lease,
     RecoveryRecord,
+    open_run_file,
     probe_lease,
     read_pending,
+    read_verdict_file,
     run_finished,
-    verdict_path,
     write_pending,
 )
 from engine.workers.pending import fs_discard, fs_log_tail, fs_pending_runs
@@ -191,13 +192,11 @@ class DetachedLauncher:
         cmd += [worker_action, *_worker_args(action, run_id, manifest_id, source_run_id)]
         cmd += ["--lease-fd", str(lease.fd)]
         pass_fds = (lease.fd,)
-        run_dir = Path(store.run_dir(run_id))
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log_fd = os.open(
-            run_dir / framing.WORKER_LOG_FILE,
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
+        try:
+            log_fd = open_run_file(store, run_id, framing.WORKER_LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        except BaseException:
+            lease.release()
+            raise
         try:
             _log_notes(log_fd, notes)
             proc = subprocess.Popen(
@@ -283,7 +282,7 @@ class DetachedLauncher:
 
     async def read_verdict(self, replay_run_id: RunId) -> dict[str, Any] | None:
         try:
-            value = json.loads(verdict_path(self.store, replay_run_id).read_text())
+            value = json.loads(read_verdict_file(self.store, replay_run_id))
         except (OSError, ValueError):
             return None
         return value if isinstance(value, dict) else None

@@ -31,14 +31,16 @@ from typing import Any
 from engine.events import RunCompleted
 from engine.ids import ArtifactId, RunId
 from engine.process_groups import ExecGroup, GroupCheck, Machine, ensure_gone
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 from engine.workers.base import LeaseInfo, LeaseState, RunFolders, WorkerError, previous_attempt_alive
 
 __all__ = [
     "Lease",
     "RecoveryRecord",
+    "open_run_file",
     "probe_lease",
     "read_pending",
+    "read_verdict_file",
     "run_finished",
     "settle_previous_attempt",
     "verdict_path",
@@ -53,6 +55,16 @@ _HANDOVER_WAIT_S = 3.0
 
 def _lease_path(store: RunFolders, run_id: RunId) -> Path:
     return Path(store.run_dir(run_id)) / framing.LEASE_FILE
+
+
+def open_run_file(store: RunFolders, run_id: RunId, name: str, flags: int, *, create_dir: bool = False) -> int:
+    """Open ``runs/<id>/<name>`` relative to the run folder's descriptor (``engine.stores.fs.safe_paths``: no symlink
+    followed, folders owned by this user); a new file is 0600."""
+    dfd = store.open_run_dir(run_id, create=create_dir)
+    try:
+        return safe_paths.open_file(dfd, name, flags, f"{store.run_dir(run_id)}/{name}", 0o600)
+    finally:
+        os.close(dfd)
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
@@ -84,7 +96,7 @@ def run_finished(store: RunFolders, run_id: RunId) -> bool:
     """Whether the run's stream ends with ``RunCompleted`` (reads only the file's tail; a torn last
     line is skipped)."""
     try:
-        with open(store.events_path(run_id), "rb") as f:
+        with os.fdopen(open_run_file(store, run_id, framing.EVENTS_FILE, framing.RD_FLAGS), "rb") as f:
             last = framing.last_envelope(f)
     except FileNotFoundError:
         return False
@@ -94,9 +106,8 @@ def run_finished(store: RunFolders, run_id: RunId) -> bool:
 def probe_lease(store: RunFolders, run_id: RunId) -> LeaseInfo:
     """``HELD`` when a live worker holds the lock, ``STALE`` when the lease file exists, its lock is
     free and the run is not finished ("worker lost"), else ``NONE``. Never waits."""
-    path = _lease_path(store, run_id)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_run_file(store, run_id, framing.LEASE_FILE, framing.RD_FLAGS)
     except FileNotFoundError:
         return LeaseInfo(LeaseState.NONE)
     except OSError:
@@ -154,10 +165,8 @@ class Lease:
         to a new worker (``handing_over`` in the file: a launcher holds it, :meth:`hand_over`) is waited for a
         little longer, so that ``lease_held`` names the worker, not the command that spawned it.
         """
-        run_dir = Path(store.run_dir(run_id))
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = run_dir / framing.LEASE_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        path = _lease_path(store, run_id)
+        fd = open_run_file(store, run_id, framing.LEASE_FILE, os.O_RDWR | os.O_CREAT, create_dir=True)
         handover_deadline = time.monotonic() + _HANDOVER_WAIT_S
         i = 0
         while True:
@@ -199,7 +208,11 @@ class Lease:
     def adopt(cls, store: RunFolders, run_id: RunId, fd: int, action: str) -> Lease:
         """Take over a descriptor whose lock the spawning process acquired (``--lease-fd``)."""
         path = _lease_path(store, run_id)
-        st, fst = os.stat(path, follow_symlinks=False), os.fstat(fd)
+        dfd = store.open_run_dir(run_id)
+        try:
+            st, fst = safe_paths.stat_entry(dfd, framing.LEASE_FILE), os.fstat(fd)
+        finally:
+            os.close(dfd)
         if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
             raise WorkerError.new("lease_fd_invalid", f"descriptor {fd} is not the lease of run {run_id}")
         os.set_inheritable(fd, False)
@@ -268,33 +281,43 @@ def _pending_path(store: RunFolders, run_id: RunId) -> Path:
 def write_pending(store: RunFolders, run_id: RunId, manifest_id: ArtifactId) -> None:
     """``runs/<id>/start.json``: the manifest of a run whose worker has not written ``RunStarted``
     yet, so a worker that dies before that can still be resumed (it starts the run again)."""
-    path = _pending_path(store, run_id)
-    tmp = path.with_name(f".start.json.{os.getpid()}")
+    tmp = f".{framing.PENDING_FILE}.{os.getpid()}"
     data = json.dumps({"manifest_id": str(manifest_id), "run_id": str(run_id)}, sort_keys=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    dfd = store.open_run_dir(run_id, create=True)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        fd = safe_paths.open_file(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, str(_pending_path(store, run_id)))
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, framing.PENDING_FILE, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        os.close(dfd)
 
 
 def read_pending(store: RunFolders, run_id: RunId) -> ArtifactId | None:
     try:
-        value = json.loads(_pending_path(store, run_id).read_text())
+        with os.fdopen(open_run_file(store, run_id, framing.PENDING_FILE, framing.RD_FLAGS), "rb") as f:
+            value = json.loads(f.read())
         return ArtifactId(value["manifest_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def verdict_path(store: RunFolders, replay_run_id: RunId) -> Path:
-    return Path(store.run_dir(replay_run_id)) / "verdict.json"
+    return Path(store.run_dir(replay_run_id)) / framing.VERDICT_FILE
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a store file owner-only (0600 whatever the umask), never through a planted symlink."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def read_verdict_file(store: RunFolders, replay_run_id: RunId) -> bytes:
+    with os.fdopen(open_run_file(store, replay_run_id, framing.VERDICT_FILE, framing.RD_FLAGS), "rb") as f:
+        return f.read()
+
+
+def write_private(store: RunFolders, run_id: RunId, name: str, data: bytes) -> None:
+    """Write ``runs/<id>/<name>`` owner-only (0600 whatever the umask), never through a planted symlink."""
+    fd = open_run_file(store, run_id, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)

@@ -54,8 +54,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from engine.pool import PostgresPoolStore, serve  # the pool needs psycopg, an optional dependency
-
     location = ns.serve_store or ns.store
     if not is_database_url(location):
         raise WorkerError.new(
@@ -65,7 +63,9 @@ def _serve(ns: argparse.Namespace) -> int:
         )
     if ns.concurrency < 1:
         raise WorkerError.new("usage", "--concurrency must be at least 1")
-    store = open_store(location)
+    store = open_store(location)  # (first: without psycopg it says which extra to install)
+    from engine.pool import PostgresPoolStore, serve  # the pool needs psycopg, an optional dependency
+
     assert isinstance(store, PostgresPoolStore)  # a postgresql:// location (checked above)
     registry = load_registry(ns.ops, entry_points=not ns.no_entry_points)
     return asyncio.run(
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None, *, guard_output: bool = False) -> in
     try:
         if ns.action == "serve":
             return _serve(ns)
-        store = open_store(ns.store)
+        store = open_store(ns.store, create=True, write=True)  # a worker writes: it may create the store
         registry = load_registry(ns.ops, entry_points=not ns.no_entry_points)
         run_id = RunId(ns.run_id)
         return asyncio.run(

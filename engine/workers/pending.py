@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine._secrets import contains_secrets
 from engine.ids import ArtifactId, RunId
-from engine.stores.fs import framing
+from engine.stores.fs import framing, safe_paths
 from engine.workers.base import PendingRun, RunFolders, WorkerError
 from engine.workers.lease import Lease, probe_lease
 
@@ -113,22 +113,6 @@ def fs_pending_runs(store: RunFolders, exclude: Collection[str] = ()) -> list[Pe
     return out
 
 
-def _private_dirs(base: Path, *parts: str) -> Path:
-    """``base/parts…``, each created 0700 whatever the umask (never through a symlink)."""
-    path = base
-    for part in parts:
-        path = path / part
-        try:
-            os.mkdir(path, framing.DIR_MODE)
-        except FileExistsError:
-            pass
-        else:
-            os.chmod(path, framing.DIR_MODE)  # mkdir's mode is cut by the umask; the folder is ours, just made
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise WorkerError.new("store_unsafe", f"{path} is not a folder (a symlink?); refusing to write there")
-    return path
-
-
 def fs_discard(store: RunFolders, run_id: RunId) -> Path:
     """Move a run that never started (no events, no live worker) into ``STORE/quarantine/<stamp>-discard/``.
 
@@ -146,16 +130,21 @@ def fs_discard(store: RunFolders, run_id: RunId) -> Path:
             )
         root = _root(store)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}-discard"
-        dest_parent = _private_dirs(root, framing.QUARANTINE_DIR, stamp, framing.RUNS_DIR)
-        dest = dest_parent / run_id
+        qrel = f"{framing.QUARANTINE_DIR}/{stamp}/{framing.RUNS_DIR}"
+        dest = root / qrel / run_id
         try:
-            os.rename(run_dir, dest)
-            for folder in (dest_parent, run_dir.parent):
-                fd = os.open(folder, os.O_RDONLY | framing.DIRECTORY | framing.CLOEXEC)
+            # folders created 0700 through folder descriptors: a symlink planted anywhere is refused, never followed
+            dst = safe_paths.open_below(str(root), qrel, create=True)
+            try:
+                src = safe_paths.open_below(str(root), framing.RUNS_DIR)
                 try:
-                    os.fsync(fd)
+                    os.rename(run_id, run_id, src_dir_fd=src, dst_dir_fd=dst)
+                    os.fsync(dst)
+                    os.fsync(src)
                 finally:
-                    os.close(fd)
+                    os.close(src)
+            finally:
+                os.close(dst)
         except OSError as exc:
             raise WorkerError.new("discard_failed", f"cannot move {run_dir} to {dest}: {exc.strerror or exc}") from None
     return dest

@@ -95,7 +95,8 @@ async def run_worker(
             _say(f"replaying run {run_id} as {lease_run}")
             verdict = await engine.replay(stores, run_id, run_id=lease_run, cancel=token)
             payload = verdict_json(verdict)
-            write_private(verdict_path(store, lease_run), (json.dumps(payload, sort_keys=True) + "\n").encode())
+            data = (json.dumps(payload, sort_keys=True) + "\n").encode()
+            write_private(store, lease_run, verdict_path(store, lease_run).name, data)
             _say(f"replay verdict: {payload['verdict']}")
             return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
         if action == "recover":

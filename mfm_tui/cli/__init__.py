@@ -47,7 +47,7 @@ Exit codes (stable):
   {EXIT_OK}  ok
   {EXIT_FAILED}  the run failed or was cancelled (with --wait), or its worker was lost
   {EXIT_USAGE}  usage or validation error (bad option, invalid parameters, ambiguous run id)
-  {EXIT_NOT_FOUND}  not found (run, artifact, operation)
+  {EXIT_NOT_FOUND}  not found (run, artifact, operation, store)
   {EXIT_CONFLICT}  conflict (a live worker holds the run's lease, the run already finished or was recovered)
   {EXIT_STORAGE}  storage: the store's disk is full (storage_full)
 \b
@@ -92,7 +92,9 @@ def _stdout_closed_on_epipe() -> Iterator[None]:
 
 
 @click.group(cls=_Group, invoke_without_command=True, epilog=EXIT_CODES_HELP)
-@click.option("--store", "store", metavar="PATH|URL", help="Store folder (created on first use) or postgresql://… URL.")
+@click.option(
+    "--store", "store", metavar="PATH|URL", help="Store folder (created by start/worker/tui) or postgresql://… URL."
+)
 @click.option(
     "--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE or a .py file (repeatable)."
 )

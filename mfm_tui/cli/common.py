@@ -76,8 +76,15 @@ class Env:
 
     @property
     def store(self) -> Any:
+        """The store, opened to read (unless a command opened it already with :meth:`open_store`): it must exist
+        (``store_not_found``), and opening it writes nothing, so a read-only store can be read."""
+        return self.open_store()
+
+    def open_store(self, *, create: bool = False, write: bool = False) -> Any:
+        """The store, opened once per invocation. ``create``: a missing store is created (commands that write:
+        ``start``, ``tui``); ``write``: one this user may not write is refused (``store_not_writable``)."""
         if self._store is None:
-            self._store = open_store(self.store_location)
+            self._store = open_store(self.store_location, create=create, write=write)
         return self._store
 
     @property

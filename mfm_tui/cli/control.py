@@ -119,7 +119,7 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
     # Imported here, not at the top: Textual takes ~0.3 s to import; only `mfm tui` needs it (`mfm runs` stays quick).
     from mfm_tui.app import make_app
 
-    store = env.store
+    store = env.open_store(create=not read_only)  # a store we cannot write opens too, read-only
     registry = env.registry
     offered: dict[str, Any] = {
         "read_only": read_only or not store_writable(store),  # a store we cannot write: watch only
@@ -185,7 +185,7 @@ def start(
     raw = _read_params_file(params_file)
     raw.update(parse_param_assignments(op, params))
     op.validate_params(raw)  # before the store is even opened: invalid input writes nothing
-    prepared = run_sync(start_run(env.store, registry, op_id, raw, ops_modules=env.ops))
+    prepared = run_sync(start_run(env.open_store(create=True, write=True), registry, op_id, raw, ops_modules=env.ops))
     if not wait:
         if as_json:
             echo_json({"run_id": str(prepared.run_id), "manifest_id": str(prepared.manifest_id), "op_id": op_id})
@@ -212,7 +212,7 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     env = env_of(ctx)
 
     async def go() -> Any:
-        run_id = await resolve_run_id(env.store, run)
+        run_id = await resolve_run_id(env.open_store(write=True), run)
         max_orphan_recoveries()  # its worker reads it too (a crash-looping run's count is reset): fail here, not there
         return await resume_run(env.store, run_id, ops_modules=env.ops)
 
@@ -265,7 +265,7 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
     env = env_of(ctx)
 
     async def go() -> tuple[RunId, bool]:
-        run_id = await resolve_run_id(env.store, run)
+        run_id = await resolve_run_id(env.open_store(write=True), run)
         return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops)
 
     run_id, spawned = run_sync(go())
@@ -286,7 +286,7 @@ def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     env = env_of(ctx)
 
     async def go() -> tuple[RunId, RunId]:
-        run_id = await resolve_run_id(env.store, run)
+        run_id = await resolve_run_id(env.open_store(write=True), run)
         return run_id, await replay_run(env.store, run_id, ops_modules=env.ops)
 
     source, replay_id = run_sync(go())

@@ -130,3 +130,41 @@ def live_pids_with(marker: str) -> list[int]:
         if marker in cmdline and state not in ("Z", "X"):
             found.append(int(entry.name))
     return found
+
+
+def as_nobody(args: list[str]) -> Result:
+    """``mfm ARGS`` (``mfm_tui.cli.main``) in a forked child that dropped root for ``nobody``: its exit code and
+    output (stdout and stderr together, in ``out``). The interpreter is already loaded: ``nobody`` may not be able to
+    read its files (``/root``); whatever the command imports lazily is imported here first."""
+    import mfm_tui.app
+    import mfm_tui.cli
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 99
+        out = open(write_fd, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stdout = sys.stderr = out
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            mfm_tui.cli.main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 98
+        finally:
+            out.flush()
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        text = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return Result(os.waitstatus_to_exitcode(status), text, text)
+
+
+def make_read_only(root: Path, *, owner: int | None = None) -> None:
+    """Every folder of ``root`` r-x, every file r-- (owner only), optionally given to ``owner`` first."""
+    for p in [root, *root.rglob("*")]:
+        if owner is not None:
+            os.chown(p, owner, owner, follow_symlinks=False)
+        p.chmod(0o500 if p.is_dir() else 0o400)

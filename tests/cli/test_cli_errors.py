@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-from cli_helpers import Mfm, Result, store_listing
+from cli_helpers import Mfm, Result, as_nobody, make_read_only, store_listing
 
 from engine.events import EventEnvelope, RunStarted
 from engine.ids import ArtifactId, OpId, RunId
@@ -93,7 +98,9 @@ def test_run_prefixes_ambiguous_and_unknown(mfm: Mfm) -> None:
 
 
 def test_artifact_errors(mfm: Mfm) -> None:
-    mfm.store.mkdir(parents=True)
+    from engine.stores.fs import FsStore
+
+    FsStore(mfm.store).close()
     _one_error(mfm("artifact", "1234"), 2, "invalid_artifact_id")
     _one_error(mfm("artifact", str(ZERO)), 3, "artifact_not_found")
 
@@ -127,6 +134,120 @@ def test_store_from_environment(mfm: Mfm, tmp_path: Path) -> None:
     assert (env_store / "runs" / res.json()["run_id"]).is_dir()
     del mfm.env["MFM_STORE"]
     mfm.env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
-    res = mfm("runs", "--json", store=False)
-    assert res.code == 0 and res.json() == []
+    line = _one_error(mfm("runs", "--json", store=False), 3, "store_not_found")  # reading creates nothing
+    assert str(tmp_path / "xdg" / "mfm" / "store") in line and not (tmp_path / "xdg").exists()
+    assert mfm("start", "demo_big", "-p", "states=1", "-p", "delay_ms=0", "--wait", store=False).code == 0
     assert (tmp_path / "xdg" / "mfm" / "store").is_dir()
+    res = mfm("runs", "--json", store=False)
+    assert res.code == 0 and len(res.json()) == 1
+
+
+def test_read_commands_never_create_a_store(tmp_path: Path) -> None:
+    """Only commands that write (start, worker, the TUI) create a store; the others say where they looked (exit 3)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    mfm = Mfm(Path("typo"), tmp_path / "home", cwd=cwd)
+    run = "aaaa0000-0000-4000-8000-000000000001"
+    for args in (
+        ["runs"],
+        ["runs", "--json"],
+        ["show", run],
+        ["events", run],
+        ["artifact", "0" * 64],
+        ["resume", run],
+        ["cancel", run],
+        ["replay", run],
+        ["tui", "--read-only"],
+        ["doctor"],
+    ):
+        line = _one_error(mfm(*args), 3, "store_not_found")
+        assert str(cwd / "typo") in line, line
+    empty = cwd / "empty"
+    empty.mkdir()
+    _one_error(Mfm(empty, tmp_path / "home", cwd=cwd)("runs"), 3, "store_not_found")  # a folder, but not a store
+    assert sorted(p.name for p in cwd.rglob("*")) == ["empty"]
+
+
+def test_an_unknown_url_scheme_is_a_usage_error(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    mfm = Mfm(tmp_path / "unused", tmp_path / "home", cwd=cwd)
+    for url in ("https://example.com/store", "file:///tmp/store", "sqlite://x", "  HTTP://x"):
+        mfm.env["MFM_STORE"] = url
+        for args in (["runs"], ["start", "demo_big"], ["doctor"], ["worker", "resume", "0" * 8]):
+            line = _one_error(mfm(*args, store=False), 2, "store_url_unsupported")
+            assert url.split(":")[0].strip() in line
+        del mfm.env["MFM_STORE"]
+        _one_error(
+            Mfm(tmp_path, tmp_path / "home", cwd=cwd)("--store", url, "show", "x", store=False),
+            2,
+            "store_url_unsupported",
+        )
+    assert list(cwd.rglob("*")) == [] and not (tmp_path / "unused").exists()
+
+
+def test_a_postgres_url_without_psycopg_says_which_extra_to_install(tmp_path: Path) -> None:
+    """A ``pip install`` without the ``postgres`` extra: psycopg cannot be imported (simulated: ``None`` in
+    ``sys.modules``). One line naming the extra, never a traceback."""
+    no_driver = "import sys; sys.modules['psycopg'] = None; from mfm_tui.cli import main; main()"
+    env = {k: v for k, v in os.environ.items() if k not in ("MFM_STORE", "XDG_DATA_HOME")}
+    env["HOME"] = str(tmp_path)
+    for args in (
+        ["--store", "postgresql://mfm@db.example/mfm", "runs"],
+        ["--store", "postgres://db.example/mfm?mfm_schema=a", "tui"],
+        ["worker", "serve", "--store", "postgresql://mfm:pw@db.example/mfm"],
+        ["--store", "postgresql://db.example/mfm", "start", "demo_big"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", no_driver, "--ops", "engine.demo_ops", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        res = Result(proc.returncode, proc.stdout, proc.stderr)
+        line = _one_error(res, 2, "store_driver_missing")
+        assert "pip install 'mfm-tui[postgres]'" in line and "pw" not in line
+    env["MFM_STORE"] = "postgresql://db.example/mfm"
+    proc = subprocess.run([sys.executable, "-c", no_driver], capture_output=True, text=True, env=env, timeout=120)
+    _one_error(Result(proc.returncode, proc.stdout, proc.stderr), 2, "store_driver_missing")  # bare `mfm`: the TUI
+
+
+def test_a_read_only_store_can_be_read(mfm: Mfm, tmp_path: Path) -> None:
+    """Reading never needs write access: runs, show, events and doctor work on a store this user may only read;
+    start and cancel say it is not writable (exit 2); nothing in the store changes. As root, the store is given
+    to nobody and read as nobody (root would write anyway)."""
+    done = mfm("start", "demo_big", "-p", "states=1", "-p", "delay_ms=0", "--wait", "--json")
+    assert done.code == 0, done.err
+    run = done.json()["run_id"]
+    base = Path(tempfile.mkdtemp(prefix="mfm-ro-cli-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        store = base / "store"
+        shutil.copytree(mfm.store, store)
+        root = os.geteuid() == 0
+        make_read_only(store, owner=65534 if root else None)
+        before = store_listing(store)
+
+        def call(*args: str) -> Result:
+            argv = ["--store", str(store), "--ops", "engine.demo_ops", *args]
+            return as_nobody(argv) if root else Mfm(store, tmp_path / "home")(*args)
+
+        listed = call("runs", "--json")
+        assert listed.code == 0 and run in listed.out, listed.out
+        shown = call("show", run[:8], "--json")
+        assert shown.code == 0 and '"completed"' in shown.out, shown.out
+        events = call("events", run[:8], "--json")
+        assert events.code == 0 and events.out.count("\n") >= 4, events.out
+        doctor = call("doctor")
+        assert doctor.code == 0, doctor.out
+        for args in (("start", "demo_big"), ("cancel", run[:8]), ("resume", run[:8])):
+            res = call(*args)
+            assert res.code == 2 and "error[store_not_writable]" in (res.err or res.out), res.out
+        assert store_listing(store) == before
+    finally:
+        for p in [base, *base.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(base)

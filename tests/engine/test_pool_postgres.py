@@ -97,7 +97,7 @@ def pool(store: PostgresPoolStore, registry: OperationRegistry, host: str, **kw:
 
 
 def test_open_store_picks_the_backend_from_the_location(tmp_path: Path) -> None:
-    assert isinstance(open_store(tmp_path / "s"), FsStore)
+    assert isinstance(open_store(tmp_path / "s", create=True), FsStore)
     db = open_store("postgresql://u:hunter2@db.example:5433/mfm?mfm_schema=team_a&connect_timeout=3")
     assert isinstance(db, PostgresPoolStore) and db.schema == "team_a"
     assert "hunter2" not in repr(db) and "hunter2" not in db.dsn

@@ -5,6 +5,7 @@ Crash and multi-process cases are in test_store_fs_crash.py.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -149,16 +150,18 @@ def test_non_empty_directory_without_store_json_is_refused(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def _open_as_nobody(path: Path) -> str:
-    """Open a store in a forked child that dropped root; return the error code (or 'ok')."""
+def _as_nobody(path: Path, *, create: bool = True) -> str:
+    """Open a store in a forked child that dropped root; return the error code, or what it could do with it."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
-        code = "ok"
         try:
+            os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            FsStore(path)
+            store = FsStore(path, create=create)
+            runs = asyncio.run(store.events.list_runs())
+            code = f"ok writable={store.writable} runs={len(runs)}"
         except StorageError as exc:
             code = exc.code
         except BaseException as exc:
@@ -171,31 +174,80 @@ def _open_as_nobody(path: Path) -> str:
         return f.read().decode()
 
 
-def test_unwritable_store_path_is_refused(tmp_path: Path) -> None:
-    if os.geteuid() == 0:  # root ignores modes: check as an unprivileged user, in a world-traversable directory
-        base = Path(tempfile.mkdtemp(prefix="mfm-ro-", dir="/tmp"))
+def test_store_access_follows_owner_and_modes() -> None:
+    """As ssh treats ~/.ssh: a store owned by another user is refused; a store of one's own that is read-only opens
+    (reading never needs write access) and says it is not writable; creating one where one may not write is
+    ``store_not_writable``."""
+    run = RunId("00000000-0000-4000-8000-0000000000aa")
+    if os.geteuid() != 0:  # one user only: "/" belongs to root; a read-only store of our own
+        with pytest.raises(StorageError) as info:
+            FsStore("/", create=False)
+        assert info.value.code == "store_foreign_owner"
+        base = Path(tempfile.mkdtemp(prefix="mfm-ro-"))
         try:
-            base.chmod(0o755)
-            existing = base / "existing"
-            FsStore(existing)
-            existing.chmod(0o755)
-            assert _open_as_nobody(existing) == "store_not_writable"
-            assert _open_as_nobody(base / "new") == "store_not_writable"
+            mine = base / "mine"
+            asyncio.run(FsStore(mine).events.append(run, 0, [env(run, 1)]))
+            for p in [*mine.rglob("*"), mine, base]:
+                p.chmod(0o500 if p.is_dir() else 0o400)
+            ro = FsStore(mine, create=False)
+            assert not ro.writable and asyncio.run(ro.events.list_runs()) == [run]
+            with pytest.raises(StorageError) as info:
+                FsStore(base / "new")
+            assert info.value.code == "store_not_writable"
         finally:
+            for p in [base, *base.rglob("*")]:
+                if p.is_dir():
+                    p.chmod(0o700)
             shutil.rmtree(base)
-    else:
-        existing = tmp_path / "existing"
-        FsStore(existing)
-        existing.chmod(0o500)
-        tmp_path.chmod(0o500)
-        try:
-            for path in (existing, tmp_path / "new"):
-                with pytest.raises(StorageError) as info:
-                    FsStore(path)
-                assert info.value.code == "store_not_writable"
-        finally:
-            tmp_path.chmod(0o700)
-            existing.chmod(0o700)
+        return
+    base = Path(tempfile.mkdtemp(prefix="mfm-ro-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        theirs = base / "theirs"
+        asyncio.run(FsStore(theirs).events.append(run, 0, [env(run, 1)]))
+        theirs.chmod(0o755)
+        assert _as_nobody(theirs) == "store_foreign_owner"
+        assert _as_nobody(theirs, create=False) == "store_foreign_owner"
+        assert _as_nobody(base / "new") == "store_not_writable"  # base is root's, 0755
+        mine = base / "mine"
+        shutil.copytree(theirs, mine)
+        for p in [mine, *mine.rglob("*")]:
+            os.chown(p, 65534, 65534, follow_symlinks=False)
+            p.chmod(0o500 if p.is_dir() else 0o400)
+        before = sorted(str(p) for p in mine.rglob("*"))
+        assert _as_nobody(mine, create=False) == "ok writable=False runs=1"
+        assert _as_nobody(mine) == "ok writable=False runs=1"  # it exists: nothing to create
+        assert sorted(str(p) for p in mine.rglob("*")) == before
+    finally:
+        shutil.rmtree(base)
+
+
+def test_reading_a_missing_store_creates_nothing(tmp_path: Path) -> None:
+    for path in (tmp_path / "typo", tmp_path):
+        before = sorted(tmp_path.rglob("*"))
+        with pytest.raises(StorageError) as info:
+            FsStore(path, create=False)
+        assert info.value.code == "store_not_found" and str(path) in info.value.message
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+async def test_reading_an_existing_store_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root).mkdir(mode=0o700)
+    FsStore(root)
+    shutil.rmtree(root / "runs")
+    shutil.rmtree(root / "artifacts")
+    before = sorted(root.rglob("*"))
+    store = FsStore(root, create=False)
+    assert await store.events.list_runs() == []
+    assert await store.events.head_seq(new_run()) == 0
+    assert await store.events.read_range(new_run(), 1) == []
+    assert await store.events.cancel_request(new_run()) is None
+    assert await store.events.changes_since(0) is not None
+    assert not await store.artifacts.exists(artifact_id_for_bytes(b"x"))
+    assert sorted(root.rglob("*")) == before
+    run = new_run()
+    assert await store.events.append(run, 0, [env(run, 1)]) == 1  # and it can still write when asked to
 
 
 # -- ids, symlinks, leftovers ------------------------------------------------------------------------------------
@@ -237,7 +289,7 @@ async def test_symlink_planted_as_event_file_is_refused(store: FsStore, root: Pa
     ):
         with pytest.raises(StorageError) as info:
             await call()
-        assert info.value.code == "event_store_io"
+        assert info.value.code == "store_symlink"
         assert "symlink" in info.value.message and str(store.events_path(run)) in info.value.message
     assert target.read_bytes() == b""
 
@@ -252,7 +304,7 @@ async def test_symlink_planted_as_artifact_is_refused(store: FsStore, root: Path
     assert not await store.artifacts.exists(aid)
     with pytest.raises(StorageError) as info:
         await store.artifacts.get(aid)
-    assert info.value.code == "artifact_store_io" and "symlink" in info.value.message
+    assert info.value.code == "store_symlink" and "symlink" in info.value.message
     with pytest.raises(StorageError):
         await store.artifacts.put(ArtifactKind.OUTPUT, data)
     assert target.read_bytes() == data
@@ -372,7 +424,7 @@ class NoSyncOps(FsOps):
     def fdatasync(self, fd: int) -> None:
         pass
 
-    def fsync_dir(self, path: str) -> None:
+    def fsync_dir(self, path: str, fd: int) -> None:
         pass
 
 
@@ -527,8 +579,8 @@ class RecordingOps(FsOps):
         self.calls: list[tuple[str, Any]] = []
         self.fd_paths: dict[int, str] = {}
 
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        fd = super().open(path, flags, mode)
+    def open(self, path: str, flags: int, mode: int = 0o600, *, dir_fd: int | None = None) -> int:
+        fd = super().open(path, flags, mode, dir_fd=dir_fd)
         self.fd_paths[fd] = os.path.basename(path)
         return fd
 
@@ -540,9 +592,9 @@ class RecordingOps(FsOps):
         self.calls.append(("fdatasync", self.fd_paths.get(fd)))
         super().fdatasync(fd)
 
-    def fsync_dir(self, path: str) -> None:
+    def fsync_dir(self, path: str, fd: int) -> None:
         self.calls.append(("fsync_dir", os.path.basename(path)))
-        super().fsync_dir(path)
+        super().fsync_dir(path, fd)
 
 
 async def test_append_is_durable_before_it_returns(root: Path) -> None:
@@ -604,9 +656,9 @@ class FaultyOps(FsOps):
         self._maybe_fail("ftruncate")
         super().ftruncate(fd, length)
 
-    def link(self, src: str, dst: str) -> None:
+    def link(self, src: str, dst: str, **dir_fds: int | None) -> None:
         self._maybe_fail("link")
-        super().link(src, dst)
+        super().link(src, dst, **dir_fds)
 
 
 async def test_short_writes_are_completed(root: Path) -> None:

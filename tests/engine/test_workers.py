@@ -17,6 +17,7 @@ from engine.errors import ErrorInfo, MfmError
 from engine.events import EventEnvelope, RunCompleted, RunStatus, encode_envelope
 from engine.ids import RunId
 from engine.stores import MemoryStore
+from engine.stores.fs import safe_paths
 from engine.workers import (
     EXIT_CONFLICT,
     EXIT_FAILED,
@@ -41,6 +42,9 @@ class FakeStore:
         return self.root / "runs" / str(run_id)
     def events_path(self, run_id):
         return self.run_dir(run_id) / "events.jsonl"
+    def open_run_dir(self, run_id, *, create=False):
+        from engine.stores.fs import safe_paths
+        return safe_paths.open_below(str(self.root), f"runs/{run_id}", create=create)
 """
 
 
@@ -55,6 +59,9 @@ class _Store:
 
     def events_path(self, run_id: RunId) -> Path:
         return self.run_dir(run_id) / "events.jsonl"
+
+    def open_run_dir(self, run_id: RunId, *, create: bool = False) -> int:
+        return safe_paths.open_below(str(self.root), f"runs/{run_id}", create=create)
 
     @property
     def stores(self) -> Stores:

@@ -79,9 +79,9 @@ class FaultyOps(FsOps):
             num = errno.ENOSPC if self.fault in ("ENOSPC", "short") else errno.EIO
             raise OSError(num, f"injected {errno.errorcode[num]} at {name} #{len(self.calls)}")
 
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o600, *, dir_fd: int | None = None) -> int:
         self._tick("open")
-        return super().open(path, flags, mode)
+        return super().open(path, flags, mode, dir_fd=dir_fd)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         self._tick("write")
@@ -105,21 +105,21 @@ class FaultyOps(FsOps):
         self._tick("fchmod")
         super().fchmod(fd, mode)
 
-    def link(self, src: str, dst: str) -> None:
+    def link(self, src: str, dst: str, **dir_fds: int | None) -> None:
         self._tick("link")
-        super().link(src, dst)
+        super().link(src, dst, **dir_fds)
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, **dir_fds: int | None) -> None:
         self._tick("rename")
-        super().rename(src, dst)
+        super().rename(src, dst, **dir_fds)
 
-    def unlink(self, path: str) -> None:
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
         self._tick("unlink")
-        super().unlink(path)
+        super().unlink(path, dir_fd=dir_fd)
 
-    def mkdir(self, path: str, mode: int = 0o700) -> bool:
+    def mkdir(self, path: str, mode: int = 0o700, *, dir_fd: int | None = None) -> bool:
         self._tick("mkdir")
-        return super().mkdir(path, mode)
+        return super().mkdir(path, mode, dir_fd=dir_fd)
 
     def flock(self, fd: int, operation: int) -> None:
         self._tick("flock")

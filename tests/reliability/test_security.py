@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -25,10 +27,10 @@ import pytest
 
 from engine._kinds import ArtifactKind
 from engine.errors import IoError, MfmError, StorageError
-from engine.events import DomainEvent, EventEnvelope
+from engine.events import DomainEvent, EventEnvelope, RunStarted
 from engine.exec_transport import ExecTransportFactory, path_is_under
 from engine.hashing import artifact_id_for_bytes
-from engine.ids import RunId
+from engine.ids import OpId, RunId
 from engine.stores.fs import FsStore
 
 EVIL_IDS: list[Any] = [
@@ -188,10 +190,7 @@ CRAFTED_CLI = [
 
 def test_cli_refuses_crafted_ids_without_touching_the_filesystem(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    boot = subprocess.run(
-        [sys.executable, "-m", "mfm_tui", "--store", str(store), "runs"], capture_output=True, text=True, timeout=60
-    )
-    assert boot.returncode == 0, boot.stderr
+    FsStore(store).close()
     before = tree(tmp_path)
     for args in CRAFTED_CLI:
         res = subprocess.run(
@@ -276,6 +275,205 @@ def test_symlink_in_place_of_worker_files_is_not_followed(tmp_path: Path) -> Non
     with pytest.raises((OSError, WorkerError, MfmError)):
         Lease.acquire(store, run_id, "run")
     assert victim.read_bytes() == b"keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted symlinked folders and folders of other users are refused: nothing is written through them
+# ---------------------------------------------------------------------------------------------
+
+
+def _mfm(store: Path, *args: str, home: Path, umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MFM_STORE", "XDG_DATA_HOME")}
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "mfm_tui", "--store", str(store), "--ops", "engine.demo_ops", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+    )
+
+
+def _refused(res: subprocess.CompletedProcess[str], code: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error[{code}]: "), res.stderr
+
+
+def _plant(link: Path, outside: Path) -> None:
+    """Replace the folder ``link`` by a symlink to ``outside`` (an empty folder outside the store)."""
+    if link.exists():
+        shutil.rmtree(link)
+    outside.mkdir(mode=0o700)
+    link.symlink_to(outside, target_is_directory=True)
+
+
+def _note(run_id: RunId, seq: int) -> EventEnvelope:
+    return EventEnvelope(run_id=run_id, seq=seq, ts_millis=seq, event=DomainEvent(name="n", payload={}))
+
+
+async def test_symlinked_run_folder_is_refused_by_the_store_and_the_workers(tmp_path: Path) -> None:
+    """``runs/<id>`` planted as a symlink: append, cancel, the lease, start.json and the worker log are refused."""
+    from engine.workers import DetachedLauncher, Lease, write_pending
+
+    store, run_id = await fs_with_a_run(tmp_path)
+    outside = tmp_path / "outside"
+    _plant(store.root / "runs" / run_id, outside)
+    for call in (
+        lambda: store.events.append(run_id, 1, [_note(run_id, 2)]),
+        lambda: store.events.append(run_id, 0, [_note(run_id, 1)]),
+        lambda: store.events.request_cancel(run_id, "via a symlink"),
+        lambda: store.events.cancel_request(run_id),
+        lambda: store.events.head_seq(run_id),
+        lambda: store.events.read_range(run_id, 1),
+    ):
+        with pytest.raises(StorageError) as info:
+            await call()
+        assert info.value.code == "store_symlink", info.value.one_line()
+    assert run_id not in await FsStore(store.root).events.list_runs()
+    for sync_call in (
+        lambda: Lease.acquire(store, run_id, "run"),
+        lambda: write_pending(store, run_id, artifact_id_for_bytes(b"m")),
+        lambda: store.run_dir(run_id, create=True),
+    ):
+        with pytest.raises(StorageError) as info:
+            sync_call()
+        assert info.value.code == "store_symlink"
+    with pytest.raises(StorageError) as info:
+        await DetachedLauncher(store).launch("resume", run_id)
+    assert info.value.code == "store_symlink"
+    assert list(outside.iterdir()) == []
+
+
+def test_symlinked_run_folder_is_refused_by_the_command_line(tmp_path: Path) -> None:
+    """The same through ``mfm``: cancel, resume (which would start a worker) and a worker started by hand."""
+    store = tmp_path / "store"
+    started = _mfm(store, "start", "demo_big", "-p", "states=1", "-p", "delay_ms=0", "--wait", "--json", home=tmp_path)
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    outside = tmp_path / "outside"
+    _plant(store / "runs" / run_id, outside)
+    _refused(_mfm(store, "cancel", run_id, home=tmp_path), "store_symlink")
+    _refused(_mfm(store, "resume", run_id, home=tmp_path), "store_symlink")
+    _refused(_mfm(store, "show", run_id, home=tmp_path), "store_symlink")
+    worker = _mfm(store, "worker", "resume", run_id, home=tmp_path)
+    assert worker.returncode == 2 and "error[store_symlink]" in worker.stderr, worker.stderr
+    assert list(outside.iterdir()) == []
+
+
+async def test_symlinked_control_folder_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = FsStore(root)
+    run_id = RunId("00000000-0000-4000-8000-0000000000c0")  # unfinished, no worker
+    zero = artifact_id_for_bytes(b"")
+    started = RunStarted(op_id=OpId("demo_big"), manifest_id=zero, initial_snapshot_id=zero)
+    await store.events.append(run_id, 0, [EventEnvelope(run_id=run_id, seq=1, ts_millis=1, event=started)])
+    outside = tmp_path / "outside"
+    _plant(root / "runs" / run_id / "control", outside)
+    for call in (lambda: store.events.request_cancel(run_id, "x"), lambda: store.events.cancel_request(run_id)):
+        with pytest.raises(StorageError) as info:
+            await call()
+        assert info.value.code == "store_symlink"
+    _refused(_mfm(root, "cancel", run_id, home=tmp_path), "store_symlink")
+    assert list(outside.iterdir()) == []
+
+
+async def test_symlinked_artifact_folder_receives_nothing(tmp_path: Path) -> None:
+    store, _ = await fs_with_a_run(tmp_path)
+    data = b"a new blob"
+    aid = artifact_id_for_bytes(data)
+    outside = tmp_path / "outside"
+    _plant(store.root / "artifacts" / aid[:2], outside)
+    with pytest.raises(StorageError) as info:
+        await store.artifacts.put(ArtifactKind.OUTPUT, data)
+    assert info.value.code == "store_symlink"
+    with pytest.raises(StorageError) as info:
+        await store.artifacts.get(aid)
+    assert info.value.code == "store_symlink"
+    with pytest.raises(StorageError):
+        await store.artifacts.exists(aid)
+    assert await store.artifacts.kind_of(aid) is None
+    assert list(outside.iterdir()) == []
+
+
+def _damage_for_repair(store: Path, run_id: str) -> bytes:
+    """A torn tail and a leftover temp file of a dead writer (both repairable); the event file's bytes."""
+    events = store / "runs" / run_id / "events.jsonl"
+    with events.open("ab") as f:
+        f.write(b'{"run_id":"torn')
+    temp = store / "runs" / run_id / ".tmp-x-999999999-0"
+    temp.write_bytes(b"temp")
+    temp.chmod(0o600)
+    return events.read_bytes()
+
+
+def test_doctor_repair_refuses_a_symlinked_quarantine(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    started = _mfm(store, "start", "demo_big", "-p", "states=1", "-p", "delay_ms=0", "--wait", "--json", home=tmp_path)
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    damaged = _damage_for_repair(store, run_id)
+    outside = tmp_path / "outside"
+    _plant(store / "quarantine", outside)
+    _refused(_mfm(store, "doctor", "--repair", home=tmp_path), "store_symlink")
+    assert list(outside.iterdir()) == []
+    assert (store / "runs" / run_id / "events.jsonl").read_bytes() == damaged  # nothing truncated
+    checked = _mfm(store, "doctor", "--json", home=tmp_path)
+    assert "symlink_in_store" in {f["code"] for f in json.loads(checked.stdout)["findings"]}
+
+
+def test_doctor_repair_makes_quarantine_folders_0700_under_umask_0(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    started = _mfm(store, "start", "demo_big", "-p", "states=1", "-p", "delay_ms=0", "--wait", "--json", home=tmp_path)
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    _damage_for_repair(store, run_id)
+    repaired = _mfm(store, "doctor", "--repair", "--json", home=tmp_path, umask=0)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    moved = json.loads(repaired.stdout)["moved"]
+    assert {m["what"] for m in moved} == {"torn_tail", "temp_file"}
+    quarantine = store / "quarantine"
+    folders = [quarantine, *(p for p in quarantine.rglob("*") if p.is_dir())]
+    assert len(folders) >= 4  # quarantine/<stamp>/runs/<id>
+    for path in [*folders, *(p for p in quarantine.rglob("*") if p.is_file())]:
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.lstat().st_mode) == want, f"{path}: {stat.S_IMODE(path.lstat().st_mode):o}"
+
+
+def test_a_store_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """As ssh refuses a ~/.ssh of someone else: the store (or a folder in it) owned by another uid is refused, even
+    for root (the owner must run the command)."""
+    store = tmp_path / "store"
+    started = _mfm(store, "start", "demo_big", "-p", "states=1", "-p", "delay_ms=0", "--wait", "--json", home=tmp_path)
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    if os.geteuid() != 0:  # cannot give a folder away: a folder of root's stands for it
+        with pytest.raises(StorageError) as info:
+            FsStore("/", create=False)
+        assert info.value.code == "store_foreign_owner"
+        return
+    run_dir = store / "runs" / run_id
+    os.chown(run_dir, 65534, 65534)  # one run folder planted by another user
+    before = tree(store)
+    with pytest.raises(StorageError) as info:
+        asyncio.run(FsStore(store).events.append(RunId(run_id), 10, [_note(RunId(run_id), 11)]))
+    assert info.value.code == "store_foreign_owner" and str(run_dir) in info.value.message
+    _refused(_mfm(store, "cancel", run_id, home=tmp_path), "store_foreign_owner")
+    listed = _mfm(store, "runs", "--json", home=tmp_path)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []  # not listed
+    doctor = _mfm(store, "doctor", "--json", home=tmp_path)
+    assert "foreign_owner" in {f["code"] for f in json.loads(doctor.stdout)["findings"]}
+    os.chown(run_dir, 0, 0)
+    for p in [store, *store.rglob("*")]:
+        os.chown(p, 65534, 65534, follow_symlinks=False)  # the whole store given to nobody
+    for args in (("runs",), ("show", run_id), ("start", "demo_big"), ("tui", "--read-only")):
+        _refused(_mfm(store, *args, home=tmp_path), "store_foreign_owner")
+    with pytest.raises(StorageError) as info:
+        FsStore(store)
+    assert info.value.code == "store_foreign_owner"
+    assert tree(store) == before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,14 +35,19 @@ is never overwritten, it is verified instead) and fsyncs the directory. Every re
 crash is replaced by the next put of its blob): the blob is the truth.
 
 Blocking IO runs inline in the calling coroutine: each call is a few syscalls and at most two fsyncs, and an
-event-loop thread hop would cost more than it saves. Ids are validated before any path is built, and every
-file is opened with ``O_NOFOLLOW`` (a symlink planted in place of a store file is refused). Every mutating call
-goes through the injectable :class:`FsOps`; every OS or parse error is translated by one function (``translate``).
+event-loop thread hop would cost more than it saves. Ids are validated before any path is built, and every folder
+and file below the root is opened relative to its parent's descriptor without following a symlink, and only when
+its owner is this user (:mod:`engine.stores.fs.safe_paths`): a symlink planted in place of a run folder, an artifact
+fan folder or a store file is refused, never followed. Opening the store writes nothing unless ``create``. Every
+mutating call goes through the injectable :class:`FsOps`; every OS or parse error is translated by one function
+(``translate``).
 
 Modules. :mod:`engine.stores.fs.framing` is the only code that knows the layout above and the framing of a run log
-(the doctor and the TUI's log index use it too); the private modules hold the rest: ``_ops`` (the ``FsOps`` seam
-and the error translation), ``_core`` (cached descriptors, per-run committed views, the change journal), ``_meta``
-(``store.json``), ``_events`` (:class:`FsEventStore`) and ``_artifacts`` (:class:`FsArtifactStore`).
+(the doctor and the TUI's log index use it too); :mod:`engine.stores.fs.safe_paths` is the only code that walks
+the store's folders (the doctor and the workers use it too); the private modules hold the rest: ``_ops`` (the
+``FsOps`` seam and the error translation), ``_core`` (cached descriptors, per-run committed views, the change
+journal), ``_meta`` (opening, ``store.json``), ``_events`` (:class:`FsEventStore`) and ``_artifacts``
+(:class:`FsArtifactStore`).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from engine.stores.fs import framing
 from engine.stores.fs._artifacts import FsArtifactStore
 from engine.stores.fs._core import EVENT_IO, Core, wall_millis
 from engine.stores.fs._events import FsEventStore
-from engine.stores.fs._meta import open_store
+from engine.stores.fs._meta import is_writable, open_store
 from engine.stores.fs._ops import FsOps, fail
 from engine.stores.fs.framing import STORE_FORMAT, STORE_VERSION
 
@@ -66,7 +71,13 @@ __all__ = ["STORE_FORMAT", "STORE_VERSION", "FsArtifactStore", "FsEventStore", "
 
 
 class FsStore:
-    """The filesystem store at ``root`` (created on first use): ``.events``, ``.artifacts``, ``.stores``.
+    """The filesystem store at ``root``: ``.events``, ``.artifacts``, ``.stores``.
+
+    ``create`` (the default): a missing store is created; ``create=False`` opens an existing store only
+    (``store_not_found`` otherwise) and writes nothing until asked to write: a read-only store can be read.
+    ``writable`` says whether this process may write it. The root folder and every folder below it must belong to
+    the effective user (``store_foreign_owner``), and no symlink below the root is followed (``store_symlink``):
+    see :mod:`engine.stores.fs.safe_paths`.
 
     ``ops`` replaces the filesystem seam (fault injection); ``now_millis`` the clock of cancel requests;
     ``max_open_runs`` bounds the cached per-run append file descriptors (two per run).
@@ -76,16 +87,22 @@ class FsStore:
         self,
         root: str | os.PathLike[str],
         *,
+        create: bool = True,
         ops: FsOps | None = None,
         now_millis: Callable[[], int] = wall_millis,
         max_open_runs: int = 64,
     ) -> None:
         self.root = Path(os.path.abspath(os.fspath(root)))
         self._ops = ops or FsOps()
-        self.meta = open_store(str(self.root), self._ops)
-        self._core = Core(str(self.root), self._ops, now_millis, max_open_runs)
+        root_fd, self.meta = open_store(str(self.root), self._ops, create=create)
+        self._core = Core(str(self.root), root_fd, self._ops, now_millis, max_open_runs)
         self.events = FsEventStore(self._core)
         self.artifacts = FsArtifactStore(self._core)
+
+    @property
+    def writable(self) -> bool:
+        """Whether this process may write the store (its folder and ``runs/``); checked on each call."""
+        return is_writable(self._core.root_fd())
 
     def __repr__(self) -> str:
         return f"FsStore({str(self.root)!r})"
@@ -95,15 +112,28 @@ class FsStore:
         return Stores(events=self.events, artifacts=self.artifacts, control=self.events)
 
     def run_dir(self, run_id: RunId, *, create: bool = False) -> Path:
-        """``STORE/runs/<run_id>`` (validated id); ``create=True`` makes it (0700, durable)."""
+        """``STORE/runs/<run_id>`` (validated id); ``create=True`` makes it (0700, durable).
+
+        A path, for display and for outside tools: the store's own code opens run files with :meth:`open_run_dir`.
+        """
         run_id = check_run_id(run_id)
-        path = self._core.run_dir(run_id)
         if create:
-            try:
-                self._core.make_dir(path, self._core.runs)
-            except OSError as exc:
-                fail(exc, EVENT_IO, "create", path)
-        return Path(path)
+            os.close(self.open_run_dir(run_id, create=True))
+        return Path(self._core.run_dir(run_id))
+
+    def open_run_dir(self, run_id: RunId, *, create: bool = False) -> int:
+        """A descriptor on ``STORE/runs/<run_id>`` (the caller closes it), reached without following a symlink and
+        owned by this user: open the run's files relative to it (``os.open(name, flags, dir_fd=fd)``).
+
+        ``create=True`` makes the folder (0700, durable) if missing; otherwise a missing one is ``FileNotFoundError``.
+        """
+        run_id = check_run_id(run_id)
+        try:
+            return self._core.run_dir_fd(run_id, create=create)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            fail(exc, EVENT_IO, "create" if create else "open", self._core.run_dir(run_id))
 
     def events_path(self, run_id: RunId) -> Path:
         return self.run_dir(run_id) / framing.EVENTS_FILE

@@ -13,9 +13,10 @@ from engine._kinds import ArtifactKind
 from engine.errors import StorageError
 from engine.ids import ArtifactId
 from engine.stores._base import check_artifact_id
-from engine.stores.fs._core import ARTIFACT_IO, Core, read_all, tmp_name
+from engine.stores.fs import safe_paths
+from engine.stores.fs._core import ARTIFACT_IO, Core, read_all
 from engine.stores.fs._ops import fail
-from engine.stores.fs.framing import FILE_MODE, RD_FLAGS
+from engine.stores.fs.framing import FILE_MODE, KIND_SUFFIX, RD_FLAGS
 
 __all__ = ["FsArtifactStore"]
 
@@ -32,6 +33,21 @@ class FsArtifactStore:
     def _path(self, artifact_id: ArtifactId) -> str:
         return f"{self._core.root}/{framing.artifact_file(artifact_id)}"
 
+    def _fan_fd(self, artifact_id: ArtifactId, *, create: bool) -> int | None:
+        """A new descriptor on ``artifacts/<aa>`` (the caller closes it); ``None`` if missing and not ``create``."""
+        core = self._core
+        top = core.top_dir(framing.ARTIFACTS_DIR, create=create)
+        if top is None:
+            return None
+        fan = artifact_id[:2]
+        path = f"{core.root}/{framing.artifact_folder(artifact_id)}"
+        if create:
+            return safe_paths.make_dir(top, fan, path, core.ops)[0]
+        try:
+            return safe_paths.open_dir(top, fan, path)
+        except FileNotFoundError:
+            return None
+
     def _read_verified(self, artifact_id: ArtifactId, path: str) -> bytes:
         data = self._read_if_present(artifact_id, path)
         if data is None:
@@ -43,7 +59,13 @@ class FsArtifactStore:
     def _read_if_present(self, artifact_id: ArtifactId, path: str) -> bytes | None:
         """The verified bytes, or ``None`` if there is no such file."""
         try:
-            fd = os.open(path, RD_FLAGS)
+            fan = self._fan_fd(artifact_id, create=False)
+            if fan is None:
+                return None
+            try:
+                fd = safe_paths.open_file(fan, artifact_id, RD_FLAGS, path)
+            finally:
+                os.close(fan)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -63,23 +85,23 @@ class FsArtifactStore:
             )
         return data
 
-    def _record_kind(self, directory: str, path: str, kind: ArtifactKind) -> None:
-        """Create ``<id>.kind`` (first kind wins). Written in place, not via a temp file: it is advisory, and a
-        kind file garbled by a crash is replaced here by the next put of the blob."""
+    def _record_kind(self, fan: int, name: str, kind: ArtifactKind) -> None:
+        """Create ``<id>.kind`` in the fan folder open as ``fan`` (first kind wins). Written in place, not via a temp
+        file: it is advisory, and a kind file garbled by a crash is replaced here by the next put of the blob."""
         ops = self._core.ops
         data = json.dumps(kind.to_wire(), ensure_ascii=False).encode()
         try:
-            fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            fd = ops.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=fan)
         except FileExistsError:
-            if _read_kind(path) is None:
-                tmp = tmp_name(directory, "kind")
-                fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            if _read_kind(fan, name) is None:
+                tmp = framing.temp_name("kind")
+                fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=fan)
                 try:
                     ops.fchmod(fd, FILE_MODE)
                     ops.write_all(fd, data)
                 finally:
                     ops.close(fd)
-                ops.rename(tmp, path)  # our own sidecar, never a blob
+                ops.rename(tmp, name, src_dir_fd=fan, dst_dir_fd=fan)  # our own sidecar, never a blob
             return
         try:
             ops.fchmod(fd, FILE_MODE)
@@ -98,10 +120,14 @@ class FsArtifactStore:
         if self._read_if_present(aid, path) is not None:
             return aid  # already stored and intact: never overwritten
         try:
-            core.make_dir(directory, core.artifacts)
-            self._record_kind(directory, f"{core.root}/{framing.artifact_kind_file(aid)}", kind)
-            linked = core.write_new_file(directory, path, data, sync=True)
-            core.ops.fsync_dir(directory)
+            fan = self._fan_fd(aid, create=True)
+            assert fan is not None
+            try:
+                self._record_kind(fan, aid + KIND_SUFFIX, kind)
+                linked = core.write_new_file(fan, aid, data, sync=True)
+                core.ops.fsync_dir(directory, fan)
+            finally:
+                os.close(fan)
         except OSError as exc:
             fail(exc, ARTIFACT_IO, "write", path)
         if not linked:  # a concurrent put won: its bytes must be ours
@@ -119,7 +145,13 @@ class FsArtifactStore:
             return False
         path = self._path(aid)
         try:
-            st = os.stat(path, follow_symlinks=False)
+            fan = self._fan_fd(aid, create=False)
+            if fan is None:
+                return False
+            try:
+                st = safe_paths.stat_entry(fan, aid)
+            finally:
+                os.close(fan)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -132,12 +164,21 @@ class FsArtifactStore:
             aid = ArtifactId(artifact_id)
         except ValueError:
             return None
-        return _read_kind(f"{self._core.root}/{framing.artifact_kind_file(aid)}")
+        try:
+            fan = self._fan_fd(aid, create=False)
+        except (OSError, StorageError):
+            return None
+        if fan is None:
+            return None
+        try:
+            return _read_kind(fan, aid + KIND_SUFFIX)
+        finally:
+            os.close(fan)
 
 
-def _read_kind(path: str) -> ArtifactKind | None:
+def _read_kind(fan: int, name: str) -> ArtifactKind | None:
     try:
-        fd = os.open(path, RD_FLAGS)
+        fd = os.open(name, RD_FLAGS, dir_fd=fan)
     except OSError:
         return None
     try:

@@ -14,14 +14,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import engine.stores.fs.framing as framing
+from engine.errors import StorageError
 from engine.ids import RunId
+from engine.stores.fs import safe_paths
 from engine.stores.fs._ops import FsOps, fail
-from engine.stores.fs.framing import DIR_MODE, FILE_MODE, RD_FLAGS, RunLog
+from engine.stores.fs.framing import APPEND_LOCK_FILE, EVENTS_FILE, FILE_MODE, RD_FLAGS, RunLog
 
-__all__ = ["ARTIFACT_IO", "EVENT_IO", "Core", "Writer", "read_all", "tmp_name", "wall_millis"]
+__all__ = ["ARTIFACT_IO", "EVENT_IO", "Core", "Writer", "read_all", "wall_millis"]
 
 EVENT_IO = "event_store_io"
 ARTIFACT_IO = "artifact_store_io"
@@ -31,11 +32,6 @@ def wall_millis() -> int:
     return time.time_ns() // 1_000_000
 
 
-def tmp_name(directory: str, tag: str) -> str:
-    """A temp file path in ``directory`` (:func:`~engine.stores.fs.framing.temp_name`)."""
-    return f"{directory}/{framing.temp_name(tag)}"
-
-
 @dataclass(slots=True)
 class Writer:
     lock_fd: int
@@ -43,9 +39,13 @@ class Writer:
 
 
 class Core:
-    """State shared by the event and artifact stores of one ``FsStore``."""
+    """State shared by the event and artifact stores of one ``FsStore``.
 
-    def __init__(self, root: str, ops: FsOps, now_millis: Callable[[], int], max_open_runs: int) -> None:
+    Every folder and file is reached from the store's root descriptor through :mod:`engine.stores.fs.safe_paths`
+    (no symlink followed below the root, every folder owned by this user); ``runs/`` and ``artifacts/`` stay open.
+    """
+
+    def __init__(self, root: str, root_fd: int, ops: FsOps, now_millis: Callable[[], int], max_open_runs: int) -> None:
         self.root = root
         self.runs = f"{root}/{framing.RUNS_DIR}"
         self.artifacts = f"{root}/{framing.ARTIFACTS_DIR}"
@@ -60,20 +60,69 @@ class Core:
         self.journal_torn = False
         """The last journal write was short or failed: start the next line on a fresh line."""
         self.pid = os.getpid()
+        self._root_fd = root_fd
+        self._top: dict[str, int] = {}
+        """``runs`` / ``artifacts`` → their open descriptor."""
+
+    # -- folders -------------------------------------------------------------------------------------------------
+
+    def root_fd(self) -> int:
+        """The store folder's descriptor (reopened, owner checked, after :meth:`close`)."""
+        with self.lock:
+            if self._root_fd < 0:
+                self._root_fd = safe_paths.open_root(self.root)
+            return self._root_fd
+
+    def top_dir(self, name: str, *, create: bool) -> int | None:
+        """The descriptor of ``runs/`` or ``artifacts/`` (kept open); ``None`` when it is missing and not ``create``."""
+        with self.lock:
+            fd = self._top.get(name)
+            if fd is None:
+                root_fd = self.root_fd()
+                path = f"{self.root}/{name}"
+                try:
+                    if create:
+                        fd = safe_paths.make_dir(root_fd, name, path, self.ops)[0]
+                    else:
+                        fd = safe_paths.open_dir(root_fd, name, path)
+                except FileNotFoundError:
+                    return None
+                self._top[name] = fd
+            return fd
+
+    def run_dir_fd(self, run_id: RunId, *, create: bool) -> int:
+        """A new descriptor on ``runs/<run_id>`` (the caller closes it), made if missing when ``create``.
+
+        ``FileNotFoundError`` when the folder (or ``runs/``) is missing and not ``create``."""
+        runs = self.top_dir(framing.RUNS_DIR, create=create)
+        path = self.run_dir(run_id)
+        if runs is None:
+            raise FileNotFoundError(errno.ENOENT, "no runs folder yet", path)
+        if create:
+            return safe_paths.make_dir(runs, run_id, path, self.ops)[0]
+        return safe_paths.open_dir(runs, run_id, path)
+
+    def open_run_file(self, run_id: RunId, name: str, flags: int) -> int:
+        """Open ``runs/<run_id>/<name>`` for reading (``FileNotFoundError`` when it or its folder is missing)."""
+        dfd = self.run_dir_fd(run_id, create=False)
+        try:
+            return safe_paths.open_file(dfd, name, flags, f"{self.run_dir(run_id)}/{name}")
+        finally:
+            os.close(dfd)
 
     # -- files -------------------------------------------------------------------------------------------------
 
-    def open_create(self, path: str, flags: int) -> tuple[int, bool]:
-        """Open ``path`` for writing, creating it 0600 if missing; return ``(fd, created)``."""
+    def open_create(self, dir_fd: int, name: str, path: str, flags: int) -> tuple[int, bool]:
+        """Open ``name`` in ``dir_fd`` for writing, creating it 0600 if missing; return ``(fd, created)``."""
         ops = self.ops
         try:
-            return ops.open(path, flags), False
+            return safe_paths.open_file(dir_fd, name, flags, path, FILE_MODE, ops), False
         except FileNotFoundError:
             pass
         try:
-            fd = ops.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            fd = safe_paths.open_file(dir_fd, name, flags | os.O_CREAT | os.O_EXCL, path, FILE_MODE, ops)
         except FileExistsError:
-            return ops.open(path, flags), False
+            return safe_paths.open_file(dir_fd, name, flags, path, FILE_MODE, ops), False
         try:
             ops.fchmod(fd, FILE_MODE)
         except BaseException:
@@ -81,11 +130,12 @@ class Core:
             raise
         return fd, True
 
-    def write_new_file(self, directory: str, final: str, data: bytes, *, sync: bool) -> bool:
-        """Write ``data`` to a temp file and link it to ``final`` (never replacing it); False if it existed."""
+    def write_new_file(self, dir_fd: int, final: str, data: bytes, *, sync: bool) -> bool:
+        """Write ``data`` to a temp file in ``dir_fd`` and link it to ``final`` (never replacing it); False if it
+        existed."""
         ops = self.ops
-        tmp = tmp_name(directory, Path(final).name[:16])
-        fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        tmp = framing.temp_name(final[:16])
+        fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=dir_fd)
         try:
             try:
                 ops.fchmod(fd, FILE_MODE)
@@ -95,17 +145,13 @@ class Core:
             finally:
                 ops.close(fd)
             try:
-                ops.link(tmp, final)
+                ops.link(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except FileExistsError:
                 return False
             return True
         finally:
             with contextlib.suppress(OSError):  # a leftover temp file is harmless
-                ops.unlink(tmp)
-
-    def make_dir(self, path: str, parent: str) -> None:
-        if self.ops.mkdir(path, DIR_MODE):
-            self.ops.fsync_dir(parent)
+                ops.unlink(tmp, dir_fd=dir_fd)
 
     # -- run directories and writers -----------------------------------------------------------------------------
 
@@ -127,15 +173,18 @@ class Core:
         run_dir = self.run_dir(run_id)
         path = self.events_path(run_id)
         try:
-            self.make_dir(run_dir, self.runs)
-            lock_fd, _ = self.open_create(f"{self.root}/{framing.append_lock_file(run_id)}", os.O_RDWR)
+            dfd = self.run_dir_fd(run_id, create=True)
             try:
-                fd, created = self.open_create(path, os.O_RDWR | os.O_APPEND)
-                if created:
-                    self.ops.fsync_dir(run_dir)
-            except BaseException:
-                self.ops.close(lock_fd)
-                raise
+                lock_fd, _ = self.open_create(dfd, APPEND_LOCK_FILE, f"{run_dir}/{APPEND_LOCK_FILE}", os.O_RDWR)
+                try:
+                    fd, created = self.open_create(dfd, EVENTS_FILE, path, os.O_RDWR | os.O_APPEND)
+                    if created:
+                        self.ops.fsync_dir(run_dir, dfd)
+                except BaseException:
+                    self.ops.close(lock_fd)
+                    raise
+            finally:
+                os.close(dfd)
         except OSError as exc:
             fail(exc, EVENT_IO, "open for append", path)
         w = self.writers[run_id] = Writer(lock_fd, fd)
@@ -166,6 +215,12 @@ class Core:
                 with contextlib.suppress(OSError):
                     self.ops.close(self.journal_fd)
                 self.journal_fd = None
+            for fd in [*self._top.values(), self._root_fd]:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._top.clear()
+            self._root_fd = -1
 
     # -- the committed view of a run ------------------------------------------------------------------------------
 
@@ -185,26 +240,32 @@ class Core:
         """
         path = self.events_path(run_id)
         try:
-            st = os.stat(path, follow_symlinks=False)
+            dfd = self.run_dir_fd(run_id, create=False)
         except FileNotFoundError:
             return None, None
         except OSError as exc:
-            fail(exc, EVENT_IO, "stat", path)
-        if not stat.S_ISREG(st.st_mode):  # a symlink (or a directory, a fifo...) planted in place of the file
-            fail(OSError(errno.ELOOP, "not a regular file"), EVENT_IO, "open", path)
-        log = self.log_for(run_id, st)
-        if st.st_size == log.end:
-            return log, None
+            fail(exc, EVENT_IO, "open", self.run_dir(run_id))
         fd: int | None = None
         try:
-            fd = os.open(path, RD_FLAGS)
-            st = os.fstat(fd)
+            try:
+                st = safe_paths.stat_entry(dfd, EVENTS_FILE)
+            except FileNotFoundError:
+                return None, None
+            if not stat.S_ISREG(st.st_mode):  # a symlink (or a directory, a fifo...) planted in place of the file
+                raise OSError(errno.ELOOP, "not a regular file")
             log = self.log_for(run_id, st)
-            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(fd, n, off))
+            if st.st_size == log.end:
+                return log, None
+            fd = opened = os.open(EVENTS_FILE, RD_FLAGS, dir_fd=dfd)
+            st = os.fstat(opened)
+            log = self.log_for(run_id, st)
+            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(opened, n, off))
         except OSError as exc:
             if fd is not None:
                 os.close(fd)
             fail(exc, EVENT_IO, "read", path)
+        finally:
+            os.close(dfd)
         return log, fd
 
     def sync_locked(self, run_id: RunId, w: Writer) -> RunLog | None:
@@ -226,20 +287,24 @@ class Core:
         """Copy the torn tail ``[start, size)`` aside (fsynced), then truncate the event file to ``start``."""
         ops = self.ops
         run_dir = self.run_dir(run_id)
-        aside = f"{self.root}/{framing.torn_tail_file(run_id, start, self.now_millis())}"
-        fd, _ = self.open_create(aside, os.O_WRONLY | os.O_APPEND)
+        aside = framing.torn_tail_file(run_id, start, self.now_millis())
+        dfd = self.run_dir_fd(run_id, create=False)
         try:
-            pos = start
-            while pos < size:
-                chunk = os.pread(w.fd, min(1 << 20, size - pos), pos)
-                if not chunk:
-                    break
-                ops.write_all(fd, chunk)
-                pos += len(chunk)
-            ops.fsync(fd)
+            fd, _ = self.open_create(dfd, aside.rpartition("/")[2], f"{self.root}/{aside}", os.O_WRONLY | os.O_APPEND)
+            try:
+                pos = start
+                while pos < size:
+                    chunk = os.pread(w.fd, min(1 << 20, size - pos), pos)
+                    if not chunk:
+                        break
+                    ops.write_all(fd, chunk)
+                    pos += len(chunk)
+                ops.fsync(fd)
+            finally:
+                ops.close(fd)
+            ops.fsync_dir(run_dir, dfd)
         finally:
-            ops.close(fd)
-        ops.fsync_dir(run_dir)
+            os.close(dfd)
         ops.ftruncate(w.fd, start)
         ops.fsync(w.fd)
 
@@ -247,11 +312,13 @@ class Core:
         """Append ``<run_id> <head>`` to the change journal; a hint, so failures are ignored."""
         try:
             if self.journal_fd is None:
-                self.journal_fd, _ = self.open_create(self.journal, os.O_WRONLY | os.O_APPEND)
+                self.journal_fd, _ = self.open_create(
+                    self.root_fd(), framing.JOURNAL_FILE, self.journal, os.O_WRONLY | os.O_APPEND
+                )
             line = (b"\n" if self.journal_torn else b"") + framing.journal_line(run_id, head)
             self.journal_torn = True
             self.journal_torn = self.ops.write(self.journal_fd, line) != len(line)
-        except OSError:
+        except (OSError, StorageError):  # StorageError: a symlink or foreign folder refused
             pass
 
 

@@ -16,6 +16,7 @@ from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
 from engine.stores._base import CODE_CONCURRENCY, CancelRequest, ChangeBatch, check_run_id, encode_batch
+from engine.stores.fs import safe_paths
 from engine.stores.fs._core import EVENT_IO, Core, read_all
 from engine.stores.fs._ops import fail, translate
 from engine.stores.fs.framing import RD_FLAGS
@@ -117,7 +118,7 @@ class FsEventStore:
                 if start == end:
                     return []
                 if fd is None:
-                    fd = os.open(path, RD_FLAGS)
+                    fd = core.open_run_file(run_id, framing.EVENTS_FILE, RD_FLAGS)
                 data = os.pread(fd, end - start, start)
             except OSError as exc:
                 fail(exc, EVENT_IO, "read", path)
@@ -129,29 +130,39 @@ class FsEventStore:
         return framing.decode_lines(data)
 
     async def list_runs(self) -> list[RunId]:
-        """Runs whose event file is non-empty (one ``stat`` each; names that are not run ids are ignored)."""
+        """Runs whose event file is non-empty (names that are not run ids, symlinks and folders owned by someone else
+        are skipped)."""
         core = self._core
         runs = core.runs
         out: list[RunId] = []
         try:
-            with os.scandir(runs) as it:
-                names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+            runs_fd = core.top_dir(framing.RUNS_DIR, create=False)
+            if runs_fd is None:
+                return out
+            names = [e.name for e in safe_paths.list_dir(runs_fd) if e.is_dir]
         except OSError as exc:
             fail(exc, EVENT_IO, "list", runs)
         for name in names:
             try:
                 run_id = RunId(name)
-                st = os.stat(core.events_path(run_id), follow_symlinks=False)
-            except (ValueError, OSError):
+                dfd = safe_paths.open_dir(runs_fd, name, f"{runs}/{name}")
+            except (ValueError, OSError, StorageError):
                 continue
+            try:
+                st = safe_paths.stat_entry(dfd, framing.EVENTS_FILE)
+            except OSError:
+                continue
+            finally:
+                os.close(dfd)
             if stat.S_ISREG(st.st_mode) and st.st_size > 0:
                 out.append(run_id)
         return out
 
     async def changes_since(self, cursor: int | None) -> ChangeBatch:
-        path = self._core.journal
+        core = self._core
+        path = core.journal
         try:
-            fd = os.open(path, RD_FLAGS)
+            fd = safe_paths.open_file(core.root_fd(), framing.JOURNAL_FILE, RD_FLAGS, path)
         except FileNotFoundError:
             if cursor:
                 return ChangeBatch(cursor=0, runs=frozenset(await self.list_runs()))
@@ -185,21 +196,23 @@ class FsEventStore:
         existing = await self.cancel_request(run_id)
         if existing is not None:
             return existing
-        run_dir = core.run_dir(run_id)
         control = f"{core.root}/{framing.control_folder(run_id)}"
         req = CancelRequest(run_id=run_id, requested_at_millis=core.now_millis(), reason=str(reason))
         body = {"reason": req.reason, "requested_at_millis": req.requested_at_millis, "run_id": str(run_id)}
         try:
-            core.make_dir(run_dir, core.runs)
-            core.make_dir(control, run_dir)
-            created = core.write_new_file(
-                control,
-                f"{core.root}/{framing.cancel_file(run_id)}",
-                json.dumps(body, sort_keys=True).encode(),
-                sync=True,
-            )
-            if created:
-                core.ops.fsync_dir(control)
+            dfd = core.run_dir_fd(run_id, create=True)
+            try:
+                cfd = safe_paths.make_dir(dfd, framing.CONTROL_DIR, control, core.ops)[0]
+            finally:
+                os.close(dfd)
+            try:
+                created = core.write_new_file(
+                    cfd, framing.CANCEL_FILE, json.dumps(body, sort_keys=True).encode(), sync=True
+                )
+                if created:
+                    core.ops.fsync_dir(control, cfd)
+            finally:
+                os.close(cfd)
         except OSError as exc:
             fail(exc, EVENT_IO, "write cancel request in", control)
         if created:
@@ -209,9 +222,18 @@ class FsEventStore:
 
     async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
         run_id = check_run_id(run_id)
-        path = f"{self._core.root}/{framing.cancel_file(run_id)}"
+        core = self._core
+        path = f"{core.root}/{framing.cancel_file(run_id)}"
         try:
-            fd = os.open(path, RD_FLAGS)
+            dfd = core.run_dir_fd(run_id, create=False)
+            try:
+                cfd = safe_paths.open_dir(dfd, framing.CONTROL_DIR, f"{core.root}/{framing.control_folder(run_id)}")
+            finally:
+                os.close(dfd)
+            try:
+                fd = safe_paths.open_file(cfd, framing.CANCEL_FILE, RD_FLAGS, path)
+            finally:
+                os.close(cfd)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -1,4 +1,5 @@
-"""Opening a filesystem store: ``store.json`` (format and version), the store directory's checks and creation."""
+"""Opening a filesystem store: the root folder (owner checked), ``store.json`` (format and version), and, only when
+asked to, the store's creation."""
 
 from __future__ import annotations
 
@@ -6,56 +7,59 @@ import contextlib
 import errno
 import json
 import os
-import stat
 from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import StorageError
-from engine.stores.fs._core import read_all, tmp_name
+from engine.stores.fs import safe_paths
+from engine.stores.fs._core import read_all
 from engine.stores.fs._ops import FsOps, translate
 from engine.stores.fs.framing import (
     ARTIFACTS_DIR,
+    CLOEXEC,
     DIR_MODE,
+    DIRECTORY,
     FILE_MODE,
+    NOFOLLOW,
     RD_FLAGS,
     RUNS_DIR,
     STORE_FORMAT,
     STORE_META_FILE,
     STORE_VERSION,
     TEMP_PREFIX,
+    temp_name,
 )
 
-__all__ = ["open_store"]
+__all__ = ["is_writable", "open_store"]
+
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def open_store(root: str, ops: FsOps) -> dict[str, Any]:
-    """Open (or initialise) the store directory; return the parsed ``store.json``."""
-    meta_path = f"{root}/{STORE_META_FILE}"
+def open_store(root: str, ops: FsOps, *, create: bool) -> tuple[int, dict[str, Any]]:
+    """Open the store folder ``root``; return its descriptor and the parsed ``store.json``.
+
+    ``create``: a missing store (folder, ``store.json``, ``runs/``, ``artifacts/``) is created; otherwise a missing
+    one is ``store_not_found`` and nothing at all is written (reading never needs write access).
+    """
     try:
-        st = os.stat(root)
-    except FileNotFoundError:
-        st = None
+        fd = _open_root(root, ops, create=create)
     except OSError as exc:
-        raise _store_error("store_not_writable", root, exc) from exc
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise StorageError.other("store_not_a_directory", f"store path {root} exists and is not a directory")
+        raise _store_error(root, exc) from exc
     try:
-        if st is None:
-            _make_dirs(root, ops)
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "no write permission")
-        meta = _read_meta(meta_path)
+        meta = _read_meta(fd, root)
         if meta is None:
-            stray = [n for n in os.listdir(root) if not n.startswith(TEMP_PREFIX)]
+            stray = [e.name for e in safe_paths.list_dir(fd) if not e.name.startswith(TEMP_PREFIX)]
             if stray:
                 raise StorageError.other(
                     "store_not_a_store",
                     f"{root} is not empty and has no store.json; refusing to use it as a store "
                     f"(found {', '.join(sorted(stray)[:5])})",
                 )
+            if not create:
+                raise _not_found(root, "the folder is empty")
             body = {"created_at": datetime.now(UTC).isoformat(), "format": STORE_FORMAT, "version": STORE_VERSION}
-            _write_meta(root, meta_path, json.dumps(body, sort_keys=True).encode() + b"\n", ops)
-            meta = _read_meta(meta_path)
+            _write_meta(fd, root, json.dumps(body, sort_keys=True).encode() + b"\n", ops)
+            meta = _read_meta(fd, root)
             if meta is None:
                 raise FileNotFoundError(errno.ENOENT, "store.json vanished right after it was written")
         version = meta.get("version") if isinstance(meta, dict) else None
@@ -67,25 +71,66 @@ def open_store(root: str, ops: FsOps) -> dict[str, Any]:
                 if isinstance(meta, dict)
                 else f"store at {root}: store.json is not an object",
             )
-        for sub in (RUNS_DIR, ARTIFACTS_DIR):
-            if ops.mkdir(f"{root}/{sub}", DIR_MODE):
-                ops.fsync_dir(root)
-    except OSError as exc:
-        code = "store_not_writable" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "store_io"
-        raise _store_error(code, root, exc) from exc
-    return meta
+        if create:
+            for sub in (RUNS_DIR, ARTIFACTS_DIR):
+                os.close(safe_paths.make_dir(fd, sub, f"{root}/{sub}", ops)[0])
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise _store_error(root, exc) from exc
+        raise
+    return fd, meta
 
 
-def _store_error(code: str, root: str, exc: OSError) -> StorageError:
-    err = translate(exc, code, "open store at", root)
-    if code == "store_not_writable":
-        return StorageError.other(code, f"store at {root} is not writable: {exc.strerror or exc}", err.info.details)
-    return err
+def is_writable(root_fd: int) -> bool:
+    """Whether this process may write the store open as ``root_fd`` (its folder and its ``runs/``)."""
 
+    def ok(name: str) -> bool:
+        try:
+            return os.access(name, os.W_OK | os.X_OK, dir_fd=root_fd, effective_ids=True, follow_symlinks=False)
+        except OSError:
+            return False
 
-def _read_meta(path: str) -> Any:
     try:
-        fd = os.open(path, RD_FLAGS)
+        has_runs = safe_paths.stat_entry(root_fd, RUNS_DIR) is not None
+    except OSError:
+        has_runs = False
+    return ok(".") and (not has_runs or ok(RUNS_DIR))
+
+
+def _not_found(root: str, why: str) -> StorageError:
+    return StorageError.not_found(
+        "store_not_found",
+        f"no store at {root} ({why}); `mfm start` creates one, or pass --store / set MFM_STORE",
+        {"path": root},
+    )
+
+
+def _open_root(root: str, ops: FsOps, *, create: bool) -> int:
+    try:
+        return safe_paths.open_root(root)
+    except FileNotFoundError:
+        if not create:
+            raise _not_found(root, "the folder does not exist") from None
+    except NotADirectoryError:
+        raise StorageError.other("store_not_a_directory", f"store path {root} exists and is not a directory") from None
+    _make_dirs(root, ops)
+    return safe_paths.open_root(root)
+
+
+def _store_error(root: str, exc: OSError) -> StorageError:
+    if exc.errno in _DENIED:
+        readable = not os.path.lexists(root) or os.access(root, os.R_OK | os.X_OK, effective_ids=True)
+        code, what = ("store_not_writable", "not writable") if readable else ("store_unreadable", "not readable")
+        err = translate(exc, code, "open store at", root)
+        return StorageError.other(code, f"store at {root} is {what}: {exc.strerror or exc}", err.info.details)
+    return translate(exc, "store_io", "open store at", root)
+
+
+def _read_meta(root_fd: int, root: str) -> Any:
+    path = f"{root}/{STORE_META_FILE}"
+    try:
+        fd = safe_paths.open_file(root_fd, STORE_META_FILE, RD_FLAGS, path)
     except FileNotFoundError:
         return None
     try:
@@ -99,7 +144,9 @@ def _read_meta(path: str) -> Any:
 
 
 def _make_dirs(root: str, ops: FsOps) -> None:
-    """Create ``root`` and its missing parents (each 0700), making each new entry durable in its parent."""
+    """Create ``root`` and its missing parents (each 0700 whatever the umask), each new entry durable in its parent.
+
+    The folders above the store are the user's: they are created by path, as ``mkdir -p`` would."""
     missing: list[str] = []
     path = root
     while not os.path.isdir(path):
@@ -110,12 +157,22 @@ def _make_dirs(root: str, ops: FsOps) -> None:
         path = parent
     for path in reversed(missing):
         if ops.mkdir(path, DIR_MODE):
-            ops.fsync_dir(os.path.dirname(path) or ".")
+            fd = os.open(path, os.O_RDONLY | DIRECTORY | NOFOLLOW | CLOEXEC)
+            try:
+                ops.fchmod(fd, DIR_MODE)
+            finally:
+                os.close(fd)
+            parent = os.path.dirname(path) or "."
+            pfd = os.open(parent, os.O_RDONLY | DIRECTORY | CLOEXEC)
+            try:
+                ops.fsync_dir(parent, pfd)
+            finally:
+                os.close(pfd)
 
 
-def _write_meta(root: str, path: str, data: bytes, ops: FsOps) -> None:
-    tmp = tmp_name(root, "store")
-    fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+def _write_meta(root_fd: int, root: str, data: bytes, ops: FsOps) -> None:
+    tmp = temp_name("store")
+    fd = ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=root_fd)
     try:
         try:
             ops.fchmod(fd, FILE_MODE)
@@ -124,8 +181,8 @@ def _write_meta(root: str, path: str, data: bytes, ops: FsOps) -> None:
         finally:
             ops.close(fd)
         with contextlib.suppress(FileExistsError):  # another process initialised it first
-            ops.link(tmp, path)
-        ops.fsync_dir(root)
+            ops.link(tmp, STORE_META_FILE, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        ops.fsync_dir(root, root_fd)
     finally:
         with contextlib.suppress(OSError):
-            ops.unlink(tmp)
+            ops.unlink(tmp, dir_fd=root_fd)

@@ -15,7 +15,7 @@ from typing import NoReturn
 from pydantic import JsonValue
 
 from engine.errors import StorageError
-from engine.stores.fs.framing import CLOEXEC, DIR_MODE, DIRECTORY, FILE_MODE, NOFOLLOW
+from engine.stores.fs.framing import CLOEXEC, DIR_MODE, FILE_MODE, NOFOLLOW
 
 __all__ = ["FsOps", "fail", "translate"]
 
@@ -23,9 +23,9 @@ __all__ = ["FsOps", "fail", "translate"]
 class FsOps:
     """Every write, sync, link, rename, unlink, mkdir and open-for-write the store performs goes through here."""
 
-    def open(self, path: str, flags: int, mode: int = FILE_MODE) -> int:
+    def open(self, path: str, flags: int, mode: int = FILE_MODE, *, dir_fd: int | None = None) -> int:
         """``os.open`` with ``O_NOFOLLOW | O_CLOEXEC`` always added (symlinks are refused, fds never leak)."""
-        return os.open(path, flags | NOFOLLOW | CLOEXEC, mode)
+        return os.open(path, flags | NOFOLLOW | CLOEXEC, mode, dir_fd=dir_fd)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         return os.write(fd, data)
@@ -45,12 +45,9 @@ class FsOps:
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
 
-    def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | DIRECTORY | CLOEXEC)
-        try:
-            self.fsync(fd)
-        finally:
-            os.close(fd)
+    def fsync_dir(self, path: str, fd: int) -> None:
+        """Make the entries of the folder open as ``fd`` durable (``path`` names it)."""
+        self.fsync(fd)
 
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)
@@ -58,23 +55,23 @@ class FsOps:
     def fchmod(self, fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
 
-    def link(self, src: str, dst: str) -> None:
+    def link(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
         """Hard link; never replaces ``dst`` (``FileExistsError`` if it exists)."""
-        os.link(src, dst, follow_symlinks=False)
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
 
-    def rename(self, src: str, dst: str) -> None:
-        os.rename(src, dst)
+    def rename(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
-    def unlink(self, path: str) -> None:
-        os.unlink(path)
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
+        os.unlink(path, dir_fd=dir_fd)
 
-    def mkdir(self, path: str, mode: int = DIR_MODE) -> bool:
-        """Create a directory with exactly ``mode`` (umask-independent); False if it already exists."""
+    def mkdir(self, path: str, mode: int = DIR_MODE, *, dir_fd: int | None = None) -> bool:
+        """Create a directory (its creator ``fchmod``s it to ``mode`` on its descriptor: the umask never counts);
+        False if it already exists."""
         try:
-            os.mkdir(path, mode)
+            os.mkdir(path, mode, dir_fd=dir_fd)
         except FileExistsError:
             return False
-        os.chmod(path, mode, follow_symlinks=False)
         return True
 
     def flock(self, fd: int, operation: int) -> None:
@@ -96,6 +93,7 @@ def translate(exc: BaseException, code: str, action: str, path: str) -> StorageE
         num = exc.errno or 0
         if num == errno.ELOOP:
             reason = "refusing to follow a symlink (or other non-regular file) planted in the store"
+            code = "store_symlink"
         else:
             reason = exc.strerror or str(exc) or type(exc).__name__
         details: dict[str, JsonValue] = {"path": path, "errno": errno.errorcode.get(num, str(num)), "action": action}

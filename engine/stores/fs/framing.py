@@ -14,13 +14,15 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       control/cancel.json         cancel_file(): the first cancel request
       lease, start.json, worker.log   lease_file(), pending_file(), WORKER_LOG_FILE: written by engine.workers
       recovery.json               RECOVERY_FILE: a failed run's recovery run (engine.workers)
+      verdict.json                VERDICT_FILE: a replay's verdict (engine.workers)
     artifacts/<aa>/<id>           artifact_file(): raw bytes; <aa> = the id's first two hex chars
     artifacts/<aa>/<id>.kind      artifact_kind_file(): the ArtifactKind of the first put (advisory)
     quarantine/<stamp>/...        QUARANTINE_DIR: what ``mfm doctor --repair`` moved aside (same relative paths)
     .tmp-<tag>-<pid>-<n>          temp_name(): a write in progress (or killed), in the folder of its target
 
 Every folder is ``DIR_MODE`` (0700) and every file ``FILE_MODE`` (0600); store files are opened with
-``O_NOFOLLOW`` (``RD_FLAGS`` for reads): a symlink planted in place of one is refused.
+``O_NOFOLLOW`` (``RD_FLAGS`` for reads): a symlink planted in place of one is refused. Folders and files are reached
+from the root's descriptor through :mod:`engine.stores.fs.safe_paths` (no symlink below the root is followed).
 
 Framing. ``events.jsonl`` holds one wire-form envelope per line (:func:`encode_line` / :func:`decode_line`), line
 ``i`` (0-based) holding ``seq == i + 1``. A batch of n envelopes is written with ONE ``write``
@@ -85,6 +87,7 @@ __all__ = [
     "STORE_META_FILE",
     "STORE_VERSION",
     "TEMP_PREFIX",
+    "VERDICT_FILE",
     "WORKER_LOG_FILE",
     "Damage",
     "LogCheck",
@@ -135,6 +138,7 @@ LEASE_FILE = "lease"
 PENDING_FILE = "start.json"
 WORKER_LOG_FILE = "worker.log"
 RECOVERY_FILE = "recovery.json"
+VERDICT_FILE = "verdict.json"
 CONTROL_DIR = "control"
 CANCEL_FILE = "cancel.json"
 KIND_SUFFIX = ".kind"
