@@ -70,20 +70,25 @@ def parse_json(data: bytes | str) -> Any:
     return _decode_negative_zero(text) if "-0" in text else _decode(text)
 
 
+_LEAVES = frozenset((str, int, bool, float, type(None)))
+
+
 def sorted_json(value: Any) -> Any:
     """``value`` as serde_json holds a ``Value``: every object's keys in code-point order, at every level.
 
     Arrays keep their order (a tuple becomes a list). An object with a key that is not a string keeps its order: it
     is not JSON, and the canonical checks reject it with their own error.
     """
+    if type(value) in _LEAVES:
+        return value
     if isinstance(value, dict):
         try:
-            keys = sorted(value)
+            items = sorted(value.items())  # keys are unique: values are never compared
         except TypeError:
-            keys = list(value)
-        return {k: sorted_json(value[k]) for k in keys}
+            items = list(value.items())
+        return {k: v if type(v) in _LEAVES else sorted_json(v) for k, v in items}
     if isinstance(value, list | tuple):
-        return [sorted_json(x) for x in value]
+        return [x if type(x) in _LEAVES else sorted_json(x) for x in value]
     return value
 
 
