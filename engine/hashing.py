@@ -291,6 +291,7 @@ def _plain_strings(value: Any, keys: list[str], long_strings: list[str]) -> bool
     """
     add = long_strings.append
     extend = keys.extend
+    min_len = _MNEMONIC_MIN_LEN
     stack: list[Any] = [[value]]
     pop = stack.pop
     push = stack.append
@@ -302,7 +303,7 @@ def _plain_strings(value: Any, keys: list[str], long_strings: list[str]) -> bool
         for x in v:
             t = type(x)
             if t is str:
-                if len(x) >= _MNEMONIC_MIN_LEN:
+                if len(x) >= min_len:
                     add(x)
             elif t is dict or t is list:
                 push(x)
