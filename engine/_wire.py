@@ -4,18 +4,37 @@ The seed's Rust enums are serialised by serde's default *externally tagged* repr
 unit variants are plain strings (``"Live"``), newtype variants are single-key objects
 (``{"Other": "x"}``) and struct variants are single-key objects holding the fields
 (``{"FanOutJoin": {"max_concurrency": 2}}``). This module gives Python classes that encoding.
+
+A free-form JSON value (the seed's ``serde_json::Value``: domain-event payloads, error details, input parameters,
+IO requests and responses, fact and artifact meta) is written with every object's keys sorted, at every level,
+because serde_json's default map is a ``BTreeMap<String, Value>``: keys compare as UTF-8 bytes, which is code-point
+order (Python's ``sorted`` on ``str``), not RFC 8785's UTF-16 order. :data:`WireJsonValue` is that field type.
+
+JSON text from the wire or from artifacts is read as serde_json reads it (:func:`parse_json`): ``-0`` is the float
+``-0.0`` (serde_json turns a negative zero integer into a float, so every place that rejects floats rejects it),
+``NaN`` / ``Infinity`` are not JSON, and bytes must be UTF-8.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, JsonValue, PlainSerializer
 from pydantic_core import core_schema
 
-__all__ = ["Frozen", "UnitOrNewtype", "Variant", "compact_json", "construct", "tagged_union_schema"]
+__all__ = [
+    "Frozen",
+    "UnitOrNewtype",
+    "Variant",
+    "WireJsonValue",
+    "compact_json",
+    "construct",
+    "parse_json",
+    "sorted_json",
+    "tagged_union_schema",
+]
 
 
 class Frozen(BaseModel):
@@ -27,6 +46,54 @@ class Frozen(BaseModel):
 def compact_json(value: Any) -> str:
     """serde_json's compact output: no whitespace, non-ASCII raw, fields in given order."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON constant {name}")  # json accepts NaN / Infinity / -Infinity; serde_json does not
+
+
+def _int_or_negative_zero(text: str) -> Any:
+    return -0.0 if text == "-0" else int(text)
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode_negative_zero = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_int_or_negative_zero).decode
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Parse JSON text as serde_json does: ``-0`` → ``-0.0`` (a float), NaN / Infinity rejected, bytes as UTF-8.
+
+    Raises ``ValueError`` (``json.JSONDecodeError`` or ``UnicodeDecodeError``) for anything that is not JSON.
+    """
+    text = data if isinstance(data, str) else data.decode("utf-8")
+    # A number token -0 contains "-0"; only then is the slower integer hook needed.
+    return _decode_negative_zero(text) if "-0" in text else _decode(text)
+
+
+_LEAVES = frozenset((str, int, bool, float, type(None)))
+
+
+def sorted_json(value: Any) -> Any:
+    """``value`` as serde_json holds a ``Value``: every object's keys in code-point order, at every level.
+
+    Arrays keep their order (a tuple becomes a list). An object with a key that is not a string keeps its order: it
+    is not JSON, and the canonical checks reject it with their own error.
+    """
+    if type(value) in _LEAVES:
+        return value
+    if isinstance(value, dict):
+        try:
+            items = sorted(value.items())  # keys are unique: values are never compared
+        except TypeError:
+            items = list(value.items())
+        return {k: v if type(v) in _LEAVES else sorted_json(v) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [x if type(x) in _LEAVES else sorted_json(x) for x in value]
+    return value
+
+
+WireJsonValue = Annotated[JsonValue, PlainSerializer(sorted_json)]
+"""A ``serde_json::Value`` field: validated as any JSON value, written with sorted keys (:func:`sorted_json`)."""
 
 
 class Variant(Frozen):

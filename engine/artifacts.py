@@ -17,10 +17,10 @@ Encoding problems on the *put* side are the caller's to map (a snapshot maps sec
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from engine._kinds import ArtifactKind
+from engine._wire import parse_json
 from engine.errors import StorageError
 from engine.hashing import CanonicalJsonError, artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId
@@ -84,11 +84,6 @@ def check_content_address(artifact_id: ArtifactId, data: bytes) -> None:
         )
 
 
-def _reject_constant(name: str) -> Any:
-    # json.loads accepts NaN / Infinity / -Infinity; serde_json does not.
-    raise ValueError(f"invalid JSON constant {name}")
-
-
 async def read_canonical_json(store: ArtifactStore, artifact_id: ArtifactId) -> Any:
     """Read an artifact that must hold canonical JSON and return the parsed value (§2.3).
 
@@ -104,7 +99,7 @@ async def read_canonical_json(store: ArtifactStore, artifact_id: ArtifactId) -> 
     data = bytes(await store.get(artifact_id))
     check_content_address(artifact_id, data)
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        value = parse_json(data)  # as serde_json reads it: -0 is a float, NaN is not JSON
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise StorageError.corruption(
             CODE_JSON_DECODE_FAILED,

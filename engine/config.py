@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, JsonValue, PlainSerializer, PlainValidator, model_serializer
+from pydantic import Field, PlainSerializer, PlainValidator, model_serializer
 
-from engine._wire import Frozen, UnitOrNewtype, Variant, tagged_union_schema
+from engine._wire import Frozen, UnitOrNewtype, Variant, WireJsonValue, tagged_union_schema
 from engine.ids import OpId
 from engine.meta import Tag
 
@@ -189,7 +189,7 @@ class RunManifest(Frozen):
 
     op_id: OpId
     op_version: str
-    input_params: JsonValue
+    input_params: WireJsonValue
     run_config: RunConfig
     build: BuildProvenance = Field(default_factory=BuildProvenance)
 

@@ -15,7 +15,7 @@ from pydantic import Field, GetCoreSchemaHandler, JsonValue
 from pydantic_core import core_schema
 
 from engine._secrets import contains_secrets
-from engine._wire import Frozen
+from engine._wire import Frozen, WireJsonValue
 from engine.ids import ContextKey, ErrorCode, FactKey, StateId
 
 __all__ = [
@@ -56,7 +56,7 @@ class ErrorInfo(Frozen):
     category: ErrorCategory
     retryable: bool = Field(strict=True)
     message: str
-    details: JsonValue | None = None
+    details: WireJsonValue | None = None
 
     @classmethod
     def new(

@@ -7,14 +7,13 @@ Wire shape (ENGINE-SPEC §4.4): ``{"Kernel": {"StateEntered": {...}}}`` or ``{"D
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, JsonValue, PlainSerializer, PlainValidator, ValidationError
+from pydantic import Field, PlainSerializer, PlainValidator, ValidationError
 
 from engine._kinds import ArtifactKind
-from engine._wire import Frozen, Variant, compact_json, construct, tagged_union_schema
+from engine._wire import Frozen, Variant, WireJsonValue, compact_json, construct, parse_json, tagged_union_schema
 from engine.errors import StateError, StorageError
 from engine.ids import ArtifactId, FactKey, OpId, OpPath, RunId, StateId
 
@@ -107,7 +106,7 @@ class DomainEvent(Frozen):
     """A domain event: a name, a JSON payload and an optional artifact reference."""
 
     name: str
-    payload: JsonValue
+    payload: WireJsonValue
     payload_ref: ArtifactId | None = None
 
 
@@ -166,7 +165,7 @@ def encode_envelope(envelope: EventEnvelope) -> bytes:
 def decode_envelope(data: bytes | str) -> EventEnvelope:
     """Parse one wire-form envelope; malformed input → ``Corruption machine_event_decode_failed``."""
     try:
-        raw = json.loads(data)
+        raw = parse_json(data)
         return _decode_common(raw) or EventEnvelope.model_validate(raw)
     except (ValueError, ValidationError, UnicodeDecodeError) as exc:
         raise StorageError.corruption(
@@ -178,7 +177,7 @@ def decode_envelope(data: bytes | str) -> EventEnvelope:
 # StateEntered / StateCompleted, checked field by field exactly as the models would (strict ints and their bounds,
 # ids through their own constructors, no missing or extra keys) and built without a second validation pass. Any
 # other shape, or anything that fails a check, returns None and goes through ``model_validate``, which then decides
-# (and words the error). A domain payload needs no check: whatever ``json.loads`` returns is a ``JsonValue``.
+# (and words the error). A domain payload needs no check: whatever ``parse_json`` returns is a ``JsonValue``.
 _U64 = 2**64 - 1
 _U32 = 2**32 - 1
 _ENVELOPE_KEYS = frozenset(("run_id", "seq", "ts_millis", "event"))
@@ -262,13 +261,13 @@ def _decode_common(raw: Any) -> EventEnvelope | None:
 class FactRecorded(Frozen):
     key: FactKey
     payload_id: ArtifactId
-    meta: JsonValue = Field(default_factory=dict)
+    meta: WireJsonValue = Field(default_factory=dict)
 
 
 class ArtifactWritten(Frozen):
     artifact_id: ArtifactId
     kind: ArtifactKind
-    meta: JsonValue = Field(default_factory=dict)
+    meta: WireJsonValue = Field(default_factory=dict)
 
 
 class OpBoundary(Frozen):

@@ -35,7 +35,6 @@ period), reaps it and re-raises ``asyncio.CancelledError``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from engine._wire import compact_json, parse_json, sorted_json
 from engine.errors import ErrorCategory, IoError
 from engine.process_exec import (
     DEFAULT_GRACE_PERIOD_S,
@@ -123,9 +123,8 @@ def parse_exec_request(request: Any) -> ExecRequest:
         raise _invalid("exec request `argv` must be an array of strings")
 
     try:
-        stdin = json.dumps(
-            request.get("stdin_json"), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        # serde_json writes the Value compactly, object keys sorted (ENGINE-SPEC §15; engine._wire)
+        stdin = compact_json(sorted_json(request.get("stdin_json"))).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
         raise _invalid("exec request `stdin_json` is not serializable as JSON") from None
 
@@ -365,10 +364,6 @@ def _exit_failure(program: str, result: ProcessResult) -> IoError:
     )
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def _outcome(program: str, result: ProcessResult, limits: tuple[int, int]) -> Any:
     """Checks 4–9 of §15, in order."""
     max_stdout, max_stderr = limits
@@ -405,7 +400,7 @@ def _outcome(program: str, result: ProcessResult, limits: tuple[int, int]) -> An
     if not result.success:
         raise _exit_failure(program, result)
     try:
-        return json.loads(result.stdout.data.decode("utf-8"), parse_constant=_reject_constant)
+        return parse_json(result.stdout.data)  # as serde_json reads it: -0 is a float, NaN is not JSON
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise IoError.other(
             "exec_stdout_invalid_json",

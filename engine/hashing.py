@@ -4,7 +4,21 @@
 project's restrictions: the secrets scan runs first (§12.1), every float is rejected (even
 ``1.0``), and so is every integer outside the I-JSON range (magnitude 2^53 and above).
 
-Fast path (ENGINE-SPEC §0.3). One walk over the value checks types and integer ranges, collects
+Fast path (ENGINE-SPEC §0.3), for values made only of plain ``dict`` / ``list`` / ``str`` / ``int`` / ``bool`` /
+``None`` (nearly all of them). ``orjson`` (C) writes the bytes with sorted keys and refuses what needs the general
+path (a key that is not exactly a ``str``, an integer outside ±(2^53 - 1), a lone surrogate). One Python walk then
+checks that every value is of one of those six types (``orjson`` also writes floats, NaN as ``null``, enums, UUIDs,
+dates, tuples...) and collects every key and every string long enough to be a mnemonic. Secrets: the detector's
+substrings are searched in the ASCII-lower-cased output. None of them contains ``"`` or a character that JSON
+escapes, so every real hit shows there; an escape can only add a false one (``\\u001b`` + ``earer ``), and any hit
+sends the value down the general path, whose exact scan decides. The mnemonic rule runs on the collected strings
+(on the keys only when one of them holds whitespace). ``orjson`` sorts keys by code point and RFC 8785 by UTF-16
+code unit; the two orders differ only when an object mixes keys with supplementary-plane characters and keys with
+U+E000..U+FFFF, so when the output holds both kinds of character (UTF-8 lead bytes 0xF0..0xF4, and 0xEE or 0xEF)
+the bytes come from ``rfc8785.dumps``. Anything else takes the general path. Property tests prove the fast path,
+the general path and ``rfc8785`` equal, bytes and errors (tests/engine/test_canonical_fast.py).
+
+General path. One walk over the value checks types and integer ranges, collects
 every string (keys and values) for the secrets scan, and notes whether stdlib ``json`` can produce
 the RFC 8785 bytes. The walk is a tight loop for plain ``dict``/``list``/``str``/``int``/``bool``/
 ``None`` values; on anything else (floats, unsafe integers, tuples, subclasses, other types) the
@@ -32,6 +46,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import rfc8785
 
 from engine._secrets import SECRET_SUBSTRINGS, _looks_like_mnemonic, json_contains_secrets
@@ -75,7 +90,7 @@ class CanonicalJsonError(ValueError):
 # Substring detection: a few short "cores", each contained in some detector substrings; only when a
 # core occurs are its substrings searched. Every substring contains a core (a substring added to the
 # detector without one becomes its own core), so no hit is missed.
-_CORES = ("pass", "mnemonic", "private", "seed", "api", "access", "secret", "token", "authorization", "bearer ")
+_CORES = ("pass", "mnemonic", "key", "phrase", "token", "authorization", "bearer ")
 
 
 def _core_table() -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
@@ -261,8 +276,81 @@ def check_canonical_value(value: Any) -> None:
     _check(value)
 
 
+# Sorted keys; integers beyond ±(2^53 - 1) and subclasses of str/int/dict/list (e.g. str-subclass keys) are errors.
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_SUBCLASS
+_orjson_dumps = orjson.dumps
+_SUPPLEMENTARY_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # UTF-8 lead bytes of U+10000..U+10FFFF
+_HIGH_BMP_LEADS = (b"\xee", b"\xef")  # UTF-8 lead bytes of U+E000..U+FFFF
+
+
+def _plain_strings(value: Any, keys: list[str], long_strings: list[str]) -> bool:
+    """Is every value inside ``value`` exactly a dict, list, str, int, bool or None? Collects every key, and every
+    string value long enough to be a mnemonic.
+
+    Keys are not checked: ``orjson`` has already refused any key that is not exactly a ``str``.
+    """
+    add = long_strings.append
+    extend = keys.extend
+    min_len = _MNEMONIC_MIN_LEN
+    stack: list[Any] = [[value]]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        v = pop()
+        if type(v) is dict:
+            extend(v)
+            v = v.values()
+        for x in v:
+            t = type(x)
+            if t is str:
+                if len(x) >= min_len:
+                    add(x)
+            elif t is dict or t is list:
+                push(x)
+            elif t is not int and t is not bool and x is not None:
+                return False
+    return True
+
+
+def _output_may_hold_secrets(out: bytes) -> bool:
+    """Could the strings behind ``out`` (orjson's output) contain a detector substring? No false negatives."""
+    blob = out.lower()
+    return any(core in blob and any(sub in blob for sub in subs) for core, subs in _SECRET_CORES)
+
+
+def _has_mnemonic(strings: list[str]) -> bool:
+    mnemonic = _MNEMONIC_CANDIDATE.fullmatch
+    return any(_looks_like_mnemonic(s) for s in strings if len(s) >= _MNEMONIC_MIN_LEN and mnemonic(s))
+
+
+def _orders_may_differ(out: bytes) -> bool:
+    """Could code-point key order differ from UTF-16 key order somewhere in ``out``? No false negatives."""
+    if out.isascii():
+        return False
+    return any(b in out for b in _SUPPLEMENTARY_LEADS) and any(b in out for b in _HIGH_BMP_LEADS)
+
+
 def canonical_json_bytes(value: Any) -> bytes:
     """RFC 8785 canonical bytes of ``value``; secrets, floats and unsafe integers rejected."""
+    try:
+        out = _orjson_dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: a non-str key, an unsafe integer, a lone surrogate, another type
+        return _canonical_general(value)
+    keys: list[str] = []
+    long_strings: list[str] = []
+    if not _plain_strings(value, keys, long_strings) or _output_may_hold_secrets(out):
+        return _canonical_general(value)  # the exact walk and scan decide
+    # A mnemonic holds whitespace: keys without any (nearly all of them) need no look (str.split: C speed, and a
+    # superset of Rust's whitespace).
+    if _has_mnemonic(long_strings) or (len("\x00".join(keys).split(maxsplit=1)) > 1 and _has_mnemonic(keys)):
+        raise CanonicalJsonError(CanonicalJsonErrorKind.SECRETS_NOT_ALLOWED, "value contains secret-looking content")
+    if _orders_may_differ(out):
+        return rfc8785.dumps(value)  # checked above; only rfc8785 has the UTF-16 key order
+    return out
+
+
+def _canonical_general(value: Any) -> bytes:
+    """:func:`canonical_json_bytes` for any value: the exact walk, then stdlib ``json`` or ``rfc8785``."""
     if not _check(value):
         try:
             return _encode(value).encode("utf-8")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import JsonValue
-
-from engine._wire import Frozen
+from engine._wire import Frozen, WireJsonValue
 from engine.ids import ArtifactId, FactKey
 
 __all__ = ["IoCall", "IoProvider", "IoResult"]
@@ -21,12 +19,12 @@ class IoCall(Frozen):
     """A request to the transport registered for ``namespace``."""
 
     namespace: str
-    request: JsonValue
+    request: WireJsonValue
     fact_key: FactKey | None = None
 
 
 class IoResult(Frozen):
-    response: JsonValue
+    response: WireJsonValue
     recorded_payload_id: ArtifactId | None = None
 
 

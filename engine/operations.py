@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import types
@@ -34,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine._kinds import ArtifactKind
+from engine._wire import parse_json
 from engine.artifacts import read_canonical_json, verified_put_json
 from engine.config import RunConfig, RunManifest
 from engine.context import JsonContext
@@ -55,6 +55,7 @@ __all__ = [
     "load_start_run",
     "operations_from_object",
     "parse_param_assignments",
+    "parse_params_json",
     "prepare_run",
     "read_manifest",
 ]
@@ -111,9 +112,22 @@ class Operation:
         return self.params_model.model_json_schema()
 
     def validate_params(self, raw: Any) -> BaseModel:
-        """Validate raw parameters; failure → ``invalid_params`` naming each field's error."""
+        """Validate raw parameters; failure → ``invalid_params`` naming each field's error.
+
+        A float anywhere is refused before the model sees it (the model would turn ``2.0`` or ``-0`` into an int):
+        parameters are canonical JSON, which has integers only (ENGINE-SPEC §2.1).
+        """
         if raw is None:
             raw = {}
+        found = _first_float(raw, "")
+        if found is not None:
+            where, number = found
+            hint = " (-0 is read as a float, as serde_json reads it; write 0)" if number == 0 else ""
+            raise OperationError.new(
+                "invalid_params",
+                f"invalid parameters for {self.op_id}: {where}: floats are not allowed, got {number!r}{hint}",
+                {"errors": [{"field": where, "error": "floats are not allowed"}]},
+            )
         try:
             return self.params_model.model_validate(raw)
         except ValidationError as exc:
@@ -280,6 +294,29 @@ def load_registry(modules: Sequence[str] = (), *, entry_points: bool = True) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+def _first_float(value: Any, where: str) -> tuple[str, float] | None:
+    """The path (``a.b.0``; ``(params)`` for the top) and value of the first float in ``value``, if any."""
+    if isinstance(value, float):
+        return where or "(params)", value
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _first_float(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def parse_params_json(text: str | bytes) -> Any:
+    """Parameters given as JSON text (a parameters file), read as serde_json reads JSON: ``-0`` is a float (which
+    :meth:`Operation.validate_params` then refuses), NaN and Infinity are not JSON. ``ValueError`` if not JSON."""
+    return parse_json(text)
+
+
 def _is_str_field(model: type[BaseModel], name: str) -> bool:
     info = model.model_fields.get(name)
     if info is None:
@@ -310,7 +347,7 @@ def parse_param_assignments(op: Operation, assignments: Sequence[str]) -> dict[s
         value: Any = text
         if not _is_str_field(model, key):
             try:
-                value = json.loads(text)
+                value = parse_json(text)  # as serde_json reads JSON: -0 is a float
             except ValueError:
                 value = text
             if _is_list_field(model, key) and isinstance(value, str):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import click
 
 from engine.errors import ErrorInfo, MfmError
 from engine.ids import RunId
-from engine.operations import parse_param_assignments
+from engine.operations import parse_param_assignments, parse_params_json
 from engine.secrets import redact_text
 from engine.stores.fs import framing
 from engine.workers import (
@@ -158,7 +157,7 @@ def _read_params_file(path: str | None) -> dict[str, Any]:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+            value = parse_params_json(f.read())
     except OSError as exc:
         raise CliError.new("params_file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:

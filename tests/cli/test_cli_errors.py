@@ -62,6 +62,11 @@ def test_bad_start_input_writes_nothing(mfm: Mfm, tmp_path: Path) -> None:
     bad_file = tmp_path / "params.json"
     bad_file.write_text("{not json")
     _one_error(mfm("start", "demo_flaky", "--params-file", str(bad_file)), 2, "params_file_invalid")
+    bad_file.write_text('{"fail_times": -0}')  # serde_json reads -0 as a float
+    line = _one_error(mfm("start", "demo_flaky", "--params-file", str(bad_file)), 2, "invalid_params")
+    assert "fail_times: floats are not allowed" in line
+    _one_error(mfm("start", "demo_flaky", "-p", "fail_times=-0"), 2, "invalid_params")
+    _one_error(mfm("start", "demo_flaky", "-p", "fail_times=1.0"), 2, "invalid_params")
     _one_error(mfm("start", "demo_flaky", "--no-such-option"), 2, "usage")
     assert not mfm.store.exists()
     # and on an existing store: the listing is unchanged

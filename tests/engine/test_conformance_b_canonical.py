@@ -348,7 +348,9 @@ def _own(data: bytes) -> tuple[str, bytes]:
         (_own(b'{"a":1}\n'), "artifact_not_canonical"),
         (_own(b'{"a":1,"a":1}'), "artifact_not_canonical"),
         (_own(b'{"a":"\\u00e9"}'), "artifact_not_canonical"),
-        (_own(b'{"a":-0}'), "artifact_not_canonical"),
+        (_own(b'{"a":-0}'), "artifact_float_not_allowed"),  # serde_json reads -0 as a float
+        (_own(b"[0,-0]"), "artifact_float_not_allowed"),
+        (_own(b"-0"), "artifact_float_not_allowed"),
         (_own(b'{"a":"\\ud800"}'), "artifact_not_canonical"),
         (_own(b'{"a":9007199254740992}'), "artifact_float_not_allowed"),
         (_own(b'{"a":1e400}'), "artifact_float_not_allowed"),
@@ -370,6 +372,12 @@ async def test_b13_canonical_artifact_read_rejects(stored: tuple[str, bytes], co
     assert err.code == code
     assert err.info.category is ErrorCategory.STORAGE
     assert "do-not-persist" not in err.message and "do-not-persist" not in json.dumps(err.info.details)
+
+
+async def test_b13_negative_zero_is_a_float_but_the_string_is_not() -> None:
+    """serde_json reads the number ``-0`` as a float (rejected above); ``"-0"`` and ``-0.5e0``-free text stay JSON."""
+    aid, data = _own(b'{"-0":["-0",0,-1]}')
+    assert await read_canonical_json(BytesStore({aid: data}), ArtifactId(aid)) == {"-0": ["-0", 0, -1]}
 
 
 async def test_b13_canonical_manifest_read_returns_value() -> None:

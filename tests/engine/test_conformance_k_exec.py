@@ -147,6 +147,13 @@ def test_k72_request_defaults_and_lenient_fields() -> None:
     assert parse_exec_request(req("/p", stdin_json={"k": ["é", 1]})).stdin == '{"k":["é",1]}'.encode()
 
 
+def test_stdin_json_is_written_like_serde_json_with_sorted_keys() -> None:
+    """``stdin_json`` is a serde_json ``Value``: its object keys are written in code-point order, at every level."""
+    stdin = {"b": [{"z": 1, "y": {"\U0001f600": 0, "\ue000": 1}}], "a": None}
+    expected = '{"a":null,"b":[{"y":{"\ue000":1,"\U0001f600":0},"z":1}]}'.encode()
+    assert parse_exec_request(req("/p", stdin_json=stdin)).stdin == expected
+
+
 # --- resolution and allowlist -------------------------------------------------------------------
 
 
@@ -352,6 +359,8 @@ async def test_k79_stdout_floats_parse_and_nan_is_invalid(bin_dir: Path) -> None
     transport, _ = transport_for(bin_dir)
     floats = script(bin_dir, "floats.sh", "cat >/dev/null; printf '{\"x\":1.5}'")
     assert await transport.call("exec", req(floats)) == {"x": 1.5}
+    negative_zero = script(bin_dir, "negzero.sh", "cat >/dev/null; printf '{\"x\":-0}'")
+    assert repr(await transport.call("exec", req(negative_zero))) == "{'x': -0.0}"  # a float, as serde_json reads it
     nan = script(bin_dir, "nan.sh", "cat >/dev/null; printf '{\"x\":NaN}'")
     assert (await call_err(transport, req(nan))).code == "exec_stdout_invalid_json"
     latin1 = script(bin_dir, "latin1.sh", "cat >/dev/null; printf '\"\\351\"'")

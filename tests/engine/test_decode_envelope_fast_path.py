@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import events
+from engine._wire import parse_json
 from engine.errors import StorageError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, decode_envelope, encode_envelope
 from engine.ids import ArtifactId, RunId, StateId
@@ -24,7 +25,7 @@ SNAP = "ab" * 32
 
 def _slow(line: bytes | str) -> Any:
     try:
-        return EventEnvelope.model_validate(json.loads(line))
+        return EventEnvelope.model_validate(parse_json(line))
     except (ValueError, UnicodeDecodeError):  # pydantic's ValidationError is a ValueError
         return "error"
 
@@ -90,7 +91,8 @@ GOOD = [
     _line(_domain(payload=[1, "x", {"y": [True, None, -5]}])),
     _line(_domain(payload=12345678901234567890123)),
     _line(_domain(name="")),
-    _line(_domain(payload="@NAN@")).replace('"@NAN@"', "NaN"),
+    _line(_domain(payload=[0, "@NEG0@", {"b": "@NEG0@"}])).replace('"@NEG0@"', "-0"),  # the float -0.0, as serde
+    _line(_domain(payload={"b": 1, "a": {"d": [{"f": 0, "e": 1}], "c": 2}})),  # keys in any order
     json.dumps({"seq": 3, "event": _entered(), "run_id": RUN, "ts_millis": 5}),  # other key order
 ]
 
@@ -134,6 +136,11 @@ BAD_OR_OTHER = [
     _line({"Other": {}}),
     _line({**_domain(), **_entered()}),
     _line([]),
+    _line(_entered(), ts_millis="@NEG0@").replace('"@NEG0@"', "-0"),  # serde_json reads -0 as a float
+    _line(_entered(attempt="@NEG0@")).replace('"@NEG0@"', "-0"),
+    _line(_entered(), seq="@NEG0@").replace('"@NEG0@"', "-0"),
+    _line(_domain(payload="@NAN@")).replace('"@NAN@"', "NaN"),  # not JSON for serde_json
+    _line(_domain(payload="@INF@")).replace('"@INF@"', "-Infinity"),
     "[]",
     "null",
     "{",
@@ -144,6 +151,23 @@ BAD_OR_OTHER = [
 @pytest.mark.parametrize("line", GOOD)
 def test_valid_lines_decode_alike(line: str) -> None:
     assert _same(line) != "error"
+
+
+def test_negative_zero_and_unsorted_payloads_re_encode_as_serde_json_writes_them() -> None:
+    """serde_json reads ``-0`` as the float -0.0 (written back ``-0.0``) and writes a ``Value``'s keys sorted."""
+    line = _line(_domain(payload={"b": "@NEG0@", "a": [{"d": 1, "c": "@NEG0@"}]})).replace('"@NEG0@"', "-0")
+    env = decode_envelope(line)
+    assert isinstance(env.event, DomainEvent) and isinstance(env.event.payload, dict)
+    assert repr(env.event.payload["b"]) == "-0.0"
+    assert b'"payload":{"a":[{"c":-0.0,"d":1}],"b":-0.0}' in encode_envelope(env)
+    for line in (
+        _line(_entered(), ts_millis="@NEG0@"),  # today read as 0 and accepted
+        _line(_entered(attempt="@NEG0@")),
+        _line(_entered(), seq="@NEG0@"),
+    ):
+        with pytest.raises(StorageError) as info:
+            decode_envelope(line.replace('"@NEG0@"', "-0"))
+        assert info.value.code == "machine_event_decode_failed"
 
 
 @pytest.mark.parametrize("line", BAD_OR_OTHER)
@@ -196,3 +220,4 @@ def test_generated_envelopes_round_trip_alike(
     env = EventEnvelope(run_id=RunId(str(run)), seq=seq, ts_millis=ts, event=event)
     line = encode_envelope(env)
     assert _same(line) == env
+    assert encode_envelope(decode_envelope(line)) == line

@@ -12,8 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine._wire import construct
-from engine.errors import StorageError
-from engine.events import EventEnvelope, StateCompleted, StateEntered, encode_envelope
+from engine.errors import StateError, StorageError
+from engine.events import (
+    DomainEvent,
+    EventEnvelope,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+    encode_envelope,
+    fact_event,
+)
 from engine.hashing import MAX_SAFE_INTEGER
 from engine.ids import ArtifactId, RunId, StateId
 from engine.stores import _base
@@ -125,3 +133,32 @@ def test_generated_kernel_envelopes_agree(
     assert fast == slow
     if isinstance(fast, list):
         assert fast == [encode_envelope(env)]
+
+
+def _failed_with_details(details: Any) -> StateFailed:
+    return StateFailed(state_id=StateId("machine.main.s1"), error=StateError.new("boom", "it broke", details=details))
+
+
+@pytest.mark.parametrize(
+    ("event", "sorted_json"),
+    [
+        (
+            construct(DomainEvent, name="n", payload={"b": 1, "a": 2}, payload_ref=None),
+            b'"payload":{"a":2,"b":1}',
+        ),
+        (
+            DomainEvent(name="n", payload=[{"z": {"y": 0, "x": [{"\U0001f600": 1, "\ue000": 2}]}, "a": None}]),
+            '"payload":[{"a":null,"z":{"x":[{"\ue000":2,"\U0001f600":1}],"y":0}}]'.encode(),
+        ),
+        (fact_event("k", SNAP, {"z": "1", "a": "2"}), b'"payload":{"key":"k","meta":{"a":"2","z":"1"},"payload_id":'),
+        (_failed_with_details({"zz": [{"b": 1, "a": 2}], "aa": {}}), b'"details":{"aa":{},"zz":[{"a":2,"b":1}]}'),
+    ],
+)
+def test_unsorted_json_values_are_written_with_sorted_keys_on_both_paths(
+    event: Any, sorted_json: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payloads and error details are ``serde_json::Value``s: keys in code-point order at every level."""
+    env = _env(event)
+    fast, slow = _both(env, monkeypatch)
+    assert fast == slow == [encode_envelope(env)]
+    assert sorted_json in fast[0]

@@ -24,6 +24,7 @@ from engine.operations import (
     load_registry,
     load_start_run,
     parse_param_assignments,
+    parse_params_json,
     prepare_run,
     read_manifest,
 )
@@ -98,6 +99,29 @@ def test_invalid_params_name_each_field() -> None:
     assert "count:" in err.value.message and "words:" in err.value.message
     fields = {e["field"] for e in err.value.info.details["errors"]}  # type: ignore[index,union-attr]
     assert fields == {"count", "words"}
+
+
+@pytest.mark.parametrize("raw", [{"count": -0.0}, {"count": 2.0}, {"words": ["a", 1.5]}])
+def test_float_params_are_refused(raw: dict[str, Any]) -> None:
+    """Parameters are canonical JSON: no floats, not even ``2.0`` or ``-0`` that the model would turn into ints."""
+    with pytest.raises(OperationError) as err:
+        _op().validate_params(raw)
+    assert err.value.code == "invalid_params"
+    assert "floats are not allowed" in err.value.message
+
+
+def test_negative_zero_params_are_floats() -> None:
+    op = _op()
+    raw = parse_param_assignments(op, ["count=-0"])
+    assert repr(raw["count"]) == "-0.0"  # today: 0
+    with pytest.raises(OperationError) as err:
+        op.validate_params(raw)
+    assert err.value.message == (
+        "invalid parameters for toy: count: floats are not allowed, got -0.0 "
+        "(-0 is read as a float, as serde_json reads it; write 0)"
+    )
+    assert repr(parse_params_json('{"count": -0, "name": "-0"}')) == "{'count': -0.0, 'name': '-0'}"
+    assert op.validate_params(parse_param_assignments(op, ["count=0"])).model_dump()["count"] == 0
 
 
 def test_parse_param_assignments() -> None:

@@ -56,7 +56,9 @@ from engine.events import (
 )
 from engine.hashing import canonical_json_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.io import IoCall, IoResult
 from engine.meta import DependencyStrategy, Idempotency, SideEffectKind, StateMeta
+from engine.stores import encode_batch
 from engine.testing import base_config, make_manifest
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -131,6 +133,8 @@ def test_golden_set_is_complete() -> None:
         "envelope_kernel_ts_set",
         "envelope_domain_ts_null",
         "envelope_domain_ts_set",
+        "envelope_domain_sorted_payload",
+        "envelope_kernel_failed_sorted_details",
         "run_config_fixed",
         "run_config_exponential",
         "run_config_no_allowlist",
@@ -278,6 +282,116 @@ def test_constructed_envelopes_match_golden() -> None:
     assert list(payload) == ["key", "meta", "payload_id"]
     dom = EventEnvelope(run_id=RUN, seq=4, event=DomainEvent(name="fact_recorded", payload=payload))
     assert encode_envelope(dom) == _golden("envelope_domain_ts_null.json")
+
+
+# -- serde_json::Value positions: keys sorted by code point, at every level ----------------------------------------
+# serde_json's Value holds objects in a BTreeMap<String, Value>: keys compare as UTF-8 bytes (= code points), not as
+# UTF-16 code units (RFC 8785). The two golden files below were written by hand in that order; the Python values
+# below list the same keys in a deliberately different order.
+
+UNSORTED_PAYLOAD: dict[str, Any] = {
+    "\U0001f600": "U+1F600: after U+E000 (UTF-16 order puts it first)",
+    "zeta": 1,
+    "b": {"y": [{"d": 4, "c": 3}], "x": None},
+    "a\U00010000": "U+10000: after U+FFFF (UTF-16 order puts it first)",
+    "\ue000": "U+E000",
+    "a": [3, {"2": True, "10": False}],
+    "\u00e9": "U+00E9",
+    "a\uffff": "U+FFFF",
+    "Z": "upper case before lower",
+    "": "empty key first",
+}
+UNSORTED_DETAILS: dict[str, Any] = {
+    "nested": {"b": {"z": False, "y": None}, "a": []},
+    "endpoint": "eth_getBalance",
+    "attempts": [{"try": 1, "ms": 30000}, {"try": 2, "ms": 30000}],
+}
+
+
+def _key_lists(value: Any) -> list[list[str]]:
+    """The keys of every object in ``value`` (as ``json.loads`` read them: in file order), depth first."""
+    if isinstance(value, dict):
+        return [list(value), *(keys for v in value.values() for keys in _key_lists(v))]
+    if isinstance(value, list):
+        return [keys for v in value for keys in _key_lists(v)]
+    return []
+
+
+def test_sorted_golden_values_are_in_utf8_byte_order() -> None:
+    """Independent of our encoder: every object inside the payload and the details lists its keys in UTF-8 order."""
+    payload = json.loads(_golden("envelope_domain_sorted_payload.json"))["event"]["Domain"]["payload"]
+    failed = json.loads(_golden("envelope_kernel_failed_sorted_details.json"))["event"]["Kernel"]["StateFailed"]
+    key_lists = _key_lists(payload) + _key_lists(failed["error"]["info"]["details"])
+    assert len(key_lists) == 9
+    for keys in key_lists:
+        assert keys == sorted(keys, key=lambda k: k.encode("utf-8"))
+
+
+def test_payload_golden_covers_code_point_versus_utf16_order() -> None:
+    """The payload golden orders keys where code-point order and RFC 8785's UTF-16 order disagree."""
+    keys = list(json.loads(_golden("envelope_domain_sorted_payload.json"))["event"]["Domain"]["payload"])
+    utf16 = sorted(keys, key=lambda k: k.encode("utf-16-be"))
+    assert keys == sorted(keys) != utf16
+    assert keys.index("\ue000") < keys.index("\U0001f600") and utf16.index("\U0001f600") < utf16.index("\ue000")
+    assert keys.index("a\uffff") < keys.index("a\U00010000")
+
+
+def test_unsorted_payload_is_written_like_serde_json() -> None:
+    """``DomainEvent(payload={"b":1,"a":2})`` is written ``{"a":2,"b":1}``, at every nesting level."""
+    env = EventEnvelope(
+        run_id=RUN,
+        seq=7,
+        ts_millis=1764165600789,
+        event=DomainEvent(name="sorted_payload", payload=UNSORTED_PAYLOAD),
+    )
+    golden = _golden("envelope_domain_sorted_payload.json")
+    assert encode_envelope(env) == golden
+    assert encode_batch(RUN, 6, [env]) == [golden]  # the stores' codec
+    assert (
+        _encode_model(DomainEvent(name="n", payload={"b": 1, "a": 2}))
+        == b'{"name":"n","payload":{"a":2,"b":1},"payload_ref":null}'
+    )
+
+
+def test_unsorted_error_details_are_written_like_serde_json() -> None:
+    error = StateError.new(
+        "rpc_timeout",
+        "upstream timed out",
+        category=ErrorCategory.RPC,
+        retryable=True,
+        state_id=StateId("machine.main.s2"),
+        details=UNSORTED_DETAILS,
+    )
+    env = EventEnvelope(
+        run_id=RUN,
+        seq=5,
+        ts_millis=1764165600500,
+        event=StateFailed(state_id=StateId("machine.main.s2"), error=error),
+    )
+    golden = _golden("envelope_kernel_failed_sorted_details.json")
+    assert encode_envelope(env) == golden
+    assert encode_batch(RUN, 4, [env]) == [golden]
+    assert _encode_model(error.info).endswith(
+        b'"details":{"attempts":[{"ms":30000,"try":1},{"ms":30000,"try":2}],'
+        b'"endpoint":"eth_getBalance","nested":{"a":[],"b":{"y":null,"z":false}}}}'
+    )
+
+
+def test_other_value_positions_are_written_sorted() -> None:
+    """input_params, fact / artifact meta and IO requests / responses are serde_json Values too."""
+    manifest = make_manifest(base_config(), input_params={"b": [{"d": 1, "c": 2}], "a": 0})
+    assert b'"input_params":{"a":0,"b":[{"c":2,"d":1}]}' in _encode_model(manifest)
+    fact = FactRecorded(key="k", payload_id=H1, meta={"z": 1, "a": {"y": 2, "x": 3}})
+    assert _encode_model(fact).endswith(b'"meta":{"a":{"x":3,"y":2},"z":1}}')
+    written = ArtifactWritten(artifact_id=H1, kind=ArtifactKind.OUTPUT, meta={"z": 1, "a": 2})
+    assert _encode_model(written).endswith(b'"meta":{"a":2,"z":1}}')
+    call = IoCall(namespace="http", request={"url": "u", "method": "GET", "headers": {"b": "1", "a": "2"}})
+    assert (
+        _encode_model(call)
+        == b'{"namespace":"http","request":{"headers":{"a":"2","b":"1"},"method":"GET","url":"u"},"fact_key":null}'
+    )
+    result = IoResult(response={"b": 1, "a": 2})
+    assert _encode_model(result) == b'{"response":{"a":2,"b":1},"recorded_payload_id":null}'
 
 
 def test_constructed_payloads_match_golden() -> None:

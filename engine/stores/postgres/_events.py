@@ -5,7 +5,6 @@ See :mod:`engine.stores.postgres` for the tables and the protocol.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg import sql
 
+from engine._wire import parse_json
 from engine.errors import StorageError
 from engine.events import EventEnvelope, RunCompleted
 from engine.ids import RunId
@@ -207,7 +207,7 @@ def _event_json(line: bytes) -> str:
 
 def _decode_row(run_id: RunId, seq: int, ts: int | None, payload: str) -> EventEnvelope:
     try:
-        event = json.loads(payload)
+        event = parse_json(payload)
         return EventEnvelope.model_validate({"run_id": run_id, "seq": seq, "ts_millis": ts, "event": event})
     except ValueError as exc:
         raise StorageError.corruption(
