@@ -15,8 +15,13 @@ Choices made where the specification leaves room (each is tested):
   sleep or an exec child (the transport kills it) — then every open attempt is closed with
   ``StateFailed{run_cancelled}`` in topological order and ``RunCompleted{Cancelled}`` is appended,
   all in one batch. Attempts are not entered once a cancel is seen.
-- **Appends**: ``StateEntered`` alone (§8 step 1); a terminal event shares its batch with
-  ``retry_scheduled`` or, when it ends the run, ``RunCompleted``: 2N+1 appends for N states.
+- **Appends** (issue 12): events that nothing waits on are batched without changing the stream:
+  ``RunStarted`` with the first ``StateEntered``, ``StateCompleted(sₙ)`` with ``StateEntered(sₙ₊₁)``
+  (under fan-out: with every state entered at that boundary), the last ``StateCompleted`` with
+  ``RunCompleted``, a retry's ``StateFailed`` + ``retry_scheduled`` with its next ``StateEntered``
+  when the backoff is zero (before a real sleep they are appended on their own). The snapshot a
+  ``StateCompleted`` names is durable before that batch. N+1 appends for N sequential states
+  (:mod:`engine._runtime.scheduler`).
 - **Replay sleeps**: backoff sleeps happen in Replay mode too (the reference code does, §7.1);
   ``IoProvider.sleep_ms`` returns at once in Replay (§11.2).
 - **Replay of a past run** (§0.11): the new run's stream starts with ``RunStarted`` followed by a

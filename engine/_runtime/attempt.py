@@ -1,10 +1,11 @@
 """One attempt of one state (ENGINE-SPEC §8), up to the handler's verdict.
 
-``run_handler`` appends ``StateEntered`` (its own append), loads the base snapshot, builds the IO
-provider and recorder, calls the handler and returns what happened. Writing the terminal event is
-left to the scheduler, which knows whether it can share an append with ``retry_scheduled`` or
-``RunCompleted``. Engine-internal failures (snapshot load, storage) propagate as ``MfmError`` and
-leave the attempt open.
+``run_handler`` runs an attempt whose ``StateEntered`` the scheduler has appended (§8 step 1: the
+scheduler batches it with whatever completed at the same boundary): it loads the base snapshot, builds
+the IO provider and recorder, calls the handler and returns what happened. Writing the terminal event
+is left to the scheduler too, which knows what it can share an append with (``retry_scheduled``, the
+next ``StateEntered``, ``RunCompleted``). Engine-internal failures (snapshot load, storage) propagate
+as ``MfmError`` and leave the attempt open.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from engine._runtime.context_runtime import StagedContext
 from engine._runtime.invocation import Invocation
 from engine._runtime.recorder import ProfileRecorder
 from engine._secrets import contains_secrets
-from engine._wire import construct
 from engine.config import IoMode
 from engine.errors import ErrorInfo, MfmError, RunError, RunErrorKind, StateError
-from engine.events import StateEntered
 from engine.ids import ArtifactId, StateId
 from engine.io import IoProvider
 from engine.live_io import LiveIo
@@ -62,9 +61,9 @@ def side_effect_key(meta: StateMeta) -> str | None:
 
 
 async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: ArtifactId) -> HandlerResult:
+    """Attempt ``attempt`` of ``state_id`` from ``base``, its ``StateEntered`` already written."""
     state = inv.states[state_id]
     meta = inv.metas[state_id]
-    await inv.writer.append([construct(StateEntered, state_id=state_id, attempt=attempt, base_snapshot_id=base)])
     if inv.skip_tags and not inv.skip_tags.isdisjoint(meta.tags):
         return HandlerResult(skipped=True)
     base_value = await inv.snapshots.load(base)

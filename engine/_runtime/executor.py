@@ -83,7 +83,7 @@ class Runtime:
             for key, pid, meta in seed_facts or ():
                 head_events.append(fact_event(key, pid, meta))
                 facts.bind_if_unbound(key, pid)
-            await writer.append(head_events)
+            writer.defer(head_events)  # appended with the first StateEntered (or RunCompleted{Cancelled})
         except MfmError as exc:
             raise RunError.wrap(exc) from exc
         inv = self._invocation(stores, run_id, run.plan, order, run.run_config, writer, facts, snapshots, cancel)
@@ -173,8 +173,7 @@ class Runtime:
             recovery.append(construct(RunCompleted, status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id))
             await writer.append(recovery)
             return RunResult(run_id=run_id, phase=RunPhase.FAILED, final_snapshot_id=inv.checkpoint_id)
-        if recovery:
-            await writer.append(recovery)
+        writer.defer(recovery)  # appended with the restarts' StateEntered, in the scheduler's first batch
         scheduler = Scheduler(inv, overrides)
         if max_concurrency(cfg) > 1:
             scheduler.seed_written_by(await written_keys(snapshots, history, inv))

@@ -17,9 +17,25 @@ Fan-out choices (documented, §0.5):
 - a skipped (skip-tagged) state completes with the checkpoint current at completion, which is its
   base in sequential runs (§7.2) and keeps "every StateCompleted is the new checkpoint" true.
 
-Appends: ``StateEntered`` is always its own append (§8 step 1). A terminal event shares its append
-with ``retry_scheduled`` (when a retry follows) or with ``RunCompleted`` (when nothing else is
-running and the run ends with it), so a sequential run of N states costs 2N+1 appends.
+Appends (issue 12: the engine batches what the contract allows; order, seqs and payloads are those of
+one append per event group). The batch is built at a *boundary* of the main loop, after the cancel
+check and the scheduling decision: the ``StateEntered`` of every state launched there goes out in
+one append, behind whatever was written logically since the last append (:meth:`EventWriter.defer`):
+- ``StateCompleted(sₙ)`` is deferred (its snapshot is already durable), so it travels with
+  ``StateEntered(sₙ₊₁)`` in a sequential run, and under fan-out with every state entered at that
+  boundary; when nothing enters while other states run, it is flushed on its own at once;
+- ``RunStarted`` (and the seed facts of a replay) and, on resume, the orphans' recovery
+  ``StateFailed`` are deferred by the executor: they travel with the first ``StateEntered``;
+- the run's last ``StateCompleted`` (or a terminal ``StateFailed``) shares its append with
+  ``RunCompleted``; cancellation appends every deferred event, the ``run_cancelled`` failures and
+  ``RunCompleted{Cancelled}`` together;
+- a retry: ``StateFailed`` + ``retry_scheduled`` are appended before the backoff sleep (the monitor
+  shows the countdown from them, and a crash during the sleep resumes at the next attempt without
+  sleeping, §13 step 10); with a zero delay there is no sleep, so they are deferred and travel with
+  the retry's ``StateEntered`` (after its cancel check).
+A sequential run of N states therefore costs N+1 appends (it cost 2N+1): ``[RS, E₁]``,
+``[C₁, E₂]`` … ``[Cₙ, RC]``. A crash can no longer fall between ``StateCompleted(sₙ)`` and
+``StateEntered(sₙ₊₁)``; every crash point left is one the unbatched runtime had (§13).
 """
 
 from __future__ import annotations
@@ -43,9 +59,10 @@ from engine.events import (
     RunCompleted,
     RunStatus,
     StateCompleted,
+    StateEntered,
     StateFailed,
 )
-from engine.ids import StateId
+from engine.ids import ArtifactId, StateId
 
 __all__ = ["CODE_FAN_OUT_WRITE_CONFLICT", "CODE_RUN_CANCELLED", "Scheduler", "max_concurrency"]
 
@@ -57,7 +74,7 @@ class _Outcome(Enum):
     COMPLETED = 1
     FAILED = 2
     STOPPED = 3
-    NOT_STARTED = 4  # cancelled before its first attempt
+    NOT_STARTED = 4  # cancelled before its next attempt
 
 
 def max_concurrency(config: RunConfig) -> int:
@@ -103,10 +120,22 @@ class Scheduler:
         stopped = False
         try:
             while True:
-                while ready and len(running) < self.mc and not self.failed and not inv.watcher.cancelled:
-                    s = inv.order[heapq.heappop(ready)]
-                    self.active += 1
-                    running[asyncio.ensure_future(self._run_state(s))] = s
+                # A boundary: the cancel check and the scheduling decision, then one batch.
+                launch: list[tuple[StateId, int, ArtifactId]] = []
+                while ready and len(running) + len(launch) < self.mc and not self.failed and not inv.watcher.cancelled:
+                    launch.append(self._first_attempt(inv.order[heapq.heappop(ready)]))
+                if launch:
+                    self.active += len(launch)  # before the append: a state failing meanwhile must not end the run
+                    await inv.writer.append(
+                        [construct(StateEntered, state_id=s, attempt=a, base_snapshot_id=b) for s, a, b in launch]
+                    )
+                    if inv.watcher.cancelled:  # came while the batch was in the store: _finish closes them
+                        self.active -= len(launch)
+                        continue
+                    for s, a, b in launch:
+                        running[asyncio.ensure_future(self._run_state(s, a, b))] = s
+                elif running and inv.writer.pending:
+                    await inv.writer.flush()  # completed here, nothing enters: durable now, not at a later boundary
                 if not running:
                     break
                 done, _ = await asyncio.wait({*running, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -134,9 +163,12 @@ class Scheduler:
                                 heapq.heappush(ready, pos[nxt])
                 if stopped:
                     await self._cancel_all(running)
+                    await inv.writer.flush()  # what other states wrote before the stop (not the stopped attempt)
                     return RunResult(run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id)
         except BaseException:
             await self._cancel_all(running)  # the caller cancelled us (or we failed): no task outlives the call
+            with contextlib.suppress(Exception):
+                await inv.writer.flush()  # best effort: events written logically before the failure stay written
             raise
         finally:
             cancel_wait.cancel()
@@ -192,18 +224,19 @@ class Scheduler:
 
     # ----------------------------------------------------------------------------------- one state
 
-    async def _run_state(self, sid: StateId) -> _Outcome:
+    def _first_attempt(self, sid: StateId) -> tuple[StateId, int, ArtifactId]:
+        """Where ``sid`` starts: its override (resume), else attempt 0 from the current checkpoint."""
+        ov = self.overrides.pop(sid, None)
+        if ov is not None:
+            return sid, ov.attempt, ov.base_snapshot_id
+        return sid, 0, self.inv.checkpoint_id
+
+    async def _run_state(self, sid: StateId, attempt: int, base: ArtifactId) -> _Outcome:
+        """The attempts of ``sid``; the first one's ``StateEntered`` was appended by the main loop."""
         inv = self.inv
         try:
-            ov = self.overrides.pop(sid, None)
-            if ov is not None:
-                attempt, base = ov.attempt, ov.base_snapshot_id
-            else:
-                attempt, base = 0, inv.checkpoint_id
             max_attempts = inv.config.retry_policy.max_attempts
             while True:
-                if inv.watcher.cancelled:
-                    return _Outcome.NOT_STARTED
                 res = await run_handler(inv, sid, attempt, base)
                 if res.stopped:
                     return _Outcome.STOPPED
@@ -242,10 +275,15 @@ class Scheduler:
                             payload_ref=None,
                         )
                     )
-                await inv.writer.append(events, ts=now)
                 if delay.total_nanos > 0:
+                    await inv.writer.append(events, ts=now)
                     await inv.sleeper.sleep(delay.total_nanos / 1e9)
+                else:
+                    inv.writer.defer(events, ts=now)  # no sleep between: they travel with the next StateEntered
                 attempt = nxt
+                if inv.watcher.cancelled:
+                    return _Outcome.NOT_STARTED
+                await inv.writer.append([construct(StateEntered, state_id=sid, attempt=attempt, base_snapshot_id=base)])
         finally:
             self.active -= 1
 
@@ -285,9 +323,7 @@ class Scheduler:
                 new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
             else:
                 new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
-            tail = self._tail(failed=False, completing=sid)
-            if tail:
-                tail = [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)]
+            done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
 
             def after() -> None:
                 inv.checkpoint_id = new_id
@@ -295,12 +331,20 @@ class Scheduler:
                 inv.completed[sid] = new_id
                 for k in delta:
                     self._written_by[k] = sid
-                if tail:
+
+            if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
+
+                def last() -> None:
+                    after()
                     self.finished = RunStatus.COMPLETED
 
-            await inv.writer.append(
-                [construct(StateCompleted, state_id=sid, context_snapshot_id=new_id), *tail], after=after
-            )
+                rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
+                await inv.writer.append([done, rc], after=last)
+            else:
+                # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
+                # main loop builds at this boundary (with the next StateEntered, or alone).
+                inv.writer.defer([done])
+                after()
             return None
 
     # ----------------------------------------------------------------------------------- fan-out conflicts

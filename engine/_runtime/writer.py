@@ -1,9 +1,17 @@
 """The engine-side appender (ENGINE-SPEC §3.4), shared by every task of one invocation.
 
-Holds ``next_seq``; every append uses ``expected_seq = next_seq - 1``. Appends are serialised by a
+Holds ``next_seq``; every append uses ``expected_seq`` = the durable head. Appends are serialised by a
 lock and are *not* interrupted by task cancellation: a cancelled caller waits for its in-flight
 append to land (or fail) before ``CancelledError`` propagates, so the writer's view of the stream
 never diverges from the store. The writer also tracks which attempts are open (per state, §0.5).
+
+Batching (issue 12): :meth:`EventWriter.defer` writes events *logically* now (their place in the
+stream, their ``ts_millis`` and the open-attempt bookkeeping are fixed at that moment) and *durably*
+with the next append, ahead of that append's own events, in one ``EventStore.append`` call. So a
+``StateCompleted`` shares the batch of the next ``StateEntered`` (or ``RunCompleted``) without any
+change to the order, seqs or payloads of the stream. If such a combined batch fails, the writer falls
+back to the unbatched order (the deferred events alone, then the new ones), so a bad new event never
+takes down events written before it: the stream stays the one of unbatched appends.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Any
 
 from engine._runtime.clock import Clock
 from engine._wire import construct
+from engine.errors import MfmError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, StateFailed
 from engine.ids import ArtifactId, RunId, StateId
 from engine.stores import EventStore
@@ -35,63 +44,114 @@ class EventWriter:
     def __init__(self, store: EventStore, run_id: RunId, head: int, clock: Clock) -> None:
         self.store = store
         self.run_id = run_id
-        self.next_seq = head + 1
+        self.next_seq = head + 1  # logical: deferred events count
         self.clock = clock
         self.open: dict[StateId, OpenAttempt] = {}
         self.appends = 0
+        self._durable = head
+        self._pending: list[tuple[Any, int]] = []  # deferred (event, ts_millis), in stream order
         self._lock = asyncio.Lock()
         self._busy: asyncio.Future[Any] | None = None
         self._deferred: set[asyncio.Future[Any]] = set()
 
     @property
     def head(self) -> int:
+        """The logical head: the last seq written, deferred events included."""
         return self.next_seq - 1
+
+    @property
+    def durable_head(self) -> int:
+        return self._durable
+
+    @property
+    def pending(self) -> bool:
+        """Whether deferred events wait for the next append."""
+        return bool(self._pending)
+
+    def defer(self, events: Sequence[Any], *, ts: int | None = None) -> None:
+        """Write ``events`` logically now and durably with the next :meth:`append` (or :meth:`flush`).
+
+        Only for events nothing durable may wait on before the next append: the caller makes sure
+        one follows (the scheduler appends at every boundary, §0.5).
+        """
+        if not events:
+            return
+        if ts is None:
+            ts = self.clock.now_millis()
+        for ev in events:
+            self._pending.append((ev, ts))
+            self._track(ev, self.next_seq)
+            self.next_seq += 1
+
+    async def flush(self) -> int:
+        """Make the deferred events durable (no-op when there are none); return the new head."""
+        return await self.append(())
 
     async def append(
         self, events: Sequence[Any], *, after: Callable[[], None] | None = None, ts: int | None = None
     ) -> int:
-        """Append ``events`` (kernel variants or ``DomainEvent``) as one atomic batch; return the new head.
+        """Append the deferred events then ``events`` (kernel variants or ``DomainEvent``) as one atomic batch;
+        return the new head.
 
         ``after`` runs right after the store accepted the batch (in-memory bookkeeping that must
         match what is durable). A task cancelled through :meth:`cancel_task` while its batch is in
         the store is cancelled only once the store call returned, so the writer never loses track
         of what is durable.
         """
-        if not events:
+        if not events and not self._pending:
             return self.head
         async with self._lock:
-            if ts is None:
-                ts = self.clock.now_millis()
-            first = self.next_seq
-            envs = [
-                construct(EventEnvelope, run_id=self.run_id, seq=first + i, ts_millis=ts, event=ev)
-                for i, ev in enumerate(events)
-            ]
+            stamp = self.clock.now_millis() if events and ts is None else ts
+            deferred, self._pending = self._pending, []
+            new = [(ev, stamp) for ev in events]
+            self.next_seq += len(new)  # events deferred while this batch is in the store come after it
             task = asyncio.current_task()
             self._busy = task
             try:
-                head = await self.store.append(self.run_id, first - 1, envs)
+                try:
+                    head = await self._write(deferred, new)
+                    deferred = []
+                except MfmError:
+                    if not (deferred and new):
+                        raise
+                    await self._write(deferred, [])  # the unbatched order: what was deferred, alone first
+                    deferred = []
+                    head = await self._write([], new)
             except BaseException:
                 self._deferred.discard(task)
+                self._pending[:0] = deferred  # not durable: still ahead of everything deferred since
+                self.next_seq = self._durable + 1 + len(self._pending)
                 raise
             finally:
                 self._busy = None
-            self.appends += 1
-            self.next_seq = head + 1
-            for env in envs:
-                ev = env.event
-                if isinstance(ev, DomainEvent):
-                    continue
-                if isinstance(ev, StateEntered):
-                    self.open[ev.state_id] = OpenAttempt(ev.state_id, ev.attempt, ev.base_snapshot_id, env.seq)
-                elif isinstance(ev, StateCompleted | StateFailed):
-                    self.open.pop(ev.state_id, None)
             if after is not None:
                 after()
             if task is not None and task in self._deferred:
                 self._deferred.discard(task)
                 task.cancel()
             return head
+
+    async def _write(self, deferred: list[tuple[Any, int]], new: list[tuple[Any, int | None]]) -> int:
+        """One ``EventStore.append`` of ``deferred + new``, seqs from the durable head."""
+        first = self._durable + 1
+        envs = [
+            construct(EventEnvelope, run_id=self.run_id, seq=first + i, ts_millis=t, event=ev)
+            for i, (ev, t) in enumerate((*deferred, *new))
+        ]
+        head = await self.store.append(self.run_id, first - 1, envs)
+        self.appends += 1
+        self._durable = head
+        for env in envs[len(deferred) :]:  # deferred events were tracked when deferred
+            self._track(env.event, env.seq)
+        return head
+
+    def _track(self, ev: Any, seq: int) -> None:
+        if isinstance(ev, DomainEvent):
+            return
+        if isinstance(ev, StateEntered):
+            self.open[ev.state_id] = OpenAttempt(ev.state_id, ev.attempt, ev.base_snapshot_id, seq)
+        elif isinstance(ev, StateCompleted | StateFailed):
+            self.open.pop(ev.state_id, None)
 
     def cancel_task(self, task: asyncio.Future[Any]) -> None:
         """Cancel ``task`` now, or right after its in-flight store append if it is inside one."""

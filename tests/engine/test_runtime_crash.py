@@ -5,7 +5,10 @@ The plan of ``tests/engine/crash_child.py`` (retry, fan-out of three under ``Fan
 ``multiprocessing`` forkserver that preloaded the engine (fresh processes that start in milliseconds).
 
 - Boundaries: for every k in 1..N (N = the appends of the uninterrupted run) a child SIGKILLs itself right after
-  its k-th append returned; a new process resumes.
+  its k-th append returned; a new process resumes. The engine batches what the contract allows (a state's
+  ``StateCompleted`` travels with the next ``StateEntered``), so every boundary but the last leaves at least one
+  attempt open or a retry pending: the test checks that, and that the boundaries still cover one and two open
+  attempts (fan-out), an open attempt whose fact is durable, a pending retry and the finished run.
 - Random instants: seeded, a child is SIGKILLed by the parent at a random instant; resumes are themselves killed at
   random instants some of the time, until one completes. The run's retry budget follows from the number of kills
   (:func:`attempt_budget`), so where the kills land can never decide the outcome.
@@ -228,16 +231,36 @@ def test_reference_run_is_the_planned_shape(reference: Reference) -> None:
     assert reference.heads == sorted(set(reference.heads)) and reference.heads[-1] == len(envs)
 
 
+def _boundary_kind(envs: list[EventEnvelope]) -> str:
+    """What a stream cut at an append boundary leaves to resume (ENGINE-SPEC §13 steps 7, 9, 10)."""
+    history = analyze(envs, RUN_ID)
+    if history.run_completed is not None:
+        return "finished"
+    if history.orphans:
+        fact_inside = isinstance(envs[-1].event, DomainEvent)  # the attempt's fact is the last durable record
+        return f"{len(history.orphans)} open" + (" + fact" if fact_inside else "")
+    last = envs[-1].event
+    if isinstance(last, StateFailed) and last.error.retryable:
+        return "retry pending"
+    return "between states"  # StateCompleted durable, the next StateEntered not: the batching rules it out
+
+
 def test_sigkill_after_every_append_then_resume_in_new_process(reference: Reference, tmp_path: Path) -> None:
     assert attempt_budget(1) == 3  # one kill per run: the plan's default budget is enough
+    kinds = []
     for k in range(1, len(reference.heads) + 1):
         work = tmp_path / f"k{k:02d}"
         work.mkdir()
         assert _join(_spawn("start", work, reference.bin_dir, kill_after=k), work) == -signal.SIGKILL
         assert _result(work) is None
-        assert len(_stream(work)) == reference.heads[k - 1], f"kill after append {k}: stream not at that boundary"
+        killed = _stream(work)
+        assert len(killed) == reference.heads[k - 1], f"kill after append {k}: stream not at that boundary"
+        kinds.append(_boundary_kind(killed))
         assert _join(_spawn("resume", work, reference.bin_dir), work) == 0
         _check_outcome(work, reference.final, transport_calls=1)
+    assert "between states" not in kinds, kinds
+    assert kinds[-1] == "finished" and kinds.count("finished") == 1, kinds
+    assert {"1 open", "2 open", "1 open + fact", "retry pending"} <= set(kinds), kinds
 
 
 def test_kills_inside_one_state_need_exactly_their_budget(reference: Reference, tmp_path: Path) -> None:
@@ -247,12 +270,12 @@ def test_kills_inside_one_state_need_exactly_their_budget(reference: Reference, 
     for max_attempts, phase in ((attempt_budget(kills), "Completed"), (attempt_budget(kills) - 1, "Failed")):
         work = tmp_path / f"budget{max_attempts}"
         work.mkdir()
-        # The 2nd append opens an attempt of flaky: E(flaky, 0) after RunStarted at the start; at each resume
-        # E(flaky, a + 1) after the orphan's StateFailed. Killed there, before flaky records its fact.
-        proc = _spawn("start", work, reference.bin_dir, kill_after=2, max_attempts=max_attempts)
+        # The 1st append opens an attempt of flaky: E(flaky, 0) with RunStarted at the start; at each resume
+        # E(flaky, a + 1) with the orphan's StateFailed. Killed there, before flaky records its fact.
+        proc = _spawn("start", work, reference.bin_dir, kill_after=1, max_attempts=max_attempts)
         assert _join(proc, work) == -signal.SIGKILL
         for _ in range(kills - 1):
-            assert _join(_spawn("resume", work, reference.bin_dir, kill_after=2), work) == -signal.SIGKILL
+            assert _join(_spawn("resume", work, reference.bin_dir, kill_after=1), work) == -signal.SIGKILL
         assert _join(_spawn("resume", work, reference.bin_dir), work) == 0
         res = _result(work)
         assert res is not None and res["phase"] == phase

@@ -12,15 +12,23 @@ from hypothesis import strategies as st
 
 from engine._runtime.context_runtime import _TOMBSTONE, SnapshotCache, _Members, encode_member
 from engine._wire import construct
-from engine.config import Duration, FanOutJoin, Fixed, RetryPolicy
+from engine.config import Duration, EventProfile, FanOutJoin, Fixed, RetryPolicy
 from engine.engine import RunPhase, Stores
 from engine.errors import RunError, RunErrorKind, StorageError
-from engine.events import EventEnvelope, RunCompleted, RunStatus, StateEntered, StateFailed
+from engine.events import (
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStatus,
+    StateCompleted,
+    StateEntered,
+    StateFailed,
+)
 from engine.hashing import artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId, RunId
 from engine.io import IoProvider
 from engine.recorder import EventRecorder
-from engine.runtime import CancelToken, Engine, request_cancel
+from engine.runtime import CODE_RUN_CANCELLED, CancelToken, Engine, request_cancel
 from engine.stores import MemoryStore
 from engine.testing import (
     FakeClock,
@@ -109,13 +117,13 @@ def _engine(**kw: Any) -> Engine:
     return Engine(**kw)
 
 
-async def test_sequential_run_uses_2n_plus_1_appends() -> None:
-    """Appends: RS, then E and C per state; the last C shares its append with RunCompleted."""
+async def test_sequential_run_uses_n_plus_1_appends() -> None:
+    """Appends (issue 12): [RS, E1], then [Cₖ, Eₖ₊₁] per state; the last C shares its append with RunCompleted."""
     ms = MemoryStore()
     engine = _engine()
     plan = make_plan([(f"s{i}", WriteKey(f"k{i}", i)) for i in range(5)], [(f"s{i}", f"s{i + 1}") for i in range(4)])
     res = await start_plan(engine, ms.stores, plan, base_config())
-    assert res.phase is RunPhase.COMPLETED and engine.appends == 2 * 5 + 1
+    assert res.phase is RunPhase.COMPLETED and engine.appends == 5 + 1
     envs = await read_events(ms.stores, res.run_id)
     assert envs[-1].ts_millis == envs[-2].ts_millis  # same batch
 
@@ -278,10 +286,11 @@ async def test_orphan_of_retried_state_keeps_backoff_budget() -> None:
 
 
 class _GatedEvents:
-    """An event store whose append of a ``StateCompleted`` batch waits on ``gate`` (a slow disk)."""
+    """An event store whose append of a batch holding a ``gated`` event waits on ``gate`` (a slow disk)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, gated: type = StateCompleted) -> None:
         self.inner = inner
+        self.gated = gated
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
@@ -292,22 +301,22 @@ class _GatedEvents:
         return await self.inner.read_range(run_id, from_seq, to_seq)
 
     async def append(self, run_id: RunId, expected_seq: int, events: Any) -> int:
-        from engine.events import StateCompleted
-
-        if any(isinstance(e.event, StateCompleted) for e in events):
+        if any(isinstance(e.event, self.gated) for e in events):
             self.waiting.set()
             await self.gate.wait()
         return await self.inner.append(run_id, expected_seq, events)  # type: ignore[no-any-return]
 
 
 async def test_cancel_while_an_append_is_in_the_store_keeps_the_writer_consistent() -> None:
-    """A cancel arriving while StateCompleted is inside a slow store append waits for that append, then cancels:
-    the stream stays contiguous and ends RC(Cancelled, S1) with s2 never entered."""
+    """A cancel arriving while the batch [StateCompleted(s1), StateEntered(s2)] is inside a slow store append waits
+    for that append, then cancels: s2's handler never runs, its open attempt is closed with run_cancelled, the
+    stream stays contiguous and ends RC(Cancelled, S1)."""
     ms = MemoryStore()
     events = _GatedEvents(ms.events)
     stores = Stores(events=events, artifacts=ms.artifacts)
     token = CancelToken()
-    plan = make_plan([("s1", WriteKey("a", 1)), ("s2", WriteKey("b", 2))], [("s1", "s2")])
+    s2 = WriteKey("b", 2)
+    plan = make_plan([("s1", WriteKey("a", 1)), ("s2", s2)], [("s1", "s2")])
     task = asyncio.ensure_future(start_plan(_engine(), stores, plan, base_config(), cancel=token))
     await events.waiting.wait()
     token.cancel("now")
@@ -317,6 +326,43 @@ async def test_cancel_while_an_append_is_in_the_store_keeps_the_writer_consisten
     res = await task
     envs = await read_events(ms.stores, res.run_id)
     t = trace(envs)
+    assert res.phase is RunPhase.CANCELLED and s2.calls == 0
+    s1 = t[2][2]
+    assert t == [
+        ("RS", t[0][1]),
+        ("E", "s1", 0, t[0][1]),
+        ("C", "s1", s1),
+        ("E", "s2", 0, s1),
+        ("F", "s2", CODE_RUN_CANCELLED, False),
+        ("RC", "Cancelled", s1),
+    ]
+    assert [e.seq for e in envs] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_cancel_while_a_handlers_append_is_in_the_store_cancels_once_it_landed() -> None:
+    """A cancel arriving while a handler's domain event is inside a slow store append: the append lands, the
+    task's cancellation waits for it; the handler (which never suspends again) completes s1, whose StateCompleted
+    is written with RunCompleted{Cancelled}; s2 is never entered and the stream stays contiguous."""
+    ms = MemoryStore()
+    events = _GatedEvents(ms.events, gated=DomainEvent)
+    stores = Stores(events=events, artifacts=ms.artifacts)
+    token = CancelToken()
+
+    async def emit(ctx: Any, io: IoProvider, rec: EventRecorder) -> None:
+        await rec.emit(construct(DomainEvent, name="note", payload={"n": 1}, payload_ref=None))
+        ctx.write("a", 1)
+
+    plan = make_plan([("s1", FnState(emit)), ("s2", WriteKey("b", 2))], [("s1", "s2")])
+    cfg = base_config(event_profile=EventProfile.NORMAL)
+    task = asyncio.ensure_future(start_plan(_engine(), stores, plan, cfg, cancel=token))
+    await events.waiting.wait()
+    token.cancel("now")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    events.gate.set()
+    res = await task
+    envs = await read_events(ms.stores, res.run_id)
+    t = trace(envs)
     assert res.phase is RunPhase.CANCELLED
-    assert [x[0] for x in t] == ["RS", "E", "C", "RC"] and t[-1] == ("RC", "Cancelled", t[2][2])
-    assert [e.seq for e in envs] == [1, 2, 3, 4]
+    assert [x[0] for x in t] == ["RS", "E", "D", "C", "RC"] and t[-1] == ("RC", "Cancelled", t[3][2])
+    assert [e.seq for e in envs] == [1, 2, 3, 4, 5]

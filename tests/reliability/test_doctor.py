@@ -111,11 +111,11 @@ async def test_missing_line_is_a_seq_gap(tmp_path: Path) -> None:
     _, run_id = await make_run(root)
     path = events_file(root, run_id)
     lines = path.read_bytes().split(b"\n")
-    del lines[3]
+    del lines[2]  # seq 3, StateCompleted(s0), the first line of the batch [C(s0), E(s1)]
     path.write_bytes(b"\n".join(lines))
     report = check_store(root)
     assert report.codes() == ["event_seq_gap"]
-    assert report.findings[0].seq == 4
+    assert report.findings[0].seq == 3
 
 
 async def test_foreign_run_id_inside_a_run_file(tmp_path: Path) -> None:
