@@ -9,11 +9,11 @@ import os
 import stat
 
 import engine.stores.fs.framing as framing
+import engine.stores.fs.safe_paths as safe_paths
 from engine._kinds import ArtifactKind
 from engine.errors import StorageError
 from engine.ids import ArtifactId
 from engine.stores._base import check_artifact_id
-from engine.stores.fs import safe_paths
 from engine.stores.fs._core import ARTIFACT_IO, Core, read_all
 from engine.stores.fs._ops import fail
 from engine.stores.fs.framing import FILE_MODE, KIND_SUFFIX, RD_FLAGS

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import engine.stores.fs.framing as framing
+import engine.stores.fs.safe_paths as safe_paths
 from engine.errors import StorageError
 from engine.ids import RunId
-from engine.stores.fs import safe_paths
 from engine.stores.fs._ops import FsOps, fail
 from engine.stores.fs.framing import APPEND_LOCK_FILE, EVENTS_FILE, FILE_MODE, RD_FLAGS, RunLog
 

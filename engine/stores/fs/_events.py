@@ -12,11 +12,11 @@ import stat
 from collections.abc import Sequence
 
 import engine.stores.fs.framing as framing
+import engine.stores.fs.safe_paths as safe_paths
 from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
 from engine.stores._base import CODE_CONCURRENCY, CancelRequest, ChangeBatch, check_run_id, encode_batch
-from engine.stores.fs import safe_paths
 from engine.stores.fs._core import EVENT_IO, Core, read_all
 from engine.stores.fs._ops import fail, translate
 from engine.stores.fs.framing import RD_FLAGS

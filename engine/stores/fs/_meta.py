@@ -10,8 +10,8 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import engine.stores.fs.safe_paths as safe_paths
 from engine.errors import StorageError
-from engine.stores.fs import safe_paths
 from engine.stores.fs._core import read_all
 from engine.stores.fs._ops import FsOps, translate
 from engine.stores.fs.framing import (
