@@ -21,9 +21,7 @@ import pytest
 from engine.process_exec import (
     GUARD_MARKER,
     GroupGuard,
-    boot_id,
     group_guard,
-    kill_group_if_same,
     process_start_ticks,
     run_process,
 )
@@ -214,24 +212,3 @@ async def test_a_killed_guard_is_replaced_on_the_next_spawn() -> None:
     await run_process("/bin/sh", ["-c", "true"], stdout_limit=10, stderr_limit=10)
     second = group_guard().pid
     assert second is not None and second != first
-
-
-def test_kill_group_if_same_spares_a_reused_id_and_kills_the_recorded_group() -> None:
-    """The takeover helper for the lease proposal: (pgid, start ticks) names one group for good."""
-    assert boot_id()
-    leader = subprocess.Popen(["sh", "-c", "sleep 3175 & wait"], start_new_session=True)
-    try:
-        ticks = process_start_ticks(leader.pid)
-        assert ticks is not None
-        assert not kill_group_if_same(leader.pid, ticks + 1)  # as if the pid now led a later group
-        assert leader.poll() is None
-        assert not kill_group_if_same(1, None) and not kill_group_if_same(os.getpgrp(), None)
-        _wait_for(lambda: bool(_live_with("sleep 3175", leader.pid)), 5, "the grandchild")
-        grandchild = _live_with("sleep 3175", leader.pid)
-        assert kill_group_if_same(leader.pid, ticks)
-        assert leader.wait(timeout=5) == -signal.SIGKILL
-        _wait_for(lambda: not any(_alive(p) for p in grandchild), 5, "the grandchild to die")
-    finally:
-        if leader.poll() is None:
-            leader.kill()
-            leader.wait()
