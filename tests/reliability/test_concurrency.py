@@ -289,7 +289,8 @@ def test_concurrent_cli_resumes_one_worker_wins(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_concurrent_cancels_and_resumes_of_a_running_run(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    started = _mfm(store, "start", "demo_big", "-p", "states=200", "-p", "delay_ms=20", "--json")
+    # 200 × 60 ms ≥ 12 s: the run outlasts the start-up of the 7 CLI processes below, even on a loaded machine
+    started = _mfm(store, "start", "demo_big", "-p", "states=200", "-p", "delay_ms=60", "--json")
     out, err = started.communicate(timeout=60)
     assert started.returncode == 0, err
     run_id = json.loads(out)["run_id"]
