@@ -18,13 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.process_exec import (
-    GUARD_MARKER,
-    GroupGuard,
-    group_guard,
-    process_start_ticks,
-    run_process,
-)
+from engine.exec_guard import GUARD_MARKER, GroupGuard, group_guard
+from engine.process_exec import process_start_ticks, run_process
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG")
 
