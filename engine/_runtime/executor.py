@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,8 @@ class Runtime:
             raise RunError.wrap(exc) from exc
         inv = self._invocation(stores, run_id, run.plan, order, run.run_config, writer, facts, snapshots, cancel)
         inv.checkpoint_id, inv.checkpoint_value = initial_id, initial
-        return await self._drive(inv, Scheduler(inv))
+        async with _driving(inv):
+            return await Scheduler(inv).run()
 
     # ------------------------------------------------------------------------------------ resume
 
@@ -177,7 +178,8 @@ class Runtime:
         scheduler = Scheduler(inv, overrides)
         if max_concurrency(cfg) > 1:
             scheduler.seed_written_by(await written_keys(snapshots, history, inv))
-        return await self._drive(inv, scheduler)
+        async with _driving(inv):
+            return await scheduler.run()
 
     def resolve_plan(self, manifest: RunManifest) -> ExecutionPlan:
         if self.plan_resolver is None:
@@ -222,18 +224,20 @@ class Runtime:
         self.last_invocation = inv
         return inv
 
-    async def _drive(self, inv: Invocation, scheduler: Scheduler) -> RunResult:
-        await inv.watcher.check_now()
-        inv.watcher.start()
-        try:
-            return await scheduler.run()
-        except MfmError as exc:
-            raise RunError.wrap(exc) from exc
-        finally:
-            await inv.watcher.stop()
-
 
 # ---------------------------------------------------------------------------------------- helpers
+@contextlib.asynccontextmanager
+async def _driving(inv: Invocation) -> AsyncIterator[None]:
+    """Around a scheduler's run: the cancel watcher checks at once and then polls; an ``MfmError`` leaves as the
+    ``RunError`` the caller expects (§3)."""
+    await inv.watcher.check_now()
+    inv.watcher.start()
+    try:
+        yield
+    except MfmError as exc:
+        raise RunError.wrap(exc) from exc
+    finally:
+        await inv.watcher.stop()
 
 
 def _phase(status: RunStatus) -> RunPhase:
