@@ -7,6 +7,7 @@ extras (``RunLister``: list runs, learn cheaply what changed) and the control pl
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -22,13 +23,16 @@ from engine.ids import ArtifactId, RunId, StateId
 __all__ = [
     "CODE_CONCURRENCY",
     "ArtifactStore",
+    "Blob",
     "CancelRequest",
     "ChangeBatch",
     "ControlStore",
     "EventStore",
     "RunLister",
+    "UnitOfWork",
     "check_artifact_id",
     "check_run_id",
+    "commit_unit",
     "encode_batch",
     "validate_batch",
 ]
@@ -62,6 +66,56 @@ class ArtifactStore(Protocol):
     async def get(self, artifact_id: ArtifactId) -> bytes: ...
 
     async def exists(self, artifact_id: ArtifactId) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """An artifact a step created, committed together with the events that refer to it (issue 12)."""
+
+    artifact_id: ArtifactId
+    kind: ArtifactKind
+    data: bytes
+
+    @classmethod
+    def of(cls, kind: ArtifactKind, data: bytes) -> Blob:
+        return cls(ArtifactId(hashlib.sha256(data).hexdigest()), kind, data)
+
+
+@runtime_checkable
+class UnitOfWork(Protocol):
+    """A store that commits blobs and the events referring to them in ONE durable operation.
+
+    Filesystem: one ``write`` + one ``fdatasync`` of the run's log; PostgreSQL: one transaction; memory: one atomic
+    step. Same contract as ``EventStore.append`` (validation, optimistic concurrency on ``expected_seq``, returns the
+    new head); after it returns, every blob is readable through the store's ``ArtifactStore.get``. A store without a
+    unit of work still works: :func:`commit_unit` falls back to ``put`` each blob, then ``append``.
+    """
+
+    async def commit(
+        self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], blobs: Sequence[Blob]
+    ) -> int: ...
+
+
+async def commit_unit(
+    events: EventStore,
+    artifacts: ArtifactStore,
+    run_id: RunId,
+    expected_seq: int,
+    envelopes: Sequence[EventEnvelope],
+    blobs: Sequence[Blob],
+) -> int:
+    """Commit ``blobs`` and ``envelopes`` through ``events``' unit of work, or put-then-append without one."""
+    if isinstance(events, UnitOfWork):
+        return await events.commit(run_id, expected_seq, envelopes, blobs)
+    for blob in blobs:
+        got = await artifacts.put(blob.kind, blob.data)
+        if str(got) != str(blob.artifact_id):
+            raise StorageError.corruption(
+                "artifact_put_id_mismatch",
+                f"artifact store returned id {got} for a {blob.kind} artifact whose content hash is {blob.artifact_id}",
+                {"expected": str(blob.artifact_id), "actual": str(got)},
+            )
+    return await events.append(run_id, expected_seq, envelopes)
 
 
 @dataclass(frozen=True, slots=True)
