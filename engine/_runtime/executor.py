@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +17,7 @@ from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.envelopes import EnvelopeViolation, History, analyze
 from engine._runtime.facts import FactIndex
 from engine._runtime.invocation import Invocation, Override
+from engine._runtime.pending import pending_for
 from engine._runtime.scheduler import Scheduler, max_concurrency
 from engine._runtime.writer import EventWriter
 from engine._wire import construct
@@ -69,13 +70,16 @@ class Runtime:
         order = validate_execution_plan(run.plan)
         await check_stored_manifest(stores, run.manifest, run.manifest_id)
         run_id = run_id if run_id is not None else self.run_ids()
+        blobs = pending_for(stores.events, stores.artifacts)
+        if blobs is not None:  # what the run creates commits with its events
+            stores = replace(stores, artifacts=blobs)
         snapshots = SnapshotCache(stores.artifacts)
         try:
             initial = run.initial_context.dump()
             if not isinstance(initial, dict):
                 raise ContextError.serialization("context_snapshot_not_object", "initial context is not a JSON object")
             initial_id = await snapshots.write(initial)
-            writer = EventWriter(stores.events, run_id, 0, self.clock)
+            writer = EventWriter(stores.events, run_id, 0, self.clock, blobs)
             facts = FactIndex()
             head_events: list[Any] = [
                 construct(RunStarted, op_id=run.plan.op_id, manifest_id=run.manifest_id, initial_snapshot_id=initial_id)
@@ -128,8 +132,11 @@ class Runtime:
             return RunResult(run_id=run_id, phase=_phase(rc.status), final_snapshot_id=rc.final_snapshot_id)
         cfg = manifest.run_config
         assert history.last_checkpoint is not None
+        blobs = pending_for(stores.events, stores.artifacts)
+        if blobs is not None:  # what the run creates commits with its events
+            stores = replace(stores, artifacts=blobs)
         snapshots = SnapshotCache(stores.artifacts)
-        writer = EventWriter(stores.events, run_id, history.last_seq, self.clock)
+        writer = EventWriter(stores.events, run_id, history.last_seq, self.clock, blobs)
         inv = self._invocation(stores, run_id, plan, order, cfg, writer, facts, snapshots, cancel)
         inv.completed = dict(history.completed)
         inv.checkpoint_id = history.last_checkpoint

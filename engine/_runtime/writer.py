@@ -12,6 +12,11 @@ with the next append, ahead of that append's own events, in one ``EventStore.app
 change to the order, seqs or payloads of the stream. If such a combined batch fails, the writer falls
 back to the unbatched order (the deferred events alone, then the new ones), so a bad new event never
 takes down events written before it: the stream stays the one of unbatched appends.
+
+Blobs (issue 12): with a :class:`PendingArtifacts` overlay, every ``defer``/``append`` claims the blobs
+created since the last one (a snapshot, fact payloads, transport outputs) and the batch commits them with
+its events through ``commit_unit`` (one durable operation on a store with a unit of work). Deferred events
+keep their blobs; blobs of a batch that failed go back to the overlay for the next one.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine._runtime.clock import Clock
+from engine._runtime.pending import PendingArtifacts
 from engine._wire import construct
 from engine.errors import MfmError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, StateFailed
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores import EventStore
+from engine.stores import Blob, EventStore, commit_unit
 
 __all__ = ["EventWriter", "OpenAttempt"]
 
@@ -41,8 +47,11 @@ class OpenAttempt:
 
 
 class EventWriter:
-    def __init__(self, store: EventStore, run_id: RunId, head: int, clock: Clock) -> None:
+    def __init__(
+        self, store: EventStore, run_id: RunId, head: int, clock: Clock, blobs: PendingArtifacts | None = None
+    ) -> None:
         self.store = store
+        self.blobs = blobs
         self.run_id = run_id
         self.next_seq = head + 1  # logical: deferred events count
         self.clock = clock
@@ -50,6 +59,7 @@ class EventWriter:
         self.appends = 0
         self._durable = head
         self._pending: list[tuple[Any, int]] = []  # deferred (event, ts_millis), in stream order
+        self._pending_blobs: list[Blob] = []  # the blobs the deferred events carry
         self._lock = asyncio.Lock()
         self._busy: asyncio.Future[Any] | None = None
         self._deferred: set[asyncio.Future[Any]] = set()
@@ -78,6 +88,8 @@ class EventWriter:
             return
         if ts is None:
             ts = self.clock.now_millis()
+        if self.blobs is not None:
+            self._pending_blobs += self.blobs.claim()
         for ev in events:
             self._pending.append((ev, ts))
             self._track(ev, self.next_seq)
@@ -103,23 +115,30 @@ class EventWriter:
         async with self._lock:
             stamp = self.clock.now_millis() if events and ts is None else ts
             deferred, self._pending = self._pending, []
+            deferred_blobs, self._pending_blobs = self._pending_blobs, []
+            new_blobs = self.blobs.claim() if self.blobs is not None else []
             new = [(ev, stamp) for ev in events]
             self.next_seq += len(new)  # events deferred while this batch is in the store come after it
             task = asyncio.current_task()
             self._busy = task
             try:
                 try:
-                    head = await self._write(deferred, new)
-                    deferred = []
+                    head = await self._write(deferred, new, deferred_blobs + new_blobs)
+                    deferred, deferred_blobs, new_blobs = [], [], []
                 except MfmError:
                     if not (deferred and new):
                         raise
-                    await self._write(deferred, [])  # the unbatched order: what was deferred, alone first
-                    deferred = []
-                    head = await self._write([], new)
+                    # the unbatched order: what was deferred, alone first (with its blobs)
+                    await self._write(deferred, [], deferred_blobs)
+                    deferred, deferred_blobs = [], []
+                    head = await self._write([], new, new_blobs)
+                    new_blobs = []
             except BaseException:
                 self._deferred.discard(task)
                 self._pending[:0] = deferred  # not durable: still ahead of everything deferred since
+                self._pending_blobs[:0] = deferred_blobs
+                if self.blobs is not None:
+                    self.blobs.unclaim(new_blobs)
                 self.next_seq = self._durable + 1 + len(self._pending)
                 raise
             finally:
@@ -131,14 +150,20 @@ class EventWriter:
                 task.cancel()
             return head
 
-    async def _write(self, deferred: list[tuple[Any, int]], new: list[tuple[Any, int | None]]) -> int:
-        """One ``EventStore.append`` of ``deferred + new``, seqs from the durable head."""
+    async def _write(
+        self, deferred: list[tuple[Any, int]], new: list[tuple[Any, int | None]], blobs: list[Blob]
+    ) -> int:
+        """One durable store operation: ``blobs`` and the events ``deferred + new``, seqs from the durable head."""
         first = self._durable + 1
         envs = [
             construct(EventEnvelope, run_id=self.run_id, seq=first + i, ts_millis=t, event=ev)
             for i, (ev, t) in enumerate((*deferred, *new))
         ]
-        head = await self.store.append(self.run_id, first - 1, envs)
+        if blobs and self.blobs is not None:
+            head = await commit_unit(self.store, self.blobs.store, self.run_id, first - 1, envs, blobs)
+            self.blobs.settle(blobs)
+        else:
+            head = await self.store.append(self.run_id, first - 1, envs)
         self.appends += 1
         self._durable = head
         for env in envs[len(deferred) :]:  # deferred events were tracked when deferred

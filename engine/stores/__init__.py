@@ -21,6 +21,7 @@ from engine.stores._base import (
     check_run_id,
     commit_unit,
     encode_batch,
+    paired_unit_of_work,
     validate_batch,
 )
 from engine.stores.fs import FsArtifactStore, FsEventStore, FsStore
@@ -47,5 +48,6 @@ __all__ = [
     "check_run_id",
     "commit_unit",
     "encode_batch",
+    "paired_unit_of_work",
     "validate_batch",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "check_run_id",
     "commit_unit",
     "encode_batch",
+    "paired_unit_of_work",
     "validate_batch",
 ]
 
@@ -116,6 +117,20 @@ async def commit_unit(
                 {"expected": str(blob.artifact_id), "actual": str(got)},
             )
     return await events.append(run_id, expected_seq, envelopes)
+
+
+def paired_unit_of_work(events: EventStore, artifacts: ArtifactStore) -> UnitOfWork | None:
+    """``events`` as a unit of work if its commits land in ``artifacts``, else ``None`` (put each blob, then append).
+
+    A unit of work writes blobs into its own artifact store. A store that names it in an ``artifact_store``
+    attribute is used only when that is ``artifacts`` itself: ``Stores(events=e, artifacts=wrapper)`` keeps the
+    wrapper's ``put`` (a test's lying store, a counting proxy) in the path of every blob. Without the attribute the
+    store is trusted to pair with ``artifacts``.
+    """
+    if not isinstance(events, UnitOfWork):
+        return None
+    own = getattr(events, "artifact_store", None)
+    return events if own is None or own is artifacts else None
 
 
 @dataclass(frozen=True, slots=True)

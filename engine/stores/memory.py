@@ -14,6 +14,7 @@ from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, RunId
 from engine.stores._base import (
     CODE_CONCURRENCY,
+    Blob,
     CancelRequest,
     ChangeBatch,
     check_artifact_id,
@@ -25,9 +26,11 @@ __all__ = ["MemoryArtifactStore", "MemoryEventStore", "MemoryStore"]
 
 
 class MemoryEventStore:
-    """Event streams in a dict; also the monitor's ``RunLister`` and the ``ControlStore``."""
+    """Event streams in a dict; also the monitor's ``RunLister``, the ``ControlStore`` and, paired with an
+    artifact store (as in :class:`MemoryStore`), a ``UnitOfWork``."""
 
-    def __init__(self) -> None:
+    def __init__(self, artifact_store: MemoryArtifactStore | None = None) -> None:
+        self.artifact_store = artifact_store
         self._streams: dict[RunId, list[EventEnvelope]] = {}
         self._journal: list[RunId] = []
         self._cancels: dict[RunId, CancelRequest] = {}
@@ -38,6 +41,12 @@ class MemoryEventStore:
         return len(self._streams.get(run_id, ()))
 
     async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
+        return await self.commit(run_id, expected_seq, events, ())
+
+    async def commit(
+        self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], blobs: Sequence[Blob]
+    ) -> int:
+        """The unit of work: every check first, then blobs and events land in one step (no ``await`` between)."""
         run_id = check_run_id(run_id)
         events = list(events)
         validate_batch(run_id, expected_seq, events)  # the stores' shared validation; nothing to encode
@@ -46,11 +55,26 @@ class MemoryEventStore:
             raise StorageError.concurrency(
                 CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {len(stream)}"
             )
-        if not events:
-            return expected_seq
-        self._streams.setdefault(run_id, stream).extend(events)
-        self._journal.append(run_id)
-        return len(stream)
+        added: list[ArtifactId] = []
+        if blobs:
+            if self.artifact_store is None:
+                raise StorageError.other(
+                    "unit_of_work_unpaired", "this memory event store has no artifact store to commit blobs into"
+                )
+            checked = [_checked_blob(b) for b in blobs]
+            added = self.artifact_store.put_many(checked)
+        try:
+            self._land(run_id, stream, events)
+        except BaseException:
+            if self.artifact_store is not None:
+                self.artifact_store.forget(added)  # all or nothing
+            raise
+        return expected_seq + len(events)
+
+    def _land(self, run_id: RunId, stream: list[EventEnvelope], events: list[EventEnvelope]) -> None:
+        if events:
+            self._streams.setdefault(run_id, stream).extend(events)
+            self._journal.append(run_id)
 
     async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
         run_id = check_run_id(run_id)
@@ -105,6 +129,23 @@ class MemoryArtifactStore:
             return False
         return aid in self._blobs
 
+    def put_many(self, blobs: Sequence[Blob]) -> list[ArtifactId]:
+        """Store checked blobs (``MemoryEventStore.commit``); first kind wins, as with ``put``. Returns the ids that
+        were new."""
+        added = []
+        for b in blobs:
+            if b.artifact_id not in self._blobs:
+                self._blobs[b.artifact_id] = b.data
+                self.kinds[b.artifact_id] = b.kind
+                added.append(b.artifact_id)
+        return added
+
+    def forget(self, ids: Sequence[ArtifactId]) -> None:
+        """Undo :meth:`put_many` (a unit of work that failed after it)."""
+        for aid in ids:
+            self._blobs.pop(aid, None)
+            self.kinds.pop(aid, None)
+
     def all_bytes(self) -> list[bytes]:
         """Every stored blob (tests scan them for secrets)."""
         return list(self._blobs.values())
@@ -114,9 +155,24 @@ class MemoryStore:
     """Both in-memory stores, with ``.stores`` as an ``engine.Stores``."""
 
     def __init__(self) -> None:
-        self.events = MemoryEventStore()
         self.artifacts = MemoryArtifactStore()
+        self.events = MemoryEventStore(self.artifacts)
 
     @property
     def stores(self) -> Stores:
         return Stores(events=self.events, artifacts=self.artifacts, control=self.events)
+
+
+def _checked_blob(blob: Blob) -> Blob:
+    """A blob whose id is its content's hash (what ``put`` would have returned) and whose kind is a kind."""
+    if not isinstance(blob, Blob) or not isinstance(blob.kind, ArtifactKind):
+        raise StorageError.other("unit_of_work_blob_invalid", "a unit of work carries a record that is not a Blob")
+    data = bytes(blob.data)
+    aid = artifact_id_for_bytes(data)
+    if str(aid) != str(blob.artifact_id):
+        raise StorageError.corruption(
+            "artifact_put_id_mismatch",
+            f"blob {blob.artifact_id} of kind {blob.kind} has content hash {aid}",
+            {"expected": str(blob.artifact_id), "actual": str(aid)},
+        )
+    return Blob(aid, blob.kind, data)

@@ -28,9 +28,17 @@ from engine._kinds import ArtifactKind
 from engine.errors import ErrorCategory, StateError, StorageError, StorageErrorKind
 from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStarted, RunStatus, StateEntered, StateFailed
 from engine.ids import ArtifactId, OpId, RunId, StateId
-from engine.stores._base import ArtifactStore, ControlStore, EventStore, RunLister
+from engine.stores._base import (
+    ArtifactStore,
+    Blob,
+    ControlStore,
+    EventStore,
+    RunLister,
+    UnitOfWork,
+    paired_unit_of_work,
+)
 
-__all__ = ["AID", "StoreContract", "domain", "env", "envs", "new_run"]
+__all__ = ["AID", "StoreContract", "UnitOfWorkContract", "domain", "env", "envs", "new_run"]
 
 AID = ArtifactId("a" * 64)
 
@@ -404,3 +412,69 @@ class StoreContract:
         assert again == req
         assert await second.events.cancel_request(run) == req
         assert await store.events.cancel_request(new_run()) is None
+
+
+class UnitOfWorkContract:
+    """The unit of work (issue 12) on top of :class:`StoreContract`: mix in before it, as
+    ``class TestXxx(UnitOfWorkContract, StoreContract)``, and implement :meth:`fail_between_blobs_and_events`."""
+
+    def fail_between_blobs_and_events(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make the next ``commit`` fail after its blobs were written and before its events are."""
+        raise NotImplementedError
+
+    async def test_uow_store_is_a_unit_of_work_paired_with_its_artifacts(self, store: Any) -> None:
+        assert isinstance(store.events, UnitOfWork)
+        assert paired_unit_of_work(store.events, store.artifacts) is store.events
+        assert paired_unit_of_work(store.events, object()) is None  # type: ignore[arg-type]
+
+    async def test_uow_commit_lands_blobs_and_events_together(self, store: Any, second: Any) -> None:
+        run = new_run()
+        blobs = [Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"a":1}'), Blob.of(ArtifactKind.FACT_PAYLOAD, b"[1,2]")]
+        assert await store.events.commit(run, 0, [env(run, 1), env(run, 2)], blobs) == 2
+        for b in blobs:
+            assert await second.artifacts.get(b.artifact_id) == b.data
+            assert await self.recorded_kind(second, b.artifact_id) == b.kind
+        assert [e.seq for e in await second.events.read_range(run, 1)] == [1, 2]
+        # a blob already stored, and a commit without blobs, behave like put and append
+        assert await store.events.commit(run, 2, [env(run, 3)], blobs[:1]) == 3
+        assert await store.events.commit(run, 3, [env(run, 4)], []) == 4
+        assert await second.events.head_seq(run) == 4
+
+    async def test_uow_stale_head_commits_nothing(self, store: Any) -> None:
+        run = new_run()
+        await store.events.append(run, 0, [env(run, 1)])
+        blob = Blob.of(ArtifactKind.OUTPUT, b"stale")
+        with pytest.raises(StorageError) as info:
+            await store.events.commit(run, 0, [env(run, 1)], [blob])
+        assert info.value.kind is StorageErrorKind.CONCURRENCY
+        assert not await store.artifacts.exists(blob.artifact_id)
+        assert await store.events.head_seq(run) == 1
+
+    async def test_uow_bad_blob_or_bad_event_commits_nothing(self, store: Any) -> None:
+        run = new_run()
+        good = Blob.of(ArtifactKind.OUTPUT, b"good")
+        lying = Blob(ArtifactId("b" * 64), ArtifactKind.OUTPUT, b"not b*64")
+        with pytest.raises(StorageError) as info:
+            await store.events.commit(run, 0, [env(run, 1)], [good, lying])
+        assert info.value.code == "artifact_put_id_mismatch"
+        secret = domain(run, 1, {"private_key": "do-not-persist"})
+        with pytest.raises(StorageError):
+            await store.events.commit(run, 0, [secret], [good])
+        assert not await store.artifacts.exists(good.artifact_id)
+        assert not await store.artifacts.exists(lying.artifact_id)
+        assert await store.events.head_seq(run) == 0 and await store.events.list_runs() == []
+
+    async def test_uow_failure_between_blob_and_event_writes_leaves_nothing(
+        self, store: Any, second: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run = new_run()
+        await store.events.append(run, 0, [env(run, 1)])
+        blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"between":true}')
+        self.fail_between_blobs_and_events(store, monkeypatch)
+        with pytest.raises(Exception):  # noqa: B017 - whatever the injected failure is
+            await store.events.commit(run, 1, [env(run, 2)], [blob])
+        monkeypatch.undo()
+        assert not await second.artifacts.exists(blob.artifact_id)
+        assert await second.events.head_seq(run) == 1
+        assert await store.events.commit(run, 1, [env(run, 2)], [blob]) == 2  # nothing half-done in the way
+        assert await second.artifacts.get(blob.artifact_id) == blob.data

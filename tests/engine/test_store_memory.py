@@ -1,13 +1,21 @@
-"""The in-memory store passes the shared store contract suite."""
+"""The in-memory store passes the shared store contract suite, its unit of work included."""
 
 from __future__ import annotations
+
+from typing import Any, NoReturn
 
 import pytest
 
 from engine.stores.memory import MemoryStore
-from tests.engine.store_contract import StoreContract
+from tests.engine.store_contract import StoreContract, UnitOfWorkContract
 
 
-class TestMemoryStore(StoreContract):
+class TestMemoryStore(UnitOfWorkContract, StoreContract):
     async def make_store(self, request: pytest.FixtureRequest) -> MemoryStore:
         return MemoryStore()
+
+    def fail_between_blobs_and_events(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        def fail(*args: Any) -> NoReturn:
+            raise RuntimeError("injected between the blobs and the events")
+
+        monkeypatch.setattr(store.events, "_land", fail)

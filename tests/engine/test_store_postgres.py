@@ -36,7 +36,7 @@ from engine.testing import (
     start_plan,
 )
 from tests.engine.pg_server import PgServer
-from tests.engine.store_contract import StoreContract
+from tests.engine.store_contract import StoreContract, UnitOfWorkContract
 
 AID = ArtifactId("a" * 64)
 HANG_GUARD = 30.0  # seconds; only so that a regression fails instead of hanging the suite
@@ -65,8 +65,14 @@ async def pg_store(pg_server: PgServer, pg_schema: str) -> AsyncIterator[Postgre
         await store.close()
 
 
-class TestPostgresStoreContract(StoreContract):
+class TestPostgresStoreContract(UnitOfWorkContract, StoreContract):
     """The shared contract, unchanged; each test on a fresh schema, ``second`` is another pool on it."""
+
+    def fail_between_blobs_and_events(self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def fail(*args: object) -> None:  # inside the transaction, after the blobs' INSERT
+            raise StorageError.other("injected", "injected between the blobs and the events")
+
+        monkeypatch.setattr(store.events, "_insert_events", fail)
 
     async def make_store(self, request: pytest.FixtureRequest) -> PostgresStore:
         server: PgServer = request.getfixturevalue("pg_server")

@@ -96,8 +96,8 @@ class PostgresStore:
         ``notify``: when an append sends its ``NOTIFY`` (module docstring): ``"after"`` its commit (default),
         inside its transaction (``"commit"``), or never (``"off"``)."""
         self._core = Core(dsn, schema, max_connections, clock, notify)
-        self.events = PostgresEventStore(self._core)
         self.artifacts = PostgresArtifactStore(self._core)
+        self.events = PostgresEventStore(self._core, self.artifacts)
 
     @property
     def dsn(self) -> str:

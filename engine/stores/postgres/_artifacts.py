@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from engine._kinds import ArtifactKind
 from engine._wire import compact_json
 from engine.errors import StorageError
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId
-from engine.stores._base import check_artifact_id
+from engine.stores._base import Blob, check_artifact_id
 from engine.stores.postgres._core import Core
 
-__all__ = ["PostgresArtifactStore"]
+__all__ = ["PostgresArtifactStore", "checked_blob_row"]
 
 
 class PostgresArtifactStore:
@@ -65,3 +66,18 @@ class PostgresArtifactStore:
             return ArtifactKind.from_wire(json.loads(row[0]))
         except ValueError as exc:
             raise StorageError.corruption("artifact_kind_corrupt", f"artifact {aid}: unreadable kind") from exc
+
+
+def checked_blob_row(blob: Blob) -> dict[str, Any]:
+    """The ``put`` statement's parameters for a unit of work's blob, after the checks ``put`` makes."""
+    if not isinstance(blob, Blob) or not isinstance(blob.kind, ArtifactKind):
+        raise StorageError.other("unit_of_work_blob_invalid", "a unit of work carries a record that is not a Blob")
+    data = bytes(blob.data)
+    aid = artifact_id_for_bytes(data)
+    if str(aid) != str(blob.artifact_id):
+        raise StorageError.corruption(
+            "artifact_put_id_mismatch",
+            f"blob {blob.artifact_id} of kind {blob.kind} has content hash {aid}",
+            {"expected": str(blob.artifact_id), "actual": str(aid)},
+        )
+    return {"id": aid, "kind": compact_json(blob.kind.to_wire()), "data": data}

@@ -19,7 +19,8 @@ from engine._wire import parse_json
 from engine.errors import StorageError
 from engine.events import EventEnvelope, RunCompleted
 from engine.ids import RunId
-from engine.stores._base import CODE_CONCURRENCY, CancelRequest, ChangeBatch, check_run_id, encode_batch
+from engine.stores._base import CODE_CONCURRENCY, Blob, CancelRequest, ChangeBatch, check_run_id, encode_batch
+from engine.stores.postgres._artifacts import PostgresArtifactStore, checked_blob_row
 from engine.stores.postgres._core import Conn, Core
 
 __all__ = ["ChangeNotice", "PostgresEventStore"]
@@ -38,8 +39,9 @@ class ChangeNotice:
 class PostgresEventStore:
     """Event streams in ``mfm_events``; also the monitor's ``RunLister`` and the ``ControlStore``."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, artifact_store: PostgresArtifactStore | None = None) -> None:
         self._core = core
+        self.artifact_store = artifact_store  # where commit puts blobs (same database and schema)
 
     @property
     def channel(self) -> str:
@@ -56,9 +58,17 @@ class PostgresEventStore:
         return int(row[0]) if row else 0
 
     async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
+        return await self.commit(run_id, expected_seq, events, ())
+
+    async def commit(
+        self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], blobs: Sequence[Blob]
+    ) -> int:
+        """The unit of work: ``blobs`` into ``mfm_artifacts`` and ``events`` into ``mfm_events`` in ONE transaction
+        (one commit flush); a failure anywhere rolls back both."""
         run_id = check_run_id(run_id)
         events = list(events)
         lines = encode_batch(run_id, expected_seq, events)  # validation (ENGINE-SPEC §3.3) before anything is sent
+        puts = [checked_blob_row(b) for b in blobs]
         if not 0 <= expected_seq <= _MAX_SEQ - len(events):
             head = await self.head_seq(run_id)
             raise StorageError.concurrency(
@@ -70,6 +80,9 @@ class PostgresEventStore:
                 raise StorageError.concurrency(
                     CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
                 )
+            if puts:
+                async with self._core.conn("artifact_store_io") as conn, conn.transaction():
+                    await self._put_blobs(conn, puts)
             return expected_seq
         payloads = [_event_json(line) for line in lines]
         params: dict[str, Any] = {"run": uuid.UUID(run_id), "expected": expected_seq, "channel": self._core.channel}
@@ -85,21 +98,36 @@ class PostgresEventStore:
         mode = self._core.notify
         query = self._core.q.append[len(events) > 1, expected_seq == 0, mode == "commit"]
         async with self._core.conn("event_store_io") as conn:
-            try:
-                row = await (await conn.execute(query, params)).fetchone()
-            except (pgerrors.UniqueViolation, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
-                raise StorageError.concurrency(
-                    CODE_CONCURRENCY, f"run {run_id}: another writer appended at seq {expected_seq + 1} first"
-                ) from None
-            head = int(row[0]) if row else -1
-            if head != expected_seq:
-                raise StorageError.concurrency(
-                    CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
-                )
+            if puts:
+                async with conn.transaction():
+                    await self._put_blobs(conn, puts)
+                    await self._insert_events(conn, run_id, expected_seq, query, params)
+            else:  # one statement: its own transaction
+                await self._insert_events(conn, run_id, expected_seq, query, params)
         new_head = expected_seq + len(events)
         if mode == "after":
             self._core.notifier.push(run_id, new_head)
         return new_head
+
+    async def _put_blobs(self, conn: Conn, puts: list[dict[str, Any]]) -> None:
+        """Insert (or repair) each blob: the artifact store's ``put`` statement, inside the caller's transaction."""
+        async with conn.cursor() as cur:
+            await cur.executemany(self._core.q.put, puts)
+
+    async def _insert_events(
+        self, conn: Conn, run_id: RunId, expected_seq: int, query: Any, params: dict[str, Any]
+    ) -> None:
+        try:
+            row = await (await conn.execute(query, params)).fetchone()
+        except (pgerrors.UniqueViolation, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
+            raise StorageError.concurrency(
+                CODE_CONCURRENCY, f"run {run_id}: another writer appended at seq {expected_seq + 1} first"
+            ) from None
+        head = int(row[0]) if row else -1
+        if head != expected_seq:
+            raise StorageError.concurrency(
+                CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {head}"
+            )
 
     async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
         run_id = check_run_id(run_id)
