@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from engine._kinds import ArtifactKind
+from engine._runtime.pending import PendingArtifacts
 from engine.artifacts import read_canonical_json, verified_put_bytes
 from engine.errors import ContextError
 from engine.hashing import CanonicalJsonError, canonical_json_bytes
@@ -161,9 +162,15 @@ class SnapshotCache:
         self._by_id[snapshot_id] = value
         return value
 
+    async def _put(self, data: bytes) -> ArtifactId:
+        store = self.store
+        if type(store) is PendingArtifacts:  # our own overlay: nothing to verify, one hash
+            return store.hold(ArtifactKind.CONTEXT_SNAPSHOT, data)
+        return await verified_put_bytes(store, ArtifactKind.CONTEXT_SNAPSHOT, data)
+
     async def write(self, value: dict[str, Any]) -> ArtifactId:
         data = encode_snapshot(value)
-        aid = await verified_put_bytes(self.store, ArtifactKind.CONTEXT_SNAPSHOT, data)
+        aid = await self._put(data)
         self._by_id.setdefault(aid, value)
         return aid
 
@@ -177,7 +184,7 @@ class SnapshotCache:
             self._members[base_id] = base_members
         members = base_members.apply(delta)
         value = apply_delta(base_value, delta)
-        aid = await verified_put_bytes(self.store, ArtifactKind.CONTEXT_SNAPSHOT, members.join())
+        aid = await self._put(members.join())
         self._by_id.setdefault(aid, value)
         self._members.setdefault(aid, members)
         return aid, value

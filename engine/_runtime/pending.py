@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from engine._kinds import ArtifactKind
 from engine.ids import ArtifactId
-from engine.stores import ArtifactStore, Blob, EventStore, paired_unit_of_work
+from engine.stores import ArtifactStore, Blob, EventStore, UnitOfWork, paired_unit_of_work
 
 __all__ = ["PendingArtifacts", "pending_for"]
 
@@ -24,21 +24,27 @@ __all__ = ["PendingArtifacts", "pending_for"]
 def pending_for(events: EventStore, artifacts: ArtifactStore) -> PendingArtifacts | None:
     """An overlay when ``events`` commits blobs into ``artifacts`` in one unit of work; ``None`` otherwise, and then
     the run writes each blob with its own ``put`` before the event naming it, as without issue 12."""
-    return PendingArtifacts(artifacts) if paired_unit_of_work(events, artifacts) is not None else None
+    unit = paired_unit_of_work(events, artifacts)
+    return PendingArtifacts(artifacts, unit) if unit is not None else None
 
 
 class PendingArtifacts:
     """``ArtifactStore`` whose ``put`` holds the blob until the writer commits it; reads see pending blobs first."""
 
-    __slots__ = ("_blobs", "_unclaimed", "store")
+    __slots__ = ("_blobs", "_unclaimed", "store", "unit")
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore, unit: UnitOfWork) -> None:
         self.store = store
+        self.unit = unit  # commits into ``store``
         self._blobs: dict[ArtifactId, Blob] = {}  # every blob not known durable (claimed or not)
         self._unclaimed: dict[ArtifactId, Blob] = {}  # not yet handed to a batch, in creation order
 
     async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
-        blob = Blob.of(kind, bytes(data))
+        return self.hold(kind, bytes(data))
+
+    def hold(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
+        """``put`` without the coroutine: hash once, keep the blob pending, return its id."""
+        blob = Blob.of(kind, data)
         aid = blob.artifact_id
         if aid not in self._blobs:
             self._blobs[aid] = blob

@@ -15,7 +15,8 @@ takes down events written before it: the stream stays the one of unbatched appen
 
 Blobs (issue 12): with a :class:`PendingArtifacts` overlay, every ``defer``/``append`` claims the blobs
 created since the last one (a snapshot, fact payloads, transport outputs) and the batch commits them with
-its events through ``commit_unit`` (one durable operation on a store with a unit of work). Deferred events
+its events in one ``UnitOfWork.commit`` (the overlay exists only for a store whose unit of work commits into
+the run's artifact store: see ``pending_for``). Deferred events
 keep their blobs; blobs of a batch that failed go back to the overlay for the next one.
 """
 
@@ -31,7 +32,7 @@ from engine._wire import construct
 from engine.errors import MfmError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, StateFailed
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores import Blob, EventStore, commit_unit
+from engine.stores import Blob, EventStore
 
 __all__ = ["EventWriter", "OpenAttempt"]
 
@@ -160,7 +161,7 @@ class EventWriter:
             for i, (ev, t) in enumerate((*deferred, *new))
         ]
         if blobs and self.blobs is not None:
-            head = await commit_unit(self.store, self.blobs.store, self.run_id, first - 1, envs, blobs)
+            head = await self.blobs.unit.commit(self.run_id, first - 1, envs, blobs)  # paired when made
             self.blobs.settle(blobs)
         else:
             head = await self.store.append(self.run_id, first - 1, envs)

@@ -251,7 +251,7 @@ async def test_failed_commit_keeps_blobs_for_the_next_batch() -> None:
 async def test_pending_blobs_read_in_process_until_committed() -> None:
     """The overlay: a put blob reads back at once without touching the store; once settled, reads go to the store."""
     inner = MemoryArtifactStore()
-    pending = PendingArtifacts(inner)
+    pending = PendingArtifacts(inner, MemoryEventStore(inner))
     aid = await pending.put(ArtifactKind.OUTPUT, b'{"a":1}')
     assert await pending.get(aid) == b'{"a":1}' and await pending.exists(aid)
     assert not await inner.exists(aid)
@@ -263,5 +263,5 @@ async def test_pending_blobs_read_in_process_until_committed() -> None:
     inner.put_many(claimed)
     pending.settle(claimed)
     with pytest.raises(StorageError):
-        await PendingArtifacts(MemoryArtifactStore()).get(aid)
+        await PendingArtifacts(MemoryArtifactStore(), MemoryEventStore()).get(aid)
     assert await pending.get(aid) == b'{"a":1}' and await inner.exists(aid)
