@@ -5,6 +5,9 @@ Starts its own throw-away server (fsync on, ``synchronous_commit = on``) in /tmp
 - ``PostgresStore.events.append`` of a 1-event batch (what a no-op state costs per append: a no-op state makes two),
   with the default ``notify="after"`` and with ``notify="commit"``; and of a 10-event batch;
 - artifact puts (a new 2.5 KB snapshot; one already stored), to price a whole no-op state.
+Then the engine itself (issue 12): a sequential run of N no-op states (each writes one key: a new 2.4 KB snapshot)
+on ``PostgresStore``, whose unit of work commits each state's snapshot and events in ONE transaction; wall time per
+durable state ÷ the single-row INSERT+COMMIT floor, rounds interleaved (goal ≤ 1.5×).
 Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch), and the CPU each
 costs (this process + its server backends, from /proc): wall time on a shared, busy machine swings with the disk's
 fsync latency, CPU much less. Then N concurrent writers (one run each, own connections): appends/s per notify mode
@@ -30,10 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from psycopg import sql
 
+from bench.runtime_per_state import chain, context
 from engine._kinds import ArtifactKind
 from engine.events import EventEnvelope, StateCompleted, StateEntered
 from engine.ids import ArtifactId, RunId, StateId
+from engine.runtime import Engine
 from engine.stores.postgres import NotifyMode, PostgresStore
+from engine.testing import base_config, fixed_run_ids, start_plan
 from tests.engine.pg_server import PgServer
 
 SNAP = ArtifactId("5f" * 32)
@@ -190,6 +196,39 @@ async def single_writer(server: PgServer, conn: _Conn, rounds: int, per_round: i
     return series
 
 
+async def engine_states(server: PgServer, conn: _Conn, rounds: int, n: int) -> None:
+    """Durable no-op states through the engine vs the single-row INSERT+COMMIT floor, interleaved by round."""
+    await conn.execute("CREATE TABLE floor_states (run_id uuid, seq bigint, payload text, PRIMARY KEY (run_id, seq))")
+    payload = envelope(RunId(str(uuid.uuid4())), 2).to_json()
+    plan, ctx = chain(n), context()
+    per_state: list[float] = []
+    per_insert: list[float] = []
+    for r in range(rounds + 1):  # round 0 warms up (schema, connections, caches) and is not counted
+        store = await PostgresStore(server.dsn(), schema=f"bench_engine_{r}").open()
+        try:
+            t0 = time.perf_counter()
+            result = await start_plan(Engine(run_ids=fixed_run_ids()), store.stores, plan, base_config(), ctx)
+            wall = (time.perf_counter() - t0) / n * 1e6
+        finally:
+            await store.close()
+        run = uuid.uuid4()
+        t0 = time.perf_counter()
+        for seq in range(1, n + 1):
+            await conn.execute("INSERT INTO floor_states VALUES (%s, %s, %s)", [run, seq, payload])
+        floor = (time.perf_counter() - t0) / n * 1e6
+        if r:
+            per_state.append(wall)
+            per_insert.append(floor)
+    ratios = [a / b for a, b in zip(per_state, per_insert, strict=True)]
+    print(f"\nengine: {rounds} rounds of a sequential run of {n} no-op states ({result.phase}), 2.4 KB context")
+    print(f"{'durable no-op state':40} {statistics.median(per_state):8.0f} µs wall per state (median of rounds)")
+    print(f"{'floor: 1-row INSERT + COMMIT':40} {statistics.median(per_insert):8.0f} µs (median of rounds)")
+    print(
+        f"ratio durable no-op state / floor: {statistics.median(ratios):.2f}x (median of per-round ratios"
+        f" {'/'.join(f'{x:.2f}' for x in ratios)}; goal <= 1.5x)"
+    )
+
+
 async def many_writers(server: PgServer, writers: int, per_writer: int) -> None:
     print(f"\n{writers} concurrent writers, one run each, {per_writer} sequential 1-event appends per writer")
     conns = [await psycopg.AsyncConnection.connect(server.dsn(), autocommit=True) for _ in range(writers)]
@@ -231,6 +270,7 @@ async def bench(server: PgServer, rounds: int, per_round: int, writers: int) -> 
         settings[name] = row[0] if row else "?"
     print("server: PostgreSQL " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ", unix socket")
     await single_writer(server, conn, rounds, per_round)
+    await engine_states(server, conn, max(rounds // 2, 2), 100)
     await conn.close()
     await many_writers(server, writers, per_round)
 
