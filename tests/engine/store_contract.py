@@ -418,9 +418,13 @@ class UnitOfWorkContract:
     """The unit of work (issue 12) on top of :class:`StoreContract`: mix in before it, as
     ``class TestXxx(UnitOfWorkContract, StoreContract)``, and implement :meth:`fail_between_blobs_and_events`."""
 
-    def fail_between_blobs_and_events(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Make the next ``commit`` fail after its blobs were written and before its events are."""
+    async def fail_between_blobs_and_events(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make every ``commit`` fail after its blobs were written and before its events are."""
         raise NotImplementedError
+
+    async def stop_failing(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Undo :meth:`fail_between_blobs_and_events`."""
+        monkeypatch.undo()
 
     async def test_uow_store_is_a_unit_of_work_paired_with_its_artifacts(self, store: Any) -> None:
         assert isinstance(store.events, UnitOfWork)
@@ -470,10 +474,10 @@ class UnitOfWorkContract:
         run = new_run()
         await store.events.append(run, 0, [env(run, 1)])
         blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"between":true}')
-        self.fail_between_blobs_and_events(store, monkeypatch)
-        with pytest.raises(Exception):  # noqa: B017 - whatever the injected failure is
+        await self.fail_between_blobs_and_events(store, monkeypatch)
+        with pytest.raises(StorageError):
             await store.events.commit(run, 1, [env(run, 2)], [blob])
-        monkeypatch.undo()
+        await self.stop_failing(store, monkeypatch)
         assert not await second.artifacts.exists(blob.artifact_id)
         assert await second.events.head_seq(run) == 1
         assert await store.events.commit(run, 1, [env(run, 2)], [blob]) == 2  # nothing half-done in the way

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from engine._kinds import ArtifactKind
 from engine.config import Duration, Fixed, RetryPolicy
@@ -68,14 +69,32 @@ async def pg_store(pg_server: PgServer, pg_schema: str) -> AsyncIterator[Postgre
 class TestPostgresStoreContract(UnitOfWorkContract, StoreContract):
     """The shared contract, unchanged; each test on a fresh schema, ``second`` is another pool on it."""
 
-    def fail_between_blobs_and_events(self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
-        async def fail(*args: object) -> None:  # inside the transaction, after the blobs' INSERT
-            raise StorageError.other("injected", "injected between the blobs and the events")
+    async def fail_between_blobs_and_events(self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A trigger makes the server reject every event row: the blobs of the same statement are written first
+        (the blob CTE runs whether or not its output is read), then the statement fails."""
+        async with await psycopg.AsyncConnection.connect(self._server.dsn(), autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL(
+                    "CREATE FUNCTION {}.mfm_test_fail() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$BEGIN RAISE EXCEPTION 'injected between the blobs and the events'; END$$"
+                ).format(sql.Identifier(store.schema))
+            )
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER mfm_test_fail BEFORE INSERT ON {}.mfm_events FOR EACH ROW"
+                    " EXECUTE FUNCTION {}.mfm_test_fail()"
+                ).format(sql.Identifier(store.schema), sql.Identifier(store.schema))
+            )
 
-        monkeypatch.setattr(store.events, "_insert_events", fail)
+    async def stop_failing(self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        async with await psycopg.AsyncConnection.connect(self._server.dsn(), autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL("DROP TRIGGER mfm_test_fail ON {}.mfm_events").format(sql.Identifier(store.schema))
+            )
 
     async def make_store(self, request: pytest.FixtureRequest) -> PostgresStore:
         server: PgServer = request.getfixturevalue("pg_server")
+        self._server = server
         return PostgresStore(server.dsn(), schema=server.new_schema_name())
 
     async def reopen_store(self, store: PostgresStore, request: pytest.FixtureRequest) -> PostgresStore:

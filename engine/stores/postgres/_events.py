@@ -96,14 +96,14 @@ class PostgresEventStore:
                 payload=payloads,
             )
         mode = self._core.notify
-        query = self._core.q.append[len(events) > 1, expected_seq == 0, mode == "commit"]
+        shape = (len(events) > 1, expected_seq == 0, mode == "commit")
+        if puts:  # blobs and events in one statement: one transaction, one round trip
+            query = self._core.q.commit[shape]
+            params.update(bid=[p["id"] for p in puts], bkind=[p["kind"] for p in puts], bdata=[p["data"] for p in puts])
+        else:
+            query = self._core.q.append[shape]
         async with self._core.conn("event_store_io") as conn:
-            if puts:
-                async with conn.transaction():
-                    await self._put_blobs(conn, puts)
-                    await self._insert_events(conn, run_id, expected_seq, query, params)
-            else:  # one statement: its own transaction
-                await self._insert_events(conn, run_id, expected_seq, query, params)
+            await self._insert_events(conn, run_id, expected_seq, query, params)
         new_head = expected_seq + len(events)
         if mode == "after":
             self._core.notifier.push(run_id, new_head)

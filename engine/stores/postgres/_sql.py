@@ -83,6 +83,30 @@ class Queries:
             for first_ in (False, True)
             for in_txn in (False, True)
         }
+        # The unit of work (issue 12): the same statement with the blobs in it, so blobs and events are ONE
+        # statement, one transaction, one commit flush. The blobs are written only when the head matches (the
+        # events are written then too), and a unique violation on an event row rolls the whole statement back.
+        # As ``put``: insert, or repair an existing row whose bytes no longer match its id.
+        blobs = (
+            " blob_ins AS (INSERT INTO {mfm_artifacts} (id, kind, data)"
+            "  SELECT b.id, b.kind, b.data FROM unnest(%(bid)s::text[], %(bkind)s::text[], %(bdata)s::bytea[])"
+            "   AS b(id, kind, data), head WHERE head.h = %(expected)s ON CONFLICT (id) DO NOTHING RETURNING 1),"
+            " blob_fix AS (UPDATE {mfm_artifacts} AS a SET data = b.data"
+            "  FROM unnest(%(bid)s::text[], %(bdata)s::bytea[]) AS b(id, data), head"
+            "  WHERE head.h = %(expected)s AND a.id = b.id AND sha256(a.data) <> decode(a.id, 'hex') RETURNING 1),"
+        )
+        self.commit = {
+            (many_, first_, in_txn): q(
+                head
+                + blobs
+                + (many if many_ else one)
+                + (first if first_ else later)
+                + (notify_tail if in_txn else quiet_tail)
+            )
+            for many_ in (False, True)
+            for first_ in (False, True)
+            for in_txn in (False, True)
+        }
         # NOTIFY after the appends committed, as its own transaction: nothing in it needs to be durable.
         self.notify_after: LiteralString = (
             "SELECT set_config('synchronous_commit', 'off', true), count(pg_notify(%s, p)) FROM unnest(%s::text[]) p"
