@@ -94,6 +94,7 @@ class Scheduler:
         self.failed = False
         self.finished: RunStatus | None = None
         self._complete_lock = asyncio.Lock()
+        self._waiter: asyncio.Future[None] | None = None
         self._written_by: dict[str, StateId] = {}
         self._ancestors: dict[StateId, frozenset[StateId]] | None = None
         for sid in self.overrides:
@@ -117,6 +118,7 @@ class Scheduler:
         heapq.heapify(ready)
         running: dict[asyncio.Future[Any], StateId] = {}
         cancel_wait: asyncio.Future[Any] = asyncio.ensure_future(inv.watcher.event.wait())
+        cancel_wait.add_done_callback(self._wake)
         stopped = False
         try:
             while True:
@@ -133,12 +135,14 @@ class Scheduler:
                         self.active -= len(launch)
                         continue
                     for s, a, b in launch:
-                        running[asyncio.ensure_future(self._run_state(s, a, b))] = s
+                        task = asyncio.ensure_future(self._run_state(s, a, b))
+                        task.add_done_callback(self._wake)
+                        running[task] = s
                 elif running and inv.writer.pending:
                     await inv.writer.flush()  # completed here, nothing enters: durable now, not at a later boundary
                 if not running:
                     break
-                done, _ = await asyncio.wait({*running, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done = await self._wait_any(running, cancel_wait)
                 if cancel_wait in done and self.finished is None:
                     await self._cancel_all(running)
                     running.clear()
@@ -173,6 +177,30 @@ class Scheduler:
         finally:
             cancel_wait.cancel()
         return await self._finish()
+
+    def _wake(self, _: asyncio.Future[Any] | None) -> None:
+        """Done callback of every state task and of the cancel wait: wakes :meth:`_wait_any`."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_any(
+        self, running: dict[asyncio.Future[Any], StateId], cancel_wait: asyncio.Future[Any]
+    ) -> list[asyncio.Future[Any]]:
+        """``asyncio.wait(FIRST_COMPLETED)`` over the running states and the cancel wait, in the order ``asyncio.wait``
+        would not guarantee either; without its per-call callback registration (the callbacks are registered once,
+        when each task is made: one future per wait instead)."""
+        while True:
+            done = [t for t in running if t.done()]
+            if cancel_wait.done():
+                done.append(cancel_wait)
+            if done:
+                return done
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     async def _cancel_all(self, running: dict[asyncio.Future[Any], StateId]) -> None:
         for t in running:
@@ -286,6 +314,7 @@ class Scheduler:
                 await inv.writer.append([construct(StateEntered, state_id=sid, attempt=attempt, base_snapshot_id=base)])
         finally:
             self.active -= 1
+            self._wake(None)  # the main loop resumes in the loop iteration that sees this task done, not one later
 
     def _mark_finished(self, tail: list[Any]) -> Callable[[], None] | None:
         if not tail:

@@ -79,7 +79,8 @@ class Blob:
 
     @classmethod
     def of(cls, kind: ArtifactKind, data: bytes) -> Blob:
-        return cls(ArtifactId(hashlib.sha256(data).hexdigest()), kind, data)
+        # a sha256 hexdigest is 64 lowercase hex digits: a valid ArtifactId without the pattern check
+        return cls(str.__new__(ArtifactId, hashlib.sha256(data).hexdigest()), kind, data)
 
 
 @runtime_checkable
@@ -245,7 +246,7 @@ def _checked_kernel_value(env: EventEnvelope) -> Any:
         or type(state_id) is not StateId
         or not _safe_int(env.seq)
         or not (ts is None or _safe_int(ts))
-        or contains_secrets(state_id)
+        or _secret_state_id(state_id)
     ):
         return None
     if attempt is not None:
@@ -253,6 +254,18 @@ def _checked_kernel_value(env: EventEnvelope) -> Any:
     else:
         event = {"Kernel": {"StateCompleted": {"state_id": state_id, "context_snapshot_id": tail}}}
     return {"run_id": env.run_id, "seq": env.seq, "ts_millis": ts, "event": event}
+
+
+_STATE_ID_SECRET: dict[str, bool] = {}  # state ids are few and immutable: scan each once (bounded below)
+
+
+def _secret_state_id(state_id: str) -> bool:
+    hit = _STATE_ID_SECRET.get(state_id)
+    if hit is None:
+        hit = contains_secrets(state_id)
+        if len(_STATE_ID_SECRET) < 65536:
+            _STATE_ID_SECRET[state_id] = hit
+    return hit
 
 
 def _fast_path_agrees() -> bool:
