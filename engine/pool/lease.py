@@ -10,8 +10,8 @@ from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
 from engine.pool._sql import Claim
-from engine.stores import ChangeBatch
-from engine.stores.postgres import PostgresEventStore
+from engine.stores import Blob, ChangeBatch
+from engine.stores.postgres import PostgresArtifactStore, PostgresEventStore
 
 __all__ = ["LeasedEventStore", "RunLease"]
 
@@ -52,9 +52,21 @@ class LeasedEventStore:
         self._inner = inner
         self._lease = lease
 
+    @property
+    def artifact_store(self) -> PostgresArtifactStore | None:
+        """Where :meth:`commit` puts blobs: the inner store's (so the engine pairs it with the pool's artifacts)."""
+        return self._inner.artifact_store
+
     async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
         self._lease.check()
         return await self._inner.append(run_id, expected_seq, events)
+
+    async def commit(
+        self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], blobs: Sequence[Blob]
+    ) -> int:
+        """The inner store's unit of work (blobs + events in one statement), after the same lease check."""
+        self._lease.check()
+        return await self._inner.commit(run_id, expected_seq, events, blobs)
 
     async def head_seq(self, run_id: RunId) -> int:
         return await self._inner.head_seq(run_id)

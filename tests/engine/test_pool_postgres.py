@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from engine._kinds import ArtifactKind
 from engine._runtime.envelopes import analyze
 from engine.errors import MfmError, StorageError, StorageErrorKind
 from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus
-from engine.ids import ArtifactId, RunId
+from engine.ids import ArtifactId, OpId, RunId
 from engine.open_store import display_location, is_database_url, open_store, split_database_url
 from engine.operations import OperationRegistry, load_registry
 from engine.pool import Claim, LeasedEventStore, PostgresPoolStore, RunLease, RunQueue, WorkerPool, lease_info
+from engine.stores import Blob, paired_unit_of_work
 from engine.stores.fs import FsStore
 from engine.stores.postgres import PostgresStore
 from engine.workers import (
@@ -247,6 +249,33 @@ async def test_a_stale_writer_is_stopped_by_its_lease_or_else_by_the_primary_key
         await LeasedEventStore(store.events, a).append(run, 1, [second])
     assert exc.value.code == "lease_lost"
     assert await store.events.head_seq(run) == 1
+
+
+async def test_the_leased_store_is_the_pools_unit_of_work_and_checks_the_lease_before_a_commit(
+    store: PostgresPoolStore,
+) -> None:
+    """A pool run commits a step's blobs with its events (paired with the pool's artifacts), and a worker whose
+    lease ran out writes neither."""
+    run = RunId(str(uuid.uuid4()))
+    now = [0.0]
+    leased = LeasedEventStore(store.events, RunLease(claim_of(run), 0.0, 5.0, clock=lambda: now[0]))
+    assert paired_unit_of_work(leased, store.artifacts) is leased
+    snap = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"k":1}')
+    first = EventEnvelope(
+        run_id=run,
+        seq=1,
+        ts_millis=1,
+        event=RunStarted(op_id=OpId("op"), manifest_id=snap.artifact_id, initial_snapshot_id=snap.artifact_id),
+    )
+    assert await leased.commit(run, 0, [first], [snap]) == 1
+    assert await store.artifacts.get(snap.artifact_id) == snap.data
+    now[0] = 4.0
+    late = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"k":2}')
+    second = EventEnvelope(run_id=run, seq=2, ts_millis=1, event=RunCompleted(status=RunStatus.COMPLETED))
+    with pytest.raises(StorageError) as exc:
+        await leased.commit(run, 1, [second], [late])
+    assert exc.value.code == "lease_lost"
+    assert await store.events.head_seq(run) == 1 and not await store.artifacts.exists(late.artifact_id)
 
 
 # -- execution: cancel, hand-over, replay, recover ----------------------------------------------------------------
