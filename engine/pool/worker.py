@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.child_runs import ChildRunFactory
 from engine.engine import Stores
 from engine.errors import MfmError, StorageError
 from engine.events import RunCompleted
@@ -260,9 +261,10 @@ async def _execute_claim(
     events = LeasedEventStore(store.events, lease)
     stores = Stores(events=events, artifacts=store.artifacts, control=store.events)
     target = claim.run_id
-    engine = Engine(
-        plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.artifacts)),
-        transports=[ExecTransportFactory()],
+    resolver = registry.plan_resolver(OperationEnv(artifacts=store.artifacts))
+    engine = Engine(  # children (§16) run as tasks of this worker, in the same store, under the parent's lease
+        plan_resolver=resolver,
+        transports=ChildRunFactory([ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=cancel_poll),
         cancel_poll_interval=cancel_poll,
     )
     token = CancelToken()

@@ -9,6 +9,7 @@ import signal
 import time
 from typing import Any
 
+from engine.child_runs import ChildRunFactory
 from engine.engine import RunPhase
 from engine.exec_transport import ExecTransportFactory
 from engine.ids import ArtifactId, RunId
@@ -27,9 +28,11 @@ def _phase_exit(phase: RunPhase) -> int:
 
 
 def _make_engine(store: RunFolders, registry: OperationRegistry, poll: float) -> Engine:
+    """The engine of a detached worker: exec, plus child runs (§16) started as tasks of this worker."""
+    resolver = registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts))
     return Engine(
-        plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts)),
-        transports=[ExecTransportFactory()],
+        plan_resolver=resolver,
+        transports=ChildRunFactory([ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=poll),
         cancel_poll_interval=poll,
     )
 
