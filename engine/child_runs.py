@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from engine._kinds import ArtifactKind
+from engine._runtime.cancel import CancelToken
 from engine._runtime.clock import Clock, Sleeper, as_clock
 from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.executor import check_execution_mode, check_manifest_contract
@@ -79,7 +80,9 @@ __all__ = [
     "child_manifest",
     "child_run_id",
     "children_of",
+    "request_cancel_children",
     "spawn_child_run_v1",
+    "unfinished_children",
 ]
 
 CHILD_RUN_GROUP = "machine.child_run"
@@ -207,6 +210,7 @@ class ChildRunFactory:
         clock: Clock | Callable[[], int] | None = None,
         sleeper: Sleeper | None = None,
         cancel_poll_interval: float = 0.2,
+        cancel: CancelToken | None = None,
     ) -> None:
         if inner is None:
             factory: LiveTransportFactory = UnimplementedTransportFactory()
@@ -224,6 +228,7 @@ class ChildRunFactory:
             sleeper=sleeper,
             cancel_poll_interval=cancel_poll_interval,
         )
+        self.cancel = cancel  # a worker's token (SIGTERM): it stops the children with the parent
         self.tasks: dict[RunId, asyncio.Task[RunResult]] = {}
         self.spawned = 0  # children initialised by this supervisor (tests and benchmarks)
 
@@ -240,7 +245,19 @@ class ChildRunFactory:
         task = self.tasks.get(child)
         if task is not None and not task.done():
             return
-        self.tasks[child] = asyncio.create_task(self.child_engine.resume(stores, child), name=f"child-run {child}")
+        self.tasks[child] = asyncio.create_task(
+            self.child_engine.resume(stores, child, cancel=self.cancel), name=f"child-run {child}"
+        )
+
+    async def drain(self) -> None:
+        """Wait for every child task of this supervisor (a worker does, before it exits, so that a child whose
+        parent ended without awaiting it — a cancel, a failure — still finishes or closes as Cancelled)."""
+        while self.tasks:
+            tasks = list(self.tasks.values())
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for child, task in list(self.tasks.items()):
+                if task.done():
+                    del self.tasks[child]
 
     async def spawn(self, context: TransportContext, request: Any, fact_key: str) -> dict[str, Any]:
         req: ChildRunSpawnRequest = _parse_request(ChildRunSpawnRequest, "child_run_spawn_v1", request)
@@ -331,7 +348,7 @@ class ChildRunFactory:
                     self.tasks.pop(child, None)
         else:
             try:
-                result = await self.child_engine.resume(stores, child)
+                result = await self.child_engine.resume(stores, child, cancel=self.cancel)
             except MfmError as exc:
                 if isinstance(exc, StorageError) and exc.kind is StorageErrorKind.NOT_FOUND:
                     raise _err("child_run_missing_after_spawn", f"child run {child}: {exc.message}") from None
@@ -482,3 +499,26 @@ def children_of(envelopes: Sequence[Any]) -> list[ChildLink]:
         except (ValidationError, ValueError):
             continue
     return list(links.values())
+
+
+async def unfinished_children(stores: Stores, run_id: RunId) -> list[RunId]:
+    """The children of ``run_id`` (from its linkage events) whose streams have no ``RunCompleted``."""
+    envelopes = await stores.events.read_range(RunId(run_id), 1, None)
+    out: list[RunId] = []
+    for link in children_of(envelopes):
+        if await stores.events.head_seq(link.child_run_id) > 0 and not await _finished(stores, link.child_run_id):
+            out.append(link.child_run_id)
+    return out
+
+
+async def request_cancel_children(stores: Stores, run_id: RunId, reason: str) -> list[RunId]:
+    """Cancel a parent's running children too: a cancel request for each unfinished child (§0.6 applied to the
+    tree). The children run as tasks of the parent's worker, which polls their requests as it polls the parent's;
+    a child left without a worker is closed Cancelled by its next resume. Returns the children asked."""
+    control = stores.control
+    if control is None:
+        return []
+    asked = await unfinished_children(stores, run_id)
+    for child in asked:
+        await control.request_cancel(child, f"{reason} (parent {run_id} cancelled)" if reason else f"parent {run_id}")
+    return asked

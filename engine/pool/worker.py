@@ -260,14 +260,30 @@ async def _execute_claim(
     claim = lease.claim
     events = LeasedEventStore(store.events, lease)
     stores = Stores(events=events, artifacts=store.artifacts, control=store.events)
-    target = claim.run_id
     resolver = registry.plan_resolver(OperationEnv(artifacts=store.artifacts))
-    engine = Engine(  # children (§16) run as tasks of this worker, in the same store, under the parent's lease
-        plan_resolver=resolver,
-        transports=ChildRunFactory([ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=cancel_poll),
-        cancel_poll_interval=cancel_poll,
-    )
     token = CancelToken()
+    # Children (§16) run as tasks of this worker, in the same store, under the parent's lease; they are waited for
+    # before the claim is released.
+    children = ChildRunFactory(
+        [ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=cancel_poll, cancel=token
+    )
+    engine = Engine(plan_resolver=resolver, transports=children, cancel_poll_interval=cancel_poll)
+    try:
+        return await _execute_with(store, registry, claim, stores, engine, token, crash_loop_limit)
+    finally:
+        await children.drain()
+
+
+async def _execute_with(
+    store: PostgresPoolStore,
+    registry: OperationRegistry,
+    claim: Claim,
+    stores: Stores,
+    engine: Engine,
+    token: CancelToken,
+    crash_loop_limit: int,
+) -> tuple[str, dict[str, Any] | None]:
+    target = claim.run_id
     head = await store.events.head_seq(target)
     if claim.action in ("start", "resume") and head == 0:
         if claim.manifest_id is None:

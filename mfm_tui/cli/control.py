@@ -22,6 +22,7 @@ from engine.workers import (
     EXIT_FAILED,
     EXIT_OK,
     LeaseState,
+    cancel_children,
     cancel_run,
     is_pooled,
     lease_state,
@@ -263,15 +264,19 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
     """Ask a run to stop (its worker cancels within a second)."""
     env = env_of(ctx)
 
-    async def go() -> tuple[RunId, bool]:
+    async def go() -> tuple[RunId, bool, list[RunId]]:
         run_id = await resolve_run_id(env.open_store(write=True), run)
-        return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops)
+        children = await cancel_children(env.store, run_id)
+        return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops), children
 
-    run_id, spawned = run_sync(go())
+    run_id, spawned, children = run_sync(go())
     extra = " (no live worker: a worker was started to close it)" if spawned else ""
     if spawned and is_pooled(env.store):
         extra = " (no worker held it: queued for the worker pool to close it)"
     click.echo(f"cancel requested for run {run_id}{extra}")
+    if children:
+        shown = ", ".join(str(c)[:8] for c in children)
+        click.echo(f"and for its {len(children)} running child run{'s' if len(children) != 1 else ''}: {shown}")
     return EXIT_OK
 
 
