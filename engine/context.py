@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import TypeAdapter, ValidationError
 
 from engine.errors import ContextError
+from engine.hashing import CanonicalJsonError, canonical_json_bytes
 from engine.ids import ContextKey
 
 __all__ = ["DynContext", "JsonContext", "TypedContextExt", "read_typed", "write_typed"]
@@ -85,9 +86,19 @@ def read_typed(ctx: DynContext | TypedContextExt, key: str, type_: type[T]) -> T
 
 
 def write_typed(ctx: DynContext | TypedContextExt, key: str, value: object) -> None:
-    """Serialise ``value`` to JSON and write it (``context_serialize_failed`` on failure)."""
+    """Serialise ``value`` to JSON and write it (``context_serialize_failed`` on failure).
+
+    Canonical on write: a value the snapshot could not encode as canonical JSON (a float, an integer outside the
+    I-JSON range, ENGINE-SPEC §2.1) is refused here, where the handler can see it, not at the end of the attempt."""
     try:
         raw = TypeAdapter(type(value)).dump_python(value, mode="json")
     except Exception:
         raise ContextError.serialization("context_serialize_failed", "context value serialization failed") from None
+    try:
+        canonical_json_bytes(raw)
+    except CanonicalJsonError as exc:
+        if not exc.is_secret:  # secret-looking content is the snapshot's business (§12), as for ``write``
+            raise ContextError.serialization(
+                "context_serialize_failed", f"context value is not canonical JSON: {exc}"
+            ) from None
     ctx.write(key, raw)

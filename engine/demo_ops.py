@@ -11,7 +11,10 @@
   non-retryable failure ends the run (``RunCompleted{Failed}``, ENGINE-SPEC §7/§13 step 7), so
   after the fix a new run completes; a run whose worker died before the failure was recorded
   resumes and completes once the file exists;
-* ``demo_big``: many states and domain events with a per-state delay (live watching, scale tests).
+* ``demo_big``: many states and domain events with a per-state delay (live watching, scale tests);
+* ``demo_children``: fans out N child runs (``demo_child``, ENGINE-SPEC §16), awaits them and aggregates their
+  results; the child named by ``fail_child`` needs a file first (``needs_file``), so the tree shows a failure
+  that is fixed and then recovered.
 
 Every IO call carries a fact key, so each run can be replayed (``mfm replay``). Registered through
 the entry point ``demo = "engine.demo_ops:OPERATIONS"`` (group ``mfm.operations``).
@@ -21,11 +24,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine._kinds import ArtifactKind
+from engine.child_runs import ChildRunSpawnRequest, await_child_run_v1, spawn_child_run_v1
 from engine.config import Duration, EventProfile, Exponential, FanOutJoin, Fixed, RetryPolicy, RunConfig
 from engine.context import DynContext
 from engine.errors import ErrorCategory, StateError
@@ -545,4 +551,149 @@ DEMO_BIG = Operation(
 )
 
 
-OPERATIONS: tuple[Operation, ...] = (DEMO_BIG, DEMO_FANOUT, DEMO_FIX, DEMO_FLAKY, DEMO_PIPELINE, DEMO_SIDE_EFFECT)
+# ---------------------------------------------------------------------------------------------
+# demo_children / demo_child
+# ---------------------------------------------------------------------------------------------
+
+
+class ChildInput(_Params):
+    """What ``demo_children`` gives each child: its index, how long it works, the file it may need."""
+
+    index: int = Field(ge=0, le=1000)
+    work_ms: int = Field(default=0, ge=0, le=3_600_000)
+    required_file: str | None = None
+
+
+class ChildParams(_Params):
+    """A child run's parameters: the §16 child manifest's ``input_params`` (``pipeline`` + ``input``)."""
+
+    pipeline: dict[str, Any]
+    input: ChildInput
+
+
+class ChildrenParams(_Params):
+    """Spawn ``children`` child runs; child ``fail_child`` (if set) fails until ``required_file`` exists."""
+
+    children: int = Field(default=3, ge=1, le=50)
+    work_ms: int = Field(default=1500, ge=0, le=3_600_000, description="how long each child works")
+    fail_child: int | None = Field(default=None, ge=0, le=49, description="index of the child that needs a fix")
+    required_file: str = "/tmp/mfm-demo-children-fix"
+
+    @field_validator("required_file")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not os.path.isabs(value):
+            raise ValueError("must be an absolute path")
+        return os.path.normpath(value)
+
+
+CHILD_OP = "demo_child"
+CHILD_VERSION = "1"
+
+
+def _child_config() -> RunConfig:
+    return _config(max_attempts=1)
+
+
+def _child_plan(params: ChildParams, env: OperationEnv) -> ExecutionPlan:
+    inp = params.input
+
+    async def work(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
+        if inp.work_ms:
+            await io.sleep_ms(inp.work_ms)
+        ctx.write("child.index", inp.index)
+
+    async def check(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
+        if inp.required_file is None:
+            return
+        seen = await io.call(_sh_call("demo_child:check", _CHECK_SCRIPT, inp.required_file))
+        if not (isinstance(seen.response, dict) and seen.response.get("exists")):
+            raise _fail("needs_file", f"operator action needed: create {inp.required_file}, then recover the parent")
+
+    async def report(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
+        ctx.write("child.result", inp.index * inp.index + 1)
+
+    return _plan(
+        CHILD_OP,
+        [
+            ("work", FnState(StateMeta(tags=(standard_tags.COMPUTE,)), work)),
+            ("check", FnState(_read_only(standard_tags.FETCH_DATA), check)),
+            ("report", FnState(StateMeta(tags=(standard_tags.REPORT,)), report)),
+        ],
+        _chain(["work", "check", "report"]),
+    )
+
+
+DEMO_CHILD = Operation(
+    op_id=OpId(CHILD_OP),
+    version=CHILD_VERSION,
+    description="One child of demo_children (started by its parent, not by hand): works, checks, reports.",
+    params_model=ChildParams,
+    build_plan=_child_plan,
+    run_config=lambda p: _child_config(),
+)
+
+
+def _children_plan(params: ChildrenParams, env: OperationEnv) -> ExecutionPlan:
+    async def run_children(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
+        spawned = []
+        for i in range(params.children):
+            request = ChildRunSpawnRequest(
+                op_id=OpId(CHILD_OP),
+                op_version=CHILD_VERSION,
+                input=ChildInput(
+                    index=i,
+                    work_ms=params.work_ms,
+                    required_file=params.required_file if i == params.fail_child else None,
+                ).model_dump(mode="json"),
+                run_config=_child_config(),
+            )
+            spawned.append((i, await spawn_child_run_v1(io, rec, f"demo_children:spawn|i:{i}", request)))
+        spawned.sort(key=lambda pair: uuid.UUID(str(pair[1].child_run_id)).bytes)  # deterministic join order (§16)
+        results: dict[str, int] = {}
+        failed: list[str] = []
+        for i, sp in spawned:
+            done = await await_child_run_v1(io, rec, f"demo_children:await|i:{i}", sp)
+            final = done.final_snapshot if isinstance(done.final_snapshot, dict) else {}
+            if str(done.status) != "Completed":
+                failed.append(f"child {i} ({sp.child_run_id}) {done.status}")
+            else:
+                results[str(i)] = int(final.get("child.result", 0))
+        if failed:
+            raise _fail("child_failed", "; ".join(failed) + ": fix it, then recover this run")
+        ctx.write("children.results", results)
+
+    async def aggregate(ctx: DynContext, io: IoProvider, rec: EventRecorder) -> None:
+        results = ctx.read("children.results") or {}
+        ctx.write("children.total", sum(int(v) for v in results.values()))
+
+    return _plan(
+        "demo_children",
+        [
+            ("run_children", FnState(StateMeta(tags=(standard_tags.COMPUTE,)), run_children)),
+            ("aggregate", FnState(StateMeta(tags=(standard_tags.REPORT,)), aggregate)),
+        ],
+        _chain(["run_children", "aggregate"]),
+    )
+
+
+DEMO_CHILDREN = Operation(
+    op_id=OpId("demo_children"),
+    version="1",
+    description="Fan out N child runs, await them, aggregate their results (a run tree; one child can need a fix).",
+    params_model=ChildrenParams,
+    build_plan=_children_plan,
+    run_config=lambda p: _config(max_attempts=2),
+)
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    DEMO_BIG,
+    DEMO_CHILD,
+    DEMO_CHILDREN,
+    DEMO_FANOUT,
+    DEMO_FIX,
+    DEMO_FLAKY,
+    DEMO_PIPELINE,
+    DEMO_SIDE_EFFECT,
+)

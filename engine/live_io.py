@@ -175,7 +175,12 @@ class LiveIo(_AttemptIo):
         if bound is not None:
             return IoResult(response=await self._read_json(bound), recorded_payload_id=bound)
         _check_key(key)
-        response = await self._get_transport().call(call.namespace, call.request)
+        transport = self._get_transport()
+        keyed = getattr(transport, "call_keyed", None)  # a transport that needs the fact key (child runs, §16)
+        if keyed is not None:
+            response = await keyed(call.namespace, call.request, key)
+        else:
+            response = await transport.call(call.namespace, call.request)
         payload_id = await self._record_bytes(key, _encode_fact(response))
         if payload_id is None:  # bound meanwhile by a concurrent attempt: first binding wins
             bound = self.facts.get(key)

@@ -86,7 +86,7 @@ from engine.events import (
 )
 from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key
-from engine.live_io_router import LiveIoRouter, UnimplementedTransportFactory
+from engine.live_io_router import ALL_NAMESPACES, LiveIoRouter, UnimplementedTransportFactory
 from engine.plan import ExecutionPlan, topological_order
 from engine.stores import CancelRequest
 from engine.transport import LiveTransportFactory
@@ -136,6 +136,8 @@ def _router(transports: Sequence[LiveTransportFactory] | LiveTransportFactory | 
         return UnimplementedTransportFactory()
     if isinstance(transports, LiveIoRouter):
         return transports
+    if isinstance(transports, LiveTransportFactory) and transports.namespace_group == ALL_NAMESPACES:
+        return transports  # takes every namespace itself (e.g. the child-run wrapper, §16): used as is
     factories = [transports] if isinstance(transports, LiveTransportFactory) else list(transports)
     if not factories:
         return UnimplementedTransportFactory()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.child_runs import ChildRunFactory
 from engine.engine import Stores
 from engine.errors import MfmError, StorageError
 from engine.events import RunCompleted
@@ -259,13 +260,30 @@ async def _execute_claim(
     claim = lease.claim
     events = LeasedEventStore(store.events, lease)
     stores = Stores(events=events, artifacts=store.artifacts, control=store.events)
-    target = claim.run_id
-    engine = Engine(
-        plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.artifacts)),
-        transports=[ExecTransportFactory()],
-        cancel_poll_interval=cancel_poll,
-    )
+    resolver = registry.plan_resolver(OperationEnv(artifacts=store.artifacts))
     token = CancelToken()
+    # Children (§16) run as tasks of this worker, in the same store, under the parent's lease; they are waited for
+    # before the claim is released.
+    children = ChildRunFactory(
+        [ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=cancel_poll, cancel=token
+    )
+    engine = Engine(plan_resolver=resolver, transports=children, cancel_poll_interval=cancel_poll)
+    try:
+        return await _execute_with(store, registry, claim, stores, engine, token, crash_loop_limit)
+    finally:
+        await children.drain()
+
+
+async def _execute_with(
+    store: PostgresPoolStore,
+    registry: OperationRegistry,
+    claim: Claim,
+    stores: Stores,
+    engine: Engine,
+    token: CancelToken,
+    crash_loop_limit: int,
+) -> tuple[str, dict[str, Any] | None]:
+    target = claim.run_id
     head = await store.events.head_seq(target)
     if claim.action in ("start", "resume") and head == 0:
         if claim.manifest_id is None:

@@ -62,6 +62,7 @@ guard) and ``main`` (the command line; ``__main__`` runs it).
 from __future__ import annotations
 
 from engine.workers.actions import (
+    cancel_children,
     cancel_run,
     discard_run,
     lease_state,
@@ -131,6 +132,7 @@ __all__ = [
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
+    "cancel_children",
     "cancel_run",
     "discard_run",
     "exit_code_for",

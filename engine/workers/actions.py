@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from engine.child_runs import request_cancel_children, unfinished_children
 from engine.ids import RunId
 from engine.operations import OperationRegistry, PreparedRun, prepare_run
 from engine.stores import RunLister
@@ -15,6 +16,7 @@ from engine.workers.launcher import LaunchingStore, launcher_for
 from engine.workers.pending import fs_pending_run
 
 __all__ = [
+    "cancel_children",
     "cancel_run",
     "discard_run",
     "lease_state",
@@ -70,8 +72,24 @@ async def cancel_run(
 
     When no worker holds the run (worker lost), a resume worker is spawned to carry the cancel out
     (it sees the request and closes the run as Cancelled). Returns whether one was spawned.
+    The parent's unfinished child runs (§16) are asked to cancel too (:func:`cancel_children`).
     """
-    return await launcher_for(store).cancel(run_id, reason, ops_modules=ops_modules)
+    launcher = launcher_for(store)
+    spawned = await launcher.cancel(run_id, reason, ops_modules=ops_modules)
+    children = await request_cancel_children(store.stores, run_id, reason)
+    if spawned:  # the parent had no live worker, so neither have its children: each gets one to close it
+        for child in children:
+            try:
+                await launcher.resume(child, ops_modules=ops_modules)
+            except WorkerError as err:
+                if err.code != "lease_held":
+                    raise
+    return spawned
+
+
+async def cancel_children(store: RunFolders | LaunchingStore, run_id: RunId) -> list[RunId]:
+    """The children a cancel of ``run_id`` would stop (its unfinished child runs), for confirmations."""
+    return await unfinished_children(store.stores, run_id)
 
 
 async def replay_run(store: RunFolders | LaunchingStore, run_id: RunId, *, ops_modules: Sequence[str] = ()) -> RunId:

@@ -9,6 +9,7 @@ import signal
 import time
 from typing import Any
 
+from engine.child_runs import ChildRunFactory
 from engine.engine import RunPhase
 from engine.exec_transport import ExecTransportFactory
 from engine.ids import ArtifactId, RunId
@@ -26,12 +27,16 @@ def _phase_exit(phase: RunPhase) -> int:
     return EXIT_OK if phase is RunPhase.COMPLETED else EXIT_FAILED
 
 
-def _make_engine(store: RunFolders, registry: OperationRegistry, poll: float) -> Engine:
-    return Engine(
-        plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts)),
-        transports=[ExecTransportFactory()],
-        cancel_poll_interval=poll,
+def _make_engine(
+    store: RunFolders, registry: OperationRegistry, poll: float, token: CancelToken
+) -> tuple[Engine, ChildRunFactory]:
+    """The engine of a detached worker: exec, plus child runs (§16) started as tasks of this worker (the worker's
+    token stops them with the parent)."""
+    resolver = registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts))
+    children = ChildRunFactory(
+        [ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=poll, cancel=token
     )
+    return Engine(plan_resolver=resolver, transports=children, cancel_poll_interval=poll), children
 
 
 def _install_signal_handlers(token: Any) -> None:
@@ -68,43 +73,59 @@ async def run_worker(
     with lease, reporting_groups_to(lease):
         token = CancelToken()
         _install_signal_handlers(token)
-        stores = store.stores
-        engine = _make_engine(store, registry, cancel_poll_interval)
-        if action == "run":
-            if manifest_id is None:
-                raise WorkerError.new("usage", "worker run needs --manifest")
-            if await stores.events.head_seq(run_id) > 0:
-                _say(f"run {run_id} already has events; resuming it")
-                action = "resume"
-            else:
-                start = await load_start_run(stores, registry, manifest_id)
-                _say(f"starting run {run_id} ({start.manifest.op_id})")
-                result = await engine.start(stores, start, run_id=run_id, cancel=token)
-                _say(f"run {run_id} {result.phase.value}")
-                return _phase_exit(result.phase)
-        if action == "resume":
-            await require_run(store, run_id)
-            _say(f"resuming run {run_id}")
-            if await reset_crash_loop(stores, run_id, max_orphan_recoveries(), now_millis=time.time_ns() // 1_000_000):
-                _say("it was crash-looping: an explicit resume resets the orphan recovery count")
-            result = await engine.resume(stores, run_id, cancel=token)
+        engine, children = _make_engine(store, registry, cancel_poll_interval, token)
+        try:
+            return await _act(store, registry, engine, action, run_id, lease_run, manifest_id, token)
+        finally:
+            await children.drain()  # children still running (their parent ended without awaiting them) finish
+
+
+async def _act(
+    store: RunFolders,
+    registry: OperationRegistry,
+    engine: Engine,
+    action: str,
+    run_id: RunId,
+    lease_run: RunId,
+    manifest_id: ArtifactId | None,
+    token: CancelToken,
+) -> int:
+    stores = store.stores
+    if action == "run":
+        if manifest_id is None:
+            raise WorkerError.new("usage", "worker run needs --manifest")
+        if await stores.events.head_seq(run_id) > 0:
+            _say(f"run {run_id} already has events; resuming it")
+            action = "resume"
+        else:
+            start = await load_start_run(stores, registry, manifest_id)
+            _say(f"starting run {run_id} ({start.manifest.op_id})")
+            result = await engine.start(stores, start, run_id=run_id, cancel=token)
             _say(f"run {run_id} {result.phase.value}")
             return _phase_exit(result.phase)
-        if action == "replay":
-            await require_run(store, run_id)
-            _say(f"replaying run {run_id} as {lease_run}")
-            verdict = await engine.replay(stores, run_id, run_id=lease_run, cancel=token)
-            payload = verdict_json(verdict)
-            data = (json.dumps(payload, sort_keys=True) + "\n").encode()
-            write_private(store, lease_run, verdict_path(store, lease_run).name, data)
-            _say(f"replay verdict: {payload['verdict']}")
-            return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
-        if action == "recover":
-            _say(f"recovering failed run {run_id} as {lease_run}")
-            result = await engine.recover(stores, run_id, cancel=token, new_run_id=lease_run)
-            _say(f"run {lease_run} {result.phase.value}")
-            return _phase_exit(result.phase)
-        raise WorkerError.new("usage", f"unknown worker action {action!r}")
+    if action == "resume":
+        await require_run(store, run_id)
+        _say(f"resuming run {run_id}")
+        if await reset_crash_loop(stores, run_id, max_orphan_recoveries(), now_millis=time.time_ns() // 1_000_000):
+            _say("it was crash-looping: an explicit resume resets the orphan recovery count")
+        result = await engine.resume(stores, run_id, cancel=token)
+        _say(f"run {run_id} {result.phase.value}")
+        return _phase_exit(result.phase)
+    if action == "replay":
+        await require_run(store, run_id)
+        _say(f"replaying run {run_id} as {lease_run}")
+        verdict = await engine.replay(stores, run_id, run_id=lease_run, cancel=token)
+        payload = verdict_json(verdict)
+        data = (json.dumps(payload, sort_keys=True) + "\n").encode()
+        write_private(store, lease_run, verdict_path(store, lease_run).name, data)
+        _say(f"replay verdict: {payload['verdict']}")
+        return EXIT_OK if payload["verdict"] == "deterministic" else EXIT_FAILED
+    if action == "recover":
+        _say(f"recovering failed run {run_id} as {lease_run}")
+        result = await engine.recover(stores, run_id, cancel=token, new_run_id=lease_run)
+        _say(f"run {lease_run} {result.phase.value}")
+        return _phase_exit(result.phase)
+    raise WorkerError.new("usage", f"unknown worker action {action!r}")
 
 
 def verdict_json(verdict: Any) -> dict[str, Any]:

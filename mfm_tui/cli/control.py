@@ -22,6 +22,7 @@ from engine.workers import (
     EXIT_FAILED,
     EXIT_OK,
     LeaseState,
+    cancel_children,
     cancel_run,
     is_pooled,
     lease_state,
@@ -263,15 +264,19 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
     """Ask a run to stop (its worker cancels within a second)."""
     env = env_of(ctx)
 
-    async def go() -> tuple[RunId, bool]:
+    async def go() -> tuple[RunId, bool, list[RunId]]:
         run_id = await resolve_run_id(env.open_store(write=True), run)
-        return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops)
+        children = await cancel_children(env.store, run_id)
+        return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops), children
 
-    run_id, spawned = run_sync(go())
+    run_id, spawned, children = run_sync(go())
     extra = " (no live worker: a worker was started to close it)" if spawned else ""
     if spawned and is_pooled(env.store):
         extra = " (no worker held it: queued for the worker pool to close it)"
     click.echo(f"cancel requested for run {run_id}{extra}")
+    if children:
+        shown = ", ".join(str(c)[:8] for c in children)
+        click.echo(f"and for its {len(children)} running child run{'s' if len(children) != 1 else ''}: {shown}")
     return EXIT_OK
 
 
@@ -298,14 +303,43 @@ def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
         return EXIT_OK
     model = run_sync(wait_for_run(env, replay_id))
     verdict = _wait_for_verdict(env, replay_id)
+    # A parent's replay is served from its recorded facts (§16): no child runs again inside it. The verdict for the
+    # tree also replays each child (a run of its own) and holds only if every replay is deterministic.
+    children = list(run_sync(load_model(env, source, with_plan=False)).children)
+    child_verdicts: list[tuple[RunId, RunModel, dict[str, Any]]] = []
+    for child in children:
+        child_replay = run_sync(replay_run(env.store, child, ops_modules=env.ops))
+        child_model = run_sync(wait_for_run(env, child_replay))
+        child_verdicts.append((child, child_model, _wait_for_verdict(env, child_replay)))
+    tree_ok = verdict["verdict"] == "deterministic" and all(
+        v["verdict"] == "deterministic" for _, _, v in child_verdicts
+    )
     if as_json:
+        if children:
+            verdict = {**verdict, "children": [v for _, _, v in child_verdicts]}
+            verdict["tree_verdict"] = "deterministic" if tree_ok else "diverged"
         echo_json(verdict)
     else:
-        text = verdict["verdict"]
-        if verdict.get("diverged_state"):
-            text += f" at {verdict['diverged_state']}"
-        click.echo(f"replay of {source} as {replay_id}: {text} ({model.status.label})")
-    return EXIT_OK if verdict["verdict"] == "deterministic" else EXIT_FAILED
+        click.echo(f"replay of {source} as {replay_id}: {_verdict_text(verdict)} ({model.status.label})")
+        for child, child_model, child_verdict in child_verdicts:
+            click.echo(
+                f"  child {child} as {child_verdict['replay_run_id']}: {_verdict_text(child_verdict)}"
+                f" ({child_model.status.label})"
+            )
+        if children:
+            noun = "child" if len(children) == 1 else "children"
+            click.echo(
+                f"tree: {'deterministic' if tree_ok else 'diverged'} (parent + {len(children)} {noun}; the parent's"
+                " replay re-executed no child)"
+            )
+    return EXIT_OK if tree_ok else EXIT_FAILED
+
+
+def _verdict_text(verdict: dict[str, Any]) -> str:
+    text = str(verdict["verdict"])
+    if verdict.get("diverged_state"):
+        text += f" at {verdict['diverged_state']}"
+    return text
 
 
 def _wait_for_verdict(env: Env, replay_id: RunId, timeout: float = 10.0) -> dict[str, Any]:

@@ -10,7 +10,14 @@ from typing import Any
 
 import click
 
-from engine.events import DomainEvent, EventEnvelope, RunCompleted, StateFailed, encode_envelope
+from engine.events import (
+    DOMAIN_EVENT_CHILD_RUN_SPAWNED,
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    StateFailed,
+    encode_envelope,
+)
 from engine.ids import ArtifactId, RunId
 from engine.workers import EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
 from mfm_tui.cli.common import (
@@ -27,7 +34,7 @@ from mfm_tui.cli.common import (
     state_line,
     status_text,
 )
-from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children, tree_order
 
 __all__ = ["artifact", "events", "ops", "runs", "show"]
 
@@ -62,13 +69,14 @@ _STATUS_CHOICES = [s.value for s in RunDisplayStatus]
 @click.command()
 @click.option("--status", "statuses", multiple=True, type=click.Choice(_STATUS_CHOICES), help="Repeatable.")
 @click.option("--op", "op_ids", multiple=True, help="Only runs of this operation (repeatable).")
+@click.option("--tree", is_flag=True, help="Nest child runs under their parent, with a summary of its children.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...], as_json: bool) -> int:
+def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...], tree: bool, as_json: bool) -> int:
     """List runs, most recent first."""
     env = env_of(ctx)
 
-    async def collect() -> list[RunModel]:
+    async def collect() -> tuple[list[RunModel], dict[RunId, RunModel]]:
         max_orphan_recoveries()  # a bad $MFM_MAX_ORPHAN_RECOVERIES is an error even with no run to show
         out = []
         listed = await list_run_ids(env.store)  # with the runs that have no events yet (queued, never started)
@@ -77,6 +85,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
             source = every.get(model.recovered_from) if model.recovered_from is not None else None
             if source is not None:
                 source.recovered_by = model.run_id
+        link_children(every)  # a child's parent (its stream does not name it) and the parent's lease
         for model in every.values():
             if statuses and model.status.value not in statuses:
                 continue
@@ -84,9 +93,9 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                 continue
             out.append(model)
         out.sort(key=lambda m: (m.started_millis or m.requested_millis or 0, str(m.run_id)), reverse=True)
-        return out
+        return out, every
 
-    models = run_sync(collect())
+    models, every = run_sync(collect())
     hosts = {m.run_id: lease_state(env.store, m.run_id).host for m in models}
     now = now_millis()
     if as_json:
@@ -108,6 +117,8 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                     "recovered_from": None if m.recovered_from is None else str(m.recovered_from),
                     "recovered_by": None if m.recovered_by is None else str(m.recovered_by),
                     "crash_loop": m.to_json()["crash_loop"],
+                    "parent_run_id": None if m.parent_run_id is None else str(m.parent_run_id),
+                    "children": [str(c) for c in m.children],
                 }
                 for m in models
             ]
@@ -116,22 +127,34 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
     if not models:
         click.echo("no runs yet: try `mfm start demo_flaky`")
         return EXIT_OK
-    rows = [("RUN", "OP", "STATUS", "STARTED", "DURATION", "STATE", "DONE", "HOST")]
-    for m in models:
-        rows.append(
-            (
-                m.short_id,
-                str(m.op_id or "?"),
-                status_text(m, now),
-                format_timestamp(m.started_millis or m.requested_millis),
-                duration_text(m.duration_millis(now)),
-                state_line(m),
-                f"{m.done}/{m.total}",
-                hosts.get(m.run_id) or "-",
-            )
+    header = ("RUN", "OP", "STATUS", "STARTED", "DURATION", "STATE", "DONE", "HOST")
+    rows: list[tuple[str, ...]] = [(*header, "CHILDREN") if tree else header]
+    ordered = tree_order(models) if tree else [(m, 0) for m in models]
+    for i, (m, depth) in enumerate(ordered):
+        last_child = depth and (i + 1 == len(ordered) or ordered[i + 1][1] == 0)
+        row = (
+            (("└─ " if last_child else "├─ ") if depth else "") + m.short_id,
+            str(m.op_id or "?"),
+            status_text(m, now),
+            format_timestamp(m.started_millis or m.requested_millis),
+            duration_text(m.duration_millis(now)),
+            state_line(m),
+            f"{m.done}/{m.total}",
+            hosts.get(m.run_id) or hosts.get(m.parent_run_id or m.run_id) or "-",
         )
+        rows.append((*row, _children_cell(m, every)) if tree else row)
     print_table(rows)
     return EXIT_OK
+
+
+def _children_cell(model: RunModel, every: dict[RunId, RunModel]) -> str:
+    """A parent's children: ``3 children: 2 ✓ 1 ✗`` and the worst status when it is not completed."""
+    summary = child_summary(model, every)
+    if not summary.total:
+        return ""
+    worst = summary.worst
+    tail = "" if worst is None or worst is RunDisplayStatus.COMPLETED else f" (worst: {worst.label})"
+    return summary.badge + tail
 
 
 @click.command()
@@ -142,10 +165,19 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     """Show one run: status, states, attempts, errors."""
     env = env_of(ctx)
 
-    async def go() -> RunModel:
-        return await load_model(env, await resolve_run_id(env.store, run))
+    async def go() -> tuple[RunModel, dict[RunId, RunModel]]:
+        model = await load_model(env, await resolve_run_id(env.store, run))
+        related = {model.run_id: model}
+        for child in model.children:
+            if await env.store.events.head_seq(child) > 0:
+                related[child] = await load_model(env, child)
+        parent = await _parent_of(env, model.run_id)
+        if parent is not None:
+            related[parent] = await load_model(env, parent, with_plan=False)
+        link_children(related)
+        return model, related
 
-    model = run_sync(go())
+    model, related = run_sync(go())
     now = now_millis()
     info = lease_state(env.store, model.run_id)
     unattended = model.status in (RunDisplayStatus.CRASH_LOOPING, RunDisplayStatus.NOT_STARTED)
@@ -178,6 +210,16 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
         click.echo(f"asked     {format_timestamp(model.requested_millis)} (no RunStarted yet)")
     for line in _unattended_lines(model, log):
         click.echo(line)
+    if model.parent_run_id is not None:
+        parent = related[model.parent_run_id]
+        click.echo(f"parent    {parent.run_id} ({parent.op_id or '?'}, {parent.status_label})")
+    if model.children:
+        click.echo(f"children  {child_summary(model, related).badge}")
+        for ref in model.children.values():
+            child = related.get(ref.run_id)
+            where = "" if ref.state_id is None else f"  from {ref.state_id}"
+            shown = child.status_label if child is not None else (ref.status or "unknown").lower()
+            click.echo(f"  {ref.run_id}  {shown}{where}")
     click.echo("")
     rows = [("STATE", "STATUS", "ATTEMPT", "FACTS", "ERROR")]
     for sv in model.states.values():
@@ -190,6 +232,23 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     for note in model.anomalies:
         click.echo(f"note: {note}", err=True)
     return EXIT_OK
+
+
+async def _parent_of(env: Any, run_id: RunId) -> RunId | None:
+    """The run whose ``child_run_spawned`` names ``run_id`` (a child's own stream does not name its parent)."""
+    for other in await list_run_ids(env.store):
+        if other == run_id:
+            continue
+        for envelope in await env.store.events.read_range(RunId(other), 1):
+            ev = envelope.event
+            if (
+                isinstance(ev, DomainEvent)
+                and ev.name == DOMAIN_EVENT_CHILD_RUN_SPAWNED
+                and isinstance(ev.payload, dict)
+                and ev.payload.get("child_run_id") == str(run_id)
+            ):
+                return RunId(other)
+    return None
 
 
 _LOG_LINES = 8

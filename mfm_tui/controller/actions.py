@@ -121,7 +121,9 @@ def cancel_runs(services: AppServices, run_ids: Sequence[RunId], *, current: Run
         if not models:
             _refuse(services, "run_not_found", f"run {run_ids[0]} is not loaded", "Cannot cancel")
             return
-        plan = describe_cancel(models[0])
+        known = services.watcher.models
+        running = sum(1 for c in models[0].children if c in known and not known[c].status.is_finished)
+        plan = describe_cancel(models[0], running)
         if plan.refusal is not None:
             _refuse(services, *plan.refusal, "Cannot cancel")
             return

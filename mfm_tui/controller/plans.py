@@ -58,7 +58,8 @@ def run_label(model: RunModel) -> str:
     return f"{model.op_id or 'run'} {model.short_id}"
 
 
-def describe_cancel(model: RunModel) -> ActionPlan:
+def describe_cancel(model: RunModel, running_children: int = 0) -> ActionPlan:
+    """What a cancel does, or why it cannot; ``running_children``: its unfinished child runs (stopped with it)."""
     if model.status.is_finished:
         return ActionPlan(
             model.run_id,
@@ -78,6 +79,9 @@ def describe_cancel(model: RunModel) -> ActionPlan:
     if model.status in (RunDisplayStatus.WORKER_LOST, RunDisplayStatus.NOT_STARTED, RunDisplayStatus.CRASH_LOOPING):
         lines.append("No worker holds the run: a worker is started to close it.")
     lines.append("The run then ends Cancelled at its last checkpoint; completed states keep their results.")
+    if running_children:
+        noun = "child run is" if running_children == 1 else "child runs are"
+        lines.append(f"Its {running_children} running {noun} cancelled too.")
     return ActionPlan(model.run_id, lines=tuple(lines))
 
 

@@ -9,9 +9,9 @@ requested. A malformed stream never raises: the fold records an ``anomalies`` li
 Used by the TUI (runs list, run screen) and by the CLI (``mfm runs``, ``mfm show``) so both agree.
 
 Modules: ``enums`` (run, state and lease statuses, the urgency rank), ``views`` (plan shape, attempts, states, retry
-targets) and ``fold`` (``RunModel``). ``RunDisplayStatus`` is the run's status as the monitor shows it (running,
-retrying, worker lost, cancelling, …); the engine's own ``engine.events.RunStatus`` is the status ``RunCompleted``
-records.
+targets), ``fold`` (``RunModel``) and ``tree`` (child runs: links, a parent's summary, tree order).
+``RunDisplayStatus`` is the run's status as the monitor shows it (running, retrying, worker lost, cancelling, …);
+the engine's own ``engine.events.RunStatus`` is the status ``RunCompleted`` records.
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ from mfm_tui.run_model.enums import (
     lease_status_of,
 )
 from mfm_tui.run_model.fold import RunModel
-from mfm_tui.run_model.views import AttemptView, FactRef, PlanShape, RetryTarget, StateView
+from mfm_tui.run_model.tree import ChildSummary, child_summary, link_children, tree_order
+from mfm_tui.run_model.views import AttemptView, ChildRef, FactRef, PlanShape, RetryTarget, StateView
 
 __all__ = [
     "CODE_RUN_CANCELLED",
     "URGENCY",
     "AttemptView",
+    "ChildRef",
+    "ChildSummary",
     "FactRef",
     "LeaseProbe",
     "LeaseStatus",
@@ -41,5 +44,8 @@ __all__ = [
     "RunModel",
     "StateStatus",
     "StateView",
+    "child_summary",
     "lease_status_of",
+    "link_children",
+    "tree_order",
 ]

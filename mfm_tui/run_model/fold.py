@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from engine.config import RunManifest
 from engine.events import (
+    DOMAIN_EVENT_CHILD_RUN_COMPLETED,
+    DOMAIN_EVENT_CHILD_RUN_SPAWNED,
     DOMAIN_EVENT_FACT_RECORDED,
     DOMAIN_EVENT_RECOVERED_FROM,
     DOMAIN_EVENT_RETRY_SCHEDULED,
@@ -40,7 +42,7 @@ from mfm_tui.run_model.enums import (
     RunDisplayStatus,
     StateStatus,
 )
-from mfm_tui.run_model.views import AttemptView, FactRef, PlanShape, RetryTarget, StateView
+from mfm_tui.run_model.views import AttemptView, ChildRef, FactRef, PlanShape, RetryTarget, StateView
 
 __all__ = ["RunModel"]
 
@@ -94,6 +96,10 @@ class RunModel:
         """This run is the recovery run of that failed run (its ``recovered_from`` event)."""
         self.recovered_by: RunId | None = None
         """This failed run was recovered as that run (set by whoever sees both, e.g. the store watcher)."""
+        self.children: dict[RunId, ChildRef] = {}
+        """Child runs this run spawned (its ``child_run_spawned`` events, §16), in spawn order."""
+        self.parent_run_id: RunId | None = None
+        """This run is a child of that run (set by whoever sees both: a child's stream does not name its parent)."""
         """Facts recorded while several attempts were open (fan-out): the stream names no state."""
         if plan is not None:
             self.set_plan(plan)
@@ -255,6 +261,8 @@ class RunModel:
             sv.scheduled_next_attempt = rs.next_attempt
             self._refresh(sv)
             return
+        if ev.name in (DOMAIN_EVENT_CHILD_RUN_SPAWNED, DOMAIN_EVENT_CHILD_RUN_COMPLETED):
+            self._fold_child(seq, ev)
         if not self._open:
             return  # a domain event outside any attempt (op boundaries, child runs)
         fact: FactRef | None = None
@@ -279,6 +287,28 @@ class RunModel:
         att.domain_events += 1
         if fact is not None:
             att.facts.append(fact)
+
+    def _fold_child(self, seq: int, ev: DomainEvent) -> None:
+        payload: Any = ev.payload
+        try:
+            child = RunId(payload.get("child_run_id")) if isinstance(payload, dict) else None
+        except ValueError:
+            child = None
+        if child is None:
+            self._anomaly(f"seq {seq}: malformed {ev.name} payload")
+            return
+        if ev.name == DOMAIN_EVENT_CHILD_RUN_SPAWNED:
+            if child not in self.children:
+                state = self._open[-1] if len(self._open) == 1 else None
+                self.children[child] = ChildRef(run_id=child, state_id=state, spawned_seq=seq)
+            return
+        ref = self.children.get(child)
+        if ref is not None:
+            ref.status = str(payload.get("status"))
+
+    def children_of_state(self, state_id: StateId) -> list[ChildRef]:
+        """The children one state spawned, in spawn order."""
+        return [c for c in self.children.values() if c.state_id == state_id]
 
     def _state(self, state_id: StateId) -> StateView:
         sv = self.states.get(state_id)
@@ -517,6 +547,15 @@ class RunModel:
             "cancel_requested": self.cancel_requested,
             "requested_millis": self.requested_millis,
             "crash_loop": self._crash_loop_json(),
+            "parent_run_id": None if self.parent_run_id is None else str(self.parent_run_id),
+            "children": [
+                {
+                    "run_id": str(c.run_id),
+                    "state_id": None if c.state_id is None else str(c.state_id),
+                    "joined_status": c.status,
+                }
+                for c in self.children.values()
+            ],
             "anomalies": list(self.anomalies),
             "states": [
                 {

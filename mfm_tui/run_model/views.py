@@ -8,11 +8,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.ids import ArtifactId, StateId
+from engine.ids import ArtifactId, RunId, StateId
 from engine.plan import ExecutionPlan, topological_order
 from mfm_tui.run_model.enums import StateStatus
 
-__all__ = ["AttemptView", "FactRef", "PlanShape", "RetryTarget", "StateView"]
+__all__ = ["AttemptView", "ChildRef", "FactRef", "PlanShape", "RetryTarget", "StateView"]
+
+
+@dataclass(slots=True)
+class ChildRef:
+    """A child run as its parent's stream announces it (ENGINE-SPEC §16 linkage events).
+
+    ``state_id``: the state whose attempt spawned it (``None`` when several attempts were open); ``status``: what
+    the parent's ``child_run_completed`` recorded once it joined the child (``None`` before)."""
+
+    run_id: RunId
+    state_id: StateId | None
+    spawned_seq: int
+    status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

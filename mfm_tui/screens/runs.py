@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,14 +28,14 @@ from mfm_tui import controller
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
-from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children
 from mfm_tui.screens.start import StartScreen
 from mfm_tui.services import services_of
-from mfm_tui.widgets.run_table import RunTable, now_text
+from mfm_tui.widgets.run_table import RowTree, RunTable, now_text
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
 
-__all__ = ["SORT_KEYS", "RunFilter", "RunsScreen", "order_models"]
+__all__ = ["SORT_KEYS", "RunFilter", "RunsScreen", "nest_children", "order_models"]
 
 SORT_KEYS = ("urgency", "newest", "oldest", "op", "duration")
 LOADING_REBUILD_SECONDS = 0.3
@@ -125,6 +126,32 @@ def order_models(models: Iterable[RunModel], sort: str, now_millis: int) -> list
     return rows
 
 
+def nest_children(
+    rows: list[RunModel], models: Mapping[RunId, RunModel], collapsed: AbstractSet[RunId] = frozenset()
+) -> tuple[list[RunModel], dict[RunId, RowTree]]:
+    """Rows (in display order) as a run tree: each parent followed by its shown children in spawn order (none when
+    it is collapsed). A child whose parent is not shown (another tab, the filter) stays a top-level row. A parent's
+    ``RowTree`` carries the summary of all its children, shown or not."""
+    shown = {m.run_id for m in rows}
+    out: list[RunModel] = []
+    tree: dict[RunId, RowTree] = {}
+    for model in rows:
+        if model.parent_run_id is not None and model.parent_run_id in shown:
+            continue
+        out.append(model)
+        if not model.children:
+            continue
+        folded = model.run_id in collapsed
+        tree[model.run_id] = RowTree(children=child_summary(model, models), collapsed=folded)
+        if folded:
+            continue
+        kids = [models[c] for c in model.children if c in shown]
+        for i, child in enumerate(kids):
+            out.append(child)
+            tree[child.run_id] = RowTree(depth=1, last=i == len(kids) - 1)
+    return out, tree
+
+
 class RunsScreen(Screen[None]):
     """Home: the runs list.
 
@@ -145,6 +172,10 @@ class RunsScreen(Screen[None]):
         Binding("r", "resume_runs", "Resume", tooltip="Resume the run, or the marked runs (confirmation first)"),
         Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
         Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff two marked runs: final snapshots, manifests"),
+        Binding(
+            "left,h", "collapse", "Collapse", show=False, tooltip="Fold a parent's child runs (or go to the parent)"
+        ),
+        Binding("right,l", "expand", "Expand", show=False, tooltip="Unfold a parent's child runs"),
     ]
     """
     | Key(s) | Description |
@@ -160,6 +191,7 @@ class RunsScreen(Screen[None]):
     | r | Resume the run, or the marked runs (confirmation first). |
     | p | Replay the finished run and compare. |
     | d | Diff two marked runs: final snapshots, manifests. |
+    | left, h / right, l | Fold / unfold a parent's child runs (on a child: go to its parent). |
     """
 
     CONTROLS: ClassVar[frozenset[str]] = frozenset({"start_run", "cancel_runs", "resume_runs", "replay_run"})
@@ -190,6 +222,8 @@ class RunsScreen(Screen[None]):
         self._rebuild_timer: Timer | None = None
         self._glyphs = glyphs
         self.marked: set[RunId] = set()
+        self.collapsed: set[RunId] = set()
+        """Parents whose child runs are folded away."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-summary")
@@ -219,7 +253,9 @@ class RunsScreen(Screen[None]):
             for m in self.models.values()
             if tab_matches(self.tab, m.status) and (self.filter.is_empty or self.filter.matches(m, now))
         ]
-        self.query_one(RunTable).set_rows(order_models(shown, self.sort, now), keep_cursor=self.loaded)
+        link_children(self.models)  # a child's stream does not name its parent: link them before nesting
+        rows, tree = nest_children(order_models(shown, self.sort, now), self.models, self.collapsed)
+        self.query_one(RunTable).set_rows(rows, keep_cursor=self.loaded, tree=tree)
         empty = self.loaded and not self.models and self.store_error is None
         self.query_one(Welcome).display = empty
         self.query_one(RunTable).display = not empty
@@ -342,6 +378,26 @@ class RunsScreen(Screen[None]):
             self.notify("mark two runs with space, then d diffs them", timeout=3)
             return
         controller.diff_runs(services_of(self.app), marked[0], marked[1])
+
+    def action_collapse(self) -> None:
+        table = self.query_one(RunTable)
+        model = self.models.get(table.cursor_run_id) if table.cursor_run_id is not None else None
+        if model is None:
+            return
+        if model.children and model.run_id not in self.collapsed:
+            self.collapsed.add(model.run_id)
+            self.rebuild()
+        elif model.parent_run_id is not None:
+            row = table.row_of(model.parent_run_id)
+            if row is not None:
+                table.cursor_row = row
+
+    def action_expand(self) -> None:
+        table = self.query_one(RunTable)
+        run_id = table.cursor_run_id
+        if run_id is not None and run_id in self.collapsed:
+            self.collapsed.discard(run_id)
+            self.rebuild()
 
     # ------------------------------------------------------------------ internals
 

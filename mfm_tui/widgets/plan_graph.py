@@ -155,6 +155,7 @@ class PlanGraph(ScrollView, can_focus=True):
         self._g_nodes: tuple[str, ...] = ()
         self._g_edges: tuple[tuple[str, str], ...] = ()
         self._states: Mapping[str, StateView] = {}
+        self._badges: dict[str, str] = {}
         self._g_expanded: set[int] = set()
         self._now = 0
         self._layout: GraphLayout | None = None
@@ -164,12 +165,19 @@ class PlanGraph(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ data in
 
     def set_graph(
-        self, nodes: Sequence[str], edges: Sequence[tuple[str, str]], states: Mapping[str, StateView], now_millis: int
+        self,
+        nodes: Sequence[str],
+        edges: Sequence[tuple[str, str]],
+        states: Mapping[str, StateView],
+        now_millis: int,
+        badges: Mapping[str, str] | None = None,
     ) -> None:
-        """New data: re-layout if the shape changed, relabel always."""
+        """New data: re-layout if the shape changed, relabel always. ``badges``: a short text after a state's label
+        (the child runs it spawned, ``3 children: 2 ✓ 1 ✗``)."""
         shape_changed = tuple(nodes) != self._g_nodes or tuple(edges) != self._g_edges
         self._g_nodes, self._g_edges = tuple(nodes), tuple(edges)
         self._states = states
+        self._badges = dict(badges or {})
         self._now = now_millis
         if shape_changed or self._layout is None:
             self._relayout()
@@ -287,6 +295,9 @@ class PlanGraph(ScrollView, can_focus=True):
             for n, sv in self._states.items()
             if n in self._g_nodes
         }
+        for n, badge in self._badges.items():
+            if n in labels:
+                labels[n] += f" [{badge}]"
         self._picture = render_graph(self._layout, labels, ascii_only=self.ascii_only)
         self.virtual_size = Size(self._picture.width, len(self._picture.rows))
         self.refresh()

@@ -7,8 +7,9 @@ nothing jumps under the cursor. Row order and filtering are the screen's (``orde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
@@ -25,13 +26,37 @@ from engine.ids import RunId
 from engine.runtime import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs, status_class
 from mfm_tui.messages import RunSelected
-from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.run_model import ChildSummary, RunDisplayStatus, RunModel
 from mfm_tui.time_format import format_ago, format_countdown, format_duration
 
-__all__ = ["FULL_TICKS", "RunTable", "now_text"]
+__all__ = ["FULL_TICKS", "RowTree", "RunTable", "now_text"]
 
 FULL_TICKS = 15
 """Every 15th tick repaints every visible row; the others only the unfinished ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowTree:
+    """A row's place in the run tree (child runs, ENGINE-SPEC §16): a child is drawn indented under its parent;
+    a parent shows whether it is expanded, how many children it has and the worst child status."""
+
+    depth: int = 0
+    last: bool = False
+    """The last child of its parent (drawn with a corner instead of a tee)."""
+    children: ChildSummary | None = None
+    collapsed: bool = False
+
+
+def children_text(tree: RowTree, glyphs: Glyphs) -> str:
+    """``▾3 ✗ failed`` (expanded, worst child failed), ``▸2 ✓`` (collapsed, all completed); empty for no children."""
+    summary = tree.children
+    if summary is None or not summary.total:
+        return ""
+    marker = (">" if tree.collapsed else "v") if glyphs.ascii else ("▸" if tree.collapsed else "▾")
+    worst = summary.worst
+    if worst is None or worst is RunDisplayStatus.COMPLETED:
+        return f"{marker}{summary.total} {glyphs.run[RunDisplayStatus.COMPLETED]}"
+    return f"{marker}{summary.total} {glyphs.run[worst]} {worst.label}"
 
 
 def _fit(text: str, width: int, ellipsis: str) -> str:
@@ -155,6 +180,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._clock = clock
         self._rows: list[RunModel] = []
         self._index: dict[RunId, int] = {}
+        self._tree: Mapping[RunId, RowTree] = {}
         self._glyphs: Glyphs = UNICODE
         self._ticks = 0
         self.marked: AbstractSet[RunId] = frozenset()
@@ -172,18 +198,26 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
             return self._rows[self.cursor_row].run_id
         return None
 
+    def row_of(self, run_id: RunId) -> int | None:
+        """The row showing ``run_id``, if shown."""
+        return self._index.get(run_id)
+
     def set_glyphs(self, glyphs: Glyphs) -> None:
         self._glyphs = glyphs
         if self.is_mounted:
             self.refresh()
 
-    def set_rows(self, rows: Sequence[RunModel], *, keep_cursor: bool = True) -> None:
+    def set_rows(
+        self, rows: Sequence[RunModel], *, keep_cursor: bool = True, tree: Mapping[RunId, RowTree] | None = None
+    ) -> None:
         """Replace the rows, keeping the cursor on the same run (and that run at the same height).
 
-        ``keep_cursor=False`` (while the first load streams in) leaves the cursor on the same row.
+        ``keep_cursor=False`` (while the first load streams in) leaves the cursor on the same row. ``tree``: the
+        rows' places in the run tree (rows not in it are top-level runs without children).
         """
         keep = self.cursor_run_id if keep_cursor else None
         old_row = self.cursor_row
+        self._tree = tree or {}
         self._rows = list(rows)
         self._index = {m.run_id: i for i, m in enumerate(self._rows)}
         self.virtual_size = Size(self.size.width, len(self._rows) + 1)
@@ -280,12 +314,18 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
             or model.load_error
         )
         mark = (">" if g.ascii else "▶") if model.run_id in self.marked else " "
+        tree = self._tree.get(model.run_id)
+        op_text = model.op_id or g.dash
+        if tree is not None and tree.depth:
+            op_text = f"{g.corner_bottom_left if tree.last else g.tee_right} {op_text}"
+        elif tree is not None and tree.children is not None:
+            now_txt = f"{children_text(tree, g)}  {now_txt}".rstrip()
         segments = [
             Segment(mark, base + Style(bold=True)),
             Segment(_fit(glyph, 2, ""), base + role_style),
             Segment(" ", base),
             Segment(_fit(model.short_id, 9, ""), base if is_cursor else base + id_style),
-            Segment(_fit(model.op_id or g.dash, op_w, g.ellipsis) + " ", base),
+            Segment(_fit(op_text, op_w, g.ellipsis) + " ", base),
             Segment(_fit(format_ago(model.started_millis, now_ms), 9, g.ellipsis), base),
             Segment(_fit(format_duration(model.duration_millis(now_ms)), 7, ""), base),
             Segment(_fit(now_txt, now_w, g.ellipsis) + " ", base + role_style if urgent else base),

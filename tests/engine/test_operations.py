@@ -250,10 +250,23 @@ async def _run_demo(op_id: str, params: dict[str, Any], **kw: Any) -> tuple[Memo
 def test_every_demo_has_a_json_schema_and_a_valid_default_plan(tmp_path: Path) -> None:
     reg = load_registry(["engine.demo_ops"], entry_points=False)
     ids = [str(o.op_id) for o in reg.operations()]
-    assert ids == ["demo_big", "demo_fanout", "demo_fix", "demo_flaky", "demo_pipeline", "demo_side_effect"]
+    assert ids == [
+        "demo_big",
+        "demo_child",
+        "demo_children",
+        "demo_fanout",
+        "demo_fix",
+        "demo_flaky",
+        "demo_pipeline",
+        "demo_side_effect",
+    ]
+    required: dict[str, dict[str, Any]] = {
+        "demo_side_effect": {"folder": str(tmp_path)},
+        "demo_child": {"pipeline": {}, "input": {"index": 0}},  # made by its parent (§16 child manifest)
+    }
     for op in reg.operations():
         json.dumps(op.describe())
-        params = op.validate_params({"folder": str(tmp_path)} if op.op_id == "demo_side_effect" else {})
+        params = op.validate_params(required.get(str(op.op_id), {}))
         plan = op.build_plan(params, OperationEnv())
         assert plan.op_id == op.op_id
         assert op.config_for(params).exec_allowlist is not None

@@ -35,12 +35,13 @@ from engine.ids import RunId
 from engine.runtime import Clock, SystemClock
 from mfm_tui import controller
 from mfm_tui.clipboard import copy_text
-from mfm_tui.glyphs import Glyphs
+from mfm_tui.glyphs import ASCII, UNICODE, Glyphs
 from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query
 from mfm_tui.messages import CancelRequested, StoreChanged
-from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
+from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, child_summary
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
 from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens.run.children import ChildPicker
 from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
@@ -50,7 +51,7 @@ from mfm_tui.widgets.plan_graph import PlanGraph
 from mfm_tui.widgets.run_header import RunHeader
 from mfm_tui.widgets.state_panel import StatePanel
 
-__all__ = ["EventDialog", "RunHistory", "RunLoader", "RunScreen", "events_path_of"]
+__all__ = ["ChildPicker", "EventDialog", "RunHistory", "RunLoader", "RunScreen", "events_path_of"]
 
 POLL_SECONDS = 0.1
 NARROW = 100
@@ -66,6 +67,7 @@ class RunScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Close the panel / clear the filter / back to the runs"),
+        Binding("backspace", "to_parent", "Parent", show=False, tooltip="A child run: back to its parent run"),
         Binding("f", "toggle_follow", "Follow", tooltip="Follow new events on/off (scrolling up pauses it)"),
         Binding("slash", "filter", "Filter", tooltip="Filter the log: kind=… state=… text=…; bare words find"),
         Binding("n", "find_next", "Find next", tooltip="Next log line with the find text"),
@@ -88,7 +90,8 @@ class RunScreen(Screen[None]):
     """
     | Key(s) | Description |
     | :- | :- |
-    | escape | Close the panel / clear the filter / leave time travel / back to the runs. |
+    | escape | Close the panel / clear the filter / leave time travel / back to the runs (or the parent run). |
+    | backspace | A child run opened from its parent: back to the parent, where it was. |
     | f | Follow new events on/off. |
     | slash | Filter the log (`kind=… state=… text=…`; bare words find). |
     | n, N | Next / previous log line with the find text. |
@@ -107,6 +110,8 @@ class RunScreen(Screen[None]):
     DEFAULT_CSS = """
     RunScreen > #time-banner { display: none; height: 1; background: $warning; color: $background; text-style: bold; }
     RunScreen.-time-travel > #time-banner { display: block; }
+    RunScreen > #breadcrumb { display: none; height: 1; color: $text-muted; }
+    RunScreen.-child > #breadcrumb { display: block; }
     App.-theme-mfm-ascii RunScreen > #time-banner { background: $foreground; color: $background; }
     """
 
@@ -123,9 +128,13 @@ class RunScreen(Screen[None]):
         lease_probe: Callable[[RunId], LeaseStatus] | None = None,
         ascii_only: bool | None = None,
         poll: bool | None = None,
+        path: tuple[tuple[RunId, str], ...] = (),
     ) -> None:
         super().__init__()
         self.run_id = RunId(run_id)
+        self.path = path
+        """A child run opened from its parent's screen: the ``(run id, spawning state)`` of each ancestor, root
+        first (the breadcrumb; ``esc``/``backspace`` return to the parent screen below this one)."""
         self._store = store
         self._clock = clock
         self._plan_resolver = plan_resolver
@@ -201,6 +210,7 @@ class RunScreen(Screen[None]):
     # ------------------------------------------------------------------ compose
 
     def compose(self) -> ComposeResult:
+        yield Static("", id="breadcrumb")
         yield RunHeader(ascii_only=self.ascii_only, id="run-header")
         yield Static("", id="time-banner")
         with Horizontal(id="run-top"):
@@ -228,6 +238,8 @@ class RunScreen(Screen[None]):
         self.query_one("#panel-box").border_title = "State"
         self._set_log_title()
         self._apply_width(self.app.size.width)
+        self.set_class(bool(self.path), "-child")
+        self._render_breadcrumb()
         self.query_one(EventLog).focus()
         self._render_header()
         self._open()
@@ -243,6 +255,8 @@ class RunScreen(Screen[None]):
         """The app's store watcher saw this run grow (``app.sync_store()`` in tests)."""
         if self.run_id in message.run_ids:
             await self.poll()
+        elif self._model_ready and not message.run_ids.isdisjoint(self.model.children):
+            self._render_all()  # a child's stream grew (e.g. its RunCompleted): the state's badge changes
 
     async def on_cancel_requested(self, message: CancelRequested) -> None:
         """A cancel of this run was requested: it shows "cancelling" until ``RunCompleted`` lands."""
@@ -259,6 +273,12 @@ class RunScreen(Screen[None]):
     @on(PlanGraph.StateSelected)
     def _on_state_selected(self, event: PlanGraph.StateSelected) -> None:
         self.selected = event.state_id
+        refs = self.view_model.children_of_state(event.state_id)  # type: ignore[arg-type]
+        if refs:  # a state that spawned child runs: drill into one
+            title = f"{event.state_id.rsplit('.', 1)[-1]}: {len(refs)} child run{'s' if len(refs) != 1 else ''}"
+            picker = ChildPicker(title, refs, self._all_models(), self.app_glyphs)
+            self.app.push_screen(picker, lambda chosen: self.open_child(chosen, event.state_id))
+            return
         self._render_panel(self.clock.now_millis())
         if self.has_class("-narrow"):
             self.add_class("-panel-open")
@@ -319,6 +339,16 @@ class RunScreen(Screen[None]):
             return
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
+
+    def action_to_parent(self) -> None:
+        if self.path and len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def open_child(self, child: RunId | None, state_id: str) -> None:
+        """Drill into ``child`` (spawned by ``state_id``): its run screen on top of this one, with the breadcrumb."""
+        if child is None:
+            return
+        self.app.push_screen(RunScreen(run_id=child, path=(*self.path, (self.run_id, state_id))))
 
     def action_toggle_follow(self) -> None:
         self.query_one(EventLog).action_toggle_follow()
@@ -528,11 +558,49 @@ class RunScreen(Screen[None]):
         nodes = [str(s) for s in m.states]
         return nodes, [(a, b) for a, b in itertools.pairwise(nodes)]
 
+    @property
+    def app_glyphs(self) -> Glyphs:
+        return ASCII if self.ascii_only else UNICODE
+
+    def _all_models(self) -> dict[RunId, RunModel]:
+        services = self.services
+        models = dict(services.watcher.models) if services is not None else {}
+        models[self.run_id] = self.model
+        return models
+
+    def _badges(self) -> dict[str, str]:
+        """``3 children: 2 ✓ 1 ✗`` for each state that spawned child runs (the children's live status)."""
+        model = self.view_model
+        if not model.children:
+            return {}
+        models = self._all_models()
+        states = {ref.state_id for ref in model.children.values() if ref.state_id is not None}
+        badges = {str(s): child_summary(model, models, s).badge for s in states}
+        if self.ascii_only:
+            badges = {k: v.replace("✓", "ok").replace("✗", "x").replace("⟳", "~") for k, v in badges.items()}
+        return badges
+
+    def _render_breadcrumb(self) -> None:
+        if not self.path:
+            return
+        models = self._all_models()
+        sep = " > " if self.ascii_only else " › "
+        parts = ["runs"]
+        for run_id, state_id in self.path:
+            parent = models.get(run_id)
+            parts.append(f"{parent.op_id if parent is not None and parent.op_id else '?'} {run_id[:8]}")
+            parts.append(state_id.rsplit(".", 1)[-1])
+        me = models.get(self.run_id)
+        parts.append(f"{me.op_id if me is not None and me.op_id else '?'} {self.run_id[:8]}")
+        self.query_one("#breadcrumb", Static).update(sep.join(parts) + "   (backspace: parent)")
+
     def _render_all(self) -> None:
         now = self._now()
         nodes, edges = self._graph_shape()
         graph = self.query_one(PlanGraph)
-        graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now)
+        graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now, self._badges())
+        if self.path:
+            self._render_breadcrumb()
         if self.selected is None and graph.cursor is not None:
             self.selected = graph.cursor
         self._render_header(now)
