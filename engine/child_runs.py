@@ -30,6 +30,7 @@ operation that spawns children should run under ``Normal`` or above.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ from engine._runtime.cancel import CancelToken
 from engine._runtime.clock import Clock, Sleeper, as_clock
 from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.executor import check_execution_mode, check_manifest_contract
+from engine._runtime.pending import PendingArtifacts
 from engine._runtime.writer import EventWriter
 from engine._wire import construct
 from engine.artifacts import read_canonical_json, verified_put_json
@@ -193,6 +195,15 @@ class _GuardedTransport:
         return await self._inner.call(namespace, request)
 
 
+def durable_stores(stores: Stores) -> Stores:
+    """The stores under a parent's pending-blob overlay (issue 12's unit of work): a child's manifest, initial
+    snapshot and stream must be durable before the parent's next commit names them (a parent that crashes before
+    that commit must still find its running children, CONFORMANCE 88), and a child run gets its own overlay."""
+    if isinstance(stores.artifacts, PendingArtifacts):
+        return dataclasses.replace(stores, artifacts=stores.artifacts.store)
+    return stores
+
+
 class ChildRunFactory:
     """Wraps the live transport factory with the two ``machine.child_run.*`` namespaces (§16).
 
@@ -261,7 +272,7 @@ class ChildRunFactory:
 
     async def spawn(self, context: TransportContext, request: Any, fact_key: str) -> dict[str, Any]:
         req: ChildRunSpawnRequest = _parse_request(ChildRunSpawnRequest, "child_run_spawn_v1", request)
-        stores = context.stores
+        stores = durable_stores(context.stores)
         child = child_run_id(context.run_id, fact_key)
         manifest = child_manifest(req)
         try:
@@ -323,7 +334,7 @@ class ChildRunFactory:
 
     async def await_child(self, context: TransportContext, request: Any) -> dict[str, Any]:
         req: ChildRunAwaitRequest = _parse_request(ChildRunAwaitRequest, "child_run_await_v1", request)
-        stores = context.stores
+        stores = durable_stores(context.stores)
         child = req.child_run_id
         started = await _run_started(stores, child)
         if started is None:

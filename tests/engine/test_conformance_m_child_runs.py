@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from engine.artifacts import read_canonical_json
 from engine.child_runs import (
     CHILD_RUN_AWAIT,
     CHILD_RUN_SPAWN,
@@ -320,8 +321,6 @@ async def test_m88_parent_crash_after_spawn_children_still_running(stores: Store
         e.event.payload for e in envs if isinstance(e.event, DomainEvent) and e.event.name == "fact_recorded"
     ]
     for p in spawned_payloads:
-        from engine.artifacts import read_canonical_json
-
         resp = await read_canonical_json(stores.artifacts, ArtifactId(p["payload_id"]))
         cenvs = await read_events(stores, RunId(resp["child_run_id"]))
         assert cenvs[0].event.initial_snapshot_id == resp["child_initial_snapshot_id"]
