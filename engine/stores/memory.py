@@ -16,6 +16,7 @@ from engine.stores._base import (
     CODE_CONCURRENCY,
     CancelRequest,
     ChangeBatch,
+    RetryNowRequest,
     check_artifact_id,
     check_run_id,
     validate_batch,
@@ -31,6 +32,7 @@ class MemoryEventStore:
         self._streams: dict[RunId, list[EventEnvelope]] = {}
         self._journal: list[RunId] = []
         self._cancels: dict[RunId, CancelRequest] = {}
+        self._retry_nows: dict[tuple[RunId, str, int], RetryNowRequest] = {}
         self._lock = asyncio.Lock()
 
     async def head_seq(self, run_id: RunId) -> int:
@@ -75,6 +77,15 @@ class MemoryEventStore:
 
     async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
         return self._cancels.get(check_run_id(run_id))
+
+    async def request_retry_now(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
+        run_id = check_run_id(run_id)
+        key = (run_id, str(state_id), int(attempt))
+        req = RetryNowRequest(run_id, key[1], key[2], int(time.time() * 1000))
+        return self._retry_nows.setdefault(key, req)
+
+    async def retry_now_request(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest | None:
+        return self._retry_nows.get((check_run_id(run_id), str(state_id), int(attempt)))
 
 
 class MemoryArtifactStore:

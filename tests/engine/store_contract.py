@@ -404,3 +404,19 @@ class StoreContract:
         assert again == req
         assert await second.events.cancel_request(run) == req
         assert await store.events.cancel_request(new_run()) is None
+
+    async def test_retry_now_requests_are_per_state_and_attempt(self, store: Any, second: Any) -> None:
+        run = new_run()
+        state = "machine.main.s/1 ../weird"  # a state id never becomes a path
+        assert await store.events.retry_now_request(run, state, 1) is None
+        req = await store.events.request_retry_now(run, state, 1)
+        assert (req.run_id, req.state_id, req.attempt) == (run, state, 1)
+        assert req.requested_at_millis > 0
+        assert await second.events.request_retry_now(run, state, 1) == req  # the first one wins
+        assert await second.events.retry_now_request(run, state, 1) == req
+        assert await store.events.retry_now_request(run, state, 2) is None
+        assert await store.events.retry_now_request(run, "machine.main.other", 1) is None
+        assert await store.events.retry_now_request(new_run(), state, 1) is None
+        with pytest.raises(StorageError) as info:
+            await store.events.request_retry_now("../../etc", state, 1)
+        assert info.value.code == "invalid_run_id"
