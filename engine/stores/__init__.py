@@ -9,6 +9,7 @@ monitor's ``RunLister`` and the control plane's ``ControlStore``. Backends: :mod
 from engine._kinds import ArtifactKind
 from engine.stores._base import (
     CODE_CONCURRENCY,
+    ArtifactLister,
     ArtifactStore,
     Blob,
     CancelRequest,
@@ -30,6 +31,7 @@ from engine.stores.memory import MemoryArtifactStore, MemoryEventStore, MemorySt
 __all__ = [
     "CODE_CONCURRENCY",
     "ArtifactKind",
+    "ArtifactLister",
     "ArtifactStore",
     "Blob",
     "CancelRequest",

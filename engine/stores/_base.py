@@ -22,6 +22,7 @@ from engine.ids import ArtifactId, RunId, StateId
 
 __all__ = [
     "CODE_CONCURRENCY",
+    "ArtifactLister",
     "ArtifactStore",
     "Blob",
     "CancelRequest",
@@ -137,6 +138,15 @@ class RunLister(Protocol):
 
     async def changes_since(self, cursor: int | None) -> ChangeBatch:
         """Runs changed since ``cursor`` (``None``: start from now, returning no runs)."""
+        ...
+
+
+@runtime_checkable
+class ArtifactLister(Protocol):
+    """Artifact ids by prefix (``mfm artifact 9c1e``), as run ids are resolved by prefix."""
+
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        """At most ``limit`` stored ids starting with ``prefix`` (lowercase hex), sorted."""
         ...
 
 

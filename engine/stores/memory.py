@@ -95,6 +95,9 @@ class MemoryArtifactStore:
         self._blobs: dict[ArtifactId, bytes] = {}
         self.kinds: dict[ArtifactId, ArtifactKind] = {}
 
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        return sorted(a for a in self._blobs if a.startswith(prefix))[: max(limit, 0)]
+
     async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
         data = bytes(data)
         aid = artifact_id_for_bytes(data)

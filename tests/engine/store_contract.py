@@ -405,6 +405,17 @@ class StoreContract:
         assert await second.events.cancel_request(run) == req
         assert await store.events.cancel_request(new_run()) is None
 
+    async def test_artifact_ids_by_prefix(self, store: Any) -> None:
+        ids = sorted([await store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, b"%d" % n) for n in range(40)])
+        assert await store.artifacts.ids_with_prefix(ids[0], 5) == [ids[0]]
+        fan = ids[0][0]
+        same = [a for a in ids if a.startswith(fan)]
+        assert await store.artifacts.ids_with_prefix(fan, 99) == same
+        assert await store.artifacts.ids_with_prefix("", 99) == ids
+        assert await store.artifacts.ids_with_prefix("", 3) == ids[:3]
+        assert await store.artifacts.ids_with_prefix("%", 9) == []  # never a wildcard or a path
+        assert await store.artifacts.ids_with_prefix("../", 9) == []
+
     async def test_retry_now_requests_are_per_state_and_attempt(self, store: Any, second: Any) -> None:
         run = new_run()
         state = "machine.main.s/1 ../weird"  # a state id never becomes a path

@@ -129,5 +129,6 @@ class Queries:
             " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM fix)"
         )
         self.get = q("SELECT data FROM {mfm_artifacts} WHERE id = %s")
+        self.ids_with_prefix = q("SELECT id FROM {mfm_artifacts} WHERE id LIKE %s ORDER BY id LIMIT %s")
         self.exists = q("SELECT 1 FROM {mfm_artifacts} WHERE id = %s")
         self.kind = q("SELECT kind FROM {mfm_artifacts} WHERE id = %s")
