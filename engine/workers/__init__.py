@@ -72,6 +72,7 @@ from engine.workers.actions import (
     replay_run,
     resume_run,
     start_run,
+    worker_leases,
     worker_log_tail,
 )
 from engine.workers.base import (
@@ -87,6 +88,7 @@ from engine.workers.base import (
     ResumeOutcome,
     RunFolders,
     WorkerError,
+    WorkerLease,
     exit_code_for,
     is_pooled,
     storage_full,
@@ -131,6 +133,7 @@ __all__ = [
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
+    "WorkerLease",
     "cancel_run",
     "discard_run",
     "exit_code_for",
@@ -154,6 +157,7 @@ __all__ = [
     "storage_full",
     "verdict_json",
     "verdict_path",
+    "worker_leases",
     "worker_log_tail",
     "write_pending",
 ]
