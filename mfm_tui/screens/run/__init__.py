@@ -84,6 +84,7 @@ class RunScreen(Screen[None]):
         Binding("left_square_bracket", "history(-1)", "Back in time", tooltip="Time travel: one event back"),
         Binding("right_square_bracket", "history(1)", "Forward", show=False, tooltip="Time travel: one event on"),
         Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
+        Binding("R", "retry_now", "Retry now", tooltip="Cut the selected (or next) retry's backoff short"),
     ]
     """
     | Key(s) | Description |
@@ -102,6 +103,7 @@ class RunScreen(Screen[None]):
     | d | Diff the selected state's result against its base. |
     | [, ] | Time travel: one event back / on. |
     | t | Time travel: show the run as of a seq. |
+    | R | Retry now: cut the selected (or next) retry's backoff short (confirmation first). |
     """
 
     DEFAULT_CSS = """
@@ -110,7 +112,7 @@ class RunScreen(Screen[None]):
     App.-theme-mfm-ascii RunScreen > #time-banner { background: $foreground; color: $background; }
     """
 
-    CONTROLS: ClassVar[frozenset[str]] = frozenset({"cancel_run", "resume_run", "replay_run"})
+    CONTROLS: ClassVar[frozenset[str]] = frozenset({"cancel_run", "resume_run", "replay_run", "retry_now", "rerun"})
     """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""
 
     def __init__(
@@ -291,7 +293,7 @@ class RunScreen(Screen[None]):
         return True
 
     def on_key(self, event: Key) -> None:
-        if self._read_only and event.key in ("c", "r", "p"):
+        if self._read_only and event.key in ("c", "r", "p", "R", "e"):
             event.stop()
             self.notify(
                 controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
@@ -352,6 +354,9 @@ class RunScreen(Screen[None]):
 
     def action_replay_run(self) -> None:
         controller.replay_run_of(services_of(self.app), self.run_id, current=self.model)
+
+    def action_retry_now(self) -> None:
+        controller.retry_now(services_of(self.app), self.run_id, self.selected, current=self.model)
 
     def action_diff_state(self) -> None:
         controller.diff_state(services_of(self.app), self.view_model, self.selected)
