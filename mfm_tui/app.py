@@ -52,9 +52,11 @@ from mfm_tui.screens.confirm import ConfirmDialog, lines_text
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.diff import DiffScreen, ReplayScreen
 from mfm_tui.screens.help import HelpEntry, HelpScreen
+from mfm_tui.screens.jump import JumpPrompt, resolve_jump
 from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.runs import RunsScreen
 from mfm_tui.screens.start import StartScreen
+from mfm_tui.screens.workers import WorkersScreen
 from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
 
@@ -117,6 +119,7 @@ class MfmApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
         Binding("question_mark", "help", "Help", tooltip="Show every key of this screen"),
         Binding("escape", "back", "Back", show=False, tooltip="Back / close"),
+        Binding("colon", "jump", "Jump", show=False, tooltip="Jump to a view: runs, workers, or a run by id prefix"),
     ]
     """
     | Key(s) | Description |
@@ -124,6 +127,7 @@ class MfmApp(App[None]):
     | q, ctrl+c | Quit (runs keep going in their workers). |
     | question_mark | Every key of the current screen. |
     | escape | Back / close. |
+    | colon | Jump: `runs`, `workers` or a run id prefix (as in k9s). |
     """
 
     def __init__(
@@ -343,6 +347,31 @@ class MfmApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.help_entries(self.screen)))
+
+    def action_jump(self) -> None:
+        """``:``: a prompt; its answer opens a view or a run (``mfm_tui.screens.jump``)."""
+        if isinstance(self.screen, JumpPrompt):
+            return
+        self.push_screen(JumpPrompt(), self._jump_to)
+
+    def _jump_to(self, text: str | None) -> None:
+        if text is None:
+            return
+        jump = resolve_jump(text, self.watcher.models)
+        if jump.error is not None:
+            self.post_message(ErrorReported(*jump.error, title="Jump"))
+        elif jump.view == "runs":
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+        elif jump.view == "workers":
+            self.action_show_workers()
+        elif jump.run_id is not None:
+            self.open_run(RunId(jump.run_id))
+
+    def action_show_workers(self) -> None:
+        """The workers view (``w`` on the runs list, ``:workers``)."""
+        if not isinstance(self.screen, WorkersScreen):
+            self.push_screen(WorkersScreen())
 
     def action_command_palette(self) -> None:
         if not self.ascii_only:

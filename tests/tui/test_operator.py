@@ -11,11 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from engine.ids import RunId
+from engine.workers import LeaseState, WorkerLease, lease_state
 from mfm_tui.run_model import RunDisplayStatus
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
+from mfm_tui.screens.jump import JumpPrompt, resolve_jump
 from mfm_tui.screens.run import RunScreen
-from tests.tui.fixtures import RUN_COMPLETED, RUN_RETRYING, RUN_RUNNING, afixture_app, settle, sid
+from mfm_tui.screens.workers import WorkersScreen
+from tests.tui.fixtures import (
+    NOW_MILLIS,
+    RUN_CANCELLING,
+    RUN_COMPLETED,
+    RUN_FANOUT,
+    RUN_LOST,
+    RUN_RETRYING,
+    RUN_RUNNING,
+    afixture_app,
+    settle,
+    sid,
+)
 from tests.tui.test_controller import confirm, fs_app, start, status, until
 
 SIZE = (100, 30)
@@ -77,3 +91,118 @@ async def test_retry_now_from_the_tui_starts_the_next_attempt_long_before_its_ba
         second = next(e for e in envs if e.kind == "StateEntered" and e.event.attempt == 1)  # type: ignore[union-attr]
         assert second.ts_millis is not None
         assert second.ts_millis < sched.event.payload["not_before_millis"]  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------ workers view
+
+
+def fixture_leases() -> list[WorkerLease]:
+    """Leases over the fixture runs: a lost worker (filesystem lock free), two live ones, a pool worker with a
+    heartbeat, and a queued run."""
+    return [
+        WorkerLease(RUN_RUNNING, LeaseState.HELD, 4101, "ops-1", NOW_MILLIS - 12_000, None, "run"),
+        WorkerLease(RUN_LOST, LeaseState.STALE, 3977, "ops-2", NOW_MILLIS - 540_000, None, "run"),
+        WorkerLease(RUN_RETRYING, LeaseState.HELD, 4150, "pool-a", NOW_MILLIS - 40_000, 1_800, "start"),
+        WorkerLease(RUN_FANOUT, LeaseState.STALE, 4188, "pool-b", NOW_MILLIS - 21_000, 95_000, "resume"),
+        WorkerLease(RUN_CANCELLING, LeaseState.HELD, None, None, None, None, "queued"),
+    ]
+
+
+async def fake_source() -> list[WorkerLease]:
+    return fixture_leases()
+
+
+def test_worker_rows_put_stale_first_and_say_how_liveness_is_known() -> None:
+    from mfm_tui.screens.workers import worker_rows
+
+    rows = worker_rows(fixture_leases(), {}, NOW_MILLIS)
+    assert [r.run_id for r in rows[:2]] == [RUN_LOST, RUN_FANOUT]  # stale first, longest held first
+    by_run = {r.run_id: r.cells for r in rows}
+    assert by_run[RUN_LOST][0] == "!" and by_run[RUN_LOST][6] == "lock free" and by_run[RUN_LOST][8].startswith("stale")
+    assert by_run[RUN_RUNNING][0] == " " and by_run[RUN_RUNNING][6] == "lock held"
+    assert by_run[RUN_RETRYING][6] == "1.8s ago" and by_run[RUN_RETRYING][4:6] == ("pool-a", "4150")
+    assert by_run[RUN_FANOUT][6] == "1m35s ago" and by_run[RUN_FANOUT][0] == "!"
+    assert by_run[RUN_CANCELLING][8] == "queued" and by_run[RUN_CANCELLING][5] == "-"
+
+
+async def test_workers_view_lists_leases_and_enter_opens_the_run() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        app.push_screen(WorkersScreen(source=fake_source))
+        await until(pilot, lambda: isinstance(app.screen, WorkersScreen) and bool(app.screen.rows))
+        screen: Any = app.screen
+        assert screen.rows[0].run_id == RUN_LOST
+        title = str(screen.query_one("#workers-title").render())
+        assert "3 live" in title and "2 stale" in title
+        assert "step_0021" in screen.rows[0].cells  # the run's current state, from the app's models
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        assert app.screen.run_id == RUN_LOST  # type: ignore[attr-defined]
+
+
+async def test_w_opens_the_workers_view_which_says_when_a_store_has_no_workers() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("w")
+        await until(pilot, lambda: isinstance(app.screen, WorkersScreen) and app.screen.error is not None)
+        assert "runs no worker processes" in str(app.screen.query_one("#workers-note").render())
+
+
+async def test_workers_view_on_a_filesystem_store_shows_the_live_worker(tmp_path: Path) -> None:
+    app, store = fs_app(tmp_path / "store")
+    run_id = await start(store, "demo_flaky", {"fail_times": 3, "base_delay_ms": 600_000, "max_delay_ms": 600_000})
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.RETRYING)
+        await pilot.press("w")
+        await until(pilot, lambda: isinstance(app.screen, WorkersScreen) and bool(app.screen.rows))
+        (row,) = app.screen.rows  # type: ignore[attr-defined]
+        info = lease_state(store, RunId(run_id))
+        assert row.run_id == run_id and row.cells[5] == str(info.pid) and row.cells[4] == info.host
+        assert row.cells[3] == "call" and row.cells[6] == "lock held"
+        await pilot.press("escape")
+        await pilot.press("colon")
+        await until(pilot, lambda: isinstance(app.screen, JumpPrompt))
+        await pilot.press(*run_id[:6], "enter")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        await pilot.press("c")
+        await confirm(pilot)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.CANCELLED)
+
+
+# ------------------------------------------------------------------------------------------ : jumps
+
+
+def test_resolve_jump() -> None:
+    runs = [RUN_RUNNING, RUN_RETRYING, "a8000000-0000-4000-8000-000000000000"]
+    assert resolve_jump("workers", runs).view == "workers" and resolve_jump(":w", runs).view == "workers"
+    assert resolve_jump("runs", runs).view == "runs"
+    assert resolve_jump("3f2a", runs).run_id == RUN_RUNNING
+    assert resolve_jump("a8", runs).error[0] == "run_id_ambiguous"  # type: ignore[index]
+    assert resolve_jump("zzz", runs).error[0] == "run_not_found"  # type: ignore[index]
+    assert resolve_jump("  ", runs).error[0] == "usage"  # type: ignore[index]
+
+
+async def test_colon_jumps_between_views_and_to_a_run_by_prefix() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+
+        async def jump(text: str) -> None:
+            await pilot.press("colon")
+            await until(pilot, lambda: isinstance(app.screen, JumpPrompt))
+            await pilot.press(*text, "enter")
+            await pilot.pause()
+
+        await jump(RUN_RETRYING[:4])
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        assert app.screen.run_id == RUN_RETRYING  # type: ignore[attr-defined]
+        await jump("workers")
+        await until(pilot, lambda: isinstance(app.screen, WorkersScreen))
+        await jump("runs")
+        await until(pilot, lambda: len(app.screen_stack) == 1)
+        await jump("nope")
+        await until(pilot, lambda: isinstance(app.screen, ErrorDialog))
+        assert app.screen.code == "run_not_found"  # type: ignore[attr-defined]
