@@ -17,6 +17,7 @@ from engine.process_groups import describe_all, reporting_groups_to
 from engine.runtime import CancelToken, Engine
 from engine.workers.base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError, require_run
 from engine.workers.crash_loop import max_orphan_recoveries, reset_crash_loop
+from engine.workers.exec_log import exec_log_tap
 from engine.workers.lease import Lease, verdict_path, write_private
 
 __all__ = ["run_worker", "verdict_json"]
@@ -29,7 +30,7 @@ def _phase_exit(phase: RunPhase) -> int:
 def _make_engine(store: RunFolders, registry: OperationRegistry, poll: float) -> Engine:
     return Engine(
         plan_resolver=registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts)),
-        transports=[ExecTransportFactory()],
+        transports=[ExecTransportFactory(output_tap=exec_log_tap(store))],
         cancel_poll_interval=poll,
     )
 

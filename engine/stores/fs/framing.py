@@ -15,6 +15,8 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       control/retry-now-<h>-<n>.json  retry_now_file(): a request to cut the backoff before attempt n of a state
                                   (<h>: the first 32 hex chars of the state id's SHA-256)
       lease, start.json, worker.log   lease_file(), pending_file(), WORKER_LOG_FILE: written by engine.workers
+      exec.stdout, exec.stderr    EXEC_OUTPUT_FILES: what the run's exec programs print, as they print it, one
+                                  "<state>#<attempt> <line>" per line (engine.workers.exec_log; secrets withheld)
       recovery.json               RECOVERY_FILE: a failed run's recovery run (engine.workers)
       verdict.json                VERDICT_FILE: a replay's verdict (engine.workers)
     artifacts/<aa>/<id>           artifact_file(): raw bytes; <aa> = the id's first two hex chars
@@ -76,6 +78,7 @@ __all__ = [
     "DIRECTORY",
     "DIR_MODE",
     "EVENTS_FILE",
+    "EXEC_OUTPUT_FILES",
     "FILE_MODE",
     "JOURNAL_FILE",
     "KIND_SUFFIX",
@@ -143,6 +146,7 @@ APPEND_LOCK_FILE = "events.lock"
 LEASE_FILE = "lease"
 PENDING_FILE = "start.json"
 WORKER_LOG_FILE = "worker.log"
+EXEC_OUTPUT_FILES = {"stdout": "exec.stdout", "stderr": "exec.stderr"}
 RECOVERY_FILE = "recovery.json"
 VERDICT_FILE = "verdict.json"
 CONTROL_DIR = "control"
