@@ -10,12 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from textual.widgets import Log
+
 from engine.ids import RunId
+from engine.stores.fs import FsStore
 from engine.workers import LeaseState, WorkerLease, lease_state
+from mfm_tui.log_tail import INITIAL_BYTES, LogTail
 from mfm_tui.run_model import RunDisplayStatus
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.jump import JumpPrompt, resolve_jump
+from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.workers import WorkersScreen
 from tests.tui.fixtures import (
@@ -206,3 +211,95 @@ async def test_colon_jumps_between_views_and_to_a_run_by_prefix() -> None:
         await jump("nope")
         await until(pilot, lambda: isinstance(app.screen, ErrorDialog))
         assert app.screen.code == "run_not_found"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------ logs view
+
+
+async def test_log_tail_starts_at_the_end_of_a_100_mb_log_and_then_follows(tmp_path: Path) -> None:
+    path = tmp_path / "worker.log"
+    with open(path, "wb") as f:
+        f.truncate(100 * 1024 * 1024)  # 100 MB (sparse), then the lines a reader wants: the last ones
+        f.seek(0, 2)
+        f.write(b"".join(b"line %d\n" % i for i in range(1000)))
+    tail = LogTail(str(path))
+    first = await tail.read_new()
+    assert first.lines[-1] == "line 999" and first.skipped > 100 * 1024 * 1024 - INITIAL_BYTES
+    assert tail.bytes_read <= INITIAL_BYTES  # the first screen costs the tail, never the file
+    with open(path, "ab") as f:
+        f.write(b"line 1000\nhalf a li")
+    assert (await tail.read_new()).lines == ["line 1000"]  # a partial line waits for its newline
+    with open(path, "ab") as f:
+        f.write(b"ne\n")
+    assert (await tail.read_new()).lines == ["half a line"]
+    assert (await tail.read_new()).lines == []
+    path.write_bytes(b"rotated\n")  # truncated and rewritten
+    again = await tail.read_new()
+    assert again.reset and again.lines == ["rotated"]
+
+
+async def test_logs_view_follows_pauses_with_new_count_and_switches_sources(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "store")
+    app = await afixture_app(store=store)
+    folder = tmp_path / "store" / "runs" / RUN_RUNNING
+    (folder / "worker.log").write_text("".join(f"worker line {i}\n" for i in range(60)))
+    (folder / "exec.stderr").write_text("fetch#1 fetch: measuring 3 word(s)\n")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.open_run(RUN_RUNNING)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
+        await pilot.press("L")
+        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
+        screen: Any = app.screen
+        log = screen.query_one(Log)
+        await until(pilot, lambda: log.line_count == 60)
+        assert log.lines[-1] == "worker line 59" and screen.follow
+        with open(folder / "worker.log", "a") as f:
+            f.write("worker line 60\n")
+        screen.poll()
+        await until(pilot, lambda: log.line_count == 61)
+        await pilot.press("k")  # scrolling up pauses following
+        assert not screen.follow
+        with open(folder / "worker.log", "a") as f:
+            f.write("a\nb\nc\n")
+        screen.poll()
+        await until(pilot, lambda: screen.new_while_paused == 3)
+        assert "+3 new" in str(screen.query_one("#logs-title").render())
+        await pilot.press("G")
+        assert screen.follow and "new" not in str(screen.query_one("#logs-title").render())
+        await pilot.press("3")
+        await until(pilot, lambda: log.line_count == 1)
+        assert log.lines == ["fetch#1 fetch: measuring 3 word(s)"]
+        await pilot.press("2")
+        assert log.line_count == 0 and "(empty so far)" in str(screen.query_one("#logs-title").render())
+
+
+async def test_logs_view_on_a_store_without_files_says_so() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.push_screen(LogsScreen(RUN_RUNNING))
+        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
+        await pilot.pause()
+        assert "not a filesystem store" in str(app.screen.query_one("#logs-title").render())
+
+
+async def test_logs_view_follows_a_real_demo_pipeline(tmp_path: Path) -> None:
+    app, store = fs_app(tmp_path / "store")
+    run_id = await start(store, "demo_pipeline", {"words": ["ab", "cde"], "exec_seconds": 1})
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await until(pilot, lambda: status(app, run_id) is not None)
+        app.open_run(run_id)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        await pilot.press("L")
+        await until(pilot, lambda: isinstance(app.screen, LogsScreen))
+        screen: Any = app.screen
+        await pilot.press("3")
+
+        def stderr_done() -> bool:
+            screen.poll()
+            return "fetch#1 fetch: done" in screen.query_one(Log).lines
+
+        await until(pilot, stderr_done)
+        assert "fetch#1 fetch: waited 1/1s" in screen.query_one(Log).lines

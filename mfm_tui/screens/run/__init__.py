@@ -41,6 +41,7 @@ from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
 from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
@@ -85,6 +86,7 @@ class RunScreen(Screen[None]):
         Binding("right_square_bracket", "history(1)", "Forward", show=False, tooltip="Time travel: one event on"),
         Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
         Binding("R", "retry_now", "Retry now", tooltip="Cut the selected (or next) retry's backoff short"),
+        Binding("L", "logs", "Logs", tooltip="Worker log and exec stdout/stderr, following like tail -f"),
     ]
     """
     | Key(s) | Description |
@@ -104,6 +106,7 @@ class RunScreen(Screen[None]):
     | [, ] | Time travel: one event back / on. |
     | t | Time travel: show the run as of a seq. |
     | R | Retry now: cut the selected (or next) retry's backoff short (confirmation first). |
+    | L | Logs: the worker log and exec stdout/stderr, following. |
     """
 
     DEFAULT_CSS = """
@@ -357,6 +360,9 @@ class RunScreen(Screen[None]):
 
     def action_retry_now(self) -> None:
         controller.retry_now(services_of(self.app), self.run_id, self.selected, current=self.model)
+
+    def action_logs(self) -> None:
+        self.app.push_screen(LogsScreen(self.run_id))
 
     def action_diff_state(self) -> None:
         controller.diff_state(services_of(self.app), self.view_model, self.selected)
