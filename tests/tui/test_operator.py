@@ -16,13 +16,15 @@ from engine.ids import RunId
 from engine.stores.fs import FsStore
 from engine.workers import LeaseState, WorkerLease, lease_state
 from mfm_tui.log_tail import INITIAL_BYTES, LogTail
-from mfm_tui.run_model import RunDisplayStatus
+from mfm_tui.run_model import AttemptView, RunDisplayStatus, StateStatus, StateView
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.jump import JumpPrompt, resolve_jump
 from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run import RunScreen
+from mfm_tui.screens.timeline import TimelineScreen
 from mfm_tui.screens.workers import WorkersScreen
+from mfm_tui.widgets.timeline import AttemptTimeline, timeline_segments, timeline_text
 from tests.tui.fixtures import (
     NOW_MILLIS,
     RUN_CANCELLING,
@@ -303,3 +305,47 @@ async def test_logs_view_follows_a_real_demo_pipeline(tmp_path: Path) -> None:
 
         await until(pilot, stderr_done)
         assert "fetch#1 fetch: waited 1/1s" in screen.query_one(Log).lines
+
+
+# ------------------------------------------------------------------------------------------ attempt timeline
+
+
+def test_timeline_segments_show_attempts_backoff_gaps_and_orphans() -> None:
+    sv = StateView(sid("call"), status=StateStatus.RETRYING, max_attempts=5, not_before_millis=10_000)
+    sv.attempts = [
+        AttemptView(0, 1, 0, None, terminal_seq=2, terminal_millis=400, error_code="http_503", error_message="down"),
+        AttemptView(1, 4, 4_400, None, terminal_seq=5, terminal_millis=5_000, error_code="orphan_attempt_recovered"),
+        AttemptView(2, 7, 8_000, None, terminal_seq=8, terminal_millis=8_500, error_code="http_503"),
+    ]
+    segs = timeline_segments(sv, now_millis=9_000)
+    assert [(s.kind.value, s.millis) for s in segs] == [
+        ("failed", 400),
+        ("wait", 4_000),
+        ("orphan", 600),
+        ("wait", 3_000),
+        ("failed", 500),
+        ("wait", 1_500),
+    ]
+    assert segs[3].note == "until the resume" and segs[-1].note == "next attempt due"
+    text = timeline_text(sv, 9_000, width=40, ascii_only=True).plain
+    bar = text.splitlines()[1]
+    assert set(bar) == {"x", ".", "!"} and len(bar) <= 40
+    assert "#2   orphan" in text and "wait    4.0s  backoff" in text and "[http_503] down" in text
+    assert text.isascii()
+
+
+async def test_t_shows_the_selected_states_attempt_timeline() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.open_run(RUN_RETRYING)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
+        run_screen: Any = app.screen
+        run_screen.selected = sid("call")
+        await pilot.press("T")
+        await until(pilot, lambda: isinstance(app.screen, TimelineScreen))
+        await pilot.pause()
+        shown = str(app.screen.query_one(AttemptTimeline).render())
+        assert "2 attempt(s)" in shown and "#1" in shown and "#2" in shown and "next attempt due" in shown
+        await pilot.press("escape")
+        assert app.screen is run_screen

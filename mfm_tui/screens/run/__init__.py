@@ -45,6 +45,7 @@ from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
+from mfm_tui.screens.timeline import TimelineScreen
 from mfm_tui.services import AppServices, services_of
 from mfm_tui.widgets.event_log import EventLog
 from mfm_tui.widgets.plan_graph import PlanGraph
@@ -87,6 +88,7 @@ class RunScreen(Screen[None]):
         Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
         Binding("R", "retry_now", "Retry now", tooltip="Cut the selected (or next) retry's backoff short"),
         Binding("L", "logs", "Logs", tooltip="Worker log and exec stdout/stderr, following like tail -f"),
+        Binding("T", "timeline", "Timeline", show=False, tooltip="Attempt timeline of the selected state"),
     ]
     """
     | Key(s) | Description |
@@ -107,6 +109,7 @@ class RunScreen(Screen[None]):
     | t | Time travel: show the run as of a seq. |
     | R | Retry now: cut the selected (or next) retry's backoff short (confirmation first). |
     | L | Logs: the worker log and exec stdout/stderr, following. |
+    | T | Attempt timeline of the selected state. |
     """
 
     DEFAULT_CSS = """
@@ -360,6 +363,13 @@ class RunScreen(Screen[None]):
 
     def action_retry_now(self) -> None:
         controller.retry_now(services_of(self.app), self.run_id, self.selected, current=self.model)
+
+    def action_timeline(self) -> None:
+        sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
+        if sv is None:
+            self.notify("select a state in the graph first", severity="warning", timeout=3)
+            return
+        self.app.push_screen(TimelineScreen(sv, self._now(), ascii_only=self.ascii_only))
 
     def action_logs(self) -> None:
         self.app.push_screen(LogsScreen(self.run_id))
