@@ -22,8 +22,10 @@ from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.jump import JumpPrompt, resolve_jump
 from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run import RunScreen
+from mfm_tui.screens.start import StartScreen
 from mfm_tui.screens.timeline import TimelineScreen
 from mfm_tui.screens.workers import WorkersScreen
+from mfm_tui.widgets.param_form import ParamForm
 from mfm_tui.widgets.timeline import AttemptTimeline, timeline_segments, timeline_text
 from tests.tui.fixtures import (
     NOW_MILLIS,
@@ -349,3 +351,31 @@ async def test_t_shows_the_selected_states_attempt_timeline() -> None:
         assert "2 attempt(s)" in shown and "#1" in shown and "#2" in shown and "next attempt due" in shown
         await pilot.press("escape")
         assert app.screen is run_screen
+
+
+# ------------------------------------------------------------------------------------------ re-run with edited params
+
+
+async def test_rerun_opens_the_start_form_prefilled_from_the_manifest_and_starts_the_edited_run(tmp_path: Path) -> None:
+    app, store = fs_app(tmp_path / "store")
+    params = {"fail_times": 0, "base_delay_ms": 5, "max_delay_ms": 50, "max_attempts": 2}
+    run_id = await start(store, "demo_flaky", params)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.COMPLETED)
+        app.open_run(run_id)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.model.manifest is not None)
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, StartScreen) and bool(app.screen.query(ParamForm)))
+        form = app.screen.query_one(ParamForm)
+        await pilot.pause()
+        assert form.values()["base_delay_ms"] == "5" and form.values()["max_attempts"] == "2"
+        assert "Re-run demo_flaky of run" in str(app.screen.query_one("#start-title").render())
+        form.set_value("max_delay_ms", "70")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_id != run_id)
+        new_id = app.screen.run_id  # type: ignore[attr-defined]
+        await until(pilot, lambda: status(app, new_id) is RunDisplayStatus.COMPLETED)
+        model = app.watcher.models[new_id]
+        assert model.manifest is not None
+        assert model.manifest.input_params == {**params, "max_delay_ms": 70}

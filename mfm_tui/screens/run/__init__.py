@@ -45,6 +45,7 @@ from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
+from mfm_tui.screens.start import StartScreen
 from mfm_tui.screens.timeline import TimelineScreen
 from mfm_tui.services import AppServices, services_of
 from mfm_tui.widgets.event_log import EventLog
@@ -89,6 +90,7 @@ class RunScreen(Screen[None]):
         Binding("R", "retry_now", "Retry now", tooltip="Cut the selected (or next) retry's backoff short"),
         Binding("L", "logs", "Logs", tooltip="Worker log and exec stdout/stderr, following like tail -f"),
         Binding("T", "timeline", "Timeline", show=False, tooltip="Attempt timeline of the selected state"),
+        Binding("e", "rerun", "Re-run", show=False, tooltip="Re-run with edited parameters (start form pre-filled)"),
     ]
     """
     | Key(s) | Description |
@@ -110,6 +112,7 @@ class RunScreen(Screen[None]):
     | R | Retry now: cut the selected (or next) retry's backoff short (confirmation first). |
     | L | Logs: the worker log and exec stdout/stderr, following. |
     | T | Attempt timeline of the selected state. |
+    | e | Re-run with edited parameters (the start form, pre-filled from the run's manifest). |
     """
 
     DEFAULT_CSS = """
@@ -370,6 +373,15 @@ class RunScreen(Screen[None]):
             self.notify("select a state in the graph first", severity="warning", timeout=3)
             return
         self.app.push_screen(TimelineScreen(sv, self._now(), ascii_only=self.ascii_only))
+
+    def action_rerun(self) -> None:
+        manifest = self.model.manifest
+        if manifest is None:
+            self.notify("the run's manifest is not loaded (yet): nothing to pre-fill", severity="warning", timeout=4)
+            return
+        params = manifest.input_params if isinstance(manifest.input_params, dict) else {}
+        screen = StartScreen(op_id=str(manifest.op_id), params=params, rerun_of=self.run_id)
+        self.app.push_screen(screen)
 
     def action_logs(self) -> None:
         self.app.push_screen(LogsScreen(self.run_id))
