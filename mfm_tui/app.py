@@ -47,6 +47,7 @@ from mfm_tui.messages import (
     RunsUpdated,
     StoreChanged,
 )
+from mfm_tui.notices import FailureWatch, notice_text
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog, lines_text
 from mfm_tui.screens.dialogs import ErrorDialog
@@ -158,6 +159,11 @@ class MfmApp(App[None]):
         self.watch_restart_delay = 1.0
         self.loaded = False
         self.watcher = StoreWatcher(store, lease_probe=self.lease_probe, plan_resolver=plan_resolver)
+        self.failures = FailureWatch()
+        self.bell_on_failure = True
+        """Ring the terminal bell with a new-failure notice (TODO: a setting in mfm_tui/settings.py)."""
+        self.notices: list[str] = []
+        """The new-failure notices shown, newest last."""
         for item in THEMES.values():
             self.register_theme(item)
         self.theme = resolve_theme_name(theme)
@@ -238,6 +244,7 @@ class MfmApp(App[None]):
                 gc.freeze()
                 gc.enable()
         self.loaded = True
+        self.failures.seed(self.watcher.models)
         self._emit(WatchUpdate(initial=True), force=True)
         while self.watch_store:
             try:
@@ -259,6 +266,8 @@ class MfmApp(App[None]):
         """Turn a watcher update into messages (called in the worker; touches no widget)."""
         if update.grown:
             self._broadcast(partial(StoreChanged, frozenset(update.grown)))
+        if update.updated and self.loaded:
+            self.call_later(self._notice_failures, frozenset(update.updated))
         if update.updated or update.errors or force:
             self._broadcast(
                 partial(
@@ -272,6 +281,18 @@ class MfmApp(App[None]):
         for run_id, code, message in update.errors:
             if run_id is None:
                 self.post_message(ErrorReported(code, message, title="Store unreadable"))
+
+    def _notice_failures(self, run_ids: frozenset[RunId]) -> None:
+        """A run that just failed or lost its worker: a notice (and the bell) unless its own screen is on top."""
+        for model in self.failures.changes(self.watcher.models, sorted(run_ids)):
+            screen = self.screen
+            if isinstance(screen, RunScreen) and screen.run_id == model.run_id:
+                continue
+            text = notice_text(model)
+            self.notices.append(text)
+            self.notify(text, title="New failure", severity="error", timeout=10)
+            if self.bell_on_failure:
+                self.bell()
 
     def _broadcast(self, make: Callable[[], Message]) -> None:
         for screen in list(self.screen_stack):

@@ -12,11 +12,13 @@ from typing import Any
 
 from textual.widgets import Log
 
+from engine.errors import StateError
+from engine.events import RunCompleted, RunStatus, StateFailed
 from engine.ids import RunId
 from engine.stores.fs import FsStore
 from engine.workers import LeaseState, WorkerLease, lease_state
 from mfm_tui.log_tail import INITIAL_BYTES, LogTail
-from mfm_tui.run_model import AttemptView, RunDisplayStatus, StateStatus, StateView
+from mfm_tui.run_model import AttemptView, LeaseStatus, RunDisplayStatus, StateStatus, StateView
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.jump import JumpPrompt, resolve_jump
@@ -379,3 +381,39 @@ async def test_rerun_opens_the_start_form_prefilled_from_the_manifest_and_starts
         model = app.watcher.models[new_id]
         assert model.manifest is not None
         assert model.manifest.input_params == {**params, "max_delay_ms": 70}
+
+
+# ------------------------------------------------------------------------------------------ new failures
+
+
+async def test_a_run_that_fails_while_another_screen_is_open_gets_a_notice_and_the_bell() -> None:
+    app = await afixture_app()
+    rings: list[int] = []
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.bell = lambda: rings.append(1)  # type: ignore[method-assign]
+        assert app.notices == []  # the failures already in the store at start are not news
+        app.open_run(RUN_COMPLETED)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen))
+        err = StateError.new("http_500", "upstream exploded", retryable=False, state_id=sid("transform"))
+        await app.fixture.append(
+            RUN_RUNNING,
+            [
+                StateFailed(state_id=sid("transform"), error=err),
+                RunCompleted(status=RunStatus.FAILED, final_snapshot_id=None),
+            ],
+        )
+        await app.sync_store()
+        await until(pilot, lambda: bool(app.notices))
+        assert app.notices == [f"run {RUN_RUNNING[:8]} demo_pipeline failed: [http_500] upstream exploded"]
+        assert rings == [1]
+        assert any("upstream exploded" in str(n.message) for n in app._notifications)
+        await app.sync_store()  # the same failure is news once
+        await pilot.pause()
+        assert len(app.notices) == 1 and rings == [1]
+        app.bell_on_failure = False
+        app.fixture.leases[RUN_RETRYING] = LeaseStatus.STALE  # its worker is lost
+        await app.fixture.append(RUN_RETRYING, [])
+        await app.sync_store()
+        await until(pilot, lambda: len(app.notices) == 2)
+        assert "lost its worker" in app.notices[-1] and rings == [1]
