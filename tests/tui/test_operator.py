@@ -7,6 +7,7 @@ workers and bounded waits that refresh from the store (they fail instead of hang
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from engine.events import RunCompleted, RunStatus, StateFailed
 from engine.ids import RunId
 from engine.stores.fs import FsStore
 from engine.workers import LeaseState, WorkerLease, lease_state
+from mfm_tui import shell
 from mfm_tui.log_tail import INITIAL_BYTES, LogTail
 from mfm_tui.run_model import AttemptView, LeaseStatus, RunDisplayStatus, StateStatus, StateView
 from mfm_tui.screens.confirm import ConfirmDialog
@@ -417,3 +419,43 @@ async def test_a_run_that_fails_while_another_screen_is_open_gets_a_notice_and_t
         await app.sync_store()
         await until(pilot, lambda: len(app.notices) == 2)
         assert "lost its worker" in app.notices[-1] and rings == [1]
+
+
+# ------------------------------------------------------------------------------------------ shell
+
+
+async def test_shell_in_the_run_folder_then_refresh_and_offer_resume(tmp_path: Path, monkeypatch: Any) -> None:
+    """Fix without leaving: `!` suspends into $SHELL in the run's folder; the fix made there (the missing file)
+    is followed by the resume offer, and the recovery run completes."""
+    app, store = fs_app(tmp_path / "store")
+    needed = tmp_path / "needed-file"
+    run_id = await start(store, "demo_fix", {"required_file": str(needed)})
+    ran: list[shell.ShellCommand] = []
+
+    def fake_shell(command: shell.ShellCommand) -> int:
+        ran.append(command)
+        needed.write_text("fixed")  # what the operator does in the shell
+        return 0
+
+    monkeypatch.setattr(shell, "run_shell", fake_shell)
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    monkeypatch.setattr(app, "suspend", contextlib.nullcontext)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.FAILED)
+        app.open_run(run_id)
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen._model_ready)
+        await pilot.press("exclamation_mark")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        (command,) = ran
+        assert command.argv == ("/bin/bash",) and command.cwd == str(store.run_dir(RunId(run_id)))
+        assert command.env["MFM_RUN_ID"] == run_id and command.env["MFM_STORE"] == str(store.root)
+        assert "Resume failed run" in app.screen.body  # type: ignore[attr-defined]
+        await pilot.press("y")
+        recovery = lambda: app.watcher.models[RunId(run_id)].recovered_by  # noqa: E731
+        await until(pilot, lambda: recovery() is not None and status(app, recovery()) is RunDisplayStatus.COMPLETED)
+
+
+def test_shell_command_outside_a_filesystem_store_keeps_the_folder_and_sets_the_run() -> None:
+    command = shell.shell_command(object(), RunId(RUN_RUNNING), {"PATH": "/bin"})
+    assert command.argv == ("/bin/sh",) and command.env == {"PATH": "/bin", "MFM_RUN_ID": RUN_RUNNING}

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key, Resize
@@ -33,7 +34,7 @@ from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import RunId
 from engine.runtime import Clock, SystemClock
-from mfm_tui import controller
+from mfm_tui import controller, shell
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import Glyphs
 from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query
@@ -91,6 +92,7 @@ class RunScreen(Screen[None]):
         Binding("L", "logs", "Logs", tooltip="Worker log and exec stdout/stderr, following like tail -f"),
         Binding("T", "timeline", "Timeline", show=False, tooltip="Attempt timeline of the selected state"),
         Binding("e", "rerun", "Re-run", show=False, tooltip="Re-run with edited parameters (start form pre-filled)"),
+        Binding("exclamation_mark", "shell", "Shell", show=False, tooltip="Open $SHELL in the run's folder"),
     ]
     """
     | Key(s) | Description |
@@ -113,6 +115,7 @@ class RunScreen(Screen[None]):
     | L | Logs: the worker log and exec stdout/stderr, following. |
     | T | Attempt timeline of the selected state. |
     | e | Re-run with edited parameters (the start form, pre-filled from the run's manifest). |
+    | ! | Open $SHELL in the run's folder (MFM_RUN_ID, MFM_STORE set); on return, refresh and offer resume. |
     """
 
     DEFAULT_CSS = """
@@ -382,6 +385,26 @@ class RunScreen(Screen[None]):
         params = manifest.input_params if isinstance(manifest.input_params, dict) else {}
         screen = StartScreen(op_id=str(manifest.op_id), params=params, rerun_of=self.run_id)
         self.app.push_screen(screen)
+
+    async def action_shell(self) -> None:
+        command = shell.shell_command(self.store, self.run_id, os.environ)
+        try:
+            with self.app.suspend():
+                code = shell.run_shell(command)
+        except SuspendNotSupported:
+            self.notify("this terminal cannot suspend the TUI: open a shell elsewhere", severity="warning", timeout=5)
+            return
+        except OSError as exc:
+            self.notify(f"cannot start {command.argv[0]}: {exc.strerror or exc}", severity="error", timeout=5)
+            return
+        services = self.services
+        if services is not None:
+            with contextlib.suppress(Exception):
+                await services.sync_store()
+        await self.poll()
+        self.notify(f"back from the shell (exit {code})", timeout=3)
+        if services is not None and not services.read_only and shell.offers_resume(self.model):
+            controller.resume_runs(services, [self.run_id], current=self.model)
 
     def action_logs(self) -> None:
         self.app.push_screen(LogsScreen(self.run_id))
