@@ -41,8 +41,8 @@ class _Source:
 
 LOG_SOURCES = (
     _Source("worker", "worker.log", framing.WORKER_LOG_FILE),
-    _Source("stdout", "exec stdout", framing.EXEC_OUTPUT_FILES["stdout"]),
-    _Source("stderr", "exec stderr", framing.EXEC_OUTPUT_FILES["stderr"]),
+    _Source("stdout", "stdout", framing.EXEC_OUTPUT_FILES["stdout"]),
+    _Source("stderr", "stderr", framing.EXEC_OUTPUT_FILES["stderr"]),
 )
 
 
@@ -119,6 +119,8 @@ class LogsScreen(Screen[None]):
             except OSError as exc:
                 self.note = f"[log_unreadable] {tail.path}: {exc.strerror or exc}"
                 continue
+            if not self.is_attached:
+                return  # closed while reading
             if got.reset:
                 self._lines[key] = []
                 if key == self.source:
@@ -146,12 +148,14 @@ class LogsScreen(Screen[None]):
         tabs = []
         for i, s in enumerate(LOG_SOURCES, 1):
             label = f"{i} {s.label}"
-            tabs.append(f"[{label}]" if s.key == self.source else f" {label} ")
-        state = "following" if self.follow else "paused (f follows)"
+            tabs.append(f"[{label}]" if s.key == self.source else label)
+        state = "following" if self.follow else "paused"
         if not self.follow and self.new_while_paused:
-            state += f"  +{self.new_while_paused} new"
-        empty = "" if self._lines[self.source] else "  (empty so far)"
-        text = f"Logs {self.run_id[:8]}  {' '.join(tabs)}  {state}{empty}"
+            state += f" +{self.new_while_paused} new"
+        if not self.follow:
+            state += " (f follows)"
+        empty = "  (empty so far)" if not self._lines[self.source] else ""
+        text = f"Logs {self.run_id[:8]}  {state}  {' '.join(tabs)}{empty}"
         if self.note:
             text += f"  {self.note}"
         self.query_one("#logs-title", Static).update(text)

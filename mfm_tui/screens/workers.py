@@ -36,16 +36,18 @@ class WorkerRow:
 
     run_id: str
     flag: str
+    """``!`` when the lease is stale, else empty."""
     cells: tuple[str, ...]
 
 
-COLUMNS = ("", "RUN", "OP", "STATE", "HOST", "PID", "HEARTBEAT", "HELD", "WORKER")
+COLUMNS = ("WORKER", "RUN", "OP", "STATE", "HOST", "PID", "HEARTBEAT", "HELD")
 
 
 def worker_rows(
     leases: list[WorkerLease], models: dict[Any, Any], now_millis: int, *, stale_glyph: str = "!"
 ) -> list[WorkerRow]:
-    """Stale leases first (a lost worker needs an operator), then the longest held."""
+    """Stale leases first (a lost worker needs an operator), then the longest held. The first cell says how the
+    worker is: ``! stale``, ``live`` or ``queued``."""
     ordered = sorted(leases, key=lambda w: (not w.stale, w.started_at or 0, str(w.run_id)))
     rows = []
     for lease in ordered:
@@ -64,7 +66,7 @@ def worker_rows(
             word = "stale" if lease.stale else "live"
         held = "-" if lease.started_at is None else format_duration(max(0, now_millis - lease.started_at), unknown="-")
         cells = (
-            stale_glyph if lease.stale else " ",
+            f"{stale_glyph} {word}" if lease.stale else word,
             str(lease.run_id)[:8],
             op,
             state,
@@ -72,9 +74,8 @@ def worker_rows(
             "-" if lease.pid is None else str(lease.pid),
             beat,
             held,
-            word if lease.action in (None, "queued") else f"{word} ({lease.action})",
         )
-        rows.append(WorkerRow(str(lease.run_id), cells[0], cells))
+        rows.append(WorkerRow(str(lease.run_id), stale_glyph if lease.stale else "", cells))
     return rows
 
 
@@ -150,6 +151,8 @@ class WorkersScreen(Screen[None]):
         self._show(leases)
 
     def _show(self, leases: list[WorkerLease]) -> None:
+        if not self.is_attached:
+            return  # closed while reading
         services = services_of(self.app)
         self.rows = worker_rows(leases, services.watcher.models, services.clock.now_millis(), stale_glyph="!")
         table = self.query_one(DataTable)
@@ -165,7 +168,7 @@ class WorkersScreen(Screen[None]):
         self.query_one("#workers-title", Static).update(title)
         note = self.error or ("no worker holds a run" if not self.rows else "")
         if stale and not self.error:
-            note = "! stale: the worker was lost (its lease is no longer held); r on the run resumes it"
+            note = "! stale: its worker was lost; enter opens the run, r there resumes it"
         self.query_one("#workers-note", Static).update(note)
 
     # ------------------------------------------------------------------ actions

@@ -131,11 +131,12 @@ def test_worker_rows_put_stale_first_and_say_how_liveness_is_known() -> None:
     rows = worker_rows(fixture_leases(), {}, NOW_MILLIS)
     assert [r.run_id for r in rows[:2]] == [RUN_LOST, RUN_FANOUT]  # stale first, longest held first
     by_run = {r.run_id: r.cells for r in rows}
-    assert by_run[RUN_LOST][0] == "!" and by_run[RUN_LOST][6] == "lock free" and by_run[RUN_LOST][8].startswith("stale")
-    assert by_run[RUN_RUNNING][0] == " " and by_run[RUN_RUNNING][6] == "lock held"
+    assert by_run[RUN_LOST][0] == "! stale" and by_run[RUN_LOST][6] == "lock free"
+    assert by_run[RUN_RUNNING][0] == "live" and by_run[RUN_RUNNING][6] == "lock held"
     assert by_run[RUN_RETRYING][6] == "1.8s ago" and by_run[RUN_RETRYING][4:6] == ("pool-a", "4150")
-    assert by_run[RUN_FANOUT][6] == "1m35s ago" and by_run[RUN_FANOUT][0] == "!"
-    assert by_run[RUN_CANCELLING][8] == "queued" and by_run[RUN_CANCELLING][5] == "-"
+    assert by_run[RUN_FANOUT][6] == "1m35s ago" and by_run[RUN_FANOUT][0] == "! stale"
+    assert by_run[RUN_CANCELLING][0] == "queued" and by_run[RUN_CANCELLING][5] == "-"
+    assert [r.flag for r in rows] == ["!", "!", "", "", ""]
 
 
 async def test_workers_view_lists_leases_and_enter_opens_the_run() -> None:
