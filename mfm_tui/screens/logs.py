@@ -141,6 +141,7 @@ class LogsScreen(Screen[None]):
         log.write_lines(lines)
         if not self.follow:
             self.new_while_paused += len(lines)
+        self._render_title()
 
     # ------------------------------------------------------------------ rendering
 

@@ -272,8 +272,8 @@ async def test_logs_view_follows_pauses_with_new_count_and_switches_sources(tmp_
         with open(folder / "worker.log", "a") as f:
             f.write("a\nb\nc\n")
         screen.poll()
-        await until(pilot, lambda: screen.new_while_paused == 3)
-        assert "+3 new" in str(screen.query_one("#logs-title").render())
+        await until(pilot, lambda: "+3 new" in str(screen.query_one("#logs-title").render()))
+        assert screen.new_while_paused == 3
         await pilot.press("G")
         assert screen.follow and "new" not in str(screen.query_one("#logs-title").render())
         await pilot.press("3")
