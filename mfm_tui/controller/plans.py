@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from engine.ids import RunId
 from mfm_tui.run_model import LeaseStatus, RunDisplayStatus, RunModel, StateStatus
+from mfm_tui.time_format import countdown_text
 
 __all__ = [
     "ActionKind",
@@ -182,12 +183,13 @@ def describe_retry_now(model: RunModel, state_id: str | None, now_millis: int) -
     if sv is None or sv.status is not StateStatus.RETRYING or sv.last is None:
         return ActionPlan(model.run_id, ("not_in_backoff", f"no state of run {model.short_id} waits for a retry"))
     attempt = sv.last.attempt + 1
-    wait = "" if sv.not_before_millis is None else f" (due in {max(0, sv.not_before_millis - now_millis) // 1000}s)"
+    left = None if sv.not_before_millis is None else max(0, sv.not_before_millis - now_millis)
+    due = "" if left is None else f" (due in {countdown_text(left)})"
     of = f"/{sv.max_attempts}" if sv.max_attempts is not None else ""
     lines = (
         f"Retry {sv.short_name} attempt {attempt + 1}{of} now?",
         "",
-        f"The backoff before attempt {attempt + 1}{of} of {sv.state_id}{wait} is cut short:",
-        "the run's worker starts the attempt within a fraction of a second.",
+        f"State {sv.state_id} waits out its backoff{due}.",
+        "Its worker starts the attempt within a fraction of a second instead.",
     )
     return ActionPlan(model.run_id, lines=lines, state_id=str(sv.state_id), attempt=attempt)
