@@ -406,6 +406,34 @@ async def test_the_tui_watches_a_database_store_through_the_same_lease_probe(
         assert "postgres" in store_label(store)
 
 
+async def test_the_workers_view_lists_pool_leases_with_host_pid_and_heartbeat(
+    store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    """The TUI's workers view on a database store: the claimed run with its pool worker's host, pid and heartbeat
+    age, and a queued run."""
+    from mfm_tui.app import make_app
+    from mfm_tui.screens.workers import WorkersScreen
+
+    claimed = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    (claim,) = await store.queue.claim(1, "pool-host", 4242, 30.0)
+    assert claim.run_id == claimed.run_id
+    queued = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    app = make_app(store, watch=False, plan_resolver=registry.plan_resolver())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.sync_store()
+        app.push_screen(WorkersScreen())
+        for _ in range(400):
+            await pilot.pause(0.01)
+            if isinstance(app.screen, WorkersScreen) and len(app.screen.rows) == 2:
+                break
+        screen = app.screen
+        assert isinstance(screen, WorkersScreen) and screen.error is None
+        by_run = {r.run_id: r.cells for r in screen.rows}
+        assert by_run[claimed.run_id][0] == "live" and by_run[claimed.run_id][4:6] == ("pool-host", "4242")
+        assert by_run[claimed.run_id][6].endswith(" ago")  # the heartbeat's age, from the database's clock
+        assert by_run[queued.run_id][0] == "queued"
+
+
 # -- crash loops ------------------------------------------------------------------------------------------------
 
 CRASH_OPS = str(Path(__file__).resolve().parents[1] / "crash_ops.py")
