@@ -136,6 +136,7 @@ from engine.runtime import (
     Sleeper,
     plan_recovery,
     request_cancel,
+    request_retry_now,
     side_effect_fact_key,
 )
 from engine.state import (
@@ -257,6 +258,7 @@ __all__ = [
     "default_nix_flake_allowlist",
     "plan_recovery",
     "request_cancel",
+    "request_retry_now",
     "side_effect_fact_key",
     "standard_tags",
 ]

@@ -132,11 +132,17 @@ def _fail(code: str, message: str, *, retryable: bool = False) -> StateError:
 _FETCH_SCRIPT = r"""
 set -e
 secs="$1"; shift
-if [ "$secs" -gt 0 ]; then sleep "$secs"; fi
+echo "fetch: measuring $# word(s) after ${secs}s" >&2
+i=0
+while [ "$i" -lt "$secs" ]; do i=$((i + 1)); sleep 1; echo "fetch: waited ${i}/${secs}s" >&2; done
 printf '{"kernel":"%s","words":[' "$(uname -s)"
 sep=""
-for w in "$@"; do printf '%s{"word":"%s","length":%d}' "$sep" "$w" "${#w}"; sep=","; done
+for w in "$@"; do
+  printf '%s{"word":"%s","length":%d}' "$sep" "$w" "${#w}"; sep=","
+  echo "fetch: $w has ${#w} letters" >&2
+done
 printf ']}\n'
+echo "fetch: done" >&2
 """
 
 

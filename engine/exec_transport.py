@@ -36,7 +36,7 @@ period), reaps it and re-raises ``asyncio.CancelledError``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from engine._wire import compact_json, parse_json, sorted_json
 from engine.errors import ErrorCategory, IoError
 from engine.process_exec import (
     DEFAULT_GRACE_PERIOD_S,
+    OutputTap,
     ProcessObserver,
     ProcessResult,
     ProcessSpawnError,
@@ -433,6 +434,7 @@ class ExecTransport:
                 f"stdin for exec program {program} is {len(req.stdin)} bytes (max {f.max_stdin_bytes})",
                 {"program_path": program, "max_stdin_bytes": f.max_stdin_bytes, "stdin_bytes": len(req.stdin)},
             )
+        tap = f.output_tap(self._context) if f.output_tap is not None and self._context is not None else None
         try:
             result = await run_process(
                 program,
@@ -444,6 +446,7 @@ class ExecTransport:
                 stderr_limit=f.max_stderr_bytes,
                 grace_period_s=f.grace_period_s,
                 observer=f.observer,
+                tap=tap,
             )
         except ProcessSpawnError:
             raise _transport_error(
@@ -479,6 +482,7 @@ class ExecTransportFactory:
         max_stdout_bytes: int = MAX_STDOUT_BYTES,
         max_stderr_bytes: int = MAX_STDERR_BYTES,
         observer: ProcessObserver | None = None,
+        output_tap: Callable[[TransportContext], OutputTap | None] | None = None,
     ) -> None:
         if isinstance(allowlist, str):
             raise TypeError("allowlist must be a sequence of path prefixes, not a single string")
@@ -491,6 +495,8 @@ class ExecTransportFactory:
         self.max_stdout_bytes = max_stdout_bytes
         self.max_stderr_bytes = max_stderr_bytes
         self.observer = observer
+        self.output_tap = output_tap
+        """Per attempt: where the program's output goes as it is read (a worker's exec log), or nothing."""
 
     @property
     def namespace_group(self) -> str:

@@ -71,6 +71,7 @@ __all__ = [
     "CHUNK_SIZE",
     "DEFAULT_GRACE_PERIOD_S",
     "CapturedOutput",
+    "OutputTap",
     "ProcessError",
     "ProcessEvent",
     "ProcessObserver",
@@ -147,6 +148,11 @@ class ProcessEvent:
 
 
 ProcessObserver = Callable[[ProcessEvent], None]
+
+OutputTap = Callable[[str, bytes], None]
+"""Sees each chunk the child writes, as it is read: ``tap("stdout" | "stderr", chunk)``, then ``b""`` once the
+stream ends (a live log of the output; the result still carries what the limits kept). Its failures are logged,
+never raised."""
 
 
 def _notify(observer: ProcessObserver | None, event: ProcessEvent) -> None:
@@ -227,14 +233,22 @@ class _Capture:
         return CapturedOutput(data=b"".join(self.chunks), total_bytes=self.total, overflowed=self.total > self.limit)
 
 
-async def _drain(stream: asyncio.StreamReader | None, capture: _Capture) -> None:
+async def _drain(
+    stream: asyncio.StreamReader | None, capture: _Capture, tap: OutputTap | None = None, name: str = ""
+) -> None:
     if stream is None:
         return
     while True:
         chunk = await stream.read(CHUNK_SIZE)
+        if chunk:
+            capture.feed(chunk)
+        if tap is not None:
+            try:
+                tap(name, chunk)
+            except Exception:
+                _log.warning("exec output tap failed on %s; the output is still captured", name, exc_info=True)
         if not chunk:
             return
-        capture.feed(chunk)
 
 
 async def _feed_stdin(proc: asyncio.subprocess.Process, data: bytes) -> tuple[StdinFailure | None, StdinFailure | None]:
@@ -373,11 +387,12 @@ async def run_process(
     stderr_limit: int,
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S,
     observer: ProcessObserver | None = None,
+    tap: OutputTap | None = None,
 ) -> ProcessResult:
     """Run ``program args…`` to completion; see the module docstring for the guarantees.
 
     ``env`` is the child's complete environment (``None`` = inherit). ``timeout_s`` ``None`` means
-    no deadline. Limits are per stream, in bytes.
+    no deadline. Limits are per stream, in bytes. ``tap`` sees the output as it is read.
     """
     if stdout_limit < 0 or stderr_limit < 0:
         raise ValueError("output limits must be non-negative")
@@ -419,7 +434,7 @@ async def run_process(
         cancelled_during_spawn |= await _report(reporter.group_started, group)
     try:
         return await _supervise(
-            proc, stdin, timeout_s, stdout_limit, stderr_limit, grace_period_s, observer, cancelled_during_spawn
+            proc, stdin, timeout_s, stdout_limit, stderr_limit, grace_period_s, observer, cancelled_during_spawn, tap
         )
     finally:
         group_guard().unregister(proc.pid)
@@ -463,6 +478,7 @@ async def _supervise(
     grace_period_s: float,
     observer: ProcessObserver | None,
     cancelled_during_spawn: bool,
+    tap: OutputTap | None = None,
 ) -> ProcessResult:
     """Feed, drain and wait for a spawned child; kill and reap it on every way out."""
     _notify(observer, ProcessEvent("spawned", proc.pid))
@@ -474,7 +490,10 @@ async def _supervise(
     err = _Capture(stderr_limit)
     # The deadline starts now (after the spawn) and covers stdin, the reads and the wait.
     feeder = asyncio.ensure_future(_feed_stdin(proc, stdin))
-    readers = [asyncio.ensure_future(_drain(proc.stdout, out)), asyncio.ensure_future(_drain(proc.stderr, err))]
+    readers = [
+        asyncio.ensure_future(_drain(proc.stdout, out, tap, "stdout")),
+        asyncio.ensure_future(_drain(proc.stderr, err, tap, "stderr")),
+    ]
     tasks: list[asyncio.Future[Any]] = [feeder, *readers]
     try:
         try:

@@ -75,6 +75,7 @@ from engine.errors import MfmError, RunError, StorageError
 from engine.events import (
     DOMAIN_EVENT_FACT_RECORDED,
     DOMAIN_EVENT_RECOVERED_FROM,
+    DOMAIN_EVENT_RETRY_SCHEDULED,
     DomainEvent,
     EventEnvelope,
     RunStarted,
@@ -88,7 +89,7 @@ from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key
 from engine.live_io_router import ALL_NAMESPACES, LiveIoRouter, UnimplementedTransportFactory
 from engine.plan import ExecutionPlan, topological_order
-from engine.stores import CancelRequest
+from engine.stores import CancelRequest, RetryNowRequest
 from engine.transport import LiveTransportFactory
 
 __all__ = [
@@ -106,6 +107,7 @@ __all__ = [
     "derived_fact_key",
     "plan_recovery",
     "request_cancel",
+    "request_retry_now",
     "side_effect_fact_key",
 ]
 
@@ -431,3 +433,38 @@ async def request_cancel(stores: Stores, run_id: RunId, reason: str = "") -> Can
             f"run {run_id} already finished ({history.run_completed.status}); there is nothing to cancel",
         )
     return await stores.control.request_cancel(run_id, reason)
+
+
+async def request_retry_now(stores: Stores, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
+    """Ask a run waiting out a retry backoff to start ``attempt`` of ``state_id`` now (any process).
+
+    The run's worker polls the control store like a cancel request. Refuses unknown and finished runs
+    (``run_already_finished``) and a state that is not waiting for that attempt (``not_in_backoff``).
+    """
+    run_id = RunId(run_id)
+    if stores.control is None:
+        raise StorageError.other("control_store_missing", "these stores have no control store; cannot retry now")
+    try:
+        envelopes, history = await load_history(stores, run_id)
+    except StorageError:
+        raise
+    except MfmError as exc:
+        raise RunError.wrap(exc) from exc
+    if history.run_completed is not None:
+        raise StorageError.other(
+            "run_already_finished",
+            f"run {run_id} already finished ({history.run_completed.status}); there is no backoff to cut short",
+        )
+    waiting = False
+    for env in envelopes:
+        ev = env.event
+        if isinstance(ev, DomainEvent) and ev.name == DOMAIN_EVENT_RETRY_SCHEDULED and isinstance(ev.payload, dict):
+            if ev.payload.get("state_id") == str(state_id):
+                waiting = ev.payload.get("next_attempt") == attempt
+        elif isinstance(ev, StateEntered) and str(ev.state_id) == str(state_id) and ev.attempt == attempt:
+            waiting = False
+    if not waiting:
+        raise StorageError.other(
+            "not_in_backoff", f"run {run_id}: state {state_id} is not waiting to start attempt {attempt + 1}"
+        )
+    return await stores.control.request_retry_now(run_id, str(state_id), int(attempt))

@@ -47,14 +47,17 @@ from mfm_tui.messages import (
     RunsUpdated,
     StoreChanged,
 )
+from mfm_tui.notices import FailureWatch, notice_text
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog, lines_text
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.diff import DiffScreen, ReplayScreen
 from mfm_tui.screens.help import HelpEntry, HelpScreen
+from mfm_tui.screens.jump import JumpPrompt, resolve_jump
 from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.runs import RunsScreen
 from mfm_tui.screens.start import StartScreen
+from mfm_tui.screens.workers import WorkersScreen
 from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
 
@@ -117,6 +120,7 @@ class MfmApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
         Binding("question_mark", "help", "Help", tooltip="Show every key of this screen"),
         Binding("escape", "back", "Back", show=False, tooltip="Back / close"),
+        Binding("colon", "jump", "Jump", show=False, tooltip="Jump to a view: runs, workers, or a run by id prefix"),
     ]
     """
     | Key(s) | Description |
@@ -124,6 +128,7 @@ class MfmApp(App[None]):
     | q, ctrl+c | Quit (runs keep going in their workers). |
     | question_mark | Every key of the current screen. |
     | escape | Back / close. |
+    | colon | Jump: `runs`, `workers` or a run id prefix (as in k9s). |
     """
 
     def __init__(
@@ -154,6 +159,11 @@ class MfmApp(App[None]):
         self.watch_restart_delay = 1.0
         self.loaded = False
         self.watcher = StoreWatcher(store, lease_probe=self.lease_probe, plan_resolver=plan_resolver)
+        self.failures = FailureWatch()
+        self.bell_on_failure = True
+        """Ring the terminal bell with a new-failure notice (TODO: a setting in mfm_tui/settings.py)."""
+        self.notices: list[str] = []
+        """The new-failure notices shown, newest last."""
         for item in THEMES.values():
             self.register_theme(item)
         self.theme = resolve_theme_name(theme)
@@ -234,6 +244,7 @@ class MfmApp(App[None]):
                 gc.freeze()
                 gc.enable()
         self.loaded = True
+        self.failures.seed(self.watcher.models)
         self._emit(WatchUpdate(initial=True), force=True)
         while self.watch_store:
             try:
@@ -255,6 +266,8 @@ class MfmApp(App[None]):
         """Turn a watcher update into messages (called in the worker; touches no widget)."""
         if update.grown:
             self._broadcast(partial(StoreChanged, frozenset(update.grown)))
+        if update.updated and self.loaded:
+            self.call_later(self._notice_failures, frozenset(update.updated))
         if update.updated or update.errors or force:
             self._broadcast(
                 partial(
@@ -268,6 +281,18 @@ class MfmApp(App[None]):
         for run_id, code, message in update.errors:
             if run_id is None:
                 self.post_message(ErrorReported(code, message, title="Store unreadable"))
+
+    def _notice_failures(self, run_ids: frozenset[RunId]) -> None:
+        """A run that just failed or lost its worker: a notice (and the bell) unless its own screen is on top."""
+        for model in self.failures.changes(self.watcher.models, sorted(run_ids)):
+            screen = self.screen
+            if isinstance(screen, RunScreen) and screen.run_id == model.run_id:
+                continue
+            text = notice_text(model)
+            self.notices.append(text)
+            self.notify(text, title="New failure", severity="error", timeout=10)
+            if self.bell_on_failure:
+                self.bell()
 
     def _broadcast(self, make: Callable[[], Message]) -> None:
         for screen in list(self.screen_stack):
@@ -343,6 +368,31 @@ class MfmApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.help_entries(self.screen)))
+
+    def action_jump(self) -> None:
+        """``:``: a prompt; its answer opens a view or a run (``mfm_tui.screens.jump``)."""
+        if isinstance(self.screen, JumpPrompt):
+            return
+        self.push_screen(JumpPrompt(), self._jump_to)
+
+    def _jump_to(self, text: str | None) -> None:
+        if text is None:
+            return
+        jump = resolve_jump(text, self.watcher.models)
+        if jump.error is not None:
+            self.post_message(ErrorReported(*jump.error, title="Jump"))
+        elif jump.view == "runs":
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+        elif jump.view == "workers":
+            self.action_show_workers()
+        elif jump.run_id is not None:
+            self.open_run(RunId(jump.run_id))
+
+    def action_show_workers(self) -> None:
+        """The workers view (``w`` on the runs list, ``:workers``)."""
+        if not isinstance(self.screen, WorkersScreen):
+            self.push_screen(WorkersScreen())
 
     def action_command_palette(self) -> None:
         if not self.ascii_only:

@@ -7,7 +7,9 @@ from the app's injected clock, so snapshots with a frozen clock are stable.
 
 from __future__ import annotations
 
-__all__ = ["countdown_text", "format_ago", "format_countdown", "format_duration"]
+import re
+
+__all__ = ["countdown_text", "format_ago", "format_countdown", "format_duration", "parse_duration"]
 
 
 def format_duration(
@@ -84,3 +86,16 @@ def countdown_text(remaining_millis: int | None) -> str:
     if secs >= 60:
         return f"{secs // 60}m{secs % 60:02d}s"
     return f"{secs}s"
+
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNIT_MILLIS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``1d``, ``1h30m``, ``500ms`` → milliseconds; ``ValueError`` otherwise."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration (try 90s, 15m, 2h, 1d or 1h30m)")
+    return sum(int(n) * _UNIT_MILLIS[u] for n, u in parts)

@@ -1,4 +1,5 @@
-"""Cancellation: the in-process token and the watcher that merges it with cross-process requests."""
+"""Cancellation: the in-process token and the watcher that merges it with cross-process requests (and watches
+for the operator's retry-now request during a backoff, polled the same way)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,22 @@ class CancelWatcher:
                 req = await control.cancel_request(self.run_id)
                 if req is not None:
                     self._fire(req.reason or "cancel requested")
+
+    async def retry_now(self, state_id: str, attempt: int) -> None:
+        """Return once a retry-now request for ``(state_id, attempt)`` is in the control store (never without one).
+
+        Polled every ``poll_interval`` seconds of real time, like a cancel request; an unreadable control store
+        is retried at the next poll.
+        """
+        control = self._control
+        if control is None:
+            await asyncio.Event().wait()  # nothing can ask: wait until the caller stops waiting
+            return
+        while True:
+            with contextlib.suppress(MfmError):
+                if await control.retry_now_request(self.run_id, state_id, attempt) is not None:
+                    return
+            await asyncio.sleep(self._poll_interval)
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -305,7 +305,7 @@ class Scheduler:
                     )
                 if delay.total_nanos > 0:
                     await inv.writer.append(events, ts=now)
-                    await inv.sleeper.sleep(delay.total_nanos / 1e9)
+                    await self._backoff(sid, nxt, delay.total_nanos / 1e9)
                 else:
                     inv.writer.defer(events, ts=now)  # no sleep between: they travel with the next StateEntered
                 attempt = nxt
@@ -315,6 +315,19 @@ class Scheduler:
         finally:
             self.active -= 1
             self._wake(None)  # the main loop resumes in the loop iteration that sees this task done, not one later
+
+    async def _backoff(self, sid: StateId, attempt: int, seconds: float) -> None:
+        """The wait before ``attempt`` of ``sid``: the sleeper's, cut short by an operator's retry-now request."""
+        sleep = asyncio.ensure_future(self.inv.sleeper.sleep(seconds))
+        asked = asyncio.ensure_future(self.inv.watcher.retry_now(str(sid), attempt))
+        try:
+            await asyncio.wait({sleep, asked}, return_when=asyncio.FIRST_COMPLETED)
+            if sleep.done():
+                sleep.result()  # a sleeper's error is the run's
+        finally:
+            for task in (sleep, asked):
+                task.cancel()
+            await asyncio.gather(sleep, asked, return_exceptions=True)
 
     def _mark_finished(self, tail: list[Any]) -> Callable[[], None] | None:
         if not tail:

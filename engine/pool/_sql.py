@@ -149,6 +149,13 @@ class Queries:
         )
         self.hosts = q("SELECT run_id, owner_host FROM {q} WHERE run_id = ANY(%s::uuid[])")
         self.pending = q("SELECT count(*) FROM {q} WHERE done_at IS NULL")
+        # The workers view: unfinished rows, claimed (live or expired lease) or queued; ages on the server's clock.
+        self.leases = q(
+            "SELECT run_id, action, owner_token IS NOT NULL, owner_host, owner_pid,"
+            " (extract(epoch FROM claimed_at) * 1000)::bigint, lease_expires_at >= clock_timestamp(),"
+            " (extract(epoch FROM clock_timestamp() - heartbeat_at) * 1000)::bigint"
+            " FROM {q} WHERE done_at IS NULL ORDER BY enqueued_at"
+        )
         self.waiting = q("SELECT run_id FROM {q} WHERE done_at IS NULL AND owner_token IS NULL ORDER BY enqueued_at")
 
 

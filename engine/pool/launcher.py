@@ -16,6 +16,7 @@ from engine.workers.base import (
     PendingRun,
     ResumeOutcome,
     WorkerError,
+    WorkerLease,
     already_recovered,
     ended_failed,
     require_run,
@@ -129,6 +130,16 @@ class QueueLauncher:
 
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return lease_info(self.store, run_id)
+
+    async def leases(self) -> list[WorkerLease]:
+        out = []
+        for run_id, action, owned, host, pid, claimed, live, age in await self.queue.leases():
+            if not owned:
+                out.append(WorkerLease(run_id, LeaseState.HELD, None, None, None, None, "queued"))
+                continue
+            state = LeaseState.HELD if live else LeaseState.STALE
+            out.append(WorkerLease(run_id, state, pid, host, claimed, age, action))
+        return out
 
     async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
         """Queue rows whose run has no events yet: queued, being started, or whose worker died first."""

@@ -226,6 +226,24 @@ class RunQueue:
         rows = await self._exec(self._q.pending, what="counting queued runs")
         return int(rows[0][0]) if rows else 0
 
+    async def leases(self) -> list[tuple[RunId, str, bool, str | None, int | None, int | None, bool, int | None]]:
+        """``(run_id, action, owned, host, pid, claimed_millis, lease_live, heartbeat_age_millis)`` of every
+        unfinished row, oldest first."""
+        rows = await self._exec(self._q.leases, what="listing worker leases")
+        return [
+            (
+                RunId(str(r[0])),
+                str(r[1]),
+                bool(r[2]),
+                r[3],
+                None if r[4] is None else int(r[4]),
+                None if r[5] is None else int(r[5]),
+                bool(r[6]),
+                None if r[7] is None else max(0, int(r[7])),
+            )
+            for r in rows
+        ]
+
     async def waiting(self) -> list[RunId]:
         """Runs queued and not claimed yet (they have no events: ``list_runs`` does not know them)."""
         rows = await self._exec(self._q.waiting, what="listing queued runs")

@@ -9,12 +9,14 @@ monitor's ``RunLister`` and the control plane's ``ControlStore``. Backends: :mod
 from engine._kinds import ArtifactKind
 from engine.stores._base import (
     CODE_CONCURRENCY,
+    ArtifactLister,
     ArtifactStore,
     Blob,
     CancelRequest,
     ChangeBatch,
     ControlStore,
     EventStore,
+    RetryNowRequest,
     RunLister,
     UnitOfWork,
     check_artifact_id,
@@ -30,6 +32,7 @@ from engine.stores.memory import MemoryArtifactStore, MemoryEventStore, MemorySt
 __all__ = [
     "CODE_CONCURRENCY",
     "ArtifactKind",
+    "ArtifactLister",
     "ArtifactStore",
     "Blob",
     "CancelRequest",
@@ -42,6 +45,7 @@ __all__ = [
     "MemoryArtifactStore",
     "MemoryEventStore",
     "MemoryStore",
+    "RetryNowRequest",
     "RunLister",
     "UnitOfWork",
     "check_artifact_id",

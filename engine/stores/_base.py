@@ -22,12 +22,14 @@ from engine.ids import ArtifactId, RunId, StateId
 
 __all__ = [
     "CODE_CONCURRENCY",
+    "ArtifactLister",
     "ArtifactStore",
     "Blob",
     "CancelRequest",
     "ChangeBatch",
     "ControlStore",
     "EventStore",
+    "RetryNowRequest",
     "RunLister",
     "UnitOfWork",
     "check_artifact_id",
@@ -155,6 +157,15 @@ class RunLister(Protocol):
         ...
 
 
+@runtime_checkable
+class ArtifactLister(Protocol):
+    """Artifact ids by prefix (``mfm artifact 9c1e``), as run ids are resolved by prefix."""
+
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        """At most ``limit`` stored ids starting with ``prefix`` (lowercase hex), sorted."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
     run_id: RunId
@@ -162,13 +173,29 @@ class CancelRequest:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class RetryNowRequest:
+    """An operator's request to cut the backoff before ``attempt`` (the retry's ``next_attempt``) of a state short."""
+
+    run_id: RunId
+    state_id: str
+    attempt: int
+    requested_at_millis: int
+
+
 @runtime_checkable
 class ControlStore(Protocol):
-    """Requests to a running run from any process (ENGINE-SPEC §0.6)."""
+    """Requests to a running run from any process (ENGINE-SPEC §0.6): cancel, and retry-now during a backoff."""
 
     async def request_cancel(self, run_id: RunId, reason: str = "") -> CancelRequest: ...
 
     async def cancel_request(self, run_id: RunId) -> CancelRequest | None: ...
+
+    async def request_retry_now(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
+        """Record the request (first one per ``(run, state, attempt)`` wins and is returned)."""
+        ...
+
+    async def retry_now_request(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest | None: ...
 
 
 def check_run_id(run_id: object) -> RunId:

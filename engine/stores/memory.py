@@ -18,6 +18,7 @@ from engine.stores._base import (
     Blob,
     CancelRequest,
     ChangeBatch,
+    RetryNowRequest,
     check_artifact_id,
     check_run_id,
     validate_batch,
@@ -35,6 +36,7 @@ class MemoryEventStore:
         self._streams: dict[RunId, list[EventEnvelope]] = {}
         self._journal: list[RunId] = []
         self._cancels: dict[RunId, CancelRequest] = {}
+        self._retry_nows: dict[tuple[RunId, str, int], RetryNowRequest] = {}
         self._lock = asyncio.Lock()
 
     async def head_seq(self, run_id: RunId) -> int:
@@ -101,6 +103,15 @@ class MemoryEventStore:
     async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
         return self._cancels.get(check_run_id(run_id))
 
+    async def request_retry_now(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
+        run_id = check_run_id(run_id)
+        key = (run_id, str(state_id), int(attempt))
+        req = RetryNowRequest(run_id, key[1], key[2], int(time.time() * 1000))
+        return self._retry_nows.setdefault(key, req)
+
+    async def retry_now_request(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest | None:
+        return self._retry_nows.get((check_run_id(run_id), str(state_id), int(attempt)))
+
 
 class MemoryArtifactStore:
     """Content-addressed blobs in a dict; ``kinds`` records the kind given at first put."""
@@ -108,6 +119,9 @@ class MemoryArtifactStore:
     def __init__(self) -> None:
         self._blobs: dict[ArtifactId, bytes] = {}
         self.kinds: dict[ArtifactId, ArtifactKind] = {}
+
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        return sorted(a for a in self._blobs if a.startswith(prefix))[: max(limit, 0)]
 
     async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
         data = bytes(data)

@@ -73,6 +73,7 @@ from engine.workers.actions import (
     replay_run,
     resume_run,
     start_run,
+    worker_leases,
     worker_log_tail,
 )
 from engine.workers.base import (
@@ -88,6 +89,7 @@ from engine.workers.base import (
     ResumeOutcome,
     RunFolders,
     WorkerError,
+    WorkerLease,
     exit_code_for,
     is_pooled,
     storage_full,
@@ -132,6 +134,7 @@ __all__ = [
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
+    "WorkerLease",
     "cancel_children",
     "cancel_run",
     "discard_run",
@@ -156,6 +159,7 @@ __all__ = [
     "storage_full",
     "verdict_json",
     "verdict_path",
+    "worker_leases",
     "worker_log_tail",
     "write_pending",
 ]

@@ -11,7 +11,15 @@ from engine.child_runs import request_cancel_children, unfinished_children
 from engine.ids import RunId
 from engine.operations import OperationRegistry, PreparedRun, prepare_run
 from engine.stores import RunLister
-from engine.workers.base import LeaseInfo, PendingRun, ResumeOutcome, RunFolders, WorkerError, require_run
+from engine.workers.base import (
+    LeaseInfo,
+    PendingRun,
+    ResumeOutcome,
+    RunFolders,
+    WorkerError,
+    WorkerLease,
+    require_run,
+)
 from engine.workers.launcher import LaunchingStore, launcher_for
 from engine.workers.pending import fs_pending_run
 
@@ -27,6 +35,7 @@ __all__ = [
     "replay_run",
     "resume_run",
     "start_run",
+    "worker_leases",
     "worker_log_tail",
 ]
 
@@ -162,3 +171,9 @@ async def worker_log_tail(store: RunFolders | LaunchingStore, run_id: RunId, lin
     """The last lines of the run's worker log (``runs/<id>/worker.log``; on a database store, what its queue row
     says), each through the secrets guard: a line that looks secret is withheld."""
     return await launcher_for(store).log_tail(run_id, lines)
+
+
+async def worker_leases(store: RunFolders | LaunchingStore) -> list[WorkerLease]:
+    """Every run a worker holds, or held and lost (stale), with pid, host and (database pool) heartbeat age; a
+    database store also lists the runs queued for its pool. Finished runs are left out. Never waits on a lock."""
+    return await launcher_for(store).leases()

@@ -29,6 +29,7 @@ __all__ = [
     "ResumeOutcome",
     "RunFolders",
     "WorkerError",
+    "WorkerLease",
     "already_recovered",
     "ended_failed",
     "exit_code_for",
@@ -136,6 +137,27 @@ class LeaseInfo:
     started_at: int | None = None
     """Milliseconds since the epoch when the holder took the lease."""
     action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLease:
+    """A run a worker holds (or held, and lost): the workers view's row (``engine.workers.worker_leases``)."""
+
+    run_id: RunId
+    state: LeaseState
+    """``HELD`` (a live worker; on a database store also ``action == "queued"``) or ``STALE`` (worker lost)."""
+    pid: int | None
+    host: str | None
+    started_at: int | None
+    """Milliseconds since the epoch when the holder took the lease."""
+    heartbeat_age_millis: int | None
+    """Database pool: time since the holder's last heartbeat (the server's clock). Filesystem store: ``None``,
+    its liveness is the lease file's ``flock``, checked at the time of the call."""
+    action: str | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.state is LeaseState.STALE
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from engine.workers.base import (
     ResumeOutcome,
     RunFolders,
     WorkerError,
+    WorkerLease,
     already_recovered,
     ended_failed,
     require_run,
@@ -43,7 +44,7 @@ from engine.workers.lease import (
     run_finished,
     write_pending,
 )
-from engine.workers.pending import fs_discard, fs_log_tail, fs_pending_runs
+from engine.workers.pending import fs_discard, fs_leased_runs, fs_log_tail, fs_pending_runs
 
 __all__ = ["DetachedLauncher", "Launcher", "LaunchingStore", "launcher_for"]
 
@@ -79,6 +80,10 @@ class Launcher(Protocol):
     async def read_verdict(self, replay_run_id: RunId) -> dict[str, Any] | None: ...
 
     def lease_state(self, run_id: RunId) -> LeaseInfo: ...
+
+    async def leases(self) -> list[WorkerLease]:
+        """Every run a worker holds or lost (not the finished ones): the workers view."""
+        ...
 
     async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
         """Runs asked to start that have no events yet (starting, queued, or whose worker died first); ``exclude``:
@@ -289,6 +294,14 @@ class DetachedLauncher:
 
     def lease_state(self, run_id: RunId) -> LeaseInfo:
         return probe_lease(self.store, run_id)
+
+    async def leases(self) -> list[WorkerLease]:
+        out = []
+        for run_id in fs_leased_runs(self.store):
+            info = probe_lease(self.store, run_id)
+            if info.state is not LeaseState.NONE:
+                out.append(WorkerLease(run_id, info.state, info.pid, info.host, info.started_at, None, info.action))
+        return out
 
     async def pending_runs(self, exclude: Collection[RunId] = ()) -> list[PendingRun]:
         return fs_pending_runs(self.store, exclude)

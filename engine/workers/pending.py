@@ -113,6 +113,28 @@ def fs_pending_runs(store: RunFolders, exclude: Collection[str] = ()) -> list[Pe
     return out
 
 
+def fs_leased_runs(store: RunFolders) -> list[RunId]:
+    """The runs whose folder has a lease file (held, lost or finished): one ``scandir`` of ``runs/``, a ``stat``
+    per run."""
+    runs = _root(store) / framing.RUNS_DIR
+    try:
+        with os.scandir(runs) as it:
+            names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise WorkerError.new("store_unreadable", f"cannot list {runs}: {exc.strerror or exc}") from None
+    out: list[RunId] = []
+    for name in sorted(names):
+        try:
+            run_id = RunId(name)
+        except ValueError:
+            continue
+        if (runs / name / framing.LEASE_FILE).exists():
+            out.append(run_id)
+    return out
+
+
 def fs_discard(store: RunFolders, run_id: RunId) -> Path:
     """Move a run that never started (no events, no live worker) into ``STORE/quarantine/<stamp>-discard/``.
 

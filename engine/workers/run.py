@@ -18,6 +18,7 @@ from engine.process_groups import describe_all, reporting_groups_to
 from engine.runtime import CancelToken, Engine
 from engine.workers.base import EXIT_FAILED, EXIT_OK, RunFolders, WorkerError, require_run
 from engine.workers.crash_loop import max_orphan_recoveries, reset_crash_loop
+from engine.workers.exec_log import exec_log_tap
 from engine.workers.lease import Lease, verdict_path, write_private
 
 __all__ = ["run_worker", "verdict_json"]
@@ -34,7 +35,10 @@ def _make_engine(
     token stops them with the parent)."""
     resolver = registry.plan_resolver(OperationEnv(artifacts=store.stores.artifacts))
     children = ChildRunFactory(
-        [ExecTransportFactory()], plan_resolver=resolver, cancel_poll_interval=poll, cancel=token
+        [ExecTransportFactory(output_tap=exec_log_tap(store))],
+        plan_resolver=resolver,
+        cancel_poll_interval=poll,
+        cancel=token,
     )
     return Engine(plan_resolver=resolver, transports=children, cancel_poll_interval=poll), children
 

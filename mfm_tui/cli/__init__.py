@@ -43,6 +43,11 @@ from mfm_tui.cli.read import artifact, events, ops, runs, show
 __all__ = ["EXIT_CODES_HELP", "cli", "main"]
 
 EXIT_CODES_HELP = f"""\b
+Examples:
+  mfm                                   open the terminal UI
+  mfm start demo_flaky --wait           start a run and wait for it
+  mfm runs --status failed --since 1d   what failed today
+\b
 Exit codes (stable):
   {EXIT_OK}  ok
   {EXIT_FAILED}  the run failed or was cancelled (with --wait), or its worker was lost
@@ -91,7 +96,12 @@ def _stdout_closed_on_epipe() -> Iterator[None]:
         raise
 
 
-@click.group(cls=_Group, invoke_without_command=True, epilog=EXIT_CODES_HELP)
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--store", "store", metavar="PATH|URL", help="Store folder (created by start/worker/tui) or postgresql://… URL."
 )
@@ -114,7 +124,27 @@ def cli(ctx: click.Context, store: str | None, ops: tuple[str, ...], debug: bool
     return None
 
 
+_EXAMPLES = {
+    "tui": ["mfm tui --store ~/runs", "mfm --store postgresql://mfm@db/mfm tui --read-only"],
+    "serve": ["mfm serve --port 8000"],
+    "ops": ["mfm ops", "mfm ops --json"],
+    "start": ["mfm start demo_flaky -p fail_times=3", "mfm start demo_pipeline --wait --json"],
+    "runs": ["mfm runs --status failed --since 1h", "mfm runs --op demo_big --limit 5 --json"],
+    "show": ["mfm show 3f2a", "mfm show 3f2a --json"],
+    "events": ["mfm events 3f2a --follow", "mfm events 3f2a --from 40 --json"],
+    "artifact": ["mfm artifact 9c1e0f", "mfm artifact 9c1e0f --raw > out.bin"],
+    "resume": ["mfm resume 3f2a --wait"],
+    "cancel": ["mfm cancel 3f2a --reason 'wrong input'"],
+    "replay": ["mfm replay 3f2a --wait"],
+    "discard": ["mfm discard 3f2a"],
+    "doctor": ["mfm doctor", "mfm doctor --repair"],
+    "worker": ["mfm worker serve --store postgresql://mfm@db/mfm --concurrency 4"],
+}
+"""One or two invocations shown at the end of each command's help (``-h``)."""
+
 for _command in (tui, serve, ops, start, runs, show, events, artifact, resume, cancel, replay, discard, doctor, worker):
+    _lines = "\n".join(f"  {line}" for line in _EXAMPLES[str(_command.name)])
+    _command.epilog = f"\b\nExample{'s' if len(_EXAMPLES[str(_command.name)]) > 1 else ''}:\n{_lines}"
     cli.add_command(_command)
 
 

@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 import click
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
-from engine.ids import RunId
+from engine.events import DOMAIN_EVENT_RECOVERED_FROM, DomainEvent
+from engine.ids import ArtifactId, RunId
 from engine.open_store import open_store
 from engine.operations import OperationRegistry, load_registry, read_manifest
-from engine.workers import is_pooled, lease_state, list_run_ids, max_orphan_recoveries, pending_run
+from engine.stores import ArtifactLister
+from engine.workers import is_pooled, lease_state, list_run_ids, max_orphan_recoveries, pending_run, read_verdict
 from mfm_tui.config import resolve_store
 from mfm_tui.run_model import PlanShape, RunDisplayStatus, RunModel, lease_status_of
 from mfm_tui.time_format import format_duration
@@ -33,9 +35,12 @@ __all__ = [
     "echo_json",
     "env_of",
     "format_timestamp",
+    "link_recoveries",
     "load_model",
     "now_millis",
     "print_table",
+    "replay_source",
+    "resolve_artifact_id",
     "resolve_run_id",
     "run_sync",
     "state_line",
@@ -155,6 +160,56 @@ async def resolve_run_id(store: Any, text: str) -> RunId:
         shown = ", ".join(m[:12] for m in matches[:8]) + (" …" if len(matches) > 8 else "")
         raise CliError.new("run_id_ambiguous", f"{text!r} matches {len(matches)} runs: {shown}")
     return RunId(matches[0])
+
+
+_ARTIFACT_MATCHES_SHOWN = 8
+
+
+async def resolve_artifact_id(store: Any, text: str) -> ArtifactId:
+    """A full artifact id or a unique prefix of one (as run ids): ambiguous → exit 2, unknown → exit 3."""
+    prefix = text.strip().lower()
+    if not prefix or len(prefix) > 64 or any(c not in "0123456789abcdef" for c in prefix):
+        raise CliError.new("invalid_artifact_id", f"{text!r} is not an artifact id (64 hex digits, or a prefix)")
+    if len(prefix) == 64:
+        return ArtifactId(prefix)
+    lister = store.artifacts
+    if not isinstance(lister, ArtifactLister):
+        raise CliError.new("artifact_prefix_unsupported", "this store cannot look artifacts up by prefix: give all 64")
+    matches = await lister.ids_with_prefix(prefix, _ARTIFACT_MATCHES_SHOWN + 1)
+    if not matches:
+        raise MfmError(ErrorInfo.new("artifact_not_found", f"no artifact matches {text!r}"))
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:_ARTIFACT_MATCHES_SHOWN])
+        more = " …" if len(matches) > _ARTIFACT_MATCHES_SHOWN else ""
+        raise CliError.new("artifact_id_ambiguous", f"{text!r} matches several artifacts: {shown}{more}")
+    return matches[0]
+
+
+async def replay_source(store: Any, run_id: RunId) -> str | None:
+    """The run that ``run_id`` replays, once its verdict is written (``None`` for any other run)."""
+    verdict = await read_verdict(store, run_id)
+    source = None if verdict is None else verdict.get("source_run_id")
+    return source if isinstance(source, str) else None
+
+
+async def link_recoveries(env: Env, model: RunModel) -> None:
+    """Fill ``model.recovered_by`` as ``mfm runs`` does: the run whose ``recovered_from`` event names it (looked
+    for only when the run failed; each candidate's first events are read, not its whole log)."""
+    if model.recovered_by is not None or model.status is not RunDisplayStatus.FAILED:
+        return
+    for other in await list_run_ids(env.store):
+        if other == model.run_id:
+            continue
+        for envelope in await env.store.events.read_range(RunId(other), 1, _RECOVERED_FROM_WITHIN):
+            ev = envelope.event
+            payload = ev.payload if isinstance(ev, DomainEvent) and ev.name == DOMAIN_EVENT_RECOVERED_FROM else None
+            if isinstance(payload, dict) and payload.get("source_run_id") == str(model.run_id):
+                model.recovered_by = RunId(other)
+                return
+
+
+_RECOVERED_FROM_WITHIN = 4
+"""A recovery run's ``recovered_from`` event comes right after its ``RunStarted``."""
 
 
 def _run_dir_exists(store: Any, run_id: RunId) -> bool:

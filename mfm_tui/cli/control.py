@@ -173,7 +173,12 @@ def _read_params_file(path: str | None) -> dict[str, Any]:
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="A parameter (repeatable).")
 @click.option("--params-file", type=str, default=None, metavar="FILE", help="Parameters as a JSON object.")
 @click.option("--wait", is_flag=True, help="Wait until the run finishes (exit 1 if it fails or is cancelled).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print run_id, manifest_id and op_id as JSON (with --wait: the finished run's summary).",
+)
 @click.pass_context
 def start(
     ctx: click.Context, op_id: str, params: tuple[str, ...], params_file: str | None, wait: bool, as_json: bool
@@ -201,7 +206,13 @@ def start(
 @click.command()
 @click.argument("run")
 @click.option("--wait", is_flag=True, help="Wait until the run finishes.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print run_id and worker_pid as JSON (a failed run: its recovery run, with recovered_from); "
+    "with --wait the run's summary.",
+)
 @click.pass_context
 def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     """Resume a run whose worker was lost (or that stopped); refuses if a worker is alive.
@@ -283,7 +294,9 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
 @click.command()
 @click.argument("run")
 @click.option("--wait", is_flag=True, help="Wait for the verdict.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print source_run_id and replay_run_id as JSON; with --wait the verdict."
+)
 @click.pass_context
 def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     """Replay a run from its recorded facts as a new run and compare the outcome."""

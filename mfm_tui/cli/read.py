@@ -18,7 +18,7 @@ from engine.events import (
     StateFailed,
     encode_envelope,
 )
-from engine.ids import ArtifactId, RunId
+from engine.ids import RunId
 from engine.workers import EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
 from mfm_tui.cli.common import (
     CliError,
@@ -26,15 +26,19 @@ from mfm_tui.cli.common import (
     echo_json,
     env_of,
     format_timestamp,
+    link_recoveries,
     load_model,
     now_millis,
     print_table,
+    replay_source,
+    resolve_artifact_id,
     resolve_run_id,
     run_sync,
     state_line,
     status_text,
 )
 from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children, tree_order
+from mfm_tui.time_format import parse_duration
 
 __all__ = ["artifact", "events", "ops", "runs", "show"]
 
@@ -67,14 +71,44 @@ _STATUS_CHOICES = [s.value for s in RunDisplayStatus]
 
 
 @click.command()
-@click.option("--status", "statuses", multiple=True, type=click.Choice(_STATUS_CHOICES), help="Repeatable.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(_STATUS_CHOICES),
+    help="Only runs in this status (repeatable).",
+)
 @click.option("--op", "op_ids", multiple=True, help="Only runs of this operation (repeatable).")
+@click.option(
+    "--since",
+    "since",
+    metavar="DURATION",
+    help="Only runs started (or asked to start) in the last DURATION: 90s, 15m, 2h, 1d, 1h30m.",
+)
+@click.option("--limit", "limit", type=click.IntRange(min=1), metavar="N", help="At most N runs (the most recent).")
 @click.option("--tree", is_flag=True, help="Nest child runs under their parent, with a summary of its children.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per run (status, error, host, recovered_from/by, replay_of, parent_run_id, children).",
+)
 @click.pass_context
-def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...], tree: bool, as_json: bool) -> int:
+def runs(
+    ctx: click.Context,
+    statuses: tuple[str, ...],
+    op_ids: tuple[str, ...],
+    since: str | None,
+    limit: int | None,
+    tree: bool,
+    as_json: bool,
+) -> int:
     """List runs, most recent first."""
     env = env_of(ctx)
+    try:
+        cutoff = None if since is None else now_millis() - parse_duration(since)
+    except ValueError as exc:
+        raise CliError.new("invalid_duration", f"--since: {exc}") from None
 
     async def collect() -> tuple[list[RunModel], dict[RunId, RunModel]]:
         max_orphan_recoveries()  # a bad $MFM_MAX_ORPHAN_RECOVERIES is an error even with no run to show
@@ -91,12 +125,15 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                 continue
             if op_ids and (model.op_id or "") not in op_ids:
                 continue
+            if cutoff is not None and (model.started_millis or model.requested_millis or 0) < cutoff:
+                continue
             out.append(model)
         out.sort(key=lambda m: (m.started_millis or m.requested_millis or 0, str(m.run_id)), reverse=True)
-        return out, every
+        return (out[:limit] if limit is not None else out), every
 
     models, every = run_sync(collect())
     hosts = {m.run_id: lease_state(env.store, m.run_id).host for m in models}
+    replays = {m.run_id: run_sync(replay_source(env.store, m.run_id)) for m in models} if as_json else {}
     now = now_millis()
     if as_json:
         echo_json(
@@ -116,6 +153,7 @@ def runs(ctx: click.Context, statuses: tuple[str, ...], op_ids: tuple[str, ...],
                     "host": hosts.get(m.run_id),
                     "recovered_from": None if m.recovered_from is None else str(m.recovered_from),
                     "recovered_by": None if m.recovered_by is None else str(m.recovered_by),
+                    "replay_of": replays.get(m.run_id),
                     "crash_loop": m.to_json()["crash_loop"],
                     "parent_run_id": None if m.parent_run_id is None else str(m.parent_run_id),
                     "children": [str(c) for c in m.children],
@@ -159,7 +197,12 @@ def _children_cell(model: RunModel, every: dict[RunId, RunModel]) -> str:
 
 @click.command()
 @click.argument("run")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="The run as JSON: states, attempts, lease, host, recovered_from/recovered_by/replay_of.",
+)
 @click.pass_context
 def show(ctx: click.Context, run: str, as_json: bool) -> int:
     """Show one run: status, states, attempts, errors."""
@@ -167,6 +210,8 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
 
     async def go() -> tuple[RunModel, dict[RunId, RunModel]]:
         model = await load_model(env, await resolve_run_id(env.store, run))
+        if model.recovered_from is None or model.recovered_by is None:  # the links `mfm runs` shows, both ways
+            await link_recoveries(env, model)
         related = {model.run_id: model}
         for child in model.children:
             if await env.store.events.head_seq(child) > 0:
@@ -185,6 +230,9 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     if as_json:
         out = model.to_json(now)
         out["host"] = info.host
+        out["recovered_from"] = None if model.recovered_from is None else str(model.recovered_from)
+        out["recovered_by"] = None if model.recovered_by is None else str(model.recovered_by)
+        out["replay_of"] = run_sync(replay_source(env.store, model.run_id))
         if unattended:
             out["worker_log"] = log
         echo_json(out)
@@ -344,12 +392,9 @@ async def _finished(store: Any, run_id: RunId) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Id, kind, size and the decoded JSON content (or null).")
 @click.pass_context
 def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> int:
-    """Print an artifact (JSON pretty-printed unless --raw)."""
+    """Print an artifact (JSON pretty-printed unless --raw). ARTIFACT_ID may be a unique prefix (like run ids)."""
     env = env_of(ctx)
-    try:
-        aid = ArtifactId(artifact_id.strip().lower())
-    except ValueError:
-        raise CliError.new("invalid_artifact_id", f"{artifact_id!r} is not an artifact id (64 hex digits)") from None
+    aid = run_sync(resolve_artifact_id(env.store, artifact_id))
     data = run_sync(env.store.artifacts.get(aid))
     if as_json:
         kind_of = getattr(env.store.artifacts, "kind_of", None)

@@ -31,13 +31,22 @@ from mfm_tui.controller.actions import (
     execute_cancel,
     execute_replay,
     execute_resume,
+    execute_retry_now,
     read_only_reason,
     replay_run_of,
     resume_runs,
+    retry_now,
     worker_log_path,
 )
 from mfm_tui.controller.diff import diff_runs, diff_state, diff_state_between
-from mfm_tui.controller.plans import ActionKind, ActionPlan, ActionRequest, describe_cancel, describe_resume
+from mfm_tui.controller.plans import (
+    ActionKind,
+    ActionPlan,
+    ActionRequest,
+    describe_cancel,
+    describe_resume,
+    describe_retry_now,
+)
 
 __all__ = [
     "SPAWN_CHECK_SECONDS",
@@ -48,6 +57,7 @@ __all__ = [
     "check_spawned",
     "describe_cancel",
     "describe_resume",
+    "describe_retry_now",
     "diff_runs",
     "diff_state",
     "diff_state_between",
@@ -55,8 +65,10 @@ __all__ = [
     "execute_cancel",
     "execute_replay",
     "execute_resume",
+    "execute_retry_now",
     "read_only_reason",
     "replay_run_of",
     "resume_runs",
+    "retry_now",
     "worker_log_path",
 ]

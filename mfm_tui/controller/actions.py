@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.ids import RunId
+from engine.runtime import request_retry_now
 from engine.secrets import redact_text
 from engine.stores.fs import framing
 from engine.workers import LeaseState, cancel_run, lease_state, replay_run, resume_run
@@ -20,6 +21,7 @@ from mfm_tui.controller.plans import (
     ActionRequest,
     describe_cancel,
     describe_resume,
+    describe_retry_now,
     run_label,
 )
 from mfm_tui.messages import ActionProposed, CancelRequested, ErrorReported, ReplayStarted, RunResumed
@@ -34,9 +36,11 @@ __all__ = [
     "execute_cancel",
     "execute_replay",
     "execute_resume",
+    "execute_retry_now",
     "read_only_reason",
     "replay_run_of",
     "resume_runs",
+    "retry_now",
     "worker_log_path",
 ]
 
@@ -237,6 +241,30 @@ def replay_run_of(services: AppServices, run_id: RunId | None, *, current: RunMo
     services.post_message(ActionProposed(request))
 
 
+def retry_now(services: AppServices, run_id: RunId, state_id: str | None, *, current: RunModel | None = None) -> None:
+    """``R``: start the next attempt of a state waiting out its backoff now (confirmation names state and attempt)."""
+    if not _guard(services):
+        return
+    model = _model_of(services, run_id, current if current and current.run_id == run_id else None)
+    if model is None:
+        _refuse(services, "run_not_found", f"run {run_id} is not loaded", "Cannot retry now")
+        return
+    plan = describe_retry_now(model, state_id, services.clock.now_millis())
+    if plan.refusal is not None:
+        _refuse(services, *plan.refusal, "Cannot retry now")
+        return
+    request = ActionRequest(
+        ActionKind.RETRY_NOW,
+        (model.run_id,),
+        f"Retry now: run {model.short_id}",
+        plan.lines,
+        confirm_label="retry now",
+        state_id=plan.state_id,
+        attempt=plan.attempt,
+    )
+    services.post_message(ActionProposed(request))
+
+
 # ---------------------------------------------------------------------------------------------- execution
 
 
@@ -247,6 +275,8 @@ async def execute(services: AppServices, request: ActionRequest) -> None:
         await execute_cancel(services, run_ids)
     elif request.kind is ActionKind.RESUME:
         await execute_resume(services, run_ids, open_run=request.open_run)
+    elif request.kind is ActionKind.RETRY_NOW:
+        await execute_retry_now(services, run_ids[0], str(request.state_id), int(request.attempt or 0))
     else:
         await execute_replay(services, run_ids[0])
 
@@ -296,6 +326,17 @@ async def execute_resume(services: AppServices, run_ids: list[RunId], *, open_ru
         services.notify(f"resuming {ok} run(s)", timeout=3)
     if open_run and opened is not None:
         services.post_message(RunResumed(opened))
+
+
+async def execute_retry_now(services: AppServices, run_id: RunId, state_id: str, attempt: int) -> None:
+    stores = getattr(services.store, "stores", services.store)
+    try:
+        await request_retry_now(stores, run_id, state_id, attempt)
+    except Exception as exc:
+        _spawn_error(services, exc, run_id, "retry now")
+        return
+    services.notify(f"retry now requested: {state_id.rsplit('.', 1)[-1]} attempt {attempt + 1}", timeout=3)
+    await _sync(services)
 
 
 async def execute_replay(services: AppServices, run_id: RunId) -> None:

@@ -11,8 +11,17 @@ from enum import StrEnum
 
 from engine.ids import RunId
 from mfm_tui.run_model import LeaseStatus, RunDisplayStatus, RunModel, StateStatus
+from mfm_tui.time_format import countdown_text
 
-__all__ = ["ActionKind", "ActionPlan", "ActionRequest", "describe_cancel", "describe_resume", "run_label"]
+__all__ = [
+    "ActionKind",
+    "ActionPlan",
+    "ActionRequest",
+    "describe_cancel",
+    "describe_resume",
+    "describe_retry_now",
+    "run_label",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,10 @@ class ActionPlan:
     recovery: bool = False
     """Resume of a failed run: a new recovery run continues it."""
     orphans: tuple[str, ...] = field(default=())
+    state_id: str | None = None
+    """Retry now: the state whose backoff is cut short."""
+    attempt: int | None = None
+    """Retry now: the 0-based attempt that starts."""
 
     @property
     def ok(self) -> bool:
@@ -35,6 +48,7 @@ class ActionKind(StrEnum):
     CANCEL = "cancel"
     RESUME = "resume"
     REPLAY = "replay"
+    RETRY_NOW = "retry_now"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,10 @@ class ActionRequest:
     danger: bool = False
     open_run: bool = False
     """Resume of one run: show the run (or its recovery run) afterwards."""
+    state_id: str | None = None
+    """Retry now: the state whose backoff is cut short."""
+    attempt: int | None = None
+    """Retry now: the 0-based attempt that starts now (``retry_scheduled``'s ``next_attempt``)."""
 
 
 def run_label(model: RunModel) -> str:
@@ -153,3 +171,29 @@ def describe_resume(model: RunModel, lease: LeaseStatus, holder: str | None = No
             lines.append(f"It resumes at {nxt.short_name} attempt {attempt}.")
     lines.append(f"{model.done} of {model.total} state(s) are done and are not run again.")
     return ActionPlan(model.run_id, lines=tuple(lines), orphans=orphans)
+
+
+def describe_retry_now(model: RunModel, state_id: str | None, now_millis: int) -> ActionPlan:
+    """Cut the backoff of ``state_id`` (else of the run's next retry) short, or why not. ``lines[0]`` names the
+    state and the attempt."""
+    sv = model.states.get(state_id) if state_id is not None else None  # type: ignore[call-overload]
+    if sv is None or sv.status is not StateStatus.RETRYING:
+        target = model.retry_target
+        sv = target.state if target is not None else None
+    if model.status.is_finished:
+        return ActionPlan(
+            model.run_id, ("run_already_finished", f"run {model.short_id} already finished; nothing waits to retry")
+        )
+    if sv is None or sv.status is not StateStatus.RETRYING or sv.last is None:
+        return ActionPlan(model.run_id, ("not_in_backoff", f"no state of run {model.short_id} waits for a retry"))
+    attempt = sv.last.attempt + 1
+    left = None if sv.not_before_millis is None else max(0, sv.not_before_millis - now_millis)
+    due = "" if left is None else f" (due in {countdown_text(left)})"
+    of = f"/{sv.max_attempts}" if sv.max_attempts is not None else ""
+    lines = (
+        f"Retry {sv.short_name} attempt {attempt + 1}{of} now?",
+        "",
+        f"State {sv.state_id} waits out its backoff{due}.",
+        "Its worker starts the attempt within a fraction of a second instead.",
+    )
+    return ActionPlan(model.run_id, lines=lines, state_id=str(sv.state_id), attempt=attempt)

@@ -166,6 +166,7 @@ class RunsScreen(Screen[None]):
         Binding("shift+tab", "step_tab(-1)", "Previous tab", show=False, tooltip="Previous status tab"),
         Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration"),
         Binding("s", "start_run", "Start", tooltip="Start a run"),
+        Binding("w", "app.show_workers", "Workers", show=False, tooltip="Workers: live workers and their leases"),
         Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)"),
         Binding("space", "toggle_mark", "Mark", show=False, tooltip="Mark the run (bulk cancel, resume; diff two)"),
         Binding("c", "cancel_runs", "Cancel", tooltip="Cancel the run, or the marked runs (confirmation first)"),
@@ -185,6 +186,7 @@ class RunsScreen(Screen[None]):
     | tab, shift+tab | Next / previous status tab. |
     | o | Sort by urgency, newest, oldest, op, duration. |
     | s | Start a run. |
+    | w | Workers: live workers and their leases. |
     | y | Copy the selected run's id. |
     | space | Mark the run (bulk cancel, resume; diff two). |
     | c | Cancel the run, or the marked runs (confirmation first). |

@@ -9,6 +9,7 @@ run starts is reported with the path of its log.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -62,10 +63,20 @@ class StartScreen(Screen[None]):
     StartScreen #start-status { height: auto; color: $text-muted; }
     """
 
-    def __init__(self, registry: OperationRegistry | None = None, *, op_id: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: OperationRegistry | None = None,
+        *,
+        op_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        rerun_of: str | None = None,
+    ) -> None:
         super().__init__()
         self._registry = registry
         self.initial_op = op_id
+        self.initial_params = dict(params) if params is not None else None
+        """Re-run with edited parameters: the form of ``op_id`` starts with these values (a run's manifest's)."""
+        self.rerun_of = rerun_of
         self.ops: list[Operation] = []
         self.op: Operation | None = None
         self.started: RunId | None = None
@@ -78,7 +89,8 @@ class StartScreen(Screen[None]):
         return self._registry
 
     def compose(self) -> ComposeResult:
-        yield Static("Start a run", id="start-title")
+        title = "Start a run" if self.rerun_of is None else f"Re-run {self.initial_op} of run {self.rerun_of[:8]}"
+        yield Static(title + ("" if self.rerun_of is None else ": edit its parameters, ctrl+s"), id="start-title")
         with Horizontal():
             with Vertical(id="start-left"):
                 yield Input(placeholder="search operations", id="start-filter", compact=True)
@@ -150,7 +162,10 @@ class StartScreen(Screen[None]):
         box = self.query_one("#start-form-box", Vertical)
         await box.remove_children()
         if op is not None:
-            await box.mount(ParamForm(op, ascii_only=services_of(self.app).ascii_only, id="start-form"))
+            form = ParamForm(op, ascii_only=services_of(self.app).ascii_only, id="start-form")
+            await box.mount(form)
+            if self.initial_params is not None and str(op.op_id) == self.initial_op:
+                form.prefill(self.initial_params)
         self.query_one("#start-status", Static).update("enter on an operation edits its parameters   ctrl+s start")
 
     # ------------------------------------------------------------------ start

@@ -165,6 +165,13 @@ class ParamForm(Vertical):
     def set_value(self, name: str, value: str) -> None:
         self.query_one(f"#param-{name}", Input).value = value
 
+    def prefill(self, params: Mapping[str, Any]) -> None:
+        """Type ``params`` (a run's ``input_params``) into the fields they name, as the form reads them back."""
+        for name, value in params.items():
+            for box in self.query(f"#param-{name}"):
+                if isinstance(box, Input):
+                    box.value = _default_text(value)
+
     def show_errors(self, errors: Mapping[str, str], only: Sequence[str] | None = None) -> None:
         """Mark each field's error (``only``: just these fields, the others keep theirs)."""
         for spec in self.specs:

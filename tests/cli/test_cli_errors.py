@@ -106,7 +106,8 @@ def test_artifact_errors(mfm: Mfm) -> None:
     from engine.stores.fs import FsStore
 
     FsStore(mfm.store).close()
-    _one_error(mfm("artifact", "1234"), 2, "invalid_artifact_id")
+    _one_error(mfm("artifact", "zz12"), 2, "invalid_artifact_id")
+    _one_error(mfm("artifact", "1234"), 3, "artifact_not_found")  # a prefix of no artifact
     _one_error(mfm("artifact", str(ZERO)), 3, "artifact_not_found")
 
 

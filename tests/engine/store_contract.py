@@ -413,6 +413,33 @@ class StoreContract:
         assert await second.events.cancel_request(run) == req
         assert await store.events.cancel_request(new_run()) is None
 
+    async def test_artifact_ids_by_prefix(self, store: Any) -> None:
+        ids = sorted([await store.artifacts.put(ArtifactKind.CONTEXT_SNAPSHOT, b"%d" % n) for n in range(40)])
+        assert await store.artifacts.ids_with_prefix(ids[0], 5) == [ids[0]]
+        fan = ids[0][0]
+        same = [a for a in ids if a.startswith(fan)]
+        assert await store.artifacts.ids_with_prefix(fan, 99) == same
+        assert await store.artifacts.ids_with_prefix("", 99) == ids
+        assert await store.artifacts.ids_with_prefix("", 3) == ids[:3]
+        assert await store.artifacts.ids_with_prefix("%", 9) == []  # never a wildcard or a path
+        assert await store.artifacts.ids_with_prefix("../", 9) == []
+
+    async def test_retry_now_requests_are_per_state_and_attempt(self, store: Any, second: Any) -> None:
+        run = new_run()
+        state = "machine.main.s/1 ../weird"  # a state id never becomes a path
+        assert await store.events.retry_now_request(run, state, 1) is None
+        req = await store.events.request_retry_now(run, state, 1)
+        assert (req.run_id, req.state_id, req.attempt) == (run, state, 1)
+        assert req.requested_at_millis > 0
+        assert await second.events.request_retry_now(run, state, 1) == req  # the first one wins
+        assert await second.events.retry_now_request(run, state, 1) == req
+        assert await store.events.retry_now_request(run, state, 2) is None
+        assert await store.events.retry_now_request(run, "machine.main.other", 1) is None
+        assert await store.events.retry_now_request(new_run(), state, 1) is None
+        with pytest.raises(StorageError) as info:
+            await store.events.request_retry_now("../../etc", state, 1)
+        assert info.value.code == "invalid_run_id"
+
 
 class UnitOfWorkContract:
     """The unit of work (issue 12) on top of :class:`StoreContract`: mix in before it, as

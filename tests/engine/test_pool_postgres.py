@@ -201,6 +201,38 @@ async def test_an_expired_lease_is_claimed_again_and_the_old_holder_learns_it_lo
         await other.close()
 
 
+async def test_worker_leases_lists_claimed_queued_and_stale_runs_with_heartbeat_age(
+    pg_server: PgServer, store: PostgresPoolStore
+) -> None:
+    """The workers view's source on a database store: pid, host, heartbeat age, stale flagged, queued rows."""
+    from engine.workers import worker_leases
+
+    held, lost, queued, done = (RunId(str(uuid.uuid4())) for _ in range(4))
+    for run in (held, lost, queued, done):
+        await store.queue.enqueue(run, "resume")
+    claims = {c.run_id: c for c in await store.queue.claim(2, "host-a", 41, 30.0)}
+    assert set(claims) == {held, lost}
+    (finished,) = await store.queue.claim(1, "host-b", 42, 30.0)
+    assert finished.run_id == queued  # claim order is enqueue order: queued is the third
+    await store.queue.finish(queued, finished.token, "Completed", None)
+    pg_server.psql(
+        f"UPDATE {store.schema}.mfm_run_queue SET lease_expires_at = clock_timestamp() - interval '1 second',"
+        f" heartbeat_at = clock_timestamp() - interval '90 seconds' WHERE run_id = '{lost}'"
+    )
+    by_run = {w.run_id: w for w in await worker_leases(store)}
+    assert set(by_run) == {held, lost, done}  # the finished row is left out
+    assert (by_run[held].state, by_run[held].host, by_run[held].pid, by_run[held].stale) == (
+        LeaseState.HELD,
+        "host-a",
+        41,
+        False,
+    )
+    assert by_run[held].heartbeat_age_millis is not None and by_run[held].heartbeat_age_millis < 60_000
+    assert by_run[lost].stale and by_run[lost].host == "host-a"
+    assert by_run[lost].heartbeat_age_millis is not None and by_run[lost].heartbeat_age_millis >= 90_000
+    assert (by_run[done].state, by_run[done].action, by_run[done].pid) == (LeaseState.HELD, "queued", None)
+
+
 def claim_of(run: RunId) -> Claim:
     return Claim(run, "resume", None, None, {}, uuid.uuid4(), 1)
 
@@ -401,6 +433,34 @@ async def test_the_tui_watches_a_database_store_through_the_same_lease_probe(
         assert app.lease_probe is not None and app.lease_probe(queued.run_id) is LeaseStatus.QUEUED  # not lost
         assert models[queued.run_id].status is ViewStatus.PENDING  # listed, though it has no events yet
         assert "postgres" in store_label(store)
+
+
+async def test_the_workers_view_lists_pool_leases_with_host_pid_and_heartbeat(
+    store: PostgresPoolStore, registry: OperationRegistry
+) -> None:
+    """The TUI's workers view on a database store: the claimed run with its pool worker's host, pid and heartbeat
+    age, and a queued run."""
+    from mfm_tui.app import make_app
+    from mfm_tui.screens.workers import WorkersScreen
+
+    claimed = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    (claim,) = await store.queue.claim(1, "pool-host", 4242, 30.0)
+    assert claim.run_id == claimed.run_id
+    queued = await start_run(store, registry, "demo_big", {"states": 2, "delay_ms": 0})
+    app = make_app(store, watch=False, plan_resolver=registry.plan_resolver())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.sync_store()
+        app.push_screen(WorkersScreen())
+        for _ in range(400):
+            await pilot.pause(0.01)
+            if isinstance(app.screen, WorkersScreen) and len(app.screen.rows) == 2:
+                break
+        screen = app.screen
+        assert isinstance(screen, WorkersScreen) and screen.error is None
+        by_run = {r.run_id: r.cells for r in screen.rows}
+        assert by_run[claimed.run_id][0] == "live" and by_run[claimed.run_id][4:6] == ("pool-host", "4242")
+        assert by_run[claimed.run_id][6].endswith(" ago")  # the heartbeat's age, from the database's clock
+        assert by_run[queued.run_id][0] == "queued"
 
 
 # -- crash loops ------------------------------------------------------------------------------------------------

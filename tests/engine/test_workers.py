@@ -116,6 +116,27 @@ def test_acquire_writes_holder_and_blocks_a_second_holder(tmp_path: Path) -> Non
     assert lease_state(store, RUN).state is LeaseState.STALE
 
 
+async def test_worker_leases_lists_held_and_lost_runs_not_finished_ones(tmp_path: Path) -> None:
+    """The workers view's source on a filesystem store: the live holder, the lost one (stale), never a finished
+    run; liveness is the flock, so there is no heartbeat age."""
+    from engine.workers import worker_leases
+
+    store = _Store(tmp_path)
+    lost = RunId("0b7e1f1c-0000-4000-8000-000000000002")
+    done = RunId("0b7e1f1c-0000-4000-8000-000000000003")
+    Lease.acquire(store, lost, "run").release()
+    Lease.acquire(store, done, "run").release()
+    store.events_path(done).write_bytes(_completed_line(1))
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    with Lease.acquire(store, RUN, "resume"):
+        by_run = {w.run_id: w for w in await worker_leases(store)}  # type: ignore[arg-type]
+    assert set(by_run) == {RUN, lost}
+    held = by_run[RUN]
+    assert (held.state, held.pid, held.action, held.stale) == (LeaseState.HELD, os.getpid(), "resume", False)
+    assert held.host and isinstance(held.started_at, int) and held.heartbeat_age_millis is None
+    assert by_run[lost].stale and by_run[lost].pid == os.getpid()
+
+
 def test_finished_run_with_free_lock_is_none(tmp_path: Path) -> None:
     store = _Store(tmp_path)
     Lease.acquire(store, RUN, "run").release()

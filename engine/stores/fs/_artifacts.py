@@ -48,6 +48,32 @@ class FsArtifactStore:
         except FileNotFoundError:
             return None
 
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        if not all(c in "0123456789abcdef" for c in prefix):
+            return []
+        core = self._core
+        top = core.top_dir(framing.ARTIFACTS_DIR, create=False)
+        if top is None:
+            return []
+        found: list[ArtifactId] = []
+        try:
+            fans = sorted(n for n in os.listdir(top) if len(n) == 2 and n.startswith(prefix[:2]))
+            for fan in fans:
+                try:
+                    fd = safe_paths.open_dir(top, fan, f"{core.root}/{framing.ARTIFACTS_DIR}/{fan}")
+                except FileNotFoundError:
+                    continue
+                try:
+                    names = os.listdir(fd)
+                finally:
+                    os.close(fd)
+                found += [ArtifactId(n) for n in names if framing.ARTIFACT_NAME.fullmatch(n) and n.startswith(prefix)]
+                if len(found) >= limit:
+                    break
+        except OSError as exc:
+            fail(exc, ARTIFACT_IO, "list", f"{core.root}/{framing.ARTIFACTS_DIR}")
+        return sorted(found)[: max(limit, 0)]
+
     def _read_verified(self, artifact_id: ArtifactId, path: str) -> bytes:
         data = self._read_if_present(artifact_id, path)
         if data is None:

@@ -10,13 +10,21 @@ import json
 import os
 import stat
 from collections.abc import Sequence
+from typing import Any
 
 import engine.stores.fs.framing as framing
 import engine.stores.fs.safe_paths as safe_paths
 from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
-from engine.stores._base import CODE_CONCURRENCY, CancelRequest, ChangeBatch, check_run_id, encode_batch
+from engine.stores._base import (
+    CODE_CONCURRENCY,
+    CancelRequest,
+    ChangeBatch,
+    RetryNowRequest,
+    check_run_id,
+    encode_batch,
+)
 from engine.stores.fs._core import EVENT_IO, Core, read_all
 from engine.stores.fs._ops import fail, translate
 from engine.stores.fs.framing import RD_FLAGS
@@ -192,13 +200,66 @@ class FsEventStore:
 
     async def request_cancel(self, run_id: RunId, reason: str = "") -> CancelRequest:
         run_id = check_run_id(run_id)
-        core = self._core
         existing = await self.cancel_request(run_id)
         if existing is not None:
             return existing
-        control = f"{core.root}/{framing.control_folder(run_id)}"
-        req = CancelRequest(run_id=run_id, requested_at_millis=core.now_millis(), reason=str(reason))
+        req = CancelRequest(run_id=run_id, requested_at_millis=self._core.now_millis(), reason=str(reason))
         body = {"reason": req.reason, "requested_at_millis": req.requested_at_millis, "run_id": str(run_id)}
+        if self._write_control(run_id, framing.CANCEL_FILE, body):
+            return req
+        first = await self.cancel_request(run_id)
+        return req if first is None else first
+
+    async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
+        run_id = check_run_id(run_id)
+        path = f"{self._core.root}/{framing.cancel_file(run_id)}"
+        raw = self._read_control(run_id, framing.CANCEL_FILE, path)
+        if raw is None:
+            return None
+        try:
+            return CancelRequest(
+                run_id=run_id, requested_at_millis=int(raw["requested_at_millis"]), reason=str(raw["reason"])
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise translate(
+                ValueError(f"malformed: {exc!r}"), "control_store_corrupt", "read cancel request", path
+            ) from exc
+
+    async def request_retry_now(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
+        run_id = check_run_id(run_id)
+        existing = await self.retry_now_request(run_id, state_id, attempt)
+        if existing is not None:
+            return existing
+        req = RetryNowRequest(run_id, str(state_id), int(attempt), self._core.now_millis())
+        body = {
+            "attempt": req.attempt,
+            "requested_at_millis": req.requested_at_millis,
+            "run_id": str(run_id),
+            "state_id": req.state_id,
+        }
+        if self._write_control(run_id, framing.retry_now_name(req.state_id, req.attempt), body):
+            return req
+        first = await self.retry_now_request(run_id, state_id, attempt)
+        return req if first is None else first
+
+    async def retry_now_request(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest | None:
+        run_id = check_run_id(run_id)
+        path = f"{self._core.root}/{framing.retry_now_file(run_id, state_id, attempt)}"
+        raw = self._read_control(run_id, framing.retry_now_name(state_id, attempt), path)
+        if raw is None:
+            return None
+        try:
+            return RetryNowRequest(run_id, str(raw["state_id"]), int(raw["attempt"]), int(raw["requested_at_millis"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise translate(
+                ValueError(f"malformed: {exc!r}"), "control_store_corrupt", "read retry-now request", path
+            ) from exc
+
+    def _write_control(self, run_id: RunId, name: str, body: dict[str, object]) -> bool:
+        """Create ``control/<name>`` (fsynced) unless it exists; ``True`` if this call created it."""
+        core = self._core
+        control = f"{core.root}/{framing.control_folder(run_id)}"
+        created = False
         try:
             dfd = core.run_dir_fd(run_id, create=True)
             try:
@@ -206,24 +267,18 @@ class FsEventStore:
             finally:
                 os.close(dfd)
             try:
-                created = core.write_new_file(
-                    cfd, framing.CANCEL_FILE, json.dumps(body, sort_keys=True).encode(), sync=True
-                )
+                created = core.write_new_file(cfd, name, json.dumps(body, sort_keys=True).encode(), sync=True)
                 if created:
                     core.ops.fsync_dir(control, cfd)
             finally:
                 os.close(cfd)
         except OSError as exc:
-            fail(exc, EVENT_IO, "write cancel request in", control)
-        if created:
-            return req
-        first = await self.cancel_request(run_id)
-        return req if first is None else first
+            fail(exc, EVENT_IO, "write control request in", control)
+        return created
 
-    async def cancel_request(self, run_id: RunId) -> CancelRequest | None:
-        run_id = check_run_id(run_id)
+    def _read_control(self, run_id: RunId, name: str, path: str) -> dict[str, Any] | None:
+        """The JSON object in ``control/<name>``, or ``None`` when there is none."""
         core = self._core
-        path = f"{core.root}/{framing.cancel_file(run_id)}"
         try:
             dfd = core.run_dir_fd(run_id, create=False)
             try:
@@ -231,7 +286,7 @@ class FsEventStore:
             finally:
                 os.close(dfd)
             try:
-                fd = safe_paths.open_file(cfd, framing.CANCEL_FILE, RD_FLAGS, path)
+                fd = safe_paths.open_file(cfd, name, RD_FLAGS, path)
             finally:
                 os.close(cfd)
         except FileNotFoundError:
@@ -240,15 +295,12 @@ class FsEventStore:
             fail(exc, EVENT_IO, "open", path)
         try:
             raw = json.loads(read_all(fd))
-            return CancelRequest(
-                run_id=run_id, requested_at_millis=int(raw["requested_at_millis"]), reason=str(raw["reason"])
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise translate(
-                exc if isinstance(exc, OSError | ValueError) else ValueError(f"malformed: {exc!r}"),
-                "control_store_corrupt" if not isinstance(exc, OSError) else EVENT_IO,
-                "read cancel request",
-                path,
+                exc, "control_store_corrupt" if not isinstance(exc, OSError) else EVENT_IO, "read control request", path
             ) from exc
         finally:
             os.close(fd)
+        if not isinstance(raw, dict):
+            raise translate(ValueError("not a JSON object"), "control_store_corrupt", "read control request", path)
+        return raw

@@ -12,7 +12,11 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       events.lock                 append_lock_file(): flock(LOCK_EX) target of appenders (readers never lock)
       events.jsonl.torn-<o>-<ms>  torn_tail_file(): a torn tail the store copied aside before truncating
       control/cancel.json         cancel_file(): the first cancel request
+      control/retry-now-<h>-<n>.json  retry_now_file(): a request to cut the backoff before attempt n of a state
+                                  (<h>: the first 32 hex chars of the state id's SHA-256)
       lease, start.json, worker.log   lease_file(), pending_file(), WORKER_LOG_FILE: written by engine.workers
+      exec.stdout, exec.stderr    EXEC_OUTPUT_FILES: what the run's exec programs print, as they print it, one
+                                  "<state>#<attempt> <line>" per line (engine.workers.exec_log; secrets withheld)
       recovery.json               RECOVERY_FILE: a failed run's recovery run (engine.workers)
       verdict.json                VERDICT_FILE: a replay's verdict (engine.workers)
     artifacts/<aa>/<id>           artifact_file(): raw bytes; <aa> = the id's first two hex chars
@@ -48,6 +52,7 @@ the end of a file (is the run finished?).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import mmap
@@ -73,6 +78,7 @@ __all__ = [
     "DIRECTORY",
     "DIR_MODE",
     "EVENTS_FILE",
+    "EXEC_OUTPUT_FILES",
     "FILE_MODE",
     "JOURNAL_FILE",
     "KIND_SUFFIX",
@@ -82,6 +88,7 @@ __all__ = [
     "QUARANTINE_DIR",
     "RD_FLAGS",
     "RECOVERY_FILE",
+    "RETRY_NOW_PREFIX",
     "RUNS_DIR",
     "STORE_FORMAT",
     "STORE_META_FILE",
@@ -116,6 +123,8 @@ __all__ = [
     "newline_offsets",
     "pending_file",
     "quarantined_tail_file",
+    "retry_now_file",
+    "retry_now_name",
     "run_folder",
     "scan",
     "temp_name",
@@ -137,10 +146,12 @@ APPEND_LOCK_FILE = "events.lock"
 LEASE_FILE = "lease"
 PENDING_FILE = "start.json"
 WORKER_LOG_FILE = "worker.log"
+EXEC_OUTPUT_FILES = {"stdout": "exec.stdout", "stderr": "exec.stderr"}
 RECOVERY_FILE = "recovery.json"
 VERDICT_FILE = "verdict.json"
 CONTROL_DIR = "control"
 CANCEL_FILE = "cancel.json"
+RETRY_NOW_PREFIX = "retry-now-"
 KIND_SUFFIX = ".kind"
 TEMP_PREFIX = ".tmp-"
 ARTIFACT_NAME = re.compile(r"[0-9a-f]{64}")
@@ -185,6 +196,16 @@ def control_folder(run_id: str) -> str:
 
 def cancel_file(run_id: str) -> str:
     return f"{RUNS_DIR}/{run_id}/{CONTROL_DIR}/{CANCEL_FILE}"
+
+
+def retry_now_name(state_id: str, attempt: int) -> str:
+    """The control file name of a retry-now request (the state id is hashed: it never becomes a path)."""
+    digest = hashlib.sha256(str(state_id).encode()).hexdigest()[:32]
+    return f"{RETRY_NOW_PREFIX}{digest}-{int(attempt)}.json"
+
+
+def retry_now_file(run_id: str, state_id: str, attempt: int) -> str:
+    return f"{RUNS_DIR}/{run_id}/{CONTROL_DIR}/{retry_now_name(state_id, attempt)}"
 
 
 def torn_tail_file(run_id: str, start: int, millis: int) -> str:

@@ -26,6 +26,13 @@ class PostgresArtifactStore:
     def __repr__(self) -> str:
         return f"PostgresArtifactStore({self._core.dsn_redacted!r}, schema={self._core.schema!r})"
 
+    async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        if not all(c in "0123456789abcdef" for c in prefix):
+            return []  # (also keeps LIKE's wildcards out)
+        async with self._core.conn("artifact_store_io") as conn:
+            rows = await (await conn.execute(self._core.q.ids_with_prefix, [prefix + "%", max(limit, 0)])).fetchall()
+        return [ArtifactId(str(r[0])) for r in rows]
+
     async def put(self, kind: ArtifactKind, data: bytes) -> ArtifactId:
         if not isinstance(kind, ArtifactKind):
             raise StorageError.other("artifact_kind_invalid", f"not an ArtifactKind: {type(kind).__name__}")

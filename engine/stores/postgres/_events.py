@@ -19,7 +19,15 @@ from engine._wire import parse_json
 from engine.errors import StorageError
 from engine.events import EventEnvelope, RunCompleted
 from engine.ids import RunId
-from engine.stores._base import CODE_CONCURRENCY, Blob, CancelRequest, ChangeBatch, check_run_id, encode_batch
+from engine.stores._base import (
+    CODE_CONCURRENCY,
+    Blob,
+    CancelRequest,
+    ChangeBatch,
+    RetryNowRequest,
+    check_run_id,
+    encode_batch,
+)
 from engine.stores.postgres._artifacts import PostgresArtifactStore, checked_blob_row
 from engine.stores.postgres._core import Conn, Core
 
@@ -170,6 +178,25 @@ class PostgresEventStore:
         if row is None:
             return None
         return CancelRequest(run_id=run_id, requested_at_millis=int(row[0]), reason=str(row[1]))
+
+    async def request_retry_now(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
+        run_id = check_run_id(run_id)
+        args = [uuid.UUID(run_id), str(state_id), int(attempt)]
+        async with self._core.conn("event_store_io") as conn:
+            await conn.execute(self._core.q.create_retry_nows)  # a schema made before the table existed
+            row = await (await conn.execute(self._core.q.retry_now, [*args, self._core.now_millis()])).fetchone()
+        assert row is not None  # INSERT … ON CONFLICT DO UPDATE … RETURNING always yields the row
+        return RetryNowRequest(run_id, str(state_id), int(attempt), int(row[0]))
+
+    async def retry_now_request(self, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest | None:
+        run_id = check_run_id(run_id)
+        args = [uuid.UUID(run_id), str(state_id), int(attempt)]
+        async with self._core.conn("event_store_io") as conn:
+            try:
+                row = await (await conn.execute(self._core.q.retry_now_get, args)).fetchone()
+            except pgerrors.UndefinedTable:
+                return None  # no request was ever made in this (older) schema
+        return None if row is None else RetryNowRequest(run_id, str(state_id), int(attempt), int(row[0]))
 
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[AsyncIterator[ChangeNotice]]:

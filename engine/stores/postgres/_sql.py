@@ -15,7 +15,7 @@ class Queries:
     def __init__(self, schema: str) -> None:
         names = {
             t: sql.Identifier(schema, t)
-            for t in ("mfm_schema", "mfm_events", "mfm_runs", "mfm_artifacts", "mfm_cancels")
+            for t in ("mfm_schema", "mfm_events", "mfm_runs", "mfm_artifacts", "mfm_cancels", "mfm_retry_nows")
         }
 
         def q(text: LiteralString) -> sql.Composed:
@@ -28,6 +28,11 @@ class Queries:
         )
         self.select_version = q("SELECT version FROM {mfm_schema}")
         self.insert_version = q("INSERT INTO {mfm_schema} (version) VALUES (%s)")
+        # Added after schema version 1 shipped: created by the first retry-now request in an older schema too.
+        self.create_retry_nows = q(
+            "CREATE TABLE IF NOT EXISTS {mfm_retry_nows} (run_id uuid NOT NULL, state_id text NOT NULL,"
+            " attempt integer NOT NULL, requested_at_millis bigint NOT NULL, PRIMARY KEY (run_id, state_id, attempt))"
+        )
         self.create_tables = [
             q(
                 "CREATE TABLE {mfm_events} (run_id uuid NOT NULL, seq bigint NOT NULL CHECK (seq >= 1),"
@@ -43,6 +48,7 @@ class Queries:
                 "CREATE TABLE {mfm_cancels} (run_id uuid PRIMARY KEY, requested_at_millis bigint NOT NULL,"
                 " reason text NOT NULL)"
             ),
+            self.create_retry_nows,
         ]
         # One statement per append (see the module docstring); four shapes: one event (scalar parameters) or
         # several (arrays), and the run's first append (INSERT its mfm_runs row) or a later one (UPDATE it in place).
@@ -128,6 +134,14 @@ class Queries:
             " ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING requested_at_millis, reason"
         )
         self.cancel_get = q("SELECT requested_at_millis, reason FROM {mfm_cancels} WHERE run_id = %s")
+        self.retry_now = q(
+            "INSERT INTO {mfm_retry_nows} (run_id, state_id, attempt, requested_at_millis) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (run_id, state_id, attempt) DO UPDATE SET run_id = EXCLUDED.run_id"
+            " RETURNING requested_at_millis"
+        )
+        self.retry_now_get = q(
+            "SELECT requested_at_millis FROM {mfm_retry_nows} WHERE run_id = %s AND state_id = %s AND attempt = %s"
+        )
         # Insert, or (already there) repair the row only if its bytes no longer match its id. Neither DO NOTHING
         # nor an UPDATE that matches no row locks or writes anything: re-putting a stored artifact costs no commit
         # flush (ON CONFLICT DO UPDATE would lock the row, and so write WAL, even when its WHERE is false).
@@ -139,5 +153,6 @@ class Queries:
             " SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM fix)"
         )
         self.get = q("SELECT data FROM {mfm_artifacts} WHERE id = %s")
+        self.ids_with_prefix = q("SELECT id FROM {mfm_artifacts} WHERE id LIKE %s ORDER BY id LIMIT %s")
         self.exists = q("SELECT 1 FROM {mfm_artifacts} WHERE id = %s")
         self.kind = q("SELECT kind FROM {mfm_artifacts} WHERE id = %s")

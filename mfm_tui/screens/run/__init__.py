@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key, Resize
@@ -33,7 +34,7 @@ from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import RunId
 from engine.runtime import Clock, SystemClock
-from mfm_tui import controller
+from mfm_tui import controller, shell
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import ASCII, UNICODE, Glyphs
 from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query
@@ -41,10 +42,13 @@ from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, child_summary
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
 from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run.children import ChildPicker
 from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
+from mfm_tui.screens.start import StartScreen
+from mfm_tui.screens.timeline import TimelineScreen
 from mfm_tui.services import AppServices, services_of
 from mfm_tui.widgets.event_log import EventLog
 from mfm_tui.widgets.plan_graph import PlanGraph
@@ -86,6 +90,11 @@ class RunScreen(Screen[None]):
         Binding("left_square_bracket", "history(-1)", "Back in time", tooltip="Time travel: one event back"),
         Binding("right_square_bracket", "history(1)", "Forward", show=False, tooltip="Time travel: one event on"),
         Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
+        Binding("R", "retry_now", "Retry now", show=False, tooltip="Cut the selected (or next) retry's backoff short"),
+        Binding("L", "logs", "Logs", show=False, tooltip="Worker log and exec stdout/stderr, following like tail -f"),
+        Binding("T", "timeline", "Timeline", show=False, tooltip="Attempt timeline of the selected state"),
+        Binding("e", "rerun", "Re-run", show=False, tooltip="Re-run with edited parameters (start form pre-filled)"),
+        Binding("exclamation_mark", "shell", "Shell", show=False, tooltip="Open $SHELL in the run's folder"),
     ]
     """
     | Key(s) | Description |
@@ -105,6 +114,11 @@ class RunScreen(Screen[None]):
     | d | Diff the selected state's result against its base. |
     | [, ] | Time travel: one event back / on. |
     | t | Time travel: show the run as of a seq. |
+    | R | Retry now: cut the selected (or next) retry's backoff short (confirmation first). |
+    | L | Logs: the worker log and exec stdout/stderr, following. |
+    | T | Attempt timeline of the selected state. |
+    | e | Re-run with edited parameters (the start form, pre-filled from the run's manifest). |
+    | ! | Open $SHELL in the run's folder (MFM_RUN_ID, MFM_STORE set); on return, refresh and offer resume. |
     """
 
     DEFAULT_CSS = """
@@ -115,7 +129,7 @@ class RunScreen(Screen[None]):
     App.-theme-mfm-ascii RunScreen > #time-banner { background: $foreground; color: $background; }
     """
 
-    CONTROLS: ClassVar[frozenset[str]] = frozenset({"cancel_run", "resume_run", "replay_run"})
+    CONTROLS: ClassVar[frozenset[str]] = frozenset({"cancel_run", "resume_run", "replay_run", "retry_now", "rerun"})
     """Actions that write: disabled (dimmed, with a message when pressed) in read-only mode."""
 
     def __init__(
@@ -311,7 +325,7 @@ class RunScreen(Screen[None]):
         return True
 
     def on_key(self, event: Key) -> None:
-        if self._read_only and event.key in ("c", "r", "p"):
+        if self._read_only and event.key in ("c", "r", "p", "R", "e"):
             event.stop()
             self.notify(
                 controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
@@ -382,6 +396,48 @@ class RunScreen(Screen[None]):
 
     def action_replay_run(self) -> None:
         controller.replay_run_of(services_of(self.app), self.run_id, current=self.model)
+
+    def action_retry_now(self) -> None:
+        controller.retry_now(services_of(self.app), self.run_id, self.selected, current=self.model)
+
+    def action_timeline(self) -> None:
+        sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
+        if sv is None:
+            self.notify("select a state in the graph first", severity="warning", timeout=3)
+            return
+        self.app.push_screen(TimelineScreen(sv, self._now(), ascii_only=self.ascii_only))
+
+    def action_rerun(self) -> None:
+        manifest = self.model.manifest
+        if manifest is None:
+            self.notify("the run's manifest is not loaded (yet): nothing to pre-fill", severity="warning", timeout=4)
+            return
+        params = manifest.input_params if isinstance(manifest.input_params, dict) else {}
+        screen = StartScreen(op_id=str(manifest.op_id), params=params, rerun_of=self.run_id)
+        self.app.push_screen(screen)
+
+    async def action_shell(self) -> None:
+        command = shell.shell_command(self.store, self.run_id, os.environ)
+        try:
+            with self.app.suspend():
+                code = shell.run_shell(command)
+        except SuspendNotSupported:
+            self.notify("this terminal cannot suspend the TUI: open a shell elsewhere", severity="warning", timeout=5)
+            return
+        except OSError as exc:
+            self.notify(f"cannot start {command.argv[0]}: {exc.strerror or exc}", severity="error", timeout=5)
+            return
+        services = self.services
+        if services is not None:
+            with contextlib.suppress(Exception):
+                await services.sync_store()
+        await self.poll()
+        self.notify(f"back from the shell (exit {code})", timeout=3)
+        if services is not None and not services.read_only and shell.offers_resume(self.model):
+            controller.resume_runs(services, [self.run_id], current=self.model)
+
+    def action_logs(self) -> None:
+        self.app.push_screen(LogsScreen(self.run_id))
 
     def action_diff_state(self) -> None:
         controller.diff_state(services_of(self.app), self.view_model, self.selected)
