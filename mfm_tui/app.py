@@ -310,6 +310,7 @@ class MfmApp(App[None]):
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
+                self._home.clear_marks(request.run_ids)  # spent: a later `c` acts on the cursor's run again
                 self.run_worker(controller.execute(self, request), group="controller", exit_on_error=False)
 
         self.push_screen(dialog, done)
@@ -338,6 +339,21 @@ class MfmApp(App[None]):
         self.push_screen(DiffScreen(message.title, message.sections, labels=message.labels))
 
     # ------------------------------------------------------------------ actions
+
+    async def action_quit(self) -> None:
+        """Quit, after asking when runs are marked (a bulk action may be half-way through the operator's head)."""
+        marked = len(self._home.marked)
+        if not marked or isinstance(self.screen, ConfirmDialog):
+            self.exit()
+            return
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.exit()
+
+        noun = "run is" if marked == 1 else "runs are"
+        lines = (f"{marked} {noun} marked. Quit anyway?", "The marks are lost; the runs keep going in their workers.")
+        self.push_screen(ConfirmDialog("Quit", lines_text(lines), confirm_label="quit"), done)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

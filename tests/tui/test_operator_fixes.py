@@ -1,0 +1,202 @@
+"""Issue 14, "fix what misleads": pilot tests for what the operator at 3 a.m. was misled by (runs list part)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from engine.events import RunStatus
+from engine.ids import RunId
+from engine.stores import MemoryStore
+from mfm_tui.screens.confirm import ConfirmDialog
+from mfm_tui.screens.runs import RunsScreen
+from mfm_tui.widgets.run_table import RunTable, columns_for
+from mfm_tui.widgets.size_notice import SizeNotice
+from mfm_tui.widgets.status_tabs import StatusTabs
+from tests.tui import fixtures as fx
+from tests.tui.fixtures import afixture_app, fixture_app, settle
+
+SNAP_DIR = os.path.dirname(__file__)
+
+
+def _table(app: Any) -> RunTable:
+    return app.screen_stack[0].query_one(RunTable)
+
+
+def _home(app: Any) -> RunsScreen:
+    screen = app.screen_stack[0]
+    assert isinstance(screen, RunsScreen)
+    return screen
+
+
+async def _add_run(store: Any, n: int, *, failed: bool, started: int) -> RunId:
+    """A finished demo_fix run with a fixed id (failed: sorts with the urgent ones)."""
+    run_id = RunId(f"f00d{n:04d}-0000-4000-8000-{n:012d}")
+    b = fx.RunBuilder(run_id, started)
+    b.start(fx._manifest("demo_fix", {"n": n}))
+    b.run_state("prepare")
+    if failed:
+        b.enter("check")
+        b.fail("check", "upstream_unavailable", f"upstream answered 503 ({n})")
+        b.finish(RunStatus.FAILED)
+    else:
+        b.finish(RunStatus.COMPLETED)
+    for kind, data in b.artifacts.values():
+        await store.artifacts.put(kind, data)
+    await store.events.append(run_id, 0, b.envelopes)
+    return run_id
+
+
+async def _wait(pilot: Any) -> None:
+    for _ in range(3):
+        await pilot.pause()
+
+
+# ------------------------------------------------------------------------------------------ 1. off-screen failures
+
+
+async def test_a_new_failure_above_the_view_is_announced_in_the_header() -> None:
+    store = MemoryStore()
+    for n in range(40):
+        await _add_run(store, n, failed=False, started=fx.NOW_MILLIS - 3_600_000 + n * 1000)
+    app = await afixture_app(store=store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        table = _table(app)
+        await pilot.press("G")  # to the bottom: the top of the list is off-screen
+        await _wait(pilot)
+        assert table.scroll_y > 0 and table.new_above == 0
+        new = await _add_run(store, 100, failed=True, started=fx.NOW_MILLIS - 1000)
+        await app.sync_store()
+        await _wait(pilot)
+        assert table.rows[0].run_id == new  # the urgent row sorts first, above the view
+        assert table.new_above == 1
+        assert "1 new above" in table.render_line(0).text
+        await pilot.press("g")  # the operator looks: the marker goes
+        await _wait(pilot)
+        assert table.new_above == 0 and "new above" not in table.render_line(0).text
+
+
+async def test_at_the_top_a_new_failure_shows_instead_of_pushing_the_view_down() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        table = _table(app)
+        first = table.cursor_run_id
+        new = await _add_run(app.fixture.store, 100, failed=True, started=fx.NOW_MILLIS - 1000)
+        await app.sync_store()
+        await _wait(pilot)
+        assert table.rows[0].run_id == new
+        assert table.scroll_y == 0  # row 0 (the new failure) is on screen
+        assert table.cursor_run_id == first  # and the cursor stayed on its run
+        assert table.new_above == 0
+
+
+# ------------------------------------------------------------------------------------------ 2. marks
+
+
+async def test_escape_clears_marks_and_the_bar_counts_them() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        home = _home(app)
+        bar = home.query_one("#runs-marks")
+        assert not bar.display
+        await pilot.press("space", "space")
+        await _wait(pilot)
+        assert len(home.marked) == 2 and bar.display
+        assert "2 marked" in str(bar.render())
+        home.query_one(StatusTabs).select("running")  # the tab hides one of them: the bar says so
+        await _wait(pilot)
+        assert "not shown" in str(bar.render())
+        await pilot.press("escape")
+        await _wait(pilot)
+        assert home.marked == set() and not bar.display
+        assert home.tab == "running"  # esc cleared the marks first, not the tab
+
+
+async def test_marks_clear_once_a_bulk_action_is_confirmed() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        home = _home(app)
+        rows = [m.run_id for m in _table(app).rows]
+        live = [r for r in rows if r in (fx.RUN_RUNNING, fx.RUN_RETRYING)]
+        table = _table(app)
+        for run_id in live:
+            table.cursor_row = rows.index(run_id)
+            await pilot.press("space")
+        assert home.marked == set(live)
+        await pilot.press("c")
+        await _wait(pilot)
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press(*str(len(live)), "enter")
+        await _wait(pilot)
+        assert home.marked == set()  # a later `c` acts on the cursor's run, not on spent marks
+
+
+async def test_v_marks_a_range_and_u_unmarks_all() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        home = _home(app)
+        rows = [m.run_id for m in _table(app).rows]
+        await pilot.press("j", "v", "j", "j", "j", "v")
+        await _wait(pilot)
+        assert home.marked == set(rows[1:5])
+        await pilot.press("u")
+        await _wait(pilot)
+        assert home.marked == set()
+
+
+async def test_q_asks_while_runs_are_marked() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("space", "q")
+        await _wait(pilot)
+        assert isinstance(app.screen, ConfirmDialog) and app.is_running
+        await pilot.press("n")
+        await _wait(pilot)
+        assert isinstance(app.screen, RunsScreen) and app.is_running
+        await pilot.press("q", "y")
+        await _wait(pilot)
+    assert app.return_code == 0
+
+
+# ------------------------------------------------------------------------------------------ 5. columns give way
+
+
+def test_columns_give_way_by_importance() -> None:
+    wide = columns_for(120)
+    assert (wide.op, wide.started, wide.took, wide.done) == (22, 9, 7, 9) and wide.now >= 50
+    at80 = columns_for(80)
+    assert (at80.op, at80.started, at80.took, at80.done) == (16, 9, 7, 9) and at80.now == 24
+    at60 = columns_for(60)
+    assert at60.started == 0 and at60.took == 0  # the least important drop out whole
+    assert at60.done == 9 and at60.now >= at60.op  # DONE stays whole; the error is not cut for the op
+    at40 = columns_for(40)
+    assert at40.op == 0 and at40.done == 0 and at40.now >= 20
+    for width in range(30, 160):
+        c = columns_for(width)
+        used = 14 + c.now + (c.op + 1 if c.op else 0) + c.started + c.took + c.done
+        assert used == width, width  # exactly fills the line: never a horizontal scrollbar
+
+
+async def test_narrow_terminal_shows_the_notice_and_whole_columns() -> None:
+    app = await afixture_app()
+    async with app.run_test(size=(60, 20)) as pilot:
+        await settle(pilot)
+        notice = _home(app).query_one(SizeNotice)
+        assert notice.display and "terminal too small (60x20, need 80x24)" in str(notice.render())
+        header = _table(app).render_line(0).text
+        assert "DONE" in header and "STARTED" not in header
+        assert _table(app).max_scroll_x == 0
+    app = await afixture_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert not _home(app).query_one(SizeNotice).display
+
+
+def test_snapshot_too_small_60x20(snap_compare: Any) -> None:
+    assert snap_compare(fixture_app(), run_before=settle, terminal_size=(60, 20))
