@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import PurePath
 from typing import Any, ClassVar, cast
@@ -113,9 +113,9 @@ class MfmApp(App[None]):
     CSS_PATH = cast("list[str | PurePath]", css_paths())
     COMMANDS = App.COMMANDS | {StartCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)"),
+        Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)", id="app.quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
-        Binding("question_mark", "help", "Help", tooltip="Show every key of this screen"),
+        Binding("question_mark", "help", "Help", tooltip="Show every key of this screen", id="app.help"),
         Binding("escape", "back", "Back", show=False, tooltip="Back / close"),
     ]
     """
@@ -139,8 +139,13 @@ class MfmApp(App[None]):
         watch: bool = True,
         registry: OperationRegistry | None = None,
         ops_modules: Sequence[str] = (),
+        keymap: Mapping[str, str] | None = None,
+        notices: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__()
+        self._notices = tuple(notices)
+        if keymap:
+            self.set_keymap(dict(keymap))
         self.registry = registry
         self.ops_modules = tuple(ops_modules)
         self.store = store
@@ -210,6 +215,8 @@ class MfmApp(App[None]):
         return self._home
 
     def on_mount(self) -> None:
+        for code, message in self._notices:  # e.g. a wrong settings file: said in place, the defaults apply
+            self.post_message(ErrorReported(code, message, title="Settings"))
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.run_worker(self._watch(), name="store-watcher", group="store", exclusive=True, exit_on_error=False)
 
@@ -426,6 +433,8 @@ def make_app(
     watch: bool = True,
     registry: OperationRegistry | None = None,
     ops_modules: Sequence[str] = (),
+    keymap: Mapping[str, str] | None = None,
+    notices: Sequence[tuple[str, str]] = (),
 ) -> MfmApp:
     """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).
 
@@ -434,7 +443,8 @@ def make_app(
     ``256`` or ``truecolor`` output. ``watch=False`` loads once and then only refreshes on
     ``await app.sync_store()`` (tests). ``lease_probe`` decides "worker lost"; ``plan_resolver`` gives
     each run's full plan (states not yet entered, totals). ``registry`` / ``ops_modules``: the operation
-    registry, kept as app attributes for the screens that start runs.
+    registry, kept as app attributes for the screens that start runs. ``keymap``: key overrides (binding id →
+    keys, from the settings file). ``notices``: ``(code, message)`` errors to show once the app is up.
     """
     return MfmApp(
         store,
@@ -447,4 +457,6 @@ def make_app(
         watch=watch,
         registry=registry,
         ops_modules=ops_modules,
+        keymap=keymap,
+        notices=notices,
     )

@@ -134,22 +134,65 @@ class RunsScreen(Screen[None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "open_filter", "Filter", tooltip="Filter: op:NAME status:failed id:PREFIX words"),
+        Binding(
+            "slash", "open_filter", "Filter", tooltip="Filter: op:NAME status:failed id:PREFIX words", id="runs.filter"
+        ),
         Binding(
             "escape", "clear_filter", "Clear", show=False, tooltip="Clear the marks, then the filter, then the tab"
         ),
-        Binding("tab", "step_tab(1)", "Tab", tooltip="Next status tab"),
+        Binding("tab", "step_tab(1)", "Tab", tooltip="Next status tab", id="runs.next_tab"),
         Binding("shift+tab", "step_tab(-1)", "Previous tab", show=False, tooltip="Previous status tab"),
-        Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration"),
-        Binding("s", "start_run", "Start", tooltip="Start a run"),
-        Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)"),
-        Binding("space", "toggle_mark", "Mark", show=False, tooltip="Mark the run (bulk cancel, resume; diff two)"),
-        Binding("v", "range_mark", "Range", show=False, tooltip="Mark a range: v at one end, v again at the other"),
-        Binding("u", "unmark_all", "Unmark all", show=False, tooltip="Unmark every run"),
-        Binding("c", "cancel_runs", "Cancel", tooltip="Cancel the run, or the marked runs (confirmation first)"),
-        Binding("r", "resume_runs", "Resume", tooltip="Resume the run, or the marked runs (confirmation first)"),
-        Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
-        Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff two marked runs: final snapshots, manifests"),
+        Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration", id="runs.sort"),
+        Binding("s", "start_run", "Start", tooltip="Start a run", id="runs.start"),
+        Binding(
+            "y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)", id="runs.copy_id"
+        ),
+        Binding(
+            "space",
+            "toggle_mark",
+            "Mark",
+            show=False,
+            tooltip="Mark the run (bulk cancel, resume; diff two)",
+            id="runs.mark",
+        ),
+        Binding(
+            "v",
+            "range_mark",
+            "Range",
+            show=False,
+            tooltip="Mark a range: v at one end, v again at the other",
+            id="runs.range_mark",
+        ),
+        Binding("u", "unmark_all", "Unmark all", show=False, tooltip="Unmark every run", id="runs.unmark_all"),
+        Binding(
+            "c",
+            "cancel_runs",
+            "Cancel",
+            tooltip="Cancel the run, or the marked runs (confirmation first)",
+            id="runs.cancel",
+        ),
+        Binding(
+            "r",
+            "resume_runs",
+            "Resume",
+            tooltip="Resume the run, or the marked runs (confirmation first)",
+            id="runs.resume",
+        ),
+        Binding(
+            "p",
+            "replay_run",
+            "Replay",
+            tooltip="Replay the finished run and compare (deterministic?)",
+            id="runs.replay",
+        ),
+        Binding(
+            "d",
+            "diff_runs",
+            "Diff",
+            show=False,
+            tooltip="Diff two marked runs: final snapshots, manifests",
+            id="runs.diff",
+        ),
     ]
     """
     | Key(s) | Description |

@@ -200,3 +200,62 @@ async def test_narrow_terminal_shows_the_notice_and_whole_columns() -> None:
 
 def test_snapshot_too_small_60x20(snap_compare: Any) -> None:
     assert snap_compare(fixture_app(), run_before=settle, terminal_size=(60, 20))
+
+
+# ------------------------------------------------------------------------------------------ 8. terminals
+
+_NOT_ASCII = ("━", "▼", "▶", "└", "│", "▌", "…")
+
+
+async def test_ascii_artifact_viewer_and_toasts_draw_no_unicode() -> None:
+    from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
+    from tests.tui.test_artifact_viewer import _manifest_id
+    from tests.tui.test_run_screen import open_screen
+
+    app = await afixture_app(theme="ascii")
+    built, store = app.fixture, app.fixture.store
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        entries = [ArtifactEntry("manifest", _manifest_id(built, fx.RUN_RUNNING), "Manifest")]
+        await open_screen(pilot, ArtifactScreen(store, entries))
+        app.notify("copied the artifact id", timeout=30)
+        await _wait(pilot)
+        screen_text = _screen_text(app)
+        for ch in _NOT_ASCII:
+            assert ch not in screen_text, (ch, screen_text)
+        assert "copied the artifact id" in screen_text  # the toast is on screen
+        assert screen_text.isascii(), sorted({c for c in screen_text if not c.isascii()})
+        assert "+ " in screen_text or "- " in screen_text  # the tree's expanders are ASCII
+
+
+async def test_artifact_tabs_use_digits_not_resume_or_time_travel_keys() -> None:
+    from textual.widgets import TabbedContent
+
+    from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen
+    from tests.tui.test_artifact_viewer import _manifest_id
+    from tests.tui.test_run_screen import open_screen
+
+    app = await afixture_app()
+    built, store = app.fixture, app.fixture.store
+    async with app.run_test(size=(80, 24)) as pilot:
+        entries = [ArtifactEntry("manifest", _manifest_id(built, fx.RUN_RUNNING), "Manifest")]
+        await open_screen(pilot, ArtifactScreen(store, entries))
+        tabs = app.screen.query_one("#artifact-tabs", TabbedContent)
+        assert tabs.active == "tree"
+        await pilot.press("r", "t")  # resume / time travel elsewhere: nothing here
+        await _wait(pilot)
+        assert tabs.active == "tree"
+        await pilot.press("2")
+        await _wait(pilot)
+        assert tabs.active == "raw"
+        await pilot.press("1")
+        await _wait(pilot)
+        assert tabs.active == "tree"
+
+
+def _screen_text(app: Any) -> str:
+    """What the terminal shows (every layer, toasts included), as the text of a screenshot."""
+    import html
+    import re
+
+    svg = app.export_screenshot()
+    return html.unescape(" ".join(re.findall(r"<text[^>]*>(.*?)</text>", svg))).replace("\xa0", " ")
