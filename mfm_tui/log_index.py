@@ -44,6 +44,7 @@ __all__ = [
     "LogSource",
     "fold_file",
     "parse_query",
+    "query_error",
     "summarize",
 ]
 
@@ -120,6 +121,25 @@ def parse_query(query: str) -> tuple[LogFilter, str]:
         else:
             words.append(tok)
     return LogFilter(kind=kind, state=state, text=text), " ".join(words)
+
+
+_QUERY_KEYS = ("kind", "k", "state", "s", "text", "t")
+
+
+def query_error(query: str) -> str | None:
+    """Why the ``/`` prompt's ``query`` is not valid (``foo=bar``: an unknown key; ``kind=``: no value), else ``None``.
+
+    ``parse_query`` would read such a term as find text, silently; the prompt shows this instead.
+    """
+    for tok in query.split():
+        key, sep, value = tok.partition("=")
+        if not sep or not key:
+            continue
+        if key not in _QUERY_KEYS:
+            return f"unknown filter {key}= in {tok!r}: use kind=, state= or text= (k=, s=, t=), or words to find"
+        if not value:
+            return f"{key}= needs a value, e.g. {key}=item_2"
+    return None
 
 
 def _matches(raw: bytes, conditions: Sequence[Sequence[bytes]]) -> bool:

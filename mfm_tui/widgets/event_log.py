@@ -3,7 +3,7 @@
 Only the visible lines are parsed (and cached by line), so a run of a million events opens as fast as a small one.
 Follow mode (on by default) keeps the newest event in view; moving up or scrolling up pauses it, ``f``, ``G`` or
 ``end`` resume it. A filter narrows the log to an index array of matching lines, computed off the UI thread for big
-files; ``n``/``N`` jump to the next/previous line containing the search text.
+files; ``n``/``N`` jump to the next/previous line containing the search text, wrapping around (``find_status``).
 """
 
 from __future__ import annotations
@@ -171,6 +171,8 @@ class EventLog(ScrollView, can_focus=True):
         self.source: LogSource = source if source is not None else ListLogSource()
         self.filter = LogFilter()
         self.search: str = ""
+        self.find_status: str = ""
+        """How the last find went: ``""``, ``wrapped to the top`` / ``wrapped to the end`` or ``not found``."""
         self.view: array[int] | None = None
         """Line indexes shown while a filter is active; ``None`` = every line."""
         self.ascii_only = False
@@ -224,6 +226,7 @@ class EventLog(ScrollView, can_focus=True):
     def apply_filter(self, flt: LogFilter, search: str = "") -> None:
         self.filter = flt
         self.search = search
+        self.find_status = ""
         if not flt.active:
             self.view = None
             self._after_view_change()
@@ -236,25 +239,35 @@ class EventLog(ScrollView, can_focus=True):
             self.view = self.source.filter(flt)
             self._after_view_change()
 
-    def find(self, *, backwards: bool = False) -> bool:
-        """Move to the next (previous) line containing the search text.
+    def find(self, *, backwards: bool = False, from_cursor: bool = False) -> bool:
+        """Move to the next (previous) line containing the search text, wrapping around at the end (start).
 
-        Small logs are searched at once (returns whether a line was found); a big event file is searched by a
-        worker thread (``mmap.find``) and the cursor moves when it answers (returns ``False`` meanwhile).
+        ``from_cursor``: the cursor's own line counts (a new search starts where the operator is). ``find_status``
+        then says ``wrapped`` or ``not found`` (the screen's title shows it; a miss also rings the bell). Small logs
+        are searched at once (returns whether a line was found); a big event file is searched by a worker thread
+        (``mmap.find``) and the cursor moves when it answers (returns ``False`` meanwhile).
         """
         if not self.search or self.row_count == 0:
             return False
-        start_row = self.cursor + (-1 if backwards else 1)
-        if start_row < 0 or start_row >= self.row_count:
-            self.app.bell()
-            return False
-        start_line = self.line_at(start_row)
+        step = 0 if from_cursor else (-1 if backwards else 1)
+        start_row = self.cursor + step
+        wrap_row = self.row_count - 1 if backwards else 0
+        if self.cursor < 0 or not 0 <= start_row < self.row_count:
+            start_row, wrapped = wrap_row, self.cursor >= 0
+        else:
+            wrapped = False
+        start_line, wrap_line = self.line_at(start_row), self.line_at(wrap_row)
+        if wrapped:
+            wrap_line = -1  # already from the other end: no second pass
         needle = self.search.encode()
         if isinstance(self.source, FileLogSource) and len(self.source) > _SYNC_LIMIT:
-            self._find_worker(needle, start_line, backwards, self.view)
+            self._find_worker(needle, start_line, wrap_line, backwards, wrapped, self.view)
             return False
         self._ensure_index()
-        return self._found(self.source.find(needle, start_line, backwards=backwards, among=self.view))
+        hit = self.source.find(needle, start_line, backwards=backwards, among=self.view)
+        if hit < 0 and wrap_line >= 0:
+            hit, wrapped = self.source.find(needle, wrap_line, backwards=backwards, among=self.view), True
+        return self._found(hit, wrapped)
 
     # ------------------------------------------------------------------ rendering
 
@@ -402,19 +415,31 @@ class EventLog(ScrollView, can_focus=True):
             self._cache.clear()
 
     @work(thread=True, exclusive=True, group="log-find")
-    def _find_worker(self, needle: bytes, start: int, backwards: bool, view: array[int] | None) -> None:
+    def _find_worker(
+        self, needle: bytes, start: int, wrap: int, backwards: bool, wrapped: bool, view: array[int] | None
+    ) -> None:
         hit = self.source.find(needle, start, backwards=backwards, among=view)
+        if hit < 0 and wrap >= 0:
+            hit, wrapped = self.source.find(needle, wrap, backwards=backwards, among=view), True
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._found, hit)
+            self.app.call_from_thread(self._found, hit, wrapped)
 
-    def _found(self, hit: int) -> bool:
+    def _found(self, hit: int, wrapped: bool = False) -> bool:
         if hit < 0:
+            self.find_status = "not found"
             self.app.bell()
-            return False
-        row = hit if self.view is None else _row_of(self.view, hit)
-        self._set_follow(False)
-        self.cursor = row
-        return True
+        elif wrapped:
+            after = hit > self.line_at(max(0, self.cursor))
+            self.find_status = "wrapped to the end" if after else "wrapped to the top"
+        else:
+            self.find_status = ""
+        if self.find_status:
+            self.notify(f"find {self.search!r}: {self.find_status}", timeout=3)
+        if hit >= 0:
+            self._set_follow(False)
+            self.cursor = hit if self.view is None else _row_of(self.view, hit)
+        self.post_message(self.ViewChanged(self))
+        return hit >= 0
 
     def _set_follow(self, value: bool) -> None:
         if self.follow != value:

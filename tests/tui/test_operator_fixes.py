@@ -259,3 +259,60 @@ def _screen_text(app: Any) -> str:
 
     svg = app.export_screenshot()
     return html.unescape(" ".join(re.findall(r"<text[^>]*>(.*?)</text>", svg))).replace("\xa0", " ")
+
+
+# ------------------------------------------------------------------------------------------ 7. search
+
+
+async def test_search_starts_at_the_cursor_wraps_and_says_not_found() -> None:
+
+    from mfm_tui.widgets.event_log import EventLog
+    from tests.tui.test_run_screen import open_screen, run_app, type_query
+
+    built = await fx.build_fixture_store(MemoryStore())
+    app, screen = run_app(built, fx.RUN_COMPLETED)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await open_screen(pilot, screen)
+        log = screen.query_one(EventLog)
+        hits = [i for i in range(log.row_count) if b"item_3" in (log.source.raw(i) or b"")]
+        await pilot.press("g")  # the operator is at the top: the search goes forward from here
+        await type_query(pilot, "item_3")
+        await _wait(pilot)
+        assert log.cursor == hits[0] and log.find_status == ""
+        for hit in hits[1:]:
+            await pilot.press("n")
+            assert log.cursor == hit
+        await pilot.press("n")  # past the last: around to the first, visibly
+        await _wait(pilot)
+        assert log.cursor == hits[0] and log.find_status == "wrapped to the top"
+        title = str(screen.query_one("#log-box").border_title)
+        assert "wrapped to the top" in title
+        assert any("wrapped" in str(n.message) for n in app._notifications)
+        await pilot.press("escape")
+        await type_query(pilot, "no-such-text")
+        await _wait(pilot)
+        assert log.find_status == "not found" and "not found" in str(screen.query_one("#log-box").border_title)
+
+
+async def test_a_filter_syntax_error_is_shown_and_the_prompt_stays() -> None:
+    from textual.widgets import Input
+
+    from mfm_tui.log_index import query_error
+    from mfm_tui.widgets.event_log import EventLog
+    from tests.tui.test_run_screen import open_screen, run_app, type_query
+
+    assert query_error("kind=StateFailed s=item_2 upstream") is None
+    assert "unknown filter foo=" in (query_error("foo=bar") or "")
+    assert "kind= needs a value" in (query_error("kind=") or "")
+    built = await fx.build_fixture_store(MemoryStore())
+    app, screen = run_app(built, fx.RUN_COMPLETED)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await open_screen(pilot, screen)
+        log = screen.query_one(EventLog)
+        await type_query(pilot, "foo=bar")
+        await _wait(pilot)
+        box = screen.query_one("#log-filter", Input)
+        assert box.has_class("-shown") and box.has_class("-invalid")
+        assert "unknown filter foo=" in str(box.border_title)
+        assert any("unknown filter foo=" in str(n.message) for n in app._notifications)
+        assert log.search == "" and not log.filter.active  # not silently turned into find text

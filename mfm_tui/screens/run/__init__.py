@@ -16,6 +16,7 @@ log stack and the panel replaces the graph on ``enter`` (``esc`` brings the grap
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from engine.runtime import Clock, SystemClock
 from mfm_tui import controller
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import Glyphs
-from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query
+from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query, query_error
 from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
@@ -274,15 +275,25 @@ class RunScreen(Screen[None]):
 
     @on(Input.Submitted, "#log-filter")
     def _on_filter_submitted(self, event: Input.Submitted) -> None:
-        flt, search = parse_query(event.value)
         box = self.query_one("#log-filter", Input)
+        problem = query_error(event.value)
+        if problem is not None:  # said in place; the prompt stays open to be fixed
+            box.add_class("-invalid")
+            box.border_title = problem
+            self.notify(problem, title="Filter", severity="error", timeout=6)
+            return
+        box.remove_class("-invalid")
+        box.border_title = None
+        flt, search = parse_query(event.value)
         box.remove_class("-shown")
         log = self.query_one(EventLog)
+        cursor = log.line_at(log.cursor) if 0 <= log.cursor < log.row_count else -1
         log.apply_filter(flt, search)
         log.focus()
         if search:
-            log.cursor = log.row_count
-            log.find(backwards=True)
+            if log.view is not None and cursor >= 0:  # the filtered view: from the first shown line at the cursor
+                log.cursor = min(log.row_count - 1, bisect.bisect_left(log.view, cursor))
+            log.find(from_cursor=True)
         self._set_log_title()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -329,10 +340,17 @@ class RunScreen(Screen[None]):
         box.focus()
 
     def action_find_next(self) -> None:
-        self.query_one(EventLog).find()
+        self._find(backwards=False)
 
     def action_find_previous(self) -> None:
-        self.query_one(EventLog).find(backwards=True)
+        self._find(backwards=True)
+
+    def _find(self, *, backwards: bool) -> None:
+        log = self.query_one(EventLog)
+        if not log.search:
+            self.notify("nothing to find: / then words (kind=, state=, text= filter)", timeout=3)
+            return
+        log.find(backwards=backwards)
 
     def action_log(self, action: str) -> None:
         getattr(self.query_one(EventLog), f"action_{action}")()
@@ -556,5 +574,5 @@ class RunScreen(Screen[None]):
         if log.filter.active:
             parts.append(f"filter: {log.filter.describe()}  {log.row_count}/{len(log.source)}")
         if log.search:
-            parts.append(f"find: {log.search!r}")
+            parts.append(f"find: {log.search!r}" + (f" ({log.find_status})" if log.find_status else ""))
         self.query_one("#log-box").border_title = "  ".join(parts)
