@@ -316,3 +316,46 @@ async def test_a_filter_syntax_error_is_shown_and_the_prompt_stays() -> None:
         assert "unknown filter foo=" in str(box.border_title)
         assert any("unknown filter foo=" in str(n.message) for n in app._notifications)
         assert log.search == "" and not log.filter.active  # not silently turned into find text
+
+
+# ------------------------------------------------------------------------------------------ 3. graph follows
+
+
+async def test_the_graph_and_panel_follow_the_active_state_until_the_user_moves() -> None:
+    from engine.events import StateCompleted, StateEntered
+    from mfm_tui.widgets.plan_graph import PlanGraph
+    from mfm_tui.widgets.state_panel import StatePanel
+    from tests.tui.test_run_screen import open_screen, run_app
+
+    built = await fx.build_fixture_store(MemoryStore())
+    app, screen = run_app(built, fx.RUN_RUNNING)
+    snap = built.builders[fx.RUN_RUNNING].checkpoint
+    assert snap is not None
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_screen(pilot, screen)
+        graph = screen.query_one(PlanGraph)
+        assert graph.cursor == str(fx.sid("transform")) and screen.selected == graph.cursor
+        await built.append(
+            fx.RUN_RUNNING,
+            [
+                StateCompleted(state_id=fx.sid("transform"), context_snapshot_id=snap),
+                StateEntered(state_id=fx.sid("report"), attempt=0, base_snapshot_id=snap),
+            ],
+        )
+        await screen.poll()
+        await _wait(pilot)
+        assert graph.cursor == str(fx.sid("report"))  # the cursor went with the run
+        assert screen.selected == str(fx.sid("report"))
+        assert screen.query_one("#panel-box").border_title == "report"  # and so did the state panel
+        graph.focus()
+        await pilot.press("h")  # (h = left) the user looks back at transform: that wins
+        await _wait(pilot)
+        assert graph.cursor == str(fx.sid("transform")) and not graph.following
+        await built.append(fx.RUN_RUNNING, [StateCompleted(state_id=fx.sid("report"), context_snapshot_id=snap)])
+        await screen.poll()
+        await _wait(pilot)
+        assert graph.cursor == str(fx.sid("transform"))
+        assert isinstance(screen.query_one(StatePanel), StatePanel)
+        await pilot.press("f")  # follow again (f in the log or on the screen): back to the active state
+        await _wait(pilot)
+        assert graph.following

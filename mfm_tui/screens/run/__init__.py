@@ -90,7 +90,7 @@ class RunScreen(Screen[None]):
     | Key(s) | Description |
     | :- | :- |
     | escape | Close the panel / clear the filter / leave time travel / back to the runs. |
-    | f | Follow new events on/off. |
+    | f | Follow new events on/off (the graph and the state panel follow the active state again). |
     | slash | Filter the log (`kind=… state=… text=…`; bare words find). |
     | n, N | Next / previous log line with the find text. |
     | a | Artifacts of the selected state and of the run. |
@@ -269,6 +269,13 @@ class RunScreen(Screen[None]):
     def _on_log_changed(self) -> None:
         self._set_log_title()
 
+    @on(EventLog.FollowChanged)
+    def _on_follow_changed(self, event: EventLog.FollowChanged) -> None:
+        graph = self.query_one(PlanGraph)
+        if event.follow and not graph.following and self._model_ready:  # f / G: the graph and panel follow too
+            graph.following = True
+            self._render_all()
+
     @on(EventLog.EventOpened)
     def _on_event_opened(self, event: EventLog.EventOpened) -> None:
         self.app.push_screen(EventDialog(event.seq, event.raw))
@@ -332,7 +339,13 @@ class RunScreen(Screen[None]):
             self.app.pop_screen()
 
     def action_toggle_follow(self) -> None:
-        self.query_one(EventLog).action_toggle_follow()
+        log, graph = self.query_one(EventLog), self.query_one(PlanGraph)
+        if log.follow and not graph.following:  # only the graph had stopped: f follows there again
+            graph.following = True
+            if self._model_ready:
+                self._render_all()
+            return
+        log.action_toggle_follow()
 
     def action_filter(self) -> None:
         box = self.query_one("#log-filter", Input)
@@ -551,6 +564,10 @@ class RunScreen(Screen[None]):
         nodes, edges = self._graph_shape()
         graph = self.query_one(PlanGraph)
         graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now)
+        active = _active_state(self.view_model)
+        if active is not None and graph.following:  # like the log's follow mode: until the user moves away
+            graph.follow(active)
+            self.selected = graph.cursor
         if self.selected is None and graph.cursor is not None:
             self.selected = graph.cursor
         self._render_header(now)
@@ -576,3 +593,13 @@ class RunScreen(Screen[None]):
         if log.search:
             parts.append(f"find: {log.search!r}" + (f" ({log.find_status})" if log.find_status else ""))
         self.query_one("#log-box").border_title = "  ".join(parts)
+
+
+def _active_state(model: RunModel) -> str | None:
+    """The state the graph and panel follow: the failed one, else one waiting to retry (its error is what matters),
+    else the latest attempt in flight."""
+    retrying = [sv for sv in model.states.values() if sv.status is StateStatus.RETRYING]
+    current = model.current_state
+    if model.failed_state is None and retrying:
+        current = retrying[-1]
+    return str(current.state_id) if current is not None else None
