@@ -42,6 +42,7 @@ __all__ = [
     "LogFilter",
     "LogLine",
     "LogSource",
+    "event_error",
     "fold_file",
     "parse_query",
     "query_error",
@@ -208,6 +209,23 @@ def summarize(raw: bytes) -> LogLine:
     else:
         summary = ""
     return LogLine(seq, ts, kind, state, summary[:200])
+
+
+def event_error(raw: bytes) -> tuple[str, str] | None:
+    """``(code, message)`` in full of a ``StateFailed`` line (the log's summary is cut), else ``None``."""
+    try:
+        env = json.loads(raw)
+        (tag, body), *_ = env["event"].items()
+        (kind, data), *_ = body.items()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if tag == "Domain" or kind != "StateFailed" or not isinstance(data, dict):
+        return None
+    err = data.get("error") or {}
+    err = err.get("info", err) if isinstance(err, dict) else {}
+    if not isinstance(err, dict):
+        return None
+    return str(err.get("code", "?")), str(err.get("message", ""))
 
 
 class LogSource(Protocol):

@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual import events, work
@@ -32,6 +33,8 @@ from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogLine, 
 __all__ = ["EventLog", "format_time"]
 
 _CACHE_LINES = 2048
+TEXT_STEP = 8
+"""Cells per ``left`` / ``right`` in the details column."""
 _SYNC_LIMIT = 20_000
 """Event files with more lines than this are filtered and searched by worker threads."""
 
@@ -62,6 +65,8 @@ class EventLog(ScrollView, can_focus=True):
         Binding("G,end", "cursor_bottom", "Bottom (follow)", show=False, tooltip="Log: last event, follow again"),
         Binding("pagedown", "page_down", "Page down", show=False, tooltip="Log: a page down"),
         Binding("pageup", "page_up", "Page up", show=False, tooltip="Log: a page up (pauses follow)"),
+        Binding("left", "scroll_text(-1)", "Scroll left", show=False, tooltip="Log: the details, to the left"),
+        Binding("right", "scroll_text(1)", "Scroll right", show=False, tooltip="Log: the details, to the right"),
     ]
     """
     | Key(s) | Description |
@@ -72,6 +77,7 @@ class EventLog(ScrollView, can_focus=True):
     | j, down / k, up | Next / previous event (up pauses follow). |
     | g, home / G, end | First event / last event (follows again). |
     | pagedown, pageup | A page down / up (up pauses follow). |
+    | left / right | Scroll the details column sideways (a cut line ends with `…`). |
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -119,6 +125,21 @@ class EventLog(ScrollView, can_focus=True):
     """Keep the newest event in view (scrolling or moving up pauses it)."""
     cursor: reactive[int] = reactive(-1, always_update=True)
     """Row (in the shown view) under the cursor; -1 = none yet."""
+    text_offset: reactive[int] = reactive(0)
+    """How far the details column is scrolled sideways (``left`` / ``right``), in cells."""
+
+    class CursorMoved(Message):
+        """The cursor is on another line (or the view changed under it)."""
+
+        def __init__(self, log: EventLog, row: int) -> None:
+            super().__init__()
+            self.log = log
+            self.row = row
+
+        @property
+        def control(self) -> EventLog:
+            """The log whose cursor moved."""
+            return self.log
 
     class FollowChanged(Message):
         """Follow mode went on or off."""
@@ -297,7 +318,11 @@ class EventLog(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------ watchers and handlers
 
+    def watch_text_offset(self) -> None:
+        self.refresh()
+
     def watch_cursor(self, old: int, new: int) -> None:
+        self.post_message(self.CursorMoved(self, new))
         if 0 <= new < self.row_count:
             top = self.scroll_offset.y
             height = self.scrollable_content_region.height or 1
@@ -369,6 +394,16 @@ class EventLog(ScrollView, can_focus=True):
     def action_page_up(self) -> None:
         self._set_follow(False)
         self.cursor = max(0, self.cursor - max(1, self.scrollable_content_region.height - 1))
+
+    def action_scroll_text(self, direction: int) -> None:
+        self.text_offset = max(0, self.text_offset + direction * TEXT_STEP)
+
+    def text_at(self, row: int) -> str:
+        """The details (state and summary) of a shown row, in full; ``""`` when not indexed yet."""
+        if not 0 <= row < self.row_count:
+            return ""
+        info = self._summary(self.line_at(row))
+        return "" if info is None else f"{info.state} {info.summary}".strip()
 
     def action_open_event(self) -> None:
         if not 0 <= self.cursor < self.row_count:
@@ -483,17 +518,40 @@ class EventLog(ScrollView, can_focus=True):
             Segment(f"{format_time(info.ts_millis)} ", base + c("event-log--time")),
             Segment(f"{info.kind:<17.17} ", base + kind_style),
         ]
+        text_style = base + c("event-log--state")
         if self.search and self.search in text:
             k = text.index(self.search)
             match = c("event-log--match")
-            segs += [
-                Segment(text[:k], base + c("event-log--state")),
-                Segment(self.search, base + c("event-log--state") + match),
-                Segment(text[k + len(self.search) :], base + c("event-log--state")),
+            parts = [
+                Segment(text[:k], text_style),
+                Segment(self.search, text_style + match),
+                Segment(text[k + len(self.search) :], text_style),
             ]
         else:
-            segs.append(Segment(text, base + c("event-log--state")))
+            parts = [Segment(text, text_style)]
+        room = width - sum(cell_len(seg.text) for seg in segs)
+        segs += _window(parts, self.text_offset, room, "..." if self.ascii_only else "…", text_style)
         return segs
+
+
+def _window(parts: list[Segment], offset: int, room: int, ellipsis: str, style: Style) -> list[Segment]:
+    """``parts`` seen through a window of ``room`` cells from ``offset``: a cut on either side shows ``ellipsis``."""
+    strip = Strip(parts)
+    total = strip.cell_length
+    if room <= 0:
+        return []
+    offset = max(0, min(offset, max(0, total - 1)))
+    if offset == 0 and total <= room:
+        return list(strip)
+    mark = cell_len(ellipsis)
+    left = mark if offset > 0 else 0
+    right = mark if offset + room - left < total else 0
+    inner = max(0, room - left - right)
+    out: list[Segment] = [Segment(ellipsis, style)] if left else []
+    out += list(strip.crop(offset, offset + inner))
+    if right:
+        out.append(Segment(ellipsis, style))
+    return out
 
 
 def _row_of(view: array[int], line: int) -> int:

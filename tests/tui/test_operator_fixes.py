@@ -359,3 +359,47 @@ async def test_the_graph_and_panel_follow_the_active_state_until_the_user_moves(
         await pilot.press("f")  # follow again (f in the log or on the screen): back to the active state
         await _wait(pilot)
         assert graph.following
+
+
+# ------------------------------------------------------------------------------------------ 4. errors at 80 columns
+
+_NEEDS_FILE = "file /tmp/mfm-demo/fix-me not found: create it, then resume"
+
+
+async def test_errors_are_readable_at_80_columns() -> None:
+    from textual.widgets import Static
+
+    from mfm_tui.screens.dialogs import ErrorDialog
+    from mfm_tui.widgets.event_log import EventLog
+    from tests.tui.test_run_screen import open_screen, run_app
+
+    built = await fx.build_fixture_store(MemoryStore())
+    app, screen = run_app(built, fx.RUN_FAILED)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_screen(pilot, screen)
+        log = screen.query_one(EventLog)
+        failed = next(i for i in range(log.row_count) if b"StateFailed" in (log.source.raw(i) or b""))
+        log.cursor = failed
+        await _wait(pilot)
+        y = failed - log.scroll_offset.y
+        line = log.render_line(y).text.rstrip()
+        assert line.endswith("…") and _NEEDS_FILE not in line  # cut, and it says so
+        await pilot.press("right", "right")
+        await _wait(pilot)
+        moved = log.render_line(y).text.rstrip()
+        assert log.text_offset == 16 and "StateFailed       …eds_file]" in moved  # sideways, cut on the left too
+        assert moved.endswith("…")
+        await pilot.press("w")  # wrap: the whole line under the log
+        await _wait(pilot)
+        detail = screen.query_one("#log-detail", Static)
+        assert detail.display and _NEEDS_FILE in str(detail.render())
+        await pilot.press("e")  # one key: the full error, at any size
+        await _wait(pilot)
+        assert isinstance(app.screen, ErrorDialog)
+        assert app.screen.code == "needs_file" and app.screen.message == _NEEDS_FILE
+        await pilot.press("escape")
+        await _wait(pilot)
+        screen.query_one("#graph").focus()  # from the graph: the selected state's error
+        await pilot.press("e")
+        await _wait(pilot)
+        assert isinstance(app.screen, ErrorDialog) and app.screen.message == _NEEDS_FILE

@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -36,12 +37,21 @@ from engine.ids import RunId
 from engine.runtime import Clock, SystemClock
 from mfm_tui import controller
 from mfm_tui.clipboard import copy_text
-from mfm_tui.glyphs import Glyphs
-from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query, query_error
+from mfm_tui.glyphs import Glyphs, ascii_text
+from mfm_tui.log_index import (
+    FileLogSource,
+    LogFilter,
+    LogSource,
+    event_error,
+    fold_file,
+    parse_query,
+    query_error,
+)
 from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
 from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
@@ -85,6 +95,10 @@ class RunScreen(Screen[None]):
         Binding("left_square_bracket", "history(-1)", "Back in time", tooltip="Time travel: one event back"),
         Binding("right_square_bracket", "history(1)", "Forward", show=False, tooltip="Time travel: one event on"),
         Binding("t", "jump_seq", "Jump to seq", show=False, tooltip="Time travel: show the run as of a seq"),
+        Binding("w", "toggle_wrap", "Wrap", show=False, tooltip="Log: show the selected line in full, wrapped"),
+        Binding(
+            "e", "full_error", "Error", show=False, tooltip="The full error of the selected event, else of the state"
+        ),
     ]
     """
     | Key(s) | Description |
@@ -103,6 +117,8 @@ class RunScreen(Screen[None]):
     | d | Diff the selected state's result against its base. |
     | [, ] | Time travel: one event back / on. |
     | t | Time travel: show the run as of a seq. |
+    | w | Wrap: the selected log line in full, wrapped, under the log (on/off). |
+    | e | The full error of the selected event (a `StateFailed` line), else of the selected state, else of the run. |
     """
 
     DEFAULT_CSS = """
@@ -211,6 +227,7 @@ class RunScreen(Screen[None]):
                 yield StatePanel(ascii_only=self.ascii_only, id="state-panel")
         with Vertical(id="log-box"):
             yield EventLog(id="log")
+            yield Static("", id="log-detail")
         yield Input(placeholder="kind=StateFailed state=item_2 text=503   (bare words: find)", id="log-filter")
         yield Footer()
 
@@ -268,6 +285,10 @@ class RunScreen(Screen[None]):
     @on(EventLog.ViewChanged)
     def _on_log_changed(self) -> None:
         self._set_log_title()
+
+    @on(EventLog.CursorMoved)
+    def _on_log_cursor(self) -> None:
+        self._show_detail()
 
     @on(EventLog.FollowChanged)
     def _on_follow_changed(self, event: EventLog.FollowChanged) -> None:
@@ -397,6 +418,29 @@ class RunScreen(Screen[None]):
         current = self.as_of if self.as_of is not None else last
         target = max(1, min(last, current + step))
         self.set_as_of(None if target >= last and step > 0 else target)
+
+    def action_toggle_wrap(self) -> None:
+        self.query_one("#log-detail", Static).toggle_class("-shown")
+        self._show_detail()
+
+    def action_full_error(self) -> None:
+        """``e``: the whole error, wrapped in a dialog, at any terminal size."""
+        log = self.query_one(EventLog)
+        found: tuple[str, str] | None = None
+        title = ""
+        if log.has_focus and 0 <= log.cursor < log.row_count:
+            raw = self.source.raw(log.line_at(log.cursor))
+            found = event_error(raw) if raw is not None else None
+            title = f"Error at seq {log.line_at(log.cursor) + 1}"
+        sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
+        if found is None and sv is not None and sv.error is not None:
+            found, title = sv.error, f"Error of {sv.short_name}"
+        if found is None and self.view_model.error is not None:
+            found, title = self.view_model.error, f"Error of run {self.run_id[:8]}"
+        if found is None:
+            self.notify("no error here: select a failed state or a StateFailed line", timeout=3)
+            return
+        self.app.push_screen(ErrorDialog(found[0], found[1], title=title))
 
     def action_jump_seq(self) -> None:
         last = len(self.source)
@@ -584,6 +628,13 @@ class RunScreen(Screen[None]):
         sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
         self.query_one(StatePanel).show(sv, now)
         self.query_one("#panel-box").border_title = sv.short_name if sv is not None else "State"
+
+    def _show_detail(self) -> None:
+        detail = self.query_one("#log-detail", Static)
+        if detail.has_class("-shown"):
+            log = self.query_one(EventLog)
+            text = log.text_at(log.cursor)
+            detail.update(Text(ascii_text(text) if self.ascii_only else text))
 
     def _set_log_title(self) -> None:
         log = self.query_one(EventLog)
