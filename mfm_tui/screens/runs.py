@@ -452,6 +452,11 @@ class RunsScreen(Screen[None]):
                 text.append(f"  {len(self.marked)} marked", style="bold")
             if self.read_only:
                 text.append("  read-only", style="bold")
+            recovered = sum(
+                1 for m in self.models.values() if m.recovered_by is not None and m.status is RunDisplayStatus.FAILED
+            )
+            counts = counts.copy()
+            counts[RunDisplayStatus.FAILED] -= recovered  # recovered: its recovery run carries on
             for status, word in (
                 (RunDisplayStatus.RUNNING, "running"),
                 (RunDisplayStatus.RETRYING, "retrying"),
@@ -462,6 +467,8 @@ class RunsScreen(Screen[None]):
             ):
                 if counts.get(status):
                     text.append(f"  {counts[status]} {word}")
+            if recovered:
+                text.append(f"  {recovered} recovered")
         self.query_one("#runs-summary", Static).update(text)
 
     def _show_marks(self) -> None:

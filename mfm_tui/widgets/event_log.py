@@ -197,6 +197,9 @@ class EventLog(ScrollView, can_focus=True):
         self.view: array[int] | None = None
         """Line indexes shown while a filter is active; ``None`` = every line."""
         self.ascii_only = False
+        self.note: tuple[int | None, str, str] | None = None
+        """A synthetic last row ``(ts_millis, who, text)`` that is no event of the run (the operator's cancel
+        request, from the store's control records): shown after the last event, never selectable."""
         self._cache: OrderedDict[int, LogLine] = OrderedDict()
         self._filtering = False
 
@@ -235,6 +238,14 @@ class EventLog(ScrollView, can_focus=True):
         self._cache.clear()
         self._update_size()
         self.refresh()
+
+    def set_note(self, note: tuple[int | None, str, str] | None) -> None:
+        if note != self.note:
+            self.note = note
+            self._update_size()
+            if self.follow:
+                self._go_end()
+            self.refresh()
 
     @property
     def row_count(self) -> int:
@@ -297,6 +308,11 @@ class EventLog(ScrollView, can_focus=True):
         width = self.size.width
         base = self.rich_style
         row = scroll_y + y
+        if row == self.row_count and self.note is not None:
+            ts, who, text = self.note
+            style = base + self.get_component_rich_style("event-log--pending")
+            note = f"{'':>7} {format_time(ts)} {who:<17.17} {ascii_text(text) if self.ascii_only else text}"
+            return Strip([Segment(note, style)]).crop_extend(0, width, base)
         if row >= self.row_count:
             return Strip.blank(width, base)
         line = self.line_at(row)
@@ -416,7 +432,7 @@ class EventLog(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ internals
 
     def _update_size(self) -> None:
-        self.virtual_size = Size(0, self.row_count)
+        self.virtual_size = Size(0, self.row_count + (1 if self.note is not None else 0))
 
     @work(thread=True, exclusive=True, group="log-filter")
     def _filter_worker(self, flt: LogFilter) -> None:

@@ -92,7 +92,14 @@ def columns_for(width: int) -> Columns:
 
 
 def now_text(model: RunModel, now_millis: int) -> str:
-    """What the run is doing right now, in a few words (the NOW column)."""
+    """What the run is doing right now, in a few words (the NOW column); a replay says whose."""
+    text = _now_text(model, now_millis)
+    if model.replay_of is not None and model.load_error is None:
+        return f"replay of {model.replay_of[:8]}" + (f": {text}" if text else "")
+    return text
+
+
+def _now_text(model: RunModel, now_millis: int) -> str:
     if model.load_error is not None:
         return f"[{model.load_error[0]}] {model.load_error[1]}"
     status = model.status
@@ -342,7 +349,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         glyph = g.run[status] if model.load_error is None else "?"
         done = f"{model.done}/{model.total}" if model.total else ""
         now_txt = now_text(model, now_ms)
-        urgent = (
+        urgent = model.recovered_by is None and (
             status
             in (
                 RunDisplayStatus.FAILED,

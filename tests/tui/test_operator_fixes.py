@@ -403,3 +403,90 @@ async def test_errors_are_readable_at_80_columns() -> None:
         await pilot.press("e")
         await _wait(pilot)
         assert isinstance(app.screen, ErrorDialog) and app.screen.message == _NEEDS_FILE
+
+
+# ------------------------------------------------------------------------------------------ 6. counts and order
+
+RUN_RECOVERY = RunId("7ec0e7ed-0000-4000-8000-00000000000a")
+RUN_REPLAY = RunId("4e91a7a1-0000-4000-8000-00000000000b")
+RUN_BACKOFF = RunId("bac0ff00-0000-4000-8000-00000000000c")
+
+
+async def _put(store: Any, b: fx.RunBuilder) -> None:
+    for kind, data in b.artifacts.values():
+        await store.artifacts.put(kind, data)
+    await store.events.append(b.run_id, 0, b.envelopes)
+
+
+async def test_a_recovered_run_counts_as_recovered_and_sorts_below_a_lost_worker() -> None:
+    from engine.events import DOMAIN_EVENT_RECOVERED_FROM, DomainEvent
+
+    store = MemoryStore()
+    built = await fx.build_fixture_store(store, only=[fx.RUN_FAILED, fx.RUN_LOST])
+    b = fx.RunBuilder(RUN_RECOVERY, fx.NOW_MILLIS - 60_000)
+    b.start(fx._manifest("demo_fix", {"file": "/tmp/mfm-demo/fix-me"}))
+    b.ev(DomainEvent(name=DOMAIN_EVENT_RECOVERED_FROM, payload={"source_run_id": fx.RUN_FAILED}))
+    b.run_state("check")
+    await _put(store, b)
+    app = fx._app_over(store, built, {})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        order = [m.run_id for m in _table(app).rows]
+        assert order.index(fx.RUN_LOST) < order.index(fx.RUN_FAILED)
+        summary = str(_home(app).query_one("#runs-summary").render())
+        assert "1 recovered" in summary and "failed" not in summary
+
+
+async def test_a_replay_is_marked_as_a_replay_of_its_source() -> None:
+    from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent
+
+    store = MemoryStore()
+    built = await fx.build_fixture_store(store, only=[fx.RUN_COMPLETED])
+    b = fx.RunBuilder(RUN_REPLAY, fx.NOW_MILLIS - 30_000)
+    b.start(fx._manifest("demo_fanout", {"items": 6}))
+    pid = b.put(fx.ArtifactKind.FACT_PAYLOAD, {"rows": 3})
+    meta = {"replayed_from": str(fx.RUN_COMPLETED)}
+    b.ev(DomainEvent(name=DOMAIN_EVENT_FACT_RECORDED, payload={"key": "k", "payload_id": pid, "meta": meta}))
+    b.run_state("fetch")
+    b.finish(RunStatus.COMPLETED)
+    await _put(store, b)
+    app = fx._app_over(store, built, {})
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        table = _table(app)
+        i = [m.run_id for m in table.rows].index(RUN_REPLAY)
+        line = table.render_line(1 + i).text
+        assert f"replay of {fx.RUN_COMPLETED[:8]}" in line
+        j = [m.run_id for m in table.rows].index(fx.RUN_COMPLETED)
+        assert "replay of" not in table.render_line(1 + j).text
+
+
+async def test_cancelled_during_backoff_shows_who_and_when_not_a_failure() -> None:
+    from mfm_tui.run_model import StateStatus
+    from mfm_tui.widgets.event_log import EventLog
+    from mfm_tui.widgets.run_header import RunHeader
+    from tests.tui.test_run_screen import open_screen, run_app
+
+    store = MemoryStore()
+    built = await fx.build_fixture_store(store, only=[fx.RUN_RUNNING])
+    b = fx.RunBuilder(RUN_BACKOFF, fx.NOW_MILLIS - 50_000)
+    b.start(fx._manifest("demo_flaky", {"failures": 3}, max_attempts=5))
+    b.run_state("setup")
+    b.enter("call")
+    b.fail("call", "upstream_unavailable", "upstream answered 503", retryable=True)
+    b.retry_scheduled("call", 0, 30_000)
+    b.finish(RunStatus.CANCELLED, dt=4_000)
+    await _put(store, b)
+    await store.events.request_cancel(RUN_BACKOFF, "cancelled by alice@ops-1 in the TUI")
+    app, screen = run_app(built, RUN_BACKOFF, store=store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_screen(pilot, screen)
+        model = screen.model
+        assert model.states[fx.sid("call")].status is StateStatus.CANCELLED  # not ✗ failed
+        assert model.error is None
+        header = str(screen.query_one(RunHeader).render())
+        assert "upstream_unavailable" not in header
+        assert "cancelled by alice@ops-1 in the TUI at" in header
+        log = screen.query_one(EventLog)
+        note = log.render_line(log.row_count - log.scroll_offset.y).text
+        assert "operator cancel" in note and "alice@ops-1" in note

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import itertools
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -605,6 +606,12 @@ class RunScreen(Screen[None]):
 
     def _render_all(self) -> None:
         now = self._now()
+        request = self.loader.cancel_request
+        self.query_one(EventLog).set_note(
+            None
+            if request is None or self.as_of is not None
+            else (request.requested_at_millis, "operator cancel", f"requested: {request.reason or 'no reason given'}")
+        )
         nodes, edges = self._graph_shape()
         graph = self.query_one(PlanGraph)
         graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now)
@@ -622,6 +629,10 @@ class RunScreen(Screen[None]):
             return
         now = self._now() if now is None else now
         note = "" if self._model_ready else "loading…"
+        request = self.loader.cancel_request
+        if request is not None and self.as_of is None:
+            at = time.strftime("%H:%M:%S", time.gmtime(request.requested_at_millis // 1000))
+            note = f"{request.reason or 'cancel requested'} at {at}"
         self.query_one(RunHeader).show(self.view_model, now, note, wide=self.app.size.width >= 130)
 
     def _render_panel(self, now: int) -> None:
