@@ -490,3 +490,75 @@ async def test_cancelled_during_backoff_shows_who_and_when_not_a_failure() -> No
         log = screen.query_one(EventLog)
         note = log.render_line(log.row_count - log.scroll_offset.y).text
         assert "operator cancel" in note and "alice@ops-1" in note
+
+
+# ------------------------------------------------------------------------------------------ 8. the operation list
+
+
+async def test_the_operation_list_has_j_k_and_type_to_search() -> None:
+    from textual.widgets import Input, OptionList
+
+    from mfm_tui.screens.start import StartScreen
+
+    app = await afixture_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await _wait(pilot)
+        screen = app.screen
+        assert isinstance(screen, StartScreen)
+        olist = screen.query_one("#start-ops", OptionList)
+        assert olist.has_focus and olist.highlighted == 0
+        await pilot.press("j", "j")
+        assert olist.highlighted == 2
+        await pilot.press("k")
+        assert olist.highlighted == 1
+        await pilot.press("f", "l", "a")
+        await _wait(pilot)
+        box = screen.query_one("#start-filter", Input)
+        assert box.value == "fla" and box.has_focus
+        assert [str(op.op_id) for op in screen._shown] == ["demo_flaky"]
+
+
+# ------------------------------------------------------------------------------------------ 8. NO_COLOR and ASCII looks
+
+
+def _no_color_app(monkeypatch: Any) -> Any:
+    from mfm_tui.settings import auto_theme
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    theme = auto_theme()
+    assert theme == "mfm-ascii"
+    return fixture_app(theme=theme)
+
+
+def test_snapshot_no_color_80x24(snap_compare: Any, monkeypatch: Any) -> None:
+    assert snap_compare(_no_color_app(monkeypatch), run_before=settle, terminal_size=(80, 24))
+
+
+def test_snapshot_no_color_120x40(snap_compare: Any, monkeypatch: Any) -> None:
+    assert snap_compare(_no_color_app(monkeypatch), run_before=settle, terminal_size=(120, 40))
+
+
+def test_snapshot_ascii_120x40(snap_compare: Any) -> None:
+    assert snap_compare(fixture_app(theme="ascii"), run_before=settle, terminal_size=(120, 40))
+
+
+async def test_under_no_color_failures_are_not_dimmer_than_normal_text(monkeypatch: Any) -> None:
+    from mfm_tui.settings import auto_theme
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = await afixture_app(theme=auto_theme())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        table = _table(app)
+        rows = [m.run_id for m in table.rows]
+        failed = table.render_line(1 + rows.index(fx.RUN_FAILED))
+        table.cursor_row = rows.index(fx.RUN_COMPLETED)  # the cursor elsewhere: plain rows only
+        normal = table.render_line(1 + rows.index(fx.RUN_RUNNING))
+        failed = table.render_line(1 + rows.index(fx.RUN_FAILED))
+        err = next(seg for seg in failed if "needs_file" in seg.text)
+        plain = next(seg for seg in normal if "transform" in seg.text)
+        assert err.style is not None and plain.style is not None
+        assert err.style.bold and not err.style.dim  # at least as strong as normal text
+        assert err.style.color == plain.style.color  # no colour to fade into grey
