@@ -305,7 +305,7 @@ class EventLog(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
+        width = self.scrollable_content_region.width  # without the scrollbar: a cut line ends with "…"
         base = self.rich_style
         row = scroll_y + y
         if row == self.row_count and self.note is not None:

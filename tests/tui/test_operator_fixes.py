@@ -562,3 +562,24 @@ async def test_under_no_color_failures_are_not_dimmer_than_normal_text(monkeypat
         assert err.style is not None and plain.style is not None
         assert err.style.bold and not err.style.dim  # at least as strong as normal text
         assert err.style.color == plain.style.color  # no colour to fade into grey
+
+
+async def test_a_cut_line_ends_with_an_ellipsis_beside_the_scrollbar_too() -> None:
+    from rich.cells import cell_len
+
+    from engine.events import DomainEvent
+    from mfm_tui.widgets.event_log import EventLog
+    from tests.tui.test_run_screen import open_screen, run_app
+
+    built = await fx.build_fixture_store(MemoryStore())
+    notes = [DomainEvent(name="operator_note", payload={"text": f"{i} " + "long words " * 12}) for i in range(20)]
+    await built.append(fx.RUN_RETRYING, notes)
+    app, screen = run_app(built, fx.RUN_RETRYING)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_screen(pilot, screen)
+        log = screen.query_one(EventLog)
+        room = log.scrollable_content_region.width
+        assert room < log.size.width  # the scrollbar is there
+        lines = [log.render_line(y).text.rstrip() for y in range(log.scrollable_content_region.height)]
+        assert all(cell_len(text) <= room for text in lines)  # nothing hides under the scrollbar
+        assert sum(text.endswith("…") and cell_len(text) == room for text in lines) >= 5
