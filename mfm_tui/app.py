@@ -142,7 +142,16 @@ class MfmApp(App[None]):
         keymap: Mapping[str, str] | None = None,
         notices: Sequence[tuple[str, str]] = (),
     ) -> None:
-        super().__init__()
+        # Textual answers NO_COLOR with a monochrome filter that turns the terminal's default colours into black on
+        # black; a theme without colour (mfm-ascii, which NO_COLOR picks) already honours NO_COLOR, so the filter is
+        # kept out of its way (the variable is hidden from Textual while it initialises, then put back).
+        hide_no_color = "NO_COLOR" in os.environ and resolve_theme_name(theme) in ASCII_THEMES
+        saved = os.environ.pop("NO_COLOR") if hide_no_color else None
+        try:
+            super().__init__()
+        finally:
+            if saved is not None:
+                os.environ["NO_COLOR"] = saved
         self._notices = tuple(notices)
         if keymap:
             self.set_keymap(dict(keymap))

@@ -583,3 +583,18 @@ async def test_a_cut_line_ends_with_an_ellipsis_beside_the_scrollbar_too() -> No
         lines = [log.render_line(y).text.rstrip() for y in range(log.scrollable_content_region.height)]
         assert all(cell_len(text) <= room for text in lines)  # nothing hides under the scrollbar
         assert sum(text.endswith("…") and cell_len(text) == room for text in lines) >= 5
+
+
+async def test_no_color_looks_exactly_like_the_ascii_theme_never_black_on_black(monkeypatch: Any) -> None:
+    """Textual's own NO_COLOR filter turns default colours into black on black; the colourless theme needs none."""
+
+    async def screenshot() -> str:
+        app = await afixture_app(theme="mfm-ascii")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            svg: str = app.export_screenshot()
+        return svg
+
+    plain = await screenshot()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert await screenshot() == plain
