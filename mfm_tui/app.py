@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import PurePath
 from typing import Any, ClassVar, cast
@@ -116,9 +116,9 @@ class MfmApp(App[None]):
     CSS_PATH = cast("list[str | PurePath]", css_paths())
     COMMANDS = App.COMMANDS | {StartCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)"),
+        Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)", id="app.quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
-        Binding("question_mark", "help", "Help", tooltip="Show every key of this screen"),
+        Binding("question_mark", "help", "Help", tooltip="Show every key of this screen", id="app.help"),
         Binding("escape", "back", "Back", show=False, tooltip="Back / close"),
         Binding("colon", "jump", "Jump", show=False, tooltip="Jump to a view: runs, workers, or a run by id prefix"),
     ]
@@ -144,8 +144,22 @@ class MfmApp(App[None]):
         watch: bool = True,
         registry: OperationRegistry | None = None,
         ops_modules: Sequence[str] = (),
+        keymap: Mapping[str, str] | None = None,
+        notices: Sequence[tuple[str, str]] = (),
     ) -> None:
-        super().__init__()
+        # Textual answers NO_COLOR with a monochrome filter that turns the terminal's default colours into black on
+        # black; a theme without colour (mfm-ascii, which NO_COLOR picks) already honours NO_COLOR, so the filter is
+        # kept out of its way (the variable is hidden from Textual while it initialises, then put back).
+        hide_no_color = "NO_COLOR" in os.environ and resolve_theme_name(theme) in ASCII_THEMES
+        saved = os.environ.pop("NO_COLOR") if hide_no_color else None
+        try:
+            super().__init__()
+        finally:
+            if saved is not None:
+                os.environ["NO_COLOR"] = saved
+        self._notices = tuple(notices)
+        if keymap:
+            self.set_keymap(dict(keymap))
         self.registry = registry
         self.ops_modules = tuple(ops_modules)
         self.store = store
@@ -220,6 +234,8 @@ class MfmApp(App[None]):
         return self._home
 
     def on_mount(self) -> None:
+        for code, message in self._notices:  # e.g. a wrong settings file: said in place, the defaults apply
+            self.post_message(ErrorReported(code, message, title="Settings"))
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.run_worker(self._watch(), name="store-watcher", group="store", exclusive=True, exit_on_error=False)
 
@@ -335,6 +351,7 @@ class MfmApp(App[None]):
 
         def done(confirmed: bool | None) -> None:
             if confirmed:
+                self._home.clear_marks(request.run_ids)  # spent: a later `c` acts on the cursor's run again
                 self.run_worker(controller.execute(self, request), group="controller", exit_on_error=False)
 
         self.push_screen(dialog, done)
@@ -363,6 +380,21 @@ class MfmApp(App[None]):
         self.push_screen(DiffScreen(message.title, message.sections, labels=message.labels))
 
     # ------------------------------------------------------------------ actions
+
+    async def action_quit(self) -> None:
+        """Quit, after asking when runs are marked (a bulk action may be half-way through the operator's head)."""
+        marked = len(self._home.marked)
+        if not marked or isinstance(self.screen, ConfirmDialog):
+            self.exit()
+            return
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                self.exit()
+
+        noun = "run is" if marked == 1 else "runs are"
+        lines = (f"{marked} {noun} marked. Quit anyway?", "The marks are lost; the runs keep going in their workers.")
+        self.push_screen(ConfirmDialog("Quit", lines_text(lines), confirm_label="quit"), done)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -460,6 +492,8 @@ def make_app(
     watch: bool = True,
     registry: OperationRegistry | None = None,
     ops_modules: Sequence[str] = (),
+    keymap: Mapping[str, str] | None = None,
+    notices: Sequence[tuple[str, str]] = (),
 ) -> MfmApp:
     """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).
 
@@ -468,7 +502,8 @@ def make_app(
     ``256`` or ``truecolor`` output. ``watch=False`` loads once and then only refreshes on
     ``await app.sync_store()`` (tests). ``lease_probe`` decides "worker lost"; ``plan_resolver`` gives
     each run's full plan (states not yet entered, totals). ``registry`` / ``ops_modules``: the operation
-    registry, kept as app attributes for the screens that start runs.
+    registry, kept as app attributes for the screens that start runs. ``keymap``: key overrides (binding id →
+    keys, from the settings file). ``notices``: ``(code, message)`` errors to show once the app is up.
     """
     return MfmApp(
         store,
@@ -481,4 +516,6 @@ def make_app(
         watch=watch,
         registry=registry,
         ops_modules=ops_modules,
+        keymap=keymap,
+        notices=notices,
     )

@@ -42,8 +42,10 @@ __all__ = [
     "LogFilter",
     "LogLine",
     "LogSource",
+    "event_error",
     "fold_file",
     "parse_query",
+    "query_error",
     "summarize",
 ]
 
@@ -122,6 +124,25 @@ def parse_query(query: str) -> tuple[LogFilter, str]:
     return LogFilter(kind=kind, state=state, text=text), " ".join(words)
 
 
+_QUERY_KEYS = ("kind", "k", "state", "s", "text", "t")
+
+
+def query_error(query: str) -> str | None:
+    """Why the ``/`` prompt's ``query`` is not valid (``foo=bar``: an unknown key; ``kind=``: no value), else ``None``.
+
+    ``parse_query`` would read such a term as find text, silently; the prompt shows this instead.
+    """
+    for tok in query.split():
+        key, sep, value = tok.partition("=")
+        if not sep or not key:
+            continue
+        if key not in _QUERY_KEYS:
+            return f"unknown filter {key}= in {tok!r}: use kind=, state= or text= (k=, s=, t=), or words to find"
+        if not value:
+            return f"{key}= needs a value, e.g. {key}=item_2"
+    return None
+
+
 def _matches(raw: bytes, conditions: Sequence[Sequence[bytes]]) -> bool:
     return all(any(n in raw for n in alts) for alts in conditions)
 
@@ -188,6 +209,23 @@ def summarize(raw: bytes) -> LogLine:
     else:
         summary = ""
     return LogLine(seq, ts, kind, state, summary[:200])
+
+
+def event_error(raw: bytes) -> tuple[str, str] | None:
+    """``(code, message)`` in full of a ``StateFailed`` line (the log's summary is cut), else ``None``."""
+    try:
+        env = json.loads(raw)
+        (tag, body), *_ = env["event"].items()
+        (kind, data), *_ = body.items()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if tag == "Domain" or kind != "StateFailed" or not isinstance(data, dict):
+        return None
+    err = data.get("error") or {}
+    err = err.get("info", err) if isinstance(err, dict) else {}
+    if not isinstance(err, dict):
+        return None
+    return str(err.get("code", "?")), str(err.get("message", ""))
 
 
 class LogSource(Protocol):

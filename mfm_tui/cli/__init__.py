@@ -39,6 +39,7 @@ from mfm_tui.cli.control import cancel, replay, resume, serve, start, tui, worke
 from mfm_tui.cli.discard import discard
 from mfm_tui.cli.doctor import doctor
 from mfm_tui.cli.read import artifact, events, ops, runs, show
+from mfm_tui.settings import load_settings
 
 __all__ = ["EXIT_CODES_HELP", "cli", "main"]
 
@@ -109,18 +110,25 @@ def _stdout_closed_on_epipe() -> Iterator[None]:
     "--ops", "ops", multiple=True, metavar="MODULE", help="Also load operations from MODULE or a .py file (repeatable)."
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("--theme", default=None, help="Without a command: the TUI's theme (see `mfm tui --help`).")
+@click.option("--no-mouse", is_flag=True, help="Without a command: no mouse reporting (the terminal selects text).")
 @click.version_option(__version__, prog_name="mfm")
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, ops: tuple[str, ...], debug: bool) -> Any:
+def cli(
+    ctx: click.Context, store: str | None, ops: tuple[str, ...], debug: bool, theme: str | None, no_mouse: bool
+) -> Any:
     """mfm: start, watch and steer durable state-machine runs.
 
-    Without a command, opens the terminal UI (`mfm tui`).
+    Without a command, opens the terminal UI (`mfm tui`). Settings: $XDG_CONFIG_HOME/mfm/config.toml.
     """
     # a .py path is made absolute so detached workers (same cwd, but still) load the same file
     ops = tuple(str(Path(m).absolute()) if m.endswith(".py") else m for m in ops)
-    ctx.obj = Env(store_option=store, ops=ops, debug=debug)
+    settings, problem = load_settings()
+    ctx.obj = Env(store_option=store, ops=ops, debug=debug, settings=settings, settings_problem=problem)
+    if problem is not None and ctx.invoked_subcommand not in (None, "tui", "serve"):
+        click.echo(f"warning[{problem[0]}]: {problem[1]} (using the defaults)", err=True)
     if ctx.invoked_subcommand is None:
-        return ctx.invoke(tui)
+        return ctx.invoke(tui, theme=theme, no_mouse=no_mouse)
     return None
 
 

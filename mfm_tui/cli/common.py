@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from engine.stores import ArtifactLister
 from engine.workers import is_pooled, lease_state, list_run_ids, max_orphan_recoveries, pending_run, read_verdict
 from mfm_tui.config import resolve_store
 from mfm_tui.run_model import PlanShape, RunDisplayStatus, RunModel, lease_status_of
+from mfm_tui.settings import Settings
 from mfm_tui.time_format import format_duration
 
 __all__ = [
@@ -66,11 +68,18 @@ class Env:
     _store: Any = None
     _registry: OperationRegistry | None = None
     plan_shapes: dict[str, PlanShape] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    settings_problem: tuple[str, str] | None = None
+    """``(code, message)`` when the settings file is wrong (its defaults are used; the TUI shows it in a dialog)."""
 
     @property
     def store_location(self) -> Path | str:
-        """The store folder, or a ``postgresql://`` URL."""
-        return resolve_store(self.store_option)
+        """The store folder, or a ``postgresql://`` URL: ``--store``, ``$MFM_STORE``, the settings file's ``store``,
+        else the default folder."""
+        option = self.store_option
+        if not option and not os.environ.get("MFM_STORE") and self.settings.store:
+            option = os.path.expanduser(self.settings.store)
+        return resolve_store(option)
 
     @property
     def store_path(self) -> Path:

@@ -37,6 +37,7 @@ from mfm_tui.cli.common import CliError, Env, echo_json, env_of, load_model, now
 from mfm_tui.config import store_writable
 from mfm_tui.run_model import RunDisplayStatus, RunModel, lease_status_of
 from mfm_tui.serve import serve as serve_app
+from mfm_tui.settings import choose_theme
 
 __all__ = ["cancel", "replay", "resume", "serve", "start", "tui", "wait_for_run", "worker"]
 
@@ -110,10 +111,16 @@ def _finish(model: RunModel, as_json: bool) -> int:
 
 
 @click.command()
-@click.option("--theme", default=None, help="mfm-dark (default), mfm-light, mfm-16 or mfm-ascii.")
+@click.option(
+    "--theme",
+    default=None,
+    help="mfm-dark (default), mfm-light, mfm-16 or mfm-ascii; else the settings file's, else "
+    "mfm-ascii under NO_COLOR and mfm-16 under TERM=linux.",
+)
 @click.option("--read-only", is_flag=True, help="Watch only: no start, cancel, resume.")
+@click.option("--no-mouse", is_flag=True, help="No mouse reporting: the terminal selects and copies text as usual.")
 @click.pass_context
-def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
+def tui(ctx: click.Context, theme: str | None, read_only: bool, no_mouse: bool = False) -> int:
     """Open the terminal UI."""
     env = env_of(ctx)
     # Imported here, not at the top: Textual takes ~0.3 s to import; only `mfm tui` needs it (`mfm runs` stays quick).
@@ -127,16 +134,19 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool) -> int:
         "lease_probe": lambda run_id: lease_status_of(lease_state(store, run_id)),
         "registry": registry,
         "ops_modules": env.ops,
+        "keymap": dict(env.settings.keys),
+        "notices": [env.settings_problem] if env.settings_problem is not None else [],
     }
-    if theme:
-        offered["theme"] = theme
+    chosen = choose_theme(theme, env.settings)
+    if chosen:
+        offered["theme"] = chosen
     params = inspect.signature(make_app).parameters
     kwargs = {k: v for k, v in offered.items() if k in params}
     try:
         app = make_app(store, **kwargs)
     except ValueError as exc:  # e.g. an unknown theme
         raise CliError.new("usage", str(exc)) from None
-    app.run()
+    app.run(mouse=env.settings.mouse and not no_mouse)
     return EXIT_OK
 
 

@@ -5,6 +5,8 @@ through ``engine.workers`` (``CancelRequested``, ``RunResumed``, ``ReplayStarted
 from __future__ import annotations
 
 import contextlib
+import getpass
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "execute_replay",
     "execute_resume",
     "execute_retry_now",
+    "operator_reason",
     "read_only_reason",
     "replay_run_of",
     "resume_runs",
@@ -46,6 +49,15 @@ __all__ = [
 
 SPAWN_CHECK_SECONDS = 5.0
 """After a start, when to check that the worker took the run (else: report it with the log path)."""
+
+
+def operator_reason() -> str:
+    """The reason a cancel from the TUI records: who asked, from where (the run screen shows it with the time)."""
+    try:
+        who = getpass.getuser()
+    except Exception:  # no user name in this environment: say where only
+        who = "an operator"
+    return f"cancelled by {who}@{socket.gethostname()} in the TUI"
 
 
 def read_only_reason(services: AppServices) -> str | None:
@@ -285,7 +297,7 @@ async def execute_cancel(services: AppServices, run_ids: list[RunId]) -> None:
     errors: list[tuple[RunId, BaseException]] = []
     for run_id in run_ids:
         try:
-            await cancel_run(services.store, run_id, ops_modules=services.ops_modules)
+            await cancel_run(services.store, run_id, operator_reason(), ops_modules=services.ops_modules)
         except Exception as exc:
             errors.append((run_id, exc))
     await _sync(services)

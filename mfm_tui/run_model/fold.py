@@ -5,6 +5,7 @@ Part of :mod:`mfm_tui.run_model` (its face re-exports every public name); pure, 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,6 +101,8 @@ class RunModel:
         """Child runs this run spawned (its ``child_run_spawned`` events, §16), in spawn order."""
         self.parent_run_id: RunId | None = None
         """This run is a child of that run (set by whoever sees both: a child's stream does not name its parent)."""
+        self.replay_of: RunId | None = None
+        """This run replays that run (its seeded facts carry ``meta.replayed_from``)."""
         """Facts recorded while several attempts were open (fan-out): the stream names no state."""
         if plan is not None:
             self.set_plan(plan)
@@ -264,6 +267,12 @@ class RunModel:
         if ev.name in (DOMAIN_EVENT_CHILD_RUN_SPAWNED, DOMAIN_EVENT_CHILD_RUN_COMPLETED):
             self._fold_child(seq, ev)
         if not self._open:
+            if self.replay_of is None and ev.name == DOMAIN_EVENT_FACT_RECORDED and isinstance(ev.payload, dict):
+                meta = ev.payload.get("meta")
+                source = meta.get("replayed_from") if isinstance(meta, dict) else None
+                if isinstance(source, str) and source:
+                    with contextlib.suppress(ValueError):
+                        self.replay_of = RunId(source)  # a replay's seeded facts name the run replayed
             return  # a domain event outside any attempt (op boundaries, child runs)
         fact: FactRef | None = None
         if ev.name == DOMAIN_EVENT_FACT_RECORDED:
@@ -340,7 +349,9 @@ class RunModel:
         if last.error_code == CODE_RUN_CANCELLED:
             sv.status = StateStatus.CANCELLED
         elif self.engine_status is not None:
-            sv.status = StateStatus.FAILED
+            # cancelled while waiting for its retry: the operator's cancel ended it, not the (retryable) failure
+            backoff = self.engine_status is EngineRunStatus.CANCELLED and self._will_retry(sv, last)
+            sv.status = StateStatus.CANCELLED if backoff else StateStatus.FAILED
         elif self._will_retry(sv, last):
             sv.status = StateStatus.RETRYING
         else:
@@ -384,9 +395,12 @@ class RunModel:
 
     @property
     def urgency(self) -> int:
-        """``URGENCY[status]`` (0 = most urgent), cached with the status."""
+        """``URGENCY[status]`` (0 = most urgent), cached with the status; a failed run that was recovered ranks
+        with the finished ones (its recovery run carries on)."""
         if self._status is None:
             self.status  # noqa: B018 - computes and caches both
+        if self.recovered_by is not None and self._status is RunDisplayStatus.FAILED:
+            return URGENCY[RunDisplayStatus.CANCELLED]
         return self._urgency
 
     def _compute_status(self) -> RunDisplayStatus:

@@ -19,6 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
@@ -29,6 +30,7 @@ from engine.ids import ArtifactId
 from mfm_tui.clipboard import copy_text
 from mfm_tui.log_index import LogSource
 from mfm_tui.run_model import RunModel
+from mfm_tui.services import services_of
 from mfm_tui.widgets.json_tree import JsonTree
 
 __all__ = ["ArtifactEntry", "ArtifactScreen", "exec_parts", "run_artifacts"]
@@ -101,8 +103,11 @@ class ArtifactScreen(Screen[None]):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("y", "copy_json", "Copy JSON"),
         Binding("Y", "copy_id", "Copy id"),
-        Binding("t", "show_tab('tree')", "Tree", show=False),
-        Binding("r", "show_tab('raw')", "Raw", show=False),
+        Binding("1", "show_tab_at(0)", "1st tab", show=False, tooltip="The first tab (Tree; Exit for an exec fact)"),
+        Binding("2", "show_tab_at(1)", "2nd tab", show=False, tooltip="The second tab (Raw; Tree for an exec fact)"),
+        Binding("3", "show_tab_at(2)", "3rd tab", show=False, tooltip="The third tab (an exec fact: Raw)"),
+        Binding("4", "show_tab_at(3)", "4th tab", show=False, tooltip="The fourth tab (an exec fact: Stdout)"),
+        Binding("5", "show_tab_at(4)", "5th tab", show=False, tooltip="The fifth tab (an exec fact: Stderr)"),
     ]
     """
     | Key(s) | Description |
@@ -110,7 +115,8 @@ class ArtifactScreen(Screen[None]):
     | escape | Back. |
     | y | Copy the artifact's JSON (its id when it has none). |
     | Y | Copy the artifact's id. |
-    | t, r | Show the tree / the raw JSON. |
+    | 1 … 5 | Show the tab at that place (its label carries the digit). Not `t`/`r`: those are time travel and
+      resume on the run screen. |
     """
 
     def __init__(self, store: Any, entries: list[ArtifactEntry], index: int = 0) -> None:
@@ -121,6 +127,8 @@ class ArtifactScreen(Screen[None]):
         self.value: Any = None
         self.error: tuple[str, str] | None = None
         self._loaded_id: str | None = None
+        self.tab_ids: list[str] = []
+        """The shown tabs' ids in order (keys 1 … 5)."""
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -193,15 +201,19 @@ class ArtifactScreen(Screen[None]):
         tabs = TabbedContent(id="artifact-tabs")
         await body.mount(tabs)
         parts = exec_parts(value)
-        panes = [
-            TabPane("Tree", JsonTree(value, entry.label), id="tree"),
-            TabPane("Raw", VerticalScroll(Static(_syntax(pretty_json(value)))), id="raw"),
+        ascii_only = services_of(self.app).ascii_only
+        contents: list[tuple[str, Widget, str]] = [
+            ("Tree", JsonTree(value, entry.label, ascii_only=ascii_only), "tree"),
+            ("Raw", VerticalScroll(Static(_syntax(pretty_json(value)))), "raw"),
         ]
         if parts is not None:
-            panes.insert(0, TabPane("Exit", Static(_exit_text(parts)), id="exit"))
+            contents.insert(0, ("Exit", Static(_exit_text(parts)), "exit"))
             for key in ("stdout", "stderr"):
                 if key in parts:
-                    panes.append(TabPane(key.capitalize(), VerticalScroll(Static(_stream_text(parts[key]))), id=key))
+                    contents.append((key.capitalize(), VerticalScroll(Static(_stream_text(parts[key]))), key))
+        # each label carries the digit that shows it (keys 1 … 5)
+        panes = [TabPane(f"{n} {label}", widget, id=tab) for n, (label, widget, tab) in enumerate(contents, start=1)]
+        self.tab_ids = [tab for _label, _widget, tab in contents]
         await tabs.add_pane(panes[0])
         for pane in panes[1:]:
             await tabs.add_pane(pane)
@@ -210,6 +222,10 @@ class ArtifactScreen(Screen[None]):
     def action_show_tab(self, tab: str) -> None:
         for tabs in self.query("#artifact-tabs").results(TabbedContent):
             tabs.active = tab
+
+    def action_show_tab_at(self, place: int) -> None:
+        if 0 <= place < len(self.tab_ids):
+            self.action_show_tab(self.tab_ids[place])
 
     def action_copy_json(self) -> None:
         if self.value is None:

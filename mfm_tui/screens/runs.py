@@ -32,6 +32,7 @@ from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_ch
 from mfm_tui.screens.start import StartScreen
 from mfm_tui.services import services_of
 from mfm_tui.widgets.run_table import RowTree, RunTable, now_text
+from mfm_tui.widgets.size_notice import SizeNotice
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
 
@@ -160,19 +161,73 @@ class RunsScreen(Screen[None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "open_filter", "Filter", tooltip="Filter: op:NAME status:failed id:PREFIX words"),
-        Binding("escape", "clear_filter", "Clear filter", show=False, tooltip="Clear the filter, then the tab"),
-        Binding("tab", "step_tab(1)", "Tab", tooltip="Next status tab"),
+        Binding(
+            "slash", "open_filter", "Filter", tooltip="Filter: op:NAME status:failed id:PREFIX words", id="runs.filter"
+        ),
+        Binding(
+            "escape", "clear_filter", "Clear", show=False, tooltip="Clear the marks, then the filter, then the tab"
+        ),
+        Binding("tab", "step_tab(1)", "Tab", tooltip="Next status tab", id="runs.next_tab"),
         Binding("shift+tab", "step_tab(-1)", "Previous tab", show=False, tooltip="Previous status tab"),
-        Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration"),
-        Binding("s", "start_run", "Start", tooltip="Start a run"),
-        Binding("w", "app.show_workers", "Workers", show=False, tooltip="Workers: live workers and their leases"),
-        Binding("y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)"),
-        Binding("space", "toggle_mark", "Mark", show=False, tooltip="Mark the run (bulk cancel, resume; diff two)"),
-        Binding("c", "cancel_runs", "Cancel", tooltip="Cancel the run, or the marked runs (confirmation first)"),
-        Binding("r", "resume_runs", "Resume", tooltip="Resume the run, or the marked runs (confirmation first)"),
-        Binding("p", "replay_run", "Replay", tooltip="Replay the finished run and compare (deterministic?)"),
-        Binding("d", "diff_runs", "Diff", show=False, tooltip="Diff two marked runs: final snapshots, manifests"),
+        Binding("o", "cycle_sort", "Sort", tooltip="Sort by urgency, newest, oldest, op, duration", id="runs.sort"),
+        Binding("s", "start_run", "Start", tooltip="Start a run", id="runs.start"),
+        Binding(
+            "w",
+            "app.show_workers",
+            "Workers",
+            show=False,
+            tooltip="Workers: live workers and their leases",
+            id="runs.workers",
+        ),
+        Binding(
+            "y", "copy_id", "Copy id", show=False, tooltip="Copy the selected run's id (OSC 52)", id="runs.copy_id"
+        ),
+        Binding(
+            "space",
+            "toggle_mark",
+            "Mark",
+            show=False,
+            tooltip="Mark the run (bulk cancel, resume; diff two)",
+            id="runs.mark",
+        ),
+        Binding(
+            "v",
+            "range_mark",
+            "Range",
+            show=False,
+            tooltip="Mark a range: v at one end, v again at the other",
+            id="runs.range_mark",
+        ),
+        Binding("u", "unmark_all", "Unmark all", show=False, tooltip="Unmark every run", id="runs.unmark_all"),
+        Binding(
+            "c",
+            "cancel_runs",
+            "Cancel",
+            tooltip="Cancel the run, or the marked runs (confirmation first)",
+            id="runs.cancel",
+        ),
+        Binding(
+            "r",
+            "resume_runs",
+            "Resume",
+            tooltip="Resume the run, or the marked runs (confirmation first)",
+            id="runs.resume",
+        ),
+        Binding(
+            "p",
+            "replay_run",
+            "Replay",
+            tooltip="Replay the finished run and compare (deterministic?)",
+            id="runs.replay",
+        ),
+        Binding(
+            "d",
+            "diff_runs",
+            "Diff",
+            show=False,
+            tooltip="Diff two marked runs: final snapshots, manifests",
+            id="runs.diff",
+        ),
         Binding(
             "left,h", "collapse", "Collapse", show=False, tooltip="Fold a parent's child runs (or go to the parent)"
         ),
@@ -182,13 +237,15 @@ class RunsScreen(Screen[None]):
     | Key(s) | Description |
     | :- | :- |
     | slash | Filter: `op:NAME status:failed id:PREFIX words`. |
-    | escape | Clear the filter, then the tab. |
+    | escape | Clear the marks, then the filter, then the tab. |
     | tab, shift+tab | Next / previous status tab. |
     | o | Sort by urgency, newest, oldest, op, duration. |
     | s | Start a run. |
     | w | Workers: live workers and their leases. |
     | y | Copy the selected run's id. |
     | space | Mark the run (bulk cancel, resume; diff two). |
+    | v | Mark a range: `v` at one end, `v` again at the other. |
+    | u | Unmark every run. |
     | c | Cancel the run, or the marked runs (confirmation first). |
     | r | Resume the run, or the marked runs (confirmation first). |
     | p | Replay the finished run and compare. |
@@ -226,8 +283,10 @@ class RunsScreen(Screen[None]):
         self.marked: set[RunId] = set()
         self.collapsed: set[RunId] = set()
         """Parents whose child runs are folded away."""
+        self._range_anchor: RunId | None = None
 
     def compose(self) -> ComposeResult:
+        yield SizeNotice()
         yield Static(id="runs-summary")
         yield StatusTabs(id="runs-tabs")
         yield Welcome(read_only=self.read_only, id="runs-welcome")
@@ -235,6 +294,7 @@ class RunsScreen(Screen[None]):
         table.set_glyphs(self._glyphs)
         yield table
         yield Input(placeholder="filter: op:NAME status:failed id:PREFIX words", id="runs-filter", compact=True)
+        yield Static(id="runs-marks")
         yield Footer()
 
     # ------------------------------------------------------------------ data to widgets
@@ -262,6 +322,7 @@ class RunsScreen(Screen[None]):
         self.query_one(Welcome).display = empty
         self.query_one(RunTable).display = not empty
         self._update_summary(counts, len(shown))
+        self._draw_marks_bar()
 
     def tick(self) -> None:
         self.query_one(RunTable).tick()
@@ -270,9 +331,13 @@ class RunsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#runs-filter", Input).display = False
+        self.query_one("#runs-marks", Static).display = False
         self.rebuild()
         self.query_one(RunTable).focus()
         self.set_interval(1.0, self.tick)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.query_one(SizeNotice).check(event.size.width, event.size.height)
 
     def on_runs_updated(self, message: RunsUpdated) -> None:
         self.loaded = message.loaded
@@ -328,7 +393,9 @@ class RunsScreen(Screen[None]):
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
-        if box.display or box.value:
+        if self.marked or self._range_anchor is not None:
+            self.clear_marks()
+        elif box.display or box.value:
             box.value = ""
             box.display = False
             self.query_one(RunTable).focus()
@@ -360,10 +427,37 @@ class RunsScreen(Screen[None]):
         if run_id is None:
             return
         self.marked.symmetric_difference_update({run_id})
-        table.marked = frozenset(self.marked)
-        table.refresh()
+        self._range_anchor = None
+        self._show_marks()
         table.action_cursor_down()
-        self.rebuild()
+
+    def action_range_mark(self) -> None:
+        """``v`` starts a range at the cursor; ``v`` again marks every shown run from there to the cursor."""
+        table = self.query_one(RunTable)
+        run_id = table.cursor_run_id
+        if run_id is None:
+            return
+        rows = [m.run_id for m in table.rows]
+        if self._range_anchor is None or self._range_anchor not in rows:
+            self._range_anchor = run_id
+            self.marked.add(run_id)
+        else:
+            a, b = sorted((rows.index(self._range_anchor), table.cursor_row))
+            self.marked.update(rows[a : b + 1])
+            self._range_anchor = None
+        self._show_marks()
+
+    def action_unmark_all(self) -> None:
+        self.clear_marks()
+
+    def clear_marks(self, run_ids: Iterable[RunId] | None = None) -> None:
+        """Unmark ``run_ids`` (all when ``None``): after a bulk action ran, with ``esc`` and ``u``."""
+        if run_ids is None:
+            self.marked.clear()
+        else:
+            self.marked.difference_update(run_ids)
+        self._range_anchor = None
+        self._show_marks()
 
     def action_cancel_runs(self) -> None:
         controller.cancel_runs(services_of(self.app), self._targets())
@@ -423,6 +517,11 @@ class RunsScreen(Screen[None]):
                 text.append(f"  {len(self.marked)} marked", style="bold")
             if self.read_only:
                 text.append("  read-only", style="bold")
+            recovered = sum(
+                1 for m in self.models.values() if m.recovered_by is not None and m.status is RunDisplayStatus.FAILED
+            )
+            counts = counts.copy()
+            counts[RunDisplayStatus.FAILED] -= recovered  # recovered: its recovery run carries on
             for status, word in (
                 (RunDisplayStatus.RUNNING, "running"),
                 (RunDisplayStatus.RETRYING, "retrying"),
@@ -433,7 +532,33 @@ class RunsScreen(Screen[None]):
             ):
                 if counts.get(status):
                     text.append(f"  {counts[status]} {word}")
+            if recovered:
+                text.append(f"  {recovered} recovered")
         self.query_one("#runs-summary", Static).update(text)
+
+    def _show_marks(self) -> None:
+        """Draw the marks in the table, their count in the summary and the marks bar."""
+        if not self.is_mounted:
+            return
+        table = self.query_one(RunTable)
+        table.marked = frozenset(self.marked)
+        table.refresh()
+        self._draw_marks_bar()
+        self._update_summary(Counter(m.status for m in self.models.values()), len(table.rows))
+
+    def _draw_marks_bar(self) -> None:
+        """The mark count (and how many of them the tab or filter hides) with what marks do, above the footer."""
+        table = self.query_one(RunTable)
+        bar = self.query_one("#runs-marks", Static)
+        n = len(self.marked)
+        hidden = len(self.marked - {m.run_id for m in table.rows})
+        if n or self._range_anchor is not None:
+            text = f" {n} marked" + (f" ({hidden} not shown)" if hidden else "")
+            if self._range_anchor is not None:
+                text += "  range: move, v again"
+            text += "  c cancel  r resume  d diff two  u/esc unmark"
+            bar.update(Text(text, style="bold"))
+        bar.display = bool(n) or self._range_anchor is not None
 
     def _rebuild_now(self) -> None:
         self._rebuild_pending = False

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -51,6 +51,9 @@ class StartScreen(Screen[None]):
     | escape | Back. |
     | ctrl+s | Start the run. |
     | tab | Next field. |
+
+    In the operation list ``j`` / ``k`` move like down / up, and typing any other character searches (it goes to
+    the search box above the list).
     """
 
     DEFAULT_CSS = """
@@ -93,7 +96,7 @@ class StartScreen(Screen[None]):
         yield Static(title + ("" if self.rerun_of is None else ": edit its parameters, ctrl+s"), id="start-title")
         with Horizontal():
             with Vertical(id="start-left"):
-                yield Input(placeholder="search operations", id="start-filter", compact=True)
+                yield Input(placeholder="search operations", id="start-filter", compact=True, select_on_focus=False)
                 yield OptionList(id="start-ops")
             with VerticalScroll(id="start-right"):
                 yield Static(id="start-desc")
@@ -123,6 +126,23 @@ class StartScreen(Screen[None]):
         olist.add_options([Option(str(op.op_id), id=str(op.op_id)) for op in self._shown])
         if self._shown:
             olist.highlighted = 0
+
+    def on_key(self, event: events.Key) -> None:
+        olist = self.query_one("#start-ops", OptionList)
+        if not olist.has_focus:
+            return
+        if event.key in ("j", "k"):
+            event.stop()
+            if event.key == "j":
+                olist.action_cursor_down()
+            else:
+                olist.action_cursor_up()
+        elif event.is_printable and event.character and not event.character.isspace():
+            event.stop()  # type-to-search: the character starts (or continues) the search
+            box = self.query_one("#start-filter", Input)
+            box.value += event.character
+            box.cursor_position = len(box.value)
+            box.focus()
 
     @on(Input.Changed, "#start-filter")
     async def _filter(self, event: Input.Changed) -> None:

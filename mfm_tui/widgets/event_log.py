@@ -3,7 +3,7 @@
 Only the visible lines are parsed (and cached by line), so a run of a million events opens as fast as a small one.
 Follow mode (on by default) keeps the newest event in view; moving up or scrolling up pauses it, ``f``, ``G`` or
 ``end`` resume it. A filter narrows the log to an index array of matching lines, computed off the UI thread for big
-files; ``n``/``N`` jump to the next/previous line containing the search text.
+files; ``n``/``N`` jump to the next/previous line containing the search text, wrapping around (``find_status``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual import events, work
@@ -32,6 +33,8 @@ from mfm_tui.log_index import FileLogSource, ListLogSource, LogFilter, LogLine, 
 __all__ = ["EventLog", "format_time"]
 
 _CACHE_LINES = 2048
+TEXT_STEP = 8
+"""Cells per ``left`` / ``right`` in the details column."""
 _SYNC_LIMIT = 20_000
 """Event files with more lines than this are filtered and searched by worker threads."""
 
@@ -62,6 +65,8 @@ class EventLog(ScrollView, can_focus=True):
         Binding("G,end", "cursor_bottom", "Bottom (follow)", show=False, tooltip="Log: last event, follow again"),
         Binding("pagedown", "page_down", "Page down", show=False, tooltip="Log: a page down"),
         Binding("pageup", "page_up", "Page up", show=False, tooltip="Log: a page up (pauses follow)"),
+        Binding("left", "scroll_text(-1)", "Scroll left", show=False, tooltip="Log: the details, to the left"),
+        Binding("right", "scroll_text(1)", "Scroll right", show=False, tooltip="Log: the details, to the right"),
     ]
     """
     | Key(s) | Description |
@@ -72,6 +77,7 @@ class EventLog(ScrollView, can_focus=True):
     | j, down / k, up | Next / previous event (up pauses follow). |
     | g, home / G, end | First event / last event (follows again). |
     | pagedown, pageup | A page down / up (up pauses follow). |
+    | left / right | Scroll the details column sideways (a cut line ends with `…`). |
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -119,6 +125,21 @@ class EventLog(ScrollView, can_focus=True):
     """Keep the newest event in view (scrolling or moving up pauses it)."""
     cursor: reactive[int] = reactive(-1, always_update=True)
     """Row (in the shown view) under the cursor; -1 = none yet."""
+    text_offset: reactive[int] = reactive(0)
+    """How far the details column is scrolled sideways (``left`` / ``right``), in cells."""
+
+    class CursorMoved(Message):
+        """The cursor is on another line (or the view changed under it)."""
+
+        def __init__(self, log: EventLog, row: int) -> None:
+            super().__init__()
+            self.log = log
+            self.row = row
+
+        @property
+        def control(self) -> EventLog:
+            """The log whose cursor moved."""
+            return self.log
 
     class FollowChanged(Message):
         """Follow mode went on or off."""
@@ -171,9 +192,14 @@ class EventLog(ScrollView, can_focus=True):
         self.source: LogSource = source if source is not None else ListLogSource()
         self.filter = LogFilter()
         self.search: str = ""
+        self.find_status: str = ""
+        """How the last find went: ``""``, ``wrapped to the top`` / ``wrapped to the end`` or ``not found``."""
         self.view: array[int] | None = None
         """Line indexes shown while a filter is active; ``None`` = every line."""
         self.ascii_only = False
+        self.note: tuple[int | None, str, str] | None = None
+        """A synthetic last row ``(ts_millis, who, text)`` that is no event of the run (the operator's cancel
+        request, from the store's control records): shown after the last event, never selectable."""
         self._cache: OrderedDict[int, LogLine] = OrderedDict()
         self._filtering = False
 
@@ -213,6 +239,14 @@ class EventLog(ScrollView, can_focus=True):
         self._update_size()
         self.refresh()
 
+    def set_note(self, note: tuple[int | None, str, str] | None) -> None:
+        if note != self.note:
+            self.note = note
+            self._update_size()
+            if self.follow:
+                self._go_end()
+            self.refresh()
+
     @property
     def row_count(self) -> int:
         return len(self.view) if self.view is not None else len(self.source)
@@ -224,6 +258,7 @@ class EventLog(ScrollView, can_focus=True):
     def apply_filter(self, flt: LogFilter, search: str = "") -> None:
         self.filter = flt
         self.search = search
+        self.find_status = ""
         if not flt.active:
             self.view = None
             self._after_view_change()
@@ -236,33 +271,48 @@ class EventLog(ScrollView, can_focus=True):
             self.view = self.source.filter(flt)
             self._after_view_change()
 
-    def find(self, *, backwards: bool = False) -> bool:
-        """Move to the next (previous) line containing the search text.
+    def find(self, *, backwards: bool = False, from_cursor: bool = False) -> bool:
+        """Move to the next (previous) line containing the search text, wrapping around at the end (start).
 
-        Small logs are searched at once (returns whether a line was found); a big event file is searched by a
-        worker thread (``mmap.find``) and the cursor moves when it answers (returns ``False`` meanwhile).
+        ``from_cursor``: the cursor's own line counts (a new search starts where the operator is). ``find_status``
+        then says ``wrapped`` or ``not found`` (the screen's title shows it; a miss also rings the bell). Small logs
+        are searched at once (returns whether a line was found); a big event file is searched by a worker thread
+        (``mmap.find``) and the cursor moves when it answers (returns ``False`` meanwhile).
         """
         if not self.search or self.row_count == 0:
             return False
-        start_row = self.cursor + (-1 if backwards else 1)
-        if start_row < 0 or start_row >= self.row_count:
-            self.app.bell()
-            return False
-        start_line = self.line_at(start_row)
+        step = 0 if from_cursor else (-1 if backwards else 1)
+        start_row = self.cursor + step
+        wrap_row = self.row_count - 1 if backwards else 0
+        if self.cursor < 0 or not 0 <= start_row < self.row_count:
+            start_row, wrapped = wrap_row, self.cursor >= 0
+        else:
+            wrapped = False
+        start_line, wrap_line = self.line_at(start_row), self.line_at(wrap_row)
+        if wrapped:
+            wrap_line = -1  # already from the other end: no second pass
         needle = self.search.encode()
         if isinstance(self.source, FileLogSource) and len(self.source) > _SYNC_LIMIT:
-            self._find_worker(needle, start_line, backwards, self.view)
+            self._find_worker(needle, start_line, wrap_line, backwards, wrapped, self.view)
             return False
         self._ensure_index()
-        return self._found(self.source.find(needle, start_line, backwards=backwards, among=self.view))
+        hit = self.source.find(needle, start_line, backwards=backwards, among=self.view)
+        if hit < 0 and wrap_line >= 0:
+            hit, wrapped = self.source.find(needle, wrap_line, backwards=backwards, among=self.view), True
+        return self._found(hit, wrapped)
 
     # ------------------------------------------------------------------ rendering
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        width = self.size.width
+        width = self.scrollable_content_region.width  # without the scrollbar: a cut line ends with "…"
         base = self.rich_style
         row = scroll_y + y
+        if row == self.row_count and self.note is not None:
+            ts, who, text = self.note
+            style = base + self.get_component_rich_style("event-log--pending")
+            note = f"{'':>7} {format_time(ts)} {who:<17.17} {ascii_text(text) if self.ascii_only else text}"
+            return Strip([Segment(note, style)]).crop_extend(0, width, base)
         if row >= self.row_count:
             return Strip.blank(width, base)
         line = self.line_at(row)
@@ -284,7 +334,11 @@ class EventLog(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------ watchers and handlers
 
+    def watch_text_offset(self) -> None:
+        self.refresh()
+
     def watch_cursor(self, old: int, new: int) -> None:
+        self.post_message(self.CursorMoved(self, new))
         if 0 <= new < self.row_count:
             top = self.scroll_offset.y
             height = self.scrollable_content_region.height or 1
@@ -357,6 +411,16 @@ class EventLog(ScrollView, can_focus=True):
         self._set_follow(False)
         self.cursor = max(0, self.cursor - max(1, self.scrollable_content_region.height - 1))
 
+    def action_scroll_text(self, direction: int) -> None:
+        self.text_offset = max(0, self.text_offset + direction * TEXT_STEP)
+
+    def text_at(self, row: int) -> str:
+        """The details (state and summary) of a shown row, in full; ``""`` when not indexed yet."""
+        if not 0 <= row < self.row_count:
+            return ""
+        info = self._summary(self.line_at(row))
+        return "" if info is None else f"{info.state} {info.summary}".strip()
+
     def action_open_event(self) -> None:
         if not 0 <= self.cursor < self.row_count:
             return
@@ -368,7 +432,7 @@ class EventLog(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ internals
 
     def _update_size(self) -> None:
-        self.virtual_size = Size(0, self.row_count)
+        self.virtual_size = Size(0, self.row_count + (1 if self.note is not None else 0))
 
     @work(thread=True, exclusive=True, group="log-filter")
     def _filter_worker(self, flt: LogFilter) -> None:
@@ -402,19 +466,31 @@ class EventLog(ScrollView, can_focus=True):
             self._cache.clear()
 
     @work(thread=True, exclusive=True, group="log-find")
-    def _find_worker(self, needle: bytes, start: int, backwards: bool, view: array[int] | None) -> None:
+    def _find_worker(
+        self, needle: bytes, start: int, wrap: int, backwards: bool, wrapped: bool, view: array[int] | None
+    ) -> None:
         hit = self.source.find(needle, start, backwards=backwards, among=view)
+        if hit < 0 and wrap >= 0:
+            hit, wrapped = self.source.find(needle, wrap, backwards=backwards, among=view), True
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._found, hit)
+            self.app.call_from_thread(self._found, hit, wrapped)
 
-    def _found(self, hit: int) -> bool:
+    def _found(self, hit: int, wrapped: bool = False) -> bool:
         if hit < 0:
+            self.find_status = "not found"
             self.app.bell()
-            return False
-        row = hit if self.view is None else _row_of(self.view, hit)
-        self._set_follow(False)
-        self.cursor = row
-        return True
+        elif wrapped:
+            after = hit > self.line_at(max(0, self.cursor))
+            self.find_status = "wrapped to the end" if after else "wrapped to the top"
+        else:
+            self.find_status = ""
+        if self.find_status:
+            self.notify(f"find {self.search!r}: {self.find_status}", timeout=3)
+        if hit >= 0:
+            self._set_follow(False)
+            self.cursor = hit if self.view is None else _row_of(self.view, hit)
+        self.post_message(self.ViewChanged(self))
+        return hit >= 0
 
     def _set_follow(self, value: bool) -> None:
         if self.follow != value:
@@ -458,17 +534,40 @@ class EventLog(ScrollView, can_focus=True):
             Segment(f"{format_time(info.ts_millis)} ", base + c("event-log--time")),
             Segment(f"{info.kind:<17.17} ", base + kind_style),
         ]
+        text_style = base + c("event-log--state")
         if self.search and self.search in text:
             k = text.index(self.search)
             match = c("event-log--match")
-            segs += [
-                Segment(text[:k], base + c("event-log--state")),
-                Segment(self.search, base + c("event-log--state") + match),
-                Segment(text[k + len(self.search) :], base + c("event-log--state")),
+            parts = [
+                Segment(text[:k], text_style),
+                Segment(self.search, text_style + match),
+                Segment(text[k + len(self.search) :], text_style),
             ]
         else:
-            segs.append(Segment(text, base + c("event-log--state")))
+            parts = [Segment(text, text_style)]
+        room = width - sum(cell_len(seg.text) for seg in segs)
+        segs += _window(parts, self.text_offset, room, "..." if self.ascii_only else "…", text_style)
         return segs
+
+
+def _window(parts: list[Segment], offset: int, room: int, ellipsis: str, style: Style) -> list[Segment]:
+    """``parts`` seen through a window of ``room`` cells from ``offset``: a cut on either side shows ``ellipsis``."""
+    strip = Strip(parts)
+    total = strip.cell_length
+    if room <= 0:
+        return []
+    offset = max(0, min(offset, max(0, total - 1)))
+    if offset == 0 and total <= room:
+        return list(strip)
+    mark = cell_len(ellipsis)
+    left = mark if offset > 0 else 0
+    right = mark if offset + room - left < total else 0
+    inner = max(0, room - left - right)
+    out: list[Segment] = [Segment(ellipsis, style)] if left else []
+    out += list(strip.crop(offset, offset + inner))
+    if right:
+        out.append(Segment(ellipsis, style))
+    return out
 
 
 def _row_of(view: array[int], line: int) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
+from textual.binding import Binding, BindingType
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -39,11 +40,27 @@ def _summary(value: Any) -> str:
     return f"[] {len(value)} item{'s' if len(value) != 1 else ''}"
 
 
+_ASCII_LINES: dict[str, tuple[str, str, str, str]] = {
+    style: ("  ", "| ", "`-", "|-") for style in ("default", "bold", "double")
+}
+
+
 class JsonTree(Tree[Any]):
     """``JsonTree(value, label)``: objects and arrays are branches, scalars are leaves ``key: value``.
 
     Keys keep their stored order (canonical JSON: sorted). A container with more than 200 children shows the first
-    200 and a "… N more" leaf that loads the rest when selected.
+    200 and a "… N more" leaf that loads the rest when selected. ``ascii_only``: guides ``| `-`` and ``+``/``-``
+    expanders instead of ``│ └─ ▶ ▼``.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+    ]
+    """
+    | Key(s) | Description |
+    | :- | :- |
+    | j / k | Next / previous node (as down / up). |
     """
 
     DEFAULT_CSS = """
@@ -52,8 +69,21 @@ class JsonTree(Tree[Any]):
     }
     """
 
-    def __init__(self, value: Any, label: str = "$", *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self,
+        value: Any,
+        label: str = "$",
+        *,
+        ascii_only: bool = False,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
         super().__init__(Text(label, style="bold"), data=value, id=id, classes=classes)
+        if ascii_only:
+            self.LINES = _ASCII_LINES
+            self.ICON_NODE = "+ "
+            self.ICON_NODE_EXPANDED = "- "
+        self._more = "..." if ascii_only else "…"
         self.value = value
         self.show_root = True
         self.guide_depth = 2
@@ -71,7 +101,7 @@ class JsonTree(Tree[Any]):
             self._add(node, key, child)
         if len(items) > _LAZY_LIMIT:
             rest = items[_LAZY_LIMIT:]
-            node.add_leaf(Text(f"… {len(rest)} more (enter to load)", style="italic"), data=_More(rest))
+            node.add_leaf(Text(f"{self._more} {len(rest)} more (enter to load)", style="italic"), data=_More(rest))
 
     def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:
         more = event.node.data

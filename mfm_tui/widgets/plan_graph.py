@@ -70,20 +70,23 @@ class PlanGraph(ScrollView, can_focus=True):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left", "move('left')", "Prev state", show=False, tooltip="Graph: to a predecessor"),
-        Binding("right", "move('right')", "Next state", show=False, tooltip="Graph: to a successor"),
-        Binding("up", "move('up')", "State above", show=False, tooltip="Graph: the state above in this layer"),
-        Binding("down", "move('down')", "State below", show=False, tooltip="Graph: the state below in this layer"),
+        Binding("left,h", "move('left')", "Prev state", show=False, tooltip="Graph: to a predecessor"),
+        Binding("right,l", "move('right')", "Next state", show=False, tooltip="Graph: to a successor"),
+        Binding("up,k", "move('up')", "State above", show=False, tooltip="Graph: the state above in this layer"),
+        Binding("down,j", "move('down')", "State below", show=False, tooltip="Graph: the state below in this layer"),
         Binding("enter", "select", "Select state", tooltip="Open the state's details / expand '… N more'"),
     ]
     """
     | Key(s) | Description |
     | :- | :- |
-    | left | Move to a predecessor. |
-    | right | Move to a successor. |
-    | up | Move to the state above in this layer. |
-    | down | Move to the state below in this layer. |
+    | left, h | Move to a predecessor. |
+    | right, l | Move to a successor. |
+    | up, k | Move to the state above in this layer. |
+    | down, j | Move to the state below in this layer. |
     | enter | Select the state (its details), or expand a "… N more" node. |
+
+    A move by the user stops following the active state (``following``); ``follow(state_id)`` moves the cursor
+    only while following.
     """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -161,6 +164,8 @@ class PlanGraph(ScrollView, can_focus=True):
         self._layout: GraphLayout | None = None
         self._picture: GraphPicture | None = None
         self.cursor: str | None = None
+        self.following = True
+        """Whether the cursor follows the run's active state (``follow``); a move by the user turns it off."""
 
     # ------------------------------------------------------------------ data in
 
@@ -199,6 +204,11 @@ class PlanGraph(ScrollView, can_focus=True):
         self._scroll_to_cursor()
         self.refresh()
         self.post_message(self.StateHighlighted(self, state_id))
+
+    def follow(self, state_id: str | None) -> None:
+        """The run's active state is ``state_id``: move there (and into view) while following."""
+        if self.following and state_id is not None and state_id != self.cursor:
+            self.select(state_id)
 
     # ------------------------------------------------------------------ rendering
 
@@ -241,6 +251,7 @@ class PlanGraph(ScrollView, can_focus=True):
         x, y = self.scroll_offset.x + event.x, self.scroll_offset.y + event.y
         for node, (row, x0, x1) in self._picture.boxes.items():
             if row == y and x0 <= x < x1:
+                self.following = False
                 self.select(node)
                 if event.chain == 2:
                     self.action_select()
@@ -253,6 +264,7 @@ class PlanGraph(ScrollView, can_focus=True):
             return
         target = neighbour(self._layout, self.cursor, Direction(direction))
         if target is not None:
+            self.following = False
             self.select(target)
 
     def action_select(self) -> None:

@@ -29,7 +29,7 @@ from mfm_tui.messages import RunSelected
 from mfm_tui.run_model import ChildSummary, RunDisplayStatus, RunModel
 from mfm_tui.time_format import format_ago, format_countdown, format_duration
 
-__all__ = ["FULL_TICKS", "RowTree", "RunTable", "now_text"]
+__all__ = ["FULL_TICKS", "Columns", "RowTree", "RunTable", "columns_for", "now_text"]
 
 FULL_TICKS = 15
 """Every 15th tick repaints every visible row; the others only the unfinished ones."""
@@ -70,8 +70,60 @@ def _fit(text: str, width: int, ellipsis: str) -> str:
     return set_cell_size(text, width - len(ellipsis)) + ellipsis
 
 
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Widths of the columns that give way (0: hidden); ST and RUN always show."""
+
+    op: int
+    started: int
+    took: int
+    now: int
+    done: int
+
+
+_BASE = 4 + 9 + 1
+"""Mark, glyph and gap; the run id and its gap; the gap after NOW."""
+NOW_MIN = 20
+"""NOW (what the run does, or its error) keeps at least this many cells while other columns give way."""
+_NOW_COMFORT = 24
+_OP_MIN = 10
+
+
+def columns_for(width: int) -> Columns:
+    """The columns for ``width`` cells, by importance: NOW (the error) first, then DONE, OP, TOOK, STARTED.
+
+    Less important columns drop out whole (never cut to "DO"); NOW grows to a comfortable width before OP grows
+    to its ideal (16, or 22 from 100 cells), and NOW takes whatever is left.
+    """
+    room = width - _BASE - NOW_MIN
+    shown: dict[str, int] = {}
+    for name, need in (("done", 9), ("op", _OP_MIN + 1), ("took", 7), ("started", 9)):
+        if need <= room:
+            shown[name] = need
+            room -= need
+    now = NOW_MIN + max(0, min(room, _NOW_COMFORT - NOW_MIN))
+    room -= now - NOW_MIN
+    op = 0
+    if "op" in shown:
+        ideal = 16 if width < 100 else 22
+        op = _OP_MIN + max(0, min(room, ideal - _OP_MIN))
+        room -= op - _OP_MIN
+    now += max(0, room)
+    if room < 0:  # narrower than the minimum: NOW takes what is left
+        now = max(1, width - _BASE)
+    started, took, done = shown.get("started", 0), shown.get("took", 0), shown.get("done", 0)
+    return Columns(op=op, started=started, took=took, now=now, done=done)
+
+
 def now_text(model: RunModel, now_millis: int) -> str:
-    """What the run is doing right now, in a few words (the NOW column)."""
+    """What the run is doing right now, in a few words (the NOW column); a replay says whose."""
+    text = _now_text(model, now_millis)
+    if model.replay_of is not None and model.load_error is None:
+        return f"replay of {model.replay_of[:8]}" + (f": {text}" if text else "")
+    return text
+
+
+def _now_text(model: RunModel, now_millis: int) -> str:
     if model.load_error is not None:
         return f"[{model.load_error[0]}] {model.load_error[1]}"
     status = model.status
@@ -141,6 +193,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         "run-table--running",
         "run-table--muted",
         "run-table--id",
+        "run-table--new",
     }
     """
     | Class | Description |
@@ -149,6 +202,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
     | `run-table--cursor` | The line under the cursor. |
     | `run-table--success`, `--error`, `--warning`, `--running`, `--muted` | A run's status colour role. |
     | `run-table--id` | The run id column. |
+    | `run-table--new` | The "N new above" marker in the header line. |
     """
 
     DEFAULT_CSS = """
@@ -156,6 +210,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         height: 1fr;
         background: $background;
         scrollbar-gutter: stable;
+        overflow-x: hidden;
         & > .run-table--header { text-style: bold; color: $text-muted; }
         & > .run-table--cursor { background: $block-cursor-blurred-background; }
         &:focus > .run-table--cursor {
@@ -169,6 +224,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         & > .run-table--running { color: $primary; }
         & > .run-table--muted { color: $text-muted; }
         & > .run-table--id { color: $text-muted; }
+        & > .run-table--new { color: $warning; text-style: bold reverse; }
     }
     """
 
@@ -185,6 +241,8 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         self._ticks = 0
         self.marked: AbstractSet[RunId] = frozenset()
         """Runs marked for a bulk action (drawn with a mark in the first column)."""
+        self._new_ids: set[RunId] = set()
+        """Runs that arrived above the view and were not seen yet (the header's "N new above")."""
 
     # ------------------------------------------------------------------ data
 
@@ -218,16 +276,34 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         keep = self.cursor_run_id if keep_cursor else None
         old_row = self.cursor_row
         self._tree = tree or {}
+        old_top = int(self.scroll_y)
+        old_ids = self._index
         self._rows = list(rows)
         self._index = {m.run_id: i for i, m in enumerate(self._rows)}
-        self.virtual_size = Size(self.size.width, len(self._rows) + 1)
+        self.virtual_size = Size(0, len(self._rows) + 1)  # the columns fit the width: no sideways scroll
         fallback = min(old_row, len(self._rows) - 1)
         new_row = self._index.get(keep, fallback) if keep is not None else fallback
         new_row = max(0, new_row)
         if new_row != old_row:
-            self.scroll_to(y=max(0, self.scroll_y + new_row - old_row), animate=False, immediate=True)
+            visible = max(1, self.size.height - 1)
+            # the view was at the top: it stays there, so new rows above show
+            top = 0 if old_top == 0 and new_row < visible else max(0, old_top + new_row - old_row)
+            self.scroll_to(y=top, animate=False, immediate=True)
         self.cursor_row = new_row
+        if keep_cursor and old_ids:
+            self._new_ids |= {r for r in self._index if r not in old_ids}
+        self._forget_seen()
         self.refresh()
+
+    @property
+    def new_above(self) -> int:
+        """How many runs arrived above the view since the user last saw the top (0 when none)."""
+        top = int(self.scroll_y)
+        return sum(1 for r in self._new_ids if self._index.get(r, top) < top)
+
+    def _forget_seen(self) -> None:
+        top = int(self.scroll_y)
+        self._new_ids = {r for r in self._new_ids if self._index.get(r, top) < top}
 
     def refresh_rows(self, run_ids: set[RunId] | frozenset[RunId]) -> None:
         """Repaint the lines of these runs if they are on screen."""
@@ -251,13 +327,9 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
 
     # ------------------------------------------------------------------ rendering
 
-    def _columns(self, width: int) -> tuple[int, int, int]:
-        """Widths of OP, NOW and DONE for this width (the rest are fixed)."""
-        done = 9
-        fixed = 1 + 3 + 9 + 9 + 7 + done  # lead, ST, RUN, STARTED, TOOK, DONE (each with its gap)
-        op = 16 if width < 100 else 22
-        now = max(8, width - fixed - (op + 1) - 1)
-        return op, now, done
+    def _columns(self, width: int) -> Columns:
+        """Column widths for this width, giving way by importance (0: the column is hidden)."""
+        return columns_for(width)
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
@@ -273,23 +345,31 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
             return Strip([Segment(_fit(text, width, self._glyphs.ellipsis), self.rich_style)], width)
 
     def _header(self, width: int) -> Strip:
-        op, now, done = self._columns(width)
-        text = (
-            " ST "
-            + _fit("RUN", 9, "")
-            + _fit("OP", op + 1, "")
-            + _fit("STARTED", 9, "")
-            + _fit("TOOK", 7, "")
-            + _fit("NOW", now + 1, "")
-            + "DONE".rjust(done)
-        )
+        cols = self._columns(width)
+        text = " ST " + _fit("RUN", 9, "")
+        if cols.op:
+            text += _fit("OP", cols.op + 1, "")
+        if cols.started:
+            text += _fit("STARTED", 9, "")
+        if cols.took:
+            text += _fit("TOOK", 7, "")
+        text += _fit("NOW", cols.now + 1, "")
+        if cols.done:
+            text += "DONE".rjust(cols.done)
         style = self.rich_style + self.get_component_rich_style("run-table--header")
-        return Strip([Segment(_fit(text, width, ""), style)], width)
+        text = _fit(text, width, "")
+        if self.new_above:
+            g = self._glyphs
+            note = f" {'^' if g.ascii else '▲'} {self.new_above} new above (g: top) "
+            keep = max(0, width - cell_len(note))
+            new_style = self.rich_style + self.get_component_rich_style("run-table--new")
+            return Strip([Segment(text[:keep], style), Segment(_fit(note, width - keep, ""), new_style)], width)
+        return Strip([Segment(text, style)], width)
 
     def _row(self, model: RunModel, width: int, is_cursor: bool) -> Strip:
         g = self._glyphs
         now_ms = self._clock.now_millis()
-        op_w, now_w, done_w = self._columns(width)
+        cols = self._columns(width)
         status = model.status
         base = self.rich_style
         if is_cursor:
@@ -302,7 +382,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         glyph = g.run[status] if model.load_error is None else "?"
         done = f"{model.done}/{model.total}" if model.total else ""
         now_txt = now_text(model, now_ms)
-        urgent = (
+        urgent = model.recovered_by is None and (
             status
             in (
                 RunDisplayStatus.FAILED,
@@ -325,12 +405,16 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
             Segment(_fit(glyph, 2, ""), base + role_style),
             Segment(" ", base),
             Segment(_fit(model.short_id, 9, ""), base if is_cursor else base + id_style),
-            Segment(_fit(op_text, op_w, g.ellipsis) + " ", base),
-            Segment(_fit(format_ago(model.started_millis, now_ms), 9, g.ellipsis), base),
-            Segment(_fit(format_duration(model.duration_millis(now_ms)), 7, ""), base),
-            Segment(_fit(now_txt, now_w, g.ellipsis) + " ", base + role_style if urgent else base),
-            Segment(done.rjust(done_w)[-done_w:], base),
         ]
+        if cols.op:
+            segments.append(Segment(_fit(op_text, cols.op, g.ellipsis) + " ", base))
+        if cols.started:
+            segments.append(Segment(_fit(format_ago(model.started_millis, now_ms), 9, g.ellipsis), base))
+        if cols.took:
+            segments.append(Segment(_fit(format_duration(model.duration_millis(now_ms)), 7, ""), base))
+        segments.append(Segment(_fit(now_txt, cols.now, g.ellipsis) + " ", base + role_style if urgent else base))
+        if cols.done:
+            segments.append(Segment(done.rjust(cols.done)[-cols.done :], base))
         strip = Strip(segments)
         return strip.adjust_cell_length(width, base)
 
@@ -339,6 +423,12 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
     def watch_cursor_row(self, old: int, new: int) -> None:
         self.refresh()
         self._scroll_cursor_into_view()
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if self._new_ids:
+            self._forget_seen()
+            self.refresh_line(0)
 
     def _scroll_cursor_into_view(self) -> None:
         visible = max(1, self.size.height - 1)
@@ -349,7 +439,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
             self.scroll_to(y=self.cursor_row - visible + 1, animate=False, immediate=True)
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self._rows) + 1)
+        self.virtual_size = Size(0, len(self._rows) + 1)  # the columns fit the width: no sideways scroll
 
     def on_click(self, event: Click) -> None:
         if event.y <= 0:

@@ -35,6 +35,7 @@ from engine.events import (
 )
 from engine.hashing import artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.stores import CancelRequest
 from engine.testing import FakeClock
 from mfm_tui.run_model import LeaseStatus, PlanShape
 
@@ -367,7 +368,10 @@ async def build_fixture_store(store: Any, *, only: Sequence[RunId] | None = None
             assert got == aid
         await store.events.append(b.run_id, 0, b.envelopes)
     if RUN_CANCELLING in builders:
-        await store.events.request_cancel(RUN_CANCELLING, "operator asked")
+        request = await store.events.request_cancel(RUN_CANCELLING, "operator asked")
+        cancels = getattr(store.events, "_cancels", None)
+        if isinstance(cancels, dict):  # the memory store stamps the wall clock: pin it for stable snapshots
+            cancels[RUN_CANCELLING] = CancelRequest(RUN_CANCELLING, NOW_MILLIS - 20 * SEC, request.reason)
     return FixtureStore(store=store, builders=builders)
 
 

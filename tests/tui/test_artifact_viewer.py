@@ -62,7 +62,7 @@ def test_snapshot_manifest(snap_compare: Any) -> None:
 
 def test_snapshot_manifest_raw_small(snap_compare: Any) -> None:
     _snap(
-        snap_compare, lambda fx: [ArtifactEntry("manifest", _manifest_id(fx, RUN_RUNNING), "Manifest")], SMALL, ("r",)
+        snap_compare, lambda fx: [ArtifactEntry("manifest", _manifest_id(fx, RUN_RUNNING), "Manifest")], SMALL, ("2",)
     )
 
 

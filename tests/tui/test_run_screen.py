@@ -247,11 +247,12 @@ async def test_search_moves_between_matches() -> None:
         await settle(pilot)
         hits = [i for i in range(log.row_count) if b"item_3" in (log.source.raw(i) or b"")]
         assert len(hits) >= 2
-        assert log.cursor == hits[-1]  # the newest match first
-        await pilot.press("N")
-        assert log.cursor == hits[-2]
+        # forward from the cursor (on the last event, following): around to the first match, and it says so
+        assert log.cursor == hits[0] and log.find_status == "wrapped to the top"
         await pilot.press("n")
-        assert log.cursor == hits[-1]
+        assert log.cursor == hits[1] and log.find_status == ""
+        await pilot.press("N", "N")
+        assert log.cursor == hits[-1] and log.find_status == "wrapped to the end"
 
 
 async def test_arrow_keys_move_the_graph_selection_and_panel_follows() -> None:

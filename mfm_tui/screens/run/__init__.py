@@ -16,12 +16,15 @@ log stack and the panel replaces the graph on ``enter`` (``esc`` brings the grap
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import os
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
@@ -36,12 +39,21 @@ from engine.ids import RunId
 from engine.runtime import Clock, SystemClock
 from mfm_tui import controller, shell
 from mfm_tui.clipboard import copy_text
-from mfm_tui.glyphs import ASCII, UNICODE, Glyphs
-from mfm_tui.log_index import FileLogSource, LogFilter, LogSource, fold_file, parse_query
+from mfm_tui.glyphs import ASCII, UNICODE, Glyphs, ascii_text
+from mfm_tui.log_index import (
+    FileLogSource,
+    LogFilter,
+    LogSource,
+    event_error,
+    fold_file,
+    parse_query,
+    query_error,
+)
 from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, child_summary
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
 from mfm_tui.screens.confirm import SeqPrompt
+from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run.children import ChildPicker
 from mfm_tui.screens.run.event_dialog import EventDialog
@@ -93,8 +105,12 @@ class RunScreen(Screen[None]):
         Binding("R", "retry_now", "Retry now", show=False, tooltip="Cut the selected (or next) retry's backoff short"),
         Binding("L", "logs", "Logs", show=False, tooltip="Worker log and exec stdout/stderr, following like tail -f"),
         Binding("T", "timeline", "Timeline", show=False, tooltip="Attempt timeline of the selected state"),
-        Binding("e", "rerun", "Re-run", show=False, tooltip="Re-run with edited parameters (start form pre-filled)"),
+        Binding("E", "rerun", "Re-run", show=False, tooltip="Re-run with edited parameters (start form pre-filled)"),
         Binding("exclamation_mark", "shell", "Shell", show=False, tooltip="Open $SHELL in the run's folder"),
+        Binding("w", "toggle_wrap", "Wrap", show=False, tooltip="Log: show the selected line in full, wrapped"),
+        Binding(
+            "e", "full_error", "Error", show=False, tooltip="The full error of the selected event, else of the state"
+        ),
     ]
     """
     | Key(s) | Description |
@@ -117,8 +133,10 @@ class RunScreen(Screen[None]):
     | R | Retry now: cut the selected (or next) retry's backoff short (confirmation first). |
     | L | Logs: the worker log and exec stdout/stderr, following. |
     | T | Attempt timeline of the selected state. |
-    | e | Re-run with edited parameters (the start form, pre-filled from the run's manifest). |
+    | E | Re-run with edited parameters (the start form, pre-filled from the run's manifest). |
     | ! | Open $SHELL in the run's folder (MFM_RUN_ID, MFM_STORE set); on return, refresh and offer resume. |
+    | w | Wrap: the selected log line in full, wrapped, under the log (on/off). |
+    | e | The full error of the selected event (a `StateFailed` line), else of the selected state, else of the run. |
     """
 
     DEFAULT_CSS = """
@@ -234,6 +252,7 @@ class RunScreen(Screen[None]):
                 yield StatePanel(ascii_only=self.ascii_only, id="state-panel")
         with Vertical(id="log-box"):
             yield EventLog(id="log")
+            yield Static("", id="log-detail")
         yield Input(placeholder="kind=StateFailed state=item_2 text=503   (bare words: find)", id="log-filter")
         yield Footer()
 
@@ -302,21 +321,42 @@ class RunScreen(Screen[None]):
     def _on_log_changed(self) -> None:
         self._set_log_title()
 
+    @on(EventLog.CursorMoved)
+    def _on_log_cursor(self) -> None:
+        self._show_detail()
+
+    @on(EventLog.FollowChanged)
+    def _on_follow_changed(self, event: EventLog.FollowChanged) -> None:
+        graph = self.query_one(PlanGraph)
+        if event.follow and not graph.following and self._model_ready:  # f / G: the graph and panel follow too
+            graph.following = True
+            self._render_all()
+
     @on(EventLog.EventOpened)
     def _on_event_opened(self, event: EventLog.EventOpened) -> None:
         self.app.push_screen(EventDialog(event.seq, event.raw))
 
     @on(Input.Submitted, "#log-filter")
     def _on_filter_submitted(self, event: Input.Submitted) -> None:
-        flt, search = parse_query(event.value)
         box = self.query_one("#log-filter", Input)
+        problem = query_error(event.value)
+        if problem is not None:  # said in place; the prompt stays open to be fixed
+            box.add_class("-invalid")
+            box.border_title = problem
+            self.notify(problem, title="Filter", severity="error", timeout=6)
+            return
+        box.remove_class("-invalid")
+        box.border_title = None
+        flt, search = parse_query(event.value)
         box.remove_class("-shown")
         log = self.query_one(EventLog)
+        cursor = log.line_at(log.cursor) if 0 <= log.cursor < log.row_count else -1
         log.apply_filter(flt, search)
         log.focus()
         if search:
-            log.cursor = log.row_count
-            log.find(backwards=True)
+            if log.view is not None and cursor >= 0:  # the filtered view: from the first shown line at the cursor
+                log.cursor = min(log.row_count - 1, bisect.bisect_left(log.view, cursor))
+            log.find(from_cursor=True)
         self._set_log_title()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -325,7 +365,7 @@ class RunScreen(Screen[None]):
         return True
 
     def on_key(self, event: Key) -> None:
-        if self._read_only and event.key in ("c", "r", "p", "R", "e"):
+        if self._read_only and event.key in ("c", "r", "p", "R", "E"):
             event.stop()
             self.notify(
                 controller.read_only_reason(services_of(self.app)) or "read-only", severity="warning", timeout=4
@@ -365,7 +405,13 @@ class RunScreen(Screen[None]):
         self.app.push_screen(RunScreen(run_id=child, path=(*self.path, (self.run_id, state_id))))
 
     def action_toggle_follow(self) -> None:
-        self.query_one(EventLog).action_toggle_follow()
+        log, graph = self.query_one(EventLog), self.query_one(PlanGraph)
+        if log.follow and not graph.following:  # only the graph had stopped: f follows there again
+            graph.following = True
+            if self._model_ready:
+                self._render_all()
+            return
+        log.action_toggle_follow()
 
     def action_filter(self) -> None:
         box = self.query_one("#log-filter", Input)
@@ -373,10 +419,17 @@ class RunScreen(Screen[None]):
         box.focus()
 
     def action_find_next(self) -> None:
-        self.query_one(EventLog).find()
+        self._find(backwards=False)
 
     def action_find_previous(self) -> None:
-        self.query_one(EventLog).find(backwards=True)
+        self._find(backwards=True)
+
+    def _find(self, *, backwards: bool) -> None:
+        log = self.query_one(EventLog)
+        if not log.search:
+            self.notify("nothing to find: / then words (kind=, state=, text= filter)", timeout=3)
+            return
+        log.find(backwards=backwards)
 
     def action_log(self, action: str) -> None:
         getattr(self.query_one(EventLog), f"action_{action}")()
@@ -452,6 +505,29 @@ class RunScreen(Screen[None]):
         current = self.as_of if self.as_of is not None else last
         target = max(1, min(last, current + step))
         self.set_as_of(None if target >= last and step > 0 else target)
+
+    def action_toggle_wrap(self) -> None:
+        self.query_one("#log-detail", Static).toggle_class("-shown")
+        self._show_detail()
+
+    def action_full_error(self) -> None:
+        """``e``: the whole error, wrapped in a dialog, at any terminal size."""
+        log = self.query_one(EventLog)
+        found: tuple[str, str] | None = None
+        title = ""
+        if log.has_focus and 0 <= log.cursor < log.row_count:
+            raw = self.source.raw(log.line_at(log.cursor))
+            found = event_error(raw) if raw is not None else None
+            title = f"Error at seq {log.line_at(log.cursor) + 1}"
+        sv = self.view_model.states.get(self.selected) if self.selected else None  # type: ignore[call-overload]
+        if found is None and sv is not None and sv.error is not None:
+            found, title = sv.error, f"Error of {sv.short_name}"
+        if found is None and self.view_model.error is not None:
+            found, title = self.view_model.error, f"Error of run {self.run_id[:8]}"
+        if found is None:
+            self.notify("no error here: select a failed state or a StateFailed line", timeout=3)
+            return
+        self.app.push_screen(ErrorDialog(found[0], found[1], title=title))
 
     def action_jump_seq(self) -> None:
         last = len(self.source)
@@ -652,11 +728,21 @@ class RunScreen(Screen[None]):
 
     def _render_all(self) -> None:
         now = self._now()
+        request = self.loader.cancel_request
+        self.query_one(EventLog).set_note(
+            None
+            if request is None or self.as_of is not None
+            else (request.requested_at_millis, "operator cancel", f"requested: {request.reason or 'no reason given'}")
+        )
         nodes, edges = self._graph_shape()
         graph = self.query_one(PlanGraph)
         graph.set_graph(nodes, edges, {str(k): v for k, v in self.view_model.states.items()}, now, self._badges())
         if self.path:
             self._render_breadcrumb()
+        active = _active_state(self.view_model)
+        if active is not None and graph.following:  # like the log's follow mode: until the user moves away
+            graph.follow(active)
+            self.selected = graph.cursor
         if self.selected is None and graph.cursor is not None:
             self.selected = graph.cursor
         self._render_header(now)
@@ -667,6 +753,10 @@ class RunScreen(Screen[None]):
             return
         now = self._now() if now is None else now
         note = "" if self._model_ready else "loading…"
+        request = self.loader.cancel_request
+        if request is not None and self.as_of is None:
+            at = time.strftime("%H:%M:%S", time.gmtime(request.requested_at_millis // 1000))
+            note = f"{request.reason or 'cancel requested'} at {at}"
         self.query_one(RunHeader).show(self.view_model, now, note, wide=self.app.size.width >= 130)
 
     def _render_panel(self, now: int) -> None:
@@ -674,11 +764,28 @@ class RunScreen(Screen[None]):
         self.query_one(StatePanel).show(sv, now)
         self.query_one("#panel-box").border_title = sv.short_name if sv is not None else "State"
 
+    def _show_detail(self) -> None:
+        detail = self.query_one("#log-detail", Static)
+        if detail.has_class("-shown"):
+            log = self.query_one(EventLog)
+            text = log.text_at(log.cursor)
+            detail.update(Text(ascii_text(text) if self.ascii_only else text))
+
     def _set_log_title(self) -> None:
         log = self.query_one(EventLog)
         parts = ["Events", "following" if log.follow else "paused (f follows)"]
         if log.filter.active:
             parts.append(f"filter: {log.filter.describe()}  {log.row_count}/{len(log.source)}")
         if log.search:
-            parts.append(f"find: {log.search!r}")
+            parts.append(f"find: {log.search!r}" + (f" ({log.find_status})" if log.find_status else ""))
         self.query_one("#log-box").border_title = "  ".join(parts)
+
+
+def _active_state(model: RunModel) -> str | None:
+    """The state the graph and panel follow: the failed one, else one waiting to retry (its error is what matters),
+    else the latest attempt in flight."""
+    retrying = [sv for sv in model.states.values() if sv.status is StateStatus.RETRYING]
+    current = model.current_state
+    if model.failed_state is None and retrying:
+        current = retrying[-1]
+    return str(current.state_id) if current is not None else None

@@ -18,6 +18,7 @@ from engine.config import RunManifest
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.events import EventEnvelope, decode_envelope
 from engine.ids import ArtifactId, RunId
+from engine.stores import CancelRequest
 from mfm_tui.log_index import FileLogSource, ListLogSource, LogSource
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel
 
@@ -63,6 +64,8 @@ class RunLoader:
         """Whether ``model`` has been adopted (folded, with its manifest and lease)."""
         self.load_error: tuple[str, str] | None = None
         """``(code, message)`` when the run cannot be read at all."""
+        self.cancel_request: CancelRequest | None = None
+        """The operator's cancel request (the store's ``ControlStore``: when, and the reason naming who)."""
         self._polling = False
 
     # ------------------------------------------------------------------ opening
@@ -133,7 +136,9 @@ class RunLoader:
         cancel = getattr(self.store.events, "cancel_request", None)
         if cancel is not None:
             with contextlib.suppress(Exception):
-                model.set_cancel_requested(await cancel(self.run_id) is not None)
+                request = await cancel(self.run_id)
+                self.cancel_request = request if isinstance(request, CancelRequest) else None
+                model.set_cancel_requested(request is not None)
 
     def decode_range(self, start: int, stop: int) -> list[EventEnvelope]:
         """The envelopes of source lines ``start`` to ``stop`` (a corrupt line is an anomaly of the model)."""
