@@ -146,6 +146,8 @@ class LogsScreen(Screen[None]):
     # ------------------------------------------------------------------ rendering
 
     def _render_title(self) -> None:
+        if not self.is_attached:
+            return  # a poll that finished after the screen closed
         tabs = []
         for i, s in enumerate(LOG_SOURCES, 1):
             label = f"{i} {s.label}"

@@ -370,7 +370,7 @@ async def test_rerun_opens_the_start_form_prefilled_from_the_manifest_and_starts
         await until(pilot, lambda: status(app, run_id) is RunDisplayStatus.COMPLETED)
         app.open_run(run_id)
         await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.model.manifest is not None)
-        await pilot.press("e")
+        await pilot.press("E")
         await until(pilot, lambda: isinstance(app.screen, StartScreen) and bool(app.screen.query(ParamForm)))
         form = app.screen.query_one(ParamForm)
         await pilot.pause()
