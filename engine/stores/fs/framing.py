@@ -12,6 +12,7 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       events.lock                 append_lock_file(): flock(LOCK_EX) target of appenders (readers never lock)
       events.jsonl.torn-<o>-<ms>  torn_tail_file(): a torn tail the store copied aside before truncating
       control/cancel.json         cancel_file(): the first cancel request
+      summary.json                summary_file(): a cache of the run's summary (engine.stores.fs._summary)
       lease, start.json, worker.log   lease_file(), pending_file(), WORKER_LOG_FILE: written by engine.workers
       recovery.json               RECOVERY_FILE: a failed run's recovery run (engine.workers)
       verdict.json                VERDICT_FILE: a replay's verdict (engine.workers)
@@ -86,6 +87,7 @@ __all__ = [
     "STORE_FORMAT",
     "STORE_META_FILE",
     "STORE_VERSION",
+    "SUMMARY_FILE",
     "TEMP_PREFIX",
     "VERDICT_FILE",
     "WORKER_LOG_FILE",
@@ -118,6 +120,7 @@ __all__ = [
     "quarantined_tail_file",
     "run_folder",
     "scan",
+    "summary_file",
     "temp_name",
     "temp_writer_pid",
     "torn_tail_file",
@@ -141,6 +144,7 @@ RECOVERY_FILE = "recovery.json"
 VERDICT_FILE = "verdict.json"
 CONTROL_DIR = "control"
 CANCEL_FILE = "cancel.json"
+SUMMARY_FILE = "summary.json"
 KIND_SUFFIX = ".kind"
 TEMP_PREFIX = ".tmp-"
 ARTIFACT_NAME = re.compile(r"[0-9a-f]{64}")
@@ -185,6 +189,11 @@ def control_folder(run_id: str) -> str:
 
 def cancel_file(run_id: str) -> str:
     return f"{RUNS_DIR}/{run_id}/{CONTROL_DIR}/{CANCEL_FILE}"
+
+
+def summary_file(run_id: str) -> str:
+    """The run's summary cache (``engine.run_summary``): rewritten whole, never synced, rebuilt when stale."""
+    return f"{RUNS_DIR}/{run_id}/{SUMMARY_FILE}"
 
 
 def torn_tail_file(run_id: str, start: int, millis: int) -> str:
