@@ -5,6 +5,11 @@ How changes are found:
 
 * the store's change journal — ``store.events.changes_since(cursor)`` names the runs whose streams
   grew; only those are re-read, each from its last seq (``read_range(run_id, last_seq + 1)``);
+* a store that keeps run summaries (``engine.stores.RunSummaries``: the filesystem store) is never read event by
+  event: each model is seeded from the run's summary (``RunModel.seed``), so the list costs what it shows, not the
+  size of the runs. A summary the store cannot bring up to date cheaply comes back provisional (its first event and
+  its tail): the row shows "indexing…" and the whole log is folded in the background, one run at a time, off the UI
+  loop (the store folds big logs in a thread);
 * a filesystem store (it has a ``root``) is woken by ``watchfiles`` on ``ROOT/changes.log``; the
   journal is *also* polled on a timer, because inotify may be missing (containers, network file
   systems) and watchfiles' own polling loses same-second appends;
@@ -33,6 +38,8 @@ from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from engine.plan import ExecutionPlan
+from engine.run_summary import RunSummary
+from engine.stores import RunSummaries
 from engine.stores.fs import framing
 from engine.workers import PendingRun, max_orphan_recoveries, pending_runs
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
@@ -94,12 +101,20 @@ class StoreWatcher:
         first_paint_pause: float = 0.05,
         use_watchfiles: bool = True,
         crash_loop_limit: int | None = None,
+        list_fold_bytes: int = 1 << 20,
     ) -> None:
         self.store = store
         self.crash_loop_limit = max_orphan_recoveries() if crash_loop_limit is None else crash_loop_limit
         """K of ``engine.workers``: the models' "crash-looping" threshold (``$MFM_MAX_ORPHAN_RECOVERIES``)."""
         self.events = store.events
         self.artifacts = store.artifacts
+        self.summaries: RunSummaries | None = store.events if isinstance(store.events, RunSummaries) else None
+        """The store's summaries, if it keeps them (else each run is read and folded)."""
+        self.list_fold_bytes = list_fold_bytes
+        """A run whose summary needs more of its log folded than this is shown provisional and indexed."""
+        self._index_queue: list[RunId] = []
+        self._indexed: dict[RunId, RunSummary] = {}
+        self._index_task: asyncio.Future[None] | None = None
         self.lease_probe = lease_probe
         self.plan_resolver = plan_resolver
         self.poll_interval = poll_interval
@@ -184,6 +199,7 @@ class StoreWatcher:
     async def poll(self, *, force_side: bool = False) -> WatchUpdate:
         """One refresh: the journal's changed runs, and (when due) leases, cancels and a rescan."""
         update = WatchUpdate()
+        self._take_indexed(update)
         try:
             batch = await self.events.changes_since(self._cursor)
             if self.store_error is not None:
@@ -250,6 +266,18 @@ class StoreWatcher:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            self.stop_indexing()
+
+    async def wait_indexed(self) -> None:
+        """Until every run queued for indexing is folded (its model is seeded by the next ``poll``)."""
+        while self._index_task is not None and not self._index_task.done():
+            await asyncio.wait([self._index_task])
+
+    def stop_indexing(self) -> None:
+        if self._index_task is not None:
+            self._index_task.cancel()
+            self._index_task = None
+        self._index_queue.clear()
 
     def wake(self) -> None:
         """Refresh soon (the journal changed, or the user asked)."""
@@ -295,7 +323,14 @@ class StoreWatcher:
     async def _refresh_events(self, run_id: RunId, update: WatchUpdate) -> None:
         model = self._model(run_id)
         try:
-            envelopes = await self.events.read_range(run_id, model.last_seq + 1)
+            if self.summaries is not None:
+                summary = await self.summaries.run_summary(run_id, max_fold_bytes=self.list_fold_bytes)
+                envelopes: list[Any] = []
+                if summary is not None and not summary.complete:
+                    self._queue_index(run_id)
+            else:
+                summary = None
+                envelopes = await self.events.read_range(run_id, model.last_seq + 1)
         except Exception as exc:
             err = describe_error(exc)
             if model.load_error != err:
@@ -307,7 +342,7 @@ class StoreWatcher:
         if cleared:
             model.load_error = None
         had_manifest_id = model.manifest_id
-        if model.apply(envelopes):
+        if (summary is not None and model.seed(summary)) or model.apply(envelopes):
             update.grown.add(run_id)
             update.updated.add(run_id)
             self._link_recovery(model, update)
@@ -316,6 +351,37 @@ class StoreWatcher:
                 await self._refresh_side([run_id], update)
         elif cleared:
             update.updated.add(run_id)
+
+    def _queue_index(self, run_id: RunId) -> None:
+        if run_id in self._index_queue:
+            return
+        self._index_queue.append(run_id)
+        if self._index_task is None or self._index_task.done():
+            self._index_task = asyncio.ensure_future(self._index_runs())
+
+    async def _index_runs(self) -> None:
+        """Fold the queued runs' whole logs, one at a time (the store does it off this loop); ``poll`` seeds them."""
+        summaries = self.summaries
+        while self._index_queue and summaries is not None:
+            run_id = self._index_queue[0]
+            try:
+                summary = await summaries.run_summary(run_id)
+            except Exception:  # the next refresh of this run reports the error in its row
+                summary = None
+            finally:
+                self._index_queue.pop(0)
+            if summary is not None:
+                self._indexed[run_id] = summary
+                self.wake()
+
+    def _take_indexed(self, update: WatchUpdate) -> None:
+        """Seed the models whose runs were indexed since the last poll (unless they moved on meanwhile)."""
+        indexed, self._indexed = self._indexed, {}
+        for run_id, summary in indexed.items():
+            model = self.models.get(run_id)
+            if model is not None and (model.indexing or summary.head >= model.last_seq) and model.seed(summary):
+                update.grown.add(run_id)
+                update.updated.add(run_id)
 
     def _link_recovery(self, model: RunModel, update: WatchUpdate) -> None:
         """A recovery run names the failed run it continues: mark that run as recovered by it."""
