@@ -90,6 +90,9 @@ class RunModel:
         """``(code, message)`` when the run could not be read (set by the watcher)."""
         self.indexing = False
         """Seeded from a provisional summary (``seed``): the whole log is still being folded ("indexing…")."""
+        self.summarized = False
+        """Seeded from a summary (``seed``): what a runs list needs, not every attempt and fact (the run screen
+        folds the run itself)."""
         self._open: list[StateId] = []
         self._skip: frozenset[str] = frozenset()
         self.unattributed_facts: list[FactRef] = []
@@ -172,12 +175,13 @@ class RunModel:
         self.last_seq = self.event_count = summary.head
         self.recovered_from = summary.recovered_from
         self.indexing = not summary.complete
+        self.summarized = True
         planned = self.plan.state_ids if self.plan is not None else ()
         self.states = {sid: StateView(sid) for sid in planned}
         for st in summary.states.values():
             sv = self._state(st.state_id)
-            failed = st.last_failed
-            sv.attempts = [_attempt(a) for a in (failed, st.last) if a is not None and (a is st.last or a != st.last)]
+            earlier = () if st.last_failed is None or st.last_failed == st.last else (st.last_failed,)
+            sv.attempts = [_attempt(a) for a in (*earlier, st.last) if a is not None]
             sv.not_before_millis = st.not_before_millis
             sv.scheduled_next_attempt = st.scheduled_next_attempt
         for sv in self.states.values():

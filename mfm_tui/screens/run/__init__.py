@@ -464,10 +464,10 @@ class RunScreen(Screen[None]):
         self.query_one(EventLog).set_source(self.source)
 
     def _shared_model(self) -> RunModel | None:
-        """The app watcher's model of this run (already folded), when it has one."""
+        """The app watcher's model of this run (already folded), when it has one (not a summary's: it lacks facts)."""
         services = self.services
         model = services.watcher.models.get(self.run_id) if services is not None else None
-        return model if model is not None and model.last_seq > 0 else None
+        return model if model is not None and model.last_seq > 0 and not model.summarized else None
 
     @work(thread=True, exclusive=True, group="run-index")
     def _index_file(self, src: FileLogSource) -> None:
