@@ -124,7 +124,7 @@ async def test_the_runs_list_of_a_store_holding_a_big_run_never_reads_that_run(
 ) -> None:
     bench = _bench()
     root = tmp_path / "big"
-    run_ids, big = bench.make_store(root, 50, 200_000)
+    _, big = bench.make_store(root, 50, 200_000)
     log_size = (root / "runs" / big / "events.jsonl").stat().st_size
     assert log_size > 30_000_000
     writer = FsStore(root)  # the store's own writes: a summary rebuilt once, then appends keep it current
