@@ -171,14 +171,14 @@ class RunSummary:
                 ended_millis=_opt_int(value["ended_millis"]),
                 last_event_millis=_opt_int(value["last_event_millis"]),
                 recovered_from=_opt(RunId, value["recovered_from"]),
-                open_states=tuple(StateId(s) for s in value["open_states"]),
+                open_states=tuple(_opt(StateId, s) for s in value["open_states"]),
                 states={s.state_id: s for s in states},
-                orphan_streaks={StateId(s): (_int(n), _int(q)) for s, n, q in value["orphan_streaks"]},
-                last_error=None if err is None else (StateId(err[0]), str(err[1]), str(err[2])),
+                orphan_streaks={_opt(StateId, s): (_int(n), _int(q)) for s, n, q in value["orphan_streaks"]},
+                last_error=None if err is None else (_opt(StateId, err[0]), str(err[1]), str(err[2])),
                 anomalies=_int(value["anomalies"]),
                 complete=bool(value["complete"]),
             )
-        except (KeyError, TypeError, IndexError) as exc:
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise ValueError(f"malformed run summary: {exc!r}") from None
 
 
@@ -341,8 +341,21 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else _int(value)
 
 
+_IDS: dict[tuple[Any, Any], Any] = {}
+"""Validated ids by (type, text): the same states and snapshots recur across a store's summaries, and validating
+an id (a regex per segment) is most of the cost of reading a summary."""
+
+
 def _opt(kind: Any, value: Any) -> Any:
-    return None if value is None else kind(value)
+    if value is None:
+        return None
+    key = (kind, value)
+    got = _IDS.get(key)
+    if got is None:
+        if len(_IDS) > 200_000:
+            _IDS.clear()
+        got = _IDS[key] = kind(value)
+    return got
 
 
 _ATTEMPT_FIELDS = tuple(AttemptSummary.__dataclass_fields__)
@@ -355,21 +368,19 @@ def _attempt_wire(a: AttemptSummary | None) -> list[Any] | None:
 def _attempt_from_wire(value: Any) -> AttemptSummary | None:
     if value is None:
         return None
-    if len(value) != len(_ATTEMPT_FIELDS):
-        raise ValueError("malformed attempt summary")
-    raw = dict(zip(_ATTEMPT_FIELDS, value, strict=True))
+    (attempt, entered_seq, entered_ms, base, terminal_seq, terminal_ms, completed, result, code, message, retry) = value
     return AttemptSummary(
-        attempt=_int(raw["attempt"]),
-        entered_seq=_opt_int(raw["entered_seq"]),
-        entered_millis=_opt_int(raw["entered_millis"]),
-        base_snapshot_id=_opt(ArtifactId, raw["base_snapshot_id"]),
-        terminal_seq=_opt_int(raw["terminal_seq"]),
-        terminal_millis=_opt_int(raw["terminal_millis"]),
-        completed=bool(raw["completed"]),
-        result_snapshot_id=_opt(ArtifactId, raw["result_snapshot_id"]),
-        error_code=_opt(str, raw["error_code"]),
-        error_message=_opt(str, raw["error_message"]),
-        retryable=bool(raw["retryable"]),
+        attempt=_int(attempt),
+        entered_seq=_opt_int(entered_seq),
+        entered_millis=_opt_int(entered_ms),
+        base_snapshot_id=_opt(ArtifactId, base),
+        terminal_seq=_opt_int(terminal_seq),
+        terminal_millis=_opt_int(terminal_ms),
+        completed=bool(completed),
+        result_snapshot_id=_opt(ArtifactId, result),
+        error_code=None if code is None else str(code),
+        error_message=None if message is None else str(message),
+        retryable=bool(retry),
     )
 
 
@@ -390,7 +401,7 @@ def _state_from_wire(value: Any) -> StateSummary:
     state_id, attempts, last, last_failed, not_before, next_attempt = value
     last_att = _attempt_from_wire(last)
     return StateSummary(
-        state_id=StateId(state_id),
+        state_id=_opt(StateId, state_id),
         attempts=_int(attempts),
         last=last_att,
         last_failed=last_att if last_failed == "last" else _attempt_from_wire(last_failed),
