@@ -51,6 +51,8 @@ PlanResolver = Callable[[RunManifest], "ExecutionPlan | PlanShape | Awaitable[Ex
 
 CODE_STORE_UNREADABLE = "store_unreadable"
 CODE_RUN_VANISHED = "run_vanished"
+DEAD_PROBE_EVERY = 10
+"""Runs no worker holds are re-probed this many times less often than runs a worker holds (see ``poll``)."""
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
@@ -136,6 +138,7 @@ class StoreWatcher:
         """The manifest of each listed run that has no events yet (from its start record)."""
         self._plans: dict[ArtifactId, PlanShape | None] = {}
         self._last_side = 0.0
+        self._side_cycle = 0
         self._last_rescan = 0.0
         self._wake = asyncio.Event()
 
@@ -223,16 +226,33 @@ class StoreWatcher:
             self._last_rescan = now
             await self._rescan(update)
         unfinished = [r for r, m in self.models.items() if m.engine_status is None]
+        # A run no worker holds (lease none or stale) changes only when a worker takes it up again, and a worker
+        # writes events: the journal names the run, which is probed then. Such runs are otherwise re-probed
+        # DEAD_PROBE_EVERY times less often, a slice per cycle (a cancel request or a lease from elsewhere); runs a
+        # worker holds (which can die without a word) as before. Idle CPU watching thousands of old runs stays low.
+        grown = [r for r in changed if r in self.models and self.models[r].engine_status is None]
+        if grown and not force_side:
+            await self._refresh_side(grown, update)
+        live = [r for r in unfinished if self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN]
         # Probing costs a few syscalls per run: with many unfinished runs, probe less often (≤ side_rate/s).
-        side_interval = max(self.side_interval, len(unfinished) / self.side_rate)
+        side_interval = max(self.side_interval, len(live) / self.side_rate)
         if force_side or now - self._last_side >= side_interval:
             self._last_side = now
             # Runs whose last read failed are retried (the journal will not name them again).
             for run_id, model in list(self.models.items()):
                 if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:
                     await self._refresh_events(run_id, update)
-            await self._refresh_side(unfinished, update)
+            await self._refresh_side(unfinished if force_side else [*live, *self._dead_slice(unfinished)], update)
         return update
+
+    def _dead_slice(self, unfinished: list[RunId]) -> list[RunId]:
+        """Every DEAD_PROBE_EVERY-th of the unfinished runs no worker holds, a different share each cycle."""
+        self._side_cycle += 1
+        cycle = self._side_cycle % DEAD_PROBE_EVERY
+        dead = [
+            r for r in unfinished if not (self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN)
+        ]
+        return [r for i, r in enumerate(dead) if i % DEAD_PROBE_EVERY == cycle]
 
     async def refresh_runs(self, run_ids: Iterable[RunId]) -> WatchUpdate:
         """Re-read the given runs now (after a user action such as cancel)."""
