@@ -538,7 +538,7 @@ def real_big(root: Path, run_id: str, events: int) -> dict[str, Any]:
     try:
         listed = pane.wait_for(rf"{run_id[:8]} demo_big")
         pane.keys("Enter")
-        last = pane.wait_for(rf"^. {events} .*StateCompleted", timeout=300)
+        last = pane.wait_for(rf"^.\s*{events} .*StateCompleted", timeout=300)
         time.sleep(2.0)  # what a background fold (if any) adds to the peak
     finally:
         rss = pane.close()
