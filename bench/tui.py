@@ -635,8 +635,31 @@ def import_seconds(python: str, modules: str, env: dict[str, str] | None = None,
 
 def real_table(base: Path, many: Path, big: Path, big_run: str, tail: Path, tail_run: str, n: int, events: int) -> None:
     """The issue's table, from a real terminal, with toolong measured in the same run when it is installed."""
+    import os
+
     have_tl = TOOLONG.exists()
     big_file = big / framing.events_file(big_run)
+    # One idle session for the whole table, so the tmux server does not exit (and race the next spawn) between runs.
+    keep = f"mfm-bench-{os.getpid()}-keep"
+    subprocess.run(["tmux", "new-session", "-d", "-s", keep, "sleep 3600"], check=True)
+    try:
+        _real_rows(base, many, big, big_run, big_file, tail, tail_run, n, events, have_tl)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", keep], capture_output=True)
+
+
+def _real_rows(
+    base: Path,
+    many: Path,
+    big: Path,
+    big_run: str,
+    big_file: Path,
+    tail: Path,
+    tail_run: str,
+    n: int,
+    events: int,
+    have_tl: bool,
+) -> None:
     rows: list[tuple[str, str, str, str]] = []
 
     def ratio(mine: float, theirs: float | None) -> str:
