@@ -528,8 +528,12 @@ def _mfm(root: Path) -> list[str]:
     return [MFM, "--store", str(root), "tui"]
 
 
+_CODE = [ROOT]
+"""The checkout whose code ``mfm`` runs (``--baseline``: the same measures with another one, in the same run)."""
+
+
 def _env() -> dict[str, str]:
-    return {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color"}
+    return {"PYTHONPATH": str(_CODE[0]), "TERM": "xterm-256color"}
 
 
 def real_big(root: Path, run_id: str, events: int) -> dict[str, Any]:
@@ -633,7 +637,17 @@ def import_seconds(python: str, modules: str, env: dict[str, str] | None = None,
     return statistics.median(wall(f"import {modules}") for _ in range(runs)) - floor
 
 
-def real_table(base: Path, many: Path, big: Path, big_run: str, tail: Path, tail_run: str, n: int, events: int) -> None:
+def real_table(
+    base: Path,
+    many: Path,
+    big: Path,
+    big_run: str,
+    tail: Path,
+    tail_run: str,
+    n: int,
+    events: int,
+    baseline: Path | None = None,
+) -> None:
     """The issue's table, from a real terminal, with toolong measured in the same run when it is installed."""
     import os
 
@@ -643,7 +657,7 @@ def real_table(base: Path, many: Path, big: Path, big_run: str, tail: Path, tail
     keep = f"mfm-bench-{os.getpid()}-keep"
     subprocess.run(["tmux", "new-session", "-d", "-s", keep, "sleep 3600"], check=True)
     try:
-        _real_rows(base, many, big, big_run, big_file, tail, tail_run, n, events, have_tl)
+        _real_rows(base, many, big, big_run, big_file, tail, tail_run, n, events, have_tl, baseline)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", keep], capture_output=True)
 
@@ -659,86 +673,110 @@ def _real_rows(
     n: int,
     events: int,
     have_tl: bool,
+    baseline: Path | None,
 ) -> None:
-    rows: list[tuple[str, str, str, str]] = []
+    py = str(ROOT / ".venv" / "bin" / "python")
 
-    def ratio(mine: float, theirs: float | None) -> str:
-        return f"{mine / theirs:.2f}x" if theirs else "-"
+    def measure_mfm(cold: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if cold:
+            drop_summaries(big)
+            out["cold"] = _try(real_big, big, big_run, events)  # rebuilds the caches in the background meanwhile
+            warm_summaries(big)
+        out["big"] = _try(real_big, big, big_run, events)
+        out["many"] = _try(real_many, many, n)
+        out["append"] = _try(real_append, tail, tail_run)
+        out["imports"] = import_seconds(py, "mfm_tui.cli, mfm_tui.app", {"PYTHONPATH": str(_CODE[0])})
+        return out
 
-    drop_summaries(big)
-    cold = real_big(big, big_run, events)  # rebuilds the cache (in the background) as a side effect
-    warm_summaries(big)
-    b = real_big(big, big_run, events)
-    tl = toolong_big(big_file, events) if have_tl else None
-    rows.append(
-        (f"store holding a {events:,}-event run: spawn -> runs list painted", f"{b['list_s']:.2f} s", "<= 0.5 s", "-")
-    )
-    rows.append(
-        (
-            "  same, cold (no summary cache: provisional row, indexed in the background)",
-            f"{cold['list_s']:.2f} s",
-            "",
-            "-",
-        )
-    )
-    rows.append(("  same: peak RSS", f"{b['rss_mb']:.0f} MB", "<= 150 MB", ratio(b["rss_mb"], tl and tl["rss_mb"])))
-    rows.append(("  same, cold: peak RSS", f"{cold['rss_mb']:.0f} MB", "", ratio(cold["rss_mb"], tl and tl["rss_mb"])))
-    rows.append(
-        (
-            "spawn -> that run's last event on screen",
-            f"{b['last_event_s']:.2f} s",
-            "<= 1.0 s",
-            ratio(b["last_event_s"], tl and tl["last_event_s"]),
-        )
-    )
-    if tl:
-        rows.append(
-            (
-                "  toolong, same file: last line on screen / peak RSS",
-                f"{tl['last_event_s']:.2f} s / {tl['rss_mb']:.0f} MB",
-                "",
-                "",
-            )
-        )
-    m = real_many(many, n)
-    rows.append((f"store of {n:,} runs: spawn -> first row", f"{m['first_row_s']:.2f} s", "<= 0.3 s", "-"))
-    rows.append((f"store of {n:,} runs: all rows", f"{m['all_rows_s']:.2f} s", "<= 1 s", "-"))
-    rows.append((f"store of {n:,} runs: peak RSS", f"{m['rss_mb']:.0f} MB", "<= 100 MB", "-"))
-    a = real_append(tail, tail_run)
+    now = measure_mfm(cold=True)
+    before: dict[str, Any] = {}
+    if baseline is not None:
+        _CODE[0] = baseline
+        try:
+            before = measure_mfm(cold=False)  # code without summaries: cold and warm are the same
+        finally:
+            _CODE[0] = ROOT
+    tl = _try(toolong_big, big_file, events) if have_tl else {}
     copy = base / "toolong-tail.jsonl"  # toolong's appends go to a copy (they are not events of the run)
     shutil.copyfile(tail / framing.events_file(tail_run), copy)
-    ta = toolong_append(copy) if have_tl else None
-    rows.append(
-        (
-            "append -> on screen, p50 / p95",
-            f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f} ms",
-            "<= 40 / 80 ms",
-            ratio(a["p50_ms"], ta and ta["p50_ms"]) + " / " + ratio(a["p95_ms"], ta and ta["p95_ms"]),
-        )
-    )
-    if ta:
-        rows.append(("  toolong, same file: p50 / p95", f"{ta['p50_ms']:.0f} / {ta['p95_ms']:.0f} ms", "", ""))
-    imports = import_seconds(
-        str(ROOT / ".venv" / "bin" / "python"), "mfm_tui.cli, mfm_tui.app", {"PYTHONPATH": str(ROOT)}
-    )
+    ta = _try(toolong_append, copy) if have_tl else {}
     tl_imports = import_seconds(str(TOOLONG_VENV / "bin" / "python"), "toolong.ui") if have_tl else None
-    rows.append(
+
+    def get(d: dict[str, Any], *path: str) -> float | None:
+        for k in path:
+            d = d.get(k) if isinstance(d, dict) else None  # type: ignore[assignment]
+        return d if isinstance(d, float | int) else None  # type: ignore[return-value]
+
+    def fmt(v: float | None, unit: str, scale: float = 1.0, digits: int = 2) -> str:
+        return "failed" if v is None else f"{v * scale:.{digits}f} {unit}"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    rows = [
         (
-            "imports (mfm_tui.cli + app, minus a bare interpreter)",
-            f"{imports:.2f} s",
-            "<= 0.25 s",
-            ratio(imports, tl_imports),
-        )
-    )
-    if tl_imports is not None:
-        rows.append(("  toolong (toolong.ui)", f"{tl_imports:.2f} s", "", ""))
-    rows.append((f"idle CPU watching {n:,} runs", f"{m['idle_cpu_pct']:.2f} %", "<= 1 %", "-"))
-    print("\nReal terminal (tmux 120x40, from spawn; ratio = mfm / toolong, same run):\n")
-    print("| measure | mfm | goal | vs toolong |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+            f"store holding a {events:,}-event run: spawn -> runs list painted",
+            ("big", "list_s"),
+            "s",
+            1,
+            2,
+            "<= 0.5 s",
+            None,
+        ),
+        (
+            "  same, cold (no summary caches: provisional row, indexed in the background)",
+            ("cold", "list_s"),
+            "s",
+            1,
+            2,
+            "",
+            None,
+        ),
+        ("  same: peak RSS", ("big", "rss_mb"), "MB", 1, 0, "<= 150 MB", ("rss_mb",)),
+        ("  same, cold: peak RSS", ("cold", "rss_mb"), "MB", 1, 0, "", ("rss_mb",)),
+        ("spawn -> that run's last event on screen", ("big", "last_event_s"), "s", 1, 2, "<= 1.0 s", ("last_event_s",)),
+        (f"store of {n:,} runs: spawn -> first row", ("many", "first_row_s"), "s", 1, 2, "<= 0.3 s", None),
+        (f"store of {n:,} runs: all rows", ("many", "all_rows_s"), "s", 1, 2, "<= 1 s", None),
+        (f"store of {n:,} runs: peak RSS", ("many", "rss_mb"), "MB", 1, 0, "<= 100 MB", None),
+        ("append -> on screen, p50", ("append", "p50_ms"), "ms", 1, 0, "<= 40 ms", ("p50_ms",)),
+        ("append -> on screen, p95", ("append", "p95_ms"), "ms", 1, 0, "<= 80 ms", ("p95_ms",)),
+        ("imports (mfm_tui.cli + app, minus a bare interpreter)", ("imports",), "s", 1, 2, "<= 0.25 s", ()),
+        (f"idle CPU watching {n:,} runs", ("many", "idle_cpu_pct"), "%", 1, 2, "<= 1 %", None),
+    ]
+    print("\nReal terminal (tmux 120x40, timed from the spawn); 'before' = --baseline's code in this same run;")
+    print("toolong on the same file in this same run, ratio = mfm / toolong:\n")
+    print("| measure | now | before | goal | toolong | now / toolong |")
+    print("|---|---|---|---|---|---|")
+    for label, path, unit, scale, digits, goal, tl_key in rows:
+        mine = get(now, *path)
+        old = get(before, *path) if before else None
+        theirs: float | None = None
+        if tl_key == ():
+            theirs = tl_imports
+        elif tl_key:
+            theirs = get(ta if path[0] == "append" else tl, *tl_key)
+        cells = [
+            label,
+            fmt(mine, unit, scale, digits),
+            fmt(old, unit, scale, digits) if before else "-",
+            goal,
+            fmt(theirs, unit, scale, digits) if theirs is not None else "-",
+            ratio(mine, theirs),
+        ]
+        print("| " + " | ".join(cells) + " |")
+    errors = {k: v["error"] for k, v in [*now.items(), *before.items()] if isinstance(v, dict) and "error" in v}
+    if errors:
+        print("errors:", errors)
     print()
+
+
+def _try(fn: Any, *args: Any) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = fn(*args)
+        return result
+    except Exception as exc:  # one scenario failing (a timeout on a loaded machine) must not lose the others
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -771,6 +809,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--only", default="real,paint,open,append,idle")
     ap.add_argument("--keep", default="", help="build the stores here and keep them")
+    ap.add_argument("--baseline", default="", help="another checkout (e.g. the commit before): its mfm, same run")
     ap.add_argument("--child", default="")
     ap.add_argument("--root", default="")
     ap.add_argument("--run", default="")
@@ -804,7 +843,8 @@ def main() -> None:
             if not (tail / "store.json").exists():
                 make_store(tail, 1, 0)
             tail_run = next(p.name for p in (tail / "runs").iterdir())
-            real_table(base, many, big, str(big_run), tail, tail_run, args.runs, args.events)
+            baseline = Path(args.baseline).resolve() if args.baseline else None
+            real_table(base, many, big, str(big_run), tail, tail_run, args.runs, args.events, baseline)
             print("Headless (App.run_test, in-process; the second table):")
         if "paint" in only:
             print(f"runs screen, {args.runs} runs (goal first paint <= 1 s, <= 150 MB):", _run_child("paint", many))
