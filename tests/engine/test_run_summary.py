@@ -53,3 +53,17 @@ async def test_a_replaced_log_is_not_summarized_from_the_old_cache(tmp_path: Pat
     await fresh.events.append(run_id, 2, [done])
     summary = await FsStore(tmp_path / "s").events.run_summary(run_id)
     assert summary is not None and (summary.head, summary.status) == (3, RunStatus.COMPLETED)
+
+
+async def test_another_process_appending_to_a_run_keeps_its_summary_file_current(tmp_path: Path) -> None:
+    run_id = RunId("00000000-0000-4000-8000-0000000000ac")
+    envs = [EventEnvelope(run_id=run_id, seq=i, event=DomainEvent(name="x", payload=i)) for i in (1, 2, 3)]
+    await FsStore(tmp_path / "s").events.append(run_id, 0, envs)
+    resumed = FsStore(tmp_path / "s")  # a worker resuming the run: nothing of it in memory
+    await resumed.events.append(
+        run_id, 3, [EventEnvelope(run_id=run_id, seq=4, event=DomainEvent(name="y", payload=4))]
+    )
+    done = EventEnvelope(run_id=run_id, seq=5, event=RunCompleted(status=RunStatus.COMPLETED))
+    await resumed.events.append(run_id, 4, [done])
+    raw = json.loads((tmp_path / "s" / "runs" / run_id / "summary.json").read_bytes())
+    assert (raw["summary"]["head"], raw["summary"]["status"]) == (5, "Completed")

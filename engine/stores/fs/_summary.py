@@ -49,6 +49,8 @@ WRITE_GAP_BYTES = 256 << 10
 """…or when the file would otherwise fall this many log bytes behind."""
 TAIL_BYTES = 64 << 10
 """What a provisional summary reads of the end of the log."""
+CATCH_UP_BYTES = 4 << 20
+"""An appender whose in-memory summary is missing folds at most this much of the log to catch up."""
 _WINDOW = framing.CHUNK
 _NEEDED = re.compile(
     b"|".join(re.escape(t) for t in (b'{"Kernel":', *(json.dumps(n).encode() for n in sorted(SUMMARY_DOMAIN_EVENTS))))
@@ -73,6 +75,8 @@ class SummaryCache:
         self._core = core
         self._lock = threading.Lock()
         self._mem: dict[RunId, _Cached] = {}
+        self._gave_up: set[RunId] = set()
+        """Runs whose cache an appender could not catch up cheaply (it stops trying; readers rebuild it)."""
         self.rebuilds = 0
         """How many whole logs were folded (tests)."""
 
@@ -237,8 +241,18 @@ class SummaryCache:
                 or cached.summary.head != expected_seq
                 or cached.end != start
             ):
-                with self._lock:  # another process appended meanwhile: the next reader catches up
+                # This process's first append to the run (a resumed run), or another process appended meanwhile:
+                # catch up from the file once (the new envelopes are committed, so they are folded too); a cache
+                # too far behind is left to the readers.
+                with self._lock:
                     self._mem.pop(run_id, None)
+                    retry = run_id not in self._gave_up
+                    self._gave_up.add(run_id)
+                if retry:
+                    caught = self.summary(run_id, CATCH_UP_BYTES)
+                    if caught is not None and caught.complete:
+                        with self._lock:
+                            self._gave_up.discard(run_id)
                 return
             summary = apply(cached.summary, envelopes)
             dfd = core.run_dir_fd(run_id, create=False)
