@@ -109,8 +109,9 @@ class Writer:
         return b"".join((t[0], run, t[1], str(seq).encode(), t[2], str(ts).encode(), t[3]))
 
 
-def make_store(root: Path, n_runs: int, big_events: int) -> tuple[list[str], str | None]:
-    """``n_runs`` small runs (mixed statuses) and, if ``big_events``, one run with that many events."""
+def make_store(root: Path, n_runs: int, big_events: int, *, warm: bool = True) -> tuple[list[str], str | None]:
+    """``n_runs`` small runs (mixed statuses) and, if ``big_events``, one run with that many events; ``warm``: with
+    the summary caches the store leaves behind its appends (:func:`warm_summaries`; not from a running loop)."""
     w = Writer(root)
     manifest = RunManifest(op_id="demo_big", op_version="1", input_params={}, run_config=base_config())
     mid = w.put(ArtifactKind.MANIFEST, manifest.model_dump(mode="json"))
@@ -169,7 +170,8 @@ def make_store(root: Path, n_runs: int, big_events: int) -> tuple[list[str], str
                 fh.write(Writer.line(done[s], run, seq, T0 + seq) + b"\n")
         journal.append(f"{big} {seq}\n".encode())
     (root / "changes.log").write_bytes(b"".join(journal))
-    warm_summaries(root)
+    if warm:
+        warm_summaries(root)
     return run_ids, big
 
 

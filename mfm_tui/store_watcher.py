@@ -51,8 +51,10 @@ PlanResolver = Callable[[RunManifest], "ExecutionPlan | PlanShape | Awaitable[Ex
 
 CODE_STORE_UNREADABLE = "store_unreadable"
 CODE_RUN_VANISHED = "run_vanished"
-DEAD_PROBE_EVERY = 10
+DEAD_PROBE_EVERY = 30
 """Runs no worker holds are re-probed this many times less often than runs a worker holds (see ``poll``)."""
+RESCAN_RUNS_PER_SECOND = 400
+"""The periodic rescan of every run folder is spread so that it lists at most this many runs per second."""
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
@@ -137,7 +139,7 @@ class StoreWatcher:
         self._pending_manifests: dict[RunId, ArtifactId] = {}
         """The manifest of each listed run that has no events yet (from its start record)."""
         self._plans: dict[ArtifactId, PlanShape | None] = {}
-        self._last_side = 0.0
+        self._next_side = 0.0
         self._side_cycle = 0
         self._last_rescan = 0.0
         self._wake = asyncio.Event()
@@ -197,7 +199,8 @@ class StoreWatcher:
                 part, t0 = WatchUpdate(initial=True), time.perf_counter()
         if part:
             yield part
-        self._last_side = self._last_rescan = time.monotonic()
+        self._last_rescan = time.monotonic()
+        self._next_side = self._last_rescan + self.side_interval
 
     async def poll(self, *, force_side: bool = False) -> WatchUpdate:
         """One refresh: the journal's changed runs, and (when due) leases, cancels and a rescan."""
@@ -222,10 +225,11 @@ class StoreWatcher:
         for run_id in changed:
             await self._refresh_events(run_id, update)
         now = time.monotonic()
-        if force_side or now - self._last_rescan >= self.rescan_interval:
+        # A rescan lists every run folder: with many runs, rescan less often (≤ RESCAN_RUNS_PER_SECOND runs/s).
+        rescan_interval = max(self.rescan_interval, len(self.models) / RESCAN_RUNS_PER_SECOND)
+        if force_side or now - self._last_rescan >= rescan_interval:
             self._last_rescan = now
             await self._rescan(update)
-        unfinished = [r for r, m in self.models.items() if m.engine_status is None]
         # A run no worker holds (lease none or stale) changes only when a worker takes it up again, and a worker
         # writes events: the journal names the run, which is probed then. Such runs are otherwise re-probed
         # DEAD_PROBE_EVERY times less often, a slice per cycle (a cancel request or a lease from elsewhere); runs a
@@ -233,11 +237,13 @@ class StoreWatcher:
         grown = [r for r in changed if r in self.models and self.models[r].engine_status is None]
         if grown and not force_side:
             await self._refresh_side(grown, update)
-        live = [r for r in unfinished if self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN]
-        # Probing costs a few syscalls per run: with many unfinished runs, probe less often (≤ side_rate/s).
-        side_interval = max(self.side_interval, len(live) / self.side_rate)
-        if force_side or now - self._last_side >= side_interval:
-            self._last_side = now
+        if force_side or now >= self._next_side:  # the run list is walked only when a probe is due
+            unfinished = [r for r, m in self.models.items() if m.engine_status is None]
+            live = [
+                r for r in unfinished if self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN
+            ]
+            # Probing costs a few syscalls per run: with many live runs, probe less often (≤ side_rate/s).
+            self._next_side = now + max(self.side_interval, len(live) / self.side_rate)
             # Runs whose last read failed are retried (the journal will not name them again).
             for run_id, model in list(self.models.items()):
                 if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:

@@ -124,7 +124,7 @@ async def test_the_runs_list_of_a_store_holding_a_big_run_never_reads_that_run(
 ) -> None:
     bench = _bench()
     root = tmp_path / "big"
-    _, big = bench.make_store(root, 50, 200_000)
+    _, big = bench.make_store(root, 50, 200_000, warm=False)
     log_size = (root / "runs" / big / "events.jsonl").stat().st_size
     assert log_size > 30_000_000
     writer = FsStore(root)  # the store's own writes: a summary rebuilt once, then appends keep it current
@@ -157,7 +157,7 @@ async def test_a_deleted_or_damaged_summary_is_rebuilt_and_the_row_says_indexing
 ) -> None:
     bench = _bench()
     root = tmp_path / "big"
-    small, big = bench.make_store(root, 3, 20_000)  # 4 MB: more than the list folds inline (1 MB)
+    small, big = bench.make_store(root, 3, 20_000, warm=False)  # 4 MB: more than the list folds inline (1 MB)
     writer = FsStore(root)
     for run_id in small:
         await writer.events.run_summary(run_id)
@@ -191,7 +191,7 @@ async def test_a_deleted_or_damaged_summary_is_rebuilt_and_the_row_says_indexing
 async def test_a_big_run_without_a_summary_is_listed_indexing_from_its_tail(tmp_path: Path) -> None:
     bench = _bench()
     root = tmp_path / "big"
-    _, big = bench.make_store(root, 0, 20_000)
+    _, big = bench.make_store(root, 0, 20_000, warm=False)
     store = FsStore(root)
     gate: list[Any] = []
     full = SummaryCache.summary
