@@ -5,6 +5,11 @@ How changes are found:
 
 * the store's change journal — ``store.events.changes_since(cursor)`` names the runs whose streams
   grew; only those are re-read, each from its last seq (``read_range(run_id, last_seq + 1)``);
+* a store that keeps run summaries (``engine.stores.RunSummaries``: the filesystem store) is never read event by
+  event: each model is seeded from the run's summary (``RunModel.seed``), so the list costs what it shows, not the
+  size of the runs. A summary the store cannot bring up to date cheaply comes back provisional (its first event and
+  its tail): the row shows "indexing…" and the whole log is folded in the background, one run at a time, off the UI
+  loop (the store folds big logs in a thread);
 * a filesystem store (it has a ``root``) is woken by ``watchfiles`` on ``ROOT/changes.log``; the
   journal is *also* polled on a timer, because inotify may be missing (containers, network file
   systems) and watchfiles' own polling loses same-second appends;
@@ -33,6 +38,8 @@ from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
 from engine.plan import ExecutionPlan
+from engine.run_summary import RunSummary
+from engine.stores import RunSummaries
 from engine.stores.fs import framing
 from engine.workers import PendingRun, max_orphan_recoveries, pending_runs
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
@@ -44,6 +51,10 @@ PlanResolver = Callable[[RunManifest], "ExecutionPlan | PlanShape | Awaitable[Ex
 
 CODE_STORE_UNREADABLE = "store_unreadable"
 CODE_RUN_VANISHED = "run_vanished"
+DEAD_PROBE_EVERY = 30
+"""Runs no worker holds are re-probed this many times less often than runs a worker holds (see ``poll``)."""
+RESCAN_RUNS_PER_SECOND = 400
+"""The periodic rescan of every run folder is spread so that it lists at most this many runs per second."""
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
@@ -94,12 +105,20 @@ class StoreWatcher:
         first_paint_pause: float = 0.05,
         use_watchfiles: bool = True,
         crash_loop_limit: int | None = None,
+        list_fold_bytes: int = 1 << 20,
     ) -> None:
         self.store = store
         self.crash_loop_limit = max_orphan_recoveries() if crash_loop_limit is None else crash_loop_limit
         """K of ``engine.workers``: the models' "crash-looping" threshold (``$MFM_MAX_ORPHAN_RECOVERIES``)."""
         self.events = store.events
         self.artifacts = store.artifacts
+        self.summaries: RunSummaries | None = store.events if isinstance(store.events, RunSummaries) else None
+        """The store's summaries, if it keeps them (else each run is read and folded)."""
+        self.list_fold_bytes = list_fold_bytes
+        """A run whose summary needs more of its log folded than this is shown provisional and indexed."""
+        self._index_queue: list[RunId] = []
+        self._indexed: dict[RunId, RunSummary] = {}
+        self._index_task: asyncio.Future[None] | None = None
         self.lease_probe = lease_probe
         self.plan_resolver = plan_resolver
         self.poll_interval = poll_interval
@@ -120,7 +139,8 @@ class StoreWatcher:
         self._pending_manifests: dict[RunId, ArtifactId] = {}
         """The manifest of each listed run that has no events yet (from its start record)."""
         self._plans: dict[ArtifactId, PlanShape | None] = {}
-        self._last_side = 0.0
+        self._next_side = 0.0
+        self._side_cycle = 0
         self._last_rescan = 0.0
         self._wake = asyncio.Event()
 
@@ -179,11 +199,13 @@ class StoreWatcher:
                 part, t0 = WatchUpdate(initial=True), time.perf_counter()
         if part:
             yield part
-        self._last_side = self._last_rescan = time.monotonic()
+        self._last_rescan = time.monotonic()
+        self._next_side = self._last_rescan + self.side_interval
 
     async def poll(self, *, force_side: bool = False) -> WatchUpdate:
         """One refresh: the journal's changed runs, and (when due) leases, cancels and a rescan."""
         update = WatchUpdate()
+        self._take_indexed(update)
         try:
             batch = await self.events.changes_since(self._cursor)
             if self.store_error is not None:
@@ -203,20 +225,40 @@ class StoreWatcher:
         for run_id in changed:
             await self._refresh_events(run_id, update)
         now = time.monotonic()
-        if force_side or now - self._last_rescan >= self.rescan_interval:
+        # A rescan lists every run folder: with many runs, rescan less often (≤ RESCAN_RUNS_PER_SECOND runs/s).
+        rescan_interval = max(self.rescan_interval, len(self.models) / RESCAN_RUNS_PER_SECOND)
+        if force_side or now - self._last_rescan >= rescan_interval:
             self._last_rescan = now
             await self._rescan(update)
-        unfinished = [r for r, m in self.models.items() if m.engine_status is None]
-        # Probing costs a few syscalls per run: with many unfinished runs, probe less often (≤ side_rate/s).
-        side_interval = max(self.side_interval, len(unfinished) / self.side_rate)
-        if force_side or now - self._last_side >= side_interval:
-            self._last_side = now
+        # A run no worker holds (lease none or stale) changes only when a worker takes it up again, and a worker
+        # writes events: the journal names the run, which is probed then. Such runs are otherwise re-probed
+        # DEAD_PROBE_EVERY times less often, a slice per cycle (a cancel request or a lease from elsewhere); runs a
+        # worker holds (which can die without a word) as before. Idle CPU watching thousands of old runs stays low.
+        grown = [r for r in changed if r in self.models and self.models[r].engine_status is None]
+        if grown and not force_side:
+            await self._refresh_side(grown, update)
+        if force_side or now >= self._next_side:  # the run list is walked only when a probe is due
+            unfinished = [r for r, m in self.models.items() if m.engine_status is None]
+            live = [
+                r for r in unfinished if self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN
+            ]
+            # Probing costs a few syscalls per run: with many live runs, probe less often (≤ side_rate/s).
+            self._next_side = now + max(self.side_interval, len(live) / self.side_rate)
             # Runs whose last read failed are retried (the journal will not name them again).
             for run_id, model in list(self.models.items()):
                 if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:
                     await self._refresh_events(run_id, update)
-            await self._refresh_side(unfinished, update)
+            await self._refresh_side(unfinished if force_side else [*live, *self._dead_slice(unfinished)], update)
         return update
+
+    def _dead_slice(self, unfinished: list[RunId]) -> list[RunId]:
+        """Every DEAD_PROBE_EVERY-th of the unfinished runs no worker holds, a different share each cycle."""
+        self._side_cycle += 1
+        cycle = self._side_cycle % DEAD_PROBE_EVERY
+        dead = [
+            r for r in unfinished if not (self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN)
+        ]
+        return [r for i, r in enumerate(dead) if i % DEAD_PROBE_EVERY == cycle]
 
     async def refresh_runs(self, run_ids: Iterable[RunId]) -> WatchUpdate:
         """Re-read the given runs now (after a user action such as cancel)."""
@@ -250,6 +292,18 @@ class StoreWatcher:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            self.stop_indexing()
+
+    async def wait_indexed(self) -> None:
+        """Until every run queued for indexing is folded (its model is seeded by the next ``poll``)."""
+        while self._index_task is not None and not self._index_task.done():
+            await asyncio.wait([self._index_task])
+
+    def stop_indexing(self) -> None:
+        if self._index_task is not None:
+            self._index_task.cancel()
+            self._index_task = None
+        self._index_queue.clear()
 
     def wake(self) -> None:
         """Refresh soon (the journal changed, or the user asked)."""
@@ -295,7 +349,14 @@ class StoreWatcher:
     async def _refresh_events(self, run_id: RunId, update: WatchUpdate) -> None:
         model = self._model(run_id)
         try:
-            envelopes = await self.events.read_range(run_id, model.last_seq + 1)
+            if self.summaries is not None:
+                summary = await self.summaries.run_summary(run_id, max_fold_bytes=self.list_fold_bytes)
+                envelopes: list[Any] = []
+                if summary is not None and not summary.complete:
+                    self._queue_index(run_id)
+            else:
+                summary = None
+                envelopes = await self.events.read_range(run_id, model.last_seq + 1)
         except Exception as exc:
             err = describe_error(exc)
             if model.load_error != err:
@@ -307,7 +368,7 @@ class StoreWatcher:
         if cleared:
             model.load_error = None
         had_manifest_id = model.manifest_id
-        if model.apply(envelopes):
+        if (summary is not None and model.seed(summary)) or model.apply(envelopes):
             update.grown.add(run_id)
             update.updated.add(run_id)
             self._link_recovery(model, update)
@@ -316,6 +377,37 @@ class StoreWatcher:
                 await self._refresh_side([run_id], update)
         elif cleared:
             update.updated.add(run_id)
+
+    def _queue_index(self, run_id: RunId) -> None:
+        if run_id in self._index_queue:
+            return
+        self._index_queue.append(run_id)
+        if self._index_task is None or self._index_task.done():
+            self._index_task = asyncio.ensure_future(self._index_runs())
+
+    async def _index_runs(self) -> None:
+        """Fold the queued runs' whole logs, one at a time (the store does it off this loop); ``poll`` seeds them."""
+        summaries = self.summaries
+        while self._index_queue and summaries is not None:
+            run_id = self._index_queue[0]
+            try:
+                summary = await summaries.run_summary(run_id)
+            except Exception:  # the next refresh of this run reports the error in its row
+                summary = None
+            finally:
+                self._index_queue.pop(0)
+            if summary is not None:
+                self._indexed[run_id] = summary
+                self.wake()
+
+    def _take_indexed(self, update: WatchUpdate) -> None:
+        """Seed the models whose runs were indexed since the last poll (unless they moved on meanwhile)."""
+        indexed, self._indexed = self._indexed, {}
+        for run_id, summary in indexed.items():
+            model = self.models.get(run_id)
+            if model is not None and (model.indexing or summary.head >= model.last_seq) and model.seed(summary):
+                update.grown.add(run_id)
+                update.updated.add(run_id)
 
     def _link_recovery(self, model: RunModel, update: WatchUpdate) -> None:
         """A recovery run names the failed run it continues: mark that run as recovered by it."""

@@ -19,6 +19,7 @@ from engine.errors import StorageError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered
 from engine.hashing import MAX_SAFE_INTEGER, CanonicalJsonError, check_canonical_value
 from engine.ids import ArtifactId, RunId, StateId
+from engine.run_summary import RunSummary
 
 __all__ = [
     "CODE_CONCURRENCY",
@@ -31,6 +32,7 @@ __all__ = [
     "EventStore",
     "RetryNowRequest",
     "RunLister",
+    "RunSummaries",
     "UnitOfWork",
     "check_artifact_id",
     "check_run_id",
@@ -163,6 +165,19 @@ class ArtifactLister(Protocol):
 
     async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
         """At most ``limit`` stored ids starting with ``prefix`` (lowercase hex), sorted."""
+        ...
+
+
+@runtime_checkable
+class RunSummaries(Protocol):
+    """A store that keeps each run's summary (``engine.run_summary``) so a runs list never reads a whole run.
+
+    A store without it is summarized from its events (``engine.run_summary.summarize``).
+    """
+
+    async def run_summary(self, run_id: RunId, *, max_fold_bytes: int | None = None) -> RunSummary | None:
+        """The run's current summary (``None``: unknown run). With ``max_fold_bytes``, a summary that would need
+        more of the log folded than that comes back provisional (``complete=False``): ask again without it."""
         ...
 
 

@@ -94,6 +94,16 @@ class OrphanStreakCounter:
         self.finished = False
         """The stream ends with ``RunCompleted`` (a finished run is never crash-looping)."""
 
+    @classmethod
+    def restore(cls, streaks: Mapping[StateId, tuple[int, int]], *, finished: bool) -> OrphanStreakCounter:
+        """A counter resumed from a run summary's ``orphan_streaks`` (state → (recoveries, seq of the latest))."""
+        counter = cls()
+        for state_id, (recoveries, seq) in streaks.items():
+            counter._streaks[state_id] = recoveries
+            counter._order[state_id] = seq
+        counter.finished = finished
+        return counter
+
     def feed(self, envelope: EventEnvelope) -> None:
         ev = envelope.event
         if isinstance(ev, StateFailed):

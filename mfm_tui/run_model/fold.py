@@ -29,6 +29,7 @@ from engine.events import (
 )
 from engine.events import RunStatus as EngineRunStatus
 from engine.ids import ArtifactId, OpId, RunId, StateId
+from engine.run_summary import AttemptSummary, RunSummary
 from engine.workers import (
     DEFAULT_MAX_ORPHAN_RECOVERIES,
     DOMAIN_EVENT_CRASH_LOOP_RESET,
@@ -90,6 +91,11 @@ class RunModel:
         is "not started: worker lost" rather than merely unknown."""
         self.load_error: tuple[str, str] | None = None
         """``(code, message)`` when the run could not be read (set by the watcher)."""
+        self.indexing = False
+        """Seeded from a provisional summary (``seed``): the whole log is still being folded ("indexing…")."""
+        self.summarized = False
+        """Seeded from a summary (``seed``): what a runs list needs, not every attempt and fact (the run screen
+        folds the run itself)."""
         self._open: list[StateId] = []
         self._skip: frozenset[str] = frozenset()
         self.unattributed_facts: list[FactRef] = []
@@ -157,6 +163,44 @@ class RunModel:
         changed = requested != self._cancel_requested
         self.cancel_requested = requested
         return changed
+
+    def seed(self, summary: RunSummary) -> bool:
+        """Replace what the events said with the store's summary of them (``engine.run_summary``): the runs list
+        never reads a whole run. Each state keeps its last attempt (and its last failed one, for the error); facts
+        and per-attempt domain events are not summarized. ``apply`` may continue from ``summary.head``.
+        Returns whether anything changed."""
+        if summary.head == self.last_seq and summary.complete and not self.indexing:
+            return False
+        if self.manifest is None or summary.op_id is not None:
+            self.op_id = summary.op_id
+        self.manifest_id = summary.manifest_id
+        self.initial_snapshot_id = summary.initial_snapshot_id
+        self.checkpoint_id = summary.checkpoint_id
+        self.final_snapshot_id = summary.final_snapshot_id
+        self.engine_status = summary.status
+        self.started_millis = summary.started_millis
+        self.ended_millis = summary.ended_millis
+        self.last_event_millis = summary.last_event_millis
+        self.last_seq = self.event_count = summary.head
+        self.recovered_from = summary.recovered_from
+        self.indexing = not summary.complete
+        self.summarized = True
+        planned = self.plan.state_ids if self.plan is not None else ()
+        self.states = {sid: StateView(sid) for sid in planned}
+        for st in summary.states.values():
+            sv = self._state(st.state_id)
+            earlier = () if st.last_failed is None or st.last_failed == st.last else (st.last_failed,)
+            sv.attempts = [_attempt(a) for a in (*earlier, st.last) if a is not None]
+            sv.not_before_millis = st.not_before_millis
+            sv.scheduled_next_attempt = st.scheduled_next_attempt
+        for sv in self.states.values():
+            self._configure(sv)
+        self._open = [s for s in summary.open_states if s in self.states]
+        self._orphans = OrphanStreakCounter.restore(summary.orphan_streaks, finished=summary.finished)
+        for sv in self.states.values():
+            self._refresh(sv)
+        self._status = None
+        return True
 
     # ------------------------------------------------------------------ fold
 
@@ -606,3 +650,19 @@ class RunModel:
         if loop is None:
             return None
         return {"state_id": str(loop.state_id), "orphan_recoveries": loop.recoveries, "limit": self._crash_loop_limit}
+
+
+def _attempt(a: AttemptSummary) -> AttemptView:
+    return AttemptView(
+        attempt=a.attempt,
+        entered_seq=a.entered_seq,
+        entered_millis=a.entered_millis,
+        base_snapshot_id=a.base_snapshot_id,
+        terminal_seq=a.terminal_seq,
+        terminal_millis=a.terminal_millis,
+        completed=a.completed,
+        result_snapshot_id=a.result_snapshot_id,
+        error_code=a.error_code,
+        error_message=a.error_message,
+        retryable=a.retryable,
+    )

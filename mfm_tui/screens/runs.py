@@ -278,6 +278,7 @@ class RunsScreen(Screen[None]):
         self.store_error: tuple[str, str] | None = None
         self._rebuild_pending = False
         self._last_rebuild = 0.0
+        self._rebuild_cost = 0.0
         self._rebuild_timer: Timer | None = None
         self._glyphs = glyphs
         self.marked: set[RunId] = set()
@@ -351,7 +352,9 @@ class RunsScreen(Screen[None]):
         if self._rebuild_pending:
             return
         self._rebuild_pending = True
-        wait = 0.0 if self.loaded else self._last_rebuild + LOADING_REBUILD_SECONDS - time.monotonic()
+        # (or ten times what the last rebuild took, so rebuilding stays under a tenth of the loop on any machine)
+        interval = max(LOADING_REBUILD_SECONDS, 10 * self._rebuild_cost)
+        wait = 0.0 if self.loaded else self._last_rebuild + interval - time.monotonic()
         if wait > 0:
             self._rebuild_timer = self.set_timer(wait, self._rebuild_now)
         else:
@@ -565,6 +568,7 @@ class RunsScreen(Screen[None]):
         self._rebuild_timer = None
         self._last_rebuild = time.monotonic()
         self.rebuild()
+        self._rebuild_cost = time.monotonic() - self._last_rebuild
 
     def _targets(self) -> list[RunId]:
         """The marked runs (still present), else the run under the cursor."""

@@ -380,8 +380,8 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         role_style = Style(bold=role_style.bold) if is_cursor else Style(color=role_style.color, bold=role_style.bold)
         id_style = Style(color=self.get_component_rich_style("run-table--id").color)
         glyph = g.run[status] if model.load_error is None else "?"
-        done = f"{model.done}/{model.total}" if model.total else ""
-        now_txt = now_text(model, now_ms)
+        done = f"{model.done}/{model.total}" if model.total and not model.indexing else ""
+        now_txt = "indexing" + g.ellipsis if model.indexing else now_text(model, now_ms)
         urgent = model.recovered_by is None and (
             status
             in (

@@ -603,16 +603,24 @@ async def test_append_is_durable_before_it_returns(root: Path) -> None:
     run = new_run()
     ops.calls.clear()
     await store.events.append(run, 0, [env(run, 1)])
-    assert ops.calls == [
+    assert ops.calls[:5] == [
         ("fsync_dir", "runs"),  # the run directory was created
         ("fsync_dir", run),  # the event file was created
         ("write", "events.jsonl"),
         ("fdatasync", "events.jsonl"),
         ("write", "changes.log"),  # the hint, after the data is durable
     ]
+    assert _summary_writes(ops.calls[5:]) == 1  # the summary cache, after the commit, never synced
     ops.calls.clear()
     await store.events.append(run, 1, envs(run, 2, 4))
-    assert ops.calls == [("write", "events.jsonl"), ("fdatasync", "events.jsonl"), ("write", "changes.log")]
+    assert ops.calls[:3] == [("write", "events.jsonl"), ("fdatasync", "events.jsonl"), ("write", "changes.log")]
+    assert _summary_writes(ops.calls[3:]) <= 1
+
+
+def _summary_writes(calls: list[tuple[str, str | None]]) -> int:
+    """How many of ``calls`` are unsynced writes of the summary cache's temp file (anything else fails)."""
+    assert all(op == "write" and (path or "").startswith(".tmp-summary-") for op, path in calls), calls
+    return len(calls)
 
 
 async def test_artifact_put_is_durable_before_it_returns(root: Path) -> None:

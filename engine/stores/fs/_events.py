@@ -4,6 +4,7 @@ layout and the framing)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -17,6 +18,7 @@ import engine.stores.fs.safe_paths as safe_paths
 from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
+from engine.run_summary import RunSummary
 from engine.stores._base import (
     CODE_CONCURRENCY,
     CancelRequest,
@@ -27,18 +29,23 @@ from engine.stores._base import (
 )
 from engine.stores.fs._core import EVENT_IO, Core, read_all
 from engine.stores.fs._ops import fail, translate
+from engine.stores.fs._summary import SummaryCache
 from engine.stores.fs.framing import RD_FLAGS
 
 __all__ = ["FsEventStore"]
 
 _JOURNAL_READ_LIMIT = 8 << 20
+_INLINE_FOLD_BYTES = 1 << 20
+"""A summary fold beyond this many log bytes runs in a thread (the caller's event loop stays free)."""
 
 
 class FsEventStore:
-    """``EventStore`` + ``RunLister`` + ``ControlStore`` over ``STORE/runs`` and ``STORE/changes.log``."""
+    """``EventStore`` + ``RunLister`` + ``ControlStore`` + ``RunSummaries`` over ``STORE/runs`` and
+    ``STORE/changes.log``."""
 
     def __init__(self, core: Core) -> None:
         self._core = core
+        self.summaries = SummaryCache(core)
 
     def __repr__(self) -> str:
         return f"FsEventStore({self._core.root!r})"
@@ -67,6 +74,7 @@ class FsEventStore:
             for _ in range(3):
                 head = self._append_once(run_id, expected_seq, lines)
                 if head is not None:
+                    self.summaries.appended(run_id, expected_seq, events)  # after the commit: a cache, see _summary
                     return head
             raise StorageError.other(EVENT_IO, f"run {run_id}: its event file keeps disappearing; append abandoned")
 
@@ -136,6 +144,15 @@ class FsEventStore:
         if len(data) != end - start:
             raise StorageError.corruption("event_store_corruption", f"{path} shrank while being read")
         return framing.decode_lines(data)
+
+    async def run_summary(self, run_id: RunId, *, max_fold_bytes: int | None = None) -> RunSummary | None:
+        """The run's summary from its cache file, brought up to date (see :mod:`engine.stores.fs._summary`)."""
+        run_id = check_run_id(run_id)
+        limit = _INLINE_FOLD_BYTES if max_fold_bytes is None else min(max_fold_bytes, _INLINE_FOLD_BYTES)
+        summary = self.summaries.summary(run_id, limit)
+        if summary is None or summary.complete or (max_fold_bytes is not None and max_fold_bytes <= limit):
+            return summary
+        return await asyncio.to_thread(self.summaries.summary, run_id, max_fold_bytes)
 
     async def list_runs(self) -> list[RunId]:
         """Runs whose event file is non-empty (names that are not run ids, symlinks and folders owned by someone else

@@ -14,6 +14,7 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       control/cancel.json         cancel_file(): the first cancel request
       control/retry-now-<h>-<n>.json  retry_now_file(): a request to cut the backoff before attempt n of a state
                                   (<h>: the first 32 hex chars of the state id's SHA-256)
+      summary.json                summary_file(): a cache of the run's summary (engine.stores.fs._summary)
       lease, start.json, worker.log   lease_file(), pending_file(), WORKER_LOG_FILE: written by engine.workers
       exec.stdout, exec.stderr    EXEC_OUTPUT_FILES: what the run's exec programs print, as they print it, one
                                   "<state>#<attempt> <line>" per line (engine.workers.exec_log; secrets withheld)
@@ -93,6 +94,7 @@ __all__ = [
     "STORE_FORMAT",
     "STORE_META_FILE",
     "STORE_VERSION",
+    "SUMMARY_FILE",
     "TEMP_PREFIX",
     "VERDICT_FILE",
     "WORKER_LOG_FILE",
@@ -127,6 +129,7 @@ __all__ = [
     "retry_now_name",
     "run_folder",
     "scan",
+    "summary_file",
     "temp_name",
     "temp_writer_pid",
     "torn_tail_file",
@@ -152,6 +155,7 @@ VERDICT_FILE = "verdict.json"
 CONTROL_DIR = "control"
 CANCEL_FILE = "cancel.json"
 RETRY_NOW_PREFIX = "retry-now-"
+SUMMARY_FILE = "summary.json"
 KIND_SUFFIX = ".kind"
 TEMP_PREFIX = ".tmp-"
 ARTIFACT_NAME = re.compile(r"[0-9a-f]{64}")
@@ -206,6 +210,11 @@ def retry_now_name(state_id: str, attempt: int) -> str:
 
 def retry_now_file(run_id: str, state_id: str, attempt: int) -> str:
     return f"{RUNS_DIR}/{run_id}/{CONTROL_DIR}/{retry_now_name(state_id, attempt)}"
+
+
+def summary_file(run_id: str) -> str:
+    """The run's summary cache (``engine.run_summary``): rewritten whole, never synced, rebuilt when stale."""
+    return f"{RUNS_DIR}/{run_id}/{SUMMARY_FILE}"
 
 
 def torn_tail_file(run_id: str, start: int, millis: int) -> str:

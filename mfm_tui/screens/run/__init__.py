@@ -70,6 +70,11 @@ from mfm_tui.widgets.state_panel import StatePanel
 __all__ = ["ChildPicker", "EventDialog", "RunHistory", "RunLoader", "RunScreen", "events_path_of"]
 
 POLL_SECONDS = 0.1
+"""The timer's period while the run's log file is not watched (no watchfiles, no inotify, or no file)."""
+FOLLOW_STEP_MS = 5
+"""A change of the watched log is acted on after this much quiet (``watchfiles``' step)."""
+FOLLOW_MAX_MS = 40
+"""…and at least this often under a continuous stream of appends (``watchfiles``' debounce)."""
 NARROW = 100
 
 
@@ -179,6 +184,8 @@ class RunScreen(Screen[None]):
         """Time travel's folds."""
         self.selected: str | None = None
         self._ticks = 0
+        self._following = False
+        """The run's log file is watched (inotify through ``watchfiles``): the timer only polls once a second."""
         self.as_of: int | None = None
         """Time travel: the seq the screen shows the run as of (``None``: live)."""
         self._past: RunModel | None = None
@@ -280,6 +287,9 @@ class RunScreen(Screen[None]):
         poll = self._poll_enabled if self._poll_enabled is not None else services is None or services.watch_store
         if poll:
             self.set_interval(POLL_SECONDS, self._timed_poll)
+            source = self.loader.source
+            if isinstance(source, FileLogSource):
+                self.run_worker(self._follow_file(source), group="run-follow", exclusive=True, exit_on_error=False)
 
     def on_resize(self, event: Resize) -> None:
         self._apply_width(event.size.width)
@@ -626,10 +636,10 @@ class RunScreen(Screen[None]):
         self.query_one(EventLog).set_source(self.source)
 
     def _shared_model(self) -> RunModel | None:
-        """The app watcher's model of this run (already folded), when it has one."""
+        """The app watcher's model of this run (already folded), when it has one (not a summary's: it lacks facts)."""
         services = self.services
         model = services.watcher.models.get(self.run_id) if services is not None else None
-        return model if model is not None and model.last_seq > 0 else None
+        return model if model is not None and model.last_seq > 0 and not model.summarized else None
 
     @work(thread=True, exclusive=True, group="run-index")
     def _index_file(self, src: FileLogSource) -> None:
@@ -660,11 +670,39 @@ class RunScreen(Screen[None]):
         self.query_one(RunHeader).update(f"{self.run_id}  [{code}] {message}")
 
     async def _timed_poll(self) -> None:
-        """The timer: every 100 ms while the run is live, once a second once it has finished."""
+        """The timer: every 100 ms while the run is live, once a second once it has finished or while its log file
+        is watched (the fallback: a change the watcher missed)."""
         self._ticks += 1
-        if self._model_ready and self.model.status.is_finished and self._ticks % 10:
+        slow = self._following or (self._model_ready and self.model.status.is_finished)
+        if slow and self._ticks % 10:
             return
         await self.poll()
+
+    async def _follow_file(self, source: FileLogSource) -> None:
+        """Poll as soon as the run's log file changes (event-driven tail), until the screen goes."""
+        try:
+            import watchfiles  # optional at run time: without it (or without inotify) the timer polls
+        except ImportError:
+            return
+        name = source.path.name
+
+        def only_the_log(_change: Any, changed: str) -> bool:
+            return changed.rpartition("/")[2] == name
+
+        self._following = True
+        try:
+            async for _changes in watchfiles.awatch(
+                source.path.parent,
+                watch_filter=only_the_log,
+                step=FOLLOW_STEP_MS,
+                debounce=FOLLOW_MAX_MS,
+                recursive=False,
+            ):
+                await self.poll()
+        except Exception:  # inotify unavailable or the folder vanished: the timer polls again every 100 ms
+            return
+        finally:
+            self._following = False
 
     # ------------------------------------------------------------------ rendering
 
