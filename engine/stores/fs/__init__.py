@@ -80,7 +80,8 @@ class FsStore:
     see :mod:`engine.stores.fs.safe_paths`.
 
     ``ops`` replaces the filesystem seam (fault injection); ``now_millis`` the clock of cancel requests;
-    ``max_open_runs`` bounds the cached per-run append file descriptors (two per run).
+    ``max_open_runs`` bounds the cached per-run append file descriptors (two per run); ``new_version`` is the
+    format of a store created here (``STORE_VERSION``; 1 makes a version-1 store, for tests and benchmarks).
     """
 
     def __init__(
@@ -91,13 +92,20 @@ class FsStore:
         ops: FsOps | None = None,
         now_millis: Callable[[], int] = wall_millis,
         max_open_runs: int = 64,
+        new_version: int = STORE_VERSION,
     ) -> None:
         self.root = Path(os.path.abspath(os.fspath(root)))
         self._ops = ops or FsOps()
-        root_fd, self.meta = open_store(str(self.root), self._ops, create=create)
-        self._core = Core(str(self.root), root_fd, self._ops, now_millis, max_open_runs)
-        self.events = FsEventStore(self._core)
+        root_fd, self.meta = open_store(str(self.root), self._ops, create=create, version=new_version)
+        version = self.meta.get("version", STORE_VERSION) if isinstance(self.meta, dict) else STORE_VERSION
+        self._core = Core(str(self.root), root_fd, self._ops, now_millis, max_open_runs, int(version))
         self.artifacts = FsArtifactStore(self._core)
+        self.events = FsEventStore(self._core, self.artifacts)
+
+    @property
+    def version(self) -> int:
+        """The store's format version (``store.json``; ``mfm doctor --migrate`` takes a version-1 store to 2)."""
+        return self._core.version
 
     @property
     def writable(self) -> bool:
