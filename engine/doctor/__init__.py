@@ -16,6 +16,8 @@ code                        severity  meaning
 ``event_seq_gap``           error     seqs are not 1, 2, 3 … (a line is missing or repeated)
 ``event_run_id_mismatch``   error     an envelope names another run than its folder
 ``event_file_corrupt``      error     damage in the middle of an event file (valid events follow it)
+``record_checksum_mismatch`` error    a version-2 record whose checksum does not match its bytes
+``record_malformed``        error     a line of a version-2 run log that is not a record
 ``torn_tail``               warning   an unfinished batch at the end of an event file (a crash), no
                                       writer alive: readers ignore it, the next writer quarantines it
 ``attempt_envelope_invalid`` error    the stream breaks the attempt-envelope rule (ENGINE-SPEC §4.3)
@@ -44,7 +46,8 @@ symlinked ``quarantine`` (``store_symlink``) and creates its folders 0700 whatev
 
 This module holds the entry points; the checks live in private modules: ``_findings`` (finding, report, shared
 helpers), ``_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_artifacts``, ``_events`` (one run's
-event file and history) and ``_repair`` (the quarantine moves).
+event file and history), ``_repair`` (the quarantine moves) and ``_migrate`` (:func:`migrate_store`, ``mfm doctor
+--migrate``: a version-1 store to version 2, crash-safe).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from pathlib import Path
 from engine.doctor._artifacts import artifact_exists, check_all_artifacts, check_artifact_file
 from engine.doctor._events import check_run
 from engine.doctor._findings import DoctorReport, Finding, Moved, Severity, check_mode, is_run_id
+from engine.doctor._migrate import MigrateReport, migrate_store
 from engine.doctor._repair import move_file, move_tail
 from engine.doctor._unstarted import clear_empty_run_dir
 from engine.doctor._walk import list_runs, walk_store_files
@@ -69,9 +73,11 @@ __all__ = [
     "QUARANTINE_DIR",
     "DoctorReport",
     "Finding",
+    "MigrateReport",
     "Moved",
     "Severity",
     "check_store",
+    "migrate_store",
     "repair_store",
     "resolve_runs",
 ]

@@ -4,6 +4,10 @@ gets, that nothing is moved aside or truncated, and that a resume runs no comple
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -297,3 +301,52 @@ async def test_resume_after_a_torn_tail_runs_no_completed_state_again(tmp_path: 
     envs_after = await read_events(FsStore(root).stores, first.run_id)
     assert entered(envs_after, "s1") == [0] and entered(envs_after, "s2") == [0]
     assert [e.seq for e in envs_after] == list(range(1, len(envs_after) + 1))
+
+
+# -- what the user sees ----------------------------------------------------------------------------------------------
+
+
+def _mfm(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MFM_STORE"}
+    return subprocess.run(
+        [sys.executable, "-m", "mfm_tui", "--store", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("case", ["flipped_byte_in_event", "duplicated_line", "undecodable_with_valid_framing"])
+async def test_cli_prints_what_precedes_the_damage_then_exits_6(tmp_path: Path, case: str) -> None:
+    damage, code, readable = CASES[case]
+    root = tmp_path / "store"
+    _, run, _ = await _five_commits(root)
+    other = new_run()
+    await FsStore(root).events.append(other, 0, envs(other, 1, 2))
+    path = FsStore(root).events_path(run)
+    _write(path, damage(_lines(path)))
+    before = path.read_bytes()
+
+    res = _mfm(root, "events", str(run), "--json")
+    assert res.returncode == 6, res.stderr
+    assert [json.loads(line)["seq"] for line in res.stdout.splitlines()] == list(range(1, readable + 1))
+    (err,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert err.startswith("error[run_log_corrupt]: ") and "Traceback" not in res.stderr
+    assert code in err
+
+    res = _mfm(root, "runs", "--json")
+    assert res.returncode == 6, res.stderr
+    statuses = {r["run_id"]: r["status"] for r in json.loads(res.stdout)}
+    assert statuses[str(run)] == "damaged" and statuses[str(other)] != "damaged"
+    assert res.stderr.startswith(f"error[run_log_corrupt]: run {run}: ")
+
+    res = _mfm(root, "runs")
+    assert res.returncode == 6
+    (row,) = [ln for ln in res.stdout.splitlines() if ln.startswith(str(run)[:8])]
+    assert "damaged" in row
+
+    res = _mfm(root, "doctor", "--json")
+    assert res.returncode == 1
+    assert path.read_bytes() == before  # unchanged by all of that

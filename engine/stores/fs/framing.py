@@ -158,9 +158,11 @@ __all__ = [
     "record_body",
     "run_folder",
     "scan",
+    "store_meta",
     "temp_name",
     "temp_writer_pid",
     "torn_tail_file",
+    "v1_to_v2",
 ]
 
 # -- the store's files ---------------------------------------------------------------------------------------------
@@ -946,3 +948,21 @@ def _index_v2(fh: BinaryIO, size: int, window: int, pause: Callable[[], None] | 
             pause()
     del starts[committed_n:]
     return starts, end
+
+
+# -- migration ------------------------------------------------------------------------------------------------------
+
+
+def v1_to_v2(data: bytes) -> bytes:
+    """Committed version-1 lines → the same envelopes as version-2 event records, commit for commit (a continuation
+    line becomes a record without the commit mark); the envelopes' bytes are kept as they are."""
+    out: list[bytes] = []
+    for line in data.split(b"\n")[:-1]:
+        final = not line.endswith(b" ")
+        out.append(record(EVENT_RECORD, final, line if final else line[:-1]))
+    return b"".join(out)
+
+
+def store_meta(version: int, created_at: str) -> bytes:
+    """The bytes of ``store.json``."""
+    return json.dumps({"created_at": created_at, "format": STORE_FORMAT, "version": version}, sort_keys=True).encode()
