@@ -11,11 +11,11 @@ import pytest
 
 from engine._kinds import ArtifactKind
 from engine.doctor import check_store
-from engine.events import encode_envelope
+from engine.events import decode_envelope, decode_trusted, encode_envelope
 from engine.stores._base import Blob, UnitOfWork, commit_unit
 from engine.stores.fs import FsStore, framing
 from mfm_tui.log_index import FileLogSource
-from tests.engine.store_contract import StoreContract, env, envs, new_run
+from tests.engine.store_contract import StoreContract, domain, env, envs, new_run
 
 
 class TestFsStoreV2Contract(StoreContract):
@@ -140,3 +140,34 @@ async def test_doctor_reports_v2_damage_and_knows_blob_records(tmp_path: Path) -
     path.write_bytes(b"\n".join(lines))
     codes = [f.code for f in check_store(root).findings if f.run_id == run]
     assert "record_checksum_mismatch" in codes
+
+
+def test_trusted_decoding_builds_exactly_what_validated_decoding_builds() -> None:
+    run = new_run()
+    samples = [
+        *envs(run, 1, 6),
+        domain(run, 7, {"nested": {"b": [1, {"c": None}], "a": "é"}, "big": 2**53 - 1}),
+        domain(run, 8, None),
+        domain(run, 9, [1, 2, "x"], name="fact_recorded"),
+    ]
+    bodies = [encode_envelope(e) for e in samples]
+    trusted = decode_trusted(bodies)
+    validated = [decode_envelope(b) for b in bodies]
+    assert trusted == validated == samples
+    assert [type(e.event) for e in trusted] == [type(e.event) for e in validated]
+    assert [encode_envelope(e) for e in trusted] == bodies
+    assert [type(e.run_id) for e in trusted] == [type(e.run_id) for e in validated]
+
+
+async def test_a_byte_flipped_after_the_scan_is_caught_by_the_read(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    await store.events.append(run, 0, envs(run, 1, 3))
+    assert await store.events.head_seq(run) == 3  # scanned and cached
+    path = store.events_path(run)
+    data = bytearray(path.read_bytes())
+    second = data.index(b"\n") + 1
+    data[second + 40] ^= 0x01  # inside event 2's record
+    path.write_bytes(bytes(data))
+    got = await store.events.read_range(run, 1)
+    assert got == envs(run, 1, 1) and got.damage.code == "run_log_corrupt"  # type: ignore[attr-defined]
