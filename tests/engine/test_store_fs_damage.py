@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from engine._kinds import ArtifactKind
+from engine.doctor import check_store, repair_store
 from engine.engine import RunPhase
 from engine.errors import MfmError, StorageError, StorageErrorKind
 from engine.events import encode_envelope
@@ -350,3 +351,30 @@ async def test_cli_prints_what_precedes_the_damage_then_exits_6(tmp_path: Path, 
     res = _mfm(root, "doctor", "--json")
     assert res.returncode == 1
     assert path.read_bytes() == before  # unchanged by all of that
+
+
+@pytest.mark.parametrize("damage", ["missing", "flipped"])
+async def test_doctor_reports_a_bad_blob_copy_and_repair_rebuilds_it_from_the_log(tmp_path: Path, damage: str) -> None:
+    root = tmp_path / "store"
+    store = FsStore(root)
+    run = new_run()
+    data = b'{"snapshot":true}'
+    blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, data)
+    await store.events.commit(run, 0, [env(run, 1)], [blob])
+    copy = root / framing.artifact_file(blob.artifact_id)
+    if damage == "missing":
+        copy.unlink()
+    else:
+        copy.write_bytes(_flip(data, 2))
+    code = {"missing": "artifact_copy_missing", "flipped": "artifact_copy_bad"}[damage]
+    report = check_store(root)
+    (finding,) = [f for f in report.findings if f.code == code]
+    assert finding.severity == "warning" and finding.repairable
+    assert "artifact_hash_mismatch" not in report.codes()
+    moved = repair_store(root, report)
+    assert [m.what for m in moved if m.what == "artifact_copy_rebuilt"] == ["artifact_copy_rebuilt"]
+    assert copy.read_bytes() == data
+    if damage == "flipped":  # the damaged copy is kept as evidence
+        (kept,) = (root / "quarantine").rglob(str(blob.artifact_id))
+        assert kept.read_bytes() == _flip(data, 2)
+    assert code not in check_store(root).codes()
