@@ -15,13 +15,13 @@ Layout (every directory 0700, every file 0600, whatever the umask)::
       artifacts/<aa>/<id>.kind        the ArtifactKind given at the first put (wire JSON, advisory)
       artifacts/<aa>/.tmp-*           temp files of puts in progress (or killed): ignored, harmless
 
-Events. ``commit`` (the unit of work; ``append`` is a commit without blobs) validates the batch (``encode_batch``), takes the run's ``flock``, brings its cached view of
-the file up to date (one ``fstat``; bytes appended by another process are scanned, a torn tail left by a crash is
-copied aside and truncated), checks ``expected_seq`` (a damaged log refuses: ``run_log_corrupt``), writes the blob records and the events with
-one ``write``, ``fdatasync``s it
-(and fsyncs the run directory when the file was just created), adds a journal line, unlocks, and writes each blob's
-copy under ``artifacts/`` (no sync: the log holds the bytes). Concurrent
-appenders in different processes therefore get exactly one winner per ``expected_seq``. Readers never lock: they
+Events. ``commit`` (the unit of work; ``append`` is a commit without blobs) validates the batch (``encode_batch``),
+takes the run's ``flock``, brings its cached view of the file up to date (one ``fstat``; bytes appended by another
+process are scanned, a torn tail left by a crash is copied aside and truncated), checks ``expected_seq`` (a damaged
+log refuses: ``run_log_corrupt``), writes the blob records and the events with one ``write``, ``fdatasync``s it (and
+fsyncs the run directory when the file was just created), adds a journal line, unlocks, and writes each blob's copy
+under ``artifacts/`` (no sync: the log holds the bytes). Concurrent appenders in different processes therefore get
+exactly one winner per ``expected_seq``. Readers never lock: they
 see only committed batches (batch framing), so a run can be watched while it is written.
 
 Cheap reads. Each run's committed line offsets are cached in memory (``RunLog``): ``head_seq`` costs one ``stat``
