@@ -107,6 +107,8 @@ async def test_damage_followed_by_valid_records_is_corruption(tmp_path: Path, ca
     _assert_corrupt(got.damage, code)  # type: ignore[attr-defined]  # ...and the read says it stopped
     assert await reader.events.read_range(run, 1, readable) == batch[:readable]  # a range before it: plain
     assert not hasattr(await reader.events.read_range(run, 1, readable), "damage")
+    after = await reader.events.read_range(run, readable + 1)  # a follower reading on from the head: told again
+    assert after == [] and after.damage.code == "run_log_corrupt"  # type: ignore[attr-defined]
     err = reader.events.damage(run)
     assert err is not None and err.code == "run_log_corrupt"
     for writer in (reader, FsStore(root)):  # appends refused, by this store object and a fresh one
@@ -378,3 +380,24 @@ async def test_doctor_reports_a_bad_blob_copy_and_repair_rebuilds_it_from_the_lo
         (kept,) = (root / "quarantine").rglob(str(blob.artifact_id))
         assert kept.read_bytes() == _flip(data, 2)
     assert code not in check_store(root).codes()
+
+
+async def test_the_tui_watcher_shows_a_damaged_run_as_a_load_error_and_keeps_it(tmp_path: Path) -> None:
+    from mfm_tui.store_watcher import StoreWatcher  # the TUI's runs list reads the store through it
+
+    root = tmp_path / "store"
+    _, run, _ = await _five_commits(root)
+    other = new_run()
+    await FsStore(root).events.append(other, 0, envs(other, 1, 2))
+    path = FsStore(root).events_path(run)
+    lines = _lines(path)
+    _write(path, [lines[0], _flip(lines[1], 50), *lines[2:]])
+    watcher = StoreWatcher(FsStore(root).stores, use_watchfiles=False)
+    async for _ in watcher.load_batches():
+        pass
+    for _ in range(2):  # a later poll re-reads the runs in error: the damage is still shown
+        await watcher.poll(force_side=True)
+        model = watcher.models[run]
+        assert model.load_error is not None and model.load_error[0] == "run_log_corrupt"
+        assert model.last_seq == 1
+        assert watcher.models[other].load_error is None and watcher.models[other].last_seq == 2

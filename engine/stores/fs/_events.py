@@ -182,6 +182,8 @@ class FsEventStore:
             try:
                 _, start, end = log.span(from_seq, to_seq)
                 if start == end:
+                    if log.damage is not None and (to_seq is None or to_seq > log.head):
+                        return DamagedRead([], corrupt_error(path, log))  # nothing more before the damage
                     return []
                 if fd is None:
                     fd = core.open_run_file(run_id, framing.EVENTS_FILE, RD_FLAGS)
