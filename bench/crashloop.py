@@ -1,6 +1,7 @@
 """Crash-loop stress: SIGKILL workers at random instants, resume, kill again … until every run is done.
 
     .venv/bin/python bench/crashloop.py --crash-points 1000 --seed 1 [--parallel 3] [--store DIR] [--json]
+        [--format 1|2] [--migrate-kills N]
 
 The demo operations (pipeline, flaky with a tiny backoff, fanout, side_effect, big) run in real worker processes
 (``engine.workers`` — the same code ``mfm`` spawns), forked from a preloaded fork server so that a crash point costs
@@ -17,6 +18,9 @@ Checked, and printed as counts:
 - no side effect applied twice: no fact key bound twice in a run, ``side_effect_applied`` with ``applied: true``
   at most once per run and the target file written with the expected content, the flaky operation's failure
   facts exactly ``fail_times``;
+- with ``--format 1 --migrate-kills N`` (a version-1 store), then: ``mfm doctor --migrate`` (``migrate_store`` in a
+  forked child) SIGKILLed N times at random instants in [0, 1.2 × an uncrashed migration]; after each kill the
+  store opens and every run's events read exactly as before the migration; a last migration runs whole (version 2);
 - ``engine.doctor.check_store`` finds no error in the store (leftover temp files of killed writes are warnings;
   they are counted, then moved by ``repair_store`` and the store is checked again).
 """
@@ -108,6 +112,14 @@ class Summary:
     uncrashed_ms: dict[str, int] = field(default_factory=dict)
     startup_ms: int = 0
     """Uncrashed time from a worker's first append to its exit, per operation (its twin's)."""
+    store_version: int = 2
+    migration_kills: int = 0
+    """SIGKILLs of a live ``mfm doctor --migrate`` (``--migrate-kills``)."""
+    migration_restarts: int = 0
+    """Migrations that finished before their kill (the version-1 store was laid anew for the next one)."""
+    migration_unreadable: int = 0
+    """Kills after which the store did not open, or a run's events did not read as before the migration."""
+    migration_final_version: int = 0
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -126,6 +138,17 @@ class Summary:
             f"per operation: {self.per_op}",
             f"uncrashed work after the first append (ms): {self.uncrashed_ms}; worker start-up: {self.startup_ms} ms "
             "(20% of kills: uniform in the start-up; 80%: uniform in 1.2x the work, from the first new append)",
+            f"store format: version {self.store_version}",
+            *(
+                [
+                    f"migration: {self.migration_kills} kill(s) of a live migration "
+                    f"({self.migration_restarts} migrations finished first and were started again on the version-1 "
+                    f"store), {self.migration_unreadable} kill(s) left a store that did not open or read differently; "
+                    f"the last migration, uncrashed, left version {self.migration_final_version}"
+                ]
+                if self.migration_kills
+                else []
+            ),
             f"time: {self.seconds:.1f} s",
         ]
 
@@ -251,8 +274,12 @@ class CrashLoop:
         parallel: int,
         kill_factor: float = 1.2,
         ops: tuple[str, ...] = OPS,
+        store_version: int = 2,
+        migrate_kills: int = 0,
     ) -> None:
         self.ops = ops
+        self.store_version = store_version
+        self.migrate_kills = migrate_kills
         self.root = root
         self.store = root / "store"
         self.effects = root / "effects"
@@ -272,7 +299,8 @@ class CrashLoop:
         """Share of kills aimed at start-up (before the first append); the rest land while the worker works."""
         from engine.stores.fs import FsStore
 
-        FsStore(self.store).close()
+        FsStore(self.store, new_version=store_version).close()
+        self.summary.store_version = store_version
         self.launcher = Launcher(self.store)
 
     # -- preparing runs ------------------------------------------------------------------------------------------
@@ -446,7 +474,68 @@ class CrashLoop:
                 s.final_mismatches += 1
                 s.problems.append(f"{r.op_id} {r.run_id}: ended {r.status} {r.final} (twin {r.twin_final})")
         self.check_with_doctor()
+        if self.migrate_kills:
+            self.crash_migrations()
         return s
+
+    def crash_migrations(self) -> None:
+        """Kill ``mfm doctor --migrate`` (``migrate_store`` in a forked child) at random instants, ``migrate_kills``
+        times; after each kill the store must open and every run must read exactly as before. A migration that
+        finished before its kill lays the version-1 store anew (a copy) for the next one; the last one runs whole."""
+        import shutil
+
+        from engine.doctor import migrate_store
+        from engine.stores.fs import FsStore
+
+        s = self.summary
+        pristine = self.root / "store-v1"
+        shutil.copytree(self.store, pristine)
+        runs = {r.run_id for r in self.records}
+        expected = {run_id: read_events(self.store, run_id) for run_id in sorted(runs)}
+
+        def migrate_child() -> int:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    migrate_store(self.store)
+                finally:
+                    os._exit(0)
+            return pid
+
+        probe = self.root / "store-probe"
+        shutil.copytree(pristine, probe)
+        t0 = time.monotonic()
+        migrate_store(probe)
+        whole = time.monotonic() - t0
+        shutil.rmtree(probe)
+        rng = random.Random(self.rng.randrange(1 << 30))
+        while s.migration_kills < self.migrate_kills:
+            pid = migrate_child()
+            time.sleep(rng.uniform(0.0, 1.2 * whole))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+                s.migration_restarts += 1  # it finished first: start over from version 1
+                shutil.rmtree(self.store)
+                shutil.copytree(pristine, self.store)
+                continue
+            s.migration_kills += 1
+            try:
+                store = FsStore(self.store, create=False)
+                store.close()
+                bad = [r for r, envs in expected.items() if read_events(self.store, r) != envs]
+            except Exception as exc:
+                bad = [f"store does not open: {exc!r}"]
+            if bad:
+                s.migration_unreadable += 1
+                s.problems.append(f"after migration kill {s.migration_kills}: {bad[:3]}")
+        done = migrate_store(self.store)
+        s.migration_final_version = done.version_after
+        if done.blocked or any(read_events(self.store, r) != envs for r, envs in expected.items()):
+            s.problems.append(f"the final migration: blocked {done.blocked}, or events read differently")
+            s.migration_unreadable += 1
+        self.check_with_doctor()
 
     def check_with_doctor(self) -> None:
         from engine.doctor import check_store, repair_store
@@ -463,9 +552,19 @@ class CrashLoop:
 
 
 def run_crashloop(
-    root: Path, *, crash_points: int, seed: int, parallel: int = 3, ops: tuple[str, ...] = OPS
+    root: Path,
+    *,
+    crash_points: int,
+    seed: int,
+    parallel: int = 3,
+    ops: tuple[str, ...] = OPS,
+    store_version: int = 2,
+    migrate_kills: int = 0,
 ) -> Summary:
-    return CrashLoop(root, crash_points, seed, parallel, ops=ops).run()
+    loop = CrashLoop(
+        root, crash_points, seed, parallel, ops=ops, store_version=store_version, migrate_kills=migrate_kills
+    )
+    return loop.run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,7 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=None, help="work folder (default: a temporary one, removed afterwards)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    p.add_argument("--format", type=int, choices=(1, 2), default=2, help="store version to create (default 2)")
+    p.add_argument(
+        "--migrate-kills",
+        type=int,
+        default=0,
+        help="then kill `mfm doctor --migrate` this many times at random instants (needs --format 1)",
+    )
     ns = p.parse_args(argv)
+    if ns.migrate_kills and ns.format != 1:
+        p.error("--migrate-kills needs a version-1 store: --format 1")
     with contextlib.ExitStack() as stack:
         root = (
             Path(ns.store)
@@ -489,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=ns.seed,
             parallel=ns.parallel,
             ops=tuple(o for o in ns.ops.split(",") if o),
+            store_version=ns.format,
+            migrate_kills=ns.migrate_kills,
         )
     if ns.json:
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
@@ -505,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         or summary.final_mismatches
         or summary.doctor_errors
         or summary.doctor_after_repair
+        or summary.migration_unreadable
+        or (ns.migrate_kills and summary.migration_final_version != 2)
     )
     return 1 if bad else 0
 

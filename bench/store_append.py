@@ -5,6 +5,9 @@
 - fs-store ``append`` latency (p50/p90) for 1-event and 10-event batches, interleaved with the raw floor measured
   in the same run, in the same directory: a 300-byte ``write`` + ``fdatasync`` on an O_APPEND file (goal for the
   1-event append: ≤ 1.3× the floor);
+- one state's unit of work through ``commit`` (format v2: ``StateCompleted`` + ``StateEntered`` + a 2.5 KB context
+  snapshot in one write + one fdatasync) and through the put-then-append fallback, with syncs per state (goals:
+  ≤ 1.5× the floor, ≤ 1.05 syncs);
 - artifact ``put`` latency vs an atomic write floor (temp file, write, fsync, rename, directory fsync);
 - ``canonical_json_bytes`` vs ``rfc8785.dumps`` on a 2.5 KB and a 100 KB context (goal: ≥ 5× faster).
 """
@@ -30,11 +33,11 @@ from bench._util import (
     ratio_line,
 )
 from engine._kinds import ArtifactKind
-from engine.events import DomainEvent, EventEnvelope, StateEntered, encode_envelope
+from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, encode_envelope
 from engine.hashing import _encode, canonical_json_bytes, canonical_json_bytes_reference
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores._base import encode_batch
-from engine.stores.fs import FsStore
+from engine.stores._base import Blob, encode_batch
+from engine.stores.fs import FsOps, FsStore
 
 SNAP = ArtifactId("3b" * 32)
 
@@ -100,6 +103,78 @@ def bench_events(d: Path, n: int) -> None:
     store.close()
 
 
+class _CountingOps(FsOps):
+    """Counts the syncs the store issues (fdatasync of the run log, fsync of folders and blob files)."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+
+    def fsync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fdatasync(fd)
+
+
+def bench_commit(d: Path, n: int) -> None:
+    """One sequential state's durable unit as the batching engine issues it: ``StateCompleted(sₙ)`` +
+    ``StateEntered(sₙ₊₁)`` and sₙ's new 2.5 KB context snapshot, through ``commit`` (format v2: one write + one
+    fdatasync) and through the put-then-append fallback (``commit_unit`` on a store without a unit of work: the
+    snapshot's atomic write, then the append), against the 300 B append+fdatasync floor of the same run."""
+    ops = _CountingOps()
+    store = FsStore(d / "store-commit", ops=ops)
+    floor, close_floor = append_fsync_floor(d, 300)
+    loop = asyncio.new_event_loop()
+    r_uow, r_fallback = RunId.new_v4(), RunId.new_v4()
+    state = StateId("portfolio.main.fetch_balances")
+    snaps = [canonical_json_bytes({**context(2400), "i": i}) for i in range(2 * (n + 40))]
+    heads = {"uow": 0, "fallback": 0}
+    counts = {"uow": 0, "fallback": 0}
+
+    def unit(run: RunId, head: int, i: int) -> tuple[list[EventEnvelope], list[Blob]]:
+        blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, snaps[i])
+        done = EventEnvelope(
+            run_id=run, seq=head + 1, event=StateCompleted(state_id=state, context_snapshot_id=blob.artifact_id)
+        )
+        entered = EventEnvelope(
+            run_id=run, seq=head + 2, event=StateEntered(state_id=state, attempt=0, base_snapshot_id=blob.artifact_id)
+        )
+        return [done, entered], [blob]
+
+    async def via_commit() -> None:
+        envs, blobs = unit(r_uow, heads["uow"], counts["uow"])
+        before = ops.syncs
+        heads["uow"] = await store.events.commit(r_uow, heads["uow"], envs, blobs)
+        counts["uow"] += 1
+        syncs["uow"] += ops.syncs - before
+
+    async def via_fallback() -> None:
+        envs, blobs = unit(r_fallback, heads["fallback"], n + 40 + counts["fallback"])
+        before = ops.syncs
+        for blob in blobs:
+            await store.artifacts.put(blob.kind, blob.data)
+        heads["fallback"] = await store.events.append(r_fallback, heads["fallback"], envs)
+        counts["fallback"] += 1
+        syncs["fallback"] += ops.syncs - before
+
+    syncs = {"uow": 0, "fallback": 0}
+    stats = interleaved({"floor": floor, "commit": via_commit, "fallback": via_fallback}, n, warmup=20, loop=loop)
+    close_floor()
+    print(f"commit path: one state's unit (2 envelopes + a {len(snaps[0])} B context snapshot), {n} rounds")
+    print(f"  raw 300 B append+fdatasync floor         {stats['floor']}")
+    print(f"  fs commit (v2: blob + events, 1 write)   {stats['commit']}")
+    print(f"  fs put + append (the fallback)           {stats['fallback']}")
+    print("  " + ratio_line("commit per state", stats["commit"], stats["floor"], goal=1.5))
+    print("  " + ratio_line("put + append per state", stats["fallback"], stats["floor"]))
+    print(
+        f"  syncs per state: commit {syncs['uow'] / counts['uow']:.2f} (goal ≤ 1.05), "
+        f"put + append {syncs['fallback'] / counts['fallback']:.2f}"
+    )
+    store.close()
+
+
 def bench_artifacts(d: Path, n: int) -> None:
     store = FsStore(d / "store")
     floor = atomic_write_floor(d / "floor-artifacts", 2500)
@@ -144,6 +219,7 @@ def main() -> None:
     args = parser.parse_args()
     with bench_dir("mfm-bench-store-", args.dir) as d:
         bench_events(d, args.n)
+        bench_commit(d, max(args.n // 2, 50))
         bench_artifacts(d, max(args.n // 2, 50))
     bench_canonical()
 

@@ -53,6 +53,13 @@ TAIL_BYTES = 64 * 1024
 _WINDOW = 1 << 20
 
 
+def _first_line(data: bytes) -> bytes:
+    """An event line's bytes: a version-2 log's span from one event to the next also holds the next record's
+    header and any blob records between them (the index holds event starts only)."""
+    nl = data.find(b"\n")
+    return data if nl < 0 else data[:nl]
+
+
 def _yield_gil() -> None:
     time.sleep(0)  # let the UI thread take the GIL between reads
 
@@ -323,7 +330,7 @@ class FileLogSource:
             return
         if not starts:
             return
-        last = chunk[starts[-1] - lo : end - lo - 1]
+        last = _first_line(chunk[starts[-1] - lo : end - lo - 1])
         count = summarize(last).seq or 0
         if lo == 0:
             count = len(starts)
@@ -389,7 +396,7 @@ class FileLogSource:
             return None
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            return os.pread(fd, span[1] - span[0], span[0])
+            return _first_line(os.pread(fd, span[1] - span[0], span[0]))
         finally:
             os.close(fd)
 
@@ -478,7 +485,7 @@ class FileLogSource:
             for line in lines:
                 span = self._span(line)
                 if span is not None:
-                    out.append(os.pread(fd, span[1] - span[0], span[0]))
+                    out.append(_first_line(os.pread(fd, span[1] - span[0], span[0])))
         finally:
             os.close(fd)
         return out

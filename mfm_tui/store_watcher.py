@@ -364,9 +364,14 @@ class StoreWatcher:
                 update.updated.add(run_id)
                 update.errors.append((run_id, *err))
             return
-        cleared = model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED
+        damage = getattr(envelopes, "damage", None)  # the run log is damaged: what precedes it, then the error
+        cleared = model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and damage is None
         if cleared:
             model.load_error = None
+        if damage is not None and model.load_error != (err := describe_error(damage)):
+            model.load_error = err
+            update.updated.add(run_id)
+            update.errors.append((run_id, *err))
         had_manifest_id = model.manifest_id
         if (summary is not None and model.seed(summary)) or model.apply(envelopes):
             update.grown.add(run_id)

@@ -16,6 +16,12 @@ code                        severity  meaning
 ``event_seq_gap``           error     seqs are not 1, 2, 3 … (a line is missing or repeated)
 ``event_run_id_mismatch``   error     an envelope names another run than its folder
 ``event_file_corrupt``      error     damage in the middle of an event file (valid events follow it)
+``record_checksum_mismatch`` error    a version-2 record whose checksum does not match its bytes
+``record_malformed``        error     a line of a version-2 run log that is not a record
+``artifact_copy_missing``   warning   no copy under ``artifacts/`` of a blob a run log holds: reads (and
+                                      ``--repair``) rebuild it from the log
+``artifact_copy_bad``       warning   a damaged copy of a blob a run log holds: ``--repair`` moves it into
+                                      quarantine and rebuilds it
 ``torn_tail``               warning   an unfinished batch at the end of an event file (a crash), no
                                       writer alive: readers ignore it, the next writer quarantines it
 ``attempt_envelope_invalid`` error    the stream breaks the attempt-envelope rule (ENGINE-SPEC §4.3)
@@ -44,7 +50,8 @@ symlinked ``quarantine`` (``store_symlink``) and creates its folders 0700 whatev
 
 This module holds the entry points; the checks live in private modules: ``_findings`` (finding, report, shared
 helpers), ``_walk`` (modes, symlinks, temp files, run folders, lease probes), ``_artifacts``, ``_events`` (one run's
-event file and history) and ``_repair`` (the quarantine moves).
+event file and history), ``_repair`` (the quarantine moves) and ``_migrate`` (:func:`migrate_store`, ``mfm doctor
+--migrate``: a version-1 store to version 2, crash-safe).
 """
 
 from __future__ import annotations
@@ -57,21 +64,24 @@ from pathlib import Path
 from engine.doctor._artifacts import artifact_exists, check_all_artifacts, check_artifact_file
 from engine.doctor._events import check_run
 from engine.doctor._findings import DoctorReport, Finding, Moved, Severity, check_mode, is_run_id
+from engine.doctor._migrate import MigrateReport, migrate_store
 from engine.doctor._repair import move_file, move_tail
 from engine.doctor._unstarted import clear_empty_run_dir
 from engine.doctor._walk import list_runs, walk_store_files
 from engine.errors import StorageError
 from engine.ids import ArtifactId, RunId
-from engine.stores.fs import framing, safe_paths
+from engine.stores.fs import FsStore, framing, safe_paths
 from engine.stores.fs.framing import QUARANTINE_DIR
 
 __all__ = [
     "QUARANTINE_DIR",
     "DoctorReport",
     "Finding",
+    "MigrateReport",
     "Moved",
     "Severity",
     "check_store",
+    "migrate_store",
     "repair_store",
     "resolve_runs",
 ]
@@ -139,6 +149,8 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
         if ok is None:
             ok = check_artifact_file(report, root_path, aid)
             present[aid] = ok
+        if not ok and aid in report.blob_records:
+            continue  # a missing or bad copy of a blob a run log holds: rebuildable (below)
         if not ok and not artifact_exists(root_path, aid):
             report.add(
                 Finding(
@@ -151,7 +163,60 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
                     details={"artifact_id": str(aid), "field": what, "references": count},
                 )
             )
+    _rebuildable_copies(report, root_path)
     return report
+
+
+def _rebuildable_copies(report: DoctorReport, root: Path) -> None:
+    """A bad copy (``artifact_hash_mismatch``) of a blob whose record a run log holds is a repairable warning,
+    ``artifact_copy_bad``; a missing one is ``artifact_copy_missing``: ``--repair`` rebuilds them from the log."""
+    kept: list[Finding] = []
+    bad: set[str] = set()
+    for f in report.findings:
+        aid = f.details.get("artifact_id") if f.code == "artifact_hash_mismatch" else None
+        if isinstance(aid, str) and aid in report.blob_records:
+            bad.add(aid)
+            kept.append(
+                Finding(
+                    "artifact_copy_bad",
+                    "warning",
+                    f"the cached copy of blob {aid} is damaged; run {report.blob_records[aid]}'s log holds its bytes "
+                    "(`--repair` moves the copy into quarantine/ and rebuilds it)",
+                    path=f.path,
+                    run_id=report.blob_records[aid],
+                    repairable=True,
+                    details={"artifact_id": aid},
+                )
+            )
+        else:
+            kept.append(f)
+    report.findings[:] = kept
+    for aid, run_id in sorted(report.blob_records.items()):
+        if aid not in bad and not artifact_exists(root, aid):
+            report.add(
+                Finding(
+                    "artifact_copy_missing",
+                    "warning",
+                    f"blob {aid} has no cached copy under artifacts/; run {run_id}'s log holds its bytes "
+                    "(reads rebuild it; so does `--repair`)",
+                    path=framing.artifact_file(aid),
+                    run_id=run_id,
+                    repairable=True,
+                    details={"artifact_id": aid},
+                )
+            )
+
+
+def _rebuild_copy(root: Path, qdir: str, f: Finding) -> Moved | None:
+    aid = f.details.get("artifact_id")
+    if not isinstance(aid, str) or f.path is None:
+        return None
+    moved = move_file(root, qdir, f.path) if f.code == "artifact_copy_bad" else None
+    with FsStore(root, create=False) as store:
+        data = store.artifacts.rebuild(ArtifactId(aid))
+    if data is None:
+        return moved
+    return Moved("artifact_copy_rebuilt", framing.events_file(f.run_id or ""), f.path, len(data))
 
 
 def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Moved]:
@@ -171,6 +236,8 @@ def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Mov
             m = move_tail(root_path, qdir, RunId(f.run_id), report.torn_tails.get(f.run_id))
         elif f.code == "temp_file":
             m = move_file(root_path, qdir, f.path)
+        elif f.code in ("artifact_copy_bad", "artifact_copy_missing"):
+            m = _rebuild_copy(root_path, qdir, f)
         elif f.code == "run_dir_empty" and f.run_id is not None:
             m = clear_empty_run_dir(root_path, qdir, RunId(f.run_id))
         else:

@@ -70,7 +70,7 @@ class Finding:
 class Moved:
     """One thing ``--repair`` moved (paths relative to the store root)."""
 
-    what: Literal["torn_tail", "temp_file", "empty_run_dir"]
+    what: Literal["torn_tail", "temp_file", "empty_run_dir", "artifact_copy_rebuilt"]
     source: str
     destination: str
     size: int
@@ -97,6 +97,8 @@ class DoctorReport:
     moved: list[Moved] = field(default_factory=list)
     torn_tails: dict[str, int] = field(default_factory=dict)
     """Run id → committed end offset, for every run with a torn tail (what ``repair`` truncates to)."""
+    blob_records: dict[str, str] = field(default_factory=dict)
+    """Artifact id → a run whose log holds a committed blob record of it (format 2): its copy can be rebuilt."""
 
     @property
     def ok(self) -> bool:

@@ -78,6 +78,7 @@ from engine.workers.actions import (
 )
 from engine.workers.base import (
     EXIT_CONFLICT,
+    EXIT_DAMAGED,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -116,6 +117,7 @@ __all__ = [
     "DEFAULT_MAX_ORPHAN_RECOVERIES",
     "DOMAIN_EVENT_CRASH_LOOP_RESET",
     "EXIT_CONFLICT",
+    "EXIT_DAMAGED",
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",

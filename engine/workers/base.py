@@ -17,6 +17,7 @@ from engine.process_groups import GroupCheck
 
 __all__ = [
     "EXIT_CONFLICT",
+    "EXIT_DAMAGED",
     "EXIT_FAILED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
@@ -45,6 +46,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_STORAGE = 5
+EXIT_DAMAGED = 6
 
 _NOT_FOUND_CODES = frozenset(
     {
@@ -71,13 +73,20 @@ _FAILED_CODES = frozenset({"worker_lost", "worker_failed"})
 
 
 _STORAGE_CODES = frozenset({"storage_full"})
+_DAMAGED_CODES = frozenset(
+    {"run_log_corrupt", "artifact_corruption", "machine_event_decode_failed", "event_store_corruption"}
+)
+"""Data errors: what the store holds is damaged (a run log, an artifact), not what was asked."""
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def exit_code_for(err: MfmError) -> int:
-    """The documented exit code of an error: 3 not found, 4 conflict, 5 storage full, 1 run/worker failure, else 2."""
+    """The documented exit code of an error: 3 not found, 4 conflict, 5 storage full, 6 damaged data, 1 run/worker
+    failure, else 2."""
     if err.code in _STORAGE_CODES:
         return EXIT_STORAGE
+    if err.code in _DAMAGED_CODES:
+        return EXIT_DAMAGED
     if err.code in _NOT_FOUND_CODES:
         return EXIT_NOT_FOUND
     if err.code in _CONFLICT_CODES:

@@ -25,6 +25,7 @@ import click
 from engine.errors import MfmError
 from engine.workers import (
     EXIT_CONFLICT,
+    EXIT_DAMAGED,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -56,6 +57,7 @@ Exit codes (stable):
   {EXIT_NOT_FOUND}  not found (run, artifact, operation, store)
   {EXIT_CONFLICT}  conflict (a live worker holds the run's lease, the run already finished or was recovered)
   {EXIT_STORAGE}  storage: the store's disk is full (storage_full)
+  {EXIT_DAMAGED}  damaged data: a run log or an artifact in the store is corrupt (run_log_corrupt, ...)
 \b
 Errors are one line on stderr: error[code]: message (add --debug for a traceback).
 Store: --store PATH, else $MFM_STORE, else $XDG_DATA_HOME/mfm/store (~/.local/share/mfm/store).

@@ -233,6 +233,9 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
     envelopes = await store.events.read_range(run_id, 1)
     model = RunModel(run_id, crash_loop_limit=max_orphan_recoveries())
     model.apply(envelopes)
+    damage = getattr(envelopes, "damage", None)  # the run log is damaged after these (filesystem store)
+    if isinstance(damage, MfmError):
+        model.load_error = (damage.code, damage.message)
     manifest_id = model.manifest_id
     if manifest_id is None:  # not started by a worker yet: its start record (or queue row) knows the manifest
         pending = await pending_run(store, run_id)
@@ -268,6 +271,8 @@ def state_line(model: RunModel) -> str:
 
 
 def status_text(model: RunModel, now: int) -> str:
+    if model.load_error is not None and model.load_error[0] == "run_log_corrupt":
+        return "damaged"  # its run log is damaged: `mfm events` / `mfm doctor` say where
     status = model.status
     retry = model.retry_target
     if status is RunDisplayStatus.RETRYING and retry is not None:

@@ -260,6 +260,8 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
         return _finish(run_sync(wait_for_run(env, new_id)), as_json)
     if outcome.finished:  # completed or cancelled: a conflict (a failed run got a recovery run above)
         model = run_sync(load_model(env, outcome.run_id, with_plan=False))
+        if model.load_error is not None and model.load_error[0] == "run_log_corrupt":  # its log is damaged: exit 6
+            raise MfmError(ErrorInfo.new(*model.load_error))
         raise MfmError(
             ErrorInfo.new(
                 "run_already_finished",

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from engine.errors import MfmError
 from engine.events import (
     DOMAIN_EVENT_CHILD_RUN_SPAWNED,
     DomainEvent,
@@ -19,7 +20,7 @@ from engine.events import (
     encode_envelope,
 )
 from engine.ids import RunId
-from engine.workers import EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
+from engine.workers import EXIT_DAMAGED, EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
 from mfm_tui.cli.common import (
     CliError,
     duration_text,
@@ -141,7 +142,7 @@ def runs(
                 {
                     "run_id": str(m.run_id),
                     "op_id": m.op_id,
-                    "status": m.status.value,
+                    "status": _status_value(m),
                     "started_millis": m.started_millis,
                     "ended_millis": m.ended_millis,
                     "duration_millis": m.duration_millis(now),
@@ -161,7 +162,7 @@ def runs(
                 for m in models
             ]
         )
-        return EXIT_OK
+        return _damaged_exit(models)
     if not models:
         click.echo("no runs yet: try `mfm start demo_flaky`")
         return EXIT_OK
@@ -182,7 +183,16 @@ def runs(
         )
         rows.append((*row, _children_cell(m, every)) if tree else row)
     print_table(rows)
-    return EXIT_OK
+    return _damaged_exit(models)
+
+
+def _damaged_exit(models: list[RunModel]) -> int:
+    """After a listing: one ``error[run_log_corrupt]`` line per damaged run on stderr, and exit 6 if there is one."""
+    damaged = [m for m in models if _status_value(m) == "damaged"]
+    for m in damaged:
+        assert m.load_error is not None
+        click.echo(f"error[{m.load_error[0]}]: run {m.run_id}: {m.load_error[1]}", err=True)
+    return EXIT_DAMAGED if damaged else EXIT_OK
 
 
 def _children_cell(model: RunModel, every: dict[RunId, RunModel]) -> str:
@@ -366,6 +376,9 @@ def events(ctx: click.Context, run: str, from_seq: int, follow: bool, as_json: b
             batch = await store.events.read_range(run_id, nxt)
             for e in batch:
                 _print_event(e, as_json)
+            damage = getattr(batch, "damage", None)  # the run log is damaged after these: say so, exit 6
+            if isinstance(damage, MfmError):
+                raise damage
             if batch:
                 nxt = batch[-1].seq + 1
             if not follow or any(isinstance(e.event, RunCompleted) for e in batch):
@@ -415,3 +428,10 @@ def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> 
     except (ValueError, UnicodeDecodeError):
         click.echo(f"{len(data)} bytes of binary data (use --raw)")
     return EXIT_OK
+
+
+def _status_value(model: RunModel) -> str:
+    """The run's status; ``damaged`` when its run log is damaged (``run_log_corrupt``: read up to the damage)."""
+    if model.load_error is not None and model.load_error[0] == "run_log_corrupt":
+        return "damaged"
+    return model.status.value

@@ -62,9 +62,14 @@ async def test_layout_matches_the_documented_one(store: FsStore, root: Path) -> 
     await store.events.append(run, 1, batch[1:])
     events_file = root / "runs" / run / "events.jsonl"
     assert store.events_path(run) == events_file and store.run_dir(run) == events_file.parent
-    lines = events_file.read_bytes().split(b"\n")
-    # one wire-form envelope per line; a multi-event batch marks its continuation lines with a trailing space
-    assert lines == [encode_envelope(batch[0]), encode_envelope(batch[1]) + b" ", encode_envelope(batch[2]), b""]
+    # one record per line: kind, commit mark, length, xxh3-64, then the wire-form envelope byte for byte
+    assert events_file.read_bytes() == (
+        framing.record(framing.EVENT_RECORD, True, encode_envelope(batch[0]))
+        + framing.record(framing.EVENT_RECORD, False, encode_envelope(batch[1]))
+        + framing.record(framing.EVENT_RECORD, True, encode_envelope(batch[2]))
+    )
+    head = events_file.read_bytes().split(b"\n")[0]
+    assert head.startswith(b"E. %d " % len(encode_envelope(batch[0]))) and head.endswith(encode_envelope(batch[0]))
     assert (root / "changes.log").read_text() == f"{run} 1\n{run} 3\n"
     aid = await store.artifacts.put(ArtifactKind.other("report"), b"bytes")
     assert (root / "artifacts" / aid[:2] / aid).read_bytes() == b"bytes"
@@ -379,9 +384,9 @@ async def test_reads_scan_only_new_bytes(store: FsStore, root: Path, monkeypatch
     scans: list[int] = []
     real_scan = framing.scan
 
-    def counting_scan(log: Any, run_id: str, size: int, pread: Any) -> None:
+    def counting_scan(log: Any, run_id: str, size: int, pread: Any, *rest: Any) -> None:
         scans.append(log.end)
-        real_scan(log, run_id, size, pread)
+        real_scan(log, run_id, size, pread, *rest)
 
     monkeypatch.setattr(framing, "scan", counting_scan)
     run = new_run()
@@ -468,7 +473,7 @@ async def test_torn_tail_at_every_byte_offset_of_the_last_record(root: Path, las
         with pytest.raises(StorageError):
             await writer.events.append(run, 2 + last_batch, [env(run, 3 + last_batch)])
         assert await writer.events.append(run, 2, [env(run, 3)]) == 3
-        assert path.read_bytes() == good + encode_envelope(env(run, 3)) + b"\n"
+        assert path.read_bytes() == good + framing.record(framing.EVENT_RECORD, True, encode_envelope(env(run, 3)))
         torn = list(run_dir.glob("events.jsonl.torn-*"))
         if cut > len(good):
             assert len(torn) == 1 and torn[0].read_bytes() == full[len(good) : cut]
@@ -504,17 +509,25 @@ async def test_garbage_tail_is_never_read_and_is_quarantined(store: FsStore, tai
     assert torn.read_bytes() == tail
 
 
-async def test_line_that_is_json_but_not_an_envelope_is_corruption(store: FsStore) -> None:
+async def test_line_that_is_json_but_not_an_envelope_is_corruption(root: Path) -> None:
+    """A version-1 line that looks like the next envelope but does not decode: reads stop before it and say so,
+    appends are refused (``run_log_corrupt``); nothing is moved aside."""
+    store = FsStore(root, new_version=1)
     run = new_run()
     await store.events.append(run, 0, [env(run, 1)])
     path = store.events_path(run)
     path.write_bytes(path.read_bytes() + json.dumps({"run_id": run, "seq": 2, "event": "bogus"}).encode() + b"\n")
+    before = path.read_bytes()
     reader = FsStore(store.root)
-    assert await reader.events.head_seq(run) == 2
+    got = await reader.events.read_range(run, 1)
+    assert got == [env(run, 1)]
+    damage = got.damage  # type: ignore[attr-defined]
+    assert (damage.kind, damage.code) == (StorageErrorKind.CORRUPTION, "run_log_corrupt")
+    assert await reader.events.head_seq(run) == 1
     with pytest.raises(StorageError) as info:
-        await reader.events.read_range(run, 2)
-    assert (info.value.kind, info.value.code) == (StorageErrorKind.CORRUPTION, "machine_event_decode_failed")
-    assert await reader.events.read_range(run, 1, 1) == [env(run, 1)]
+        await reader.events.append(run, 1, [env(run, 2)])
+    assert info.value.code == "run_log_corrupt"
+    assert path.read_bytes() == before and not list(reader.run_dir(run).glob("events.jsonl.torn-*"))
 
 
 async def test_changes_since_survives_a_removed_journal(store: FsStore, root: Path) -> None:

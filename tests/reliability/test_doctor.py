@@ -32,8 +32,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return out
 
 
-async def make_run(root: Path, *, states: int = 3) -> tuple[FsStore, RunId]:
-    store = FsStore(root)
+async def make_run(root: Path, *, states: int = 3, version: int = 2) -> tuple[FsStore, RunId]:
+    store = FsStore(root, new_version=version)
     plan = make_plan([(f"s{i}", WriteKey(f"k{i}", i)) for i in range(states)])
     engine = Engine(plan_resolver=lambda m: plan, clock=FakeClock(), sleeper=FakeSleeper())
     result = await start_plan(engine, store.stores, plan, base_config())
@@ -92,7 +92,7 @@ async def test_continuation_lines_without_their_final_line_are_a_torn_tail(tmp_p
 
 async def test_damage_in_the_middle_is_an_error_repair_leaves_alone(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    _, run_id = await make_run(root)
+    _, run_id = await make_run(root, version=1)  # a version-1 log: an edited line is judged by its JSON
     path = events_file(root, run_id)
     lines = path.read_bytes().split(b"\n")
     lines[2] = lines[2].replace(b'"seq":3', b'"seq":3,,')
@@ -120,7 +120,7 @@ async def test_missing_line_is_a_seq_gap(tmp_path: Path) -> None:
 
 async def test_foreign_run_id_inside_a_run_file(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    _, run_id = await make_run(root)
+    _, run_id = await make_run(root, version=1)  # a version-1 log: an edited line is judged by its JSON
     _, other = await make_run(root)
     path = events_file(root, run_id)
     lines = path.read_bytes().split(b"\n")

@@ -3,22 +3,25 @@
 Layout (every directory 0700, every file 0600, whatever the umask)::
 
     STORE/
-      store.json                      {"created_at": ISO-8601, "format": "mfm-store", "version": 1}
+      store.json                      {"created_at": ISO-8601, "format": "mfm-store", "version": 2} (1 still opens)
       changes.log                     change journal: "<run_id> <new_head>\\n" per successful append
-      runs/<run_id>/events.jsonl      the run's envelopes, one wire-form line each (framing: engine.stores.fs.framing)
+      runs/<run_id>/events.jsonl      the run log: checksummed event and blob records (format: engine.stores.fs.framing)
       runs/<run_id>/events.lock       flock(LOCK_EX) target of appenders (readers never lock)
       runs/<run_id>/events.jsonl.torn-<offset>-<millis>   a quarantined torn tail (kept for inspection)
       runs/<run_id>/control/cancel.json                   the first cancel request (atomic, never replaced)
       runs/<run_id>/lease, worker.log                     owned by engine.workers (see FsStore.run_dir)
-      artifacts/<aa>/<id>             raw bytes; <aa> = first two hex chars of the 64-char id
+      artifacts/<aa>/<id>             raw bytes; <aa> = first two hex chars of the 64-char id (a blob committed with a
+                                      run's events: a cached copy, rebuilt from its record when missing or bad)
       artifacts/<aa>/<id>.kind        the ArtifactKind given at the first put (wire JSON, advisory)
       artifacts/<aa>/.tmp-*           temp files of puts in progress (or killed): ignored, harmless
 
-Events. ``append`` validates the batch (``encode_batch``), takes the run's ``flock``, brings its cached view of
-the file up to date (one ``fstat``; bytes appended by another process are scanned, a torn tail left by a crash is
-copied aside and truncated), checks ``expected_seq``, writes the whole batch with one ``write``, ``fdatasync``s it
-(and fsyncs the run directory when the file was just created), then adds a journal line and unlocks. Concurrent
-appenders in different processes therefore get exactly one winner per ``expected_seq``. Readers never lock: they
+Events. ``commit`` (the unit of work; ``append`` is a commit without blobs) validates the batch (``encode_batch``),
+takes the run's ``flock``, brings its cached view of the file up to date (one ``fstat``; bytes appended by another
+process are scanned, a torn tail left by a crash is copied aside and truncated), checks ``expected_seq`` (a damaged
+log refuses: ``run_log_corrupt``), writes the blob records and the events with one ``write``, ``fdatasync``s it (and
+fsyncs the run directory when the file was just created), adds a journal line, unlocks, and writes each blob's copy
+under ``artifacts/`` (no sync: the log holds the bytes). Concurrent appenders in different processes therefore get
+exactly one winner per ``expected_seq``. Readers never lock: they
 see only committed batches (batch framing), so a run can be watched while it is written.
 
 Cheap reads. Each run's committed line offsets are cached in memory (``RunLog``): ``head_seq`` costs one ``stat``
@@ -80,7 +83,8 @@ class FsStore:
     see :mod:`engine.stores.fs.safe_paths`.
 
     ``ops`` replaces the filesystem seam (fault injection); ``now_millis`` the clock of cancel requests;
-    ``max_open_runs`` bounds the cached per-run append file descriptors (two per run).
+    ``max_open_runs`` bounds the cached per-run append file descriptors (two per run); ``new_version`` is the
+    format of a store created here (``STORE_VERSION``; 1 makes a version-1 store, for tests and benchmarks).
     """
 
     def __init__(
@@ -91,13 +95,20 @@ class FsStore:
         ops: FsOps | None = None,
         now_millis: Callable[[], int] = wall_millis,
         max_open_runs: int = 64,
+        new_version: int = STORE_VERSION,
     ) -> None:
         self.root = Path(os.path.abspath(os.fspath(root)))
         self._ops = ops or FsOps()
-        root_fd, self.meta = open_store(str(self.root), self._ops, create=create)
-        self._core = Core(str(self.root), root_fd, self._ops, now_millis, max_open_runs)
-        self.events = FsEventStore(self._core)
+        root_fd, self.meta = open_store(str(self.root), self._ops, create=create, version=new_version)
+        version = self.meta.get("version", STORE_VERSION) if isinstance(self.meta, dict) else STORE_VERSION
+        self._core = Core(str(self.root), root_fd, self._ops, now_millis, max_open_runs, int(version))
         self.artifacts = FsArtifactStore(self._core)
+        self.events = FsEventStore(self._core, self.artifacts)
+
+    @property
+    def version(self) -> int:
+        """The store's format version (``store.json``; ``mfm doctor --migrate`` takes a version-1 store to 2)."""
+        return self._core.version
 
     @property
     def writable(self) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ class FsArtifactStore:
     def _path(self, artifact_id: ArtifactId) -> str:
         return f"{self._core.root}/{framing.artifact_file(artifact_id)}"
 
-    def _fan_fd(self, artifact_id: ArtifactId, *, create: bool) -> int | None:
+    def _fan_fd(self, artifact_id: ArtifactId, *, create: bool, durable: bool = True) -> int | None:
         """A new descriptor on ``artifacts/<aa>`` (the caller closes it); ``None`` if missing and not ``create``."""
         core = self._core
         top = core.top_dir(framing.ARTIFACTS_DIR, create=create)
@@ -42,7 +43,7 @@ class FsArtifactStore:
         fan = artifact_id[:2]
         path = f"{core.root}/{framing.artifact_folder(artifact_id)}"
         if create:
-            return safe_paths.make_dir(top, fan, path, core.ops)[0]
+            return safe_paths.make_dir(top, fan, path, core.ops, durable=durable)[0]
         try:
             return safe_paths.open_dir(top, fan, path)
         except FileNotFoundError:
@@ -140,11 +141,18 @@ class FsArtifactStore:
             raise StorageError.other("artifact_kind_invalid", f"not an ArtifactKind: {kind!r}"[:200])
         data = bytes(data)
         aid = ArtifactId(hashlib.sha256(data).hexdigest())
+        self.put_durable(aid, kind, data)
+        return aid
+
+    def put_durable(self, aid: str, kind: ArtifactKind, data: bytes) -> None:
+        """Write ``artifacts/<aa>/<id>`` durably (temp file, fdatasync, link, fsync of the folder): a blob outside
+        any run log (a manifest written before the run's first event, a version-1 run)."""
+        aid = ArtifactId(aid)
         core = self._core
         directory = f"{core.root}/{framing.artifact_folder(aid)}"
         path = self._path(aid)
         if self._read_if_present(aid, path) is not None:
-            return aid  # already stored and intact: never overwritten
+            return  # already stored and intact: never overwritten (a bad file is reported, not replaced)
         try:
             fan = self._fan_fd(aid, create=True)
             assert fan is not None
@@ -158,31 +166,144 @@ class FsArtifactStore:
             fail(exc, ARTIFACT_IO, "write", path)
         if not linked:  # a concurrent put won: its bytes must be ours
             self._read_verified(aid, path)
-        return aid
+
+    def write_copy(self, aid: str, kind: ArtifactKind, data: bytes, *, keep_good: bool = True) -> None:
+        """The cached copy of a blob committed to a run log (not synced: the run log is the truth); ``keep_good``:
+        a file of the right size is left as it is (every read checks its hash). Failures are ignored: the next read
+        rebuilds the copy from the log."""
+        with contextlib.suppress(OSError, StorageError):
+            self._replace(ArtifactId(aid), kind, data, sync=False, keep_good=keep_good)
+
+    def _replace(
+        self, aid: ArtifactId, kind: ArtifactKind, data: bytes, *, sync: bool, keep_good: bool = False
+    ) -> None:
+        """Put ``data`` at ``artifacts/<aa>/<id>`` through a temp file renamed over whatever is there."""
+        core = self._core
+        path = self._path(aid)
+        fan = self._fan_fd(aid, create=True, durable=sync)
+        assert fan is not None
+        try:
+            if keep_good:
+                try:
+                    st = safe_paths.stat_entry(fan, aid)
+                    if stat.S_ISREG(st.st_mode) and st.st_size == len(data):
+                        return  # written by an earlier commit (the hash is checked on every read)
+                except FileNotFoundError:
+                    pass
+            try:
+                self._record_kind(fan, aid + KIND_SUFFIX, kind)
+                tmp = framing.temp_name(aid[:16])
+                fd = core.ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=fan)
+                try:
+                    try:
+                        core.ops.fchmod(fd, FILE_MODE)
+                        core.ops.write_all(fd, data)
+                        if sync:
+                            core.ops.fdatasync(fd)
+                    finally:
+                        core.ops.close(fd)
+                    core.ops.rename(tmp, aid, src_dir_fd=fan, dst_dir_fd=fan)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        core.ops.unlink(tmp, dir_fd=fan)
+                    raise
+                if sync:
+                    core.ops.fsync_dir(f"{core.root}/{framing.artifact_folder(aid)}", fan)
+            except OSError as exc:
+                fail(exc, ARTIFACT_IO, "write", path)
+        finally:
+            os.close(fan)
+
+    def rebuild(self, artifact_id: ArtifactId, *, search: bool = True) -> bytes | None:
+        """The bytes of ``artifact_id`` from a committed blob record of a run log (its copy under ``artifacts/``
+        rewritten); ``None`` when no run log holds it. A record whose bytes do not hash to the id is skipped."""
+        core = self._core
+        found = core.find_blob(artifact_id, search=search)
+        if found is None:
+            return None
+        run_id, offset = found
+        try:
+            fd = core.open_run_file(run_id, framing.EVENTS_FILE, RD_FLAGS)
+        except OSError:
+            return None
+        try:
+            line = b""
+            size = 1 << 16
+            while True:
+                chunk = os.pread(fd, size, offset + len(line))
+                if not chunk:
+                    return None
+                nl = chunk.find(b"\n")
+                if nl >= 0:
+                    line += chunk[:nl]
+                    break
+                line += chunk
+                size = min(size * 4, 1 << 26)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        parsed = framing.parse_record(line)
+        if parsed is None or parsed[0] != framing.BLOB_RECORD:
+            return None
+        try:
+            aid, kind, data = framing.parse_blob(line[parsed[2] :])
+        except ValueError:
+            return None
+        if aid != artifact_id or hashlib.sha256(data).hexdigest() != artifact_id:
+            return None
+        self.write_copy(aid, kind, data, keep_good=False)
+        return data
 
     async def get(self, artifact_id: ArtifactId) -> bytes:
         aid = check_artifact_id(artifact_id)
-        return self._read_verified(aid, self._path(aid))
+        path = self._path(aid)
+        try:
+            data = self._read_if_present(aid, path)
+        except StorageError as err:
+            if err.code != "artifact_corruption":
+                raise
+            data = self.rebuild(aid)
+            if data is None:
+                raise
+            return data
+        if data is None:
+            data = self.rebuild(aid)
+        if data is None:
+            raise StorageError.not_found("artifact_not_found", f"artifact not found: {aid}", {"artifact_id": str(aid)})
+        return data
 
     async def exists(self, artifact_id: ArtifactId) -> bool:
+        """Whether the store holds the blob: a copy whose bytes hash to the id, or a run log's blob record (which
+        then rebuilds the copy). A bad copy that no run log can rebuild still exists (``get`` reports it:
+        ``artifact_corruption``); a symlink planted in its place does not."""
         try:
             aid = ArtifactId(artifact_id)
         except ValueError:
             return False
         path = self._path(aid)
         try:
-            fan = self._fan_fd(aid, create=False)
-            if fan is None:
-                return False
-            try:
-                st = safe_paths.stat_entry(fan, aid)
-            finally:
-                os.close(fan)
+            fan = self._fan_fd(aid, create=False)  # a symlinked fan folder: store_symlink
+            if fan is not None:
+                try:
+                    st = safe_paths.stat_entry(fan, aid)
+                finally:
+                    os.close(fan)
+                if not stat.S_ISREG(st.st_mode):
+                    return False  # a symlink (or anything else) planted in place of the copy
         except FileNotFoundError:
-            return False
+            pass
         except OSError as exc:
             fail(exc, ARTIFACT_IO, "stat", path)
-        return stat.S_ISREG(st.st_mode)
+        corrupt = False
+        try:
+            if self._read_if_present(aid, path) is not None:
+                return True
+        except StorageError as err:
+            if err.code != "artifact_corruption":
+                raise
+            corrupt = True
+        return self.rebuild(aid) is not None or corrupt
 
     async def kind_of(self, artifact_id: ArtifactId) -> ArtifactKind | None:
         """The kind recorded at the first put; ``None`` if unknown (missing or unreadable kind file)."""

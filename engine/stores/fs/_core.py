@@ -22,7 +22,7 @@ from engine.ids import RunId
 from engine.stores.fs._ops import FsOps, fail
 from engine.stores.fs.framing import APPEND_LOCK_FILE, EVENTS_FILE, FILE_MODE, RD_FLAGS, RunLog
 
-__all__ = ["ARTIFACT_IO", "EVENT_IO", "Core", "Writer", "read_all", "wall_millis"]
+__all__ = ["ARTIFACT_IO", "EVENT_IO", "Core", "Writer", "corrupt_error", "read_all", "wall_millis"]
 
 EVENT_IO = "event_store_io"
 ARTIFACT_IO = "artifact_store_io"
@@ -45,8 +45,18 @@ class Core:
     (no symlink followed below the root, every folder owned by this user); ``runs/`` and ``artifacts/`` stay open.
     """
 
-    def __init__(self, root: str, root_fd: int, ops: FsOps, now_millis: Callable[[], int], max_open_runs: int) -> None:
+    def __init__(
+        self,
+        root: str,
+        root_fd: int,
+        ops: FsOps,
+        now_millis: Callable[[], int],
+        max_open_runs: int,
+        version: int = framing.STORE_VERSION,
+    ) -> None:
         self.root = root
+        self.version = version
+        """The store's format version (``store.json``): the format of a run log written from empty."""
         self.runs = f"{root}/{framing.RUNS_DIR}"
         self.artifacts = f"{root}/{framing.ARTIFACTS_DIR}"
         self.journal = f"{root}/{framing.JOURNAL_FILE}"
@@ -259,7 +269,7 @@ class Core:
             fd = opened = os.open(EVENTS_FILE, RD_FLAGS, dir_fd=dfd)
             st = os.fstat(opened)
             log = self.log_for(run_id, st)
-            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(opened, n, off))
+            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(opened, n, off), self.version)
         except OSError as exc:
             if fd is not None:
                 os.close(fd)
@@ -271,17 +281,52 @@ class Core:
     def sync_locked(self, run_id: RunId, w: Writer) -> RunLog | None:
         """Under the run's flock: the exact committed view, with any torn tail quarantined and truncated.
 
-        ``None`` if the cached fd's file was unlinked (the run folder was removed): reopen and retry.
+        ``None`` if the cached fd's file was unlinked (the run folder was removed, or the log was replaced by a
+        migration or a repair): reopen and retry. Damage (a damaged record with valid ones after it) is never taken
+        for a torn tail: ``run_log_corrupt``, and nothing is touched.
         """
         st = os.fstat(w.fd)
         if st.st_nlink == 0:
             return None
         log = self.log_for(run_id, st)
         if st.st_size != log.end:
-            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(w.fd, n, off))
+            framing.scan(log, run_id, st.st_size, lambda n, off: os.pread(w.fd, n, off), self.version)
+            if log.damage is not None:
+                raise corrupt_error(self.events_path(run_id), log)
             if st.st_size > log.end:
                 self.quarantine(run_id, w, log.end, st.st_size)
+        elif log.damage is not None:
+            raise corrupt_error(self.events_path(run_id), log)
         return log
+
+    def find_blob(self, artifact_id: str, *, search: bool) -> tuple[RunId, int] | None:
+        """``(run_id, offset)`` of a committed blob record holding ``artifact_id``: from the logs scanned so far, then
+        (``search``) by scanning every run log of the store."""
+        with self.lock:
+            for run_id, log in self.logs.items():
+                at = log.blobs.get(artifact_id)
+                if at is not None:
+                    return run_id, at
+            if not search:
+                return None
+            runs = self.top_dir(framing.RUNS_DIR, create=False)
+            if runs is None:
+                return None
+            for entry in safe_paths.list_dir(runs):
+                try:
+                    run_id = RunId(entry.name)
+                except ValueError:
+                    continue
+                try:
+                    found, fd = self.refresh(run_id)
+                except StorageError:
+                    continue
+                if fd is not None:
+                    os.close(fd)
+                at = None if found is None else found.blobs.get(artifact_id)
+                if at is not None:
+                    return run_id, at
+        return None
 
     def quarantine(self, run_id: RunId, w: Writer, start: int, size: int) -> None:
         """Copy the torn tail ``[start, size)`` aside (fsynced), then truncate the event file to ``start``."""
@@ -320,6 +365,19 @@ class Core:
             self.journal_torn = self.ops.write(self.journal_fd, line) != len(line)
         except (OSError, StorageError):  # StorageError: a symlink or foreign folder refused
             pass
+
+
+def corrupt_error(path: str, log: RunLog) -> StorageError:
+    """``run_log_corrupt``: the run log is damaged after its committed prefix (appends to it are refused)."""
+    d = log.damage
+    assert d is not None
+    where = f"line {d.line} (byte {d.offset})" if d.line else f"byte {d.offset}"
+    return StorageError.corruption(
+        "run_log_corrupt",
+        f"{path} is damaged at {where} ({d.code}: {d.reason}) with committed records after it; its first "
+        f"{log.head} event(s) read, nothing appended: see `mfm doctor`",
+        {"path": path, "offset": d.offset, "line": d.line, "damage": d.code, "seq": log.head + 1},
+    )
 
 
 def read_all(fd: int) -> bytes:

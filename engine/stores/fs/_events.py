@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import itertools
 import json
 import os
 import stat
@@ -15,24 +17,39 @@ from typing import Any
 
 import engine.stores.fs.framing as framing
 import engine.stores.fs.safe_paths as safe_paths
+from engine._kinds import ArtifactKind
 from engine.errors import StorageError
 from engine.events import EventEnvelope
 from engine.ids import RunId
 from engine.run_summary import RunSummary
 from engine.stores._base import (
     CODE_CONCURRENCY,
+    Blob,
     CancelRequest,
     ChangeBatch,
     RetryNowRequest,
     check_run_id,
     encode_batch,
 )
-from engine.stores.fs._core import EVENT_IO, Core, read_all
+from engine.stores.fs._artifacts import FsArtifactStore
+from engine.stores.fs._core import EVENT_IO, Core, corrupt_error, read_all
 from engine.stores.fs._ops import fail, translate
 from engine.stores.fs._summary import SummaryCache
 from engine.stores.fs.framing import RD_FLAGS
 
-__all__ = ["FsEventStore"]
+__all__ = ["DamagedRead", "FsEventStore"]
+
+
+class DamagedRead(list[EventEnvelope]):
+    """What ``read_range`` returns when it stopped at damage in the run log: the envelopes before it, and
+    ``damage`` (``run_log_corrupt``: the error an append would get, with the path, offset and first unread seq)."""
+
+    damage: StorageError
+
+    def __init__(self, envelopes: list[EventEnvelope], damage: StorageError) -> None:
+        super().__init__(envelopes)
+        self.damage = damage
+
 
 _JOURNAL_READ_LIMIT = 8 << 20
 _INLINE_FOLD_BYTES = 1 << 20
@@ -40,11 +57,12 @@ _INLINE_FOLD_BYTES = 1 << 20
 
 
 class FsEventStore:
-    """``EventStore`` + ``RunLister`` + ``ControlStore`` + ``RunSummaries`` over ``STORE/runs`` and
+    """``EventStore`` + ``UnitOfWork`` + ``RunLister`` + ``ControlStore`` + ``RunSummaries`` over ``STORE/runs`` and
     ``STORE/changes.log``."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, artifacts: FsArtifactStore) -> None:
         self._core = core
+        self._artifacts = artifacts
         self.summaries = SummaryCache(core)
 
     def __repr__(self) -> str:
@@ -60,9 +78,20 @@ class FsEventStore:
             return 0 if log is None else log.head
 
     async def append(self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> int:
+        return await self.commit(run_id, expected_seq, events, ())
+
+    async def commit(
+        self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], blobs: Sequence[Blob]
+    ) -> int:
+        """Blob records, then event records, in ONE ``write`` + ONE ``fdatasync`` of the run log (format v2); then
+        each blob's copy under ``artifacts/`` (a cache, not synced). A version-1 run log stays version 1: its blobs
+        are put as durable files first, then the events appended."""
         run_id = check_run_id(run_id)
         lines = encode_batch(run_id, expected_seq, events)
+        staged = [_checked_blob(b) for b in blobs]
         if not lines:
+            for _, kind, data in staged:
+                await self._artifacts.put(kind, data)
             current = await self.head_seq(run_id)
             if current != expected_seq:
                 raise StorageError.concurrency(
@@ -72,13 +101,19 @@ class FsEventStore:
         core = self._core
         with core.lock:
             for _ in range(3):
-                head = self._append_once(run_id, expected_seq, lines)
+                head = self._append_once(run_id, expected_seq, lines, staged)
                 if head is not None:
-                    self.summaries.appended(run_id, expected_seq, events)  # after the commit: a cache, see _summary
-                    return head
-            raise StorageError.other(EVENT_IO, f"run {run_id}: its event file keeps disappearing; append abandoned")
+                    break
+            else:
+                raise StorageError.other(EVENT_IO, f"run {run_id}: its event file keeps disappearing; append abandoned")
+            self.summaries.appended(run_id, expected_seq, events)  # after the commit: a cache, see _summary
+        for aid, kind, data in staged:
+            self._artifacts.write_copy(aid, kind, data)
+        return head
 
-    def _append_once(self, run_id: RunId, expected_seq: int, lines: list[bytes]) -> int | None:
+    def _append_once(
+        self, run_id: RunId, expected_seq: int, lines: list[bytes], blobs: list[tuple[str, ArtifactKind, bytes]]
+    ) -> int | None:
         """Lock, sync, check, write, fdatasync, journal, unlock. ``None``: the cached file was unlinked, retry."""
         core = self._core
         ops = core.ops
@@ -102,16 +137,27 @@ class FsEventStore:
                 raise StorageError.concurrency(
                     CODE_CONCURRENCY, f"run {run_id}: expected head {expected_seq}, found {log.head}"
                 )
+            fmt = log.fmt or (framing.FORMAT_V2 if core.version >= framing.FORMAT_V2 else framing.FORMAT_V1)
+            blob_at: list[tuple[str, int]] = []
+            if fmt == framing.FORMAT_V2:
+                fresh = [b for b in blobs if core.find_blob(b[0], search=False) is None]
+                data, offsets, blob_at = framing.frame_commit(lines, fresh)
+            else:
+                for aid, kind, blob in blobs:  # a version-1 log holds no blobs: durable files first
+                    self._artifacts.put_durable(aid, kind, blob)
+                data = framing.frame_batch(lines)
+                offsets = list(itertools.accumulate(framing.framed_lengths(lines)[:-1], initial=0))
             start = log.end
             try:
-                ops.write_all(w.fd, framing.frame_batch(lines))
+                ops.write_all(w.fd, data)
                 ops.fdatasync(w.fd)
             except OSError as exc:
                 with contextlib.suppress(OSError):  # not acknowledged: take it back (else the next append will)
                     ops.ftruncate(w.fd, start)
                 core.drop_writer(run_id)
                 fail(exc, EVENT_IO, "append to", path)
-            log.committed(start, framing.framed_lengths(lines))
+            log.fmt = fmt
+            log.committed(start, offsets, len(data), blob_at)
             core.note_change(run_id, log.head)
             return log.head
         finally:
@@ -120,6 +166,19 @@ class FsEventStore:
                     ops.flock(w.lock_fd, fcntl.LOCK_UN)
                 except OSError:
                     core.drop_writer(run_id)  # closing the fd releases the lock
+
+    def damage(self, run_id: RunId) -> StorageError | None:
+        """``run_log_corrupt`` when the run's log is damaged after its committed prefix (reads stop there, appends
+        are refused), else ``None``."""
+        run_id = check_run_id(run_id)
+        core = self._core
+        with core.lock:
+            log, fd = core.refresh(run_id)
+            if fd is not None:
+                os.close(fd)
+            if log is None or log.damage is None:
+                return None
+            return corrupt_error(core.events_path(run_id), log)
 
     async def read_range(self, run_id: RunId, from_seq: int, to_seq: int | None = None) -> list[EventEnvelope]:
         run_id = check_run_id(run_id)
@@ -132,6 +191,8 @@ class FsEventStore:
             try:
                 _, start, end = log.span(from_seq, to_seq)
                 if start == end:
+                    if log.damage is not None and (to_seq is None or to_seq > log.head):
+                        return DamagedRead([], corrupt_error(path, log))  # nothing more before the damage
                     return []
                 if fd is None:
                     fd = core.open_run_file(run_id, framing.EVENTS_FILE, RD_FLAGS)
@@ -143,7 +204,17 @@ class FsEventStore:
                     os.close(fd)
         if len(data) != end - start:
             raise StorageError.corruption("event_store_corruption", f"{path} shrank while being read")
-        return framing.decode_lines(data)
+        envelopes, bad = framing.decode_span(data, log.fmt)
+        if bad is not None:  # a record whose checksum is valid but whose envelope does not decode: stop there
+            first = max(from_seq, 1)
+            seq = first + bad
+            with core.lock:
+                at = log.offsets[seq - 1] if seq <= log.head else log.end
+                log.stop_at(seq, framing.Damage(at, 0, "event_line_undecodable", f"event {seq} does not decode"))
+                return DamagedRead(envelopes, corrupt_error(path, log))
+        if log.damage is not None and (to_seq is None or to_seq > log.head):
+            return DamagedRead(envelopes, corrupt_error(path, log))
+        return envelopes
 
     async def run_summary(self, run_id: RunId, *, max_fold_bytes: int | None = None) -> RunSummary | None:
         """The run's summary from its cache file, brought up to date (see :mod:`engine.stores.fs._summary`)."""
@@ -321,3 +392,17 @@ class FsEventStore:
         if not isinstance(raw, dict):
             raise translate(ValueError("not a JSON object"), "control_store_corrupt", "read control request", path)
         return raw
+
+
+def _checked_blob(blob: Blob) -> tuple[str, ArtifactKind, bytes]:
+    """``(artifact_id, kind, bytes)`` of a blob whose id is the sha256 of its bytes (``artifact_put_id_mismatch``
+    otherwise)."""
+    data = bytes(blob.data)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != str(blob.artifact_id) or not isinstance(blob.kind, ArtifactKind):
+        raise StorageError.corruption(
+            "artifact_put_id_mismatch",
+            f"a {blob.kind} blob named {blob.artifact_id} hashes to {actual}",
+            {"expected": str(blob.artifact_id), "actual": actual},
+        )
+    return actual, blob.kind, data

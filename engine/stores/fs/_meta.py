@@ -26,6 +26,7 @@ from engine.stores.fs.framing import (
     STORE_FORMAT,
     STORE_META_FILE,
     STORE_VERSION,
+    STORE_VERSIONS,
     TEMP_PREFIX,
     temp_name,
 )
@@ -35,11 +36,12 @@ __all__ = ["is_writable", "open_store"]
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def open_store(root: str, ops: FsOps, *, create: bool) -> tuple[int, dict[str, Any]]:
+def open_store(root: str, ops: FsOps, *, create: bool, version: int = STORE_VERSION) -> tuple[int, dict[str, Any]]:
     """Open the store folder ``root``; return its descriptor and the parsed ``store.json``.
 
     ``create``: a missing store (folder, ``store.json``, ``runs/``, ``artifacts/``) is created; otherwise a missing
-    one is ``store_not_found`` and nothing at all is written (reading never needs write access).
+    one is ``store_not_found`` and nothing at all is written (reading never needs write access). ``version``: the
+    format of a store created here (an existing store keeps its own).
     """
     try:
         fd = _open_root(root, ops, create=create)
@@ -57,17 +59,17 @@ def open_store(root: str, ops: FsOps, *, create: bool) -> tuple[int, dict[str, A
                 )
             if not create:
                 raise _not_found(root, "the folder is empty")
-            body = {"created_at": datetime.now(UTC).isoformat(), "format": STORE_FORMAT, "version": STORE_VERSION}
+            body = {"created_at": datetime.now(UTC).isoformat(), "format": STORE_FORMAT, "version": version}
             _write_meta(fd, root, json.dumps(body, sort_keys=True).encode() + b"\n", ops)
             meta = _read_meta(fd, root)
             if meta is None:
                 raise FileNotFoundError(errno.ENOENT, "store.json vanished right after it was written")
-        version = meta.get("version") if isinstance(meta, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or version != STORE_VERSION:
+        found = meta.get("version") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or found not in STORE_VERSIONS:
             raise StorageError.other(
                 "store_version_unknown",
-                f"store at {root} has format {meta.get('format')!r} version {version!r}; "
-                f"this program understands {STORE_FORMAT!r} version {STORE_VERSION}"
+                f"store at {root} has format {meta.get('format')!r} version {found!r}; "
+                f"this program understands {STORE_FORMAT!r} versions {', '.join(map(str, STORE_VERSIONS))}"
                 if isinstance(meta, dict)
                 else f"store at {root}: store.json is not an object",
             )

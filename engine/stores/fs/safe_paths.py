@@ -125,16 +125,19 @@ def open_dir(parent_fd: int, name: str, path: str) -> int:
     return _checked(fd, path)
 
 
-def make_dir(parent_fd: int, name: str, path: str, ops: FsOps | None = None) -> tuple[int, bool]:
+def make_dir(
+    parent_fd: int, name: str, path: str, ops: FsOps | None = None, *, durable: bool = True
+) -> tuple[int, bool]:
     """Open folder ``name`` of ``parent_fd``, creating it (``DIR_MODE`` whatever the umask, made durable in its
-    parent) if missing. Returns ``(fd, created)``."""
+    parent unless not ``durable``: a folder of cached copies) if missing. Returns ``(fd, created)``."""
     ops = ops or _OPS
     created = ops.mkdir(name, DIR_MODE, dir_fd=parent_fd)
     fd = open_dir(parent_fd, name, path)
     if created:
         try:
             ops.fchmod(fd, DIR_MODE)
-            ops.fsync_dir(path.rpartition("/")[0] or ".", parent_fd)
+            if durable:
+                ops.fsync_dir(path.rpartition("/")[0] or ".", parent_fd)
         except BaseException:
             os.close(fd)
             raise

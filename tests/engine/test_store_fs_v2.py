@@ -1,0 +1,173 @@
+"""Filesystem store format v2 (issue 12): the store contract on version-2 and version-1 stores, the record format,
+commits of blobs and events, and the readers that share the framing (the TUI's log index, the doctor)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from engine._kinds import ArtifactKind
+from engine.doctor import check_store
+from engine.events import decode_envelope, decode_trusted, encode_envelope
+from engine.stores._base import Blob, UnitOfWork, commit_unit
+from engine.stores.fs import FsStore, framing
+from mfm_tui.log_index import FileLogSource
+from tests.engine.store_contract import StoreContract, domain, env, envs, new_run
+
+
+class TestFsStoreV2Contract(StoreContract):
+    async def make_store(self, request: pytest.FixtureRequest) -> FsStore:
+        store = FsStore(request.getfixturevalue("tmp_path") / "store")
+        assert store.version == 2
+        return store
+
+    async def reopen_store(self, store: FsStore, request: pytest.FixtureRequest) -> FsStore:
+        return FsStore(store.root)
+
+
+class TestFsStoreV1Contract(StoreContract):
+    async def make_store(self, request: pytest.FixtureRequest) -> FsStore:
+        store = FsStore(request.getfixturevalue("tmp_path") / "store", new_version=1)
+        assert store.version == 1
+        return store
+
+    async def reopen_store(self, store: FsStore, request: pytest.FixtureRequest) -> FsStore:
+        return FsStore(store.root)
+
+
+def test_new_stores_are_version_2_and_say_so(tmp_path: Path) -> None:
+    FsStore(tmp_path / "store")
+    assert json.loads((tmp_path / "store" / "store.json").read_text())["version"] == 2
+
+
+def test_record_framing_round_trip_and_every_checked_field() -> None:
+    body = b'{"a":1}'
+    rec = framing.record(framing.EVENT_RECORD, True, body)
+    assert rec.startswith(b"E. 7 ") and rec.endswith(b" " + body + b"\n") and rec.count(b"\n") == 1
+    line = rec[:-1]
+    assert framing.parse_record(line) == (framing.EVENT_RECORD, True, len(line) - len(body))
+    for i in range(len(line)):  # every single flipped bit of the line is caught
+        for bit in (0x01, 0x20):
+            bad = line[:i] + bytes([line[i] ^ bit]) + line[i + 1 :]
+            assert framing.parse_record(bad) is None, (i, bit)
+    assert framing.parse_record(line + b" ") is None and framing.parse_record(line[:-1]) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "mode"),
+    [(b'{"k":"v\\u00e9","n":[1,2]}', b"t"), ("caf\u00e9 text".encode(), b"t"), (b"a\nb\r\x00\xff", b"b")],
+)
+def test_blob_records_hold_text_as_is_and_anything_else_as_base64(data: bytes, mode: bytes) -> None:
+    aid = Blob.of(ArtifactKind.OUTPUT, data).artifact_id
+    body = framing.blob_body(aid, ArtifactKind.other("my kind"), data)
+    assert body[65:66] == mode and b"\n" not in body
+    if mode == b"b":
+        assert body.endswith(base64.b64encode(data))
+    else:
+        assert body.endswith(b" " + data)
+    assert framing.parse_blob(body) == (aid, ArtifactKind.other("my kind"), data)
+
+
+async def test_commit_is_the_unit_of_work_and_events_bytes_are_todays_lines(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "store")
+    assert isinstance(store.events, UnitOfWork)
+    run = new_run()
+    snap = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"ctx":1}')
+    head = await commit_unit(store.events, store.artifacts, run, 0, envs(run, 1, 2), [snap])
+    assert head == 2
+    lines = store.events_path(run).read_bytes().split(b"\n")[:-1]
+    assert [ln[:2] for ln in lines] == [b"B+", b"E+", b"E."]
+    assert [ln.split(b" ", 3)[3] for ln in lines[1:]] == [encode_envelope(e) for e in envs(run, 1, 2)]
+    assert await FsStore(tmp_path / "store").artifacts.get(snap.artifact_id) == b'{"ctx":1}'
+    assert await FsStore(tmp_path / "store").artifacts.kind_of(snap.artifact_id) == ArtifactKind.CONTEXT_SNAPSHOT
+    # the same blob again: already in a committed record, not written twice
+    await store.events.commit(run, 2, [env(run, 3)], [snap])
+    assert store.events_path(run).read_bytes().count(b"\nB") == 0
+
+
+async def test_commit_with_a_blob_whose_id_lies_is_refused(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    liar = Blob(Blob.of(ArtifactKind.OUTPUT, b"x").artifact_id, ArtifactKind.OUTPUT, b"y")
+    with pytest.raises(Exception) as info:
+        await store.events.commit(run, 0, [env(run, 1)], [liar])
+    assert getattr(info.value, "code", None) == "artifact_put_id_mismatch"
+    assert await store.events.head_seq(run) == 0
+
+
+async def test_v1_log_in_a_v2_store_stays_v1_and_commits_put_blobs_durably(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    old = FsStore(root, new_version=1)
+    run = new_run()
+    await old.events.append(run, 0, [env(run, 1)])
+    (root / "store.json").write_text(json.dumps({"format": "mfm-store", "version": 2, "created_at": "x"}))
+    store = FsStore(root)
+    blob = Blob.of(ArtifactKind.FACT_PAYLOAD, b'{"f":1}')
+    assert await store.events.commit(run, 1, [env(run, 2)], [blob]) == 2
+    data = store.events_path(run).read_bytes()
+    assert data == encode_envelope(env(run, 1)) + b"\n" + encode_envelope(env(run, 2)) + b"\n"
+    assert (root / framing.artifact_file(blob.artifact_id)).read_bytes() == b'{"f":1}'
+
+
+async def test_the_tui_log_index_reads_v2_logs_with_blob_records(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    for i in range(1, 6):
+        blobs = [Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"i":%d}' % i)]
+        await store.events.commit(run, i - 1, [env(run, i)], blobs)
+    path = store.events_path(run)
+    with open(path, "ab") as f:
+        f.write(framing.record(framing.EVENT_RECORD, True, encode_envelope(env(run, 6)))[:-3])  # being written
+    src = FileLogSource(path)
+    assert len(src) == 5
+    assert [framing.decode_line(src.raw(i) or b"") for i in range(5)] == envs(run, 1, 5)
+    src.build_index()
+    assert len(src) == 5 and src.raw(4) == encode_envelope(env(run, 5))
+
+
+async def test_doctor_reports_v2_damage_and_knows_blob_records(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = FsStore(root)
+    run = new_run()
+    await store.events.append(run, 0, envs(run, 1, 3))
+    await store.events.append(run, 3, [env(run, 4)])
+    path = store.events_path(run)
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1][:-3] + b"XYZ"
+    path.write_bytes(b"\n".join(lines))
+    codes = [f.code for f in check_store(root).findings if f.run_id == run]
+    assert "record_checksum_mismatch" in codes
+
+
+def test_trusted_decoding_builds_exactly_what_validated_decoding_builds() -> None:
+    run = new_run()
+    samples = [
+        *envs(run, 1, 6),
+        domain(run, 7, {"nested": {"b": [1, {"c": None}], "a": "é"}, "big": 2**53 - 1}),
+        domain(run, 8, None),
+        domain(run, 9, [1, 2, "x"], name="fact_recorded"),
+    ]
+    bodies = [encode_envelope(e) for e in samples]
+    trusted = decode_trusted(bodies)
+    validated = [decode_envelope(b) for b in bodies]
+    assert trusted == validated == samples
+    assert [type(e.event) for e in trusted] == [type(e.event) for e in validated]
+    assert [encode_envelope(e) for e in trusted] == bodies
+    assert [type(e.run_id) for e in trusted] == [type(e.run_id) for e in validated]
+
+
+async def test_a_byte_flipped_after_the_scan_is_caught_by_the_read(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    await store.events.append(run, 0, envs(run, 1, 3))
+    assert await store.events.head_seq(run) == 3  # scanned and cached
+    path = store.events_path(run)
+    data = bytearray(path.read_bytes())
+    second = data.index(b"\n") + 1
+    data[second + 40] ^= 0x01  # inside event 2's record
+    path.write_bytes(bytes(data))
+    got = await store.events.read_range(run, 1)
+    assert got == envs(run, 1, 1) and got.damage.code == "run_log_corrupt"  # type: ignore[attr-defined]
