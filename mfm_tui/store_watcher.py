@@ -354,6 +354,8 @@ class StoreWatcher:
                 envelopes: list[Any] = []
                 if summary is not None and not summary.complete:
                     self._queue_index(run_id)
+                elif summary is not None and summary.anomalies:  # maybe damage: the store's read says (from the head)
+                    envelopes = await self.events.read_range(run_id, summary.head + 1)
             else:
                 summary = None
                 envelopes = await self.events.read_range(run_id, model.last_seq + 1)

@@ -10,7 +10,7 @@ import pytest
 from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStatus
 from engine.ids import RunId
 from engine.run_summary import RunSummary, apply, summarize
-from engine.stores.fs import FsStore
+from engine.stores.fs import FsStore, framing
 from tests.tui.fixtures import _runs
 
 
@@ -46,7 +46,8 @@ async def test_a_replaced_log_is_not_summarized_from_the_old_cache(tmp_path: Pat
     log = tmp_path / "s" / "runs" / run_id / "events.jsonl"
     lines = log.read_bytes().splitlines(keepends=True)
     replaced = tmp_path / "replacement"
-    replaced.write_bytes(b"".join(lines[:2]).replace(b" \n", b"\n"))  # same first bytes, another file, shorter
+    bodies = [framing.record_body(line.rstrip(b"\n")) for line in lines[:2]]
+    replaced.write_bytes(framing.frame_commit(bodies, [])[0])  # same first bytes, another file, shorter
     replaced.replace(log)
     done = EventEnvelope(run_id=run_id, seq=3, event=RunCompleted(status=RunStatus.COMPLETED))
     fresh = FsStore(tmp_path / "s")

@@ -65,6 +65,9 @@ class _Cached:
     ident: tuple[int, int]
     written_end: int = -1
     written_at: float = 0.0
+    mtime: int | None = None
+    """The log's ``st_mtime_ns`` when it was ``end`` bytes long (``None``: not known). A log of the same size whose
+    mtime changed was edited in place (damage, or a hand edit): its summary is folded again, which finds damage."""
 
 
 class SummaryCache:
@@ -114,6 +117,8 @@ class SummaryCache:
             cached = self._load(run_id, dfd)
         if cached is not None and (cached.ident != ident or cached.end > size):
             cached = None
+        if cached is not None and cached.end == size and cached.mtime not in (None, st.st_mtime_ns):
+            cached = None  # edited in place since it was summarized: fold it again
         if cached is not None and cached.end == size:
             with self._lock:
                 self._mem[run_id] = cached
@@ -121,14 +126,18 @@ class SummaryCache:
         if cached is not None and (max_fold_bytes is None or size - cached.end <= max_fold_bytes):
             folded = self._fold(run_id, fd, cached.summary, cached.end, size)
             if folded is not None:
-                return self._keep(run_id, dfd, replace(cached, summary=folded[0], end=folded[1]), force=False)
+                mtime = st.st_mtime_ns if folded[1] == size else None
+                return self._keep(
+                    run_id, dfd, replace(cached, summary=folded[0], end=folded[1], mtime=mtime), force=False
+                )
         if max_fold_bytes is not None and size > max_fold_bytes:
             return self._provisional(run_id, fd, size)
         self.rebuilds += 1
         folded = self._fold(run_id, fd, RunSummary(run_id), 0, size, damaged_ok=True)
         if folded is None:
             return None
-        return self._keep(run_id, dfd, _Cached(folded[0], folded[1], ident), force=True)
+        mtime = st.st_mtime_ns if folded[1] == size else None
+        return self._keep(run_id, dfd, _Cached(folded[0], folded[1], ident, mtime=mtime), force=True)
 
     def _load(self, run_id: RunId, dfd: int) -> _Cached | None:
         """The cache file, or ``None`` when it is missing or damaged (it is then rebuilt)."""
@@ -142,7 +151,8 @@ class SummaryCache:
             end, dev, ino = raw["end"], raw["dev"], raw["ino"]
             if summary.run_id != run_id or not summary.complete or not all(type(v) is int for v in (end, dev, ino)):
                 return None
-            return _Cached(summary, end, (dev, ino), written_end=end)
+            mtime = raw.get("mtime")
+            return _Cached(summary, end, (dev, ino), written_end=end, mtime=mtime if type(mtime) is int else None)
         except (OSError, ValueError, KeyError, TypeError):
             return None
         finally:
@@ -169,6 +179,14 @@ class SummaryCache:
                     break  # an uncommitted tail (a batch being written)
                 window *= 2  # one batch longer than the window
                 continue
+            bad = framing.first_bad_record(data, 0, end - pos) if data[:1] in (b"E", b"B") else None
+            if bad is not None:  # a v2 record that is not what the engine wrote: damage
+                if not damaged_ok:
+                    return None
+                starts = starts[: bisect.bisect_left(starts, pos + bad)]  # fold what precedes it
+                end = pos + bad
+                if not starts:
+                    return replace(summary, anomalies=summary.anomalies + 1), size
             bounds = [s - pos for s in starts] + [end - pos]
             last = len(starts) - 1
             # The lines to decode: the first and the last of the window, and those holding a needed tag (found in
@@ -177,7 +195,7 @@ class SummaryCache:
             wanted.update(bisect.bisect_right(bounds, m.start()) - 1 for m in _NEEDED.finditer(data, 0, bounds[-1]))
             needed: list[EventEnvelope] = []
             for i in sorted(wanted):
-                line = data[bounds[i] : bounds[i + 1] - 1]
+                line = framing.line_at(data, bounds[i])  # v2: the body ends at its newline (blob records follow)
                 try:
                     env: EventEnvelope | None = framing.decode_line(line)
                 except StorageError:
@@ -189,6 +207,8 @@ class SummaryCache:
                     return replace(summary, anomalies=summary.anomalies + 1), size
                 needed.append(env)
             summary = apply(summary, needed)
+            if bad is not None:
+                return replace(summary, anomalies=summary.anomalies + 1), size
             head += len(starts)
             pos, window = end, _WINDOW
         return summary, pos
@@ -197,9 +217,12 @@ class SummaryCache:
         """Tail first: the first envelope (op, start) and the committed lines of the last :data:`TAIL_BYTES`."""
         pread = self._core.ops.pread
         first = pread(fd, min(size, TAIL_BYTES), 0)
-        nl = first.find(b"\n")
+        heads, _ = framing.committed_lines(first, 0)  # v2: the first event record may follow blob records
+        at = heads[0] if heads else 0
+        nl = first.find(b"\n", at)
         try:
-            summary = apply(RunSummary(run_id, complete=False), [framing.decode_line(first[:nl])]) if nl > 0 else None
+            line = framing.line_at(first, at)
+            summary = apply(RunSummary(run_id, complete=False), [framing.decode_line(line)]) if nl > 0 else None
         except StorageError:
             summary = None
         if summary is None:
@@ -215,7 +238,7 @@ class SummaryCache:
         envelopes: list[EventEnvelope] = []
         for i in sorted(w for w in wanted if w >= 0):
             with contextlib.suppress(StorageError):
-                envelopes.append(framing.decode_line(tail[bounds[i] : bounds[i + 1] - 1]))
+                envelopes.append(framing.decode_line(framing.line_at(tail, bounds[i])))
         return apply(summary, envelopes)
 
     # -- writing ---------------------------------------------------------------------------------------------------
@@ -257,7 +280,11 @@ class SummaryCache:
             summary = apply(cached.summary, envelopes)
             dfd = core.run_dir_fd(run_id, create=False)
             try:
-                self._keep(run_id, dfd, replace(cached, summary=summary, end=log.end), force=summary.finished)
+                st = os.stat(EVENTS_FILE, dir_fd=dfd, follow_symlinks=False)
+                mtime = st.st_mtime_ns if st.st_size == log.end else None  # None: another append landed since
+                self._keep(
+                    run_id, dfd, replace(cached, summary=summary, end=log.end, mtime=mtime), force=summary.finished
+                )
             finally:
                 os.close(dfd)
         except Exception:  # a cache never fails an append that succeeded
@@ -280,7 +307,13 @@ class SummaryCache:
 
     def _write(self, run_id: RunId, dfd: int, cached: _Cached) -> bool:
         ops = self._core.ops
-        body = {"summary": cached.summary.to_wire(), "end": cached.end, "dev": cached.ident[0], "ino": cached.ident[1]}
+        body = {
+            "summary": cached.summary.to_wire(),
+            "end": cached.end,
+            "dev": cached.ident[0],
+            "ino": cached.ident[1],
+            "mtime": cached.mtime,
+        }
         data = json.dumps(body, separators=(",", ":")).encode()
         tmp = framing.temp_name("summary")
         try:

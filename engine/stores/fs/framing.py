@@ -148,6 +148,7 @@ __all__ = [
     "decode_span",
     "encode_line",
     "events_file",
+    "first_bad_record",
     "frame_batch",
     "frame_commit",
     "framed_lengths",
@@ -157,6 +158,7 @@ __all__ = [
     "journal_runs",
     "last_envelope",
     "lease_file",
+    "line_at",
     "log_format",
     "newline_offsets",
     "parse_blob",
@@ -430,6 +432,27 @@ def parse_record(line: bytes) -> tuple[int, bool, int] | None:
     if line[sp + 1 : body_at - 1] != b"%016x" % _xxh(line[: sp + 1] + line[body_at:]):
         return None
     return kind, mark == _FINAL, body_at
+
+
+def first_bad_record(data: bytes, start: int, end: int) -> int | None:
+    """In the complete lines of ``data[start:end]`` (a span of a v2 run log that starts at a record): the offset of
+    the first line that is not a record with a valid checksum (garbage, a flipped byte), ``None`` when all are good."""
+    pos = start
+    while pos < end:
+        nl = data.find(b"\n", pos, end)
+        if nl < 0:
+            return None
+        if parse_record(data[pos:nl]) is None:
+            return pos
+        pos = nl + 1
+    return None
+
+
+def line_at(data: bytes, start: int) -> bytes:
+    """The line of ``data`` that starts at ``start``, without its newline (a v2 record's body when ``start`` is the
+    body offset :func:`committed_lines` gives)."""
+    nl = data.find(b"\n", start)
+    return data[start:] if nl < 0 else data[start:nl]
 
 
 def record_body(line: bytes) -> bytes:
