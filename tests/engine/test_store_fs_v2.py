@@ -4,8 +4,10 @@ commits of blobs and events, and the readers that share the framing (the TUI's l
 from __future__ import annotations
 
 import base64
+import errno
 import json
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -15,14 +17,22 @@ from engine.events import decode_envelope, decode_trusted, encode_envelope
 from engine.stores._base import Blob, UnitOfWork, commit_unit
 from engine.stores.fs import FsStore, framing
 from mfm_tui.log_index import FileLogSource
-from tests.engine.store_contract import StoreContract, domain, env, envs, new_run
+from tests.engine.store_contract import StoreContract, UnitOfWorkContract, domain, env, envs, new_run
 
 
-class TestFsStoreV2Contract(StoreContract):
+class TestFsStoreV2Contract(UnitOfWorkContract, StoreContract):
     async def make_store(self, request: pytest.FixtureRequest) -> FsStore:
         store = FsStore(request.getfixturevalue("tmp_path") / "store")
         assert store.version == 2
         return store
+
+    async def fail_between_blobs_and_events(self, store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The blobs and the events are ONE write: fail its fdatasync, after the bytes reached the file."""
+
+        def fail(fd: int) -> NoReturn:
+            raise OSError(errno.EIO, "injected: fdatasync after the commit's write")
+
+        monkeypatch.setattr(store.events._core.ops, "fdatasync", fail)
 
     async def reopen_store(self, store: FsStore, request: pytest.FixtureRequest) -> FsStore:
         return FsStore(store.root)

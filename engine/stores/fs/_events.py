@@ -63,6 +63,7 @@ class FsEventStore:
     def __init__(self, core: Core, artifacts: FsArtifactStore) -> None:
         self._core = core
         self._artifacts = artifacts
+        self.artifact_store = artifacts  # where commit puts blobs: paired_unit_of_work checks it
         self.summaries = SummaryCache(core)
 
     def __repr__(self) -> str:
