@@ -111,7 +111,8 @@ async def test_missing_line_is_a_seq_gap(tmp_path: Path) -> None:
     _, run_id = await make_run(root)
     path = events_file(root, run_id)
     lines = path.read_bytes().split(b"\n")
-    del lines[2]  # seq 3, StateCompleted(s0), the first line of the batch [C(s0), E(s1)]
+    (third,) = [i for i, line in enumerate(lines) if b'"seq":3,' in line]
+    del lines[third]  # StateCompleted(s0), the first event of the commit [snapshot blob, C(s0), E(s1)]
     path.write_bytes(b"\n".join(lines))
     report = check_store(root)
     assert report.codes() == ["event_seq_gap"]
@@ -146,8 +147,10 @@ async def test_attempt_envelope_violation_uses_the_runtime_analysis(tmp_path: Pa
 
 
 async def test_missing_and_damaged_artifacts(tmp_path: Path) -> None:
+    """A version-1 store keeps snapshots as files only: a missing or damaged one is lost (in version 2 the run log
+    holds them and the files are copies, ``artifact_copy_*``: tests/engine/test_store_fs_damage.py)."""
     root = tmp_path / "store"
-    store, run_id = await make_run(root)
+    store, run_id = await make_run(root, version=1)
     envs = await store.events.read_range(run_id, 1)
     completed = [e.event for e in envs if isinstance(e.event, StateCompleted)]
     final = next(e.event for e in envs if isinstance(e.event, RunCompleted)).final_snapshot_id
@@ -168,7 +171,7 @@ async def test_missing_and_damaged_artifacts(tmp_path: Path) -> None:
 
 async def test_fact_payload_reference_is_checked(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    store = FsStore(root)
+    store = FsStore(root, new_version=1)  # a payload only in its file (version 2: also in the run log)
     from engine.io import IoCall
     from engine.testing import CountingFactory, FnState
 
