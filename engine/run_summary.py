@@ -8,8 +8,9 @@ store-agnostic and pure (no IO): a store that keeps no summaries computes one fr
 
 What it holds: the run's op and ids, how it ended (``status``), when it started, ended and last wrote, its head, the
 attempts of each state (the last one, and the last failed one for its error), the states in flight, the per-state
-streaks of orphan recoveries (a crash loop), the run it recovers, the last error. The monitor's status (running,
-retrying, worker lost…) is derived from these plus its own inputs (lease, manifest, cancel), not stored here.
+streaks of orphan recoveries (a crash loop), the run it recovers, the last error, the child runs it spawned
+(ENGINE-SPEC §16). The monitor's status (running, retrying, worker lost…) is derived from these plus its own inputs
+(lease, manifest, cancel), not stored here.
 
 ``complete=False`` marks a *provisional* summary: built from the run's first envelope and its tail only, while the
 whole log is being folded (the list shows such a row as "indexing…").
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.events import (
+    DOMAIN_EVENT_CHILD_RUN_COMPLETED,
+    DOMAIN_EVENT_CHILD_RUN_SPAWNED,
     DOMAIN_EVENT_RECOVERED_FROM,
     DOMAIN_EVENT_RETRY_SCHEDULED,
     DomainEvent,
@@ -40,13 +43,14 @@ __all__ = [
     "SUMMARY_DOMAIN_EVENTS",
     "SUMMARY_VERSION",
     "AttemptSummary",
+    "ChildRunSummary",
     "RunSummary",
     "StateSummary",
     "apply",
     "summarize",
 ]
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 """Bumped when the fold or the wire form changes: a cached summary of another version is rebuilt."""
 
 _CODE_ORPHAN_RECOVERED = "orphan_attempt_recovered"
@@ -55,7 +59,13 @@ _CRASH_LOOP_RESET = "crash_loop_reset"
 """``engine.workers.DOMAIN_EVENT_CRASH_LOOP_RESET`` (same reason)."""
 
 SUMMARY_DOMAIN_EVENTS: frozenset[str] = frozenset(
-    {DOMAIN_EVENT_RECOVERED_FROM, DOMAIN_EVENT_RETRY_SCHEDULED, _CRASH_LOOP_RESET}
+    {
+        DOMAIN_EVENT_RECOVERED_FROM,
+        DOMAIN_EVENT_RETRY_SCHEDULED,
+        _CRASH_LOOP_RESET,
+        DOMAIN_EVENT_CHILD_RUN_SPAWNED,
+        DOMAIN_EVENT_CHILD_RUN_COMPLETED,
+    }
 )
 """The only domain events the fold looks at: a store may skip decoding any other domain event (the last envelope
 excepted: its timestamp is the run's last activity)."""
@@ -95,6 +105,18 @@ class StateSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildRunSummary:
+    """A child run as the parent's stream announces it (``child_run_spawned`` / ``child_run_completed``)."""
+
+    run_id: RunId
+    state_id: StateId | None
+    """The state whose attempt spawned it: the only attempt open then (``None`` when several or none were)."""
+    spawned_seq: int
+    status: str | None = None
+    """The status ``child_run_completed`` recorded once the parent joined it (``None`` before)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunSummary:
     run_id: RunId
     head: int = 0
@@ -118,6 +140,8 @@ class RunSummary:
     """State → (consecutive orphan recoveries, seq of the latest): see ``engine.workers.OrphanStreakCounter``."""
     last_error: tuple[StateId, str, str] | None = None
     """``(state_id, code, message)`` of the latest ``StateFailed``."""
+    children: Mapping[RunId, ChildRunSummary] = field(default_factory=dict)
+    """The child runs spawned, in spawn order."""
     anomalies: int = 0
     complete: bool = True
     """``False``: provisional (first envelope and tail only) while the whole log is folded."""
@@ -145,6 +169,7 @@ class RunSummary:
             "states": [_state_wire(s) for s in self.states.values()],
             "orphan_streaks": [[s, n, seq] for s, (n, seq) in self.orphan_streaks.items()],
             "last_error": None if self.last_error is None else list(self.last_error),
+            "children": [[c.run_id, c.state_id, c.spawned_seq, c.status] for c in self.children.values()],
             "anomalies": self.anomalies,
             "complete": self.complete,
         }
@@ -156,6 +181,7 @@ class RunSummary:
             if value["version"] != SUMMARY_VERSION:
                 raise ValueError(f"summary version {value['version']!r}, expected {SUMMARY_VERSION}")
             states = [_state_from_wire(s) for s in value["states"]]
+            children = [_child_from_wire(c) for c in value["children"]]
             err = value["last_error"]
             status = value["status"]
             return cls(
@@ -175,6 +201,7 @@ class RunSummary:
                 states={s.state_id: s for s in states},
                 orphan_streaks={_opt(StateId, s): (_int(n), _int(q)) for s, n, q in value["orphan_streaks"]},
                 last_error=None if err is None else (_opt(StateId, err[0]), str(err[1]), str(err[2])),
+                children={c.run_id: c for c in children},
                 anomalies=_int(value["anomalies"]),
                 complete=bool(value["complete"]),
             )
@@ -214,6 +241,7 @@ class _Fold:
         self.states = dict(s.states)
         self.open = list(s.open_states)
         self.streaks = dict(s.orphan_streaks)
+        self.children = dict(s.children)
         self.anomalies = s.anomalies
         self.changed = False
 
@@ -224,6 +252,7 @@ class _Fold:
             states=self.states,
             open_states=tuple(self.open),
             orphan_streaks=self.streaks,
+            children=self.children,
             anomalies=self.anomalies,
             **self.fields,
         )
@@ -239,7 +268,7 @@ class _Fold:
             self.fields["last_event_millis"] = ts
         ev = env.event
         if isinstance(ev, DomainEvent):
-            self._domain(ev)
+            self._domain(env.seq, ev)
         elif isinstance(ev, StateEntered):
             sv = self._state(ev.state_id)
             last = sv.last
@@ -308,7 +337,7 @@ class _Fold:
         else:
             self.streaks.pop(ev.state_id, None)
 
-    def _domain(self, ev: DomainEvent) -> None:
+    def _domain(self, seq: int, ev: DomainEvent) -> None:
         if ev.name == _CRASH_LOOP_RESET:
             self.streaks.clear()
         elif ev.name == DOMAIN_EVENT_RECOVERED_FROM and isinstance(ev.payload, dict):
@@ -326,6 +355,28 @@ class _Fold:
             self.states[rs.state_id] = replace(
                 sv, not_before_millis=rs.not_before_millis, scheduled_next_attempt=rs.next_attempt
             )
+        elif ev.name in (DOMAIN_EVENT_CHILD_RUN_SPAWNED, DOMAIN_EVENT_CHILD_RUN_COMPLETED):
+            self._child(seq, ev)
+
+    def _child(self, seq: int, ev: DomainEvent) -> None:
+        """The TUI's ``RunModel._fold_child`` rule: the spawning state is the only attempt open, if exactly one is;
+        a ``child_run_completed`` of a child never announced is ignored."""
+        payload: Any = ev.payload
+        try:
+            child = RunId(payload.get("child_run_id")) if isinstance(payload, dict) else None
+        except ValueError:
+            child = None
+        if child is None:
+            self.anomalies += 1
+            return
+        if ev.name == DOMAIN_EVENT_CHILD_RUN_SPAWNED:
+            if child not in self.children:
+                state = self.open[-1] if len(self.open) == 1 else None
+                self.children[child] = ChildRunSummary(child, state, seq)
+            return
+        ref = self.children.get(child)
+        if ref is not None:
+            self.children[child] = replace(ref, status=str(payload.get("status")))
 
 
 # -- wire helpers --------------------------------------------------------------------------------------------------
@@ -381,6 +432,16 @@ def _attempt_from_wire(value: Any) -> AttemptSummary | None:
         error_code=None if code is None else str(code),
         error_message=None if message is None else str(message),
         retryable=bool(retry),
+    )
+
+
+def _child_from_wire(value: Any) -> ChildRunSummary:
+    run_id, state_id, spawned_seq, status = value
+    return ChildRunSummary(
+        run_id=_opt(RunId, run_id),
+        state_id=_opt(StateId, state_id),
+        spawned_seq=_int(spawned_seq),
+        status=None if status is None else str(status),
     )
 
 

@@ -496,14 +496,17 @@ FOLD_NEEDLES = (
     b'"name":"fact_recorded"',
     b'"name":"retry_scheduled"',
     b'"name":"crash_loop_reset"',
+    b'"name":"child_run_spawned"',
+    b'"name":"child_run_completed"',
 )
-"""The lines a run model needs decoded; every other domain event only advances the seq."""
+"""The lines a run model needs decoded (child runs: the run screen's badge and drill-down); every other domain
+event only advances the seq."""
 
 
 def fold_file(src: FileLogSource, run_id: RunId) -> RunModel:
     """Fold an indexed event file into a fresh ``RunModel``, decoding only the lines it needs.
 
-    Kernel events, ``fact_recorded`` and ``retry_scheduled`` are found by raw-byte scans and decoded; the other
+    Kernel events and the domain events in :data:`FOLD_NEEDLES` are found by raw-byte scans and decoded; the other
     domain events are counted, not parsed (the model's per-attempt ``domain_events`` count therefore only covers
     facts). A run of a million events with a few thousand attempts folds in about a second. An undecodable line
     is recorded as an anomaly and skipped.

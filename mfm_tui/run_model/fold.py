@@ -167,8 +167,8 @@ class RunModel:
     def seed(self, summary: RunSummary) -> bool:
         """Replace what the events said with the store's summary of them (``engine.run_summary``): the runs list
         never reads a whole run. Each state keeps its last attempt (and its last failed one, for the error); facts
-        and per-attempt domain events are not summarized. ``apply`` may continue from ``summary.head``.
-        Returns whether anything changed."""
+        and per-attempt domain events are not summarized; child runs are. ``apply`` may continue from
+        ``summary.head``. Returns whether anything changed."""
         if summary.head == self.last_seq and summary.complete and not self.indexing:
             return False
         if self.manifest is None or summary.op_id is not None:
@@ -196,6 +196,10 @@ class RunModel:
         for sv in self.states.values():
             self._configure(sv)
         self._open = [s for s in summary.open_states if s in self.states]
+        self.children = {
+            c.run_id: ChildRef(run_id=c.run_id, state_id=c.state_id, spawned_seq=c.spawned_seq, status=c.status)
+            for c in summary.children.values()
+        }
         self._orphans = OrphanStreakCounter.restore(summary.orphan_streaks, finished=summary.finished)
         for sv in self.states.values():
             self._refresh(sv)

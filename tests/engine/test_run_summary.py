@@ -1,4 +1,4 @@
-"""engine.run_summary: the incremental fold and its wire form (issue 15)."""
+"""engine.run_summary: the incremental fold and its wire form (issue 15), child runs included (issue 16)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStatus
-from engine.ids import RunId
-from engine.run_summary import RunSummary, apply, summarize
+from engine.events import (
+    DOMAIN_EVENT_CHILD_RUN_COMPLETED,
+    DOMAIN_EVENT_CHILD_RUN_SPAWNED,
+    DomainEvent,
+    EventEnvelope,
+    RunCompleted,
+    RunStatus,
+    StateEntered,
+)
+from engine.ids import RunId, StateId
+from engine.run_summary import ChildRunSummary, RunSummary, apply, summarize
 from engine.stores.fs import FsStore, framing
 from tests.tui.fixtures import _runs
+from tests.tui.tree_fixtures import PARENT_FAILED, PARENT_RUNNING, _builders, build_tree_store, children
 
 
-@pytest.mark.parametrize("builder", _runs(), ids=lambda b: b.run_id[:8])
+@pytest.mark.parametrize("builder", [*_runs(), *_builders()], ids=lambda b: b.run_id[:8])
 def test_folding_in_pieces_equals_folding_at_once_and_the_wire_form_round_trips(builder: object) -> None:
     envelopes: list[EventEnvelope] = builder.envelopes  # type: ignore[attr-defined]
     run_id = envelopes[0].run_id
     whole = summarize(run_id, envelopes)
-    pieces = RunSummary(run_id)
-    for i in range(0, len(envelopes), 3):
-        pieces = apply(pieces, envelopes[i : i + 3])
-    assert pieces == whole
+    for step in (1, 3):
+        pieces = RunSummary(run_id)
+        for i in range(0, len(envelopes), step):
+            pieces = apply(pieces, envelopes[i : i + step])
+        assert pieces == whole
     assert apply(whole, envelopes) is whole  # nothing past its head: unchanged
     assert whole.head == len(envelopes)
     wire = json.loads(json.dumps(whole.to_wire()))
@@ -68,3 +78,71 @@ async def test_another_process_appending_to_a_run_keeps_its_summary_file_current
     await resumed.events.append(run_id, 4, [done])
     raw = json.loads((tmp_path / "s" / "runs" / run_id / "summary.json").read_bytes())
     assert (raw["summary"]["head"], raw["summary"]["status"]) == (5, "Completed")
+
+
+def _tree_summary(run_id: RunId) -> RunSummary:
+    builder = next(b for b in _builders() if b.run_id == run_id)
+    return summarize(run_id, builder.envelopes)
+
+
+def test_a_parent_summary_holds_its_children_in_spawn_order_with_the_spawning_state_and_joined_status() -> None:
+    failed = _tree_summary(PARENT_FAILED)
+    state = StateId("demo.main.run_children")
+    kids = children(PARENT_FAILED, 3)
+    assert list(failed.children) == kids
+    assert [(c.state_id, c.status) for c in failed.children.values()] == [
+        (state, "Completed"),
+        (state, "Failed"),
+        (state, "Completed"),
+    ]
+    seqs = [c.spawned_seq for c in failed.children.values()]
+    assert seqs == sorted(seqs) and seqs[0] > 1
+    running = _tree_summary(PARENT_RUNNING)
+    assert [c.status for c in running.children.values()] == ["Completed", None]  # the second not joined yet
+    wire = json.loads(json.dumps(running.to_wire()))
+    assert RunSummary.from_wire(wire).children == running.children
+    second = children(PARENT_RUNNING, 2)[1]
+    assert wire["children"][1] == [second, state, running.children[second].spawned_seq, None]
+
+
+def test_a_child_spawned_while_several_or_no_attempts_are_open_names_no_state_and_a_bad_payload_is_an_anomaly() -> None:
+    run_id = RunId("00000000-0000-4000-8000-0000000000ad")
+    kid = [RunId(f"00000000-0000-4000-8000-0000000001a{i}") for i in range(3)]
+
+    def spawned(child: str) -> DomainEvent:
+        return DomainEvent(name=DOMAIN_EVENT_CHILD_RUN_SPAWNED, payload={"child_run_id": child})
+
+    a, b = StateId("demo.main.a"), StateId("demo.main.b")
+    events = [
+        spawned(kid[0]),  # no attempt open
+        StateEntered(state_id=a, attempt=0, base_snapshot_id="a" * 64),
+        spawned(kid[1]),  # a alone
+        StateEntered(state_id=b, attempt=0, base_snapshot_id="a" * 64),
+        spawned(kid[2]),  # a and b: whose is it?
+        spawned(kid[1]),  # announced again: the first stays
+        DomainEvent(name=DOMAIN_EVENT_CHILD_RUN_SPAWNED, payload={"child_run_id": "not-a-uuid"}),
+        DomainEvent(name=DOMAIN_EVENT_CHILD_RUN_COMPLETED, payload=[1]),
+        DomainEvent(name=DOMAIN_EVENT_CHILD_RUN_COMPLETED, payload={"child_run_id": kid[2], "status": "Failed"}),
+    ]
+    envs = [EventEnvelope(run_id=run_id, seq=i, event=e) for i, e in enumerate(events, 1)]
+    summary = summarize(run_id, envs)
+    assert list(summary.children.values()) == [
+        ChildRunSummary(kid[0], None, 1),
+        ChildRunSummary(kid[1], a, 3),
+        ChildRunSummary(kid[2], None, 5, "Failed"),
+    ]
+    assert summary.anomalies == 2
+    assert RunSummary.from_wire(json.loads(json.dumps(summary.to_wire()))) == summary
+
+
+async def test_a_summary_cached_by_the_version_before_child_runs_is_rebuilt_with_the_children(tmp_path: Path) -> None:
+    await build_tree_store(FsStore(tmp_path / "s"))
+    cache = tmp_path / "s" / "runs" / PARENT_FAILED / "summary.json"
+    raw = json.loads(cache.read_bytes())
+    del raw["summary"]["children"]
+    raw["summary"]["version"] = 1  # what the code before child runs wrote: no children
+    cache.write_text(json.dumps(raw))
+    store = FsStore(tmp_path / "s")
+    summary = await store.events.run_summary(PARENT_FAILED)
+    assert summary is not None and list(summary.children) == children(PARENT_FAILED, 3)
+    assert store.events.summaries.rebuilds == 1

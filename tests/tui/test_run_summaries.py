@@ -2,7 +2,7 @@
 
 A filesystem store keeps ``runs/<id>/summary.json`` up to date on append; the watcher seeds each run's model from
 it. Delete it, damage it, or crash before it was rewritten: the list is still right (a big run shows "indexing…"
-while its log is folded in the background).
+while its log is folded in the background). A summary holds the run's children (issue 16), so the list nests them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from mfm_tui.app import make_app
 from mfm_tui.run_model import RunModel
 from mfm_tui.store_watcher import StoreWatcher
 from mfm_tui.widgets.run_table import RunTable, now_text
+from tests.tui.tree_fixtures import (
+    PARENT_FAILED,
+    PARENT_RUNNING,
+    PLAIN,
+    atree_app,
+    build_tree_store,
+    children,
+    tree_plan_shape,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,6 +123,36 @@ async def test_rows_from_summaries_match_rows_folded_from_every_event(tmp_path: 
     for run_id, model in watcher.models.items():
         assert not model.indexing
         assert _row(model, now) == _row(await _folded(store, run_id, watcher), now), run_id
+
+
+# ---------------------------------------------------------------------------------------------- child runs
+
+
+async def test_the_runs_list_from_summaries_nests_children_under_their_parent_as_folding_every_event_does(
+    tmp_path: Path,
+) -> None:
+    f = await build_tree_store(FsStore(tmp_path / "store"))
+    summarized = make_app(
+        FsStore(tmp_path / "store"),
+        clock=fx.fixture_clock(),
+        watch=False,
+        lease_probe=f.lease_probe,
+        plan_resolver=tree_plan_shape,
+    )
+    folded = await atree_app()  # the same runs in a memory store: every event folded
+    lines: dict[str, list[str]] = {}
+    for name, app in (("summarized", summarized), ("folded", folded)):
+        async with app.run_test(size=(120, 40)) as pilot:
+            await fx.settle(pilot)
+            models = app.watcher.models
+            assert all(m.summarized for m in models.values()) == (name == "summarized")
+            rows = [m.run_id for m in app.screen.query_one(RunTable).rows]
+            kids_failed, kids_running = children(PARENT_FAILED, 3), children(PARENT_RUNNING, 2)
+            assert rows == [PARENT_FAILED, *kids_failed, PARENT_RUNNING, *kids_running, PLAIN], name
+            lines[name] = [_line(app, r) for r in rows]
+    assert "▾3 ✗ failed" in lines["summarized"][0] and "▾2 ● running" in lines["summarized"][4]
+    assert "├ demo_child" in lines["summarized"][1] and "└ demo_child" in lines["summarized"][3]
+    assert lines["summarized"] == lines["folded"]
 
 
 # ---------------------------------------------------------------------------------------------- a big run

@@ -5,11 +5,14 @@ children it stops too. Snapshots of the nested list and the drill-down at 80x24 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from textual.pilot import Pilot
 
 from engine.events import RunCompleted, RunStatus, StateCompleted
+from engine.stores.fs import FsStore
+from mfm_tui.app import make_app
 from mfm_tui.run_model import RunDisplayStatus
 from mfm_tui.screens.confirm import ConfirmDialog
 from mfm_tui.screens.run import ChildPicker, RunScreen
@@ -17,8 +20,17 @@ from mfm_tui.screens.runs import RunsScreen
 from mfm_tui.widgets.plan_graph import PlanGraph
 from mfm_tui.widgets.run_table import RunTable
 from mfm_tui.widgets.status_tabs import StatusTabs
-from tests.tui.fixtures import settle, sid, wait_until
-from tests.tui.tree_fixtures import PARENT_FAILED, PARENT_RUNNING, PLAIN, atree_app, children, tree_app
+from tests.tui.fixtures import fixture_clock, settle, sid, wait_until
+from tests.tui.tree_fixtures import (
+    PARENT_FAILED,
+    PARENT_RUNNING,
+    PLAIN,
+    atree_app,
+    build_tree_store,
+    children,
+    tree_app,
+    tree_plan_shape,
+)
 
 SMALL = (80, 24)
 LARGE = (120, 40)
@@ -177,6 +189,23 @@ async def test_badge_counts_children_and_follows_a_child_finishing() -> None:
         await app.sync_store()
         await settle(pilot)
         assert "[2 children: 1 ✓ 1 ✗]" in _graph_text(screen)
+
+
+async def test_on_a_filesystem_store_the_run_screen_badges_the_children_and_drills_into_one(tmp_path: Path) -> None:
+    """The run screen folds an events file decoding only the lines it needs: the child-run events among them."""
+    f = await build_tree_store(FsStore(tmp_path / "store"))
+    app = make_app(
+        FsStore(tmp_path / "store"),
+        clock=fixture_clock(),
+        watch=False,
+        lease_probe=f.lease_probe,
+        plan_resolver=tree_plan_shape,
+    )
+    async with app.run_test(size=LARGE) as pilot:
+        parent = await _open_parent(pilot, PARENT_FAILED)
+        assert "run_children child_failed [3 children: 2 ✓ 1 ✗]" in _graph_text(parent)
+        child = await _drill_into(pilot, 1)
+        assert child.run_id == FAILED_KIDS[1]
 
 
 async def test_enter_drills_into_a_child_and_esc_or_backspace_come_back_where_it_was() -> None:
