@@ -89,6 +89,10 @@ async def test_parent_and_children_on_two_pool_workers_one_killed(
         assert isinstance(envs[0].event, RunStarted)
         assert not any(isinstance(e.event, RunCompleted) for e in envs)
 
+    async def lease_expired() -> bool:  # the second worker exits when idle: nothing may be held when it looks
+        return not any(live for (_, _, owned, *_rest, live, _age) in await store.queue.leases() if owned)
+
+    await until(lease_expired, "the killed worker's lease to expire")
     second = _serve(url, "second", exit_when_idle=True)
     try:
 
