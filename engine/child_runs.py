@@ -72,6 +72,7 @@ __all__ = [
     "CHILD_RUN_AWAIT",
     "CHILD_RUN_GROUP",
     "CHILD_RUN_SPAWN",
+    "PARENT_CANCEL_GRACE_SECONDS",
     "ChildLink",
     "ChildRunAwaitRequest",
     "ChildRunAwaitResponse",
@@ -193,6 +194,10 @@ class _GuardedTransport:
         if self._inner is None:
             self._inner = self._inner_factory.make(self._context)
         return await self._inner.call(namespace, request)
+
+
+PARENT_CANCEL_GRACE_SECONDS = 5.0
+"""How long an await of a child cancelled along with its parent leaves the parent's cancel to land first."""
 
 
 def durable_stores(stores: Stores) -> Stores:
@@ -374,6 +379,12 @@ class ChildRunFactory:
             RunPhase.CANCELLED: RunStatus.CANCELLED,
             RunPhase.RUNNING: RunStatus.FAILED,
         }[result.phase]
+        # The operator cancelled the tree: the parent first, then its children (``cancel_run``). The parent's own
+        # cancel watcher interrupts this state within its poll interval; answering now would race it and fail the
+        # parent on a child it asked to stop (the parent must end Cancelled too).
+        control = stores.control
+        if status is RunStatus.CANCELLED and control is not None and await control.cancel_request(context.run_id):
+            await asyncio.sleep(PARENT_CANCEL_GRACE_SECONDS)
         final: Any = None
         if result.final_snapshot_id is not None:
             try:

@@ -63,7 +63,7 @@ async def test_cancel_of_a_parent_cancels_its_running_children(tmp_path: Path) -
     await _until(all_done, "the tree to close")
     for run in [parent, *children]:
         last = await _last(store, run)
-        assert str(last.status) == "Cancelled", run
+        assert str(last.status) == "Cancelled", [e.event for e in await store.events.read_range(run, 1)]
     await _until(lambda: _lease_free(store, parent), "the worker to exit")
     assert await cancel_children(store, parent) == []
     store.close()
