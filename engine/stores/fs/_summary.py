@@ -258,11 +258,12 @@ class SummaryCache:
             start = log.offsets[expected_seq]
             if expected_seq == 0:
                 cached = _Cached(RunSummary(run_id), 0, log.ident)
+            after = log.offsets[expected_seq - 1] if expected_seq else -1  # the last event record it covers
             if (
                 cached is None
                 or cached.ident != log.ident
                 or cached.summary.head != expected_seq
-                or cached.end != start
+                or not after < cached.end <= start  # v2: this commit's blob records may sit between the two
             ):
                 # This process's first append to the run (a resumed run), or another process appended meanwhile:
                 # catch up from the file once (the new envelopes are committed, so they are folded too); a cache
