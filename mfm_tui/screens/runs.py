@@ -525,6 +525,17 @@ class RunsScreen(Screen[None]):
             )
             counts = counts.copy()
             counts[RunDisplayStatus.FAILED] -= recovered  # recovered: its recovery run carries on
+            broken = Counter(
+                "damaged" if m.load_error[0] == "run_log_corrupt" else "unreadable"
+                for m in self.models.values()
+                if m.load_error is not None
+            )
+            for m in self.models.values():
+                if m.load_error is not None:  # not counted as what its readable prefix looks like (running…)
+                    counts[m.status] -= 1
+            for word in ("damaged", "unreadable"):  # first: the narrowest terminal still shows them
+                if broken[word]:
+                    text.append(f"  {broken[word]} {word}", style="bold")
             for status, word in (
                 (RunDisplayStatus.RUNNING, "running"),
                 (RunDisplayStatus.RETRYING, "retrying"),
