@@ -17,6 +17,7 @@ from typing import ClassVar
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
@@ -113,6 +114,14 @@ class LogsScreen(Screen[None]):
     @work(exclusive=True, group="logs")
     async def poll(self) -> None:
         """Read what every source appended (``aiofiles``, off the UI's critical path) and show the current one."""
+        try:
+            await self._read_sources()
+        except NoMatches:
+            if self.is_attached and self.is_mounted and self.query("#logs-title"):
+                raise
+            # else: the screen is being torn down (the app exits, the screen was popped) while it read
+
+    async def _read_sources(self) -> None:
         for key, tail in self._tails.items():
             try:
                 got = await tail.read_new()
