@@ -89,7 +89,7 @@ from engine.ids import ArtifactId, RunId, StateId
 from engine.live_io import derived_fact_key, side_effect_fact_key
 from engine.live_io_router import ALL_NAMESPACES, LiveIoRouter, UnimplementedTransportFactory
 from engine.plan import ExecutionPlan, topological_order
-from engine.stores import CancelRequest, RetryNowRequest
+from engine.stores import CancelRequest, ControlStore, RetryNowRequest
 from engine.transport import LiveTransportFactory
 
 __all__ = [
@@ -419,20 +419,28 @@ async def _load_object(stores: Stores, snapshot_id: ArtifactId) -> dict[str, obj
 async def request_cancel(stores: Stores, run_id: RunId, reason: str = "") -> CancelRequest:
     """Ask a running run to cancel (any process). Refuses unknown and finished runs."""
     run_id = RunId(run_id)
+    control, _ = await _unfinished_run_control(stores, run_id, "request cancel", "there is nothing to cancel")
+    return await control.request_cancel(run_id, reason)
+
+
+async def _unfinished_run_control(
+    stores: Stores, run_id: RunId, what: str, nothing: str
+) -> tuple[ControlStore, list[EventEnvelope]]:
+    """The control store of an unfinished run and its stream, for a control request (``what``); refuses stores
+    without one, unknown runs and finished runs (``run_already_finished``: ``nothing`` says why)."""
     if stores.control is None:
-        raise StorageError.other("control_store_missing", "these stores have no control store; cannot request cancel")
+        raise StorageError.other("control_store_missing", f"these stores have no control store; cannot {what}")
     try:
-        _, history = await load_history(stores, run_id)
+        envelopes, history = await load_history(stores, run_id)
     except StorageError:
         raise
     except MfmError as exc:
         raise RunError.wrap(exc) from exc
     if history.run_completed is not None:
         raise StorageError.other(
-            "run_already_finished",
-            f"run {run_id} already finished ({history.run_completed.status}); there is nothing to cancel",
+            "run_already_finished", f"run {run_id} already finished ({history.run_completed.status}); {nothing}"
         )
-    return await stores.control.request_cancel(run_id, reason)
+    return stores.control, envelopes
 
 
 async def request_retry_now(stores: Stores, run_id: RunId, state_id: str, attempt: int) -> RetryNowRequest:
@@ -442,19 +450,7 @@ async def request_retry_now(stores: Stores, run_id: RunId, state_id: str, attemp
     (``run_already_finished``) and a state that is not waiting for that attempt (``not_in_backoff``).
     """
     run_id = RunId(run_id)
-    if stores.control is None:
-        raise StorageError.other("control_store_missing", "these stores have no control store; cannot retry now")
-    try:
-        envelopes, history = await load_history(stores, run_id)
-    except StorageError:
-        raise
-    except MfmError as exc:
-        raise RunError.wrap(exc) from exc
-    if history.run_completed is not None:
-        raise StorageError.other(
-            "run_already_finished",
-            f"run {run_id} already finished ({history.run_completed.status}); there is no backoff to cut short",
-        )
+    control, envelopes = await _unfinished_run_control(stores, run_id, "retry now", "there is no backoff to cut short")
     waiting = False
     for env in envelopes:
         ev = env.event
@@ -467,4 +463,4 @@ async def request_retry_now(stores: Stores, run_id: RunId, state_id: str, attemp
         raise StorageError.other(
             "not_in_backoff", f"run {run_id}: state {state_id} is not waiting to start attempt {attempt + 1}"
         )
-    return await stores.control.request_retry_now(run_id, str(state_id), int(attempt))
+    return await control.request_retry_now(run_id, str(state_id), int(attempt))
