@@ -13,13 +13,15 @@ costs (this process + its server backends, from /proc): wall time on a shared, b
 fsync latency, CPU much less. Then N concurrent writers (one run each, own connections): appends/s per notify mode
 next to N concurrent floor inserters. No assertions.
 
-    .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60] [--writers 8]
+    .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60] [--writers 8] [--states 100]
+        [--sections single,engine,writers]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -27,6 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,6 +41,7 @@ from engine._kinds import ArtifactKind
 from engine.events import EventEnvelope, StateCompleted, StateEntered
 from engine.ids import ArtifactId, RunId, StateId
 from engine.runtime import Engine
+from engine.stores import MemoryStore
 from engine.stores.postgres import NotifyMode, PostgresStore
 from engine.testing import base_config, fixed_run_ids, start_plan
 from tests.engine.pg_server import PgServer
@@ -196,35 +200,99 @@ async def single_writer(server: PgServer, conn: _Conn, rounds: int, per_round: i
     return series
 
 
-async def engine_states(server: PgServer, conn: _Conn, rounds: int, n: int) -> None:
-    """Durable no-op states through the engine vs the single-row INSERT+COMMIT floor, interleaved by round."""
-    await conn.execute("CREATE TABLE floor_states (run_id uuid, seq bigint, payload text, PRIMARY KEY (run_id, seq))")
-    payload = envelope(RunId(str(uuid.uuid4())), 2).to_json()
+class RoundTrips:
+    """Counts the statements psycopg sends (``execute`` / ``executemany`` on any async connection or cursor): one
+    round trip each. Patched in for one counting run only, so that the timed runs carry no wrapper."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: list[tuple[type, str, object]] = []
+
+    def __enter__(self) -> RoundTrips:
+        for cls, name in ((psycopg.AsyncCursor, "execute"), (psycopg.AsyncCursor, "executemany")):
+            orig = getattr(cls, name)
+            self._saved.append((cls, name, orig))
+
+            def wrapped(*args: object, _orig: Any = orig, **kwargs: object) -> Any:
+                self.count += 1
+                return _orig(*args, **kwargs)
+
+            setattr(cls, name, wrapped)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, name, orig in self._saved:
+            setattr(cls, name, orig)
+
+
+async def memory_engine_cpu(n: int, rounds: int) -> float:
+    """The engine's own CPU per state (µs) for the same plan on the memory store: best of ``rounds``."""
     plan, ctx = chain(n), context()
-    per_state: list[float] = []
-    per_insert: list[float] = []
-    for r in range(rounds + 1):  # round 0 warms up (schema, connections, caches) and is not counted
-        store = await PostgresStore(server.dsn(), schema=f"bench_engine_{r}").open()
+    best = float("inf")
+    for _ in range(rounds):
+        c0 = time.process_time()
+        await start_plan(Engine(run_ids=fixed_run_ids()), MemoryStore().stores, plan, base_config(), ctx)
+        best = min(best, time.process_time() - c0)
+    return best / n * 1e6
+
+
+async def engine_states(server: PgServer, conn: _Conn, rounds: int, n: int) -> None:
+    """Durable no-op states through the engine vs the single-row INSERT+COMMIT floor, interleaved by round, with
+    where the time goes: round trips per state, client CPU (engine + store), server CPU (the store's backends)."""
+    await conn.execute("CREATE TABLE floor_states (run_id uuid, seq bigint, payload text, PRIMARY KEY (run_id, seq))")
+    floor_pid = (await backend_pids(conn, "mfm_bench_floor"))[0]
+    payload = envelope(RunId(str(uuid.uuid4())), 2).to_json()
+    plan, warm, ctx = chain(n), chain(5), context()
+    cols = ("wall", "client", "server", "rt")
+    state: dict[str, list[float]] = {c: [] for c in cols}
+    floor: dict[str, list[float]] = {c: [] for c in cols}
+    ratios: list[float] = []
+    for r in range(rounds + 2):  # round 0 warms up (not counted); the last one counts round trips (not timed)
+        counting = r == rounds + 1
+        app = f"mfm_bench_engine_{r}"
+        store = await PostgresStore(f"{server.dsn()} application_name={app}", schema=f"bench_engine_{r}").open()
         try:
-            t0 = time.perf_counter()
-            result = await start_plan(Engine(run_ids=fixed_run_ids()), store.stores, plan, base_config(), ctx)
-            wall = (time.perf_counter() - t0) / n * 1e6
+            engine = Engine(run_ids=fixed_run_ids())
+            await start_plan(engine, store.stores, warm, base_config(), ctx)  # connections (+ notifier), prepares
+            await asyncio.sleep(0.05)
+            pids = await backend_pids(conn, app)
+            with RoundTrips() if counting else contextlib.nullcontext() as trips:
+                s0, c0, t0 = sum(map(backend_cpu_seconds, pids)), time.process_time(), time.perf_counter()
+                result = await start_plan(engine, store.stores, plan, base_config(), ctx)
+                wall = (time.perf_counter() - t0) / n * 1e6
+                client = (time.process_time() - c0) / n * 1e6
+                server_cpu = (sum(map(backend_cpu_seconds, pids)) - s0) / n * 1e6
         finally:
             await store.close()
         run = uuid.uuid4()
-        t0 = time.perf_counter()
+        fs0, fc0, ft0 = backend_cpu_seconds(floor_pid), time.process_time(), time.perf_counter()
         for seq in range(1, n + 1):
             await conn.execute("INSERT INTO floor_states VALUES (%s, %s, %s)", [run, seq, payload])
-        floor = (time.perf_counter() - t0) / n * 1e6
-        if r:
-            per_state.append(wall)
-            per_insert.append(floor)
-    ratios = [a / b for a, b in zip(per_state, per_insert, strict=True)]
-    print(f"\nengine: {rounds} rounds of a sequential run of {n} no-op states ({result.phase}), 2.4 KB context")
-    print(f"{'durable no-op state':40} {statistics.median(per_state):8.0f} µs wall per state (median of rounds)")
-    print(f"{'floor: 1-row INSERT + COMMIT':40} {statistics.median(per_insert):8.0f} µs (median of rounds)")
+        f_wall = (time.perf_counter() - ft0) / n * 1e6
+        f_client = (time.process_time() - fc0) / n * 1e6
+        f_server = (backend_cpu_seconds(floor_pid) - fs0) / n * 1e6
+        if counting:
+            assert isinstance(trips, RoundTrips)
+            state["rt"].append(trips.count / n)
+        elif r:
+            for d, vals in ((state, (wall, client, server_cpu)), (floor, (f_wall, f_client, f_server))):
+                for c, v in zip(cols, vals, strict=False):
+                    d[c].append(v)
+            ratios.append(wall / f_wall)
+    engine_cpu = await memory_engine_cpu(n, 3)
+    med = statistics.median
+    print(f"\nengine: {rounds} rounds of a sequential run of {n} no-op states ({result.phase}), 2.4 KB context,")
+    print("notify=after; medians of the rounds; CPU from /proc (client: this process; server: the store's backends)")
+    print(f"{'':32} {'wall µs':>8} {'client CPU':>11} {'server CPU':>11} {'waiting':>8} {'round trips':>12}")
+    for label, d, rt in (("durable no-op state", state, med(state["rt"])), ("floor: 1-row INSERT + COMMIT", floor, 1)):
+        w, c, sv = med(d["wall"]), med(d["client"]), med(d["server"])
+        print(f"{label:32} {w:8.0f} {c:11.0f} {sv:11.0f} {max(w - c - sv, 0):8.0f} {rt:12.2f}")
     print(
-        f"ratio durable no-op state / floor: {statistics.median(ratios):.2f}x (median of per-round ratios"
+        f"{'  client CPU: the engine':32} {'':8} {engine_cpu:11.0f}   (the same plan on the memory store);"
+        f" the PostgreSQL store: {med(state['client']) - engine_cpu:.0f}"
+    )
+    print(
+        f"ratio durable no-op state / floor: {med(ratios):.2f}x (median of per-round ratios"
         f" {'/'.join(f'{x:.2f}' for x in ratios)}; goal <= 1.5x)"
     )
 
@@ -262,17 +330,20 @@ async def many_writers(server: PgServer, writers: int, per_writer: int) -> None:
         print(f"{'append 1 event (notify=' + mode + ')':40} {rate:8.0f} appends/s ({rate / floor_rate:.2f}x floor)")
 
 
-async def bench(server: PgServer, rounds: int, per_round: int, writers: int) -> None:
+async def bench(server: PgServer, rounds: int, per_round: int, writers: int, states: int, sections: set[str]) -> None:
     conn = await psycopg.AsyncConnection.connect(f"{server.dsn()} application_name=mfm_bench_floor", autocommit=True)
     settings = {}
     for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method"):
         row = await (await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))).fetchone()
         settings[name] = row[0] if row else "?"
     print("server: PostgreSQL " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ", unix socket")
-    await single_writer(server, conn, rounds, per_round)
-    await engine_states(server, conn, max(rounds // 2, 2), 100)
+    if "single" in sections:
+        await single_writer(server, conn, rounds, per_round)
+    if "engine" in sections:
+        await engine_states(server, conn, max(rounds // 2, 2), states)
     await conn.close()
-    await many_writers(server, writers, per_round)
+    if "writers" in sections:
+        await many_writers(server, writers, per_round)
 
 
 def main() -> None:
@@ -280,10 +351,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-round", type=int, default=60)
     parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--states", type=int, default=100, help="no-op states per engine run")
+    parser.add_argument(
+        "--sections", default="single,engine,writers", help="comma-separated subset of single,engine,writers"
+    )
     args = parser.parse_args()
     server = PgServer.start(durable=True)
     try:
-        asyncio.run(bench(server, args.rounds, args.per_round, args.writers))
+        asyncio.run(
+            bench(server, args.rounds, args.per_round, args.writers, args.states, set(args.sections.split(",")))
+        )
     finally:
         server.stop()
 

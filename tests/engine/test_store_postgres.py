@@ -22,6 +22,7 @@ from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStarted, 
 from engine.hashing import artifact_id_for_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.runtime import Engine
+from engine.stores import Blob
 from engine.stores.memory import MemoryStore
 from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, NotifyMode, PostgresStore, redact_dsn
 from engine.testing import (
@@ -248,6 +249,68 @@ async def test_changes_since_never_skips_a_change_that_commits_late(
     seen |= late.runs
     assert seen == {slow_run, fast_run}
     assert (await events.changes_since(late.cursor)).runs == frozenset()
+
+
+# -- the unit of work's statement (issue 12) ------------------------------------------------------------------
+
+
+async def test_a_state_sized_unit_is_one_prepared_statement_with_scalar_parameters(
+    pg_server: PgServer, pg_schema: str
+) -> None:
+    """A state's unit (its events and snapshot) is sent with one scalar parameter per value and prepared once per
+    connection: the text encoding of array parameters cost the client more CPU than the rest of the append, and
+    the server planned their ``unnest`` on every commit (bench/postgres.py prints both)."""
+    store = await PostgresStore(pg_server.dsn(), schema=pg_schema, max_connections=1, notify="off").open()
+    run = new_run()
+    try:
+        head = 0
+        for i in range(8):
+            blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"i":%d}' % i)
+            head = await store.events.commit(run, head, [env(run, head + 1), env(run, head + 2)], [blob])
+        # the pool's only connection (private: what it has prepared is visible from that session only)
+        async with store._core.conn("test") as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT parameter_types::text[], generic_plans + custom_plans FROM pg_prepared_statements"
+                    " WHERE statement LIKE %s",
+                    [f"%{pg_schema}%mfm_events%"],
+                )
+            ).fetchall()
+    finally:
+        await store.close()
+    assert head == 16
+    assert len(rows) == 1, rows  # one shape for every later commit of the state
+    types, executions = rows[0]
+    assert executions >= 2
+    assert not [t for t in types if t.endswith("[]")], types
+    assert "bytea" in types
+
+
+async def test_units_of_every_size_read_back_exactly(pg_server: PgServer, pg_store: PostgresStore) -> None:
+    """Both statement forms: scalar parameters (up to 8 events and 4 blobs) and arrays (larger units), with a
+    missing timestamp, a blob given twice and a stored blob whose bytes were damaged (the commit repairs it)."""
+    run = new_run()
+    damaged = Blob.of(ArtifactKind.OUTPUT, b"will be damaged")
+    await pg_store.artifacts.put(damaged.kind, damaged.data)
+    table = sql.Identifier(pg_store.schema, "mfm_artifacts")
+    async with await psycopg.AsyncConnection.connect(pg_server.dsn(), autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("UPDATE {} SET data = 'tampered'::bytea WHERE id = %s").format(table), [damaged.artifact_id]
+        )
+    small = [env(run, 1), env(run, 2, ts=None), env(run, 3)]
+    small_blobs = [damaged, Blob.of(ArtifactKind.FACT_PAYLOAD, b"[1]"), Blob.of(ArtifactKind.FACT_PAYLOAD, b"[1]")]
+    assert await pg_store.events.commit(run, 0, small, small_blobs) == 3
+    large = [env(run, seq) for seq in range(4, 14)]
+    large_blobs = [Blob.of(ArtifactKind.other("x"), b"blob %d" % i) for i in range(5)]
+    assert await pg_store.events.commit(run, 3, large, large_blobs) == 13
+    assert await pg_store.events.read_range(run, 1) == [*small, *large]
+    for blob in [*small_blobs, *large_blobs]:
+        assert await pg_store.artifacts.get(blob.artifact_id) == blob.data
+        assert await pg_store.artifacts.kind_of(blob.artifact_id) == blob.kind
+    with pytest.raises(StorageError) as info:  # a stale head in the scalar form writes nothing either
+        await pg_store.events.commit(run, 12, [env(run, 13)], [Blob.of(ArtifactKind.OUTPUT, b"never")])
+    assert info.value.kind is StorageErrorKind.CONCURRENCY and "found 13" in info.value.message
+    assert not await pg_store.artifacts.exists(Blob.of(ArtifactKind.OUTPUT, b"never").artifact_id)
 
 
 # -- schema ----------------------------------------------------------------------------------------------------

@@ -87,4 +87,13 @@ def checked_blob_row(blob: Blob) -> dict[str, Any]:
             f"blob {blob.artifact_id} of kind {blob.kind} has content hash {aid}",
             {"expected": str(blob.artifact_id), "actual": str(aid)},
         )
-    return {"id": aid, "kind": compact_json(blob.kind.to_wire()), "data": data}
+    kind = _KIND_JSON.get(blob.kind)
+    if kind is None:
+        kind = compact_json(blob.kind.to_wire())
+        if len(_KIND_JSON) < 64:  # the five unit kinds and a few ``Other`` names
+            _KIND_JSON[blob.kind] = kind
+    return {"id": aid, "kind": kind, "data": data}
+
+
+_KIND_JSON: dict[ArtifactKind, str] = {}
+"""The wire JSON of each kind seen, so that a unit of work does not encode it per blob."""

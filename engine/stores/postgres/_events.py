@@ -34,6 +34,9 @@ from engine.stores.postgres._core import Conn, Core
 __all__ = ["ChangeNotice", "PostgresEventStore"]
 
 _MAX_SEQ: Final = 2**63 - 1
+_MAX_SCALAR_EVENTS: Final = 8
+_MAX_SCALAR_BLOBS: Final = 4
+"""Units up to this size use :meth:`Queries.unit` (one statement shape per size, so at most 8 × 5 × 4 shapes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,23 +96,34 @@ class PostgresEventStore:
                     await self._put_blobs(conn, puts)
             return expected_seq
         payloads = [_event_json(line) for line in lines]
-        params: dict[str, Any] = {"run": uuid.UUID(run_id), "expected": expected_seq, "channel": self._core.channel}
-        if len(events) == 1:
-            params.update(seq=events[0].seq, ts=events[0].ts_millis, kind=events[0].kind, payload=payloads[0])
-        else:
-            params.update(
-                seq=[e.seq for e in events],
-                ts=[e.ts_millis for e in events],
-                kind=[e.kind for e in events],
-                payload=payloads,
-            )
         mode = self._core.notify
-        shape = (len(events) > 1, expected_seq == 0, mode == "commit")
-        if puts:  # blobs and events in one statement: one transaction, one round trip
-            query = self._core.q.commit[shape]
-            params.update(bid=[p["id"] for p in puts], bkind=[p["kind"] for p in puts], bdata=[p["data"] for p in puts])
-        else:
-            query = self._core.q.append[shape]
+        params: dict[str, Any] = {"run": uuid.UUID(run_id), "expected": expected_seq, "channel": self._core.channel}
+        query: Any
+        if len(events) <= _MAX_SCALAR_EVENTS and len(puts) <= _MAX_SCALAR_BLOBS:
+            # The common case (a state's one or two events and its snapshot): scalar parameters, one fixed shape.
+            for i, (e, payload) in enumerate(zip(events, payloads, strict=True)):
+                params[f"s{i}"], params[f"t{i}"], params[f"k{i}"], params[f"p{i}"] = e.seq, e.ts_millis, e.kind, payload
+            for j, p in enumerate(puts):
+                params[f"i{j}"], params[f"n{j}"], params[f"d{j}"] = p["id"], p["kind"], p["data"]
+            query = self._core.q.unit(len(events), len(puts), expected_seq == 0, mode == "commit")
+        else:  # a large batch: arrays keep the statement's size (and the prepared-statement cache) bounded
+            if len(events) == 1:
+                params.update(seq=events[0].seq, ts=events[0].ts_millis, kind=events[0].kind, payload=payloads[0])
+            else:
+                params.update(
+                    seq=[e.seq for e in events],
+                    ts=[e.ts_millis for e in events],
+                    kind=[e.kind for e in events],
+                    payload=payloads,
+                )
+            shape = (len(events) > 1, expected_seq == 0, mode == "commit")
+            if puts:  # blobs and events in one statement: one transaction, one round trip
+                query = self._core.q.commit[shape]
+                params.update(
+                    bid=[p["id"] for p in puts], bkind=[p["kind"] for p in puts], bdata=[p["data"] for p in puts]
+                )
+            else:
+                query = self._core.q.append[shape]
         async with self._core.conn("event_store_io") as conn:
             await self._insert_events(conn, run_id, expected_seq, query, params)
         new_head = expected_seq + len(events)

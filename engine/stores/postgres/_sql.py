@@ -113,6 +113,8 @@ class Queries:
             for first_ in (False, True)
             for in_txn in (False, True)
         }
+        self._tables = names
+        self._units: dict[tuple[int, int, bool, bool], bytes] = {}
         # NOTIFY after the appends committed, as its own transaction: nothing in it needs to be durable.
         self.notify_after: LiteralString = (
             "SELECT set_config('synchronous_commit', 'off', true), count(pg_notify(%s, p)) FROM unnest(%s::text[]) p"
@@ -156,3 +158,61 @@ class Queries:
         self.ids_with_prefix = q("SELECT id FROM {mfm_artifacts} WHERE id LIKE %s ORDER BY id LIMIT %s")
         self.exists = q("SELECT 1 FROM {mfm_artifacts} WHERE id = %s")
         self.kind = q("SELECT kind FROM {mfm_artifacts} WHERE id = %s")
+
+    def unit(self, events: int, blobs: int, first: bool, in_txn: bool) -> bytes:
+        """The append / unit-of-work statement for ``events`` events and ``blobs`` blobs, with one scalar parameter
+        per value (``VALUES`` rows, not arrays): the arrays' text encoding cost the client more CPU than the rest of
+        the append (issue 12), and a fixed shape is prepared once per connection and planned generically. Rendered
+        once per shape (bytes: psycopg sends it as is). Parameters: ``run``, ``expected``, ``channel``; per event
+        ``s<i>`` (seq), ``t<i>`` (ts), ``k<i>`` (kind), ``p<i>`` (payload); per blob ``i<j>`` (id), ``n<j>``
+        (kind), ``d<j>`` (data, sent binary). Same semantics as :attr:`commit`: everything is written only when
+        the head equals ``expected``; the result row is ``(head found, rows written to mfm_runs)``."""
+        key = (events, blobs, first, in_txn)
+        text = self._units.get(key)
+        if text is None:
+            text = self._units[key] = self._compose_unit(*key).as_bytes()
+        return text
+
+    def _compose_unit(self, events: int, blobs: int, first: bool, in_txn: bool) -> sql.Composed:
+        def values(rows: list[str]) -> str:
+            return "(VALUES " + ", ".join(rows) + ")"
+
+        ev = values([f"(%(s{i})s::bigint, %(t{i})s::bigint, %(k{i})s::text, %(p{i})s::text)" for i in range(events)])
+        parts = ["WITH head AS (SELECT coalesce(max(seq), 0) AS h FROM {mfm_events} WHERE run_id = %(run)s),"]
+        if blobs:
+            bl = values([f"(%(i{j})s::text, %(n{j})s::text, %(d{j})b::bytea)" for j in range(blobs)])
+            parts += [
+                " blob_ins AS (INSERT INTO {mfm_artifacts} (id, kind, data) SELECT b.id, b.kind, b.data"
+                f"  FROM {bl} AS b(id, kind, data), head WHERE head.h = %(expected)s"
+                "  ON CONFLICT (id) DO NOTHING RETURNING 1),",
+                " blob_fix AS (UPDATE {mfm_artifacts} AS a SET data = b.data"
+                f"  FROM {bl} AS b(id, kind, data), head"
+                "  WHERE head.h = %(expected)s AND a.id = b.id AND sha256(a.data) <> decode(a.id, 'hex') RETURNING 1),",
+            ]
+        parts.append(
+            " ins AS (INSERT INTO {mfm_events} (run_id, seq, ts_millis, kind, payload)"
+            f"  SELECT %(run)s, b.seq, b.ts, b.kind, b.payload FROM {ev} AS b(seq, ts, kind, payload), head"
+            "  WHERE head.h = %(expected)s RETURNING seq),"
+        )
+        if first:
+            parts.append(
+                " run AS (INSERT INTO {mfm_runs} (run_id, head, changed_xid)"
+                "  SELECT %(run)s, max(seq), pg_current_xact_id() FROM ins HAVING count(*) > 0"
+                "  ON CONFLICT (run_id) DO UPDATE SET head = EXCLUDED.head, changed_xid = EXCLUDED.changed_xid"
+                "  RETURNING head)"
+            )
+        else:
+            parts.append(
+                " run AS (UPDATE {mfm_runs} SET head = top.seq, changed_xid = pg_current_xact_id()"
+                "  FROM (SELECT max(seq) AS seq FROM ins HAVING count(*) > 0) AS top"
+                "  WHERE run_id = %(run)s RETURNING head)"
+            )
+        if in_txn:
+            parts.append(
+                ", note AS (SELECT pg_notify(%(channel)s, %(run)s::text || ':' || head::text) FROM run)"
+                " SELECT (SELECT h FROM head), (SELECT count(*) FROM note)"
+            )
+        else:
+            parts.append(" SELECT (SELECT h FROM head), (SELECT count(*) FROM run)")
+        # Built only from the fixed fragments above and integer-numbered parameter names.
+        return sql.SQL("".join(parts)).format(**self._tables)
