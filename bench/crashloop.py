@@ -120,6 +120,17 @@ class Summary:
     migration_unreadable: int = 0
     """Kills after which the store did not open, or a run's events did not read as before the migration."""
     migration_final_version: int = 0
+    migration_calls: int = 0
+    """System calls that change the disk (:data:`MUTATING_CALLS`) in an uncrashed migration of the store."""
+    migration_points: int = 0
+    """Distinct kill points among the kills: (call offset, where in a torn write)."""
+    migration_torn_writes: int = 0
+    migration_resumed: int = 0
+    """Killed stores on which the migration, run again, finished with every run reading as before."""
+    migration_seconds: float = 0.0
+    migration_dir: str = ""
+    migration_opened_as: dict[str, int] = field(default_factory=dict)
+    """How many killed copies opened as version 1, and as version 2."""
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -141,10 +152,15 @@ class Summary:
             f"store format: version {self.store_version}",
             *(
                 [
-                    f"migration: {self.migration_kills} kill(s) of a live migration "
-                    f"({self.migration_restarts} migrations finished first and were started again on the version-1 "
-                    f"store), {self.migration_unreadable} kill(s) left a store that did not open or read differently; "
-                    f"the last migration, uncrashed, left version {self.migration_final_version}"
+                    f"migration: {self.migration_kills} kill(s) of `mfm doctor --migrate`, each on a fresh copy of "
+                    f"the version-1 store (in {self.migration_dir}), at {self.migration_points} distinct points of "
+                    f"its {self.migration_calls} disk-changing system calls ({self.migration_torn_writes} inside a "
+                    f"write; {self.migration_restarts} after the last call); the killed copies opened as "
+                    f"{self.migration_opened_as}; {self.migration_unreadable} left a "
+                    "store that did not open as version 1 or 2 or read differently, "
+                    f"{self.migration_resumed} finished when the migration was run again; "
+                    f"{self.migration_seconds} s; the store's own migration, uncrashed, left version "
+                    f"{self.migration_final_version}"
                 ]
                 if self.migration_kills
                 else []
@@ -276,8 +292,10 @@ class CrashLoop:
         ops: tuple[str, ...] = OPS,
         store_version: int = 2,
         migrate_kills: int = 0,
+        migrate_dir: Path | None = None,
     ) -> None:
         self.ops = ops
+        self.migrate_dir = migrate_dir
         self.store_version = store_version
         self.migrate_kills = migrate_kills
         self.root = root
@@ -479,58 +497,27 @@ class CrashLoop:
         return s
 
     def crash_migrations(self) -> None:
-        """Kill ``mfm doctor --migrate`` (``migrate_store`` in a forked child) at random instants, ``migrate_kills``
-        times; after each kill the store must open and every run must read exactly as before. A migration that
-        finished before its kill lays the version-1 store anew (a copy) for the next one; the last one runs whole."""
-        import shutil
-
-        from engine.doctor import migrate_store
-        from engine.stores.fs import FsStore
-
+        """Kill ``mfm doctor --migrate`` (``migrate_store`` in a forked child) ``migrate_kills`` times, each on a
+        fresh copy of the version-1 store, at kill points chosen by offset in the migration's own system calls (see
+        :func:`migration_crashes`); then migrate the store itself, uncrashed."""
         s = self.summary
-        pristine = self.root / "store-v1"
-        shutil.copytree(self.store, pristine)
-        runs = {r.run_id for r in self.records}
-        expected = {run_id: read_events(self.store, run_id) for run_id in sorted(runs)}
-
-        def migrate_child() -> int:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                try:
-                    migrate_store(self.store)
-                finally:
-                    os._exit(0)
-            return pid
-
-        probe = self.root / "store-probe"
-        shutil.copytree(pristine, probe)
-        t0 = time.monotonic()
-        migrate_store(probe)
-        whole = time.monotonic() - t0
-        shutil.rmtree(probe)
-        rng = random.Random(self.rng.randrange(1 << 30))
-        while s.migration_kills < self.migrate_kills:
-            pid = migrate_child()
-            time.sleep(rng.uniform(0.0, 1.2 * whole))
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
-                s.migration_restarts += 1  # it finished first: start over from version 1
-                shutil.rmtree(self.store)
-                shutil.copytree(pristine, self.store)
-                continue
-            s.migration_kills += 1
-            try:
-                store = FsStore(self.store, create=False)
-                store.close()
-                bad = [r for r, envs in expected.items() if read_events(self.store, r) != envs]
-            except Exception as exc:
-                bad = [f"store does not open: {exc!r}"]
-            if bad:
-                s.migration_unreadable += 1
-                s.problems.append(f"after migration kill {s.migration_kills}: {bad[:3]}")
-        done = migrate_store(self.store)
+        runs = sorted({r.run_id for r in self.records})
+        result = migration_crashes(
+            self.store, runs, self.migrate_kills, random.Random(self.rng.randrange(1 << 30)), self.migrate_dir
+        )
+        s.migration_kills = result.kills
+        s.migration_restarts = result.finished
+        s.migration_unreadable = result.bad
+        s.migration_calls = result.calls
+        s.migration_points = result.distinct
+        s.migration_torn_writes = result.torn
+        s.migration_resumed = result.resumed
+        s.migration_seconds = round(result.seconds, 1)
+        s.migration_opened_as = {f"v{v}": n for v, n in sorted(result.opened_as.items())}
+        s.migration_dir = result.where
+        s.problems.extend(result.problems)
+        expected = {run_id: read_events(self.store, run_id) for run_id in runs}
+        done = migrate_store_whole(self.store)
         s.migration_final_version = done.version_after
         if done.blocked or any(read_events(self.store, r) != envs for r, envs in expected.items()):
             s.problems.append(f"the final migration: blocked {done.blocked}, or events read differently")
@@ -551,6 +538,210 @@ class CrashLoop:
         s.problems.extend(f"after repair: {f.one_line()}" for f in after.findings)
 
 
+# ---------------------------------------------------------------------------------------------
+# Killing the migration at every point
+# ---------------------------------------------------------------------------------------------
+
+MUTATING_CALLS = ("open", "write", "fsync", "fdatasync", "rename", "replace", "unlink", "fchmod", "ftruncate", "mkdir")
+"""The ``os`` functions through which the migration changes the disk (``open`` because it can create): the files
+only change at these calls, so killing the process just before each of them, and in the middle of each ``write``,
+reaches every state a SIGKILL at any instant can leave (a kill loses nothing from the page cache; only a power
+loss would, which is not what a kill tests)."""
+
+
+def migrate_store_whole(root: Path) -> Any:
+    from engine.doctor import migrate_store
+
+    return migrate_store(root)
+
+
+def _arm(kill_at: int | None, tear: float, trace: list[str] | None) -> dict[str, Any]:
+    """In a forked migration child: wrap the ``os`` functions of :data:`MUTATING_CALLS` (the store's code calls
+    them as ``os.<name>``), count the calls, and SIGKILL the process just before call number ``kill_at`` (from 0)
+    runs, or, if it is a ``write`` and ``tear`` > 0, right after writing that share of its bytes (a torn write).
+    ``trace`` collects the names of the calls made. Returns the real functions (to unwrap)."""
+    count = [0]
+    reals: dict[str, Any] = {}
+    for name in MUTATING_CALLS:
+        real = getattr(os, name, None)
+        if real is None:
+            continue
+        reals[name] = real
+
+        def wrapped(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            n = count[0]
+            count[0] += 1
+            if trace is not None:
+                trace.append(_name)
+            if n == kill_at:
+                if _name == "write" and tear > 0:
+                    data = memoryview(args[1]).cast("B")
+                    cut = max(1, min(len(data) - 1, int(len(data) * tear)))
+                    _real(args[0], data[:cut])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return _real(*args, **kwargs)
+
+        setattr(os, name, wrapped)
+    return reals
+
+
+def _migrate_in_child(store: Path, kill_at: int | None, tear: float, trace_file: Path | None = None) -> bool:
+    """Run the migration in a forked child armed by :func:`_arm`; True when it was killed, False when it ended."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            trace: list[str] = []
+            reals = _arm(kill_at, tear, trace if trace_file is not None else None)
+            migrate_store_whole(store)
+            for name, real in reals.items():  # the trace's own write is not the migration's
+                setattr(os, name, real)
+            if trace_file is not None:
+                trace_file.write_text(json.dumps(trace))
+        except BaseException:  # reported through the exit status
+            code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return True
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return False
+    raise RuntimeError(f"the migration child failed: status {status}")
+
+
+def read_all_events(store: Path, runs: list[str], versions: Counter[int] | None = None) -> dict[str, list[Any]] | str:
+    """Every run's events, read through one store handle; or why the store does not open or a run does not read
+    in full (an unknown version, damage). Counts the version the store opened as in ``versions``."""
+    from engine.ids import RunId
+    from engine.stores.fs import FsStore
+
+    async def go() -> dict[str, list[Any]] | str:
+        try:
+            s = FsStore(store, create=False)
+        except Exception as exc:  # reported
+            return f"store does not open: {exc!r}"
+        try:
+            if s.version not in (1, 2):
+                return f"store opens as version {s.version}"
+            if versions is not None:
+                versions[s.version] += 1
+            out: dict[str, list[Any]] = {}
+            for run in runs:
+                out[run] = await s.events.read_range(RunId(run), 1)
+                damage = s.events.damage(RunId(run))
+                if damage is not None:
+                    return f"run {run} reads as damaged: {damage}"
+            return out
+        except Exception as exc:  # reported
+            return f"reading failed: {exc!r}"
+        finally:
+            s.close()
+
+    return asyncio.run(go())
+
+
+@dataclass
+class MigrationCrashes:
+    kills: int = 0
+    finished: int = 0
+    """Kill points past the migration's last call: it ended before its kill."""
+    bad: int = 0
+    """Kills after which the store did not open as version 1 or 2, or a run read differently (also after the
+    migration was run again)."""
+    calls: int = 0
+    """Calls of :data:`MUTATING_CALLS` an uncrashed migration of the store makes."""
+    writes: int = 0
+    """Of which ``write`` calls: the kill points are one before each call, one inside each write and one after the
+    last call, ``calls + writes + 1`` in all, before any repeat."""
+    distinct: int = 0
+    """Distinct kill points: (call offset, where in a write)."""
+    torn: int = 0
+    resumed: int = 0
+    """Killed stores on which the migration, run again, finished: version 2, every run reading as before."""
+    opened_as: Counter[int] = field(default_factory=Counter)
+    """How many killed copies opened as version 1, and as version 2."""
+    seconds: float = 0.0
+    where: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+def kill_points(trace: list[str], kills: int, rng: random.Random) -> list[tuple[int, float]]:
+    """``kills`` kill points ``(call offset, tear)``: before every call and in the middle of every write first
+    (spread evenly when there are more of them than kills), then writes torn at further random byte offsets."""
+    base: list[tuple[int, float]] = [(i, 0.0) for i in range(len(trace))]
+    base += [(i, 0.5) for i, name in enumerate(trace) if name == "write"]
+    base.append((len(trace), 0.0))  # after the last call: the migration ends first
+    if kills <= len(base):
+        step = len(base) / kills
+        points = [base[int(k * step)] for k in range(kills)]
+    else:
+        writes = [i for i, name in enumerate(trace) if name == "write"] or [len(trace)]
+        points = base + [(rng.choice(writes), rng.uniform(0.01, 0.99)) for _ in range(kills - len(base))]
+    rng.shuffle(points)
+    return points
+
+
+def migration_crashes(
+    store: Path, runs: list[str], kills: int, rng: random.Random, where: Path | None = None
+) -> MigrationCrashes:
+    """Kill the migration of a copy of the version-1 ``store`` at ``kills`` points (:func:`kill_points`), each on
+    a fresh copy in ``where`` (default: /dev/shm when there is one, else beside the store): after each kill the
+    copy must open as version 1 or 2 with every run reading exactly as before, and the migration run again must
+    finish (version 2, the same events)."""
+    import shutil
+
+    out = MigrationCrashes()
+    t0 = time.monotonic()
+    shm = Path("/dev/shm")
+    base = where or (shm if shm.is_dir() and os.access(shm, os.W_OK) else store.parent)
+    work = Path(tempfile.mkdtemp(prefix="mfm-migrate-crash-", dir=base))
+    out.where = str(base)
+    try:
+        template = work / "v1"
+        shutil.copytree(store, template, symlinks=True)
+        expected = read_all_events(template, runs)
+        if isinstance(expected, str):
+            out.problems.append(f"the version-1 store itself: {expected}")
+            out.bad += 1
+            return out
+        probe = work / "probe"
+        shutil.copytree(template, probe, symlinks=True)
+        trace_file = work / "trace.json"
+        _migrate_in_child(probe, None, 0.0, trace_file)
+        trace: list[str] = json.loads(trace_file.read_text())
+        out.calls = len(trace)
+        out.writes = trace.count("write")
+        points = kill_points(trace, kills, rng)
+        out.distinct = len(set(points))
+        target = work / "store"
+        for offset, tear in points:
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(template, target, symlinks=True)
+            killed = _migrate_in_child(target, offset, tear)
+            out.kills += 1
+            out.finished += not killed
+            out.torn += killed and tear > 0 and offset < len(trace) and trace[offset] == "write"
+            after = read_all_events(target, runs, out.opened_as)
+            if after != expected:
+                out.bad += 1
+                why = after if isinstance(after, str) else "events differ"
+                out.problems.append(f"killed before call {offset} ({tear=:.2f}): {why}"[:300])
+                continue
+            report = migrate_store_whole(target)
+            again = read_all_events(target, runs)
+            if report.version_after != 2 or report.blocked or again != expected:
+                out.bad += 1
+                out.problems.append(f"killed before call {offset}: the migration run again left {report.to_json()}")
+                continue
+            out.resumed += 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        out.seconds = time.monotonic() - t0
+    return out
+
+
 def run_crashloop(
     root: Path,
     *,
@@ -560,9 +751,17 @@ def run_crashloop(
     ops: tuple[str, ...] = OPS,
     store_version: int = 2,
     migrate_kills: int = 0,
+    migrate_dir: Path | None = None,
 ) -> Summary:
     loop = CrashLoop(
-        root, crash_points, seed, parallel, ops=ops, store_version=store_version, migrate_kills=migrate_kills
+        root,
+        crash_points,
+        seed,
+        parallel,
+        ops=ops,
+        store_version=store_version,
+        migrate_kills=migrate_kills,
+        migrate_dir=migrate_dir,
     )
     return loop.run()
 
@@ -580,7 +779,14 @@ def main(argv: list[str] | None = None) -> int:
         "--migrate-kills",
         type=int,
         default=0,
-        help="then kill `mfm doctor --migrate` this many times at random instants (needs --format 1)",
+        help="then kill `mfm doctor --migrate` this many times, at points chosen by offset in its system calls"
+        " (needs --format 1)",
+    )
+    p.add_argument(
+        "--migrate-dir",
+        default=None,
+        help="where the killed copies are made (default: /dev/shm when there is one: a kill loses nothing from the"
+        " page cache, so memory-backed files see every state a kill leaves, without the fsync waits)",
     )
     ns = p.parse_args(argv)
     if ns.migrate_kills and ns.format != 1:
@@ -599,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             ops=tuple(o for o in ns.ops.split(",") if o),
             store_version=ns.format,
             migrate_kills=ns.migrate_kills,
+            migrate_dir=Path(ns.migrate_dir) if ns.migrate_dir else None,
         )
     if ns.json:
         print(json.dumps(summary.to_json(), indent=2, sort_keys=True))

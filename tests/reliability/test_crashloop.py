@@ -7,10 +7,14 @@ and ``mfm doctor`` must find no error. The bench prints the same figures at 1,00
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
+import random
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -23,16 +27,19 @@ from engine.hashing import canonical_json_bytes
 from engine.ids import OpId, RunId
 from engine.runtime import Engine
 from engine.stores import MemoryStore
+from engine.stores.fs import FsStore, framing
 from engine.testing import (
     FakeClock,
     FakeSleeper,
     SetKey,
+    WriteKey,
     base_config,
     fixed_run_ids,
     make_manifest,
     make_plan,
     read_events,
     sid,
+    start_plan,
     store_manifest,
     trace,
 )
@@ -112,3 +119,65 @@ async def test_crash_between_orphan_recovery_and_restart_does_not_exhaust_attemp
     tail = trace(await read_events(ms.stores, RUN))[len(events) :]
     assert tail[0] == ("E", "s1", 3, iid)
     assert tail[-1][:2] == ("RC", "Completed")
+
+
+async def _small_v1_store(root: Path) -> list[str]:
+    store = FsStore(root, new_version=1)
+    plan = make_plan([(f"s{i}", WriteKey(f"k{i}", i)) for i in range(3)], [("s0", "s1"), ("s1", "s2")])
+    engine = Engine(plan_resolver=lambda m: plan, clock=FakeClock(), sleeper=FakeSleeper(), run_ids=fixed_run_ids())
+    for _ in range(2):
+        assert (await start_plan(engine, store.stores, plan, base_config())).phase is RunPhase.COMPLETED
+    runs = [str(r) for r in await store.events.list_runs()]
+    store.close()
+    return runs
+
+
+def _exhaustive(bench: ModuleType, store: Path, runs: list[str]) -> Any:
+    """As many kills as there are kill points: one before every disk-changing call, one inside every write, one
+    after the last call."""
+    probe = bench.migration_crashes(store, runs, 1, random.Random(0))
+    return bench.migration_crashes(store, runs, probe.calls + probe.writes + 1, random.Random(0))
+
+
+def test_migration_is_killed_before_every_disk_changing_call_and_inside_every_write(tmp_path: Path) -> None:
+    """bench/crashloop.py --migrate-kills: each kill on a fresh copy of a version-1 store, at an offset in the
+    migration's own system calls; every copy opens as version 1 or 2, reads every event as before, and finishes
+    migrating when asked again."""
+    bench = _bench()
+    store = tmp_path / "store"
+    runs = asyncio.run(_small_v1_store(store))  # the bench reads with asyncio.run: this test is synchronous
+    result = _exhaustive(bench, store, runs)
+    assert result.problems == [] and result.bad == 0
+    assert result.calls >= 10 * len(runs)  # opens, writes, fsyncs and renames of every run log, then store.json
+    assert result.distinct == result.kills  # every kill point a different one
+    assert result.finished == 1  # only the point after the last call lets the migration end first
+    assert result.torn == result.writes >= len(runs) + 1  # the temp log of each run and the new store.json, torn
+    assert result.resumed == result.kills
+    assert result.opened_as[1] > 0 and result.opened_as[2] > 0  # killed before and after the version flip
+
+
+def test_the_migration_crash_loop_catches_a_migration_that_rewrites_logs_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that truncates the log and writes it again in place finishes correctly when not killed, but a
+    kill between the truncation and the write loses the run's events: the kill points find it."""
+    from engine.doctor import _migrate
+
+    real_write_temp = _migrate._write_temp
+
+    def in_place(dfd: int, name: str, data: bytes) -> None:
+        if name.startswith(f"{framing.TEMP_PREFIX}migrate-"):  # a run log's new version (not store.json)
+            fd = os.open(framing.EVENTS_FILE, os.O_WRONLY | os.O_TRUNC, dir_fd=dfd)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        real_write_temp(dfd, name, data)
+
+    bench = _bench()
+    store = tmp_path / "store"
+    runs = asyncio.run(_small_v1_store(store))  # the bench reads with asyncio.run: this test is synchronous
+    monkeypatch.setattr(_migrate, "_write_temp", in_place)
+    result = bench.migration_crashes(store, runs, 60, random.Random(0))
+    assert result.bad > 0
+    assert any("events differ" in p or "damaged" in p for p in result.problems), result.problems
