@@ -31,6 +31,7 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _SECRET_KEYS: Final = ("password", "sslpassword")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 NotifyMode = Literal["commit", "after", "off"]
+_IDLE: Final = psycopg.pq.TransactionStatus.IDLE
 
 
 def redact_dsn(dsn: str) -> str:
@@ -202,19 +203,34 @@ class Core:
     @asynccontextmanager
     async def conn(self, code: str) -> AsyncIterator[Conn]:
         """A pooled autocommit connection; schema verified on first use; errors → ``StorageError(code)``."""
-        await self.ready()
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else await self.connect()
-            try:
-                yield conn
-            except psycopg.Error as exc:
-                self.fail(code, "query", exc)
-            finally:
-                idle = psycopg.pq.TransactionStatus.IDLE
-                if self._closed or conn.closed or conn.broken or conn.info.transaction_status != idle:
-                    await conn.close()
-                else:
-                    self._idle.append(conn)
+        conn = await self.acquire()
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            self.fail(code, "query", exc)
+        finally:
+            await self.release(conn)
+
+    async def acquire(self) -> Conn:
+        """:meth:`conn` without the context manager (the append's hot path): pair with :meth:`release`."""
+        if not self._ready or self._loop is not asyncio.get_running_loop():
+            await self.ready()
+        await self._slots.acquire()
+        try:
+            return self._idle.pop() if self._idle else await self.connect()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def release(self, conn: Conn) -> None:
+        """Back to the pool, or closed if it is unusable or left inside a transaction."""
+        try:
+            if self._closed or conn.closed or conn.broken or conn.info.transaction_status != _IDLE:
+                await conn.close()
+            else:
+                self._idle.append(conn)
+        finally:
+            self._slots.release()
 
     async def close(self) -> None:
         same_loop = self._loop is asyncio.get_running_loop()

@@ -124,8 +124,13 @@ class PostgresEventStore:
                 )
             else:
                 query = self._core.q.append[shape]
-        async with self._core.conn("event_store_io") as conn:
+        conn = await self._core.acquire()
+        try:
             await self._insert_events(conn, run_id, expected_seq, query, params)
+        except psycopg.Error as exc:
+            self._core.fail("event_store_io", "query", exc)
+        finally:
+            await self._core.release(conn)
         new_head = expected_seq + len(events)
         if mode == "after":
             self._core.notifier.push(run_id, new_head)
