@@ -434,6 +434,22 @@ async def test_notify_is_delivered_on_append_to_a_watcher_on_another_connection(
     assert heads == [2, 3] if mode == "commit" else heads in ([2, 3], [3])
 
 
+async def test_notify_after_sends_one_run_or_several_in_a_window(pg_server: PgServer, pg_schema: str) -> None:
+    """The ``"after"`` notifier's two statements: one pending run (no array parameter) and several runs."""
+    runs = [new_run() for _ in range(3)]
+    async with (
+        PostgresStore(pg_server.dsn(), schema=pg_schema, notify="after") as writer,
+        writer.events.watch() as notices,
+    ):
+        await writer.events.append(runs[0], 0, [env(runs[0], 1)])
+        first = await asyncio.wait_for(anext(notices), HANG_GUARD)
+        for run in runs[1:]:  # both within one 20 ms window (or, on a slow machine, in two)
+            await writer.events.append(run, 0, [env(run, 1), env(run, 2)])
+        rest = {await asyncio.wait_for(anext(notices), HANG_GUARD) for _ in runs[1:]}
+    assert first == ChangeNotice(run_id=runs[0], head=1)
+    assert rest == {ChangeNotice(run_id=run, head=2) for run in runs[1:]}
+
+
 async def test_notify_off_sends_nothing(pg_server: PgServer, pg_schema: str) -> None:
     quiet_run, loud_run = new_run(), new_run()
     async with (

@@ -26,7 +26,9 @@ Tables (in ``schema``, default ``public``; created and versioned on first use un
 
 An append is ONE statement in autocommit mode (one round trip, one commit): it reads the head, inserts the batch
 only if the head equals ``expected_seq`` and writes the ``mfm_runs`` row — all or nothing. A stale ``expected_seq``
-or a lost race (unique violation) → Concurrency ``event_store_concurrency``.
+or a lost race (unique violation) → Concurrency ``event_store_concurrency``. A unit of up to 8 events and 4 blobs
+(a state's) is sent with one scalar parameter per value, bytea in binary, as one fixed statement shape per size that
+psycopg prepares on each connection and PostgreSQL plans once (generic plan); larger units pass arrays.
 
 ``changes_since`` cursors are transaction ids, not a serial: a serial is assigned before commit, so a reader could
 see change 11 commit before change 10 and skip 10 for ever. The cursor is instead the snapshot's ``xmin`` (every

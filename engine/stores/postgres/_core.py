@@ -89,7 +89,10 @@ class _Notifier:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = await self._core.connect()
             payloads = [f"{run}:{head}" for run, head in batch.items()]
-            await self._conn.execute(self._core.q.notify_after, [self._core.channel, payloads])
+            if len(payloads) == 1:
+                await self._conn.execute(self._core.q.notify_after_one, [self._core.channel, payloads[0]])
+            else:
+                await self._conn.execute(self._core.q.notify_after, [self._core.channel, payloads])
         except asyncio.CancelledError:  # closing mid-send: keep the batch for the final send, drop the connection
             for run, head in batch.items():
                 if head > self._pending.get(run, 0):

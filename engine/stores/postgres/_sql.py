@@ -119,6 +119,8 @@ class Queries:
         self.notify_after: LiteralString = (
             "SELECT set_config('synchronous_commit', 'off', true), count(pg_notify(%s, p)) FROM unnest(%s::text[]) p"
         )
+        # The same for one run (the usual case: one sequential run per process): no array to encode.
+        self.notify_after_one: LiteralString = "SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, %s)"
         self.head = q("SELECT coalesce(max(seq), 0) FROM {mfm_events} WHERE run_id = %s")
         self.read = q(
             "SELECT seq, ts_millis, payload FROM {mfm_events}"
