@@ -14,7 +14,7 @@ fsync latency, CPU much less. Then N concurrent writers (one run each, own conne
 next to N concurrent floor inserters. No assertions.
 
     .venv/bin/python bench/postgres.py [--rounds 10] [--per-round 60] [--writers 8] [--states 100]
-        [--sections single,engine,writers]
+        [--sections single,engine,writers] [--no-fsync]
 """
 
 from __future__ import annotations
@@ -355,8 +355,13 @@ def main() -> None:
     parser.add_argument(
         "--sections", default="single,engine,writers", help="comma-separated subset of single,engine,writers"
     )
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="start the server with fsync off: no disk waits, so wall time is CPU and round trips only",
+    )
     args = parser.parse_args()
-    server = PgServer.start(durable=True)
+    server = PgServer.start(durable=not args.no_fsync)
     try:
         asyncio.run(
             bench(server, args.rounds, args.per_round, args.writers, args.states, set(args.sections.split(",")))
