@@ -97,6 +97,8 @@ class Scheduler:
         self._waiter: asyncio.Future[None] | None = None
         self._written_by: dict[str, StateId] = {}
         self._ancestors: dict[StateId, frozenset[StateId]] | None = None
+        self._inline: asyncio.Task[Any] | None = None  # this task while it runs a state itself (sequential runs)
+        self._inline_cancelled = False  # _interrupt_inline cancelled it
         for sid in self.overrides:
             if sid not in self.preds:
                 raise RunError.invalid_plan("start_state_not_in_plan", f"start state {sid} is not in the plan")
@@ -119,6 +121,7 @@ class Scheduler:
         running: dict[asyncio.Future[Any], StateId] = {}
         cancel_wait: asyncio.Future[Any] = asyncio.ensure_future(inv.watcher.event.wait())
         cancel_wait.add_done_callback(self._wake)
+        cancel_wait.add_done_callback(self._interrupt_inline)
         stopped = False
         try:
             while True:
@@ -133,6 +136,20 @@ class Scheduler:
                     )
                     if inv.watcher.cancelled:  # came while the batch was in the store: _finish closes them
                         self.active -= len(launch)
+                        continue
+                    if self.mc == 1:  # sequential: the one state runs in this task (see _run_inline)
+                        ((s, a, b),) = launch
+                        outcome = await self._run_inline(s, a, b)
+                        if outcome is None:  # the run's cancel interrupted it (or came as it ended)
+                            if self.finished is None:
+                                break
+                        elif outcome is _Outcome.COMPLETED:
+                            self._release(s, succs, waiting, ready, pos)
+                        elif outcome is _Outcome.STOPPED:
+                            await inv.writer.flush()
+                            return RunResult(
+                                run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id
+                            )
                         continue
                     for s, a, b in launch:
                         task = asyncio.ensure_future(self._run_state(s, a, b))
@@ -161,10 +178,7 @@ class Scheduler:
                     if outcome is _Outcome.STOPPED:
                         stopped = True
                     elif outcome is _Outcome.COMPLETED:
-                        for nxt in succs[s]:
-                            waiting[nxt] -= 1
-                            if waiting[nxt] == 0 and nxt not in inv.completed:
-                                heapq.heappush(ready, pos[nxt])
+                        self._release(s, succs, waiting, ready, pos)
                 if stopped:
                     await self._cancel_all(running)
                     await inv.writer.flush()  # what other states wrote before the stop (not the stopped attempt)
@@ -177,6 +191,58 @@ class Scheduler:
         finally:
             cancel_wait.cancel()
         return await self._finish()
+
+    def _release(
+        self,
+        sid: StateId,
+        succs: dict[StateId, list[StateId]],
+        waiting: dict[StateId, int],
+        ready: list[int],
+        pos: dict[StateId, int],
+    ) -> None:
+        """``sid`` completed: its successors whose predecessors are all done become ready."""
+        completed = self.inv.completed
+        for nxt in succs[sid]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0 and nxt not in completed:
+                heapq.heappush(ready, pos[nxt])
+
+    async def _run_inline(self, sid: StateId, attempt: int, base: ArtifactId) -> _Outcome | None:
+        """A sequential run's state, awaited in the scheduler's own task instead of a task of its own (issue 12: a
+        task, its done callback and the wake-up of the main loop cost more than a no-op state's own work).
+
+        The semantics of a state task are kept. The run's cancel interrupts the handler: :meth:`_interrupt_inline`
+        cancels this task (through the writer, so never inside a store append) and the ``CancelledError`` is
+        caught here, told apart from a cancellation of the caller by ``Task.uncancel``; ``None`` is returned then
+        and whenever the cancel came while the state ran, whatever the handler did with it. Anything else the
+        state raises leaves as it would have left its task's ``exception()``.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._inline = task
+        try:
+            outcome: _Outcome | None = await self._run_state(sid, attempt, base)
+        except asyncio.CancelledError:
+            if not self._inline_cancelled:
+                raise  # not ours: the caller's
+            outcome = None
+        finally:
+            self._inline = None
+        if self._inline_cancelled:
+            self._inline_cancelled = False
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)  # a cancel held back by the writer (or not yet delivered) lands here
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError  # the caller cancelled us as well
+            outcome = None
+        return outcome
+
+    def _interrupt_inline(self, _: asyncio.Future[Any]) -> None:
+        """Done callback of the cancel wait: interrupt the state running in the scheduler's task, if any."""
+        task = self._inline
+        if task is not None and not self._inline_cancelled and self.finished is None:
+            self._inline_cancelled = True
+            self.inv.writer.cancel_task(task)
 
     def _wake(self, _: asyncio.Future[Any] | None) -> None:
         """Done callback of every state task and of the cancel wait: wakes :meth:`_wait_any`."""
