@@ -68,6 +68,10 @@ __all__ = ["CODE_FAN_OUT_WRITE_CONFLICT", "CODE_RUN_CANCELLED", "Scheduler", "ma
 
 CODE_RUN_CANCELLED = "run_cancelled"
 CODE_FAN_OUT_WRITE_CONFLICT = "fan_out_write_conflict"
+YIELD_EVERY = 32
+"""A sequential run yields to the event loop after this many states (run in its own task, a state that never
+suspends, as on the memory store, would otherwise keep the loop, and a cancel request polled from the control
+store, for the whole run)."""
 
 
 class _Outcome(Enum):
@@ -123,6 +127,7 @@ class Scheduler:
         cancel_wait.add_done_callback(self._wake)
         cancel_wait.add_done_callback(self._interrupt_inline)
         stopped = False
+        inline_states = 0
         try:
             while True:
                 # A boundary: the cancel check and the scheduling decision, then one batch.
@@ -140,6 +145,9 @@ class Scheduler:
                     if self.mc == 1:  # sequential: the one state runs in this task (see _run_inline)
                         ((s, a, b),) = launch
                         outcome = await self._run_inline(s, a, b)
+                        inline_states += 1
+                        if inline_states % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # states that never suspend must not starve the loop
                         if outcome is None:  # the run's cancel interrupted it (or came as it ended)
                             if self.finished is None:
                                 break

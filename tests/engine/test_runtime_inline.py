@@ -16,7 +16,7 @@ from engine.engine import RunPhase
 from engine.errors import StateError
 from engine.io import IoProvider
 from engine.recorder import EventRecorder
-from engine.runtime import CODE_RUN_CANCELLED, CancelToken, Engine
+from engine.runtime import CODE_RUN_CANCELLED, CancelToken, Engine, request_cancel
 from engine.stores import MemoryStore
 from engine.testing import (
     FakeClock,
@@ -173,3 +173,18 @@ async def test_a_token_cancelled_by_a_handler_stops_before_the_next_state() -> N
     t = trace(await read_events(ms.stores, res.run_id))
     assert res.phase is RunPhase.CANCELLED and nxt.calls == 0
     assert [x[0] for x in t] == ["RS", "E", "C", "RC"]
+
+
+async def test_a_long_run_of_states_that_never_suspend_still_lets_the_loop_run() -> None:
+    """A cancel asked through the control store by another task lands mid-run (the run yields every few states)."""
+    ms = MemoryStore()
+    engine = Engine(clock=FakeClock(), sleeper=FakeSleeper(), run_ids=fixed_run_ids(), cancel_poll_interval=0)
+    task = asyncio.ensure_future(start_plan(engine, ms.stores, _chain(400), base_config()))
+    while not await ms.events.list_runs():
+        await asyncio.sleep(0)
+    (run_id,) = await ms.events.list_runs()
+    await request_cancel(ms.stores, run_id, "from another task")
+    res = await task
+    t = trace(await read_events(ms.stores, res.run_id))
+    assert res.phase is RunPhase.CANCELLED
+    assert len(t) < 400
