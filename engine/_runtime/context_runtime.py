@@ -7,14 +7,14 @@ base (same thing), fan-out applies it to the checkpoint current at completion (Â
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from engine._kinds import ArtifactKind
 from engine._runtime.pending import PendingArtifacts
+from engine._wire import copy_json
 from engine.artifacts import read_canonical_json, verified_put_bytes
 from engine.errors import ContextError
-from engine.hashing import CanonicalJsonError, canonical_json_bytes
+from engine.hashing import CanonicalJsonError, canonical_json_bytes, canonical_members
 from engine.ids import ArtifactId
 from engine.stores import ArtifactStore
 
@@ -24,7 +24,7 @@ _TOMBSTONE: Any = object()
 
 
 def _copy(value: Any) -> Any:
-    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+    return copy_json(value) if isinstance(value, dict | list) else value
 
 
 class StagedContext:
@@ -51,7 +51,7 @@ class StagedContext:
         self._overlay[key] = _TOMBSTONE
 
     def dump(self) -> dict[str, Any]:
-        return copy.deepcopy(apply_delta(self._base, self._overlay))
+        return copy_json(apply_delta(self._base, self._overlay))  # type: ignore[no-any-return]
 
     @property
     def delta(self) -> dict[str, Any]:
@@ -131,6 +131,15 @@ class _Members:
         return b"{" + b",".join([by_key[k] for k in self.order]) + b"}"
 
 
+def _members_of(value: dict[str, Any], encoded: bytes) -> _Members:
+    """The members of a checked snapshot: cut from its canonical bytes ``encoded`` (one pass in C), else encoded one
+    by one."""
+    members = canonical_members(value, encoded)
+    if members is None:
+        members = {k: encode_member(k, v) for k, v in value.items()}
+    return _Members(members)
+
+
 def join_members(members: dict[str, bytes]) -> bytes:
     return _Members(members).join()
 
@@ -172,6 +181,8 @@ class SnapshotCache:
         data = encode_snapshot(value)
         aid = await self._put(data)
         self._by_id.setdefault(aid, value)
+        if aid not in self._members:
+            self._members[aid] = _members_of(value, data)  # the next write_delta re-encodes only what changed
         return aid
 
     async def write_delta(
@@ -180,7 +191,7 @@ class SnapshotCache:
         """Write ``base`` with ``delta`` applied; return (id, value)."""
         base_members = self._members.get(base_id)
         if base_members is None:
-            base_members = _Members({k: encode_member(k, v) for k, v in base_value.items()})
+            base_members = _members_of(base_value, encode_snapshot(base_value))
             self._members[base_id] = base_members
         members = base_members.apply(delta)
         value = apply_delta(base_value, delta)

@@ -1,0 +1,84 @@
+"""The CPU shortcuts of issue 12 (engine CPU per state) give exactly what the paths they shortcut give."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine._runtime.context_runtime import SnapshotCache, encode_member
+from engine._wire import copy_json
+from engine.context import JsonContext
+from engine.hashing import CanonicalJsonError, canonical_json_bytes, canonical_members
+from engine.stores import MemoryStore
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=6), _json, max_size=6))
+def test_members_cut_from_the_canonical_bytes_are_the_members_encoded_one_by_one(value: dict[str, Any]) -> None:
+    try:
+        encoded = canonical_json_bytes(value)
+    except CanonicalJsonError:
+        return  # secret-looking generated text: not a snapshot
+    members = canonical_members(value, encoded)
+    if members is None:
+        assert not encoded.isascii()  # only non-ASCII text is left to the member-by-member path
+        return
+    assert members == {k: encode_member(k, v) for k, v in value.items()}
+
+
+def test_members_are_refused_when_they_do_not_rebuild_the_bytes() -> None:
+    value = {"b": [1, 2], "a": "x"}
+    assert canonical_members(value, canonical_json_bytes(value)) == {"a": b'"a":"x"', "b": b'"b":[1,2]'}
+    assert canonical_members(value, b'{"a":"x","b":[1,3]}') is None
+    assert canonical_members({"é": 1}, canonical_json_bytes({"é": 1})) is None  # non-ASCII: one by one
+
+
+async def test_a_snapshot_written_whole_is_extended_by_its_members() -> None:
+    """``write`` keeps the members of what it wrote: ``write_delta`` then encodes only the changed key, and its
+    bytes are the canonical bytes of the result (before: every member of the base was encoded again)."""
+    ms = MemoryStore()
+    cache = SnapshotCache(ms.artifacts)
+    base = {f"k{i}": {"n": i, "tags": ["a"]} for i in range(20)}
+    base_id = await cache.write(base)
+    new_id, value = await cache.write_delta(base_id, base, {"k3": 7})
+    assert await ms.artifacts.get(new_id) == canonical_json_bytes(value)
+    assert value["k3"] == 7 and base["k3"] == {"n": 3, "tags": ["a"]}
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json)
+def test_copy_json_copies_like_deepcopy(value: Any) -> None:
+    copied = copy_json(value)
+    assert copied == copy.deepcopy(value)
+    if isinstance(value, dict | list) and value:
+        assert copied is not value
+
+
+def test_copy_json_shares_nothing_mutable_and_hands_other_types_to_deepcopy() -> None:
+    inner = [1, {"a": [2]}]
+    value = {"x": inner, "y": (3, [4])}
+    copied = copy_json(value)
+    assert copied == value
+    copied["x"][1]["a"].append(5)
+    copied["y"][1].append(6)
+    assert value == {"x": [1, {"a": [2]}], "y": (3, [4])}
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    again = copy_json(cyclic)  # recursion: left to deepcopy, which keeps the cycle
+    assert again[0] is again
+
+
+def test_json_context_dump_is_a_deep_copy() -> None:
+    ctx = JsonContext({"a": {"b": [1]}})
+    dumped = ctx.dump()
+    dumped["a"]["b"].append(2)
+    assert ctx.dump() == {"a": {"b": [1]}}
