@@ -426,42 +426,47 @@ class Scheduler:
 
     async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
         """Apply the attempt's delta to the current checkpoint and append ``StateCompleted``."""
+        if self.mc == 1:  # one state at a time: no other completion to exclude
+            return await self._complete_one(sid, res)
+        async with self._complete_lock:
+            return await self._complete_one(sid, res)
+
+    async def _complete_one(self, sid: StateId, res: HandlerResult) -> StateError | None:
         inv = self.inv
         delta = res.context.delta if res.context is not None else {}
-        async with self._complete_lock:
-            if self.mc > 1 and delta:
-                conflict = self._conflict(sid, delta)
-                if conflict is not None:
-                    return conflict
-            if inv.checkpoint_value is None:
-                inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
-            if delta:
-                new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
-            else:
-                new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
-            done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
+        if self.mc > 1 and delta:
+            conflict = self._conflict(sid, delta)
+            if conflict is not None:
+                return conflict
+        if inv.checkpoint_value is None:
+            inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
+        if delta:
+            new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
+        else:
+            new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
+        done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
 
-            def after() -> None:
-                inv.checkpoint_id = new_id
-                inv.checkpoint_value = new_value
-                inv.completed[sid] = new_id
-                for k in delta:
-                    self._written_by[k] = sid
+        def after() -> None:
+            inv.checkpoint_id = new_id
+            inv.checkpoint_value = new_value
+            inv.completed[sid] = new_id
+            for k in delta:
+                self._written_by[k] = sid
 
-            if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
+        if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
 
-                def last() -> None:
-                    after()
-                    self.finished = RunStatus.COMPLETED
-
-                rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
-                await inv.writer.append([done, rc], after=last)
-            else:
-                # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
-                # main loop builds at this boundary (with the next StateEntered, or alone).
-                inv.writer.defer([done])
+            def last() -> None:
                 after()
-            return None
+                self.finished = RunStatus.COMPLETED
+
+            rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
+            await inv.writer.append([done, rc], after=last)
+        else:
+            # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
+            # main loop builds at this boundary (with the next StateEntered, or alone).
+            inv.writer.defer([done])
+            after()
+        return None
 
     # ----------------------------------------------------------------------------------- fan-out conflicts
 

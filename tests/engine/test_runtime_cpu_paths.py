@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine._kinds import ArtifactKind
 from engine._runtime.context_runtime import SnapshotCache, encode_member
 from engine._wire import copy_json
 from engine.context import JsonContext
+from engine.engine import RunPhase
+from engine.errors import StorageError
 from engine.hashing import CanonicalJsonError, canonical_json_bytes, canonical_members
-from engine.stores import MemoryStore
+from engine.ids import RunId
+from engine.meta import StateMeta
+from engine.runtime import Engine
+from engine.stores import Blob, MemoryStore
+from engine.stores import memory as memory_module
+from engine.testing import FakeClock, FakeSleeper, WriteKey, base_config, fixed_run_ids, make_plan, start_plan
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8),
@@ -82,3 +92,47 @@ def test_json_context_dump_is_a_deep_copy() -> None:
     dumped = ctx.dump()
     dumped["a"]["b"].append(2)
     assert ctx.dump() == {"a": {"b": [1]}}
+
+
+class _CountingMeta(WriteKey):
+    def __init__(self, key: str, value: Any) -> None:
+        super().__init__(key, value)
+        self.meta_calls = 0
+
+    def meta(self) -> StateMeta:
+        self.meta_calls += 1
+        return super().meta()
+
+
+async def test_each_states_meta_is_asked_once_per_invocation() -> None:
+    states = [_CountingMeta(f"k{i}", i) for i in range(3)]
+    plan = make_plan([(f"s{i}", st_) for i, st_ in enumerate(states)], [("s0", "s1"), ("s1", "s2")])
+    engine = Engine(clock=FakeClock(), sleeper=FakeSleeper(), run_ids=fixed_run_ids())
+    res = await start_plan(engine, MemoryStore().stores, plan, base_config())
+    assert res.phase is RunPhase.COMPLETED
+    assert [s.meta_calls for s in states] == [1, 1, 1]  # before: 2 (plan validation, then the invocation)
+
+
+async def test_the_memory_unit_of_work_trusts_the_hash_of_blob_of_and_checks_any_other_blob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ms = MemoryStore()
+    made = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"a":1}')
+    assert made.hashed and made == Blob(made.artifact_id, made.kind, made.data)  # the flag is not compared
+    hashes = 0
+    real = hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        nonlocal hashes
+        hashes += 1
+        return real(data)
+
+    monkeypatch.setattr(memory_module.hashlib, "sha256", counting)
+    run = RunId("00000000-0000-4000-8000-000000000001")
+    await ms.events.commit(run, 0, [], [made])
+    assert hashes == 0  # before: hashed again
+    assert await ms.artifacts.get(made.artifact_id) == b'{"a":1}'
+    forged = Blob(made.artifact_id, ArtifactKind.CONTEXT_SNAPSHOT, b'{"a":2}')  # built by hand: checked
+    with pytest.raises(StorageError) as ei:
+        await ms.events.commit(run, 0, [], [forged])
+    assert ei.value.code == "artifact_put_id_mismatch" and hashes >= 1
