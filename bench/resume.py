@@ -169,7 +169,7 @@ def profile(base: str | None, size: int) -> None:
         prof.enable()
         asyncio.run(resume_once(root, run, plan))
         prof.disable()
-    pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":

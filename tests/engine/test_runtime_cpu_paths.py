@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 from engine._kinds import ArtifactKind
 from engine._runtime.context_runtime import SnapshotCache, encode_member
-from engine._wire import copy_json
+from engine._runtime.facts import FactIndex
+from engine._wire import construct, copy_json
 from engine.context import JsonContext
 from engine.engine import RunPhase
 from engine.errors import StorageError
+from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent, EventEnvelope, FactRecorded
 from engine.hashing import CanonicalJsonError, canonical_json_bytes, canonical_members
-from engine.ids import RunId
+from engine.ids import ArtifactId, FactKey, RunId
 from engine.meta import StateMeta
 from engine.runtime import Engine
 from engine.stores import Blob, MemoryStore
@@ -136,3 +138,55 @@ async def test_the_memory_unit_of_work_trusts_the_hash_of_blob_of_and_checks_any
     with pytest.raises(StorageError) as ei:
         await ms.events.commit(run, 0, [], [forged])
     assert ei.value.code == "artifact_put_id_mismatch" and hashes >= 1
+
+
+def _fact_env(seq: int, payload: Any) -> EventEnvelope:
+    run = RunId("00000000-0000-4000-8000-000000000001")
+    return construct(
+        EventEnvelope,
+        run_id=run,
+        seq=seq,
+        ts_millis=None,
+        event=construct(DomainEvent, name=DOMAIN_EVENT_FACT_RECORDED, payload=payload, payload_ref=None),
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"key": "k", "payload_id": "a" * 64},
+        {"key": "k", "payload_id": "a" * 64, "meta": {"x": "y"}},
+        {"key": "k", "payload_id": "a" * 64, "meta": 3},
+    ],
+)
+def test_fact_index_binds_the_common_shape_as_the_model_does(payload: dict[str, Any]) -> None:
+    index = FactIndex.rebuild([_fact_env(1, payload)])
+    fact = FactRecorded.model_validate(payload)
+    assert index.bindings == {fact.key: fact.payload_id}
+    ((key, pid),) = index.bindings.items()
+    assert type(key) is FactKey and type(pid) is ArtifactId
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"key": "k", "payload_id": "A" * 64},  # not an artifact id
+        {"key": "k", "payload_id": "a" * 64, "other": 1},  # an extra field
+        {"key": 3, "payload_id": "a" * 64},
+        {"key": "k"},
+        {"key": "k", "payload_id": "a" * 64, "meta": {}, "x": 1},
+        ["k", "a" * 64],
+    ],
+)
+def test_fact_index_refuses_what_the_model_refuses(payload: Any) -> None:
+    with pytest.raises(StorageError) as ei:
+        FactIndex.rebuild([_fact_env(7, payload)])
+    assert ei.value.code == "fact_recorded_malformed" and "seq 7" in ei.value.message
+
+
+def test_fact_index_rebinding_to_another_payload_is_a_conflict() -> None:
+    envs = [_fact_env(1, {"key": "k", "payload_id": "a" * 64}), _fact_env(2, {"key": "k", "payload_id": "b" * 64})]
+    with pytest.raises(StorageError) as ei:
+        FactIndex.rebuild(envs)
+    assert ei.value.code == "fact_recorded_conflict"
+    assert FactIndex.rebuild([envs[0], envs[0]]).bindings == {"k": "a" * 64}
