@@ -14,7 +14,7 @@ from engine._runtime.pending import PendingArtifacts
 from engine._wire import copy_json
 from engine.artifacts import read_canonical_json, verified_put_bytes
 from engine.errors import ContextError
-from engine.hashing import CanonicalJsonError, canonical_json_bytes, canonical_members
+from engine.hashing import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json_bytes, canonical_members
 from engine.ids import ArtifactId
 from engine.stores import ArtifactStore
 
@@ -90,8 +90,28 @@ def encode_snapshot(value: Any) -> bytes:
 
 
 def encode_member(key: str, value: Any) -> bytes:
-    """Canonical bytes of one top-level member, ``"key":value`` (same checks as a whole snapshot)."""
+    """Canonical bytes of one top-level member, ``"key":value`` (same checks as a whole snapshot).
+
+    A scalar without text (an integer in the I-JSON range, a boolean, null) is written after its key's canonical
+    prefix ``"key":``, encoded and checked once per key (kept for a bounded number of keys): only the key can be
+    secret-looking, and its check is the prefix's."""
+    t = type(value)
+    if value is None or t is bool or (t is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER):
+        prefix = _PREFIXES.get(key) if type(key) is str else None
+        if prefix is None:
+            prefix = encode_snapshot({key: None})[1:-5]  # '{"key":null}' -> '"key":'
+            if type(key) is str and len(_PREFIXES) < _MAX_PREFIXES:
+                _PREFIXES[key] = prefix
+        if value is None:
+            return prefix + b"null"
+        if t is bool:
+            return prefix + (b"true" if value else b"false")
+        return prefix + str(value).encode()
     return encode_snapshot({key: value})[1:-1]
+
+
+_PREFIXES: dict[str, bytes] = {}  # key -> its canonical member prefix '"key":' (checked)
+_MAX_PREFIXES = 65536
 
 
 def _sort_key(key: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 from typing import Any
@@ -13,10 +14,11 @@ from hypothesis import strategies as st
 from engine._kinds import ArtifactKind
 from engine._runtime.context_runtime import SnapshotCache, encode_member
 from engine._runtime.facts import FactIndex
+from engine._runtime.writer import _Mutex
 from engine._wire import construct, copy_json
 from engine.context import JsonContext
 from engine.engine import RunPhase
-from engine.errors import StorageError
+from engine.errors import ContextError, StorageError
 from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent, EventEnvelope, FactRecorded
 from engine.hashing import CanonicalJsonError, canonical_json_bytes, canonical_members
 from engine.ids import ArtifactId, FactKey, RunId
@@ -190,3 +192,70 @@ def test_fact_index_rebinding_to_another_payload_is_a_conflict() -> None:
         FactIndex.rebuild(envs)
     assert ei.value.code == "fact_recorded_conflict"
     assert FactIndex.rebuild([envs[0], envs[0]]).bindings == {"k": "a" * 64}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.text(max_size=8),
+    value=st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.integers(2**53, 2**60),
+)
+def test_a_scalar_member_is_its_canonical_encoding(key: str, value: Any) -> None:
+    """The scalar shortcut of encode_member (the key's prefix, checked once, and the scalar's text) gives the bytes of
+    the full encoding, and refuses what it refuses (unsafe integers; secret-looking keys)."""
+    try:
+        expected: bytes | str = canonical_json_bytes({key: value})[1:-1]
+    except CanonicalJsonError as exc:
+        expected = "secret" if exc.is_secret else "other"
+    try:
+        got: bytes | str = encode_member(key, value)
+        got = encode_member(key, value)  # the second time from the cached prefix
+    except ContextError as exc:
+        got = "secret" if exc.code == "secrets_detected" else "other"
+    assert got == expected
+
+
+def test_a_secret_looking_key_is_refused_with_a_scalar_value_too() -> None:
+    key = "abandon ability able about above absent absorb abstract absurd abuse access accident"
+    for _ in range(2):
+        with pytest.raises(ContextError) as ei:
+            encode_member(key, 1)
+        assert ei.value.code == "secrets_detected"
+
+
+async def test_the_writers_lock_serves_in_order_and_survives_cancelled_waiters() -> None:
+    lock = _Mutex()
+    order: list[str] = []
+
+    async def take(name: str, hold: asyncio.Event | None = None) -> None:
+        if lock.locked:
+            await lock.wait()
+        else:
+            lock.locked = True
+        try:
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+        finally:
+            lock.release()
+
+    gate = asyncio.Event()
+    first = asyncio.ensure_future(take("a", gate))
+    await asyncio.sleep(0)
+    waiters = [asyncio.ensure_future(take(n)) for n in "bcd"]
+    await asyncio.sleep(0)
+    waiters[1].cancel()  # c gives up while waiting
+    await asyncio.sleep(0)
+    gate.set()
+    await first
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert order == ["a", "b", "d"] and not lock.locked
+
+    # handed the lock at the moment it is cancelled: it passes the lock on
+    lock.locked = True
+    late = asyncio.ensure_future(take("late"))
+    after = asyncio.ensure_future(take("after"))
+    await asyncio.sleep(0)
+    lock.release()  # handed to `late`...
+    late.cancel()  # ...which is cancelled before it runs
+    await asyncio.gather(late, after, return_exceptions=True)
+    assert order[-1] == "after" and "late" not in order and not lock.locked
