@@ -179,6 +179,10 @@ class SnapshotCache:
         self._by_id: dict[ArtifactId, dict[str, Any]] = {}
         self._members: dict[ArtifactId, _Members] = {}
 
+    def cached(self, snapshot_id: ArtifactId) -> dict[str, Any] | None:
+        """The snapshot if this invocation wrote or loaded it (no coroutine: the common case of :meth:`load`)."""
+        return self._by_id.get(snapshot_id)
+
     async def load(self, snapshot_id: ArtifactId) -> dict[str, Any]:
         cached = self._by_id.get(snapshot_id)
         if cached is not None:
@@ -215,7 +219,11 @@ class SnapshotCache:
             self._members[base_id] = base_members
         members = base_members.apply(delta)
         value = apply_delta(base_value, delta)
-        aid = await self._put(members.join())
+        store = self.store
+        if type(store) is PendingArtifacts:  # our own overlay: as _put, without its coroutine
+            aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, members.join())
+        else:
+            aid = await self._put(members.join())
         self._by_id.setdefault(aid, value)
         self._members.setdefault(aid, members)
         return aid, value

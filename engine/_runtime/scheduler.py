@@ -343,7 +343,8 @@ class Scheduler:
                 if res.stopped:
                     return _Outcome.STOPPED
                 if res.error is None:
-                    conflict = await self._complete(sid, res)
+                    # sequential: one state at a time, no other completion to exclude (no lock, no extra await)
+                    conflict = await (self._complete_one(sid, res) if self.mc == 1 else self._complete(sid, res))
                     if conflict is None:
                         return _Outcome.COMPLETED
                     error = sanitize_error(conflict, sid)
@@ -425,9 +426,8 @@ class Scheduler:
         return []
 
     async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
-        """Apply the attempt's delta to the current checkpoint and append ``StateCompleted``."""
-        if self.mc == 1:  # one state at a time: no other completion to exclude
-            return await self._complete_one(sid, res)
+        """Apply the attempt's delta to the current checkpoint and append ``StateCompleted`` (fan-out: under the
+        completion lock; a sequential run calls :meth:`_complete_one` directly)."""
         async with self._complete_lock:
             return await self._complete_one(sid, res)
 

@@ -213,6 +213,13 @@ class EventWriter:
         return head
 
     def _track(self, ev: Any, seq: int) -> None:
+        t = type(ev)
+        if t is StateEntered:
+            self.open[ev.state_id] = OpenAttempt(ev.state_id, ev.attempt, ev.base_snapshot_id, seq)
+            return
+        if t is StateCompleted or t is StateFailed:
+            self.open.pop(ev.state_id, None)
+            return
         if isinstance(ev, DomainEvent):
             return
         if isinstance(ev, StateEntered):

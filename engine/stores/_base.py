@@ -290,27 +290,31 @@ def _kernel_parts(env: EventEnvelope) -> tuple[StateId, int | None, ArtifactId] 
     """The checks of :func:`_checked_kernel_value`: its event's (state id, attempt or ``None``, snapshot id) when they
     pass, else ``None``."""
     ev = env.event
+    limit = MAX_SAFE_INTEGER  # the checks of _safe_int, inline (two or three per envelope)
     if type(ev) is StateEntered:  # exactly these classes: a subclass may carry more fields
         entered: StateEntered = ev
         state_id, attempt, tail = entered.state_id, entered.attempt, entered.base_snapshot_id
-        if not _safe_int(attempt):
+        if type(attempt) is not int or not -limit <= attempt <= limit:
             return None
     elif type(ev) is StateCompleted:
         completed: StateCompleted = ev
         state_id, attempt, tail = completed.state_id, None, completed.context_snapshot_id
     else:
         return None
-    ts = env.ts_millis
+    ts, seq = env.ts_millis, env.seq
     if (
         type(env.run_id) is not RunId
         or type(tail) is not ArtifactId
         or type(state_id) is not StateId
-        or not _safe_int(env.seq)
-        or not (ts is None or _safe_int(ts))
-        or _secret_state_id(state_id)
+        or type(seq) is not int
+        or not -limit <= seq <= limit
+        or not (ts is None or (type(ts) is int and -limit <= ts <= limit))
     ):
         return None
-    return state_id, attempt, tail
+    secret = _STATE_ID_SECRET.get(state_id)
+    if secret is None:
+        secret = _secret_state_id(state_id)
+    return None if secret else (state_id, attempt, tail)
 
 
 _STATE_ID_SECRET: dict[str, bool] = {}  # state ids are few and immutable: scan each once (bounded below)
