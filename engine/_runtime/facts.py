@@ -41,7 +41,10 @@ class FactIndex:
         payload_ids: dict[str, ArtifactId] = {}  # fact payloads repeat: each id checked once
         for env in envelopes:
             ev = env.event
-            if not isinstance(ev, DomainEvent) or ev.name != DOMAIN_EVENT_FACT_RECORDED:
+            # (the exact type first: pydantic models' isinstance goes through ABCMeta)
+            if type(ev) is not DomainEvent and not isinstance(ev, DomainEvent):
+                continue
+            if ev.name != DOMAIN_EVENT_FACT_RECORDED:
                 continue
             payload = ev.payload
             # The common shape, checked as FactRecorded would check it (a str key, a valid artifact id, a JSON meta

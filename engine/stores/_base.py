@@ -351,7 +351,8 @@ def _validated_values(
     for ``StateEntered`` / ``StateCompleted`` then builds no value)."""
     values: list[Any] = []
     for i, env in enumerate(events):
-        if not isinstance(env, EventEnvelope):
+        # exact type first: pydantic models' isinstance goes through ABCMeta
+        if type(env) is not EventEnvelope and not isinstance(env, EventEnvelope):
             raise StorageError.other("stream_record_invalid", f"record {i} is not an EventEnvelope")
         if env.run_id != run_id:
             raise StorageError.other("event_run_id_mismatch", f"record {i} belongs to run {env.run_id}, not {run_id}")
@@ -361,7 +362,9 @@ def _validated_values(
                 f"batch for run {run_id} is not contiguous after seq {expected_seq}: record {i} has seq {env.seq}",
             )
         ev = env.event
-        if isinstance(ev, DomainEvent):  # a kernel event's kind is its constant tag: never empty, never secret
+        t = type(ev)
+        if t is not StateEntered and t is not StateCompleted and isinstance(ev, DomainEvent):
+            # a kernel event's kind is its constant tag: never empty, never secret
             if not ev.name:
                 raise StorageError.other("stream_record_invalid", f"record {i} (seq {env.seq}) has an empty kind")
             if contains_secrets(ev.name):
