@@ -165,7 +165,8 @@ def join_members(members: dict[str, bytes]) -> bytes:
 
 
 class SnapshotCache:
-    """Snapshots this invocation wrote or verified, by id (content addressed, so never stale).
+    """Snapshots this invocation wrote or verified, by id (content addressed, so never stale), the last
+    :data:`KEEP_SNAPSHOTS` of them.
 
     Values are shared read-only objects: staged contexts copy on read and never mutate the base.
     A snapshot written from a delta is encoded incrementally: the canonical bytes of each top-level
@@ -192,7 +193,7 @@ class SnapshotCache:
             raise ContextError.serialization(
                 "context_snapshot_not_object", f"context snapshot {snapshot_id} is not a JSON object"
             )
-        self._by_id[snapshot_id] = value
+        _keep(self._by_id, snapshot_id, value)
         return value
 
     async def _put(self, data: bytes) -> ArtifactId:
@@ -204,9 +205,9 @@ class SnapshotCache:
     async def write(self, value: dict[str, Any]) -> ArtifactId:
         data = encode_snapshot(value)
         aid = await self._put(data)
-        self._by_id.setdefault(aid, value)
+        _keep(self._by_id, aid, value)
         if aid not in self._members:
-            self._members[aid] = _members_of(value, data)  # the next write_delta re-encodes only what changed
+            _keep(self._members, aid, _members_of(value, data))  # the next write_delta re-encodes only what changed
         return aid
 
     async def write_delta(
@@ -216,7 +217,7 @@ class SnapshotCache:
         base_members = self._members.get(base_id)
         if base_members is None:
             base_members = _members_of(base_value, encode_snapshot(base_value))
-            self._members[base_id] = base_members
+            _keep(self._members, base_id, base_members)
         members = base_members.apply(delta)
         value = apply_delta(base_value, delta)
         store = self.store
@@ -224,6 +225,19 @@ class SnapshotCache:
             aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, members.join())
         else:
             aid = await self._put(members.join())
-        self._by_id.setdefault(aid, value)
-        self._members.setdefault(aid, members)
+        _keep(self._by_id, aid, value)
+        _keep(self._members, aid, members)
         return aid, value
+
+
+KEEP_SNAPSHOTS = 16
+"""How many snapshots (values and members) a :class:`SnapshotCache` keeps, the most recently written or loaded: the
+current checkpoint and the bases of attempts still open are among them. An older one is read from the store again
+if ever needed. (Keeping every snapshot of a long run made each full garbage collection walk all of them.)"""
+
+
+def _keep(cache: dict[ArtifactId, Any], key: ArtifactId, value: Any) -> None:
+    if key not in cache:
+        cache[key] = value
+        if len(cache) > KEEP_SNAPSHOTS:
+            del cache[next(iter(cache))]

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine._kinds import ArtifactKind
-from engine._runtime.context_runtime import SnapshotCache, encode_member
+from engine._runtime.context_runtime import KEEP_SNAPSHOTS, SnapshotCache, encode_member
 from engine._runtime.facts import FactIndex
 from engine._runtime.writer import _Mutex
 from engine._wire import construct, copy_json
@@ -259,3 +259,21 @@ async def test_the_writers_lock_serves_in_order_and_survives_cancelled_waiters()
     late.cancel()  # ...which is cancelled before it runs
     await asyncio.gather(late, after, return_exceptions=True)
     assert order[-1] == "after" and "late" not in order and not lock.locked
+
+
+async def test_the_snapshot_cache_keeps_the_recent_snapshots_and_reads_older_ones_again() -> None:
+    """Before: every snapshot of the invocation stayed in memory (a long run's full collections walked them all)."""
+    ms = MemoryStore()
+    cache = SnapshotCache(ms.artifacts)
+    ids = [await cache.write({"n": 0})]
+    values = [{"n": 0}]
+    for i in range(1, 3 * KEEP_SNAPSHOTS):
+        aid, value = await cache.write_delta(ids[-1], values[-1], {"n": i, f"k{i}": i})
+        ids.append(aid)
+        values.append(value)
+    assert cache.cached(ids[-1]) == values[-1]
+    assert cache.cached(ids[0]) is None  # forgotten...
+    assert await cache.load(ids[0]) == {"n": 0}  # ...and read from the store again
+    new_id, new_value = await cache.write_delta(ids[1], values[1], {"x": 1})  # an old base: encoded again
+    assert await ms.artifacts.get(new_id) == canonical_json_bytes(new_value)
+    assert sum(1 for a in ids if cache.cached(a) is not None) <= KEEP_SNAPSHOTS
