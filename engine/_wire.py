@@ -251,9 +251,13 @@ def construct(cls: type[_M], /, **fields: Any) -> _M:
     plain attribute setup below costs a third as much. Equality, ``model_dump`` and serialisation
     behave exactly as for a validated instance (tests/engine/test_runtime_writer.py).
     """
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)  # BaseModel has no __new__ of its own
+    _setattr(obj, "__dict__", fields)
+    _setattr(obj, "__pydantic_fields_set__", set(fields))
+    _setattr(obj, "__pydantic_extra__", None)
+    _setattr(obj, "__pydantic_private__", None)
     return obj
+
+
+_new = object.__new__
+_setattr = object.__setattr__
