@@ -119,36 +119,42 @@ def _sort_key(key: str) -> Any:
 
 
 class _Members:
-    """A snapshot's top-level members as canonical bytes, with the key order kept up to date."""
+    """A snapshot's top-level members as canonical bytes, in key order (``parts``, aligned with ``order``)."""
 
-    __slots__ = ("ascii", "by_key", "order")
+    __slots__ = ("ascii", "index", "order", "parts")
 
     def __init__(self, by_key: dict[str, bytes]) -> None:
-        self.by_key = by_key
         self.ascii = all(k.isascii() for k in by_key)
         self.order = sorted(by_key) if self.ascii else sorted(by_key, key=_sort_key)
+        self.index = {k: i for i, k in enumerate(self.order)}  # shared by every snapshot with the same keys
+        self.parts = [by_key[k] for k in self.order]
+
+    @property
+    def by_key(self) -> dict[str, bytes]:
+        return dict(zip(self.order, self.parts, strict=True))
 
     def apply(self, delta: dict[str, Any]) -> _Members:
-        by_key = dict(self.by_key)
-        new_keys = False
+        index = self.index
         for k, v in delta.items():
-            if v is _TOMBSTONE:
-                if by_key.pop(k, None) is not None:
-                    new_keys = True
-            else:
-                if k not in by_key:
-                    new_keys = True
-                by_key[k] = encode_member(k, v)
-        if not new_keys:
-            out = _Members.__new__(_Members)
-            out.by_key, out.ascii, out.order = by_key, self.ascii, self.order
-            return out
-        return _Members(by_key)
+            if (v is _TOMBSTONE) is (k in index):  # a key added or removed: a new order
+                by_key = self.by_key
+                for k2, v2 in delta.items():
+                    if v2 is _TOMBSTONE:
+                        by_key.pop(k2, None)
+                    else:
+                        by_key[k2] = encode_member(k2, v2)
+                return _Members(by_key)
+        parts = self.parts.copy()  # same keys: only the changed members are encoded
+        for k, v in delta.items():
+            if v is not _TOMBSTONE:
+                parts[index[k]] = encode_member(k, v)
+        out = _Members.__new__(_Members)
+        out.ascii, out.order, out.index, out.parts = self.ascii, self.order, index, parts
+        return out
 
     def join(self) -> bytes:
         """RFC 8785 is compositional: an object is its members sorted by key (UTF-16 code units), comma-joined."""
-        by_key = self.by_key
-        return b"{" + b",".join([by_key[k] for k in self.order]) + b"}"
+        return b"{" + b",".join(self.parts) + b"}"
 
 
 def _members_of(value: dict[str, Any], encoded: bytes) -> _Members:
