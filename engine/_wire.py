@@ -17,6 +17,7 @@ JSON text from the wire or from artifacts is read as serde_json reads it (:func:
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Self, TypeVar
@@ -31,6 +32,7 @@ __all__ = [
     "WireJsonValue",
     "compact_json",
     "construct",
+    "copy_json",
     "parse_json",
     "sorted_json",
     "tagged_union_schema",
@@ -90,6 +92,28 @@ def sorted_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [x if type(x) in _LEAVES else sorted_json(x) for x in value]
     return value
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-shaped value (dicts, lists, scalars), as ``copy.deepcopy`` makes it, several times
+    faster: no memo, every container rebuilt by a comprehension. Anything else inside (a tuple, an object, a
+    structure deeper than the recursion limit or with a cycle) is left to ``copy.deepcopy``. Unlike
+    ``copy.deepcopy`` it does not keep aliasing: a list reachable twice is copied twice (JSON has no aliases)."""
+    try:
+        return _copy_json(value)
+    except RecursionError:
+        return copy.deepcopy(value)
+
+
+def _copy_json(value: Any) -> Any:
+    t = type(value)
+    if t is dict:
+        return {k: v if type(v) in _LEAVES else _copy_json(v) for k, v in value.items()}
+    if t is list:
+        return [v if type(v) in _LEAVES else _copy_json(v) for v in value]
+    if t in _LEAVES:
+        return value
+    return copy.deepcopy(value)
 
 
 WireJsonValue = Annotated[JsonValue, PlainSerializer(sorted_json)]
@@ -227,9 +251,13 @@ def construct(cls: type[_M], /, **fields: Any) -> _M:
     plain attribute setup below costs a third as much. Equality, ``model_dump`` and serialisation
     behave exactly as for a validated instance (tests/engine/test_runtime_writer.py).
     """
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)  # BaseModel has no __new__ of its own
+    _setattr(obj, "__dict__", fields)
+    _setattr(obj, "__pydantic_fields_set__", set(fields))
+    _setattr(obj, "__pydantic_extra__", None)
+    _setattr(obj, "__pydantic_private__", None)
     return obj
+
+
+_new = object.__new__
+_setattr = object.__setattr__

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import TypeAdapter, ValidationError
 
+from engine._wire import copy_json
 from engine.errors import ContextError
 from engine.hashing import CanonicalJsonError, canonical_json_bytes
 from engine.ids import ContextKey
@@ -60,18 +60,18 @@ class JsonContext(TypedContextExt):
 
     def read(self, key: str) -> Any | None:
         value = self._data.get(ContextKey(key))
-        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+        return copy_json(value) if isinstance(value, (dict, list)) else value
 
     def write(self, key: str, value: Any) -> None:
         # Keys are stored as plain ``str`` so that ``dump()`` is plain JSON (canonical encoding
         # rejects non-``str`` object keys).
-        self._data[str(ContextKey(key))] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+        self._data[str(ContextKey(key))] = copy_json(value) if isinstance(value, (dict, list)) else value
 
     def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
     def dump(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data)
+        return copy_json(self._data)  # type: ignore[no-any-return]
 
 
 def read_typed(ctx: DynContext | TypedContextExt, key: str, type_: type[T]) -> T | None:

@@ -270,14 +270,23 @@ def decode_trusted(bodies: Iterable[bytes]) -> list[EventEnvelope]:
     shape that does not fit) goes through :func:`decode_envelope`, validated as always.
     """
     out: list[EventEnvelope] = []
-    ids: dict[tuple[type[Any], str], Any] = {}
+    append = out.append
+    # ids made once per distinct value, one table per id type (no key tuple per lookup)
+    run_ids: dict[str, RunId] = {}
+    state_ids: dict[str, StateId] = {}
+    artifact_ids: dict[str, ArtifactId] = {}
+    new, setattr_ = object.__new__, object.__setattr__
+    domain_cls, entered_cls, completed_cls, envelope_cls = DomainEvent, StateEntered, StateCompleted, EventEnvelope
+    domain_fields, entered_fields = frozenset(_DOMAIN_KEYS), frozenset(_ENTERED_KEYS)
+    completed_fields, envelope_fields = frozenset(_COMPLETED_KEYS), frozenset(_ENVELOPE_KEYS)
 
-    def ident(cls: type[Any], value: str) -> Any:
-        key = (cls, value)
-        made = ids.get(key)
-        if made is None:
-            made = ids[key] = cls(value)
-        return made
+    def built(cls: type[Any], fields: dict[str, Any], names: frozenset[str]) -> Any:
+        obj = new(cls)
+        setattr_(obj, "__dict__", fields)
+        setattr_(obj, "__pydantic_fields_set__", set(names))
+        setattr_(obj, "__pydantic_extra__", None)
+        setattr_(obj, "__pydantic_private__", None)
+        return obj
 
     loads = orjson.loads
     for body in bodies:
@@ -288,40 +297,54 @@ def decode_trusted(bodies: Iterable[bytes]) -> list[EventEnvelope]:
             event: Any
             if domain is not None:
                 ref = domain["payload_ref"]
-                event = _built(
-                    DomainEvent,
-                    name=domain["name"],
-                    payload=domain["payload"],
-                    payload_ref=None if ref is None else ident(ArtifactId, ref),
+                if ref is not None:
+                    ref = artifact_ids.get(ref) or artifact_ids.setdefault(ref, ArtifactId(ref))
+                event = built(
+                    domain_cls,
+                    {"name": domain["name"], "payload": domain["payload"], "payload_ref": ref},
+                    domain_fields,
                 )
             else:
                 kernel = wrapper["Kernel"]
                 entered = kernel.get("StateEntered")
                 if entered is not None:
-                    event = _built(
-                        StateEntered,
-                        state_id=ident(StateId, entered["state_id"]),
-                        attempt=entered["attempt"],
-                        base_snapshot_id=ident(ArtifactId, entered["base_snapshot_id"]),
+                    sid, aid = entered["state_id"], entered["base_snapshot_id"]
+                    event = built(
+                        entered_cls,
+                        {
+                            "state_id": state_ids.get(sid) or state_ids.setdefault(sid, StateId(sid)),
+                            "attempt": entered["attempt"],
+                            "base_snapshot_id": artifact_ids.get(aid) or artifact_ids.setdefault(aid, ArtifactId(aid)),
+                        },
+                        entered_fields,
                     )
                 else:
                     completed = kernel["StateCompleted"]
-                    event = _built(
-                        StateCompleted,
-                        state_id=ident(StateId, completed["state_id"]),
-                        context_snapshot_id=ident(ArtifactId, completed["context_snapshot_id"]),
+                    sid, aid = completed["state_id"], completed["context_snapshot_id"]
+                    event = built(
+                        completed_cls,
+                        {
+                            "state_id": state_ids.get(sid) or state_ids.setdefault(sid, StateId(sid)),
+                            "context_snapshot_id": artifact_ids.get(aid)
+                            or artifact_ids.setdefault(aid, ArtifactId(aid)),
+                        },
+                        completed_fields,
                     )
-            out.append(
-                _built(
-                    EventEnvelope,
-                    run_id=ident(RunId, raw["run_id"]),
-                    seq=raw["seq"],
-                    ts_millis=raw["ts_millis"],
-                    event=event,
+            rid = raw["run_id"]
+            append(
+                built(
+                    envelope_cls,
+                    {
+                        "run_id": run_ids.get(rid) or run_ids.setdefault(rid, RunId(rid)),
+                        "seq": raw["seq"],
+                        "ts_millis": raw["ts_millis"],
+                        "event": event,
+                    },
+                    envelope_fields,
                 )
             )
         except (KeyError, TypeError, ValueError, AttributeError):
-            out.append(decode_envelope(body))
+            append(decode_envelope(body))
     return out
 
 

@@ -66,7 +66,9 @@ async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: Ar
     meta = inv.metas[state_id]
     if inv.skip_tags and not inv.skip_tags.isdisjoint(meta.tags):
         return HandlerResult(skipped=True)
-    base_value = await inv.snapshots.load(base)
+    base_value = inv.snapshots.cached(base)
+    if base_value is None:
+        base_value = await inv.snapshots.load(base)
     ctx = StagedContext(base_value)
     io: IoProvider
     se_key = side_effect_key(meta)

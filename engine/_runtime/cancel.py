@@ -58,7 +58,15 @@ class CancelWatcher:
 
     @property
     def cancelled(self) -> bool:
-        return self.event.is_set()
+        """Whether the run is cancelled; a cancelled token counts at once (a sequential run may not have yielded to
+        the loop since, so ``_watch_token`` may not have run yet)."""
+        if self.reason is not None:  # set by _fire with the event (cheaper than Event.is_set)
+            return True
+        token = self._token
+        if token is not None and token.cancelled:
+            self._fire(token.reason or "cancelled")
+            return True
+        return False
 
     def _fire(self, reason: str) -> None:
         if not self.event.is_set():

@@ -7,14 +7,14 @@ base (same thing), fan-out applies it to the checkpoint current at completion (Â
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from engine._kinds import ArtifactKind
 from engine._runtime.pending import PendingArtifacts
+from engine._wire import copy_json
 from engine.artifacts import read_canonical_json, verified_put_bytes
 from engine.errors import ContextError
-from engine.hashing import CanonicalJsonError, canonical_json_bytes
+from engine.hashing import MAX_SAFE_INTEGER, CanonicalJsonError, canonical_json_bytes, canonical_members
 from engine.ids import ArtifactId
 from engine.stores import ArtifactStore
 
@@ -24,7 +24,7 @@ _TOMBSTONE: Any = object()
 
 
 def _copy(value: Any) -> Any:
-    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+    return copy_json(value) if isinstance(value, dict | list) else value
 
 
 class StagedContext:
@@ -51,7 +51,7 @@ class StagedContext:
         self._overlay[key] = _TOMBSTONE
 
     def dump(self) -> dict[str, Any]:
-        return copy.deepcopy(apply_delta(self._base, self._overlay))
+        return copy_json(apply_delta(self._base, self._overlay))  # type: ignore[no-any-return]
 
     @property
     def delta(self) -> dict[str, Any]:
@@ -90,8 +90,28 @@ def encode_snapshot(value: Any) -> bytes:
 
 
 def encode_member(key: str, value: Any) -> bytes:
-    """Canonical bytes of one top-level member, ``"key":value`` (same checks as a whole snapshot)."""
+    """Canonical bytes of one top-level member, ``"key":value`` (same checks as a whole snapshot).
+
+    A scalar without text (an integer in the I-JSON range, a boolean, null) is written after its key's canonical
+    prefix ``"key":``, encoded and checked once per key (kept for a bounded number of keys): only the key can be
+    secret-looking, and its check is the prefix's."""
+    t = type(value)
+    if value is None or t is bool or (t is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER):
+        prefix = _PREFIXES.get(key) if type(key) is str else None
+        if prefix is None:
+            prefix = encode_snapshot({key: None})[1:-5]  # '{"key":null}' -> '"key":'
+            if type(key) is str and len(_PREFIXES) < _MAX_PREFIXES:
+                _PREFIXES[key] = prefix
+        if value is None:
+            return prefix + b"null"
+        if t is bool:
+            return prefix + (b"true" if value else b"false")
+        return prefix + str(value).encode()
     return encode_snapshot({key: value})[1:-1]
+
+
+_PREFIXES: dict[str, bytes] = {}  # key -> its canonical member prefix '"key":' (checked)
+_MAX_PREFIXES = 65536
 
 
 def _sort_key(key: str) -> Any:
@@ -99,36 +119,51 @@ def _sort_key(key: str) -> Any:
 
 
 class _Members:
-    """A snapshot's top-level members as canonical bytes, with the key order kept up to date."""
+    """A snapshot's top-level members as canonical bytes, in key order (``parts``, aligned with ``order``)."""
 
-    __slots__ = ("ascii", "by_key", "order")
+    __slots__ = ("ascii", "index", "order", "parts")
 
     def __init__(self, by_key: dict[str, bytes]) -> None:
-        self.by_key = by_key
         self.ascii = all(k.isascii() for k in by_key)
         self.order = sorted(by_key) if self.ascii else sorted(by_key, key=_sort_key)
+        self.index = {k: i for i, k in enumerate(self.order)}  # shared by every snapshot with the same keys
+        self.parts = [by_key[k] for k in self.order]
+
+    @property
+    def by_key(self) -> dict[str, bytes]:
+        return dict(zip(self.order, self.parts, strict=True))
 
     def apply(self, delta: dict[str, Any]) -> _Members:
-        by_key = dict(self.by_key)
-        new_keys = False
+        index = self.index
         for k, v in delta.items():
-            if v is _TOMBSTONE:
-                if by_key.pop(k, None) is not None:
-                    new_keys = True
-            else:
-                if k not in by_key:
-                    new_keys = True
-                by_key[k] = encode_member(k, v)
-        if not new_keys:
-            out = _Members.__new__(_Members)
-            out.by_key, out.ascii, out.order = by_key, self.ascii, self.order
-            return out
-        return _Members(by_key)
+            if (v is _TOMBSTONE) is (k in index):  # a key added or removed: a new order
+                by_key = self.by_key
+                for k2, v2 in delta.items():
+                    if v2 is _TOMBSTONE:
+                        by_key.pop(k2, None)
+                    else:
+                        by_key[k2] = encode_member(k2, v2)
+                return _Members(by_key)
+        parts = self.parts.copy()  # same keys: only the changed members are encoded
+        for k, v in delta.items():
+            if v is not _TOMBSTONE:
+                parts[index[k]] = encode_member(k, v)
+        out = _Members.__new__(_Members)
+        out.ascii, out.order, out.index, out.parts = self.ascii, self.order, index, parts
+        return out
 
     def join(self) -> bytes:
         """RFC 8785 is compositional: an object is its members sorted by key (UTF-16 code units), comma-joined."""
-        by_key = self.by_key
-        return b"{" + b",".join([by_key[k] for k in self.order]) + b"}"
+        return b"{" + b",".join(self.parts) + b"}"
+
+
+def _members_of(value: dict[str, Any], encoded: bytes) -> _Members:
+    """The members of a checked snapshot: cut from its canonical bytes ``encoded`` (one pass in C), else encoded one
+    by one."""
+    members = canonical_members(value, encoded)
+    if members is None:
+        members = {k: encode_member(k, v) for k, v in value.items()}
+    return _Members(members)
 
 
 def join_members(members: dict[str, bytes]) -> bytes:
@@ -136,7 +171,8 @@ def join_members(members: dict[str, bytes]) -> bytes:
 
 
 class SnapshotCache:
-    """Snapshots this invocation wrote or verified, by id (content addressed, so never stale).
+    """Snapshots this invocation wrote or verified, by id (content addressed, so never stale), the last
+    :data:`KEEP_SNAPSHOTS` of them.
 
     Values are shared read-only objects: staged contexts copy on read and never mutate the base.
     A snapshot written from a delta is encoded incrementally: the canonical bytes of each top-level
@@ -150,6 +186,10 @@ class SnapshotCache:
         self._by_id: dict[ArtifactId, dict[str, Any]] = {}
         self._members: dict[ArtifactId, _Members] = {}
 
+    def cached(self, snapshot_id: ArtifactId) -> dict[str, Any] | None:
+        """The snapshot if this invocation wrote or loaded it (no coroutine: the common case of :meth:`load`)."""
+        return self._by_id.get(snapshot_id)
+
     async def load(self, snapshot_id: ArtifactId) -> dict[str, Any]:
         cached = self._by_id.get(snapshot_id)
         if cached is not None:
@@ -159,7 +199,7 @@ class SnapshotCache:
             raise ContextError.serialization(
                 "context_snapshot_not_object", f"context snapshot {snapshot_id} is not a JSON object"
             )
-        self._by_id[snapshot_id] = value
+        _keep(self._by_id, snapshot_id, value)
         return value
 
     async def _put(self, data: bytes) -> ArtifactId:
@@ -171,7 +211,9 @@ class SnapshotCache:
     async def write(self, value: dict[str, Any]) -> ArtifactId:
         data = encode_snapshot(value)
         aid = await self._put(data)
-        self._by_id.setdefault(aid, value)
+        _keep(self._by_id, aid, value)
+        if aid not in self._members:
+            _keep(self._members, aid, _members_of(value, data))  # the next write_delta re-encodes only what changed
         return aid
 
     async def write_delta(
@@ -180,11 +222,28 @@ class SnapshotCache:
         """Write ``base`` with ``delta`` applied; return (id, value)."""
         base_members = self._members.get(base_id)
         if base_members is None:
-            base_members = _Members({k: encode_member(k, v) for k, v in base_value.items()})
-            self._members[base_id] = base_members
+            base_members = _members_of(base_value, encode_snapshot(base_value))
+            _keep(self._members, base_id, base_members)
         members = base_members.apply(delta)
         value = apply_delta(base_value, delta)
-        aid = await self._put(members.join())
-        self._by_id.setdefault(aid, value)
-        self._members.setdefault(aid, members)
+        store = self.store
+        if type(store) is PendingArtifacts:  # our own overlay: as _put, without its coroutine
+            aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, members.join())
+        else:
+            aid = await self._put(members.join())
+        _keep(self._by_id, aid, value)
+        _keep(self._members, aid, members)
         return aid, value
+
+
+KEEP_SNAPSHOTS = 16
+"""How many snapshots (values and members) a :class:`SnapshotCache` keeps, the most recently written or loaded: the
+current checkpoint and the bases of attempts still open are among them. An older one is read from the store again
+if ever needed. (Keeping every snapshot of a long run made each full garbage collection walk all of them.)"""
+
+
+def _keep(cache: dict[ArtifactId, Any], key: ArtifactId, value: Any) -> None:
+    if key not in cache:
+        cache[key] = value
+        if len(cache) > KEEP_SNAPSHOTS:
+            del cache[next(iter(cache))]

@@ -28,7 +28,7 @@ from engine.errors import ContextError, ErrorCategory, ErrorInfo, MfmError, RunE
 from engine.events import EventEnvelope, RunCompleted, RunStarted, RunStatus, StateFailed, fact_event
 from engine.hashing import CanonicalJsonError, artifact_id_for_json
 from engine.ids import ArtifactId, RunId, StateId
-from engine.meta import SideEffectKind
+from engine.meta import SideEffectKind, StateMeta
 from engine.plan import ExecutionPlan, PlanValidationError, topological_order
 from engine.transport import LiveTransportFactory
 
@@ -67,7 +67,8 @@ class Runtime:
         known to be valid)."""
         check_execution_mode(run.run_config)
         check_manifest_contract(run.manifest, run.manifest_id, run.plan, run.run_config)
-        order = validate_execution_plan(run.plan)
+        metas: dict[StateId, StateMeta] = {}
+        order = validate_execution_plan(run.plan, metas)
         await check_stored_manifest(stores, run.manifest, run.manifest_id)
         run_id = run_id if run_id is not None else self.run_ids()
         blobs = pending_for(stores.events, stores.artifacts)
@@ -90,7 +91,9 @@ class Runtime:
             writer.defer(head_events)  # appended with the first StateEntered (or RunCompleted{Cancelled})
         except MfmError as exc:
             raise RunError.wrap(exc) from exc
-        inv = self._invocation(stores, run_id, run.plan, order, run.run_config, writer, facts, snapshots, cancel)
+        inv = self._invocation(
+            stores, run_id, run.plan, order, run.run_config, writer, facts, snapshots, cancel, metas=metas
+        )
         inv.checkpoint_id, inv.checkpoint_value = initial_id, initial
         async with _driving(inv):
             return await Scheduler(inv).run()
@@ -120,7 +123,8 @@ class Runtime:
             raise RunError.invalid_plan(
                 "plan_op_id_mismatch", f"resolved plan op_id {plan.op_id} differs from manifest op_id {manifest.op_id}"
             )
-        order = validate_execution_plan(plan)
+        metas: dict[StateId, StateMeta] = {}
+        order = validate_execution_plan(plan, metas)
         in_plan = set(order)
         for sid in sorted(history.mentioned):
             if sid not in in_plan:
@@ -137,7 +141,7 @@ class Runtime:
             stores = replace(stores, artifacts=blobs)
         snapshots = SnapshotCache(stores.artifacts)
         writer = EventWriter(stores.events, run_id, history.last_seq, self.clock, blobs)
-        inv = self._invocation(stores, run_id, plan, order, cfg, writer, facts, snapshots, cancel)
+        inv = self._invocation(stores, run_id, plan, order, cfg, writer, facts, snapshots, cancel, metas=metas)
         inv.completed = dict(history.completed)
         inv.checkpoint_id = history.last_checkpoint
         inv.checkpoint_value = None  # loaded when first needed: a bad snapshot fails inside the attempt (O94)
@@ -208,6 +212,8 @@ class Runtime:
         facts: FactIndex,
         snapshots: SnapshotCache,
         cancel: CancelToken | None,
+        *,
+        metas: dict[StateId, StateMeta] | None = None,
     ) -> Invocation:
         watcher = CancelWatcher(run_id, cancel, stores.control, self.cancel_poll_interval)
         inv = Invocation(
@@ -227,6 +233,7 @@ class Runtime:
             watcher=watcher,
             checkpoint_id=ArtifactId("0" * 64),
             checkpoint_value={},
+            metas=metas or {},
         )
         self.last_invocation = inv
         return inv
@@ -291,14 +298,18 @@ def check_manifest_contract(
         raise RunError.invalid_plan("run_config_mismatch", "StartRun.run_config differs from manifest.run_config")
 
 
-def validate_execution_plan(plan: ExecutionPlan) -> list[StateId]:
-    """§6.1 checks (→ ``invalid_plan``) then side-effect declarations (§0.10 → ``missing_idempotency_key``)."""
+def validate_execution_plan(plan: ExecutionPlan, metas: dict[StateId, StateMeta] | None = None) -> list[StateId]:
+    """§6.1 checks (→ ``invalid_plan``) then side-effect declarations (§0.10 → ``missing_idempotency_key``).
+
+    ``metas``, when given, receives every state's ``meta()`` (asked once per state and invocation)."""
     try:
         order = topological_order(plan)
     except PlanValidationError as exc:
         raise RunError.invalid_plan("invalid_plan", f"invalid plan: {exc}") from None
     for node in plan.graph.states:
         meta = node.state.meta()
+        if metas is not None:
+            metas[node.id] = meta
         if meta.side_effects is SideEffectKind.APPLY_SIDE_EFFECT and not meta.idempotency.key_value:
             raise RunError.invalid_plan(
                 "missing_idempotency_key",

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from engine._secrets import contains_secrets
 from engine.errors import StorageError
 from engine.events import DOMAIN_EVENT_FACT_RECORDED, DomainEvent, EventEnvelope, FactRecorded
-from engine.ids import ArtifactId
+from engine.ids import ArtifactId, FactKey
 
 __all__ = ["FactIndex"]
 
@@ -38,26 +38,54 @@ class FactIndex:
     def rebuild(cls, envelopes: Iterable[EventEnvelope]) -> FactIndex:
         """From every ``fact_recorded`` domain event (also inside failed and orphaned attempts)."""
         index = cls()
+        payload_ids: dict[str, ArtifactId] = {}  # fact payloads repeat: each id checked once
         for env in envelopes:
             ev = env.event
-            if not isinstance(ev, DomainEvent) or ev.name != DOMAIN_EVENT_FACT_RECORDED:
+            # (the exact type first: pydantic models' isinstance goes through ABCMeta)
+            if type(ev) is not DomainEvent and not isinstance(ev, DomainEvent):
                 continue
-            try:
-                fact = FactRecorded.model_validate(ev.payload)
-            except (ValidationError, ValueError):
-                raise StorageError.corruption(
-                    "fact_recorded_malformed", f"fact_recorded event at seq {env.seq} is malformed", {"seq": env.seq}
-                ) from None
-            bound = index.bindings.get(fact.key)
+            if ev.name != DOMAIN_EVENT_FACT_RECORDED:
+                continue
+            payload = ev.payload
+            # The common shape, checked as FactRecorded would check it (a str key, a valid artifact id, a JSON meta
+            # or none, nothing else), without building the model; anything else is judged by the model.
+            if (
+                type(payload) is dict
+                and len(payload) <= 3
+                and type(key := payload.get("key")) is str
+                and type(pid := payload.get("payload_id")) is str
+                and (len(payload) == 2 or "meta" in payload)
+                and (payload_id := payload_ids.get(pid) or _artifact_id_or_none(pid, payload_ids)) is not None
+            ):
+                fact_key: str = FactKey(key)
+            else:
+                try:
+                    fact = FactRecorded.model_validate(payload)
+                except (ValidationError, ValueError):
+                    raise StorageError.corruption(
+                        "fact_recorded_malformed",
+                        f"fact_recorded event at seq {env.seq} is malformed",
+                        {"seq": env.seq},
+                    ) from None
+                fact_key, payload_id = fact.key, fact.payload_id
+            bound = index.bindings.get(fact_key)
             if bound is None:
-                index.bindings[fact.key] = fact.payload_id
-            elif bound != fact.payload_id:
+                index.bindings[fact_key] = payload_id
+            elif bound != payload_id:
                 details: dict[str, int | str] = {"seq": env.seq}
-                if not contains_secrets(fact.key):
-                    details["key"] = fact.key
+                if not contains_secrets(fact_key):
+                    details["key"] = fact_key
                 raise StorageError.corruption(
                     "fact_recorded_conflict",
                     f"fact_recorded event at seq {env.seq} rebinds a key to a different payload",
                     details,  # type: ignore[arg-type]
                 )
         return index
+
+
+def _artifact_id_or_none(value: str, made: dict[str, ArtifactId]) -> ArtifactId | None:
+    try:
+        aid = made[value] = ArtifactId(value)
+    except ValueError:
+        return None  # FactRecorded words the error
+    return aid

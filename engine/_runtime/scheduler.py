@@ -68,6 +68,10 @@ __all__ = ["CODE_FAN_OUT_WRITE_CONFLICT", "CODE_RUN_CANCELLED", "Scheduler", "ma
 
 CODE_RUN_CANCELLED = "run_cancelled"
 CODE_FAN_OUT_WRITE_CONFLICT = "fan_out_write_conflict"
+YIELD_EVERY = 32
+"""A sequential run yields to the event loop after this many states (run in its own task, a state that never
+suspends, as on the memory store, would otherwise keep the loop, and a cancel request polled from the control
+store, for the whole run)."""
 
 
 class _Outcome(Enum):
@@ -97,6 +101,8 @@ class Scheduler:
         self._waiter: asyncio.Future[None] | None = None
         self._written_by: dict[str, StateId] = {}
         self._ancestors: dict[StateId, frozenset[StateId]] | None = None
+        self._inline: asyncio.Task[Any] | None = None  # this task while it runs a state itself (sequential runs)
+        self._inline_cancelled = False  # _interrupt_inline cancelled it
         for sid in self.overrides:
             if sid not in self.preds:
                 raise RunError.invalid_plan("start_state_not_in_plan", f"start state {sid} is not in the plan")
@@ -119,7 +125,9 @@ class Scheduler:
         running: dict[asyncio.Future[Any], StateId] = {}
         cancel_wait: asyncio.Future[Any] = asyncio.ensure_future(inv.watcher.event.wait())
         cancel_wait.add_done_callback(self._wake)
+        cancel_wait.add_done_callback(self._interrupt_inline)
         stopped = False
+        inline_states = 0
         try:
             while True:
                 # A boundary: the cancel check and the scheduling decision, then one batch.
@@ -133,6 +141,23 @@ class Scheduler:
                     )
                     if inv.watcher.cancelled:  # came while the batch was in the store: _finish closes them
                         self.active -= len(launch)
+                        continue
+                    if self.mc == 1:  # sequential: the one state runs in this task (see _run_inline)
+                        ((s, a, b),) = launch
+                        outcome = await self._run_inline(s, a, b)
+                        inline_states += 1
+                        if inline_states % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)  # states that never suspend must not starve the loop
+                        if outcome is None:  # the run's cancel interrupted it (or came as it ended)
+                            if self.finished is None:
+                                break
+                        elif outcome is _Outcome.COMPLETED:
+                            self._release(s, succs, waiting, ready, pos)
+                        elif outcome is _Outcome.STOPPED:
+                            await inv.writer.flush()
+                            return RunResult(
+                                run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id
+                            )
                         continue
                     for s, a, b in launch:
                         task = asyncio.ensure_future(self._run_state(s, a, b))
@@ -161,10 +186,7 @@ class Scheduler:
                     if outcome is _Outcome.STOPPED:
                         stopped = True
                     elif outcome is _Outcome.COMPLETED:
-                        for nxt in succs[s]:
-                            waiting[nxt] -= 1
-                            if waiting[nxt] == 0 and nxt not in inv.completed:
-                                heapq.heappush(ready, pos[nxt])
+                        self._release(s, succs, waiting, ready, pos)
                 if stopped:
                     await self._cancel_all(running)
                     await inv.writer.flush()  # what other states wrote before the stop (not the stopped attempt)
@@ -177,6 +199,58 @@ class Scheduler:
         finally:
             cancel_wait.cancel()
         return await self._finish()
+
+    def _release(
+        self,
+        sid: StateId,
+        succs: dict[StateId, list[StateId]],
+        waiting: dict[StateId, int],
+        ready: list[int],
+        pos: dict[StateId, int],
+    ) -> None:
+        """``sid`` completed: its successors whose predecessors are all done become ready."""
+        completed = self.inv.completed
+        for nxt in succs[sid]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0 and nxt not in completed:
+                heapq.heappush(ready, pos[nxt])
+
+    async def _run_inline(self, sid: StateId, attempt: int, base: ArtifactId) -> _Outcome | None:
+        """A sequential run's state, awaited in the scheduler's own task instead of a task of its own (issue 12: a
+        task, its done callback and the wake-up of the main loop cost more than a no-op state's own work).
+
+        The semantics of a state task are kept. The run's cancel interrupts the handler: :meth:`_interrupt_inline`
+        cancels this task (through the writer, so never inside a store append) and the ``CancelledError`` is
+        caught here, told apart from a cancellation of the caller by ``Task.uncancel``; ``None`` is returned then
+        and whenever the cancel came while the state ran, whatever the handler did with it. Anything else the
+        state raises leaves as it would have left its task's ``exception()``.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self._inline = task
+        try:
+            outcome: _Outcome | None = await self._run_state(sid, attempt, base)
+        except asyncio.CancelledError:
+            if not self._inline_cancelled:
+                raise  # not ours: the caller's
+            outcome = None
+        finally:
+            self._inline = None
+        if self._inline_cancelled:
+            self._inline_cancelled = False
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)  # a cancel held back by the writer (or not yet delivered) lands here
+            if task.uncancel() > 0:
+                raise asyncio.CancelledError  # the caller cancelled us as well
+            outcome = None
+        return outcome
+
+    def _interrupt_inline(self, _: asyncio.Future[Any]) -> None:
+        """Done callback of the cancel wait: interrupt the state running in the scheduler's task, if any."""
+        task = self._inline
+        if task is not None and not self._inline_cancelled and self.finished is None:
+            self._inline_cancelled = True
+            self.inv.writer.cancel_task(task)
 
     def _wake(self, _: asyncio.Future[Any] | None) -> None:
         """Done callback of every state task and of the cancel wait: wakes :meth:`_wait_any`."""
@@ -269,7 +343,8 @@ class Scheduler:
                 if res.stopped:
                     return _Outcome.STOPPED
                 if res.error is None:
-                    conflict = await self._complete(sid, res)
+                    # sequential: one state at a time, no other completion to exclude (no lock, no extra await)
+                    conflict = await (self._complete_one(sid, res) if self.mc == 1 else self._complete(sid, res))
                     if conflict is None:
                         return _Outcome.COMPLETED
                     error = sanitize_error(conflict, sid)
@@ -351,43 +426,47 @@ class Scheduler:
         return []
 
     async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
-        """Apply the attempt's delta to the current checkpoint and append ``StateCompleted``."""
+        """Apply the attempt's delta to the current checkpoint and append ``StateCompleted`` (fan-out: under the
+        completion lock; a sequential run calls :meth:`_complete_one` directly)."""
+        async with self._complete_lock:
+            return await self._complete_one(sid, res)
+
+    async def _complete_one(self, sid: StateId, res: HandlerResult) -> StateError | None:
         inv = self.inv
         delta = res.context.delta if res.context is not None else {}
-        async with self._complete_lock:
-            if self.mc > 1 and delta:
-                conflict = self._conflict(sid, delta)
-                if conflict is not None:
-                    return conflict
-            if inv.checkpoint_value is None:
-                inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
-            if delta:
-                new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
-            else:
-                new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
-            done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
+        if self.mc > 1 and delta:
+            conflict = self._conflict(sid, delta)
+            if conflict is not None:
+                return conflict
+        if inv.checkpoint_value is None:
+            inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
+        if delta:
+            new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
+        else:
+            new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
+        done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
 
-            def after() -> None:
-                inv.checkpoint_id = new_id
-                inv.checkpoint_value = new_value
-                inv.completed[sid] = new_id
-                for k in delta:
-                    self._written_by[k] = sid
+        def after() -> None:
+            inv.checkpoint_id = new_id
+            inv.checkpoint_value = new_value
+            inv.completed[sid] = new_id
+            for k in delta:
+                self._written_by[k] = sid
 
-            if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
+        if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
 
-                def last() -> None:
-                    after()
-                    self.finished = RunStatus.COMPLETED
-
-                rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
-                await inv.writer.append([done, rc], after=last)
-            else:
-                # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
-                # main loop builds at this boundary (with the next StateEntered, or alone).
-                inv.writer.defer([done])
+            def last() -> None:
                 after()
-            return None
+                self.finished = RunStatus.COMPLETED
+
+            rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
+            await inv.writer.append([done, rc], after=last)
+        else:
+            # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
+            # main loop builds at this boundary (with the next StateEntered, or alone).
+            inv.writer.defer([done])
+            after()
+        return None
 
     # ----------------------------------------------------------------------------------- fan-out conflicts
 

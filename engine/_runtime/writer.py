@@ -23,6 +23,7 @@ keep their blobs; blobs of a batch that failed go back to the overlay for the ne
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,39 @@ class OpenAttempt:
         self.entered_seq = entered_seq
 
 
+class _Mutex:
+    """``asyncio.Lock``'s contract (first come, first served; a waiter cancelled while the lock is handed to it hands
+    it on) with no coroutine on the uncontended path: the writer takes it once per append, nearly always free."""
+
+    __slots__ = ("_waiters", "locked")
+
+    def __init__(self) -> None:
+        self.locked = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        """Wait until the lock is handed over (only while it is held)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # it was handed to us as we were cancelled: to the next one
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # handed over: stays locked
+                return
+        self.locked = False
+
+
 class EventWriter:
     def __init__(
         self, store: EventStore, run_id: RunId, head: int, clock: Clock, blobs: PendingArtifacts | None = None
@@ -61,7 +95,7 @@ class EventWriter:
         self._durable = head
         self._pending: list[tuple[Any, int]] = []  # deferred (event, ts_millis), in stream order
         self._pending_blobs: list[Blob] = []  # the blobs the deferred events carry
-        self._lock = asyncio.Lock()
+        self._lock = _Mutex()
         self._busy: asyncio.Future[Any] | None = None
         self._deferred: set[asyncio.Future[Any]] = set()
 
@@ -113,7 +147,12 @@ class EventWriter:
         """
         if not events and not self._pending:
             return self.head
-        async with self._lock:
+        lock = self._lock
+        if lock.locked:
+            await lock.wait()
+        else:
+            lock.locked = True
+        try:
             stamp = self.clock.now_millis() if events and ts is None else ts
             deferred, self._pending = self._pending, []
             deferred_blobs, self._pending_blobs = self._pending_blobs, []
@@ -150,6 +189,8 @@ class EventWriter:
                 self._deferred.discard(task)
                 task.cancel()
             return head
+        finally:
+            lock.release()
 
     async def _write(
         self, deferred: list[tuple[Any, int]], new: list[tuple[Any, int | None]], blobs: list[Blob]
@@ -172,6 +213,13 @@ class EventWriter:
         return head
 
     def _track(self, ev: Any, seq: int) -> None:
+        t = type(ev)
+        if t is StateEntered:
+            self.open[ev.state_id] = OpenAttempt(ev.state_id, ev.attempt, ev.base_snapshot_id, seq)
+            return
+        if t is StateCompleted or t is StateFailed:
+            self.open.pop(ev.state_id, None)
+            return
         if isinstance(ev, DomainEvent):
             return
         if isinstance(ev, StateEntered):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from engine._kinds import ArtifactKind
@@ -80,11 +80,15 @@ class Blob:
     artifact_id: ArtifactId
     kind: ArtifactKind
     data: bytes
+    hashed: bool = field(default=False, compare=False, repr=False)
+    """Set by :meth:`of` only: ``artifact_id`` was computed here from ``data`` (bytes), so a store need not hash
+    ``data`` again to check it (a blob built field by field is checked)."""
 
     @classmethod
     def of(cls, kind: ArtifactKind, data: bytes) -> Blob:
         # a sha256 hexdigest is 64 lowercase hex digits: a valid ArtifactId without the pattern check
-        return cls(str.__new__(ArtifactId, hashlib.sha256(data).hexdigest()), kind, data)
+        data = bytes(data)
+        return cls(str.__new__(ArtifactId, hashlib.sha256(data).hexdigest()), kind, data, True)
 
 
 @runtime_checkable
@@ -240,7 +244,7 @@ def encode_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelop
 
 def validate_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> None:
     """Exactly the checks of :func:`encode_batch`, for a store that keeps the typed envelopes (no encoding)."""
-    _validated_values(run_id, expected_seq, events)
+    _validated_values(run_id, expected_seq, events, keep=False)
 
 
 # The envelope's own fields are dumped directly (ids are str subclasses, seq/ts_millis ints: their JSON text is the
@@ -270,32 +274,47 @@ def _checked_kernel_value(env: EventEnvelope) -> Any:
     secret; a ``StateId`` (three ``[a-z][a-z0-9_]*`` segments) has no whitespace, so only the substring rule can
     match it; the field names and tags are constants. Integers must be exact ints in the I-JSON range.
     """
+    parts = _kernel_parts(env)
+    if parts is None:
+        return None
+    state_id, attempt, tail = parts
+    ts = env.ts_millis
+    if attempt is not None:
+        event = {"Kernel": {"StateEntered": {"state_id": state_id, "attempt": attempt, "base_snapshot_id": tail}}}
+    else:
+        event = {"Kernel": {"StateCompleted": {"state_id": state_id, "context_snapshot_id": tail}}}
+    return {"run_id": env.run_id, "seq": env.seq, "ts_millis": ts, "event": event}
+
+
+def _kernel_parts(env: EventEnvelope) -> tuple[StateId, int | None, ArtifactId] | None:
+    """The checks of :func:`_checked_kernel_value`: its event's (state id, attempt or ``None``, snapshot id) when they
+    pass, else ``None``."""
     ev = env.event
+    limit = MAX_SAFE_INTEGER  # the checks of _safe_int, inline (two or three per envelope)
     if type(ev) is StateEntered:  # exactly these classes: a subclass may carry more fields
         entered: StateEntered = ev
         state_id, attempt, tail = entered.state_id, entered.attempt, entered.base_snapshot_id
-        if not _safe_int(attempt):
+        if type(attempt) is not int or not -limit <= attempt <= limit:
             return None
     elif type(ev) is StateCompleted:
         completed: StateCompleted = ev
         state_id, attempt, tail = completed.state_id, None, completed.context_snapshot_id
     else:
         return None
-    ts = env.ts_millis
+    ts, seq = env.ts_millis, env.seq
     if (
         type(env.run_id) is not RunId
         or type(tail) is not ArtifactId
         or type(state_id) is not StateId
-        or not _safe_int(env.seq)
-        or not (ts is None or _safe_int(ts))
-        or _secret_state_id(state_id)
+        or type(seq) is not int
+        or not -limit <= seq <= limit
+        or not (ts is None or (type(ts) is int and -limit <= ts <= limit))
     ):
         return None
-    if attempt is not None:
-        event = {"Kernel": {"StateEntered": {"state_id": state_id, "attempt": attempt, "base_snapshot_id": tail}}}
-    else:
-        event = {"Kernel": {"StateCompleted": {"state_id": state_id, "context_snapshot_id": tail}}}
-    return {"run_id": env.run_id, "seq": env.seq, "ts_millis": ts, "event": event}
+    secret = _STATE_ID_SECRET.get(state_id)
+    if secret is None:
+        secret = _secret_state_id(state_id)
+    return None if secret else (state_id, attempt, tail)
 
 
 _STATE_ID_SECRET: dict[str, bool] = {}  # state ids are few and immutable: scan each once (bounded below)
@@ -325,10 +344,15 @@ def _fast_path_agrees() -> bool:
 _FAST_KERNEL = _PLAIN_ENVELOPE and _fast_path_agrees()
 
 
-def _validated_values(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> list[Any]:
+def _validated_values(
+    run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], *, keep: bool = True
+) -> list[Any]:
+    """The wire values of ``events``, validated; with ``keep=False`` only validated (an empty list: the fast path
+    for ``StateEntered`` / ``StateCompleted`` then builds no value)."""
     values: list[Any] = []
     for i, env in enumerate(events):
-        if not isinstance(env, EventEnvelope):
+        # exact type first: pydantic models' isinstance goes through ABCMeta
+        if type(env) is not EventEnvelope and not isinstance(env, EventEnvelope):
             raise StorageError.other("stream_record_invalid", f"record {i} is not an EventEnvelope")
         if env.run_id != run_id:
             raise StorageError.other("event_run_id_mismatch", f"record {i} belongs to run {env.run_id}, not {run_id}")
@@ -338,11 +362,15 @@ def _validated_values(run_id: RunId, expected_seq: int, events: Sequence[EventEn
                 f"batch for run {run_id} is not contiguous after seq {expected_seq}: record {i} has seq {env.seq}",
             )
         ev = env.event
-        if isinstance(ev, DomainEvent):  # a kernel event's kind is its constant tag: never empty, never secret
+        t = type(ev)
+        if t is not StateEntered and t is not StateCompleted and isinstance(ev, DomainEvent):
+            # a kernel event's kind is its constant tag: never empty, never secret
             if not ev.name:
                 raise StorageError.other("stream_record_invalid", f"record {i} (seq {env.seq}) has an empty kind")
             if contains_secrets(ev.name):
                 raise StorageError.other("secrets_detected", f"record {i} has a secret-looking kind")
+        if not keep and _FAST_KERNEL and _kernel_parts(env) is not None:
+            continue
         value = _checked_kernel_value(env) if _FAST_KERNEL else None
         if value is not None:
             values.append(value)
@@ -358,5 +386,6 @@ def _validated_values(run_id: RunId, expected_seq: int, events: Sequence[EventEn
             raise StorageError.other(
                 "stream_payload_not_canonical", f"record {i} (seq {env.seq}) is not canonical JSON: {exc}"
             ) from None
-        values.append(value)
+        if keep:
+            values.append(value)
     return values

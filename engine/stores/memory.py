@@ -184,9 +184,9 @@ def _checked_blob(blob: Blob) -> Blob:
         type(blob) is Blob
         and type(blob.data) is bytes
         and isinstance(blob.kind, ArtifactKind)
-        and hashlib.sha256(blob.data).hexdigest() == blob.artifact_id
+        and (blob.hashed or hashlib.sha256(blob.data).hexdigest() == blob.artifact_id)
     ):
-        return blob  # the common case, one hash
+        return blob  # the common case: made by Blob.of (hashed there), else one hash
     if not isinstance(blob, Blob) or not isinstance(blob.kind, ArtifactKind):
         raise StorageError.other("unit_of_work_blob_invalid", "a unit of work carries a record that is not a Blob")
     data = bytes(blob.data)
