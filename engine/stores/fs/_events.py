@@ -108,8 +108,6 @@ class FsEventStore:
             else:
                 raise StorageError.other(EVENT_IO, f"run {run_id}: its event file keeps disappearing; append abandoned")
             self.summaries.appended(run_id, expected_seq, events)  # after the commit: a cache, see _summary
-        for aid, kind, data in staged:
-            self._artifacts.write_copy(aid, kind, data)
         return head
 
     def _append_once(

@@ -138,6 +138,7 @@ __all__ = [
     "artifact_folder",
     "artifact_kind_file",
     "blob_body",
+    "blob_ids",
     "cancel_file",
     "check_log",
     "committed_lines",
@@ -152,6 +153,7 @@ __all__ = [
     "frame_batch",
     "frame_commit",
     "framed_lengths",
+    "holds",
     "index_lines",
     "journal_end",
     "journal_line",
@@ -446,6 +448,34 @@ def first_bad_record(data: bytes, start: int, end: int) -> int | None:
             return pos
         pos = nl + 1
     return None
+
+
+def holds(pread: Callable[[int, int], bytes], start: int, size: int, needle: bytes) -> bool:
+    """Whether the bytes ``[start, size)`` of a file (read by ``pread(n, offset)`` in :data:`CHUNK` reads) contain
+    ``needle`` (a byte search: no record is parsed)."""
+    keep = len(needle) - 1
+    pos = start
+    tail = b""
+    while pos < size:
+        chunk = pread(min(CHUNK, size - pos), pos)
+        if not chunk:
+            return False
+        if needle in tail + chunk[: keep + len(needle)] or needle in chunk:
+            return True
+        tail = chunk[-keep:] if keep else b""
+        pos += len(chunk)
+    return False
+
+
+def blob_ids(data: bytes, prefix: str) -> set[str]:
+    """The artifact ids starting with ``prefix`` (hex) of the blob records in ``data`` (complete lines of a v2 log;
+    framing and checksums are not checked here: the caller confirms each id with a scan)."""
+    if not all(c in "0123456789abcdef" for c in prefix):
+        return set()
+    pattern = re.compile(
+        rb"^B[.+] [0-9]{1,10} [0-9a-f]{16} (" + prefix.encode() + rb"[0-9a-f]{%d}) " % (64 - len(prefix)), re.M
+    )
+    return {m.group(1).decode() for m in pattern.finditer(data)}
 
 
 def line_at(data: bytes, start: int) -> bytes:
@@ -842,7 +872,9 @@ def check_log(fd: int, run_id: RunId, default_fmt: int = FORMAT_V2) -> LogCheck:
             kind, final, body_at = parsed
             if kind == BLOB_RECORD:
                 try:
-                    parse_blob(body[body_at:])
+                    aid, _, blob = parse_blob(body[body_at:])
+                    if hashlib.sha256(blob).hexdigest() != aid:
+                        raise ValueError(f"the blob's bytes do not hash to its id {aid}")
                 except ValueError as exc:
                     s.first_bad = Damage(start, lineno, "blob_record_malformed", str(exc)[:200])
                     s.valid_after += 1
