@@ -84,9 +84,9 @@ class FsEventStore:
     async def commit(
         self, run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], blobs: Sequence[Blob]
     ) -> int:
-        """Blob records, then event records, in ONE ``write`` + ONE ``fdatasync`` of the run log (format v2); then
-        each blob's copy under ``artifacts/`` (a cache, not synced). A version-1 run log stays version 1: its blobs
-        are put as durable files first, then the events appended."""
+        """Blob records, then event records, in ONE ``write`` + ONE ``fdatasync`` of the run log (format v2), and
+        nothing else (a blob's copy under ``artifacts/`` is written by the first read that needs it). A version-1 run
+        log stays version 1: its blobs are put as durable files first, then the events appended."""
         run_id = check_run_id(run_id)
         lines = encode_batch(run_id, expected_seq, events)
         staged = [_checked_blob(b) for b in blobs]

@@ -22,7 +22,7 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       verdict.json                VERDICT_FILE: a replay's verdict (engine.workers)
     artifacts/<aa>/<id>           artifact_file(): raw bytes; <aa> = the id's first two hex chars (v2: a verified copy
                                   of a run log's blob record, or a durable file for a blob written outside a run)
-    artifacts/<aa>/<id>.kind      artifact_kind_file(): the ArtifactKind of the first put (advisory)
+    artifacts/<aa>/<id>.kind      artifact_kind_file(): the ArtifactKind of a durable put (advisory; a copy has none)
     quarantine/<stamp>/...        QUARANTINE_DIR: what ``mfm doctor --repair`` moved aside (same relative paths)
     .tmp-<tag>-<pid>-<n>          temp_name(): a write in progress (or killed), in the folder of its target
 
@@ -46,8 +46,8 @@ or ``.`` (the commit mark: the commit's last record); ``length`` is the body's l
 xxHash's XXH3-64 of ``<K><M> <length> `` followed by the body (:func:`parse_record` checks all of it). A commit is
 ONE ``write`` (:func:`frame_commit`: its blob records, then its event records) and ONE ``fdatasync``; it is
 committed when its record with the commit mark is complete, so a reader sees every commit whole or not at all.
-The blob's copy under ``artifacts/`` is a cache written after the commit and rebuilt from the record when missing
-or bad. ``tail -f`` and ``grep`` work on the file; ``cut -d' ' -f5-`` of the ``E`` lines gives the envelopes.
+The blob's copy under ``artifacts/`` is a cache, written from the record by the first read that needs it (never on
+the commit's path) and rebuilt when bad. ``tail -f`` and ``grep`` work on the file; ``cut -d' ' -f5-`` of the ``E`` lines gives the envelopes.
 
 Version 1. One wire-form envelope per line (:func:`encode_line` / :func:`decode_line`), line ``i`` (0-based)
 holding ``seq == i + 1``; a batch of n envelopes is ONE ``write`` (:func:`frame_batch`) whose first n-1 lines end
@@ -385,15 +385,26 @@ def record(kind: int, final: bool, body: bytes) -> bytes:
     return b"%s%016x %s\n" % (head, _xxh(head + body), body)
 
 
+_KIND_JSON: dict[ArtifactKind, bytes] = {}
+"""The wire JSON of each kind seen (a handful): encoded once per process."""
+
+
 def blob_body(artifact_id: str, kind: ArtifactKind, data: bytes) -> bytes:
     """``<id> t <kind> <bytes>`` (UTF-8 text without CR/LF, e.g. canonical JSON) or ``<id> b <kind> <base64>``."""
-    kind_json = json.dumps(kind.to_wire(), ensure_ascii=True, separators=(",", ":")).encode()
+    kind_json = _KIND_JSON.get(kind)
+    if kind_json is None:
+        kind_json = json.dumps(kind.to_wire(), ensure_ascii=True, separators=(",", ":")).encode()
+        if len(_KIND_JSON) < 1024:
+            _KIND_JSON[kind] = kind_json
     if b"\n" not in data and b"\r" not in data:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
+        text = data.isascii()  # the usual case (canonical JSON escapes nothing else): no decode needed
+        if not text:
+            try:
+                data.decode("utf-8")
+                text = True
+            except UnicodeDecodeError:
+                pass
+        if text:
             return b"%s t %s %s" % (artifact_id.encode(), kind_json, data)
     return b"%s b %s %s" % (artifact_id.encode(), kind_json, base64.b64encode(data))
 
@@ -499,20 +510,20 @@ def frame_commit(
 ) -> tuple[bytes, list[int], list[tuple[str, int]]]:
     """The bytes of one v2 commit (blob records, then event records; the last one carries the commit mark), the
     offset of each event record and ``(artifact_id, offset)`` of each blob record, relative to its start."""
-    parts = [blob_body(aid, kind, data) for aid, kind, data in blobs]
-    n_blobs = len(parts)
-    parts.extend(lines)
-    last = len(parts) - 1
     out: list[bytes] = []
-    offsets: list[int] = []
     blob_at: list[tuple[str, int]] = []
     pos = 0
-    for i, body in enumerate(parts):
-        rec = record(BLOB_RECORD if i < n_blobs else EVENT_RECORD, i == last, body)
-        if i >= n_blobs:
-            offsets.append(pos)
-        else:
-            blob_at.append((blobs[i][0], pos))
+    last = len(lines) - 1
+    last_blob = -1 if lines else len(blobs) - 1
+    for i, (aid, kind, data) in enumerate(blobs):
+        rec = record(BLOB_RECORD, i == last_blob, blob_body(aid, kind, data))
+        blob_at.append((aid, pos))
+        out.append(rec)
+        pos += len(rec)
+    offsets: list[int] = []
+    for i, body in enumerate(lines):
+        rec = record(EVENT_RECORD, i == last, body)
+        offsets.append(pos)
         out.append(rec)
         pos += len(rec)
     return b"".join(out), offsets, blob_at
