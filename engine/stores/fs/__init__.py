@@ -25,8 +25,8 @@ fsyncs the run directory when the file was just created), adds a journal line an
 created, renamed or synced. A committed blob has no copy under ``artifacts/`` yet: a read by id finds its record in
 the run logs (those this process has scanned, then a byte search of the others: only a log that holds the id is
 scanned record by record), returns its hash-checked bytes and writes the copy (not synced: the log holds the bytes).
-Concurrent appenders in different processes therefore get exactly one winner per ``expected_seq``. Readers never lock: they
-see only committed batches (batch framing), so a run can be watched while it is written.
+Concurrent appenders in different processes therefore get exactly one winner per ``expected_seq``. Readers never
+lock: they see only committed batches (batch framing), so a run can be watched while it is written.
 
 Cheap reads. Each run's committed line offsets are cached in memory (``RunLog``): ``head_seq`` costs one ``stat``
 when nothing changed, ``read_range(run, seq)`` one ``pread`` of exactly the wanted lines, and a refresh scans

@@ -41,13 +41,14 @@ Version 2. ``events.jsonl`` holds one *record* per line (:func:`record`)::
 
 ``K`` is ``E`` (an event: the body is the envelope's wire JSON, byte for byte what version 1 writes) or ``B`` (a
 blob: ``<artifact id> t <kind JSON> <bytes>`` when the bytes are UTF-8 without CR/LF, as canonical JSON is, else
-``<artifact id> b <kind JSON> <base64>``, :func:`blob_body`); ``M`` is ``+`` (more records of this commit follow)
-or ``.`` (the commit mark: the commit's last record); ``length`` is the body's length in bytes; the checksum is
+``<artifact id> b <kind JSON> <base64>``, :func:`blob_body`); ``M`` is ``+`` (more records of this commit follow) or
+``.`` (the commit mark: the commit's last record); ``length`` is the body's length in bytes; the checksum is
 xxHash's XXH3-64 of ``<K><M> <length> `` followed by the body (:func:`parse_record` checks all of it). A commit is
 ONE ``write`` (:func:`frame_commit`: its blob records, then its event records) and ONE ``fdatasync``; it is
-committed when its record with the commit mark is complete, so a reader sees every commit whole or not at all.
-The blob's copy under ``artifacts/`` is a cache, written from the record by the first read that needs it (never on
-the commit's path) and rebuilt when bad. ``tail -f`` and ``grep`` work on the file; ``cut -d' ' -f5-`` of the ``E`` lines gives the envelopes.
+committed when its record with the commit mark is complete, so a reader sees every commit whole or not at all. The
+blob's copy under ``artifacts/`` is a cache, written from the record by the first read that needs it (never on the
+commit's path) and rebuilt when bad. ``tail -f`` and ``grep`` work on the file; ``cut -d' ' -f5-`` of the ``E``
+lines gives the envelopes.
 
 Version 1. One wire-form envelope per line (:func:`encode_line` / :func:`decode_line`), line ``i`` (0-based)
 holding ``seq == i + 1``; a batch of n envelopes is ONE ``write`` (:func:`frame_batch`) whose first n-1 lines end
