@@ -46,8 +46,9 @@ __all__ = ["TAIL_BYTES", "WRITE_EVERY_SECONDS", "SummaryCache"]
 
 WRITE_EVERY_SECONDS = 0.5
 """An appender rewrites a run's summary file at most this often (and whenever the run finishes)."""
-WRITE_GAP_BYTES = 256 << 10
-"""…or when the file would otherwise fall this many log bytes behind."""
+WRITE_GAP_BYTES = 1 << 20
+"""…or when the file would otherwise fall this many log bytes behind (a reader folds at most that much inline:
+``FsEventStore``'s inline fold limit; each rewrite encodes the whole summary, so not much more often)."""
 TAIL_BYTES = 64 << 10
 """What a provisional summary reads of the end of the log."""
 CATCH_UP_BYTES = 4 << 20
