@@ -481,13 +481,18 @@ def holds(pread: Callable[[int, int], bytes], start: int, size: int, needle: byt
 
 def blob_ids(data: bytes, prefix: str) -> set[str]:
     """The artifact ids starting with ``prefix`` (hex) of the blob records in ``data`` (complete lines of a v2 log;
-    framing and checksums are not checked here: the caller confirms each id with a scan)."""
-    if not all(c in "0123456789abcdef" for c in prefix):
+    checksums are not checked here: the caller confirms each id with a scan). Found by the literal `` <prefix>``
+    (a fast substring search), then the record header before it is matched."""
+    if not all(c in "0123456789abcdef" for c in prefix) or len(prefix) > 64:
         return set()
-    pattern = re.compile(
-        rb"^B[.+] [0-9]{1,10} [0-9a-f]{16} (" + prefix.encode() + rb"[0-9a-f]{%d}) " % (64 - len(prefix)), re.M
-    )
-    return {m.group(1).decode() for m in pattern.finditer(data)}
+    pattern = re.compile(rb" (" + prefix.encode() + rb"[0-9a-f]{%d}) [tb] " % (64 - len(prefix)))
+    out: set[str] = set()
+    for m in pattern.finditer(data):
+        line = data.rfind(b"\n", 0, m.start()) + 1
+        head = _RECORD_HEAD.match(data, line)
+        if head is not None and head.group(1) == b"B" and head.end() == m.start() + 1:
+            out.add(m.group(1).decode())
+    return out
 
 
 def line_at(data: bytes, start: int) -> bytes:
