@@ -18,6 +18,7 @@ import pytest
 import engine.stores.fs._summary as fs_summary
 from engine._kinds import ArtifactKind
 from engine.engine import RunPhase
+from engine.events import DomainEvent, EventEnvelope
 from engine.ids import ArtifactId
 from engine.runtime import Engine
 from engine.stores._base import Blob
@@ -197,3 +198,36 @@ async def test_an_uncommitted_blob_record_is_found_by_no_reader(tmp_path: Path) 
     assert not await fresh.artifacts.exists(blob.artifact_id)
     assert await fresh.artifacts.kind_of(blob.artifact_id) is None
     assert await fresh.artifacts.ids_with_prefix(blob.artifact_id[:8], 5) == []
+
+
+async def test_the_appenders_summary_folds_its_appends_in_one_batch_when_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary cache is not folded per commit: the appender keeps the new envelopes and folds them in one batch
+    when the summary is read (or the file is due), so a read right after any commit is exact."""
+    monkeypatch.setattr(fs_summary, "WRITE_EVERY_SECONDS", 1e9)
+    folds: list[int] = []
+    real_apply = fs_summary.apply
+
+    def counting_apply(summary: Any, envelopes: Any) -> Any:
+        envelopes = list(envelopes)
+        folds.append(len(envelopes))
+        return real_apply(summary, envelopes)
+
+    monkeypatch.setattr(fs_summary, "apply", counting_apply)
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+
+    def note(seq: int) -> EventEnvelope:  # a run that does not finish (a finished run's summary is written at once)
+        return EventEnvelope(run_id=run, seq=seq, ts_millis=seq, event=DomainEvent(name="note", payload={"n": seq}))
+
+    for seq in range(1, 11):
+        await store.events.append(run, seq - 1, [note(seq)])
+    assert folds == []  # ten commits, no fold yet
+    summary = await store.events.run_summary(run)
+    assert summary is not None and summary.head == 10 and folds == [10]
+    await store.events.append(run, 10, [note(11)])
+    summary = await store.events.run_summary(run)
+    assert summary is not None and summary.head == 11 and folds == [10, 1]
+    fresh = await FsStore(tmp_path / "store", create=False).events.run_summary(run)  # another process's view
+    assert fresh is not None and fresh.head == 11
