@@ -9,7 +9,9 @@
    put-then-append fallback of a store without one; the line says which). Against, measured in the same run in
    the same directory (rounds interleaved with the engine's): the append+fdatasync floor (one 300-byte ``write``
    + ``fdatasync``). Goals (issue 12): ≤ 1.5× the floor, ≤ 1.05 syncs per state.
-2. CPU per state on the memory store with a 2.5 KB context (``bench/runtime_per_state.py``; goal ≤ 50 µs).
+2. CPU per state on the memory store with a 2.5 KB context (``bench/runtime_per_state.py``; goal ≤ 50 µs), and the
+   fs store's own share: section 1's CPU minus this, and (without the disk's kernel work) the same run on the fs
+   store with ``fsync``/``fdatasync`` made no-ops minus the memory store, best of 7 each.
 3. DBOS 3.x: a workflow of N no-op ``@DBOS.step`` calls on SQLite (the system database in the same directory),
    run by ``bench/dbos_steps.py`` in DBOS's OWN virtualenv (never a project dependency:
    ``python -m venv /tmp/dbos-venv && /tmp/dbos-venv/bin/pip install dbos``), wall time per step, and our speed
@@ -34,11 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._util import append_fsync_floor, atomic_write_floor, bench_dir
 from bench.runtime_per_state import chain, context, one_run
+from engine.engine import Stores
 from engine.hashing import canonical_json_bytes
 from engine.runtime import Engine
-from engine.stores import paired_unit_of_work
-from engine.stores.fs import FsStore
-from engine.testing import base_config, fixed_run_ids, start_plan
+from engine.stores import MemoryStore, paired_unit_of_work
+from engine.stores.fs import FsOps, FsStore
+from engine.testing import FakeClock, FakeSleeper, base_config, fixed_run_ids, start_plan
 
 FLOOR_GOAL = 1.5
 SYNCS_GOAL = 1.05
@@ -196,7 +199,41 @@ def durable_state(base: str | None, n: int, rounds: int) -> tuple[float, float]:
     return eng, cpu.user + cpu.system
 
 
-def cpu_per_state(n: int) -> None:
+class _NoSync(FsOps):
+    """The fs store with ``fsync``/``fdatasync`` made no-ops: its own CPU, without the disk's."""
+
+    def fdatasync(self, fd: int) -> None:
+        pass
+
+    def fsync(self, fd: int) -> None:
+        pass
+
+
+def store_cpu_share(base: str | None, n: int, repeats: int = 7) -> None:
+    """Print the fs store's own CPU per state: best-of runs on the fs store (syncs made no-ops) and on the memory
+    store, same plan, same fake clock, interleaved; the difference is what the fs store costs on top."""
+    plan, ctx = chain(n), context()
+
+    async def one(stores: Stores) -> float:
+        engine = Engine(clock=FakeClock(), sleeper=FakeSleeper(), run_ids=fixed_run_ids())
+        t0 = time.process_time()
+        await start_plan(engine, stores, plan, base_config(), ctx)
+        return time.process_time() - t0
+
+    fs: list[float] = []
+    mem: list[float] = []
+    with bench_dir("mfm-share-", base) as d:
+        for r in range(repeats):
+            store = FsStore(d / f"store-{r}", ops=_NoSync())
+            fs.append(asyncio.run(one(store.stores)))
+            store.close()
+            mem.append(asyncio.run(one(MemoryStore().stores)))
+    f, m = min(fs) / n * 1e6, min(mem) / n * 1e6
+    print(f"   without the disk (fsync/fdatasync no-ops), best of {repeats} runs of {n} states:")
+    print(f"           fs store {f:.0f} µs − memory store {m:.0f} µs = {f - m:.0f} µs CPU per state (the fs store's)")
+
+
+def cpu_per_state(n: int) -> float:
     async def best() -> tuple[float, int]:
         plan, ctx = chain(n), context()
         runs = [await one_run(plan, ctx) for _ in range(15)]
@@ -207,6 +244,7 @@ def cpu_per_state(n: int) -> None:
     size = len(canonical_json_bytes(context()))
     print(f"2. CPU per state, memory store, {size} B context, best of 15 runs of {n} states ({appends} appends):")
     print(f"   {us:.1f} µs CPU per state (goal ≤ {CPU_GOAL_US:.0f} µs: {_met(us <= CPU_GOAL_US)})")
+    return us
 
 
 def dbos_per_step(base: str | None, n: int, rounds: int, ours_us: float, ours_cpu: float, python: str) -> None:
@@ -260,7 +298,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     ours, ours_cpu = durable_state(args.dir, args.n, args.rounds)
-    cpu_per_state(args.n)
+    memory_cpu = cpu_per_state(args.n)
+    print(
+        f"   the fs store's own share: {ours_cpu:.0f} µs (section 1, user + system) − {memory_cpu:.0f} µs"
+        f" = {ours_cpu - memory_cpu:.0f} µs CPU per durable state (its commit, fdatasync's kernel work, summary fold)"
+    )
+    store_cpu_share(args.dir, args.n)
     if args.no_dbos:
         print("3. DBOS comparison skipped (--no-dbos)")
     else:

@@ -9,6 +9,9 @@
   snapshot in one write + one fdatasync) and through the put-then-append fallback, with syncs per state (goals:
   ≤ 1.5× the floor, ≤ 1.05 syncs);
 - artifact ``put`` latency vs an atomic write floor (temp file, write, fsync, rename, directory fsync);
+- a read by id of a committed blob that has no copy yet (the commit writes none), from a fresh store object over 300
+  runs: found by a byte search of the run logs, against the floor of reading every log's bytes once; and
+  ``ids_with_prefix`` over the same logs;
 - ``canonical_json_bytes`` vs ``rfc8785.dumps`` on a 2.5 KB and a 100 KB context (goal: ≥ 5× faster).
 """
 
@@ -192,6 +195,60 @@ def bench_artifacts(d: Path, n: int) -> None:
     store.close()
 
 
+class _NoSync(FsOps):
+    """Builds the lookup bench's store fast (its setup only: what is measured is the reads)."""
+
+    def fdatasync(self, fd: int) -> None:
+        pass
+
+    def fsync(self, fd: int) -> None:
+        pass
+
+
+def bench_lookup(d: Path, runs: int = 300, states: int = 50) -> None:
+    root = d / "lookup"
+    store = FsStore(root, ops=_NoSync())
+    loop = asyncio.new_event_loop()
+    oldest: Blob | None = None
+    for r in range(runs):
+        run = RunId(f"00000000-0000-4000-8000-{r:012d}")
+        for s in range(states):
+            blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"r":%d,"s":%d,"pad":"%s"}' % (r, s, b"x" * 2400))
+            loop.run_until_complete(store.events.commit(run, s, [envelope(run, s + 1)], [blob]))
+            oldest = oldest or blob
+        os.utime(store.events_path(run), ns=(r * 10**9, r * 10**9))  # the first run is the oldest: searched last
+    store.close()
+    assert oldest is not None
+    logs = [store.events_path(RunId(name)) for name in os.listdir(root / "runs")]
+    size = sum(p.stat().st_size for p in logs)
+    copy = root / "artifacts" / oldest.artifact_id[:2] / oldest.artifact_id
+
+    def read_all_logs() -> None:
+        for p in logs:
+            with open(p, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+    async def cold_get() -> None:
+        copy.unlink(missing_ok=True)
+        fresh = FsStore(root, create=False)
+        assert await fresh.artifacts.get(oldest.artifact_id) == oldest.data
+        fresh.close()
+
+    async def prefix() -> None:
+        fresh = FsStore(root, create=False)
+        assert await fresh.artifacts.ids_with_prefix(oldest.artifact_id[:6], 5)
+        fresh.close()
+
+    stats = interleaved({"floor": read_all_logs, "get": cold_get, "prefix": prefix}, 15, warmup=2, loop=loop)
+    print(f"artifact lookup without a copy: {runs} runs × {states} commits, {size / 1e6:.1f} MB of run logs")
+    print(f"  floor: read every log once (page cache)   {stats['floor']}")
+    print(f"  get of the oldest run's blob, fresh store  {stats['get']}")
+    print(f"  ids_with_prefix (6 hex), fresh store       {stats['prefix']}")
+    print("  " + ratio_line("cold get", stats["get"], stats["floor"]))
+    print("  " + ratio_line("ids_with_prefix", stats["prefix"], stats["floor"]))
+
+
 def bench_canonical() -> None:
     print("canonical JSON (secrets scan + float/int checks + encoding) vs rfc8785.dumps alone:")
     for label, target, n in (("2.5 KB", 2500, 3000), ("100 KB", 100_000, 60)):
@@ -221,6 +278,7 @@ def main() -> None:
         bench_events(d, args.n)
         bench_commit(d, max(args.n // 2, 50))
         bench_artifacts(d, max(args.n // 2, 50))
+        bench_lookup(d)
     bench_canonical()
 
 

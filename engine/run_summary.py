@@ -278,9 +278,8 @@ class _Fold:
             if ev.state_id in self.open:
                 self.open.remove(ev.state_id)
             self.open.append(ev.state_id)
-            self.states[ev.state_id] = replace(
-                sv, attempts=sv.attempts + 1, last=att, not_before_millis=None, scheduled_next_attempt=None
-            )
+            # the constructor, not dataclasses.replace (a fold runs once per appended envelope): every field given
+            self.states[ev.state_id] = StateSummary(sv.state_id, sv.attempts + 1, att, sv.last_failed, None, None)
         elif isinstance(ev, StateCompleted | StateFailed):
             self._ended(env.seq, ts, ev)
         elif isinstance(ev, RunStarted):
@@ -313,10 +312,22 @@ class _Fold:
         if ev.state_id in self.open:
             self.open.remove(ev.state_id)
         if isinstance(ev, StateCompleted):
-            att = replace(
-                att, terminal_seq=seq, terminal_millis=ts, completed=True, result_snapshot_id=ev.context_snapshot_id
+            att = AttemptSummary(
+                att.attempt,
+                att.entered_seq,
+                att.entered_millis,
+                att.base_snapshot_id,
+                seq,
+                ts,
+                True,
+                ev.context_snapshot_id,
+                att.error_code,
+                att.error_message,
+                att.retryable,
             )
-            self.states[ev.state_id] = replace(sv, attempts=attempts, last=att, not_before_millis=None)
+            self.states[ev.state_id] = StateSummary(
+                sv.state_id, attempts, att, sv.last_failed, None, sv.scheduled_next_attempt
+            )
             self.fields["checkpoint_id"] = ev.context_snapshot_id
             self.streaks.pop(ev.state_id, None)
             return

@@ -18,8 +18,6 @@ code                        severity  meaning
 ``event_file_corrupt``      error     damage in the middle of an event file (valid events follow it)
 ``record_checksum_mismatch`` error    a version-2 record whose checksum does not match its bytes
 ``record_malformed``        error     a line of a version-2 run log that is not a record
-``artifact_copy_missing``   warning   no copy under ``artifacts/`` of a blob a run log holds: reads (and
-                                      ``--repair``) rebuild it from the log
 ``artifact_copy_bad``       warning   a damaged copy of a blob a run log holds: ``--repair`` moves it into
                                       quarantine and rebuilds it
 ``torn_tail``               warning   an unfinished batch at the end of an event file (a crash), no
@@ -151,7 +149,7 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
             present[aid] = ok
         if not ok and aid in report.blob_records:
             continue  # a missing or bad copy of a blob a run log holds: rebuildable (below)
-        if not ok and not artifact_exists(root_path, aid):
+        if not ok and not artifact_exists(root_path, aid) and not _in_a_log(root_path, aid):
             report.add(
                 Finding(
                     "artifact_missing",
@@ -167,9 +165,19 @@ def check_store(root: str | os.PathLike[str], runs: Sequence[RunId] | None = Non
     return report
 
 
+def _in_a_log(root: Path, aid: ArtifactId) -> bool:
+    """Whether a committed blob record of some run log (one not checked here) holds ``aid`` (nothing is written)."""
+    try:
+        with FsStore(root, create=False) as store:
+            return store.artifacts.record(aid) is not None
+    except StorageError:
+        return False
+
+
 def _rebuildable_copies(report: DoctorReport, root: Path) -> None:
     """A bad copy (``artifact_hash_mismatch``) of a blob whose record a run log holds is a repairable warning,
-    ``artifact_copy_bad``; a missing one is ``artifact_copy_missing``: ``--repair`` rebuilds them from the log."""
+    ``artifact_copy_bad``: ``--repair`` rebuilds it from the log. A missing copy is normal (the store writes a
+    blob's copy when a read first needs it, not at its commit)."""
     kept: list[Finding] = []
     bad: set[str] = set()
     for f in report.findings:
@@ -190,21 +198,7 @@ def _rebuildable_copies(report: DoctorReport, root: Path) -> None:
             )
         else:
             kept.append(f)
-    report.findings[:] = kept
-    for aid, run_id in sorted(report.blob_records.items()):
-        if aid not in bad and not artifact_exists(root, aid):
-            report.add(
-                Finding(
-                    "artifact_copy_missing",
-                    "warning",
-                    f"blob {aid} has no cached copy under artifacts/; run {run_id}'s log holds its bytes "
-                    "(reads rebuild it; so does `--repair`)",
-                    path=framing.artifact_file(aid),
-                    run_id=run_id,
-                    repairable=True,
-                    details={"artifact_id": aid},
-                )
-            )
+    report.findings[:] = kept  # a missing copy is no finding: copies are written by the first read that needs one
 
 
 def _rebuild_copy(root: Path, qdir: str, f: Finding) -> Moved | None:
@@ -236,7 +230,7 @@ def repair_store(root: str | os.PathLike[str], report: DoctorReport) -> list[Mov
             m = move_tail(root_path, qdir, RunId(f.run_id), report.torn_tails.get(f.run_id))
         elif f.code == "temp_file":
             m = move_file(root_path, qdir, f.path)
-        elif f.code in ("artifact_copy_bad", "artifact_copy_missing"):
+        elif f.code == "artifact_copy_bad":
             m = _rebuild_copy(root_path, qdir, f)
         elif f.code == "run_dir_empty" and f.run_id is not None:
             m = clear_empty_run_dir(root_path, qdir, RunId(f.run_id))

@@ -93,6 +93,7 @@ def check_run(
         os.close(fd)
     for aid in scan.blobs:
         report.blob_records.setdefault(aid, run_id)
+    report.artifacts_checked += len(scan.blobs)  # check_log hashed each committed blob record
     if scan.first_bad is not None and not scan.valid_after:
         # an unfinished batch at the end: torn only if no append is in progress (checked under the append lock)
         quiet = _rescan_quiet(root, run_id)

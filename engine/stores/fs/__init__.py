@@ -11,18 +11,22 @@ Layout (every directory 0700, every file 0600, whatever the umask)::
       runs/<run_id>/control/cancel.json                   the first cancel request (atomic, never replaced)
       runs/<run_id>/lease, worker.log                     owned by engine.workers (see FsStore.run_dir)
       artifacts/<aa>/<id>             raw bytes; <aa> = first two hex chars of the 64-char id (a blob committed with a
-                                      run's events: a cached copy, rebuilt from its record when missing or bad)
-      artifacts/<aa>/<id>.kind        the ArtifactKind given at the first put (wire JSON, advisory)
+                                      run's events: a cached copy, written by the first read that needs it and
+                                      rebuilt from its record when bad)
+      artifacts/<aa>/<id>.kind        the ArtifactKind given at a durable put (wire JSON, advisory; a committed
+                                      blob's kind is in its record)
       artifacts/<aa>/.tmp-*           temp files of puts in progress (or killed): ignored, harmless
 
 Events. ``commit`` (the unit of work; ``append`` is a commit without blobs) validates the batch (``encode_batch``),
 takes the run's ``flock``, brings its cached view of the file up to date (one ``fstat``; bytes appended by another
 process are scanned, a torn tail left by a crash is copied aside and truncated), checks ``expected_seq`` (a damaged
 log refuses: ``run_log_corrupt``), writes the blob records and the events with one ``write``, ``fdatasync``s it (and
-fsyncs the run directory when the file was just created), adds a journal line, unlocks, and writes each blob's copy
-under ``artifacts/`` (no sync: the log holds the bytes). Concurrent appenders in different processes therefore get
-exactly one winner per ``expected_seq``. Readers never lock: they
-see only committed batches (batch framing), so a run can be watched while it is written.
+fsyncs the run directory when the file was just created), adds a journal line and unlocks: no other file is
+created, renamed or synced. A committed blob has no copy under ``artifacts/`` yet: a read by id finds its record in
+the run logs (those this process has scanned, then a byte search of the others: only a log that holds the id is
+scanned record by record), returns its hash-checked bytes and writes the copy (not synced: the log holds the bytes).
+Concurrent appenders in different processes therefore get exactly one winner per ``expected_seq``. Readers never
+lock: they see only committed batches (batch framing), so a run can be watched while it is written.
 
 Cheap reads. Each run's committed line offsets are cached in memory (``RunLog``): ``head_seq`` costs one ``stat``
 when nothing changed, ``read_range(run, seq)`` one ``pread`` of exactly the wanted lines, and a refresh scans

@@ -13,7 +13,7 @@ import engine.stores.fs.framing as framing
 import engine.stores.fs.safe_paths as safe_paths
 from engine._kinds import ArtifactKind
 from engine.errors import StorageError
-from engine.ids import ArtifactId
+from engine.ids import ArtifactId, RunId
 from engine.stores._base import check_artifact_id
 from engine.stores.fs._core import ARTIFACT_IO, Core, read_all
 from engine.stores.fs._ops import fail
@@ -50,16 +50,17 @@ class FsArtifactStore:
             return None
 
     async def ids_with_prefix(self, prefix: str, limit: int) -> list[ArtifactId]:
+        """The ids starting with ``prefix``: copies under ``artifacts/`` and blob records of the run logs (a blob
+        committed with a run's events has no copy until something reads it)."""
         if not all(c in "0123456789abcdef" for c in prefix):
             return []
         core = self._core
+        found: set[str] = set()
         top = core.top_dir(framing.ARTIFACTS_DIR, create=False)
-        if top is None:
-            return []
-        found: list[ArtifactId] = []
         try:
-            fans = sorted(n for n in os.listdir(top) if len(n) == 2 and n.startswith(prefix[:2]))
+            fans = [] if top is None else sorted(n for n in os.listdir(top) if len(n) == 2 and n.startswith(prefix[:2]))
             for fan in fans:
+                assert top is not None
                 try:
                     fd = safe_paths.open_dir(top, fan, f"{core.root}/{framing.ARTIFACTS_DIR}/{fan}")
                 except FileNotFoundError:
@@ -68,12 +69,44 @@ class FsArtifactStore:
                     names = os.listdir(fd)
                 finally:
                     os.close(fd)
-                found += [ArtifactId(n) for n in names if framing.ARTIFACT_NAME.fullmatch(n) and n.startswith(prefix)]
-                if len(found) >= limit:
-                    break
+                found.update(n for n in names if framing.ARTIFACT_NAME.fullmatch(n) and n.startswith(prefix))
         except OSError as exc:
             fail(exc, ARTIFACT_IO, "list", f"{core.root}/{framing.ARTIFACTS_DIR}")
-        return sorted(found)[: max(limit, 0)]
+        with core.lock:
+            for run_id in core.run_ids():
+                candidates = self._record_ids(run_id, prefix)
+                if not candidates:
+                    continue
+                log = core.refreshed(run_id)  # only committed records count: the scan checks them
+                if log is not None:
+                    found.update(aid for aid in candidates if aid in log.blobs)
+        return sorted(ArtifactId(a) for a in found)[: max(limit, 0)]
+
+    def _record_ids(self, run_id: RunId, prefix: str) -> set[str]:
+        """Ids starting with ``prefix`` of the blob records in the run's log (by pattern: not yet checked)."""
+        core = self._core
+        try:
+            fd = core.open_run_file(run_id, framing.EVENTS_FILE, RD_FLAGS)
+        except (OSError, StorageError):
+            return set()
+        out: set[str] = set()
+        try:
+            size = os.fstat(fd).st_size
+            pos, rest = 0, b""
+            while pos < size:
+                chunk = os.pread(fd, min(framing.CHUNK, size - pos), pos)
+                if not chunk:
+                    break
+                pos += len(chunk)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1
+                out |= framing.blob_ids(data[:cut], prefix)
+                rest = data[cut:]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return out
 
     def _read_verified(self, artifact_id: ArtifactId, path: str) -> bytes:
         data = self._read_if_present(artifact_id, path)
@@ -167,16 +200,15 @@ class FsArtifactStore:
         if not linked:  # a concurrent put won: its bytes must be ours
             self._read_verified(aid, path)
 
-    def write_copy(self, aid: str, kind: ArtifactKind, data: bytes, *, keep_good: bool = True) -> None:
-        """The cached copy of a blob committed to a run log (not synced: the run log is the truth); ``keep_good``:
-        a file of the right size is left as it is (every read checks its hash). Failures are ignored: the next read
-        rebuilds the copy from the log."""
+    def write_copy(self, aid: str, data: bytes, *, keep_good: bool = True) -> None:
+        """The cached copy of a blob committed to a run log, written by the first read that needs it (not synced: the
+        run log is the truth; no kind file: the blob record holds the kind); ``keep_good``: a file of the right size
+        is left as it is (every read checks its hash). Failures are ignored (a read-only store is read from its
+        logs)."""
         with contextlib.suppress(OSError, StorageError):
-            self._replace(ArtifactId(aid), kind, data, sync=False, keep_good=keep_good)
+            self._replace(ArtifactId(aid), data, sync=False, keep_good=keep_good)
 
-    def _replace(
-        self, aid: ArtifactId, kind: ArtifactKind, data: bytes, *, sync: bool, keep_good: bool = False
-    ) -> None:
+    def _replace(self, aid: ArtifactId, data: bytes, *, sync: bool, keep_good: bool = False) -> None:
         """Put ``data`` at ``artifacts/<aa>/<id>`` through a temp file renamed over whatever is there."""
         core = self._core
         path = self._path(aid)
@@ -191,7 +223,6 @@ class FsArtifactStore:
                 except FileNotFoundError:
                     pass
             try:
-                self._record_kind(fan, aid + KIND_SUFFIX, kind)
                 tmp = framing.temp_name(aid[:16])
                 fd = core.ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, dir_fd=fan)
                 try:
@@ -214,9 +245,9 @@ class FsArtifactStore:
         finally:
             os.close(fan)
 
-    def rebuild(self, artifact_id: ArtifactId, *, search: bool = True) -> bytes | None:
-        """The bytes of ``artifact_id`` from a committed blob record of a run log (its copy under ``artifacts/``
-        rewritten); ``None`` when no run log holds it. A record whose bytes do not hash to the id is skipped."""
+    def record(self, artifact_id: ArtifactId, *, search: bool = True) -> tuple[ArtifactKind, bytes] | None:
+        """``(kind, bytes)`` of ``artifact_id`` from a committed blob record of a run log (nothing is written);
+        ``None`` when no run log holds it. A record whose bytes do not hash to the id is skipped."""
         core = self._core
         found = core.find_blob(artifact_id, search=search)
         if found is None:
@@ -224,7 +255,7 @@ class FsArtifactStore:
         run_id, offset = found
         try:
             fd = core.open_run_file(run_id, framing.EVENTS_FILE, RD_FLAGS)
-        except OSError:
+        except (OSError, StorageError):
             return None
         try:
             line = b""
@@ -252,7 +283,16 @@ class FsArtifactStore:
             return None
         if aid != artifact_id or hashlib.sha256(data).hexdigest() != artifact_id:
             return None
-        self.write_copy(aid, kind, data, keep_good=False)
+        return kind, data
+
+    def rebuild(self, artifact_id: ArtifactId, *, search: bool = True) -> bytes | None:
+        """The bytes of ``artifact_id`` from a committed blob record of a run log (:meth:`record`), its copy under
+        ``artifacts/`` (re)written; ``None`` when no run log holds it."""
+        found = self.record(artifact_id, search=search)
+        if found is None:
+            return None
+        data = found[1]
+        self.write_copy(artifact_id, data, keep_good=False)
         return data
 
     async def get(self, artifact_id: ArtifactId) -> bytes:
@@ -306,7 +346,8 @@ class FsArtifactStore:
         return self.rebuild(aid) is not None or corrupt
 
     async def kind_of(self, artifact_id: ArtifactId) -> ArtifactKind | None:
-        """The kind recorded at the first put; ``None`` if unknown (missing or unreadable kind file)."""
+        """The kind recorded at the first put (its kind file), else the kind in the blob record of a run log that
+        holds it; ``None`` if unknown."""
         try:
             aid = ArtifactId(artifact_id)
         except ValueError:
@@ -315,12 +356,15 @@ class FsArtifactStore:
             fan = self._fan_fd(aid, create=False)
         except (OSError, StorageError):
             return None
-        if fan is None:
-            return None
-        try:
-            return _read_kind(fan, aid + KIND_SUFFIX)
-        finally:
-            os.close(fan)
+        if fan is not None:
+            try:
+                kind = _read_kind(fan, aid + KIND_SUFFIX)
+            finally:
+                os.close(fan)
+            if kind is not None:
+                return kind
+        found = self.record(aid)
+        return None if found is None else found[0]
 
 
 def _read_kind(fan: int, name: str) -> ArtifactKind | None:

@@ -301,7 +301,8 @@ class Core:
 
     def find_blob(self, artifact_id: str, *, search: bool) -> tuple[RunId, int] | None:
         """``(run_id, offset)`` of a committed blob record holding ``artifact_id``: from the logs scanned so far, then
-        (``search``) by scanning every run log of the store."""
+        (``search``) from every run log of the store whose unscanned bytes hold the id (found by a byte search at
+        memory speed: only those logs are scanned record by record, and the scan is kept)."""
         with self.lock:
             for run_id, log in self.logs.items():
                 at = log.blobs.get(artifact_id)
@@ -309,24 +310,59 @@ class Core:
                     return run_id, at
             if not search:
                 return None
-            runs = self.top_dir(framing.RUNS_DIR, create=False)
-            if runs is None:
-                return None
-            for entry in safe_paths.list_dir(runs):
-                try:
-                    run_id = RunId(entry.name)
-                except ValueError:
+            for run_id in self.run_ids():
+                if not self.unscanned_holds(run_id, artifact_id.encode()):
                     continue
-                try:
-                    found, fd = self.refresh(run_id)
-                except StorageError:
-                    continue
-                if fd is not None:
-                    os.close(fd)
+                found = self.refreshed(run_id)
                 at = None if found is None else found.blobs.get(artifact_id)
                 if at is not None:
                     return run_id, at
         return None
+
+    def run_ids(self) -> list[RunId]:
+        """The run folders of the store (names that are not run ids are skipped), most recently changed first."""
+        runs = self.top_dir(framing.RUNS_DIR, create=False)
+        if runs is None:
+            return []
+        out: list[tuple[int, RunId]] = []
+        for entry in safe_paths.list_dir(runs):
+            if not entry.is_dir:
+                continue
+            try:
+                run_id = RunId(entry.name)
+                st = os.stat(f"{entry.name}/{EVENTS_FILE}", dir_fd=runs, follow_symlinks=False)
+            except (ValueError, OSError):
+                continue
+            out.append((st.st_mtime_ns, run_id))
+        out.sort(reverse=True)
+        return [run_id for _, run_id in out]
+
+    def refreshed(self, run_id: RunId) -> RunLog | None:
+        """:meth:`refresh` without the descriptor; ``None`` for an unknown or unreadable run."""
+        try:
+            found, fd = self.refresh(run_id)
+        except StorageError:
+            return None
+        if fd is not None:
+            os.close(fd)
+        return found
+
+    def unscanned_holds(self, run_id: RunId, needle: bytes) -> bool:
+        """Whether the bytes of the run's log past what this process has scanned (all of it for a log not scanned
+        yet, or replaced since) contain ``needle``: a byte search, no parsing."""
+        try:
+            fd = self.open_run_file(run_id, EVENTS_FILE, RD_FLAGS)
+        except (OSError, StorageError):
+            return False
+        try:
+            st = os.fstat(fd)
+            log = self.logs.get(run_id)
+            start = log.end if log is not None and log.ident == (st.st_dev, st.st_ino) else 0
+            return framing.holds(lambda n, off: os.pread(fd, n, off), start, st.st_size, needle)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def quarantine(self, run_id: RunId, w: Writer, start: int, size: int) -> None:
         """Copy the torn tail ``[start, size)`` aside (fsynced), then truncate the event file to ``start``."""

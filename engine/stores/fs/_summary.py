@@ -4,9 +4,10 @@ append and rebuilt by whoever reads it stale.
 The file holds ``{"summary": RunSummary wire form, "end": E, "dev": D, "ino": I}``: the summary of every committed
 line of the run log before byte ``E`` of the file ``(D, I)``. It is a cache, never the truth:
 
-* after a successful append the appender folds the new envelopes into its in-memory summary and rewrites the file
-  (temp file + rename, not synced) when it is due (:data:`WRITE_EVERY_SECONDS`, a finished run, a big gap), so a
-  crash between the append and the rewrite loses nothing: the file is merely behind the log;
+* after a successful append the appender keeps the new envelopes in memory; it folds them into its summary in one
+  batch and rewrites the file (temp file + rename, not synced) when that is due (:data:`WRITE_EVERY_SECONDS`, a
+  finished run, a big gap), or folds them when the summary is read; a crash between the append and the rewrite
+  loses nothing: the file is merely behind the log;
 * a reader compares ``E`` with the log's size: equal, the summary is current (one ``stat`` and one small read);
   smaller, only the bytes ``[E, size)`` are read and folded (incremental, from the summary's head); a missing or
   damaged file, another file (``dev``/``ino``), a log shorter than ``E`` or a gap that does not continue the
@@ -35,7 +36,7 @@ from typing import Any
 import engine.stores.fs.framing as framing
 import engine.stores.fs.safe_paths as safe_paths
 from engine.errors import StorageError
-from engine.events import EventEnvelope
+from engine.events import EventEnvelope, RunCompleted
 from engine.ids import RunId
 from engine.run_summary import SUMMARY_DOMAIN_EVENTS, RunSummary, apply
 from engine.stores.fs._core import Core, read_all
@@ -45,8 +46,9 @@ __all__ = ["TAIL_BYTES", "WRITE_EVERY_SECONDS", "SummaryCache"]
 
 WRITE_EVERY_SECONDS = 0.5
 """An appender rewrites a run's summary file at most this often (and whenever the run finishes)."""
-WRITE_GAP_BYTES = 256 << 10
-"""…or when the file would otherwise fall this many log bytes behind."""
+WRITE_GAP_BYTES = 1 << 20
+"""…or when the file would otherwise fall this many log bytes behind (a reader folds at most that much inline:
+``FsEventStore``'s inline fold limit; each rewrite encodes the whole summary, so not much more often)."""
 TAIL_BYTES = 64 << 10
 """What a provisional summary reads of the end of the log."""
 CATCH_UP_BYTES = 4 << 20
@@ -70,6 +72,15 @@ class _Cached:
     mtime changed was edited in place (damage, or a hand edit): its summary is folded again, which finds damage."""
 
 
+@dataclass(slots=True)
+class _Behind:
+    envelopes: list[EventEnvelope]
+    end: int
+    """The log's committed end after them."""
+    head: int
+    """The seq of the last of them."""
+
+
 class SummaryCache:
     """The summaries of one ``FsStore`` (see the module docstring). Thread-safe: a fold holds no lock of the store
     (it reads its own descriptor), so the store stays usable while a big log is folded in a thread."""
@@ -78,6 +89,8 @@ class SummaryCache:
         self._core = core
         self._lock = threading.Lock()
         self._mem: dict[RunId, _Cached] = {}
+        self._behind: dict[RunId, _Behind] = {}
+        """Envelopes this process appended after its in-memory summary (folded in one batch when due or read)."""
         self._gave_up: set[RunId] = set()
         """Runs whose cache an appender could not catch up cheaply (it stops trying; readers rebuild it)."""
         self.rebuilds = 0
@@ -111,6 +124,10 @@ class SummaryCache:
         self, run_id: RunId, dfd: int, fd: int, st: os.stat_result, max_fold_bytes: int | None
     ) -> RunSummary | None:
         ident, size = (st.st_dev, st.st_ino), st.st_size
+        with self._lock:
+            behind = self._behind.get(run_id)
+        if behind is not None:  # appended by this process since the last fold
+            self._settle(run_id, st.st_mtime_ns if behind.end == size else None)
         with self._lock:
             cached = self._mem.get(run_id)
         if cached is None or cached.ident != ident or cached.end > size:
@@ -244,53 +261,86 @@ class SummaryCache:
     # -- writing ---------------------------------------------------------------------------------------------------
 
     def appended(self, run_id: RunId, expected_seq: int, envelopes: Sequence[EventEnvelope]) -> None:
-        """After a successful append of ``envelopes`` past ``expected_seq``: fold them in, rewrite the file when due.
+        """After a successful append of ``envelopes`` past ``expected_seq``: remember them (folded in later, in one
+        batch: when the file is due to be rewritten or when the summary is read), rewrite the file when due.
 
         Never raises (a cache): anything unexpected drops the in-memory summary, and the next reader rebuilds it.
         """
         core = self._core
         try:
             log = core.logs.get(run_id)
-            with self._lock:
-                cached = self._mem.get(run_id)
             if log is None or log.ident is None or len(log.offsets) <= expected_seq:
                 return
             start = log.offsets[expected_seq]
-            if expected_seq == 0:
-                cached = _Cached(RunSummary(run_id), 0, log.ident)
-            after = log.offsets[expected_seq - 1] if expected_seq else -1  # the last event record it covers
-            if (
-                cached is None
-                or cached.ident != log.ident
-                or cached.summary.head != expected_seq
-                or not after < cached.end <= start  # v2: this commit's blob records may sit between the two
-            ):
+            with self._lock:
+                cached = self._mem.get(run_id)
+                behind = self._behind.get(run_id)
+                if expected_seq == 0:
+                    cached, behind = _Cached(RunSummary(run_id), 0, log.ident), None
+                after = log.offsets[expected_seq - 1] if expected_seq else -1  # the last event record it covers
+                head = behind.head if behind is not None else (-1 if cached is None else cached.summary.head)
+                end = behind.end if behind is not None else (-1 if cached is None else cached.end)
+                consistent = (
+                    cached is not None
+                    and cached.ident == log.ident
+                    and head == expected_seq
+                    and after < end <= start  # v2: this commit's blob records may sit between the two
+                )
+                if consistent:
+                    assert cached is not None
+                    self._mem[run_id] = cached
+                    if behind is None:
+                        behind = self._behind[run_id] = _Behind([], 0, 0)
+                    behind.envelopes.extend(envelopes)
+                    behind.end, behind.head = log.end, len(log.offsets)
+                    due = (
+                        isinstance(envelopes[-1].event, RunCompleted)
+                        or time.monotonic() - cached.written_at >= WRITE_EVERY_SECONDS
+                        or behind.end - cached.written_end >= WRITE_GAP_BYTES
+                    )
+                else:
+                    self._mem.pop(run_id, None)
+                    self._behind.pop(run_id, None)
+                    retry = run_id not in self._gave_up
+                    self._gave_up.add(run_id)
+            if not consistent:
                 # This process's first append to the run (a resumed run), or another process appended meanwhile:
                 # catch up from the file once (the new envelopes are committed, so they are folded too); a cache
                 # too far behind is left to the readers.
-                with self._lock:
-                    self._mem.pop(run_id, None)
-                    retry = run_id not in self._gave_up
-                    self._gave_up.add(run_id)
                 if retry:
                     caught = self.summary(run_id, CATCH_UP_BYTES)
                     if caught is not None and caught.complete:
                         with self._lock:
                             self._gave_up.discard(run_id)
                 return
-            summary = apply(cached.summary, envelopes)
+            if not due:
+                return
+            w = core.writers.get(run_id)
+            st = os.fstat(w.fd) if w is not None and w.fd >= 0 else None
+            mtime = st.st_mtime_ns if st is not None and st.st_size == log.end else None  # None: not known
+            settled = self._settle(run_id, mtime)
+            if settled is None:
+                return
             dfd = core.run_dir_fd(run_id, create=False)
             try:
-                st = os.stat(EVENTS_FILE, dir_fd=dfd, follow_symlinks=False)
-                mtime = st.st_mtime_ns if st.st_size == log.end else None  # None: another append landed since
-                self._keep(
-                    run_id, dfd, replace(cached, summary=summary, end=log.end, mtime=mtime), force=summary.finished
-                )
+                self._keep(run_id, dfd, settled, force=True)
             finally:
                 os.close(dfd)
         except Exception:  # a cache never fails an append that succeeded
             with self._lock:
                 self._mem.pop(run_id, None)
+                self._behind.pop(run_id, None)
+
+    def _settle(self, run_id: RunId, mtime: int | None) -> _Cached | None:
+        """Fold the envelopes appended since the last fold into the in-memory summary (one batch) and return it."""
+        with self._lock:
+            cached = self._mem.get(run_id)
+            behind = self._behind.pop(run_id, None)
+            if cached is None or behind is None:
+                return cached
+            cached = replace(cached, summary=apply(cached.summary, behind.envelopes), end=behind.end, mtime=mtime)
+            self._mem[run_id] = cached
+            return cached
 
     def _keep(self, run_id: RunId, dfd: int, cached: _Cached, *, force: bool) -> RunSummary:
         """Remember ``cached``; rewrite the file if forced or due (best effort: a read-only store is not written)."""

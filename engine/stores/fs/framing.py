@@ -22,7 +22,7 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
       verdict.json                VERDICT_FILE: a replay's verdict (engine.workers)
     artifacts/<aa>/<id>           artifact_file(): raw bytes; <aa> = the id's first two hex chars (v2: a verified copy
                                   of a run log's blob record, or a durable file for a blob written outside a run)
-    artifacts/<aa>/<id>.kind      artifact_kind_file(): the ArtifactKind of the first put (advisory)
+    artifacts/<aa>/<id>.kind      artifact_kind_file(): the ArtifactKind of a durable put (advisory; a copy has none)
     quarantine/<stamp>/...        QUARANTINE_DIR: what ``mfm doctor --repair`` moved aside (same relative paths)
     .tmp-<tag>-<pid>-<n>          temp_name(): a write in progress (or killed), in the folder of its target
 
@@ -41,13 +41,14 @@ Version 2. ``events.jsonl`` holds one *record* per line (:func:`record`)::
 
 ``K`` is ``E`` (an event: the body is the envelope's wire JSON, byte for byte what version 1 writes) or ``B`` (a
 blob: ``<artifact id> t <kind JSON> <bytes>`` when the bytes are UTF-8 without CR/LF, as canonical JSON is, else
-``<artifact id> b <kind JSON> <base64>``, :func:`blob_body`); ``M`` is ``+`` (more records of this commit follow)
-or ``.`` (the commit mark: the commit's last record); ``length`` is the body's length in bytes; the checksum is
+``<artifact id> b <kind JSON> <base64>``, :func:`blob_body`); ``M`` is ``+`` (more records of this commit follow) or
+``.`` (the commit mark: the commit's last record); ``length`` is the body's length in bytes; the checksum is
 xxHash's XXH3-64 of ``<K><M> <length> `` followed by the body (:func:`parse_record` checks all of it). A commit is
 ONE ``write`` (:func:`frame_commit`: its blob records, then its event records) and ONE ``fdatasync``; it is
-committed when its record with the commit mark is complete, so a reader sees every commit whole or not at all.
-The blob's copy under ``artifacts/`` is a cache written after the commit and rebuilt from the record when missing
-or bad. ``tail -f`` and ``grep`` work on the file; ``cut -d' ' -f5-`` of the ``E`` lines gives the envelopes.
+committed when its record with the commit mark is complete, so a reader sees every commit whole or not at all. The
+blob's copy under ``artifacts/`` is a cache, written from the record by the first read that needs it (never on the
+commit's path) and rebuilt when bad. ``tail -f`` and ``grep`` work on the file; ``cut -d' ' -f5-`` of the ``E``
+lines gives the envelopes.
 
 Version 1. One wire-form envelope per line (:func:`encode_line` / :func:`decode_line`), line ``i`` (0-based)
 holding ``seq == i + 1``; a batch of n envelopes is ONE ``write`` (:func:`frame_batch`) whose first n-1 lines end
@@ -138,6 +139,7 @@ __all__ = [
     "artifact_folder",
     "artifact_kind_file",
     "blob_body",
+    "blob_ids",
     "cancel_file",
     "check_log",
     "committed_lines",
@@ -152,6 +154,7 @@ __all__ = [
     "frame_batch",
     "frame_commit",
     "framed_lengths",
+    "holds",
     "index_lines",
     "journal_end",
     "journal_line",
@@ -383,15 +386,26 @@ def record(kind: int, final: bool, body: bytes) -> bytes:
     return b"%s%016x %s\n" % (head, _xxh(head + body), body)
 
 
+_KIND_JSON: dict[ArtifactKind, bytes] = {}
+"""The wire JSON of each kind seen (a handful): encoded once per process."""
+
+
 def blob_body(artifact_id: str, kind: ArtifactKind, data: bytes) -> bytes:
     """``<id> t <kind> <bytes>`` (UTF-8 text without CR/LF, e.g. canonical JSON) or ``<id> b <kind> <base64>``."""
-    kind_json = json.dumps(kind.to_wire(), ensure_ascii=True, separators=(",", ":")).encode()
+    kind_json = _KIND_JSON.get(kind)
+    if kind_json is None:
+        kind_json = json.dumps(kind.to_wire(), ensure_ascii=True, separators=(",", ":")).encode()
+        if len(_KIND_JSON) < 1024:
+            _KIND_JSON[kind] = kind_json
     if b"\n" not in data and b"\r" not in data:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
+        text = data.isascii()  # the usual case (canonical JSON escapes nothing else): no decode needed
+        if not text:
+            try:
+                data.decode("utf-8")
+                text = True
+            except UnicodeDecodeError:
+                pass
+        if text:
             return b"%s t %s %s" % (artifact_id.encode(), kind_json, data)
     return b"%s b %s %s" % (artifact_id.encode(), kind_json, base64.b64encode(data))
 
@@ -448,6 +462,39 @@ def first_bad_record(data: bytes, start: int, end: int) -> int | None:
     return None
 
 
+def holds(pread: Callable[[int, int], bytes], start: int, size: int, needle: bytes) -> bool:
+    """Whether the bytes ``[start, size)`` of a file (read by ``pread(n, offset)`` in :data:`CHUNK` reads) contain
+    ``needle`` (a byte search: no record is parsed)."""
+    keep = len(needle) - 1
+    pos = start
+    tail = b""
+    while pos < size:
+        chunk = pread(min(CHUNK, size - pos), pos)
+        if not chunk:
+            return False
+        if needle in tail + chunk[: keep + len(needle)] or needle in chunk:
+            return True
+        tail = chunk[-keep:] if keep else b""
+        pos += len(chunk)
+    return False
+
+
+def blob_ids(data: bytes, prefix: str) -> set[str]:
+    """The artifact ids starting with ``prefix`` (hex) of the blob records in ``data`` (complete lines of a v2 log;
+    checksums are not checked here: the caller confirms each id with a scan). Found by the literal `` <prefix>``
+    (a fast substring search), then the record header before it is matched."""
+    if not all(c in "0123456789abcdef" for c in prefix) or len(prefix) > 64:
+        return set()
+    pattern = re.compile(rb" (" + prefix.encode() + rb"[0-9a-f]{%d}) [tb] " % (64 - len(prefix)))
+    out: set[str] = set()
+    for m in pattern.finditer(data):
+        line = data.rfind(b"\n", 0, m.start()) + 1
+        head = _RECORD_HEAD.match(data, line)
+        if head is not None and head.group(1) == b"B" and head.end() == m.start() + 1:
+            out.add(m.group(1).decode())
+    return out
+
+
 def line_at(data: bytes, start: int) -> bytes:
     """The line of ``data`` that starts at ``start``, without its newline (a v2 record's body when ``start`` is the
     body offset :func:`committed_lines` gives)."""
@@ -469,20 +516,20 @@ def frame_commit(
 ) -> tuple[bytes, list[int], list[tuple[str, int]]]:
     """The bytes of one v2 commit (blob records, then event records; the last one carries the commit mark), the
     offset of each event record and ``(artifact_id, offset)`` of each blob record, relative to its start."""
-    parts = [blob_body(aid, kind, data) for aid, kind, data in blobs]
-    n_blobs = len(parts)
-    parts.extend(lines)
-    last = len(parts) - 1
     out: list[bytes] = []
-    offsets: list[int] = []
     blob_at: list[tuple[str, int]] = []
     pos = 0
-    for i, body in enumerate(parts):
-        rec = record(BLOB_RECORD if i < n_blobs else EVENT_RECORD, i == last, body)
-        if i >= n_blobs:
-            offsets.append(pos)
-        else:
-            blob_at.append((blobs[i][0], pos))
+    last = len(lines) - 1
+    last_blob = -1 if lines else len(blobs) - 1
+    for i, (aid, kind, data) in enumerate(blobs):
+        rec = record(BLOB_RECORD, i == last_blob, blob_body(aid, kind, data))
+        blob_at.append((aid, pos))
+        out.append(rec)
+        pos += len(rec)
+    offsets: list[int] = []
+    for i, body in enumerate(lines):
+        rec = record(EVENT_RECORD, i == last, body)
+        offsets.append(pos)
         out.append(rec)
         pos += len(rec)
     return b"".join(out), offsets, blob_at
@@ -842,7 +889,9 @@ def check_log(fd: int, run_id: RunId, default_fmt: int = FORMAT_V2) -> LogCheck:
             kind, final, body_at = parsed
             if kind == BLOB_RECORD:
                 try:
-                    parse_blob(body[body_at:])
+                    aid, _, blob = parse_blob(body[body_at:])
+                    if hashlib.sha256(blob).hexdigest() != aid:
+                        raise ValueError(f"the blob's bytes do not hash to its id {aid}")
                 except ValueError as exc:
                     s.first_bad = Damage(start, lineno, "blob_record_malformed", str(exc)[:200])
                     s.valid_after += 1
