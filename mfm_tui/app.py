@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import PurePath
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.console import Console
 from textual.app import App, SystemCommand
@@ -26,14 +28,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.theme import Theme
 
-from engine.config import RunManifest
+import engine.workers as workers  # names resolve when first called (lease_state: after the first paint)
+from engine import SystemClock
 from engine.ids import RunId
-from engine.operations import OperationRegistry
-from engine.plan import ExecutionPlan
-from engine.runtime import Clock, SystemClock
-from engine.workers import lease_state
-from mfm_tui import controller
-from mfm_tui.commands import StartCommands
+from mfm_tui import controller, screens
 from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
 from mfm_tui.messages import (
     ActionProposed,
@@ -51,15 +49,17 @@ from mfm_tui.notices import FailureWatch, notice_text
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog, lines_text
 from mfm_tui.screens.dialogs import ErrorDialog
-from mfm_tui.screens.diff import DiffScreen, ReplayScreen
 from mfm_tui.screens.help import HelpEntry, HelpScreen
 from mfm_tui.screens.jump import JumpPrompt, resolve_jump
-from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.runs import RunsScreen
-from mfm_tui.screens.start import StartScreen
-from mfm_tui.screens.workers import WorkersScreen
 from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
+
+if TYPE_CHECKING:
+    from engine.config import RunManifest
+    from engine.operations import OperationRegistry
+    from engine.plan import ExecutionPlan
+    from engine.runtime import Clock
 
 __all__ = ["MfmApp", "default_lease_probe", "make_app", "store_label"]
 
@@ -88,9 +88,14 @@ def default_lease_probe(store: Any) -> LeaseProbe | None:
         return None
 
     def probe(run_id: RunId) -> LeaseStatus:
-        return lease_status_of(lease_state(store, run_id))
+        return lease_status_of(workers.lease_state(store, run_id))
 
     return probe
+
+
+def _start_commands() -> Any:
+    """The palette's start entries, imported when the palette first opens (textual accepts a provider factory)."""
+    return importlib.import_module("mfm_tui.commands").StartCommands
 
 
 class _NullFile:
@@ -114,7 +119,7 @@ class MfmApp(App[None]):
 
     TITLE = "mfm"
     CSS_PATH = cast("list[str | PurePath]", css_paths())
-    COMMANDS = App.COMMANDS | {StartCommands}
+    COMMANDS = App.COMMANDS | {_start_commands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)", id="app.quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
@@ -221,12 +226,12 @@ class MfmApp(App[None]):
             return None
         if isinstance(plan, PlanShape):
             return plan
-        if isinstance(plan, ExecutionPlan):
-            try:
-                return PlanShape.from_plan(plan)
-            except Exception:
-                return None
-        return None
+        if plan is None or inspect.isawaitable(plan):
+            return None
+        try:  # an ExecutionPlan (not imported here: engine.plan is not needed before the first paint)
+            return PlanShape.from_plan(plan)
+        except Exception:
+            return None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -302,7 +307,8 @@ class MfmApp(App[None]):
         """A run that just failed or lost its worker: a notice (and the bell) unless its own screen is on top."""
         for model in self.failures.changes(self.watcher.models, sorted(run_ids)):
             screen = self.screen
-            if isinstance(screen, RunScreen) and screen.run_id == model.run_id:
+            run_screen = screens.loaded("RunScreen")
+            if run_screen is not None and isinstance(screen, run_screen) and screen.run_id == model.run_id:
                 continue
             text = notice_text(model)
             self.notices.append(text)
@@ -315,8 +321,9 @@ class MfmApp(App[None]):
             screen.post_message(make())
 
     def _theme_changed(self, theme: Theme) -> None:
+        kinds = tuple(k for k in (RunsScreen, screens.loaded("RunScreen"), screens.loaded("StartScreen")) if k)
         for screen in self.screen_stack:
-            if isinstance(screen, (RunsScreen, RunScreen, StartScreen)):
+            if isinstance(screen, kinds):
                 screen.set_glyphs(self.glyphs)
 
     # ------------------------------------------------------------------ handlers
@@ -326,7 +333,7 @@ class MfmApp(App[None]):
 
     def open_run(self, run_id: RunId) -> None:
         try:
-            screen = RunScreen(run_id=run_id)
+            screen = screens.RunScreen(run_id=run_id)
         except Exception as exc:
             code, text = describe_error(exc)
             self.post_message(ErrorReported(code, text, title="Cannot open run", run_id=run_id))
@@ -362,7 +369,7 @@ class MfmApp(App[None]):
     def on_run_resumed(self, message: RunResumed) -> None:
         """Show the run that goes on: stay if it is the screen on top, else open it (instead of another run)."""
         screen = self.screen
-        if isinstance(screen, RunScreen):
+        if isinstance(screen, screens.RunScreen):
             if screen.run_id == message.run_id:
                 return
             self.pop_screen()
@@ -374,10 +381,10 @@ class MfmApp(App[None]):
         self.open_run(run_id)
 
     def on_replay_started(self, message: ReplayStarted) -> None:
-        self.push_screen(ReplayScreen(message.source_run_id, message.replay_run_id))
+        self.push_screen(screens.ReplayScreen(message.source_run_id, message.replay_run_id))
 
     def on_diff_loaded(self, message: DiffLoaded) -> None:
-        self.push_screen(DiffScreen(message.title, message.sections, labels=message.labels))
+        self.push_screen(screens.DiffScreen(message.title, message.sections, labels=message.labels))
 
     # ------------------------------------------------------------------ actions
 
@@ -423,8 +430,8 @@ class MfmApp(App[None]):
 
     def action_show_workers(self) -> None:
         """The workers view (``w`` on the runs list, ``:workers``)."""
-        if not isinstance(self.screen, WorkersScreen):
-            self.push_screen(WorkersScreen())
+        if not isinstance(self.screen, screens.WorkersScreen):
+            self.push_screen(screens.WorkersScreen())
 
     def action_command_palette(self) -> None:
         if not self.ascii_only:
