@@ -151,6 +151,7 @@ class MfmApp(App[None]):
         ops_modules: Sequence[str] = (),
         keymap: Mapping[str, str] | None = None,
         notices: Sequence[tuple[str, str]] = (),
+        registry_loader: Callable[[], OperationRegistry] | None = None,
     ) -> None:
         # Textual answers NO_COLOR with a monochrome filter that turns the terminal's default colours into black on
         # black; a theme without colour (mfm-ascii, which NO_COLOR picks) already honours NO_COLOR, so the filter is
@@ -165,7 +166,8 @@ class MfmApp(App[None]):
         self._notices = tuple(notices)
         if keymap:
             self.set_keymap(dict(keymap))
-        self.registry = registry
+        self._op_registry = registry
+        self._op_registry_loader = registry_loader
         self.ops_modules = tuple(ops_modules)
         self.store = store
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -207,6 +209,22 @@ class MfmApp(App[None]):
         )
 
     # ------------------------------------------------------------------ services for screens
+
+    @property
+    def registry(self) -> OperationRegistry | None:
+        """The operation registry (``registry``, else loaded by ``registry_loader`` when first read)."""
+        loader = self._op_registry_loader
+        if self._op_registry is None and loader is not None:
+            self._op_registry_loader = None
+            try:
+                self._op_registry = loader()
+            except Exception as exc:  # the list still works; starting a run says why it cannot
+                self.post_message(ErrorReported(*describe_error(exc), title="Operations"))
+        return self._op_registry
+
+    @registry.setter
+    def registry(self, value: OperationRegistry | None) -> None:
+        self._op_registry = value
 
     @property
     def ascii_only(self) -> bool:
@@ -501,6 +519,7 @@ def make_app(
     ops_modules: Sequence[str] = (),
     keymap: Mapping[str, str] | None = None,
     notices: Sequence[tuple[str, str]] = (),
+    registry_loader: Callable[[], OperationRegistry] | None = None,
 ) -> MfmApp:
     """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).
 
@@ -511,6 +530,7 @@ def make_app(
     each run's full plan (states not yet entered, totals). ``registry`` / ``ops_modules``: the operation
     registry, kept as app attributes for the screens that start runs. ``keymap``: key overrides (binding id →
     keys, from the settings file). ``notices``: ``(code, message)`` errors to show once the app is up.
+    ``registry_loader``: makes the registry when it is first needed (instead of ``registry``).
     """
     return MfmApp(
         store,
@@ -525,4 +545,5 @@ def make_app(
         ops_modules=ops_modules,
         keymap=keymap,
         notices=notices,
+        registry_loader=registry_loader,
     )
