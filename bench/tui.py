@@ -630,9 +630,14 @@ def import_seconds(python: str, modules: str, env: dict[str, str] | None = None,
     """Median wall time of importing ``modules`` in a fresh interpreter, minus the bare interpreter's."""
     import os
 
+    environ = {**os.environ, **(env or {})}
+    # From the checkout measured: ``python -c`` puts the working directory first on sys.path, so run from another
+    # folder the baseline's imports would be this checkout's.
+    cwd = environ.get("PYTHONPATH", "").split(os.pathsep)[0] or None
+
     def wall(code: str) -> float:
         t0 = time.perf_counter()
-        subprocess.run([python, "-c", code], check=True, env={**os.environ, **(env or {})})
+        subprocess.run([python, "-c", code], check=True, env=environ, cwd=cwd)
         return time.perf_counter() - t0
 
     floor = statistics.median(wall("pass") for _ in range(runs))

@@ -183,8 +183,11 @@ class StoreWatcher:
                 await asyncio.sleep(self.first_paint_pause if first else self.slice_pause)
                 part, budget, t0 = WatchUpdate(initial=True), self.slice_seconds, time.perf_counter()
                 first = False
+        if part:  # the runs with events first: they paint before the worker actions are imported
+            yield part
+            part = WatchUpdate(initial=True)
         known = set(run_ids)
-        try:  # after the first screenful: the runs that never started (their start records)
+        try:  # then the runs that never started (their start records)
             unstarted = await workers.pending_runs(self.store, exclude=frozenset(run_ids))
         except Exception as exc:  # an unreadable store is shown, and retried by poll()
             self.store_error = describe_error(exc)
