@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import PurePath
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.console import Console
 from textual.app import App, SystemCommand
@@ -26,14 +28,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.theme import Theme
 
-from engine.config import RunManifest
+import engine.workers as workers  # names resolve when first called (lease_state: after the first paint)
+from engine import SystemClock
 from engine.ids import RunId
-from engine.operations import OperationRegistry
-from engine.plan import ExecutionPlan
-from engine.runtime import Clock, SystemClock
-from engine.workers import lease_state
-from mfm_tui import controller
-from mfm_tui.commands import StartCommands
+from mfm_tui import controller, screens
 from mfm_tui.glyphs import ASCII_THEMES, Glyphs, glyphs_for_theme
 from mfm_tui.messages import (
     ActionProposed,
@@ -51,15 +49,17 @@ from mfm_tui.notices import FailureWatch, notice_text
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, lease_status_of
 from mfm_tui.screens.confirm import ConfirmDialog, lines_text
 from mfm_tui.screens.dialogs import ErrorDialog
-from mfm_tui.screens.diff import DiffScreen, ReplayScreen
 from mfm_tui.screens.help import HelpEntry, HelpScreen
 from mfm_tui.screens.jump import JumpPrompt, resolve_jump
-from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.runs import RunsScreen
-from mfm_tui.screens.start import StartScreen
-from mfm_tui.screens.workers import WorkersScreen
 from mfm_tui.store_watcher import PlanResolver, StoreWatcher, WatchUpdate, describe_error
 from mfm_tui.theme import DEFAULT_THEME, THEMES, css_paths, resolve_theme_name
+
+if TYPE_CHECKING:
+    from engine.config import RunManifest
+    from engine.operations import OperationRegistry
+    from engine.plan import ExecutionPlan
+    from engine.runtime import Clock
 
 __all__ = ["MfmApp", "default_lease_probe", "make_app", "store_label"]
 
@@ -88,9 +88,14 @@ def default_lease_probe(store: Any) -> LeaseProbe | None:
         return None
 
     def probe(run_id: RunId) -> LeaseStatus:
-        return lease_status_of(lease_state(store, run_id))
+        return lease_status_of(workers.lease_state(store, run_id))
 
     return probe
+
+
+def _start_commands() -> Any:
+    """The palette's start entries, imported when the palette first opens (textual accepts a provider factory)."""
+    return importlib.import_module("mfm_tui.commands").StartCommands
 
 
 class _NullFile:
@@ -114,7 +119,7 @@ class MfmApp(App[None]):
 
     TITLE = "mfm"
     CSS_PATH = cast("list[str | PurePath]", css_paths())
-    COMMANDS = App.COMMANDS | {StartCommands}
+    COMMANDS = App.COMMANDS | {_start_commands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", tooltip="Quit (runs keep going in their workers)", id="app.quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="Quit"),
@@ -146,6 +151,7 @@ class MfmApp(App[None]):
         ops_modules: Sequence[str] = (),
         keymap: Mapping[str, str] | None = None,
         notices: Sequence[tuple[str, str]] = (),
+        registry_loader: Callable[[], OperationRegistry] | None = None,
     ) -> None:
         # Textual answers NO_COLOR with a monochrome filter that turns the terminal's default colours into black on
         # black; a theme without colour (mfm-ascii, which NO_COLOR picks) already honours NO_COLOR, so the filter is
@@ -160,7 +166,8 @@ class MfmApp(App[None]):
         self._notices = tuple(notices)
         if keymap:
             self.set_keymap(dict(keymap))
-        self.registry = registry
+        self._op_registry = registry
+        self._op_registry_loader = registry_loader
         self.ops_modules = tuple(ops_modules)
         self.store = store
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -204,6 +211,22 @@ class MfmApp(App[None]):
     # ------------------------------------------------------------------ services for screens
 
     @property
+    def registry(self) -> OperationRegistry | None:
+        """The operation registry (``registry``, else loaded by ``registry_loader`` when first read)."""
+        loader = self._op_registry_loader
+        if self._op_registry is None and loader is not None:
+            self._op_registry_loader = None
+            try:
+                self._op_registry = loader()
+            except Exception as exc:  # the list still works; starting a run says why it cannot
+                self.post_message(ErrorReported(*describe_error(exc), title="Operations"))
+        return self._op_registry
+
+    @registry.setter
+    def registry(self, value: OperationRegistry | None) -> None:
+        self._op_registry = value
+
+    @property
     def ascii_only(self) -> bool:
         return self.theme in ASCII_THEMES
 
@@ -221,12 +244,12 @@ class MfmApp(App[None]):
             return None
         if isinstance(plan, PlanShape):
             return plan
-        if isinstance(plan, ExecutionPlan):
-            try:
-                return PlanShape.from_plan(plan)
-            except Exception:
-                return None
-        return None
+        if plan is None or inspect.isawaitable(plan):
+            return None
+        try:  # an ExecutionPlan (not imported here: engine.plan is not needed before the first paint)
+            return PlanShape.from_plan(plan)
+        except Exception:
+            return None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -302,7 +325,8 @@ class MfmApp(App[None]):
         """A run that just failed or lost its worker: a notice (and the bell) unless its own screen is on top."""
         for model in self.failures.changes(self.watcher.models, sorted(run_ids)):
             screen = self.screen
-            if isinstance(screen, RunScreen) and screen.run_id == model.run_id:
+            run_screen = screens.loaded("RunScreen")
+            if run_screen is not None and isinstance(screen, run_screen) and screen.run_id == model.run_id:
                 continue
             text = notice_text(model)
             self.notices.append(text)
@@ -315,8 +339,9 @@ class MfmApp(App[None]):
             screen.post_message(make())
 
     def _theme_changed(self, theme: Theme) -> None:
+        kinds = tuple(k for k in (RunsScreen, screens.loaded("RunScreen"), screens.loaded("StartScreen")) if k)
         for screen in self.screen_stack:
-            if isinstance(screen, (RunsScreen, RunScreen, StartScreen)):
+            if isinstance(screen, kinds):
                 screen.set_glyphs(self.glyphs)
 
     # ------------------------------------------------------------------ handlers
@@ -326,7 +351,7 @@ class MfmApp(App[None]):
 
     def open_run(self, run_id: RunId) -> None:
         try:
-            screen = RunScreen(run_id=run_id)
+            screen = screens.RunScreen(run_id=run_id)
         except Exception as exc:
             code, text = describe_error(exc)
             self.post_message(ErrorReported(code, text, title="Cannot open run", run_id=run_id))
@@ -362,7 +387,7 @@ class MfmApp(App[None]):
     def on_run_resumed(self, message: RunResumed) -> None:
         """Show the run that goes on: stay if it is the screen on top, else open it (instead of another run)."""
         screen = self.screen
-        if isinstance(screen, RunScreen):
+        if isinstance(screen, screens.RunScreen):
             if screen.run_id == message.run_id:
                 return
             self.pop_screen()
@@ -374,10 +399,10 @@ class MfmApp(App[None]):
         self.open_run(run_id)
 
     def on_replay_started(self, message: ReplayStarted) -> None:
-        self.push_screen(ReplayScreen(message.source_run_id, message.replay_run_id))
+        self.push_screen(screens.ReplayScreen(message.source_run_id, message.replay_run_id))
 
     def on_diff_loaded(self, message: DiffLoaded) -> None:
-        self.push_screen(DiffScreen(message.title, message.sections, labels=message.labels))
+        self.push_screen(screens.DiffScreen(message.title, message.sections, labels=message.labels))
 
     # ------------------------------------------------------------------ actions
 
@@ -423,8 +448,8 @@ class MfmApp(App[None]):
 
     def action_show_workers(self) -> None:
         """The workers view (``w`` on the runs list, ``:workers``)."""
-        if not isinstance(self.screen, WorkersScreen):
-            self.push_screen(WorkersScreen())
+        if not isinstance(self.screen, screens.WorkersScreen):
+            self.push_screen(screens.WorkersScreen())
 
     def action_command_palette(self) -> None:
         if not self.ascii_only:
@@ -494,6 +519,7 @@ def make_app(
     ops_modules: Sequence[str] = (),
     keymap: Mapping[str, str] | None = None,
     notices: Sequence[tuple[str, str]] = (),
+    registry_loader: Callable[[], OperationRegistry] | None = None,
 ) -> MfmApp:
     """The app over ``store`` (an object with ``.events`` and ``.artifacts``: ``FsStore``, ``MemoryStore``…).
 
@@ -504,6 +530,7 @@ def make_app(
     each run's full plan (states not yet entered, totals). ``registry`` / ``ops_modules``: the operation
     registry, kept as app attributes for the screens that start runs. ``keymap``: key overrides (binding id →
     keys, from the settings file). ``notices``: ``(code, message)`` errors to show once the app is up.
+    ``registry_loader``: makes the registry when it is first needed (instead of ``registry``).
     """
     return MfmApp(
         store,
@@ -518,4 +545,5 @@ def make_app(
         ops_modules=ops_modules,
         keymap=keymap,
         notices=notices,
+        registry_loader=registry_loader,
     )

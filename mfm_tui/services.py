@@ -14,12 +14,12 @@ from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.worker import Worker
 
-from engine.config import RunManifest
-from engine.operations import OperationRegistry
-from engine.runtime import Clock
+from engine import Clock
 from mfm_tui.run_model import LeaseProbe, PlanShape
 
 if TYPE_CHECKING:
+    from engine.config import RunManifest
+    from engine.operations import OperationRegistry
     from mfm_tui.store_watcher import StoreWatcher, WatchUpdate
 
 __all__ = ["AppServices", "services_of"]

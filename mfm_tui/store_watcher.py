@@ -32,17 +32,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# engine.workers resolves its names when first read: pending_runs (its actions import the whole runtime, 0.25 s of
+# `mfm tui`'s start; issue 15) is first called after the first screenful of runs is read.
+import engine.workers as workers
 from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import ArtifactId, RunId
-from engine.plan import ExecutionPlan
 from engine.run_summary import RunSummary
 from engine.stores import RunSummaries
 from engine.stores.fs import framing
-from engine.workers import PendingRun, max_orphan_recoveries, pending_runs
+from engine.workers.crash_loop import max_orphan_recoveries
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
+
+if TYPE_CHECKING:
+    from engine.plan import ExecutionPlan
+    from engine.workers import PendingRun
 
 __all__ = ["PlanResolver", "StoreWatcher", "WatchUpdate", "describe_error"]
 
@@ -158,7 +164,6 @@ class StoreWatcher:
         try:
             self._cursor = (await self.events.changes_since(None)).cursor
             run_ids = list(await self.events.list_runs())
-            unstarted = await pending_runs(self.store, exclude=frozenset(run_ids))
             self.store_error = None
         except Exception as exc:  # an unreadable store is shown, and retried by poll()
             self.store_error = describe_error(exc)
@@ -178,7 +183,16 @@ class StoreWatcher:
                 await asyncio.sleep(self.first_paint_pause if first else self.slice_pause)
                 part, budget, t0 = WatchUpdate(initial=True), self.slice_seconds, time.perf_counter()
                 first = False
+        if part:  # the runs with events first: they paint before the worker actions are imported
+            yield part
+            part = WatchUpdate(initial=True)
         known = set(run_ids)
+        try:  # then the runs that never started (their start records)
+            unstarted = await workers.pending_runs(self.store, exclude=frozenset(run_ids))
+        except Exception as exc:  # an unreadable store is shown, and retried by poll()
+            self.store_error = describe_error(exc)
+            yield WatchUpdate(errors=[(None, *self.store_error)], initial=True)
+            return
         for p in unstarted:
             if p.run_id not in known:
                 self._adopt_pending(p, part)
@@ -469,7 +483,7 @@ class StoreWatcher:
                     plan = await plan
                 if isinstance(plan, PlanShape):
                     shape = plan
-                elif isinstance(plan, ExecutionPlan):
+                elif plan is not None:  # an ExecutionPlan
                     shape = PlanShape.from_plan(plan)
             except Exception:  # unknown operation or version: the run is shown from its events alone
                 shape = None
@@ -499,7 +513,7 @@ class StoreWatcher:
     async def _rescan(self, update: WatchUpdate) -> None:
         try:
             present = set(await self.events.list_runs())
-            pending = await pending_runs(self.store, exclude=present)
+            pending = await workers.pending_runs(self.store, exclude=present)
         except Exception as exc:
             code, message = describe_error(exc)
             if self.store_error != (code, message):

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -36,10 +37,6 @@ from engine.workers import (
 )
 from mfm_tui import __version__
 from mfm_tui.cli.common import Env
-from mfm_tui.cli.control import cancel, replay, resume, serve, start, tui, worker
-from mfm_tui.cli.discard import discard
-from mfm_tui.cli.doctor import doctor
-from mfm_tui.cli.read import artifact, events, ops, runs, show
 from mfm_tui.settings import load_settings
 
 __all__ = ["EXIT_CODES_HELP", "cli", "main"]
@@ -74,9 +71,31 @@ class _StdoutClosed(Exception):
     """The reader of our standard output went away (``mfm events --json | head -1``)."""
 
 
+_COMMAND_MODULES = {
+    **dict.fromkeys(("tui", "serve", "start", "resume", "cancel", "replay", "worker"), "mfm_tui.cli.control"),
+    **dict.fromkeys(("ops", "runs", "show", "events", "artifact"), "mfm_tui.cli.read"),
+    "discard": "mfm_tui.cli.discard",
+    "doctor": "mfm_tui.cli.doctor",
+}
+"""Each command's module, imported when the command is run or listed: `mfm tui` loads neither the read commands
+nor doctor (they cost `import mfm_tui.cli` 0.1 s before the TUI could start; issue 15)."""
+
+
 class _Group(click.Group):
     """The command group; a broken pipe on stdout leaves it as :class:`_StdoutClosed`, which click does not turn
-    into ``exit 1`` (it does so for an ``EPIPE`` ``OSError``)."""
+    into ``exit 1`` (it does so for an ``EPIPE`` ``OSError``). Its commands load on demand (``_COMMAND_MODULES``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMAND_MODULES:
+            command: click.Command = getattr(importlib.import_module(_COMMAND_MODULES[cmd_name]), cmd_name)
+            examples = _EXAMPLES[cmd_name]
+            lines = "\n".join(f"  {line}" for line in examples)
+            command.epilog = f"\b\nExample{'s' if len(examples) > 1 else ''}:\n{lines}"
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
 
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -130,7 +149,7 @@ def cli(
     if problem is not None and ctx.invoked_subcommand not in (None, "tui", "serve"):
         click.echo(f"warning[{problem[0]}]: {problem[1]} (using the defaults)", err=True)
     if ctx.invoked_subcommand is None:
-        return ctx.invoke(tui, theme=theme, no_mouse=no_mouse)
+        return ctx.invoke(cast("click.Command", cli.get_command(ctx, "tui")), theme=theme, no_mouse=no_mouse)
     return None
 
 
@@ -151,11 +170,6 @@ _EXAMPLES = {
     "worker": ["mfm worker serve --store postgresql://mfm@db/mfm --concurrency 4"],
 }
 """One or two invocations shown at the end of each command's help (``-h``)."""
-
-for _command in (tui, serve, ops, start, runs, show, events, artifact, resume, cancel, replay, discard, doctor, worker):
-    _lines = "\n".join(f"  {line}" for line in _EXAMPLES[str(_command.name)])
-    _command.epilog = f"\b\nExample{'s' if len(_EXAMPLES[str(_command.name)]) > 1 else ''}:\n{_lines}"
-    cli.add_command(_command)
 
 
 # ---------------------------------------------------------------------------------------------

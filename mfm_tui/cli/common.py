@@ -18,13 +18,15 @@ from typing import Any, TypeVar
 
 import click
 
+# engine.workers resolves the actions (which import the whole runtime) when first called (issue 15: `mfm tui`).
+import engine.workers as workers
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.events import DOMAIN_EVENT_RECOVERED_FROM, DomainEvent
 from engine.ids import ArtifactId, RunId
 from engine.open_store import open_store
 from engine.operations import OperationRegistry, load_registry, read_manifest
 from engine.stores import ArtifactLister
-from engine.workers import is_pooled, lease_state, list_run_ids, max_orphan_recoveries, pending_run, read_verdict
+from engine.workers import is_pooled, max_orphan_recoveries
 from mfm_tui.config import resolve_store
 from mfm_tui.run_model import PlanShape, RunDisplayStatus, RunModel, lease_status_of
 from mfm_tui.settings import Settings
@@ -161,7 +163,7 @@ async def resolve_run_id(store: Any, text: str) -> RunId:
         return full  # (a run whose worker has not written RunStarted yet has a folder already)
     if full is not None and is_pooled(store) and await store.queue.get(full) is not None:
         return full  # (queued on a database store, not started by a worker yet)
-    runs = sorted(str(r) for r in await list_run_ids(store))  # (with the runs that never started)
+    runs = sorted(str(r) for r in await workers.list_run_ids(store))  # (with the runs that never started)
     matches = [r for r in runs if r.startswith(prefix)]
     if not matches:
         raise MfmError(ErrorInfo.new("run_not_found", f"no run matches {text!r}"))
@@ -196,7 +198,7 @@ async def resolve_artifact_id(store: Any, text: str) -> ArtifactId:
 
 async def replay_source(store: Any, run_id: RunId) -> str | None:
     """The run that ``run_id`` replays, once its verdict is written (``None`` for any other run)."""
-    verdict = await read_verdict(store, run_id)
+    verdict = await workers.read_verdict(store, run_id)
     source = None if verdict is None else verdict.get("source_run_id")
     return source if isinstance(source, str) else None
 
@@ -206,7 +208,7 @@ async def link_recoveries(env: Env, model: RunModel) -> None:
     for only when the run failed; each candidate's first events are read, not its whole log)."""
     if model.recovered_by is not None or model.status is not RunDisplayStatus.FAILED:
         return
-    for other in await list_run_ids(env.store):
+    for other in await workers.list_run_ids(env.store):
         if other == model.run_id:
             continue
         for envelope in await env.store.events.read_range(RunId(other), 1, _RECOVERED_FROM_WITHIN):
@@ -238,7 +240,7 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
         model.load_error = (damage.code, damage.message)
     manifest_id = model.manifest_id
     if manifest_id is None:  # not started by a worker yet: its start record (or queue row) knows the manifest
-        pending = await pending_run(store, run_id)
+        pending = await workers.pending_run(store, run_id)
         if pending is not None:
             manifest_id = pending.manifest_id
             model.set_start_requested(pending.requested_millis)
@@ -253,7 +255,7 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunM
                 model.set_plan(shape)
         except MfmError as err:
             model.anomalies.append(f"manifest/plan unavailable: {err.one_line()}")
-    model.set_lease(lease_status_of(lease_state(store, run_id)))
+    model.set_lease(lease_status_of(workers.lease_state(store, run_id)))
     model.set_cancel_requested(await store.events.cancel_request(run_id) is not None)
     return model
 

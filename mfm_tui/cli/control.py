@@ -13,26 +13,15 @@ from typing import Any
 
 import click
 
+# engine.workers resolves the actions (which import the whole runtime) when first called: `mfm tui` paints its runs
+# list without them (0.25 s of its start; issue 15).
+import engine.workers as workers
 from engine.errors import ErrorInfo, MfmError
 from engine.ids import RunId
 from engine.operations import parse_param_assignments, parse_params_json
 from engine.secrets import redact_text
 from engine.stores.fs import framing
-from engine.workers import (
-    EXIT_FAILED,
-    EXIT_OK,
-    LeaseState,
-    cancel_children,
-    cancel_run,
-    is_pooled,
-    lease_state,
-    max_orphan_recoveries,
-    read_verdict,
-    replay_run,
-    resume_run,
-    start_run,
-)
-from engine.workers import main as worker_main
+from engine.workers import EXIT_FAILED, EXIT_OK, LeaseState, is_pooled, max_orphan_recoveries
 from mfm_tui.cli.common import CliError, Env, echo_json, env_of, load_model, now_millis, resolve_run_id, run_sync
 from mfm_tui.config import store_writable
 from mfm_tui.run_model import RunDisplayStatus, RunModel, lease_status_of
@@ -54,7 +43,7 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
         model.apply(await store.events.read_range(run_id, model.last_seq + 1))
         if model.engine_status is not None:
             return model
-        lease = lease_state(store, run_id)
+        lease = workers.lease_state(store, run_id)
         # On a database store a lost worker's run is taken over by the pool: only a run nobody will pick up is lost.
         pooled = is_pooled(store)
         if (lease.state is LeaseState.NONE) if pooled else (lease.state is not LeaseState.HELD):
@@ -127,12 +116,15 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool, no_mouse: bool =
     from mfm_tui.app import make_app
 
     store = env.open_store(create=not read_only)  # a store we cannot write opens too, read-only
-    registry = env.registry
+    if env.ops:
+        env.registry  # noqa: B018 - a bad --ops module is a one-line error before the screen opens
+    # Otherwise the registry loads with the first plan it gives, after the first paint: the installed operations
+    # (the demos) import the whole runtime, 0.25 s before the runs list could show (issue 15).
     offered: dict[str, Any] = {
         "read_only": read_only or not store_writable(store),  # a store we cannot write: watch only
-        "plan_resolver": registry.plan_resolver(),
-        "lease_probe": lambda run_id: lease_status_of(lease_state(store, run_id)),
-        "registry": registry,
+        "plan_resolver": lambda manifest: env.registry.plan_for(manifest),
+        "lease_probe": lambda run_id: lease_status_of(workers.lease_state(store, run_id)),
+        "registry_loader": lambda: env.registry,
         "ops_modules": env.ops,
         "keymap": dict(env.settings.keys),
         "notices": [env.settings_problem] if env.settings_problem is not None else [],
@@ -200,7 +192,9 @@ def start(
     raw = _read_params_file(params_file)
     raw.update(parse_param_assignments(op, params))
     op.validate_params(raw)  # before the store is even opened: invalid input writes nothing
-    prepared = run_sync(start_run(env.open_store(create=True, write=True), registry, op_id, raw, ops_modules=env.ops))
+    prepared = run_sync(
+        workers.start_run(env.open_store(create=True, write=True), registry, op_id, raw, ops_modules=env.ops)
+    )
     if not wait:
         if as_json:
             echo_json({"run_id": str(prepared.run_id), "manifest_id": str(prepared.manifest_id), "op_id": op_id})
@@ -235,7 +229,7 @@ def resume(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     async def go() -> Any:
         run_id = await resolve_run_id(env.open_store(write=True), run)
         max_orphan_recoveries()  # its worker reads it too (a crash-looping run's count is reset): fail here, not there
-        return await resume_run(env.store, run_id, ops_modules=env.ops)
+        return await workers.resume_run(env.store, run_id, ops_modules=env.ops)
 
     outcome = run_sync(go())
     for note in outcome.notes:  # e.g. the previous attempt's process group it killed first
@@ -289,8 +283,8 @@ def cancel(ctx: click.Context, run: str, reason: str) -> int:
 
     async def go() -> tuple[RunId, bool, list[RunId]]:
         run_id = await resolve_run_id(env.open_store(write=True), run)
-        children = await cancel_children(env.store, run_id)
-        return run_id, await cancel_run(env.store, run_id, reason, ops_modules=env.ops), children
+        children = await workers.cancel_children(env.store, run_id)
+        return run_id, await workers.cancel_run(env.store, run_id, reason, ops_modules=env.ops), children
 
     run_id, spawned, children = run_sync(go())
     extra = " (no live worker: a worker was started to close it)" if spawned else ""
@@ -316,7 +310,7 @@ def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
 
     async def go() -> tuple[RunId, RunId]:
         run_id = await resolve_run_id(env.open_store(write=True), run)
-        return run_id, await replay_run(env.store, run_id, ops_modules=env.ops)
+        return run_id, await workers.replay_run(env.store, run_id, ops_modules=env.ops)
 
     source, replay_id = run_sync(go())
     if not wait:
@@ -333,7 +327,7 @@ def replay(ctx: click.Context, run: str, wait: bool, as_json: bool) -> int:
     children = list(run_sync(load_model(env, source, with_plan=False)).children)
     child_verdicts: list[tuple[RunId, RunModel, dict[str, Any]]] = []
     for child in children:
-        child_replay = run_sync(replay_run(env.store, child, ops_modules=env.ops))
+        child_replay = run_sync(workers.replay_run(env.store, child, ops_modules=env.ops))
         child_model = run_sync(wait_for_run(env, child_replay))
         child_verdicts.append((child, child_model, _wait_for_verdict(env, child_replay)))
     tree_ok = verdict["verdict"] == "deterministic" and all(
@@ -370,11 +364,11 @@ def _verdict_text(verdict: dict[str, Any]) -> str:
 def _wait_for_verdict(env: Env, replay_id: RunId, timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        value = run_sync(read_verdict(env.store, replay_id))
+        value = run_sync(workers.read_verdict(env.store, replay_id))
         if value is not None:
             return value
-        if time.monotonic() > deadline or lease_state(env.store, replay_id).state is not LeaseState.HELD:
-            value = run_sync(read_verdict(env.store, replay_id))
+        if time.monotonic() > deadline or workers.lease_state(env.store, replay_id).state is not LeaseState.HELD:
+            value = run_sync(workers.read_verdict(env.store, replay_id))
             if value is not None:
                 return value
             raise MfmError(ErrorInfo.new("worker_failed", f"the replay worker wrote no verdict for run {replay_id}"))
@@ -396,4 +390,4 @@ def worker(ctx: click.Context, args: tuple[str, ...]) -> int:
     argv = ["--store", str(env.store_location)]
     for module in env.ops:
         argv += ["--ops", module]
-    return worker_main([*argv, *args], guard_output=True)  # its output passes the secrets guard
+    return workers.main([*argv, *args], guard_output=True)  # its output passes the secrets guard

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# engine and engine.workers resolve names when first read (request_retry_now, the worker actions): importing them
+# is the whole runtime, 0.25 s of `mfm tui`'s start before the runs list could paint (issue 15).
+import engine
+import engine.workers as workers
 from engine.errors import ErrorCategory, ErrorInfo, MfmError
 from engine.ids import RunId
-from engine.runtime import request_retry_now
 from engine.secrets import redact_text
 from engine.stores.fs import framing
-from engine.workers import LeaseState, cancel_run, lease_state, replay_run, resume_run
 from mfm_tui.controller.plans import (
     ActionKind,
     ActionPlan,
@@ -85,7 +87,7 @@ def _lease(services: AppServices, run_id: RunId, model: RunModel) -> tuple[Lease
     store = services.store
     if callable(getattr(store, "run_dir", None)):
         try:
-            info = lease_state(store, run_id)
+            info = workers.lease_state(store, run_id)
             holder = f"pid {info.pid} on {info.host}" if info.pid is not None else None
             return LeaseStatus(info.state.value), holder
         except Exception:
@@ -297,7 +299,7 @@ async def execute_cancel(services: AppServices, run_ids: list[RunId]) -> None:
     errors: list[tuple[RunId, BaseException]] = []
     for run_id in run_ids:
         try:
-            await cancel_run(services.store, run_id, operator_reason(), ops_modules=services.ops_modules)
+            await workers.cancel_run(services.store, run_id, operator_reason(), ops_modules=services.ops_modules)
         except Exception as exc:
             errors.append((run_id, exc))
     await _sync(services)
@@ -317,7 +319,7 @@ async def execute_resume(services: AppServices, run_ids: list[RunId], *, open_ru
     opened: RunId | None = None
     for run_id in run_ids:
         try:
-            outcome = await resume_run(services.store, run_id, ops_modules=services.ops_modules)
+            outcome = await workers.resume_run(services.store, run_id, ops_modules=services.ops_modules)
         except Exception as exc:
             errors.append((run_id, exc))
             continue
@@ -343,7 +345,7 @@ async def execute_resume(services: AppServices, run_ids: list[RunId], *, open_ru
 async def execute_retry_now(services: AppServices, run_id: RunId, state_id: str, attempt: int) -> None:
     stores = getattr(services.store, "stores", services.store)
     try:
-        await request_retry_now(stores, run_id, state_id, attempt)
+        await engine.request_retry_now(stores, run_id, state_id, attempt)
     except Exception as exc:
         _spawn_error(services, exc, run_id, "retry now")
         return
@@ -353,7 +355,7 @@ async def execute_retry_now(services: AppServices, run_id: RunId, state_id: str,
 
 async def execute_replay(services: AppServices, run_id: RunId) -> None:
     try:
-        replay_id = await replay_run(services.store, run_id, ops_modules=services.ops_modules)
+        replay_id = await workers.replay_run(services.store, run_id, ops_modules=services.ops_modules)
     except Exception as exc:
         _spawn_error(services, exc, run_id, "replay")
         return
@@ -365,7 +367,10 @@ async def check_spawned(services: AppServices, run_id: RunId) -> bool:
     """Whether the worker of a just-started run took it; if not, report it with its log path and last line."""
     store = services.store
     try:
-        if await store.events.head_seq(run_id) > 0 or lease_state(store, run_id).state is LeaseState.HELD:
+        if (
+            await store.events.head_seq(run_id) > 0
+            or workers.lease_state(store, run_id).state is workers.LeaseState.HELD
+        ):
             return True
     except Exception:
         return True  # not a filesystem store, or unreadable: nothing to say here

@@ -22,14 +22,13 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
+from engine import Clock
 from engine.ids import RunId
-from engine.runtime import Clock
-from mfm_tui import controller
+from mfm_tui import controller, screens
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
 from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children
-from mfm_tui.screens.start import StartScreen
 from mfm_tui.services import services_of
 from mfm_tui.widgets.run_table import RowTree, RunTable, now_text
 from mfm_tui.widgets.size_notice import SizeNotice
@@ -422,7 +421,7 @@ class RunsScreen(Screen[None]):
         if self.read_only:
             self.notify("read-only: starting runs is disabled", severity="warning", timeout=3)
             return
-        self.app.push_screen(StartScreen())
+        self.app.push_screen(screens.StartScreen())
 
     def action_toggle_mark(self) -> None:
         table = self.query_one(RunTable)

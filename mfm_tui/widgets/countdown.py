@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from engine.runtime import Clock
+from engine import Clock
 from mfm_tui.time_format import format_countdown
 
 __all__ = ["Countdown"]

@@ -22,8 +22,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from engine import Clock
 from engine.ids import RunId
-from engine.runtime import Clock
 from mfm_tui.glyphs import UNICODE, Glyphs, status_class
 from mfm_tui.messages import RunSelected
 from mfm_tui.run_model import ChildSummary, RunDisplayStatus, RunModel

@@ -195,12 +195,12 @@ async def test_corrupted_and_vanished_runs_are_shown_in_place_and_the_rest_keeps
 
 
 async def test_a_run_screen_that_fails_to_open_reports_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mfm_tui.app as app_module
+    import mfm_tui.screens as screens  # the app opens runs through this face (the run screen loads on demand)
 
     def broken(**kwargs: Any) -> Any:
         raise StorageError.not_found("artifact_not_found", "artifact not found: manifest")
 
-    monkeypatch.setattr(app_module, "RunScreen", broken)
+    monkeypatch.setattr(screens, "RunScreen", broken)
     app = await afixture_app()
     async with app.run_test() as pilot:
         await settle(pilot)

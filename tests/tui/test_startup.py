@@ -1,0 +1,145 @@
+"""The TUI's start (issue 15): what its first paint imports, and what the runs list keeps per run.
+
+``mfm tui`` used to import the whole engine (its runtime, executor, workers, every operation) and every screen before
+the runs list could paint; and the list made a view for every planned state of every run (10,000 runs of a 20-state
+plan: 200,000 pending views). These tests hold the lighter start: the deferred modules are checked in a fresh
+interpreter (``sys.modules``), and the views are counted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import mfm_tui.run_model.fold as fold
+from engine.ids import StateId
+from engine.stores.fs import FsStore
+from mfm_tui.run_model import PlanShape, StateView
+from mfm_tui.store_watcher import StoreWatcher
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DEFERRED = (
+    "engine.runtime",
+    "engine._runtime.executor",
+    "engine._runtime.scheduler",
+    "engine.workers.actions",
+    "engine.workers.launcher",
+    "engine.workers.run",
+    "engine.child_runs",
+    "engine.demo_ops",
+    "engine.process_exec",
+    "engine.exec_transport",
+    "mfm_tui.screens.run",
+    "mfm_tui.screens.start",
+    "mfm_tui.screens.workers",
+    "mfm_tui.screens.diff",
+    "mfm_tui.commands",
+    "mfm_tui.cli.control",
+    "mfm_tui.cli.read",
+    "mfm_tui.cli.doctor",
+)
+"""Modules the runs list's first paint does without (imported later, on demand)."""
+
+
+def _fresh(code: str) -> Any:
+    """Run ``code`` in a fresh interpreter of this checkout (from its root); its last stdout line, as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _bench() -> ModuleType:
+    """bench/tui.py: its direct store writer makes thousands of runs in a second."""
+    spec = importlib.util.spec_from_file_location("mfm_bench_tui_startup", ROOT / "bench" / "tui.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_importing_the_cli_and_the_app_leaves_the_runtime_and_the_later_screens_unimported() -> None:
+    loaded = _fresh(
+        "import json, sys; import mfm_tui.cli, mfm_tui.app; "
+        f"print(json.dumps([m for m in {list(DEFERRED)!r} if m in sys.modules]))"
+    )
+    assert loaded == []
+
+
+def test_the_deferred_names_still_resolve_where_they_did() -> None:
+    """``from engine import X``, ``engine.workers.X`` and the app's screens, once read, are the real objects."""
+    got = _fresh(
+        "import json, sys; import engine, engine.workers as w, mfm_tui.screens as s; "
+        "from engine import Engine, request_cancel, SystemClock; from engine.runtime import Engine as E2; "
+        "from engine.workers import start_run; from engine.workers.actions import start_run as s2; "
+        "from mfm_tui.screens.run import RunScreen; "
+        "print(json.dumps([Engine is E2, start_run is s2, s.RunScreen is RunScreen, w.lease_state is not None, "
+        "'engine.runtime' in sys.modules]))"
+    )
+    assert got == [True, True, True, True, True]
+
+
+def test_the_first_screenful_of_runs_is_read_without_the_runtime(tmp_path: Path) -> None:
+    """The watcher's first batch (what the list paints first) needs no worker action; the runs that never started
+    are asked for after it (engine.workers' actions, and with them the runtime, load then)."""
+    root = tmp_path / "store"
+    _bench().make_store(root, 40, 0)
+    got = _fresh(
+        "import asyncio, json, sys\n"
+        "from engine.stores.fs import FsStore\n"
+        "from mfm_tui.store_watcher import StoreWatcher\n"
+        "async def main():\n"
+        f"    w = StoreWatcher(FsStore({str(root)!r}), first_slice_seconds=60.0, slice_seconds=60.0)\n"
+        "    batches = w.load_batches()\n"
+        "    first = await batches.__anext__()\n"
+        "    before = 'engine.runtime' in sys.modules or 'engine.workers.actions' in sys.modules\n"
+        "    async for _ in batches: pass\n"
+        "    return [len(first.updated), before, 'engine.workers.actions' in sys.modules]\n"
+        "print(json.dumps(asyncio.run(main())))\n"
+    )
+    assert got == [40, False, True]
+
+
+async def test_seeding_runs_from_summaries_makes_no_view_for_a_planned_state_not_entered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list counts done/total without a view per pending planned state; a screen reading ``states`` still gets
+    every planned state, in plan order."""
+    root = tmp_path / "store"
+    _bench().make_store(root, 70, 0, warm=False)  # demo_big runs of 3 states (failed, unfinished, completed ones)
+    plan = PlanShape(state_ids=tuple(StateId(f"demo_big.main.step_{i:04d}") for i in range(20)))
+    made: list[str] = []
+
+    class CountedView(StateView):
+        def __init__(self, state_id: StateId, *args: Any, **kwargs: Any) -> None:
+            made.append(state_id)
+            super().__init__(state_id, *args, **kwargs)
+
+    monkeypatch.setattr(fold, "StateView", CountedView)
+    watcher = StoreWatcher(FsStore(root), plan_resolver=lambda manifest: plan)
+    await watcher.load()
+    assert len(watcher.models) == 70
+    assert all(m.plan is plan for m in watcher.models.values())
+    assert len(made) <= 3 * 70  # only the states the runs entered (20 * 70 = 1,400 before)
+    rows = {
+        r: (m.done, m.total, m.status, m.current_state and m.current_state.state_id) for r, m in watcher.models.items()
+    }
+    assert {t for _, t, _, _ in rows.values()} == {20}
+    for run_id, model in watcher.models.items():
+        assert list(model.states) == list(plan.state_ids)  # a view reads them all: made now, in plan order
+        current = model.current_state
+        assert (model.done, model.total, model.status, current and current.state_id) == rows[run_id]
