@@ -303,11 +303,20 @@ class EventLog(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------ rendering
 
+    @property
+    def top_row(self) -> int:
+        """The row shown on the first line. Following, the end is drawn at once: from the first frame after
+        ``set_source`` or ``lines_appended``, not a frame later once the deferred ``scroll_end`` has moved the
+        offset (the scroll offset catches up to the same row)."""
+        if self.follow:
+            return max(0, self.virtual_size.height - (self.scrollable_content_region.height or self.size.height))
+        return self.scroll_offset.y
+
     def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
+        scroll_x = self.scroll_offset.x
         width = self.scrollable_content_region.width  # without the scrollbar: a cut line ends with "…"
         base = self.rich_style
-        row = scroll_y + y
+        row = self.top_row + y
         if row == self.row_count and self.note is not None:
             ts, who, text = self.note
             style = base + self.get_component_rich_style("event-log--pending")
@@ -340,7 +349,7 @@ class EventLog(ScrollView, can_focus=True):
     def watch_cursor(self, old: int, new: int) -> None:
         self.post_message(self.CursorMoved(self, new))
         if 0 <= new < self.row_count:
-            top = self.scroll_offset.y
+            top = self.top_row
             height = self.scrollable_content_region.height or 1
             if new < top:
                 self.scroll_to(y=new, animate=False)
@@ -354,7 +363,7 @@ class EventLog(ScrollView, can_focus=True):
             self._go_end()
 
     def on_click(self, event: events.Click) -> None:
-        row = self.scroll_offset.y + event.y
+        row = self.top_row + event.y
         if 0 <= row < self.row_count:
             if row != self.row_count - 1:
                 self._set_follow(False)

@@ -275,3 +275,44 @@ def test_fold_file_records_an_undecodable_line(tmp_path: Path) -> None:
     model = fold_file(src, RUN)
     assert model.last_seq == len(envs)
     assert any("machine_event_decode_failed" in a for a in model.anomalies)
+
+
+def _row_text(log: object, y: int) -> str:
+    return "".join(seg.text for seg in log.render_line(y))  # type: ignore[attr-defined]
+
+
+async def test_following_the_first_frame_after_set_source_or_an_append_shows_the_end(tmp_path: Path) -> None:
+    """Issue 15: no frame of the log's top in between (the scroll to the end lands a refresh later)."""
+    from textual.app import App, ComposeResult
+
+    from mfm_tui.widgets.event_log import EventLog
+
+    envs = _envelopes(2000)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs[:-1])
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield EventLog()
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        log = pilot.app.query_one(EventLog)
+        await pilot.pause()
+        height = log.scrollable_content_region.height
+        assert height > 0
+        src = FileLogSource(path)
+        log.set_source(src)  # what the next frame draws, before any refresh has moved the scroll offset
+        assert log.scroll_offset.y == 0
+        last = len(envs) - 1
+        assert _row_text(log, height - 1).split()[0] == str(last)
+        assert _row_text(log, 0).split()[0] == str(last - height + 1)
+        await pilot.pause()
+        assert log.scroll_offset.y == log.top_row  # the offset caught up: the same rows
+        with path.open("ab") as fh:
+            fh.write(encode_envelope(envs[-1]) + b"\n")
+        log.lines_appended(src.refresh())
+        assert _row_text(log, height - 1).split()[0] == str(len(envs))
+        await pilot.pause()
+        log.action_cursor_top()  # not following: the scroll offset decides again
+        await pilot.pause()
+        assert _row_text(log, 0).split()[0] == "1"
