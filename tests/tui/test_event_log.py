@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,3 +317,45 @@ async def test_following_the_first_frame_after_set_source_or_an_append_shows_the
         log.action_cursor_top()  # not following: the scroll offset decides again
         await pilot.pause()
         assert _row_text(log, 0).split()[0] == "1"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_the_tail_and_appended_lines_are_served_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """Issue 15: the lines on screen while following cost no open/pread/close (each syscall waits for the GIL while
+    the index thread runs); lines older than what is kept are still read from the file, byte for byte."""
+    import mfm_tui.log_index as log_index
+    from engine.stores.fs import FsStore
+    from engine.stores.fs import framing as fs_framing
+
+    store = FsStore(tmp_path / "store", new_version=version)
+    envs = _envelopes(300)
+    await store.events.append(RUN, 0, envs[:-3])
+    path = store.events_path(RUN)
+    monkeypatch.setattr(log_index, "_KEEP_BYTES", 16 * 1024)
+    src = FileLogSource(path)
+    opened: list[object] = []
+    real_open = log_index.os.open
+
+    def counting_open(*a: Any, **k: Any) -> int:
+        if str(a[0]) == str(path):
+            opened.append(a)
+        return real_open(*a, **k)
+
+    monkeypatch.setattr(log_index.os, "open", counting_open)
+    wire = [fs_framing.encode_line(e) for e in envs]
+
+    def lines(first: int, stop: int) -> list[bytes]:
+        return [(src.raw(i) or b"").rstrip(b" ") for i in range(first, stop)]  # v1: " " ends a continuation line
+
+    assert lines(len(src) - 20, len(src)) == wire[len(src) - 20 : len(src)]
+    head = len(src)
+    await store.events.append(RUN, head, envs[-3:-1])
+    await store.events.append(RUN, head + 2, envs[-1:])
+    assert src.refresh() == 3
+    assert lines(len(envs) - 20, len(envs)) == wire[-20:]
+    assert opened == []  # all from memory
+    src.build_index()
+    assert lines(0, len(envs)) == wire  # the older ones from the file
+    assert opened

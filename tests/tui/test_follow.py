@@ -42,3 +42,36 @@ async def test_an_append_shows_without_the_timer(tmp_path: Path, monkeypatch: py
         await fx.append(RUN_RUNNING, [DomainEvent(name="tock", payload=0), DomainEvent(name="tock", payload=1)])
         await wait_until(pilot, lambda: log.row_count == seen + 2, tries=500)
         assert screen.model.last_seq == log.row_count
+
+
+async def test_a_big_run_is_indexed_only_after_its_tail_is_on_screen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: the index thread's reads would compete with the first frame for the GIL; it starts after it."""
+    from mfm_tui.log_index import FileLogSource
+
+    fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RUNNING])
+    app = make_app(fx.store, clock=fixture_clock(), plan_resolver=fx.plan_resolver, watch=False)
+    painted: list[int] = []
+    order: list[str] = []
+    render_line = EventLog.render_line
+    build_index = FileLogSource.build_index
+
+    def spy_render(log: EventLog, y: int) -> object:
+        if log.row_count and not painted:
+            painted.append(y)
+            order.append("painted")
+        return render_line(log, y)
+
+    def spy_index(src: FileLogSource) -> None:
+        order.append("index")
+        build_index(src)
+
+    monkeypatch.setattr(EventLog, "render_line", spy_render)
+    monkeypatch.setattr(FileLogSource, "build_index", spy_index)
+    screen = RunScreen(run_id=RUN_RUNNING, poll=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.loaded)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen._model_ready)
+    assert order[:2] == ["painted", "index"]

@@ -618,11 +618,13 @@ class RunScreen(Screen[None]):
             return
         self.query_one(EventLog).set_source(src)
         shared = self._shared_model()
+        # The index and the fold start after the first frame (the log's tail): their reads would compete with it
+        # for the GIL.
         if shared is not None and len(src) - shared.last_seq <= ADOPT_GAP:
-            self._index_file(src)
+            self.call_after_refresh(self._index_file, src)
             self.run_worker(self._adopt_model(shared), group="run-adopt")
         else:
-            self._fold_file(src)
+            self.call_after_refresh(self._fold_file, src)
 
     async def _load_from_store(self) -> None:
         try:
