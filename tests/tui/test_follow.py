@@ -75,3 +75,83 @@ async def test_a_big_run_is_indexed_only_after_its_tail_is_on_screen(
         await app.push_screen(screen)
         await wait_until(pilot, lambda: screen._model_ready)
     assert order[:2] == ["painted", "index"]
+
+
+async def test_an_append_shows_through_the_loops_own_inotify_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: no watchfiles thread (it wakes every few ms to step) and no timer: the event loop reads inotify."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "watchfiles", None)  # import watchfiles fails: only FileWatch can follow
+    monkeypatch.setattr(run_screen, "POLL_SECONDS", 3600.0)
+    monkeypatch.setattr(run_screen, "FALLBACK_SECONDS", 3600.0)
+    fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RUNNING])
+    app = make_app(fx.store, clock=fixture_clock(), plan_resolver=fx.plan_resolver, watch=False)
+    screen = RunScreen(run_id=RUN_RUNNING, poll=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.loaded)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen._model_ready and screen._following)
+        log = screen.query_one(EventLog)
+        before = log.row_count
+        await fx.append(RUN_RUNNING, [DomainEvent(name="tick", payload=0)])
+        await wait_until(pilot, lambda: log.row_count == before + 1, tries=500)
+        await fx.append(RUN_RUNNING, [DomainEvent(name="tock", payload=0), DomainEvent(name="tock", payload=1)])
+        await wait_until(pilot, lambda: log.row_count == before + 3, tries=500)
+        assert screen.model.last_seq == log.row_count
+        assert screen.timed_polls == 0
+
+
+async def test_a_watched_log_is_polled_by_the_timer_once_a_second_not_ten_times(tmp_path: Path) -> None:
+    """Issue 15, idle: the fallback timer of a watched log fires once a second (it fired ten times a second only to
+    skip nine)."""
+    fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RUNNING])
+    app = make_app(fx.store, clock=fixture_clock(), plan_resolver=fx.plan_resolver, watch=False)
+    screen = RunScreen(run_id=RUN_RUNNING, poll=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.loaded)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen._model_ready and screen._following)
+        await asyncio.sleep(0.3)
+        wakeups = screen.timed_polls
+        await asyncio.sleep(2.0)  # nothing changes
+        assert screen.timed_polls - wakeups <= 3
+
+
+async def test_file_watch_reports_its_files_only_and_ends_with_its_folder(tmp_path: Path) -> None:
+    from mfm_tui.log_tail import FileWatch
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    log = folder / "events.jsonl"
+    log.write_bytes(b"")
+    watch = FileWatch(folder, ["events.jsonl"])
+    assert watch.start()
+    (folder / "summary.json").write_bytes(b"{}")  # another file of the folder: not reported
+    await asyncio.sleep(0.05)
+    assert watch.changes == 0
+    with log.open("ab") as fh:
+        fh.write(b"one\n")
+        fh.flush()
+        fh.write(b"two\n")
+    assert await asyncio.wait_for(watch.wait(), 5)
+    # Writes while the caller works are not lost: the next wait returns at once.
+    with log.open("ab") as fh:
+        fh.write(b"three\n")
+    assert await asyncio.wait_for(watch.wait(), 5)
+    log.unlink()
+    (folder / "summary.json").unlink()
+    folder.rmdir()
+    assert await asyncio.wait_for(watch.wait(), 5)  # the log's deletion
+    assert not await asyncio.wait_for(watch.wait(), 5)  # then the folder's: the watch ends
+    assert not watch.active
+    watch.close()  # idempotent
+
+
+async def test_file_watch_says_no_without_a_folder(tmp_path: Path) -> None:
+    from mfm_tui.log_tail import FileWatch
+
+    watch = FileWatch(tmp_path / "missing", ["events.jsonl"])
+    assert not watch.start()
+    assert not await watch.wait()

@@ -31,6 +31,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key, Resize
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from engine.config import RunManifest
@@ -49,6 +50,7 @@ from mfm_tui.log_index import (
     parse_query,
     query_error,
 )
+from mfm_tui.log_tail import FileWatch
 from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, child_summary
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
@@ -71,6 +73,8 @@ __all__ = ["ChildPicker", "EventDialog", "RunHistory", "RunLoader", "RunScreen",
 
 POLL_SECONDS = 0.1
 """The timer's period while the run's log file is not watched (no watchfiles, no inotify, or no file)."""
+FALLBACK_SECONDS = 1.0
+"""The timer's period while the log file is watched or the run has finished (a change the watch missed)."""
 FOLLOW_STEP_MS = 5
 """A change of the watched log is acted on after this much quiet (``watchfiles``' step)."""
 FOLLOW_MAX_MS = 40
@@ -183,7 +187,10 @@ class RunScreen(Screen[None]):
         self.history = RunHistory(self.loader)
         """Time travel's folds."""
         self.selected: str | None = None
-        self._ticks = 0
+        self._poll_timer: Timer | None = None
+        self._poll_period = POLL_SECONDS
+        self.timed_polls = 0
+        """How many times the fallback timer polled (tests and benchmarks: idle wakeups)."""
         self._following = False
         """The run's log file is watched (inotify through ``watchfiles``): the timer only polls once a second."""
         self.as_of: int | None = None
@@ -286,7 +293,7 @@ class RunScreen(Screen[None]):
         self.set_interval(1.0, self.tick)
         poll = self._poll_enabled if self._poll_enabled is not None else services is None or services.watch_store
         if poll:
-            self.set_interval(POLL_SECONDS, self._timed_poll)
+            self._poll_timer = self.set_interval(POLL_SECONDS, self._timed_poll)
             source = self.loader.source
             if isinstance(source, FileLogSource):
                 self.run_worker(self._follow_file(source), group="run-follow", exclusive=True, exit_on_error=False)
@@ -674,14 +681,36 @@ class RunScreen(Screen[None]):
     async def _timed_poll(self) -> None:
         """The timer: every 100 ms while the run is live, once a second once it has finished or while its log file
         is watched (the fallback: a change the watcher missed)."""
-        self._ticks += 1
-        slow = self._following or (self._model_ready and self.model.status.is_finished)
-        if slow and self._ticks % 10:
-            return
+        self.timed_polls += 1
         await self.poll()
+        self._set_poll_period()
+
+    def _set_poll_period(self) -> None:
+        """The timer's period: ``FALLBACK_SECONDS`` while the log is watched or the run has finished, else
+        ``POLL_SECONDS`` (a slow timer is not woken ten times a second only to skip)."""
+        slow = self._following or (self._model_ready and self.model.status.is_finished)
+        period = FALLBACK_SECONDS if slow else POLL_SECONDS
+        if self._poll_timer is not None and period != self._poll_period:
+            self._poll_timer.stop()
+            self._poll_timer = self.set_interval(period, self._timed_poll)
+            self._poll_period = period
 
     async def _follow_file(self, source: FileLogSource) -> None:
-        """Poll as soon as the run's log file changes (event-driven tail), until the screen goes."""
+        """Poll as soon as the run's log file changes (event-driven tail), until the screen goes: inotify read by the
+        event loop (``FileWatch``: nothing wakes while nothing changes), else ``watchfiles``, else the timer."""
+        watch = FileWatch(source.path.parent, [source.path.name])
+        if watch.start():
+            self._following = True
+            self._set_poll_period()
+            try:
+                while await watch.wait():
+                    await self.poll()
+            finally:
+                watch.close()
+                self._following = False
+                with contextlib.suppress(Exception):  # the screen may be going
+                    self._set_poll_period()
+            return
         try:
             import watchfiles  # optional at run time: without it (or without inotify) the timer polls
         except ImportError:
@@ -692,6 +721,7 @@ class RunScreen(Screen[None]):
             return changed.rpartition("/")[2] == name
 
         self._following = True
+        self._set_poll_period()
         try:
             async for _changes in watchfiles.awatch(
                 source.path.parent,
@@ -705,6 +735,8 @@ class RunScreen(Screen[None]):
             return
         finally:
             self._following = False
+            with contextlib.suppress(Exception):  # the screen may be going
+                self._set_poll_period()
 
     # ------------------------------------------------------------------ rendering
 
