@@ -155,3 +155,49 @@ async def test_file_watch_says_no_without_a_folder(tmp_path: Path) -> None:
     watch = FileWatch(tmp_path / "missing", ["events.jsonl"])
     assert not watch.start()
     assert not await watch.wait()
+
+
+async def test_an_append_that_changes_neither_header_nor_panel_redraws_neither(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, append -> screen: each ``Static.update`` reflowed the whole screen and redrew every widget; the
+    header and the state panel are updated only when what they show changes (a layout only when their height does)."""
+    from textual.widgets import Static
+
+    from engine.events import StateCompleted
+    from mfm_tui.widgets.run_header import RunHeader
+    from mfm_tui.widgets.state_panel import StatePanel
+
+    fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RUNNING])
+    app = make_app(fx.store, clock=fixture_clock(), plan_resolver=fx.plan_resolver, watch=False)
+    screen = RunScreen(run_id=RUN_RUNNING, poll=False)
+    updates: list[tuple[str, bool]] = []
+    update = Static.update
+
+    def spy(widget: Static, *args: object, layout: bool = True) -> None:
+        if isinstance(widget, RunHeader | StatePanel):
+            updates.append((type(widget).__name__, layout))
+        update(widget, *args, layout=layout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Static, "update", spy)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.loaded)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen._model_ready)
+        await pilot.pause()
+        header = str(screen.query_one(RunHeader).render())
+        updates.clear()
+        await fx.append(RUN_RUNNING, [DomainEvent(name="progress", payload={"i": 1})])
+        await screen.poll()
+        await pilot.pause()
+        assert screen.model.last_seq == screen.query_one(EventLog).row_count
+        assert updates == []  # same header, same panel: not redrawn
+        screen.tick()  # the fixed clock: nothing moved
+        assert updates == []
+        await fx.append(
+            RUN_RUNNING, [StateCompleted(state_id=screen.model.current_state.state_id, context_snapshot_id="a" * 64)]
+        )  # type: ignore[union-attr]
+        await screen.poll()
+        await pilot.pause()
+        assert ("RunHeader", False) in updates  # one more state done: redrawn, its height unchanged
+        assert str(screen.query_one(RunHeader).render()) != header
