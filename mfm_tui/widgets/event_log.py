@@ -441,7 +441,19 @@ class EventLog(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ internals
 
     def _update_size(self) -> None:
-        self.virtual_size = Size(0, self.row_count + (1 if self.note is not None else 0))
+        size = Size(0, self.row_count + (1 if self.note is not None else 0))
+        if size == self.virtual_size:
+            return
+        height = self.scrollable_content_region.height
+        if self.is_mounted and 0 < height < min(size.height, self.virtual_size.height):
+            # Longer than the view before and after: the scrollbar stays, nothing else on screen moves. Setting
+            # ``virtual_size`` would reflow the whole screen and redraw every widget (on each appended event); the
+            # scrollbar's range and the clamp of the offset are all that change.
+            self.set_reactive(EventLog.virtual_size, size)
+            self._scroll_update(size)
+            self.refresh()
+            return
+        self.virtual_size = size
 
     @work(thread=True, exclusive=True, group="log-filter")
     def _filter_worker(self, flt: LogFilter) -> None:

@@ -359,3 +359,43 @@ async def test_the_tail_and_appended_lines_are_served_from_memory(
     src.build_index()
     assert lines(0, len(envs)) == wire  # the older ones from the file
     assert opened
+
+
+async def test_an_append_to_a_long_log_asks_for_no_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: a new ``virtual_size`` reflowed the whole screen and redrew every widget on each appended event;
+    when the log is longer than its view before and after, only its scrollbar's range changes."""
+    from textual.app import App, ComposeResult
+    from textual.widget import Widget
+
+    from mfm_tui.widgets.event_log import EventLog
+
+    envs = _envelopes(300)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs[:-2])
+    src = FileLogSource(path)
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield EventLog(src)
+
+    layouts: list[str] = []
+    refresh = Widget.refresh
+
+    def spy(widget: Widget, *regions: Any, **kw: Any) -> Any:
+        if kw.get("layout"):
+            layouts.append(type(widget).__name__)
+        return refresh(widget, *regions, **kw)
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        log = pilot.app.query_one(EventLog)
+        await pilot.pause()
+        monkeypatch.setattr(Widget, "refresh", spy)
+        with path.open("ab") as fh:
+            fh.write(b"".join(encode_envelope(e) + b"\n" for e in envs[-2:]))
+        log.lines_appended(src.refresh())
+        await pilot.pause()
+        assert layouts == []
+        assert log.virtual_size.height == len(envs)
+        assert log.vertical_scrollbar.window_virtual_size == len(envs)
+        assert log.scroll_offset.y == log.max_scroll_y == len(envs) - log.scrollable_content_region.height
+        assert _row_text(log, log.scrollable_content_region.height - 1).split()[0] == str(len(envs))
