@@ -1,8 +1,10 @@
 """One run, live: header, the plan's state graph, the selected state's details and the event log.
 
 The event log reads the run's events file directly when the store has one (``FsStore.events_path``): the tail is on
-screen before anything else is read, the offset index and the run model's fold are built in background threads, and
-appended lines are picked up by a cheap ``stat`` every 100 ms. Stores without files (memory, PostgreSQL) are read
+screen before anything else is read (its first frame shows the end), the offset index and the run model's fold are
+built in background threads once that frame is drawn, and appended lines are picked up as soon as the file changes
+(inotify read by the event loop, ``mfm_tui.log_tail.FileWatch``; a timer polls once a second as the fallback, ten
+times a second where there is no inotify). Stores without files (memory, PostgreSQL) are read
 through ``read_range`` from the last seq. The screen's services (``store``, ``clock``, ``plan_resolver``,
 ``lease_probe``) come from the app (``AppServices``) and can also be passed in.
 
