@@ -348,7 +348,7 @@ async def scenario_append(root: Path, run_id: str, n: int = 40) -> dict[str, Any
 
     def spy(self: EventLog, y: int) -> Any:
         strip = original(self, y)
-        row = self.scroll_offset.y + y
+        row = getattr(self, "top_row", self.scroll_offset.y) + y  # following, the end is drawn before the scroll
         if row < self.row_count:
             rendered.setdefault(self.line_at(row), time.perf_counter())
         return strip

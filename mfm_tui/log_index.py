@@ -51,6 +51,10 @@ __all__ = [
 
 TAIL_BYTES = 64 * 1024
 _WINDOW = 1 << 20
+_KEEP_BYTES = 256 * 1024
+"""The newest bytes of the log kept in memory (the tail and what was appended since): the lines on screen while
+following are sliced from it, not read with an open/pread/close each (and a syscall that releases the GIL waits for
+the index thread to hand it back: that was most of the first frame's cost on a big run)."""
 
 
 def _first_line(data: bytes) -> bytes:
@@ -314,6 +318,7 @@ class FileLogSource:
         self._count = 0
         self.indexed = False
         self._lock = threading.Lock()
+        self._kept: tuple[int, bytes] = (0, b"")  # committed bytes and their offset, one attribute for the threads
         self._read_tail()
 
     # -- reading
@@ -330,6 +335,7 @@ class FileLogSource:
             return
         if not starts:
             return
+        self._kept = (lo, chunk[: end - lo])
         last = _first_line(chunk[starts[-1] - lo : end - lo - 1])
         count = summarize(last).seq or 0
         if lo == 0:
@@ -371,7 +377,16 @@ class FileLogSource:
             self._starts.extend(new)
             self._end = end
             self._count = self._first + len(self._starts)
+        self._keep(base, chunk[: end - base])
         return len(new)
+
+    def _keep(self, at: int, data: bytes) -> None:
+        """Keep ``data`` (committed bytes from offset ``at``) with the newest bytes in memory."""
+        kept_at, kept = self._kept
+        if at == kept_at + len(kept):
+            at, data = kept_at, kept + data
+        cut = max(0, len(data) - _KEEP_BYTES)
+        self._kept = (at + cut, data[cut:])
 
     def _size(self) -> int:
         try:
@@ -394,6 +409,9 @@ class FileLogSource:
         span = self._span(index)
         if span is None:
             return None
+        kept_at, kept = self._kept
+        if span[0] >= kept_at and span[1] - kept_at <= len(kept):
+            return _first_line(kept[span[0] - kept_at : span[1] - kept_at])
         fd = os.open(self.path, os.O_RDONLY)
         try:
             return _first_line(os.pread(fd, span[1] - span[0], span[0]))

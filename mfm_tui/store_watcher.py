@@ -44,6 +44,7 @@ from engine.run_summary import RunSummary
 from engine.stores import RunSummaries
 from engine.stores.fs import framing
 from engine.workers.crash_loop import max_orphan_recoveries
+from mfm_tui.log_tail import FileWatch
 from mfm_tui.run_model import LeaseProbe, LeaseStatus, PlanShape, RunModel
 
 if TYPE_CHECKING:
@@ -251,28 +252,29 @@ class StoreWatcher:
         grown = [r for r in changed if r in self.models and self.models[r].engine_status is None]
         if grown and not force_side:
             await self._refresh_side(grown, update)
-        if force_side or now >= self._next_side:  # the run list is walked only when a probe is due
-            unfinished = [r for r, m in self.models.items() if m.engine_status is None]
-            live = [
-                r for r in unfinished if self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN
-            ]
+        if force_side or now >= self._next_side:  # the run list is walked only when a probe is due, in one pass
+            unfinished: list[RunId] = []
+            live: list[RunId] = []
+            dead: list[RunId] = []
+            unread: list[RunId] = []  # runs whose last read failed are retried (the journal will not name them again)
+            for run_id, model in self.models.items():
+                if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:
+                    unread.append(run_id)
+                if model.engine_status is None:
+                    unfinished.append(run_id)
+                    lease = model.lease
+                    (live if lease.is_live or lease is LeaseStatus.UNKNOWN else dead).append(run_id)
             # Probing costs a few syscalls per run: with many live runs, probe less often (≤ side_rate/s).
             self._next_side = now + max(self.side_interval, len(live) / self.side_rate)
-            # Runs whose last read failed are retried (the journal will not name them again).
-            for run_id, model in list(self.models.items()):
-                if model.load_error is not None and model.load_error[0] != CODE_RUN_VANISHED and run_id not in changed:
-                    await self._refresh_events(run_id, update)
-            await self._refresh_side(unfinished if force_side else [*live, *self._dead_slice(unfinished)], update)
+            for run_id in unread:
+                await self._refresh_events(run_id, update)
+            await self._refresh_side(unfinished if force_side else [*live, *self._dead_slice(dead)], update)
         return update
 
-    def _dead_slice(self, unfinished: list[RunId]) -> list[RunId]:
+    def _dead_slice(self, dead: list[RunId]) -> list[RunId]:
         """Every DEAD_PROBE_EVERY-th of the unfinished runs no worker holds, a different share each cycle."""
         self._side_cycle += 1
-        cycle = self._side_cycle % DEAD_PROBE_EVERY
-        dead = [
-            r for r in unfinished if not (self.models[r].lease.is_live or self.models[r].lease is LeaseStatus.UNKNOWN)
-        ]
-        return [r for i, r in enumerate(dead) if i % DEAD_PROBE_EVERY == cycle]
+        return dead[self._side_cycle % DEAD_PROBE_EVERY :: DEAD_PROBE_EVERY]
 
     async def refresh_runs(self, run_ids: Iterable[RunId]) -> WatchUpdate:
         """Re-read the given runs now (after a user action such as cancel)."""
@@ -328,8 +330,18 @@ class StoreWatcher:
         return Path(root) / framing.JOURNAL_FILE if root is not None else None
 
     async def _watch_journal(self) -> None:
+        """Wake on each append to the journal: inotify read by the event loop (``FileWatch``: nothing wakes while
+        nothing changes), else ``watchfiles`` (its thread steps every 20 ms), else only the timer."""
         path = self.journal_path()
         if path is None:
+            return
+        watch = FileWatch(path.parent, [path.name])
+        if watch.start():
+            try:
+                while await watch.wait():
+                    self.wake()
+            finally:
+                watch.close()
             return
         try:
             import watchfiles  # optional at run time: without it (or without inotify) the watcher only polls

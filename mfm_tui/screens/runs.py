@@ -18,7 +18,7 @@ from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
@@ -32,6 +32,7 @@ from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_ch
 from mfm_tui.services import services_of
 from mfm_tui.widgets.run_table import RowTree, RunTable, now_text
 from mfm_tui.widgets.size_notice import SizeNotice
+from mfm_tui.widgets.static_update import update_changed
 from mfm_tui.widgets.status_tabs import StatusTabs, tab_matches
 from mfm_tui.widgets.welcome import Welcome
 
@@ -276,6 +277,7 @@ class RunsScreen(Screen[None]):
         self.loaded = False
         self.store_error: tuple[str, str] | None = None
         self._rebuild_pending = False
+        self._stale = False
         self._last_rebuild = 0.0
         self._rebuild_cost = 0.0
         self._rebuild_timer: Timer | None = None
@@ -325,7 +327,20 @@ class RunsScreen(Screen[None]):
         self._draw_marks_bar()
 
     def tick(self) -> None:
-        self.query_one(RunTable).tick()
+        if self._shown:
+            self.query_one(RunTable).tick()
+
+    @property
+    def _shown(self) -> bool:
+        """On screen (or behind a dialog). Under another screen its repaints would still redraw the screen on top
+        (Textual passes a lower screen's dirty regions up), once per appended event: it is rebuilt on resume."""
+        top = self.app.screen
+        return top is self or (isinstance(top, ModalScreen) and self.is_current)
+
+    def on_screen_resume(self) -> None:
+        if self._stale:
+            self._stale = False
+            self.rebuild()
 
     # ------------------------------------------------------------------ handlers
 
@@ -547,7 +562,7 @@ class RunsScreen(Screen[None]):
                     text.append(f"  {counts[status]} {word}")
             if recovered:
                 text.append(f"  {recovered} recovered")
-        self.query_one("#runs-summary", Static).update(text)
+        update_changed(self.query_one("#runs-summary", Static), text)  # a reflow only when the text changes
 
     def _show_marks(self) -> None:
         """Draw the marks in the table, their count in the summary and the marks bar."""
@@ -576,6 +591,9 @@ class RunsScreen(Screen[None]):
     def _rebuild_now(self) -> None:
         self._rebuild_pending = False
         self._rebuild_timer = None
+        if not self._shown:  # under a run screen: rebuilt when shown again (see ``_shown``)
+            self._stale = True
+            return
         self._last_rebuild = time.monotonic()
         self.rebuild()
         self._rebuild_cost = time.monotonic() - self._last_rebuild

@@ -303,11 +303,20 @@ class EventLog(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------ rendering
 
+    @property
+    def top_row(self) -> int:
+        """The row shown on the first line. Following, the end is drawn at once: from the first frame after
+        ``set_source`` or ``lines_appended``, not a frame later once the deferred ``scroll_end`` has moved the
+        offset (the scroll offset catches up to the same row)."""
+        if self.follow:
+            return max(0, self.virtual_size.height - (self.scrollable_content_region.height or self.size.height))
+        return self.scroll_offset.y
+
     def render_line(self, y: int) -> Strip:
-        scroll_x, scroll_y = self.scroll_offset
+        scroll_x = self.scroll_offset.x
         width = self.scrollable_content_region.width  # without the scrollbar: a cut line ends with "…"
         base = self.rich_style
-        row = scroll_y + y
+        row = self.top_row + y
         if row == self.row_count and self.note is not None:
             ts, who, text = self.note
             style = base + self.get_component_rich_style("event-log--pending")
@@ -340,7 +349,7 @@ class EventLog(ScrollView, can_focus=True):
     def watch_cursor(self, old: int, new: int) -> None:
         self.post_message(self.CursorMoved(self, new))
         if 0 <= new < self.row_count:
-            top = self.scroll_offset.y
+            top = self.top_row
             height = self.scrollable_content_region.height or 1
             if new < top:
                 self.scroll_to(y=new, animate=False)
@@ -354,7 +363,7 @@ class EventLog(ScrollView, can_focus=True):
             self._go_end()
 
     def on_click(self, event: events.Click) -> None:
-        row = self.scroll_offset.y + event.y
+        row = self.top_row + event.y
         if 0 <= row < self.row_count:
             if row != self.row_count - 1:
                 self._set_follow(False)
@@ -432,7 +441,19 @@ class EventLog(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ internals
 
     def _update_size(self) -> None:
-        self.virtual_size = Size(0, self.row_count + (1 if self.note is not None else 0))
+        size = Size(0, self.row_count + (1 if self.note is not None else 0))
+        if size == self.virtual_size:
+            return
+        height = self.scrollable_content_region.height
+        if self.is_mounted and 0 < height < min(size.height, self.virtual_size.height):
+            # Longer than the view before and after: the scrollbar stays, nothing else on screen moves. Setting
+            # ``virtual_size`` would reflow the whole screen and redraw every widget (on each appended event); the
+            # scrollbar's range and the clamp of the offset are all that change.
+            self.set_reactive(EventLog.virtual_size, size)
+            self._scroll_update(size)
+            self.refresh()
+            return
+        self.virtual_size = size
 
     @work(thread=True, exclusive=True, group="log-filter")
     def _filter_worker(self, flt: LogFilter) -> None:

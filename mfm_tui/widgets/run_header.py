@@ -10,6 +10,7 @@ from textual.widgets import Static
 from mfm_tui.glyphs import ascii_text, short_id
 from mfm_tui.run_model import RunDisplayStatus, RunModel
 from mfm_tui.time_format import countdown_text, format_duration
+from mfm_tui.widgets.static_update import update_changed
 
 __all__ = ["RUN_GLYPHS", "RunHeader"]
 
@@ -57,12 +58,10 @@ class RunHeader(Static):
         self.ascii_only = ascii_only
 
     def show(self, model: RunModel, now_millis: int, note: str = "", *, wide: bool = True) -> None:
-        status = model.status
-        for cls in set(_STATUS_CLASS.values()):
-            self.remove_class(cls)
-        if status in _STATUS_CLASS:
-            self.add_class(_STATUS_CLASS[status])
-        self.update(self.render_model(model, now_millis, note, wide=wide))
+        wanted = _STATUS_CLASS.get(model.status)
+        for cls in set(_STATUS_CLASS.values()):  # only real changes: each one restyles the screen
+            self.set_class(cls == wanted, cls)
+        update_changed(self, self.render_model(model, now_millis, note, wide=wide))
 
     def render_model(self, model: RunModel, now: int, note: str = "", *, wide: bool = True) -> Text:
         status = model.status

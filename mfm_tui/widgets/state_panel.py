@@ -9,6 +9,7 @@ from textual.widgets import Static
 from mfm_tui.glyphs import ascii_text, short_id, status_glyph
 from mfm_tui.run_model import StateStatus, StateView
 from mfm_tui.time_format import countdown_text, format_duration
+from mfm_tui.widgets.static_update import update_changed
 
 __all__ = ["StatePanel"]
 
@@ -37,7 +38,7 @@ class StatePanel(Static):
 
     def show(self, state: StateView | None, now_millis: int) -> None:
         self.state = state
-        self.update(self.render_state(state, now_millis))
+        update_changed(self, self.render_state(state, now_millis))
 
     def _a(self, text: str) -> Text:
         return Text(ascii_text(text) if self.ascii_only else text)

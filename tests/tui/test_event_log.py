@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,3 +276,126 @@ def test_fold_file_records_an_undecodable_line(tmp_path: Path) -> None:
     model = fold_file(src, RUN)
     assert model.last_seq == len(envs)
     assert any("machine_event_decode_failed" in a for a in model.anomalies)
+
+
+def _row_text(log: object, y: int) -> str:
+    return "".join(seg.text for seg in log.render_line(y))  # type: ignore[attr-defined]
+
+
+async def test_following_the_first_frame_after_set_source_or_an_append_shows_the_end(tmp_path: Path) -> None:
+    """Issue 15: no frame of the log's top in between (the scroll to the end lands a refresh later)."""
+    from textual.app import App, ComposeResult
+
+    from mfm_tui.widgets.event_log import EventLog
+
+    envs = _envelopes(2000)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs[:-1])
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield EventLog()
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        log = pilot.app.query_one(EventLog)
+        await pilot.pause()
+        height = log.scrollable_content_region.height
+        assert height > 0
+        src = FileLogSource(path)
+        log.set_source(src)  # what the next frame draws, before any refresh has moved the scroll offset
+        assert log.scroll_offset.y == 0
+        last = len(envs) - 1
+        assert _row_text(log, height - 1).split()[0] == str(last)
+        assert _row_text(log, 0).split()[0] == str(last - height + 1)
+        await pilot.pause()
+        assert log.scroll_offset.y == log.top_row  # the offset caught up: the same rows
+        with path.open("ab") as fh:
+            fh.write(encode_envelope(envs[-1]) + b"\n")
+        log.lines_appended(src.refresh())
+        assert _row_text(log, height - 1).split()[0] == str(len(envs))
+        await pilot.pause()
+        log.action_cursor_top()  # not following: the scroll offset decides again
+        await pilot.pause()
+        assert _row_text(log, 0).split()[0] == "1"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_the_tail_and_appended_lines_are_served_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """Issue 15: the lines on screen while following cost no open/pread/close (each syscall waits for the GIL while
+    the index thread runs); lines older than what is kept are still read from the file, byte for byte."""
+    import mfm_tui.log_index as log_index
+    from engine.stores.fs import FsStore
+    from engine.stores.fs import framing as fs_framing
+
+    store = FsStore(tmp_path / "store", new_version=version)
+    envs = _envelopes(300)
+    await store.events.append(RUN, 0, envs[:-3])
+    path = store.events_path(RUN)
+    monkeypatch.setattr(log_index, "_KEEP_BYTES", 16 * 1024)
+    src = FileLogSource(path)
+    opened: list[object] = []
+    real_open = log_index.os.open
+
+    def counting_open(*a: Any, **k: Any) -> int:
+        if str(a[0]) == str(path):
+            opened.append(a)
+        return real_open(*a, **k)
+
+    monkeypatch.setattr(log_index.os, "open", counting_open)
+    wire = [fs_framing.encode_line(e) for e in envs]
+
+    def lines(first: int, stop: int) -> list[bytes]:
+        return [(src.raw(i) or b"").rstrip(b" ") for i in range(first, stop)]  # v1: " " ends a continuation line
+
+    assert lines(len(src) - 20, len(src)) == wire[len(src) - 20 : len(src)]
+    head = len(src)
+    await store.events.append(RUN, head, envs[-3:-1])
+    await store.events.append(RUN, head + 2, envs[-1:])
+    assert src.refresh() == 3
+    assert lines(len(envs) - 20, len(envs)) == wire[-20:]
+    assert opened == []  # all from memory
+    src.build_index()
+    assert lines(0, len(envs)) == wire  # the older ones from the file
+    assert opened
+
+
+async def test_an_append_to_a_long_log_asks_for_no_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: a new ``virtual_size`` reflowed the whole screen and redrew every widget on each appended event;
+    when the log is longer than its view before and after, only its scrollbar's range changes."""
+    from textual.app import App, ComposeResult
+    from textual.widget import Widget
+
+    from mfm_tui.widgets.event_log import EventLog
+
+    envs = _envelopes(300)
+    path = tmp_path / "events.jsonl"
+    _write(path, envs[:-2])
+    src = FileLogSource(path)
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield EventLog(src)
+
+    layouts: list[str] = []
+    refresh = Widget.refresh
+
+    def spy(widget: Widget, *regions: Any, **kw: Any) -> Any:
+        if kw.get("layout"):
+            layouts.append(type(widget).__name__)
+        return refresh(widget, *regions, **kw)
+
+    async with Host().run_test(size=(100, 20)) as pilot:
+        log = pilot.app.query_one(EventLog)
+        await pilot.pause()
+        monkeypatch.setattr(Widget, "refresh", spy)
+        with path.open("ab") as fh:
+            fh.write(b"".join(encode_envelope(e) + b"\n" for e in envs[-2:]))
+        log.lines_appended(src.refresh())
+        await pilot.pause()
+        assert layouts == []
+        assert log.virtual_size.height == len(envs)
+        assert log.vertical_scrollbar.window_virtual_size == len(envs)
+        assert log.scroll_offset.y == log.max_scroll_y == len(envs) - log.scrollable_content_region.height
+        assert _row_text(log, log.scrollable_content_region.height - 1).split()[0] == str(len(envs))

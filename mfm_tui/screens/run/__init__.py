@@ -1,8 +1,10 @@
 """One run, live: header, the plan's state graph, the selected state's details and the event log.
 
 The event log reads the run's events file directly when the store has one (``FsStore.events_path``): the tail is on
-screen before anything else is read, the offset index and the run model's fold are built in background threads, and
-appended lines are picked up by a cheap ``stat`` every 100 ms. Stores without files (memory, PostgreSQL) are read
+screen before anything else is read (its first frame shows the end), the offset index and the run model's fold are
+built in background threads once that frame is drawn, and appended lines are picked up as soon as the file changes
+(inotify read by the event loop, ``mfm_tui.log_tail.FileWatch``; a timer polls once a second as the fallback, ten
+times a second where there is no inotify). Stores without files (memory, PostgreSQL) are read
 through ``read_range`` from the last seq. The screen's services (``store``, ``clock``, ``plan_resolver``,
 ``lease_probe``) come from the app (``AppServices``) and can also be passed in.
 
@@ -31,6 +33,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key, Resize
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input, Static
 
 from engine.config import RunManifest
@@ -49,6 +52,7 @@ from mfm_tui.log_index import (
     parse_query,
     query_error,
 )
+from mfm_tui.log_tail import FileWatch
 from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, child_summary
 from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
@@ -71,6 +75,8 @@ __all__ = ["ChildPicker", "EventDialog", "RunHistory", "RunLoader", "RunScreen",
 
 POLL_SECONDS = 0.1
 """The timer's period while the run's log file is not watched (no watchfiles, no inotify, or no file)."""
+FALLBACK_SECONDS = 1.0
+"""The timer's period while the log file is watched or the run has finished (a change the watch missed)."""
 FOLLOW_STEP_MS = 5
 """A change of the watched log is acted on after this much quiet (``watchfiles``' step)."""
 FOLLOW_MAX_MS = 40
@@ -183,7 +189,10 @@ class RunScreen(Screen[None]):
         self.history = RunHistory(self.loader)
         """Time travel's folds."""
         self.selected: str | None = None
-        self._ticks = 0
+        self._poll_timer: Timer | None = None
+        self._poll_period = POLL_SECONDS
+        self.timed_polls = 0
+        """How many times the fallback timer polled (tests and benchmarks: idle wakeups)."""
         self._following = False
         """The run's log file is watched (inotify through ``watchfiles``): the timer only polls once a second."""
         self.as_of: int | None = None
@@ -286,7 +295,7 @@ class RunScreen(Screen[None]):
         self.set_interval(1.0, self.tick)
         poll = self._poll_enabled if self._poll_enabled is not None else services is None or services.watch_store
         if poll:
-            self.set_interval(POLL_SECONDS, self._timed_poll)
+            self._poll_timer = self.set_interval(POLL_SECONDS, self._timed_poll)
             source = self.loader.source
             if isinstance(source, FileLogSource):
                 self.run_worker(self._follow_file(source), group="run-follow", exclusive=True, exit_on_error=False)
@@ -618,11 +627,13 @@ class RunScreen(Screen[None]):
             return
         self.query_one(EventLog).set_source(src)
         shared = self._shared_model()
+        # The index and the fold start after the first frame (the log's tail): their reads would compete with it
+        # for the GIL.
         if shared is not None and len(src) - shared.last_seq <= ADOPT_GAP:
-            self._index_file(src)
+            self.call_after_refresh(self._index_file, src)
             self.run_worker(self._adopt_model(shared), group="run-adopt")
         else:
-            self._fold_file(src)
+            self.call_after_refresh(self._fold_file, src)
 
     async def _load_from_store(self) -> None:
         try:
@@ -672,14 +683,36 @@ class RunScreen(Screen[None]):
     async def _timed_poll(self) -> None:
         """The timer: every 100 ms while the run is live, once a second once it has finished or while its log file
         is watched (the fallback: a change the watcher missed)."""
-        self._ticks += 1
-        slow = self._following or (self._model_ready and self.model.status.is_finished)
-        if slow and self._ticks % 10:
-            return
+        self.timed_polls += 1
         await self.poll()
+        self._set_poll_period()
+
+    def _set_poll_period(self) -> None:
+        """The timer's period: ``FALLBACK_SECONDS`` while the log is watched or the run has finished, else
+        ``POLL_SECONDS`` (a slow timer is not woken ten times a second only to skip)."""
+        slow = self._following or (self._model_ready and self.model.status.is_finished)
+        period = FALLBACK_SECONDS if slow else POLL_SECONDS
+        if self._poll_timer is not None and period != self._poll_period:
+            self._poll_timer.stop()
+            self._poll_timer = self.set_interval(period, self._timed_poll)
+            self._poll_period = period
 
     async def _follow_file(self, source: FileLogSource) -> None:
-        """Poll as soon as the run's log file changes (event-driven tail), until the screen goes."""
+        """Poll as soon as the run's log file changes (event-driven tail), until the screen goes: inotify read by the
+        event loop (``FileWatch``: nothing wakes while nothing changes), else ``watchfiles``, else the timer."""
+        watch = FileWatch(source.path.parent, [source.path.name])
+        if watch.start():
+            self._following = True
+            self._set_poll_period()
+            try:
+                while await watch.wait():
+                    await self.poll()
+            finally:
+                watch.close()
+                self._following = False
+                with contextlib.suppress(Exception):  # the screen may be going
+                    self._set_poll_period()
+            return
         try:
             import watchfiles  # optional at run time: without it (or without inotify) the timer polls
         except ImportError:
@@ -690,6 +723,7 @@ class RunScreen(Screen[None]):
             return changed.rpartition("/")[2] == name
 
         self._following = True
+        self._set_poll_period()
         try:
             async for _changes in watchfiles.awatch(
                 source.path.parent,
@@ -703,6 +737,8 @@ class RunScreen(Screen[None]):
             return
         finally:
             self._following = False
+            with contextlib.suppress(Exception):  # the screen may be going
+                self._set_poll_period()
 
     # ------------------------------------------------------------------ rendering
 
