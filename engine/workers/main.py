@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import cast
 
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None, *, guard_output: bool = False) -> in
                 cancel_poll_interval=ns.cancel_poll,
             )
         )
+    except SystemExit:  # raised by a handler: the log tells where (its secret-looking lines are withheld)
+        traceback.print_exc(file=sys.stderr)
+        raise
     except MfmError as err:
         err = storage_full(err) or err
         print(err.one_line(), file=sys.stderr, flush=True)
