@@ -452,16 +452,10 @@ async def test_watcher_marks_a_failed_run_recovered_by_its_recovery_run(recovery
     assert now_text(watcher.models[fx.RUN_FAILED], fx.NOW_MILLIS) == "recovered as 00000000"
 
 
-async def test_fs_store_journal_is_watched_by_the_loops_own_inotify(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Issue 15, idle: without watchfiles' thread (it wakes every 20 ms) and with the timer far away, an append is
-    still seen at once: the event loop reads the journal's inotify events itself."""
-    import sys
-
+async def test_fs_store_journal_is_watched_not_polled(tmp_path: Path) -> None:
+    """Issue 15, idle: with the timer far away, an append is still seen at once: the journal is watched."""
     from engine.stores.fs import FsStore
 
-    monkeypatch.setitem(sys.modules, "watchfiles", None)
     store = FsStore(tmp_path / "store")
     f = await fx.build_fixture_store(store)
     app = make_app(store, clock=fx.fixture_clock(), lease_probe=f.lease_probe, plan_resolver=f.plan_resolver)

@@ -78,13 +78,10 @@ async def test_a_big_run_is_indexed_only_after_its_tail_is_on_screen(
     assert order[:2] == ["painted", "index"]
 
 
-async def test_an_append_shows_through_the_loops_own_inotify_watch(
+async def test_an_append_shows_through_the_file_watch_without_the_timer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 15: no watchfiles thread (it wakes every few ms to step) and no timer: the event loop reads inotify."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "watchfiles", None)  # import watchfiles fails: only FileWatch can follow
+    """Issue 15: the run screen follows its log through ``FileWatch`` (watchfiles), not its timer."""
     monkeypatch.setattr(run_screen, "POLL_SECONDS", 3600.0)
     monkeypatch.setattr(run_screen, "FALLBACK_SECONDS", 3600.0)
     fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RUNNING])
@@ -120,7 +117,7 @@ async def test_a_watched_log_is_polled_by_the_timer_once_a_second_not_ten_times(
         assert screen.timed_polls - wakeups <= 3
 
 
-async def test_file_watch_reports_its_files_only_and_ends_with_its_folder(tmp_path: Path) -> None:
+async def test_file_watch_reports_its_files_only_and_ends_when_closed(tmp_path: Path) -> None:
     from mfm_tui.log_tail import FileWatch
 
     folder = tmp_path / "run"
@@ -129,23 +126,24 @@ async def test_file_watch_reports_its_files_only_and_ends_with_its_folder(tmp_pa
     log.write_bytes(b"")
     watch = FileWatch(folder, ["events.jsonl"])
     assert watch.start()
+    await asyncio.sleep(0.3)  # the notifier's thread is up
     (folder / "summary.json").write_bytes(b"{}")  # another file of the folder: not reported
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
     assert watch.changes == 0
     with log.open("ab") as fh:
         fh.write(b"one\n")
         fh.flush()
         fh.write(b"two\n")
     assert await asyncio.wait_for(watch.wait(), 5)
+    await asyncio.sleep(0.2)
     # Writes while the caller works are not lost: the next wait returns at once.
     with log.open("ab") as fh:
         fh.write(b"three\n")
     assert await asyncio.wait_for(watch.wait(), 5)
     log.unlink()
-    (folder / "summary.json").unlink()
-    folder.rmdir()
     assert await asyncio.wait_for(watch.wait(), 5)  # the log's deletion
-    assert not await asyncio.wait_for(watch.wait(), 5)  # then the folder's: the watch ends
+    watch.close()
+    assert not await asyncio.wait_for(watch.wait(), 5)  # closed: the watch ends
     assert not watch.active
     watch.close()  # idempotent
 
