@@ -170,3 +170,27 @@ async def test_commits_with_blobs_keep_the_summary_current_without_reading_the_l
     assert reads == []  # never caught up from the file
     raw = json.loads((tmp_path / "s" / "runs" / run_id / "summary.json").read_bytes())
     assert (raw["summary"]["head"], raw["summary"]["status"]) == (6, "Completed")
+
+
+async def test_a_store_copied_with_its_times_keeps_its_summaries(tmp_path: Path) -> None:
+    """A store copied or restored with its file times (cp -a, rsync -a, a backup) has new inodes: its summaries still
+    hold (same size, same mtime), so opening it folds no log again; a copy whose log was edited since still is."""
+    import os
+    import shutil
+
+    run_id = RunId("00000000-0000-4000-8000-0000000000ad")
+    envs = [EventEnvelope(run_id=run_id, seq=i, event=DomainEvent(name="x", payload=i)) for i in (1, 2, 3)]
+    await FsStore(tmp_path / "s").events.append(run_id, 0, envs)
+    first = FsStore(tmp_path / "s").events
+    assert (await first.run_summary(run_id)).head == 3  # type: ignore[union-attr]
+    shutil.copytree(tmp_path / "s", tmp_path / "copy")  # copy2: times kept, inodes new
+    copied = FsStore(tmp_path / "copy").events
+    summary = await copied.run_summary(run_id)
+    assert summary is not None and summary.head == 3
+    assert copied.summaries.rebuilds == 0
+    log = tmp_path / "copy" / "runs" / run_id / "events.jsonl"
+    st = log.stat()
+    os.utime(log, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched since: the summary no longer holds
+    again = FsStore(tmp_path / "copy").events
+    assert (await again.run_summary(run_id)).head == 3  # type: ignore[union-attr]
+    assert again.summaries.rebuilds == 1
