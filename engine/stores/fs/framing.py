@@ -742,12 +742,18 @@ def decode_lines(data: bytes, fmt: int = FORMAT_V1) -> list[EventEnvelope]:
     if fmt != FORMAT_V2:
         return [decode_envelope(line) for line in data.split(b"\n")[:-1]]
     bodies: list[bytes] = []
+    append = bodies.append
+    xxh = _xxh
     for line in data.split(b"\n")[:-1]:
         if line[:1] == b"E":
-            parsed = parse_record(line)  # checked again: the bytes may have changed since the scan
-            if parsed is None:
+            # Checked again (the bytes may have changed since the scan), by the checksum alone: it covers the
+            # record's kind, mark and length with its body, so bytes that match it are the record as written (the
+            # scan checked the rest); a third less than parse_record's full framing check, resume's hot loop.
+            sp = line.find(b" ", 3, 15)
+            body_at = sp + _HASH_LEN + 2
+            if sp < 4 or line[sp + 1 : body_at - 1] != b"%016x" % xxh(line[: sp + 1] + line[body_at:]):
                 raise StorageError.corruption("run_log_corrupt", "an event record's checksum does not match")
-            bodies.append(line[parsed[2] :])
+            append(line[body_at:])
     return decode_trusted(bodies)
 
 
