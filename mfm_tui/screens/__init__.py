@@ -7,9 +7,10 @@ this face and imported on first use (PEP 562): the runs list paints without them
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import TYPE_CHECKING, Any
+
+from engine.lazy import lazy_names
 
 if TYPE_CHECKING:
     from mfm_tui.screens.diff import DiffScreen, ReplayScreen
@@ -28,13 +29,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mfm_tui.screens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())
 
 
 def loaded(name: str) -> Any:
