@@ -322,7 +322,12 @@ class RunsScreen(Screen[None]):
         self.query_one(RunTable).set_rows(rows, keep_cursor=self.loaded, tree=tree)
         empty = self.loaded and not self.models and self.store_error is None
         self.query_one(Welcome).display = empty
-        self.query_one(RunTable).display = not empty
+        table = self.query_one(RunTable)
+        if not table.display and not empty:
+            table.display = True
+            if self.focused is None:  # hidden behind the welcome, the table lost the focus: Enter opens a run again
+                table.focus()
+        table.display = not empty
         self._update_summary(counts, len(shown))
         self._draw_marks_bar()
 

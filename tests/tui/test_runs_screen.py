@@ -259,6 +259,12 @@ async def test_empty_store_shows_the_welcome_then_the_first_run() -> None:
         await app.sync_store()
         await wait(pilot)
         assert not welcome.display and _shown(app) == [fx.RUN_RUNNING]
+        # The table hidden behind the welcome lost the focus: shown again, it takes it back, so Enter opens the
+        # run (it did nothing: an operator watching an empty store could not open the first run without tab).
+        assert app.screen.focused is _table(app)
+        await pilot.press("enter")
+        await wait(pilot)
+        assert type(app.screen).__name__ == "RunScreen"
 
 
 async def wait(pilot: Any) -> None:
