@@ -143,7 +143,8 @@ def check_run(
     _check_history(report, rel, run_id, envs)
     collect_refs(envs, run_id, referenced)
     finished = any(isinstance(e.event, RunCompleted) for e in envs)
-    if held is False and not finished:
+    damaged = scan.first_bad is not None and bool(scan.valid_after)
+    if held is False and not finished and not damaged:  # a damaged log: resume refuses it, the damage is the finding
         report.add(
             Finding(
                 "stale_lease",

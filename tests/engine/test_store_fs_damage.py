@@ -401,3 +401,22 @@ async def test_the_tui_watcher_shows_a_damaged_run_as_a_load_error_and_keeps_it(
         assert model.load_error is not None and model.load_error[0] == "run_log_corrupt"
         assert model.last_seq == 1
         assert watcher.models[other].load_error is None and watcher.models[other].last_seq == 2
+
+
+async def test_doctor_does_not_offer_resume_for_a_run_whose_log_is_damaged(tmp_path: Path) -> None:
+    """A worker-less run whose log is damaged in the middle: doctor reports the damage, and no longer adds the
+    'worker lost; mfm resume continues it' hint (resume refuses the run with run_log_corrupt)."""
+    root = tmp_path / "store"
+    store = FsStore(root)
+    run = new_run()
+    for i, e in enumerate(envs(run, 1, 4)):  # RunStarted .. StateFailed: unfinished
+        await store.events.commit(run, i, [e], [])
+    lease = root / framing.lease_file(run)
+    lease.write_bytes(b"{}")  # a lease whose lock nobody holds: the worker is gone
+    lease.chmod(0o600)
+    assert "stale_lease" in [f.code for f in check_store(root).findings]  # intact: the hint is right
+    path = store.events_path(run)
+    lines = _lines(path)
+    _write(path, [lines[0], _flip(lines[1], len(lines[1]) - 5), *lines[2:]])
+    codes = [f.code for f in check_store(root).findings]
+    assert "record_checksum_mismatch" in codes and "stale_lease" not in codes
