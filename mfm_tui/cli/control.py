@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -19,10 +18,9 @@ import engine.workers as workers
 from engine.errors import ErrorInfo, MfmError
 from engine.ids import RunId
 from engine.operations import parse_param_assignments, parse_params_json
-from engine.secrets import redact_text
-from engine.stores.fs import framing
 from engine.workers import EXIT_FAILED, EXIT_OK, LeaseState, is_pooled, max_orphan_recoveries
 from mfm_tui.cli.common import CliError, Env, echo_json, env_of, load_model, now_millis, resolve_run_id, run_sync
+from mfm_tui.cli.liveness import lost_worker_error, nobody_runs
 from mfm_tui.config import store_writable
 from mfm_tui.run_model import RunDisplayStatus, RunModel, lease_status_of
 from mfm_tui.serve import serve as serve_app
@@ -43,44 +41,12 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
         model.apply(await store.events.read_range(run_id, model.last_seq + 1))
         if model.engine_status is not None:
             return model
-        lease = workers.lease_state(store, run_id)
-        # On a database store a lost worker's run is taken over by the pool: only a run nobody will pick up is lost.
-        pooled = is_pooled(store)
-        if (lease.state is LeaseState.NONE) if pooled else (lease.state is not LeaseState.HELD):
+        if await nobody_runs(store, run_id):
             model.apply(await store.events.read_range(run_id, model.last_seq + 1))
             if model.engine_status is not None:
                 return model
-            if pooled:
-                row = await store.queue.get(run_id)
-                why = "not queued" if row is None else f"{row.outcome or 'stopped'}: {row.last_error or 'no error'}"
-                why = redact_text(why)  # the secrets guard, again (§12)
-                raise MfmError(
-                    ErrorInfo.new(
-                        "worker_lost",
-                        f"the worker pool stopped run {run_id} without finishing it ({why[:300]}); "
-                        f"`mfm resume {run_id[:8]}` queues it again",
-                    )
-                )
-            log = Path(store.run_dir(run_id)) / framing.WORKER_LOG_FILE
-            last = _last_line(log)
-            code = "storage_full" if last.startswith("error[storage_full]: ") else "worker_lost"  # exit 5, not 1
-            raise MfmError(
-                ErrorInfo.new(
-                    code,
-                    f"the worker of run {run_id} exited without finishing it ({last}); "
-                    f"see {log}, then `mfm resume {run_id[:8]}`",
-                )
-            )
+            raise await lost_worker_error(store, run_id)
         await asyncio.sleep(poll)
-
-
-def _last_line(path: Path) -> str:
-    """The log's last line, through the secrets guard (a log written by an older worker was not guarded)."""
-    try:
-        lines = [ln for ln in redact_text(path.read_text(errors="replace")).splitlines() if ln.strip()]
-    except OSError:
-        return "no worker log"
-    return lines[-1][:300] if lines else "empty worker log"
 
 
 def _finish(model: RunModel, as_json: bool) -> int:

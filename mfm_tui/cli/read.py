@@ -38,6 +38,7 @@ from mfm_tui.cli.common import (
     state_line,
     status_text,
 )
+from mfm_tui.cli.liveness import lost_worker_error, nobody_runs
 from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children, tree_order
 from mfm_tui.time_format import parse_duration
 
@@ -361,7 +362,12 @@ def _print_event(env: EventEnvelope, as_json: bool) -> None:
 @click.command()
 @click.argument("run")
 @click.option("--from", "from_seq", type=click.IntRange(min=1), default=1, help="First seq to print.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the run finishes.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new events until the run finishes (exit 1, worker_lost, if its worker dies).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One wire-format envelope per line.")
 @click.pass_context
 def events(ctx: click.Context, run: str, from_seq: int, follow: bool, as_json: bool) -> int:
@@ -385,6 +391,14 @@ def events(ctx: click.Context, run: str, from_seq: int, follow: bool, as_json: b
                 return
             if not batch and await _finished(store, run_id):
                 return
+            if not batch and await nobody_runs(store, run_id):
+                # No worker will append more (it died, or the run never started): a last read, then say so and
+                # how to go on, rather than follow forever.
+                for e in await store.events.read_range(run_id, nxt):
+                    _print_event(e, as_json)
+                    if isinstance(e.event, RunCompleted):
+                        return
+                raise await lost_worker_error(store, run_id)
             await asyncio.sleep(0.2)
 
     run_sync(go())

@@ -139,3 +139,14 @@ def test_an_invalid_crash_loop_limit_is_a_usage_error(mfm: Mfm) -> None:
     res = mfm("runs", ops=OPS)
     assert res.code == 2 and res.err_lines == [res.err_lines[0]]
     assert res.err_lines[0].startswith("error[usage]: MFM_MAX_ORPHAN_RECOVERIES must be a positive integer")
+
+
+def test_events_follow_on_a_run_that_never_started_ends_with_worker_lost(mfm: Mfm, tmp_path: Path) -> None:
+    """`events --follow` stops when no worker will ever append (it followed such a run forever before)."""
+    run_id = _start(mfm, "die_before_start", tmp_path / "gate")
+    res = mfm("events", run_id[:8], "--follow", ops=OPS, timeout=30)
+    assert res.code == 1, res.err
+    assert res.out == ""
+    assert res.err.startswith(f"error[worker_lost]: the worker of run {run_id} exited without finishing it (")
+    assert res.err.rstrip().endswith(f"then `mfm resume {run_id[:8]}`")
+    assert len(res.err.strip().splitlines()) == 1

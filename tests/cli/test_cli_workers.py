@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -52,6 +53,22 @@ def test_sigkilled_worker_is_lost_then_resume_matches_an_uncrashed_run(mfm: Mfm)
     events = mfm.read_events(run_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert sum(isinstance(e.event, RunCompleted) for e in events) == 1
+
+
+def test_events_follow_ends_when_the_worker_is_killed(mfm: Mfm) -> None:
+    """`events --follow` prints what the run wrote, then worker_lost (exit 1), instead of following forever."""
+    run_id = mfm.start("demo_big", *BIG)
+    wait_until(lambda: _completed_states(mfm, run_id) >= 2, what="a few states")
+    follow = mfm.popen("events", run_id, "--follow", "--json")
+    try:
+        _kill_worker(mfm, run_id)
+        out, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()  # a follower that never ends (the bug) must not outlive the test
+    assert follow.returncode == 1, err
+    printed = [json.loads(line)["seq"] for line in out.splitlines()]
+    assert printed == [e.seq for e in mfm.read_events(run_id)]
+    assert err.startswith(f"error[worker_lost]: the worker of run {run_id} exited without finishing it")
 
 
 def _cancel_and_wait(mfm: Mfm, run_id: str) -> float:
