@@ -264,7 +264,7 @@ def state_line(model: RunModel) -> str:
     if model.recovered_by is not None:
         return f"recovered as {model.recovered_by[:8]}"
     sv = model.current_state
-    if sv is None:
+    if sv is None or model.damaged:  # a damaged log: the state it was in after the damage cannot be read
         return "-"
     text = sv.short_name
     if sv.error is not None and sv.error[0]:
@@ -273,7 +273,7 @@ def state_line(model: RunModel) -> str:
 
 
 def status_text(model: RunModel, now: int) -> str:
-    if model.load_error is not None and model.load_error[0] == "run_log_corrupt":
+    if model.damaged:
         return "damaged"  # its run log is damaged: `mfm events` / `mfm doctor` say where
     status = model.status
     retry = model.retry_target

@@ -247,7 +247,7 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
         if unattended:
             out["worker_log"] = log
         echo_json(out)
-        return EXIT_OK
+        return _damaged_exit([model])  # what precedes the damage is printed; the error line says where, exit 6
     click.echo(f"run       {model.run_id}")
     click.echo(f"op        {model.op_id or '?'}")
     click.echo(f"status    {status_text(model, now)}")
@@ -283,14 +283,14 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     rows = [("STATE", "STATUS", "ATTEMPT", "FACTS", "ERROR")]
     for sv in model.states.values():
         err = "" if sv.error is None else f"[{sv.error[0]}] {sv.error[1]}"
-        status = sv.status.value
-        if sv.not_before_millis is not None and sv.status.value == "retrying":
+        status = model.state_status_text(sv)
+        if sv.not_before_millis is not None and status == "retrying":
             status += f" (in {duration_text(max(0, sv.not_before_millis - now))})"
         rows.append((str(sv.state_id), status, sv.attempt_label, str(len(sv.facts)), err[:80]))
     print_table(rows)
     for note in model.anomalies:
         click.echo(f"note: {note}", err=True)
-    return EXIT_OK
+    return _damaged_exit([model])
 
 
 async def _parent_of(env: Any, run_id: RunId) -> RunId | None:
@@ -446,6 +446,4 @@ def artifact(ctx: click.Context, artifact_id: str, raw: bool, as_json: bool) -> 
 
 def _status_value(model: RunModel) -> str:
     """The run's status; ``damaged`` when its run log is damaged (``run_log_corrupt``: read up to the damage)."""
-    if model.load_error is not None and model.load_error[0] == "run_log_corrupt":
-        return "damaged"
-    return model.status.value
+    return "damaged" if model.damaged else model.status.value

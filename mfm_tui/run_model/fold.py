@@ -613,8 +613,20 @@ class RunModel:
         index = _plan_index(self.plan)
         return len(index) + sum(1 for sid in self._states if sid not in index)
 
+    @property
+    def damaged(self) -> bool:
+        """Its run log is damaged (``run_log_corrupt``): what this model holds is the readable prefix only."""
+        return self.load_error is not None and self.load_error[0] == "run_log_corrupt"
+
+    def state_status_text(self, sv: StateView) -> str:
+        """A state's status as the CLI prints it: in a damaged run log, a state not finished in the readable prefix
+        is ``unknown`` (what happened after the damage cannot be read), not ``running`` or ``pending``."""
+        if self.damaged and sv.status not in _FINAL_STATE_STATUSES:
+            return "unknown"
+        return sv.status.value
+
     def duration_millis(self, now_millis: int) -> int | None:
-        if self.started_millis is None:
+        if self.started_millis is None or self.damaged:  # a damaged log: when (or whether) it ended is unknown
             return None
         if self.ended_millis is not None:
             end = self.ended_millis
@@ -629,7 +641,10 @@ class RunModel:
         return {
             "run_id": str(self.run_id),
             "op_id": self.op_id,
-            "status": self.status.value,
+            "status": "damaged" if self.damaged else self.status.value,
+            "damage": {"code": self.load_error[0], "message": self.load_error[1]}
+            if self.damaged and self.load_error is not None
+            else None,
             "manifest_id": self.manifest_id,
             "checkpoint_id": self.checkpoint_id,
             "final_snapshot_id": self.final_snapshot_id,
@@ -657,7 +672,7 @@ class RunModel:
             "states": [
                 {
                     "state_id": str(sv.state_id),
-                    "status": sv.status.value,
+                    "status": self.state_status_text(sv),
                     "attempt": sv.attempt_number,
                     "max_attempts": sv.max_attempts,
                     "not_before_millis": sv.not_before_millis,
@@ -720,3 +735,8 @@ def _plan_index(plan: PlanShape) -> dict[StateId, int]:
     index = {sid: i for i, sid in enumerate(plan.state_ids)}
     _PLAN_INDEX[id(plan)] = (plan, index)
     return index
+
+
+_FINAL_STATE_STATUSES = frozenset(
+    {StateStatus.COMPLETED, StateStatus.FAILED, StateStatus.SKIPPED, StateStatus.CANCELLED}
+)
