@@ -97,7 +97,7 @@ def columns_for(width: int) -> Columns:
     """
     room = width - _BASE - NOW_MIN
     shown: dict[str, int] = {}
-    for name, need in (("done", 9), ("op", _OP_MIN + 1), ("took", 7), ("started", 9)):
+    for name, need in (("done", 8), ("op", _OP_MIN + 1), ("took", 7), ("started", 9)):
         if need <= room:
             shown[name] = need
             room -= need
@@ -210,6 +210,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         height: 1fr;
         background: $background;
         scrollbar-gutter: stable;
+        scrollbar-size-vertical: 1;  /* the gutter is always there: one cell of 80, not two */
         overflow-x: hidden;
         & > .run-table--header { text-style: bold; color: $text-muted; }
         & > .run-table--cursor { background: $block-cursor-blurred-background; }
@@ -332,7 +333,7 @@ class RunTable(ScrollView, can_focus=True, inherit_bindings=False):
         return columns_for(width)
 
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
+        width = self.scrollable_content_region.width  # not under the vertical scrollbar (gutter: stable)
         if y == 0:
             return self._header(width)
         index = int(self.scroll_y) + y - 1

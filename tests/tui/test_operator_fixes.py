@@ -169,12 +169,13 @@ async def test_q_asks_while_runs_are_marked() -> None:
 
 def test_columns_give_way_by_importance() -> None:
     wide = columns_for(120)
-    assert (wide.op, wide.started, wide.took, wide.done) == (22, 9, 7, 9) and wide.now >= 50
-    at80 = columns_for(80)
-    assert (at80.op, at80.started, at80.took, at80.done) == (16, 9, 7, 9) and at80.now == 24
+    assert (wide.op, wide.started, wide.took, wide.done) == (22, 9, 7, 8) and wide.now >= 50
+    at80 = columns_for(79)  # an 80-cell terminal: one cell is the scrollbar's
+    assert (at80.op, at80.started, at80.took, at80.done) == (16, 9, 7, 8) and at80.now == 24
     at60 = columns_for(60)
-    assert at60.started == 0 and at60.took == 0  # the least important drop out whole
-    assert at60.done == 9 and at60.now >= at60.op  # DONE stays whole; the error is not cut for the op
+    assert at60.started == 0 and at60.took == 7  # the least important drops out whole
+    assert columns_for(57).took == 0
+    assert at60.done == 8 and at60.now >= at60.op  # DONE stays whole; the error is not cut for the op
     at40 = columns_for(40)
     assert at40.op == 0 and at40.done == 0 and at40.now >= 20
     for width in range(30, 160):
@@ -196,6 +197,12 @@ async def test_narrow_terminal_shows_the_notice_and_whole_columns() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert not _home(app).query_one(SizeNotice).display
+        table = _table(app)
+        # Lines are laid out for the cells left of the scrollbar: with more runs than rows, the scrollbar covered
+        # the last two cells ("DO" of DONE, "3" of "3/3").
+        header = table.render_line(0)
+        assert header.cell_length == table.scrollable_content_region.width == 79
+        assert header.text.rstrip().endswith("DONE") and table.render_line(1).text.rstrip().endswith("1/3")
 
 
 def test_snapshot_too_small_60x20(snap_compare: Any) -> None:
