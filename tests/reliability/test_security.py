@@ -119,6 +119,12 @@ def test_every_store_path_is_owner_only_even_under_a_lax_umask(tmp_path: Path) -
             break
         time.sleep(0.2)
     assert json.loads(shown.stdout)["status"] == "cancelled", shown.stdout
+    while time.monotonic() < deadline:  # every worker gone: one still closing its run writes files (a summary's
+        listed = mfm("runs", "--json")  # temp file) that the walk below could see appear and vanish (flaky)
+        if listed.returncode == 0 and all(r["lease"] != "held" for r in json.loads(listed.stdout)):
+            break
+        time.sleep(0.2)
+    assert all(r["lease"] != "held" for r in json.loads(listed.stdout)), listed.stdout
     names = set()
     for path in [store, *store.rglob("*")]:
         st = os.lstat(path)
