@@ -31,7 +31,7 @@ from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.diff import ReplayScreen
 from mfm_tui.screens.run import RunScreen
 from mfm_tui.screens.start import StartScreen
-from tests.tui.fixtures import RUN_COMPLETED, RUN_FAILED, RUN_LOST, RUN_RUNNING, afixture_app, settle
+from tests.tui.fixtures import RUN_COMPLETED, RUN_FAILED, RUN_LOST, RUN_RUNNING, afixture_app, settle, wait_until
 
 SIZE = (100, 30)
 
@@ -228,13 +228,13 @@ async def test_read_only_refuses_every_control() -> None:
             await pilot.pause()
             assert app.screen is app.screen_stack[0], key
         app.open_run(RUN_RUNNING)
-        await pilot.pause()
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen))  # one pause was not always enough
         run_screen = app.screen
         for key in ("c", "r", "p"):
             await pilot.press(key)
             await pilot.pause()
             assert app.screen is run_screen, key
-        assert len(app._notifications) >= 7
+        await wait_until(pilot, lambda: len(app._notifications) >= 7)
         assert all("read-only" in n.message for n in app._notifications)
         assert {r: await app.store.events.head_seq(r) for r in app.fixture.run_ids} == heads
         assert await app.store.events.cancel_request(RUN_RUNNING) is None
