@@ -659,6 +659,28 @@ def import_seconds(python: str, modules: str, env: dict[str, str] | None = None,
     return statistics.median(wall(f"import {modules}") for _ in range(runs)) - floor
 
 
+def import_ratio(python: str, modules: str, floor: str, env: dict[str, str], runs: int = 7) -> dict[str, float]:
+    """``modules`` and ``floor`` (a bare ``import textual.app``) imported alternately in fresh interpreters, each
+    minus a bare interpreter: medians, and their ratio (this VM's import times move by 2x within an hour; the
+    ratio to the floor measured beside it does not)."""
+    environ = {**os.environ, **env}
+    cwd = environ.get("PYTHONPATH", "").split(os.pathsep)[0] or None
+
+    def wall(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", code], check=True, env=environ, cwd=cwd)
+        return time.perf_counter() - t0
+
+    bare, mine, base = [], [], []
+    for _ in range(runs):
+        bare.append(wall("pass"))
+        mine.append(wall(f"import {modules}"))
+        base.append(wall(f"import {floor}"))
+    zero = statistics.median(bare)
+    m, f = statistics.median(mine) - zero, statistics.median(base) - zero
+    return {"imports": m, "floor": f, "ratio": m / f if f > 0 else float("nan")}
+
+
 def real_table(
     base: Path,
     many: Path,
@@ -712,7 +734,8 @@ def _real_rows(
         out["big"] = _try(real_big, big, big_run, events)
         out["many"] = _try(real_many, many, n)
         out["append"] = _try(real_append, tail, tail_run)
-        out["imports"] = import_seconds(py, "mfm_tui.cli, mfm_tui.app", {"PYTHONPATH": str(_CODE[0])})
+        got = import_ratio(py, "mfm_tui.cli, mfm_tui.app", "textual.app", {"PYTHONPATH": str(_CODE[0])})
+        out["imports"], out["textual_app"], out["imports_ratio"] = got["imports"], got["floor"], got["ratio"]
         return out
 
     now = measure_mfm(cold=True)
@@ -770,6 +793,8 @@ def _real_rows(
         ("append -> on screen, p50", ("append", "p50_ms"), "ms", 1, 0, "<= 40 ms", ("p50_ms",)),
         ("append -> on screen, p95", ("append", "p95_ms"), "ms", 1, 0, "<= 80 ms", ("p95_ms",)),
         ("imports (mfm_tui.cli + app, minus a bare interpreter)", ("imports",), "s", 1, 2, "<= 0.25 s", ()),
+        ("  floor: `import textual.app` alone, beside it", ("textual_app",), "s", 1, 2, "", None),
+        ("  imports / that floor (1.00 = Textual's own)", ("imports_ratio",), "x", 1, 2, "", None),
         (f"idle CPU watching {n:,} runs", ("many", "idle_cpu_pct"), "%", 1, 2, "<= 1 %", None),
     ]
     print(f"\nload average {os.getloadavg()[0]:.2f} (2 cores: above ~2 the wall times measure the other processes)")

@@ -193,3 +193,33 @@ async def test_the_footers_keys_are_built_without_a_style_pass_each(
     assert len(shown) >= 8 and ("f", False) in shown
     assert not any(compact for _, compact in shown)  # Textual's end state: a non-compact footer's keys
     assert passes == []
+
+
+def test_the_engines_wire_models_are_built_on_first_use_not_at_start() -> None:
+    """Building the engine's ~30 pydantic models' validators cost ~60-90 ms of CPU of ``import mfm_tui.cli,
+    mfm_tui.app``; the runs list's first paint validates none of them (summaries are plain JSON). They are built when
+    first used (``defer_build``), and then work as before. (The store's fast-path self-check builds three.)"""
+    got = _fresh(
+        "import json; import mfm_tui.cli, mfm_tui.app\n"
+        "from pydantic_core import SchemaValidator\n"
+        "from engine._wire import Frozen\n"
+        "from engine.config import RunManifest\n"
+        "from engine.events import DomainEvent, EventEnvelope, decode_envelope, encode_envelope\n"
+        "from engine.testing import base_config\n"
+        "def subs(c):\n"
+        "    for s in c.__subclasses__():\n"
+        "        yield s\n"
+        "        yield from subs(s)\n"
+        "models = list(subs(Frozen))\n"
+        "built = sorted(c.__name__ for c in models if isinstance(c.__pydantic_validator__, SchemaValidator))\n"
+        "env = EventEnvelope(run_id='11111111-2222-4333-8444-555555555555', seq=1, ts_millis=5,\n"
+        "                    event=DomainEvent(name='tick', payload={'n': 1}))\n"
+        "back = decode_envelope(encode_envelope(env))\n"
+        "m = RunManifest(op_id='demo', op_version='1', input_params={}, run_config=base_config())\n"
+        "same = RunManifest.model_validate_json(m.model_dump_json()) == m\n"
+        "print(json.dumps([len(models) > 20, built, back == env, same,\n"
+        "                  isinstance(RunManifest.__pydantic_validator__, SchemaValidator)]))\n"
+    )
+    many, built, round_trip, manifest, manifest_built = got
+    assert many and set(built) <= {"EventEnvelope", "StateCompleted", "StateEntered"}, built
+    assert round_trip and manifest and manifest_built
