@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from mfm_tui.screens.diff import DiffScreen, ReplayScreen
     from mfm_tui.screens.logs import LogsScreen
     from mfm_tui.screens.run import RunScreen
+    from mfm_tui.screens.run.event_dialog import EventDialog
     from mfm_tui.screens.start import StartScreen
     from mfm_tui.screens.timeline import TimelineScreen
     from mfm_tui.screens.workers import WorkersScreen
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ArtifactScreen",
     "DiffScreen",
+    "EventDialog",
     "LogsScreen",
     "ReplayScreen",
     "RunScreen",
@@ -35,9 +37,10 @@ __all__ = [
 ]
 
 _WHERE = {
-    # What the run screen opens on a key (artifacts: rich.syntax and pygments, ~55 ms; logs, timeline, start:
-    # ~35 ms more): imported on that key, not before the run's first frame (issue 15).
+    # What the run screen opens on a key (artifacts and an event's JSON: rich.syntax and pygments, ~55 ms; logs,
+    # timeline, start: ~35 ms more): imported on that key, not before the run's first frame (issue 15).
     "ArtifactScreen": "mfm_tui.screens.artifact",
+    "EventDialog": "mfm_tui.screens.run.event_dialog",
     "run_artifacts": "mfm_tui.screens.artifact",
     "LogsScreen": "mfm_tui.screens.logs",
     "TimelineScreen": "mfm_tui.screens.timeline",

@@ -150,19 +150,29 @@ async def test_seeding_runs_from_summaries_makes_no_view_for_a_planned_state_not
 
 
 def test_opening_the_run_screen_leaves_what_it_opens_on_a_key_unimported() -> None:
-    """The run screen's first frame does without the artifact viewer (rich.syntax, pygments), the logs, the timeline
-    and the start screen; each still resolves through ``mfm_tui.screens`` when its key is pressed."""
-    later = ["mfm_tui.screens.artifact", "mfm_tui.screens.logs", "mfm_tui.screens.timeline", "mfm_tui.screens.start"]
+    """The run screen's first frame does without the artifact viewer and the event dialog (rich.syntax, pygments),
+    the logs, the timeline and the start screen; each still resolves through ``mfm_tui.screens`` when its key is
+    pressed (and ``EventDialog`` from ``mfm_tui.screens.run``, as before)."""
+    later = [
+        "rich.syntax",
+        "pygments",
+        "mfm_tui.screens.artifact",
+        "mfm_tui.screens.run.event_dialog",
+        "mfm_tui.screens.logs",
+        "mfm_tui.screens.timeline",
+        "mfm_tui.screens.start",
+    ]
     got = _fresh(
         "import json, sys; import mfm_tui.cli, mfm_tui.app, mfm_tui.screens.run; "
         f"before = [m for m in {later!r} if m in sys.modules]; "
         "import mfm_tui.screens as s; "
         "from mfm_tui.screens.artifact import ArtifactScreen, run_artifacts; from mfm_tui.screens.logs import "
         "LogsScreen; from mfm_tui.screens.timeline import TimelineScreen; "
+        "from mfm_tui.screens.run import EventDialog; from mfm_tui.screens.run.event_dialog import EventDialog as E; "
         "print(json.dumps([before, s.ArtifactScreen is ArtifactScreen, s.run_artifacts is run_artifacts, "
-        "s.LogsScreen is LogsScreen, s.TimelineScreen is TimelineScreen]))"
+        "s.LogsScreen is LogsScreen, s.TimelineScreen is TimelineScreen, s.EventDialog is EventDialog is E]))"
     )
-    assert got == [[], True, True, True, True]
+    assert got == [[], True, True, True, True, True]
 
 
 async def test_the_footers_keys_are_built_without_a_style_pass_each(

@@ -39,6 +39,7 @@ from textual.widgets import Input, Static
 from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import RunId
+from engine.lazy import lazy_names
 from engine.runtime import Clock, SystemClock
 from mfm_tui import controller, screens, shell
 from mfm_tui.clipboard import copy_text
@@ -58,7 +59,6 @@ from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, chi
 from mfm_tui.screens.confirm import SeqPrompt
 from mfm_tui.screens.dialogs import ErrorDialog
 from mfm_tui.screens.run.children import ChildPicker
-from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
 from mfm_tui.services import AppServices, services_of
@@ -70,8 +70,13 @@ from mfm_tui.widgets.state_panel import StatePanel
 
 if TYPE_CHECKING:
     from mfm_tui.screens.artifact import ArtifactEntry
+    from mfm_tui.screens.run.event_dialog import EventDialog
 
 __all__ = ["ChildPicker", "EventDialog", "RunHistory", "RunLoader", "RunScreen", "events_path_of"]
+
+# EventDialog (rich.syntax, with pygments: ~55 ms of imports) is imported when first read (``enter`` on a line), not
+# before the run's first frame (issue 15).
+__getattr__, __dir__ = lazy_names(__name__, {"EventDialog": "mfm_tui.screens.run.event_dialog"}, globals())
 
 POLL_SECONDS = 0.1
 """The timer's period while the run's log file is not watched (no watchfiles, no inotify, or no file)."""
@@ -354,7 +359,7 @@ class RunScreen(Screen[None]):
 
     @on(EventLog.EventOpened)
     def _on_event_opened(self, event: EventLog.EventOpened) -> None:
-        self.app.push_screen(EventDialog(event.seq, event.raw))
+        self.app.push_screen(screens.EventDialog(event.seq, event.raw))
 
     @on(Input.Submitted, "#log-filter")
     def _on_filter_submitted(self, event: Input.Submitted) -> None:
