@@ -42,7 +42,9 @@ __all__ = [
 class Frozen(BaseModel):
     """Base of every serialised record: immutable, strict about unknown shapes."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: each model's validator is built when first used, not at import (~60-90 ms of CPU of the TUI's
+    # start, whose first paint validates none; issue 15).
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 def compact_json(value: Any) -> str:

@@ -22,7 +22,7 @@ from engine.workers import EXIT_FAILED, EXIT_OK, LeaseState, is_pooled, max_orph
 from mfm_tui.cli.common import CliError, Env, echo_json, env_of, load_model, now_millis, resolve_run_id, run_sync
 from mfm_tui.cli.liveness import lost_worker_error, nobody_runs
 from mfm_tui.config import store_writable
-from mfm_tui.run_model import RunDisplayStatus, RunModel, lease_status_of
+from mfm_tui.run_model import RunDisplayStatus, RunModel
 from mfm_tui.serve import serve as serve_app
 from mfm_tui.settings import choose_theme
 
@@ -79,7 +79,7 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool, no_mouse: bool =
     """Open the terminal UI."""
     env = env_of(ctx)
     # Imported here, not at the top: Textual takes ~0.3 s to import; only `mfm tui` needs it (`mfm runs` stays quick).
-    from mfm_tui.app import make_app
+    from mfm_tui.app import make_app, store_lease_probe
 
     store = env.open_store(create=not read_only)  # a store we cannot write opens too, read-only
     if env.ops:
@@ -89,7 +89,7 @@ def tui(ctx: click.Context, theme: str | None, read_only: bool, no_mouse: bool =
     offered: dict[str, Any] = {
         "read_only": read_only or not store_writable(store),  # a store we cannot write: watch only
         "plan_resolver": lambda manifest: env.registry.plan_for(manifest),
-        "lease_probe": lambda run_id: lease_status_of(workers.lease_state(store, run_id)),
+        "lease_probe": store_lease_probe(store),
         "registry_loader": lambda: env.registry,
         "ops_modules": env.ops,
         "keymap": dict(env.settings.keys),

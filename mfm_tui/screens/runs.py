@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from engine import Clock
 from engine.ids import RunId
@@ -30,6 +30,7 @@ from mfm_tui.glyphs import UNICODE, Glyphs
 from mfm_tui.messages import RunsUpdated
 from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children
 from mfm_tui.services import services_of
+from mfm_tui.widgets.footer import KeyFooter
 from mfm_tui.widgets.run_table import RowTree, RunTable, now_text
 from mfm_tui.widgets.size_notice import SizeNotice
 from mfm_tui.widgets.static_update import update_changed
@@ -297,7 +298,7 @@ class RunsScreen(Screen[None]):
         yield table
         yield Input(placeholder="filter: op:NAME status:failed id:PREFIX words", id="runs-filter", compact=True)
         yield Static(id="runs-marks")
-        yield Footer()
+        yield KeyFooter()
 
     # ------------------------------------------------------------------ data to widgets
 

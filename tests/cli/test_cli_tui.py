@@ -82,3 +82,31 @@ def test_tui_on_a_read_only_store_opens_read_only(launched: list[Any], monkeypat
             if p.is_dir():
                 p.chmod(0o755)
         shutil.rmtree(base)
+
+
+def test_the_tuis_lease_probe_finds_the_stores_launcher_once(
+    launched: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TUI probes worker liveness of every unfinished run, ~28 a second on a 10,000-run store while it idles: the
+    store's launcher is looked up once, not per probe (issue 15), and the answers are ``lease_state``'s."""
+    import engine.workers as workers
+    import engine.workers.actions as actions
+    from engine.ids import RunId
+    from mfm_tui.run_model import lease_status_of
+
+    FsStore(tmp_path / "s").close()
+    assert _main(["--store", str(tmp_path / "s"), "tui"]) == 0
+    (app,) = launched
+    looked_up: list[Any] = []
+    launcher_for = workers.launcher_for
+
+    def counting(store: Any) -> Any:
+        looked_up.append(store)
+        return launcher_for(store)
+
+    monkeypatch.setattr(workers, "launcher_for", counting)
+    monkeypatch.setattr(actions, "launcher_for", counting)  # what workers.lease_state looks up
+    runs = [RunId.new_v4() for _ in range(5)]
+    got = [app.lease_probe(r) for r in runs]
+    assert len(looked_up) == 1
+    assert got == [lease_status_of(launcher_for(app.store).lease_state(r)) for r in runs]

@@ -17,12 +17,16 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from textual.app import App
 
 import mfm_tui.run_model.fold as fold
 from engine.ids import StateId
 from engine.stores.fs import FsStore
+from mfm_tui.app import make_app
 from mfm_tui.run_model import PlanShape, StateView
+from mfm_tui.screens.run import RunScreen
 from mfm_tui.store_watcher import StoreWatcher
+from tests.tui.fixtures import RUN_RUNNING, build_fixture_store, fixture_clock, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,3 +147,89 @@ async def test_seeding_runs_from_summaries_makes_no_view_for_a_planned_state_not
         assert list(model.states) == list(plan.state_ids)  # a view reads them all: made now, in plan order
         current = model.current_state
         assert (model.done, model.total, model.status, current and current.state_id) == rows[run_id]
+
+
+def test_opening_the_run_screen_leaves_what_it_opens_on_a_key_unimported() -> None:
+    """The run screen's first frame does without the artifact viewer and the event dialog (rich.syntax, pygments),
+    the logs, the timeline and the start screen; each still resolves through ``mfm_tui.screens`` when its key is
+    pressed (and ``EventDialog`` from ``mfm_tui.screens.run``, as before)."""
+    later = [
+        "rich.syntax",
+        "pygments",
+        "mfm_tui.screens.artifact",
+        "mfm_tui.screens.run.event_dialog",
+        "mfm_tui.screens.logs",
+        "mfm_tui.screens.timeline",
+        "mfm_tui.screens.start",
+    ]
+    got = _fresh(
+        "import json, sys; import mfm_tui.cli, mfm_tui.app, mfm_tui.screens.run; "
+        f"before = [m for m in {later!r} if m in sys.modules]; "
+        "import mfm_tui.screens as s; "
+        "from mfm_tui.screens.artifact import ArtifactScreen, run_artifacts; from mfm_tui.screens.logs import "
+        "LogsScreen; from mfm_tui.screens.timeline import TimelineScreen; "
+        "from mfm_tui.screens.run import EventDialog; from mfm_tui.screens.run.event_dialog import EventDialog as E; "
+        "print(json.dumps([before, s.ArtifactScreen is ArtifactScreen, s.run_artifacts is run_artifacts, "
+        "s.LogsScreen is LogsScreen, s.TimelineScreen is TimelineScreen, s.EventDialog is EventDialog is E]))"
+    )
+    assert got == [[], True, True, True, True, True]
+
+
+async def test_the_footers_keys_are_built_without_a_style_pass_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Textual's Footer flipped each key's ``-compact`` class twice per build, each time a stylesheet pass on that key
+    (68 passes between the runs list and the 1M run's first frame); the footers of the runs list and the run screen
+    now build their keys in their final state: the same keys, the same classes."""
+    fx = await build_fixture_store(FsStore(tmp_path / "store"), only=[RUN_RUNNING])
+    app = make_app(fx.store, clock=fixture_clock(), plan_resolver=fx.plan_resolver, watch=False)
+    passes: list[str] = []
+    update_styles = App.update_styles
+
+    def spy(self: App[Any], node: Any, animate: bool = True) -> None:
+        if type(node).__name__ == "FooterKey" and not node.has_class("-command-palette"):
+            passes.append(node.key)
+        update_styles(self, node, animate)
+
+    monkeypatch.setattr(App, "update_styles", spy)
+    screen = RunScreen(run_id=RUN_RUNNING, poll=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.loaded)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen._model_ready)
+        await pilot.pause()
+        keys = [k for k in screen.query("FooterKey") if not k.has_class("-command-palette")]
+        shown = [(k.key, k.has_class("-compact")) for k in keys]
+    assert len(shown) >= 8 and ("f", False) in shown
+    assert not any(compact for _, compact in shown)  # Textual's end state: a non-compact footer's keys
+    assert passes == []
+
+
+def test_the_engines_wire_models_are_built_on_first_use_not_at_start() -> None:
+    """Building the engine's ~30 pydantic models' validators cost ~60-90 ms of CPU of ``import mfm_tui.cli,
+    mfm_tui.app``; the runs list's first paint validates none of them (summaries are plain JSON). They are built when
+    first used (``defer_build``), and then work as before. (The store's fast-path self-check builds three.)"""
+    got = _fresh(
+        "import json; import mfm_tui.cli, mfm_tui.app\n"
+        "from pydantic_core import SchemaValidator\n"
+        "from engine._wire import Frozen\n"
+        "from engine.config import RunManifest\n"
+        "from engine.events import DomainEvent, EventEnvelope, decode_envelope, encode_envelope\n"
+        "from engine.testing import base_config\n"
+        "def subs(c):\n"
+        "    for s in c.__subclasses__():\n"
+        "        yield s\n"
+        "        yield from subs(s)\n"
+        "models = list(subs(Frozen))\n"
+        "built = sorted(c.__name__ for c in models if isinstance(c.__pydantic_validator__, SchemaValidator))\n"
+        "env = EventEnvelope(run_id='11111111-2222-4333-8444-555555555555', seq=1, ts_millis=5,\n"
+        "                    event=DomainEvent(name='tick', payload={'n': 1}))\n"
+        "back = decode_envelope(encode_envelope(env))\n"
+        "m = RunManifest(op_id='demo', op_version='1', input_params={}, run_config=base_config())\n"
+        "same = RunManifest.model_validate_json(m.model_dump_json()) == m\n"
+        "print(json.dumps([len(models) > 20, built, back == env, same,\n"
+        "                  isinstance(RunManifest.__pydantic_validator__, SchemaValidator)]))\n"
+    )
+    many, built, round_trip, manifest, manifest_built = got
+    assert many and set(built) <= {"EventEnvelope", "StateCompleted", "StateEntered"}, built
+    assert round_trip and manifest and manifest_built

@@ -24,7 +24,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -34,13 +34,14 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import Key, Resize
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from engine.config import RunManifest
 from engine.errors import MfmError
 from engine.ids import RunId
+from engine.lazy import lazy_names
 from engine.runtime import Clock, SystemClock
-from mfm_tui import controller, shell
+from mfm_tui import controller, screens, shell
 from mfm_tui.clipboard import copy_text
 from mfm_tui.glyphs import ASCII, UNICODE, Glyphs, ascii_text
 from mfm_tui.log_index import (
@@ -55,23 +56,27 @@ from mfm_tui.log_index import (
 from mfm_tui.log_tail import FileWatch
 from mfm_tui.messages import CancelRequested, StoreChanged
 from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel, StateStatus, child_summary
-from mfm_tui.screens.artifact import ArtifactEntry, ArtifactScreen, run_artifacts
 from mfm_tui.screens.confirm import SeqPrompt
 from mfm_tui.screens.dialogs import ErrorDialog
-from mfm_tui.screens.logs import LogsScreen
 from mfm_tui.screens.run.children import ChildPicker
-from mfm_tui.screens.run.event_dialog import EventDialog
 from mfm_tui.screens.run.history import RunHistory
 from mfm_tui.screens.run.loader import ADOPT_GAP, RunLoader, events_path_of
-from mfm_tui.screens.start import StartScreen
-from mfm_tui.screens.timeline import TimelineScreen
 from mfm_tui.services import AppServices, services_of
 from mfm_tui.widgets.event_log import EventLog
+from mfm_tui.widgets.footer import KeyFooter
 from mfm_tui.widgets.plan_graph import PlanGraph
 from mfm_tui.widgets.run_header import RunHeader
 from mfm_tui.widgets.state_panel import StatePanel
 
+if TYPE_CHECKING:
+    from mfm_tui.screens.artifact import ArtifactEntry
+    from mfm_tui.screens.run.event_dialog import EventDialog
+
 __all__ = ["ChildPicker", "EventDialog", "RunHistory", "RunLoader", "RunScreen", "events_path_of"]
+
+# EventDialog (rich.syntax, with pygments: ~55 ms of imports) is imported when first read (``enter`` on a line), not
+# before the run's first frame (issue 15).
+__getattr__, __dir__ = lazy_names(__name__, {"EventDialog": "mfm_tui.screens.run.event_dialog"}, globals())
 
 POLL_SECONDS = 0.1
 """The timer's period while the run's log file is not watched (no watchfiles, no inotify, or no file)."""
@@ -271,7 +276,7 @@ class RunScreen(Screen[None]):
             yield EventLog(id="log")
             yield Static("", id="log-detail")
         yield Input(placeholder="kind=StateFailed state=item_2 text=503   (bare words: find)", id="log-filter")
-        yield Footer()
+        yield KeyFooter()
 
     # ------------------------------------------------------------------ handlers
 
@@ -354,7 +359,7 @@ class RunScreen(Screen[None]):
 
     @on(EventLog.EventOpened)
     def _on_event_opened(self, event: EventLog.EventOpened) -> None:
-        self.app.push_screen(EventDialog(event.seq, event.raw))
+        self.app.push_screen(screens.EventDialog(event.seq, event.raw))
 
     @on(Input.Submitted, "#log-filter")
     def _on_filter_submitted(self, event: Input.Submitted) -> None:
@@ -478,7 +483,7 @@ class RunScreen(Screen[None]):
         if sv is None:
             self.notify("select a state in the graph first", severity="warning", timeout=3)
             return
-        self.app.push_screen(TimelineScreen(sv, self._now(), ascii_only=self.ascii_only))
+        self.app.push_screen(screens.TimelineScreen(sv, self._now(), ascii_only=self.ascii_only))
 
     def action_rerun(self) -> None:
         manifest = self.model.manifest
@@ -486,7 +491,7 @@ class RunScreen(Screen[None]):
             self.notify("the run's manifest is not loaded (yet): nothing to pre-fill", severity="warning", timeout=4)
             return
         params = manifest.input_params if isinstance(manifest.input_params, dict) else {}
-        screen = StartScreen(op_id=str(manifest.op_id), params=params, rerun_of=self.run_id)
+        screen = screens.StartScreen(op_id=str(manifest.op_id), params=params, rerun_of=self.run_id)
         self.app.push_screen(screen)
 
     async def action_shell(self) -> None:
@@ -510,13 +515,13 @@ class RunScreen(Screen[None]):
             controller.resume_runs(services, [self.run_id], current=self.model)
 
     def action_logs(self) -> None:
-        self.app.push_screen(LogsScreen(self.run_id))
+        self.app.push_screen(screens.LogsScreen(self.run_id))
 
     def action_diff_state(self) -> None:
         controller.diff_state(services_of(self.app), self.view_model, self.selected)
 
     def action_artifacts(self) -> None:
-        self.app.push_screen(ArtifactScreen(self.store, self.artifact_entries()))
+        self.app.push_screen(screens.ArtifactScreen(self.store, self.artifact_entries()))
 
     def action_history(self, step: int) -> None:
         last = len(self.source)
@@ -613,7 +618,7 @@ class RunScreen(Screen[None]):
 
     def artifact_entries(self) -> list[ArtifactEntry]:
         """The selected state's snapshots and facts first, then the run's manifest, snapshots and outputs."""
-        return run_artifacts(self.view_model, self.selected, self.source)
+        return screens.run_artifacts(self.view_model, self.selected, self.source)
 
     # ------------------------------------------------------------------ loading
 
