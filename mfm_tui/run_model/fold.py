@@ -62,6 +62,8 @@ class RunModel:
         cancel_requested: bool = False,
         crash_loop_limit: int = DEFAULT_MAX_ORPHAN_RECOVERIES,
     ) -> None:
+        self._lazy: RunSummary | None = None
+        """A summary whose states are not made into views yet (``seed``): made when first needed (``_fill``)."""
         self.run_id = run_id
         self.op_id: OpId | None = None
         self.manifest_id: ArtifactId | None = None
@@ -74,8 +76,9 @@ class RunModel:
         self.last_event_millis: int | None = None
         self.last_seq = 0
         self.event_count = 0
-        self._states: dict[StateId, StateView] = {}
-        """The states with attempts (and, once :attr:`states` is read, every planned state, in plan order)."""
+        self._sv: dict[StateId, StateView] = {}
+        """The states with attempts (and, once :attr:`states` is read, every planned state, in plan order); read
+        through ``_states``."""
         self._placed = True
         """Whether the plan's states without attempts are in ``_states`` (see :attr:`states`)."""
         self.anomalies: list[str] = []
@@ -99,7 +102,8 @@ class RunModel:
         self.summarized = False
         """Seeded from a summary (``seed``): what a runs list needs, not every attempt and fact (the run screen
         folds the run itself)."""
-        self._open: list[StateId] = []
+        self._op: list[StateId] = []
+        """States with an attempt in flight; read through ``_open``."""
         self._skip: frozenset[str] = frozenset()
         self.unattributed_facts: list[FactRef] = []
         self.recovered_from: RunId | None = None
@@ -119,6 +123,26 @@ class RunModel:
             self.set_manifest(manifest)
 
     # ------------------------------------------------------------------ inputs
+
+    @property
+    def _states(self) -> dict[StateId, StateView]:
+        if self._lazy is not None:
+            self._fill(self._lazy)
+        return self._sv
+
+    @_states.setter
+    def _states(self, value: dict[StateId, StateView]) -> None:
+        self._sv = value
+
+    @property
+    def _open(self) -> list[StateId]:
+        if self._lazy is not None:
+            self._fill(self._lazy)
+        return self._op
+
+    @_open.setter
+    def _open(self, value: list[StateId]) -> None:
+        self._op = value
 
     @property
     def states(self) -> dict[StateId, StateView]:
@@ -160,7 +184,7 @@ class RunModel:
         self._skip = frozenset(manifest.run_config.skip_tags)
         if self.op_id is None:
             self.op_id = manifest.op_id
-        for sv in self._states.values():
+        for sv in self._sv.values():  # (states not made yet are configured when made)
             self._configure(sv)
             self._refresh(sv)
 
@@ -168,7 +192,7 @@ class RunModel:
         self._status = None
         self.plan = plan
         self._placed = False  # the pending states are made when ``states`` is read
-        for sv in self._states.values():
+        for sv in self._sv.values():  # (states not made yet are configured when made)
             self._configure(sv)
             self._refresh(sv)
 
@@ -217,26 +241,30 @@ class RunModel:
         self.recovered_from = summary.recovered_from
         self.indexing = not summary.complete
         self.summarized = True
-        self._states = {}
+        self._sv = {}
+        self._op = []
         self._placed = self.plan is None
+        self.children = {
+            c.run_id: ChildRef(run_id=c.run_id, state_id=c.state_id, spawned_seq=c.spawned_seq, status=c.status)
+            for c in summary.children.values()
+        }
+        self._orphans = OrphanStreakCounter.restore(summary.orphan_streaks, finished=summary.finished)
+        self._lazy = summary  # its states become views when first read (most rows of a big list never need them)
+        self._status = None
+        return True
+
+    def _fill(self, summary: RunSummary) -> None:
+        """The seeded summary's states as views (with the manifest and plan known now)."""
+        self._lazy = None
         for st in summary.states.values():
             sv = self._state(st.state_id)
             earlier = () if st.last_failed is None or st.last_failed == st.last else (st.last_failed,)
             sv.attempts = [_attempt(a) for a in (*earlier, st.last) if a is not None]
             sv.not_before_millis = st.not_before_millis
             sv.scheduled_next_attempt = st.scheduled_next_attempt
-        for sv in self._states.values():
-            self._configure(sv)
-        self._open = [s for s in summary.open_states if s in self._states]
-        self.children = {
-            c.run_id: ChildRef(run_id=c.run_id, state_id=c.state_id, spawned_seq=c.spawned_seq, status=c.status)
-            for c in summary.children.values()
-        }
-        self._orphans = OrphanStreakCounter.restore(summary.orphan_streaks, finished=summary.finished)
-        for sv in self._states.values():
+        self._op = [s for s in summary.open_states if s in self._sv]
+        for sv in self._sv.values():
             self._refresh(sv)
-        self._status = None
-        return True
 
     # ------------------------------------------------------------------ fold
 
