@@ -164,26 +164,27 @@ class RunsIndex:
             return None
         finally:
             os.close(fd)
-        head, nl, body = data.partition(b"\n")
-        parts = head.split(b" ")
-        if not nl or len(parts) != 6 or parts[0] != _MAGIC:
+        nl = data.find(b"\n", 0, 200)
+        parts = data[:nl].split(b" ")
+        if nl < 0 or len(parts) != 6 or parts[0] != _MAGIC:
             return None
         try:
             version, summary_version, length, split = int(parts[1]), int(parts[2]), int(parts[4]), int(parts[5])
         except ValueError:
             return None
-        if version != INDEX_VERSION or summary_version != SUMMARY_VERSION or length != len(body):
+        body = memoryview(data)[nl + 1 :]  # (no copy of a file of megabytes)
+        if version != INDEX_VERSION or summary_version != SUMMARY_VERSION or length != len(body) or split > length:
             return None
         if parts[3] != xxhash.xxh3_64_hexdigest(body).encode():
             return None
         try:
-            raw: Any = json.loads(body[:split])
+            raw: Any = json.loads(bytes(body[:split]))
             entries: dict[str, _Entry] = {}
             pos = split
             for run_id, size, mtime, summary_head, n in raw:
                 if type(size) is not int or type(mtime) is not int or type(n) is not int or pos + n > length:
                     return None
-                entries[run_id] = _Entry(size, mtime, summary_head, body[pos : pos + n])
+                entries[run_id] = _Entry(size, mtime, summary_head, bytes(body[pos : pos + n]))
                 pos += n
             return entries
         except (ValueError, TypeError):
