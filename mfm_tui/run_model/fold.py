@@ -567,6 +567,9 @@ class RunModel:
             return RunDisplayStatus.WORKER_LOST
         if self._cancel_requested:
             return RunDisplayStatus.CANCELLING
+        lazy = self._lazy
+        if lazy is not None and lazy.last_error is None:
+            return RunDisplayStatus.RUNNING  # no attempt ever failed: none retries (its states need not be made)
         if any(sv.status is StateStatus.RETRYING for sv in self._states.values()):
             return RunDisplayStatus.RETRYING
         return RunDisplayStatus.RUNNING

@@ -5,6 +5,7 @@ after it was written), with a new run or a deleted one, the list is still right;
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -339,3 +340,42 @@ async def test_a_summary_from_the_index_keeps_its_states_undecoded_until_a_row_n
     assert model.done == model.total == len(summary.states) > 0  # drawn: made then
     assert summary.states._decoded is not None
     assert from_index_form(summary.run_id, head, states) == summary
+    for run_id, status in ((fx.RUN_RUNNING, RunDisplayStatus.RUNNING), (fx.RUN_RETRYING, RunDisplayStatus.RETRYING)):
+        summary = found.summaries[run_id]
+        model = RunModel(run_id)
+        model.seed(summary)
+        assert model.status is status
+        # a run none of whose attempts failed is running without making its states; a failed attempt may retry
+        assert isinstance(summary.states, LazyStates)
+        assert (summary.states._decoded is None) == (summary.last_error is None) == (run_id == fx.RUN_RUNNING)
+
+
+# ---------------------------------------------------------------------------------------------- mfm runs
+
+
+def _mfm_runs_json(root: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    import mfm_tui.cli
+
+    with pytest.raises(SystemExit) as done:
+        mfm_tui.cli.main(["--store", str(root), "--ops", "engine.demo_ops", "runs", "--json"])
+    assert done.value.code in (0, None)
+    out: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    for run in out:
+        del run["duration_millis"]  # of the running runs: up to now
+    return out
+
+
+def test_mfm_runs_reads_the_index_not_every_event_and_lists_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "many"
+    asyncio.run(_make(root, 60))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    without = _mfm_runs_json(root, capsys)  # writes the index (the code before read every event of every run)
+    assert (root / RUNS_INDEX_FILE).exists()
+    opens = Opens(monkeypatch)
+    listed = _mfm_runs_json(root, capsys)
+    assert opens.count(RUNS_INDEX_FILE) == 1
+    assert opens.count(SUMMARY_FILE) == 0
+    assert opens.count("events.jsonl") == 0
+    assert listed == without and len(listed) == 60
