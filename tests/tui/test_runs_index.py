@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,7 @@ from engine.events import DomainEvent, EventEnvelope, RunCompleted, RunStatus
 from engine.ids import RunId
 from engine.run_summary import LazyStates, from_index_form, index_form
 from engine.stores.fs import FsStore
+from engine.stores.fs._events import INDEX_WRITER
 from engine.stores.fs.framing import RUNS_INDEX_FILE, SUMMARY_FILE
 from mfm_tui.run_model import RunDisplayStatus, RunModel
 from mfm_tui.store_watcher import StoreWatcher
@@ -106,8 +108,16 @@ async def _rows(root: Path, f: fx.FixtureStore | None = None) -> dict[RunId, tup
     await watcher.poll()
     now = fx.fixture_clock().now_millis()
     rows = {r: _row(m, now) for r, m in watcher.models.items()}
+    _index_written()
     store.close()
     return rows
+
+
+def _index_written() -> None:
+    """Wait for the thread that writes a stale index after the runs were handed over."""
+    for thread in threading.enumerate():
+        if thread.name == INDEX_WRITER:
+            thread.join()
 
 
 async def _rows_without_index(root: Path, f: fx.FixtureStore | None = None) -> dict[RunId, tuple[Any, ...]]:
@@ -372,6 +382,7 @@ def test_mfm_runs_reads_the_index_not_every_event_and_lists_the_same(
     asyncio.run(_make(root, 60))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     without = _mfm_runs_json(root, capsys)  # writes the index (the code before read every event of every run)
+    _index_written()
     assert (root / RUNS_INDEX_FILE).exists()
     opens = Opens(monkeypatch)
     listed = _mfm_runs_json(root, capsys)

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import stat
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ from engine.stores.fs._runs_index import RunsIndex
 from engine.stores.fs._summary import SummaryCache
 from engine.stores.fs.framing import RD_FLAGS
 
-__all__ = ["DamagedRead", "FsEventStore"]
+__all__ = ["INDEX_WRITER", "DamagedRead", "FsEventStore"]
 
 
 class DamagedRead(list[EventEnvelope]):
@@ -52,6 +53,8 @@ class DamagedRead(list[EventEnvelope]):
         self.damage = damage
 
 
+INDEX_WRITER = "mfm-runs-index"
+"""The name of the thread that writes a stale runs index after ``run_summaries`` returned (tests wait for it)."""
 _JOURNAL_READ_LIMIT = 8 << 20
 _INLINE_FOLD_BYTES = 1 << 20
 """A summary fold beyond this many log bytes runs in a thread (the caller's event loop stays free)."""
@@ -229,7 +232,11 @@ class FsEventStore:
     async def run_summaries(self, *, max_fold_bytes: int | None = None) -> tuple[list[RunId], dict[RunId, RunSummary]]:
         """Every run (as ``list_runs``) and its summary, in a thread: one read of the store-wide index for the runs
         it holds current, the summary cache for the others (see :mod:`engine.stores.fs._runs_index`)."""
-        found = await asyncio.to_thread(self.runs_index.summaries, max_fold_bytes)
+        found = await asyncio.to_thread(self.runs_index.summaries, max_fold_bytes, write=False)
+        # A stale index is written again after the caller has its runs, not before (a live store's index is stale
+        # at almost every open): in a thread of its own, which the interpreter waits for at exit.
+        if found.stale:
+            threading.Thread(target=self.runs_index.write_pending, name=INDEX_WRITER).start()
         return found.run_ids, found.summaries
 
     async def first_run_summaries(self, n: int) -> dict[RunId, RunSummary]:

@@ -64,6 +64,8 @@ class IndexedRuns:
     """Each run's summary (absent: an empty log, or one that vanished while listed); ``complete=False``: provisional."""
     from_index: int = 0
     """How many came from the index file (tests, bench)."""
+    stale: bool = False
+    """Whether the index file was missing, stale or damaged (then written again)."""
     written: bool = False
     """Whether the index file was written again."""
 
@@ -76,6 +78,7 @@ class RunsIndex:
         self._cache = cache
         self._read_ahead: dict[str, _Entry] | None = None
         """The entries :meth:`first` read, for the :meth:`summaries` that follows it (one read of the file)."""
+        self._pending: tuple[IndexedRuns, dict[RunId, tuple[int, int]], set[RunId]] | None = None
 
     def first(self, n: int) -> dict[RunId, RunSummary]:
         """The summaries of the index's first ``n`` runs that are still current (one ``stat`` each): a runs list's
@@ -96,9 +99,10 @@ class RunsIndex:
                 continue
         return out
 
-    def summaries(self, max_fold_bytes: int | None = None) -> IndexedRuns:
+    def summaries(self, max_fold_bytes: int | None = None, *, write: bool = True) -> IndexedRuns:
         """Every run's summary: from the index where it is current, else from :class:`SummaryCache` (provisional
-        beyond ``max_fold_bytes``); the index is written again when it was missing, stale or damaged."""
+        beyond ``max_fold_bytes``); the index is written again when it was missing, stale or damaged (``write``
+        false: by :meth:`write_pending`, later)."""
         listed = self._list()
         entries, self._read_ahead = self._read_ahead, None
         if entries is None:
@@ -128,8 +132,17 @@ class RunsIndex:
             if got is not None:
                 out.summaries[run_id] = got
         if entries is None or fresh or len(entries) != out.from_index:
-            out.written = self._write(out, at, fresh)
+            out.stale = True
+            if write:
+                out.written = self._write(out, at, fresh)
+            else:
+                self._pending = (out, at, fresh)
         return out
+
+    def write_pending(self) -> bool:
+        """Write the index a :meth:`summaries` call with ``write=False`` found stale (if any); whether it was."""
+        pending, self._pending = self._pending, None
+        return pending is not None and self._write(*pending)
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
