@@ -390,3 +390,17 @@ def test_mfm_runs_reads_the_index_not_every_event_and_lists_the_same(
     assert opens.count(SUMMARY_FILE) == 0
     assert opens.count("events.jsonl") == 0
     assert listed == without and len(listed) == 60
+
+
+async def test_a_damaged_run_log_stays_a_damaged_row_when_its_summary_comes_from_the_index(tmp_path: Path) -> None:
+    root, f = await _fixture(tmp_path)
+    log = root / "runs" / fx.RUN_COMPLETED / "events.jsonl"
+    data = bytearray(log.read_bytes())
+    at = data.index(b"StateCompleted")
+    data[at] ^= 0x20  # a flipped byte in a record in the middle: damage, not a torn tail
+    log.write_bytes(bytes(data))
+    first = await _rows(root, f)  # summarized from the log (stale entry), then written to the index
+    assert first[fx.RUN_COMPLETED][-1] is not None and first[fx.RUN_COMPLETED][-1][0] == "run_log_corrupt"
+    found = FsStore(root, create=False).events.runs_index.summaries()
+    assert found.from_index == 9 and found.summaries[fx.RUN_COMPLETED].anomalies
+    assert await _rows(root, f) == first  # from the index: still damaged (a summary with anomalies is read)
