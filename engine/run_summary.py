@@ -45,6 +45,7 @@ __all__ = [
     "SUMMARY_VERSION",
     "AttemptSummary",
     "ChildRunSummary",
+    "LazyStates",
     "RunSummary",
     "StateSummary",
     "apply",

@@ -404,3 +404,15 @@ async def test_a_damaged_run_log_stays_a_damaged_row_when_its_summary_comes_from
     found = FsStore(root, create=False).events.runs_index.summaries()
     assert found.from_index == 9 and found.summaries[fx.RUN_COMPLETED].anomalies
     assert await _rows(root, f) == first  # from the index: still damaged (a summary with anomalies is read)
+
+
+async def test_summaries_written_before_they_kept_the_log_mtime_go_into_the_index_once(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    await _make(root, 12)
+    for path in (root / "runs").glob(f"*/{SUMMARY_FILE}"):  # as an older version wrote them: no "mtime"
+        body = json.loads(path.read_bytes())
+        del body["mtime"]
+        path.write_text(json.dumps(body))
+    await _rows(root)  # each summary.json is current (same size): used, and the index written with them
+    found = FsStore(root, create=False).events.runs_index.summaries()
+    assert found.from_index == 12 and not found.stale  # not read again at every open

@@ -66,12 +66,15 @@ class IndexedRuns:
     """How many came from the index file (tests, bench)."""
     stale: bool = False
     """Whether the index file was missing, stale or damaged (then written again)."""
+    had_index: bool = False
+    """Whether a readable index file was found."""
     written: bool = False
     """Whether the index file was written again."""
 
 
 class RunsIndex:
-    """The index of one ``FsStore`` (see the module docstring). Stateless between calls: safe from any thread."""
+    """The index of one ``FsStore`` (see the module docstring). Safe from any thread; what it keeps between calls
+    (the entries :meth:`first` read, a pending write) is checked again when used, like every entry."""
 
     def __init__(self, core: Core, cache: SummaryCache) -> None:
         self._core = core
@@ -107,7 +110,7 @@ class RunsIndex:
         entries, self._read_ahead = self._read_ahead, None
         if entries is None:
             entries = self._read()
-        out = IndexedRuns([r for r, _ in listed], {})
+        out = IndexedRuns([r for r, _ in listed], {}, had_index=entries is not None)
         at = {run_id: (st.st_size, st.st_mtime_ns) for run_id, st in listed}
         fresh: set[RunId] = set()
         """Runs summarized the usual way (not from the index)."""
@@ -214,11 +217,15 @@ class RunsIndex:
             if summary is None or not summary.complete:
                 continue
             size, mtime = at[run_id]
-            if run_id in fresh and self._cache.valid_at(run_id) != (size, mtime, summary.head):
-                continue  # it covers less than the log as listed (an uncommitted tail; appended meanwhile)
+            if run_id in fresh:
+                valid = self._cache.valid_at(run_id)
+                if valid is None or valid[0] != size or valid[1] not in (None, mtime) or valid[2] != summary.head:
+                    continue  # it covers less than the log as listed (an uncommitted tail; appended meanwhile)
             head, states = index_form(summary)
             rows.append([run_id, size, mtime, head, len(states)])
             blobs.append(states)
+        if not rows and not found.had_index:
+            return False  # nothing to keep: a store without runs (or without any of its own) is left as it is
         table = json.dumps(rows, separators=(",", ":")).encode()
         body = b"".join((table, *blobs))
         head_line = b" ".join(

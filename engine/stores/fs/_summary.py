@@ -174,12 +174,12 @@ class SummaryCache:
         mtime = st.st_mtime_ns if folded[1] == size else None
         return self._keep(run_id, dfd, _Cached(folded[0], folded[1], ident, mtime=mtime), force=True)
 
-    def valid_at(self, run_id: RunId) -> tuple[int, int, int] | None:
-        """``(log size, log mtime_ns, head)`` at which this process's summary of the run is known current, if any
-        (the store-wide index keeps only such summaries: ``engine.stores.fs._runs_index``)."""
+    def valid_at(self, run_id: RunId) -> tuple[int, int | None, int] | None:
+        """``(log size, log mtime_ns or None: not known, head)`` of this process's summary of the run, if it has one
+        (the store-wide index keeps a summary only when that is the log as listed: ``engine.stores.fs._runs_index``)."""
         with self._lock:
             cached = self._mem.get(run_id)
-            if cached is None or cached.mtime is None or run_id in self._behind:
+            if cached is None or run_id in self._behind:
                 return None
             return cached.end, cached.mtime, cached.summary.head
 
