@@ -194,6 +194,7 @@ def drop_summaries(root: Path) -> None:
     """A store written before summaries existed (or whose caches were deleted): the cold case."""
     for path in (root / "runs").glob(f"*/{framing.SUMMARY_FILE}"):
         path.unlink()
+    (root / framing.RUNS_INDEX_FILE).unlink(missing_ok=True)  # the store-wide index of them too
 
 
 # ---------------------------------------------------------------------------------------------- scenarios

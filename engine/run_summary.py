@@ -18,7 +18,8 @@ whole log is being folded (the list shows such a row as "indexing…").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,9 +45,12 @@ __all__ = [
     "SUMMARY_VERSION",
     "AttemptSummary",
     "ChildRunSummary",
+    "LazyStates",
     "RunSummary",
     "StateSummary",
     "apply",
+    "from_index_form",
+    "index_form",
     "summarize",
 ]
 
@@ -175,12 +179,14 @@ class RunSummary:
         }
 
     @classmethod
-    def from_wire(cls, value: Any) -> RunSummary:
-        """Inverse of :meth:`to_wire`; ``ValueError`` for anything malformed or of another version."""
+    def from_wire(cls, value: Any, *, states: Mapping[StateId, StateSummary] | None = None) -> RunSummary:
+        """Inverse of :meth:`to_wire`; ``ValueError`` for anything malformed or of another version. ``states``:
+        given by the caller (:func:`from_index_form`), ``value["states"]`` is not read."""
         try:
             if value["version"] != SUMMARY_VERSION:
                 raise ValueError(f"summary version {value['version']!r}, expected {SUMMARY_VERSION}")
-            states = [_state_from_wire(s) for s in value["states"]]
+            if states is None:
+                states = {s.state_id: s for s in (_state_from_wire(w) for w in value["states"])}
             children = [_child_from_wire(c) for c in value["children"]]
             err = value["last_error"]
             status = value["status"]
@@ -198,7 +204,7 @@ class RunSummary:
                 last_event_millis=_opt_int(value["last_event_millis"]),
                 recovered_from=_opt(RunId, value["recovered_from"]),
                 open_states=tuple(_opt(StateId, s) for s in value["open_states"]),
-                states={s.state_id: s for s in states},
+                states=states,
                 orphan_streaks={_opt(StateId, s): (_int(n), _int(q)) for s, n, q in value["orphan_streaks"]},
                 last_error=None if err is None else (_opt(StateId, err[0]), str(err[1]), str(err[2])),
                 children={c.run_id: c for c in children},
@@ -207,6 +213,119 @@ class RunSummary:
             )
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise ValueError(f"malformed run summary: {exc!r}") from None
+
+
+class LazyStates(Mapping[StateId, StateSummary]):
+    """A summary's ``states`` kept as the JSON text of their wire form, decoded on first use (a store-wide index
+    holds thousands of summaries; a runs list decodes the states of the few runs it looks into)."""
+
+    __slots__ = ("_decoded", "_text")
+
+    def __init__(self, text: bytes) -> None:
+        self._text = text
+        self._decoded: dict[StateId, StateSummary] | None = None
+
+    @property
+    def text(self) -> bytes:
+        """The wire form's JSON text (written back to an index without decoding it)."""
+        return self._text
+
+    def _states(self) -> dict[StateId, StateSummary]:
+        decoded = self._decoded
+        if decoded is None:
+            try:
+                states = [_state_from_wire(s) for s in json.loads(self._text)]
+            except (ValueError, TypeError, KeyError, IndexError):  # the index was checked: not expected
+                states = []
+            decoded = self._decoded = {s.state_id: s for s in states}
+        return decoded
+
+    def __getitem__(self, key: StateId) -> StateSummary:
+        return self._states()[key]
+
+    def __iter__(self) -> Iterator[StateId]:
+        return iter(self._states())
+
+    def __len__(self) -> int:
+        return len(self._states())
+
+    def __repr__(self) -> str:
+        return f"LazyStates({self._states()!r})"
+
+
+def index_form(summary: RunSummary) -> tuple[list[Any], bytes]:
+    """A complete ``summary`` for a store-wide index: its fields but ``states`` as a JSON list (positional, in
+    :func:`from_index_form`'s order), and the states' wire form as JSON bytes (undecoded states are passed through
+    as they were read)."""
+    s = summary
+    head = [
+        s.head,
+        s.op_id,
+        s.manifest_id,
+        s.initial_snapshot_id,
+        s.checkpoint_id,
+        s.final_snapshot_id,
+        None if s.status is None else s.status.value,
+        s.started_millis,
+        s.ended_millis,
+        s.last_event_millis,
+        s.recovered_from,
+        list(s.open_states),
+        [[k, n, seq] for k, (n, seq) in s.orphan_streaks.items()],
+        None if s.last_error is None else list(s.last_error),
+        [[c.run_id, c.state_id, c.spawned_seq, c.status] for c in s.children.values()],
+        s.anomalies,
+    ]
+    states = s.states
+    if isinstance(states, LazyStates):
+        return head, states.text
+    return head, json.dumps([_state_wire(v) for v in states.values()], separators=(",", ":")).encode()
+
+
+def from_index_form(run_id: RunId, head: Any, states: bytes) -> RunSummary:
+    """Inverse of :func:`index_form` for the run ``run_id`` (the states stay undecoded until read); ``ValueError``
+    when malformed."""
+    try:
+        (
+            seq,
+            op_id,
+            manifest_id,
+            initial_id,
+            checkpoint_id,
+            final_id,
+            status,
+            started,
+            ended,
+            last_event,
+            recovered_from,
+            open_states,
+            streaks,
+            err,
+            children,
+            anomalies,
+        ) = head
+        return RunSummary(
+            run_id,
+            _int(seq),
+            _opt(OpId, op_id),
+            _opt(ArtifactId, manifest_id),
+            _opt(ArtifactId, initial_id),
+            _opt(ArtifactId, checkpoint_id),
+            _opt(ArtifactId, final_id),
+            None if status is None else _STATUSES[status],
+            _opt_int(started),
+            _opt_int(ended),
+            _opt_int(last_event),
+            _opt(RunId, recovered_from),
+            tuple(_opt(StateId, x) for x in open_states) if open_states else (),
+            LazyStates(states),
+            {_opt(StateId, k): (_int(n), _int(q)) for k, n, q in streaks} if streaks else {},
+            None if err is None else (_opt(StateId, err[0]), str(err[1]), str(err[2])),
+            {c.run_id: c for c in map(_child_from_wire, children)} if children else {},
+            _int(anomalies),
+        )
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"malformed run summary in the index: {exc!r}") from None
 
 
 def apply(summary: RunSummary, envelopes: Iterable[EventEnvelope]) -> RunSummary:
@@ -421,6 +540,7 @@ def _opt(kind: Any, value: Any) -> Any:
 
 
 _ATTEMPT_FIELDS = tuple(AttemptSummary.__dataclass_fields__)
+_STATUSES = {s.value: s for s in RunStatus}
 
 
 def _attempt_wire(a: AttemptSummary | None) -> list[Any] | None:

@@ -64,6 +64,8 @@ JOURNAL_STEP_MS = 50
 DEAD_PROBE_EVERY = 30
 """Runs no worker holds are re-probed this many times less often than runs a worker holds (see ``poll``)."""
 RESCAN_RUNS_PER_SECOND = 400
+FIRST_SCREENFUL = 60
+"""How many runs the first load shows before every run is listed (a tall terminal's worth)."""
 """The periodic rescan of every run folder is spread so that it lists at most this many runs per second."""
 
 
@@ -165,9 +167,21 @@ class StoreWatcher:
 
     async def load_batches(self) -> AsyncIterator[WatchUpdate]:
         """Like ``load`` but yields a ``WatchUpdate`` per batch, so the first screenful paints early."""
+        summaries: dict[RunId, RunSummary] | None = None
         try:
             self._cursor = (await self.events.changes_since(None)).cursor
-            run_ids = list(await self.events.list_runs())
+            if self.summaries is not None:  # every summary at once, off this loop (the store-wide index)
+                early = await self.summaries.first_run_summaries(FIRST_SCREENFUL)
+                if early:  # a first screenful while every run is listed and checked
+                    part = WatchUpdate(initial=True)
+                    for run_id, seen in early.items():
+                        if not seen.anomalies:
+                            self._seed(run_id, seen, part)
+                    yield part
+                listed, summaries = await self.summaries.run_summaries(max_fold_bytes=self.list_fold_bytes)
+                run_ids = list(listed)
+            else:
+                run_ids = list(await self.events.list_runs())
             self.store_error = None
         except Exception as exc:  # an unreadable store is shown, and retried by poll()
             self.store_error = describe_error(exc)
@@ -180,7 +194,11 @@ class StoreWatcher:
         t0 = time.perf_counter()
         first = True
         for run_id in run_ids:
-            await self._refresh_events(run_id, part)
+            summary = summaries.get(run_id) if summaries is not None else None
+            if summary is None or summary.anomalies:  # not summarized, or maybe damaged: read it as a poll does
+                await self._refresh_events(run_id, part)
+            else:
+                self._seed(run_id, summary, part)
             if time.perf_counter() - t0 >= budget:
                 yield part
                 # A real (short) sleep: the UI needs several loop turns to handle a message and paint.
@@ -395,6 +413,16 @@ class StoreWatcher:
                 await self._refresh_side([run_id], update)
         elif cleared:
             update.updated.add(run_id)
+
+    def _seed(self, run_id: RunId, summary: RunSummary, update: WatchUpdate) -> None:
+        """A run's model from its summary (the first load: nothing else is known of it yet)."""
+        model = self._model(run_id)
+        if not summary.complete:
+            self._queue_index(run_id)
+        if model.seed(summary):
+            update.grown.add(run_id)
+            update.updated.add(run_id)
+            self._link_recovery(model, update)
 
     def _queue_index(self, run_id: RunId) -> None:
         if run_id in self._index_queue:

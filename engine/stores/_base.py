@@ -184,6 +184,16 @@ class RunSummaries(Protocol):
         more of the log folded than that comes back provisional (``complete=False``): ask again without it."""
         ...
 
+    async def run_summaries(self, *, max_fold_bytes: int | None = None) -> tuple[list[RunId], dict[RunId, RunSummary]]:
+        """Every run (as ``list_runs``) and the summary of each (absent: nothing to summarize), read at once (a
+        runs list's first load); ``max_fold_bytes`` as for :meth:`run_summary`."""
+        ...
+
+    async def first_run_summaries(self, n: int) -> dict[RunId, RunSummary]:
+        """Up to ``n`` summaries of runs a runs list likely shows on top (unfinished, newest), as fast as the store
+        can (a first screenful before :meth:`run_summaries`); may be empty."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:

@@ -25,6 +25,7 @@ from engine.events import DOMAIN_EVENT_RECOVERED_FROM, DomainEvent
 from engine.ids import ArtifactId, RunId
 from engine.open_store import open_store
 from engine.operations import OperationRegistry, load_registry, read_manifest
+from engine.run_summary import RunSummary
 from engine.stores import ArtifactLister
 from engine.workers import is_pooled, max_orphan_recoveries
 from mfm_tui.config import resolve_store
@@ -228,16 +229,20 @@ def _run_dir_exists(store: Any, run_id: RunId) -> bool:
     return run_dir is not None and Path(run_dir(run_id)).is_dir()
 
 
-async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True) -> RunModel:
+async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True, summary: RunSummary | None = None) -> RunModel:
     """The run's events folded by ``run_model`` with its manifest, plan shape (states not entered
-    yet count in the totals), lease and cancel request."""
+    yet count in the totals), lease and cancel request. ``summary``: the store's summary of the run (a list of
+    runs: ``RunSummaries.run_summaries``), used instead of reading every event unless it saw anomalies."""
     store = env.store
-    envelopes = await store.events.read_range(run_id, 1)
     model = RunModel(run_id, crash_loop_limit=max_orphan_recoveries())
-    model.apply(envelopes)
-    damage = getattr(envelopes, "damage", None)  # the run log is damaged after these (filesystem store)
-    if isinstance(damage, MfmError):
-        model.load_error = (damage.code, damage.message)
+    if summary is not None and summary.complete and not summary.anomalies:
+        model.seed(summary)
+    else:
+        envelopes = await store.events.read_range(run_id, 1)
+        model.apply(envelopes)
+        damage = getattr(envelopes, "damage", None)  # the run log is damaged after these (filesystem store)
+        if isinstance(damage, MfmError):
+            model.load_error = (damage.code, damage.message)
     manifest_id = model.manifest_id
     if manifest_id is None:  # not started by a worker yet: its start record (or queue row) knows the manifest
         pending = await workers.pending_run(store, run_id)

@@ -20,6 +20,7 @@ from engine.events import (
     encode_envelope,
 )
 from engine.ids import RunId
+from engine.stores import RunSummaries
 from engine.workers import EXIT_DAMAGED, EXIT_OK, lease_state, list_run_ids, max_orphan_recoveries, worker_log_tail
 from mfm_tui.cli.common import (
     CliError,
@@ -116,7 +117,13 @@ def runs(
         max_orphan_recoveries()  # a bad $MFM_MAX_ORPHAN_RECOVERIES is an error even with no run to show
         out = []
         listed = await list_run_ids(env.store)  # with the runs that have no events yet (queued, never started)
-        every = {RunId(run_id): await load_model(env, RunId(run_id)) for run_id in listed}
+        events = env.store.events
+        # A store that keeps summaries (the filesystem store's runs index): one read, not every event of every run.
+        summaries = (await events.run_summaries())[1] if isinstance(events, RunSummaries) else {}
+        every = {
+            RunId(run_id): await load_model(env, RunId(run_id), summary=summaries.get(RunId(run_id)))
+            for run_id in listed
+        }
         for model in every.values():  # a recovery run links back to the failed run it continues
             source = every.get(model.recovered_from) if model.recovered_from is not None else None
             if source is not None:

@@ -52,6 +52,46 @@ __all__ = ["RunModel"]
 class RunModel:
     """One run's events folded into a view model (see the module docstring)."""
 
+    __slots__ = (  # a runs list holds 10,000 of them: ~0.8 KB each less than with a __dict__
+        "_cancel_requested",
+        "_crash_loop_limit",
+        "_lazy",
+        "_lease",
+        "_op",
+        "_orphans",
+        "_placed",
+        "_skip",
+        "_status",
+        "_sv",
+        "_urgency",
+        "anomalies",
+        "checkpoint_id",
+        "children",
+        "ended_millis",
+        "engine_status",
+        "event_count",
+        "final_snapshot_id",
+        "indexing",
+        "initial_snapshot_id",
+        "last_event_millis",
+        "last_seq",
+        "load_error",
+        "manifest",
+        "manifest_id",
+        "op_id",
+        "parent_run_id",
+        "plan",
+        "recovered_by",
+        "recovered_from",
+        "replay_of",
+        "requested_millis",
+        "run_id",
+        "start_requested",
+        "started_millis",
+        "summarized",
+        "unattributed_facts",
+    )
+
     def __init__(
         self,
         run_id: RunId,
@@ -62,6 +102,8 @@ class RunModel:
         cancel_requested: bool = False,
         crash_loop_limit: int = DEFAULT_MAX_ORPHAN_RECOVERIES,
     ) -> None:
+        self._lazy: RunSummary | None = None
+        """A summary whose states are not made into views yet (``seed``): made when first needed (``_fill``)."""
         self.run_id = run_id
         self.op_id: OpId | None = None
         self.manifest_id: ArtifactId | None = None
@@ -74,8 +116,9 @@ class RunModel:
         self.last_event_millis: int | None = None
         self.last_seq = 0
         self.event_count = 0
-        self._states: dict[StateId, StateView] = {}
-        """The states with attempts (and, once :attr:`states` is read, every planned state, in plan order)."""
+        self._sv: dict[StateId, StateView] = {}
+        """The states with attempts (and, once :attr:`states` is read, every planned state, in plan order); read
+        through ``_states``."""
         self._placed = True
         """Whether the plan's states without attempts are in ``_states`` (see :attr:`states`)."""
         self.anomalies: list[str] = []
@@ -99,7 +142,8 @@ class RunModel:
         self.summarized = False
         """Seeded from a summary (``seed``): what a runs list needs, not every attempt and fact (the run screen
         folds the run itself)."""
-        self._open: list[StateId] = []
+        self._op: list[StateId] = []
+        """States with an attempt in flight; read through ``_open``."""
         self._skip: frozenset[str] = frozenset()
         self.unattributed_facts: list[FactRef] = []
         self.recovered_from: RunId | None = None
@@ -119,6 +163,26 @@ class RunModel:
             self.set_manifest(manifest)
 
     # ------------------------------------------------------------------ inputs
+
+    @property
+    def _states(self) -> dict[StateId, StateView]:
+        if self._lazy is not None:
+            self._fill(self._lazy)
+        return self._sv
+
+    @_states.setter
+    def _states(self, value: dict[StateId, StateView]) -> None:
+        self._sv = value
+
+    @property
+    def _open(self) -> list[StateId]:
+        if self._lazy is not None:
+            self._fill(self._lazy)
+        return self._op
+
+    @_open.setter
+    def _open(self, value: list[StateId]) -> None:
+        self._op = value
 
     @property
     def states(self) -> dict[StateId, StateView]:
@@ -160,7 +224,7 @@ class RunModel:
         self._skip = frozenset(manifest.run_config.skip_tags)
         if self.op_id is None:
             self.op_id = manifest.op_id
-        for sv in self._states.values():
+        for sv in self._sv.values():  # (states not made yet are configured when made)
             self._configure(sv)
             self._refresh(sv)
 
@@ -168,7 +232,7 @@ class RunModel:
         self._status = None
         self.plan = plan
         self._placed = False  # the pending states are made when ``states`` is read
-        for sv in self._states.values():
+        for sv in self._sv.values():  # (states not made yet are configured when made)
             self._configure(sv)
             self._refresh(sv)
 
@@ -217,26 +281,30 @@ class RunModel:
         self.recovered_from = summary.recovered_from
         self.indexing = not summary.complete
         self.summarized = True
-        self._states = {}
+        self._sv = {}
+        self._op = []
         self._placed = self.plan is None
+        self.children = {
+            c.run_id: ChildRef(run_id=c.run_id, state_id=c.state_id, spawned_seq=c.spawned_seq, status=c.status)
+            for c in summary.children.values()
+        }
+        self._orphans = OrphanStreakCounter.restore(summary.orphan_streaks, finished=summary.finished)
+        self._lazy = summary  # its states become views when first read (most rows of a big list never need them)
+        self._status = None
+        return True
+
+    def _fill(self, summary: RunSummary) -> None:
+        """The seeded summary's states as views (with the manifest and plan known now)."""
+        self._lazy = None
         for st in summary.states.values():
             sv = self._state(st.state_id)
             earlier = () if st.last_failed is None or st.last_failed == st.last else (st.last_failed,)
             sv.attempts = [_attempt(a) for a in (*earlier, st.last) if a is not None]
             sv.not_before_millis = st.not_before_millis
             sv.scheduled_next_attempt = st.scheduled_next_attempt
-        for sv in self._states.values():
-            self._configure(sv)
-        self._open = [s for s in summary.open_states if s in self._states]
-        self.children = {
-            c.run_id: ChildRef(run_id=c.run_id, state_id=c.state_id, spawned_seq=c.spawned_seq, status=c.status)
-            for c in summary.children.values()
-        }
-        self._orphans = OrphanStreakCounter.restore(summary.orphan_streaks, finished=summary.finished)
-        for sv in self._states.values():
+        self._op = [s for s in summary.open_states if s in self._sv]
+        for sv in self._sv.values():
             self._refresh(sv)
-        self._status = None
-        return True
 
     # ------------------------------------------------------------------ fold
 
@@ -499,6 +567,9 @@ class RunModel:
             return RunDisplayStatus.WORKER_LOST
         if self._cancel_requested:
             return RunDisplayStatus.CANCELLING
+        lazy = self._lazy
+        if lazy is not None and lazy.last_error is None:
+            return RunDisplayStatus.RUNNING  # no attempt ever failed: none retries (its states need not be made)
         if any(sv.status is StateStatus.RETRYING for sv in self._states.values()):
             return RunDisplayStatus.RETRYING
         return RunDisplayStatus.RUNNING

@@ -136,6 +136,8 @@ def as_nobody(args: list[str]) -> Result:
     """``mfm ARGS`` (``mfm_tui.cli.main``) in a forked child that dropped root for ``nobody``: its exit code and
     output (stdout and stderr together, in ``out``). The interpreter is already loaded: ``nobody`` may not be able to
     read its files (``/root``); whatever the command imports lazily is imported here first."""
+    import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread's executor (the store reads its runs index in a thread)
+
     import mfm_tui.app
     import mfm_tui.cli
 

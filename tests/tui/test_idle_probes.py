@@ -54,6 +54,8 @@ async def test_a_probe_cycle_walks_the_runs_once() -> None:
     lease = RunModel.lease
 
     class Counting(RunModel):
+        __slots__ = ()  # the same layout as RunModel's (its __class__ is swapped below)
+
         @property
         def lease(self) -> LeaseStatus:
             reads[self.run_id] += 1

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import stat
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,10 +35,11 @@ from engine.stores._base import (
 from engine.stores.fs._artifacts import FsArtifactStore
 from engine.stores.fs._core import EVENT_IO, Core, corrupt_error, read_all
 from engine.stores.fs._ops import fail, translate
+from engine.stores.fs._runs_index import RunsIndex
 from engine.stores.fs._summary import SummaryCache
 from engine.stores.fs.framing import RD_FLAGS
 
-__all__ = ["DamagedRead", "FsEventStore"]
+__all__ = ["INDEX_WRITER", "DamagedRead", "FsEventStore"]
 
 
 class DamagedRead(list[EventEnvelope]):
@@ -51,6 +53,8 @@ class DamagedRead(list[EventEnvelope]):
         self.damage = damage
 
 
+INDEX_WRITER = "mfm-runs-index"
+"""The name of the thread that writes a stale runs index after ``run_summaries`` returned (tests wait for it)."""
 _JOURNAL_READ_LIMIT = 8 << 20
 _INLINE_FOLD_BYTES = 1 << 20
 """A summary fold beyond this many log bytes runs in a thread (the caller's event loop stays free)."""
@@ -65,6 +69,7 @@ class FsEventStore:
         self._artifacts = artifacts
         self.artifact_store = artifacts  # where commit puts blobs: paired_unit_of_work checks it
         self.summaries = SummaryCache(core)
+        self.runs_index = RunsIndex(core, self.summaries)
 
     def __repr__(self) -> str:
         return f"FsEventStore({self._core.root!r})"
@@ -223,6 +228,21 @@ class FsEventStore:
         if summary is None or summary.complete or (max_fold_bytes is not None and max_fold_bytes <= limit):
             return summary
         return await asyncio.to_thread(self.summaries.summary, run_id, max_fold_bytes)
+
+    async def run_summaries(self, *, max_fold_bytes: int | None = None) -> tuple[list[RunId], dict[RunId, RunSummary]]:
+        """Every run (as ``list_runs``) and its summary, in a thread: one read of the store-wide index for the runs
+        it holds current, the summary cache for the others (see :mod:`engine.stores.fs._runs_index`)."""
+        found = await asyncio.to_thread(self.runs_index.summaries, max_fold_bytes, write=False)
+        # A stale index is written again after the caller has its runs, not before (a live store's index is stale
+        # at almost every open): in a thread of its own, which the interpreter waits for at exit.
+        if found.stale:
+            threading.Thread(target=self.runs_index.write_pending, name=INDEX_WRITER).start()
+        return found.run_ids, found.summaries
+
+    async def first_run_summaries(self, n: int) -> dict[RunId, RunSummary]:
+        """Up to ``n`` runs' summaries, fast, in a thread (the index's first runs still current: unfinished, then the
+        newest); a :meth:`run_summaries` call should follow (the index is read once for both)."""
+        return await asyncio.to_thread(self.runs_index.first, n)
 
     async def list_runs(self) -> list[RunId]:
         """Runs whose event file is non-empty (names that are not run ids, symlinks and folders owned by someone else

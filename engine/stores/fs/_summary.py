@@ -39,10 +39,10 @@ from engine.errors import StorageError
 from engine.events import EventEnvelope, RunCompleted
 from engine.ids import RunId
 from engine.run_summary import SUMMARY_DOMAIN_EVENTS, RunSummary, apply
-from engine.stores.fs._core import Core, read_all
+from engine.stores.fs._core import Core
 from engine.stores.fs.framing import EVENTS_FILE, FILE_MODE, RD_FLAGS, SUMMARY_FILE
 
-__all__ = ["TAIL_BYTES", "WRITE_EVERY_SECONDS", "SummaryCache"]
+__all__ = ["TAIL_BYTES", "WRITE_EVERY_SECONDS", "SummaryCache", "read_through"]
 
 WRITE_EVERY_SECONDS = 0.5
 """An appender rewrites a run's summary file at most this often (and whenever the run finishes)."""
@@ -58,6 +58,19 @@ _NEEDED = re.compile(
     b"|".join(re.escape(t) for t in (b'{"Kernel":', *(json.dumps(n).encode() for n in sorted(SUMMARY_DOMAIN_EVENTS))))
 )
 """Bytes found in every line the fold must decode (a domain event's payload may hold them too: decoded, harmless)."""
+
+
+def read_through(core: Core, fd: int) -> bytes:
+    """The whole file open as ``fd``, read through the store's seam (``FsOps.pread``: tests count these reads)."""
+    size = os.fstat(fd).st_size
+    chunks: list[bytes] = []
+    pos = 0
+    while True:
+        data = core.ops.pread(fd, max(size - pos, 1 << 16), pos)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        pos += len(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +174,15 @@ class SummaryCache:
         mtime = st.st_mtime_ns if folded[1] == size else None
         return self._keep(run_id, dfd, _Cached(folded[0], folded[1], ident, mtime=mtime), force=True)
 
+    def valid_at(self, run_id: RunId) -> tuple[int, int | None, int] | None:
+        """``(log size, log mtime_ns or None: not known, head)`` of this process's summary of the run, if it has one
+        (the store-wide index keeps a summary only when that is the log as listed: ``engine.stores.fs._runs_index``)."""
+        with self._lock:
+            cached = self._mem.get(run_id)
+            if cached is None or run_id in self._behind:
+                return None
+            return cached.end, cached.mtime, cached.summary.head
+
     def _load(self, run_id: RunId, dfd: int) -> _Cached | None:
         """The cache file, or ``None`` when it is missing or damaged (it is then rebuilt)."""
         try:
@@ -168,7 +190,7 @@ class SummaryCache:
         except (OSError, StorageError):
             return None
         try:
-            raw: Any = json.loads(read_all(fd))
+            raw: Any = json.loads(read_through(self._core, fd))
             summary = RunSummary.from_wire(raw["summary"])
             end, dev, ino = raw["end"], raw["dev"], raw["ino"]
             if summary.run_id != run_id or not summary.complete or not all(type(v) is int for v in (end, dev, ino)):

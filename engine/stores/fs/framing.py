@@ -7,6 +7,7 @@ Layout. Paths are relative to the store root (join them with it: ``f"{root}/{eve
 
     store.json                    STORE_META_FILE: {"created_at", "format": STORE_FORMAT, "version": STORE_VERSION}
     changes.log                   JOURNAL_FILE: "<run_id> <new_head>\\n" per successful append (a hint)
+    runs.index                    RUNS_INDEX_FILE: a cache of every run's summary (engine.stores.fs._runs_index)
     runs/<run_id>/                run_folder()
       events.jsonl                events_file(): the run log: event and blob records (format below)
       events.lock                 append_lock_file(): flock(LOCK_EX) target of appenders (readers never lock)
@@ -123,6 +124,7 @@ __all__ = [
     "RECOVERY_FILE",
     "RETRY_NOW_PREFIX",
     "RUNS_DIR",
+    "RUNS_INDEX_FILE",
     "STORE_FORMAT",
     "STORE_META_FILE",
     "STORE_VERSION",
@@ -205,6 +207,7 @@ CONTROL_DIR = "control"
 CANCEL_FILE = "cancel.json"
 RETRY_NOW_PREFIX = "retry-now-"
 SUMMARY_FILE = "summary.json"
+RUNS_INDEX_FILE = "runs.index"
 KIND_SUFFIX = ".kind"
 TEMP_PREFIX = ".tmp-"
 ARTIFACT_NAME = re.compile(r"[0-9a-f]{64}")
