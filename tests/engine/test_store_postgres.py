@@ -24,7 +24,7 @@ from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.runtime import Engine
 from engine.stores import Blob
 from engine.stores.memory import MemoryStore
-from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, NotifyMode, PostgresStore, redact_dsn
+from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, NotifyMode, PostgresStore, _artifacts, redact_dsn
 from engine.testing import (
     Fail,
     FakeClock,
@@ -313,6 +313,34 @@ async def test_commits_on_a_pooled_connection_reuse_one_cursor(
     finally:
         await store.close()
     assert made == []
+
+
+async def test_a_blob_made_by_blob_of_is_not_hashed_again_and_a_hand_made_one_is_checked(
+    pg_server: PgServer, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Blob.of`` hashed the bytes it holds: the commit takes its id as is (as the fs and memory stores do), a
+    second SHA-256 of every snapshot per state was client CPU for nothing. A blob built field by field is hashed
+    and refused when its id is not its content's."""
+    hashed: list[bytes] = []
+    real = _artifacts.artifact_id_for_bytes
+
+    def counting(data: bytes) -> ArtifactId:
+        hashed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(_artifacts, "artifact_id_for_bytes", counting)
+    run = new_run()
+    async with PostgresStore(pg_server.dsn(), schema=pg_schema, max_connections=1, notify="off") as store:
+        made = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"made":1}')
+        assert await store.events.commit(run, 0, [env(run, 1)], [made]) == 1
+        assert hashed == []
+        assert await store.artifacts.get(made.artifact_id) == b'{"made":1}'
+        by_hand = Blob(artifact_id_for_bytes(b'{"other":1}'), ArtifactKind.CONTEXT_SNAPSHOT, b'{"hand":1}')
+        with pytest.raises(StorageError) as info:
+            await store.events.commit(run, 1, [env(run, 2)], [by_hand])
+        assert info.value.code == "artifact_put_id_mismatch"
+        assert hashed == [b'{"hand":1}']
+        assert await store.events.head_seq(run) == 1
 
 
 async def test_units_of_every_size_read_back_exactly(pg_server: PgServer, pg_store: PostgresStore) -> None:
