@@ -7,7 +7,12 @@ Starts its own throw-away server (fsync on, ``synchronous_commit = on``) in /tmp
 - artifact puts (a new 2.5 KB snapshot; one already stored), to price a whole no-op state.
 Then the engine itself (issue 12): a sequential run of N no-op states (each writes one key: a new 2.4 KB snapshot)
 on ``PostgresStore``, whose unit of work commits each state's snapshot and events in ONE transaction; wall time per
-durable state ÷ the single-row INSERT+COMMIT floor, rounds interleaved (goal ≤ 1.5×).
+durable state ÷ the single-row INSERT+COMMIT floor, rounds interleaved (goal ≤ 1.5×), and where a state's time goes
+beside the floor's: client CPU (the engine's, measured on the memory store, and the store's with the driver), psycopg's
+async vs sync CPU per execute, server CPU, the rest (waiting: the WAL flush, and run-queue delays on a busy machine),
+round trips on the state's path and the notifier's, WAL bytes, and EXPLAIN ANALYZE of one state's statement by part.
+The load average is printed at the start and the end: the ratio swings with the disk's flush latency (a slow flush
+hides CPU), the CPU ratio much less.
 Prints p50 / p90 / mean in µs and the ratio append ÷ floor (goal ≤ 1.5× for a 1-event batch), and the CPU each
 costs (this process + its server backends, from /proc): wall time on a shared, busy machine swings with the disk's
 fsync latency, CPU much less. Then N concurrent writers (one run each, own connections): appends/s per notify mode
