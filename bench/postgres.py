@@ -319,19 +319,20 @@ async def driver_cpu(dsn: str, payload: str, n: int) -> tuple[float, float]:
     sconn = psycopg.Connection.connect(dsn, autocommit=True)
     try:
         sconn.execute("CREATE TABLE floor_driver (run_id uuid, seq bigint, payload text, PRIMARY KEY (run_id, seq))")
+        acur, scur = aconn.cursor(), sconn.cursor()  # one kept cursor each, as the store's appends and the floor
         best_async = best_sync = float("inf")
         for _ in range(2):
             run, seqs = uuid.uuid4(), iter(range(1, 2 * n + 21))
             for _ in range(10):  # prepared after 5 executes, like every statement here
-                await aconn.execute(table, [run, next(seqs), payload])
-                sconn.execute(table, [run, next(seqs), payload])
+                await acur.execute(table, [run, next(seqs), payload])
+                scur.execute(table, [run, next(seqs), payload])
             c0 = time.process_time()
             for _ in range(n):
-                await aconn.execute(table, [run, next(seqs), payload])
+                await acur.execute(table, [run, next(seqs), payload])
             best_async = min(best_async, (time.process_time() - c0) / n * 1e6)
             c0 = time.process_time()
             for _ in range(n):
-                sconn.execute(table, [run, next(seqs), payload])  # blocks the loop: nothing else runs meanwhile
+                scur.execute(table, [run, next(seqs), payload])  # blocks the loop: nothing else runs meanwhile
             best_sync = min(best_sync, (time.process_time() - c0) / n * 1e6)
     finally:
         sconn.close()
@@ -355,12 +356,13 @@ async def engine_states(server: PgServer, conn: _Conn, rounds: int, n: int) -> N
     where the time goes: round trips per state, client CPU (engine + store), server CPU (the store's backends), WAL
     bytes, the driver's async cost per execute, and an EXPLAIN ANALYZE of one state's statement by part.
 
-    The floor is fair to the store: the same driver (psycopg 3, async API, ``AsyncConnection.execute``), the same
-    connection settings (autocommit, unix socket, the server's defaults: ``synchronous_commit = on``), a statement
-    prepared after 5 executes as the store's are, one commit per row, in this same process and event loop, timed in
-    rounds alternating with the engine's."""
+    The floor is fair to the store: the same driver (psycopg 3, async API, one kept ``AsyncCursor`` as the store's
+    appends use), the same connection settings (autocommit, unix socket, the server's defaults:
+    ``synchronous_commit = on``), a statement prepared after 5 executes as the store's are, one commit per row, in
+    this same process and event loop, timed in rounds alternating with the engine's."""
     await conn.execute("CREATE TABLE floor_states (run_id uuid, seq bigint, payload text, PRIMARY KEY (run_id, seq))")
     floor_pid = (await backend_pids(conn, "mfm_bench_floor"))[0]
+    floor_cur = conn.cursor()  # kept, as the store keeps one per pooled connection for its appends
     payload = envelope(RunId(str(uuid.uuid4())), 2).to_json()
     plan, warm, ctx = chain(n), chain(5), context()
     cols = ("wall", "client", "server", "rt", "wal")
@@ -394,7 +396,7 @@ async def engine_states(server: PgServer, conn: _Conn, rounds: int, n: int) -> N
         fw0 = await wal_lsn(conn)
         fs0, fc0, ft0 = backend_cpu_seconds(floor_pid), time.process_time(), time.perf_counter()
         for seq in range(1, n + 1):
-            await conn.execute("INSERT INTO floor_states VALUES (%s, %s, %s)", [run, seq, payload])
+            await floor_cur.execute("INSERT INTO floor_states VALUES (%s, %s, %s)", [run, seq, payload])
         f_wall = (time.perf_counter() - ft0) / n * 1e6
         f_client = (time.process_time() - fc0) / n * 1e6
         f_server = (backend_cpu_seconds(floor_pid) - fs0) / n * 1e6
