@@ -24,7 +24,7 @@ from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.runtime import Engine
 from engine.stores import Blob
 from engine.stores.memory import MemoryStore
-from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, NotifyMode, PostgresStore, redact_dsn
+from engine.stores.postgres import SCHEMA_VERSION, ChangeNotice, NotifyMode, PostgresStore, _artifacts, redact_dsn
 from engine.testing import (
     Fail,
     FakeClock,
@@ -284,6 +284,63 @@ async def test_a_state_sized_unit_is_one_prepared_statement_with_scalar_paramete
     assert executions >= 2
     assert not [t for t in types if t.endswith("[]")], types
     assert "bytea" in types
+
+
+async def test_commits_on_a_pooled_connection_reuse_one_cursor(
+    pg_server: PgServer, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append's hot path keeps one cursor per pooled connection: ``conn.execute`` made a cursor (and copied the
+    connection's adapters map) at every commit, about a tenth of a state's client instructions with the rest of
+    the store's per-commit bookkeeping (bench/postgres.py)."""
+    made: list[object] = []
+    real_cursor = psycopg.AsyncConnection.cursor
+
+    def counting_cursor(self: psycopg.AsyncConnection[tuple[object, ...]], *args: object, **kwargs: object) -> object:
+        cur = real_cursor(self, *args, **kwargs)  # type: ignore[call-overload]
+        made.append(cur)
+        return cur
+
+    store = await PostgresStore(pg_server.dsn(), schema=pg_schema, max_connections=1, notify="off").open()
+    run = new_run()
+    try:
+        head = await store.events.commit(run, 0, [env(run, 1)], [])
+        monkeypatch.setattr(psycopg.AsyncConnection, "cursor", counting_cursor)
+        for i in range(6):
+            blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"c":%d}' % i)
+            head = await store.events.commit(run, head, [env(run, head + 1), env(run, head + 2)], [blob])
+        monkeypatch.undo()
+        assert [e.seq for e in await store.events.read_range(run, 1)] == list(range(1, 14))
+    finally:
+        await store.close()
+    assert made == []
+
+
+async def test_a_blob_made_by_blob_of_is_not_hashed_again_and_a_hand_made_one_is_checked(
+    pg_server: PgServer, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Blob.of`` hashed the bytes it holds: the commit takes its id as is (as the fs and memory stores do), a
+    second SHA-256 of every snapshot per state was client CPU for nothing. A blob built field by field is hashed
+    and refused when its id is not its content's."""
+    hashed: list[bytes] = []
+    real = _artifacts.artifact_id_for_bytes
+
+    def counting(data: bytes) -> ArtifactId:
+        hashed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(_artifacts, "artifact_id_for_bytes", counting)
+    run = new_run()
+    async with PostgresStore(pg_server.dsn(), schema=pg_schema, max_connections=1, notify="off") as store:
+        made = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"made":1}')
+        assert await store.events.commit(run, 0, [env(run, 1)], [made]) == 1
+        assert hashed == []
+        assert await store.artifacts.get(made.artifact_id) == b'{"made":1}'
+        by_hand = Blob(artifact_id_for_bytes(b'{"other":1}'), ArtifactKind.CONTEXT_SNAPSHOT, b'{"hand":1}')
+        with pytest.raises(StorageError) as info:
+            await store.events.commit(run, 1, [env(run, 2)], [by_hand])
+        assert info.value.code == "artifact_put_id_mismatch"
+        assert hashed == [b'{"hand":1}']
+        assert await store.events.head_seq(run) == 1
 
 
 async def test_units_of_every_size_read_back_exactly(pg_server: PgServer, pg_store: PostgresStore) -> None:
@@ -571,6 +628,26 @@ async def test_a_dropped_connection_is_a_retryable_error_and_the_pool_recovers(
             await store.events.head_seq(run)
         assert info.value.code == "event_store_io" and info.value.retryable
         assert await store.events.head_seq(run) == 1  # a fresh connection replaced the dead one
+
+
+async def test_a_connection_dropped_between_commits_fails_one_commit_retryably_and_the_next_one_lands(
+    pg_server: PgServer, pg_schema: str
+) -> None:
+    """The commit path's kept cursor goes with its connection: after the server drops the connection, one commit
+    fails (retryable, nothing written) and the next one runs on a fresh connection and cursor."""
+    run = new_run()
+    async with PostgresStore(pg_server.dsn(), schema=pg_schema, max_connections=1, notify="off") as store:
+        blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"d":1}')
+        assert await store.events.commit(run, 0, [env(run, 1)], [blob]) == 1
+        pg_server.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(StorageError) as info:
+            await store.events.commit(run, 1, [env(run, 2)], [blob])
+        assert info.value.code == "event_store_io" and info.value.retryable
+        assert await store.events.commit(run, 1, [env(run, 2)], [blob]) == 2
+        assert [e.seq for e in await store.events.read_range(run, 1)] == [1, 2]
 
 
 async def test_a_closed_store_refuses_further_calls(pg_server: PgServer, pg_schema: str) -> None:

@@ -79,8 +79,12 @@ def checked_blob_row(blob: Blob) -> dict[str, Any]:
     """The ``put`` statement's parameters for a unit of work's blob, after the checks ``put`` makes."""
     if not isinstance(blob, Blob) or not isinstance(blob.kind, ArtifactKind):
         raise StorageError.other("unit_of_work_blob_invalid", "a unit of work carries a record that is not a Blob")
-    data = bytes(blob.data)
-    aid = artifact_id_for_bytes(data)
+    data = blob.data
+    if type(blob) is Blob and blob.hashed and type(data) is bytes:
+        aid = blob.artifact_id  # made by Blob.of, which hashed these very bytes: no second SHA-256 (as fs, memory)
+    else:
+        data = bytes(data)
+        aid = artifact_id_for_bytes(data)
     if str(aid) != str(blob.artifact_id):
         raise StorageError.corruption(
             "artifact_put_id_mismatch",

@@ -22,7 +22,7 @@ from engine.errors import StorageError
 from engine.ids import RunId
 from engine.stores.postgres._sql import Queries
 
-__all__ = ["SCHEMA_VERSION", "Conn", "Core", "NotifyMode", "redact_dsn"]
+__all__ = ["SCHEMA_VERSION", "Conn", "Core", "Cursor", "NotifyMode", "redact_dsn"]
 
 SCHEMA_VERSION: Final = 1
 _NOTIFY_WINDOW: Final = 0.02
@@ -30,6 +30,7 @@ _NOTIFY_WINDOW: Final = 0.02
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 _SECRET_KEYS: Final = ("password", "sslpassword")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
 NotifyMode = Literal["commit", "after", "off"]
 _IDLE: Final = psycopg.pq.TransactionStatus.IDLE
 
@@ -149,6 +150,9 @@ class Core:
         self.channel = "mfm_events" if schema == "public" else f"mfm_events__{schema}"
         self._max = max_connections
         self._idle: list[Conn] = []
+        self._cursors: dict[Conn, Cursor] = {}
+        """One cursor per pooled connection for the append's hot path: ``conn.execute`` makes a new cursor (and
+        copies its adapters map) at every call."""
         self._slots = asyncio.Semaphore(max_connections)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._init_lock = asyncio.Lock()
@@ -198,6 +202,7 @@ class Core:
             for conn in self._idle:
                 conn.pgconn.finish()
             self._idle.clear()
+            self._cursors.clear()
             self._slots = asyncio.Semaphore(self._max)
             self._init_lock = asyncio.Lock()
             self.notifier.reset()
@@ -225,10 +230,18 @@ class Core:
             self._slots.release()
             raise
 
+    def cursor(self, conn: Conn) -> Cursor:
+        """The cursor kept for ``conn`` (a pooled connection, acquired): reused by every append made on it."""
+        cur = self._cursors.get(conn)
+        if cur is None or cur.closed:
+            cur = self._cursors[conn] = conn.cursor()
+        return cur
+
     async def release(self, conn: Conn) -> None:
         """Back to the pool, or closed if it is unusable or left inside a transaction."""
         try:
-            if self._closed or conn.closed or conn.broken or conn.info.transaction_status != _IDLE:
+            if self._closed or conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
+                self._cursors.pop(conn, None)
                 await conn.close()
             else:
                 self._idle.append(conn)
@@ -242,6 +255,7 @@ class Core:
         else:
             self.notifier.reset()
         self._closed = True
+        self._cursors.clear()
         idle, self._idle = self._idle, []
         for conn in idle:
             if same_loop:

@@ -37,6 +37,9 @@ _MAX_SEQ: Final = 2**63 - 1
 _MAX_SCALAR_EVENTS: Final = 8
 _MAX_SCALAR_BLOBS: Final = 4
 """Units up to this size use :meth:`Queries.unit` (one statement shape per size, so at most 8 × 5 × 4 shapes)."""
+_EVENT_PARAMS: Final = tuple((f"s{i}", f"t{i}", f"k{i}", f"p{i}") for i in range(_MAX_SCALAR_EVENTS))
+_BLOB_PARAMS: Final = tuple((f"i{j}", f"n{j}", f"d{j}") for j in range(_MAX_SCALAR_BLOBS))
+"""The parameter names of :meth:`Queries.unit`, per event and per blob."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class PostgresEventStore:
     def __init__(self, core: Core, artifact_store: PostgresArtifactStore | None = None) -> None:
         self._core = core
         self.artifact_store = artifact_store  # where commit puts blobs (same database and schema)
+        self._run_uuid: tuple[str, uuid.UUID] = ("", uuid.UUID(int=0))  # the last run appended to, parsed
 
     @property
     def channel(self) -> str:
@@ -97,14 +101,16 @@ class PostgresEventStore:
             return expected_seq
         payloads = [_event_json(line) for line in lines]
         mode = self._core.notify
-        params: dict[str, Any] = {"run": uuid.UUID(run_id), "expected": expected_seq, "channel": self._core.channel}
+        if self._run_uuid[0] != run_id:
+            self._run_uuid = (run_id, uuid.UUID(run_id))
+        params: dict[str, Any] = {"run": self._run_uuid[1], "expected": expected_seq, "channel": self._core.channel}
         query: Any
         if len(events) <= _MAX_SCALAR_EVENTS and len(puts) <= _MAX_SCALAR_BLOBS:
             # The common case (a state's one or two events and its snapshot): scalar parameters, one fixed shape.
-            for i, (e, payload) in enumerate(zip(events, payloads, strict=True)):
-                params[f"s{i}"], params[f"t{i}"], params[f"k{i}"], params[f"p{i}"] = e.seq, e.ts_millis, e.kind, payload
-            for j, p in enumerate(puts):
-                params[f"i{j}"], params[f"n{j}"], params[f"d{j}"] = p["id"], p["kind"], p["data"]
+            for (s, t, k, pn), e, payload in zip(_EVENT_PARAMS, events, payloads, strict=False):
+                params[s], params[t], params[k], params[pn] = e.seq, e.ts_millis, e.kind, payload
+            for (i, n, d), p in zip(_BLOB_PARAMS, puts, strict=False):
+                params[i], params[n], params[d] = p["id"], p["kind"], p["data"]
             query = self._core.q.unit(len(events), len(puts), expected_seq == 0, mode == "commit")
         else:  # a large batch: arrays keep the statement's size (and the prepared-statement cache) bounded
             if len(events) == 1:
@@ -145,7 +151,9 @@ class PostgresEventStore:
         self, conn: Conn, run_id: RunId, expected_seq: int, query: Any, params: dict[str, Any]
     ) -> None:
         try:
-            row = await (await conn.execute(query, params)).fetchone()
+            cur = self._core.cursor(conn)
+            await cur.execute(query, params)
+            row = await cur.fetchone()
         except (pgerrors.UniqueViolation, pgerrors.SerializationFailure, pgerrors.DeadlockDetected):
             raise StorageError.concurrency(
                 CODE_CONCURRENCY, f"run {run_id}: another writer appended at seq {expected_seq + 1} first"
