@@ -49,6 +49,7 @@ from typing import Any
 
 from engine._runtime.attempt import HandlerResult, run_handler, sanitize_error
 from engine._runtime.invocation import Invocation, Override
+from engine._runtime.isolation import in_own_context
 from engine._wire import construct
 from engine.config import EventProfile, FanOutJoin, RunConfig
 from engine.engine import RunPhase, RunResult
@@ -229,7 +230,8 @@ class Scheduler:
         assert task is not None
         self._inline = task
         try:
-            outcome: _Outcome | None = await self._run_state(sid, attempt, base)
+            # in a context of its own, as in a task of its own: a handler's ContextVar.set stays its state's
+            outcome: _Outcome | None = await in_own_context(self._run_state(sid, attempt, base))
         except asyncio.CancelledError:
             if not self._inline_cancelled:
                 raise  # not ours: the caller's
