@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from engine._runtime.context_runtime import StagedContext
 from engine._runtime.invocation import Invocation
-from engine._runtime.recorder import ProfileRecorder
 from engine._secrets import contains_secrets
 from engine.config import IoMode
 from engine.errors import ErrorInfo, MfmError, RunError, RunErrorKind, StateError
@@ -97,10 +96,9 @@ async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: Ar
             random_source=inv.random_source,
             side_effect_key=se_key,
         )
-    rec = ProfileRecorder(inv.config.event_profile, inv.writer, inv.facts)
     error: StateError | None = None
     try:
-        await state.handle(ctx, io, rec)
+        await state.handle(ctx, io, inv.recorder)
     except RunError as exc:
         if exc.kind is not RunErrorKind.OTHER:  # storage/context trouble inside the engine: abort
             raise

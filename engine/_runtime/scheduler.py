@@ -102,7 +102,8 @@ class Scheduler:
         self._waiter: asyncio.Future[None] | None = None
         self._written_by: dict[str, StateId] = {}
         self._ancestors: dict[StateId, frozenset[StateId]] | None = None
-        self._inline: asyncio.Task[Any] | None = None  # this task while it runs a state itself (sequential runs)
+        self._task: asyncio.Task[Any] | None = None  # the task running a sequential run's loop
+        self._inline: asyncio.Task[Any] | None = None  # that task while it runs a state itself
         self._inline_cancelled = False  # _interrupt_inline cancelled it
         for sid in self.overrides:
             if sid not in self.preds:
@@ -128,9 +129,12 @@ class Scheduler:
         cancel_wait.add_done_callback(self._wake)
         cancel_wait.add_done_callback(self._interrupt_inline)
         stopped = False
-        inline_states = 0
         try:
-            while True:
+            if self.mc == 1:
+                paused = await self._sequential(ready, succs, waiting, pos)
+                if paused is not None:
+                    return paused
+            while self.mc > 1:  # fan-out
                 # A boundary: the cancel check and the scheduling decision, then one batch.
                 launch: list[tuple[StateId, int, ArtifactId]] = []
                 while ready and len(running) + len(launch) < self.mc and not self.failed and not inv.watcher.cancelled:
@@ -142,23 +146,6 @@ class Scheduler:
                     )
                     if inv.watcher.cancelled:  # came while the batch was in the store: _finish closes them
                         self.active -= len(launch)
-                        continue
-                    if self.mc == 1:  # sequential: the one state runs in this task (see _run_inline)
-                        ((s, a, b),) = launch
-                        outcome = await self._run_inline(s, a, b)
-                        inline_states += 1
-                        if inline_states % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)  # states that never suspend must not starve the loop
-                        if outcome is None:  # the run's cancel interrupted it (or came as it ended)
-                            if self.finished is None:
-                                break
-                        elif outcome is _Outcome.COMPLETED:
-                            self._release(s, succs, waiting, ready, pos)
-                        elif outcome is _Outcome.STOPPED:
-                            await inv.writer.flush()
-                            return RunResult(
-                                run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id
-                            )
                         continue
                     for s, a, b in launch:
                         task = asyncio.ensure_future(self._run_state(s, a, b))
@@ -201,6 +188,40 @@ class Scheduler:
             cancel_wait.cancel()
         return await self._finish()
 
+    async def _sequential(
+        self,
+        ready: list[int],
+        succs: dict[StateId, list[StateId]],
+        waiting: dict[StateId, int],
+        pos: dict[StateId, int],
+    ) -> RunResult | None:
+        """The main loop of a sequential run (``max_concurrency == 1``): each state runs in this task (see
+        :meth:`_run_inline`). Returns a result only when a failpoint stopped the run; else ``_finish`` follows."""
+        inv = self.inv
+        order, watcher, writer = inv.order, inv.watcher, inv.writer
+        self._task = asyncio.current_task()
+        states = 0
+        while ready and not self.failed and not watcher.cancelled:
+            # A boundary: the cancel check and the scheduling decision (above), then one batch.
+            s, a, b = self._first_attempt(order[heapq.heappop(ready)])
+            self.active += 1  # before the append: a state failing meanwhile must not end the run
+            await writer.append([construct(StateEntered, state_id=s, attempt=a, base_snapshot_id=b)])
+            if watcher.cancelled:  # came while the batch was in the store: _finish closes it
+                self.active -= 1
+                break
+            outcome = await self._run_inline(s, a, b)
+            states += 1
+            if states % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # states that never suspend must not starve the loop
+            if outcome is _Outcome.COMPLETED:
+                self._release(s, succs, waiting, ready, pos)
+            elif outcome is _Outcome.STOPPED:
+                await writer.flush()
+                return RunResult(run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id)
+            elif outcome is None:  # the run's cancel interrupted it (or came as it ended)
+                break
+        return None
+
     def _release(
         self,
         sid: StateId,
@@ -226,7 +247,7 @@ class Scheduler:
         and whenever the cancel came while the state ran, whatever the handler did with it. Anything else the
         state raises leaves as it would have left its task's ``exception()``.
         """
-        task = asyncio.current_task()
+        task = self._task
         assert task is not None
         self._inline = task
         try:
@@ -339,7 +360,6 @@ class Scheduler:
         """The attempts of ``sid``; the first one's ``StateEntered`` was appended by the main loop."""
         inv = self.inv
         try:
-            max_attempts = inv.config.retry_policy.max_attempts
             while True:
                 res = await run_handler(inv, sid, attempt, base)
                 if res.stopped:
@@ -353,7 +373,7 @@ class Scheduler:
                 else:
                     error = res.error
                 nxt = attempt + 1
-                retry = error.retryable and nxt < max_attempts and not self.failed
+                retry = error.retryable and nxt < inv.config.retry_policy.max_attempts and not self.failed
                 if not retry:
                     self.failed = True
                     tail = self._tail(failed=True)
@@ -443,22 +463,17 @@ class Scheduler:
         if inv.checkpoint_value is None:
             inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
         if delta:
-            new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
+            written = inv.snapshots.write_delta_held(inv.checkpoint_id, inv.checkpoint_value, delta)
+            if written is None:  # a store without the run's overlay: written now
+                written = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
+            new_id, new_value = written
         else:
             new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
         done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
-
-        def after() -> None:
-            inv.checkpoint_id = new_id
-            inv.checkpoint_value = new_value
-            inv.completed[sid] = new_id
-            for k in delta:
-                self._written_by[k] = sid
-
         if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
 
             def last() -> None:
-                after()
+                self._completed(sid, new_id, new_value, delta)
                 self.finished = RunStatus.COMPLETED
 
             rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
@@ -467,8 +482,18 @@ class Scheduler:
             # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
             # main loop builds at this boundary (with the next StateEntered, or alone).
             inv.writer.defer([done])
-            after()
+            self._completed(sid, new_id, new_value, delta)
         return None
+
+    def _completed(self, sid: StateId, new_id: ArtifactId, new_value: dict[str, Any], delta: dict[str, Any]) -> None:
+        """``sid``'s completion is written (logically at least): the new checkpoint."""
+        inv = self.inv
+        inv.checkpoint_id = new_id
+        inv.checkpoint_value = new_value
+        inv.completed[sid] = new_id
+        if self.mc > 1:  # who wrote what matters to fan-out conflicts only
+            for k in delta:
+                self._written_by[k] = sid
 
     # ----------------------------------------------------------------------------------- fan-out conflicts
 

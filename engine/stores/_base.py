@@ -244,6 +244,14 @@ def encode_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelop
 
 def validate_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> None:
     """Exactly the checks of :func:`encode_batch`, for a store that keeps the typed envelopes (no encoding)."""
+    if _FAST_KERNEL:  # the engine's StateEntered / StateCompleted envelopes, judged in one tight loop
+        seq = expected_seq
+        for i, env in enumerate(events):
+            seq += 1
+            if type(env) is not EventEnvelope or env.run_id != run_id or env.seq != seq or _kernel_parts(env) is None:
+                _validated_values(run_id, expected_seq, events, keep=False, start=i)  # judges it, and the rest
+                return
+        return
     _validated_values(run_id, expected_seq, events, keep=False)
 
 
@@ -345,12 +353,13 @@ _FAST_KERNEL = _PLAIN_ENVELOPE and _fast_path_agrees()
 
 
 def _validated_values(
-    run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], *, keep: bool = True
+    run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], *, keep: bool = True, start: int = 0
 ) -> list[Any]:
     """The wire values of ``events``, validated; with ``keep=False`` only validated (an empty list: the fast path
-    for ``StateEntered`` / ``StateCompleted`` then builds no value)."""
+    for ``StateEntered`` / ``StateCompleted`` then builds no value). ``start``: the records before it passed."""
     values: list[Any] = []
-    for i, env in enumerate(events):
+    for i in range(start, len(events)):
+        env = events[i]
         # exact type first: pydantic models' isinstance goes through ABCMeta
         if type(env) is not EventEnvelope and not isinstance(env, EventEnvelope):
             raise StorageError.other("stream_record_invalid", f"record {i} is not an EventEnvelope")
