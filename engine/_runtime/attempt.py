@@ -20,7 +20,7 @@ from engine.errors import ErrorInfo, MfmError, RunError, RunErrorKind, StateErro
 from engine.ids import ArtifactId, StateId
 from engine.io import IoProvider
 from engine.live_io import LiveIo
-from engine.meta import SideEffectKind, StateMeta
+from engine.meta import SideEffectKind
 from engine.replay_io import ReplayIo
 
 __all__ = ["REDACTED", "HandlerResult", "run_handler", "sanitize_error"]
@@ -53,12 +53,6 @@ def as_state_error(exc: Exception) -> StateError:
     return StateError.new("state_handler_exception", f"state handler raised {type(exc).__name__}")
 
 
-def side_effect_key(meta: StateMeta) -> str | None:
-    if meta.side_effects is SideEffectKind.APPLY_SIDE_EFFECT:
-        return meta.idempotency.key_value
-    return None
-
-
 async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: ArtifactId) -> HandlerResult:
     """Attempt ``attempt`` of ``state_id`` from ``base``, its ``StateEntered`` already written."""
     state = inv.states[state_id]
@@ -70,7 +64,8 @@ async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: Ar
         base_value = await inv.snapshots.load(base)
     ctx = StagedContext(base_value)
     io: IoProvider
-    se_key = side_effect_key(meta)
+    # §0.10: an ApplySideEffect state's unkeyed calls get fact keys derived from its idempotency key
+    se_key = meta.idempotency.key_value if meta.side_effects is SideEffectKind.APPLY_SIDE_EFFECT else None
     if inv.config.io_mode is IoMode.REPLAY:
         io = ReplayIo(
             run_id=inv.run_id,

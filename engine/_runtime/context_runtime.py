@@ -30,11 +30,13 @@ def _copy(value: Any) -> Any:
 class StagedContext:
     """The ``DynContext`` a handler sees: overlay of writes/tombstones on a read-only base."""
 
-    __slots__ = ("_base", "_overlay")
+    __slots__ = ("_base", "_overlay", "delta")
 
     def __init__(self, base: dict[str, Any]) -> None:
         self._base = base
         self._overlay: dict[str, Any] = {}
+        self.delta = self._overlay
+        """The attempt's writes and deletes (tombstones), as the scheduler applies them on success."""
 
     def read(self, key: str) -> Any | None:
         if key in self._overlay:
@@ -45,17 +47,13 @@ class StagedContext:
     def write(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise ContextError.serialization("context_serialize_failed", "context keys must be strings")
-        self._overlay[key] = _copy(value)
+        self._overlay[key] = copy_json(value) if isinstance(value, (dict, list)) else value  # _copy, inline
 
     def delete(self, key: str) -> None:
         self._overlay[key] = _TOMBSTONE
 
     def dump(self) -> dict[str, Any]:
         return copy_json(apply_delta(self._base, self._overlay))  # type: ignore[no-any-return]
-
-    @property
-    def delta(self) -> dict[str, Any]:
-        return self._overlay
 
     @property
     def touched_keys(self) -> list[str]:
@@ -252,14 +250,23 @@ class SnapshotCache:
         store = self.store
         if type(store) is not PendingArtifacts:
             return None
-        base_members = self._members_of_base(base_id, base_value)
+        base_members = self._members.get(base_id)
+        if base_members is None:
+            base_members = self._members_of_base(base_id, base_value)
         members = base_members.apply(delta)
         if members is base_members:
             return base_id, base_value
         value = apply_delta(base_value, delta)
-        aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, members.join())
-        _keep(self._by_id, aid, value)
-        _keep(self._members, aid, members)
+        aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, b"{" + b",".join(members.parts) + b"}")  # members.join()
+        by_id, by_members = self._by_id, self._members  # _keep, inline
+        if aid not in by_id:
+            by_id[aid] = value
+            if len(by_id) > KEEP_SNAPSHOTS:
+                del by_id[next(iter(by_id))]
+        if aid not in by_members:
+            by_members[aid] = members
+            if len(by_members) > KEEP_SNAPSHOTS:
+                del by_members[next(iter(by_members))]
         return aid, value
 
     def _members_of_base(self, base_id: ArtifactId, base_value: dict[str, Any]) -> _Members:

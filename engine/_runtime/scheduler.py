@@ -203,7 +203,8 @@ class Scheduler:
         states = 0
         while ready and not self.failed and not watcher.cancelled:
             # A boundary: the cancel check and the scheduling decision (above), then one batch.
-            s, a, b = self._first_attempt(order[heapq.heappop(ready)])
+            s = order[heapq.heappop(ready)]
+            s, a, b = self._first_attempt(s) if self.overrides else (s, 0, inv.checkpoint_id)
             self.active += 1  # before the append: a state failing meanwhile must not end the run
             await writer.append([construct(StateEntered, state_id=s, attempt=a, base_snapshot_id=b)])
             if watcher.cancelled:  # came while the batch was in the store: _finish closes it
@@ -411,7 +412,8 @@ class Scheduler:
                 await inv.writer.append([construct(StateEntered, state_id=sid, attempt=attempt, base_snapshot_id=base)])
         finally:
             self.active -= 1
-            self._wake(None)  # the main loop resumes in the loop iteration that sees this task done, not one later
+            if self._waiter is not None:  # the main loop resumes in the loop iteration that sees this task done
+                self._wake(None)
 
     async def _backoff(self, sid: StateId, attempt: int, seconds: float) -> None:
         """The wait before ``attempt`` of ``sid``: the sleeper's, cut short by an operator's retry-now request."""
@@ -439,13 +441,15 @@ class Scheduler:
     def _tail(self, *, failed: bool, completing: StateId | None = None) -> list[Any]:
         """``RunCompleted`` to batch with a terminal event when this is the run's last event."""
         inv = self.inv
+        if not failed and len(inv.completed) + (completing is not None and completing not in inv.completed) != len(
+            inv.order
+        ):
+            return []  # states are left (checked first: the common case, no cancel poll)
         if self.active != 1 or inv.watcher.cancelled or self.finished is not None:
             return []
         if failed:
             return [construct(RunCompleted, status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id)]
-        if len(inv.completed) + (completing is not None and completing not in inv.completed) == len(inv.order):
-            return [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=None)]
-        return []
+        return [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=None)]
 
     async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
         """Apply the attempt's delta to the current checkpoint and append ``StateCompleted`` (fan-out: under the
