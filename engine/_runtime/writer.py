@@ -33,7 +33,7 @@ from engine._wire import construct
 from engine.errors import MfmError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, StateFailed
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores import Blob, EventStore
+from engine.stores import Blob, EngineBatch, EventStore
 
 __all__ = ["EventWriter", "OpenAttempt"]
 
@@ -200,7 +200,7 @@ class EventWriter:
         ``new`` (stamped ``stamp``), seqs from the durable head."""
         run_id = self.run_id
         seq = durable = self._durable
-        envs = []
+        envs = EngineBatch()  # made here: the store checks only what came from outside (clock, plan)
         for ev, t in deferred:
             seq += 1
             envs.append(construct(EventEnvelope, run_id=run_id, seq=seq, ts_millis=t, event=ev))

@@ -52,8 +52,8 @@ class MemoryEventStore:
         """The unit of work: every check first, then blobs and events land in one step (no ``await`` between)."""
         if type(run_id) is not RunId:
             run_id = check_run_id(run_id)
-        events = list(events)
         validate_batch(run_id, expected_seq, events)  # the stores' shared validation; nothing to encode
+        events = list(events)
         stream = self._streams.get(run_id, [])
         if len(stream) != expected_seq:
             raise StorageError.concurrency(
