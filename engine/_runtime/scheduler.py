@@ -102,8 +102,7 @@ class Scheduler:
         self._waiter: asyncio.Future[None] | None = None
         self._written_by: dict[str, StateId] = {}
         self._ancestors: dict[StateId, frozenset[StateId]] | None = None
-        self._task: asyncio.Task[Any] | None = None  # the task running a sequential run's loop
-        self._inline: asyncio.Task[Any] | None = None  # that task while it runs a state itself
+        self._inline: asyncio.Task[Any] | None = None  # this task while it runs a state itself (see _sequential)
         self._inline_cancelled = False  # _interrupt_inline cancelled it
         for sid in self.overrides:
             if sid not in self.preds:
@@ -195,11 +194,22 @@ class Scheduler:
         waiting: dict[StateId, int],
         pos: dict[StateId, int],
     ) -> RunResult | None:
-        """The main loop of a sequential run (``max_concurrency == 1``): each state runs in this task (see
-        :meth:`_run_inline`). Returns a result only when a failpoint stopped the run; else ``_finish`` follows."""
+        """The main loop of a sequential run (``max_concurrency == 1``). Returns a result only when a failpoint
+        stopped the run; else ``_finish`` follows.
+
+        Each state is awaited in this task instead of a task of its own (issue 12: a task, its done callback and the
+        wake-up of the main loop cost more than a no-op state's own work), in a context of its own as a task would
+        give it (:func:`in_own_context`: a handler's ``ContextVar.set`` stays its state's). The semantics of a state
+        task are kept. The run's cancel interrupts the handler: :meth:`_interrupt_inline` cancels this task (through
+        the writer, so never inside a store append) and the ``CancelledError`` is caught here, told apart from a
+        cancellation of the caller by ``Task.uncancel``; the state's outcome is then ``None``, as whenever the cancel
+        came while the state ran, whatever the handler did with it. Anything else the state raises leaves as it
+        would have left its task's ``exception()``.
+        """
         inv = self.inv
         order, watcher, writer = inv.order, inv.watcher, inv.writer
-        self._task = asyncio.current_task()
+        task = asyncio.current_task()
+        assert task is not None
         states = 0
         while ready and not self.failed and not watcher.cancelled:
             # A boundary: the cancel check and the scheduling decision (above), then one batch.
@@ -210,7 +220,19 @@ class Scheduler:
             if watcher.cancelled:  # came while the batch was in the store: _finish closes it
                 self.active -= 1
                 break
-            outcome = await self._run_inline(s, a, b)
+            self._inline = task
+            outcome: _Outcome | None
+            try:
+                outcome = await in_own_context(self._run_state(s, a, b))
+            except asyncio.CancelledError:
+                if not self._inline_cancelled:
+                    raise  # not ours: the caller's
+                outcome = None
+            finally:
+                self._inline = None
+            if self._inline_cancelled:
+                await self._interrupted(task)
+                outcome = None
             states += 1
             if states % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # states that never suspend must not starve the loop
@@ -238,36 +260,14 @@ class Scheduler:
             if waiting[nxt] == 0 and nxt not in completed:
                 heapq.heappush(ready, pos[nxt])
 
-    async def _run_inline(self, sid: StateId, attempt: int, base: ArtifactId) -> _Outcome | None:
-        """A sequential run's state, awaited in the scheduler's own task instead of a task of its own (issue 12: a
-        task, its done callback and the wake-up of the main loop cost more than a no-op state's own work).
-
-        The semantics of a state task are kept. The run's cancel interrupts the handler: :meth:`_interrupt_inline`
-        cancels this task (through the writer, so never inside a store append) and the ``CancelledError`` is
-        caught here, told apart from a cancellation of the caller by ``Task.uncancel``; ``None`` is returned then
-        and whenever the cancel came while the state ran, whatever the handler did with it. Anything else the
-        state raises leaves as it would have left its task's ``exception()``.
-        """
-        task = self._task
-        assert task is not None
-        self._inline = task
-        try:
-            # in a context of its own, as in a task of its own: a handler's ContextVar.set stays its state's
-            outcome: _Outcome | None = await in_own_context(self._run_state(sid, attempt, base))
-        except asyncio.CancelledError:
-            if not self._inline_cancelled:
-                raise  # not ours: the caller's
-            outcome = None
-        finally:
-            self._inline = None
-        if self._inline_cancelled:
-            self._inline_cancelled = False
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)  # a cancel held back by the writer (or not yet delivered) lands here
-            if task.uncancel() > 0:
-                raise asyncio.CancelledError  # the caller cancelled us as well
-            outcome = None
-        return outcome
+    async def _interrupted(self, task: asyncio.Task[Any]) -> None:
+        """After a state that :meth:`_interrupt_inline` cancelled: the cancel lands, and the caller's own cancel (told
+        apart by ``Task.uncancel``) propagates."""
+        self._inline_cancelled = False
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)  # a cancel held back by the writer (or not yet delivered) lands here
+        if task.uncancel() > 0:
+            raise asyncio.CancelledError  # the caller cancelled us as well
 
     def _interrupt_inline(self, _: asyncio.Future[Any]) -> None:
         """Done callback of the cancel wait: interrupt the state running in the scheduler's task, if any."""
