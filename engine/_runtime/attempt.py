@@ -14,14 +14,13 @@ from dataclasses import dataclass
 
 from engine._runtime.context_runtime import StagedContext
 from engine._runtime.invocation import Invocation
-from engine._runtime.recorder import ProfileRecorder
 from engine._secrets import contains_secrets
 from engine.config import IoMode
 from engine.errors import ErrorInfo, MfmError, RunError, RunErrorKind, StateError
 from engine.ids import ArtifactId, StateId
 from engine.io import IoProvider
 from engine.live_io import LiveIo
-from engine.meta import SideEffectKind, StateMeta
+from engine.meta import SideEffectKind
 from engine.replay_io import ReplayIo
 
 __all__ = ["REDACTED", "HandlerResult", "run_handler", "sanitize_error"]
@@ -54,12 +53,6 @@ def as_state_error(exc: Exception) -> StateError:
     return StateError.new("state_handler_exception", f"state handler raised {type(exc).__name__}")
 
 
-def side_effect_key(meta: StateMeta) -> str | None:
-    if meta.side_effects is SideEffectKind.APPLY_SIDE_EFFECT:
-        return meta.idempotency.key_value
-    return None
-
-
 async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: ArtifactId) -> HandlerResult:
     """Attempt ``attempt`` of ``state_id`` from ``base``, its ``StateEntered`` already written."""
     state = inv.states[state_id]
@@ -71,7 +64,8 @@ async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: Ar
         base_value = await inv.snapshots.load(base)
     ctx = StagedContext(base_value)
     io: IoProvider
-    se_key = side_effect_key(meta)
+    # §0.10: an ApplySideEffect state's unkeyed calls get fact keys derived from its idempotency key
+    se_key = meta.idempotency.key_value if meta.side_effects is SideEffectKind.APPLY_SIDE_EFFECT else None
     if inv.config.io_mode is IoMode.REPLAY:
         io = ReplayIo(
             run_id=inv.run_id,
@@ -97,10 +91,9 @@ async def run_handler(inv: Invocation, state_id: StateId, attempt: int, base: Ar
             random_source=inv.random_source,
             side_effect_key=se_key,
         )
-    rec = ProfileRecorder(inv.config.event_profile, inv.writer, inv.facts)
     error: StateError | None = None
     try:
-        await state.handle(ctx, io, rec)
+        await state.handle(ctx, io, inv.recorder)
     except RunError as exc:
         if exc.kind is not RunErrorKind.OTHER:  # storage/context trouble inside the engine: abort
             raise

@@ -30,11 +30,13 @@ def _copy(value: Any) -> Any:
 class StagedContext:
     """The ``DynContext`` a handler sees: overlay of writes/tombstones on a read-only base."""
 
-    __slots__ = ("_base", "_overlay")
+    __slots__ = ("_base", "_overlay", "delta")
 
     def __init__(self, base: dict[str, Any]) -> None:
         self._base = base
         self._overlay: dict[str, Any] = {}
+        self.delta = self._overlay
+        """The attempt's writes and deletes (tombstones), as the scheduler applies them on success."""
 
     def read(self, key: str) -> Any | None:
         if key in self._overlay:
@@ -45,17 +47,13 @@ class StagedContext:
     def write(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise ContextError.serialization("context_serialize_failed", "context keys must be strings")
-        self._overlay[key] = _copy(value)
+        self._overlay[key] = copy_json(value) if isinstance(value, (dict, list)) else value  # _copy, inline
 
     def delete(self, key: str) -> None:
         self._overlay[key] = _TOMBSTONE
 
     def dump(self) -> dict[str, Any]:
         return copy_json(apply_delta(self._base, self._overlay))  # type: ignore[no-any-return]
-
-    @property
-    def delta(self) -> dict[str, Any]:
-        return self._overlay
 
     @property
     def touched_keys(self) -> list[str]:
@@ -134,6 +132,8 @@ class _Members:
         return dict(zip(self.order, self.parts, strict=True))
 
     def apply(self, delta: dict[str, Any]) -> _Members:
+        """These members with ``delta`` applied; ``self`` itself when that changes no byte (same keys, and every
+        member written encodes as it was: the snapshot, and so its id, are those of the base)."""
         index = self.index
         for k, v in delta.items():
             if (v is _TOMBSTONE) is (k in index):  # a key added or removed: a new order
@@ -144,10 +144,18 @@ class _Members:
                     else:
                         by_key[k2] = encode_member(k2, v2)
                 return _Members(by_key)
-        parts = self.parts.copy()  # same keys: only the changed members are encoded
+        parts: list[bytes] | None = None  # same keys: only the changed members are encoded
+        old = self.parts
         for k, v in delta.items():
             if v is not _TOMBSTONE:
-                parts[index[k]] = encode_member(k, v)
+                i = index[k]
+                part = encode_member(k, v)
+                if part != old[i]:
+                    if parts is None:
+                        parts = old.copy()
+                    parts[i] = part
+        if parts is None:
+            return self
         out = _Members.__new__(_Members)
         out.ascii, out.order, out.index, out.parts = self.ascii, self.order, index, parts
         return out
@@ -219,21 +227,54 @@ class SnapshotCache:
     async def write_delta(
         self, base_id: ArtifactId, base_value: dict[str, Any], delta: dict[str, Any]
     ) -> tuple[ArtifactId, dict[str, Any]]:
-        """Write ``base`` with ``delta`` applied; return (id, value)."""
-        base_members = self._members.get(base_id)
-        if base_members is None:
-            base_members = _members_of(base_value, encode_snapshot(base_value))
-            _keep(self._members, base_id, base_members)
+        """Write ``base`` with ``delta`` applied; return (id, value). A delta that changes nothing (every value
+        written as it was, deletes of absent keys) writes nothing: the base's id and value are returned."""
+        done = self.write_delta_held(base_id, base_value, delta)
+        if done is not None:
+            return done
+        base_members = self._members_of_base(base_id, base_value)
         members = base_members.apply(delta)
+        if members is base_members:
+            return base_id, base_value
         value = apply_delta(base_value, delta)
-        store = self.store
-        if type(store) is PendingArtifacts:  # our own overlay: as _put, without its coroutine
-            aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, members.join())
-        else:
-            aid = await self._put(members.join())
+        aid = await self._put(members.join())
         _keep(self._by_id, aid, value)
         _keep(self._members, aid, members)
         return aid, value
+
+    def write_delta_held(
+        self, base_id: ArtifactId, base_value: dict[str, Any], delta: dict[str, Any]
+    ) -> tuple[ArtifactId, dict[str, Any]] | None:
+        """:meth:`write_delta` without a coroutine, when the store is this run's :class:`PendingArtifacts` overlay
+        (the snapshot is held there and commits with the next batch); ``None`` for any other store."""
+        store = self.store
+        if type(store) is not PendingArtifacts:
+            return None
+        base_members = self._members.get(base_id)
+        if base_members is None:
+            base_members = self._members_of_base(base_id, base_value)
+        members = base_members.apply(delta)
+        if members is base_members:
+            return base_id, base_value
+        value = apply_delta(base_value, delta)
+        aid = store.hold(ArtifactKind.CONTEXT_SNAPSHOT, b"{" + b",".join(members.parts) + b"}")  # members.join()
+        by_id, by_members = self._by_id, self._members  # _keep, inline
+        if aid not in by_id:
+            by_id[aid] = value
+            if len(by_id) > KEEP_SNAPSHOTS:
+                del by_id[next(iter(by_id))]
+        if aid not in by_members:
+            by_members[aid] = members
+            if len(by_members) > KEEP_SNAPSHOTS:
+                del by_members[next(iter(by_members))]
+        return aid, value
+
+    def _members_of_base(self, base_id: ArtifactId, base_value: dict[str, Any]) -> _Members:
+        members = self._members.get(base_id)
+        if members is None:
+            members = _members_of(base_value, encode_snapshot(base_value))
+            _keep(self._members, base_id, members)
+        return members
 
 
 KEEP_SNAPSHOTS = 16

@@ -11,6 +11,7 @@ from engine._runtime.cancel import CancelWatcher
 from engine._runtime.clock import Clock, Failpoints, Sleeper
 from engine._runtime.context_runtime import SnapshotCache
 from engine._runtime.facts import FactIndex
+from engine._runtime.recorder import ProfileRecorder
 from engine._runtime.writer import EventWriter
 from engine.config import RunConfig
 from engine.engine import Stores
@@ -53,6 +54,8 @@ class Invocation:
     states: dict[StateId, State] = field(default_factory=dict)
     metas: dict[StateId, StateMeta] = field(default_factory=dict)
     skip_tags: frozenset[str] = frozenset()
+    recorder: ProfileRecorder = field(init=False)
+    """The ``EventRecorder`` every attempt's handler gets: it holds nothing of its own attempt."""
 
     def __post_init__(self) -> None:
         if not self.states:
@@ -60,3 +63,4 @@ class Invocation:
         if not self.metas:
             self.metas = {sid: st.meta() for sid, st in self.states.items()}
         self.skip_tags = frozenset(self.config.skip_tags)
+        self.recorder = ProfileRecorder(self.config.event_profile, self.writer, self.facts)

@@ -49,6 +49,7 @@ from typing import Any
 
 from engine._runtime.attempt import HandlerResult, run_handler, sanitize_error
 from engine._runtime.invocation import Invocation, Override
+from engine._runtime.isolation import in_own_context
 from engine._wire import construct
 from engine.config import EventProfile, FanOutJoin, RunConfig
 from engine.engine import RunPhase, RunResult
@@ -101,7 +102,7 @@ class Scheduler:
         self._waiter: asyncio.Future[None] | None = None
         self._written_by: dict[str, StateId] = {}
         self._ancestors: dict[StateId, frozenset[StateId]] | None = None
-        self._inline: asyncio.Task[Any] | None = None  # this task while it runs a state itself (sequential runs)
+        self._inline: asyncio.Task[Any] | None = None  # this task while it runs a state itself (see _sequential)
         self._inline_cancelled = False  # _interrupt_inline cancelled it
         for sid in self.overrides:
             if sid not in self.preds:
@@ -127,9 +128,12 @@ class Scheduler:
         cancel_wait.add_done_callback(self._wake)
         cancel_wait.add_done_callback(self._interrupt_inline)
         stopped = False
-        inline_states = 0
         try:
-            while True:
+            if self.mc == 1:
+                paused = await self._sequential(ready, succs, waiting, pos)
+                if paused is not None:
+                    return paused
+            while self.mc > 1:  # fan-out
                 # A boundary: the cancel check and the scheduling decision, then one batch.
                 launch: list[tuple[StateId, int, ArtifactId]] = []
                 while ready and len(running) + len(launch) < self.mc and not self.failed and not inv.watcher.cancelled:
@@ -141,23 +145,6 @@ class Scheduler:
                     )
                     if inv.watcher.cancelled:  # came while the batch was in the store: _finish closes them
                         self.active -= len(launch)
-                        continue
-                    if self.mc == 1:  # sequential: the one state runs in this task (see _run_inline)
-                        ((s, a, b),) = launch
-                        outcome = await self._run_inline(s, a, b)
-                        inline_states += 1
-                        if inline_states % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)  # states that never suspend must not starve the loop
-                        if outcome is None:  # the run's cancel interrupted it (or came as it ended)
-                            if self.finished is None:
-                                break
-                        elif outcome is _Outcome.COMPLETED:
-                            self._release(s, succs, waiting, ready, pos)
-                        elif outcome is _Outcome.STOPPED:
-                            await inv.writer.flush()
-                            return RunResult(
-                                run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id
-                            )
                         continue
                     for s, a, b in launch:
                         task = asyncio.ensure_future(self._run_state(s, a, b))
@@ -200,6 +187,64 @@ class Scheduler:
             cancel_wait.cancel()
         return await self._finish()
 
+    async def _sequential(
+        self,
+        ready: list[int],
+        succs: dict[StateId, list[StateId]],
+        waiting: dict[StateId, int],
+        pos: dict[StateId, int],
+    ) -> RunResult | None:
+        """The main loop of a sequential run (``max_concurrency == 1``). Returns a result only when a failpoint
+        stopped the run; else ``_finish`` follows.
+
+        Each state is awaited in this task instead of a task of its own (issue 12: a task, its done callback and the
+        wake-up of the main loop cost more than a no-op state's own work), in a context of its own as a task would
+        give it (:func:`in_own_context`: a handler's ``ContextVar.set`` stays its state's). The semantics of a state
+        task are kept. The run's cancel interrupts the handler: :meth:`_interrupt_inline` cancels this task (through
+        the writer, so never inside a store append) and the ``CancelledError`` is caught here, told apart from a
+        cancellation of the caller by ``Task.uncancel``; the state's outcome is then ``None``, as whenever the cancel
+        came while the state ran, whatever the handler did with it. Anything else the state raises leaves as it
+        would have left its task's ``exception()``.
+        """
+        inv = self.inv
+        order, watcher, writer = inv.order, inv.watcher, inv.writer
+        task = asyncio.current_task()
+        assert task is not None
+        states = 0
+        while ready and not self.failed and not watcher.cancelled:
+            # A boundary: the cancel check and the scheduling decision (above), then one batch.
+            s = order[heapq.heappop(ready)]
+            s, a, b = self._first_attempt(s) if self.overrides else (s, 0, inv.checkpoint_id)
+            self.active += 1  # before the append: a state failing meanwhile must not end the run
+            await writer.append([construct(StateEntered, state_id=s, attempt=a, base_snapshot_id=b)])
+            if watcher.cancelled:  # came while the batch was in the store: _finish closes it
+                self.active -= 1
+                break
+            self._inline = task
+            outcome: _Outcome | None
+            try:
+                outcome = await in_own_context(self._run_state(s, a, b))
+            except asyncio.CancelledError:
+                if not self._inline_cancelled:
+                    raise  # not ours: the caller's
+                outcome = None
+            finally:
+                self._inline = None
+            if self._inline_cancelled:
+                await self._interrupted(task)
+                outcome = None
+            states += 1
+            if states % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # states that never suspend must not starve the loop
+            if outcome is _Outcome.COMPLETED:
+                self._release(s, succs, waiting, ready, pos)
+            elif outcome is _Outcome.STOPPED:
+                await writer.flush()
+                return RunResult(run_id=inv.run_id, phase=RunPhase.RUNNING, final_snapshot_id=inv.checkpoint_id)
+            elif outcome is None:  # the run's cancel interrupted it (or came as it ended)
+                break
+        return None
+
     def _release(
         self,
         sid: StateId,
@@ -215,35 +260,14 @@ class Scheduler:
             if waiting[nxt] == 0 and nxt not in completed:
                 heapq.heappush(ready, pos[nxt])
 
-    async def _run_inline(self, sid: StateId, attempt: int, base: ArtifactId) -> _Outcome | None:
-        """A sequential run's state, awaited in the scheduler's own task instead of a task of its own (issue 12: a
-        task, its done callback and the wake-up of the main loop cost more than a no-op state's own work).
-
-        The semantics of a state task are kept. The run's cancel interrupts the handler: :meth:`_interrupt_inline`
-        cancels this task (through the writer, so never inside a store append) and the ``CancelledError`` is
-        caught here, told apart from a cancellation of the caller by ``Task.uncancel``; ``None`` is returned then
-        and whenever the cancel came while the state ran, whatever the handler did with it. Anything else the
-        state raises leaves as it would have left its task's ``exception()``.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        self._inline = task
-        try:
-            outcome: _Outcome | None = await self._run_state(sid, attempt, base)
-        except asyncio.CancelledError:
-            if not self._inline_cancelled:
-                raise  # not ours: the caller's
-            outcome = None
-        finally:
-            self._inline = None
-        if self._inline_cancelled:
-            self._inline_cancelled = False
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)  # a cancel held back by the writer (or not yet delivered) lands here
-            if task.uncancel() > 0:
-                raise asyncio.CancelledError  # the caller cancelled us as well
-            outcome = None
-        return outcome
+    async def _interrupted(self, task: asyncio.Task[Any]) -> None:
+        """After a state that :meth:`_interrupt_inline` cancelled: the cancel lands, and the caller's own cancel (told
+        apart by ``Task.uncancel``) propagates."""
+        self._inline_cancelled = False
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)  # a cancel held back by the writer (or not yet delivered) lands here
+        if task.uncancel() > 0:
+            raise asyncio.CancelledError  # the caller cancelled us as well
 
     def _interrupt_inline(self, _: asyncio.Future[Any]) -> None:
         """Done callback of the cancel wait: interrupt the state running in the scheduler's task, if any."""
@@ -337,7 +361,6 @@ class Scheduler:
         """The attempts of ``sid``; the first one's ``StateEntered`` was appended by the main loop."""
         inv = self.inv
         try:
-            max_attempts = inv.config.retry_policy.max_attempts
             while True:
                 res = await run_handler(inv, sid, attempt, base)
                 if res.stopped:
@@ -351,7 +374,7 @@ class Scheduler:
                 else:
                     error = res.error
                 nxt = attempt + 1
-                retry = error.retryable and nxt < max_attempts and not self.failed
+                retry = error.retryable and nxt < inv.config.retry_policy.max_attempts and not self.failed
                 if not retry:
                     self.failed = True
                     tail = self._tail(failed=True)
@@ -389,7 +412,8 @@ class Scheduler:
                 await inv.writer.append([construct(StateEntered, state_id=sid, attempt=attempt, base_snapshot_id=base)])
         finally:
             self.active -= 1
-            self._wake(None)  # the main loop resumes in the loop iteration that sees this task done, not one later
+            if self._waiter is not None:  # the main loop resumes in the loop iteration that sees this task done
+                self._wake(None)
 
     async def _backoff(self, sid: StateId, attempt: int, seconds: float) -> None:
         """The wait before ``attempt`` of ``sid``: the sleeper's, cut short by an operator's retry-now request."""
@@ -417,13 +441,15 @@ class Scheduler:
     def _tail(self, *, failed: bool, completing: StateId | None = None) -> list[Any]:
         """``RunCompleted`` to batch with a terminal event when this is the run's last event."""
         inv = self.inv
+        if not failed and len(inv.completed) + (completing is not None and completing not in inv.completed) != len(
+            inv.order
+        ):
+            return []  # states are left (checked first: the common case, no cancel poll)
         if self.active != 1 or inv.watcher.cancelled or self.finished is not None:
             return []
         if failed:
             return [construct(RunCompleted, status=RunStatus.FAILED, final_snapshot_id=inv.checkpoint_id)]
-        if len(inv.completed) + (completing is not None and completing not in inv.completed) == len(inv.order):
-            return [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=None)]
-        return []
+        return [construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=None)]
 
     async def _complete(self, sid: StateId, res: HandlerResult) -> StateError | None:
         """Apply the attempt's delta to the current checkpoint and append ``StateCompleted`` (fan-out: under the
@@ -441,22 +467,17 @@ class Scheduler:
         if inv.checkpoint_value is None:
             inv.checkpoint_value = await inv.snapshots.load(inv.checkpoint_id)
         if delta:
-            new_id, new_value = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
+            written = inv.snapshots.write_delta_held(inv.checkpoint_id, inv.checkpoint_value, delta)
+            if written is None:  # a store without the run's overlay: written now
+                written = await inv.snapshots.write_delta(inv.checkpoint_id, inv.checkpoint_value, delta)
+            new_id, new_value = written
         else:
             new_value, new_id = inv.checkpoint_value, inv.checkpoint_id
         done = construct(StateCompleted, state_id=sid, context_snapshot_id=new_id)
-
-        def after() -> None:
-            inv.checkpoint_id = new_id
-            inv.checkpoint_value = new_value
-            inv.completed[sid] = new_id
-            for k in delta:
-                self._written_by[k] = sid
-
         if self._tail(failed=False, completing=sid):  # the run's last event: one batch with RunCompleted
 
             def last() -> None:
-                after()
+                self._completed(sid, new_id, new_value, delta)
                 self.finished = RunStatus.COMPLETED
 
             rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
@@ -465,8 +486,18 @@ class Scheduler:
             # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
             # main loop builds at this boundary (with the next StateEntered, or alone).
             inv.writer.defer([done])
-            after()
+            self._completed(sid, new_id, new_value, delta)
         return None
+
+    def _completed(self, sid: StateId, new_id: ArtifactId, new_value: dict[str, Any], delta: dict[str, Any]) -> None:
+        """``sid``'s completion is written (logically at least): the new checkpoint."""
+        inv = self.inv
+        inv.checkpoint_id = new_id
+        inv.checkpoint_value = new_value
+        inv.completed[sid] = new_id
+        if self.mc > 1:  # who wrote what matters to fan-out conflicts only
+            for k in delta:
+                self._written_by[k] = sid
 
     # ----------------------------------------------------------------------------------- fan-out conflicts
 

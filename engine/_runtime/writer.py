@@ -33,7 +33,7 @@ from engine._wire import construct
 from engine.errors import MfmError
 from engine.events import DomainEvent, EventEnvelope, StateCompleted, StateEntered, StateFailed
 from engine.ids import ArtifactId, RunId, StateId
-from engine.stores import Blob, EventStore
+from engine.stores import Blob, EngineBatch, EventStore
 
 __all__ = ["EventWriter", "OpenAttempt"]
 
@@ -125,10 +125,12 @@ class EventWriter:
             ts = self.clock.now_millis()
         if self.blobs is not None:
             self._pending_blobs += self.blobs.claim()
+        pending, track, seq = self._pending, self._track, self.next_seq
         for ev in events:
-            self._pending.append((ev, ts))
-            self._track(ev, self.next_seq)
-            self.next_seq += 1
+            pending.append((ev, ts))
+            track(ev, seq)
+            seq += 1
+        self.next_seq = seq
 
     async def flush(self) -> int:
         """Make the deferred events durable (no-op when there are none); return the new head."""
@@ -157,21 +159,20 @@ class EventWriter:
             deferred, self._pending = self._pending, []
             deferred_blobs, self._pending_blobs = self._pending_blobs, []
             new_blobs = self.blobs.claim() if self.blobs is not None else []
-            new = [(ev, stamp) for ev in events]
-            self.next_seq += len(new)  # events deferred while this batch is in the store come after it
+            self.next_seq += len(events)  # events deferred while this batch is in the store come after it
             task = asyncio.current_task()
             self._busy = task
             try:
                 try:
-                    head = await self._write(deferred, new, deferred_blobs + new_blobs)
+                    head = await self._write(deferred, events, stamp, deferred_blobs + new_blobs)
                     deferred, deferred_blobs, new_blobs = [], [], []
                 except MfmError:
-                    if not (deferred and new):
+                    if not (deferred and events):
                         raise
                     # the unbatched order: what was deferred, alone first (with its blobs)
-                    await self._write(deferred, [], deferred_blobs)
+                    await self._write(deferred, (), None, deferred_blobs)
                     deferred, deferred_blobs = [], []
-                    head = await self._write([], new, new_blobs)
+                    head = await self._write([], events, stamp, new_blobs)
                     new_blobs = []
             except BaseException:
                 self._deferred.discard(task)
@@ -193,23 +194,31 @@ class EventWriter:
             lock.release()
 
     async def _write(
-        self, deferred: list[tuple[Any, int]], new: list[tuple[Any, int | None]], blobs: list[Blob]
+        self, deferred: list[tuple[Any, int]], new: Sequence[Any], stamp: int | None, blobs: list[Blob]
     ) -> int:
-        """One durable store operation: ``blobs`` and the events ``deferred + new``, seqs from the durable head."""
-        first = self._durable + 1
-        envs = [
-            construct(EventEnvelope, run_id=self.run_id, seq=first + i, ts_millis=t, event=ev)
-            for i, (ev, t) in enumerate((*deferred, *new))
-        ]
+        """One durable store operation: ``blobs`` and the events ``deferred`` (each with its ``ts_millis``) then
+        ``new`` (stamped ``stamp``), seqs from the durable head."""
+        run_id = self.run_id
+        seq = durable = self._durable
+        envs = EngineBatch()  # made here: the store checks only what came from outside (clock, plan)
+        for ev, t in deferred:
+            seq += 1
+            envs.append(construct(EventEnvelope, run_id=run_id, seq=seq, ts_millis=t, event=ev))
+        for ev in new:
+            seq += 1
+            envs.append(construct(EventEnvelope, run_id=run_id, seq=seq, ts_millis=stamp, event=ev))
         if blobs and self.blobs is not None:
-            head = await self.blobs.unit.commit(self.run_id, first - 1, envs, blobs)  # paired when made
+            head = await self.blobs.unit.commit(run_id, durable, envs, blobs)  # paired when made
             self.blobs.settle(blobs)
         else:
-            head = await self.store.append(self.run_id, first - 1, envs)
+            head = await self.store.append(run_id, durable, envs)
         self.appends += 1
+        seq = durable + len(deferred)  # deferred events were tracked when deferred
         self._durable = head
-        for env in envs[len(deferred) :]:  # deferred events were tracked when deferred
-            self._track(env.event, env.seq)
+        track = self._track
+        for ev in new:
+            seq += 1
+            track(ev, seq)
         return head
 
     def _track(self, ev: Any, seq: int) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "CancelRequest",
     "ChangeBatch",
     "ControlStore",
+    "EngineBatch",
     "EventStore",
     "RetryNowRequest",
     "RunLister",
@@ -88,7 +89,31 @@ class Blob:
     def of(cls, kind: ArtifactKind, data: bytes) -> Blob:
         # a sha256 hexdigest is 64 lowercase hex digits: a valid ArtifactId without the pattern check
         data = bytes(data)
-        return cls(str.__new__(ArtifactId, hashlib.sha256(data).hexdigest()), kind, data, True)
+        if cls is not Blob:  # pragma: no cover - a subclass gets its own __init__
+            return cls(str.__new__(ArtifactId, hashlib.sha256(data).hexdigest()), kind, data, True)
+        blob = _new_blob(Blob)  # the frozen dataclass's __init__ without its frame (one blob per state)
+        _set_blob_id(blob, str.__new__(ArtifactId, hashlib.sha256(data).hexdigest()))
+        _set_blob_kind(blob, kind)
+        _set_blob_data(blob, data)
+        _set_blob_hashed(blob, True)
+        return blob
+
+
+_new_blob = object.__new__
+_set_blob_id = Blob.__dict__["artifact_id"].__set__
+_set_blob_kind = Blob.__dict__["kind"].__set__
+_set_blob_data = Blob.__dict__["data"].__set__
+_set_blob_hashed = Blob.__dict__["hashed"].__set__
+
+
+class EngineBatch(list[EventEnvelope]):
+    """A batch of envelopes the engine's writer made (issue 12): its run id and contiguous seqs are the writer's own,
+    and every ``StateEntered`` / ``StateCompleted`` in it was built from typed values (ids, attempt numbers). The
+    shared validation (:func:`validate_batch`, :func:`encode_batch`) checks of those two kinds only what the engine
+    takes from outside (the clock's ``ts_millis``, the plan's state ids for secrets); every other record is checked
+    in full. To any store it is a plain ``list``."""
+
+    __slots__ = ()
 
 
 @runtime_checkable
@@ -249,12 +274,24 @@ def encode_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelop
     Concurrency for seqs that do not continue ``expected_seq`` contiguously.
     """
     # compact_json(value) == encode_envelope(env), without a second dump
-    return [compact_json(value).encode("utf-8") for value in _validated_values(run_id, expected_seq, events)]
+    values = _validated_values(run_id, expected_seq, events, trusted=type(events) is EngineBatch)
+    return [compact_json(value).encode("utf-8") for value in values]
 
 
 def validate_batch(run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope]) -> None:
     """Exactly the checks of :func:`encode_batch`, for a store that keeps the typed envelopes (no encoding)."""
-    _validated_values(run_id, expected_seq, events, keep=False)
+    trusted = type(events) is EngineBatch
+    if _FAST_KERNEL:  # the engine's StateEntered / StateCompleted envelopes, judged in one tight loop
+        seq = expected_seq
+        for i, env in enumerate(events):
+            seq += 1
+            if (
+                not trusted and (type(env) is not EventEnvelope or env.run_id != run_id or env.seq != seq)
+            ) or _kernel_parts(env, trusted) is None:
+                _validated_values(run_id, expected_seq, events, keep=False, start=i, trusted=trusted)  # and the rest
+                return
+        return
+    _validated_values(run_id, expected_seq, events, keep=False, trusted=trusted)
 
 
 # The envelope's own fields are dumped directly (ids are str subclasses, seq/ts_millis ints: their JSON text is the
@@ -275,7 +312,7 @@ def _safe_int(value: object) -> bool:
     return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
 
 
-def _checked_kernel_value(env: EventEnvelope) -> Any:
+def _checked_kernel_value(env: EventEnvelope, trusted: bool = False) -> Any:
     """The wire value of a ``StateEntered`` / ``StateCompleted`` envelope (two per state: the hot path), validated
     field by field; ``None`` for anything else, or anything unusual, which the generic walk then judges.
 
@@ -284,7 +321,7 @@ def _checked_kernel_value(env: EventEnvelope) -> Any:
     secret; a ``StateId`` (three ``[a-z][a-z0-9_]*`` segments) has no whitespace, so only the substring rule can
     match it; the field names and tags are constants. Integers must be exact ints in the I-JSON range.
     """
-    parts = _kernel_parts(env)
+    parts = _kernel_parts(env, trusted)
     if parts is None:
         return None
     state_id, attempt, tail = parts
@@ -296,28 +333,32 @@ def _checked_kernel_value(env: EventEnvelope) -> Any:
     return {"run_id": env.run_id, "seq": env.seq, "ts_millis": ts, "event": event}
 
 
-def _kernel_parts(env: EventEnvelope) -> tuple[StateId, int | None, ArtifactId] | None:
+def _kernel_parts(env: EventEnvelope, trusted: bool = False) -> tuple[StateId, int | None, ArtifactId] | None:
     """The checks of :func:`_checked_kernel_value`: its event's (state id, attempt or ``None``, snapshot id) when they
-    pass, else ``None``."""
+    pass, else ``None``. ``trusted`` (an :class:`EngineBatch`): the ids and numbers the engine made are not checked
+    again, only ``ts_millis`` and the state id's secret scan."""
     ev = env.event
     limit = MAX_SAFE_INTEGER  # the checks of _safe_int, inline (two or three per envelope)
     if type(ev) is StateEntered:  # exactly these classes: a subclass may carry more fields
         entered: StateEntered = ev
         state_id, attempt, tail = entered.state_id, entered.attempt, entered.base_snapshot_id
-        if type(attempt) is not int or not -limit <= attempt <= limit:
+        if not trusted and (type(attempt) is not int or not -limit <= attempt <= limit):
             return None
     elif type(ev) is StateCompleted:
         completed: StateCompleted = ev
         state_id, attempt, tail = completed.state_id, None, completed.context_snapshot_id
     else:
         return None
-    ts, seq = env.ts_millis, env.seq
-    if (
+    ts = env.ts_millis
+    if trusted:
+        if not (ts is None or (type(ts) is int and -limit <= ts <= limit)):
+            return None
+    elif (
         type(env.run_id) is not RunId
         or type(tail) is not ArtifactId
         or type(state_id) is not StateId
-        or type(seq) is not int
-        or not -limit <= seq <= limit
+        or type(env.seq) is not int
+        or not -limit <= env.seq <= limit
         or not (ts is None or (type(ts) is int and -limit <= ts <= limit))
     ):
         return None
@@ -355,12 +396,19 @@ _FAST_KERNEL = _PLAIN_ENVELOPE and _fast_path_agrees()
 
 
 def _validated_values(
-    run_id: RunId, expected_seq: int, events: Sequence[EventEnvelope], *, keep: bool = True
+    run_id: RunId,
+    expected_seq: int,
+    events: Sequence[EventEnvelope],
+    *,
+    keep: bool = True,
+    start: int = 0,
+    trusted: bool = False,
 ) -> list[Any]:
     """The wire values of ``events``, validated; with ``keep=False`` only validated (an empty list: the fast path
-    for ``StateEntered`` / ``StateCompleted`` then builds no value)."""
+    for ``StateEntered`` / ``StateCompleted`` then builds no value). ``start``: the records before it passed."""
     values: list[Any] = []
-    for i, env in enumerate(events):
+    for i in range(start, len(events)):
+        env = events[i]
         # exact type first: pydantic models' isinstance goes through ABCMeta
         if type(env) is not EventEnvelope and not isinstance(env, EventEnvelope):
             raise StorageError.other("stream_record_invalid", f"record {i} is not an EventEnvelope")
@@ -379,9 +427,9 @@ def _validated_values(
                 raise StorageError.other("stream_record_invalid", f"record {i} (seq {env.seq}) has an empty kind")
             if contains_secrets(ev.name):
                 raise StorageError.other("secrets_detected", f"record {i} has a secret-looking kind")
-        if not keep and _FAST_KERNEL and _kernel_parts(env) is not None:
+        if not keep and _FAST_KERNEL and _kernel_parts(env, trusted) is not None:
             continue
-        value = _checked_kernel_value(env) if _FAST_KERNEL else None
+        value = _checked_kernel_value(env, trusted) if _FAST_KERNEL else None
         if value is not None:
             values.append(value)
             continue

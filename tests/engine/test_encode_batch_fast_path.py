@@ -162,3 +162,45 @@ def test_unsorted_json_values_are_written_with_sorted_keys_on_both_paths(
     fast, slow = _both(env, monkeypatch)
     assert fast == slow == [encode_envelope(env)]
     assert sorted_json in fast[0]
+
+
+def _engine_batch(*envs: EventEnvelope) -> Any:
+    from engine.stores import EngineBatch
+
+    return EngineBatch(envs)
+
+
+def test_an_engine_batch_is_not_checked_again_for_what_the_engine_made() -> None:
+    """The writer's batches: an attempt number the engine made is not judged again (a plain list is judged)."""
+    env = _env(_entered(StateId("machine.main.s1"), 2**60))
+    assert _outcome(validate_batch, env)[1] == "stream_payload_not_canonical"
+    validate_batch(RUN, 0, _engine_batch(env))  # does not raise
+    assert isinstance(_engine_batch(env), list)
+
+
+@pytest.mark.parametrize(
+    ("env", "code"),
+    [
+        (_env(_entered(StateId("machine.main.s1")), ts=1.5), "stream_payload_not_canonical"),  # the clock's value
+        (_env(_completed(StateId("machine.main.s1")), ts=2**60), "stream_payload_not_canonical"),
+        (_env(_entered(StateId("machine.main.password"))), "secrets_detected"),  # the plan's state id
+        (_env(_completed(StateId("machine.main.private_key"))), "secrets_detected"),
+        (
+            _env(
+                construct(
+                    StateFailed,
+                    state_id=StateId("machine.main.s1"),
+                    error=StateError.new("x", "y", details={"f": 1.5}),
+                    failure_snapshot_id=None,
+                )
+            ),
+            "stream_payload_not_canonical",
+        ),
+        (_env(construct(DomainEvent, name="n", payload={"password": "t"}, payload_ref=None)), "secrets_detected"),
+    ],
+)
+def test_an_engine_batch_still_checks_what_came_from_outside(env: EventEnvelope, code: str) -> None:
+    for validate in (validate_batch, encode_batch):
+        with pytest.raises(StorageError) as ei:
+            validate(RUN, 0, _engine_batch(env))
+        assert ei.value.code == code

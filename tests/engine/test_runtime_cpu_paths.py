@@ -277,3 +277,29 @@ async def test_the_snapshot_cache_keeps_the_recent_snapshots_and_reads_older_one
     new_id, new_value = await cache.write_delta(ids[1], values[1], {"x": 1})  # an old base: encoded again
     assert await ms.artifacts.get(new_id) == canonical_json_bytes(new_value)
     assert sum(1 for a in ids if cache.cached(a) is not None) <= KEEP_SNAPSHOTS
+
+
+async def test_a_state_that_writes_what_is_already_there_reuses_the_snapshot_and_commits_no_blob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same bytes, same id: the base snapshot is neither joined, hashed nor carried again (before: its blob travelled
+    again with the next batch)."""
+    ms = MemoryStore()
+    carried: list[list[str]] = []
+    real = memory_module.MemoryEventStore.commit
+
+    async def spy(self: Any, run_id: Any, expected_seq: int, events: Any, blobs: Any) -> int:
+        carried.append([str(b.artifact_id) for b in blobs])
+        return await real(self, run_id, expected_seq, events, blobs)
+
+    monkeypatch.setattr(memory_module.MemoryEventStore, "commit", spy)
+    plan = make_plan([("a", WriteKey("k", 1)), ("b", WriteKey("k", 1))], [("a", "b")])
+    engine = Engine(clock=FakeClock(), sleeper=FakeSleeper(), run_ids=fixed_run_ids())
+    res = await start_plan(engine, ms.stores, plan, base_config())
+    assert res.phase is RunPhase.COMPLETED
+    completed = [
+        e.event for e in await ms.events.read_range(res.run_id, 1) if type(e.event).__name__ == "StateCompleted"
+    ]
+    assert completed[0].context_snapshot_id == completed[1].context_snapshot_id == res.final_snapshot_id
+    snap = str(res.final_snapshot_id)
+    assert sum(batch.count(snap) for batch in carried) == 1  # committed once, with a's batch

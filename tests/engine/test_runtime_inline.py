@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -188,3 +189,58 @@ async def test_a_long_run_of_states_that_never_suspend_still_lets_the_loop_run()
     t = trace(await read_events(ms.stores, res.run_id))
     assert res.phase is RunPhase.CANCELLED
     assert len(t) < 400
+
+
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("mfm_test_var", default="unset")
+
+
+async def test_a_context_variable_a_handler_sets_stays_in_its_state() -> None:
+    """As with a task per state: each handler sees the caller's value, never one set by an earlier state's handler,
+    and the caller does not see the handlers' values after the run (before: the next state and the caller saw them)."""
+    seen: list[str] = []
+
+    async def set_it(ctx: Any, io: IoProvider, rec: EventRecorder) -> None:
+        seen.append(_VAR.get())
+        _VAR.set("set by a")
+
+    async def read_it(ctx: Any, io: IoProvider, rec: EventRecorder) -> None:
+        seen.append(_VAR.get())
+
+    token = _VAR.set("caller")
+    try:
+        plan = make_plan([("a", FnState(set_it)), ("b", FnState(read_it))], [("a", "b")])
+        res = await start_plan(_engine(), MemoryStore().stores, plan, base_config())
+        after = _VAR.get()
+    finally:
+        _VAR.reset(token)
+    assert res.phase is RunPhase.COMPLETED
+    assert seen == ["caller", "caller"] and after == "caller"
+
+
+async def test_a_handler_keeps_its_context_across_suspensions_and_sees_a_failed_await() -> None:
+    """The state's context holds while its handler waits on futures (woken by another task, or failed)."""
+    seen: list[str] = []
+    wake = asyncio.Event()
+
+    async def waits(ctx: Any, io: IoProvider, rec: EventRecorder) -> None:
+        _VAR.set("mine")
+        await asyncio.sleep(0)
+        await wake.wait()
+        seen.append(_VAR.get())
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(fut.set_exception, KeyError("boom"))
+        try:
+            await fut
+        except KeyError:
+            seen.append(f"{_VAR.get()} caught")
+        raise StateError.new("done_waiting", "failed after waiting", retryable=False)
+
+    ms = MemoryStore()
+    task = asyncio.ensure_future(start_plan(_engine(), ms.stores, make_plan([("a", FnState(waits))]), base_config()))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    wake.set()
+    res = await task
+    assert seen == ["mine", "mine caught"] and _VAR.get() == "unset"
+    assert res.phase is RunPhase.FAILED
+    assert trace(await read_events(ms.stores, res.run_id))[2] == ("F", "a", "done_waiting", False)
