@@ -483,8 +483,8 @@ class Scheduler:
             rc = construct(RunCompleted, status=RunStatus.COMPLETED, final_snapshot_id=new_id)
             await inv.writer.append([done, rc], after=last)
         else:
-            # The snapshot is durable (written above): StateCompleted goes out with the next batch, which the
-            # main loop builds at this boundary (with the next StateEntered, or alone).
+            # The snapshot is held (write_delta_held) and becomes durable with StateCompleted in the next batch,
+            # which the main loop builds at this boundary (with the next StateEntered, or alone).
             inv.writer.defer([done])
             self._completed(sid, new_id, new_value, delta)
         return None
