@@ -808,7 +808,7 @@ async def test_scan_reads_in_chunks_of_any_size(store: FsStore, monkeypatch: pyt
         await store.events.append(run, first - 1, envs(run, first, last))
     path = store.events_path(run)
     path.write_bytes(path.read_bytes() + encode_envelope(env(run, 10)) + b" \n" + b'{"torn')
-    monkeypatch.setattr(framing, "CHUNK", chunk)
+    monkeypatch.setattr(framing.runlog, "CHUNK", chunk)  # the scan reads in chunks of runlog.CHUNK
     reader = FsStore(store.root)
     assert await reader.events.head_seq(run) == 9
     assert await reader.events.read_range(run, 3, 7) == envs(run, 3, 7)
