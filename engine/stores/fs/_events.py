@@ -397,7 +397,7 @@ def _checked_blob(blob: Blob) -> tuple[str, ArtifactKind, bytes]:
     """``(artifact_id, kind, bytes)`` of a blob whose id is the sha256 of its bytes (``artifact_put_id_mismatch``
     otherwise)."""
     data = blob.data if type(blob.data) is bytes else bytes(blob.data)
-    if type(blob) is Blob and getattr(blob, "hashed", False) and isinstance(blob.kind, ArtifactKind):
+    if type(blob) is Blob and blob.hashed and isinstance(blob.kind, ArtifactKind):
         return str(blob.artifact_id), blob.kind, data  # made by Blob.of, which hashed these bytes (issue 12, r4-cpu)
     actual = hashlib.sha256(data).hexdigest()
     if actual != str(blob.artifact_id) or not isinstance(blob.kind, ArtifactKind):
