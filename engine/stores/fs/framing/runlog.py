@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
+import xxhash
+
 from engine.errors import StorageError
 from engine.events import EventEnvelope, decode_envelope, decode_trusted
 from engine.ids import RunId
@@ -65,6 +67,10 @@ class RunLog:
     """Corruption found past ``end`` (a damaged record with a valid one after it): appends are refused."""
     damage_size: int = -1
     """The file size when ``damage`` was found (-1: found by a decode, kept until the file is replaced)."""
+    digest: xxhash.xxh3_64 | None = field(default_factory=xxhash.xxh3_64)
+    """A running XXH3-64 of the bytes ``[0, end)`` as the scan verified them (or this process wrote them);
+    ``None`` once it no longer describes them. A read of that whole prefix whose bytes hash to it is the bytes the
+    scan checked, record by record: its records need no check again (:func:`decode_lines` ``verified``)."""
 
     @property
     def head(self) -> int:
@@ -79,6 +85,14 @@ class RunLog:
         self.blobs = {}
         self.damage = None
         self.damage_size = -1
+        self.digest = xxhash.xxh3_64()
+
+    def verified_digest(self, start: int, end: int) -> int | None:
+        """The digest of the bytes ``[start, end)`` if the scan verified all of them and they are the whole committed
+        prefix (``start == 0``, ``end == self.end``), else ``None``."""
+        if start != 0 or end != self.end or self.digest is None:
+            return None
+        return int(self.digest.intdigest())
 
     def span(self, from_seq: int, to_seq: int | None) -> tuple[int, int, int]:
         """``(first_seq, start_offset, end_offset)`` of the clamped range; empty when start == end."""
@@ -90,19 +104,25 @@ class RunLog:
         end = self.offsets[hi] if hi < head else self.end
         return lo, self.offsets[lo - 1], end
 
-    def committed(self, start: int, offsets: list[int], size: int, blob_at: list[tuple[str, int]] = ()) -> None:  # type: ignore[assignment]
-        """Record a commit of ``size`` bytes just written at ``start`` (``offsets``/``blob_at`` relative to it)."""
+    def committed(self, start: int, offsets: list[int], data: bytes, blob_at: list[tuple[str, int]] = ()) -> None:  # type: ignore[assignment]
+        """Record the commit ``data`` just written at ``start`` (``offsets``/``blob_at`` relative to it)."""
         self.offsets.extend(start + o for o in offsets)
         for aid, o in blob_at:
             self.blobs.setdefault(aid, start + o)
         self.records += len(offsets) + len(blob_at)
-        self.end = start + size
+        if self.digest is not None:
+            if start == self.end:
+                self.digest.update(data)
+            else:
+                self.digest = None
+        self.end = start + len(data)
 
     def stop_at(self, seq: int, damage: Damage) -> None:
         """A committed event ``seq`` turned out undecodable: the view ends before it, for good (see ``damage_size``)."""
         if seq <= len(self.offsets):
             self.end = self.offsets[seq - 1]
             del self.offsets[seq - 1 :]
+            self.digest = None
         self.damage = damage
         self.damage_size = -1
 
@@ -169,7 +189,8 @@ def scan(log: RunLog, run_id: str, size: int, pread: Callable[[int, int], bytes]
     yet, then at most an incomplete line, or damaged lines with no valid record after them: a write in progress, or
     the leftover of a crash) or *damage*: a damaged record followed by a valid one, or a record whose checksum is
     valid that is not the next event of this run (a duplicated line, another run's event, undecodable JSON). Damage
-    is recorded in ``log.damage``; it is never taken for a torn tail.
+    is recorded in ``log.damage``; it is never taken for a torn tail. The bytes of each commit, once checked, go into
+    ``log.digest``.
     """
     if log.damage is not None:
         if log.damage_size in (-1, size):
@@ -181,83 +202,115 @@ def scan(log: RunLog, run_id: str, size: int, pread: Callable[[int, int], bytes]
         log.fmt = log_format(pread(1, 0), default_fmt)
     v2 = log.fmt == FORMAT_V2
     ours = b'{"run_id":"%s","seq":' % run_id.encode()
+    offsets = log.offsets
     pending: list[int] = []
     pending_blobs: list[tuple[str, int]] = []
-    n_pending = 0
     bad: Damage | None = None
     definite = False
-    lines = _complete_lines(pread, log.end, size)
-    for pos, line in lines:
-        seq = len(log.offsets) + len(pending) + 1
-        lineno = log.records + n_pending + 1
-        if v2:
-            parsed = parse_record(line)
-            if parsed is None:
-                head = _RECORD_HEAD.match(line)
-                code = "record_checksum_mismatch" if head is not None else "record_malformed"
-                bad = Damage(
-                    pos,
-                    lineno,
-                    code,
-                    "the record's checksum does not match its bytes"
-                    if head
-                    else "not a record (no valid kind, length and checksum)",
-                )
-                break
-            kind, final, body_at = parsed
-            if kind == EVENT_RECORD:
-                if line.startswith(b"%s%d," % (ours, seq), body_at) and line.endswith(b"}"):
-                    problem = None  # the bytes encode_envelope writes for (run_id, seq): no parse needed
+    after = 0  # the offset just past the damaged line
+    seq = len(offsets) + 1  # the seq the next event record must hold
+    lineno = log.records + 1
+    # buf holds the file's bytes from the end of the last commit (buf_at == log.end at each read): the records of a
+    # commit not yet marked, then at most an incomplete line; i is where its next unread line starts.
+    buf = b""
+    buf_at = log.end
+    i = 0
+    while bad is None and buf_at + len(buf) < size:
+        chunk = pread(min(CHUNK, size - buf_at - len(buf)), buf_at + len(buf))
+        if not chunk:
+            break
+        buf += chunk
+        while (nl := buf.find(b"\n", i)) >= 0:
+            line = buf[i:nl]
+            pos = buf_at + i
+            if v2:
+                parsed = parse_record(line)
+                if parsed is None:
+                    head = _RECORD_HEAD.match(line)
+                    code = "record_checksum_mismatch" if head is not None else "record_malformed"
+                    bad = Damage(
+                        pos,
+                        lineno,
+                        code,
+                        "the record's checksum does not match its bytes"
+                        if head
+                        else "not a record (no valid kind, length and checksum)",
+                    )
+                    after = buf_at + nl + 1
+                    break
+                kind, final, body_at = parsed
+                if kind == EVENT_RECORD:
+                    if line.startswith(b"%s%d," % (ours, seq), body_at) and line.endswith(b"}"):
+                        problem = None  # the bytes encode_envelope writes for (run_id, seq): no parse needed
+                    else:
+                        problem = _event_problem(line[body_at:], run_id, seq)
+                    if problem is not None:
+                        bad, definite, after = Damage(pos, lineno, *problem), True, buf_at + nl + 1
+                        break
+                    pending.append(pos)
+                    seq += 1
                 else:
-                    problem = _event_problem(line[body_at:], run_id, seq)
+                    aid = line[body_at : body_at + 64].decode("ascii", "replace")
+                    if not ARTIFACT_NAME.fullmatch(aid) or line[body_at + 64 : body_at + 65] != b" ":
+                        bad = Damage(pos, lineno, "blob_record_malformed", "a blob record without an id")
+                        definite, after = True, buf_at + nl + 1
+                        break
+                    pending_blobs.append((aid, pos))
+            else:
+                final = not line.endswith(b" ")
+                body = line if final else line[:-1]
+                problem = _event_problem(body, run_id, seq)
                 if problem is not None:
-                    bad, definite = Damage(pos, lineno, *problem), True
+                    bad, definite = Damage(pos, lineno, *problem), _is_ours_v1(body, run_id)
+                    after = buf_at + nl + 1
                     break
                 pending.append(pos)
-            else:
-                aid = line[body_at : body_at + 64].decode("ascii", "replace")
-                if not ARTIFACT_NAME.fullmatch(aid) or line[body_at + 64 : body_at + 65] != b" ":
-                    bad, definite = Damage(pos, lineno, "blob_record_malformed", "a blob record without an id"), True
-                    break
-                pending_blobs.append((aid, pos))
-        else:
-            final = not line.endswith(b" ")
-            body = line if final else line[:-1]
-            problem = _event_problem(body, run_id, seq)
-            if problem is not None:
-                bad, definite = Damage(pos, lineno, *problem), _is_ours_v1(body, run_id)
-                break
-            pending.append(pos)
-        n_pending += 1
-        if final:
-            log.offsets.extend(pending)
-            for aid, at in pending_blobs:
-                log.blobs.setdefault(aid, at)
-            log.records += n_pending
-            log.end = pos + len(line) + 1
-            pending.clear()
-            pending_blobs.clear()
-            n_pending = 0
-    if bad is not None and (definite or _valid_after(log.fmt, lines, run_id)):
+                seq += 1
+            lineno += 1
+            i = nl + 1
+            if final:
+                offsets.extend(pending)
+                for aid, at in pending_blobs:
+                    log.blobs.setdefault(aid, at)
+                log.records = lineno - 1
+                log.end = buf_at + i
+                pending.clear()
+                pending_blobs.clear()
+        # what was committed in this chunk goes into the digest; the rest (uncommitted records) is kept
+        done = log.end - buf_at
+        if done:
+            if log.digest is not None:
+                log.digest.update(buf[:done])
+            buf = buf[done:]
+            buf_at = log.end
+            i -= done
+    if bad is not None and (definite or _valid_after(log.fmt, _complete_lines(pread, after, size), run_id)):
         log.damage = bad
         log.damage_size = size
 
 
-def decode_lines(data: bytes, fmt: int = FORMAT_V1) -> list[EventEnvelope]:
+def decode_lines(data: bytes, fmt: int = FORMAT_V1, *, verified: bool = False) -> list[EventEnvelope]:
     """Whole committed records (one ``pread`` of a span of the run log) → their envelopes (blob records skipped).
 
     Version 2: the scan checked each record's checksum (the engine wrote these bytes) and its run id and seq, so the
-    envelopes are built through the trusted path (:func:`~engine.events.decode_trusted`); version 1: validated."""
+    envelopes are built through the trusted path (:func:`~engine.events.decode_trusted`); each event record's
+    checksum is checked again (the bytes may have changed since the scan) unless ``verified``: the caller proved
+    ``data`` to be the very bytes the scan checked (:meth:`RunLog.verified_digest`). Version 1: validated."""
     if fmt != FORMAT_V2:
         return [decode_envelope(line) for line in data.split(b"\n")[:-1]]
     bodies: list[bytes] = []
     append = bodies.append
+    if verified:
+        for line in data.split(b"\n")[:-1]:
+            if line[:1] == b"E":
+                append(line[line.find(b" ", 3, 15) + _HASH_LEN + 2 :])
+        return decode_trusted(bodies)
     xxh = _xxh
     for line in data.split(b"\n")[:-1]:
         if line[:1] == b"E":
-            # Checked again (the bytes may have changed since the scan), by the checksum alone: it covers the
-            # record's kind, mark and length with its body, so bytes that match it are the record as written (the
-            # scan checked the rest); a third less than parse_record's full framing check, resume's hot loop.
+            # Checked again by the checksum alone: it covers the record's kind, mark and length with its body, so
+            # bytes that match it are the record as written (the scan checked the rest); a third less than
+            # parse_record's full framing check.
             sp = line.find(b" ", 3, 15)
             body_at = sp + _HASH_LEN + 2
             if sp < 4 or line[sp + 1 : body_at - 1] != b"%016x" % xxh(line[: sp + 1] + line[body_at:]):
@@ -266,10 +319,14 @@ def decode_lines(data: bytes, fmt: int = FORMAT_V1) -> list[EventEnvelope]:
     return decode_trusted(bodies)
 
 
-def decode_span(data: bytes, fmt: int) -> tuple[list[EventEnvelope], int | None]:
-    """Like :func:`decode_lines`, but stops at the first undecodable event: ``(envelopes, index of the bad one)``."""
+def decode_span(data: bytes, fmt: int, digest: int | None = None) -> tuple[list[EventEnvelope], int | None]:
+    """Like :func:`decode_lines`, but stops at the first undecodable event: ``(envelopes, index of the bad one)``.
+
+    ``digest``: :meth:`RunLog.verified_digest` of the span ``data`` was read from; when ``data`` hashes to it, it is
+    the bytes the scan checked and its records are not checked again."""
     try:
-        return decode_lines(data, fmt), None
+        verified = digest is not None and fmt == FORMAT_V2 and _xxh(data) == digest
+        return decode_lines(data, fmt, verified=verified), None
     except StorageError:
         pass
     out: list[EventEnvelope] = []
