@@ -237,3 +237,35 @@ async def test_a_byte_flipped_before_the_first_event_after_the_scan_is_caught(tm
     path.write_bytes(bytes(data))
     got = await store.events.read_range(run, 1)
     assert got == envs(run, 1, 1) and got.damage.code == "run_log_corrupt"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_large_read_decodes_with_the_cyclic_gc_paused_and_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """Decoding a span of 1 MiB or more runs with the cyclic GC paused (its collections, triggered by the
+    allocations, walked every live object again and again); a small one does not; afterwards the GC is as before."""
+    import gc
+
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    big = "x" * 2000
+    batch = [domain(run, seq, {"pad": big}) for seq in range(1, 601)]  # ~1.3 MB of records
+    await store.events.append(run, 0, batch)
+    seen: list[bool] = []
+    real = framing.runlog.decode_trusted
+
+    def spy(bodies: list[bytes]) -> Any:
+        seen.append(gc.isenabled())
+        return real(bodies)
+
+    monkeypatch.setattr(framing.runlog, "decode_trusted", spy)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        assert await FsStore(tmp_path / "store").events.read_range(run, 1) == batch
+        assert await FsStore(tmp_path / "store").events.read_range(run, 10, 12) == batch[9:12]
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False, enabled]

@@ -3,9 +3,12 @@ committed spans; the doctor's full check (:func:`check_log`); see :mod:`engine.s
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
+import re
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +35,8 @@ from engine.stores.fs.framing.records import (
 )
 
 _loads = json.loads
+_EVENT_BODY = re.compile(rb"^E[.+] [0-9]{1,10} [0-9a-f]{16} (.*)$", re.M)
+"""The body of each event record of a span of complete lines (blob records skipped)."""
 
 
 class Damage(NamedTuple):
@@ -295,28 +300,47 @@ def decode_lines(data: bytes, fmt: int = FORMAT_V1, *, verified: bool = False) -
     Version 2: the scan checked each record's checksum (the engine wrote these bytes) and its run id and seq, so the
     envelopes are built through the trusted path (:func:`~engine.events.decode_trusted`); each event record's
     checksum is checked again (the bytes may have changed since the scan) unless ``verified``: the caller proved
-    ``data`` to be the very bytes the scan checked (:meth:`RunLog.verified_digest`). Version 1: validated."""
-    if fmt != FORMAT_V2:
-        return [decode_envelope(line) for line in data.split(b"\n")[:-1]]
-    bodies: list[bytes] = []
-    append = bodies.append
-    if verified:
+    ``data`` to be the very bytes the scan checked (:meth:`RunLog.verified_digest`). Version 1: validated.
+
+    A large span is decoded with the cyclic garbage collector paused (:func:`_gc_paused`)."""
+    with _gc_paused(len(data) >= _GC_PAUSE_BYTES):
+        if fmt != FORMAT_V2:
+            return [decode_envelope(line) for line in data.split(b"\n")[:-1]]
+        if verified:
+            return decode_trusted(_EVENT_BODY.findall(data))  # every body in one pass at C speed
+        bodies: list[bytes] = []
+        append = bodies.append
+        xxh = _xxh
         for line in data.split(b"\n")[:-1]:
             if line[:1] == b"E":
-                append(line[line.find(b" ", 3, 15) + _HASH_LEN + 2 :])
+                # Checked again by the checksum alone: it covers the record's kind, mark and length with its body,
+                # so bytes that match it are the record as written (the scan checked the rest); a third less than
+                # parse_record's full framing check.
+                sp = line.find(b" ", 3, 15)
+                body_at = sp + _HASH_LEN + 2
+                if sp < 4 or line[sp + 1 : body_at - 1] != b"%016x" % xxh(line[: sp + 1] + line[body_at:]):
+                    raise StorageError.corruption("run_log_corrupt", "an event record's checksum does not match")
+                append(line[body_at:])
         return decode_trusted(bodies)
-    xxh = _xxh
-    for line in data.split(b"\n")[:-1]:
-        if line[:1] == b"E":
-            # Checked again by the checksum alone: it covers the record's kind, mark and length with its body, so
-            # bytes that match it are the record as written (the scan checked the rest); a third less than
-            # parse_record's full framing check.
-            sp = line.find(b" ", 3, 15)
-            body_at = sp + _HASH_LEN + 2
-            if sp < 4 or line[sp + 1 : body_at - 1] != b"%016x" % xxh(line[: sp + 1] + line[body_at:]):
-                raise StorageError.corruption("run_log_corrupt", "an event record's checksum does not match")
-            append(line[body_at:])
-    return decode_trusted(bodies)
+
+
+_GC_PAUSE_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def _gc_paused(pause: bool) -> Iterator[None]:
+    """Pause the cyclic garbage collector (when ``pause`` and it is enabled) for the block: decoding a large span
+    builds hundreds of thousands of objects, none of them in a cycle, and each of the collections their allocations
+    trigger walks every live object again (100k events: 12 µs per event with it, 5.6 without). It is enabled again
+    after the block only if it was enabled before (whoever disabled it for their own reasons keeps it so)."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def decode_span(data: bytes, fmt: int, digest: int | None = None) -> tuple[list[EventEnvelope], int | None]:
