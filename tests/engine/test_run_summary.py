@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.stores.fs._summary as fs_summary
 from engine._kinds import ArtifactKind
 from engine.events import (
     DOMAIN_EVENT_CHILD_RUN_COMPLETED,
@@ -202,8 +203,6 @@ async def test_the_summary_file_an_appender_writes_reads_back_as_the_fold_of_the
 ) -> None:
     """The appender writes the summary file with orjson (json when orjson refuses a value): either way a fresh
     store reads it back, without folding the log, as the summary of the whole stream."""
-    import engine.stores.fs._summary as fs_summary  # the module whose encoder is replaced
-
     if encoder != "orjson":
 
         def refuse(value: object) -> bytes:

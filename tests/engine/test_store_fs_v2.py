@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import gc
 import json
 from pathlib import Path
 from typing import Any, NoReturn
@@ -245,8 +246,6 @@ async def test_a_large_read_decodes_with_the_cyclic_gc_paused_and_restores_it(
 ) -> None:
     """Decoding a span of 1 MiB or more runs with the cyclic GC paused (its collections, triggered by the
     allocations, walked every live object again and again); a small one does not; afterwards the GC is as before."""
-    import gc
-
     store = FsStore(tmp_path / "store")
     run = new_run()
     big = "x" * 2000
