@@ -9,6 +9,13 @@
    put-then-append fallback of a store without one; the line says which). Against, measured in the same run in
    the same directory (rounds interleaved with the engine's): the append+fdatasync floor (one 300-byte ``write``
    + ``fdatasync``). Goals (issue 12): ≤ 1.5× the floor, ≤ 1.05 syncs per state.
+   Then where the wall time goes: a census round (not timed; every call of the os/fcntl functions the store uses
+   is counted, and the bytes each ``write`` puts in each file) gives the syscalls per state by kind; the timed
+   rounds give the time in ``fdatasync`` against the floor's own ``fdatasync``, and more floors in the same
+   directory, interleaved, isolate the IO pattern: an append of the engine's bytes per state (the size of the
+   write), and that plus the change-journal line in a second file (does its metadata ride on the next
+   ``fdatasync``?). The wall per state is split into: the floor's fdatasync, the extra fdatasync time of the
+   engine's write, the process's CPU outside the syncs, and the rest (off-CPU: run queue, other waits).
 2. CPU per state on the memory store with a 2.5 KB context (``bench/runtime_per_state.py``; goal ≤ 50 µs), and the
    fs store's own share: section 1's CPU minus this, and (without the disk's kernel work) the same run on the fs
    store with ``fsync``/``fdatasync`` made no-ops minus the memory store, best of 7 each.
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import fcntl
 import json
 import os
 import resource
@@ -31,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -100,9 +110,19 @@ class EngineRound:
     phase: str
 
 
-def engine_round(d: Path, n: int) -> EngineRound:
-    """One run of ``n`` states on a fresh FsStore."""
-    store = FsStore(d)
+class _SleepSync(FsOps):
+    """``fdatasync`` replaced by a sleep of the same length as the floor's: blocking without the IO (a control)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def fdatasync(self, fd: int) -> None:
+        time.sleep(self.seconds)
+
+
+def engine_round(d: Path, n: int, ops: FsOps | None = None) -> EngineRound:
+    """One run of ``n`` states on a fresh FsStore (``ops``: the store's syscall seam, default the real one)."""
+    store = FsStore(d) if ops is None else FsStore(d, ops=ops)
     plan = chain(n)
     engine = Engine(run_ids=fixed_run_ids())
 
@@ -120,6 +140,99 @@ def engine_round(d: Path, n: int) -> EngineRound:
     return EngineRound(wall * k, user, system, syncs.syncs / n, syncs.fsync_s * k, syncs.fdatasync_s * k, phase)
 
 
+_CENSUS = (
+    ("os", "open"),
+    ("os", "close"),
+    ("os", "write"),
+    ("os", "pwrite"),
+    ("os", "read"),
+    ("os", "pread"),
+    ("os", "fstat"),
+    ("os", "stat"),
+    ("os", "lseek"),
+    ("os", "ftruncate"),
+    ("os", "fdatasync"),
+    ("os", "fsync"),
+    ("os", "rename"),
+    ("os", "link"),
+    ("os", "unlink"),
+    ("os", "fchmod"),
+    ("os", "mkdir"),
+    ("os", "scandir"),
+    ("fcntl", "flock"),
+)
+
+
+class Census:
+    """Counts every call of the os/fcntl functions in ``_CENSUS`` while active (a context manager), and the bytes
+    each ``write`` puts in each file (by name): what one durable state costs in system calls. Not timed (the
+    lookups of the file names cost more than the calls)."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.written: collections.Counter[str] = collections.Counter()
+        self.writes: collections.Counter[str] = collections.Counter()
+
+    def __enter__(self) -> Census:
+        modules = {"os": os, "fcntl": fcntl}
+        self._saved = [(modules[m], name, getattr(modules[m], name)) for m, name in _CENSUS]
+        for module, name, real in self._saved:
+            setattr(module, name, self._wrap(name, real))
+        return self
+
+    def _wrap(self, name: str, real: Any) -> Any:
+        calls = self.calls
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            if name == "write" and args:
+                try:
+                    target = Path(os.readlink(f"/proc/self/fd/{args[0]}")).name
+                except OSError:
+                    target = "?"
+                if target.startswith(".tmp-"):
+                    target = ".tmp-" + target.split("-")[1] + "-*"
+                self.writes[target] += 1
+                self.written[target] += len(args[1])
+            return real(*args, **kwargs)
+
+        return counted
+
+    def __exit__(self, *exc: object) -> None:
+        for module, name, real in self._saved:
+            setattr(module, name, real)
+
+
+def census_round(d: Path, n: int) -> tuple[Census, int]:
+    """One run of ``n`` states under a :class:`Census`; returns it and the run log's size."""
+    store = FsStore(d)
+    engine = Engine(run_ids=fixed_run_ids())
+
+    async def go() -> None:
+        await start_plan(engine, store.stores, chain(n), base_config(), context())
+
+    with Census() as census:
+        asyncio.run(go())
+    store.close()
+    size = sum(p.stat().st_size for p in (d / "runs").glob("*/events.jsonl"))
+    return census, size
+
+
+def print_census(census: Census, n: int) -> None:
+    per = {k: v / n for k, v in census.calls.items() if v}
+    print(
+        "   syscalls per state (census round, not timed): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: (-kv[1], kv[0])))
+    )
+    print(
+        "           writes per state by file: "
+        + ", ".join(
+            f"{k} {census.writes[k] / n:.2f} × {census.written[k] / max(census.writes[k], 1):.0f} B"
+            for k in sorted(census.writes, key=lambda k: -census.written[k])
+        )
+    )
+
+
 def store_path_label(d: Path) -> str:
     """Which path a step's blobs take on this FsStore: its unit of work, or put-then-append."""
     store = FsStore(d)
@@ -130,15 +243,57 @@ def store_path_label(d: Path) -> str:
     return "unit of work (one commit per state)" if unit else "no unit of work: put each blob, then append"
 
 
-def floor_round(d: Path, n: int, snapshot_size: int) -> tuple[float, float]:
-    """``n`` times the raw IO of one state: (µs per append+fdatasync, µs per state = 2 appends + 1 atomic write)."""
+@dataclass(frozen=True, slots=True)
+class FloorRound:
+    """µs per: 300 B append+fdatasync (and its fdatasync alone); append+fdatasync of the engine's bytes per state
+    (and with a journal line after it, in a second file); a state's raw IO of the seed's layout."""
+
+    one: float
+    one_sync: float
+    one_cpu: float
+    sized: float
+    sized_sync: float
+    sized_journal: float
+    state: float
+
+
+def _append_loop(d: Path, name: str, size: int, n: int, journal: bool = False) -> tuple[float, float]:
+    """``n`` appends of ``size`` bytes, each followed by ``fdatasync`` (and, with ``journal``, a 41-byte line appended
+    to a second file, unsynced, as the store's change journal): (µs per append, µs of it in fdatasync)."""
+    fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    jfd = os.open(d / f"{name}.journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if journal else -1
+    line = b"x" * (size - 1) + b"\n"
+    hint = b"00000000-0000-4000-8000-000000000001 1234\n"
+    in_sync = 0.0
+    clock = time.perf_counter
+    try:
+        t0 = clock()
+        for _ in range(n):
+            os.write(fd, line)
+            s0 = clock()
+            os.fdatasync(fd)
+            in_sync += clock() - s0
+            if journal:
+                os.write(jfd, hint)
+        total = clock() - t0
+    finally:
+        os.close(fd)
+        if jfd >= 0:
+            os.close(jfd)
+    return total / n * 1e6, in_sync / n * 1e6
+
+
+def floor_round(d: Path, n: int, snapshot_size: int, state_bytes: int) -> FloorRound:
+    """``n`` times each floor, in the same directory (see :class:`FloorRound`)."""
     d.mkdir(parents=True, exist_ok=True)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    one, one_sync = _append_loop(d, "floor-append.bin", 300, n)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    one_cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / n * 1e6
+    sized, sized_sync = _append_loop(d, "floor-sized.bin", state_bytes, n)
+    sized_journal, _ = _append_loop(d, "floor-sized-journal.bin", state_bytes, n, journal=True)
     append, close = append_fsync_floor(d, 300)
     write = atomic_write_floor(d / "floor-blobs", snapshot_size)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        append()
-    one = (time.perf_counter() - t0) / n * 1e6
     t0 = time.perf_counter()
     for _ in range(n):
         append()
@@ -146,7 +301,7 @@ def floor_round(d: Path, n: int, snapshot_size: int) -> tuple[float, float]:
         append()
     state = (time.perf_counter() - t0) / n * 1e6
     close()
-    return one, state
+    return FloorRound(one, one_sync, one_cpu, sized, sized_sync, sized_journal, state)
 
 
 def durable_state(base: str | None, n: int, rounds: int) -> tuple[float, float]:
@@ -157,16 +312,21 @@ def durable_state(base: str | None, n: int, rounds: int) -> tuple[float, float]:
     """
     snapshot_size = len(canonical_json_bytes(context()))
     engine: list[EngineRound] = []
-    append_us: list[float] = []
-    state_floor_us: list[float] = []
+    floors: list[FloorRound] = []
+    slept: list[EngineRound] = []
+    unsynced: list[EngineRound] = []
     with bench_dir("mfm-overhead-", base) as d:
         print(f"1. durable no-op state on the fs store: {n} states × {rounds} rounds in {d}")
         print(f"   store path: {store_path_label(d / 'probe')}")
+        census, log_size = census_round(d / "census", n)
+        state_bytes = max(1, round(log_size / n))
         for r in range(rounds):
             engine.append(engine_round(d / f"store-{r}", n))
-            one, state = floor_round(d / f"floor-{r}", n, snapshot_size)
-            append_us.append(one)
-            state_floor_us.append(state)
+            floors.append(floor_round(d / f"floor-{r}", n, snapshot_size, state_bytes))
+            slept.append(engine_round(d / f"sleep-{r}", n, _SleepSync(floors[-1].one_sync / 1e6)))
+            unsynced.append(engine_round(d / f"nosync-{r}", n, _NoSync()))
+    append_us = [f.one for f in floors]
+    state_floor_us = [f.state for f in floors]
     walls = [e.wall for e in engine]
     eng = statistics.median(walls)
     cpu = min(engine, key=lambda e: e.user + e.system)
@@ -196,7 +356,62 @@ def durable_state(base: str | None, n: int, rounds: int) -> tuple[float, float]:
         f" goal ≤ {FLOOR_GOAL}×: {_met(ratio <= FLOOR_GOAL)})"
     )
     print(f"           {statistics.median(r_state):.2f}× the raw IO one durable state needs ({_fmt(r_state, 2)})")
+    print_census(census, n)
+    print_breakdown(engine, floors, state_bytes)
+    print_blocking(engine, floors, slept, unsynced)
     return eng, cpu.user + cpu.system
+
+
+def print_breakdown(engine: list[EngineRound], floors: list[FloorRound], state_bytes: int) -> None:
+    """Where the engine's wall time per state goes, per round (engine round r beside floor round r), medians."""
+    med = statistics.median
+    sized = [f.sized / f.one for f in floors]
+    journal = [f.sized_journal / f.sized for f in floors]
+    print(
+        f"   IO floors: {state_bytes} B append+fdatasync (the engine's bytes per state)"
+        f" {med(f.sized for f in floors):.0f}"
+        f" µs = {med(sized):.2f}× the 300 B floor ({_fmt(sized, 2)}); plus the journal line in a second file"
+        f" {med(f.sized_journal for f in floors):.0f} µs = {med(journal):.2f}× without it ({_fmt(journal, 2)})"
+    )
+    print(
+        f"   fdatasync: engine {med(e.fdatasync for e in engine):.0f} µs per state"
+        f" ({_fmt([e.fdatasync for e in engine])}),"
+        f" 300 B floor's {med(f.one_sync for f in floors):.0f} µs ({_fmt([f.one_sync for f in floors])}),"
+        f" {state_bytes} B floor's {med(f.sized_sync for f in floors):.0f} µs"
+    )
+    rows = []
+    for e, f in zip(engine, floors, strict=True):
+        sync = e.fdatasync + e.fsync
+        cpu_out = e.user + e.system  # fdatasync's own kernel work included (system time)
+        rest = e.wall - sync - cpu_out
+        rows.append((e.wall, f.one_sync, sync - f.one_sync, cpu_out, rest))
+    parts = [med(r[i] for r in rows) for i in range(5)]
+    wall = parts[0] or 1.0
+    print(
+        f"   wall per state {parts[0]:.0f} µs = floor's fdatasync {parts[1]:.0f} ({parts[1] / wall:.0%})"
+        f" + the engine's extra time in fsync/fdatasync {parts[2]:.0f} ({parts[2] / wall:.0%})"
+        f" + CPU (user + system, the syncs' kernel work included) {parts[3]:.0f} ({parts[3] / wall:.0%})"
+        f" + the rest {parts[4]:.0f} ({parts[4] / wall:.0%}: off-CPU waits, run queue; negative: CPU overlapped)"
+    )
+
+
+def print_blocking(
+    engine: list[EngineRound], floors: list[FloorRound], slept: list[EngineRound], unsynced: list[EngineRound]
+) -> None:
+    """The process's CPU per state with real syncs, with each fdatasync replaced by a sleep as long as the floor's,
+    and with no syncs (rounds interleaved with the engine's): how much CPU blocking itself costs (caches cold after
+    each wait), against the floor's own CPU per append+fdatasync."""
+    med = statistics.median
+
+    def cpu(rounds: list[EngineRound]) -> str:
+        return f"{med(e.user + e.system for e in rounds):.0f} µs ({_fmt([e.user + e.system for e in rounds])})"
+
+    print(
+        f"   CPU per state (user + system): real fdatasync {cpu(engine)}; a sleep as long as the floor's"
+        f" fdatasync instead {cpu(slept)}; no sync {cpu(unsynced)}; the 300 B floor's CPU per append+fdatasync"
+        f" {med(f.one_cpu for f in floors):.0f} µs. Wall: sleep {med(e.wall for e in slept):.0f} µs, no sync"
+        f" {med(e.wall for e in unsynced):.0f} µs per state"
+    )
 
 
 class _NoSync(FsOps):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.stores.fs._summary as fs_summary
 from engine._kinds import ArtifactKind
 from engine.events import (
     DOMAIN_EVENT_CHILD_RUN_COMPLETED,
@@ -194,3 +195,30 @@ async def test_a_store_copied_with_its_times_keeps_its_summaries(tmp_path: Path)
     again = FsStore(tmp_path / "copy").events
     assert (await again.run_summary(run_id)).head == 3  # type: ignore[union-attr]
     assert again.summaries.rebuilds == 1
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json fallback"])
+async def test_the_summary_file_an_appender_writes_reads_back_as_the_fold_of_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: str
+) -> None:
+    """The appender writes the summary file with orjson (json when orjson refuses a value): either way a fresh
+    store reads it back, without folding the log, as the summary of the whole stream."""
+    if encoder != "orjson":
+
+        def refuse(value: object) -> bytes:
+            raise TypeError("refused")
+
+        monkeypatch.setattr(fs_summary.orjson, "dumps", refuse)
+    store = FsStore(tmp_path / "s")
+    run_id = RunId("00000000-0000-4000-8000-0000000000ae")
+    envs = [
+        EventEnvelope(run_id=run_id, seq=1, event=DomainEvent(name="x", payload={"text": "é ✓"})),
+        EventEnvelope(run_id=run_id, seq=2, event=RunCompleted(status=RunStatus.COMPLETED)),
+    ]
+    for env in envs:
+        await store.events.append(run_id, env.seq - 1, [env])
+    raw = json.loads((tmp_path / "s" / "runs" / run_id / "summary.json").read_bytes())
+    assert raw["summary"]["head"] == 2
+    reader = FsStore(tmp_path / "s")
+    assert await reader.events.run_summary(run_id) == summarize(run_id, envs)
+    assert reader.events.summaries.rebuilds == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import gc
 import json
 from pathlib import Path
 from typing import Any, NoReturn
@@ -181,3 +182,89 @@ async def test_a_byte_flipped_after_the_scan_is_caught_by_the_read(tmp_path: Pat
     path.write_bytes(bytes(data))
     got = await store.events.read_range(run, 1)
     assert got == envs(run, 1, 1) and got.damage.code == "run_log_corrupt"  # type: ignore[attr-defined]
+
+
+def _count_checksums(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the XXH3 computations of records (``record`` writing one, ``parse_record`` in the scan) and of the
+    decode (``decode_span`` / ``decode_lines``)."""
+    counts = {"records": 0, "decode": 0}
+    for module, key in ((framing.records, "records"), (framing.runlog, "decode")):
+        real = module._xxh
+
+        def counting(data: bytes, real: Any = real, key: str = key) -> int:
+            counts[key] += 1
+            return int(real(data))
+
+        monkeypatch.setattr(module, "_xxh", counting)
+    return counts
+
+
+async def test_a_whole_run_read_checks_each_record_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a resume does (a fresh store reads a run from seq 1): the scan checks every record's checksum, and the
+    decode checks the span it read against the scan's digest in one pass instead of each record a second time."""
+    root = tmp_path / "store"
+    run = new_run()
+    writer = FsStore(root)
+    for first in range(1, 50, 7):
+        blob = Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"n":%d}' % first)
+        await writer.events.commit(run, first - 1, envs(run, first, first + 6), [blob])
+    records = len(writer.events_path(run).read_bytes().splitlines())
+    assert records == 49 + 7
+    counts = _count_checksums(monkeypatch)
+    assert await FsStore(root).events.read_range(run, 1) == envs(run, 1, 49)
+    assert counts == {"records": records, "decode": 1}
+    counts.update(records=0, decode=0)
+    assert await FsStore(root).events.read_range(run, 5, 20) == envs(run, 5, 20)  # a part: checked record by record
+    assert counts == {"records": records, "decode": 16}
+    counts.update(records=0, decode=0)
+    await writer.events.append(run, 49, envs(run, 50, 51))  # the appender's own commits extend its digest
+    assert await writer.events.read_range(run, 1) == envs(run, 1, 51)
+    assert counts == {"records": 2, "decode": 1}  # the two records written, then the read: one pass
+
+
+async def test_a_byte_flipped_before_the_first_event_after_the_scan_is_caught(tmp_path: Path) -> None:
+    """The digest covers the whole prefix, blob records included: a change there after the scan makes the read
+    check record by record (the events, intact, are all read; the blob record's damage is the doctor's)."""
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    await store.events.commit(run, 0, envs(run, 1, 3), [Blob.of(ArtifactKind.CONTEXT_SNAPSHOT, b'{"a":1}')])
+    assert await store.events.head_seq(run) == 3
+    path = store.events_path(run)
+    data = bytearray(path.read_bytes())
+    data[data.index(b'{"a":1}') + 2] ^= 0x01  # inside the blob record, before event 1
+    path.write_bytes(bytes(data))
+    assert await store.events.read_range(run, 1) == envs(run, 1, 3)
+    data[data.index(b'"seq":2') + 6] ^= 0x01  # now inside event 2's record too
+    path.write_bytes(bytes(data))
+    got = await store.events.read_range(run, 1)
+    assert got == envs(run, 1, 1) and got.damage.code == "run_log_corrupt"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_large_read_decodes_with_the_cyclic_gc_paused_and_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """Decoding a span of 1 MiB or more runs with the cyclic GC paused (its collections, triggered by the
+    allocations, walked every live object again and again); a small one does not; afterwards the GC is as before."""
+    store = FsStore(tmp_path / "store")
+    run = new_run()
+    big = "x" * 2000
+    batch = [domain(run, seq, {"pad": big}) for seq in range(1, 601)]  # ~1.3 MB of records
+    await store.events.append(run, 0, batch)
+    seen: list[bool] = []
+    real = framing.runlog.decode_trusted
+
+    def spy(bodies: list[bytes]) -> Any:
+        seen.append(gc.isenabled())
+        return real(bodies)
+
+    monkeypatch.setattr(framing.runlog, "decode_trusted", spy)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        assert await FsStore(tmp_path / "store").events.read_range(run, 1) == batch
+        assert await FsStore(tmp_path / "store").events.read_range(run, 10, 12) == batch[9:12]
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False, enabled]
