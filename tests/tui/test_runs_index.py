@@ -28,7 +28,7 @@ from engine.stores.fs import FsStore
 from engine.stores.fs._events import INDEX_WRITER
 from engine.stores.fs.framing import RUNS_INDEX_FILE, SUMMARY_FILE
 from mfm_tui.run_model import RunDisplayStatus, RunModel
-from mfm_tui.store_watcher import StoreWatcher
+from mfm_tui.store_watcher import FIRST_SCREENFUL, StoreWatcher
 from mfm_tui.widgets.run_table import now_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +161,30 @@ async def test_the_first_load_of_a_many_run_store_reads_the_index_once_and_no_ru
     monkeypatch.undo()
     assert rows == await _rows_without_index(root)
     assert sorted(rows) == sorted(run_ids)
+
+
+async def test_without_an_index_the_first_screenful_comes_before_every_summary_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's first open (no runs.index yet): the first batch holds the runs whose logs changed last, after
+    reading a screenful of summaries; before, it came only once all 400 (10,000: 0.25 -> 1.65 s) were read."""
+    root = tmp_path / "many"
+    run_ids = await _make(root, 400)
+    for age, run_id in enumerate(run_ids):  # the last made changed last
+        os.utime(root / "runs" / run_id / "events.jsonl", ns=(10**18 + age * 10**9,) * 2)
+    assert not (root / RUNS_INDEX_FILE).exists()
+    store = FsStore(root, create=False)
+    watcher = StoreWatcher(store, use_watchfiles=False)
+    opens = Opens(monkeypatch)
+    batches = watcher.load_batches()
+    first = await anext(batches)
+    assert 0 < opens.count(SUMMARY_FILE) <= FIRST_SCREENFUL
+    assert first.updated == set(run_ids[-FIRST_SCREENFUL:])
+    async for _ in batches:
+        pass
+    assert set(watcher.models) == set(run_ids)
+    _index_written()
+    store.close()
 
 
 async def test_rows_from_the_index_match_rows_folded_from_every_event_for_every_status(tmp_path: Path) -> None:

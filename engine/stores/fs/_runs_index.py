@@ -22,6 +22,7 @@ Every read goes through ``FsOps.pread`` (the store's seam).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import itertools
 import json
 import os
@@ -45,6 +46,9 @@ __all__ = ["INDEX_VERSION", "IndexedRuns", "RunsIndex"]
 INDEX_VERSION = 1
 """Bumped when the file's form changes: a file of another version is ignored (and rewritten)."""
 _MAGIC = b"mfm-runs-index"
+_FIRST_FOLD_BYTES = 1 << 20
+"""Without an index, a first-screenful run whose summary is behind its log by more than this waits for the full
+load (which folds it in the background, "indexing…")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +93,10 @@ class RunsIndex:
         newest). The file is read once for this and the :meth:`summaries` that follows."""
         entries = self._read_ahead = self._read()
         out: dict[RunId, RunSummary] = {}
+        if entries is None:  # no index (a store's first open, or the index was damaged): the runs whose logs
+            return self._first_without_index(n)  # changed last, from their own summaries
         runs_fd = self._core.top_dir(framing.RUNS_DIR, create=False) if entries else None
-        if entries is None or runs_fd is None:
+        if runs_fd is None:
             return out
         for run_id, entry in itertools.islice(entries.items(), n):
             try:
@@ -100,6 +106,20 @@ class RunsIndex:
                     out[valid] = from_index_form(valid, entry.head, entry.states)
             except (OSError, ValueError):
                 continue
+        return out
+
+    def _first_without_index(self, n: int) -> dict[RunId, RunSummary]:
+        """The summaries of the ``n`` runs whose logs changed last (the running and the newest, most likely), each
+        from its summary cache, folding at most ``_FIRST_FOLD_BYTES`` of a log: without this, a store without an
+        index painted its first row only once every run's summary was read (10,000 runs: 0.25 -> 1.65 s)."""
+        out: dict[RunId, RunSummary] = {}
+        for run_id, _ in heapq.nlargest(n, self._list(), key=lambda item: item[1].st_mtime_ns):
+            try:
+                got = self._cache.summary(run_id, _FIRST_FOLD_BYTES)
+            except (OSError, StorageError):  # not ours, or gone: as the full listing, skipped
+                continue
+            if got is not None and got.complete:
+                out[run_id] = got
         return out
 
     def summaries(self, max_fold_bytes: int | None = None, *, write: bool = True) -> IndexedRuns:
