@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 from engine.engine import Stores
 from engine.ids import ArtifactId, RunId
@@ -112,9 +112,12 @@ class LaunchingStore(Protocol):
 
 def launcher_for(store: RunFolders | LaunchingStore) -> Launcher:
     """The store's own launcher, else a :class:`DetachedLauncher` (a filesystem store)."""
-    if isinstance(store, LaunchingStore):
-        return store.launcher
-    return DetachedLauncher(store)
+    # LaunchingStore told by its two members, as isinstance() against the runtime-checkable Protocol does, without
+    # typing's protocol machinery (~50 us a call; `mfm runs` asks twice per run: 1.1 s of 10,000 runs).
+    launcher = getattr(store, "launcher", None)
+    if launcher is not None and hasattr(store, "stores"):
+        return cast(Launcher, launcher)
+    return DetachedLauncher(cast(RunFolders, store))
 
 
 _children: list[subprocess.Popen[bytes]] = []

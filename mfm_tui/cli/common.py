@@ -71,6 +71,9 @@ class Env:
     _store: Any = None
     _registry: OperationRegistry | None = None
     plan_shapes: dict[str, PlanShape] = field(default_factory=dict)
+    manifests: dict[str, Any] = field(default_factory=dict)
+    """Manifests read, by id: content-addressed, so never stale; runs of one operation share theirs (`mfm runs` over
+    10,000 runs read the same manifest 10,000 times: 3.2 s)."""
     settings: Settings = field(default_factory=Settings)
     settings_problem: tuple[str, str] | None = None
     """``(code, message)`` when the settings file is wrong (its defaults are used; the TUI shows it in a dialog)."""
@@ -251,7 +254,9 @@ async def load_model(env: Env, run_id: RunId, *, with_plan: bool = True, summary
             model.set_start_requested(pending.requested_millis)
     if manifest_id is not None:
         try:
-            manifest = await read_manifest(store.artifacts, manifest_id)
+            manifest = env.manifests.get(manifest_id)
+            if manifest is None:
+                manifest = env.manifests[manifest_id] = await read_manifest(store.artifacts, manifest_id)
             model.set_manifest(manifest)
             if with_plan:
                 shape = env.plan_shapes.get(manifest_id)

@@ -416,6 +416,22 @@ def test_mfm_runs_reads_the_index_not_every_event_and_lists_the_same(
     assert listed == without and len(listed) == 60
 
 
+def test_mfm_runs_reads_a_manifest_its_runs_share_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """60 runs of one operation and parameters share one manifest: read once per `mfm runs`, not once per run
+    (10,000 runs: 3.2 s of the listing's 9 s)."""
+    root = tmp_path / "many"
+    asyncio.run(_make(root, 60))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    _mfm_runs_json(root, capsys)
+    _index_written()
+    opens = Opens(monkeypatch)
+    assert len(_mfm_runs_json(root, capsys)) == 60
+    artifacts = [n for n in opens.names if len(n) == 64 and all(c in "0123456789abcdef" for c in n)]
+    assert len(artifacts) == 1, artifacts  # the shared manifest (the code before: 60)
+
+
 async def test_a_damaged_run_log_stays_a_damaged_row_when_its_summary_comes_from_the_index(tmp_path: Path) -> None:
     root, f = await _fixture(tmp_path)
     log = root / "runs" / fx.RUN_COMPLETED / "events.jsonl"
