@@ -22,7 +22,7 @@ from engine.workers import EXIT_FAILED, EXIT_OK, LeaseState, is_pooled, max_orph
 from mfm_tui.cli.common import CliError, Env, echo_json, env_of, load_model, now_millis, resolve_run_id, run_sync
 from mfm_tui.cli.liveness import lost_worker_error, nobody_runs
 from mfm_tui.config import store_writable
-from mfm_tui.run_model import RunDisplayStatus, RunModel
+from mfm_tui.run_model import RunDisplayStatus, RunModel, run_json
 from mfm_tui.serve import serve as serve_app
 from mfm_tui.settings import choose_theme
 
@@ -51,7 +51,7 @@ async def wait_for_run(env: Env, run_id: RunId, *, poll: float = 0.1) -> RunMode
 
 def _finish(model: RunModel, as_json: bool) -> int:
     if as_json:
-        echo_json(model.to_json(now_millis()))
+        echo_json(run_json(model, now_millis()))
     else:
         line = f"run {model.run_id} {model.status.label}"
         if model.error is not None:

@@ -40,7 +40,15 @@ from mfm_tui.cli.common import (
     status_text,
 )
 from mfm_tui.cli.liveness import lost_worker_error, nobody_runs
-from mfm_tui.run_model import RunDisplayStatus, RunModel, child_summary, link_children, tree_order
+from mfm_tui.run_model import (
+    RunDisplayStatus,
+    RunModel,
+    child_summary,
+    crash_loop_json,
+    link_children,
+    run_json,
+    tree_order,
+)
 from mfm_tui.time_format import parse_duration
 
 __all__ = ["artifact", "events", "ops", "runs", "show"]
@@ -163,7 +171,7 @@ def runs(
                     "recovered_from": None if m.recovered_from is None else str(m.recovered_from),
                     "recovered_by": None if m.recovered_by is None else str(m.recovered_by),
                     "replay_of": replays.get(m.run_id),
-                    "crash_loop": m.to_json()["crash_loop"],
+                    "crash_loop": crash_loop_json(m),
                     "parent_run_id": None if m.parent_run_id is None else str(m.parent_run_id),
                     "children": [str(c) for c in m.children],
                 }
@@ -246,7 +254,7 @@ def show(ctx: click.Context, run: str, as_json: bool) -> int:
     unattended = model.status in (RunDisplayStatus.CRASH_LOOPING, RunDisplayStatus.NOT_STARTED)
     log = run_sync(worker_log_tail(env.store, model.run_id, _LOG_LINES)) if unattended else []
     if as_json:
-        out = model.to_json(now)
+        out = run_json(model, now)
         out["host"] = info.host
         out["recovered_from"] = None if model.recovered_from is None else str(model.recovered_from)
         out["recovered_by"] = None if model.recovered_by is None else str(model.recovered_by)

@@ -9,7 +9,8 @@ requested. A malformed stream never raises: the fold records an ``anomalies`` li
 Used by the TUI (runs list, run screen) and by the CLI (``mfm runs``, ``mfm show``) so both agree.
 
 Modules: ``enums`` (run, state and lease statuses, the urgency rank), ``views`` (plan shape, attempts, states, retry
-targets), ``fold`` (``RunModel``) and ``tree`` (child runs: links, a parent's summary, tree order).
+targets), ``fold`` (``RunModel``), ``json_view`` (a model as JSON) and ``tree`` (child runs: links, a parent's summary,
+tree order).
 ``RunDisplayStatus`` is the run's status as the monitor shows it (running, retrying, worker lost, cancelling, …);
 the engine's own ``engine.events.RunStatus`` is the status ``RunCompleted`` records.
 """
@@ -26,6 +27,7 @@ from mfm_tui.run_model.enums import (
     lease_status_of,
 )
 from mfm_tui.run_model.fold import RunModel
+from mfm_tui.run_model.json_view import crash_loop_json, run_json
 from mfm_tui.run_model.tree import ChildSummary, child_summary, link_children, tree_order
 from mfm_tui.run_model.views import AttemptView, ChildRef, FactRef, PlanShape, RetryTarget, StateView
 
@@ -45,7 +47,9 @@ __all__ = [
     "StateStatus",
     "StateView",
     "child_summary",
+    "crash_loop_json",
     "lease_status_of",
     "link_children",
+    "run_json",
     "tree_order",
 ]

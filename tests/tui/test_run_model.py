@@ -33,6 +33,7 @@ from mfm_tui.run_model import (
     RunModel,
     StateStatus,
     lease_status_of,
+    run_json,
 )
 from tests.tui import fixtures as fx
 
@@ -286,7 +287,7 @@ def test_incremental_folding_matches_a_single_fold_at_every_split() -> None:
         m = RunModel(RUN, manifest=manifest(), plan=chain())
         assert m.apply(events[:cut]) is (cut > 0)
         m.apply(events[cut:])
-        assert m.to_json(now_millis=T0) == whole.to_json(now_millis=T0)
+        assert run_json(m, now_millis=T0) == run_json(whole, now_millis=T0)
 
 
 def test_duplicates_are_ignored_and_gaps_and_foreign_envelopes_recorded() -> None:
@@ -365,7 +366,7 @@ def test_urgency_puts_trouble_first() -> None:
 
 def test_to_json_is_json() -> None:
     m = fold(RS(), E(s1, 0, I), F(s1, "x", True), manifest=manifest())
-    data = json.loads(json.dumps(m.to_json(now_millis=T0 + 1000)))
+    data = json.loads(json.dumps(run_json(m, now_millis=T0 + 1000)))
     assert data["status"] == "retrying"
     assert data["states"][0]["attempts"][0]["outcome"] == "failed"
 
