@@ -37,7 +37,8 @@ from engine.hashing import artifact_id_for_bytes, canonical_json_bytes
 from engine.ids import ArtifactId, OpId, RunId, StateId
 from engine.stores import CancelRequest
 from engine.testing import FakeClock
-from mfm_tui.run_model import LeaseStatus, PlanShape
+from mfm_tui.run_model import LeaseStatus, PlanShape, RunModel
+from mfm_tui.widgets.run_table import now_text
 
 __all__ = [
     "NOW_MILLIS",
@@ -469,3 +470,24 @@ class FaultyStore:
         self.inner = inner
         self.events = _FaultyEvents(inner.events)
         self.artifacts = inner.artifacts
+
+
+def list_row(model: RunModel, now: int) -> tuple[Any, ...]:
+    """What a runs-list row shows of a model (to compare rows loaded two ways)."""
+    current = model.current_state
+    return (
+        model.status,
+        model.op_id,
+        model.started_millis,
+        model.ended_millis,
+        model.duration_millis(now),
+        model.last_seq,
+        model.done,
+        model.total,
+        None if current is None else current.state_id,
+        model.error,
+        now_text(model, now),
+        model.crash_loop,
+        model.recovered_from,
+        model.final_snapshot_id,
+    )

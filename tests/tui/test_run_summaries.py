@@ -24,7 +24,7 @@ from engine.stores.fs._summary import SummaryCache
 from mfm_tui.app import make_app
 from mfm_tui.run_model import RunModel
 from mfm_tui.store_watcher import StoreWatcher
-from mfm_tui.widgets.run_table import RunTable, now_text
+from mfm_tui.widgets.run_table import RunTable
 from tests.tui.tree_fixtures import (
     PARENT_FAILED,
     PARENT_RUNNING,
@@ -46,27 +46,6 @@ def _bench() -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _row(model: RunModel, now: int) -> tuple[Any, ...]:
-    """What a runs-list row shows of a model."""
-    current = model.current_state
-    return (
-        model.status,
-        model.op_id,
-        model.started_millis,
-        model.ended_millis,
-        model.duration_millis(now),
-        model.last_seq,
-        model.done,
-        model.total,
-        None if current is None else current.state_id,
-        model.error,
-        now_text(model, now),
-        model.crash_loop,
-        model.recovered_from,
-        model.final_snapshot_id,
-    )
 
 
 async def _folded(store: Any, run_id: RunId, watcher: StoreWatcher) -> RunModel:
@@ -122,7 +101,7 @@ async def test_rows_from_summaries_match_rows_folded_from_every_event(tmp_path: 
     assert len(watcher.models) == 9
     for run_id, model in watcher.models.items():
         assert not model.indexing
-        assert _row(model, now) == _row(await _folded(store, run_id, watcher), now), run_id
+        assert fx.list_row(model, now) == fx.list_row(await _folded(store, run_id, watcher), now), run_id
 
 
 # ---------------------------------------------------------------------------------------------- child runs
@@ -221,7 +200,7 @@ async def test_a_deleted_or_damaged_summary_is_rebuilt_and_the_row_says_indexing
         assert not model.indexing
         assert "indexing" not in _line(app, big)
         now = fx.fixture_clock().now_millis()
-        assert _row(model, now) == _row(await _folded(store, RunId(big), app.watcher), now)
+        assert fx.list_row(model, now) == fx.list_row(await _folded(store, RunId(big), app.watcher), now)
     assert store.events.summaries.rebuilds == 1
     again = await FsStore(root).events.run_summary(big)
     assert again == expected  # the rebuilt cache is back on disk
@@ -273,4 +252,4 @@ async def test_a_crash_between_the_append_and_the_summary_update_loses_nothing(
     model = watcher.models[fx.RUN_RUNNING]
     assert (model.last_seq, model.engine_status, model.indexing) == (head, RunStatus.FAILED, False)
     now = fx.fixture_clock().now_millis()
-    assert _row(model, now) == _row(await _folded(store, fx.RUN_RUNNING, watcher), now)
+    assert fx.list_row(model, now) == fx.list_row(await _folded(store, fx.RUN_RUNNING, watcher), now)

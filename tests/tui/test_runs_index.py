@@ -29,7 +29,6 @@ from engine.stores.fs._events import INDEX_WRITER
 from engine.stores.fs.framing import RUNS_INDEX_FILE, SUMMARY_FILE
 from mfm_tui.run_model import RunDisplayStatus, RunModel
 from mfm_tui.store_watcher import FIRST_SCREENFUL, StoreWatcher
-from mfm_tui.widgets.run_table import now_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,26 +54,8 @@ async def _make(root: Path, n: int) -> list[str]:
 
 
 def _row(model: RunModel, now: int) -> tuple[Any, ...]:
-    """What a runs-list row shows of a model."""
-    current = model.current_state
-    return (
-        model.status,
-        model.op_id,
-        model.started_millis,
-        model.ended_millis,
-        model.duration_millis(now),
-        model.last_seq,
-        model.done,
-        model.total,
-        None if current is None else current.state_id,
-        model.error,
-        now_text(model, now),
-        model.crash_loop,
-        model.recovered_from,
-        model.final_snapshot_id,
-        model.indexing,
-        model.load_error,
-    )
+    """What a runs-list row shows of a model, and whether it is still indexing or unreadable."""
+    return (*fx.list_row(model, now), model.indexing, model.load_error)
 
 
 class Opens:
